@@ -1,0 +1,194 @@
+/*
+ * blip2.h - public API of libblip2model, the BLIP-2 inference engine.
+ *
+ * Usage (error handling elided):
+ *
+ *     blip2_error err;
+ *     blip2_model *m;
+ *     if (blip2_model_load(&m, "/path/to/hf-folder", NULL, &err) < 0)
+ *         die(err.text);
+ *     float *px = malloc(blip2_pixel_values_len(m) * sizeof(float));
+ *     blip2_preprocess_file(m, "photo.png", NULL, px, &err);  // (3,H,W)
+ *     float *q = malloc(blip2_query_embeds_len(m) * sizeof(float));
+ *     blip2_encode_image(m, px, 1, q, NULL, &err);             // (Q,Dt)
+ *     blip2_gen_params gp;
+ *     blip2_gen_params_default(&gp);
+ *     blip2_request rq = { .query_embeds = q, .prompt = "Question: what is it? Answer:" };
+ *     blip2_result res;
+ *     blip2_generate(m, &rq, 1, &gp, NULL, NULL, &res, &err);
+ *     puts(res.seqs[0].text);
+ *     blip2_result_free(&res);
+ *     blip2_model_free(m);
+ *
+ * Conventions: functions return 0 on success and a negative BLIP2_E* code on
+ * failure, with a one-line message in the caller's blip2_error (which may be
+ * NULL).  The library never logs and never exits.  A loaded model is
+ * immutable and may be used from several threads at once; every call keeps
+ * its own scratch state.  There is no global state: several models may be
+ * loaded in one process.
+ */
+#ifndef BLIP2_H
+#define BLIP2_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Error codes (negative returns). Stable: the daemon maps them to protocol codes. */
+enum {
+    BLIP2_OK = 0,
+    BLIP2_EINVAL = -1,    /* bad argument or parameter out of range */
+    BLIP2_EIO = -2,       /* a file could not be opened or read */
+    BLIP2_EFORMAT = -3,   /* a model file is corrupt, truncated or mis-shaped */
+    BLIP2_ENOMEM = -4,    /* allocation failed */
+    BLIP2_EIMAGE = -5,    /* bytes are not a decodable image, or empty */
+    BLIP2_ETOOBIG = -6,   /* image above the pixel limit, prompt too long */
+    BLIP2_ECANCELED = -7, /* the token callback asked to stop */
+    BLIP2_EUNSUPPORTED = -8 /* a model or feature this build does not handle */
+};
+
+/* Detailed error, filled by the caller-provided struct (like json_error_t). */
+typedef struct blip2_error {
+    int code;        /* one of BLIP2_E* */
+    char text[320];  /* one line, no trailing newline */
+} blip2_error;
+
+/* Static description of a code; never NULL. */
+const char *blip2_strerror(int code);
+
+typedef struct blip2_model blip2_model;
+
+typedef struct blip2_load_opts {
+    int reserved; /* zero-initialise; more options later */
+} blip2_load_opts;
+
+/* Loads a Hugging Face BLIP-2 folder (config.json, model.safetensors or
+ * sharded model-*.safetensors + index, tokenizer and preprocessor files).
+ * Weights in f32, f16 or bf16.  opts may be NULL.  On success *out is a new
+ * model the caller frees with blip2_model_free(). */
+int blip2_model_load(blip2_model **out, const char *path,
+                     const blip2_load_opts *opts, blip2_error *err);
+/* Frees a model; NULL is allowed. */
+void blip2_model_free(blip2_model *m);
+
+/* Shapes. */
+int blip2_image_size(const blip2_model *m);      /* H == W of pixel_values */
+size_t blip2_pixel_values_len(const blip2_model *m); /* 3*H*W floats */
+int blip2_num_query_tokens(const blip2_model *m);   /* Q */
+int blip2_text_hidden(const blip2_model *m);        /* Dt */
+size_t blip2_query_embeds_len(const blip2_model *m); /* Q*Dt floats */
+int blip2_vocab_size(const blip2_model *m);
+int blip2_max_positions(const blip2_model *m);      /* OPT max_position_embeddings */
+
+/* ---- image preprocessing (BlipImageProcessor) ---- */
+
+typedef struct blip2_image_opts {
+    int no_exif_rotate;   /* 1: ignore EXIF orientation (the reference does) */
+    uint64_t max_pixels;  /* decoded width*height limit; 0 = default (64 Mpx) */
+} blip2_image_opts;
+
+/* Decodes an encoded image (PNG, JPEG, WebP, TIFF, GIF ...) from memory and
+ * writes pixel_values (3,H,W) f32 into px (blip2_pixel_values_len floats,
+ * caller-owned).  opts may be NULL. */
+int blip2_preprocess(const blip2_model *m, const void *bytes, size_t len,
+                     const blip2_image_opts *opts, float *px, blip2_error *err);
+/* The same, reading the file at path. */
+int blip2_preprocess_file(const blip2_model *m, const char *path,
+                          const blip2_image_opts *opts, float *px,
+                          blip2_error *err);
+
+/* ---- vision encoder + Q-Former + projection ---- */
+
+/* Optional stage outputs of blip2_encode_image; any pointer may be NULL.
+ * Each is caller-owned, sized for n images. */
+typedef struct blip2_stages {
+    float *vision_last_hidden_state; /* (n, 1+P, Dv) after post_layernorm */
+    float *vision_pooler_output;     /* (n, Dv) */
+    float *qformer_last_hidden_state;/* (n, Q, Dq) */
+} blip2_stages;
+
+int blip2_vision_hidden(const blip2_model *m);   /* Dv */
+int blip2_vision_tokens(const blip2_model *m);   /* 1+P */
+int blip2_qformer_hidden(const blip2_model *m);  /* Dq */
+
+/* pixel values (n,3,H,W) -> projected query embeddings (n,Q,Dt) in out. */
+int blip2_encode_image(const blip2_model *m, const float *px, int n,
+                       float *out, blip2_stages *stages, blip2_error *err);
+
+/* ---- tokenizer ---- */
+
+/* Encodes text as the processor does (add_special: leading BOS).  *ids is
+ * new (caller frees with free()). */
+int blip2_tokenize(const blip2_model *m, const char *text, int add_special,
+                   int32_t **ids, size_t *n, blip2_error *err);
+/* Decodes ids to UTF-8 text (invalid bytes become U+FFFD), with the
+ * tokenizer's clean-up of spaces; *text is new (free()). */
+int blip2_detokenize(const blip2_model *m, const int32_t *ids, size_t n,
+                     int skip_special, char **text, blip2_error *err);
+/* Raw bytes of one token (byte-level BPE), for streaming; returns the byte
+ * count (0 for special tokens) or a negative code; writes at most cap. */
+int blip2_token_bytes(const blip2_model *m, int32_t id, char *buf, size_t cap);
+
+/* ---- generation ---- */
+
+typedef struct blip2_gen_params {
+    int max_new_tokens;       /* default 20 */
+    int min_new_tokens;       /* default 0 */
+    int num_beams;            /* default 1 (greedy) */
+    float length_penalty;     /* default 1.0 (beam search) */
+    int early_stopping;       /* default 0 (beam search, as the reference) */
+    float repetition_penalty; /* default 1.0 = off */
+} blip2_gen_params;
+
+void blip2_gen_params_default(blip2_gen_params *p);
+
+/* One sequence to generate for. */
+typedef struct blip2_request {
+    const float *query_embeds; /* (Q,Dt), from blip2_encode_image; borrowed */
+    const char *prompt;        /* UTF-8 or NULL; tokenised with BOS */
+    const int32_t *prompt_ids; /* alternatively the ids (with BOS); used if non-NULL */
+    size_t n_prompt_ids;
+} blip2_request;
+
+typedef struct blip2_seq_result {
+    int32_t *ids;   /* [bos] + new tokens, as the reference's generate returns */
+    size_t n_ids;
+    char *text;     /* decode(ids, skip_special_tokens=True) */
+    int finish;     /* BLIP2_FINISH_* */
+} blip2_seq_result;
+
+enum { BLIP2_FINISH_LENGTH = 0, BLIP2_FINISH_EOS = 1 };
+
+typedef struct blip2_result {
+    blip2_seq_result *seqs; /* one per request */
+    int n;
+} blip2_result;
+
+void blip2_result_free(blip2_result *r);
+
+/* Called after each decoding step with the new token of request `req`
+ * (greedy: as soon as it is chosen; beam search: not called).  Return
+ * non-zero to cancel the whole call (BLIP2_ECANCELED). */
+typedef int (*blip2_token_cb)(void *user, int req, int32_t token);
+
+/* Generates for n requests together (a batch).  Each row gives the same ids
+ * as generating it alone.  res is filled on success (free with
+ * blip2_result_free). */
+int blip2_generate(const blip2_model *m, const blip2_request *rq, int n,
+                   const blip2_gen_params *p, blip2_token_cb cb, void *user,
+                   blip2_result *res, blip2_error *err);
+
+/* Plain forward pass of the language model on [query_embeds ; embed(ids)]
+ * for one request; writes the last position's logits (V floats) and, if
+ * all_logits is non-NULL, every position's ((Q+L),V). */
+int blip2_forward_logits(const blip2_model *m, const blip2_request *rq,
+                         float *last_logits, float *all_logits,
+                         blip2_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,12 @@
+#!/bin/sh
+# Installs the Debian 12 packages blip2d needs to build and to run its tests.
+set -eu
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends \
+  build-essential autoconf automake libtool pkg-config \
+  libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
+  libpcre2-dev libsentencepiece-dev libsystemd-dev \
+  python3 python3-msgpack valgrind

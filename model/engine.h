@@ -1,1 +1,122 @@
-/* placeholder */
+/*
+ * engine.h - internal: the loaded model (immutable weights) and the stage
+ * functions that run on it.
+ *
+ * Weights are views into the read-only safetensors mappings when they are
+ * stored as aligned f32, or f32 copies owned by the model otherwise (f16 and
+ * bf16 checkpoints).  Request state (KV caches, scratch) lives outside the
+ * model, so one model serves many threads.
+ */
+#ifndef BLIP2_ENGINE_H
+#define BLIP2_ENGINE_H
+#include "blip2.h"
+#include "config.h"
+#include "image.h"
+#include "kernels.h"
+#include "tokenizer.h"
+
+typedef struct b2_vision_layer {
+    b2_ln ln1, ln2;          /* (Dv) */
+    b2_linear qkv;           /* (3*Dv, Dv): q, k, v stacked */
+    b2_linear proj;          /* (Dv, Dv) */
+    b2_linear fc1, fc2;      /* (Fv, Dv), (Dv, Fv) */
+} b2_vision_layer;
+
+typedef struct b2_bert_attn {
+    b2_linear q, k, v;       /* (Dq, Dq) self; k, v (Dq, Dv) for cross */
+    b2_linear o;             /* (Dq, Dq) */
+    b2_ln ln;                /* (Dq) post-residual */
+} b2_bert_attn;
+
+typedef struct b2_qformer_layer {
+    b2_bert_attn self, cross; /* cross used only if has_cross */
+    int has_cross;
+    b2_linear inter, out;    /* (Fq, Dq), (Dq, Fq): the query feed-forward */
+    b2_ln out_ln;            /* (Dq) */
+} b2_qformer_layer;
+
+typedef struct b2_opt_layer {
+    b2_ln attn_ln, ffn_ln;   /* (D) */
+    b2_linear q, k, v, o;    /* (D, D) */
+    b2_linear fc1, fc2;      /* (F, D), (D, F) */
+} b2_opt_layer;
+
+struct blip2_model {
+    b2_config cfg;
+    b2_preproc pp;
+    b2_bpe *tok;
+
+    /* vision */
+    b2_linear patch;          /* (Dv, 3*ps*ps), the conv as a matmul over patches */
+    const float *class_emb;   /* (Dv) */
+    const float *pos_emb;     /* (1+P, Dv) */
+    b2_vision_layer *vl;      /* (v_layers) */
+    b2_ln post_ln;
+
+    /* Q-Former */
+    const float *query_tokens; /* (Q, Dq) */
+    b2_ln q_ln;               /* applied to the query embeddings first */
+    b2_qformer_layer *ql;     /* (q_layers) */
+    b2_linear proj;           /* (Dt, Dq) language_projection */
+
+    /* OPT */
+    const float *embed_tokens; /* (V, D) */
+    const float *embed_pos;    /* (max_pos + 2, D) */
+    b2_opt_layer *tl;         /* (t_layers) */
+    b2_ln final_ln;           /* d == 0 when absent */
+    const float *lm_head;     /* (V, D) */
+
+    /* storage */
+    struct b2_st_file **files;
+    int n_files;
+    void **owned;
+    int n_owned, cap_owned;
+};
+
+/* Vision tower: px (n,3,H,W) -> out (n,T,Dv) after post_layernorm, pooled
+ * (n,Dv) (may be NULL). */
+int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
+                       float *pooled, blip2_error *err);
+
+/* Q-Former: img (n,T,Dv) -> out (n,Q,Dq). */
+int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *out,
+                        blip2_error *err);
+
+/* ---- OPT decoder with KV cache ---- */
+
+/* One sequence's cache: per layer (cap, D) keys and values. */
+typedef struct b2_kv {
+    float *k, *v;   /* (t_layers, cap, D) */
+    int len, cap;
+} b2_kv;
+
+int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap);
+void b2__kv_free(b2_kv *kv);
+/* dst takes src's first len positions (dst->cap >= src->len). */
+void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m);
+
+/* Scratch for b2__opt_forward, sized for up to max_rows rows and contexts
+ * up to max_ctx positions. */
+typedef struct b2_opt_ws {
+    float *h, *x, *q, *k, *v, *a, *f, *s; /* (rows,D) x6, (rows,F), (max_ctx) */
+    int max_rows, max_ctx;
+} b2_opt_ws;
+
+int b2__opt_ws_init(b2_opt_ws *ws, const blip2_model *m, int max_rows, int max_ctx);
+void b2__opt_ws_free(b2_opt_ws *ws);
+
+/* Runs n rows through the decoder.  Row i is the input embedding emb[i]
+ * (D floats) of sequence kvs[seq[i]] at position pos[i]; its keys and
+ * values are written at slot pos[i] and it attends to slots 0..pos[i] of
+ * its own sequence (rows of one sequence in position order).  Writes the
+ * final hidden states (n, D) into hidden.  Does not change kv->len. */
+void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int n,
+                     b2_kv *const *kvs, const int *seq, const int *pos, float *hidden);
+
+/* logits (n, V) = hidden (n, D) @ lm_head^T. */
+void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *logits);
+
+/* emb (n, D) = embed_tokens[ids]. */
+void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb);
+
+#endif

@@ -1,1 +1,287 @@
-/* placeholder */
+/*
+ * model.c - loading a BLIP-2 checkpoint and the public entry points that are
+ * not generation: shapes, preprocessing, image encoding, tokenizer access,
+ * and the plain forward pass that yields logits.
+ *
+ * Load: config.json -> b2_config; preprocessor_config.json -> b2_preproc;
+ * tokenizer files -> b2_bpe; safetensors -> every weight bound by name with
+ * its expected shape (a missing or mis-shaped tensor fails the load with
+ * its name).  After load the model is never written again.
+ */
+#include "engine.h"
+#include "error.h"
+#include "weights.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Binding context: formats names and keeps the first error. */
+typedef struct binder {
+    blip2_model *m;
+    blip2_error *err;
+    int rc;
+} binder;
+
+__attribute__((format(printf, 4, 5)))
+static const float *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const float *p = NULL;
+    if (b->rc < 0) return NULL;
+    b->rc = b2__weight(b->m, name, ndim, shape, &p, b->err);
+    return p;
+}
+
+#define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__}
+
+static void bind_linear(binder *b, b2_linear *l, int out, int in, int bias, const char *prefix)
+{
+    l->out = out;
+    l->in = in;
+    l->w = bind(b, SHAPE(out, in), "%s.weight", prefix);
+    l->b = bias ? bind(b, SHAPE(out), "%s.bias", prefix) : NULL;
+}
+
+static void bind_ln(binder *b, b2_ln *ln, int d, int affine, const char *prefix)
+{
+    ln->d = d;
+    ln->w = affine ? bind(b, SHAPE(d), "%s.weight", prefix) : NULL;
+    ln->b = affine ? bind(b, SHAPE(d), "%s.bias", prefix) : NULL;
+}
+
+static void bind_bert_attn(binder *b, b2_bert_attn *a, int D, int Dkv, const char *prefix)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s.attention.query", prefix); bind_linear(b, &a->q, D, D, 1, p);
+    snprintf(p, sizeof p, "%s.attention.key", prefix); bind_linear(b, &a->k, D, Dkv, 1, p);
+    snprintf(p, sizeof p, "%s.attention.value", prefix); bind_linear(b, &a->v, D, Dkv, 1, p);
+    snprintf(p, sizeof p, "%s.output.dense", prefix); bind_linear(b, &a->o, D, D, 1, p);
+    snprintf(p, sizeof p, "%s.output.LayerNorm", prefix); bind_ln(b, &a->ln, D, 1, p);
+}
+
+static int bind_all(blip2_model *m, blip2_error *err)
+{
+    const b2_config *c = &m->cfg;
+    binder b = {m, err, 0};
+    char p[256];
+    const int Dv = c->v_hidden, Dq = c->q_hidden, D = c->t_hidden, Dw = c->t_word_proj;
+    const int ps = c->patch_size, g = c->image_size / ps, T = 1 + g * g;
+
+    /* vision */
+    m->patch.out = Dv;
+    m->patch.in = 3 * ps * ps;
+    m->patch.w = bind(&b, SHAPE(Dv, 3, ps, ps), "vision_model.embeddings.patch_embedding.weight");
+    m->patch.b = bind(&b, SHAPE(Dv), "vision_model.embeddings.patch_embedding.bias");
+    m->class_emb = bind(&b, SHAPE(1, 1, Dv), "vision_model.embeddings.class_embedding");
+    m->pos_emb = bind(&b, SHAPE(1, T, Dv), "vision_model.embeddings.position_embedding");
+    for (int l = 0; l < c->v_layers; l++) {
+        b2_vision_layer *L = &m->vl[l];
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.layer_norm1", l); bind_ln(&b, &L->ln1, Dv, 1, p);
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.layer_norm2", l); bind_ln(&b, &L->ln2, Dv, 1, p);
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.self_attn.qkv", l);
+        bind_linear(&b, &L->qkv, 3 * Dv, Dv, c->v_qkv_bias, p);
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.self_attn.projection", l);
+        bind_linear(&b, &L->proj, Dv, Dv, 1, p);
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.mlp.fc1", l); bind_linear(&b, &L->fc1, c->v_inter, Dv, 1, p);
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d.mlp.fc2", l); bind_linear(&b, &L->fc2, Dv, c->v_inter, 1, p);
+    }
+    bind_ln(&b, &m->post_ln, Dv, 1, "vision_model.post_layernorm");
+
+    /* Q-Former */
+    m->query_tokens = bind(&b, SHAPE(1, c->num_query, Dq), "query_tokens");
+    bind_ln(&b, &m->q_ln, Dq, 1, "qformer.layernorm");
+    for (int l = 0; l < c->q_layers; l++) {
+        b2_qformer_layer *L = &m->ql[l];
+        snprintf(p, sizeof p, "qformer.encoder.layer.%d.attention", l);
+        bind_bert_attn(&b, &L->self, Dq, Dq, p);
+        L->has_cross = l % c->q_cross_freq == 0;
+        if (L->has_cross) {
+            snprintf(p, sizeof p, "qformer.encoder.layer.%d.crossattention", l);
+            bind_bert_attn(&b, &L->cross, Dq, c->q_enc_hidden, p);
+        }
+        snprintf(p, sizeof p, "qformer.encoder.layer.%d.intermediate_query.dense", l);
+        bind_linear(&b, &L->inter, c->q_inter, Dq, 1, p);
+        snprintf(p, sizeof p, "qformer.encoder.layer.%d.output_query.dense", l);
+        bind_linear(&b, &L->out, Dq, c->q_inter, 1, p);
+        snprintf(p, sizeof p, "qformer.encoder.layer.%d.output_query.LayerNorm", l);
+        bind_ln(&b, &L->out_ln, Dq, 1, p);
+    }
+    bind_linear(&b, &m->proj, D, Dq, 1, "language_projection");
+
+    /* OPT */
+    const char *dec = "language_model.model.decoder";
+    snprintf(p, sizeof p, "%s.embed_tokens.weight", dec);
+    m->embed_tokens = bind(&b, SHAPE(c->t_vocab, Dw), "%s", p);
+    snprintf(p, sizeof p, "%s.embed_positions.weight", dec);
+    m->embed_pos = bind(&b, SHAPE(c->t_max_pos + 2, D), "%s", p);
+    for (int l = 0; l < c->t_layers; l++) {
+        b2_opt_layer *L = &m->tl[l];
+        snprintf(p, sizeof p, "%s.layers.%d.self_attn.q_proj", dec, l); bind_linear(&b, &L->q, D, D, c->t_bias, p);
+        snprintf(p, sizeof p, "%s.layers.%d.self_attn.k_proj", dec, l); bind_linear(&b, &L->k, D, D, c->t_bias, p);
+        snprintf(p, sizeof p, "%s.layers.%d.self_attn.v_proj", dec, l); bind_linear(&b, &L->v, D, D, c->t_bias, p);
+        snprintf(p, sizeof p, "%s.layers.%d.self_attn.out_proj", dec, l); bind_linear(&b, &L->o, D, D, c->t_bias, p);
+        snprintf(p, sizeof p, "%s.layers.%d.self_attn_layer_norm", dec, l); bind_ln(&b, &L->attn_ln, D, c->t_ln_affine, p);
+        snprintf(p, sizeof p, "%s.layers.%d.final_layer_norm", dec, l); bind_ln(&b, &L->ffn_ln, D, c->t_ln_affine, p);
+        snprintf(p, sizeof p, "%s.layers.%d.fc1", dec, l); bind_linear(&b, &L->fc1, c->t_ffn, D, c->t_bias, p);
+        snprintf(p, sizeof p, "%s.layers.%d.fc2", dec, l); bind_linear(&b, &L->fc2, D, c->t_ffn, c->t_bias, p);
+    }
+    if (c->t_final_ln) {
+        snprintf(p, sizeof p, "%s.final_layer_norm", dec);
+        bind_ln(&b, &m->final_ln, D, c->t_ln_affine, p);
+    }
+    if (c->t_tie || !b2__weight_exists(m, "language_model.lm_head.weight"))
+        m->lm_head = m->embed_tokens; /* tied: the stored copy, if any, equals it */
+    else
+        m->lm_head = bind(&b, SHAPE(c->t_vocab, Dw), "language_model.lm_head.weight");
+    return b.rc;
+}
+
+void blip2_model_free(blip2_model *m)
+{
+    if (!m) return;
+    b2__weights_close(m);
+    b2__bpe_free(m->tok);
+    free(m->vl);
+    free(m->ql);
+    free(m->tl);
+    free(m);
+}
+
+int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
+                     blip2_error *err)
+{
+    (void)opts;
+    char p[4096];
+    struct stat st;
+    int rc;
+    *out = NULL;
+    if (!path) return b2__err(err, BLIP2_EINVAL, "no model path given");
+    if (stat(path, &st) != 0) return b2__err(err, BLIP2_EIO, "%s: no such model folder", path);
+    if (!S_ISDIR(st.st_mode))
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a folder (expected a Hugging Face model folder)", path);
+    blip2_model *m = calloc(1, sizeof *m);
+    if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    snprintf(p, sizeof p, "%s/config.json", path);
+    if ((rc = b2__config_load(&m->cfg, p, err)) < 0) goto fail;
+    b2__preproc_default(&m->pp);
+    snprintf(p, sizeof p, "%s/preprocessor_config.json", path);
+    if ((rc = b2__preproc_load(&m->pp, p, err)) < 0) goto fail;
+    if (m->pp.size_h != m->cfg.image_size || m->pp.size_w != m->cfg.image_size) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: resize to %dx%d does not match the vision image_size %d",
+                     p, m->pp.size_w, m->pp.size_h, m->cfg.image_size);
+        goto fail;
+    }
+    if ((rc = b2__bpe_load(&m->tok, path, err)) < 0) goto fail;
+    m->vl = calloc((size_t)m->cfg.v_layers, sizeof *m->vl);
+    m->ql = calloc((size_t)m->cfg.q_layers, sizeof *m->ql);
+    m->tl = calloc((size_t)m->cfg.t_layers, sizeof *m->tl);
+    if (!m->vl || !m->ql || !m->tl) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
+    if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
+    if ((rc = bind_all(m, err)) < 0) goto fail;
+    *out = m;
+    return 0;
+fail:
+    blip2_model_free(m);
+    return rc;
+}
+
+int blip2_image_size(const blip2_model *m) { return m->cfg.image_size; }
+size_t blip2_pixel_values_len(const blip2_model *m) { return 3 * (size_t)m->cfg.image_size * m->cfg.image_size; }
+int blip2_num_query_tokens(const blip2_model *m) { return m->cfg.num_query; }
+int blip2_text_hidden(const blip2_model *m) { return m->cfg.t_word_proj; }
+size_t blip2_query_embeds_len(const blip2_model *m) { return (size_t)m->cfg.num_query * m->cfg.t_word_proj; }
+int blip2_vocab_size(const blip2_model *m) { return m->cfg.t_vocab; }
+int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
+int blip2_vision_hidden(const blip2_model *m) { return m->cfg.v_hidden; }
+int blip2_qformer_hidden(const blip2_model *m) { return m->cfg.q_hidden; }
+int blip2_vision_tokens(const blip2_model *m)
+{
+    int g = m->cfg.image_size / m->cfg.patch_size;
+    return 1 + g * g;
+}
+
+int blip2_preprocess(const blip2_model *m, const void *bytes, size_t len,
+                     const blip2_image_opts *opts, float *px, blip2_error *err)
+{
+    return b2__preprocess(&m->pp, bytes, len, opts, px, err);
+}
+
+int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_image_opts *opts,
+                          float *px, blip2_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return b2__err(err, BLIP2_EIO, "%s: cannot open image", path);
+    size_t cap = 1 << 16, len = 0;
+    unsigned char *buf = malloc(cap);
+    int rc = 0;
+    for (;;) {
+        if (!buf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); break; }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (len < cap) {
+            if (ferror(f)) rc = b2__err(err, BLIP2_EIO, "%s: read error", path);
+            break;
+        }
+        if (cap >= ((size_t)1 << 31)) { rc = b2__err(err, BLIP2_ETOOBIG, "%s: file larger than 2 GiB", path); break; }
+        unsigned char *nb = realloc(buf, cap * 2);
+        if (!nb) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); break; }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (rc == 0) {
+        rc = b2__preprocess(&m->pp, buf, len, opts, px, err);
+        if (rc < 0 && err) { /* prefix the file name */
+            char tmp[sizeof err->text];
+            memcpy(tmp, err->text, sizeof tmp);
+            snprintf(err->text, sizeof err->text, "%.100s: %.200s", path, tmp);
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+int blip2_encode_image(const blip2_model *m, const float *px, int n, float *out,
+                       blip2_stages *stages, blip2_error *err)
+{
+    const b2_config *c = &m->cfg;
+    if (n <= 0 || !px || !out) return b2__err(err, BLIP2_EINVAL, "encode_image: bad arguments");
+    const size_t T = (size_t)blip2_vision_tokens(m);
+    float *vis = stages && stages->vision_last_hidden_state ? stages->vision_last_hidden_state
+                 : malloc(sizeof(float) * n * T * c->v_hidden);
+    float *qf = stages && stages->qformer_last_hidden_state ? stages->qformer_last_hidden_state
+                : malloc(sizeof(float) * n * c->num_query * c->q_hidden);
+    int rc;
+    if (!vis || !qf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
+    if ((rc = b2__vision_forward(m, px, n, vis, stages ? stages->vision_pooler_output : NULL, err)) < 0) goto out;
+    if ((rc = b2__qformer_forward(m, vis, n, qf, err)) < 0) goto out;
+    b2__linear(out, qf, n * c->num_query, &m->proj);
+out:
+    if (!stages || vis != stages->vision_last_hidden_state) free(vis);
+    if (!stages || qf != stages->qformer_last_hidden_state) free(qf);
+    return rc;
+}
+
+int blip2_tokenize(const blip2_model *m, const char *text, int add_special, int32_t **ids,
+                   size_t *n, blip2_error *err)
+{
+    return b2__bpe_encode(m->tok, text, strlen(text), add_special, ids, n, err);
+}
+
+int blip2_detokenize(const blip2_model *m, const int32_t *ids, size_t n, int skip_special,
+                     char **text, blip2_error *err)
+{
+    return b2__bpe_decode(m->tok, ids, n, skip_special, text, err);
+}
+
+int blip2_token_bytes(const blip2_model *m, int32_t id, char *buf, size_t cap)
+{
+    return b2__bpe_token_bytes(m->tok, id, buf, cap);
+}

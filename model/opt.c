@@ -1,1 +1,167 @@
-/* placeholder */
+/*
+ * opt.c - the OPT decoder (Meta's Open Pre-trained Transformer) with a KV
+ * cache per sequence, as OPTForCausalLM computes it.
+ *
+ *   emb (n, D) -> + embed_pos[pos + 2]
+ *   for each layer (pre-norm when do_layer_norm_before):
+ *     x = ln(h); q = (x Wq + bq) / sqrt(hd); k, v -> cache slot pos
+ *     h += o(softmax(q K[0..pos]^T) V[0..pos])
+ *     h += fc2(act(fc1(ffn_ln(h))))
+ *   -> final_layer_norm -> hidden (n, D)
+ *   logits = hidden @ embed_tokens^T (tied lm_head)
+ *
+ * Rows of several sequences are processed together: every projection is
+ * one matrix product over all rows (this is how decode steps of several
+ * requests are batched); attention is per row over that row's own cache.
+ * Positions are cache slots: the reference derives position ids from the
+ * attention mask (cumsum - 1), which for unpadded rows is the slot index.
+ */
+#include "engine.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap)
+{
+    size_t sz = (size_t)m->cfg.t_layers * cap * m->cfg.t_hidden;
+    kv->k = malloc(sizeof(float) * sz);
+    kv->v = malloc(sizeof(float) * sz);
+    kv->len = 0;
+    kv->cap = cap;
+    if (!kv->k || !kv->v) {
+        b2__kv_free(kv);
+        return BLIP2_ENOMEM;
+    }
+    return 0;
+}
+
+void b2__kv_free(b2_kv *kv)
+{
+    free(kv->k);
+    free(kv->v);
+    kv->k = kv->v = NULL;
+    kv->len = kv->cap = 0;
+}
+
+void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m)
+{
+    const size_t D = (size_t)m->cfg.t_hidden;
+    for (int l = 0; l < m->cfg.t_layers; l++) {
+        memcpy(dst->k + (size_t)l * dst->cap * D, src->k + (size_t)l * src->cap * D,
+               sizeof(float) * src->len * D);
+        memcpy(dst->v + (size_t)l * dst->cap * D, src->v + (size_t)l * src->cap * D,
+               sizeof(float) * src->len * D);
+    }
+    dst->len = src->len;
+}
+
+int b2__opt_ws_init(b2_opt_ws *ws, const blip2_model *m, int max_rows, int max_ctx)
+{
+    const size_t D = (size_t)m->cfg.t_hidden, Dm = D, F = (size_t)m->cfg.t_ffn, R = (size_t)max_rows;
+    memset(ws, 0, sizeof *ws);
+    ws->h = malloc(sizeof(float) * R * Dm);
+    ws->x = malloc(sizeof(float) * R * Dm);
+    ws->q = malloc(sizeof(float) * R * D);
+    ws->k = malloc(sizeof(float) * R * D);
+    ws->v = malloc(sizeof(float) * R * D);
+    ws->a = malloc(sizeof(float) * R * D);
+    ws->f = malloc(sizeof(float) * R * F);
+    ws->s = malloc(sizeof(float) * (size_t)max_ctx);
+    ws->max_rows = max_rows;
+    ws->max_ctx = max_ctx;
+    if (!ws->h || !ws->x || !ws->q || !ws->k || !ws->v || !ws->a || !ws->f || !ws->s) {
+        b2__opt_ws_free(ws);
+        return BLIP2_ENOMEM;
+    }
+    return 0;
+}
+
+void b2__opt_ws_free(b2_opt_ws *ws)
+{
+    free(ws->h); free(ws->x); free(ws->q); free(ws->k);
+    free(ws->v); free(ws->a); free(ws->f); free(ws->s);
+    memset(ws, 0, sizeof *ws);
+}
+
+void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb)
+{
+    const size_t D = (size_t)m->cfg.t_hidden;
+    for (int i = 0; i < n; i++)
+        memcpy(emb + i * D, m->embed_tokens + (size_t)ids[i] * D, sizeof(float) * D);
+}
+
+void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *logits)
+{
+    const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
+    b2__matmul_t(logits, V, hidden, D, m->lm_head, D, n, V, D, 1.0f, 0.0f);
+}
+
+/* One row's attention over its cache: out (D) for query q (D). */
+static void attend(float *out, const float *q, const float *K, const float *V, int npos,
+                   int heads, int hd, int D, float *s)
+{
+    for (int h = 0; h < heads; h++) {
+        const float *qh = q + h * hd;
+        for (int j = 0; j < npos; j++) {
+            const float *kj = K + (size_t)j * D + h * hd;
+            float acc = 0;
+            for (int e = 0; e < hd; e++) acc += qh[e] * kj[e];
+            s[j] = acc;
+        }
+        b2__softmax(s, npos);
+        float *oh = out + h * hd;
+        memset(oh, 0, sizeof(float) * hd);
+        for (int j = 0; j < npos; j++) {
+            const float *vj = V + (size_t)j * D + h * hd;
+            const float w = s[j];
+            for (int e = 0; e < hd; e++) oh[e] += w * vj[e];
+        }
+    }
+}
+
+void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int n,
+                     b2_kv *const *kvs, const int *seq, const int *pos, float *hidden)
+{
+    const b2_config *c = &m->cfg;
+    const int D = c->t_hidden, F = c->t_ffn, H = c->t_heads, hd = D / H;
+    const float eps = 1e-5f, scale = 1.0f / sqrtf((float)hd);
+    float *h = ws->h, *x = ws->x;
+    memcpy(h, emb, sizeof(float) * (size_t)n * D);
+    for (int i = 0; i < n; i++)
+        b2__add(h + (size_t)i * D, m->embed_pos + (size_t)(pos[i] + 2) * D, (size_t)D);
+    for (int l = 0; l < c->t_layers; l++) {
+        const b2_opt_layer *L = &m->tl[l];
+        if (c->t_ln_before) b2__layernorm(x, h, n, &L->attn_ln, eps);
+        else memcpy(x, h, sizeof(float) * (size_t)n * D);
+        b2__linear(ws->q, x, n, &L->q);
+        b2__linear(ws->k, x, n, &L->k);
+        b2__linear(ws->v, x, n, &L->v);
+        for (size_t i = 0; i < (size_t)n * D; i++) ws->q[i] *= scale;
+        for (int i = 0; i < n; i++) {
+            b2_kv *kv = kvs[seq[i]];
+            size_t off = ((size_t)l * kv->cap + pos[i]) * D;
+            memcpy(kv->k + off, ws->k + (size_t)i * D, sizeof(float) * D);
+            memcpy(kv->v + off, ws->v + (size_t)i * D, sizeof(float) * D);
+        }
+        for (int i = 0; i < n; i++) {
+            const b2_kv *kv = kvs[seq[i]];
+            size_t base = (size_t)l * kv->cap * D;
+            attend(ws->a + (size_t)i * D, ws->q + (size_t)i * D, kv->k + base, kv->v + base,
+                   pos[i] + 1, H, hd, D, ws->s);
+        }
+        b2__linear(x, ws->a, n, &L->o);
+        b2__add(h, x, (size_t)n * D);
+        if (!c->t_ln_before) b2__layernorm(h, h, n, &L->attn_ln, eps);
+        if (c->t_ln_before) b2__layernorm(x, h, n, &L->ffn_ln, eps);
+        else memcpy(x, h, sizeof(float) * (size_t)n * D);
+        b2__linear(ws->f, x, n, &L->fc1);
+        b2__act(ws->f, (size_t)n * F, c->t_act);
+        b2__linear(x, ws->f, n, &L->fc2);
+        b2__add(h, x, (size_t)n * D);
+        if (!c->t_ln_before) b2__layernorm(h, h, n, &L->ffn_ln, eps);
+    }
+    if (c->t_final_ln) b2__layernorm(h, h, n, &m->final_ln, eps);
+    memcpy(hidden, h, sizeof(float) * (size_t)n * D);
+}

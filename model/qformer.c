@@ -1,1 +1,74 @@
-/* placeholder */
+/*
+ * qformer.c - the BLIP-2 Querying Transformer on the query tokens alone (no
+ * text input), as Blip2ForConditionalGeneration runs it.
+ *
+ *   h = LayerNorm(query_tokens)                         (Q, Dq) per image
+ *   for each layer l:
+ *     h = LN(h + dense(selfattn(h)))                    BERT post-norm
+ *     if l % cross_attention_frequency == 0:
+ *       h = LN(h + dense(crossattn(h, image (T, Dv))))
+ *     h = LN(h + out(act(inter(h))))                    the query FFN path
+ *   -> last_hidden_state (n, Q, Dq)
+ * The image attention mask is all ones, so no masking is needed.
+ */
+#include "engine.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *out,
+                        blip2_error *err)
+{
+    const b2_config *c = &m->cfg;
+    const int D = c->q_hidden, F = c->q_inter, Q = c->num_query, Dv = c->v_hidden;
+    const int T = 1 + (c->image_size / c->patch_size) * (c->image_size / c->patch_size);
+    const int hd = D / c->q_heads;
+    float *q = malloc(sizeof(float) * Q * D), *a = malloc(sizeof(float) * Q * D);
+    float *k = malloc(sizeof(float) * (size_t)T * D), *v = malloc(sizeof(float) * (size_t)T * D);
+    float *f = malloc(sizeof(float) * (size_t)Q * F), *sc = malloc(sizeof(float) * (size_t)Q * T);
+    int rc = 0;
+    if (!q || !a || !k || !v || !f || !sc) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the Q-Former");
+        goto out;
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < n; b++) {
+        float *h = out + (size_t)b * Q * D;
+        const float *im = img + (size_t)b * T * Dv;
+        b2__layernorm(h, m->query_tokens, Q, &m->q_ln, c->q_eps);
+        for (int l = 0; l < c->q_layers; l++) {
+            const b2_qformer_layer *L = &m->ql[l];
+            b2__linear(q, h, Q, &L->self.q);
+            b2__linear(k, h, Q, &L->self.k);
+            b2__linear(v, h, Q, &L->self.v);
+            b2__attention(a, D, q, D, k, D, v, D, Q, Q, c->q_heads, hd, scale, sc);
+            b2__linear(q, a, Q, &L->self.o);
+            b2__add(q, h, (size_t)Q * D);
+            b2__layernorm(h, q, Q, &L->self.ln, c->q_eps);
+            if (L->has_cross) {
+                b2__linear(q, h, Q, &L->cross.q);
+                b2__linear(k, im, T, &L->cross.k);
+                b2__linear(v, im, T, &L->cross.v);
+                b2__attention(a, D, q, D, k, D, v, D, Q, T, c->q_heads, hd, scale, sc);
+                b2__linear(q, a, Q, &L->cross.o);
+                b2__add(q, h, (size_t)Q * D);
+                b2__layernorm(h, q, Q, &L->cross.ln, c->q_eps);
+            }
+            b2__linear(f, h, Q, &L->inter);
+            b2__act(f, (size_t)Q * F, c->q_act);
+            b2__linear(q, f, Q, &L->out);
+            b2__add(q, h, (size_t)Q * D);
+            b2__layernorm(h, q, Q, &L->out_ln, c->q_eps);
+        }
+    }
+out:
+    free(q);
+    free(a);
+    free(k);
+    free(v);
+    free(f);
+    free(sc);
+    return rc;
+}

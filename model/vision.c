@@ -1,1 +1,87 @@
-/* placeholder */
+/*
+ * vision.c - the BLIP-2 vision transformer (EVA ViT-g in the real models).
+ *
+ *   pixel_values (n,3,H,W)
+ *     -> patches (n*P, 3*ps*ps)   im2col of the stride-ps convolution
+ *     -> patch linear (n*P, Dv), prepend class embedding, add positions
+ *     -> L x [ h += proj(attn(ln1(h)));  h += fc2(act(fc1(ln2(h)))) ]
+ *     -> post_layernorm -> last_hidden_state (n, T=1+P, Dv)
+ *     -> pooled = post_layernorm(last_hidden_state[:, 0])   (normed twice,
+ *        as transformers 4.37.2 does)
+ * Linear layers run over all n*T rows at once (sgemm); attention per image
+ * and head.
+ */
+#include "engine.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
+                       float *pooled, blip2_error *err)
+{
+    const b2_config *c = &m->cfg;
+    const int D = c->v_hidden, F = c->v_inter, S = c->image_size, ps = c->patch_size;
+    const int g = S / ps, P = g * g, T = 1 + P, K = 3 * ps * ps, hd = D / c->v_heads;
+    const size_t rows = (size_t)n * T;
+    float *patches = malloc(sizeof(float) * (size_t)n * P * K);
+    float *x = malloc(sizeof(float) * rows * D);
+    float *qkv = malloc(sizeof(float) * rows * 3 * D);
+    float *att = malloc(sizeof(float) * rows * D);
+    float *ff = malloc(sizeof(float) * rows * (size_t)(F > 3 * D ? F : 3 * D));
+    float *sc = malloc(sizeof(float) * (size_t)T * T);
+    int rc = 0;
+    if (!patches || !x || !qkv || !att || !ff || !sc) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the vision encoder");
+        goto out;
+    }
+    /* im2col: patch p = (gy, gx), feature (ch, ky, kx) as the conv weight is laid out */
+    for (int b = 0; b < n; b++)
+        for (int gy = 0; gy < g; gy++)
+            for (int gx = 0; gx < g; gx++) {
+                float *dst = patches + ((size_t)b * P + (size_t)gy * g + gx) * K;
+                for (int ch = 0; ch < 3; ch++)
+                    for (int ky = 0; ky < ps; ky++)
+                        memcpy(dst + (ch * ps + ky) * ps,
+                               px + (((size_t)b * 3 + ch) * S + (size_t)gy * ps + ky) * S + (size_t)gx * ps,
+                               sizeof(float) * ps);
+            }
+    float *h = out; /* the residual stream lives in the output buffer */
+    for (int b = 0; b < n; b++) {
+        float *hb = h + (size_t)b * T * D;
+        memcpy(hb, m->class_emb, sizeof(float) * D);
+        b2__linear(hb + D, patches + (size_t)b * P * K, P, &m->patch);
+        b2__add(hb, m->pos_emb, (size_t)T * D);
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < c->v_layers; l++) {
+        const b2_vision_layer *L = &m->vl[l];
+        b2__layernorm(x, h, (int)rows, &L->ln1, c->v_eps);
+        b2__linear(qkv, x, (int)rows, &L->qkv);
+        for (int b = 0; b < n; b++) {
+            const float *qb = qkv + (size_t)b * T * 3 * D;
+            b2__attention(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D,
+                          T, T, c->v_heads, hd, scale, sc);
+        }
+        b2__linear(x, att, (int)rows, &L->proj);
+        b2__add(h, x, rows * D);
+        b2__layernorm(x, h, (int)rows, &L->ln2, c->v_eps);
+        b2__linear(ff, x, (int)rows, &L->fc1);
+        b2__act(ff, rows * F, c->v_act);
+        b2__linear(x, ff, (int)rows, &L->fc2);
+        b2__add(h, x, rows * D);
+    }
+    b2__layernorm(out, h, (int)rows, &m->post_ln, c->v_eps);
+    if (pooled)
+        for (int b = 0; b < n; b++)
+            b2__layernorm(pooled + (size_t)b * D, out + (size_t)b * T * D, 1, &m->post_ln, c->v_eps);
+out:
+    free(patches);
+    free(x);
+    free(qkv);
+    free(att);
+    free(ff);
+    free(sc);
+    return rc;
+}

@@ -1,1 +1,28 @@
-/* placeholder */
+/*
+ * weights.h - internal: finding the checkpoint's tensors across one or more
+ * safetensors files and presenting them as f32 arrays of checked shape.
+ */
+#ifndef BLIP2_WEIGHTS_H
+#define BLIP2_WEIGHTS_H
+#include "engine.h"
+#include "safetensors.h"
+
+/* Opens model.safetensors, or the shards listed in
+ * model.safetensors.index.json, from dir into m->files. */
+int b2__weights_open(blip2_model *m, const char *dir, blip2_error *err);
+
+/* The tensor `name` as f32 with exactly the given shape (ndim dims in
+ * shape[]).  Aligned f32 data is used in place (borrowed from the mapping);
+ * f16/bf16/unaligned data is converted into a buffer the model owns.
+ * Missing -> BLIP2_EFORMAT naming the tensor; wrong shape or dtype ->
+ * BLIP2_EFORMAT naming tensor, file and both shapes. */
+int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
+               const float **out, blip2_error *err);
+
+/* Whether a tensor of that name exists in any file. */
+int b2__weight_exists(const blip2_model *m, const char *name);
+
+/* Frees the files and owned buffers of m. */
+void b2__weights_close(blip2_model *m);
+
+#endif

@@ -120,7 +120,7 @@ int main(int argc, char **argv)
         case O_DUMP: dump = optarg; break;
         case 'h': usage(stdout); return 0;
         case O_VERSION: printf("blip2-infer %s\n", PACKAGE_VERSION); return 0;
-        default: usage(stderr); return 2;
+        default: fprintf(stderr, "Try 'blip2-infer --help'.\n"); return 2;
         }
     }
     if (optind < argc) { fprintf(stderr, "blip2-infer: unexpected argument '%s'\n", argv[optind]); return 2; }

@@ -1,2 +1,96 @@
 #!/bin/sh
-echo "1..0 # SKIP not yet"
+# test_infer_errors.sh - blip2-infer on bad input: each case must exit with
+# the documented status and a one-line message that names the problem, and
+# never crash (a signal gives status >= 128).  Also checks --json and
+# --dump-tensors on a good run.  TAP output.
+set -u
+INFER=${BLIP2_INFER:-model/blip2-infer}
+G=${GOLDEN_DIR:-tests/golden}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+n=0; failed=0
+
+# expect STATUS PATTERN NAME -- command...
+expect() {
+  want=$1; pat=$2; name=$3; shift 4
+  "$@" >"$T/out" 2>"$T/err"; got=$?
+  n=$((n + 1))
+  lines=$(wc -l <"$T/err")
+  if [ "$got" -eq "$want" ] && grep -q -- "$pat" "$T/err" && { [ "$want" -ne 1 ] || [ "$lines" -le 1 ]; }; then
+    echo "ok $n - $name"
+  else
+    echo "not ok $n - $name (status $got, want $want; stderr: $(head -c 300 "$T/err"))"
+    failed=$((failed + 1))
+  fi
+}
+
+# safetensors file with one F32 tensor NAME of shape SHAPE (JSON list) and COUNT floats of zeros
+mkst() {
+  out=$1; name=$2; shape=$3; count=$4
+  hdr="{\"$name\":{\"dtype\":\"F32\",\"shape\":$shape,\"data_offsets\":[0,$((count * 4))]}}"
+  while [ $(( ${#hdr} % 8 )) -ne 0 ]; do hdr="$hdr "; done
+  len=${#hdr}
+  printf "$(printf '\\%03o\\%03o\\%03o\\%03o\\000\\000\\000\\000' $((len & 255)) $(((len >> 8) & 255)) $(((len >> 16) & 255)) $(((len >> 24) & 255)))" >"$out"
+  printf '%s' "$hdr" >>"$out"
+  head -c $((count * 4)) /dev/zero >>"$out"
+}
+
+M=$G/opt-tiny
+IMG=$G/images/chelsea.png
+
+expect 2 "model is required" "no --model is a usage error" -- "$INFER" --image "$IMG"
+expect 2 "give --image" "no input is a usage error" -- "$INFER" --model "$M"
+expect 2 "not an integer" "bad --max-new-tokens" -- "$INFER" --model "$M" --image "$IMG" --max-new-tokens x
+expect 2 "unrecognized option\|invalid option" "unknown option" -- "$INFER" --model "$M" --frobnicate
+expect 1 "no such model folder" "missing model folder" -- "$INFER" --model "$T/nope" --image "$IMG"
+expect 1 "cannot open image" "missing image file" -- "$INFER" --model "$M" --image "$T/nope.png"
+printf 'this is not an image\n' >"$T/text.png"
+expect 1 "text.png: .*image" "a text file is not an image" -- "$INFER" --model "$M" --image "$T/text.png"
+: >"$T/empty.jpg"
+expect 1 "empty.jpg: .*" "an empty file is not an image" -- "$INFER" --model "$M" --image "$T/empty.jpg"
+head -c 2000 "$IMG" >"$T/trunc.png"
+expect 1 "trunc.png: " "a truncated PNG" -- "$INFER" --model "$M" --image "$T/trunc.png"
+mkst "$T/wrongname.safetensors" other "[1,3,224,224]" 150528
+expect 1 "no tensor 'pixel_values'" "pixel values file without pixel_values" -- "$INFER" --model "$M" --pixel-values "$T/wrongname.safetensors"
+mkst "$T/small.safetensors" pixel_values "[1,3,2,2]" 12
+expect 1 "must have shape" "mis-shaped pixel_values" -- "$INFER" --model "$M" --pixel-values "$T/small.safetensors"
+head -c 1000 "$G/images/chelsea.pixels.safetensors" >"$T/cut.safetensors"
+expect 1 "cut.safetensors" "truncated pixel values file" -- "$INFER" --model "$M" --pixel-values "$T/cut.safetensors"
+
+mkdir "$T/model"
+cp "$M"/*.json "$M"/merges.txt "$T/model/"
+head -c 5000000 "$M/model.safetensors" >"$T/model/model.safetensors"
+expect 1 "beyond end of file (truncated?)" "truncated weights" -- "$INFER" --model "$T/model" --image "$IMG"
+rm "$T/model/model.safetensors"
+expect 1 "no model.safetensors" "weights missing" -- "$INFER" --model "$T/model" --image "$IMG"
+mkst "$T/model/model.safetensors" query_tokens "[1,8,48]" 384
+expect 1 "missing tensor" "a checkpoint without most tensors" -- "$INFER" --model "$T/model" --image "$IMG"
+mkst "$T/model/model.safetensors" vision_model.embeddings.patch_embedding.weight "[40,3,14,13]" 21840
+expect 1 "has shape (40, 3, 14, 13), expected (40, 3, 14, 14)" "a mis-shaped tensor" -- "$INFER" --model "$T/model" --image "$IMG"
+printf '{"model_type": "blip-2", "vision_config": {"hidden_size": "wide"}}' >"$T/model/config.json"
+expect 1 "hidden_size" "a malformed config.json" -- "$INFER" --model "$T/model" --image "$IMG"
+printf '{"model_type": ' >"$T/model/config.json"
+expect 1 "config.json" "a truncated config.json" -- "$INFER" --model "$T/model" --image "$IMG"
+
+long=$(awk 'BEGIN { for (i = 0; i < 2100; i++) printf "cat "; }')
+expect 1 "prompt too long" "a prompt longer than the model accepts" -- "$INFER" --model "$M" --image "$IMG" --prompt "$long"
+expect 1 "max_new_tokens" "more new tokens than positions" -- "$INFER" --model "$M" --image "$IMG" --max-new-tokens 5000
+
+# a good run: --json and --dump-tensors
+"$INFER" --model "$M" --pixel-values "$G/images/chelsea.pixels.safetensors" --json \
+  --dump-tensors "$T/dump.safetensors" >"$T/json" 2>"$T/err"
+n=$((n + 1))
+if grep -q '^{"text": *" TERProf feed.*"ids": *\[2, *28107, *42133' "$T/json"; then
+  echo "ok $n - --json prints text and the reference ids"
+else
+  echo "not ok $n - --json output: $(cat "$T/json" "$T/err")"; failed=$((failed + 1))
+fi
+n=$((n + 1))
+missing=""
+for t in pixel_values vision_last_hidden_state vision_pooler_output qformer_last_hidden_state language_model_inputs logits_last; do
+  head -c 4096 "$T/dump.safetensors" | grep -q "\"$t\"" || missing="$missing $t"
+done
+if [ -z "$missing" ]; then echo "ok $n - --dump-tensors writes every stage"; else echo "not ok $n - dump lacks:$missing"; failed=$((failed + 1)); fi
+
+echo "1..$n"
+[ "$failed" -eq 0 ]

@@ -88,9 +88,9 @@ static int parse_entry(b2_st_file *f, const char *key, json_t *v, size_t data_of
             json_integer_value(e) > (1ll << 40))
             return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s': bad shape", f->path, key);
         t->shape[i] = json_integer_value(e);
-        numel *= (uint64_t)t->shape[i];
-        if (numel > (1ull << 40))
+        if (t->shape[i] && numel > (1ull << 40) / (uint64_t)t->shape[i])
             return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s': shape too large", f->path, key);
+        numel *= (uint64_t)t->shape[i];
     }
     json_t *b = json_array_get(off, 0), *e = json_array_get(off, 1);
     if (!json_is_integer(b) || !json_is_integer(e) || json_integer_value(b) < 0 ||

@@ -1,0 +1,230 @@
+/*
+ * test_model.c - engine behaviour beyond the golden numbers: config parsing
+ * of the real checkpoints' configs (against transformers' effective values),
+ * unsupported families, generation parameter validation, the per-token
+ * callback and cancellation, and two models used from two threads at once
+ * (no global state).
+ */
+#include "blip2.h"
+#include "config.h"
+#include "safetensors.h"
+#include "tap.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *gdir;
+
+static int geti(json_t *o, const char *a, const char *b)
+{
+    return (int)json_integer_value(json_object_get(json_object_get(o, a), b));
+}
+
+static void test_real_config(void)
+{
+    char p[1024], pe[1024];
+    snprintf(p, sizeof p, "%s/real/blip2-opt-2.7b.config.json", gdir);
+    snprintf(pe, sizeof pe, "%s/real/blip2-opt-2.7b.config.effective-4.37.2.json", gdir);
+    b2_config c;
+    blip2_error err = {0};
+    if (!ok(b2__config_load(&c, p, &err) == 0, "parse the real blip2-opt-2.7b config")) { diag("%s", err.text); return; }
+    json_t *e = json_load_file(pe, 0, NULL);
+    if (!ok(e != NULL, "load the effective config")) return;
+    struct { int got; const char *sec, *key; } f[] = {
+        {c.v_hidden, "vision_config", "hidden_size"}, {c.v_inter, "vision_config", "intermediate_size"},
+        {c.v_layers, "vision_config", "num_hidden_layers"}, {c.v_heads, "vision_config", "num_attention_heads"},
+        {c.image_size, "vision_config", "image_size"}, {c.patch_size, "vision_config", "patch_size"},
+        {c.q_hidden, "qformer_config", "hidden_size"}, {c.q_inter, "qformer_config", "intermediate_size"},
+        {c.q_layers, "qformer_config", "num_hidden_layers"}, {c.q_heads, "qformer_config", "num_attention_heads"},
+        {c.q_cross_freq, "qformer_config", "cross_attention_frequency"},
+        {c.q_enc_hidden, "qformer_config", "encoder_hidden_size"},
+        {c.t_hidden, "text_config", "hidden_size"}, {c.t_ffn, "text_config", "ffn_dim"},
+        {c.t_layers, "text_config", "num_hidden_layers"}, {c.t_heads, "text_config", "num_attention_heads"},
+        {c.t_vocab, "text_config", "vocab_size"}, {c.t_max_pos, "text_config", "max_position_embeddings"},
+        {c.t_word_proj, "text_config", "word_embed_proj_dim"}, {c.bos, "text_config", "bos_token_id"},
+        {c.eos, "text_config", "eos_token_id"}, {c.pad, "text_config", "pad_token_id"},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        ok(f[i].got == geti(e, f[i].sec, f[i].key), "2.7b %s.%s = %d", f[i].sec, f[i].key, f[i].got);
+    ok(c.num_query == (int)json_integer_value(json_object_get(e, "num_query_tokens")), "num_query_tokens");
+    ok(c.v_eps == (float)json_number_value(json_object_get(json_object_get(e, "vision_config"), "layer_norm_eps")), "vision eps");
+    ok(c.q_eps == (float)json_number_value(json_object_get(json_object_get(e, "qformer_config"), "layer_norm_eps")), "qformer eps");
+    ok(c.v_qkv_bias == 1 && c.t_ln_before == 1 && c.t_act == B2_ACT_RELU && c.v_act == B2_ACT_GELU, "flags");
+    json_decref(e);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_bad_configs(void)
+{
+    char dir[] = "/tmp/b2cfg.XXXXXX", p[256];
+    if (!mkdtemp(dir)) return;
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    struct { const char *json; int code; const char *needle; } cases[] = {
+        {"{\"model_type\": \"blip-2\", \"text_config\": {\"model_type\": \"t5\"}}", BLIP2_EUNSUPPORTED, "Flan-T5"},
+        {"{\"model_type\": \"llava\"}", BLIP2_EUNSUPPORTED, "not a BLIP-2"},
+        {"{\"text_config\": {\"model_type\": \"llama\"}}", BLIP2_EUNSUPPORTED, "llama"},
+        {"{\"vision_config\": {\"hidden_size\": 100, \"num_attention_heads\": 3}}", BLIP2_EFORMAT, "divisible"},
+        {"{\"vision_config\": {\"patch_size\": 15}}", BLIP2_EFORMAT, "multiple of patch_size"},
+        {"{\"num_query_tokens\": 0}", BLIP2_EFORMAT, "num_query_tokens must be positive"},
+        {"{\"num_query_tokens\": -3}", BLIP2_EFORMAT, "non-negative"},
+        {"{\"text_config\": {\"eos_token_id\": 60000}}", BLIP2_EFORMAT, "outside the vocabulary"},
+        {"{\"text_config\": {\"word_embed_proj_dim\": 512}}", BLIP2_EUNSUPPORTED, "word_embed_proj_dim"},
+        {"{\"vision_config\": {\"hidden_act\": \"mish\"}}", BLIP2_EUNSUPPORTED, "activation"},
+        {"{\"vision_config\": {\"qkv_bias\": 1}}", BLIP2_EFORMAT, "true or false"},
+        {"[1, 2]", BLIP2_EFORMAT, "not a JSON object"},
+        {"{\"a\": 1, \"a\": 2}", BLIP2_EFORMAT, "config.json"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_file(p, cases[i].json);
+        b2_config c;
+        blip2_error err = {0};
+        int rc = b2__config_load(&c, p, &err);
+        if (!ok(rc == cases[i].code && strstr(err.text, cases[i].needle), "config %s refused", cases[i].json))
+            diag("rc %d: %s", rc, err.text);
+    }
+    remove(p);
+    rmdir(dir);
+}
+
+typedef struct cbstate {
+    int32_t ids[64];
+    int n, stop_after;
+} cbstate;
+
+static int record_cb(void *user, int req, int32_t tok)
+{
+    cbstate *s = user;
+    (void)req;
+    if (s->n < 64) s->ids[s->n++] = tok;
+    return s->stop_after && s->n >= s->stop_after;
+}
+
+static void test_generate_api(const blip2_model *m, const float *q)
+{
+    blip2_gen_params p;
+    blip2_result res;
+    blip2_error err = {0};
+    blip2_request rq = {.query_embeds = q};
+    struct { const char *what; blip2_gen_params p; int n; } bad[] = {
+        {"max_new_tokens 0", {.max_new_tokens = 0, .num_beams = 1, .repetition_penalty = 1, .length_penalty = 1}, 1},
+        {"min > max", {.max_new_tokens = 3, .min_new_tokens = 4, .num_beams = 1, .repetition_penalty = 1, .length_penalty = 1}, 1},
+        {"num_beams 0", {.max_new_tokens = 3, .num_beams = 0, .repetition_penalty = 1, .length_penalty = 1}, 1},
+        {"num_beams 1000", {.max_new_tokens = 3, .num_beams = 1000, .repetition_penalty = 1, .length_penalty = 1}, 1},
+        {"repetition_penalty 0", {.max_new_tokens = 3, .num_beams = 1, .repetition_penalty = 0, .length_penalty = 1}, 1},
+        {"batch of 0", {.max_new_tokens = 3, .num_beams = 1, .repetition_penalty = 1, .length_penalty = 1}, 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = blip2_generate(m, &rq, bad[i].n, &bad[i].p, NULL, NULL, &res, &err);
+        ok(rc == BLIP2_EINVAL && res.seqs == NULL && err.text[0], "generate refuses %s (%s)", bad[i].what, err.text);
+    }
+    int32_t bad_ids[2] = {2, 999999};
+    blip2_request rq_bad = {.query_embeds = q, .prompt_ids = bad_ids, .n_prompt_ids = 2};
+    blip2_gen_params_default(&p);
+    ok(blip2_generate(m, &rq_bad, 1, &p, NULL, NULL, &res, &err) == BLIP2_EINVAL, "an id outside the vocabulary is refused");
+
+    /* the callback sees every token in order */
+    cbstate s = {0};
+    blip2_gen_params_default(&p);
+    p.max_new_tokens = 10;
+    if (ok(blip2_generate(m, &rq, 1, &p, record_cb, &s, &res, &err) == 0, "generate with a callback")) {
+        ok(s.n == (int)res.seqs[0].n_ids - 1 && !memcmp(s.ids, res.seqs[0].ids + 1, sizeof(int32_t) * (size_t)s.n),
+           "callback tokens == result ids after bos");
+        blip2_result_free(&res);
+    }
+    /* cancel after 3 tokens: greedy and beam */
+    cbstate c = {.stop_after = 3};
+    ok(blip2_generate(m, &rq, 1, &p, record_cb, &c, &res, &err) == BLIP2_ECANCELED && c.n == 3 && res.seqs == NULL,
+       "callback cancels greedy generation");
+    cbstate cb = {.stop_after = 2};
+    p.num_beams = 3;
+    ok(blip2_generate(m, &rq, 1, &p, record_cb, &cb, &res, &err) == BLIP2_ECANCELED && res.seqs == NULL,
+       "callback cancels beam search");
+}
+
+typedef struct job {
+    const blip2_model *m;
+    const float *q;
+    int32_t ids[32];
+    size_t n;
+    int rc;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    blip2_gen_params p;
+    blip2_gen_params_default(&p);
+    blip2_request rq = {.query_embeds = j->q, .prompt = "Question: how many cats are there? Answer:"};
+    blip2_result res;
+    blip2_error err;
+    j->rc = blip2_generate(j->m, &rq, 1, &p, NULL, NULL, &res, &err);
+    if (j->rc == 0) {
+        j->n = res.seqs[0].n_ids;
+        memcpy(j->ids, res.seqs[0].ids, sizeof(int32_t) * j->n);
+        blip2_result_free(&res);
+    }
+    return NULL;
+}
+
+static int encode_file(const blip2_model *m, const char *img, float **q)
+{
+    char p[1024];
+    blip2_error err;
+    snprintf(p, sizeof p, "%s/images/%s", gdir, img);
+    float *px = malloc(sizeof(float) * blip2_pixel_values_len(m));
+    *q = malloc(sizeof(float) * blip2_query_embeds_len(m));
+    int rc = blip2_preprocess_file(m, p, NULL, px, &err);
+    if (rc == 0) rc = blip2_encode_image(m, px, 1, *q, NULL, &err);
+    free(px);
+    return rc;
+}
+
+int main(void)
+{
+    gdir = getenv("GOLDEN_DIR");
+    if (!gdir) gdir = "tests/golden";
+    test_real_config();
+    test_bad_configs();
+
+    char p[1024];
+    blip2_model *a = NULL, *b = NULL;
+    blip2_error err = {0};
+    snprintf(p, sizeof p, "%s/opt-tiny", gdir);
+    if (!ok(blip2_model_load(&a, p, NULL, &err) == 0, "load opt-tiny")) { diag("%s", err.text); return tap_done(); }
+    snprintf(p, sizeof p, "%s/opt-tiny-sharded", gdir);
+    if (!ok(blip2_model_load(&b, p, NULL, &err) == 0, "load opt-tiny-sharded alongside")) { diag("%s", err.text); return tap_done(); }
+    ok(blip2_model_load(&(blip2_model *){NULL}, "/nonexistent", NULL, &err) == BLIP2_EIO, "missing folder: %s", err.text);
+    ok(blip2_model_load(&(blip2_model *){NULL}, "/etc/hostname", NULL, &err) == BLIP2_EUNSUPPORTED, "a file, not a folder: %s", err.text);
+
+    float *qa = NULL, *qb = NULL;
+    ok(encode_file(a, "chelsea.png", &qa) == 0 && encode_file(b, "rocket.jpg", &qb) == 0, "encode images");
+    test_generate_api(a, qa);
+
+    /* two models, four threads at once, results equal to serial runs */
+    job serial[2] = {{a, qa, {0}, 0, 0}, {b, qb, {0}, 0, 0}};
+    run_job(&serial[0]);
+    run_job(&serial[1]);
+    job par[4] = {{a, qa, {0}, 0, 0}, {b, qb, {0}, 0, 0}, {a, qa, {0}, 0, 0}, {b, qb, {0}, 0, 0}};
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, run_job, &par[i]);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++)
+        ok(par[i].rc == 0 && par[i].n == serial[i % 2].n && !memcmp(par[i].ids, serial[i % 2].ids, sizeof(int32_t) * par[i].n),
+           "thread %d (model %s) == serial", i, i % 2 ? "B" : "A");
+    free(qa);
+    free(qb);
+    blip2_model_free(a);
+    blip2_model_free(b);
+    blip2_model_free(NULL);
+    return tap_done();
+}

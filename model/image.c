@@ -1,1 +1,713 @@
-/* placeholder */
+/*
+ * image.c - image decoding (libvips) and BlipImageProcessor preprocessing.
+ *
+ * Data flow of b2__preprocess:
+ *
+ *   encoded bytes (PNG, JPEG, WebP, TIFF, GIF ...)
+ *     -> vips_image_new_from_buffer, sequential, fail on truncation: only
+ *        the header is read, and width*height is checked against max_pixels
+ *        here, before any pixel is decoded (decompression bombs)
+ *     -> to_rgb8: CMYK/Lab/... -> sRGB, 16-bit -> high byte, grey -> three
+ *        equal bands, alpha dropped (what PIL convert("RGB") does)
+ *     -> EXIF orientation (vips_autorot, on a memory copy, since rotation
+ *        reads out of order)
+ *     -> vips_sink_disc copies rows into a malloc'd (H,W,3) u8 buffer
+ *     -> b2__resize_bicubic: Pillow 9.4's BICUBIC resample, bit for bit.
+ *        Horizontal pass over the rows the vertical pass needs, fed through
+ *        a ring of rows, then the vertical pass; Q22 fixed-point weights,
+ *        rounding and clamping to 8 bits after each pass
+ *     -> b2__normalize: f32 (u8 * rescale_factor - mean) / std, HWC -> CHW
+ *        in the same float precision as the numpy reference
+ *
+ * libvips is initialised once per process (pthread_once), with its
+ * operation cache disabled (nothing outlives a call) and untrusted loaders
+ * (ImageMagick: BMP, ICO ...) blocked; both settings are process-wide.  All
+ * vips objects of one call hang off one local context object and are
+ * released together.
+ *
+ * Where the result differs from PIL 9.4's open().convert("RGB") on purpose
+ * or by libvips: CMYK goes through ICC (embedded or libvips' default
+ * profile) instead of PIL's naive 255-C-K formula; 16-bit greyscale keeps
+ * the high byte where PIL saturates at 255; transparent GIF pixels come out
+ * black instead of their palette colour; EXIF orientation is applied
+ * unless no_exif_rotate.  8-bit PNG, JPEG (libjpeg-turbo, same IDCT and
+ * upsampling), WebP and TIFF decode to the same bytes as PIL.
+ */
+#include "image.h"
+#include "error.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vips/vips.h>
+
+/* The resampling weights must have the same bits as Pillow's, which is
+ * built without FMA: no contraction of a*b+c anywhere in this file (GCC
+ * would otherwise fuse inlined code under -march with FMA). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#define B2_DEFAULT_MAX_PIXELS (64ull << 20) /* 64 Mpx */
+#define B2_RESIZE_SCRATCH_MAX (256u << 20)  /* weights + row ring, bytes */
+#define B2_MAX_TARGET_SIDE 16384            /* sanity bound on size_h/w */
+
+/* ---- libvips set-up ------------------------------------------------- */
+
+static pthread_once_t vips_once = PTHREAD_ONCE_INIT;
+static int vips_ready;
+
+static void vips_init_once(void)
+{
+    if (VIPS_INIT("blip2"))
+        return;
+    vips_cache_set_max(0);          /* no operation outlives its call */
+    vips_block_untrusted_set(TRUE); /* no magick, matlab, ... loaders */
+    vips_ready = 1;
+}
+
+/* Takes (and clears) libvips' error text: the first line, trimmed, into
+ * buf.  The buffer is process-wide, so under concurrency it may hold
+ * another call's text or nothing; the caller's message stands anyway. */
+static const char *vips_reason(char *buf, size_t size)
+{
+    char *e = vips_error_buffer_copy();
+    size_t n = 0;
+    if (e) {
+        n = strcspn(e, "\n");
+        if (n >= size)
+            n = size - 1;
+        memcpy(buf, e, n);
+        g_free(e);
+    }
+    buf[n] = '\0';
+    if (n == 0)
+        snprintf(buf, size, "truncated or corrupt");
+    return buf;
+}
+
+/* ---- decoding ------------------------------------------------------- */
+
+/* Converts in (borrowed) to 3-band 8-bit sRGB as PIL convert("RGB") does:
+ * grey replicated, alpha and extra bands dropped, 16 bits -> high byte.
+ * Intermediates belong to ctx; *out is borrowed from ctx too. */
+static int to_rgb8(VipsObject *ctx, VipsImage *in, VipsImage **out)
+{
+    VipsImage **t = (VipsImage **)vips_object_local_array(ctx, 6);
+    VipsImage *x = in;
+
+    switch (vips_image_guess_interpretation(x)) {
+    case VIPS_INTERPRETATION_CMYK: /* embedded or built-in CMYK profile */
+    case VIPS_INTERPRETATION_LAB:
+    case VIPS_INTERPRETATION_LABQ:
+    case VIPS_INTERPRETATION_LABS:
+    case VIPS_INTERPRETATION_LCH:
+    case VIPS_INTERPRETATION_CMC:
+    case VIPS_INTERPRETATION_XYZ:
+    case VIPS_INTERPRETATION_YXY:
+    case VIPS_INTERPRETATION_scRGB:
+    case VIPS_INTERPRETATION_HSV:
+        if (vips_colourspace(x, &t[0], VIPS_INTERPRETATION_sRGB, NULL))
+            return -1;
+        x = t[0];
+        break;
+    default: /* sRGB, RGB16, B_W, GREY16, MULTIBAND ...: no ICC, as PIL */
+        break;
+    }
+
+    if (x->BandFmt == VIPS_FORMAT_USHORT) { /* PIL keeps the high byte */
+        if (vips_rshift_const1(x, &t[1], 8, NULL))
+            return -1;
+        x = t[1];
+    }
+    if (x->BandFmt != VIPS_FORMAT_UCHAR) {
+        if (vips_cast_uchar(x, &t[2], NULL))
+            return -1;
+        x = t[2];
+    }
+
+    if (x->Bands >= 3) {
+        if (x->Bands > 3) {
+            if (vips_extract_band(x, &t[3], 0, "n", 3, NULL))
+                return -1;
+            x = t[3];
+        }
+    } else {
+        VipsImage *g[3];
+        if (x->Bands == 2) {
+            if (vips_extract_band(x, &t[4], 0, NULL))
+                return -1;
+            x = t[4];
+        }
+        g[0] = g[1] = g[2] = x;
+        if (vips_bandjoin(g, &t[5], 3, NULL))
+            return -1;
+        x = t[5];
+    }
+    *out = x;
+    return 0;
+}
+
+typedef struct sink_rows {
+    uint8_t *dst; /* (H,W,3) */
+    size_t stride; /* W*3 */
+} sink_rows;
+
+/* vips_sink_disc calls this in row order with full-width areas. */
+static int sink_rows_cb(VipsRegion *region, VipsRect *area, void *a)
+{
+    sink_rows *s = a;
+    for (int y = area->top; y < area->top + area->height; y++)
+        memcpy(s->dst + (size_t)y * s->stride,
+               VIPS_REGION_ADDR(region, area->left, y), s->stride);
+    return 0;
+}
+
+int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
+                   uint8_t **rgb, int *w, int *h, blip2_error *err)
+{
+    uint64_t max_px = o && o->max_pixels ? o->max_pixels
+                                         : B2_DEFAULT_MAX_PIXELS;
+    int autorot = !(o && o->no_exif_rotate);
+    VipsObject *ctx = NULL;
+    VipsImage **t, *x;
+    uint8_t *buf = NULL;
+    char why[200];
+    int rc;
+
+    *rgb = NULL;
+    *w = *h = 0;
+    if (!bytes || len == 0)
+        return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
+    pthread_once(&vips_once, vips_init_once);
+    if (!vips_ready)
+        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
+                       vips_reason(why, sizeof why));
+
+    const char *loader = vips_foreign_find_load_buffer(bytes, len);
+    if (!loader) {
+        vips_error_clear();
+        return b2__err(err, BLIP2_EIMAGE,
+                       "image: %zu bytes in no known image format", len);
+    }
+    if (strstr(loader, "Magick")) /* BMP, ICO, ...: blocked as untrusted */
+        return b2__err(err, BLIP2_EIMAGE,
+                       "image: this format is read only through ImageMagick, "
+                       "which is disabled for untrusted input (send PNG, "
+                       "JPEG, WebP, TIFF or GIF)");
+    ctx = VIPS_OBJECT(vips_image_new());
+    t = (VipsImage **)vips_object_local_array(ctx, 4);
+
+    /* Header only: nothing is decoded until the sink below. */
+    t[0] = vips_image_new_from_buffer(bytes, len, "",
+                                      "access", VIPS_ACCESS_SEQUENTIAL,
+                                      "fail_on", VIPS_FAIL_ON_TRUNCATED, NULL);
+    if (!t[0]) {
+        rc = b2__err(err, BLIP2_EIMAGE, "image: unreadable header: %s",
+                     vips_reason(why, sizeof why));
+        goto fail;
+    }
+    x = t[0];
+    if ((uint64_t)x->Xsize * (uint64_t)x->Ysize > max_px) {
+        rc = b2__err(err, BLIP2_ETOOBIG,
+                     "image: %dx%d is %llu pixels, above the limit of %llu",
+                     x->Xsize, x->Ysize,
+                     (unsigned long long)x->Xsize * (unsigned long long)x->Ysize,
+                     (unsigned long long)max_px);
+        goto fail;
+    }
+
+    if (to_rgb8(ctx, x, &x) < 0) {
+        rc = b2__err(err, BLIP2_EIMAGE, "image: colour conversion failed: %s",
+                     vips_reason(why, sizeof why));
+        goto fail;
+    }
+    if (autorot && vips_image_get_orientation(t[0]) > 1) {
+        /* Rotation reads out of order: decode into memory first. */
+        if (!(t[1] = vips_image_copy_memory(x)) ||
+            vips_autorot(t[1], &t[2], NULL)) {
+            rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
+                         vips_reason(why, sizeof why));
+            goto fail;
+        }
+        x = t[2];
+    }
+
+    buf = malloc((size_t)x->Xsize * (size_t)x->Ysize * 3);
+    if (!buf) {
+        rc = b2__err(err, BLIP2_ENOMEM, "image: out of memory for %dx%d RGB",
+                     x->Xsize, x->Ysize);
+        goto fail;
+    }
+    sink_rows s = {buf, (size_t)x->Xsize * 3};
+    if (vips_sink_disc(x, sink_rows_cb, &s)) {
+        rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
+                     vips_reason(why, sizeof why));
+        goto fail;
+    }
+    *rgb = buf;
+    *w = x->Xsize;
+    *h = x->Ysize;
+    g_object_unref(ctx);
+    return 0;
+
+fail:
+    free(buf);
+    g_object_unref(ctx);
+    return rc;
+}
+
+/* ---- PIL BICUBIC resampling ------------------------------------------ */
+
+/*
+ * Pillow's antialiasing resample, one axis at a time.  For output sample i
+ * of an axis mapping in_size -> out_size:
+ *   scale   = in_size / out_size, fscale = max(scale, 1)
+ *   support = 2 * fscale (the bicubic kernel, a = -0.5, reaches +-2)
+ *   center  = (i + 0.5) * scale
+ *   taps j in [lo, hi): lo = trunc(center - support + 0.5) clamped >= 0,
+ *                       hi = trunc(center + support + 0.5) clamped <= in
+ *   w_j = cubic((j - center + 0.5) / fscale), normalised by their sum and
+ *   rounded half away from zero to Q22 integers.
+ * The double arithmetic is written in the same order as Pillow's so every
+ * weight has the same bits (and FMA contraction is off, see the top).
+ */
+#define B2_PREC 22 /* 32 - 8 bits of pixel - 2 bits of headroom */
+
+typedef struct axis {
+    int in_size, out_size;
+    int ksize;          /* most taps any output sample has */
+    double scale, fscale, support;
+} axis;
+
+static void axis_init(axis *a, int in_size, int out_size)
+{
+    /* Pillow takes the box edges as floats: (float)in - 0.0f. */
+    a->in_size = in_size;
+    a->out_size = out_size;
+    a->scale = (double)(float)in_size / out_size;
+    a->fscale = a->scale < 1.0 ? 1.0 : a->scale;
+    a->support = 2.0 * a->fscale;
+    a->ksize = (int)ceil(a->support) * 2 + 1;
+}
+
+static double cubic(double x)
+{
+    const double a = -0.5;
+    if (x < 0.0)
+        x = -x;
+    if (x < 1.0)
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0)
+        return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+/* Weights of output sample i: k (ksize, Q22), first input index *lo;
+ * tmp is ksize doubles of scratch.  Returns the tap count. */
+static int axis_taps(const axis *a, int i, int32_t *k, double *tmp, int *lo)
+{
+    double center = (i + 0.5) * a->scale;
+    double inv = 1.0 / a->fscale;
+    double sum = 0.0;
+    int first = (int)(center - a->support + 0.5);
+    int end = (int)(center + a->support + 0.5);
+    if (first < 0)
+        first = 0;
+    if (end > a->in_size)
+        end = a->in_size;
+    int n = end - first;
+    for (int j = 0; j < n; j++) {
+        tmp[j] = cubic((j + first - center + 0.5) * inv);
+        sum += tmp[j];
+    }
+    for (int j = 0; j < n; j++) {
+        double v = sum != 0.0 ? tmp[j] / sum : tmp[j];
+        k[j] = v < 0 ? (int32_t)(-0.5 + v * (1 << B2_PREC))
+                     : (int32_t)(0.5 + v * (1 << B2_PREC));
+    }
+    for (int j = n; j < a->ksize; j++)
+        k[j] = 0;
+    *lo = first;
+    return n;
+}
+
+static inline uint8_t clip_q(int32_t acc)
+{
+    int32_t v = acc >> B2_PREC; /* arithmetic shift, as Pillow's table */
+    return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
+}
+
+/* One row through the horizontal weights: src (sw,3) -> dst (dw,3).
+ * kh (dw, ksize) Q22, lo/n (dw) first tap and tap count. */
+static void hpass_row(uint8_t *dst, const uint8_t *src, int dw, int ksize,
+                      const int32_t *kh, const int *lo, const int *n)
+{
+    for (int xx = 0; xx < dw; xx++) {
+        const int32_t *k = kh + (size_t)xx * ksize;
+        const uint8_t *s = src + (size_t)lo[xx] * 3;
+        int32_t r = 1 << (B2_PREC - 1), g = r, b = r;
+        for (int j = 0; j < n[xx]; j++) {
+            r += s[3 * j + 0] * k[j];
+            g += s[3 * j + 1] * k[j];
+            b += s[3 * j + 2] * k[j];
+        }
+        dst[3 * xx + 0] = clip_q(r);
+        dst[3 * xx + 1] = clip_q(g);
+        dst[3 * xx + 2] = clip_q(b);
+    }
+}
+
+int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
+                       uint8_t *dst, int dw, int dh)
+{
+    axis ax, ay;
+    int need_h = dw != sw, need_v = dh != sh;
+    int32_t *kh = NULL, *kv = NULL, *acc = NULL;
+    int *lo_h = NULL, *n_h = NULL;
+    double *tmp = NULL;
+    uint8_t *ring = NULL;
+    size_t row = (size_t)dw * 3;
+    int rc = BLIP2_ENOMEM;
+
+    if (sw <= 0 || sh <= 0 || dw <= 0 || dh <= 0)
+        return BLIP2_EINVAL;
+    if (!need_h && !need_v) { /* Pillow copies */
+        memcpy(dst, src, (size_t)sw * sh * 3);
+        return 0;
+    }
+    axis_init(&ax, sw, dw);
+    axis_init(&ay, sh, dh);
+
+    /* Scratch: horizontal weights for every column, one set of vertical
+     * weights, a ring of ksize_v horizontally resampled rows. */
+    double need = 0;
+    if (need_h)
+        need += (double)dw * ax.ksize * 4 + (double)dw * 8;
+    if (need_v)
+        need += (double)ay.ksize * (4 + row) + row * 4;
+    need += (double)(ax.ksize > ay.ksize ? ax.ksize : ay.ksize) * 8;
+    if (need > B2_RESIZE_SCRATCH_MAX)
+        return BLIP2_ETOOBIG;
+
+    tmp = malloc((size_t)(ax.ksize > ay.ksize ? ax.ksize : ay.ksize) *
+                 sizeof *tmp);
+    if (!tmp)
+        goto done;
+    if (need_h) {
+        kh = malloc((size_t)dw * ax.ksize * sizeof *kh);
+        lo_h = malloc((size_t)dw * sizeof *lo_h);
+        n_h = malloc((size_t)dw * sizeof *n_h);
+        if (!kh || !lo_h || !n_h)
+            goto done;
+        for (int xx = 0; xx < dw; xx++)
+            n_h[xx] = axis_taps(&ax, xx, kh + (size_t)xx * ax.ksize, tmp,
+                                &lo_h[xx]);
+    }
+
+    if (!need_v) { /* rows map 1:1 */
+        for (int y = 0; y < sh; y++)
+            hpass_row(dst + (size_t)y * row, src + (size_t)y * sw * 3, dw,
+                      ax.ksize, kh, lo_h, n_h);
+        rc = 0;
+        goto done;
+    }
+
+    /* Vertical pass.  The tap windows only move down as yy grows, so the
+     * rows [lo, lo+n) an output row needs are the last n horizontally
+     * resampled ones: keep ksize_v of them in a ring. */
+    kv = malloc((size_t)ay.ksize * sizeof *kv);
+    acc = malloc(row * sizeof *acc);
+    if (need_h)
+        ring = malloc((size_t)ay.ksize * row);
+    if (!kv || !acc || (need_h && !ring))
+        goto done;
+    int next = 0; /* next source row to resample horizontally */
+    for (int yy = 0; yy < dh; yy++) {
+        int lo, n = axis_taps(&ay, yy, kv, tmp, &lo);
+        if (need_h) {
+            if (next < lo)
+                next = lo; /* rows above every later window: skipped */
+            for (; next < lo + n; next++)
+                hpass_row(ring + (size_t)(next % ay.ksize) * row,
+                          src + (size_t)next * sw * 3, dw, ax.ksize, kh,
+                          lo_h, n_h);
+        }
+        for (size_t c = 0; c < row; c++)
+            acc[c] = 1 << (B2_PREC - 1);
+        for (int j = 0; j < n; j++) {
+            const uint8_t *s = need_h
+                ? ring + (size_t)((lo + j) % ay.ksize) * row
+                : src + (size_t)(lo + j) * row;
+            int32_t k = kv[j];
+            for (size_t c = 0; c < row; c++)
+                acc[c] += s[c] * k;
+        }
+        uint8_t *d = dst + (size_t)yy * row;
+        for (size_t c = 0; c < row; c++)
+            d[c] = clip_q(acc[c]);
+    }
+    rc = 0;
+
+done:
+    free(tmp);
+    free(kh);
+    free(lo_h);
+    free(n_h);
+    free(kv);
+    free(acc);
+    free(ring);
+    return rc;
+}
+
+/* ---- rescale and normalise ------------------------------------------ */
+
+void b2__normalize(const b2_preproc *p, const uint8_t *rgb, int w, int h,
+                   float *px)
+{
+    /* The reference: float32(u8 * rescale_factor) with the product in
+     * float64 (numpy), then (x - float32(mean)) / float32(std) in float32.
+     * 256 values per channel: a table gives the same bits. */
+    float lut[3][256];
+    size_t hw = (size_t)w * h;
+
+    for (int c = 0; c < 3; c++)
+        for (int v = 0; v < 256; v++) {
+            float x = p->do_rescale ? (float)(v * p->rescale_factor)
+                                    : (float)v;
+            if (p->do_normalize)
+                x = (x - p->mean[c]) / p->std[c];
+            lut[c][v] = x;
+        }
+    for (size_t i = 0; i < hw; i++) {
+        px[i] = lut[0][rgb[3 * i + 0]];
+        px[hw + i] = lut[1][rgb[3 * i + 1]];
+        px[2 * hw + i] = lut[2][rgb[3 * i + 2]];
+    }
+}
+
+/* ---- preprocessor_config.json ---------------------------------------- */
+
+void b2__preproc_default(b2_preproc *p)
+{
+    static const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    static const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    p->size_h = p->size_w = 224;
+    p->do_resize = p->do_rescale = p->do_normalize = p->do_convert_rgb = 1;
+    p->resample = 3;
+    p->rescale_factor = 1.0 / 255.0;
+    memcpy(p->mean, mean, sizeof mean);
+    memcpy(p->std, std, sizeof std);
+}
+
+/* A flag: true/false, or 0/1 as Python's truthiness would take it; null
+ * keeps the current value. */
+static int get_flag(json_t *root, const char *key, int *out)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_boolean(v))
+        *out = json_is_true(v);
+    else if (json_is_integer(v))
+        *out = json_integer_value(v) != 0;
+    else
+        return -1;
+    return 0;
+}
+
+static int get_side(json_t *v, int *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > B2_MAX_TARGET_SIDE)
+        return -1;
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+/* image_mean / image_std: three numbers, or one for all channels. */
+static int get_triple(json_t *v, float out[3])
+{
+    if (json_is_number(v)) {
+        out[0] = out[1] = out[2] = (float)json_number_value(v);
+        return 0;
+    }
+    if (!json_is_array(v) || json_array_size(v) != 3)
+        return -1;
+    for (int c = 0; c < 3; c++) {
+        json_t *e = json_array_get(v, c);
+        if (!json_is_number(e))
+            return -1;
+        out[c] = (float)json_number_value(e);
+    }
+    return 0;
+}
+
+int b2__preproc_load(b2_preproc *p, const char *path, blip2_error *err)
+{
+    b2_preproc q;
+    json_error_t je;
+    json_t *root, *v;
+    FILE *f;
+    int rc = 0;
+
+    b2__preproc_default(&q);
+    f = fopen(path, "rb");
+    if (!f) {
+        if (errno == ENOENT) {
+            *p = q;
+            return 0;
+        }
+        return b2__err(err, BLIP2_EIO, "%s: %s", path, strerror(errno));
+    }
+    root = json_loadf(f, 0, &je);
+    fclose(f);
+    if (!root)
+        return b2__err(err, BLIP2_EFORMAT, "%s: line %d: %s", path, je.line,
+                       je.text);
+    if (!json_is_object(root)) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: not a JSON object", path);
+        goto done;
+    }
+
+    if (get_flag(root, "do_resize", &q.do_resize) ||
+        get_flag(root, "do_rescale", &q.do_rescale) ||
+        get_flag(root, "do_normalize", &q.do_normalize) ||
+        get_flag(root, "do_convert_rgb", &q.do_convert_rgb)) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: a do_* field is not a boolean",
+                     path);
+        goto done;
+    }
+
+    if ((v = json_object_get(root, "size")) && !json_is_null(v)) {
+        if (json_is_integer(v)) { /* an int means a square */
+            if (get_side(v, &q.size_h) == 0)
+                q.size_w = q.size_h;
+            else
+                v = NULL;
+        } else if (json_is_object(v) && json_object_get(v, "height") &&
+                   json_object_get(v, "width")) {
+            if (get_side(json_object_get(v, "height"), &q.size_h) ||
+                get_side(json_object_get(v, "width"), &q.size_w))
+                v = NULL;
+        } else if (json_is_object(v)) {
+            rc = b2__err(err, BLIP2_EUNSUPPORTED,
+                         "%s: size needs \"height\" and \"width\" (BLIP "
+                         "resizes to a fixed size; shortest_edge and "
+                         "friends are not supported)", path);
+            goto done;
+        } else {
+            v = NULL;
+        }
+        if (!v) {
+            rc = b2__err(err, BLIP2_EFORMAT,
+                         "%s: size must hold integers in 1..%d", path,
+                         B2_MAX_TARGET_SIDE);
+            goto done;
+        }
+    }
+
+    if ((v = json_object_get(root, "resample")) && !json_is_null(v)) {
+        if (!json_is_integer(v)) {
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: resample is not an integer",
+                         path);
+            goto done;
+        }
+        if (json_integer_value(v) != 3) {
+            rc = b2__err(err, BLIP2_EUNSUPPORTED,
+                         "%s: resample=%lld is not supported (only 3, PIL "
+                         "BICUBIC)", path, (long long)json_integer_value(v));
+            goto done;
+        }
+        q.resample = 3;
+    }
+
+    if ((v = json_object_get(root, "rescale_factor")) && !json_is_null(v)) {
+        double r = json_number_value(v);
+        if (!json_is_number(v) || !(r > 0) || !isfinite(r)) {
+            rc = b2__err(err, BLIP2_EFORMAT,
+                         "%s: rescale_factor must be a positive number", path);
+            goto done;
+        }
+        q.rescale_factor = r;
+    }
+
+    if (((v = json_object_get(root, "image_mean")) && !json_is_null(v) &&
+         get_triple(v, q.mean)) ||
+        ((v = json_object_get(root, "image_std")) && !json_is_null(v) &&
+         get_triple(v, q.std))) {
+        rc = b2__err(err, BLIP2_EFORMAT,
+                     "%s: image_mean and image_std must be 3 numbers", path);
+        goto done;
+    }
+    for (int c = 0; c < 3; c++)
+        if (!(q.std[c] != 0) || !isfinite(q.std[c]) || !isfinite(q.mean[c])) {
+            rc = b2__err(err, BLIP2_EFORMAT,
+                         "%s: image_std must be finite and non-zero", path);
+            goto done;
+        }
+    *p = q;
+
+done:
+    json_decref(root);
+    return rc;
+}
+
+/* ---- the whole pipeline ---------------------------------------------- */
+
+int b2__preprocess(const b2_preproc *p, const void *bytes, size_t len,
+                   const blip2_image_opts *o, float *px, blip2_error *err)
+{
+    uint8_t *rgb = NULL, *rs = NULL;
+    const uint8_t *img;
+    int w, h, rc;
+
+    if (p->resample != 3)
+        return b2__err(err, BLIP2_EUNSUPPORTED,
+                       "image: resample=%d is not supported (only 3, PIL "
+                       "BICUBIC)", p->resample);
+    if (p->size_w < 1 || p->size_h < 1)
+        return b2__err(err, BLIP2_EINVAL, "image: bad target size %dx%d",
+                       p->size_w, p->size_h);
+    rc = b2__decode_rgb(bytes, len, o, &rgb, &w, &h, err);
+    if (rc < 0)
+        return rc;
+    img = rgb;
+    if (w != p->size_w || h != p->size_h) {
+        if (!p->do_resize) {
+            rc = b2__err(err, BLIP2_EINVAL,
+                         "image: %dx%d, but do_resize is off and the model "
+                         "takes %dx%d", w, h, p->size_w, p->size_h);
+            goto done;
+        }
+        rs = malloc((size_t)p->size_w * p->size_h * 3);
+        if (!rs) {
+            rc = b2__err(err, BLIP2_ENOMEM, "image: out of memory");
+            goto done;
+        }
+        rc = b2__resize_bicubic(rgb, w, h, rs, p->size_w, p->size_h);
+        if (rc == BLIP2_ETOOBIG) {
+            rc = b2__err(err, rc, "image: %dx%d is too thin to resample to "
+                         "%dx%d", w, h, p->size_w, p->size_h);
+            goto done;
+        }
+        if (rc < 0) {
+            rc = b2__err(err, rc, "image: out of memory while resizing %dx%d",
+                         w, h);
+            goto done;
+        }
+        img = rs;
+    }
+    b2__normalize(p, img, p->size_w, p->size_h, px);
+
+done:
+    free(rgb);
+    free(rs);
+    return rc;
+}

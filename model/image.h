@@ -38,7 +38,10 @@ int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
 /* PIL Image.resize((dw,dh), BICUBIC) on interleaved RGB u8, bit-exact:
  * separable antialiased convolution, horizontal pass then vertical, fixed-
  * point weights, rounding and clamping after each pass.  dst is (dh,dw,3),
- * caller-owned.  Returns 0 or BLIP2_ENOMEM. */
+ * caller-owned.  Returns 0, BLIP2_ENOMEM, BLIP2_EINVAL for a zero or
+ * negative size, or BLIP2_ETOOBIG when the scratch it needs (weights and a
+ * ring of rows, O(sw + dw*sh/dh)) passes 256 MiB: only for images a few
+ * pixels thin and millions long. */
 int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
                        uint8_t *dst, int dw, int dh);
 

@@ -17,18 +17,33 @@ typedef struct b2_bpe b2_bpe;
 
 /* Loads vocab.json, merges.txt, tokenizer_config.json and
  * special_tokens_map.json (the last two optional) from dir.  *out is new;
- * free with b2__bpe_free(). */
+ * free with b2__bpe_free().  Errors: BLIP2_EIO naming the path of a file
+ * that is missing or unreadable, BLIP2_EFORMAT naming a malformed file.
+ * Read from the configs: add_bos_token (default false), add_prefix_space,
+ * clean_up_tokenization_spaces (default true), bos/eos/unk/sep/pad/cls/
+ * mask_token and additional_special_tokens (a string or an AddedToken
+ * object; special_tokens_map.json wins; bos/eos/unk default to
+ * <|endoftext|>), added_tokens_decoder, and the lstrip/rstrip flags.
+ * Not supported: single_word, added_tokens.json.  The tokenizer is
+ * immutable after load and may be used from several threads at once. */
 int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err);
 void b2__bpe_free(b2_bpe *t);
 
 /* Encodes len bytes of UTF-8 text.  add_special: prepend BOS as the
- * processor does (add_bos_token).  *ids is new (free()). */
+ * processor does (add_bos_token).  *ids is new (free()), non-NULL on
+ * success even when *n is 0.  The reference works on a Python str, so the
+ * text must be valid UTF-8 (no overlongs, surrogates or code points above
+ * U+10FFFF): anything else fails with BLIP2_EINVAL and the offset of the
+ * first bad byte, nothing is replaced.  NUL bytes are ordinary characters. */
 int b2__bpe_encode(const b2_bpe *t, const char *text, size_t len,
                    int add_special, int32_t **ids, size_t *n,
                    blip2_error *err);
 
 /* Decodes as tokenizer.decode(ids, skip_special_tokens=skip) does, with
- * clean_up_tokenization_spaces as configured. *text is new (free()). */
+ * clean_up_tokenization_spaces as configured. *text is new (free()),
+ * NUL-terminated.  Invalid UTF-8 in the joined bytes becomes U+FFFD per
+ * maximal invalid subpart (Python's errors="replace").  An id outside the
+ * vocabulary fails with BLIP2_EINVAL. */
 int b2__bpe_decode(const b2_bpe *t, const int32_t *ids, size_t n, int skip,
                    char **text, blip2_error *err);
 
@@ -37,12 +52,15 @@ int b2__bpe_decode(const b2_bpe *t, const int32_t *ids, size_t n, int skip,
  * negative code for an unknown id. */
 int b2__bpe_token_bytes(const b2_bpe *t, int32_t id, char *buf, size_t cap);
 
-/* The token's byte-level string (as in vocab.json), borrowed; NULL if unknown. */
+/* The token's byte-level string (as in vocab.json), borrowed until
+ * b2__bpe_free(); NULL if unknown. */
 const char *b2__bpe_token_str(const b2_bpe *t, int32_t id);
 
+/* Special token ids, -1 when the tokenizer has none. */
 int32_t b2__bpe_bos(const b2_bpe *t);
 int32_t b2__bpe_eos(const b2_bpe *t);
 int32_t b2__bpe_pad(const b2_bpe *t);
+/* One more than the largest id (vocab.json plus added tokens). */
 size_t b2__bpe_vocab_size(const b2_bpe *t);
 
 #endif

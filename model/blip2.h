@@ -135,51 +135,121 @@ int blip2_token_bytes(const blip2_model *m, int32_t id, char *buf, size_t cap);
 /* ---- generation ---- */
 
 typedef struct blip2_gen_params {
-    int max_new_tokens;       /* default 20 */
+    int max_new_tokens;       /* default 20; 1..max positions */
     int min_new_tokens;       /* default 0 */
-    int num_beams;            /* default 1 (greedy) */
+    int num_beams;            /* default 1 (greedy or sampling); 1..64 */
     float length_penalty;     /* default 1.0 (beam search) */
     int early_stopping;       /* default 0 (beam search, as the reference) */
-    float repetition_penalty; /* default 1.0 = off */
+    float repetition_penalty; /* default 1.0 = off; > 0 */
+    int do_sample;            /* default 0: greedy / beam search */
+    float temperature;        /* default 1.0; > 0 (sampling) */
+    int top_k;                /* default 50, 0 = off (sampling) */
+    float top_p;              /* default 1.0 = off; (0, 1] (sampling) */
+    uint64_t seed;            /* sampling seed: equal seeds give equal output */
+    int num_return_sequences; /* default 1; <= num_beams for beam search,
+                                 any (<= 16) for sampling, 1 for greedy */
+    const char *const *stop;  /* stop strings (borrowed), or NULL */
+    int n_stop;
 } blip2_gen_params;
 
+/* Sets the defaults above (the reference's generation defaults). */
 void blip2_gen_params_default(blip2_gen_params *p);
 
 /* One sequence to generate for. */
 typedef struct blip2_request {
-    const float *query_embeds; /* (Q,Dt), from blip2_encode_image; borrowed */
+    const float *query_embeds; /* (Q,Dt), from blip2_encode_image; copied */
     const char *prompt;        /* UTF-8 or NULL; tokenised with BOS */
     const int32_t *prompt_ids; /* alternatively the ids (with BOS); used if non-NULL */
     size_t n_prompt_ids;
 } blip2_request;
 
+enum {
+    BLIP2_FINISH_LENGTH = 0, /* max_new_tokens reached */
+    BLIP2_FINISH_EOS = 1,    /* the model produced eos */
+    BLIP2_FINISH_STOP = 2,   /* a stop string appeared (text ends before it) */
+    BLIP2_FINISH_CANCELED = 3
+};
+
 typedef struct blip2_seq_result {
     int32_t *ids;   /* [bos] + new tokens, as the reference's generate returns */
     size_t n_ids;
-    char *text;     /* decode(ids, skip_special_tokens=True) */
+    char *text;     /* decode(ids, skip_special_tokens=True), cut at a stop string */
     int finish;     /* BLIP2_FINISH_* */
 } blip2_seq_result;
 
-enum { BLIP2_FINISH_LENGTH = 0, BLIP2_FINISH_EOS = 1 };
-
 typedef struct blip2_result {
-    blip2_seq_result *seqs; /* one per request */
+    blip2_seq_result *seqs; /* n_requests * num_return_sequences, by request */
     int n;
 } blip2_result;
 
 void blip2_result_free(blip2_result *r);
 
-/* Called after each decoding step with the new token of request `req`
- * (greedy: as soon as it is chosen; beam search: not called).  Return
- * non-zero to cancel the whole call (BLIP2_ECANCELED). */
-typedef int (*blip2_token_cb)(void *user, int req, int32_t token);
+/* Token callback.  seq is the sequence index inside the session (0 for
+ * greedy; 0..num_return_sequences-1 for sampling); for beam search it is
+ * called once per step with seq = -1 and token = -1 (nothing is final
+ * before the end).  Return non-zero to cancel the session. */
+typedef int (*blip2_token_cb)(void *user, int seq, int32_t token);
 
-/* Generates for n requests together (a batch).  Each row gives the same ids
- * as generating it alone.  res is filled on success (free with
- * blip2_result_free). */
+/* ---- step-wise generation (what the daemon batches) ----
+ *
+ *     blip2_ctx *ctx; blip2_ctx_new(m, &ctx);
+ *     blip2_session *s[2];
+ *     blip2_session_new(m, &rq0, &gp, cb, u0, &s[0], &err);
+ *     blip2_session_new(m, &rq1, &gp, cb, u1, &s[1], &err);
+ *     while (!blip2_session_done(s[0]) || !blip2_session_done(s[1]))
+ *         blip2_step(ctx, s, 2, &err);   // one batched decoder call
+ *     blip2_session_result(s[0], &res0, &err); ...
+ *
+ * Sessions may join and leave between steps; a session's output does not
+ * depend on what it was batched with.
+ */
+typedef struct blip2_session blip2_session;
+typedef struct blip2_ctx blip2_ctx;
+
+/* Scratch for blip2_step (grows as needed); one per thread. */
+int blip2_ctx_new(const blip2_model *m, blip2_ctx **out, blip2_error *err);
+void blip2_ctx_free(blip2_ctx *ctx);
+
+/* Validates parameters, tokenises the prompt and allocates the caches.
+ * No model computation yet.  cb may be NULL.  *out is new
+ * (blip2_session_free). */
+int blip2_session_new(const blip2_model *m, const blip2_request *rq,
+                      const blip2_gen_params *p, blip2_token_cb cb, void *user,
+                      blip2_session **out, blip2_error *err);
+/* Advances every session that is not done by one token (the first call
+ * of a session runs its prefill): one decoder call for all rows. */
+int blip2_step(blip2_ctx *ctx, blip2_session *const *s, int n, blip2_error *err);
+int blip2_session_done(const blip2_session *s);
+/* Rows the session's next step feeds the decoder (prefill length first). */
+int blip2_session_rows(const blip2_session *s);
+/* Stops the session now (its finish reason becomes CANCELED). */
+void blip2_session_cancel(blip2_session *s);
+/* The finished session's sequences (num_return_sequences of them). */
+int blip2_session_result(const blip2_session *s, blip2_result *res, blip2_error *err);
+void blip2_session_free(blip2_session *s);
+
+/* Generates for n requests together (a batch) with blip2_step.  Each row
+ * gives the same ids as generating it alone.  The callback's seq argument
+ * is request * num_return_sequences + sequence.  res is filled on success
+ * (free with blip2_result_free). */
 int blip2_generate(const blip2_model *m, const blip2_request *rq, int n,
                    const blip2_gen_params *p, blip2_token_cb cb, void *user,
                    blip2_result *res, blip2_error *err);
+
+/* Incremental detokenisation for streaming: given all ids so far (with the
+ * leading bos), returns in *piece / *len the text that became final since
+ * the previous call (never a broken UTF-8 character; text that a later
+ * token could still change, such as a trailing space, is held back until
+ * final != 0).  The pieces concatenate to the decoded text.  *piece points
+ * into st and stays valid until the next call. */
+typedef struct blip2_stream {
+    char *text;     /* last full decode */
+    size_t emitted; /* bytes of text already returned */
+} blip2_stream;
+int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *ids,
+                       size_t n, int final, const char **piece, size_t *len,
+                       blip2_error *err);
+void blip2_stream_free(blip2_stream *st);
 
 /* Plain forward pass of the language model on [query_embeds ; embed(ids)]
  * for one request; writes the last position's logits (V floats) and, if

@@ -7,17 +7,24 @@
  *   repetition_penalty sees [bos] + new tokens and length limits count
  *   from a length of 1.
  *
- *   greedy:  logits -> repetition penalty -> min_new_tokens (eos = -inf)
- *            -> argmax; a finished row stops; all rows of a batch advance
- *            together in one decoder call per step.
- *   beam:    log_softmax -> same processors -> + beam score -> top 2K over
- *            K beams x V -> BeamSearchScorer rules (eos candidates ranked
- *            below K are dropped, hypotheses scored by sum / gen_len^lp,
- *            early stop when no beam can beat the worst kept hypothesis)
- *            -> the best hypothesis, with eos appended when shorter than
- *            the length limit.
+ * A request is a session: its sequences (1 for greedy, K beams, or
+ * num_return_sequences samples), their KV caches and token lists.
+ * blip2_step() advances many sessions at once:
  *
- * Scratch (KV caches, logits, workspace) is allocated once per call.
+ *   rows of every session (its prefill, or one row per live sequence)
+ *     -> one b2__opt_forward over all rows -> logits per sequence
+ *     -> per session: select
+ *        greedy:  repetition penalty -> min_new_tokens (eos = -inf) -> argmax
+ *        sample:  same processors -> temperature -> top-k -> top-p
+ *                 -> softmax -> draw (xoshiro256** seeded per sequence)
+ *        beam:    log_softmax -> processors -> + beam score -> top 2K over
+ *                 K x V -> BeamSearchScorer rules (eos candidates ranked
+ *                 below K dropped, hypotheses scored sum / gen_len^lp, early
+ *                 stop when no beam can beat the worst kept hypothesis),
+ *                 caches reordered; at the end the best hypotheses, with
+ *                 eos appended when shorter than the length limit.
+ * A session's numbers never depend on its batch neighbours: rows only
+ * attend to their own caches.
  */
 #include "engine.h"
 #include "error.h"
@@ -31,6 +38,8 @@ void blip2_gen_params_default(blip2_gen_params *p)
     *p = (blip2_gen_params){
         .max_new_tokens = 20, .min_new_tokens = 0, .num_beams = 1,
         .length_penalty = 1.0f, .early_stopping = 0, .repetition_penalty = 1.0f,
+        .do_sample = 0, .temperature = 1.0f, .top_k = 50, .top_p = 1.0f, .seed = 0,
+        .num_return_sequences = 1, .stop = NULL, .n_stop = 0,
     };
 }
 
@@ -46,7 +55,8 @@ void blip2_result_free(blip2_result *r)
     r->n = 0;
 }
 
-/* A growable token list. */
+/* ---- small pieces ---- */
+
 typedef struct toks {
     int32_t *v;
     int n, cap;
@@ -74,19 +84,19 @@ static int toks_copy(toks *dst, const toks *src)
 }
 
 /* The processors of 4.37.2 in their order: repetition penalty on the ids
- * so far, then min_new_tokens suppressing eos. */
-static void process_logits(float *x, const toks *ids, int new_tokens, const blip2_gen_params *p,
-                           int eos)
+ * so far (each distinct id once, as gather-then-scatter does), then
+ * min_new_tokens suppressing eos. */
+static void process_logits(float *x, const toks *ids, const blip2_gen_params *p, int eos)
 {
     if (p->repetition_penalty != 1.0f)
         for (int i = 0; i < ids->n; i++) {
-            float *s = &x[ids->v[i]];
-            /* the reference gathers all scores first, then scatters: a repeated id is penalised once */
             int seen = 0;
             for (int j = 0; j < i && !seen; j++) seen = ids->v[j] == ids->v[i];
-            if (!seen) *s = *s < 0 ? *s * p->repetition_penalty : *s / p->repetition_penalty;
+            if (seen) continue;
+            float *s = &x[ids->v[i]];
+            *s = *s < 0 ? *s * p->repetition_penalty : *s / p->repetition_penalty;
         }
-    if (new_tokens < p->min_new_tokens) x[eos] = -INFINITY;
+    if (ids->n - 1 < p->min_new_tokens) x[eos] = -INFINITY;
 }
 
 static void log_softmax(float *x, int n)
@@ -99,155 +109,6 @@ static void log_softmax(float *x, int n)
     for (int i = 0; i < n; i++) x[i] = x[i] - mx - ls;
 }
 
-/* Per-request prepared input. */
-typedef struct prep {
-    int32_t *ids;  /* prompt ids with BOS */
-    int L;
-} prep;
-
-typedef struct gen {
-    const blip2_model *m;
-    const blip2_gen_params *p;
-    int n, K, Q, D, V;
-    prep *pr;
-    b2_kv *kv, *kv2;    /* n*K caches, and a spare set for beam reordering */
-    b2_kv **kvp;        /* pointers: row seq index -> cache */
-    b2_opt_ws ws;
-    float *emb, *hid, *logits;
-    int *seq, *pos;
-} gen;
-
-static void gen_free(gen *g)
-{
-    if (g->pr) for (int i = 0; i < g->n; i++) free(g->pr[i].ids);
-    free(g->pr);
-    if (g->kv) for (int i = 0; i < g->n * g->K; i++) b2__kv_free(&g->kv[i]);
-    if (g->kv2) for (int i = 0; i < g->n * g->K; i++) b2__kv_free(&g->kv2[i]);
-    free(g->kv);
-    free(g->kv2);
-    free(g->kvp);
-    b2__opt_ws_free(&g->ws);
-    free(g->emb);
-    free(g->hid);
-    free(g->logits);
-    free(g->seq);
-    free(g->pos);
-}
-
-static int gen_init(gen *g, const blip2_model *m, const blip2_request *rq, int n,
-                    const blip2_gen_params *p, blip2_error *err)
-{
-    const b2_config *c = &m->cfg;
-    memset(g, 0, sizeof *g);
-    g->m = m;
-    g->p = p;
-    g->n = n;
-    g->K = p->num_beams;
-    g->Q = c->num_query;
-    g->D = c->t_hidden;
-    g->V = c->t_vocab;
-    g->pr = calloc((size_t)n, sizeof *g->pr);
-    if (!g->pr) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    int prefill_rows = 0, max_ctx = 0;
-    for (int i = 0; i < n; i++) {
-        prep *pr = &g->pr[i];
-        if (!rq[i].query_embeds) return b2__err(err, BLIP2_EINVAL, "request %d has no image embeddings", i);
-        if (rq[i].prompt_ids && rq[i].n_prompt_ids > 0) {
-            if (rq[i].n_prompt_ids > (size_t)c->t_max_pos)
-                return b2__err(err, BLIP2_ETOOBIG, "prompt of request %d is too long", i);
-            pr->L = (int)rq[i].n_prompt_ids;
-            pr->ids = malloc(sizeof(int32_t) * (size_t)pr->L);
-            if (!pr->ids) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-            memcpy(pr->ids, rq[i].prompt_ids, sizeof(int32_t) * (size_t)pr->L);
-            for (int j = 0; j < pr->L; j++)
-                if (pr->ids[j] < 0 || pr->ids[j] >= g->V)
-                    return b2__err(err, BLIP2_EINVAL, "prompt id %d of request %d is outside the vocabulary",
-                                   (int)pr->ids[j], i);
-        } else if (rq[i].prompt && rq[i].prompt[0]) {
-            size_t nn = 0;
-            int rc = b2__bpe_encode(m->tok, rq[i].prompt, strlen(rq[i].prompt), 1, &pr->ids, &nn, err);
-            if (rc < 0) return rc;
-            pr->L = (int)(nn < (size_t)1 << 30 ? nn : (size_t)1 << 30);
-        } else {
-            pr->ids = malloc(sizeof(int32_t));
-            if (!pr->ids) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-            pr->ids[0] = c->bos;
-            pr->L = 1;
-        }
-        long total = (long)g->Q + pr->L + p->max_new_tokens;
-        if (total > c->t_max_pos)
-            return b2__err(err, BLIP2_ETOOBIG,
-                           "prompt too long: %d query + %d prompt + %d new tokens exceed the model's %d positions",
-                           g->Q, pr->L, p->max_new_tokens, c->t_max_pos);
-        prefill_rows += g->Q + pr->L;
-        if (total > max_ctx) max_ctx = (int)total;
-    }
-    const int S = n * g->K;
-    int max_rows = prefill_rows > S ? prefill_rows : S;
-    g->kv = calloc((size_t)S, sizeof *g->kv);
-    g->kv2 = calloc((size_t)S, sizeof *g->kv2);
-    g->kvp = calloc((size_t)S, sizeof *g->kvp);
-    g->emb = malloc(sizeof(float) * (size_t)max_rows * g->D);
-    g->hid = malloc(sizeof(float) * (size_t)max_rows * g->D);
-    g->logits = malloc(sizeof(float) * (size_t)S * g->V);
-    g->seq = malloc(sizeof(int) * (size_t)max_rows);
-    g->pos = malloc(sizeof(int) * (size_t)max_rows);
-    if (!g->kv || !g->kv2 || !g->kvp || !g->emb || !g->hid || !g->logits || !g->seq || !g->pos)
-        return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    for (int i = 0; i < n; i++) {
-        int cap = g->Q + g->pr[i].L + p->max_new_tokens;
-        for (int b = 0; b < g->K; b++) {
-            if (b2__kv_init(&g->kv[i * g->K + b], m, cap) < 0 ||
-                (g->K > 1 && b2__kv_init(&g->kv2[i * g->K + b], m, cap) < 0))
-                return b2__err(err, BLIP2_ENOMEM, "out of memory for the KV cache");
-            g->kvp[i * g->K + b] = &g->kv[i * g->K + b];
-        }
-    }
-    if (b2__opt_ws_init(&g->ws, m, max_rows, max_ctx) < 0)
-        return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    return 0;
-}
-
-/* Prefill every request into cache i*K (beam 0); logits of the last prompt
- * position of request i go to g->logits row i*K. */
-static void prefill(gen *g, const blip2_request *rq)
-{
-    int r = 0;
-    for (int i = 0; i < g->n; i++) {
-        const int Q = g->Q, L = g->pr[i].L, s = i * g->K;
-        memcpy(g->emb + (size_t)r * g->D, rq[i].query_embeds, sizeof(float) * (size_t)Q * g->D);
-        b2__opt_embed(g->m, g->pr[i].ids, L, g->emb + (size_t)(r + Q) * g->D);
-        for (int j = 0; j < Q + L; j++) {
-            g->seq[r + j] = s;
-            g->pos[r + j] = j;
-        }
-        r += Q + L;
-    }
-    b2__opt_forward(g->m, &g->ws, g->emb, r, g->kvp, g->seq, g->pos, g->hid);
-    r = 0;
-    for (int i = 0; i < g->n; i++) {
-        const int len = g->Q + g->pr[i].L;
-        r += len;
-        g->kvp[i * g->K]->len = len;
-        b2__opt_logits(g->m, g->hid + (size_t)(r - 1) * g->D, 1, g->logits + (size_t)i * g->K * g->V);
-    }
-}
-
-/* One decoder step for `rows` sequences (indices in sidx) with tokens tok. */
-static void step(gen *g, const int *sidx, const int32_t *tok, int rows)
-{
-    for (int j = 0; j < rows; j++) {
-        b2__opt_embed(g->m, &tok[j], 1, g->emb + (size_t)j * g->D);
-        g->seq[j] = sidx[j];
-        g->pos[j] = g->kvp[sidx[j]]->len;
-    }
-    b2__opt_forward(g->m, &g->ws, g->emb, rows, g->kvp, g->seq, g->pos, g->hid);
-    for (int j = 0; j < rows; j++) {
-        g->kvp[sidx[j]]->len++;
-        b2__opt_logits(g->m, g->hid + (size_t)j * g->D, 1, g->logits + (size_t)sidx[j] * g->V);
-    }
-}
-
 static int argmax(const float *x, int n)
 {
     int best = 0;
@@ -256,38 +117,70 @@ static int argmax(const float *x, int n)
     return best;
 }
 
-static int greedy(gen *g, toks *out, int *finish, blip2_token_cb cb, void *user, blip2_error *err)
+/* xoshiro256** seeded through splitmix64. */
+static uint64_t splitmix(uint64_t *s)
 {
-    const blip2_gen_params *p = g->p;
-    const int eos = g->m->cfg.eos;
-    int *active = malloc(sizeof(int) * (size_t)g->n);
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)g->n);
-    int rc = 0;
-    if (!active || !tok) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
-    int na = g->n;
-    for (int i = 0; i < g->n; i++) active[i] = i;
-    for (int t = 0; t < p->max_new_tokens && na > 0; t++) {
-        int nn = 0;
-        for (int a = 0; a < na; a++) {
-            const int i = active[a];
-            float *lg = g->logits + (size_t)i * g->V;
-            process_logits(lg, &out[i], out[i].n - 1, p, eos);
-            int32_t id = argmax(lg, g->V);
-            if (toks_push(&out[i], id) < 0) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
-            if (cb && cb(user, i, id)) { rc = b2__err(err, BLIP2_ECANCELED, "generation canceled"); goto out; }
-            if (id == eos) finish[i] = BLIP2_FINISH_EOS;
-            else { active[nn] = i; tok[nn] = id; nn++; }
-        }
-        na = nn;
-        if (t + 1 < p->max_new_tokens && na > 0) step(g, active, tok, na);
-    }
-out:
-    free(active);
-    free(tok);
-    return rc;
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
 }
 
-/* ---- beam search ---- */
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* temperature -> top-k -> top-p -> softmax -> one draw; tmp holds V floats. */
+static int32_t sample(float *x, int V, const blip2_gen_params *p, uint64_t *rng, float *tmp)
+{
+    if (p->temperature != 1.0f)
+        for (int i = 0; i < V; i++) x[i] /= p->temperature;
+    int nf = 0;
+    for (int i = 0; i < V; i++) if (x[i] > -INFINITY) tmp[nf++] = x[i];
+    if (nf == 0) return 0;
+    qsort(tmp, (size_t)nf, sizeof *tmp, cmp_desc);
+    float cut = -INFINITY;
+    if (p->top_k > 0 && p->top_k < nf) { cut = tmp[p->top_k - 1]; nf = p->top_k; }
+    if (p->top_p < 1.0f) {
+        /* keep the smallest set of best tokens whose probability reaches top_p:
+         * drop tokens whose ascending cumulative probability is <= 1 - top_p */
+        double z = 0, acc = 0;
+        for (int i = 0; i < nf; i++) z += exp((double)(tmp[i] - tmp[0]));
+        int keep = nf;
+        for (int i = nf - 1; i > 0; i--) {
+            acc += exp((double)(tmp[i] - tmp[0])) / z;
+            if (acc <= 1.0 - p->top_p) keep = i; else break;
+        }
+        if (tmp[keep - 1] > cut) cut = tmp[keep - 1];
+    }
+    double z = 0;
+    float mx = tmp[0];
+    for (int i = 0; i < V; i++) z += x[i] >= cut ? exp((double)(x[i] - mx)) : 0.0;
+    double u = (double)(rng_next(rng) >> 11) * 0x1.0p-53 * z, acc = 0;
+    int32_t last = 0;
+    for (int i = 0; i < V; i++) {
+        if (!(x[i] >= cut)) continue;
+        acc += exp((double)(x[i] - mx));
+        last = i;
+        if (acc > u) return i;
+    }
+    return last;
+}
+
+/* ---- beam search bookkeeping (BeamHypotheses) ---- */
 
 typedef struct hyp {
     float score;
@@ -295,7 +188,7 @@ typedef struct hyp {
 } hyp;
 
 typedef struct beam_hyps {
-    hyp *h;       /* up to K */
+    hyp *h;       /* K + 1 slots */
     int n;
     float worst;
     int done;
@@ -309,7 +202,6 @@ static int hyps_add(beam_hyps *bh, int K, const toks *t, float sum_logprobs, int
         slot->score = score;
         if (toks_copy(&slot->t, t) < 0) return BLIP2_ENOMEM;
         if (bh->n > K) {
-            /* drop the worst (first minimum), the new worst is the second smallest */
             int wi = 0;
             for (int i = 1; i < bh->n; i++) if (bh->h[i].score < bh->h[wi].score) wi = i;
             hyp gone = bh->h[wi];
@@ -330,8 +222,7 @@ static int hyps_is_done(const beam_hyps *bh, int K, float best_sum, int cur_len,
 {
     if (bh->n < K) return 0;
     if (early) return 1;
-    float highest = best_sum / powf((float)(cur_len - 1), lp);
-    return bh->worst >= highest;
+    return bh->worst >= best_sum / powf((float)(cur_len - 1), lp);
 }
 
 typedef struct cand {
@@ -340,7 +231,7 @@ typedef struct cand {
     int32_t token;
 } cand;
 
-/* Keeps the top `k` of (K*V) scores, ordered best first, ties by index. */
+/* The top k of (K*V) scores, best first, ties by index. */
 static void topk(const float *s, int K, int V, int k, cand *out)
 {
     int n = 0;
@@ -354,111 +245,95 @@ static void topk(const float *s, int K, int V, int k, cand *out)
         }
 }
 
-static int beam_search(gen *g, toks *out, int *finish, blip2_token_cb cb, void *user, blip2_error *err)
+/* ---- sessions ---- */
+
+enum { S_NEW, S_RUN, S_DONE };
+enum { M_GREEDY, M_SAMPLE, M_BEAM };
+
+struct blip2_session {
+    const blip2_model *m;
+    blip2_gen_params p;
+    char **stop;         /* owned copies of p.stop */
+    blip2_token_cb cb;
+    void *user;
+    int mode, K, nret, Q, L, V, D, state, cur_len;
+    int32_t *prompt;     /* (L) with bos */
+    float *query;        /* (Q, D) */
+    b2_kv *kv, *kv2;     /* (K); kv2 only for beams */
+    toks *bt, *bt2;      /* (K) ids so far, starting with bos */
+    float *bscore;       /* (K) beam scores */
+    float *logits;       /* (K, V) */
+    float *tmp;          /* (V) sampling scratch */
+    int *live;           /* (K) sequence still generating */
+    int *finish;         /* (K) BLIP2_FINISH_* */
+    int32_t *pending;    /* (K) token to feed next step */
+    uint64_t (*rng)[4];  /* (K) */
+    beam_hyps bh;
+    cand *cd;            /* (2K) */
+    toks *out;           /* (nret) final sequences (beam) */
+    int *out_finish;
+    int err;             /* first failure inside a step */
+};
+
+struct blip2_ctx {
+    const blip2_model *m;
+    b2_opt_ws ws;
+    float *emb, *hid;
+    int *seq, *pos;
+    b2_kv **kvp;
+    int cap_rows, cap_seqs;
+};
+
+int blip2_ctx_new(const blip2_model *m, blip2_ctx **out, blip2_error *err)
 {
-    const blip2_gen_params *p = g->p;
-    const int K = g->K, V = g->V, n = g->n, eos = g->m->cfg.eos, max_len = 1 + p->max_new_tokens;
-    const float lp = p->length_penalty;
-    int rc = 0;
-    float *bscore = malloc(sizeof(float) * (size_t)n * K);
-    toks *bt = calloc((size_t)n * K, sizeof *bt), *bt2 = calloc((size_t)n * K, sizeof *bt2);
-    beam_hyps *bh = calloc((size_t)n, sizeof *bh);
-    cand *cd = malloc(sizeof(cand) * 2 * (size_t)K);
-    int *sidx = malloc(sizeof(int) * (size_t)n * K);
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n * K);
-    if (!bscore || !bt || !bt2 || !bh || !cd || !sidx || !tok) { rc = BLIP2_ENOMEM; goto out; }
-    for (int i = 0; i < n; i++) {
-        if (!(bh[i].h = calloc((size_t)K + 1, sizeof(hyp)))) { rc = BLIP2_ENOMEM; goto out; }
-        bh[i].worst = 1e9f;
-        for (int b = 0; b < K; b++) {
-            const int s = i * K + b;
-            bscore[s] = b == 0 ? 0.0f : -1e9f;
-            if (toks_push(&bt[s], g->m->cfg.bos) < 0) { rc = BLIP2_ENOMEM; goto out; }
-            if (b > 0) { /* every beam starts from the same prefix */
-                b2__kv_copy(g->kvp[s], g->kvp[i * K], g->m);
-                memcpy(g->logits + (size_t)s * V, g->logits + (size_t)i * K * V, sizeof(float) * V);
-            }
-        }
-    }
-    int cur_len = 1;
-    for (;;) {
-        int rows = 0;
-        for (int i = 0; i < n; i++) {
-            if (bh[i].done) continue;
-            for (int b = 0; b < K; b++) {
-                const int s = i * K + b;
-                float *lg = g->logits + (size_t)s * V;
-                log_softmax(lg, V);
-                process_logits(lg, &bt[s], cur_len - 1, p, eos);
-                for (int v = 0; v < V; v++) lg[v] += bscore[s];
-            }
-            topk(g->logits + (size_t)i * K * V, K, V, 2 * K, cd);
-            int nb = 0;
-            for (int r = 0; r < 2 * K && nb < K; r++) {
-                const int src = i * K + cd[r].beam;
-                if (cd[r].token == eos) {
-                    if (r >= K) continue;
-                    if ((rc = hyps_add(&bh[i], K, &bt[src], cd[r].score, cur_len - 1, lp)) < 0) goto out;
-                } else {
-                    const int dst = i * K + nb;
-                    if ((rc = toks_copy(&bt2[dst], &bt[src])) < 0 || (rc = toks_push(&bt2[dst], cd[r].token)) < 0)
-                        goto out;
-                    b2__kv_copy(&g->kv2[dst], g->kvp[src], g->m);
-                    bscore[dst] = cd[r].score; /* safe: rows of request i are read via cd, not bscore */
-                    tok[rows] = cd[r].token;
-                    sidx[rows++] = dst;
-                    nb++;
-                }
-            }
-            bh[i].done = hyps_is_done(&bh[i], K, cd[0].score, cur_len, lp, p->early_stopping);
-            for (int b = 0; b < K; b++) {
-                const int s = i * K + b;
-                toks tt = bt[s]; bt[s] = bt2[s]; bt2[s] = tt;
-                /* the new cache content is in kv2; swap the storage */
-                b2_kv kt = g->kv[s]; g->kv[s] = g->kv2[s]; g->kv2[s] = kt;
-            }
-        }
-        cur_len++;
-        if (cb && cb(user, -1, -1)) { rc = b2__err(err, BLIP2_ECANCELED, "generation canceled"); goto out; }
-        int all_done = 1;
-        for (int i = 0; i < n; i++) all_done &= bh[i].done;
-        if (all_done || cur_len >= max_len) break;
-        /* only requests still searching advance */
-        int r2 = 0;
-        for (int j = 0; j < rows; j++)
-            if (!bh[sidx[j] / K].done) { sidx[r2] = sidx[j]; tok[r2] = tok[j]; r2++; }
-        step(g, sidx, tok, r2);
-    }
-    for (int i = 0; i < n; i++) {
-        if (!bh[i].done)
-            for (int b = 0; b < K; b++)
-                if ((rc = hyps_add(&bh[i], K, &bt[i * K + b], bscore[i * K + b], bt[i * K + b].n - 1, lp)) < 0)
-                    goto out;
-        /* best: the last of a stable ascending sort, i.e. the latest among equal maxima */
-        int best = 0;
-        for (int h = 1; h < bh[i].n; h++) if (bh[i].h[h].score >= bh[i].h[best].score) best = h;
-        if ((rc = toks_copy(&out[i], &bh[i].h[best].t)) < 0) goto out;
-        finish[i] = BLIP2_FINISH_LENGTH;
-        if (out[i].n < max_len) {
-            if ((rc = toks_push(&out[i], eos)) < 0) goto out;
-            finish[i] = BLIP2_FINISH_EOS;
-        }
-    }
-out:
-    if (rc == BLIP2_ENOMEM) b2__err(err, rc, "out of memory in beam search");
-    if (bh) for (int i = 0; i < n; i++) {
-        if (bh[i].h) for (int h = 0; h <= K; h++) free(bh[i].h[h].t.v);
-        free(bh[i].h);
-    }
-    if (bt) for (int s = 0; s < n * K; s++) free(bt[s].v);
-    if (bt2) for (int s = 0; s < n * K; s++) free(bt2[s].v);
-    free(bh); free(bt); free(bt2); free(bscore); free(cd); free(sidx); free(tok);
-    return rc;
+    *out = calloc(1, sizeof **out);
+    if (!*out) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    (*out)->m = m;
+    return 0;
 }
 
-static int check_params(const blip2_model *m, int n, const blip2_gen_params *p, blip2_error *err)
+void blip2_ctx_free(blip2_ctx *c)
 {
-    if (n <= 0 || n > 1024) return b2__err(err, BLIP2_EINVAL, "batch size %d out of range 1..1024", n);
+    if (!c) return;
+    b2__opt_ws_free(&c->ws);
+    free(c->emb); free(c->hid); free(c->seq); free(c->pos); free(c->kvp);
+    free(c);
+}
+
+static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
+{
+    const size_t D = (size_t)c->m->cfg.t_hidden;
+    if (rows > c->cap_rows) {
+        float *e = realloc(c->emb, sizeof(float) * D * rows), *h;
+        if (!e) return BLIP2_ENOMEM;
+        c->emb = e;
+        if (!(h = realloc(c->hid, sizeof(float) * D * rows))) return BLIP2_ENOMEM;
+        c->hid = h;
+        int *s = realloc(c->seq, sizeof(int) * rows), *p;
+        if (!s) return BLIP2_ENOMEM;
+        c->seq = s;
+        if (!(p = realloc(c->pos, sizeof(int) * rows))) return BLIP2_ENOMEM;
+        c->pos = p;
+        c->cap_rows = rows;
+    }
+    if (seqs > c->cap_seqs) {
+        b2_kv **k = realloc(c->kvp, sizeof *k * seqs);
+        if (!k) return BLIP2_ENOMEM;
+        c->kvp = k;
+        c->cap_seqs = seqs;
+    }
+    if (rows > c->ws.max_rows || ctxlen > c->ws.max_ctx) {
+        int r = rows > c->ws.max_rows ? rows : c->ws.max_rows;
+        int x = ctxlen > c->ws.max_ctx ? ctxlen : c->ws.max_ctx;
+        b2__opt_ws_free(&c->ws);
+        if (b2__opt_ws_init(&c->ws, c->m, r, x) < 0) return BLIP2_ENOMEM;
+    }
+    return 0;
+}
+
+static int check_params(const blip2_model *m, const blip2_gen_params *p, blip2_error *err)
+{
+    int nret = p->num_return_sequences ? p->num_return_sequences : 1;
     if (p->max_new_tokens < 1 || p->max_new_tokens > m->cfg.t_max_pos)
         return b2__err(err, BLIP2_EINVAL, "max_new_tokens %d out of range 1..%d", p->max_new_tokens, m->cfg.t_max_pos);
     if (p->min_new_tokens < 0 || p->min_new_tokens > p->max_new_tokens)
@@ -469,7 +344,381 @@ static int check_params(const blip2_model *m, int n, const blip2_gen_params *p, 
         return b2__err(err, BLIP2_EINVAL, "repetition_penalty must be a positive number");
     if (!isfinite(p->length_penalty))
         return b2__err(err, BLIP2_EINVAL, "length_penalty must be finite");
+    if (nret < 1 || nret > 16)
+        return b2__err(err, BLIP2_EINVAL, "num_return_sequences %d out of range 1..16", nret);
+    if (p->do_sample) {
+        if (p->num_beams > 1)
+            return b2__err(err, BLIP2_EINVAL, "do_sample with num_beams > 1 (beam sampling) is not supported");
+        if (!(p->temperature > 0) || !isfinite(p->temperature))
+            return b2__err(err, BLIP2_EINVAL, "temperature must be a positive number");
+        if (p->top_k < 0) return b2__err(err, BLIP2_EINVAL, "top_k must be >= 0");
+        if (!(p->top_p > 0 && p->top_p <= 1)) return b2__err(err, BLIP2_EINVAL, "top_p must be in (0, 1]");
+    } else if (p->num_beams == 1 && nret != 1) {
+        return b2__err(err, BLIP2_EINVAL, "num_return_sequences > 1 needs do_sample or num_beams >= it");
+    } else if (nret > p->num_beams) {
+        return b2__err(err, BLIP2_EINVAL, "num_return_sequences %d exceeds num_beams %d", nret, p->num_beams);
+    }
+    if (p->n_stop < 0 || p->n_stop > 16 || (p->n_stop && !p->stop))
+        return b2__err(err, BLIP2_EINVAL, "at most 16 stop strings");
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i] || !p->stop[i][0] || strlen(p->stop[i]) > 256)
+            return b2__err(err, BLIP2_EINVAL, "stop strings must be 1..256 bytes");
     return 0;
+}
+
+void blip2_session_free(blip2_session *s)
+{
+    if (!s) return;
+    for (int i = 0; s->stop && i < s->p.n_stop; i++) free(s->stop[i]);
+    free(s->stop);
+    for (int j = 0; j < s->K; j++) {
+        if (s->kv) b2__kv_free(&s->kv[j]);
+        if (s->kv2) b2__kv_free(&s->kv2[j]);
+        if (s->bt) free(s->bt[j].v);
+        if (s->bt2) free(s->bt2[j].v);
+    }
+    if (s->bh.h) for (int h = 0; h <= s->K; h++) free(s->bh.h[h].t.v);
+    for (int r = 0; s->out && r < s->nret; r++) free(s->out[r].v);
+    free(s->kv); free(s->kv2); free(s->bt); free(s->bt2); free(s->bscore); free(s->logits);
+    free(s->tmp); free(s->live); free(s->finish); free(s->pending); free(s->rng);
+    free(s->bh.h); free(s->cd); free(s->out); free(s->out_finish);
+    free(s->prompt); free(s->query);
+    free(s);
+}
+
+int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2_gen_params *p,
+                      blip2_token_cb cb, void *user, blip2_session **out, blip2_error *err)
+{
+    const b2_config *c = &m->cfg;
+    blip2_gen_params def;
+    if (!p) { blip2_gen_params_default(&def); p = &def; }
+    *out = NULL;
+    int rc = check_params(m, p, err);
+    if (rc < 0) return rc;
+    if (!rq || !rq->query_embeds) return b2__err(err, BLIP2_EINVAL, "request has no image embeddings");
+    blip2_session *s = calloc(1, sizeof *s);
+    if (!s) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    s->m = m;
+    s->p = *p;
+    s->p.stop = NULL;
+    s->cb = cb;
+    s->user = user;
+    s->nret = p->num_return_sequences ? p->num_return_sequences : 1;
+    s->p.num_return_sequences = s->nret;
+    s->mode = p->num_beams > 1 ? M_BEAM : p->do_sample ? M_SAMPLE : M_GREEDY;
+    s->K = s->mode == M_BEAM ? p->num_beams : s->nret;
+    s->Q = c->num_query;
+    s->D = c->t_hidden;
+    s->V = c->t_vocab;
+    s->cur_len = 1;
+    if (p->n_stop) {
+        if (!(s->stop = calloc((size_t)p->n_stop, sizeof *s->stop))) goto nomem;
+        for (int i = 0; i < p->n_stop; i++)
+            if (!(s->stop[i] = strdup(p->stop[i]))) goto nomem;
+    }
+    if (rq->prompt_ids && rq->n_prompt_ids > 0) {
+        if (rq->n_prompt_ids > (size_t)c->t_max_pos) {
+            rc = b2__err(err, BLIP2_ETOOBIG, "prompt too long: %zu tokens", rq->n_prompt_ids);
+            goto fail;
+        }
+        s->L = (int)rq->n_prompt_ids;
+        if (!(s->prompt = malloc(sizeof(int32_t) * (size_t)s->L))) goto nomem;
+        memcpy(s->prompt, rq->prompt_ids, sizeof(int32_t) * (size_t)s->L);
+        for (int j = 0; j < s->L; j++)
+            if (s->prompt[j] < 0 || s->prompt[j] >= s->V) {
+                rc = b2__err(err, BLIP2_EINVAL, "prompt id %d is outside the vocabulary", (int)s->prompt[j]);
+                goto fail;
+            }
+    } else if (rq->prompt && rq->prompt[0]) {
+        size_t nn = 0;
+        if ((rc = b2__bpe_encode(m->tok, rq->prompt, strlen(rq->prompt), 1, &s->prompt, &nn, err)) < 0) goto fail;
+        s->L = nn > (size_t)c->t_max_pos ? c->t_max_pos + 1 : (int)nn;
+    } else {
+        if (!(s->prompt = malloc(sizeof(int32_t)))) goto nomem;
+        s->prompt[0] = c->bos;
+        s->L = 1;
+    }
+    long total = (long)s->Q + s->L + p->max_new_tokens;
+    if (total > c->t_max_pos) {
+        rc = b2__err(err, BLIP2_ETOOBIG,
+                     "prompt too long: %d query + %d prompt + %d new tokens exceed the model's %d positions",
+                     s->Q, s->L, p->max_new_tokens, c->t_max_pos);
+        goto fail;
+    }
+    const int K = s->K, V = s->V;
+    if (!(s->query = malloc(sizeof(float) * (size_t)s->Q * s->D))) goto nomem;
+    memcpy(s->query, rq->query_embeds, sizeof(float) * (size_t)s->Q * s->D);
+    s->kv = calloc((size_t)K, sizeof *s->kv);
+    s->bt = calloc((size_t)K, sizeof *s->bt);
+    s->bscore = calloc((size_t)K, sizeof *s->bscore);
+    s->logits = malloc(sizeof(float) * (size_t)K * V);
+    s->live = calloc((size_t)K, sizeof *s->live);
+    s->finish = calloc((size_t)K, sizeof *s->finish);
+    s->pending = calloc((size_t)K, sizeof *s->pending);
+    if (!s->kv || !s->bt || !s->bscore || !s->logits || !s->live || !s->finish || !s->pending) goto nomem;
+    for (int j = 0; j < K; j++) {
+        if (b2__kv_init(&s->kv[j], m, (int)total) < 0 || toks_push(&s->bt[j], c->bos) < 0) goto nomem;
+        s->live[j] = 1;
+    }
+    if (s->mode == M_SAMPLE) {
+        if (!(s->rng = calloc((size_t)K, sizeof *s->rng)) || !(s->tmp = malloc(sizeof(float) * (size_t)V))) goto nomem;
+        for (int j = 0; j < K; j++) {
+            uint64_t sm = p->seed ^ (0xd1b54a32d192ed03ull * (uint64_t)(j + 1));
+            for (int w = 0; w < 4; w++) s->rng[j][w] = splitmix(&sm);
+        }
+    }
+    if (s->mode == M_BEAM) {
+        s->kv2 = calloc((size_t)K, sizeof *s->kv2);
+        s->bt2 = calloc((size_t)K, sizeof *s->bt2);
+        s->bh.h = calloc((size_t)K + 1, sizeof(hyp));
+        s->cd = malloc(sizeof(cand) * 2 * (size_t)K);
+        s->out = calloc((size_t)s->nret, sizeof *s->out);
+        s->out_finish = calloc((size_t)s->nret, sizeof *s->out_finish);
+        if (!s->kv2 || !s->bt2 || !s->bh.h || !s->cd || !s->out || !s->out_finish) goto nomem;
+        for (int j = 0; j < K; j++) {
+            if (b2__kv_init(&s->kv2[j], m, (int)total) < 0) goto nomem;
+            s->bscore[j] = j == 0 ? 0.0f : -1e9f;
+        }
+        s->bh.worst = 1e9f;
+    }
+    *out = s;
+    return 0;
+nomem:
+    rc = b2__err(err, BLIP2_ENOMEM, "out of memory for a generation session");
+fail:
+    blip2_session_free(s);
+    return rc;
+}
+
+int blip2_session_done(const blip2_session *s) { return s->state == S_DONE; }
+
+void blip2_session_cancel(blip2_session *s)
+{
+    if (s->state == S_DONE) return;
+    for (int j = 0; j < s->K; j++)
+        if (s->live[j]) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_CANCELED; }
+    if (s->mode == M_BEAM)
+        for (int r = 0; r < s->nret; r++) s->out_finish[r] = BLIP2_FINISH_CANCELED;
+    s->state = S_DONE;
+}
+
+int blip2_session_rows(const blip2_session *s)
+{
+    if (s->state == S_DONE) return 0;
+    if (s->state == S_NEW) return s->Q + s->L;
+    int r = 0;
+    for (int j = 0; j < s->K; j++) r += s->live[j];
+    return r;
+}
+
+/* Decodes seq ids (skip special) and returns the offset of the earliest
+ * stop string in *cut (or the text length).  *text is new. */
+static int decode_cut(const blip2_session *s, const toks *t, char **text, size_t *cut, blip2_error *err)
+{
+    int rc = b2__bpe_decode(s->m->tok, t->v, (size_t)t->n, 1, text, err);
+    if (rc < 0) return rc;
+    *cut = strlen(*text);
+    for (int i = 0; i < s->p.n_stop; i++) {
+        char *hit = strstr(*text, s->stop[i]);
+        if (hit && (size_t)(hit - *text) < *cut) *cut = (size_t)(hit - *text);
+    }
+    return 0;
+}
+
+static int select_independent(blip2_session *s)
+{
+    const int eos = s->m->cfg.eos;
+    int any = 0;
+    for (int j = 0; j < s->K; j++) {
+        if (!s->live[j]) continue;
+        float *lg = s->logits + (size_t)j * s->V;
+        process_logits(lg, &s->bt[j], &s->p, eos);
+        int32_t id = s->mode == M_SAMPLE ? sample(lg, s->V, &s->p, s->rng[j], s->tmp) : argmax(lg, s->V);
+        if (toks_push(&s->bt[j], id) < 0) return BLIP2_ENOMEM;
+        if (s->cb && s->cb(s->user, j, id)) { blip2_session_cancel(s); return 0; }
+        if (id == eos) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_EOS; continue; }
+        if (s->p.n_stop) {
+            char *text;
+            size_t cut;
+            if (decode_cut(s, &s->bt[j], &text, &cut, NULL) < 0) return BLIP2_ENOMEM;
+            int hit = cut < strlen(text);
+            free(text);
+            if (hit) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_STOP; continue; }
+        }
+        if (s->bt[j].n - 1 >= s->p.max_new_tokens) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_LENGTH; continue; }
+        s->pending[j] = id;
+        any = 1;
+    }
+    if (!any) s->state = S_DONE;
+    return 0;
+}
+
+static int beam_finalize(blip2_session *s)
+{
+    const int K = s->K, max_len = 1 + s->p.max_new_tokens, eos = s->m->cfg.eos;
+    const float lp = s->p.length_penalty;
+    beam_hyps *bh = &s->bh;
+    if (!bh->done)
+        for (int b = 0; b < K; b++)
+            if (hyps_add(bh, K, &s->bt[b], s->bscore[b], s->bt[b].n - 1, lp) < 0) return BLIP2_ENOMEM;
+    /* best first: a stable ascending sort popped from the end, so among equal
+     * scores the later-added hypothesis wins */
+    int used[65] = {0};
+    for (int r = 0; r < s->nret; r++) {
+        int best = -1;
+        for (int h = 0; h < bh->n; h++)
+            if (!used[h] && (best < 0 || bh->h[h].score >= bh->h[best].score)) best = h;
+        used[best] = 1;
+        if (toks_copy(&s->out[r], &bh->h[best].t) < 0) return BLIP2_ENOMEM;
+        s->out_finish[r] = BLIP2_FINISH_LENGTH;
+        if (s->out[r].n < max_len) {
+            if (toks_push(&s->out[r], eos) < 0) return BLIP2_ENOMEM;
+            s->out_finish[r] = BLIP2_FINISH_EOS;
+        }
+    }
+    s->state = S_DONE;
+    return 0;
+}
+
+static int select_beam(blip2_session *s)
+{
+    const int K = s->K, V = s->V, eos = s->m->cfg.eos, max_len = 1 + s->p.max_new_tokens;
+    const float lp = s->p.length_penalty;
+    for (int b = 0; b < K; b++) {
+        float *lg = s->logits + (size_t)b * V;
+        log_softmax(lg, V);
+        process_logits(lg, &s->bt[b], &s->p, eos);
+        for (int v = 0; v < V; v++) lg[v] += s->bscore[b];
+    }
+    topk(s->logits, K, V, 2 * K, s->cd);
+    int nb = 0;
+    for (int r = 0; r < 2 * K && nb < K; r++) {
+        const cand *c = &s->cd[r];
+        if (c->token == eos) {
+            if (r >= K) continue;
+            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1, lp) < 0) return BLIP2_ENOMEM;
+        } else {
+            if (toks_copy(&s->bt2[nb], &s->bt[c->beam]) < 0 || toks_push(&s->bt2[nb], c->token) < 0)
+                return BLIP2_ENOMEM;
+            b2__kv_copy(&s->kv2[nb], &s->kv[c->beam], s->m);
+            s->bscore[nb] = c->score; /* bscore is not read again this step */
+            s->pending[nb] = c->token;
+            nb++;
+        }
+    }
+    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len, lp, s->p.early_stopping);
+    for (int b = 0; b < K; b++) {
+        toks tt = s->bt[b]; s->bt[b] = s->bt2[b]; s->bt2[b] = tt;
+        b2_kv kt = s->kv[b]; s->kv[b] = s->kv2[b]; s->kv2[b] = kt;
+    }
+    s->cur_len++;
+    if (s->cb && s->cb(s->user, -1, -1)) { blip2_session_cancel(s); return 0; }
+    if (s->bh.done || s->cur_len >= max_len) return beam_finalize(s);
+    return 0;
+}
+
+int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
+{
+    const blip2_model *m = ctx->m;
+    const int D = m->cfg.t_hidden;
+    int rows = 0, seqs = 0, maxctx = 0;
+    for (int i = 0; i < n; i++) {
+        const blip2_session *s = ss[i];
+        if (s->m != m) return b2__err(err, BLIP2_EINVAL, "session belongs to another model");
+        rows += blip2_session_rows(s);
+        seqs += s->K;
+        if (s->kv[0].cap > maxctx) maxctx = s->kv[0].cap;
+    }
+    if (rows == 0) return 0;
+    if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    int r = 0, q = 0;
+    for (int i = 0; i < n; i++) {
+        blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        for (int j = 0; j < s->K; j++) ctx->kvp[q + j] = &s->kv[j];
+        if (s->state == S_NEW) {
+            memcpy(ctx->emb + (size_t)r * D, s->query, sizeof(float) * (size_t)s->Q * D);
+            b2__opt_embed(m, s->prompt, s->L, ctx->emb + (size_t)(r + s->Q) * D);
+            for (int j = 0; j < s->Q + s->L; j++) { ctx->seq[r + j] = q; ctx->pos[r + j] = j; }
+            r += s->Q + s->L;
+        } else {
+            for (int j = 0; j < s->K; j++) {
+                if (!s->live[j]) continue;
+                b2__opt_embed(m, &s->pending[j], 1, ctx->emb + (size_t)r * D);
+                ctx->seq[r] = q + j;
+                ctx->pos[r] = s->kv[j].len;
+                r++;
+            }
+        }
+        q += s->K;
+    }
+    b2__opt_forward(m, &ctx->ws, ctx->emb, rows, ctx->kvp, ctx->seq, ctx->pos, ctx->hid);
+    r = 0;
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        if (s->state == S_NEW) {
+            r += s->Q + s->L;
+            s->kv[0].len = s->Q + s->L;
+            b2__opt_logits(m, ctx->hid + (size_t)(r - 1) * D, 1, s->logits);
+            for (int j = 1; j < s->K; j++) { /* every sequence starts from the same prefix */
+                b2__kv_copy(&s->kv[j], &s->kv[0], m);
+                memcpy(s->logits + (size_t)j * s->V, s->logits, sizeof(float) * (size_t)s->V);
+            }
+            s->state = S_RUN;
+        } else {
+            for (int j = 0; j < s->K; j++) {
+                if (!s->live[j]) continue;
+                s->kv[j].len++;
+                b2__opt_logits(m, ctx->hid + (size_t)r * D, 1, s->logits + (size_t)j * s->V);
+                r++;
+            }
+        }
+        int e = s->mode == M_BEAM ? select_beam(s) : select_independent(s);
+        if (e < 0) {
+            s->err = e;
+            blip2_session_cancel(s);
+            if (rc == 0) rc = b2__err(err, e, "out of memory while generating");
+        }
+    }
+    return rc;
+}
+
+int blip2_session_result(const blip2_session *s, blip2_result *res, blip2_error *err)
+{
+    memset(res, 0, sizeof *res);
+    if (s->state != S_DONE) return b2__err(err, BLIP2_EINVAL, "session is not finished");
+    res->seqs = calloc((size_t)s->nret, sizeof *res->seqs);
+    if (!res->seqs) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    res->n = s->nret;
+    for (int r = 0; r < s->nret; r++) {
+        const toks *t = s->mode == M_BEAM ? &s->out[r] : &s->bt[r];
+        blip2_seq_result *o = &res->seqs[r];
+        o->finish = s->mode == M_BEAM ? s->out_finish[r] : s->finish[r];
+        o->n_ids = (size_t)t->n;
+        o->ids = malloc(sizeof(int32_t) * (t->n ? (size_t)t->n : 1));
+        size_t cut;
+        int rc = o->ids ? decode_cut(s, t, &o->text, &cut, err) : b2__err(err, BLIP2_ENOMEM, "out of memory");
+        if (rc < 0) { blip2_result_free(res); return rc; }
+        if (t->n) memcpy(o->ids, t->v, sizeof(int32_t) * (size_t)t->n);
+        o->text[cut] = 0;
+    }
+    return 0;
+}
+
+/* ---- one-shot batch ---- */
+
+typedef struct tramp {
+    blip2_token_cb cb;
+    void *user;
+    int base;
+} tramp;
+
+static int tramp_cb(void *u, int seq, int32_t tok)
+{
+    tramp *t = u;
+    return t->cb(t->user, seq < 0 ? t->base : t->base + seq, tok);
 }
 
 int blip2_generate(const blip2_model *m, const blip2_request *rq, int n, const blip2_gen_params *p,
@@ -478,35 +727,46 @@ int blip2_generate(const blip2_model *m, const blip2_request *rq, int n, const b
     blip2_gen_params def;
     if (!p) { blip2_gen_params_default(&def); p = &def; }
     memset(res, 0, sizeof *res);
-    int rc = check_params(m, n, p, err);
+    if (n <= 0 || n > 1024) return b2__err(err, BLIP2_EINVAL, "batch size %d out of range 1..1024", n);
+    int rc = check_params(m, p, err);
     if (rc < 0) return rc;
-    gen g;
-    toks *out = calloc((size_t)n, sizeof *out);
-    int *finish = calloc((size_t)n, sizeof *finish);
-    if (!out || !finish) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto done; }
-    if ((rc = gen_init(&g, m, rq, n, p, err)) < 0) goto fail;
-    for (int i = 0; i < n; i++)
-        if (toks_push(&out[i], m->cfg.bos) < 0) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
-    prefill(&g, rq);
-    rc = p->num_beams > 1 ? beam_search(&g, out, finish, cb, user, err) : greedy(&g, out, finish, cb, user, err);
-    if (rc < 0) goto fail;
-    res->seqs = calloc((size_t)n, sizeof *res->seqs);
-    if (!res->seqs) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
-    res->n = n;
+    const int nret = p->num_return_sequences ? p->num_return_sequences : 1;
+    blip2_session **ss = calloc((size_t)n, sizeof *ss);
+    tramp *tr = calloc((size_t)n, sizeof *tr);
+    blip2_ctx *ctx = NULL;
+    if (!ss || !tr) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
     for (int i = 0; i < n; i++) {
-        blip2_seq_result *s = &res->seqs[i];
-        s->ids = out[i].v;
-        s->n_ids = (size_t)out[i].n;
-        s->finish = finish[i];
-        out[i].v = NULL;
-        if ((rc = b2__bpe_decode(m->tok, s->ids, s->n_ids, 1, &s->text, err)) < 0) goto fail;
+        tr[i] = (tramp){cb, user, i * nret};
+        if ((rc = blip2_session_new(m, &rq[i], p, cb ? tramp_cb : NULL, &tr[i], &ss[i], err)) < 0) goto out;
     }
-fail:
-    gen_free(&g);
-done:
-    if (out) for (int i = 0; i < n; i++) free(out[i].v);
-    free(out);
-    free(finish);
+    if ((rc = blip2_ctx_new(m, &ctx, err)) < 0) goto out;
+    for (;;) {
+        int live = 0;
+        for (int i = 0; i < n; i++) live |= !blip2_session_done(ss[i]);
+        if (!live) break;
+        if ((rc = blip2_step(ctx, ss, n, err)) < 0) goto out;
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ss[i]->K; j++)
+            if (ss[i]->finish[j] == BLIP2_FINISH_CANCELED ||
+                (ss[i]->mode == M_BEAM && j < nret && ss[i]->out_finish[j] == BLIP2_FINISH_CANCELED)) {
+                rc = b2__err(err, BLIP2_ECANCELED, "generation canceled");
+                goto out;
+            }
+    res->seqs = calloc((size_t)n * nret, sizeof *res->seqs);
+    if (!res->seqs) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
+    for (int i = 0; i < n; i++) {
+        blip2_result one;
+        if ((rc = blip2_session_result(ss[i], &one, err)) < 0) goto out;
+        memcpy(res->seqs + (size_t)i * nret, one.seqs, sizeof *one.seqs * (size_t)nret);
+        res->n += nret;
+        free(one.seqs);
+    }
+out:
+    if (ss) for (int i = 0; i < n; i++) blip2_session_free(ss[i]);
+    free(ss);
+    free(tr);
+    blip2_ctx_free(ctx);
     if (rc < 0) blip2_result_free(res);
     return rc;
 }
@@ -517,14 +777,25 @@ int blip2_forward_logits(const blip2_model *m, const blip2_request *rq, float *l
     blip2_gen_params p;
     blip2_gen_params_default(&p);
     p.max_new_tokens = 1;
-    gen g;
-    int rc = gen_init(&g, m, rq, 1, &p, err);
+    blip2_session *s = NULL;
+    blip2_ctx *ctx = NULL;
+    int rc = blip2_session_new(m, rq, &p, NULL, NULL, &s, err);
+    if (rc == 0) rc = blip2_ctx_new(m, &ctx, err);
     if (rc == 0) {
-        const int rows = g.Q + g.pr[0].L;
-        prefill(&g, rq);
-        memcpy(last_logits, g.logits, sizeof(float) * (size_t)g.V);
-        if (all_logits) b2__opt_logits(m, g.hid, rows, all_logits);
+        const int rows = s->Q + s->L, D = s->D;
+        if (ctx_reserve(ctx, rows, 1, rows) < 0) {
+            rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        } else {
+            memcpy(ctx->emb, s->query, sizeof(float) * (size_t)s->Q * D);
+            b2__opt_embed(m, s->prompt, s->L, ctx->emb + (size_t)s->Q * D);
+            for (int j = 0; j < rows; j++) { ctx->seq[j] = 0; ctx->pos[j] = j; }
+            ctx->kvp[0] = &s->kv[0];
+            b2__opt_forward(m, &ctx->ws, ctx->emb, rows, ctx->kvp, ctx->seq, ctx->pos, ctx->hid);
+            b2__opt_logits(m, ctx->hid + (size_t)(rows - 1) * D, 1, last_logits);
+            if (all_logits) b2__opt_logits(m, ctx->hid, rows, all_logits);
+        }
     }
-    gen_free(&g);
+    blip2_ctx_free(ctx);
+    blip2_session_free(s);
     return rc;
 }

@@ -430,127 +430,9 @@ static size_t put_utf8(char *o, uint32_t cp)
 /* One "token": id pair of vocab.json; key is not NUL-terminated. */
 typedef struct vocab_ent { const char *key; size_t len; long long id; } vocab_ent;
 
-static char *skip_ws(char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
-    return p;
-}
-
-static int hex4(const char *p, const char *end, uint32_t *v)
-{
-    if (end - p < 4) return -1;
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-        if (d < 0) return -1;
-        *v = *v << 4 | (uint32_t)d;
-    }
-    return 0;
-}
-
-/* The JSON string starting after its opening quote at *pp, unescaped in
- * place; *pp moves past the closing quote.  NULL when it is not a string
- * this fast path takes (control characters, bad escapes, U+0000). */
-static char *json_str(char **pp, const char *end, size_t *len)
-{
-    char *p = *pp, *w = p, *start = p;
-    while (p < end && *p != '"') {
-        if ((uint8_t)*p < 0x20) return NULL;
-        if (*p != '\\') {
-            *w++ = *p++;
-            continue;
-        }
-        if (++p >= end) return NULL;
-        char c = *p++;
-        uint32_t cp, lo;
-        switch (c) {
-        case '"': case '\\': case '/': *w++ = c; break;
-        case 'b': *w++ = '\b'; break;
-        case 'f': *w++ = '\f'; break;
-        case 'n': *w++ = '\n'; break;
-        case 'r': *w++ = '\r'; break;
-        case 't': *w++ = '\t'; break;
-        case 'u':
-            if (hex4(p, end, &cp)) return NULL;
-            p += 4;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' ||
-                    hex4(p + 2, end, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                    return NULL;
-                p += 6;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0) {
-                return NULL;
-            }
-            w += put_utf8(w, cp);
-            break;
-        default: return NULL;
-        }
-    }
-    if (p >= end) return NULL;
-    *pp = p + 1;
-    *len = (size_t)(w - start);
-    return start;
-}
-
-/* Fast path for vocab.json's usual shape, a flat object of string keys and
- * non-negative integer ids.  Keys are unescaped in place in data.  Returns
- * the entry count, or -1 when the text is anything else: then jansson
- * parses it (and reports the errors). */
-static ptrdiff_t vocab_fast(char *data, size_t len, vocab_ent **out)
-{
-    char *p = data, *end = data + len;
-    vocab_ent *e = NULL;
-    size_t n = 0, cap = 0;
-    *out = NULL;
-    if (utf8_check(data, len) != len) return -1;
-    p = skip_ws(p, end);
-    if (p >= end || *p++ != '{') return -1;
-    p = skip_ws(p, end);
-    if (p < end && *p == '}') goto fail; /* empty: let jansson's path say so */
-    for (;;) {
-        if (p >= end || *p++ != '"') goto fail;
-        size_t kl;
-        char *key = json_str(&p, end, &kl);
-        if (!key) goto fail;
-        p = skip_ws(p, end);
-        if (p >= end || *p++ != ':') goto fail;
-        p = skip_ws(p, end);
-        long long id = 0;
-        char *d = p;
-        while (p < end && *p >= '0' && *p <= '9' && p - d < 10)
-            id = id * 10 + (*p++ - '0');
-        if (p == d || (*d == '0' && p - d > 1) ||
-            (p < end && (*p == '.' || *p == 'e' || *p == 'E' ||
-                         (*p >= '0' && *p <= '9'))))
-            goto fail;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 1024;
-            vocab_ent *ne = realloc(e, cap * sizeof *ne);
-            if (!ne) goto fail;
-            e = ne;
-        }
-        e[n++] = (vocab_ent){key, kl, id};
-        p = skip_ws(p, end);
-        if (p >= end) goto fail;
-        if (*p == '}') break;
-        if (*p++ != ',') goto fail;
-        p = skip_ws(p, end);
-    }
-    if (skip_ws(p + 1, end) != end) goto fail;
-    *out = e;
-    return (ptrdiff_t)n;
-fail:
-    free(e);
-    return -1;
-}
-
-/* Interns the vocab entries.  fast: they come from the fast reader, which
- * keeps repeated keys; then any repeat returns 1 and the caller starts over
- * with jansson, whose object keeps the last value (as Python's json). */
-static int vocab_build(b2_bpe *t, const vocab_ent *e, size_t n, int fast,
+/* Interns the vocab entries (jansson's object keeps the last value of a
+ * repeated key, as Python's json does). */
+static int vocab_build(b2_bpe *t, const vocab_ent *e, size_t n,
                        const char *path, blip2_error *err)
 {
     long long max_id = -1;
@@ -576,7 +458,6 @@ static int vocab_build(b2_bpe *t, const vocab_ent *e, size_t n, int fast,
         int32_t id = (int32_t)e[i].id;
         int32_t s = sym_intern(&t->st, e[i].key, e[i].len);
         if (s < 0) return b2__err(err, BLIP2_ENOMEM, "%s: out of memory", path);
-        if (fast && (t->st.rec[s].vid >= 0 || t->id_sym[id] >= 0)) return 1;
         if (t->id_sym[id] >= 0)
             return b2__err(err, BLIP2_EFORMAT, "%s: id %d used twice", path, id);
         t->id_sym[id] = s;
@@ -589,36 +470,9 @@ static int load_vocab(b2_bpe *t, const char *path, blip2_error *err)
 {
     char *data = NULL;
     size_t len;
-    vocab_ent *e = NULL;
+    vocab_ent *e;
     int rc = read_file(path, &data, &len, err);
     if (rc < 0) return rc;
-    /* jansson needs ~70 ms for the 50k entries (half of it freeing); the
-     * fast path takes the common shape, jansson everything else. */
-    char *copy = malloc(len + 1);
-    if (!copy) {
-        free(data);
-        return b2__err(err, BLIP2_ENOMEM, "%s: out of memory", path);
-    }
-    memcpy(copy, data, len + 1);
-    ptrdiff_t n = vocab_fast(copy, len, &e);
-    if (n > 0) {
-        rc = vocab_build(t, e, (size_t)n, 1, path, err);
-        free(e);
-        free(copy);
-        if (rc <= 0) {
-            free(data);
-            return rc;
-        }
-        rc = 0;
-        sym_free(&t->st); /* a repeated key or id: start again with jansson */
-        memset(&t->st, 0, sizeof t->st);
-        free(t->id_sym);
-        t->id_sym = NULL;
-    } else {
-        free(e);
-        free(copy);
-    }
-
     json_error_t je;
     json_t *root = json_loadb(data, len, 0, &je);
     free(data);
@@ -646,7 +500,7 @@ static int load_vocab(b2_bpe *t, const char *path, blip2_error *err)
         }
         e[i++] = (vocab_ent){key, strlen(key), json_integer_value(val)};
     }
-    if (rc == 0) rc = vocab_build(t, e, i, 0, path, err);
+    if (rc == 0) rc = vocab_build(t, e, i, path, err);
     free(e);
     json_decref(root);
     return rc;

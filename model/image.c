@@ -21,7 +21,8 @@
  *
  * libvips is initialised once per process (pthread_once), with its
  * operation cache disabled (nothing outlives a call) and untrusted loaders
- * (ImageMagick: BMP, ICO ...) blocked; both settings are process-wide.  All
+ * (ImageMagick: BMP, ICO ...) blocked, and its warnings on stderr
+ * silenced; these settings are process-wide.  All
  * vips objects of one call hang off one local context object and are
  * released together.
  *
@@ -63,12 +64,21 @@
 static pthread_once_t vips_once = PTHREAD_ONCE_INIT;
 static int vips_ready;
 
+static void drop_log_cb(const gchar *domain, GLogLevelFlags level, const gchar *msg, gpointer user)
+{
+    (void)domain; (void)level; (void)msg; (void)user;
+}
+
 static void vips_init_once(void)
 {
     if (VIPS_INIT("blip2"))
         return;
     vips_cache_set_max(0);          /* no operation outlives its call */
     vips_block_untrusted_set(TRUE); /* no magick, matlab, ... loaders */
+    /* libvips reports damaged input as g_warning()s on stderr; the library
+     * never logs (the caller gets the error), so those are dropped. */
+    g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO,
+                      drop_log_cb, NULL);
     vips_ready = 1;
 }
 

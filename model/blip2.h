@@ -240,7 +240,9 @@ int blip2_generate(const blip2_model *m, const blip2_request *rq, int n,
  * leading bos), returns in *piece / *len the text that became final since
  * the previous call (never a broken UTF-8 character; text that a later
  * token could still change, such as a trailing space, is held back until
- * final != 0).  The pieces concatenate to the decoded text.  *piece points
+ * final != 0).  The pieces concatenate to the decoded text (should a later
+ * token ever rewrite text already returned, nothing more is returned and
+ * the full decode stays authoritative).  *piece points
  * into st and stays valid until the next call. */
 typedef struct blip2_stream {
     char *text;     /* last full decode */

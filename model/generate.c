@@ -799,3 +799,44 @@ int blip2_forward_logits(const blip2_model *m, const blip2_request *rq, float *l
     blip2_session_free(s);
     return rc;
 }
+
+/* ---- streaming text ---- */
+
+void blip2_stream_free(blip2_stream *st)
+{
+    if (!st) return;
+    free(st->text);
+    st->text = NULL;
+    st->emitted = 0;
+}
+
+int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *ids, size_t n,
+                       int final, const char **piece, size_t *len, blip2_error *err)
+{
+    char *text = NULL;
+    int rc = b2__bpe_decode(m->tok, ids, n, 1, &text, err);
+    *piece = "";
+    *len = 0;
+    if (rc < 0) return rc;
+    size_t tl = strlen(text), safe = tl;
+    if (!final) {
+        /* hold back what the next token can still change: an incomplete
+         * UTF-8 character (decoded as U+FFFD for now) and the space or
+         * apostrophe that clean_up_tokenization_spaces may remove */
+        for (;;) {
+            if (safe >= 3 && !memcmp(text + safe - 3, "\xef\xbf\xbd", 3)) safe -= 3;
+            else if (safe >= 1 && (text[safe - 1] == ' ' || text[safe - 1] == '\'')) safe--;
+            else break;
+        }
+    }
+    /* earlier pieces are final: continue only where the text still extends them */
+    int extends = st->emitted <= tl && (!st->text || !memcmp(st->text, text, st->emitted));
+    free(st->text);
+    st->text = text;
+    if (extends && safe > st->emitted) {
+        *piece = text + st->emitted;
+        *len = safe - st->emitted;
+        st->emitted = safe;
+    }
+    return 0;
+}

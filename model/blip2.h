@@ -238,19 +238,21 @@ int blip2_generate(const blip2_model *m, const blip2_request *rq, int n,
 
 /* Incremental detokenisation for streaming: given all ids so far (with the
  * leading bos), returns in *piece / *len the text that became final since
- * the previous call (never a broken UTF-8 character; text that a later
- * token could still change, such as a trailing space, is held back until
- * final != 0).  The pieces concatenate to the decoded text (should a later
- * token ever rewrite text already returned, nothing more is returned and
- * the full decode stays authoritative).  *piece points
+ * the previous call.  Never a broken UTF-8 character; text that a later
+ * token could still change (a trailing space, an incomplete character) or
+ * that could begin one of the n_stop stop strings is held back until
+ * final != 0, and nothing from a stop string on is ever returned.  The
+ * pieces concatenate to the decoded text as blip2_session_result gives it
+ * (should a later token ever rewrite text already returned, nothing more
+ * is returned and the full decode stays authoritative).  *piece points
  * into st and stays valid until the next call. */
 typedef struct blip2_stream {
     char *text;     /* last full decode */
     size_t emitted; /* bytes of text already returned */
 } blip2_stream;
 int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *ids,
-                       size_t n, int final, const char **piece, size_t *len,
-                       blip2_error *err);
+                       size_t n, int final, const char *const *stop, int n_stop,
+                       const char **piece, size_t *len, blip2_error *err);
 void blip2_stream_free(blip2_stream *st);
 
 /* Plain forward pass of the language model on [query_embeds ; embed(ids)]

@@ -811,7 +811,8 @@ void blip2_stream_free(blip2_stream *st)
 }
 
 int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *ids, size_t n,
-                       int final, const char **piece, size_t *len, blip2_error *err)
+                       int final, const char *const *stop, int n_stop, const char **piece,
+                       size_t *len, blip2_error *err)
 {
     char *text = NULL;
     int rc = b2__bpe_decode(m->tok, ids, n, 1, &text, err);
@@ -828,6 +829,16 @@ int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *id
             else if (safe >= 1 && (text[safe - 1] == ' ' || text[safe - 1] == '\'')) safe--;
             else break;
         }
+    }
+    for (int i = 0; i < n_stop; i++) {
+        const size_t sl = strlen(stop[i]);
+        if (sl == 0) continue;
+        const char *hit = strstr(text, stop[i]);
+        if (hit && (size_t)(hit - text) < safe) safe = (size_t)(hit - text);
+        if (final) continue;
+        /* the longest tail that could still grow into this stop string */
+        for (size_t k = sl - 1 < safe ? sl - 1 : safe; k > 0; k--)
+            if (!memcmp(text + safe - k, stop[i], k)) { safe -= k; break; }
     }
     /* earlier pieces are final: continue only where the text still extends them */
     int extends = st->emitted <= tl && (!st->text || !memcmp(st->text, text, st->emitted));

@@ -196,7 +196,7 @@ int main(void)
         for (size_t j = 2; j <= nv + 1; j++) {
             const char *piece;
             size_t len;
-            blip2_stream_piece(m, &st, v, j <= nv ? j : nv, j > nv, &piece, &len, &err);
+            blip2_stream_piece(m, &st, v, j <= nv ? j : nv, j > nv, NULL, 0, &piece, &len, &err);
             utf8 &= valid_utf8(piece, len);
             if (al + len < sizeof acc) { memcpy(acc + al, piece, len); al += len; acc[al] = 0; }
         }
@@ -205,6 +205,26 @@ int main(void)
         blip2_stream_free(&st);
     }
     ok(cases > 30 && good == cases, "stream pieces are valid UTF-8 and join to the text (%d/%d)", good, cases);
+    /* with a stop string, nothing from it on is streamed, even partially */
+    {
+        const int32_t *v = alone[0].seqs[0].ids; /* " TERProf feed incomplete ..." */
+        const char *stop[] = {" feed in"};
+        blip2_stream st = {0};
+        char acc[1024] = "";
+        size_t al = 0;
+        int leaked = 0;
+        for (size_t j = 2; j <= alone[0].seqs[0].n_ids; j++) {
+            const char *piece;
+            size_t len;
+            blip2_stream_piece(m, &st, v, j, j == alone[0].seqs[0].n_ids, stop, 1, &piece, &len, &err);
+            memcpy(acc + al, piece, len);
+            al += len;
+            acc[al] = 0;
+            leaked |= strstr(acc, " fe") != NULL;
+        }
+        ok(!leaked && !strcmp(acc, " TERProf"), "a stop string's beginning is held back and never streamed ('%s')", acc);
+        blip2_stream_free(&st);
+    }
     json_decref(man);
 
     for (int i = 0; i < 3; i++) { blip2_result_free(&alone[i]); free(q[i]); }

@@ -82,6 +82,16 @@ int blip2_text_hidden(const blip2_model *m);        /* Dt */
 size_t blip2_query_embeds_len(const blip2_model *m); /* Q*Dt floats */
 int blip2_vocab_size(const blip2_model *m);
 int blip2_max_positions(const blip2_model *m);      /* OPT max_position_embeddings */
+int32_t blip2_bos_id(const blip2_model *m);         /* the ids generate() starts with */
+/* Storage type of the checkpoint's weights: "f32", "f16", "bf16" (static). */
+const char *blip2_model_dtype(const blip2_model *m);
+/* Model family: "opt" (static). */
+const char *blip2_model_family(const blip2_model *m);
+/* Layer counts for status displays. */
+int blip2_vision_layers(const blip2_model *m);
+int blip2_qformer_layers(const blip2_model *m);
+int blip2_text_layers(const blip2_model *m);
+int32_t blip2_eos_id(const blip2_model *m);
 
 /* ---- image preprocessing (BlipImageProcessor) ---- */
 

@@ -67,6 +67,7 @@ struct blip2_model {
     const float *lm_head;     /* (V, D) */
 
     /* storage */
+    const char *dtype;        /* "f32", "f16", "bf16": how the weights are stored */
     struct b2_st_file **files;
     int n_files;
     void **owned;

@@ -185,6 +185,7 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
     if (!m->vl || !m->ql || !m->tl) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
     if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
+    m->dtype = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
     *out = m;
     return 0;
 fail:
@@ -199,6 +200,13 @@ int blip2_text_hidden(const blip2_model *m) { return m->cfg.t_word_proj; }
 size_t blip2_query_embeds_len(const blip2_model *m) { return (size_t)m->cfg.num_query * m->cfg.t_word_proj; }
 int blip2_vocab_size(const blip2_model *m) { return m->cfg.t_vocab; }
 int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
+int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.bos; }
+const char *blip2_model_dtype(const blip2_model *m) { return m->dtype; }
+const char *blip2_model_family(const blip2_model *m) { return m->cfg.family == B2_FAMILY_T5 ? "t5" : "opt"; }
+int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
+int blip2_qformer_layers(const blip2_model *m) { return m->cfg.q_layers; }
+int blip2_text_layers(const blip2_model *m) { return m->cfg.t_layers; }
+int32_t blip2_eos_id(const blip2_model *m) { return m->cfg.eos; }
 int blip2_vision_hidden(const blip2_model *m) { return m->cfg.v_hidden; }
 int blip2_qformer_hidden(const blip2_model *m) { return m->cfg.q_hidden; }
 int blip2_vision_tokens(const blip2_model *m)

@@ -123,6 +123,19 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
     return 0;
 }
 
+const char *b2__weights_dtype(const blip2_model *m, const char *name)
+{
+    const b2_tensor *t = find(m, name, NULL);
+    if (!t) return "?";
+    switch (t->dtype) {
+    case B2_F32: return "f32";
+    case B2_F16: return "f16";
+    case B2_BF16: return "bf16";
+    case B2_F64: return "f64";
+    default: return "?";
+    }
+}
+
 void b2__weights_close(blip2_model *m)
 {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);

@@ -22,6 +22,9 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
 /* Whether a tensor of that name exists in any file. */
 int b2__weight_exists(const blip2_model *m, const char *name);
 
+/* Lower-case storage dtype name ("f32", "f16", "bf16") of a tensor, "?" if absent. */
+const char *b2__weights_dtype(const blip2_model *m, const char *name);
+
 /* Frees the files and owned buffers of m. */
 void b2__weights_close(blip2_model *m);
 

@@ -1,0 +1,174 @@
+/*
+ * main.c - blip2d: command line, model loading, the listening socket, and
+ * handing over to the server loop (server.c).
+ *
+ *   parse flags -> load the model (mapped weights, checked) -> create the
+ *   socket (stale file replaced, a live daemon refused, mode 0660)
+ *   -> b2d_server_run until SIGTERM/SIGINT -> remove the socket -> exit 0.
+ */
+#include "daemon.h"
+#include "log.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern void openblas_set_num_threads(int);
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "Usage: blip2d --model PATH [options]\n"
+        "Serve BLIP-2 captioning and visual question answering on a Unix socket.\n\n"
+        "  -m, --model PATH        Hugging Face BLIP-2 folder to serve\n"
+        "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
+        "                          or /run/blip2/blip2.sock for root)\n"
+        "  -t, --threads N         compute threads (default: all cores)\n"
+        "      --max-queue N       requests waiting before 'busy' (default 64)\n"
+        "      --max-batch N       sequences decoded together (default 8)\n"
+        "      --max-frame BYTES   largest request frame (default 67108864)\n"
+        "      --cache-mb N        image-feature cache size in MiB (default 64, 0 = off)\n"
+        "      --max-connections N default 256\n"
+        "      --shutdown-timeout S seconds running requests get on SIGTERM (default 10)\n"
+        "  -v, --verbose           more log output (repeat for debug)\n"
+        "  -q, --quiet             only warnings and errors\n"
+        "  -h, --help              this help\n"
+        "      --version           print the version\n");
+}
+
+static long num(const char *s, const char *opt, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "blip2d: %s: '%s' is not an integer in %ld..%ld\n", opt, s, lo, hi);
+        exit(2);
+    }
+    return v;
+}
+
+/* Binds and listens on path: a stale socket file is replaced, a live
+ * daemon on it is an error.  Returns the fd or -1 (logged). */
+static int make_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        LOG_ERR("socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) { LOG_ERR("socket: %s", strerror(errno)); return -1; }
+    mode_t old = umask(0117); /* the file is born 0660 */
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    if (rc < 0 && errno == EADDRINUSE) {
+        struct stat st;
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+        if (probe >= 0) close(probe);
+        if (live) {
+            umask(old);
+            LOG_ERR("another daemon is already listening on %s", path);
+            close(fd);
+            return -1;
+        }
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            LOG_INFO("removing stale socket %s", path);
+            unlink(path);
+            rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+        }
+    }
+    umask(old);
+    if (rc < 0) {
+        LOG_ERR("cannot bind %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    chmod(path, 0660);
+    if (listen(fd, 128) < 0) {
+        LOG_ERR("listen: %s", strerror(errno));
+        close(fd);
+        unlink(path);
+        return -1;
+    }
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_VERSION };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
+        {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
+        {"max-batch", required_argument, 0, O_BATCH}, {"max-frame", required_argument, 0, O_FRAME},
+        {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
+        {"shutdown-timeout", required_argument, 0, O_SHUT}, {"verbose", no_argument, 0, 'v'},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
+        {0, 0, 0, 0},
+    };
+    b2d_config cfg = {
+        .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_queue = 64, .max_batch = 8,
+        .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
+        .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
+    };
+    char defsock[4096];
+    int c;
+    while ((c = getopt_long(argc, argv, "m:s:t:vqh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': cfg.model_path = optarg; break;
+        case 's': cfg.socket_path = optarg; break;
+        case 't': cfg.threads = (int)num(optarg, "--threads", 1, 1024); break;
+        case O_QUEUE: cfg.max_queue = (int)num(optarg, "--max-queue", 0, 1 << 20); break;
+        case O_BATCH: cfg.max_batch = (int)num(optarg, "--max-batch", 1, 256); break;
+        case O_FRAME: cfg.max_frame = (size_t)num(optarg, "--max-frame", 1024, 1l << 31); break;
+        case O_CACHE: cfg.cache_bytes = (size_t)num(optarg, "--cache-mb", 0, 1 << 20) << 20; break;
+        case O_CONNS: cfg.max_connections = (int)num(optarg, "--max-connections", 1, 1 << 16); break;
+        case O_SHUT: cfg.shutdown_timeout = (double)num(optarg, "--shutdown-timeout", 0, 86400); break;
+        case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
+        case 'q': b2d_log_level = B2D_LOG_WARN; break;
+        case 'h': usage(stdout); return 0;
+        case O_VERSION: printf("blip2d %s\n", PACKAGE_VERSION); return 0;
+        default: fprintf(stderr, "Try 'blip2d --help'.\n"); return 2;
+        }
+    }
+    if (optind < argc) { fprintf(stderr, "blip2d: unexpected argument '%s'\n", argv[optind]); return 2; }
+    if (!cfg.model_path) { fprintf(stderr, "blip2d: --model PATH is required (try --help)\n"); return 2; }
+    if (!cfg.socket_path) {
+        const char *rt = getenv("XDG_RUNTIME_DIR");
+        if (geteuid() == 0) snprintf(defsock, sizeof defsock, "/run/blip2/blip2.sock");
+        else if (rt && *rt) snprintf(defsock, sizeof defsock, "%s/blip2.sock", rt);
+        else { fprintf(stderr, "blip2d: XDG_RUNTIME_DIR is not set: give --socket PATH\n"); return 2; }
+        cfg.socket_path = defsock;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    openblas_set_num_threads(cfg.threads);
+
+    double t0 = b2d_now_ms();
+    blip2_model *m = NULL;
+    blip2_error err = {0};
+    LOG_INFO("loading %s", cfg.model_path);
+    if (blip2_model_load(&m, cfg.model_path, NULL, &err) < 0) {
+        LOG_ERR("cannot load the model: %s", err.text);
+        return 1;
+    }
+    LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
+             blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
+    int fd = make_socket(cfg.socket_path);
+    if (fd < 0) {
+        blip2_model_free(m);
+        return 1;
+    }
+    int rc = b2d_server_run(&cfg, m, fd);
+    unlink(cfg.socket_path);
+    blip2_model_free(m);
+    return rc < 0 ? 1 : 0;
+}

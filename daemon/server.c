@@ -1,0 +1,724 @@
+/*
+ * server.c - the loop thread of blip2d: connections, frames, replies.
+ *
+ *   listening socket --accept4--> conn (SO_PEERCRED logged)
+ *   conn readable --recvmsg--> bytes + SCM_RIGHTS descriptors (FIFO, <= 8)
+ *     -> b2ipc_reader -> frames -> b2ipc_decode_request
+ *        hello / ping / status / cancel: answered here, never queued
+ *        generate: a b2d_job -> uv_queue_work(b2d_prepare) -> engine
+ *   engine and pool threads --deliver (locked list + uv_async)--> events
+ *     -> the connection's output buffer -> conn writable --send-->
+ *
+ * Only this thread touches connections.  Jobs carry the connection's id,
+ * never a pointer, so results for a connection that has gone are dropped.
+ * Back-pressure: above cfg->max_output buffered bytes the connection is
+ * not read any more (its requests keep their results: tokens are never
+ * dropped); if the buffer stays full for cfg->stall_timeout seconds the
+ * connection is closed, which cancels its requests.  SIGTERM/SIGINT: stop
+ * accepting, refuse new work, let running work finish until the deadline,
+ * cancel the rest, flush, exit.
+ */
+#include "daemon.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_FDS 8
+
+typedef struct inflight {
+    uint64_t id;
+    b2d_job *job;          /* the loop's reference */
+    int cancel_pending;    /* send cancel{found:true} after the terminal reply */
+    uint64_t cancel_id;
+} inflight;
+
+typedef struct conn {
+    struct b2d_server *srv;
+    uint64_t id;
+    int fd;
+    uv_poll_t poll;
+    uv_timer_t stall;
+    int handles_open;
+    b2ipc_reader rd;
+    int fds[MAX_FDS];
+    int nfds;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+    int paused, stalled;
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    inflight *inf;
+    int ninf, capinf;
+    struct conn *next;
+} conn;
+
+struct b2d_server {
+    uv_loop_t loop;
+    uv_poll_t listen_poll;
+    int listen_fd;
+    uv_async_t async;
+    uv_signal_t sig_term, sig_int;
+    uv_timer_t shutdown_timer;
+    const b2d_config *cfg;
+    blip2_model *m;
+    b2d_cache *cache;
+    b2d_engine *eng;
+    pthread_mutex_t evmu;
+    b2d_event *evhead, *evtail;
+    conn *conns;
+    int nconns;
+    uint64_t next_conn_id;
+    int in_prep;
+    uint64_t requests_total;
+    double t_start, t_deadline;
+    int shutting_down, canceled_all;
+    b2ipc_limits lim;
+};
+
+typedef struct prep_work {
+    uv_work_t w;
+    b2d_job *job;
+    struct b2d_server *srv;
+} prep_work;
+
+static void conn_close(conn *c, const char *why);
+static void conn_update_poll(conn *c);
+static void poll_cb(uv_poll_t *h, int status, int events);
+
+/* ---- events from other threads ---- */
+
+static void deliver(void *user, b2d_event *ev)
+{
+    struct b2d_server *s = user;
+    pthread_mutex_lock(&s->evmu);
+    if (s->evtail) s->evtail->next = ev; else s->evhead = ev;
+    s->evtail = ev;
+    pthread_mutex_unlock(&s->evmu);
+    uv_async_send(&s->async);
+}
+
+static conn *find_conn(struct b2d_server *s, uint64_t id)
+{
+    for (conn *c = s->conns; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+static int out_append(conn *c, const void *data, size_t len)
+{
+    if (c->out_off > 0 && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_len + len > c->out_cap) {
+        if (c->out_off > 0) { /* compact first */
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        if (c->out_len + len > c->out_cap) {
+            size_t nc = c->out_cap ? c->out_cap : 65536;
+            while (nc < c->out_len + len) nc *= 2;
+            uint8_t *n = realloc(c->out, nc);
+            if (!n) return -1;
+            c->out = n;
+            c->out_cap = nc;
+        }
+    }
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+    return 0;
+}
+
+static void send_reply(conn *c, const b2ipc_reply *rp)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    b2ipc_error err;
+    if (b2ipc_encode_reply(&sb, rp, &err) == 0) out_append(c, sb.data, sb.size);
+    else LOG_ERR("cannot encode a %s reply: %s", b2ipc_reply_type_name(rp->type), err.message);
+    msgpack_sbuffer_destroy(&sb);
+    conn_update_poll(c);
+}
+
+static void send_error(conn *c, int has_id, uint64_t id, int code, const char *field, const char *msg)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (b2ipc_encode_error(&sb, has_id, id, code, field, msg) == 0) out_append(c, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    conn_update_poll(c);
+}
+
+static inflight *find_inflight(conn *c, uint64_t id)
+{
+    for (int i = 0; i < c->ninf; i++)
+        if (c->inf[i].id == id) return &c->inf[i];
+    return NULL;
+}
+
+static void event_to_conn(conn *c, b2d_event *ev)
+{
+    out_append(c, ev->data, ev->len);
+    if (ev->terminal) {
+        inflight *f = find_inflight(c, ev->req_id);
+        if (f) {
+            int pending = f->cancel_pending;
+            uint64_t cid = f->cancel_id;
+            b2d_job_unref(f->job);
+            *f = c->inf[--c->ninf];
+            if (pending) {
+                b2ipc_reply rp;
+                b2ipc_reply_init(&rp, B2IPC_REPLY_CANCEL);
+                rp.id = cid;
+                rp.cancel.found = true;
+                send_reply(c, &rp);
+            }
+        }
+    }
+    conn_update_poll(c);
+}
+
+static void async_cb(uv_async_t *h)
+{
+    struct b2d_server *s = h->data;
+    pthread_mutex_lock(&s->evmu);
+    b2d_event *ev = s->evhead;
+    s->evhead = s->evtail = NULL;
+    pthread_mutex_unlock(&s->evmu);
+    while (ev) {
+        b2d_event *n = ev->next;
+        if (ev->terminal) s->requests_total++;
+        conn *c = find_conn(s, ev->conn_id);
+        if (c) event_to_conn(c, ev);
+        free(ev);
+        ev = n;
+    }
+}
+
+/* ---- output and back-pressure ---- */
+
+static void stall_cb(uv_timer_t *t)
+{
+    conn *c = t->data;
+    if (c->out_len - c->out_off > c->srv->cfg->max_output) {
+        LOG_WARN("connection %llu (uid %u): client stopped reading for %.0f s; closing it",
+                 (unsigned long long)c->id, (unsigned)c->uid, c->srv->cfg->stall_timeout);
+        conn_close(c, NULL);
+    }
+}
+
+static void conn_update_poll(conn *c)
+{
+    if (c->fd < 0 || !c->handles_open) return;
+    const b2d_config *cfg = c->srv->cfg;
+    size_t pending = c->out_len - c->out_off;
+    int full = pending > cfg->max_output;
+    if (full && !c->stalled) {
+        c->stalled = 1;
+        uv_timer_start(&c->stall, stall_cb, (uint64_t)(cfg->stall_timeout * 1000), 0);
+    } else if (!full && c->stalled) {
+        c->stalled = 0;
+        uv_timer_stop(&c->stall);
+    }
+    c->paused = full;
+    int ev = (c->paused ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
+    if (ev) uv_poll_start(&c->poll, ev, poll_cb);
+    else uv_poll_stop(&c->poll);
+}
+
+/* ---- requests ---- */
+
+static int take_fd(conn *c)
+{
+    if (c->nfds == 0) return -1;
+    int fd = c->fds[0];
+    memmove(c->fds, c->fds + 1, sizeof(int) * (size_t)(c->nfds - 1));
+    c->nfds--;
+    return fd;
+}
+
+static void prep_cb(uv_work_t *w)
+{
+    prep_work *p = w->data;
+    b2d_prepare(p->job, p->srv->m, p->srv->cache, p->srv->lim.max_image_bytes);
+}
+
+static void after_prep_cb(uv_work_t *w, int status)
+{
+    prep_work *p = w->data;
+    struct b2d_server *s = p->srv;
+    b2d_job *j = p->job;
+    s->in_prep--;
+    if (status < 0 || j->err) {
+        deliver(s, b2d_event_error(j->conn_id, j->req_id, 1, status < 0 ? B2IPC_EINTERNAL : j->err, NULL,
+                                   status < 0 ? "preparation was canceled" : j->errmsg));
+        b2d_job_unref(j);
+    } else if (atomic_load(&j->canceled)) {
+        deliver(s, b2d_event_done(j, b2d_now_ms()));
+        b2d_job_unref(j);
+    } else {
+        b2d_engine_submit(s->eng, j);
+    }
+    free(p);
+}
+
+static char *dupn(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void handle_generate(conn *c, b2ipc_request *rq, int fd)
+{
+    struct b2d_server *s = c->srv;
+    const b2ipc_generate *g = &rq->generate;
+    int queued = 0, active = 0;
+    b2d_engine_counts(s->eng, &queued, &active);
+    const char *why = NULL;
+    int code = 0;
+    if (find_inflight(c, rq->id)) code = B2IPC_EDUP_ID, why = "this id is already in flight on this connection";
+    else if (s->shutting_down) code = B2IPC_ESHUTDOWN, why = "blip2d is shutting down";
+    else if (c->ninf >= s->cfg->max_inflight) code = B2IPC_EBUSY, why = "too many requests in flight on this connection";
+    else if (s->in_prep + queued >= s->cfg->max_queue) code = B2IPC_EBUSY, why = "the queue is full; retry later";
+    else if (g->params.do_sample && g->params.num_beams > 1) code = B2IPC_EUNSUPPORTED, why = "beam sampling (do_sample with num_beams > 1) is not supported";
+    else if (g->image_fd && fd < 0) code = B2IPC_EBAD_FD, why = "image_fd: no descriptor was received with this request";
+    if (code) {
+        if (fd >= 0) close(fd);
+        send_error(c, 1, rq->id, code, code == B2IPC_EBAD_FD ? "image_fd" : NULL, why);
+        return;
+    }
+    b2d_job *j = calloc(1, sizeof *j);
+    if (!j || (c->ninf == c->capinf && !(c->inf = realloc(c->inf, sizeof *c->inf * (size_t)(c->capinf = c->capinf ? 2 * c->capinf : 8))))) {
+        free(j);
+        if (fd >= 0) close(fd);
+        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
+        return;
+    }
+    atomic_init(&j->refs, 2); /* the connection's and the pipeline's */
+    atomic_init(&j->canceled, 0);
+    j->conn_id = c->id;
+    j->req_id = rq->id;
+    j->uid = c->uid;
+    j->image_fd = fd;
+    j->t_recv = b2d_now_ms();
+    j->stream = g->stream;
+    blip2_gen_params *p = &j->params;
+    blip2_gen_params_default(p);
+    p->max_new_tokens = (int)g->params.max_new_tokens;
+    p->min_new_tokens = (int)g->params.min_new_tokens;
+    p->num_beams = (int)g->params.num_beams;
+    p->length_penalty = (float)g->params.length_penalty;
+    p->repetition_penalty = (float)g->params.repetition_penalty;
+    p->do_sample = g->params.do_sample;
+    p->temperature = (float)g->params.temperature;
+    p->top_k = g->params.top_k > (1u << 30) ? 1 << 30 : (int)g->params.top_k;
+    p->top_p = (float)g->params.top_p;
+    p->num_return_sequences = (int)g->params.num_return_sequences;
+    if (g->params.has_seed) p->seed = g->params.seed;
+    else if (getrandom(&p->seed, sizeof p->seed, 0) != sizeof p->seed) p->seed = (uint64_t)(b2d_now_ms() * 1e3);
+    int nomem = 0;
+    if (g->image && g->image_len) {
+        if ((j->image = malloc(g->image_len))) memcpy(j->image, g->image, g->image_len), j->image_len = g->image_len;
+        else nomem = 1;
+    }
+    if (g->prompt && !(j->prompt = dupn(g->prompt))) nomem = 1;
+    if (g->params.n_stop) {
+        if (!(j->stop = calloc(g->params.n_stop, sizeof *j->stop))) nomem = 1;
+        for (uint32_t i = 0; !nomem && i < g->params.n_stop; i++)
+            if ((j->stop[i] = dupn(g->params.stop[i]))) j->n_stop++;
+            else nomem = 1;
+        p->stop = (const char *const *)j->stop;
+        p->n_stop = j->n_stop;
+    }
+    prep_work *w = nomem ? NULL : calloc(1, sizeof *w);
+    if (!w) {
+        atomic_store(&j->refs, 1);
+        b2d_job_unref(j);
+        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
+        return;
+    }
+    c->inf[c->ninf++] = (inflight){.id = rq->id, .job = j};
+    w->job = j;
+    w->srv = s;
+    w->w.data = w;
+    s->in_prep++;
+    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
+        s->in_prep--;
+        c->ninf--;
+        atomic_store(&j->refs, 1);
+        b2d_job_unref(j);
+        free(w);
+        send_error(c, 1, rq->id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
+    }
+}
+
+static void handle_status(conn *c, uint64_t id)
+{
+    struct b2d_server *s = c->srv;
+    const blip2_model *m = s->m;
+    b2ipc_reply rp;
+    b2ipc_reply_init(&rp, B2IPC_REPLY_STATUS);
+    rp.id = id;
+    b2ipc_status *st = &rp.status;
+    st->version = PACKAGE_VERSION;
+    st->protocol = B2IPC_PROTOCOL_VERSION;
+    st->uptime_ms = (uint64_t)(b2d_now_ms() - s->t_start);
+    st->model.path = s->cfg->model_path;
+    const char *slash = strrchr(s->cfg->model_path, '/');
+    char name[256];
+    snprintf(name, sizeof name, "%s", slash && slash[1] ? slash + 1 : s->cfg->model_path);
+    st->model.name = name;
+    st->model.family = blip2_model_family(m);
+    st->model.dtype = blip2_model_dtype(m);
+    st->config.image_size = (uint32_t)blip2_image_size(m);
+    st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
+    st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);
+    st->config.qformer_layers = (uint32_t)blip2_qformer_layers(m);
+    st->config.num_query_tokens = (uint32_t)blip2_num_query_tokens(m);
+    st->config.text_layers = (uint32_t)blip2_text_layers(m);
+    st->config.text_hidden = (uint32_t)blip2_text_hidden(m);
+    st->config.vocab_size = (uint32_t)blip2_vocab_size(m);
+    st->config.max_positions = (uint32_t)blip2_max_positions(m);
+    int queued = 0, active = 0;
+    b2d_engine_counts(s->eng, &queued, &active);
+    st->queue_depth = (uint32_t)(queued + s->in_prep);
+    st->active = (uint32_t)active;
+    st->max_queue = (uint32_t)s->cfg->max_queue;
+    st->max_batch = (uint32_t)s->cfg->max_batch;
+    st->connections = (uint32_t)s->nconns;
+    st->threads = (uint32_t)s->cfg->threads;
+    st->requests_total = s->requests_total;
+    b2d_cache_stats cs;
+    b2d_cache_stats_get(s->cache, &cs);
+    st->cache.hits = cs.hits;
+    st->cache.misses = cs.misses;
+    st->cache.entries = cs.entries;
+    st->cache.bytes = cs.bytes;
+    st->cache.capacity_bytes = cs.capacity;
+    send_reply(c, &rp);
+}
+
+static void handle_frame(conn *c, const uint8_t *payload, size_t len)
+{
+    struct b2d_server *s = c->srv;
+    b2ipc_request rq;
+    b2ipc_error err;
+    if (b2ipc_decode_request(payload, len, &s->lim, &rq, &err) < 0) {
+        if (rq.takes_fd) {
+            int fd = take_fd(c);
+            if (fd >= 0) close(fd);
+        }
+        LOG_DEBUG("connection %llu: refused a frame: %s", (unsigned long long)c->id, err.message);
+        send_error(c, rq.has_id, rq.id, err.code, err.field[0] ? err.field : NULL, err.message);
+        return;
+    }
+    int fd = rq.takes_fd ? take_fd(c) : -1;
+    b2ipc_reply rp;
+    switch (rq.op) {
+    case B2IPC_OP_HELLO:
+        b2ipc_reply_init(&rp, B2IPC_REPLY_HELLO);
+        rp.id = rq.id;
+        rp.hello.v = rq.hello.v < B2IPC_PROTOCOL_VERSION ? rq.hello.v : B2IPC_PROTOCOL_VERSION;
+        rp.hello.server = "blip2d " PACKAGE_VERSION;
+        rp.hello.max_frame = s->cfg->max_frame;
+        rp.hello.max_image_bytes = s->lim.max_image_bytes;
+        rp.hello.max_prompt_bytes = s->lim.max_prompt_bytes;
+        if (rq.hello.client) LOG_DEBUG("connection %llu: client \"%s\"", (unsigned long long)c->id, rq.hello.client);
+        send_reply(c, &rp);
+        break;
+    case B2IPC_OP_PING:
+        b2ipc_reply_init(&rp, B2IPC_REPLY_PONG);
+        rp.id = rq.id;
+        send_reply(c, &rp);
+        break;
+    case B2IPC_OP_STATUS:
+        handle_status(c, rq.id);
+        break;
+    case B2IPC_OP_CANCEL: {
+        inflight *f = find_inflight(c, rq.cancel.target);
+        if (f && !f->cancel_pending) {
+            f->cancel_pending = 1;
+            f->cancel_id = rq.id;
+            atomic_store(&f->job->canceled, 1);
+            b2d_engine_poke(s->eng);
+        } else {
+            b2ipc_reply_init(&rp, B2IPC_REPLY_CANCEL);
+            rp.id = rq.id;
+            rp.cancel.found = false;
+            send_reply(c, &rp);
+        }
+        break;
+    }
+    case B2IPC_OP_GENERATE:
+        handle_generate(c, &rq, fd);
+        fd = -1;
+        break;
+    default:
+        send_error(c, 1, rq.id, B2IPC_EUNKNOWN_OP, "op", "unknown op");
+        break;
+    }
+    if (fd >= 0) close(fd);
+    b2ipc_request_free(&rq);
+}
+
+/* ---- connection I/O ---- */
+
+static void on_readable(conn *c)
+{
+    uint8_t buf[65536];
+    for (int rounds = 0; rounds < 16 && c->fd >= 0 && !c->paused; rounds++) {
+        union { char b[CMSG_SPACE(sizeof(int) * MAX_FDS)]; struct cmsghdr align; } ctl;
+        struct iovec iov = {buf, sizeof buf};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+        ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n < 0 && errno == EINTR) continue;
+        int too_many = 0;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+            int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *fds = (int *)CMSG_DATA(cm);
+            for (int i = 0; i < k; i++) {
+                int fd;
+                memcpy(&fd, &fds[i], sizeof fd);
+                if (c->nfds < MAX_FDS) c->fds[c->nfds++] = fd;
+                else { close(fd); too_many = 1; }
+            }
+        }
+        if (too_many || (mh.msg_flags & MSG_CTRUNC)) {
+            send_error(c, 0, 0, B2IPC_EBAD_FD, NULL, "more than 8 unclaimed descriptors; closing the connection");
+            conn_close(c, "too many descriptors");
+            return;
+        }
+        if (n <= 0) {
+            if (b2ipc_reader_pending(&c->rd)) LOG_DEBUG("connection %llu: closed mid-frame", (unsigned long long)c->id);
+            conn_close(c, n == 0 ? NULL : strerror(errno));
+            return;
+        }
+        size_t off = 0;
+        while (off < (size_t)n && c->fd >= 0) {
+            size_t used = 0;
+            int rc = b2ipc_reader_feed(&c->rd, buf + off, (size_t)n - off, &used);
+            off += used;
+            if (rc < 0) {
+                send_error(c, 0, 0, rc, NULL, rc == B2IPC_EFRAME_TOO_LARGE ?
+                           "frame larger than the server's max_frame; closing the connection" : b2ipc_strerror(rc));
+                conn_close(c, "bad frame"); /* sends the error first, best effort */
+                return;
+            }
+            if (rc == 0) break;
+            const uint8_t *p;
+            size_t len;
+            if (b2ipc_reader_frame(&c->rd, &p, &len) == 0) handle_frame(c, p, len);
+        }
+    }
+}
+
+static void on_writable(conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (n < 0) { conn_close(c, strerror(errno)); return; }
+        c->out_off += (size_t)n;
+    }
+    if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+    conn *c = h->data;
+    if (status < 0) { conn_close(c, uv_strerror(status)); return; }
+    if (events & UV_WRITABLE) on_writable(c);
+    if (c->fd >= 0 && (events & UV_READABLE)) on_readable(c);
+    if (c->fd >= 0) conn_update_poll(c);
+}
+
+static void conn_free_cb(uv_handle_t *h)
+{
+    conn *c = h->data;
+    if (--c->handles_open > 0) return;
+    free(c->out);
+    free(c->inf);
+    b2ipc_reader_destroy(&c->rd);
+    free(c);
+}
+
+static void conn_close(conn *c, const char *why)
+{
+    struct b2d_server *s = c->srv;
+    if (c->fd < 0) return;
+    /* unlink first: results still arriving for it are dropped */
+    for (conn **pp = &s->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) { *pp = c->next; break; }
+    s->nconns--;
+    int canceled = 0;
+    for (int i = 0; i < c->ninf; i++) {
+        atomic_store(&c->inf[i].job->canceled, 1);
+        b2d_job_unref(c->inf[i].job);
+        canceled++;
+    }
+    c->ninf = 0;
+    if (canceled) b2d_engine_poke(s->eng);
+    for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
+    c->nfds = 0;
+    if (c->out_off < c->out_len) /* best effort: a last error frame */
+        (void)send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    LOG_INFO("connection %llu closed (uid %u)%s%s%s", (unsigned long long)c->id, (unsigned)c->uid,
+             why ? ": " : "", why ? why : "", canceled ? "; its requests were canceled" : "");
+    uv_poll_stop(&c->poll);
+    uv_timer_stop(&c->stall);
+    close(c->fd);
+    c->fd = -1;
+    uv_close((uv_handle_t *)&c->poll, conn_free_cb);
+    uv_close((uv_handle_t *)&c->stall, conn_free_cb);
+}
+
+static void accept_cb(uv_poll_t *h, int status, int events)
+{
+    struct b2d_server *s = h->data;
+    (void)events;
+    if (status < 0) return;
+    for (;;) {
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) LOG_WARN("accept: %s", strerror(errno));
+            return;
+        }
+        struct ucred cr = {0, (uid_t)-1, (gid_t)-1};
+        socklen_t crl = sizeof cr;
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl);
+        if (s->nconns >= s->cfg->max_connections || s->shutting_down) {
+            msgpack_sbuffer sb;
+            msgpack_sbuffer_init(&sb);
+            b2ipc_encode_error(&sb, false, 0, s->shutting_down ? B2IPC_ESHUTDOWN : B2IPC_EBUSY, NULL,
+                               s->shutting_down ? "blip2d is shutting down" : "too many connections");
+            (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
+            msgpack_sbuffer_destroy(&sb);
+            close(fd);
+            LOG_WARN("refused a connection from uid %u: %s", (unsigned)cr.uid,
+                     s->shutting_down ? "shutting down" : "too many connections");
+            continue;
+        }
+        conn *c = calloc(1, sizeof *c);
+        if (!c) { close(fd); continue; }
+        c->srv = s;
+        c->id = ++s->next_conn_id;
+        c->fd = fd;
+        c->uid = cr.uid;
+        c->gid = cr.gid;
+        c->pid = cr.pid;
+        b2ipc_reader_init(&c->rd, s->cfg->max_frame);
+        uv_poll_init(&s->loop, &c->poll, fd);
+        uv_timer_init(&s->loop, &c->stall);
+        c->handles_open = 2;
+        c->poll.data = c->stall.data = c;
+        c->next = s->conns;
+        s->conns = c;
+        s->nconns++;
+        LOG_INFO("connection %llu from pid %ld uid %u gid %u", (unsigned long long)c->id, (long)c->pid,
+                 (unsigned)c->uid, (unsigned)c->gid);
+        conn_update_poll(c);
+    }
+}
+
+/* ---- shutdown ---- */
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void shutdown_tick(uv_timer_t *t)
+{
+    struct b2d_server *s = t->data;
+    double now = b2d_now_ms();
+    if (!s->canceled_all && now >= s->t_deadline) {
+        LOG_WARN("shutdown deadline reached: canceling the remaining requests");
+        s->canceled_all = 1;
+        for (conn *c = s->conns; c; c = c->next)
+            for (int i = 0; i < c->ninf; i++) atomic_store(&c->inf[i].job->canceled, 1);
+        b2d_engine_cancel_all(s->eng);
+    }
+    int queued = 0, active = 0, unsent = 0, n_inflight = 0;
+    b2d_engine_counts(s->eng, &queued, &active);
+    for (conn *c = s->conns; c; c = c->next) {
+        unsent |= c->out_off < c->out_len;
+        n_inflight += c->ninf;
+    }
+    int idle = s->in_prep == 0 && queued == 0 && active == 0 && n_inflight == 0;
+    if ((idle && !unsent) || now >= s->t_deadline + 5000) {
+        while (s->conns) conn_close(s->conns, "shutting down");
+        uv_stop(&s->loop);
+    }
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    struct b2d_server *s = h->data;
+    if (s->shutting_down) {
+        LOG_WARN("second signal: canceling everything now");
+        s->t_deadline = b2d_now_ms();
+        return;
+    }
+    LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
+    s->shutting_down = 1;
+    s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
+    uv_poll_stop(&s->listen_poll);
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    if (s->cfg->socket_path) unlink(s->cfg->socket_path);
+    uv_timer_start(&s->shutdown_timer, shutdown_tick, 0, 20);
+}
+
+int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
+{
+    struct b2d_server *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->cfg = cfg;
+    s->m = m;
+    s->listen_fd = listen_fd;
+    s->t_start = b2d_now_ms();
+    s->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
+    s->lim.max_prompt_bytes = B2IPC_DEFAULT_MAX_PROMPT_BYTES;
+    pthread_mutex_init(&s->evmu, NULL);
+    s->cache = b2d_cache_new(cfg->cache_bytes);
+    uv_loop_init(&s->loop);
+    uv_async_init(&s->loop, &s->async, async_cb);
+    s->async.data = s;
+    if (!s->cache || b2d_engine_start(&s->eng, cfg, m, s->cache, deliver, s) < 0) {
+        LOG_ERR("cannot start the engine thread");
+        return -1;
+    }
+    uv_poll_init(&s->loop, &s->listen_poll, listen_fd);
+    s->listen_poll.data = s;
+    uv_poll_start(&s->listen_poll, UV_READABLE, accept_cb);
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    s->sig_term.data = s->sig_int.data = s;
+    uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
+    uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+    uv_timer_init(&s->loop, &s->shutdown_timer);
+    s->shutdown_timer.data = s;
+    LOG_INFO("ready: serving %s on %s", cfg->model_path, cfg->socket_path ? cfg->socket_path : "(inherited socket)");
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    /* the engine has nothing left; drain its last events, then tear down */
+    b2d_engine_stop(s->eng);
+    async_cb(&s->async);
+    while (s->conns) conn_close(s->conns, NULL);
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    uv_walk(&s->loop, close_walk_cb, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+    b2d_cache_free(s->cache);
+    pthread_mutex_destroy(&s->evmu);
+    free(s);
+    LOG_INFO("stopped");
+    return 0;
+}

@@ -38,6 +38,11 @@ static void usage(FILE *f)
         "      --cache-mb N        image-feature cache size in MiB (default 64, 0 = off)\n"
         "      --max-connections N default 256\n"
         "      --shutdown-timeout S seconds running requests get on SIGTERM (default 10)\n"
+        "      --max-inflight N    requests in flight per connection (default 64)\n"
+        "      --max-output BYTES  output buffered per connection before its reads pause\n"
+        "                          (default 4194304)\n"
+        "      --stall-timeout S   close a connection whose output stays full this long\n"
+        "                          (default 30)\n"
         "  -v, --verbose           more log output (repeat for debug)\n"
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
@@ -105,13 +110,15 @@ static int make_socket(const char *path)
 
 int main(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_VERSION };
+    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_VERSION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-frame", required_argument, 0, O_FRAME},
         {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
-        {"shutdown-timeout", required_argument, 0, O_SHUT}, {"verbose", no_argument, 0, 'v'},
+        {"shutdown-timeout", required_argument, 0, O_SHUT}, {"max-output", required_argument, 0, O_OUTPUT},
+        {"stall-timeout", required_argument, 0, O_STALL}, {"max-inflight", required_argument, 0, O_INFLIGHT},
+        {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
     };
@@ -133,6 +140,9 @@ int main(int argc, char **argv)
         case O_CACHE: cfg.cache_bytes = (size_t)num(optarg, "--cache-mb", 0, 1 << 20) << 20; break;
         case O_CONNS: cfg.max_connections = (int)num(optarg, "--max-connections", 1, 1 << 16); break;
         case O_SHUT: cfg.shutdown_timeout = (double)num(optarg, "--shutdown-timeout", 0, 86400); break;
+        case O_OUTPUT: cfg.max_output = (size_t)num(optarg, "--max-output", 1024, 1l << 30); break;
+        case O_STALL: cfg.stall_timeout = (double)num(optarg, "--stall-timeout", 1, 86400); break;
+        case O_INFLIGHT: cfg.max_inflight = (int)num(optarg, "--max-inflight", 1, 4096); break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;

@@ -1,0 +1,355 @@
+#!/usr/bin/python3
+# test_daemon.py - blip2d end to end, spoken from a second language with only
+# docs/protocol.md and python3-msgpack: golden ids over the socket (greedy,
+# beam, repetition penalty, batch), concurrent clients == serial, streaming,
+# fd passing, cancel and disconnect, every class of bad input, busy, a client
+# that never reads, SIGTERM with work in flight, stale sockets.  TAP output.
+import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
+
+try:
+    import msgpack
+except ImportError:
+    print("1..0 # SKIP python3-msgpack is not installed")
+    sys.exit(0)
+
+G = os.environ.get("GOLDEN_DIR", "tests/golden")
+BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
+MODEL = os.path.join(G, "opt-tiny")
+TMP = tempfile.mkdtemp(prefix="b2dtest.")
+n_tests = 0
+failed = 0
+
+
+def ok(cond, name):
+    global n_tests, failed
+    n_tests += 1
+    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
+    if not cond:
+        failed += 1
+    return cond
+
+
+def pack(obj):
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+class Client:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(30)
+        self.s.connect(path)
+        self.buf = b""
+
+    def send(self, obj, fds=None):
+        if fds:
+            socket.send_fds(self.s, [pack(obj)], fds)
+        else:
+            self.s.sendall(pack(obj))
+
+    def raw(self, data):
+        self.s.sendall(data)
+
+    def _exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self):
+        (n,) = struct.unpack(">I", self._exact(4))
+        return msgpack.unpackb(self._exact(n), raw=False)
+
+    def until_terminal(self, rid):
+        events = []
+        while True:
+            r = self.recv()
+            if r.get("id") == rid:
+                events.append(r)
+                if r["type"] in ("done", "error"):
+                    return events
+
+    def call(self, obj, fds=None):
+        self.send(obj, fds)
+        return self.until_terminal(obj["id"])[-1]
+
+    def close(self):
+        self.s.close()
+
+
+def start(*extra, sock=None):
+    sock = sock or os.path.join(TMP, "d%d.sock" % time.monotonic_ns())
+    log = open(os.path.join(TMP, "daemon.log"), "ab")
+    p = subprocess.Popen([BLIP2D, "--model", MODEL, "--socket", sock, "-q"] + list(extra),
+                         stdout=log, stderr=log)
+    for _ in range(200):
+        if os.path.exists(sock):
+            try:
+                c = Client(sock)
+                c.close()
+                return p, sock
+            except OSError:
+                pass
+        if p.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError("blip2d did not start")
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return -9
+
+
+def image(name):
+    with open(os.path.join(G, "images", name), "rb") as f:
+        return f.read()
+
+
+man = json.load(open(os.path.join(G, "manifest.json")))
+CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
+
+proc, SOCK = start()
+c = Client(SOCK)
+c.send({"id": 1, "op": "hello", "v": 7, "client": "test_daemon.py"})
+r = c.recv()
+ok(r["type"] == "hello" and r["v"] == 1 and r["max_frame"] == 67108864, "hello negotiates version 1 and reports limits")
+
+# golden ids over the socket, from the image files
+cases = [x for x in man["cases"] if x["model"] == "opt-tiny" and "image" in x]
+rid = 10
+bad = []
+serial = {}
+for case in cases:
+    for name, gen in case["generate"].items():
+        rid += 1
+        req = {"id": rid, "op": "generate", "image": image(case["image"]),
+               "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
+        req.update(CALLS[name])
+        if case["prompt"]:
+            req["prompt"] = case["prompt"]
+        r = c.call(req)
+        if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
+            bad.append((case["id"], name, r))
+        if name == "greedy":
+            serial[case["id"]] = (req, r["ids"][0])
+ok(not bad, "golden greedy, beam and repetition-penalty ids and texts over the socket (%d calls)%s"
+   % (3 * len(cases), "" if not bad else ": " + repr(bad[0])[:300]))
+
+# the batch case: two requests in flight together
+b = [x for x in man["cases"] if x["id"] == "opt-tiny/batch"][0]
+c.send({"id": 500, "op": "generate", "image": image(b["images"][0]), "prompt": b["prompts"][0]})
+c.send({"id": 501, "op": "generate", "image": image(b["images"][1]), "prompt": b["prompts"][1]})
+got = {}
+while len(got) < 2:
+    r = c.recv()
+    if r["type"] == "done":
+        got[r["id"]] = r["ids"][0]
+ok(got[500] == b["generate"]["greedy"]["ids"][0] and got[501] == b["generate"]["greedy"]["ids"][1][:len(got[501])]
+   and all(t == 1 for t in b["generate"]["greedy"]["ids"][1][len(got[501]):]),
+   "batched requests reproduce the golden batch ids")
+
+# 8 concurrent clients == serial
+keys = list(serial)[:8]
+results = {}
+
+
+def worker(k):
+    cl = Client(SOCK)
+    req = dict(serial[k][0])
+    req["id"] = 7
+    results[k] = cl.call(req)["ids"][0]
+    cl.close()
+
+
+ths = [threading.Thread(target=worker, args=(k,)) for k in keys]
+[t.start() for t in ths]
+[t.join() for t in ths]
+ok(all(results.get(k) == serial[k][1] for k in keys), "8 concurrent clients get the serial results")
+
+# streaming: token events then done, pieces join to the text
+req = {"id": 600, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 20}
+c.send(dict(req, id=602))
+evs = c.until_terminal(602)
+toks = [e for e in evs if e["type"] == "token"]
+done = evs[-1]
+ok(done["type"] == "done" and [t["token"] for t in toks] == done["ids"][0][1:], "one token event per generated token, in order")
+ok("".join(t["text"] for t in toks) == done["texts"][0], "streamed pieces join to the final text")
+
+# fd passing
+with open(os.path.join(G, "images", "rocket.jpg"), "rb") as f:
+    r = c.call({"id": 700, "op": "generate", "image_fd": True, "max_new_tokens": 20}, fds=[f.fileno()])
+want = [x for x in cases if x["image"] == "rocket.jpg" and x["prompt_key"] == "caption"][0]["generate"]["greedy"]["ids"]
+ok(r["type"] == "done" and r["ids"][0] == want, "image passed as a descriptor (SCM_RIGHTS)")
+ok(r.get("cached") is True, "the second request for the same image hits the feature cache")
+r = c.call({"id": 701, "op": "generate", "image_fd": True})
+ok(r["type"] == "error" and r["code"] == "bad_fd", "image_fd without a descriptor: bad_fd")
+r = c.call({"id": 702, "op": "generate", "image_fd": True}, fds=[os.open(TMP, os.O_RDONLY)])
+ok(r["type"] == "error" and r["code"] == "bad_fd", "a directory descriptor: bad_fd")
+rfd, wfd = os.pipe()
+r = c.call({"id": 703, "op": "generate", "image_fd": True}, fds=[rfd])
+os.close(rfd); os.close(wfd)
+ok(r["type"] == "error" and r["code"] == "bad_fd", "a pipe descriptor: bad_fd (never blocks the daemon)")
+
+# cancel while running, then the slot is free at once
+c.send({"id": 800, "op": "generate", "image": image("astronaut.png"), "stream": True, "max_new_tokens": 2000})
+first = c.recv()
+c.send({"id": 801, "op": "cancel", "target": 800})
+rest = []
+while True:
+    r = c.recv()
+    rest.append(r)
+    if r["id"] == 801:
+        break
+term = [x for x in rest if x["id"] == 800 and x["type"] == "done"]
+ok(first["type"] == "token" and len(term) == 1 and term[0]["finish"] == ["canceled"] and rest[-1]["found"] is True
+   and rest.index(term[0]) < len(rest) - 1, "cancel: done(canceled) for the target, then cancel{found: true}")
+c.send({"id": 803, "op": "cancel", "target": 12345})
+r = c.recv()
+ok(r["type"] == "cancel" and r["found"] is False, "cancel of an unknown id: found false")
+t0 = time.monotonic()
+r = c.call({"id": 804, "op": "generate", "image": image("camera.png"), "max_new_tokens": 5})
+ok(r["type"] == "done" and time.monotonic() - t0 < 2, "a request after a cancel is served at once")
+
+# a client that disconnects mid-stream frees its slot
+d = Client(SOCK)
+d.send({"id": 1, "op": "generate", "image": image("coffee.png"), "stream": True, "max_new_tokens": 2000})
+d.recv()
+d.close()
+active = None
+for _ in range(100):
+    c.send({"id": 900, "op": "status"})
+    st = c.recv()
+    active = st["active"]
+    if active == 0 and st["connections"] == 1:
+        break
+    time.sleep(0.02)
+ok(active == 0, "a disconnect mid-stream cancels the request and frees the slot")
+
+# bad input: the daemon answers and keeps serving
+def bad_frame(payload, code, name, rid=None):
+    cl = Client(SOCK)
+    cl.raw(struct.pack(">I", len(payload)) + payload)
+    r = cl.recv()
+    okc = r["type"] == "error" and r["code"] == code and (rid is None or r.get("id") == rid)
+    cl.send({"id": 99, "op": "ping"})
+    okc = okc and cl.recv()["type"] == "pong"
+    cl.close()
+    ok(okc, name + " -> " + code + ", connection still usable")
+
+
+bad_frame(b"\xc1\xc1\xc1", "bad_msgpack", "garbage payload")
+bad_frame(b"", "bad_msgpack", "empty payload")
+bad_frame(msgpack.packb([1, 2, 3]), "not_map", "an array instead of a map")
+bad_frame(msgpack.packb({"id": 5, "op": "dance"}), "unknown_op", "unknown op", rid=5)
+bad_frame(msgpack.packb({"op": "ping"}), "missing_field", "no id")
+bad_frame(msgpack.packb({"id": 6, "op": "generate", "image": b"x", "max_new_tokens": "many"}), "bad_type", "wrong type", rid=6)
+bad_frame(msgpack.packb({"id": 7, "op": "generate", "image": b"x", "num_beams": 0}), "out_of_range", "num_beams 0", rid=7)
+bad_frame(msgpack.packb({"id": 8, "op": "generate", "image": b"x", "temprature": 0.5}), "unknown_field", "misspelt field", rid=8)
+bad_frame(msgpack.packb({"id": 9, "op": "generate", "image": b"not an image at all"}), "bad_image", "non-image bytes", rid=9)
+bad_frame(msgpack.packb({"id": 10, "op": "generate", "image": image("chelsea.png")[:3000]}), "bad_image", "truncated PNG", rid=10)
+bad_frame(msgpack.packb({"id": 11, "op": "generate", "image": image("chelsea.png"), "prompt": "cat " * 3000}), "too_large", "prompt beyond the context", rid=11)
+bad_frame(msgpack.packb({"id": 12, "op": "generate", "image": b"x", "do_sample": True, "num_beams": 2}), "unsupported", "beam sampling", rid=12)
+bad_frame(msgpack.packb({"id": 13, "op": "generate", "image": b"x", "prompt": "a\x00b"}), "bad_utf8", "NUL in the prompt", rid=13)
+
+cl = Client(SOCK)
+cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 300})
+cl.send({"id": 1, "op": "generate", "image": image("chelsea.png")})
+rs = [cl.recv(), cl.recv()]
+ok(any(x["type"] == "error" and x["code"] == "duplicate_id" for x in rs) and any(x["type"] == "done" for x in rs),
+   "a duplicate id in flight is refused; the original completes")
+cl.close()
+
+cl = Client(SOCK)
+cl.raw(struct.pack(">I", 0x7fffffff) + b"abc")
+r = cl.recv()
+closed = False
+try:
+    closed = cl.s.recv(1) == b""
+except OSError:
+    closed = True
+ok(r["type"] == "error" and r["code"] == "frame_too_large" and "id" not in r and closed,
+   "a huge declared frame length: frame_too_large without reading it, then closed")
+cl.close()
+cl = Client(SOCK)
+cl.raw(pack({"id": 1, "op": "generate", "image": image("chelsea.png")})[:5000])
+cl.close()
+cl = Client(SOCK)
+cl.raw(os.urandom(3))
+cl.close()
+r = c.call({"id": 950, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 3})
+ok(r["type"] == "done" and proc.poll() is None, "truncated frames and vanished clients leave the daemon serving")
+
+# SIGTERM with work in flight: the client gets its terminal reply, the daemon exits 0 and removes its socket
+c.send({"id": 1000, "op": "generate", "image": image("coffee.png"), "max_new_tokens": 1500})
+time.sleep(0.1)
+proc.send_signal(signal.SIGTERM)
+try:
+    evs = c.until_terminal(1000)
+    term_ok = evs[-1]["type"] == "done"
+except EOFError:
+    term_ok = False
+rc = proc.wait(20)
+ok(term_ok and rc == 0 and not os.path.exists(SOCK), "SIGTERM: in-flight request finished, exit 0, socket removed")
+c.close()
+
+# busy: a full queue answers at once
+proc, SOCK = start("--max-queue", "1", "--max-batch", "1")
+cl = Client(SOCK)
+t0 = time.monotonic()
+for i in range(6):
+    cl.send({"id": i, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 400})
+res = [cl.recv() for _ in range(6)]
+busy = [x for x in res if x["type"] == "error" and x["code"] == "busy"]
+ok(len(busy) >= 1 and all(x["type"] == "done" for x in res if x not in busy), "a full queue answers busy; admitted requests complete (%d busy)" % len(busy))
+cl.close()
+stop(proc)
+
+# a client that never reads: bounded buffer, dropped after the stall timeout; others unaffected
+proc, SOCK = start("--max-output", "4096", "--stall-timeout", "1")
+lazy = Client(SOCK)
+for i in range(40):
+    lazy.send({"id": i, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 1000})
+other = Client(SOCK)
+r = other.call({"id": 1, "op": "generate", "image": image("rocket.jpg"), "max_new_tokens": 20})
+ok(r["type"] == "done" and r["ids"][0] == want, "another client is served while one never reads")
+dropped = False
+for _ in range(150):
+    other.send({"id": 2, "op": "status"})
+    st = other.recv()
+    if st["connections"] == 1:
+        dropped = True
+        break
+    time.sleep(0.05)
+ok(dropped, "the non-reading client is disconnected after the stall timeout")
+other.close()
+lazy.close()
+ok(stop(proc) == 0, "clean exit after that")
+
+# stale socket file, live daemon, kill -9 and restart on the same path
+path = os.path.join(TMP, "stale.sock")
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.close()
+proc, _ = start(sock=path)
+ok(proc.poll() is None, "a stale socket file is replaced")
+second = subprocess.run([BLIP2D, "--model", MODEL, "--socket", path], capture_output=True, timeout=30)
+ok(second.returncode == 1 and b"already listening" in second.stderr, "a second daemon on a live socket refuses to start")
+proc.kill()
+proc.wait()
+proc, _ = start(sock=path)
+cl = Client(path)
+ok(cl.call({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 2})["type"] == "done",
+   "after kill -9 a new daemon serves on the same path")
+cl.close()
+ok(stop(proc) == 0, "exit 0")
+
+print("1..%d" % n_tests)
+sys.exit(1 if failed else 0)

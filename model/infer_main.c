@@ -144,7 +144,7 @@ int main(int argc, char **argv)
         if (t->ndim != 4 || t->shape[0] < 1 || t->shape[0] > MAX_INPUTS || t->shape[1] != 3 ||
             t->shape[2] != S || t->shape[3] != S) {
             fprintf(stderr, "blip2-infer: %s: 'pixel_values' must have shape (n, 3, %d, %d)\n", pxfile, S, S);
-            return 1;
+            exit(1);
         }
         if (t->dtype != B2_F32 && t->dtype != B2_F16 && t->dtype != B2_BF16 && t->dtype != B2_F64)
             die("%s: 'pixel_values' must be a float tensor", pxfile);
@@ -161,7 +161,7 @@ int main(int argc, char **argv)
     }
     if (n_prompts > 1 && n_prompts != n) {
         fprintf(stderr, "blip2-infer: %d prompts for %d images: give one prompt, or one per image\n", n_prompts, n);
-        return 2;
+        exit(2);
     }
     const size_t nq = blip2_query_embeds_len(m);
     const int T = blip2_vision_tokens(m), Dv = blip2_vision_hidden(m), Q = blip2_num_query_tokens(m);

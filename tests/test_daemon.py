@@ -13,6 +13,28 @@ except ImportError:
     sys.exit(0)
 
 G = os.environ.get("GOLDEN_DIR", "tests/golden")
+
+if len(sys.argv) > 1 and sys.argv[1] == "--client":
+    # helper process (run as another uid): send N generate requests, print when each finished
+    sock_path, n, delay = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    time.sleep(delay)
+    cs = socket.socket(socket.AF_UNIX)
+    cs.connect(sock_path)
+    img = open(os.path.join(G, "images", "chelsea.png"), "rb").read()
+    for i in range(n):
+        body = msgpack.packb({"id": i, "op": "generate", "image": img, "max_new_tokens": 1000}, use_bin_type=True)
+        cs.sendall(struct.pack(">I", len(body)) + body)
+    buf, done = b"", {}
+    while len(done) < n:
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+            buf += cs.recv(65536)
+        ln = struct.unpack(">I", buf[:4])[0]
+        r = msgpack.unpackb(buf[4:4 + ln], raw=False)
+        buf = buf[4 + ln:]
+        if r["type"] in ("done", "error"):
+            done[r["id"]] = (r["type"], time.monotonic())
+    print(json.dumps(done))
+    sys.exit(0)
 BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
 MODEL = os.path.join(G, "opt-tiny")
 TMP = tempfile.mkdtemp(prefix="b2dtest.")
@@ -332,6 +354,39 @@ ok(dropped, "the non-reading client is disconnected after the stall timeout")
 other.close()
 lazy.close()
 ok(stop(proc) == 0, "clean exit after that")
+
+# fairness: users are served round-robin (needs root to run clients as two uids)
+if os.geteuid() == 0:
+    proc, SOCK = start("--max-batch", "1")
+    os.chmod(TMP, 0o755)
+    os.chmod(SOCK, 0o666)
+    me = os.path.abspath(__file__)
+    env = dict(os.environ, GOLDEN_DIR=os.path.abspath(G))
+    a = subprocess.Popen([sys.executable, me, "--client", SOCK, "6", "0"], user=4001, group=4001, env=env,
+                         stdout=subprocess.PIPE)
+    b = subprocess.Popen([sys.executable, me, "--client", SOCK, "1", "0.3"], user=4002, group=4002, env=env,
+                         stdout=subprocess.PIPE)
+    ra = json.loads(a.communicate(timeout=60)[0])
+    rb = json.loads(b.communicate(timeout=60)[0])
+    ta = sorted(t for _, t in ra.values())
+    tb = rb["0"][1]
+    later = sum(1 for t in ta if t > tb)
+    ok(all(v[0] == "done" for v in ra.values()) and rb["0"][0] == "done" and later >= 3,
+       "round-robin over users: a second user's request overtakes the first user's backlog (%d of 6 finished after it)" % later)
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(True, "# SKIP fairness between uids needs root")
+
+# shutdown deadline: running work is canceled, the client still gets its done
+proc, SOCK = start("--shutdown-timeout", "0")
+cl = Client(SOCK)
+cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+cl.recv()
+proc.send_signal(signal.SIGTERM)
+evs = cl.until_terminal(1)
+ok(evs[-1]["type"] == "done" and evs[-1]["finish"] == ["canceled"] and 1 < len(evs[-1]["ids"][0]) < 2001 and proc.wait(20) == 0,
+   "SIGTERM past the deadline: done(canceled) with the tokens so far, exit 0")
+cl.close()
 
 # stale socket file, live daemon, kill -9 and restart on the same path
 path = os.path.join(TMP, "stale.sock")

@@ -278,7 +278,8 @@ struct blip2_session {
 struct blip2_ctx {
     const blip2_model *m;
     b2_opt_ws ws;
-    float *emb, *hid;
+    float *emb, *hid;         /* (rows, D) */
+    float *lg;                /* (rows, V) logits of the rows that need them */
     int *seq, *pos;
     b2_kv **kvp;
     int cap_rows, cap_seqs;
@@ -296,7 +297,7 @@ void blip2_ctx_free(blip2_ctx *c)
 {
     if (!c) return;
     b2__opt_ws_free(&c->ws);
-    free(c->emb); free(c->hid); free(c->seq); free(c->pos); free(c->kvp);
+    free(c->emb); free(c->hid); free(c->lg); free(c->seq); free(c->pos); free(c->kvp);
     free(c);
 }
 
@@ -309,6 +310,8 @@ static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
         c->emb = e;
         if (!(h = realloc(c->hid, sizeof(float) * D * rows))) return BLIP2_ENOMEM;
         c->hid = h;
+        if (!(h = realloc(c->lg, sizeof(float) * (size_t)c->m->cfg.t_vocab * rows))) return BLIP2_ENOMEM;
+        c->lg = h;
         int *s = realloc(c->seq, sizeof(int) * rows), *p;
         if (!s) return BLIP2_ENOMEM;
         c->seq = s;
@@ -653,26 +656,39 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
         q += s->K;
     }
     b2__opt_forward(m, &ctx->ws, ctx->emb, rows, ctx->kvp, ctx->seq, ctx->pos, ctx->hid);
+    /* the rows that need logits (a prefill's last row, every decode row),
+     * packed into emb (free again) for one lm_head product */
+    int nl = 0;
     r = 0;
-    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        const blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        if (s->state == S_NEW) {
+            r += s->Q + s->L;
+            memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
+        } else {
+            for (int j = 0; j < s->K; j++)
+                if (s->live[j]) { memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D); r++; }
+        }
+    }
+    b2__opt_logits(m, ctx->emb, nl, ctx->lg);
+    int rc = 0, l = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
         if (s->state == S_NEW) {
-            r += s->Q + s->L;
             s->kv[0].len = s->Q + s->L;
-            b2__opt_logits(m, ctx->hid + (size_t)(r - 1) * D, 1, s->logits);
-            for (int j = 1; j < s->K; j++) { /* every sequence starts from the same prefix */
-                b2__kv_copy(&s->kv[j], &s->kv[0], m);
-                memcpy(s->logits + (size_t)j * s->V, s->logits, sizeof(float) * (size_t)s->V);
+            for (int j = 0; j < s->K; j++) { /* every sequence starts from the same prefix */
+                if (j) b2__kv_copy(&s->kv[j], &s->kv[0], m);
+                memcpy(s->logits + (size_t)j * s->V, ctx->lg + (size_t)l * s->V, sizeof(float) * (size_t)s->V);
             }
+            l++;
             s->state = S_RUN;
         } else {
             for (int j = 0; j < s->K; j++) {
                 if (!s->live[j]) continue;
                 s->kv[j].len++;
-                b2__opt_logits(m, ctx->hid + (size_t)r * D, 1, s->logits + (size_t)j * s->V);
-                r++;
+                memcpy(s->logits + (size_t)j * s->V, ctx->lg + (size_t)l++ * s->V, sizeof(float) * (size_t)s->V);
             }
         }
         int e = s->mode == M_BEAM ? select_beam(s) : select_independent(s);

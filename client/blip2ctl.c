@@ -1,0 +1,1070 @@
+/*
+ * blip2ctl.c - the command line client of blip2d (docs/blip2ctl.md).
+ *
+ *   argv --getopt--> options + generation parameters (checked locally with
+ *        blip2c_params_validate before anything else) --> subcommand:
+ *
+ *   caption IMAGE...  every image opened first (a missing file is a usage
+ *                     error before any work), then up to --jobs requests in
+ *                     flight on one connection through the non-blocking API
+ *                     (poll + blip2c_process); results are held back and
+ *                     printed in input order; `busy` replies are retried
+ *   ask IMAGE Q       one blocking blip2c_generate, "Question: Q Answer:"
+ *   chat IMAGE        a question per stdin line; the prompt carries the
+ *                     history ("Question: q Answer: a. ... Question: q Answer:"),
+ *                     the oldest turns dropped when it no longer fits
+ *   status, ping      blocking calls, printed as text or JSON
+ *
+ * Files go to the daemon as descriptors (SCM_RIGHTS), `-` (stdin) inline.
+ * Output: plain lines, tokens streamed when stdout is a terminal, or JSON
+ * Lines (jansson).  The exit status says what kind of failure happened.
+ */
+#include "blip2client.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROG "blip2ctl"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_SERVER = 1,   /* the daemon refused or failed the request */
+    EXIT_USAGE = 2,    /* bad command line or bad input (image, parameters) */
+    EXIT_CONNECT = 3,  /* cannot connect to the daemon */
+    EXIT_LOST = 4      /* connection lost mid-way */
+};
+
+#define MAX_STDIN_IMAGE (64u << 20)
+#define BUSY_RETRIES 20
+
+typedef struct ctl {
+    const char *socket;
+    const char *prompt;
+    blip2c_params params;
+    const char *stop[8];
+    uint32_t n_stop;
+    bool no_stream, json, verbose;
+    unsigned jobs;
+    int timeout_ms;
+    blip2c_conn *conn;
+} ctl;
+
+/* ---- messages and exit codes ------------------------------------------------ */
+
+__attribute__((format(printf, 1, 2)))
+static void warnx_(const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fputs(PROG ": ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+__attribute__((format(printf, 1, 2), noreturn))
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs(PROG ": ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry '" PROG " --help' for more information.\n", stderr);
+    exit(EXIT_USAGE);
+}
+
+static int exit_for(int code)
+{
+    switch (code) {
+    case BLIP2C_OK: return EXIT_OK;
+    case BLIP2C_EINVAL:
+    case BLIP2C_EBAD_IMAGE:
+    case BLIP2C_ETOO_LARGE:
+    case BLIP2C_EOUT_OF_RANGE:
+    case BLIP2C_EBAD_UTF8:
+    case BLIP2C_EBAD_FD:
+    case BLIP2C_EUNSUPPORTED: return EXIT_USAGE;
+    case BLIP2C_ECONNECT: return EXIT_CONNECT;
+    case BLIP2C_ECONNLOST: return EXIT_LOST;
+    default: return EXIT_SERVER;
+    }
+}
+
+/* A stable name for any code, for --json error objects. */
+static const char *code_key(const blip2c_error *e)
+{
+    if (e->code_name[0]) return e->code_name;
+    switch (e->code) {
+    case BLIP2C_EINVAL: return "bad_input";
+    case BLIP2C_ENOMEM: return "out_of_memory";
+    case BLIP2C_ECONNECT: return "cannot_connect";
+    case BLIP2C_ECONNLOST: return "connection_lost";
+    case BLIP2C_EPROTO: return "protocol_error";
+    case BLIP2C_ETIMEDOUT: return "timeout";
+    default: return "internal";
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- help ----------------------------------------------------------------------- */
+
+static void print_help(void)
+{
+    fputs(
+"Usage: " PROG " [OPTION]... caption IMAGE...\n"
+"       " PROG " [OPTION]... ask IMAGE QUESTION...\n"
+"       " PROG " [OPTION]... chat IMAGE\n"
+"       " PROG " [OPTION]... status\n"
+"       " PROG " [OPTION]... ping\n"
+"Caption images or answer questions about them with blip2d, the BLIP-2 daemon.\n"
+"IMAGE '-' reads the image from standard input.\n"
+"\n"
+"Commands:\n"
+"  caption IMAGE...   one caption per image, in input order (several images run\n"
+"                     concurrently; with more than one, lines start 'IMAGE: ')\n"
+"  ask IMAGE QUESTION the answer (prompt \"Question: QUESTION Answer:\")\n"
+"  chat IMAGE         questions from stdin, one per line, answered with the\n"
+"                     conversation so far as context; /reset forgets it,\n"
+"                     /quit or end of input stops\n"
+"  status             the daemon's model, queue, cache and limits\n"
+"  ping               round-trip time to the daemon\n"
+"\n"
+"Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
+"      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
+"      --min-new-tokens N        no end-of-sequence before N tokens [0]\n"
+"      --num-beams N             beam search with N beams [1 = greedy], 1..16\n"
+"      --length-penalty X        beam search length penalty [1.0], -10..10\n"
+"      --repetition-penalty X    [1.0 = off], (0..10]\n"
+"      --do-sample               sample instead of greedy / beam search\n"
+"      --temperature X           sampling temperature [1.0], (0..100]\n"
+"      --top-k N                 sample among the N likeliest tokens [50], 0 = all\n"
+"      --top-p X                 nucleus sampling [1.0 = off], (0..1]\n"
+"      --seed N                  sampling seed [the daemon picks and reports one]\n"
+"      --num-return-sequences N  sequences per image [1] (sampling or beams)\n"
+"      --stop TEXT               stop when TEXT is generated; repeatable, up to 8\n"
+"  -p, --prompt TEXT             prompt for caption (e.g. \"a photo of\")\n"
+"\n"
+"Output and connection:\n"
+"      --json                    JSON Lines: one object per result (and per error)\n"
+"      --no-stream               print whole lines, never token by token\n"
+"  -j, --jobs N                  caption: requests in flight at once [4]\n"
+"      --timeout SECONDS         give up on a request after SECONDS [no limit]\n"
+"  -s, --socket PATH             the daemon's socket [$BLIP2_SOCKET, else\n"
+"                                $XDG_RUNTIME_DIR/blip2.sock, then\n"
+"                                /run/blip2/blip2.sock]\n"
+"  -v, --verbose                 say which socket is used; timings on stderr\n"
+"  -h, --help                    this help\n"
+"  -V, --version                 version\n"
+"\n"
+"Exit status: 0 success, 1 the daemon failed the request, 2 bad usage or input\n"
+"(missing image file, bad parameter, not an image), 3 cannot connect to the\n"
+"daemon, 4 connection lost.\n"
+"\n"
+"Start the daemon with: blip2d --model DIR\n", stdout);
+}
+
+/* ---- argument parsing -------------------------------------------------------------- */
+
+static uint64_t parse_uint(const char *flag, const char *s, uint64_t max)
+{
+    char *end;
+    errno = 0;
+    while (*s == ' ') s++;
+    if (*s == '-' || *s == '+' || *s == '\0')
+        usage_error("%s: '%s' is not a whole number >= 0", flag, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0') usage_error("%s: '%s' is not a whole number", flag, s);
+    if (errno == ERANGE || v > max)
+        usage_error("%s: %s is too large (at most %" PRIu64 ")", flag, s, max);
+    return v;
+}
+
+static double parse_real(const char *flag, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
+        usage_error("%s: '%s' is not a number", flag, s);
+    return v;
+}
+
+enum {
+    O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
+    O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT
+};
+
+static const struct option long_options[] = {
+    { "max-new-tokens", required_argument, NULL, O_MAX_NEW },
+    { "min-new-tokens", required_argument, NULL, O_MIN_NEW },
+    { "num-beams", required_argument, NULL, O_BEAMS },
+    { "length-penalty", required_argument, NULL, O_LENPEN },
+    { "repetition-penalty", required_argument, NULL, O_REPPEN },
+    { "do-sample", no_argument, NULL, O_SAMPLE },
+    { "temperature", required_argument, NULL, O_TEMP },
+    { "top-k", required_argument, NULL, O_TOPK },
+    { "top-p", required_argument, NULL, O_TOPP },
+    { "seed", required_argument, NULL, O_SEED },
+    { "num-return-sequences", required_argument, NULL, O_NRS },
+    { "stop", required_argument, NULL, O_STOP },
+    { "prompt", required_argument, NULL, 'p' },
+    { "no-stream", no_argument, NULL, O_NOSTREAM },
+    { "json", no_argument, NULL, O_JSON },
+    { "jobs", required_argument, NULL, 'j' },
+    { "timeout", required_argument, NULL, O_TIMEOUT },
+    { "socket", required_argument, NULL, 's' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+};
+
+static void parse_args(ctl *x, int argc, char **argv)
+{
+    blip2c_params *p = &x->params;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "p:j:s:vhV", long_options, NULL)) != -1) {
+        switch (ch) {
+        case O_MAX_NEW: p->max_new_tokens = (uint32_t)parse_uint("--max-new-tokens", optarg, UINT32_MAX); break;
+        case O_MIN_NEW: p->min_new_tokens = (uint32_t)parse_uint("--min-new-tokens", optarg, UINT32_MAX); break;
+        case O_BEAMS: p->num_beams = (uint32_t)parse_uint("--num-beams", optarg, UINT32_MAX); break;
+        case O_LENPEN: p->length_penalty = parse_real("--length-penalty", optarg); break;
+        case O_REPPEN: p->repetition_penalty = parse_real("--repetition-penalty", optarg); break;
+        case O_SAMPLE: p->do_sample = true; break;
+        case O_TEMP: p->temperature = parse_real("--temperature", optarg); break;
+        case O_TOPK: p->top_k = (uint32_t)parse_uint("--top-k", optarg, UINT32_MAX); break;
+        case O_TOPP: p->top_p = parse_real("--top-p", optarg); break;
+        case O_SEED:
+            p->seed = parse_uint("--seed", optarg, UINT64_MAX);
+            p->has_seed = true;
+            break;
+        case O_NRS: p->num_return_sequences = (uint32_t)parse_uint("--num-return-sequences", optarg, UINT32_MAX); break;
+        case O_STOP:
+            if (x->n_stop == 8) usage_error("--stop: at most 8 stop strings");
+            x->stop[x->n_stop++] = optarg;
+            break;
+        case 'p': x->prompt = optarg; break;
+        case O_NOSTREAM: x->no_stream = true; break;
+        case O_JSON: x->json = true; break;
+        case 'j': {
+            uint64_t j = parse_uint("--jobs", optarg, 256);
+            if (j == 0) usage_error("--jobs: must be at least 1");
+            x->jobs = (unsigned)j;
+            break;
+        }
+        case O_TIMEOUT: {
+            double t = parse_real("--timeout", optarg);
+            if (t <= 0 || t > 86400) usage_error("--timeout: '%s' is not in (0, 86400] seconds", optarg);
+            x->timeout_ms = (int)(t * 1000 + 0.999);
+            break;
+        }
+        case 's': x->socket = optarg; break;
+        case 'v': x->verbose = true; break;
+        case 'h': print_help(); exit(EXIT_OK);
+        case 'V':
+            printf(PROG " %s (libblip2client %s, protocol %u)\n", BLIP2C_VERSION,
+                   blip2c_version(), BLIP2C_PROTOCOL_VERSION);
+            exit(EXIT_OK);
+        default:  /* getopt has said what is wrong */
+            fputs("Try '" PROG " --help' for more information.\n", stderr);
+            exit(EXIT_USAGE);
+        }
+    }
+    p->stop = x->stop;
+    p->n_stop = x->n_stop;
+    blip2c_error err;
+    if (blip2c_params_validate(p, &err) < 0) {
+        /* "num_beams: 0 is out of range" -> name the flag */
+        char flag[160] = "";
+        if (err.field[0]) {
+            snprintf(flag, sizeof flag, " (--%s)", err.field);
+            for (char *q = flag; *q; q++)
+                if (*q == '_') *q = '-';
+            char *br = strchr(flag, '[');  /* "stop[2]" -> "--stop" */
+            if (br) strcpy(br, ")");
+        }
+        usage_error("bad generation parameter%s: %s", flag, err.message);
+    }
+}
+
+/* ---- images ------------------------------------------------------------------------- */
+
+typedef struct image {
+    const char *name;   /* as given */
+    uint8_t *data;      /* stdin: the bytes (owned); files: NULL */
+    size_t len;
+} image;
+
+static void read_stdin_image(image *im)
+{
+    size_t cap = 1 << 16, len = 0;
+    uint8_t *buf = malloc(cap);
+    if (!buf) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    for (;;) {
+        if (len == cap) {
+            if (cap >= MAX_STDIN_IMAGE + 1) break;
+            cap *= 2;
+            if (cap > MAX_STDIN_IMAGE + 1) cap = MAX_STDIN_IMAGE + 1;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) { free(buf); warnx_("out of memory"); exit(EXIT_SERVER); }
+            buf = nb;
+        }
+        ssize_t n = read(0, buf + len, cap - len);
+        if (n == 0) break;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(buf);
+            warnx_("cannot read the image from standard input: %s", strerror(e));
+            exit(EXIT_USAGE);
+        }
+        len += (size_t)n;
+    }
+    if (len > MAX_STDIN_IMAGE) {
+        free(buf);
+        warnx_("the image on standard input is larger than %u MiB", MAX_STDIN_IMAGE >> 20);
+        exit(EXIT_USAGE);
+    }
+    if (len == 0) {
+        free(buf);
+        warnx_("the image on standard input is empty");
+        exit(EXIT_USAGE);
+    }
+    im->data = buf;
+    im->len = len;
+}
+
+/* Checks every image before any work: a typo fails fast with status 2. */
+static image *load_images(char **names, size_t n)
+{
+    image *ims = calloc(n, sizeof *ims);
+    if (!ims) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    bool used_stdin = false, bad = false;
+    for (size_t i = 0; i < n; i++) {
+        ims[i].name = names[i];
+        if (strcmp(names[i], "-") == 0) {
+            if (used_stdin) usage_error("'-' (standard input) can be given only once");
+            used_stdin = true;
+            read_stdin_image(&ims[i]);
+            continue;
+        }
+        blip2c_error err;
+        int fd;
+        if (blip2c_open_image(names[i], &fd, &err) < 0) {
+            warnx_("%s", err.message);
+            bad = true;
+            continue;
+        }
+        close(fd);  /* reopened when its request is sent (keeps few fds open) */
+    }
+    if (bad) exit(EXIT_USAGE);
+    return ims;
+}
+
+static void free_images(image *ims, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(ims[i].data);
+    free(ims);
+}
+
+static void image_request(const image *im, blip2c_request *rq)
+{
+    blip2c_request_init(rq);
+    if (im->data) {
+        rq->image = im->data;
+        rq->image_len = im->len;
+    } else {
+        rq->image_path = im->name;
+    }
+}
+
+/* ---- connection ------------------------------------------------------------------------ */
+
+static void connect_or_exit(ctl *x)
+{
+    blip2c_options o;
+    blip2c_options_init(&o);
+    o.socket_path = x->socket;
+    o.client_name = PROG " " BLIP2C_VERSION;
+    o.timeout_ms = x->timeout_ms;
+    blip2c_error err;
+    if (blip2c_connect_with(&o, &x->conn, &err) < 0) {
+        warnx_("%s", err.message);
+        if (err.code == BLIP2C_ECONNECT && !x->socket)
+            fputs("(or point " PROG " at the daemon's socket with --socket PATH or "
+                  "BLIP2_SOCKET=PATH)\n", stderr);
+        exit(exit_for(err.code));
+    }
+    const blip2c_info *in = blip2c_info_get(x->conn);
+    if (x->verbose)
+        warnx_("connected to %s (%s): %s, protocol %u", in->socket_path,
+               in->socket_origin, in->server, in->protocol);
+}
+
+/* ---- output -------------------------------------------------------------------------------- */
+
+/* Text for one output line: surrounding whitespace removed, control
+ * characters (newlines, escapes) shown as spaces. */
+static void put_clean(const char *s, size_t n, bool trim)
+{
+    if (trim) {
+        while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' ||
+                     s[n - 1] == '\r'))
+            n--;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        putchar(ch < 0x20 || ch == 0x7f ? ' ' : ch);
+    }
+}
+
+/* json_string that survives file names that are not UTF-8. */
+static json_t *jstr(const char *s)
+{
+    json_t *j = json_string(s);
+    if (j) return j;
+    char *c = strdup(s);
+    if (!c) return json_string("");
+    for (char *q = c; *q; q++)
+        if ((unsigned char)*q >= 0x80) *q = '?';
+    j = json_string(c);
+    free(c);
+    return j ? j : json_string("");
+}
+
+/* Prints one JSON object as a line; seed (if any) is appended as an exact
+ * unsigned 64-bit number, which jansson's signed integers cannot hold. */
+static void print_json(json_t *o, bool has_seed, uint64_t seed)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) { warnx_("out of memory"); return; }
+    size_t n = strlen(s);
+    if (has_seed && n >= 2 && s[n - 1] == '}') {
+        s[n - 1] = '\0';
+        printf("%s%s\"seed\":%" PRIu64 "}\n", s, n > 2 ? "," : "", seed);
+    } else {
+        printf("%s\n", s);
+    }
+    free(s);
+    fflush(stdout);
+}
+
+static json_t *trimmed_json(const char *s, size_t n)
+{
+    while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        n--;
+    json_t *j = json_stringn(s, n);
+    return j ? j : json_string("");
+}
+
+static void print_result_json(const char *image_name, const char *question,
+                              const char *prompt, const blip2c_result *r)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "image", jstr(image_name));
+    if (question) json_object_set_new(o, "question", jstr(question));
+    if (prompt && prompt[0]) json_object_set_new(o, "prompt", jstr(prompt));
+    json_object_set_new(o, "text", r->n_seqs ? trimmed_json(r->seqs[0].text, r->seqs[0].text_len)
+                                             : json_string(""));
+    json_t *texts = json_array(), *ids = json_array(), *fin = json_array();
+    for (size_t i = 0; i < r->n_seqs; i++) {
+        const blip2c_seq *s = &r->seqs[i];
+        json_t *t = json_stringn(s->text, s->text_len);
+        json_array_append_new(texts, t ? t : json_string(""));
+        json_t *a = json_array();
+        for (size_t k = 0; k < s->n_ids; k++) json_array_append_new(a, json_integer(s->ids[k]));
+        json_array_append_new(ids, a);
+        const char *f = blip2c_finish_name(s->finish);
+        json_array_append_new(fin, json_string(f ? f : "?"));
+    }
+    json_object_set_new(o, "texts", texts);
+    json_object_set_new(o, "ids", ids);
+    json_object_set_new(o, "finish", fin);
+    json_object_set_new(o, "prompt_tokens", json_integer(r->prompt_tokens));
+    json_object_set_new(o, "cached", json_boolean(r->cached));
+    const blip2c_timings *t = &r->timings;
+    json_object_set_new(o, "timings",
+        json_pack("{s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "queue_ms", t->queue_ms,
+                  "preprocess_ms", t->preprocess_ms, "vision_ms", t->vision_ms,
+                  "prefill_ms", t->prefill_ms, "decode_ms", t->decode_ms,
+                  "total_ms", t->total_ms, "tokens_per_s", t->tokens_per_s));
+    print_json(o, r->has_seed, r->seed);
+}
+
+static void print_error_json(const char *image_name, const char *question,
+                             const blip2c_error *e)
+{
+    json_t *o = json_object();
+    if (image_name) json_object_set_new(o, "image", jstr(image_name));
+    if (question) json_object_set_new(o, "question", jstr(question));
+    json_t *er = json_object();
+    json_object_set_new(er, "code", json_string(code_key(e)));
+    json_object_set_new(er, "message", jstr(e->message));
+    if (e->field[0]) json_object_set_new(er, "field", jstr(e->field));
+    json_object_set_new(o, "error", er);
+    print_json(o, false, 0);
+}
+
+/* Plain text: one line per sequence, "PREFIX: " before each if prefix. */
+static void print_result_text(const char *prefix, const blip2c_result *r,
+                              bool first_streamed)
+{
+    for (size_t i = 0; i < r->n_seqs; i++) {
+        if (i == 0 && first_streamed) {
+            putchar('\n');
+            continue;
+        }
+        if (prefix) printf("%s: ", prefix);
+        put_clean(r->seqs[i].text, r->seqs[i].text_len, true);
+        putchar('\n');
+    }
+    fflush(stdout);
+}
+
+static void print_timings(const char *what, const blip2c_result *r)
+{
+    const blip2c_timings *t = &r->timings;
+    warnx_("%s: queue %.1f ms, preprocess %.1f ms, vision %.1f ms%s, prefill %.1f ms, "
+           "decode %.1f ms (%.2f tokens/s), total %.1f ms, %u prompt tokens",
+           what, t->queue_ms, t->preprocess_ms, t->vision_ms, r->cached ? " (cached)" : "",
+           t->prefill_ms, t->decode_ms, t->tokens_per_s, t->total_ms, r->prompt_tokens);
+    if (r->has_seed) warnx_("%s: seed %" PRIu64, what, r->seed);
+}
+
+/* Tokens to the terminal as they come: sequence 0 only, leading whitespace
+ * skipped, control characters as spaces. */
+typedef struct streamer {
+    bool started;   /* printed something */
+} streamer;
+
+static int on_token_print(void *user, const blip2c_token *t)
+{
+    streamer *st = user;
+    if (t->seq != 0) return 0;
+    const char *s = t->text;
+    size_t n = t->text_len;
+    if (!st->started) {
+        while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
+        if (!n) return 0;
+        st->started = true;
+    }
+    put_clean(s, n, false);
+    fflush(stdout);
+    return 0;
+}
+
+static bool want_stream(const ctl *x)
+{
+    return !x->no_stream && !x->json && isatty(1) && x->params.num_beams == 1 &&
+           x->params.num_return_sequences == 1;
+}
+
+/* ---- caption: several images, one connection, many requests in flight --------------------- */
+
+enum { JOB_WAITING, JOB_RUNNING, JOB_DONE };
+
+typedef struct job {
+    const image *im;
+    int state;
+    uint64_t id;
+    int busy_tries;
+    int64_t not_before;     /* retry after busy */
+    int64_t deadline;       /* --timeout, while running */
+    bool abandoned;         /* --timeout passed: canceled, its replies ignored */
+    blip2c_result *res;
+    blip2c_error err;       /* err.code < 0: failed */
+    streamer st;
+    size_t *inflight;
+} job;
+
+static void job_done_cb(void *user, const blip2c_result *res)
+{
+    job *j = user;
+    if (j->abandoned) return;
+    (*j->inflight)--;
+    j->state = JOB_DONE;
+    j->res = blip2c_result_dup(res);
+    if (!j->res) {
+        j->err.code = BLIP2C_ENOMEM;
+        snprintf(j->err.message, sizeof j->err.message, "out of memory");
+    }
+}
+
+static void job_error_cb(void *user, uint64_t id, const blip2c_error *err)
+{
+    job *j = user;
+    if (j->abandoned) return;
+    (*j->inflight)--;
+    if (err->code == BLIP2C_EBUSY && j->busy_tries < BUSY_RETRIES) {
+        int64_t wait = 250ll << (j->busy_tries < 3 ? j->busy_tries : 3);  /* up to 2 s */
+        j->busy_tries++;
+        j->state = JOB_WAITING;
+        j->not_before = now_ms() + wait;
+        return;
+    }
+    j->state = JOB_DONE;
+    j->err = *err;
+}
+
+static int job_token_cb(void *user, const blip2c_token *t)
+{
+    job *j = user;
+    return j->abandoned ? 1 : on_token_print(&j->st, t);
+}
+
+static int cmd_caption(ctl *x, char **names, size_t n)
+{
+    image *ims = load_images(names, n);
+    connect_or_exit(x);
+    bool stream = n == 1 && want_stream(x);
+    job *jobs = calloc(n, sizeof *jobs);
+    if (!jobs) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    size_t inflight = 0, printed = 0;
+    for (size_t i = 0; i < n; i++) {
+        jobs[i].im = &ims[i];
+        jobs[i].inflight = &inflight;
+    }
+    blip2c_callbacks cbs = { stream ? job_token_cb : NULL, job_done_cb, job_error_cb };
+    int broken = 0;
+    blip2c_error broken_err;
+    int status = EXIT_OK;
+
+    while (printed < n) {
+        int64_t now = now_ms(), wake = -1;
+        /* submit, in input order, as the window allows */
+        for (size_t i = printed; i < n && inflight < x->jobs; i++) {
+            job *j = &jobs[i];
+            if (j->state != JOB_WAITING) continue;
+            if (broken) {
+                j->state = JOB_DONE;
+                j->err = broken_err;
+                continue;
+            }
+            if (j->not_before > now) {
+                if (wake < 0 || j->not_before < wake) wake = j->not_before;
+                continue;
+            }
+            blip2c_request rq;
+            image_request(j->im, &rq);
+            rq.prompt = x->prompt;
+            rq.params = &x->params;
+            blip2c_error err;
+            if (blip2c_submit(x->conn, &rq, &cbs, j, &j->id, &err) < 0) {
+                j->state = JOB_DONE;
+                j->err = err;
+                if (err.code == BLIP2C_ECONNLOST || err.code == BLIP2C_EPROTO) {
+                    broken = err.code;
+                    broken_err = err;
+                }
+                continue;
+            }
+            j->state = JOB_RUNNING;
+            j->deadline = x->timeout_ms ? now + x->timeout_ms : 0;
+            inflight++;
+        }
+        if (broken)  /* nothing more will be submitted */
+            for (size_t i = printed; i < n; i++)
+                if (jobs[i].state == JOB_WAITING) {
+                    jobs[i].state = JOB_DONE;
+                    jobs[i].err = broken_err;
+                }
+        /* print what is complete, in input order */
+        while (printed < n && jobs[printed].state == JOB_DONE) {
+            job *j = &jobs[printed++];
+            const char *prefix = n > 1 ? j->im->name : NULL;
+            if (j->res) {
+                if (x->json) print_result_json(j->im->name, NULL, x->prompt, j->res);
+                else print_result_text(prefix, j->res, j->st.started);
+                if (x->verbose) print_timings(j->im->name, j->res);
+                blip2c_result_free(j->res);
+                j->res = NULL;
+            } else {
+                if (j->st.started) putchar('\n');
+                if (x->json) print_error_json(j->im->name, NULL, &j->err);
+                warnx_("%s: %s", j->im->name, j->err.message);
+                if (status == EXIT_OK) status = exit_for(j->err.code);
+            }
+        }
+        if (printed == n) break;
+        if (inflight == 0 && broken) continue;  /* drain the rest as errors */
+
+        /* --timeout: give up on what ran too long (the daemon is asked to
+         * stop it; whatever it still sends for it is ignored) */
+        bool expired = false;
+        for (size_t i = printed; i < n && x->timeout_ms; i++) {
+            job *j = &jobs[i];
+            if (j->state != JOB_RUNNING) continue;
+            if (j->deadline <= now) {
+                blip2c_cancel(x->conn, j->id, NULL);
+                j->abandoned = true;
+                j->state = JOB_DONE;
+                inflight--;
+                j->err.code = BLIP2C_ETIMEDOUT;
+                j->err.code_name[0] = j->err.field[0] = '\0';
+                snprintf(j->err.message, sizeof j->err.message,
+                         "no result within the --timeout; the request was canceled");
+                expired = true;
+            } else if (wake < 0 || j->deadline < wake) {
+                wake = j->deadline;
+            }
+        }
+        if (expired || (inflight == 0 && wake < 0)) continue;  /* print / submit more */
+        struct pollfd pfd = { blip2c_fd(x->conn), POLLIN, 0 };
+        if (blip2c_want_write(x->conn)) pfd.events |= POLLOUT;
+        int t = -1;
+        if (wake >= 0) {
+            int64_t left = wake - now_ms();
+            t = left < 0 ? 0 : left > 60000 ? 60000 : (int)left;
+        }
+        if (poll(&pfd, 1, t) < 0 && errno != EINTR) {
+            warnx_("poll: %s", strerror(errno));
+            exit(EXIT_SERVER);
+        }
+        blip2c_error err;
+        if (!broken && blip2c_process(x->conn, &err) < 0) {
+            broken = err.code;
+            broken_err = err;
+        }
+    }
+    free(jobs);
+    free_images(ims, n);
+    return status;
+}
+
+/* ---- ask and chat ---------------------------------------------------------------------------- */
+
+/* One blocking generate; prints the answer (or the error).  Returns the
+ * error code (0 on success) and, if answer is not NULL, the trimmed answer
+ * (caller frees). */
+static int run_one(ctl *x, const image *im, int fd, const char *question,
+                   const char *prompt, char **answer, bool report_too_large)
+{
+    blip2c_request rq;
+    if (fd >= 0) {
+        blip2c_request_init(&rq);
+        rq.image_fd = fd;
+    } else {
+        image_request(im, &rq);
+    }
+    rq.prompt = prompt;
+    rq.params = &x->params;
+    streamer st = { false };
+    bool stream = want_stream(x);
+    blip2c_result *res;
+    blip2c_error err;
+    int rc = blip2c_generate(x->conn, &rq, stream ? on_token_print : NULL, &st, &res, &err);
+    if (rc < 0) {
+        if (st.started) putchar('\n');
+        if (rc == BLIP2C_ETOO_LARGE && !report_too_large) return rc;
+        if (x->json) print_error_json(im->name, question, &err);
+        warnx_("%s", err.message);
+        return rc;
+    }
+    if (x->json) print_result_json(im->name, question, prompt, res);
+    else print_result_text(NULL, res, st.started);
+    if (x->verbose) print_timings(im->name, res);
+    if (answer) {
+        const char *s = res->text;
+        size_t len = res->n_seqs ? res->seqs[0].text_len : 0;
+        while (len && (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')) { s++; len--; }
+        while (len && (s[len - 1] == ' ' || s[len - 1] == '\n' || s[len - 1] == '\t' ||
+                       s[len - 1] == '\r'))
+            len--;
+        *answer = strndup(s, len);
+    }
+    blip2c_result_free(res);
+    return 0;
+}
+
+static int cmd_ask(ctl *x, char *name, char **words, size_t nw)
+{
+    size_t qlen = 0;
+    for (size_t i = 0; i < nw; i++) qlen += strlen(words[i]) + 1;
+    char *q = malloc(qlen + 1);
+    if (!q) { warnx_("out of memory"); return EXIT_SERVER; }
+    q[0] = '\0';
+    for (size_t i = 0; i < nw; i++) {
+        if (i) strcat(q, " ");
+        strcat(q, words[i]);
+    }
+    if (!q[strspn(q, " \t")]) usage_error("ask: the question is empty");
+    image *im = load_images(&name, 1);
+    connect_or_exit(x);
+    size_t plen = strlen(q) + sizeof "Question:  Answer:";
+    char *prompt = malloc(plen);
+    if (!prompt) { warnx_("out of memory"); return EXIT_SERVER; }
+    snprintf(prompt, plen, "Question: %s Answer:", q);
+    int rc = run_one(x, im, -1, q, prompt, NULL, true);
+    free(prompt);
+    free(q);
+    free_images(im, 1);
+    return exit_for(rc);
+}
+
+typedef struct turn { char *q, *a; } turn;
+
+/* "Question: q1 Answer: a1. Question: q2 Answer: a2. Question: q Answer:"
+ * from turns [first, n), the template the BLIP-2 documentation shows (the
+ * period is left out when the answer already ends a sentence). */
+static char *chat_prompt(const turn *t, size_t first, size_t n, const char *q)
+{
+    size_t len = strlen(q) + 32;
+    for (size_t i = first; i < n; i++) len += strlen(t[i].q) + strlen(t[i].a) + 32;
+    char *p = malloc(len), *w = p;
+    if (!p) return NULL;
+    for (size_t i = first; i < n; i++) {
+        size_t al = strlen(t[i].a);
+        bool ends = al && strchr(".!?", t[i].a[al - 1]);
+        w += sprintf(w, "Question: %s Answer: %s%s ", t[i].q, t[i].a, ends ? "" : ".");
+    }
+    sprintf(w, "Question: %s Answer:", q);
+    return p;
+}
+
+static int cmd_chat(ctl *x, char *name)
+{
+    if (strcmp(name, "-") == 0)
+        usage_error("chat: the image cannot come from standard input, which carries "
+                    "the questions");
+    image *im = load_images(&name, 1);
+    blip2c_error err;
+    int fd;
+    if (blip2c_open_image(name, &fd, &err) < 0) {
+        warnx_("%s", err.message);
+        return EXIT_USAGE;
+    }
+    connect_or_exit(x);
+    const blip2c_info *info = blip2c_info_get(x->conn);
+    bool interactive = isatty(0);
+    if (interactive)
+        fprintf(stderr, "Chatting about %s. One question per line; /reset forgets the "
+                        "conversation, /quit or Ctrl-D ends.\n", name);
+    turn *hist = NULL;
+    size_t nh = 0, first = 0, cap = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    int status = EXIT_OK;
+    for (;;) {
+        if (interactive) {
+            fputs("> ", stderr);
+            fflush(stderr);
+        }
+        ssize_t got = getline(&line, &lcap, stdin);
+        if (got < 0) break;
+        while (got && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+        char *q = line + strspn(line, " \t");
+        size_t ql = strlen(q);
+        while (ql && (q[ql - 1] == ' ' || q[ql - 1] == '\t')) q[--ql] = '\0';
+        if (!*q) continue;
+        if (strcmp(q, "/quit") == 0 || strcmp(q, "/exit") == 0) break;
+        if (strcmp(q, "/reset") == 0) {
+            first = nh;
+            if (interactive || x->verbose) fputs("(conversation forgotten)\n", stderr);
+            continue;
+        }
+        char *answer = NULL;
+        int rc;
+        for (;;) {
+            char *prompt = chat_prompt(hist, first, nh, q);
+            if (!prompt) { warnx_("out of memory"); return EXIT_SERVER; }
+            if (strlen(prompt) > info->max_prompt_bytes && first < nh) {
+                free(prompt);
+                first++;  /* drop the oldest turn */
+                continue;
+            }
+            rc = run_one(x, im, fd, q, prompt, &answer, first == nh);
+            free(prompt);
+            if (rc == BLIP2C_ETOO_LARGE && first < nh) {
+                first++;
+                if (x->verbose) warnx_("dropped the oldest turn to fit the model's context");
+                continue;
+            }
+            break;
+        }
+        if (rc == BLIP2C_ECONNLOST || rc == BLIP2C_EPROTO) {
+            status = exit_for(rc);
+            break;
+        }
+        if (rc < 0) {
+            if (status == EXIT_OK) status = exit_for(rc);
+            continue;
+        }
+        if (!answer) { warnx_("out of memory"); return EXIT_SERVER; }
+        if (nh == cap) {
+            cap = cap ? 2 * cap : 8;
+            turn *nt = realloc(hist, cap * sizeof *nt);
+            if (!nt) { warnx_("out of memory"); return EXIT_SERVER; }
+            hist = nt;
+        }
+        hist[nh].q = strdup(q);
+        hist[nh].a = answer;
+        if (!hist[nh].q) { warnx_("out of memory"); return EXIT_SERVER; }
+        nh++;
+    }
+    for (size_t i = 0; i < nh; i++) {
+        free(hist[i].q);
+        free(hist[i].a);
+    }
+    free(hist);
+    free(line);
+    close(fd);
+    free_images(im, 1);
+    return status;
+}
+
+/* ---- status and ping ------------------------------------------------------------------------- */
+
+static void fmt_bytes(char *buf, size_t n, uint64_t b)
+{
+    if (b >= (1ull << 30)) snprintf(buf, n, "%.1f GiB", (double)b / (1ull << 30));
+    else if (b >= (1ull << 20)) snprintf(buf, n, "%.1f MiB", (double)b / (1ull << 20));
+    else if (b >= 1024) snprintf(buf, n, "%.1f KiB", (double)b / 1024);
+    else snprintf(buf, n, "%" PRIu64 " B", b);
+}
+
+static int cmd_status(ctl *x)
+{
+    connect_or_exit(x);
+    blip2c_status *s;
+    blip2c_error err;
+    if (blip2c_status_get(x->conn, &s, &err) < 0) {
+        if (x->json) print_error_json(NULL, NULL, &err);
+        warnx_("%s", err.message);
+        return exit_for(err.code);
+    }
+    const blip2c_info *in = blip2c_info_get(x->conn);
+    if (x->json) {
+        json_t *o = json_pack(
+            "{s:s, s:s, s:s, s:I, s:I, s:{s:s,s:s,s:s,s:s}, s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
+            " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I,s:I,s:I,s:I,s:I},"
+            " s:{s:I,s:I,s:I}}",
+            "socket", in->socket_path, "server", in->server, "version", s->version,
+            "protocol", (json_int_t)s->protocol, "uptime_ms", (json_int_t)s->uptime_ms,
+            "model", "path", s->model_path, "name", s->model_name,
+            "family", s->model_family, "dtype", s->model_dtype,
+            "config", "image_size", (json_int_t)s->image_size, "vision_layers", (json_int_t)s->vision_layers,
+            "vision_hidden", (json_int_t)s->vision_hidden, "qformer_layers", (json_int_t)s->qformer_layers,
+            "num_query_tokens", (json_int_t)s->num_query_tokens, "text_layers", (json_int_t)s->text_layers,
+            "text_hidden", (json_int_t)s->text_hidden, "vocab_size", (json_int_t)s->vocab_size,
+            "max_positions", (json_int_t)s->max_positions,
+            "queue_depth", (json_int_t)s->queue_depth, "active", (json_int_t)s->active,
+            "max_queue", (json_int_t)s->max_queue, "max_batch", (json_int_t)s->max_batch,
+            "connections", (json_int_t)s->connections, "threads", (json_int_t)s->threads,
+            "requests_total", (json_int_t)s->requests_total,
+            "cache", "hits", (json_int_t)s->cache_hits, "misses", (json_int_t)s->cache_misses,
+            "entries", (json_int_t)s->cache_entries, "bytes", (json_int_t)s->cache_bytes,
+            "capacity_bytes", (json_int_t)s->cache_capacity_bytes,
+            "limits", "max_frame", (json_int_t)in->max_frame,
+            "max_image_bytes", (json_int_t)in->max_image_bytes,
+            "max_prompt_bytes", (json_int_t)in->max_prompt_bytes);
+        if (o) print_json(o, false, 0);
+        else warnx_("cannot format the status as JSON (invalid UTF-8 from the daemon?)");
+    } else {
+        uint64_t up = s->uptime_ms / 1000;
+        char cb[32], cc[32];
+        fmt_bytes(cb, sizeof cb, s->cache_bytes);
+        fmt_bytes(cc, sizeof cc, s->cache_capacity_bytes);
+        printf("daemon:      blip2d %s, protocol %u, up %" PRIu64 "h %02" PRIu64 "m %02" PRIu64 "s\n",
+               s->version, s->protocol, up / 3600, up / 60 % 60, up % 60);
+        printf("socket:      %s (%s)\n", in->socket_path, in->socket_origin);
+        printf("model:       %s (%s, %s) from %s\n", s->model_name, s->model_family,
+               s->model_dtype, s->model_path);
+        printf("config:      image %u px; vision %u layers x %u; Q-Former %u layers, %u queries;\n"
+               "             text %u layers x %u, vocabulary %u, context %u\n",
+               s->image_size, s->vision_layers, s->vision_hidden, s->qformer_layers,
+               s->num_query_tokens, s->text_layers, s->text_hidden, s->vocab_size,
+               s->max_positions);
+        printf("requests:    %u queued (max %u), %u active (batch up to %u), %" PRIu64 " done\n",
+               s->queue_depth, s->max_queue, s->active, s->max_batch, s->requests_total);
+        printf("connections: %u\nthreads:     %u\n", s->connections, s->threads);
+        printf("cache:       %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " entries, %s of %s\n",
+               s->cache_hits, s->cache_misses, s->cache_entries, cb, cc);
+        printf("limits:      frame %" PRIu64 " B, image %" PRIu64 " B, prompt %" PRIu64 " B\n",
+               in->max_frame, in->max_image_bytes, in->max_prompt_bytes);
+    }
+    blip2c_status_free(s);
+    return EXIT_OK;
+}
+
+static int cmd_ping(ctl *x)
+{
+    connect_or_exit(x);
+    double rtt;
+    blip2c_error err;
+    if (blip2c_ping(x->conn, &rtt, &err) < 0) {
+        if (x->json) print_error_json(NULL, NULL, &err);
+        warnx_("%s", err.message);
+        return exit_for(err.code);
+    }
+    const blip2c_info *in = blip2c_info_get(x->conn);
+    if (x->json) {
+        json_t *o = json_pack("{s:s, s:s, s:f}", "server", in->server, "socket",
+                              in->socket_path, "rtt_ms", rtt);
+        if (o) print_json(o, false, 0);
+    } else {
+        printf("pong from %s at %s in %.3f ms\n", in->server, in->socket_path, rtt);
+    }
+    return EXIT_OK;
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    ctl x;
+    memset(&x, 0, sizeof x);
+    x.jobs = 4;
+    blip2c_params_init(&x.params);
+    parse_args(&x, argc, argv);
+
+    if (optind >= argc) usage_error("missing command (caption, ask, chat, status or ping)");
+    const char *cmd = argv[optind];
+    char **args = argv + optind + 1;
+    size_t nargs = (size_t)(argc - optind - 1);
+    if (x.prompt && strcmp(cmd, "caption") != 0)
+        usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
+
+    int status;
+    if (strcmp(cmd, "caption") == 0) {
+        if (nargs == 0) usage_error("caption: give at least one IMAGE (or - for stdin)");
+        status = cmd_caption(&x, args, nargs);
+    } else if (strcmp(cmd, "ask") == 0) {
+        if (nargs < 2) usage_error("ask: give an IMAGE and a QUESTION");
+        status = cmd_ask(&x, args[0], args + 1, nargs - 1);
+    } else if (strcmp(cmd, "chat") == 0) {
+        if (nargs != 1) usage_error("chat: give exactly one IMAGE");
+        status = cmd_chat(&x, args[0]);
+    } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {
+        if (nargs) usage_error("%s: takes no arguments", cmd);
+        status = cmd[0] == 's' ? cmd_status(&x) : cmd_ping(&x);
+    } else {
+        usage_error("unknown command '%s' (caption, ask, chat, status or ping)", cmd);
+    }
+    blip2c_close(x.conn);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        warnx_("cannot write the output: %s", strerror(errno));
+        if (status == EXIT_OK) status = EXIT_SERVER;
+    }
+    return status;
+}

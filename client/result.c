@@ -1,0 +1,223 @@
+/*
+ * result.c - the public value types: parameters, results, status.
+ *
+ *   blip2c_params --b2c__params_to_ipc--> b2ipc_gen_params (encoded by libipc)
+ *   decoded done reply --b2c__result_view--> blip2c_result pointing into the
+ *       reply (what a done callback borrows) --blip2c_result_dup--> one
+ *       malloc block the caller owns (what blocking calls return)
+ *   decoded status reply --b2c__status_copy--> blip2c_status, one block
+ *
+ * One allocation per object, so blip2c_result_free / blip2c_status_free are
+ * a single free() and a result never half-exists.
+ */
+#include "client-private.h"
+
+#include <stdalign.h>
+#include <stdlib.h>
+#include <string.h>
+
+void blip2c_params_init(blip2c_params *p)
+{
+    if (!p) return;
+    b2ipc_gen_params q;
+    b2ipc_gen_params_default(&q);
+    memset(p, 0, sizeof *p);
+    p->max_new_tokens = q.max_new_tokens;
+    p->min_new_tokens = q.min_new_tokens;
+    p->num_beams = q.num_beams;
+    p->length_penalty = q.length_penalty;
+    p->repetition_penalty = q.repetition_penalty;
+    p->do_sample = q.do_sample;
+    p->temperature = q.temperature;
+    p->top_k = q.top_k;
+    p->top_p = q.top_p;
+    p->has_seed = q.has_seed;
+    p->seed = q.seed;
+    p->num_return_sequences = q.num_return_sequences;
+}
+
+void b2c__params_to_ipc(const blip2c_params *p, b2ipc_gen_params *q)
+{
+    b2ipc_gen_params_default(q);
+    if (!p) return;
+    q->max_new_tokens = p->max_new_tokens;
+    q->min_new_tokens = p->min_new_tokens;
+    q->num_beams = p->num_beams;
+    q->length_penalty = p->length_penalty;
+    q->repetition_penalty = p->repetition_penalty;
+    q->do_sample = p->do_sample;
+    q->temperature = p->temperature;
+    q->top_k = p->top_k;
+    q->top_p = p->top_p;
+    q->has_seed = p->has_seed;
+    q->seed = p->seed;
+    q->num_return_sequences = p->num_return_sequences;
+    q->stop = p->stop;
+    q->n_stop = p->n_stop;
+}
+
+int blip2c_params_validate(const blip2c_params *p, blip2c_error *err)
+{
+    if (!p) return b2c__err(err, BLIP2C_EINVAL, "no parameters given");
+    static const uint8_t dummy = 0;
+    b2ipc_request rq;
+    b2ipc_request_init(&rq, B2IPC_OP_GENERATE);
+    rq.generate.image = &dummy;   /* the image is not what we check here */
+    rq.generate.image_len = 1;
+    b2c__params_to_ipc(p, &rq.generate.params);
+    b2ipc_error ie;
+    int rc = b2ipc_request_validate(&rq, NULL, &ie);
+    return rc < 0 ? b2c__from_ipc(err, rc, &ie) : 0;
+}
+
+void blip2c_request_init(blip2c_request *rq)
+{
+    if (!rq) return;
+    memset(rq, 0, sizeof *rq);
+    rq->image_fd = -1;
+}
+
+const char *blip2c_finish_name(blip2c_finish f)
+{
+    return b2ipc_finish_name((b2ipc_finish)f);
+}
+
+void b2c__result_view(const b2ipc_reply *rp, blip2c_result *r,
+                      blip2c_seq seqs[B2IPC_MAX_SEQS])
+{
+    memset(r, 0, sizeof *r);
+    uint32_t n = rp->done.n_seqs;
+    if (n > B2IPC_MAX_SEQS) n = B2IPC_MAX_SEQS;  /* the decoder already refuses more */
+    for (uint32_t i = 0; i < n; i++) {
+        const b2ipc_seq *s = &rp->done.seqs[i];
+        seqs[i].text = s->text ? s->text : "";
+        seqs[i].text_len = s->text ? s->text_len : 0;
+        seqs[i].ids = s->ids;
+        seqs[i].n_ids = s->ids ? s->n_ids : 0;
+        seqs[i].finish = (blip2c_finish)s->finish;
+    }
+    r->id = rp->id;
+    r->seqs = seqs;
+    r->n_seqs = n;
+    r->text = n ? seqs[0].text : "";
+    r->has_seed = rp->done.has_seed;
+    r->seed = rp->done.seed;
+    r->prompt_tokens = rp->done.prompt_tokens;
+    r->cached = rp->done.cached;
+    const b2ipc_timings *t = &rp->done.timings;
+    r->timings = (blip2c_timings){
+        .queue_ms = t->queue_ms, .preprocess_ms = t->preprocess_ms,
+        .vision_ms = t->vision_ms, .prefill_ms = t->prefill_ms,
+        .decode_ms = t->decode_ms, .total_ms = t->total_ms,
+        .tokens_per_s = t->tokens_per_s,
+    };
+}
+
+static size_t b2c__align(size_t n, size_t a)
+{
+    return (n + a - 1) / a * a;
+}
+
+blip2c_result *blip2c_result_dup(const blip2c_result *r)
+{
+    if (!r) return NULL;
+    /* layout: result | seqs[n] | ids of each seq | texts */
+    size_t size = b2c__align(sizeof(blip2c_result), alignof(blip2c_seq));
+    size_t off_seqs = size;
+    size += r->n_seqs * sizeof(blip2c_seq);
+    size = b2c__align(size, alignof(uint32_t));
+    size_t off_ids = size;
+    for (size_t i = 0; i < r->n_seqs; i++) size += r->seqs[i].n_ids * sizeof(uint32_t);
+    size_t off_text = size;
+    for (size_t i = 0; i < r->n_seqs; i++) size += r->seqs[i].text_len + 1;
+
+    char *block = malloc(size);
+    if (!block) return NULL;
+    blip2c_result *d = (blip2c_result *)block;
+    *d = *r;
+    blip2c_seq *seqs = (blip2c_seq *)(block + off_seqs);
+    uint32_t *ids = (uint32_t *)(block + off_ids);
+    char *text = block + off_text;
+    for (size_t i = 0; i < r->n_seqs; i++) {
+        const blip2c_seq *s = &r->seqs[i];
+        seqs[i] = *s;
+        if (s->n_ids) memcpy(ids, s->ids, s->n_ids * sizeof(uint32_t));
+        seqs[i].ids = s->n_ids ? ids : NULL;
+        ids += s->n_ids;
+        if (s->text_len) memcpy(text, s->text, s->text_len);
+        text[s->text_len] = '\0';
+        seqs[i].text = text;
+        text += s->text_len + 1;
+    }
+    d->seqs = r->n_seqs ? seqs : NULL;
+    d->text = r->n_seqs ? seqs[0].text : "";
+    return d;
+}
+
+void blip2c_result_free(blip2c_result *r)
+{
+    free(r);
+}
+
+/* ---- status ---------------------------------------------------------------- */
+
+static size_t b2c__slen(const char *s)
+{
+    return s ? strlen(s) + 1 : 1;
+}
+
+static const char *b2c__put(char **cur, const char *s)
+{
+    char *d = *cur;
+    size_t n = s ? strlen(s) : 0;
+    if (n) memcpy(d, s, n);
+    d[n] = '\0';
+    *cur += n + 1;
+    return d;
+}
+
+blip2c_status *b2c__status_copy(const b2ipc_status *s)
+{
+    size_t size = sizeof(blip2c_status) + b2c__slen(s->version) +
+                  b2c__slen(s->model.path) + b2c__slen(s->model.name) +
+                  b2c__slen(s->model.family) + b2c__slen(s->model.dtype);
+    char *block = malloc(size);
+    if (!block) return NULL;
+    blip2c_status *d = (blip2c_status *)block;
+    char *cur = block + sizeof *d;
+    memset(d, 0, sizeof *d);
+    d->version = b2c__put(&cur, s->version);
+    d->model_path = b2c__put(&cur, s->model.path);
+    d->model_name = b2c__put(&cur, s->model.name);
+    d->model_family = b2c__put(&cur, s->model.family);
+    d->model_dtype = b2c__put(&cur, s->model.dtype);
+    d->protocol = s->protocol;
+    d->uptime_ms = s->uptime_ms;
+    d->image_size = s->config.image_size;
+    d->vision_layers = s->config.vision_layers;
+    d->vision_hidden = s->config.vision_hidden;
+    d->qformer_layers = s->config.qformer_layers;
+    d->num_query_tokens = s->config.num_query_tokens;
+    d->text_layers = s->config.text_layers;
+    d->text_hidden = s->config.text_hidden;
+    d->vocab_size = s->config.vocab_size;
+    d->max_positions = s->config.max_positions;
+    d->queue_depth = s->queue_depth;
+    d->active = s->active;
+    d->max_queue = s->max_queue;
+    d->max_batch = s->max_batch;
+    d->connections = s->connections;
+    d->threads = s->threads;
+    d->requests_total = s->requests_total;
+    d->cache_hits = s->cache.hits;
+    d->cache_misses = s->cache.misses;
+    d->cache_entries = s->cache.entries;
+    d->cache_bytes = s->cache.bytes;
+    d->cache_capacity_bytes = s->cache.capacity_bytes;
+    return d;
+}
+
+void blip2c_status_free(blip2c_status *st)
+{
+    free(st);
+}

@@ -455,7 +455,7 @@ static json_t *jstr(const char *s)
  * unsigned 64-bit number, which jansson's signed integers cannot hold. */
 static void print_json(json_t *o, bool has_seed, uint64_t seed)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!s) { warnx_("out of memory"); return; }
     size_t n = strlen(s);

@@ -579,6 +579,35 @@ static void test_broken(void)
        "submit and process after the loss: ECONNLOST");
     blip2c_close(c);
 
+    /* writing after the daemon closed: EPIPE, never SIGPIPE (the default
+     * disposition would kill this test) */
+    c = conn();
+    memset(&r, 0, sizeof r);
+    submit(c, &s[0], &r, 0, "die", &nb_cbs_nostream);
+    struct timespec pause = { 0, 200 * 1000000 };
+    nanosleep(&pause, NULL);  /* the daemon is gone; we have not read the EOF */
+    char *junk = malloc(1u << 20);
+    memset(junk, 'j', 1u << 20);
+    blip2c_request_init(&rq);
+    rq.image = junk;
+    rq.image_len = 1u << 20;
+    /* the first write meets EPIPE: that request is accepted and fails
+     * through its callback; later submits fail at once, without callback */
+    int accepted = 1;
+    for (int i = 1; i < 4; i++) {
+        s[i].r = &r;
+        s[i].idx = i;
+        if (blip2c_submit(c, &rq, &nb_cbs_nostream, &s[i], NULL, &err) == 0) accepted++;
+        else if (err.code != BLIP2C_ECONNLOST) accepted = -100;
+    }
+    int rc2 = run_loop(c, 3000);
+    ok(accepted >= 1 && rc2 == BLIP2C_ECONNLOST && blip2c_pending(c) == 0 &&
+           r.n_err == accepted && r.n_done == 0,
+       "writes after the daemon closed: no SIGPIPE; %d accepted requests each get "
+       "ECONNLOST, the rest are refused at submit", accepted);
+    free(junk);
+    blip2c_close(c);
+
     /* an error without id, then close: the loss explains itself */
     c = conn();
     char *text;

@@ -3,7 +3,10 @@
  *
  * Pure functions: output first, inputs const, no allocation, no logging.
  * Matrices are row-major f32.  b2__matmul_t is the one place that calls
- * OpenBLAS sgemm; everything with many rows goes through it.
+ * OpenBLAS sgemm; everything with many rows goes through it.  The
+ * element-wise kernels (GELU, softmax, layer norm, residual adds) run the
+ * fastest implementation the CPU supports, chosen at run time (b2_simd):
+ * AVX2+FMA (kernels_avx2.c) or portable C (kernels.c).
  */
 #ifndef BLIP2_KERNELS_H
 #define BLIP2_KERNELS_H
@@ -39,18 +42,50 @@ void b2__layernorm(float *y, const float *x, int n, const b2_ln *ln, float eps);
 /* x (n) = act(x), in place. */
 void b2__act(float *x, size_t n, b2_act a);
 
+/* x (n, d) = act(x + b), in place; b (d) is added to every row, or NULL. */
+void b2__bias_act(float *x, const float *b, int n, int d, b2_act a);
+
+/* h (n, d) += x (n, d) + b (d) (b may be NULL), then y (n, d) =
+ * LayerNorm(h), row by row while the row is in cache.  y must not alias
+ * h or x. */
+void b2__residual_layernorm(float *y, float *h, const float *x, const float *b, int n,
+                            const b2_ln *ln, float eps);
+
 /* x (n) = softmax(x), in place. */
 void b2__softmax(float *x, int n);
 
 /* y (n) += x (n). */
 void b2__add(float *y, const float *x, size_t n);
 
+/* One implementation of the element-wise kernels.  Semantics as the
+ * functions above; GELU is the exact erf form. */
+typedef struct b2_simd {
+    const char *name;                                 /* "avx2", "portable" */
+    void (*gelu_bias)(float *x, const float *b, size_t n, size_t d); /* x (n,d) = gelu(x + b) */
+    void (*softmax)(float *x, int n);
+    void (*layernorm)(float *y, const float *x, int n, const b2_ln *ln, float eps);
+    void (*residual)(float *h, const float *x, const float *b, size_t n, size_t d); /* h += x + b */
+    /* c (m, ldc)[:, :n] = alpha * a (m, lda)[:, :k] @ b (k, ldb)[:, :n]; NULL:
+     * attention uses OpenBLAS, one head after another */
+    void (*gemm_nn)(float *c, int ldc, const float *a, int lda, const float *b, int ldb,
+                    int m, int n, int k, float alpha);
+} b2_simd;
+
+/* The implementation in use: the best this CPU runs, or the one named by
+ * the environment variable BLIP2_KERNELS (decided once, at first use). */
+const b2_simd *b2__simd(void);
+/* The implementation called name, or NULL if this build or CPU lacks it
+ * (for tests and benchmarks that compare them). */
+const b2_simd *b2__simd_get(const char *name);
+
 /* Multi-head attention without masking, for nq queries and nk keys:
  * out (nq, ldo) [:, h*hd..] = softmax(scale * q_h k_h^T) v_h for each head h,
  * where q (nq, ldq), k (nk, ldk), v (nk, ldv) hold head h at columns h*hd.
- * scratch holds nq*nk floats. */
+ * Heads run in parallel on the compute pool (pool.h) when the SIMD kernels
+ * have gemm_nn.  scratch holds b2__attention_scratch(nq, nk, hd) floats. */
 void b2__attention(float *out, int ldo, const float *q, int ldq, const float *k, int ldk,
                    const float *v, int ldv, int nq, int nk, int heads, int hd,
                    float scale, float *scratch);
+size_t b2__attention_scratch(int nq, int nk, int hd);
 
 #endif

@@ -27,7 +27,8 @@ int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *ou
     const int hd = D / c->q_heads;
     float *q = malloc(sizeof(float) * Q * D), *a = malloc(sizeof(float) * Q * D);
     float *k = malloc(sizeof(float) * (size_t)T * D), *v = malloc(sizeof(float) * (size_t)T * D);
-    float *f = malloc(sizeof(float) * (size_t)Q * F), *sc = malloc(sizeof(float) * (size_t)Q * T);
+    const size_t nsc = b2__attention_scratch(Q, T > Q ? T : Q, hd);
+    float *f = malloc(sizeof(float) * (size_t)Q * F), *sc = malloc(sizeof(float) * nsc);
     int rc = 0;
     if (!q || !a || !k || !v || !f || !sc) {
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the Q-Former");

@@ -8,8 +8,12 @@
  *     -> post_layernorm -> last_hidden_state (n, T=1+P, Dv)
  *     -> pooled = post_layernorm(last_hidden_state[:, 0])   (normed twice,
  *        as transformers 4.37.2 does)
- * Linear layers run over all n*T rows at once (sgemm); attention per image
- * and head.
+ * Linear layers run over all n*T rows at once (sgemm, without bias); the
+ * bias rides on the next element-wise pass: fc1's with the GELU, proj's and
+ * fc2's with the residual add, which also yields the next layer norm
+ * (ln2, the next layer's ln1, or post_layernorm) while the row is in
+ * cache.  Attention runs per image, its heads spread over the compute
+ * threads.
  */
 #include "engine.h"
 #include "error.h"
@@ -26,13 +30,14 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
     const int g = S / ps, P = g * g, T = 1 + P, K = 3 * ps * ps, hd = D / c->v_heads;
     const size_t rows = (size_t)n * T;
     float *patches = malloc(sizeof(float) * (size_t)n * P * K);
-    float *x = malloc(sizeof(float) * rows * D);
+    float *h = malloc(sizeof(float) * rows * D);  /* the residual stream */
+    float *x = malloc(sizeof(float) * rows * D);  /* layer-norm output */
     float *qkv = malloc(sizeof(float) * rows * 3 * D);
     float *att = malloc(sizeof(float) * rows * D);
-    float *ff = malloc(sizeof(float) * rows * (size_t)(F > 3 * D ? F : 3 * D));
-    float *sc = malloc(sizeof(float) * (size_t)T * T);
+    float *ff = malloc(sizeof(float) * rows * (size_t)F);
+    float *sc = malloc(sizeof(float) * b2__attention_scratch(T, T, hd));
     int rc = 0;
-    if (!patches || !x || !qkv || !att || !ff || !sc) {
+    if (!patches || !h || !x || !qkv || !att || !ff || !sc) {
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the vision encoder");
         goto out;
     }
@@ -47,7 +52,6 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
                                px + (((size_t)b * 3 + ch) * S + (size_t)gy * ps + ky) * S + (size_t)gx * ps,
                                sizeof(float) * ps);
             }
-    float *h = out; /* the residual stream lives in the output buffer */
     for (int b = 0; b < n; b++) {
         float *hb = h + (size_t)b * T * D;
         memcpy(hb, m->class_emb, sizeof(float) * D);
@@ -55,29 +59,31 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
         b2__add(hb, m->pos_emb, (size_t)T * D);
     }
     const float scale = 1.0f / sqrtf((float)hd);
+    float *y = qkv; /* sgemm output before its bias; qkv is free by then */
+    if (c->v_layers > 0) b2__layernorm(x, h, (int)rows, &m->vl[0].ln1, c->v_eps);
+    else b2__layernorm(out, h, (int)rows, &m->post_ln, c->v_eps);
     for (int l = 0; l < c->v_layers; l++) {
         const b2_vision_layer *L = &m->vl[l];
-        b2__layernorm(x, h, (int)rows, &L->ln1, c->v_eps);
+        const b2_ln *next_ln = l + 1 < c->v_layers ? &m->vl[l + 1].ln1 : &m->post_ln;
         b2__linear(qkv, x, (int)rows, &L->qkv);
         for (int b = 0; b < n; b++) {
             const float *qb = qkv + (size_t)b * T * 3 * D;
             b2__attention(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D,
                           T, T, c->v_heads, hd, scale, sc);
         }
-        b2__linear(x, att, (int)rows, &L->proj);
-        b2__add(h, x, rows * D);
-        b2__layernorm(x, h, (int)rows, &L->ln2, c->v_eps);
-        b2__linear(ff, x, (int)rows, &L->fc1);
-        b2__act(ff, rows * F, c->v_act);
-        b2__linear(x, ff, (int)rows, &L->fc2);
-        b2__add(h, x, rows * D);
+        b2__matmul_t(y, D, att, D, L->proj.w, D, (int)rows, D, D, 1.0f, 0.0f);
+        b2__residual_layernorm(x, h, y, L->proj.b, (int)rows, &L->ln2, c->v_eps);
+        b2__matmul_t(ff, F, x, D, L->fc1.w, D, (int)rows, F, D, 1.0f, 0.0f);
+        b2__bias_act(ff, L->fc1.b, (int)rows, F, c->v_act);
+        b2__matmul_t(y, D, ff, F, L->fc2.w, F, (int)rows, D, F, 1.0f, 0.0f);
+        b2__residual_layernorm(l + 1 < c->v_layers ? x : out, h, y, L->fc2.b, (int)rows, next_ln, c->v_eps);
     }
-    b2__layernorm(out, h, (int)rows, &m->post_ln, c->v_eps);
     if (pooled)
         for (int b = 0; b < n; b++)
             b2__layernorm(pooled + (size_t)b * D, out + (size_t)b * T * D, 1, &m->post_ln, c->v_eps);
 out:
     free(patches);
+    free(h);
     free(x);
     free(qkv);
     free(att);

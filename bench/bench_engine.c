@@ -1,0 +1,577 @@
+/*
+ * bench_engine.c - times the engine's stages on a model folder (random
+ * weights at real shapes from gen_weights, or a real checkpoint) and puts
+ * each next to the machine's limits measured in the same run.
+ *
+ *   load (blip2_model_load; f16/bf16 converted to f32 here)
+ *   per round r = 1..R:
+ *     limits:  OpenBLAS sgemm at the ViT's fc1 shape (T x Dv @ (F x Dv)^T,
+ *              the engine's layout) -> GFLOP/s; memory read of >= 2 GiB
+ *              with a multi-accumulator SIMD loop on as many threads as
+ *              OpenBLAS uses (AVX-512 / AVX2 / portable, chosen at run time)
+ *              -> GB/s
+ *     vision:  b2__vision_forward, one image           FLOP / time / sgemm
+ *     qformer: b2__qformer_forward + language projection     "
+ *     prefill: b2__opt_forward over Q + L rows, logits of the last row  "
+ *     decode:  S steps of one token (forward + logits + argmax); per token
+ *              the bytes of every OPT weight and the KV cache read / time
+ *              / memory GB/s
+ *   -> a table of medians over rounds; each ratio is taken against the
+ *      limits of its own round (the host's speed drifts), then the median.
+ *
+ * Uses the engine's internal headers (engine.h) to call stages one by one.
+ */
+#include "engine.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define B2B_X86 1
+#endif
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n)
+{
+    double *t = malloc(sizeof(double) * (size_t)n);
+    if (!t || n == 0) { free(t); return NAN; }
+    memcpy(t, v, sizeof(double) * (size_t)n);
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    double m = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    free(t);
+    return m;
+}
+
+static float *rand_buf(size_t n, float scale, uint64_t seed)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    if (!p) return NULL;
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        p[i] = scale * ((float)(x >> 40) * (1.0f / 8388608.0f) - 1.0f);
+    }
+    return p;
+}
+
+/* ---- memory-read bandwidth ---- */
+
+volatile float bench_sink; /* keeps the reads from being optimised away */
+
+typedef float (*read_fn)(const float *p, size_t n);
+
+/* Portable: eight independent accumulators (n is a multiple of 64). */
+static float read_portable(const float *p, size_t n)
+{
+    float a[8] = {0};
+    for (size_t i = 0; i < n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += p[i + k];
+    return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
+}
+
+#ifdef B2B_X86
+__attribute__((target("avx2")))
+static float read_avx2(const float *p, size_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (size_t i = 0; i < n; i += 64) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+        a4 = _mm256_add_ps(a4, _mm256_load_ps(p + i + 32));
+        a5 = _mm256_add_ps(a5, _mm256_load_ps(p + i + 40));
+        a6 = _mm256_add_ps(a6, _mm256_load_ps(p + i + 48));
+        a7 = _mm256_add_ps(a7, _mm256_load_ps(p + i + 56));
+    }
+    a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                       _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    float t[8];
+    _mm256_storeu_ps(t, a0);
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+
+__attribute__((target("avx512f")))
+static float read_avx512(const float *p, size_t n)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#endif
+
+static read_fn pick_read(const char **name)
+{
+#ifdef B2B_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) { *name = "AVX-512"; return read_avx512; }
+    if (__builtin_cpu_supports("avx2")) { *name = "AVX2"; return read_avx2; }
+#endif
+    *name = "portable";
+    return read_portable;
+}
+
+typedef struct rd_job {
+    read_fn fn;
+    const float *p;
+    size_t n;
+    int cpu;        /* pin to this CPU first, or -1 */
+    float sum;
+} rd_job;
+
+static void *rd_thread(void *arg)
+{
+    rd_job *j = arg;
+    if (j->cpu >= 0) {
+        cpu_set_t cs;
+        CPU_ZERO(&cs);
+        CPU_SET(j->cpu, &cs);
+        sched_setaffinity(0, sizeof cs, &cs);
+    }
+    j->sum = j->fn(j->p, j->n);
+    return NULL;
+}
+
+/* One pass over buf (n floats) split over nt threads, each pinned to its
+ * own CPU (two readers on one CPU would halve the figure); returns GB/s. */
+static double mem_pass(read_fn fn, const float *buf, size_t n, int nt, float *sink)
+{
+    rd_job jobs[64];
+    pthread_t th[64];
+    cpu_set_t saved;
+    int cpus[64], nc = 0;
+    if (nt > 64) nt = 64;
+    int pinned = sched_getaffinity(0, sizeof saved, &saved) == 0;
+    for (int c = 0; pinned && c < CPU_SETSIZE && nc < nt; c++)
+        if (CPU_ISSET(c, &saved)) cpus[nc++] = c;
+    if (nc < nt) pinned = 0;
+    size_t per = (n / (size_t)nt) & ~(size_t)63;
+    double t0 = now();
+    for (int i = 0; i < nt; i++) {
+        jobs[i] = (rd_job){fn, buf + (size_t)i * per, per, pinned ? cpus[i] : -1, 0};
+        if (i > 0) pthread_create(&th[i], NULL, rd_thread, &jobs[i]);
+    }
+    rd_thread(&jobs[0]);
+    for (int i = 1; i < nt; i++) pthread_join(th[i], NULL);
+    double dt = now() - t0;
+    if (pinned) sched_setaffinity(0, sizeof saved, &saved);
+    for (int i = 0; i < nt; i++) *sink += jobs[i].sum;
+    return (double)per * nt * sizeof(float) / dt / 1e9;
+}
+
+/* ---- the benchmark ---- */
+
+typedef struct opts {
+    const char *model;
+    int rounds, steps, threads, verbose;
+    double mem_gib;
+    const char *prompt;
+    int do_vision, do_qformer, do_lm, limits_only;
+} opts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: bench_engine --model DIR [options]\n"
+        "  --rounds N        measurement rounds; medians over them (default 3)\n"
+        "  --decode-steps N  decode steps per round (default 20)\n"
+        "  --prompt TEXT     prompt after the 32 query tokens (default\n"
+        "                    \"Question: what is shown in this picture? Answer:\")\n"
+        "  --threads N       OpenBLAS threads (default: OpenBLAS's own choice)\n"
+        "  --mem-gib G       memory-read buffer size (default 2, at least 2 for a fair limit)\n"
+        "  --only LIST       stages to run: vision,qformer,lm (default all)\n"
+        "  --limits-only     measure only the limits (sgemm at every ViT shape, memory\n"
+        "                    read); needs no model\n"
+        "  -v                per-round figures\n");
+}
+
+static int parse(opts *o, int argc, char **argv)
+{
+    *o = (opts){.rounds = 3, .steps = 20, .threads = 0, .mem_gib = 2.0,
+                .prompt = "Question: what is shown in this picture? Answer:",
+                .do_vision = 1, .do_qformer = 1, .do_lm = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
+        if (!strcmp(a, "-v")) { o->verbose = 1; continue; }
+        if (!strcmp(a, "--limits-only")) { o->limits_only = 1; continue; }
+        if (!v) { fprintf(stderr, "bench_engine: %s needs a value\n", a); return -1; }
+        i++;
+        if (!strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
+        else if (!strcmp(a, "--decode-steps")) o->steps = atoi(v);
+        else if (!strcmp(a, "--prompt")) o->prompt = v;
+        else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (!strcmp(a, "--mem-gib")) o->mem_gib = atof(v);
+        else if (!strcmp(a, "--only")) {
+            o->do_vision = strstr(v, "vision") != NULL;
+            o->do_qformer = strstr(v, "qformer") != NULL;
+            o->do_lm = strstr(v, "lm") != NULL;
+        } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
+    }
+    if ((!o->model && !o->limits_only) || o->rounds < 1 || o->steps < 1 || o->mem_gib <= 0) { usage(stderr); return -1; }
+    return 0;
+}
+
+static long rss_kib(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t fl = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl)) v = atol(line + fl + 1);
+    if (f) fclose(f);
+    return v;
+}
+
+/* FLOP counts of the stages (multiply-adds count 2). */
+static double vision_flop(const b2_config *c)
+{
+    const double D = c->v_hidden, F = c->v_inter, g = c->image_size / c->patch_size, P = g * g, T = 1 + P;
+    const double K = 3.0 * c->patch_size * c->patch_size;
+    return 2 * P * K * D + c->v_layers * (2 * T * D * (3 * D + D + 2 * F) + 4 * T * T * D);
+}
+
+static double qformer_flop(const b2_config *c)
+{
+    const double D = c->q_hidden, F = c->q_inter, Q = c->num_query, Dv = c->v_hidden;
+    const double g = c->image_size / c->patch_size, T = 1 + g * g;
+    double f = 0;
+    for (int l = 0; l < c->q_layers; l++) {
+        f += 8 * Q * D * D + 4 * Q * Q * D + 4 * Q * D * F;
+        if (l % c->q_cross_freq == 0) f += 4 * Q * D * D + 4 * T * Dv * D + 4 * Q * T * D;
+    }
+    return f + 2 * Q * D * c->t_hidden;
+}
+
+static double opt_layer_params(const b2_config *c)
+{
+    const double D = c->t_hidden, F = c->t_ffn;
+    return 4 * D * D + 2 * D * F + (c->t_bias ? 5 * D + F : 0) + (c->t_ln_affine ? 4 * D : 0);
+}
+
+/* n rows at positions p0..p0+n-1, plus logits for one row */
+static double opt_flop(const b2_config *c, int n, int p0)
+{
+    const double D = c->t_hidden, F = c->t_ffn;
+    double att = 0;
+    for (int i = 0; i < n; i++) att += 4.0 * (p0 + i + 1) * D;
+    return c->t_layers * (2.0 * n * (4 * D * D + 2 * D * F) + att) + 2.0 * D * c->t_vocab;
+}
+
+/* bytes read by one decode step at position pos: every weight once
+ * (f32 in memory) and the keys and values of pos+1 positions */
+static double decode_bytes(const b2_config *c, int pos)
+{
+    const double D = c->t_hidden;
+    return 4.0 * (c->t_layers * opt_layer_params(c) + (double)c->t_vocab * D +
+                  c->t_layers * 2.0 * (pos + 1) * D);
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i;
+    return b;
+}
+
+enum { S_VISION, S_QFORMER, S_PREFILL, S_DECODE, S_N };
+static const char *const stage_name[S_N] = {"vision encoder", "Q-Former + proj", "prefill", "decode (per token)"};
+
+/* Median rate of 5 sgemm calls x (m, k) @ w (n, k)^T: the engine's layout. */
+static double sgemm_rate(const float *x, const float *w, float *y, int m, int n, int k)
+{
+    double v[5];
+    for (int i = 0; i < 5; i++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+        v[i] = 2.0 * m * n * k / (now() - t0) / 1e9;
+    }
+    return median(v, 5);
+}
+
+/* Median of 3 read passes over the buffer. */
+static double mem_rate(read_fn fn, const float *buf, size_t n, int nt, float *sink)
+{
+    double v[3];
+    for (int i = 0; i < 3; i++) v[i] = mem_pass(fn, buf, n, nt, sink);
+    return median(v, 3);
+}
+
+static void print_load(const char *when)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    char buf[128] = "?";
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+        fclose(f);
+    }
+    buf[strcspn(buf, "\n")] = 0;
+    printf("load average %s: %s\n", when, buf);
+}
+
+/* --limits-only: sgemm at each ViT-g shape (both weight layouts) and the
+ * memory read, without a model. */
+static int limits_only(const opts *o, read_fn rfn, const char *rname, int nt)
+{
+    static const struct { const char *what; int m, n, k; } sh[] = {
+        {"fc1   257x1408 @ 1408x6144", 257, 6144, 1408}, {"qkv   257x1408 @ 1408x4224", 257, 4224, 1408},
+        {"proj  257x1408 @ 1408x1408", 257, 1408, 1408}, {"fc2   257x6144 @ 6144x1408", 257, 1408, 6144},
+        {"head  257x88 @ 88x257     ", 257, 257, 88},    {"head  257x257 @ 257x88    ", 257, 88, 257},
+        {"OPT   44x2560 @ 2560x10240", 44, 10240, 2560},
+    };
+    float *a = rand_buf((size_t)257 * 6144, 1.0f, 2), *b = rand_buf((size_t)6144 * 6144, 0.05f, 3);
+    float *cc = malloc(sizeof(float) * (size_t)257 * 10240);
+    const size_t mem_n = ((size_t)(o->mem_gib * 1073741824.0) / sizeof(float)) & ~(size_t)1023;
+    float *mem = aligned_alloc(64, mem_n * sizeof(float));
+    if (!a || !b || !cc || !mem) { fprintf(stderr, "bench_engine: out of memory\n"); return 1; }
+    for (size_t i = 0; i < mem_n; i++) mem[i] = (float)(i & 7);
+    float sink = 0;
+    printf("%-28s %14s %14s\n", "sgemm (median of rounds)", "x @ W^T", "x @ W");
+    for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+        double g[2];
+        for (int tr = 0; tr < 2; tr++) {
+            double v[64];
+            int R = o->rounds * 5 > 64 ? 64 : o->rounds * 5;
+            for (int r = -1; r < R; r++) {
+                double t0 = now();
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, tr ? CblasNoTrans : CblasTrans, sh[si].m, sh[si].n,
+                            sh[si].k, 1.0f, a, sh[si].k, b, tr ? sh[si].n : sh[si].k, 0.0f, cc, sh[si].n);
+                if (r >= 0) v[r] = 2.0 * sh[si].m * sh[si].n * sh[si].k / (now() - t0) / 1e9;
+            }
+            g[tr] = median(v, R);
+        }
+        printf("%-28s %8.1f GFLOP/s %8.1f GFLOP/s\n", sh[si].what, g[0], g[1]);
+    }
+    double v[64];
+    int R = o->rounds * 3 > 64 ? 64 : o->rounds * 3;
+    mem_pass(rfn, mem, mem_n, nt, &sink);
+    for (int r = 0; r < R; r++) v[r] = mem_pass(rfn, mem, mem_n, nt, &sink);
+    printf("memory read %.1f GiB, %s, %d threads: %.1f GB/s (median of %d)\n", o->mem_gib, rname, nt,
+           median(v, R), R);
+    bench_sink = sink;
+    free(a); free(b); free(cc); free(mem);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (parse(&o, argc, argv) < 0) return 2;
+    if (o.threads > 0) openblas_set_num_threads(o.threads);
+    const int nt = openblas_get_num_threads();
+    const char *rname;
+    read_fn rfn = pick_read(&rname);
+
+    if (o.limits_only) {
+        printf("OpenBLAS %s (core %s), %d threads\n", openblas_get_config(), openblas_get_corename(), nt);
+        return limits_only(&o, rfn, rname, nt);
+    }
+    printf("bench_engine: model %s\n", o.model);
+    printf("OpenBLAS %s (core %s), %d threads; memory read with %s on %d threads over %.1f GiB\n",
+           openblas_get_config(), openblas_get_corename(), nt, rname, nt, o.mem_gib);
+    fflush(stdout);
+
+    blip2_error err = {0};
+    blip2_model *m = NULL;
+    double t0 = now();
+    if (blip2_model_load(&m, o.model, NULL, &err) < 0) {
+        fprintf(stderr, "bench_engine: %s\n", err.text);
+        return 1;
+    }
+    const double t_load = now() - t0;
+    const b2_config *c = &m->cfg;
+    const int Dv = c->v_hidden, T = blip2_vision_tokens(m), Q = c->num_query, D = c->t_hidden;
+    const int V = c->t_vocab;
+    printf("loaded in %.1f s, RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), Q-Former %dx%d, "
+           "OPT %dx%d (F=%d, V=%d)\n", t_load, rss_kib("VmRSS:") / 1048576.0,
+           rss_kib("VmHWM:") / 1048576.0, c->v_layers, Dv, T, c->v_inter, c->q_layers, c->q_hidden,
+           c->t_layers, D, c->t_ffn, V);
+
+    print_load("before");
+
+    /* prompt */
+    int32_t *ids = NULL;
+    size_t L = 0;
+    if (blip2_tokenize(m, o.prompt, 1, &ids, &L, &err) < 0) {
+        fprintf(stderr, "bench_engine: %s\n", err.text);
+        return 1;
+    }
+    const int rows = Q + (int)L, cap = rows + o.steps + 1;
+    if (cap > c->t_max_pos) { fprintf(stderr, "bench_engine: prompt too long\n"); return 1; }
+
+    /* buffers */
+    const size_t npx = blip2_pixel_values_len(m);
+    float *px = rand_buf(npx, 2.0f, 1);
+    float *vis = malloc(sizeof(float) * (size_t)T * Dv), *pooled = malloc(sizeof(float) * (size_t)Dv);
+    float *qf = malloc(sizeof(float) * (size_t)Q * c->q_hidden);
+    float *emb = malloc(sizeof(float) * (size_t)rows * D), *hid = malloc(sizeof(float) * (size_t)rows * D);
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    const int sg_m = T, sg_n = c->v_inter, sg_k = Dv;
+    float *sa = rand_buf((size_t)sg_m * sg_k, 1.0f, 2), *sb = rand_buf((size_t)sg_n * sg_k, 0.05f, 3);
+    float *sc = malloc(sizeof(float) * (size_t)sg_m * sg_n);
+    const size_t mem_n = ((size_t)(o.mem_gib * 1073741824.0) / sizeof(float)) & ~(size_t)1023;
+    float *mem = aligned_alloc(64, mem_n * sizeof(float));
+    b2_kv kv = {0};
+    b2_opt_ws ws = {0};
+    if (!px || !vis || !pooled || !qf || !emb || !hid || !logits || !sa || !sb || !sc || !mem ||
+        b2__kv_init(&kv, m, cap) < 0 || b2__opt_ws_init(&ws, m, rows, cap) < 0) {
+        fprintf(stderr, "bench_engine: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < mem_n; i++) mem[i] = (float)(i & 7);
+    /* the query embeddings for prefill come from a real Q-Former run (or noise if skipped) */
+    float *qemb = rand_buf((size_t)Q * D, 0.5f, 4);
+    if (!qemb) return 1;
+
+    const int R = o.rounds;
+    double *lim_gf = calloc((size_t)R * 6 + 1, sizeof(double)), *lim_gb = calloc((size_t)R * 2 + 1, sizeof(double));
+    int nlim_gf = 0, nlim_gb = 0;
+    double *tm[S_N], *ratio[S_N];
+    for (int s = 0; s < S_N; s++) {
+        tm[s] = calloc((size_t)R, sizeof(double));
+        ratio[s] = calloc((size_t)R, sizeof(double));
+    }
+    const double f_vis = vision_flop(c), f_qf = qformer_flop(c), f_pre = opt_flop(c, rows, 0);
+    float sink = 0;
+    double *dstep = malloc(sizeof(double) * (size_t)o.steps), *dbw = malloc(sizeof(double) * (size_t)o.steps);
+
+    /* warm-up: first-touch of scratch, OpenBLAS thread start-up */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sg_m, sg_n, sg_k, 1.0f, sa, sg_k, sb, sg_k, 0.0f, sc, sg_n);
+    mem_pass(rfn, mem, mem_n, nt, &sink);
+
+    /* Each stage is bracketed by limit measurements; its ratio uses the
+     * mean of the two, so a change of the host's speed during a round
+     * shifts stage and limit alike. */
+    for (int r = 0; r < R; r++) {
+        double gf0, gf1;
+        if (o.do_vision) {
+            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            double a = now();
+            if (b2__vision_forward(m, px, 1, vis, pooled, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
+            tm[S_VISION][r] = now() - a;
+            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            ratio[S_VISION][r] = f_vis / tm[S_VISION][r] / 1e9 / (0.5 * (gf0 + gf1));
+            lim_gf[nlim_gf++] = gf0;
+            lim_gf[nlim_gf++] = gf1;
+        }
+        if (o.do_qformer) {
+            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            double a = now();
+            if (b2__qformer_forward(m, vis, 1, qf, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
+            b2__linear(qemb, qf, Q, &m->proj);
+            tm[S_QFORMER][r] = now() - a;
+            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            ratio[S_QFORMER][r] = f_qf / tm[S_QFORMER][r] / 1e9 / (0.5 * (gf0 + gf1));
+            lim_gf[nlim_gf++] = gf0;
+            lim_gf[nlim_gf++] = gf1;
+        }
+        if (o.do_lm) {
+            int seq[1024], pos[1024];
+            b2_kv *kvp = &kv;
+            memcpy(emb, qemb, sizeof(float) * (size_t)Q * D);
+            b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
+            for (int i = 0; i < rows && i < 1024; i++) { seq[i] = 0; pos[i] = i; }
+            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            double a = now();
+            b2__opt_forward(m, &ws, emb, rows, &kvp, seq, pos, hid);
+            b2__opt_logits(m, hid + (size_t)(rows - 1) * D, 1, logits);
+            int32_t tok = argmax(logits, V);
+            tm[S_PREFILL][r] = now() - a;
+            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            ratio[S_PREFILL][r] = f_pre / tm[S_PREFILL][r] / 1e9 / (0.5 * (gf0 + gf1));
+            lim_gf[nlim_gf++] = gf0;
+            lim_gf[nlim_gf++] = gf1;
+            kv.len = rows;
+            double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            for (int st = 0; st < o.steps; st++) {
+                a = now();
+                b2__opt_embed(m, &tok, 1, emb);
+                pos[0] = kv.len;
+                b2__opt_forward(m, &ws, emb, 1, &kvp, seq, pos, hid);
+                b2__opt_logits(m, hid, 1, logits);
+                tok = argmax(logits, V);
+                dstep[st] = now() - a;
+                dbw[st] = decode_bytes(c, kv.len) / dstep[st] / 1e9;
+                kv.len++;
+            }
+            double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            tm[S_DECODE][r] = median(dstep, o.steps);
+            ratio[S_DECODE][r] = median(dbw, o.steps) / (0.5 * (gb0 + gb1));
+            lim_gb[nlim_gb++] = gb0;
+            lim_gb[nlim_gb++] = gb1;
+        }
+        if (o.verbose) {
+            printf("round %d:", r + 1);
+            for (int st = 0; st < S_N; st++)
+                if (tm[st][r] > 0) printf(" %s %.1f ms (%.1f%%);", stage_name[st], 1e3 * tm[st][r], 100 * ratio[st][r]);
+            printf(" limits so far: sgemm %.1f GFLOP/s", median(lim_gf, nlim_gf));
+            if (nlim_gb) printf(", mem %.1f GB/s", median(lim_gb, nlim_gb));
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+
+    const double gf = median(lim_gf, nlim_gf), gb = median(lim_gb, nlim_gb);
+    printf("\nlimits (medians of %d and %d measurements, each right before or after a stage):\n", nlim_gf, nlim_gb);
+    printf("  sgemm %dx%d @ (%dx%d)^T, %d threads     %8.1f GFLOP/s\n", sg_m, sg_k, sg_n, sg_k, nt, gf);
+    if (nlim_gb) printf("  memory read %.1f GiB, %s, %d threads   %8.1f GB/s\n", o.mem_gib, rname, nt, gb);
+    printf("\n%-22s %10s %12s %14s %10s\n", "stage", "time ms", "work", "rate", "of limit");
+    for (int s = 0; s < S_N; s++) {
+        if (tm[s][0] <= 0) continue;
+        double t = median(tm[s], R), rt = median(ratio[s], R);
+        char work[32], rate[32];
+        if (s == S_DECODE) {
+            snprintf(work, sizeof work, "%.2f GB", decode_bytes(c, rows) / 1e9);
+            snprintf(rate, sizeof rate, "%.1f GB/s", decode_bytes(c, rows) / t / 1e9);
+        } else {
+            double f = s == S_VISION ? f_vis : s == S_QFORMER ? f_qf : f_pre;
+            snprintf(work, sizeof work, "%.1f GFLOP", f / 1e9);
+            snprintf(rate, sizeof rate, "%.1f GFLOP/s", f / t / 1e9);
+        }
+        printf("%-22s %10.1f %12s %14s %9.1f%%\n", s == S_PREFILL ? "prefill" : stage_name[s], 1e3 * t,
+               work, rate, 100 * rt);
+    }
+    if (tm[S_PREFILL][0] > 0)
+        printf("\nprefill: %d rows (%d query + %zu prompt tokens incl. BOS); decode: %d steps, %.2f tokens/s\n",
+               rows, Q, L, o.steps, 1.0 / median(tm[S_DECODE], R));
+    printf("(ratios: each stage over the mean of the limits measured right before and after it,\n"
+           " median over rounds; decode: median step of each round)\n");
+    print_load("after");
+    bench_sink = sink;
+
+    for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
+    free(lim_gf); free(lim_gb); free(dstep); free(dbw);
+    free(px); free(vis); free(pooled); free(qf); free(emb); free(hid); free(logits);
+    free(sa); free(sb); free(sc); free(mem); free(qemb); free(ids);
+    b2__kv_free(&kv);
+    b2__opt_ws_free(&ws);
+    blip2_model_free(m);
+    return 0;
+}

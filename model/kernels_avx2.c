@@ -1,0 +1,314 @@
+/*
+ * kernels_avx2.c - the element-wise kernels of kernels.c in AVX2 + FMA, for
+ * x86-64 CPUs that have them (chosen at run time by b2__simd(); every
+ * function carries __attribute__((target)), so the file builds with the
+ * default flags and nothing here runs on a CPU without AVX2).
+ *
+ *   gelu_bias   x = x + b (row broadcast), then 0.5 x (1 + erf(x / sqrt 2))
+ *               with a polynomial erf: |z| < 1: z P(z^2); 1 <= |z| < 4:
+ *               1 - erfc(z), erfc a polynomial in (|z| - 2.5) / 1.5;
+ *               |z| >= 4: 1.  Within ~1 ulp of libm's erff (test_kernels).
+ *   softmax     max, exp(x - max) (Cody-Waite reduction + degree-6
+ *               polynomial, ~1 ulp), sum, scale
+ *   layernorm   mean and variance accumulated in double, as the portable
+ *               path does; the affine step without FMA, so the output
+ *               matches the portable path up to the summation order
+ *   residual    h += x + b
+ *   gemm_nn     the two products of attention per head (register-tiled)
+ * Row tails shorter than 8 use masked loads and stores.
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#include <math.h>
+
+#define B2_AVX2 __attribute__((target("avx2,fma")))
+
+/* Polynomials fitted with mpmath.chebyfit (highest degree first). */
+/* erf(z) / z as a polynomial in u = z^2 on [0, 1]; abs. error 3.4e-11 */
+static const float ERF_A[8] = {
+    -9.667044571e-06f, 1.126595903e-04f, -8.484080406e-04f, 5.221031808e-03f,
+    -2.686543073e-02f, 1.128378250e-01f, -3.761263847e-01f, 1.128379167e+00f};
+/* erfc(2.5 + 1.5 t) on t in [-1, 1]; abs. error 1.0e-9 */
+static const float ERFC_B[16] = {
+    1.620658188e-04f, -2.608195591e-04f, -7.047926039e-04f, 2.042900234e-03f,
+    -6.245496265e-04f, -4.681335134e-03f, 9.707038428e-03f, -6.627765269e-03f,
+    -9.289363699e-03f, 3.186476684e-02f, -4.645088560e-02f, 4.365212417e-02f,
+    -2.818168221e-02f, 1.225278746e-02f, -3.267425330e-03f, 4.069524920e-04f};
+/* exp(r) on [-ln2/2, ln2/2]; rel. error 2.0e-9 */
+static const float EXP_P[7] = {
+    1.394110843e-03f, 8.375126398e-03f, 4.166635290e-02f, 1.666641551e-01f,
+    5.000000047e-01f, 1.000000038e+00f, 1.000000000e+00f};
+
+B2_AVX2 static inline __m256 horner(__m256 x, const float *c, int n)
+{
+    __m256 p = _mm256_set1_ps(c[0]);
+#pragma GCC unroll 16
+    for (int i = 1; i < n; i++) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c[i]));
+    return p;
+}
+
+/* Lanes i < n set (n in 0..8). */
+B2_AVX2 static inline __m256i tail_mask(int n)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+}
+
+B2_AVX2 static inline __m256 erf8(__m256 z)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 a = _mm256_andnot_ps(sign, z);
+    __m256 ra = _mm256_mul_ps(a, horner(_mm256_mul_ps(a, a), ERF_A, 8));
+    __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_min_ps(a, _mm256_set1_ps(4.0f)), _mm256_set1_ps(2.5f)),
+                             _mm256_set1_ps(1.0f / 1.5f));
+    __m256 rb = _mm256_sub_ps(_mm256_set1_ps(1.0f), horner(t, ERFC_B, 16));
+    __m256 r = _mm256_blendv_ps(ra, rb, _mm256_cmp_ps(a, _mm256_set1_ps(1.0f), _CMP_GE_OQ));
+    r = _mm256_blendv_ps(r, _mm256_set1_ps(1.0f), _mm256_cmp_ps(a, _mm256_set1_ps(4.0f), _CMP_GE_OQ));
+    return _mm256_or_ps(r, _mm256_and_ps(sign, z)); /* NaN in -> NaN out (ra is NaN) */
+}
+
+B2_AVX2 static inline __m256 gelu8(__m256 x)
+{
+    __m256 e = erf8(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* exp(x); x below -87.3 gives ~1e-38 instead of 0 or a subnormal. */
+B2_AVX2 static inline __m256 exp8(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  /* ln2 hi (exact in 9 bits) */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      /* ln2 lo */
+    __m256 p = horner(r, EXP_P, 7);
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+B2_AVX2 static void gelu_bias(float *x, const float *b, size_t n, size_t d)
+{
+    for (size_t i = 0; i < n; i++) {
+        float *xi = x + i * d;
+        size_t j = 0;
+        /* four independent vectors per step: the polynomials are latency-bound */
+        for (; j + 32 <= d; j += 32) {
+            __m256 v0 = _mm256_loadu_ps(xi + j), v1 = _mm256_loadu_ps(xi + j + 8);
+            __m256 v2 = _mm256_loadu_ps(xi + j + 16), v3 = _mm256_loadu_ps(xi + j + 24);
+            if (b) {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(b + j));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(b + j + 8));
+                v2 = _mm256_add_ps(v2, _mm256_loadu_ps(b + j + 16));
+                v3 = _mm256_add_ps(v3, _mm256_loadu_ps(b + j + 24));
+            }
+            _mm256_storeu_ps(xi + j, gelu8(v0));
+            _mm256_storeu_ps(xi + j + 8, gelu8(v1));
+            _mm256_storeu_ps(xi + j + 16, gelu8(v2));
+            _mm256_storeu_ps(xi + j + 24, gelu8(v3));
+        }
+        for (; j + 8 <= d; j += 8) {
+            __m256 v = _mm256_loadu_ps(xi + j);
+            if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+            _mm256_storeu_ps(xi + j, gelu8(v));
+        }
+        if (j < d) {
+            __m256i m = tail_mask((int)(d - j));
+            __m256 v = _mm256_maskload_ps(xi + j, m);
+            if (b) v = _mm256_add_ps(v, _mm256_maskload_ps(b + j, m));
+            _mm256_maskstore_ps(xi + j, m, gelu8(v));
+        }
+    }
+}
+
+B2_AVX2 static float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+B2_AVX2 static float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+B2_AVX2 static double hsum4d(__m256d v)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+B2_AVX2 static void softmax(float *x, int n)
+{
+    int j = 0;
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+    float mx = hmax8(vm);
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vs = _mm256_setzero_ps(), vs1 = vs;
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmx));
+        __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vmx));
+        _mm256_storeu_ps(x + j, e0);
+        _mm256_storeu_ps(x + j + 8, e1);
+        vs = _mm256_add_ps(vs, e0);
+        vs1 = _mm256_add_ps(vs1, e1);
+    }
+    vs = _mm256_add_ps(vs, vs1);
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmx));
+        _mm256_storeu_ps(x + j, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    if (j < n) {
+        __m256i m = tail_mask(n - j);
+        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, m), vmx)), _mm256_castsi256_ps(m));
+        _mm256_maskstore_ps(x + j, m, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / hsum8(vs));
+    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+    if (j < n) {
+        __m256i m = tail_mask(n - j);
+        _mm256_maskstore_ps(x + j, m, _mm256_mul_ps(_mm256_maskload_ps(x + j, m), inv));
+    }
+}
+
+B2_AVX2 static void layernorm(float *y, const float *x, int n, const b2_ln *ln, float eps)
+{
+    const int d = ln->d;
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * d;
+        float *yi = y + (size_t)i * d;
+        __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+        int j = 0;
+        for (; j + 8 <= d; j += 8) {
+            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm_loadu_ps(xi + j)));
+            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm_loadu_ps(xi + j + 4)));
+        }
+        double s = hsum4d(_mm256_add_pd(s0, s1));
+        for (; j < d; j++) s += xi[j];
+        const double mean = s / d;
+        const __m256d vmean = _mm256_set1_pd(mean);
+        s0 = s1 = _mm256_setzero_pd();
+        for (j = 0; j + 8 <= d; j += 8) {
+            __m256d t0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xi + j)), vmean);
+            __m256d t1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xi + j + 4)), vmean);
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(t0, t0));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(t1, t1));
+        }
+        double ss = hsum4d(_mm256_add_pd(s0, s1));
+        for (; j < d; j++) { double t = xi[j] - mean; ss += t * t; }
+        const float rstd = (float)(1.0 / sqrt(ss / d + (double)eps)), fm = (float)mean;
+        const __m256 vr = _mm256_set1_ps(rstd), vfm = _mm256_set1_ps(fm);
+        for (j = 0; j + 8 <= d; j += 8) {
+            __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xi + j), vfm), vr);
+            if (ln->w) t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(ln->w + j)), _mm256_loadu_ps(ln->b + j));
+            _mm256_storeu_ps(yi + j, t);
+        }
+        for (; j < d; j++) {
+            float t = (xi[j] - fm) * rstd;
+            if (ln->w) t = t * ln->w[j] + ln->b[j];
+            yi[j] = t;
+        }
+    }
+}
+
+B2_AVX2 static void residual(float *h, const float *x, const float *b, size_t n, size_t d)
+{
+    for (size_t i = 0; i < n; i++) {
+        float *hi = h + i * d;
+        const float *xi = x + i * d;
+        size_t j = 0;
+        for (; j + 8 <= d; j += 8) {
+            __m256 v = _mm256_loadu_ps(xi + j);
+            if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+            _mm256_storeu_ps(hi + j, _mm256_add_ps(_mm256_loadu_ps(hi + j), v));
+        }
+        for (; j < d; j++) hi[j] += b ? xi[j] + b[j] : xi[j];
+    }
+}
+
+/* ---- small matrix product for attention ----
+ * c (m, ldc) [:, :n] = alpha * a (m, lda) [:, :k] @ b (k, ldb) [:, :n], all
+ * row-major.  Register tiles of 6 rows x 16 columns (12 accumulators):
+ * per k, two loads of b, six broadcasts of a, twelve FMAs.  Column tails
+ * use masked loads and stores. */
+
+B2_AVX2 __attribute__((always_inline)) static inline void
+tile(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int k, float alpha,
+     const int mr, const int masked, __m256i m0, __m256i m1)
+{
+    __m256 acc0[6], acc1[6];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const float *bp = b + (size_t)p * ldb;
+        __m256 b0 = masked ? _mm256_maskload_ps(bp, m0) : _mm256_loadu_ps(bp);
+        __m256 b1 = masked ? _mm256_maskload_ps(bp + 8, m1) : _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m256 av = _mm256_broadcast_ss(a + (size_t)r * lda + p);
+            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+        }
+    }
+    const __m256 va = _mm256_set1_ps(alpha);
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        float *cr = c + (size_t)r * ldc;
+        if (masked) {
+            _mm256_maskstore_ps(cr, m0, _mm256_mul_ps(acc0[r], va));
+            _mm256_maskstore_ps(cr + 8, m1, _mm256_mul_ps(acc1[r], va));
+        } else {
+            _mm256_storeu_ps(cr, _mm256_mul_ps(acc0[r], va));
+            _mm256_storeu_ps(cr + 8, _mm256_mul_ps(acc1[r], va));
+        }
+    }
+}
+
+#define TILE_ROWS(masked)                                                                      \
+    do {                                                                                       \
+        int i = 0;                                                                             \
+        for (; i + 6 <= m; i += 6)                                                             \
+            tile(c + (size_t)i * ldc + j, ldc, a + (size_t)i * lda, lda, b + j, ldb, k, alpha, \
+                 6, masked, m0, m1);                                                           \
+        float *ci = c + (size_t)i * ldc + j;                                                   \
+        const float *ai = a + (size_t)i * lda;                                                 \
+        switch (m - i) {                                                                       \
+        case 5: tile(ci, ldc, ai, lda, b + j, ldb, k, alpha, 5, masked, m0, m1); break;        \
+        case 4: tile(ci, ldc, ai, lda, b + j, ldb, k, alpha, 4, masked, m0, m1); break;        \
+        case 3: tile(ci, ldc, ai, lda, b + j, ldb, k, alpha, 3, masked, m0, m1); break;        \
+        case 2: tile(ci, ldc, ai, lda, b + j, ldb, k, alpha, 2, masked, m0, m1); break;        \
+        case 1: tile(ci, ldc, ai, lda, b + j, ldb, k, alpha, 1, masked, m0, m1); break;        \
+        default: break;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+B2_AVX2 static void gemm_nn(float *c, int ldc, const float *a, int lda, const float *b, int ldb,
+                            int m, int n, int k, float alpha)
+{
+    for (int j = 0; j < n; j += 16) {
+        __m256i m0 = tail_mask(n - j), m1 = tail_mask(n - j - 8);
+        if (n - j >= 16) TILE_ROWS(0);
+        else TILE_ROWS(1);
+    }
+}
+
+const b2_simd b2__simd_avx2 = {
+    .name = "avx2",
+    .gelu_bias = gelu_bias,
+    .softmax = softmax,
+    .layernorm = layernorm,
+    .residual = residual,
+    .gemm_nn = gemm_nn,
+};
+
+#endif

@@ -1,0 +1,139 @@
+/*
+ * pool.c - the compute thread pool behind b2__parallel_for.
+ *
+ *   caller: lock, publish job (fn, ctx, n), gen++, broadcast, unlock
+ *           -> takes tasks itself (atomic counter) -> waits until every
+ *           worker that joined has left the job
+ *   worker: sleep on `wake` until gen changes -> take tasks until none
+ *           are left -> leave, signal `done` -> sleep again
+ * Tasks are handed out one at a time from a shared counter, so a stalled
+ * vCPU delays only the task it holds.  Busy pool or nested call: the
+ * caller runs every task itself (slot 0).  A woken worker moves off the
+ * caller's CPU (avoid_cpu below).  Workers live as long as the process;
+ * in a child after fork() the caller simply runs every task.
+ */
+#include "pool.h"
+
+#include <cblas.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#define POOL_MAX 64
+
+static struct {
+    pthread_once_t once;
+    int size;                 /* threads including the caller */
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    unsigned gen;             /* job generation */
+    int busy;                 /* a job is being run */
+    void (*fn)(void *, int, int);
+    void *ctx;
+    int n;
+    int next;                 /* next task (atomic) */
+    int active;               /* workers inside the current job */
+    int caller_cpu;           /* where the job's caller runs (-1: unknown) */
+    cpu_set_t allowed;        /* the process's CPUs at start-up */
+} P = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER,
+       .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+
+static void run_tasks(void (*fn)(void *, int, int), void *ctx, int n, int slot)
+{
+    for (;;) {
+        int t = __atomic_fetch_add(&P.next, 1, __ATOMIC_RELAXED);
+        if (t >= n) break;
+        fn(ctx, t, slot);
+    }
+}
+
+/* Keeps a worker off the caller's CPU.  OpenBLAS's idle threads spin with
+ * sched_yield() for a while after each sgemm, so the scheduler sees every
+ * CPU busy and often wakes a worker next to the caller, halving both;
+ * moving it elsewhere lets it share a CPU only with a yielding spinner. */
+static void avoid_cpu(int cpu, int *avoided)
+{
+    if (cpu < 0 || cpu == *avoided || !CPU_ISSET(cpu, &P.allowed) || CPU_COUNT(&P.allowed) < 2) return;
+    cpu_set_t cs = P.allowed;
+    CPU_CLR(cpu, &cs);
+    if (sched_setaffinity(0, sizeof cs, &cs) == 0) *avoided = cpu;
+}
+
+static void *worker(void *arg)
+{
+    const int slot = (int)(long)arg;
+    unsigned seen = 0;
+    int avoided = -1;
+    pthread_mutex_lock(&P.mu);
+    for (;;) {
+        while (P.gen == seen) pthread_cond_wait(&P.wake, &P.mu);
+        seen = P.gen;
+        if (!P.busy) continue; /* the job already finished without us */
+        void (*fn)(void *, int, int) = P.fn;
+        void *ctx = P.ctx;
+        int n = P.n, cpu = P.caller_cpu;
+        P.active++;
+        pthread_mutex_unlock(&P.mu);
+        avoid_cpu(cpu, &avoided);
+        run_tasks(fn, ctx, n, slot);
+        pthread_mutex_lock(&P.mu);
+        if (--P.active == 0) pthread_cond_signal(&P.done);
+    }
+    return NULL;
+}
+
+static void pool_init(void)
+{
+    int n = openblas_get_num_threads();
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus > 0 && n > cpus) n = (int)cpus;
+    if (n < 1) n = 1;
+    if (n > POOL_MAX) n = POOL_MAX;
+    if (sched_getaffinity(0, sizeof P.allowed, &P.allowed) != 0) CPU_ZERO(&P.allowed);
+    P.size = 1;
+    for (int i = 1; i < n; i++) {
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, worker, (void *)(long)i) == 0) P.size++;
+        pthread_attr_destroy(&at);
+    }
+}
+
+int b2__pool_size(void)
+{
+    pthread_once(&P.once, pool_init);
+    return P.size;
+}
+
+void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ctx)
+{
+    if (n <= 0) return;
+    if (n == 1 || b2__pool_size() == 1) {
+        for (int t = 0; t < n; t++) fn(ctx, t, 0);
+        return;
+    }
+    pthread_mutex_lock(&P.mu);
+    if (P.busy) { /* someone else's job, or ours from inside a task */
+        pthread_mutex_unlock(&P.mu);
+        for (int t = 0; t < n; t++) fn(ctx, t, 0);
+        return;
+    }
+    P.busy = 1;
+    P.fn = fn;
+    P.ctx = ctx;
+    P.n = n;
+    P.caller_cpu = sched_getcpu();
+    __atomic_store_n(&P.next, 0, __ATOMIC_RELAXED);
+    P.gen++;
+    pthread_cond_broadcast(&P.wake);
+    pthread_mutex_unlock(&P.mu);
+
+    run_tasks(fn, ctx, n, 0);
+
+    pthread_mutex_lock(&P.mu);
+    P.busy = 0; /* late wakers see it and go back to sleep */
+    while (P.active > 0) pthread_cond_wait(&P.done, &P.mu);
+    pthread_mutex_unlock(&P.mu);
+}

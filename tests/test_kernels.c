@@ -1,0 +1,273 @@
+/*
+ * test_kernels.c - the element-wise and attention kernels (model/kernels.c,
+ * kernels_avx2.c, pool.c) against double-precision references, for every
+ * implementation this CPU runs (portable always, AVX2 when present), so the
+ * path the golden test does not take on this machine is tested too.
+ *
+ *   gelu_bias  dense grid over [-12, 12] plus special values, with and
+ *              without bias, odd row lengths (masked tails)
+ *   softmax    lengths 1..40 and 257, wide and narrow ranges
+ *   layernorm  widths 1..40 and 1408, affine and not
+ *   residual   exact: h + (x + b) in float either way
+ *   gemm_nn    all row / column tails of its 6 x 16 tiles
+ *   attention  b2__attention (heads on the compute pool) vs a naive one
+ *   pool       every task runs once; nested and empty calls
+ */
+#include "kernels.h"
+#include "pool.h"
+#include "tap.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 40) * (1.0 / 16777216.0));
+}
+
+static double gelu_ref(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+
+static void test_gelu(const b2_simd *k)
+{
+    enum { N = 200003 };
+    float *x = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * 13);
+    double worst = 0, worst_x = 0;
+    for (int i = 0; i < N; i++) x[i] = -12.0f + 24.0f * (float)i / (N - 1);
+    float *y = malloc(sizeof(float) * N);
+    memcpy(y, x, sizeof(float) * N);
+    k->gelu_bias(y, NULL, 1, N);
+    for (int i = 0; i < N; i++) {
+        /* error relative to the float spacing of the result (min 1e-7 for values near 0) */
+        double r = gelu_ref(x[i]), e = fabs(y[i] - r) / fmax(fabs(r), 1.0);
+        if (!(e <= worst)) { worst = e; worst_x = x[i]; }
+    }
+    ok(worst < 5e-7, "%s gelu: max error %.2e (relative, floor 1) at x = %g", k->name, worst, worst_x);
+
+    static const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, 0.99999994f, 1.0f, 1.00000012f,
+                                    1.41421354f, 5.65685415f, 5.6568551f, 20.0f, -20.0f, 1e30f, -1e30f};
+    const int ns = sizeof special / sizeof special[0];
+    float sp[sizeof special / sizeof special[0]];
+    memcpy(sp, special, sizeof sp);
+    k->gelu_bias(sp, NULL, 1, (size_t)ns);
+    int good = 1;
+    for (int i = 0; i < ns; i++) {
+        double r = gelu_ref(special[i]);
+        if (!(fabs(sp[i] - r) <= 5e-7 * fmax(fabs(r), 1.0))) {
+            diag("%s gelu(%g) = %.9g, expected %.9g", k->name, special[i], sp[i], r);
+            good = 0;
+        }
+    }
+    ok(good, "%s gelu: special values", k->name);
+    float nanv[9];
+    for (int i = 0; i < 9; i++) nanv[i] = i == 4 ? NAN : 1.0f;
+    k->gelu_bias(nanv, NULL, 1, 9);
+    ok(isnan(nanv[4]) && !isnan(nanv[3]), "%s gelu: NaN stays NaN", k->name);
+
+    /* rows of 13 with a bias: the tail of every row */
+    for (int j = 0; j < 13; j++) b[j] = frand(-1, 1);
+    for (int i = 0; i < 13 * 7; i++) y[i] = frand(-4, 4);
+    memcpy(x, y, sizeof(float) * 13 * 7);
+    k->gelu_bias(y, b, 7, 13);
+    worst = 0;
+    for (int i = 0; i < 13 * 7; i++) {
+        double r = gelu_ref((double)(x[i] + b[i % 13]));
+        worst = fmax(worst, fabs(y[i] - r) / fmax(fabs(r), 1.0));
+    }
+    ok(worst < 5e-7, "%s gelu with bias, rows of 13: max error %.2e", k->name, worst);
+    free(x);
+    free(y);
+    free(b);
+}
+
+static void test_softmax(const b2_simd *k)
+{
+    float x[300], y[300];
+    double worst = 0; /* error over its allowance */
+    for (int n = 1; n <= 257; n = n < 40 ? n + 1 : 257 + 2 * (n == 257)) {
+        for (int range = 0; range < 2; range++) {
+            for (int i = 0; i < n; i++) x[i] = range ? frand(-90, 10) : frand(-3, 3);
+            memcpy(y, x, sizeof(float) * (size_t)n);
+            k->softmax(y, n);
+            double mx = -INFINITY, s = 0;
+            for (int i = 0; i < n; i++) mx = fmax(mx, x[i]);
+            for (int i = 0; i < n; i++) s += exp((double)x[i] - mx);
+            for (int i = 0; i < n; i++) {
+                /* x - max is rounded to float first (as torch does): allow for it */
+                double r = exp((double)x[i] - mx) / s;
+                double allow = r * (1e-6 + 1.2e-7 * fabs((double)x[i] - mx)) + 1e-37;
+                double e = fabs(y[i] - r) / allow;
+                if (!(e <= worst)) worst = e;
+            }
+        }
+    }
+    ok(worst <= 1.0, "%s softmax: lengths 1..40, 257: max error %.2f of the allowance "
+       "(1e-6 + 1.2e-7 |x - max|, relative)", k->name, worst);
+}
+
+static void test_layernorm(const b2_simd *k)
+{
+    static float x[1408 * 3], y[1408 * 3], w[1408], b[1408];
+    double worst = 0;
+    for (int d = 1; d <= 1408; d = d < 40 ? d + 1 : 1408 + (d == 1408)) {
+        if (d > 1408) break;
+        for (int affine = 0; affine < 2; affine++) {
+            b2_ln ln = {affine ? w : NULL, affine ? b : NULL, d};
+            for (int i = 0; i < d; i++) { w[i] = frand(0.5f, 1.5f); b[i] = frand(-0.2f, 0.2f); }
+            for (int i = 0; i < 3 * d; i++) x[i] = frand(-2, 3) + (i % 7 == 0 ? 20.0f : 0.0f);
+            k->layernorm(y, x, 3, &ln, 1e-6f);
+            for (int r = 0; r < 3; r++) {
+                const float *xr = x + r * d;
+                double s = 0, ss = 0;
+                for (int i = 0; i < d; i++) s += xr[i];
+                double mean = s / d;
+                for (int i = 0; i < d; i++) ss += (xr[i] - mean) * (xr[i] - mean);
+                double rstd = 1.0 / sqrt(ss / d + 1e-6);
+                for (int i = 0; i < d; i++) {
+                    double ref = (xr[i] - mean) * rstd;
+                    if (affine) ref = ref * w[i] + b[i];
+                    worst = fmax(worst, fabs(y[r * d + i] - ref));
+                }
+            }
+        }
+    }
+    ok(worst < 2e-6, "%s layernorm: widths 1..40, 1408: max abs error %.2e", k->name, worst);
+}
+
+static void test_residual(const b2_simd *k)
+{
+    float h[3 * 21], h2[3 * 21], x[3 * 21], b[21];
+    for (int i = 0; i < 3 * 21; i++) { h[i] = h2[i] = frand(-5, 5); x[i] = frand(-5, 5); }
+    for (int i = 0; i < 21; i++) b[i] = frand(-1, 1);
+    k->residual(h, x, b, 3, 21);
+    int same = 1;
+    for (int i = 0; i < 3 * 21; i++) same &= h[i] == h2[i] + (x[i] + b[i % 21]);
+    k->residual(h, x, NULL, 3, 21);
+    for (int i = 0; i < 3 * 21; i++) same &= h[i] == (h2[i] + (x[i] + b[i % 21])) + x[i];
+    ok(same, "%s residual: h + (x + b) exactly", k->name);
+}
+
+static void test_gemm(const b2_simd *k)
+{
+    if (!k->gemm_nn) return;
+    enum { MAXM = 14, MAXN = 40, MAXK = 70, LD = 48 };
+    static float a[MAXM * MAXK], b[MAXK * LD], c[MAXM * LD];
+    double worst = 0;
+    int canary = 1;
+    for (int m = 1; m <= MAXM; m++)
+        for (int n = 1; n <= MAXN; n += (n < 18 ? 1 : 7))
+            for (int kk = 1; kk <= MAXK; kk += 23) {
+                for (int i = 0; i < m * kk; i++) a[i] = frand(-1, 1);
+                for (int i = 0; i < kk * LD; i++) b[i] = frand(-1, 1);
+                for (int i = 0; i < MAXM * LD; i++) c[i] = 12345.0f;
+                k->gemm_nn(c, LD, a, kk, b, LD, m, n, kk, 0.5f);
+                for (int i = 0; i < m; i++) {
+                    for (int j = 0; j < n; j++) {
+                        double s = 0;
+                        for (int p = 0; p < kk; p++) s += (double)a[i * kk + p] * b[p * LD + j];
+                        worst = fmax(worst, fabs(c[i * LD + j] - 0.5 * s));
+                    }
+                    for (int j = n; j < LD; j++) canary &= c[i * LD + j] == 12345.0f;
+                }
+                for (int i = m; i < MAXM; i++) canary &= c[i * LD] == 12345.0f;
+            }
+    ok(worst < 1e-5, "%s gemm_nn: every tile tail: max abs error %.2e", k->name, worst);
+    ok(canary, "%s gemm_nn: writes nothing outside c[:m, :n]", k->name);
+}
+
+/* b2__attention, dispatched, against a double-precision one */
+static void test_attention(void)
+{
+    static const int shapes[][4] = {{257, 257, 4, 24}, {8, 257, 4, 12}, {8, 8, 3, 16}, {1, 5, 2, 7}, {13, 17, 5, 9}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int nq = shapes[s][0], nk = shapes[s][1], H = shapes[s][2], hd = shapes[s][3], D = H * hd;
+        float *q = malloc(sizeof(float) * nq * D), *kk = malloc(sizeof(float) * nk * D);
+        float *v = malloc(sizeof(float) * nk * D), *out = malloc(sizeof(float) * nq * D);
+        float *sc = malloc(sizeof(float) * b2__attention_scratch(nq, nk, hd));
+        double *p = malloc(sizeof(double) * nk);
+        for (int i = 0; i < nq * D; i++) q[i] = frand(-1, 1);
+        for (int i = 0; i < nk * D; i++) { kk[i] = frand(-1, 1); v[i] = frand(-1, 1); }
+        const float scale = 1.0f / sqrtf((float)hd);
+        b2__attention(out, D, q, D, kk, D, v, D, nq, nk, H, hd, scale, sc);
+        double worst = 0;
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < nq; i++) {
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < nk; j++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += (double)q[i * D + h * hd + e] * kk[j * D + h * hd + e];
+                    p[j] = d * scale;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < nk; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                for (int e = 0; e < hd; e++) {
+                    double o = 0;
+                    for (int j = 0; j < nk; j++) o += p[j] / sum * v[j * D + h * hd + e];
+                    worst = fmax(worst, fabs(out[i * D + h * hd + e] - o));
+                }
+            }
+        ok(worst < 1e-5, "attention (%s) %d queries x %d keys, %d heads of %d: max abs error %.2e",
+           b2__simd()->name, nq, nk, H, hd, worst);
+        free(q); free(kk); free(v); free(out); free(sc); free(p);
+    }
+}
+
+static int counts[1000];
+
+static void count_cb(void *ctx, int t, int slot)
+{
+    int *bad = ctx;
+    if (slot < 0 || slot >= b2__pool_size()) __atomic_store_n(bad, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&counts[t], 1, __ATOMIC_RELAXED);
+}
+
+static void nested_cb(void *ctx, int t, int slot)
+{
+    (void)slot;
+    int *bad = ctx;
+    b2__parallel_for(10, count_cb, bad); /* runs inline */
+    __atomic_fetch_add(&counts[500 + t], 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool(void)
+{
+    int bad = 0, once = 1;
+    ok(b2__pool_size() >= 1, "pool: %d threads", b2__pool_size());
+    for (int rep = 0; rep < 200; rep++) {
+        memset(counts, 0, sizeof counts);
+        int n = 1 + rep % 37;
+        b2__parallel_for(n, count_cb, &bad);
+        for (int t = 0; t < 1000; t++) once &= counts[t] == (t < n);
+    }
+    ok(once && !bad, "pool: every task runs exactly once, slots in range");
+    memset(counts, 0, sizeof counts);
+    b2__parallel_for(4, nested_cb, &bad);
+    int good = 1;
+    for (int t = 0; t < 10; t++) good &= counts[t] == 4;
+    for (int t = 0; t < 4; t++) good &= counts[500 + t] == 1;
+    ok(good && !bad, "pool: nested calls run inline");
+    b2__parallel_for(0, count_cb, &bad);
+    ok(1, "pool: an empty job returns");
+}
+
+int main(void)
+{
+    const char *names[] = {"portable", "avx2"};
+    for (int i = 0; i < 2; i++) {
+        const b2_simd *k = b2__simd_get(names[i]);
+        if (!k) { diag("no %s kernels on this CPU/build", names[i]); continue; }
+        test_gelu(k);
+        test_softmax(k);
+        test_layernorm(k);
+        test_residual(k);
+        test_gemm(k);
+    }
+    diag("in use: %s", b2__simd()->name);
+    test_attention();
+    test_pool();
+    return tap_done();
+}

@@ -11,6 +11,7 @@
 #include "tap.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +95,69 @@ static void test_bad_configs(void)
     }
     remove(p);
     rmdir(dir);
+}
+
+
+/* A bf16 copy of opt-tiny (weights rounded to nearest even) must load and
+ * stay close to the f32 model: the real checkpoints ship in f16 and bf16. */
+static void test_bf16(const blip2_model *ref)
+{
+    char dir[] = "/tmp/b2bf16.XXXXXX", p[1024], cmd[2048];
+    if (!mkdtemp(dir)) return;
+    snprintf(cmd, sizeof cmd, "cp %s/opt-tiny/*.json %s/opt-tiny/merges.txt %s/", gdir, gdir, dir);
+    if (system(cmd) != 0) { ok(0, "copy the tiny model's files"); return; }
+    snprintf(p, sizeof p, "%s/opt-tiny/model.safetensors", gdir);
+    b2_st_file *f = NULL;
+    blip2_error err = {0};
+    if (!ok(b2__st_open(&f, p, &err) == 0, "open the f32 weights")) return;
+    int n = b2__st_count(f);
+    b2_tensor *ts = calloc((size_t)n, sizeof *ts);
+    for (int i = 0; i < n; i++) {
+        const b2_tensor *t = b2__st_at(f, i);
+        int64_t ne = b2__tensor_numel(t);
+        float *v = malloc(sizeof(float) * (size_t)ne);
+        uint16_t *h = malloc(sizeof(uint16_t) * (size_t)(ne ? ne : 1));
+        b2__to_f32(t, v);
+        for (int64_t k = 0; k < ne; k++) {
+            uint32_t b;
+            memcpy(&b, &v[k], 4);
+            h[k] = (uint16_t)((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+        }
+        free(v);
+        ts[i] = *t;
+        ts[i].dtype = B2_BF16;
+        ts[i].data = h;
+        ts[i].nbytes = sizeof(uint16_t) * (size_t)ne;
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    ok(b2__st_write(p, ts, n, &err) == 0, "write a bf16 checkpoint");
+    for (int i = 0; i < n; i++) free((void *)ts[i].data);
+    free(ts);
+    b2__st_close(f);
+    blip2_model *m = NULL;
+    if (ok(blip2_model_load(&m, dir, NULL, &err) == 0, "load the bf16 checkpoint") &&
+        ok(!strcmp(blip2_model_dtype(m), "bf16") && !strcmp(blip2_model_dtype(ref), "f32"), "dtype reported as bf16 (reference f32)")) {
+        snprintf(p, sizeof p, "%s/images/chelsea.png", gdir);
+        const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
+        float *px = malloc(sizeof(float) * npx), *qa = malloc(sizeof(float) * nq), *qb = malloc(sizeof(float) * nq);
+        blip2_preprocess_file(m, p, NULL, px, &err);
+        int rc = blip2_encode_image(m, px, 1, qb, NULL, &err) | blip2_encode_image(ref, px, 1, qa, NULL, &err);
+        double d = 0, mag = 0;
+        for (size_t k = 0; k < nq; k++) {
+            double e = fabs((double)qa[k] - qb[k]);
+            d = e > d ? e : d;
+            mag = fabs(qa[k]) > mag ? fabs(qa[k]) : mag;
+        }
+        ok(rc == 0 && d < 0.05 * mag, "bf16 projection within 5%% of the f32 one's range (max abs %.3g of %.3g)", d, mag);
+        blip2_result res;
+        blip2_request rq = {.query_embeds = qb};
+        ok(blip2_generate(m, &rq, 1, NULL, NULL, NULL, &res, &err) == 0 && res.seqs[0].n_ids == 21, "bf16 model generates");
+        blip2_result_free(&res);
+        free(px); free(qa); free(qb);
+    }
+    blip2_model_free(m);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) diag("cleanup failed");
 }
 
 typedef struct cbstate {
@@ -209,6 +273,7 @@ int main(void)
     float *qa = NULL, *qb = NULL;
     ok(encode_file(a, "chelsea.png", &qa) == 0 && encode_file(b, "rocket.jpg", &qb) == 0, "encode images");
     test_generate_api(a, qa);
+    test_bf16(a);
 
     /* two models, four threads at once, results equal to serial runs */
     job serial[2] = {{a, qa, {0}, 0, 0}, {b, qb, {0}, 0, 0}};

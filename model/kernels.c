@@ -1,10 +1,16 @@
 /*
- * kernels.c - matmul (through OpenBLAS), layer norm, activations, softmax and
- * dense multi-head attention, all on row-major f32.
+ * kernels.c - matmul, layer norm, activations, softmax and dense multi-head
+ * attention, all on row-major f32.
  *
  * The element-wise kernels exist twice: the portable C here (libm's erff
  * and expf) and AVX2+FMA in kernels_avx2.c; b2__simd() picks one the first
  * time it is asked (cpuid), the public functions below call through it.
+ * Work is spread over the compute pool (pool.c): rows of element-wise
+ * passes, heads of attention, and chunks of weight rows of the products
+ * with few rows.  Products:
+ *   many rows (vision, Q-Former cross-attention keys) -> OpenBLAS sgemm
+ *   2..64 rows (prefill, Q-Former, batched decode)   -> SIMD gemm_nt
+ *   one row (decode)                                  -> OpenBLAS sgemv
  *
  * Accuracy notes: layer norm accumulates mean and variance in double (the
  * reference's float32 results lie within ~1e-6 of that); GELU is the exact
@@ -80,6 +86,7 @@ static const b2_simd simd_portable = {
     .layernorm = layernorm_c,
     .residual = residual_c,
     .gemm_nn = NULL,
+    .gemm_nt = NULL,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -119,10 +126,42 @@ const b2_simd *b2__simd(void)
 
 /* ---- matrix products ---- */
 
+/* Products with at most this many rows, against a weight of at least
+ * SKINNY_MIN_W elements, go to the SIMD gemm_nt (if any) in chunks of
+ * SKINNY_CHUNK weight rows spread over the compute pool; OpenBLAS spends
+ * as long repacking such a weight as multiplying with it. */
+#define SKINNY_MIN_ROWS 2 /* one row: OpenBLAS's sgemv streams faster */
+#define SKINNY_MAX_ROWS 64
+#define SKINNY_MIN_W (1 << 16)
+#define SKINNY_CHUNK 64
+
+typedef struct nt_job {
+    float *y;
+    const float *x, *w;
+    int ldy, ldx, ldw, n, m, k;
+    float alpha, beta;
+    const b2_simd *simd;
+} nt_job;
+
+static void nt_task(void *ctx, int t, int slot)
+{
+    const nt_job *j = ctx;
+    (void)slot;
+    const int j0 = t * SKINNY_CHUNK, mm = j->m - j0 < SKINNY_CHUNK ? j->m - j0 : SKINNY_CHUNK;
+    j->simd->gemm_nt(j->y + j0, j->ldy, j->x, j->ldx, j->w + (size_t)j0 * j->ldw, j->ldw, j->n, mm, j->k,
+                     j->alpha, j->beta);
+}
+
 void b2__matmul_t(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                   int n, int m, int k, float alpha, float beta)
 {
     if (n <= 0 || m <= 0) return;
+    const b2_simd *simd = b2__simd();
+    if (simd->gemm_nt && n >= SKINNY_MIN_ROWS && n <= SKINNY_MAX_ROWS && (size_t)m * k >= SKINNY_MIN_W) {
+        nt_job j = {y, x, w, ldy, ldx, ldw, n, m, k, alpha, beta, simd};
+        b2__parallel_for((m + SKINNY_CHUNK - 1) / SKINNY_CHUNK, nt_task, &j);
+        return;
+    }
     if (n == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, alpha, w, ldw, x, 1, beta, y, 1);
         return;

@@ -69,6 +69,10 @@ typedef struct b2_simd {
      * attention uses OpenBLAS, one head after another */
     void (*gemm_nn)(float *c, int ldc, const float *a, int lda, const float *b, int ldb,
                     int m, int n, int k, float alpha);
+    /* y (n, ldy)[:, :m] = alpha * x (n, ldx)[:, :k] @ w (m, ldw)[:, :k]^T + beta * y,
+     * for few rows n; NULL: OpenBLAS does all products */
+    void (*gemm_nt)(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
+                    int n, int m, int k, float alpha, float beta);
 } b2_simd;
 
 /* The implementation in use: the best this CPU runs, or the one named by

@@ -10,6 +10,7 @@
  *   layernorm  widths 1..40 and 1408, affine and not
  *   residual   exact: h + (x + b) in float either way
  *   gemm_nn    all row / column tails of its 6 x 16 tiles
+ *   gemm_nt    row tails, odd k, every alignment of w, alpha and beta
  *   attention  b2__attention (heads on the compute pool) vs a naive one
  *   pool       every task runs once; nested and empty calls
  */
@@ -179,6 +180,51 @@ static void test_gemm(const b2_simd *k)
     ok(canary, "%s gemm_nn: writes nothing outside c[:m, :n]", k->name);
 }
 
+/* gemm_nt: every row tail of its 6 x 2 tiles, odd widths and depths
+ * (masked heads and tails), w at every alignment, leading dimensions that
+ * are and are not multiples of 8, several k blocks, alpha and beta */
+static void test_gemm_nt(const b2_simd *k)
+{
+    if (!k->gemm_nt) return;
+    enum { MAXN = 14, MAXM = 7, LDX = 1203, LDY = 9 };
+    static const int ks[] = {1, 5, 8, 13, 64, 515, 1200};
+    float *x = malloc(sizeof(float) * MAXN * LDX), *wbuf = malloc(sizeof(float) * (MAXM * 1210 + 8));
+    float y[MAXN * LDY], y0[MAXN * LDY];
+    double worst = 0;
+    int canary = 1;
+    for (int i = 0; i < MAXN * LDX; i++) x[i] = frand(-1, 1);
+    for (int i = 0; i < MAXM * 1210 + 8; i++) wbuf[i] = frand(-1, 1);
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+        for (int ldwi = 0; ldwi < 2; ldwi++)
+            for (int off = 0; off < 8; off += ldwi ? 3 : 1) {
+                const int kk = ks[ki], ldw = ldwi ? kk + 3 : (kk + 7) / 8 * 8;
+                const float *w = wbuf + off;
+                for (int n = 1; n <= MAXN; n += (kk > 100 ? 3 : 1))
+                    for (int m = 1; m <= MAXM; m++) {
+                        const float alpha = m & 1 ? 1.0f : 0.5f, beta = n % 3 == 0 ? 0.25f : 0.0f;
+                        for (int i = 0; i < MAXN * LDY; i++) y[i] = y0[i] = frand(-1, 1);
+                        k->gemm_nt(y, LDY, x, LDX, w, ldw, n, m, kk, alpha, beta);
+                        for (int i = 0; i < MAXN; i++)
+                            for (int j = 0; j < LDY; j++) {
+                                if (i >= n || j >= m) { canary &= y[i * LDY + j] == y0[i * LDY + j]; continue; }
+                                double s = 0, mag = 0;
+                                for (int p = 0; p < kk; p++) {
+                                    s += (double)x[i * LDX + p] * w[(size_t)j * ldw + p];
+                                    mag += fabs((double)x[i * LDX + p] * w[(size_t)j * ldw + p]);
+                                }
+                                double ref = alpha * s + (beta != 0.0f ? beta * y0[i * LDY + j] : 0.0);
+                                mag = alpha * mag + fabs(beta * y0[i * LDY + j]);
+                                /* in units of float rounding of the sum of magnitudes */
+                                worst = fmax(worst, fabs(y[i * LDY + j] - ref) / (mag * 0x1p-24));
+                            }
+                    }
+            }
+    ok(worst < 16, "%s gemm_nt: tails, alignments, k blocks: max error %.1f x 2^-24 sum|x w|", k->name, worst);
+    ok(canary, "%s gemm_nt: writes nothing outside y[:n, :m]", k->name);
+    free(x);
+    free(wbuf);
+}
+
 /* b2__attention, dispatched, against a double-precision one */
 static void test_attention(void)
 {
@@ -265,6 +311,7 @@ int main(void)
         test_layernorm(k);
         test_residual(k);
         test_gemm(k);
+        test_gemm_nt(k);
     }
     diag("in use: %s", b2__simd()->name);
     test_attention();

@@ -141,8 +141,9 @@ enum {
     BLIP2C_EBUSY = -37,            /* "busy": the daemon's queue is full; retry later */
     BLIP2C_ESHUTTING_DOWN = -38,   /* "shutting_down" */
     BLIP2C_ENO_MEMORY = -39,       /* "no_memory" (in the daemon) */
-    BLIP2C_EINTERNAL = -40         /* "internal", and any code this library does not
+    BLIP2C_EINTERNAL = -40,        /* "internal", and any code this library does not
                                       know (then error.code_name holds it) */
+    BLIP2C_EPERMISSION_DENIED = -41 /* "permission_denied": not in the daemon's allow lists */
 };
 
 /* Details of a failure, in storage the caller provides. */

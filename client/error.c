@@ -22,7 +22,7 @@ static const char *const b2c__names[] = {
     "duplicate_key", "missing_field", "bad_type", "out_of_range", "bad_utf8",
     "unknown_field", "unknown_op", "too_large", "unsupported_version",
     "duplicate_id", "bad_fd", "bad_image", "unsupported", "busy",
-    "shutting_down", "no_memory", "internal",
+    "shutting_down", "no_memory", "internal", "permission_denied",
 };
 #define B2C__NNAMES (sizeof b2c__names / sizeof b2c__names[0])
 #define B2C__FIRST_SERVER (-20)
@@ -49,6 +49,7 @@ static const char *const b2c__descr[] = {
     "the daemon is shutting down",
     "the daemon ran out of memory",
     "internal error in the daemon",
+    "the daemon does not allow this user",
 };
 
 const char *blip2c_strerror(int code)

@@ -21,6 +21,19 @@
 #include "blip2ipc.h"
 #include "cache.h"
 
+/* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
+ * server's current model while running jobs finish on the one they began
+ * with; the last reference frees it. */
+typedef struct b2d_model {
+    blip2_model *m;
+    atomic_int refs;
+    unsigned gen;            /* reload generation: part of the feature-cache key */
+    blip2_ctx *ctx;          /* decode scratch, used by the engine thread only */
+} b2d_model;
+
+b2d_model *b2d_model_ref(b2d_model *bm);
+void b2d_model_unref(b2d_model *bm);
+
 typedef struct b2d_config {
     const char *model_path;
     const char *socket_path;
@@ -34,6 +47,12 @@ typedef struct b2d_config {
     double shutdown_timeout; /* seconds to let running work finish */
     double stall_timeout;    /* seconds a full output buffer may stay full */
     size_t max_output;       /* per-connection output buffer before reads pause */
+    double idle_exit;        /* > 0: exit after this many idle seconds */
+    int activated;           /* the listening socket came from systemd */
+    uid_t *allow_uid;        /* who may connect (both empty: anyone the socket lets in) */
+    int n_allow_uid;
+    gid_t *allow_gid;
+    int n_allow_gid;
 } b2d_config;
 
 typedef struct b2d_job {
@@ -41,6 +60,7 @@ typedef struct b2d_job {
     atomic_int canceled;      /* 1: cancel requested (client, disconnect, shutdown) */
     uint64_t conn_id, req_id;
     uid_t uid;
+    b2d_model *model;         /* a reference: the model this request runs on */
     /* input (owned) */
     uint8_t *image;
     size_t image_len;
@@ -90,8 +110,8 @@ typedef struct b2d_engine b2d_engine;
 
 /* Starts the engine thread.  Events are handed to `deliver` (thread-safe,
  * called from the engine thread and pool threads). */
-int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, const blip2_model *m,
-                     b2d_cache *cache, void (*deliver)(void *, b2d_event *), void *user);
+int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache,
+                     void (*deliver)(void *, b2d_event *), void *user);
 /* Queues a prepared job (takes the caller's reference). */
 void b2d_engine_submit(b2d_engine *e, b2d_job *j);
 /* Requests currently queued and active. */
@@ -106,7 +126,7 @@ void b2d_engine_stop(b2d_engine *e);
 /* Preparation (pool thread): reads the image (descriptor or bytes), looks
  * up the cache, decodes and preprocesses, tokenises the prompt.  Sets
  * j->err on failure. */
-void b2d_prepare(b2d_job *j, const blip2_model *m, b2d_cache *cache, size_t max_image);
+void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image);
 
 /* Frames (encoded with libipc); NULL on allocation failure. */
 b2d_event *b2d_event_error(uint64_t conn_id, uint64_t req_id, int has_id, int code,
@@ -118,6 +138,7 @@ b2d_event *b2d_event_done(b2d_job *j, double now_ms);
 double b2d_now_ms(void);
 
 /* ---- server (server.c) ---- */
+/* Runs until shutdown; takes the model (freed at the end). */
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd);
 
 #endif

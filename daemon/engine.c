@@ -35,6 +35,20 @@ double b2d_now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+b2d_model *b2d_model_ref(b2d_model *bm)
+{
+    atomic_fetch_add(&bm->refs, 1);
+    return bm;
+}
+
+void b2d_model_unref(b2d_model *bm)
+{
+    if (!bm || atomic_fetch_sub(&bm->refs, 1) != 1) return;
+    blip2_ctx_free(bm->ctx);
+    blip2_model_free(bm->m);
+    free(bm);
+}
+
 void b2d_job_unref(b2d_job *j)
 {
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1) return;
@@ -55,6 +69,7 @@ void b2d_job_unref(b2d_job *j)
     free(j->ids);
     free(j->n_ids);
     free(j->cap_ids);
+    b2d_model_unref(j->model);
     free(j);
 }
 
@@ -187,15 +202,17 @@ static int read_fd(b2d_job *j, size_t max_image)
     return 0;
 }
 
-void b2d_prepare(b2d_job *j, const blip2_model *m, b2d_cache *cache, size_t max_image)
+void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image)
 {
+    const blip2_model *m = j->model->m;
     j->t_prep0 = b2d_now_ms();
     if (atomic_load(&j->canceled)) goto out;
     if (j->image_fd >= 0 && read_fd(j, max_image) < 0) goto out;
     GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
     g_checksum_update(ck, j->image, (gssize)j->image_len);
-    static const char settings[] = "blip2d preprocessing v1: exif-rotate";
-    g_checksum_update(ck, (const guchar *)settings, sizeof settings);
+    char settings[64]; /* what else decides the features: preprocessing and model */
+    int sl = snprintf(settings, sizeof settings, "blip2d v1 exif-rotate model-gen %u", j->model->gen);
+    g_checksum_update(ck, (const guchar *)settings, sl);
     gsize klen = sizeof j->key;
     g_checksum_get_digest(ck, j->key, &klen);
     g_checksum_free(ck);
@@ -242,14 +259,12 @@ struct b2d_engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     const b2d_config *cfg;
-    const blip2_model *m;
     b2d_cache *cache;
     void (*deliver)(void *, b2d_event *);
     void *user;
     uq *q;
     int nq, capq, rr;
     int queued, active, stop, cancel_all;
-    blip2_ctx *ctx;
 };
 
 static void emit(b2d_engine *e, b2d_event *ev)
@@ -324,7 +339,8 @@ static void stream_token(b2d_engine *e, b2d_job *j, int seq)
     const char *piece = "";
     size_t len = 0;
     blip2_error err;
-    if (blip2_stream_piece(e->m, &j->streams[seq], j->ids[seq], j->n_ids[seq], 0,
+    (void)e;
+    if (blip2_stream_piece(j->model->m, &j->streams[seq], j->ids[seq], j->n_ids[seq], 0,
                            (const char *const *)j->stop, j->n_stop, &piece, &len, &err) < 0)
         len = 0;
     b2ipc_reply rp;
@@ -359,15 +375,20 @@ static int token_cb(void *user, int seq, int32_t tok)
 static int start_job(b2d_engine *e, b2d_job *j)
 {
     blip2_error err = {0};
+    const blip2_model *m = j->model->m;
     j->t_admit = b2d_now_ms();
+    if (!j->model->ctx && blip2_ctx_new(m, &j->model->ctx, &err) < 0) {
+        emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, err.text));
+        return -1;
+    }
     if (!j->cached) {
         double t = b2d_now_ms();
-        if (blip2_encode_image(e->m, j->px, 1, j->query, NULL, &err) < 0) {
+        if (blip2_encode_image(m, j->px, 1, j->query, NULL, &err) < 0) {
             emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_EINTERNAL, NULL, err.text));
             return -1;
         }
         j->vision_ms = b2d_now_ms() - t;
-        b2d_cache_put(e->cache, j->key, j->query, blip2_query_embeds_len(e->m));
+        b2d_cache_put(e->cache, j->key, j->query, blip2_query_embeds_len(m));
         free(j->px);
         j->px = NULL;
     }
@@ -383,7 +404,7 @@ static int start_job(b2d_engine *e, b2d_job *j)
     /* no prompt ids: a caption, the session starts from bos */
     blip2_request rq = {.query_embeds = j->query, .prompt_ids = j->prompt_ids, .n_prompt_ids = j->n_prompt_ids};
     j->engine = e;
-    int rc = blip2_session_new(e->m, &rq, &j->params, token_cb, j, &j->sess, &err);
+    int rc = blip2_session_new(m, &rq, &j->params, token_cb, j, &j->sess, &err);
     if (rc < 0) {
         int code = rc == BLIP2_ETOOBIG ? B2IPC_ETOO_LARGE : rc == BLIP2_ENOMEM ? B2IPC_ENOMEM
                    : rc == BLIP2_EINVAL ? B2IPC_ERANGE : B2IPC_EINTERNAL;
@@ -394,7 +415,7 @@ static int start_job(b2d_engine *e, b2d_job *j)
         j->ids[s] = malloc(sizeof(int32_t) * 64);
         if (!j->ids[s]) return -1;
         j->cap_ids[s] = 64;
-        j->ids[s][0] = blip2_bos_id(e->m);
+        j->ids[s][0] = blip2_bos_id(m);
         j->n_ids[s] = 1;
     }
     return 0;
@@ -477,14 +498,21 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&e->mu);
         cancel_all = e->cancel_all;
         pthread_mutex_unlock(&e->mu);
-        int n = 0;
-        for (int i = 0; i < nact; i++) {
+        for (int i = 0; i < nact; i++)
             if (atomic_load(&act[i]->canceled) || cancel_all) blip2_session_cancel(act[i]->sess);
-            ss[n++] = act[i]->sess;
-        }
+        /* one step per model: after a reload, jobs of the old model finish on it */
         double t0 = b2d_now_ms();
-        blip2_error err = {0};
-        if (n > 0 && blip2_step(e->ctx, ss, n, &err) < 0) LOG_ERR("decode step: %s", err.text);
+        for (int i = 0; i < nact; i++) {
+            b2d_model *bm = act[i]->model;
+            int first = 1;
+            for (int k = 0; k < i && first; k++) first = act[k]->model != bm;
+            if (!first) continue;
+            int n = 0;
+            for (int k = i; k < nact; k++)
+                if (act[k]->model == bm) ss[n++] = act[k]->sess;
+            blip2_error err = {0};
+            if (blip2_step(bm->ctx, ss, n, &err) < 0) LOG_ERR("decode step: %s", err.text);
+        }
         double dt = b2d_now_ms() - t0;
         int k = 0;
         for (int i = 0; i < nact; i++) {
@@ -507,21 +535,18 @@ static void *engine_main(void *arg)
     return NULL;
 }
 
-int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, const blip2_model *m,
-                     b2d_cache *cache, void (*deliver)(void *, b2d_event *), void *user)
+int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache,
+                     void (*deliver)(void *, b2d_event *), void *user)
 {
     b2d_engine *e = calloc(1, sizeof *e);
-    blip2_error err;
     if (!e) return -1;
     e->cfg = cfg;
-    e->m = m;
     e->cache = cache;
     e->deliver = deliver;
     e->user = user;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    if (blip2_ctx_new(m, &e->ctx, &err) < 0 || pthread_create(&e->th, NULL, engine_main, e) != 0) {
-        blip2_ctx_free(e->ctx);
+    if (pthread_create(&e->th, NULL, engine_main, e) != 0) {
         free(e);
         return -1;
     }
@@ -537,7 +562,6 @@ void b2d_engine_stop(b2d_engine *e)
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->th, NULL);
-    blip2_ctx_free(e->ctx);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e->q);

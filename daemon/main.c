@@ -2,9 +2,10 @@
  * main.c - blip2d: command line, model loading, the listening socket, and
  * handing over to the server loop (server.c).
  *
- *   parse flags -> load the model (mapped weights, checked) -> create the
- *   socket (stale file replaced, a live daemon refused, mode 0660)
- *   -> b2d_server_run until SIGTERM/SIGINT -> remove the socket -> exit 0.
+ *   parse flags -> load the model (mapped weights, checked) -> take the
+ *   socket systemd passed (LISTEN_FDS), or create one (stale file replaced,
+ *   a live daemon refused, mode 0660) -> b2d_server_run until SIGTERM/SIGINT
+ *   or the idle exit -> remove the socket (if it is ours) -> exit 0.
  */
 #include "daemon.h"
 #include "log.h"
@@ -12,6 +13,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 extern void openblas_set_num_threads(int);
@@ -43,6 +47,11 @@ static void usage(FILE *f)
         "                          (default 4194304)\n"
         "      --stall-timeout S   close a connection whose output stays full this long\n"
         "                          (default 30)\n"
+        "      --idle-exit S       exit after S seconds without clients or work (for socket\n"
+        "                          activation: systemd starts blip2d again on demand)\n"
+        "      --allow-uid LIST    only these uids may connect (comma-separated)\n"
+        "      --allow-gid LIST    only members of these groups may connect (comma-separated\n"
+        "                          numbers or names); with both lists, either admits\n"
         "  -v, --verbose           more log output (repeat for debug)\n"
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
@@ -59,6 +68,34 @@ static long num(const char *s, const char *opt, long lo, long hi)
         exit(2);
     }
     return v;
+}
+
+/* A comma-separated list of numeric ids (or, for groups, names) appended
+ * to *ids. */
+static int parse_ids(const char *arg, int groups, uid_t **ids, int *n)
+{
+    char *copy = strdup(arg), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(t, &end, 10);
+        if (errno || *end || end == t) {
+            struct group *g = groups ? getgrnam(t) : NULL;
+            if (!g) {
+                fprintf(stderr, "blip2d: --allow-%s: '%s' is not a %s\n", groups ? "gid" : "uid", t,
+                        groups ? "group number or name" : "uid number");
+                free(copy);
+                return -1;
+            }
+            v = g->gr_gid;
+        }
+        uid_t *nv = realloc(*ids, sizeof *nv * (size_t)(*n + 1));
+        if (!nv) { free(copy); return -1; }
+        *ids = nv;
+        (*ids)[(*n)++] = (uid_t)v;
+    }
+    free(copy);
+    return 0;
 }
 
 /* Binds and listens on path: a stale socket file is replaced, a live
@@ -110,7 +147,7 @@ static int make_socket(const char *path)
 
 int main(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_VERSION };
+    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -118,6 +155,8 @@ int main(int argc, char **argv)
         {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
         {"shutdown-timeout", required_argument, 0, O_SHUT}, {"max-output", required_argument, 0, O_OUTPUT},
         {"stall-timeout", required_argument, 0, O_STALL}, {"max-inflight", required_argument, 0, O_INFLIGHT},
+        {"idle-exit", required_argument, 0, O_IDLE}, {"allow-uid", required_argument, 0, O_AUID},
+        {"allow-gid", required_argument, 0, O_AGID},
         {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -143,6 +182,9 @@ int main(int argc, char **argv)
         case O_OUTPUT: cfg.max_output = (size_t)num(optarg, "--max-output", 1024, 1l << 30); break;
         case O_STALL: cfg.stall_timeout = (double)num(optarg, "--stall-timeout", 1, 86400); break;
         case O_INFLIGHT: cfg.max_inflight = (int)num(optarg, "--max-inflight", 1, 4096); break;
+        case O_IDLE: cfg.idle_exit = (double)num(optarg, "--idle-exit", 0, 86400 * 365); break;
+        case O_AUID: if (parse_ids(optarg, 0, &cfg.allow_uid, &cfg.n_allow_uid) < 0) return 2; break;
+        case O_AGID: if (parse_ids(optarg, 1, (uid_t **)&cfg.allow_gid, &cfg.n_allow_gid) < 0) return 2; break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
@@ -172,13 +214,29 @@ int main(int argc, char **argv)
     }
     LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
              blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
-    int fd = make_socket(cfg.socket_path);
-    if (fd < 0) {
+    int fd, n = sd_listen_fds(1);
+    if (n > 1) {
+        LOG_ERR("systemd passed %d sockets; blip2d takes exactly one", n);
         blip2_model_free(m);
         return 1;
     }
-    int rc = b2d_server_run(&cfg, m, fd);
-    unlink(cfg.socket_path);
-    blip2_model_free(m);
+    if (n == 1) {
+        fd = SD_LISTEN_FDS_START;
+        if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+            LOG_ERR("the socket systemd passed is not a listening Unix stream socket");
+            blip2_model_free(m);
+            return 1;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        cfg.activated = 1;
+    } else if ((fd = make_socket(cfg.socket_path)) < 0) {
+        blip2_model_free(m);
+        return 1;
+    }
+    int rc = b2d_server_run(&cfg, m, fd); /* takes the model */
+    if (!cfg.activated) unlink(cfg.socket_path);
+    free(cfg.allow_uid);
+    free(cfg.allow_gid);
     return rc < 0 ? 1 : 0;
 }

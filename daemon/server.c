@@ -22,11 +22,13 @@
 #include "log.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define MAX_FDS 8
@@ -64,10 +66,13 @@ struct b2d_server {
     uv_poll_t listen_poll;
     int listen_fd;
     uv_async_t async;
-    uv_signal_t sig_term, sig_int;
-    uv_timer_t shutdown_timer;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t shutdown_timer, tick_timer, watchdog_timer;
     const b2d_config *cfg;
-    blip2_model *m;
+    b2d_model *cur;           /* the model new requests use */
+    int reloading;
+    double idle_since;
+    char last_status[160];
     b2d_cache *cache;
     b2d_engine *eng;
     pthread_mutex_t evmu;
@@ -245,7 +250,7 @@ static int take_fd(conn *c)
 static void prep_cb(uv_work_t *w)
 {
     prep_work *p = w->data;
-    b2d_prepare(p->job, p->srv->m, p->srv->cache, p->srv->lim.max_image_bytes);
+    b2d_prepare(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
 }
 
 static void after_prep_cb(uv_work_t *w, int status)
@@ -303,6 +308,7 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
     j->conn_id = c->id;
     j->req_id = rq->id;
     j->uid = c->uid;
+    j->model = b2d_model_ref(s->cur);
     j->image_fd = fd;
     j->t_recv = b2d_now_ms();
     j->stream = g->stream;
@@ -359,7 +365,7 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
 static void handle_status(conn *c, uint64_t id)
 {
     struct b2d_server *s = c->srv;
-    const blip2_model *m = s->m;
+    const blip2_model *m = s->cur->m;
     b2ipc_reply rp;
     b2ipc_reply_init(&rp, B2IPC_REPLY_STATUS);
     rp.id = id;
@@ -579,6 +585,24 @@ static void conn_close(conn *c, const char *why)
     uv_close((uv_handle_t *)&c->stall, conn_free_cb);
 }
 
+/* --allow-uid / --allow-gid: the peer's uid, primary gid or one of its
+ * supplementary groups (SO_PEERGROUPS) must be listed. */
+static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
+{
+    if (cfg->n_allow_uid == 0 && cfg->n_allow_gid == 0) return 1;
+    for (int i = 0; i < cfg->n_allow_uid; i++)
+        if (cfg->allow_uid[i] == cr->uid) return 1;
+    for (int i = 0; i < cfg->n_allow_gid; i++)
+        if (cfg->allow_gid[i] == cr->gid) return 1;
+    gid_t groups[256];
+    socklen_t len = sizeof groups;
+    if (cfg->n_allow_gid && getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+        for (size_t k = 0; k < len / sizeof(gid_t); k++)
+            for (int i = 0; i < cfg->n_allow_gid; i++)
+                if (cfg->allow_gid[i] == groups[k]) return 1;
+    return 0;
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events)
 {
     struct b2d_server *s = h->data;
@@ -593,6 +617,18 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         struct ucred cr = {0, (uid_t)-1, (gid_t)-1};
         socklen_t crl = sizeof cr;
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl);
+        if (!peer_allowed(s->cfg, fd, &cr)) {
+            msgpack_sbuffer sb;
+            msgpack_sbuffer_init(&sb);
+            b2ipc_encode_error(&sb, false, 0, B2IPC_EPERM, NULL,
+                               "this user may not use blip2d (see its --allow-uid/--allow-gid)");
+            (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
+            msgpack_sbuffer_destroy(&sb);
+            close(fd);
+            LOG_WARN("refused a connection from pid %ld uid %u gid %u: not in the allow lists",
+                     (long)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
+            continue;
+        }
         if (s->nconns >= s->cfg->max_connections || s->shutting_down) {
             msgpack_sbuffer sb;
             msgpack_sbuffer_init(&sb);
@@ -669,20 +705,119 @@ static void signal_cb(uv_signal_t *h, int signum)
     }
     LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
     s->shutting_down = 1;
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
     uv_poll_stop(&s->listen_poll);
     close(s->listen_fd);
     s->listen_fd = -1;
-    if (s->cfg->socket_path) unlink(s->cfg->socket_path);
+    if (s->cfg->socket_path && !s->cfg->activated) unlink(s->cfg->socket_path);
     uv_timer_start(&s->shutdown_timer, shutdown_tick, 0, 20);
+}
+
+/* ---- reload (SIGHUP), status, watchdog, idle exit ---- */
+
+typedef struct reload_work {
+    uv_work_t w;
+    struct b2d_server *srv;
+    blip2_model *m;
+    blip2_error err;
+    double t0;
+} reload_work;
+
+static void reload_load_cb(uv_work_t *w)
+{
+    reload_work *r = w->data;
+    if (blip2_model_load(&r->m, r->srv->cfg->model_path, NULL, &r->err) < 0) r->m = NULL;
+}
+
+static void reload_done_cb(uv_work_t *w, int status)
+{
+    reload_work *r = w->data;
+    struct b2d_server *s = r->srv;
+    s->reloading = 0;
+    b2d_model *nm = r->m && status == 0 ? calloc(1, sizeof *nm) : NULL;
+    if (nm) {
+        nm->m = r->m;
+        atomic_init(&nm->refs, 1);
+        nm->gen = s->cur->gen + 1;
+        b2d_model *old = s->cur;
+        s->cur = nm; /* running jobs keep their references to the old one */
+        b2d_model_unref(old);
+        LOG_INFO("reloaded %s in %.0f ms (%s weights); new requests use it", s->cfg->model_path,
+                 b2d_now_ms() - r->t0, blip2_model_dtype(nm->m));
+    } else {
+        blip2_model_free(r->m);
+        LOG_ERR("reload failed, still serving the previous model: %s", r->err.text[0] ? r->err.text : "out of memory");
+    }
+    sd_notify(0, "READY=1");
+    s->last_status[0] = 0;
+    free(r);
+}
+
+static void sighup_cb(uv_signal_t *h, int signum)
+{
+    struct b2d_server *s = h->data;
+    (void)signum;
+    if (s->reloading || s->shutting_down) return;
+    reload_work *r = calloc(1, sizeof *r);
+    if (!r) return;
+    r->srv = s;
+    r->w.data = r;
+    r->t0 = b2d_now_ms();
+    LOG_INFO("SIGHUP: reloading %s", s->cfg->model_path);
+    sd_notifyf(0, "RELOADING=1\nSTATUS=reloading %s", s->cfg->model_path);
+    s->reloading = 1;
+    if (uv_queue_work(&s->loop, &r->w, reload_load_cb, reload_done_cb) < 0) {
+        s->reloading = 0;
+        free(r);
+        sd_notify(0, "READY=1");
+    }
+}
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    (void)t;
+    sd_notify(0, "WATCHDOG=1");
+}
+
+/* Once a second: the STATUS= line (when it changed) and the idle exit. */
+static void tick_cb(uv_timer_t *t)
+{
+    struct b2d_server *s = t->data;
+    int queued = 0, active = 0;
+    b2d_engine_counts(s->eng, &queued, &active);
+    char st[sizeof s->last_status];
+    snprintf(st, sizeof st, "serving %s: %d active, %d queued, %d connections", s->cfg->model_path, active,
+             queued + s->in_prep, s->nconns);
+    if (!s->reloading && !s->shutting_down && strcmp(st, s->last_status) != 0) {
+        memcpy(s->last_status, st, sizeof st);
+        sd_notifyf(0, "STATUS=%s", st);
+    }
+    int idle = s->nconns == 0 && s->in_prep == 0 && queued == 0 && active == 0 && !s->reloading;
+    double now = b2d_now_ms();
+    if (!idle) s->idle_since = now;
+    if (s->cfg->idle_exit > 0 && idle && !s->shutting_down && now - s->idle_since >= s->cfg->idle_exit * 1000) {
+        /* connections not yet accepted stay in the listening socket's queue,
+         * which systemd keeps: the next instance serves them */
+        LOG_INFO("idle for %.0f s: exiting", s->cfg->idle_exit);
+        sd_notify(0, "STOPPING=1\nSTATUS=idle exit");
+        s->shutting_down = 1;
+        uv_poll_stop(&s->listen_poll);
+        uv_stop(&s->loop);
+    }
 }
 
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
 {
     struct b2d_server *s = calloc(1, sizeof *s);
-    if (!s) return -1;
+    if (!s || !(s->cur = calloc(1, sizeof *s->cur))) {
+        free(s);
+        blip2_model_free(m);
+        return -1;
+    }
     s->cfg = cfg;
-    s->m = m;
+    s->cur->m = m;
+    atomic_init(&s->cur->refs, 1);
     s->listen_fd = listen_fd;
     s->t_start = b2d_now_ms();
     s->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
@@ -692,7 +827,7 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     uv_loop_init(&s->loop);
     uv_async_init(&s->loop, &s->async, async_cb);
     s->async.data = s;
-    if (!s->cache || b2d_engine_start(&s->eng, cfg, m, s->cache, deliver, s) < 0) {
+    if (!s->cache || b2d_engine_start(&s->eng, cfg, s->cache, deliver, s) < 0) {
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
@@ -704,9 +839,24 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     s->sig_term.data = s->sig_int.data = s;
     uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
     uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+    uv_signal_init(&s->loop, &s->sig_hup);
+    s->sig_hup.data = s;
+    uv_signal_start(&s->sig_hup, sighup_cb, SIGHUP);
     uv_timer_init(&s->loop, &s->shutdown_timer);
     s->shutdown_timer.data = s;
-    LOG_INFO("ready: serving %s on %s", cfg->model_path, cfg->socket_path ? cfg->socket_path : "(inherited socket)");
+    uv_timer_init(&s->loop, &s->tick_timer);
+    s->tick_timer.data = s;
+    s->idle_since = b2d_now_ms();
+    uv_timer_start(&s->tick_timer, tick_cb, 1000, cfg->idle_exit > 0 && cfg->idle_exit < 2 ? 250 : 1000);
+    uint64_t wd_usec = 0;
+    uv_timer_init(&s->loop, &s->watchdog_timer);
+    if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+        uint64_t every = wd_usec / 2000 ? wd_usec / 2000 : 1; /* half the interval, in ms */
+        uv_timer_start(&s->watchdog_timer, watchdog_cb, every, every);
+        LOG_INFO("watchdog: pinging every %llu ms", (unsigned long long)every);
+    }
+    LOG_INFO("ready: serving %s on %s", cfg->model_path, cfg->activated ? "the socket passed by systemd" : cfg->socket_path);
+    sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model_path);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     /* the engine has nothing left; drain its last events, then tear down */
     b2d_engine_stop(s->eng);
@@ -716,6 +866,7 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     uv_walk(&s->loop, close_walk_cb, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
+    b2d_model_unref(s->cur);
     b2d_cache_free(s->cache);
     pthread_mutex_destroy(&s->evmu);
     free(s);

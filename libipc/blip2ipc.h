@@ -129,8 +129,9 @@ enum {
     B2IPC_EBUSY = -20,           /* "busy"                           (server only) */
     B2IPC_ESHUTDOWN = -21,       /* "shutting_down"                  (server only) */
     B2IPC_EINTERNAL = -22,       /* "internal" */
-    B2IPC_EUNKNOWN_CODE = -23    /* a decoded error reply's code this library does not
+    B2IPC_EUNKNOWN_CODE = -23,   /* a decoded error reply's code this library does not
                                     know (see error.code_name); treat like internal */
+    B2IPC_EPERM = -24            /* "permission_denied"              (server only) */
 };
 
 /* Details of a failure, filled by the caller-provided struct. */

@@ -50,6 +50,7 @@ static const b2ipc__code_info b2ipc__codes[] = {
     { B2IPC_ESHUTDOWN, "shutting_down", "server shutting down" },
     { B2IPC_EINTERNAL, "internal", "internal server error" },
     { B2IPC_EUNKNOWN_CODE, NULL, "unknown error code" },
+    { B2IPC_EPERM, "permission_denied", "this user may not use the server" },
 };
 
 static const b2ipc__code_info *b2ipc__code(int code)

@@ -18,6 +18,7 @@
  */
 #include "kernels.h"
 #include "pool.h"
+#include "safetensors.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -79,6 +80,26 @@ static void residual_c(float *h, const float *x, const float *b, size_t n, size_
     }
 }
 
+static void f16_to_f32_c(float *y, const void *x, size_t n)
+{
+    const unsigned char *p = x;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        y[i] = b2__f16_to_f32(h);
+    }
+}
+
+static void bf16_to_f32_c(float *y, const void *x, size_t n)
+{
+    const unsigned char *p = x;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        y[i] = b2__bf16_to_f32(h);
+    }
+}
+
 static const b2_simd simd_portable = {
     .name = "portable",
     .gelu_bias = gelu_bias_c,
@@ -87,6 +108,8 @@ static const b2_simd simd_portable = {
     .residual = residual_c,
     .gemm_nn = NULL,
     .gemm_nt = NULL,
+    .f16_to_f32 = f16_to_f32_c,
+    .bf16_to_f32 = bf16_to_f32_c,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -95,7 +118,8 @@ extern const b2_simd b2__simd_avx2; /* kernels_avx2.c */
 static int have_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 }
 #endif
 
@@ -308,6 +332,36 @@ void b2__bias_act(float *x, const float *b, int n, int d, b2_act a)
             for (int j = 0; j < d; j++) x[(size_t)i * d + j] += b[j];
     b2__act(x, (size_t)n * d, a);
 }
+
+/* ---- 16-bit to f32, in chunks over the pool ---- */
+
+#define CONVERT_CHUNK ((size_t)1 << 20)
+
+typedef struct cvt_job {
+    float *y;
+    const unsigned char *x;
+    size_t n;
+    void (*fn)(float *, const void *, size_t);
+} cvt_job;
+
+static void cvt_task(void *ctx, int t, int slot)
+{
+    const cvt_job *j = ctx;
+    (void)slot;
+    const size_t i0 = (size_t)t * CONVERT_CHUNK, len = j->n - i0 < CONVERT_CHUNK ? j->n - i0 : CONVERT_CHUNK;
+    j->fn(j->y + i0, j->x + 2 * i0, len);
+}
+
+static void convert(float *y, const void *x, size_t n, void (*fn)(float *, const void *, size_t))
+{
+    cvt_job j = {y, x, n, fn};
+    const size_t tasks = (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK;
+    if (tasks <= 1 || tasks > INT32_MAX) fn(y, x, n);
+    else b2__parallel_for((int)tasks, cvt_task, &j);
+}
+
+void b2__f16_to_f32_n(float *y, const void *x, size_t n) { convert(y, x, n, b2__simd()->f16_to_f32); }
+void b2__bf16_to_f32_n(float *y, const void *x, size_t n) { convert(y, x, n, b2__simd()->bf16_to_f32); }
 
 void b2__add(float *y, const float *x, size_t n)
 {

@@ -57,6 +57,12 @@ void b2__softmax(float *x, int n);
 /* y (n) += x (n). */
 void b2__add(float *y, const float *x, size_t n);
 
+/* y (n) = the n IEEE half (f16) or bfloat16 values at x (any alignment), as
+ * f32; large n is spread over the compute pool.  For converting 16-bit
+ * checkpoints at load. */
+void b2__f16_to_f32_n(float *y, const void *x, size_t n);
+void b2__bf16_to_f32_n(float *y, const void *x, size_t n);
+
 /* One implementation of the element-wise kernels.  Semantics as the
  * functions above; GELU is the exact erf form. */
 typedef struct b2_simd {
@@ -73,6 +79,8 @@ typedef struct b2_simd {
      * for few rows n; NULL: OpenBLAS does all products */
     void (*gemm_nt)(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                     int n, int m, int k, float alpha, float beta);
+    void (*f16_to_f32)(float *y, const void *x, size_t n);
+    void (*bf16_to_f32)(float *y, const void *x, size_t n);
 } b2_simd;
 
 /* The implementation in use: the best this CPU runs, or the one named by

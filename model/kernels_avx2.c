@@ -2,7 +2,7 @@
  * kernels_avx2.c - the element-wise kernels of kernels.c in AVX2 + FMA, for
  * x86-64 CPUs that have them (chosen at run time by b2__simd(); every
  * function carries __attribute__((target)), so the file builds with the
- * default flags and nothing here runs on a CPU without AVX2).
+ * default flags and nothing here runs on a CPU without AVX2, FMA and F16C).
  *
  *   gelu_bias   x = x + b (row broadcast), then 0.5 x (1 + erf(x / sqrt 2))
  *               with a polynomial erf: |z| < 1: z P(z^2); 1 <= |z| < 4:
@@ -16,6 +16,7 @@
  *   residual    h += x + b
  *   gemm_nn     the two products of attention per head (register-tiled)
  *   gemm_nt     x W^T for x with 2..64 rows, W streamed without repacking
+ *   f16/bf16    to f32 (F16C), for checkpoints at load
  * Row tails shorter than 8 use masked loads and stores.
  */
 #include "kernels.h"
@@ -23,6 +24,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 #include <math.h>
 
 #define B2_AVX2 __attribute__((target("avx2,fma")))
@@ -443,6 +445,41 @@ B2_AVX2 static void gemm_nt(float *y, int ldy, const float *x, int ldx, const fl
     }
 }
 
+/* ---- 16-bit floats to f32 ---- */
+
+__attribute__((target("avx2,f16c"))) static void f16_to_f32(float *y, const void *x, size_t n)
+{
+    const unsigned char *p = x;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i));
+        __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i + 16));
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(h0));
+        _mm256_storeu_ps(y + i + 8, _mm256_cvtph_ps(h1));
+    }
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        y[i] = _cvtsh_ss(h);
+    }
+}
+
+B2_AVX2 static void bf16_to_f32(float *y, const void *x, size_t n)
+{
+    const unsigned char *p = x;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i)));
+        _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        uint32_t b = (uint32_t)h << 16;
+        memcpy(y + i, &b, 4);
+    }
+}
+
 const b2_simd b2__simd_avx2 = {
     .name = "avx2",
     .gelu_bias = gelu_bias,
@@ -451,6 +488,8 @@ const b2_simd b2__simd_avx2 = {
     .residual = residual,
     .gemm_nn = gemm_nn,
     .gemm_nt = gemm_nt,
+    .f16_to_f32 = f16_to_f32,
+    .bf16_to_f32 = bf16_to_f32,
 };
 
 #endif

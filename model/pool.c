@@ -7,8 +7,8 @@
  *   worker: sleep on `wake` until gen changes -> take tasks until none
  *           are left -> leave, signal `done` -> sleep again
  * Tasks are handed out one at a time from a shared counter, so a stalled
- * vCPU delays only the task it holds.  Busy pool or nested call: the
- * caller runs every task itself (slot 0).  A woken worker moves off the
+ * vCPU delays only the task it holds.  Busy pool (another thread's job)
+ * or a call from inside a task: the caller runs every task itself (slot 0).  A woken worker moves off the
  * caller's CPU (avoid_cpu below).  Workers live as long as the process;
  * in a child after fork() the caller simply runs every task.
  */
@@ -38,13 +38,18 @@ static struct {
 } P = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER,
        .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
+/* set while this thread runs tasks: a nested call runs inline */
+static __thread int in_task;
+
 static void run_tasks(void (*fn)(void *, int, int), void *ctx, int n, int slot)
 {
+    in_task = 1;
     for (;;) {
         int t = __atomic_fetch_add(&P.next, 1, __ATOMIC_RELAXED);
         if (t >= n) break;
         fn(ctx, t, slot);
     }
+    in_task = 0;
 }
 
 /* Keeps a worker off the caller's CPU.  OpenBLAS's idle threads spin with
@@ -110,12 +115,12 @@ int b2__pool_size(void)
 void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ctx)
 {
     if (n <= 0) return;
-    if (n == 1 || b2__pool_size() == 1) {
+    if (n == 1 || in_task || b2__pool_size() == 1) {
         for (int t = 0; t < n; t++) fn(ctx, t, 0);
         return;
     }
     pthread_mutex_lock(&P.mu);
-    if (P.busy) { /* someone else's job, or ours from inside a task */
+    if (P.busy) { /* another thread's job */
         pthread_mutex_unlock(&P.mu);
         for (int t = 0; t < n; t++) fn(ctx, t, 0);
         return;
@@ -132,8 +137,10 @@ void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ct
 
     run_tasks(fn, ctx, n, 0);
 
+    /* busy until every worker that joined has left: the task counter and
+     * the job stay theirs until then; later wakers see !busy and sleep */
     pthread_mutex_lock(&P.mu);
-    P.busy = 0; /* late wakers see it and go back to sleep */
     while (P.active > 0) pthread_cond_wait(&P.done, &P.mu);
+    P.busy = 0;
     pthread_mutex_unlock(&P.mu);
 }

@@ -11,14 +11,17 @@
  *   residual   exact: h + (x + b) in float either way
  *   gemm_nn    all row / column tails of its 6 x 16 tiles
  *   gemm_nt    row tails, odd k, every alignment of w, alpha and beta
+ *   convert    f16 / bf16 -> f32, every bit pattern, unaligned
  *   attention  b2__attention (heads on the compute pool) vs a naive one
- *   pool       every task runs once; nested and empty calls
+ *   pool       every task runs once; nested, empty and concurrent calls
  */
 #include "kernels.h"
 #include "pool.h"
+#include "safetensors.h"
 #include "tap.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +228,52 @@ static void test_gemm_nt(const b2_simd *k)
     free(wbuf);
 }
 
+/* every f16 / bf16 bit pattern, at an odd address, against the scalar
+ * decoders of safetensors.c (NaN: any NaN) */
+static void test_convert(const b2_simd *k)
+{
+    unsigned char *raw = malloc(2 * 65536 + 1);
+    float *y = malloc(sizeof(float) * 65536);
+    for (int i = 0; i < 65536; i++) { raw[1 + 2 * i] = (unsigned char)(i & 0xff); raw[2 + 2 * i] = (unsigned char)(i >> 8); }
+    int same16 = 1, same_bf = 1;
+    k->f16_to_f32(y, raw + 1, 65536);
+    for (int i = 0; i < 65536; i++) {
+        float r = b2__f16_to_f32((uint16_t)i);
+        same16 &= isnan(r) ? isnan(y[i]) : memcmp(&r, &y[i], 4) == 0;
+    }
+    k->bf16_to_f32(y, raw + 1, 65535); /* and a tail */
+    for (int i = 0; i < 65535; i++) {
+        float r = b2__bf16_to_f32((uint16_t)i);
+        same_bf &= isnan(r) ? isnan(y[i]) : memcmp(&r, &y[i], 4) == 0;
+    }
+    ok(same16, "%s f16 -> f32: all 65536 values exact", k->name);
+    ok(same_bf, "%s bf16 -> f32: exact", k->name);
+    free(raw);
+    free(y);
+}
+
+static void test_convert_big(void)
+{
+    const size_t n = 3 * (1 << 20) + 77;
+    uint16_t *x = malloc(2 * n);
+    float *y = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) x[i] = (uint16_t)(i * 2654435761u >> 7);
+    b2__f16_to_f32_n(y, x, n);
+    int same = 1;
+    for (size_t i = 0; i < n; i++) {
+        float r = b2__f16_to_f32(x[i]);
+        same &= isnan(r) ? isnan(y[i]) : r == y[i];
+    }
+    b2__bf16_to_f32_n(y, x, n);
+    for (size_t i = 0; i < n; i++) {
+        float r = b2__bf16_to_f32(x[i]);
+        same &= isnan(r) ? isnan(y[i]) : r == y[i];
+    }
+    ok(same, "f16 / bf16 -> f32 of %zu values over the pool", n);
+    free(x);
+    free(y);
+}
+
 /* b2__attention, dispatched, against a double-precision one */
 static void test_attention(void)
 {
@@ -279,6 +328,47 @@ static void nested_cb(void *ctx, int t, int slot)
     __atomic_fetch_add(&counts[500 + t], 1, __ATOMIC_RELAXED);
 }
 
+/* several threads submitting jobs at once, each with its own counters */
+typedef struct conc {
+    int counts[64];
+    int bad;
+} conc;
+
+static void conc_cb(void *ctx, int t, int slot)
+{
+    conc *c = ctx;
+    (void)slot;
+    __atomic_fetch_add(&c->counts[t], 1, __ATOMIC_RELAXED);
+}
+
+static void *conc_thread(void *arg)
+{
+    conc *c = arg;
+    for (int rep = 0; rep < 3000 && !c->bad; rep++) {
+        int n = 1 + rep % 64;
+        memset(c->counts, 0, sizeof c->counts);
+        b2__parallel_for(n, conc_cb, c);
+        for (int t = 0; t < 64; t++)
+            if (c->counts[t] != (t < n)) c->bad = 1;
+    }
+    return NULL;
+}
+
+static void test_pool_concurrent(void)
+{
+    enum { NT = 4 };
+    pthread_t th[NT];
+    conc c[NT];
+    memset(c, 0, sizeof c);
+    for (int i = 0; i < NT; i++) pthread_create(&th[i], NULL, conc_thread, &c[i]);
+    int bad = 0;
+    for (int i = 0; i < NT; i++) {
+        pthread_join(th[i], NULL);
+        bad |= c[i].bad;
+    }
+    ok(!bad, "pool: %d threads submitting 3000 jobs each at once: every task once", NT);
+}
+
 static void test_pool(void)
 {
     int bad = 0, once = 1;
@@ -312,9 +402,12 @@ int main(void)
         test_residual(k);
         test_gemm(k);
         test_gemm_nt(k);
+        test_convert(k);
     }
     diag("in use: %s", b2__simd()->name);
     test_attention();
+    test_convert_big();
     test_pool();
+    test_pool_concurrent();
     return tap_done();
 }

@@ -215,6 +215,11 @@ int main(int argc, char **argv)
     LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
              blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
     int fd, n = sd_listen_fds(1);
+    if (n < 0) {
+        LOG_ERR("LISTEN_FDS is set but the passed socket is unusable: %s", strerror(-n));
+        blip2_model_free(m);
+        return 1;
+    }
     if (n > 1) {
         LOG_ERR("systemd passed %d sockets; blip2d takes exactly one", n);
         blip2_model_free(m);

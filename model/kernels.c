@@ -194,6 +194,31 @@ void b2__matmul_t(float *y, int ldy, const float *x, int ldx, const float *w, in
                 beta, y, ldy);
 }
 
+void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
+                     int n, int m, int k)
+{
+    if (n <= 0 || m <= 0) return;
+    const b2_simd *simd = b2__simd();
+    if (simd->gemm_nt) { /* every row through gemm_nt, whatever the tile it lands in */
+        for (int r0 = 0; r0 < n; r0 += SKINNY_MAX_ROWS) {
+            const int nn = n - r0 < SKINNY_MAX_ROWS ? n - r0 : SKINNY_MAX_ROWS;
+            nt_job j = {y + (size_t)r0 * ldy, x + (size_t)r0 * ldx, w, ldy, ldx, ldw, nn, m, k, 1.0f, 0.0f, simd};
+            b2__parallel_for((m + SKINNY_CHUNK - 1) / SKINNY_CHUNK, nt_task, &j);
+        }
+        return;
+    }
+    for (int i = 0; i < n; i++) /* portable: one sgemv per row */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, 1.0f, w, ldw, x + (size_t)i * ldx, 1, 0.0f,
+                    y + (size_t)i * ldy, 1);
+}
+
+void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
+{
+    b2__matmul_rows(y, l->out, x, l->in, l->w, l->in, n, l->out, l->in);
+    if (l->b)
+        for (int i = 0; i < n; i++) b2__add(y + (size_t)i * l->out, l->b, (size_t)l->out);
+}
+
 void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                   int n, int m, int k)
 {

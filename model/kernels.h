@@ -36,6 +36,14 @@ void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, in
 /* y (n, l->out) = x (n, l->in) @ W^T + b. */
 void b2__linear(float *y, const float *x, int n, const b2_linear *l);
 
+/* The same products with a guarantee the decoder needs: each row's result
+ * has the same bits whatever n is (one kernel and one summation order for
+ * every row), so a request decoded in a batch gets exactly the numbers it
+ * gets alone.  y (n, ldy) [:, :m] = x (n, ldx) [:, :k] @ w (m, ldw)^T. */
+void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
+                     int n, int m, int k);
+void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
+
 /* y (n, d) = LayerNorm(x (n, d)); y may equal x. */
 void b2__layernorm(float *y, const float *x, int n, const b2_ln *ln, float eps);
 

@@ -12,7 +12,9 @@
  *
  * Rows of several sequences are processed together: every projection is
  * one matrix product over all rows (this is how decode steps of several
- * requests are batched); attention is per row over that row's own cache.
+ * requests are batched), through b2__linear_rows, which gives each row the
+ * same bits whatever else is in the batch; attention is per row over that
+ * row's own cache.
  * Positions are cache slots: the reference derives position ids from the
  * attention mask (cumsum - 1), which for unpadded rows is the slot index.
  */
@@ -95,7 +97,7 @@ void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb)
 void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *logits)
 {
     const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
-    b2__matmul_t(logits, V, hidden, D, m->lm_head, D, n, V, D, 1.0f, 0.0f);
+    b2__matmul_rows(logits, V, hidden, D, m->lm_head, D, n, V, D);
 }
 
 /* One row's attention over its cache: out (D) for query q (D). */
@@ -135,9 +137,9 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
         const b2_opt_layer *L = &m->tl[l];
         if (c->t_ln_before) b2__layernorm(x, h, n, &L->attn_ln, eps);
         else memcpy(x, h, sizeof(float) * (size_t)n * D);
-        b2__linear(ws->q, x, n, &L->q);
-        b2__linear(ws->k, x, n, &L->k);
-        b2__linear(ws->v, x, n, &L->v);
+        b2__linear_rows(ws->q, x, n, &L->q);
+        b2__linear_rows(ws->k, x, n, &L->k);
+        b2__linear_rows(ws->v, x, n, &L->v);
         for (size_t i = 0; i < (size_t)n * D; i++) ws->q[i] *= scale;
         for (int i = 0; i < n; i++) {
             b2_kv *kv = kvs[seq[i]];
@@ -151,14 +153,14 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
             attend(ws->a + (size_t)i * D, ws->q + (size_t)i * D, kv->k + base, kv->v + base,
                    pos[i] + 1, H, hd, D, ws->s);
         }
-        b2__linear(x, ws->a, n, &L->o);
+        b2__linear_rows(x, ws->a, n, &L->o);
         b2__add(h, x, (size_t)n * D);
         if (!c->t_ln_before) b2__layernorm(h, h, n, &L->attn_ln, eps);
         if (c->t_ln_before) b2__layernorm(x, h, n, &L->ffn_ln, eps);
         else memcpy(x, h, sizeof(float) * (size_t)n * D);
-        b2__linear(ws->f, x, n, &L->fc1);
+        b2__linear_rows(ws->f, x, n, &L->fc1);
         b2__act(ws->f, (size_t)n * F, c->t_act);
-        b2__linear(x, ws->f, n, &L->fc2);
+        b2__linear_rows(x, ws->f, n, &L->fc2);
         b2__add(h, x, (size_t)n * D);
         if (!c->t_ln_before) b2__layernorm(h, h, n, &L->ffn_ln, eps);
     }

@@ -6,6 +6,7 @@
  * pieces are valid UTF-8 and concatenate to the final text).
  */
 #include "blip2.h"
+#include "kernels.h"
 #include "tap.h"
 
 #include <jansson.h>
@@ -50,8 +51,36 @@ static int valid_utf8(const char *s, size_t n)
     return 1;
 }
 
+/* The decoder's products must give every row the same bits whatever else
+ * shares the call (1 row alone, a batch of decode rows, a long prefill):
+ * that is what makes batched ids equal unbatched ones, beyond the golden
+ * models' margins.  Shapes large enough to take every kernel path. */
+static void test_row_invariance(void)
+{
+    const int mm = 640, k = 520, maxn = 150;
+    float *w = malloc(sizeof(float) * (size_t)mm * k), *x = malloc(sizeof(float) * (size_t)maxn * k);
+    float *y1 = malloc(sizeof(float) * mm), *yn = malloc(sizeof(float) * (size_t)maxn * mm);
+    uint32_t r = 12345;
+    for (size_t i = 0; i < (size_t)mm * k; i++) { r = r * 1664525u + 1013904223u; w[i] = (float)((int)(r >> 9) - (1 << 22)) / (1 << 22); }
+    for (size_t i = 0; i < (size_t)maxn * k; i++) { r = r * 1664525u + 1013904223u; x[i] = (float)((int)(r >> 9) - (1 << 22)) / (1 << 22); }
+    const int ns[] = {2, 3, 6, 7, 40, 64, 65, 150};
+    int same = 1;
+    for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+        const int n = ns[t];
+        b2__matmul_rows(yn, mm, x, k, w, k, n, mm, k);
+        for (int row = 0; row < n && same; row += n > 10 ? 9 : 1) {
+            b2__matmul_rows(y1, mm, x + (size_t)row * k, k, w, k, 1, mm, k);
+            same = !memcmp(y1, yn + (size_t)row * mm, sizeof(float) * mm);
+            if (!same) diag("row %d of %d differs from the row alone", row, n);
+        }
+    }
+    ok(same, "decoder products give a row the same bits alone or in a batch of 2..150 rows");
+    free(w); free(x); free(y1); free(yn);
+}
+
 int main(void)
 {
+    test_row_invariance();
     gdir = getenv("GOLDEN_DIR");
     if (!gdir) gdir = "tests/golden";
     char p[1024];

@@ -9,6 +9,7 @@
  */
 #include "weights.h"
 #include "error.h"
+#include "kernels.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -117,7 +118,10 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
     }
     float *buf = malloc(sizeof(float) * (size_t)(b2__tensor_numel(t) ? b2__tensor_numel(t) : 1));
     if (!buf) return b2__err(err, BLIP2_ENOMEM, "out of memory converting '%s'", name);
-    b2__to_f32(t, buf);
+    const size_t ne = (size_t)b2__tensor_numel(t);
+    if (t->dtype == B2_F16) b2__f16_to_f32_n(buf, t->data, ne);        /* F16C over the pool */
+    else if (t->dtype == B2_BF16) b2__bf16_to_f32_n(buf, t->data, ne);
+    else b2__to_f32(t, buf);
     m->owned[m->n_owned++] = buf;
     *out = buf;
     return 0;

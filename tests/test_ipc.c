@@ -1114,7 +1114,7 @@ static void test_codes(void)
             if (b2ipc_code_from_name(n) != c) good = false;
         }
     }
-    ok(good && wire == 21, "codes: %d wire names, each maps back to its code", wire);
+    ok(good && wire == 22, "codes: %d wire names, each maps back to its code", wire);
     ok(b2ipc_code_from_name("nope") == B2IPC_EUNKNOWN_CODE &&
        b2ipc_code_name(B2IPC_EINVAL) == NULL && b2ipc_code_name(1) == NULL,
        "codes: unknown names and non-wire codes");

@@ -127,6 +127,45 @@ static void *run(void *arg)
     return NULL;
 }
 
+/* The daemon's decoder counters (status.engine); 0 on success. */
+static int engine_stats(b2ipc_status *out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) goto out;
+    b2ipc_request rq;
+    b2ipc_request_init(&rq, B2IPC_OP_STATUS);
+    rq.id = 1;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    b2ipc_reader rd;
+    b2ipc_reader_init(&rd, 0);
+    b2ipc_reply rp;
+    if (b2ipc_encode_request(&sb, &rq, NULL, NULL) == 0 && write_all(fd, sb.data, sb.size) == 0) {
+        uint8_t buf[65536];
+        ssize_t n;
+        while (rc < 0 && (n = recv(fd, buf, sizeof buf, 0)) > 0) {
+            size_t used;
+            if (b2ipc_reader_feed(&rd, buf, (size_t)n, &used) == 1) {
+                const uint8_t *p;
+                size_t len;
+                b2ipc_reader_frame(&rd, &p, &len);
+                if (b2ipc_decode_reply(p, len, &rp, NULL) == 0) {
+                    if (rp.type == B2IPC_REPLY_STATUS) { *out = rp.status; rc = 0; }
+                    b2ipc_reply_free(&rp);
+                }
+                break;
+            }
+        }
+    }
+    b2ipc_reader_destroy(&rd);
+    msgpack_sbuffer_destroy(&sb);
+out:
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
 static int cmpd(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -174,6 +213,8 @@ int main(int argc, char **argv)
     n_req = keep;
     free(warm.lat);
     worker *w = calloc((size_t)clients, sizeof *w);
+    b2ipc_status st0 = {0}, st1 = {0};
+    int have_stats = engine_stats(&st0) == 0;
     double t0 = now_ms();
     for (int i = 0; i < clients; i++) {
         w[i].lat = calloc((size_t)n_req, sizeof(double));
@@ -191,12 +232,23 @@ int main(int argc, char **argv)
         memcpy(all + (size_t)i * n_req, w[i].lat, sizeof(double) * n_req);
     }
     double wall = now_ms() - t0;
+    have_stats = have_stats && engine_stats(&st1) == 0;
     size_t n = (size_t)clients * n_req;
     qsort(all, n, sizeof(double), cmpd);
+    /* nearest-rank percentiles */
+    size_t i50 = (n + 1) / 2 - 1, i95 = (size_t)((95 * n + 99) / 100) - 1;
+    double dsteps = (double)(st1.engine.decode_steps - st0.engine.decode_steps);
+    double dtok = (double)(st1.engine.decode_tokens - st0.engine.decode_tokens);
+    double dms = st1.engine.decode_ms - st0.engine.decode_ms;
     printf("clients %d  requests %zu  errors %d  tokens %ld  wall %.0f ms  aggregate %.2f tokens/s  "
-           "decode %.2f tokens/s  latency p50 %.0f ms  p95 %.0f ms\n",
-           clients, n, errors, tokens, wall, tokens / (wall / 1e3), decode_tps, all[n / 2],
-           all[(size_t)(0.95 * (n - 1))]);
+           "per-request decode sum %.2f tokens/s  latency p50 %.0f ms  p95 %.0f ms\n",
+           clients, n, errors, tokens, wall, tokens / (wall / 1e3), decode_tps, all[i50], all[i95]);
+    if (have_stats && dms > 0)
+        printf("  engine: decode-only steps %.0f, %.2f rows/step, %.0f ms/step, decode throughput %.2f tokens/s; "
+               "prefill steps %llu, %.0f ms\n",
+               dsteps, dtok / dsteps, dms / dsteps, dtok / (dms / 1e3),
+               (unsigned long long)(st1.engine.prefill_steps - st0.engine.prefill_steps),
+               st1.engine.prefill_ms - st0.engine.prefill_ms);
     for (int i = 0; i < clients; i++) free(w[i].lat);
     free(w);
     free(all);

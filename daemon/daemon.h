@@ -114,6 +114,14 @@ int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache,
                      void (*deliver)(void *, b2d_event *), void *user);
 /* Queues a prepared job (takes the caller's reference). */
 void b2d_engine_submit(b2d_engine *e, b2d_job *j);
+/* Decoder work since start: steps that only decoded (and the tokens they
+ * produced) and steps that included a prefill. */
+typedef struct b2d_engine_stats {
+    uint64_t decode_steps, decode_tokens, prefill_steps;
+    double decode_ms, prefill_ms;
+} b2d_engine_stats;
+void b2d_engine_stats_get(b2d_engine *e, b2d_engine_stats *st);
+
 /* Requests currently queued and active. */
 void b2d_engine_counts(b2d_engine *e, int *queued, int *active);
 /* Wakes the engine (after a cancel flag was set). */

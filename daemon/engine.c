@@ -265,6 +265,7 @@ struct b2d_engine {
     uq *q;
     int nq, capq, rr;
     int queued, active, stop, cancel_all;
+    b2d_engine_stats stats;   /* under mu */
 };
 
 static void emit(b2d_engine *e, b2d_event *ev)
@@ -311,6 +312,13 @@ void b2d_engine_counts(b2d_engine *e, int *queued, int *active)
     pthread_mutex_lock(&e->mu);
     *queued = e->queued;
     *active = e->active;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void b2d_engine_stats_get(b2d_engine *e, b2d_engine_stats *st)
+{
+    pthread_mutex_lock(&e->mu);
+    *st = e->stats;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -501,6 +509,12 @@ static void *engine_main(void *arg)
         for (int i = 0; i < nact; i++)
             if (atomic_load(&act[i]->canceled) || cancel_all) blip2_session_cancel(act[i]->sess);
         /* one step per model: after a reload, jobs of the old model finish on it */
+        int prefills = 0, rows = 0;
+        for (int i = 0; i < nact; i++) {
+            if (blip2_session_done(act[i]->sess)) continue;
+            if (act[i]->steps == 0) prefills++;
+            else rows += blip2_session_rows(act[i]->sess);
+        }
         double t0 = b2d_now_ms();
         for (int i = 0; i < nact; i++) {
             b2d_model *bm = act[i]->model;
@@ -514,6 +528,10 @@ static void *engine_main(void *arg)
             if (blip2_step(bm->ctx, ss, n, &err) < 0) LOG_ERR("decode step: %s", err.text);
         }
         double dt = b2d_now_ms() - t0;
+        pthread_mutex_lock(&e->mu);
+        if (prefills) { e->stats.prefill_steps++; e->stats.prefill_ms += dt; }
+        else if (rows) { e->stats.decode_steps++; e->stats.decode_tokens += (uint64_t)rows; e->stats.decode_ms += dt; }
+        pthread_mutex_unlock(&e->mu);
         int k = 0;
         for (int i = 0; i < nact; i++) {
             b2d_job *j = act[i];

@@ -405,6 +405,13 @@ static void handle_status(conn *c, uint64_t id)
     st->cache.entries = cs.entries;
     st->cache.bytes = cs.bytes;
     st->cache.capacity_bytes = cs.capacity;
+    b2d_engine_stats es;
+    b2d_engine_stats_get(s->eng, &es);
+    st->engine.decode_steps = es.decode_steps;
+    st->engine.decode_tokens = es.decode_tokens;
+    st->engine.decode_ms = es.decode_ms;
+    st->engine.prefill_steps = es.prefill_steps;
+    st->engine.prefill_ms = es.prefill_ms;
     send_reply(c, &rp);
 }
 

@@ -300,6 +300,13 @@ typedef struct b2ipc_status {
     uint32_t queue_depth, active, max_queue, max_batch, connections, threads;
     uint64_t requests_total;
     struct { uint64_t hits, misses, entries, bytes, capacity_bytes; } cache;
+    /* Decoder work since start (optional on the wire; zero if absent):
+     * steps that only decoded (one row per live sequence) and the tokens
+     * they produced, and steps that included a prefill. */
+    struct {
+        uint64_t decode_steps, decode_tokens, prefill_steps;
+        double decode_ms, prefill_ms;
+    } engine;
 } b2ipc_status;
 
 typedef struct b2ipc_reply {

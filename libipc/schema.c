@@ -145,6 +145,13 @@ static const b2ipc__field b2ipc__cache_f[] = {
 };
 SCHEMA(b2ipc__cache, "cache.", b2ipc__cache_f, false);
 
+#define ENG(nm, k) FIELD(#nm, k, 0, RP(status.engine.nm), NA, 0, NOLIM)
+static const b2ipc__field b2ipc__engine_f[] = {
+    ENG(decode_steps, U64), ENG(decode_tokens, U64), ENG(decode_ms, F64),
+    ENG(prefill_steps, U64), ENG(prefill_ms, F64),
+};
+SCHEMA(b2ipc__engine, "engine.", b2ipc__engine_f, false);
+
 #define ST32(nm) FIELD(#nm, U32, REQ, RP(status.nm), NA, 0, U32MAX)
 static const b2ipc__field b2ipc__status_rep_f[] = {
     FIELD("version", STR, REQ, RP(status.version), NA, 0, 256),
@@ -159,6 +166,8 @@ static const b2ipc__field b2ipc__status_rep_f[] = {
     FIELD("requests_total", U64, REQ, RP(status.requests_total), NA, 0, NOLIM),
     { .name = "cache", .kind = B2IPC__K_MAP, .flags = REQ, .aux = NA,
       .hi = NOLIM, .sub = &b2ipc__cache },
+    { .name = "engine", .kind = B2IPC__K_MAP, .flags = 0, .aux = NA,
+      .hi = NOLIM, .sub = &b2ipc__engine },
 };
 
 static const b2ipc__field b2ipc__cancel_rep_f[] = {

@@ -186,7 +186,9 @@ void blip2c_options_init(blip2c_options *o);
  * socket_path: NULL for the default order.  On success *out is a new
  * connection the caller closes with blip2c_close().  On failure *out is
  * NULL and the code is BLIP2C_ECONNECT (message lists the paths tried and
- * what to do), BLIP2C_ENOMEM, BLIP2C_EINVAL, or a daemon code from hello.
+ * what to do), BLIP2C_ENOMEM, BLIP2C_EINVAL, or the code of a daemon that
+ * answered hello with an error or turned the connection away
+ * (BLIP2C_EPERMISSION_DENIED: its --allow-uid/--allow-gid lists).
  * Blocks at most connect_timeout_ms (default 10 s). */
 int blip2c_connect(const char *socket_path, blip2c_conn **out,
                    blip2c_error *err);

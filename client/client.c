@@ -180,6 +180,40 @@ static void b2c__settle(blip2c_conn *c)
 
 /* ---- writing ------------------------------------------------------------------ */
 
+/* The daemon closed the connection while we were writing.  What it sent
+ * before closing is still readable, and an error without id among it says
+ * why (permission_denied, busy, a frame it could not read): keep that one.
+ * Nothing is dispatched (this may run inside a callback); the connection is
+ * about to break and fail every request anyway. */
+static void b2c__salvage_idless(blip2c_conn *c)
+{
+    for (;;) {
+        ssize_t n = recv(c->fd, c->rbuf, sizeof c->rbuf, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        size_t off = 0;
+        while (off < (size_t)n) {
+            size_t used = 0;
+            int rc = b2ipc_reader_feed(&c->rd, c->rbuf + off, (size_t)n - off, &used);
+            off += used;
+            if (rc < 0) return;
+            if (rc == 0) break;
+            const uint8_t *payload;
+            size_t len;
+            if (b2ipc_reader_frame(&c->rd, &payload, &len) != 0) continue;
+            b2ipc_reply rp;
+            b2ipc_error ie;
+            if (b2ipc_decode_reply(payload, len, &rp, &ie) < 0) return;
+            if (!rp.has_id && rp.type == B2IPC_REPLY_ERROR) {
+                b2c__from_reply(&c->idless, &rp);
+                c->have_idless = true;
+                c->last = c->idless;
+            }
+            b2ipc_reply_free(&rp);
+        }
+    }
+}
+
 static void b2c__flush(blip2c_conn *c)
 {
     while (c->out_head && !c->broken) {
@@ -212,6 +246,7 @@ static void b2c__flush(blip2c_conn *c)
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             int e = errno;
+            if (e == EPIPE || e == ECONNRESET) b2c__salvage_idless(c);
             if (e == EPIPE || e == ECONNRESET)
                 b2c__mark_broken(c, BLIP2C_ECONNLOST,
                                  "connection lost: blip2d closed the connection%s%s",
@@ -711,6 +746,17 @@ static int b2c__hello(blip2c_conn *c, const blip2c_options *o, blip2c_conn **out
         goto fail;
     }
     rc = w.rc;
+    if (rc == BLIP2C_ECONNLOST && c->have_idless) {
+        /* the daemon said why it closed: permission_denied (its allow
+         * lists), busy (too many connections), shutting_down */
+        rc = c->idless.code;
+        if (err) {
+            *err = c->idless;
+            snprintf(err->message, sizeof err->message, "blip2d at %s refused the connection: %.800s",
+                     where, c->idless.message);
+        }
+        goto fail;
+    }
     if (rc == BLIP2C_ECONNLOST || rc == BLIP2C_EPROTO) {
         rc = b2c__err(err, BLIP2C_ECONNECT,
                       "cannot connect to blip2d: connected to %s, but %s (is it a "

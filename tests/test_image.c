@@ -85,17 +85,17 @@ static int n_golden;
 static void check_golden(const char *dir, const char *stname,
                          const b2_preproc *pp)
 {
-    char base[512], img[600], stp[600];
-    size_t blen = strlen(stname) - strlen(".pixels.safetensors");
+    char base[1200], img[1300], stp[1300];
+    int blen = (int)(strlen(stname) - strlen(".pixels.safetensors"));
     blip2_error err = {0};
     b2_st_file *st = NULL;
     uint8_t *bytes = NULL, *rgb = NULL, *rs = NULL;
     float *px = NULL, *ref = NULL;
     size_t len;
-    int w, h, maxd;
+    int w, h, maxd = 0;
 
-    snprintf(base, sizeof base, "%s/%.*s", dir, (int)blen, stname);
-    snprintf(stp, sizeof stp, "%s/%s", dir, stname);
+    snprintf(base, sizeof base, "%.600s/%.*s", dir, blen < 500 ? blen : 500, stname);
+    snprintf(stp, sizeof stp, "%.600s/%.600s", dir, stname);
     snprintf(img, sizeof img, "%s.png", base);
     if (!file_exists(img))
         snprintf(img, sizeof img, "%s.jpg", base);

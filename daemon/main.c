@@ -208,6 +208,7 @@ int main(int argc, char **argv)
     blip2_model *m = NULL;
     blip2_error err = {0};
     LOG_INFO("loading %s", cfg.model_path);
+    sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
     if (blip2_model_load(&m, cfg.model_path, NULL, &err) < 0) {
         LOG_ERR("cannot load the model: %s", err.text);
         return 1;

@@ -110,7 +110,9 @@ c = Client(sock) if ready else None
 st = c.call({"id": 1, "op": "status"}) if c else {}
 ok(ready is not None and st.get("model", {}).get("name") == "model" and st["config"]["num_query_tokens"] == 8,
    "READY=1 once the model is loaded: the socket answers at once")
-ok(wait_msg(lambda m: m.startswith("STATUS=serving") or "\nSTATUS=serving" in m) is not None, "STATUS= lines")
+loading = wait_msg(lambda m: m.startswith("STATUS=loading"))
+ok(loading is not None and loading[0] <= ready[0] and wait_msg(lambda m: m.startswith("STATUS=serving") or "\nSTATUS=serving" in m) is not None,
+   "STATUS= lines: loading before READY, then serving")
 time.sleep(1.0)
 pings = [t for t, m in msgs if "WATCHDOG=1" in m]
 ok(len(pings) >= 6, "WATCHDOG=1 every half interval from the loop (%d pings in ~1 s at WATCHDOG_USEC=200ms)" % len(pings))

@@ -18,6 +18,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Scratch of one image's pass: q, a (Q, D); k, v (max(Q, T), D); sc. */
+typedef struct qf_ws {
+    float *q, *a, *k, *v, *sc;
+} qf_ws;
+
+/* One BERT attention block, post-norm: h (Q, D) = LN(h + o(attn(q(h),
+ * k(src), v(src)))), src (nsrc, width): h itself for self-attention, the
+ * image tokens for cross-attention. */
+static void bert_block(const b2_bert_attn *A, float *h, const float *src, int nsrc, int Q, int D,
+                       int heads, float eps, const qf_ws *w)
+{
+    const int hd = D / heads;
+    b2__linear(w->q, h, Q, &A->q);
+    b2__linear(w->k, src, nsrc, &A->k);
+    b2__linear(w->v, src, nsrc, &A->v);
+    b2__attention(w->a, D, w->q, D, w->k, D, w->v, D, Q, nsrc, heads, hd, 1.0f / sqrtf((float)hd), w->sc);
+    b2__linear(w->q, w->a, Q, &A->o);
+    b2__add(w->q, h, (size_t)Q * D);
+    b2__layernorm(h, w->q, Q, &A->ln, eps);
+}
+
 int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *out,
                         blip2_error *err)
 {
@@ -34,29 +55,15 @@ int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *ou
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the Q-Former");
         goto out;
     }
-    const float scale = 1.0f / sqrtf((float)hd);
+    const qf_ws ws = {q, a, k, v, sc};
     for (int b = 0; b < n; b++) {
         float *h = out + (size_t)b * Q * D;
         const float *im = img + (size_t)b * T * Dv;
         b2__layernorm(h, m->query_tokens, Q, &m->q_ln, c->q_eps);
         for (int l = 0; l < c->q_layers; l++) {
             const b2_qformer_layer *L = &m->ql[l];
-            b2__linear(q, h, Q, &L->self.q);
-            b2__linear(k, h, Q, &L->self.k);
-            b2__linear(v, h, Q, &L->self.v);
-            b2__attention(a, D, q, D, k, D, v, D, Q, Q, c->q_heads, hd, scale, sc);
-            b2__linear(q, a, Q, &L->self.o);
-            b2__add(q, h, (size_t)Q * D);
-            b2__layernorm(h, q, Q, &L->self.ln, c->q_eps);
-            if (L->has_cross) {
-                b2__linear(q, h, Q, &L->cross.q);
-                b2__linear(k, im, T, &L->cross.k);
-                b2__linear(v, im, T, &L->cross.v);
-                b2__attention(a, D, q, D, k, D, v, D, Q, T, c->q_heads, hd, scale, sc);
-                b2__linear(q, a, Q, &L->cross.o);
-                b2__add(q, h, (size_t)Q * D);
-                b2__layernorm(h, q, Q, &L->cross.ln, c->q_eps);
-            }
+            bert_block(&L->self, h, h, Q, Q, D, c->q_heads, c->q_eps, &ws);
+            if (L->has_cross) bert_block(&L->cross, h, im, T, Q, D, c->q_heads, c->q_eps, &ws);
             b2__linear(f, h, Q, &L->inter);
             b2__act(f, (size_t)Q * F, c->q_act);
             b2__linear(q, f, Q, &L->out);

@@ -421,7 +421,10 @@ static int start_job(b2d_engine *e, b2d_job *j)
     }
     for (int s = 0; s < j->nret; s++) { /* the leading bos of every sequence */
         j->ids[s] = malloc(sizeof(int32_t) * 64);
-        if (!j->ids[s]) return -1;
+        if (!j->ids[s]) {
+            emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, "out of memory"));
+            return -1;
+        }
         j->cap_ids[s] = 64;
         j->ids[s][0] = blip2_bos_id(m);
         j->n_ids[s] = 1;

@@ -266,6 +266,8 @@ struct b2d_engine {
     int nq, capq, rr;
     int queued, active, stop, cancel_all;
     b2d_engine_stats stats;   /* under mu */
+    b2d_job **act;            /* engine thread: the active jobs (max_batch + 64) */
+    blip2_session **ss;       /* engine thread: their sessions for one step */
 };
 
 static void emit(b2d_engine *e, b2d_event *ev)
@@ -436,8 +438,8 @@ static void *engine_main(void *arg)
 {
     b2d_engine *e = arg;
     const int cap = e->cfg->max_batch > 0 ? e->cfg->max_batch : 8;
-    b2d_job **act = calloc((size_t)cap + 64, sizeof *act);
-    blip2_session **ss = calloc((size_t)cap + 64, sizeof *ss);
+    b2d_job **act = e->act;         /* (cap + 64), allocated by b2d_engine_start */
+    blip2_session **ss = e->ss;
     int nact = 0;
     for (;;) {
         b2d_job *dropped = NULL, *fresh = NULL, **ft = &fresh;
@@ -551,8 +553,6 @@ static void *engine_main(void *arg)
         }
         nact = k;
     }
-    free(act);
-    free(ss);
     return NULL;
 }
 
@@ -563,11 +563,16 @@ int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache,
     if (!e) return -1;
     e->cfg = cfg;
     e->cache = cache;
+    const size_t cap = (size_t)(cfg->max_batch > 0 ? cfg->max_batch : 8) + 64;
+    e->act = calloc(cap, sizeof *e->act);
+    e->ss = calloc(cap, sizeof *e->ss);
     e->deliver = deliver;
     e->user = user;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    if (pthread_create(&e->th, NULL, engine_main, e) != 0) {
+    if (!e->act || !e->ss || pthread_create(&e->th, NULL, engine_main, e) != 0) {
+        free(e->act);
+        free(e->ss);
         free(e);
         return -1;
     }
@@ -583,6 +588,8 @@ void b2d_engine_stop(b2d_engine *e)
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->th, NULL);
+    free(e->act);
+    free(e->ss);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e->q);

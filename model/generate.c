@@ -279,7 +279,7 @@ struct blip2_ctx {
     const blip2_model *m;
     b2_opt_ws ws;
     float *emb, *hid;         /* (rows, D) */
-    float *lg;                /* (rows, V) logits of the rows that need them */
+    float *lg;                /* (sequences, V) logits of the rows that need them */
     int *seq, *pos;
     b2_kv **kvp;
     int cap_rows, cap_seqs;
@@ -310,8 +310,6 @@ static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
         c->emb = e;
         if (!(h = realloc(c->hid, sizeof(float) * D * rows))) return BLIP2_ENOMEM;
         c->hid = h;
-        if (!(h = realloc(c->lg, sizeof(float) * (size_t)c->m->cfg.t_vocab * rows))) return BLIP2_ENOMEM;
-        c->lg = h;
         int *s = realloc(c->seq, sizeof(int) * rows), *p;
         if (!s) return BLIP2_ENOMEM;
         c->seq = s;
@@ -319,10 +317,13 @@ static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
         c->pos = p;
         c->cap_rows = rows;
     }
-    if (seqs > c->cap_seqs) {
+    if (seqs > c->cap_seqs) { /* a step needs logits for at most one row per sequence */
         b2_kv **k = realloc(c->kvp, sizeof *k * seqs);
         if (!k) return BLIP2_ENOMEM;
         c->kvp = k;
+        float *lg = realloc(c->lg, sizeof(float) * (size_t)c->m->cfg.t_vocab * seqs);
+        if (!lg) return BLIP2_ENOMEM;
+        c->lg = lg;
         c->cap_seqs = seqs;
     }
     if (rows > c->ws.max_rows || ctxlen > c->ws.max_ctx) {

@@ -1,0 +1,44 @@
+#!/bin/sh
+# Runs the whole test suite (make check) in a separate copy of the tree built
+# with AddressSanitizer + UndefinedBehaviorSanitizer (./configure
+# --enable-sanitizers, -O1), leak detection on, stopping at the first report.
+# The copy is the last commit (git archive HEAD; SAN_WORKTREE=1: the work
+# tree's tracked and new files instead), so an in-tree build is left alone.  Ends with "N passed, N failed".
+# Environment: SAN_DIR (default: a new temporary directory, removed at the
+# end unless SAN_KEEP=1); extra arguments go to ./configure.
+# See tests/SANITIZERS.md.
+set -u
+cd "$(dirname "$0")/.."
+top=$(pwd)
+dir=${SAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-asan.XXXXXX")}
+cleanup() { [ "${SAN_KEEP:-0}" = 1 ] || [ -n "${SAN_DIR:-}" ] || rm -rf "$dir"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# world-readable: tests/test_daemon.py runs clients as another uid (as root)
+chmod 755 "$dir" 2>/dev/null
+
+mkdir -p "$dir/src" || { echo "0 passed, 1 failed"; exit 1; }
+if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
+else                                    # the last commit
+  git archive HEAD
+fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+
+ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
+UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export ASAN_OPTIONS UBSAN_OPTIONS
+
+echo "# sanitizers: building and testing in $dir/src (ASan+UBSan, -O1)"
+cd "$dir/src" && sh scripts/test.sh --enable-sanitizers CFLAGS="-O1 -g" "$@" >"$dir/check.log" 2>&1
+rc=$?
+# the failing tests' logs, for the CI output
+for t in $(find tests -name '*.trs' 2>/dev/null); do
+  if grep -q '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$t"; then
+    echo "# --- ${t%.trs}.log"
+    sed -n '1,200p' "${t%.trs}.log" | sed 's/^/# /'
+  fi
+done
+tail -n 1 "$dir/check.log" | grep -q '^[0-9]* passed, [0-9]* failed$' || {
+  tail -n 40 "$dir/check.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
+tail -n 1 "$dir/check.log"
+exit $rc

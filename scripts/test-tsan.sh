@@ -1,0 +1,68 @@
+#!/bin/sh
+# ThreadSanitizer run of the concurrency tests: a separate copy of the tree
+# built with -fsanitize=thread (-O1 -g), then make check of the tests that
+# exercise threads: tests/test_kernels (compute pool, model/pool.c),
+# tests/test_model (two models from four threads), tests/test_e2e and
+# tests/test_daemon.py (the daemon: scheduler, cancellation, batched decode,
+# prep pool, compute pool).  Every report goes to a file (log_path); the run
+# fails if a test fails or if any report was written.  OpenBLAS is not
+# instrumented: tests/tsan.supp says what is suppressed and why.
+# Environment: TSAN_DIR (default: a new temporary directory, removed at the
+# end unless TSAN_KEEP=1); TSAN_TESTS overrides the list of tests; the copy
+# is the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree.
+# Ends with "N passed, N failed".  See tests/SANITIZERS.md.
+set -u
+cd "$(dirname "$0")/.."
+top=$(pwd)
+dir=${TSAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-tsan.XXXXXX")}
+cleanup() { [ "${TSAN_KEEP:-0}" = 1 ] || [ -n "${TSAN_DIR:-}" ] || rm -rf "$dir"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# world-readable: tests/test_daemon.py runs clients as another uid (as root)
+chmod 755 "$dir" 2>/dev/null
+tests=${TSAN_TESTS:-tests/test_kernels tests/test_model tests/test_e2e tests/test_daemon.py}
+
+mkdir -p "$dir/src" "$dir/reports" || { echo "0 passed, 1 failed"; exit 1; }
+rm -f "$dir"/reports/tsan.*
+if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
+else                                    # the last commit
+  git archive HEAD
+fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+
+cd "$dir/src" || exit 1
+echo "# tsan: building in $dir/src (-fsanitize=thread -O1)"
+{ [ -x configure ] || autoreconf -fi; } >"$dir/build.log" 2>&1 &&
+  { [ -f Makefile ] || ./configure CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=thread" \
+    LDFLAGS="-fsanitize=thread"; } >>"$dir/build.log" 2>&1 &&
+  make -j"$(nproc)" >>"$dir/build.log" 2>&1 || {
+    tail -n 30 "$dir/build.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
+
+TSAN_OPTIONS="suppressions=$top/tests/tsan.supp log_path=$dir/reports/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4"
+export TSAN_OPTIONS
+echo "# tsan: make check TESTS='$tests'"
+make -j"$(nproc)" check TESTS="$tests" >"$dir/check.log" 2>&1
+rc=$?
+pass=0; fail=0
+for t in $tests; do
+  trs=$t.trs
+  [ -f "$trs" ] || { fail=$((fail + 1)); echo "not ok - $t did not run"; continue; }
+  p=$(grep -c '^:test-result: \(PASS\|XFAIL\)' "$trs"); f=$(grep -c '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$trs")
+  pass=$((pass + p)); fail=$((fail + f))
+  if [ "$f" -gt 0 ]; then
+    echo "not ok - $t: $f failed"; grep -a '^not ok\|^#' "$t.log" | head -n 40 | sed 's/^/# /'
+  else
+    echo "ok - $t ($p checks)"
+  fi
+done
+n=$(ls "$dir"/reports 2>/dev/null | wc -l)
+if [ "$n" -gt 0 ]; then
+  echo "not ok - ThreadSanitizer wrote $n report file(s):"
+  for r in "$dir"/reports/*; do sed -n '1,60p' "$r" | sed 's/^/# /'; done
+  fail=$((fail + 1))
+else
+  echo "ok - no ThreadSanitizer reports"; pass=$((pass + 1))
+fi
+[ "$rc" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,99 @@
+#!/bin/sh
+# valgrind memcheck run of the integration tests: a separate copy of the
+# tree built without sanitizers (-O1 -g, --disable-shared so that the
+# programs are real executables, not libtool wrapper scripts), then make
+# check of tests/test_client, tests/test_blip2ctl.sh, tests/test_infer_errors.sh,
+# tests/test_e2e and tests/test_daemon.py with every program they start
+# (daemon/blip2d, client/blip2ctl, model/blip2-infer, the fake daemon
+# tests/test_client --serve, and tests/test_e2e and tests/test_client
+# themselves) run under memcheck through small wrapper scripts given to the
+# tests as $BLIP2D, $BLIP2CTL, $BLIP2_INFER, $FAKE_BLIP2D and LOG_COMPILER.
+# One log per process; the run fails if a test fails or if a log shows an
+# error (invalid read/write, uninitialised value, definite leak).
+# tests/valgrind.supp holds third-party noise only, each entry explained.
+# Environment: VG_DIR (default: a new temporary directory, removed at the
+# end unless VG_KEEP=1); VG_TESTS overrides the list of tests; the copy is
+# the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree.
+# Ends with "N passed, N failed".  See tests/SANITIZERS.md.
+set -u
+cd "$(dirname "$0")/.."
+top=$(pwd)
+dir=${VG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-vg.XXXXXX")}
+cleanup() { [ "${VG_KEEP:-0}" = 1 ] || [ -n "${VG_DIR:-}" ] || rm -rf "$dir"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# world-readable: tests/test_daemon.py runs clients as another uid (as root)
+chmod 755 "$dir" 2>/dev/null
+tests=${VG_TESTS:-tests/test_client tests/test_blip2ctl.sh tests/test_infer_errors.sh tests/test_e2e tests/test_daemon.py}
+command -v valgrind >/dev/null 2>&1 || { echo "# valgrind not installed"; echo "0 passed, 1 failed"; exit 1; }
+
+mkdir -p "$dir/src" "$dir/reports" "$dir/wrap" || { echo "0 passed, 1 failed"; exit 1; }
+rm -f "$dir"/reports/*
+if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
+else                                    # the last commit
+  git archive HEAD
+fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+
+cd "$dir/src" || exit 1
+echo "# valgrind: building in $dir/src (-O1 -g, static libraries)"
+{ [ -x configure ] || autoreconf -fi; } >"$dir/build.log" 2>&1 &&
+  { [ -f Makefile ] || ./configure --disable-shared CFLAGS="-O1 -g"; } >>"$dir/build.log" 2>&1 &&
+  make -j"$(nproc)" >>"$dir/build.log" 2>&1 &&
+  make -j"$(nproc)" check TESTS= >>"$dir/build.log" 2>&1 || {
+    tail -n 30 "$dir/build.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
+
+# the wrapper: memcheck, one log per process, exit code kept unless errors
+vg="valgrind --tool=memcheck --error-exitcode=99 --leak-check=full --show-leak-kinds=definite"
+vg="$vg --errors-for-leak-kinds=definite --num-callers=40 --gen-suppressions=all"
+vg="$vg --suppressions=$top/tests/valgrind.supp --log-file=$dir/reports/%q{VG_NAME}.%p.log"
+mkwrap() {  # mkwrap NAME PROGRAM
+  printf '#!/bin/sh\nVG_NAME=%s; export VG_NAME\nexec %s %s "$@"\n' "$1" "$vg" "$2" >"$dir/wrap/$1"
+  chmod +x "$dir/wrap/$1"
+}
+mkwrap blip2d "$dir/src/daemon/blip2d"
+mkwrap blip2ctl "$dir/src/client/blip2ctl"
+mkwrap blip2-infer "$dir/src/model/blip2-infer"
+mkwrap fake_blip2d "$dir/src/tests/test_client"
+# LOG_COMPILER runs every test (no TEST_EXTENSIONS): scripts run as they are
+printf '#!/bin/sh\nhead -c 4 "$1" | grep -q ELF || exec "$@"\nVG_NAME=$(basename "$1"); export VG_NAME\nexec %s "$@"\n' "$vg" >"$dir/wrap/run"
+chmod +x "$dir/wrap/run"
+
+echo "# valgrind: make check TESTS='$tests'"
+make check TESTS="$tests" LOG_COMPILER="$dir/wrap/run" \
+  TESTS_ENVIRONMENT="BLIP2D=$dir/wrap/blip2d BLIP2CTL=$dir/wrap/blip2ctl \
+    BLIP2_INFER=$dir/wrap/blip2-infer FAKE_BLIP2D=$dir/wrap/fake_blip2d; \
+    export BLIP2D BLIP2CTL BLIP2_INFER FAKE_BLIP2D;" >"$dir/check.log" 2>&1
+rc=$?
+pass=0; fail=0
+for t in $tests; do
+  trs=$t.trs
+  [ -f "$trs" ] || { fail=$((fail + 1)); echo "not ok - $t did not run"; continue; }
+  p=$(grep -c '^:test-result: \(PASS\|XFAIL\)' "$trs"); f=$(grep -c '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$trs")
+  pass=$((pass + p)); fail=$((fail + f))
+  if [ "$f" -gt 0 ]; then
+    echo "not ok - $t: $f failed"; grep -a '^not ok\|^#' "$t.log" | head -n 40 | sed 's/^/# /'
+  else
+    echo "ok - $t ($p checks)"
+  fi
+done
+# every process's log: errors, definite leaks
+n=0; bad=0
+for r in "$dir"/reports/*.log; do
+  [ -f "$r" ] || continue
+  n=$((n + 1))
+  if grep -q 'ERROR SUMMARY: [1-9]' "$r" || grep -q 'definitely lost: [1-9]' "$r"; then
+    bad=$((bad + 1))
+    echo "not ok - valgrind: $(basename "$r")"
+    grep -v '^==[0-9]*== *$' "$r" | sed -n '1,80p' | sed 's/^/# /'
+  fi
+done
+if [ "$bad" -eq 0 ] && [ "$n" -gt 0 ]; then
+  echo "ok - valgrind: $n processes, no errors, no definite leaks"; pass=$((pass + 1))
+else
+  [ "$n" -gt 0 ] || echo "not ok - valgrind: no process ran under valgrind"
+  fail=$((fail + 1))
+fi
+[ "$rc" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

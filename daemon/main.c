@@ -9,6 +9,7 @@
  */
 #include "daemon.h"
 #include "log.h"
+#include "sigbus.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -202,6 +203,7 @@ int main(int argc, char **argv)
         cfg.socket_path = defsock;
     }
     signal(SIGPIPE, SIG_IGN);
+    b2d_sigbus_setup();
     openblas_set_num_threads(cfg.threads);
 
     double t0 = b2d_now_ms();

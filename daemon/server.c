@@ -297,8 +297,14 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
         return;
     }
     b2d_job *j = calloc(1, sizeof *j);
-    if (!j || (c->ninf == c->capinf && !(c->inf = realloc(c->inf, sizeof *c->inf * (size_t)(c->capinf = c->capinf ? 2 * c->capinf : 8))))) {
-        free(j);
+    if (j && c->ninf == c->capinf) {
+        /* grow the in-flight list; on failure it stays as it was */
+        int cap = c->capinf ? 2 * c->capinf : 8;
+        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
+        if (ni) { c->inf = ni; c->capinf = cap; }
+        else { free(j); j = NULL; }
+    }
+    if (!j) {
         if (fd >= 0) close(fd);
         send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
         return;

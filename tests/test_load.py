@@ -1,0 +1,483 @@
+#!/usr/bin/python3
+# test_load.py - blip2d under load and faults, spoken over the socket like
+# test_daemon.py (docs/protocol.md, python3-msgpack).  TAP output.
+#   load:     64 connections for a bounded time send a mix of golden greedy
+#             requests (streamed or not), cancels, disconnects mid-stream and
+#             malformed frames; every valid request gets exactly one terminal
+#             reply, every completed greedy result equals the golden ids, and
+#             the daemon's RSS and open descriptors return to their warm baseline
+#   overflow: with --max-queue 2 a flood is answered busy within 200 ms and
+#             RSS does not grow with it
+#   faults:   a client process killed with SIGKILL mid-stream frees its slot;
+#             a weight file truncated under a running daemon ends it loudly
+#             (exit 70, one log line) and its clients see the connection lost
+import json, os, random, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+
+try:
+    import msgpack
+except ImportError:
+    print("1..0 # SKIP python3-msgpack is not installed")
+    sys.exit(0)
+
+G = os.environ.get("GOLDEN_DIR", "tests/golden")
+BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
+MODEL = os.path.join(G, "opt-tiny")
+LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "6"))
+
+
+def pack(obj):
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def image(name):
+    with open(os.path.join(G, "images", name), "rb") as f:
+        return f.read()
+
+
+class Client:
+    def __init__(self, path, timeout=30):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(path)
+        self.buf = b""
+
+    def send(self, obj):
+        self.s.sendall(pack(obj))
+
+    def raw(self, data):
+        self.s.sendall(data)
+
+    def _exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self):
+        (n,) = struct.unpack(">I", self._exact(4))
+        return msgpack.unpackb(self._exact(n), raw=False)
+
+    def close(self):
+        self.s.close()
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "--stream-and-wait":
+    # helper process: start a long streamed request, say so after the first token, then wait to be killed
+    c = Client(sys.argv[2])
+    c.send({"id": 1, "op": "generate", "image": image("coffee.png"), "stream": True, "max_new_tokens": 2000})
+    r = c.recv()
+    print(r["type"], flush=True)
+    time.sleep(60)
+    sys.exit(0)
+
+TMP = tempfile.mkdtemp(prefix="b2dload.")
+n_tests = 0
+failed = 0
+
+
+def ok(cond, name):
+    global n_tests, failed
+    n_tests += 1
+    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
+    if not cond:
+        failed += 1
+    return cond
+
+
+def start(*extra, model=MODEL, log="daemon.log"):
+    sock = os.path.join(TMP, "d%d.sock" % time.monotonic_ns())
+    logf = open(os.path.join(TMP, log), "ab")
+    p = subprocess.Popen([BLIP2D, "--model", model, "--socket", sock, "-q"] + list(extra), stdout=logf, stderr=logf)
+    for _ in range(300):
+        if os.path.exists(sock):
+            try:
+                Client(sock).close()
+                return p, sock
+            except OSError:
+                pass
+        if p.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError("blip2d did not start")
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return -9
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def nfds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def sanitized(pid):
+    # under ASan the allocator keeps freed memory in quarantine: RSS says nothing then
+    with open("/proc/%d/maps" % pid) as f:
+        return "asan" in f.read()
+
+
+def rss_ok(cond, name, pid):
+    if sanitized(pid):
+        return ok(True, "# SKIP %s (ASan build: freed memory stays in quarantine)" % name)
+    return ok(cond, name)
+
+
+def status(sock):
+    c = Client(sock)
+    c.send({"id": 1, "op": "status"})
+    st = c.recv()
+    c.close()
+    return st
+
+
+def settle(p, sock, fd_base=None, timeout=10):
+    # wait for no work, only our status connection, and (if given) the baseline descriptor count
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = status(sock)
+        if st["active"] == 0 and st["queue_depth"] == 0 and st["connections"] == 1 and \
+                (fd_base is None or nfds(p.pid) <= fd_base):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+man = json.load(open(os.path.join(G, "manifest.json")))
+CASES = []
+for x in man["cases"]:
+    if x["model"] == "opt-tiny" and "image" in x:
+        g = x["generate"]["greedy"]
+        CASES.append((image(x["image"]), x["prompt"], g["kwargs"]["max_new_tokens"], g["ids"]))
+
+
+def golden_request(rid, stream=False):
+    img, prompt, mnt, want = random.choice(CASES)
+    req = {"id": rid, "op": "generate", "image": img, "max_new_tokens": mnt}
+    if prompt:
+        req["prompt"] = prompt
+    if stream:
+        req["stream"] = True
+    return req, want
+
+
+# ---- load ------------------------------------------------------------------
+proc, SOCK = start("--max-queue", "256")
+
+# warm-up: every case once, from 8 connections at a time, then the baseline
+def warm(cases):
+    c = Client(SOCK)
+    for i, (img, prompt, mnt, want) in enumerate(cases):
+        req = {"id": i, "op": "generate", "image": img, "max_new_tokens": mnt}
+        if prompt:
+            req["prompt"] = prompt
+        c.send(req)
+        while c.recv()["type"] not in ("done", "error"):
+            pass
+    c.close()
+
+
+for _ in range(2):
+    ths = [threading.Thread(target=warm, args=(CASES[i::8],)) for i in range(8)]
+    [t.start() for t in ths]
+    [t.join() for t in ths]
+lock = threading.Lock()
+stats = {"sent": 0, "done": 0, "error": 0, "canceled": 0, "compared": 0, "disconnects": 0, "malformed": 0,
+         "cancels": 0, "busy": 0}
+problems = []
+
+
+def note(msg):
+    with lock:
+        if len(problems) < 20:
+            problems.append(msg)
+
+
+def bump(k, n=1):
+    with lock:
+        stats[k] += n
+
+
+def load_worker(seed, deadline):
+    rnd = random.Random(seed)
+    c = None
+    rid = 0
+    while time.monotonic() < deadline:
+        if c is None:
+            c = Client(SOCK)
+        act = rnd.random()
+        try:
+            if act < 0.6:
+                # 1-3 pipelined golden requests, each answered by exactly one terminal
+                want = {}
+                for _ in range(rnd.randint(1, 3)):
+                    rid += 1
+                    req, ids = golden_request(rid, stream=rnd.random() < 0.3)
+                    want[rid] = ids
+                    c.send(req)
+                bump("sent", len(want))
+                seen = {}
+                while len(seen) < len(want):
+                    r = c.recv()
+                    if r.get("id") not in want:
+                        note("reply for an unknown id: %r" % (r,))
+                        continue
+                    if r["type"] in ("done", "error"):
+                        if r["id"] in seen:
+                            note("second terminal for id %d" % r["id"])
+                        seen[r["id"]] = r
+                for i, r in seen.items():
+                    if r["type"] == "error":
+                        bump("busy" if r["code"] == "busy" else "error")
+                    else:
+                        bump("done")
+                        bump("compared")
+                        if r["ids"][0] != want[i]:
+                            note("greedy ids differ from the golden: %r" % (r["ids"][0],))
+            elif act < 0.75:
+                # cancel a streamed request after its first event
+                rid += 1
+                req, ids = golden_request(rid, stream=True)
+                c.send(req)
+                bump("sent")
+                first = c.recv()
+                cancel_id = rid + 1000000
+                c.send({"id": cancel_id, "op": "cancel", "target": rid})
+                bump("cancels")
+                terms, cancel_reply = [], None
+                if first["type"] in ("done", "error"):
+                    terms.append(first)
+                while cancel_reply is None:
+                    r = c.recv()
+                    if r.get("id") == cancel_id:
+                        cancel_reply = r
+                    elif r.get("id") == rid and r["type"] in ("done", "error"):
+                        terms.append(r)
+                if len(terms) != 1:
+                    note("canceled request: %d terminal replies" % len(terms))
+                elif terms[0]["type"] == "done":
+                    if terms[0]["finish"] == ["canceled"]:
+                        bump("canceled")
+                    else:
+                        bump("done")
+                        bump("compared")
+                        if terms[0]["ids"][0] != ids:
+                            note("greedy ids (finished before the cancel) differ from the golden")
+                else:
+                    bump("busy" if terms[0]["code"] == "busy" else "error")
+            elif act < 0.87:
+                # disconnect mid-stream
+                rid += 1
+                req, _ = golden_request(rid, stream=True)
+                c.send(req)
+                if rnd.random() < 0.5:
+                    c.recv()
+                c.close()
+                c = None
+                bump("disconnects")
+            else:
+                # malformed frames
+                k = rnd.randrange(4)
+                bump("malformed")
+                if k == 0:
+                    c.raw(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+                    r = c.recv()
+                    if r["type"] != "error" or r["code"] != "bad_msgpack":
+                        note("garbage payload: %r" % (r,))
+                elif k == 1:
+                    rid += 1
+                    c.send({"id": rid, "op": "generate", "image": b"not an image"})
+                    r = c.recv()
+                    if r["type"] != "error" or r["code"] != "bad_image":
+                        note("bad image: %r" % (r,))
+                elif k == 2:
+                    c.raw(struct.pack(">I", 0x7fffffff) + b"abc")
+                    r = c.recv()
+                    if r["type"] != "error" or r["code"] != "frame_too_large":
+                        note("huge frame: %r" % (r,))
+                    c.close()
+                    c = None
+                else:
+                    c.raw(pack({"id": 1, "op": "generate", "image": image("chelsea.png")})[:3000])
+                    c.close()
+                    c = None
+        except (EOFError, OSError) as e:
+            note("connection failed: %r" % (e,))
+            if c:
+                c.close()
+            c = None
+    if c is not None:
+        # nothing may follow the terminals: a ping is answered next
+        c.send({"id": 424242, "op": "ping"})
+        r = c.recv()
+        if r["type"] != "pong":
+            note("after the terminals, a ping got %r" % (r,))
+        c.close()
+
+
+def load_round(seconds):
+    t0 = time.monotonic()
+    ths = [threading.Thread(target=load_worker, args=(seed_base[0] + i, t0 + seconds)) for i in range(64)]
+    seed_base[0] += 64
+    [t.start() for t in ths]
+    peak = rss_kib(proc.pid)
+    while any(t.is_alive() for t in ths):
+        peak = max(peak, rss_kib(proc.pid))
+        time.sleep(0.1)
+    [t.join() for t in ths]
+    return time.monotonic() - t0, peak
+
+
+seed_base = [0]
+# warm-up round with the same mix (malloc arenas of the pool and libvips
+# threads, the feature cache), then the baseline
+load_round(LOAD_SECONDS / 2)
+settle(proc, SOCK)
+time.sleep(0.3)
+rss0, fd0 = rss_kib(proc.pid), nfds(proc.pid)
+for k in stats:
+    stats[k] = 0
+elapsed, rss_peak = load_round(LOAD_SECONDS)
+settled = settle(proc, SOCK, fd0)
+time.sleep(0.3)
+rss1, fd1 = rss_kib(proc.pid), nfds(proc.pid)
+print("# load %.1f s, 64 connections: %s" % (elapsed, json.dumps(stats)))
+print("# RSS warm %d KiB, peak %d KiB, after %d KiB; fds %d -> %d" % (rss0, rss_peak, rss1, fd0, fd1))
+ok(not problems, "64 connections: every valid request got exactly one terminal reply, greedy == golden%s"
+   % ("" if not problems else ": " + "; ".join(problems[:3])[:400]))
+ok(stats["compared"] >= 64 and stats["cancels"] > 0 and stats["disconnects"] > 0 and stats["malformed"] > 0,
+   "the mix ran: %d compared with the golden, %d cancels, %d disconnects, %d malformed"
+   % (stats["compared"], stats["cancels"], stats["disconnects"], stats["malformed"]))
+ok(proc.poll() is None and settled, "the daemon is idle again, with only our connection")
+rss_ok(rss1 - rss0 < 20 * 1024, "RSS back near the warm baseline (%d -> %d KiB, +%d KiB)" % (rss0, rss1, rss1 - rss0),
+       proc.pid)
+ok(fd1 == fd0, "open descriptors back to the baseline (%d -> %d)" % (fd0, fd1))
+
+# a client process killed with SIGKILL mid-stream frees its slot; others are served meanwhile
+helper = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--stream-and-wait", SOCK],
+                          stdout=subprocess.PIPE, env=dict(os.environ, GOLDEN_DIR=os.path.abspath(G)))
+line = helper.stdout.readline().strip()
+st = status(SOCK)
+busy_before = st["active"] == 1 and st["connections"] == 2
+helper.kill()
+helper.wait()
+freed = settle(proc, SOCK, fd0, timeout=5)
+c = Client(SOCK)
+req, want = golden_request(1)
+c.send(req)
+r = c.recv()
+c.close()
+ok(line == b"token" and busy_before and freed, "SIGKILL of a client process mid-stream: the slot and descriptor are freed")
+ok(r["type"] == "done" and r["ids"][0] == want, "the next client is served the golden ids")
+ok(stop(proc) == 0, "exit 0 after the load")
+
+# ---- queue overflow ---------------------------------------------------------
+proc, SOCK = start("--max-queue", "2", "--max-batch", "1")
+warm(CASES[:2])
+settle(proc, SOCK)
+rss0 = rss_kib(proc.pid)
+lat = []
+kinds = {}
+peak = [rss0]
+
+
+def flooder(n):
+    c = Client(SOCK)
+    sent = {}
+    got = {}
+
+    def reader():
+        try:
+            while len(got) < n:
+                r = c.recv()
+                if r["type"] in ("done", "error"):
+                    got[r["id"]] = (r, time.monotonic())
+        except (EOFError, OSError):
+            pass
+    rt = threading.Thread(target=reader)
+    rt.start()
+    img = image("chelsea.png")
+    for i in range(n):
+        sent[i] = time.monotonic()
+        c.send({"id": i, "op": "generate", "image": img, "max_new_tokens": 60})
+        time.sleep(0.002)
+    rt.join(60)
+    c.close()
+    with lock:
+        for i, (r, t) in got.items():
+            k = r["code"] if r["type"] == "error" else "done"
+            kinds[k] = kinds.get(k, 0) + 1
+            if k == "busy":
+                lat.append(t - sent[i])
+
+
+ths = [threading.Thread(target=flooder, args=(60,)) for _ in range(4)]
+[t.start() for t in ths]
+while any(t.is_alive() for t in ths):
+    peak[0] = max(peak[0], rss_kib(proc.pid))
+    time.sleep(0.05)
+[t.join() for t in ths]
+settle(proc, SOCK)
+rss1 = rss_kib(proc.pid)
+lat.sort()
+print("# flood: %s; busy latency median %.1f ms, max %.1f ms; RSS %d -> peak %d -> %d KiB"
+      % (json.dumps(kinds), 1000 * lat[len(lat) // 2] if lat else -1, 1000 * lat[-1] if lat else -1, rss0, peak[0], rss1))
+ok(sum(kinds.values()) == 240 and kinds.get("busy", 0) >= 200, "a flood of 240 requests: each answered, %d busy"
+   % kinds.get("busy", 0))
+ok(lat and lat[-1] < 0.2, "each busy reply within 200 ms of its request (max %.1f ms)" % (1000 * lat[-1] if lat else -1))
+rss_ok(peak[0] - rss0 < 20 * 1024 and rss1 - rss0 < 20 * 1024, "RSS does not grow with the flood (+%d KiB at the peak)"
+       % (peak[0] - rss0), proc.pid)
+ok(stop(proc) == 0, "exit 0 after the flood")
+
+# ---- the weight file truncated under a running daemon ------------------------
+mdir = os.path.join(TMP, "model")
+shutil.copytree(MODEL, mdir)
+proc, SOCK = start(model=mdir, log="sigbus.log")
+c = Client(SOCK)
+req, want = golden_request(1)
+c.send(req)
+first = c.recv()
+with open(os.path.join(mdir, "model.safetensors"), "r+b") as f:
+    f.truncate(4096)
+lost = False
+t0 = time.monotonic()
+try:
+    img, prompt, mnt, _ = CASES[-1]
+    c.send({"id": 2, "op": "generate", "image": image("camera.png"), "max_new_tokens": 20})
+    while True:
+        c.recv()
+except (EOFError, ConnectionResetError, BrokenPipeError):
+    lost = True
+except socket.timeout:
+    lost = False
+c.close()
+try:
+    rc = proc.wait(15)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    rc = None
+log = open(os.path.join(TMP, "sigbus.log"), "rb").read().decode(errors="replace")
+ok(first["type"] == "done" and first["ids"][0] == want, "a copied model serves before it is truncated")
+ok(lost and time.monotonic() - t0 < 15, "after truncation the client sees the connection lost, not a hang")
+ok(rc == 70, "the daemon exits with status 70 (got %r)" % (rc,))
+ok("model file changed underneath the daemon (SIGBUS at 0x" in log and "exiting so systemd restarts it" in log,
+   "and says why in its log")
+
+shutil.rmtree(TMP, ignore_errors=True)
+print("1..%d" % n_tests)
+sys.exit(1 if failed else 0)

@@ -57,6 +57,15 @@
 
 #define B2_DEFAULT_MAX_PIXELS (64ull << 20) /* 64 Mpx */
 #define B2_RESIZE_SCRATCH_MAX (256u << 20)  /* weights + row ring, bytes */
+/* Multiply-adds one resize may cost (both passes, 3 channels), about 1 s
+ * of one core.  The vertical pass costs ~12*dw*sh whatever the width, so
+ * without it a hostile image thousands of times taller than wide (2x2M
+ * px: 5 s; 2x20M px: nearly a minute) passes the pixel and scratch limits
+ * and ties up a thread; an 8000x8000 image needs 0.8e9.  The fuzzing
+ * build (tests/fuzz) lowers it for its slower instrumented code. */
+#ifndef B2_RESIZE_WORK_MAX
+#define B2_RESIZE_WORK_MAX 2e9
+#endif
 #define B2_MAX_TARGET_SIDE 16384            /* sanity bound on size_h/w */
 
 /* ---- libvips set-up ------------------------------------------------- */
@@ -404,6 +413,13 @@ int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
         need += (double)ay.ksize * (4 + row) + row * 4;
     need += (double)(ax.ksize > ay.ksize ? ax.ksize : ay.ksize) * 8;
     if (need > B2_RESIZE_SCRATCH_MAX)
+        return BLIP2_ETOOBIG;
+    double work = 0; /* multiply-adds, upper bound */
+    if (need_h)
+        work += (double)sh * dw * ax.ksize * 3;
+    if (need_v)
+        work += (double)dh * row * ay.ksize;
+    if (work > B2_RESIZE_WORK_MAX)
         return BLIP2_ETOOBIG;
 
     tmp = malloc((size_t)(ax.ksize > ay.ksize ? ax.ksize : ay.ksize) *

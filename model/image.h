@@ -40,8 +40,9 @@ int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
  * point weights, rounding and clamping after each pass.  dst is (dh,dw,3),
  * caller-owned.  Returns 0, BLIP2_ENOMEM, BLIP2_EINVAL for a zero or
  * negative size, or BLIP2_ETOOBIG when the scratch it needs (weights and a
- * ring of rows, O(sw + dw*sh/dh)) passes 256 MiB: only for images a few
- * pixels thin and millions long. */
+ * ring of rows, O(sw + dw*sh/dh)) passes 256 MiB or its work (multiply-
+ * adds, ~12*(sw*sh + dw*sh)) passes 2e9 (about a second): only for images
+ * thousands of times longer than wide, such as 2x2000000. */
 int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
                        uint8_t *dst, int dw, int dh);
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the Debian 12 packages blip2d needs to build and to run its tests.
+# Installs the Debian 12 packages blip2d needs to build and to run its tests
+# (clang and libclang-rt-14-dev: the libFuzzer targets in tests/fuzz/).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -9,4 +10,5 @@ $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
   libpcre2-dev libsentencepiece-dev libsystemd-dev \
-  python3 python3-msgpack valgrind
+  python3 python3-msgpack valgrind \
+  clang libclang-rt-14-dev

@@ -295,6 +295,21 @@ static void test_resize_pillow(void)
     free(s);
     ok(b2__resize_bicubic(d, 0, 5, d, 224, 224) == BLIP2_EINVAL,
        "resize from width 0: BLIP2_EINVAL");
+
+    /* Found by tests/fuzz (fuzz_image): the vertical pass costs ~12*dw*sh
+     * multiply-adds whatever the width, so a 2x2000000 image (4 Mpx, well
+     * within max_pixels) took 5 s of CPU and 2x20M nearly a minute.  Over
+     * the work cap it is refused at once; a 4000x4000 one still resizes. */
+    uint8_t *tall = calloc((size_t)2 * 2000000 * 3, 1);
+    ok(tall && b2__resize_bicubic(tall, 2, 2000000, d, 224, 224) == BLIP2_ETOOBIG,
+       "resize of a 2x2000000 image: BLIP2_ETOOBIG (work cap)");
+    ok(tall && b2__resize_bicubic(tall, 2000000, 2, d, 224, 224) == 0,
+       "resize of a 2000000x2 image (cheap: ~12 multiply-adds a pixel) works");
+    free(tall);
+    uint8_t *big = calloc((size_t)4000 * 4000 * 3, 1);
+    ok(big && b2__resize_bicubic(big, 4000, 4000, d, 224, 224) == 0,
+       "resize of a 4000x4000 image is within the work cap");
+    free(big);
 }
 
 /* ---- bad inputs ------------------------------------------------------- */

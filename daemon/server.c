@@ -598,6 +598,18 @@ static void conn_close(conn *c, const char *why)
     uv_close((uv_handle_t *)&c->stall, conn_free_cb);
 }
 
+/* Turns a just-accepted connection away: one id-less error frame (best
+ * effort, never blocking), then close. */
+static void refuse(int fd, int code, const char *msg)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (b2ipc_encode_error(&sb, false, 0, code, NULL, msg) == 0)
+        (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+}
+
 /* --allow-uid / --allow-gid: the peer's uid, primary gid or one of its
  * supplementary groups (SO_PEERGROUPS) must be listed. */
 static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
@@ -631,25 +643,14 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         socklen_t crl = sizeof cr;
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl);
         if (!peer_allowed(s->cfg, fd, &cr)) {
-            msgpack_sbuffer sb;
-            msgpack_sbuffer_init(&sb);
-            b2ipc_encode_error(&sb, false, 0, B2IPC_EPERM, NULL,
-                               "this user may not use blip2d (see its --allow-uid/--allow-gid)");
-            (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
-            msgpack_sbuffer_destroy(&sb);
-            close(fd);
+            refuse(fd, B2IPC_EPERM, "this user may not use blip2d (see its --allow-uid/--allow-gid)");
             LOG_WARN("refused a connection from pid %ld uid %u gid %u: not in the allow lists",
                      (long)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
             continue;
         }
         if (s->nconns >= s->cfg->max_connections || s->shutting_down) {
-            msgpack_sbuffer sb;
-            msgpack_sbuffer_init(&sb);
-            b2ipc_encode_error(&sb, false, 0, s->shutting_down ? B2IPC_ESHUTDOWN : B2IPC_EBUSY, NULL,
-                               s->shutting_down ? "blip2d is shutting down" : "too many connections");
-            (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT);
-            msgpack_sbuffer_destroy(&sb);
-            close(fd);
+            refuse(fd, s->shutting_down ? B2IPC_ESHUTDOWN : B2IPC_EBUSY,
+                   s->shutting_down ? "blip2d is shutting down" : "too many connections");
             LOG_WARN("refused a connection from uid %u: %s", (unsigned)cr.uid,
                      s->shutting_down ? "shutting down" : "too many connections");
             continue;

@@ -23,6 +23,9 @@
 
 #include <errno.h>
 #include <grp.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +75,7 @@ struct b2d_server {
     b2d_model *cur;           /* the model new requests use */
     int reloading;
     double idle_since;
+    int trimmed;              /* heap handed back since the last work */
     char last_status[160];
     b2d_cache *cache;
     b2d_engine *eng;
@@ -794,7 +798,8 @@ static void watchdog_cb(uv_timer_t *t)
     sd_notify(0, "WATCHDOG=1");
 }
 
-/* Once a second: the STATUS= line (when it changed) and the idle exit. */
+/* Once a second: the STATUS= line (when it changed), handing freed heap
+ * back to the system once the work is done, and the idle exit. */
 static void tick_cb(uv_timer_t *t)
 {
     struct b2d_server *s = t->data;
@@ -807,7 +812,16 @@ static void tick_cb(uv_timer_t *t)
         memcpy(s->last_status, st, sizeof st);
         sd_notifyf(0, "STATUS=%s", st);
     }
-    int idle = s->nconns == 0 && s->in_prep == 0 && queued == 0 && active == 0 && !s->reloading;
+    int no_work = s->in_prep == 0 && queued == 0 && active == 0 && !s->reloading;
+#ifdef __GLIBC__
+    /* a burst leaves freed chunks in the per-thread malloc arenas of the
+     * worker pool, the engine and libvips; a long-lived daemon gives them
+     * back when it falls quiet rather than keep its peak size for ever */
+    if (no_work && !s->trimmed)
+        malloc_trim(0);
+#endif
+    s->trimmed = no_work;
+    int idle = no_work && s->nconns == 0;
     double now = b2d_now_ms();
     if (!idle) s->idle_since = now;
     if (s->cfg->idle_exit > 0 && idle && !s->shutting_down && now - s->idle_since >= s->cfg->idle_exit * 1000) {

@@ -356,13 +356,13 @@ seed_base = [0]
 # threads, the feature cache), then the baseline
 load_round(LOAD_SECONDS / 2)
 settle(proc, SOCK)
-time.sleep(0.3)
+time.sleep(1.5)  # the daemon trims its heap at the first quiet tick (once a second)
 rss0, fd0 = rss_kib(proc.pid), nfds(proc.pid)
 for k in stats:
     stats[k] = 0
 elapsed, rss_peak = load_round(LOAD_SECONDS)
 settled = settle(proc, SOCK, fd0)
-time.sleep(0.3)
+time.sleep(1.5)  # the daemon trims its heap at the first quiet tick (once a second)
 rss1, fd1 = rss_kib(proc.pid), nfds(proc.pid)
 print("# load %.1f s, 64 connections: %s" % (elapsed, json.dumps(stats)))
 print("# RSS warm %d KiB, peak %d KiB, after %d KiB; fds %d -> %d" % (rss0, rss_peak, rss1, fd0, fd1))

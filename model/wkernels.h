@@ -1,0 +1,61 @@
+/*
+ * wkernels.h - internal: products with weights stored in 16-bit or 8-bit
+ * types, activations always f32.
+ *
+ * A weight matrix W (m, k) is m consecutive rows, each
+ * b2__wt_row_bytes(t, k) bytes, as a GGUF file stores it (the type numbers
+ * are GGML's, so a GGUF tensor's type field maps directly).  q8_0 is GGML's
+ * block format: each run of 32 values is one IEEE half scale d followed by
+ * 32 int8 q, value = d * q.
+ *
+ * The products exist in a portable C version (always built and tested)
+ * and SIMD versions chosen at run time from the CPU; the environment
+ * variable BLIP2_KERNELS (portable, avx2, avx512) forces one, as for the
+ * f32 kernels (kernels.h).
+ */
+#ifndef BLIP2_WKERNELS_H
+#define BLIP2_WKERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum b2_wtype {
+    B2_WT_F32 = 0,
+    B2_WT_F16 = 1,
+    B2_WT_Q8_0 = 8,
+    B2_WT_BF16 = 30,
+} b2_wtype;
+
+/* Values per q8_0 block, and bytes per block (f16 scale + 32 int8). */
+#define B2_Q8_0_BLOCK 32
+#define B2_Q8_0_BYTES 34
+
+/* 1 if t is a type this build handles and rows of k values are valid for
+ * it (q8_0 needs k % 32 == 0), else 0. */
+int b2__wt_ok(b2_wtype t, int k);
+
+/* Bytes of one row of k values of type t (b2__wt_ok(t, k) must hold). */
+size_t b2__wt_row_bytes(b2_wtype t, int k);
+
+/* "f32", "f16", "bf16", "q8_0", or NULL for an unknown type. */
+const char *b2__wt_name(b2_wtype t);
+
+/* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T for W (m, k) of type t.
+ * Each row of y has the same bits whatever n is (the decoder's batch
+ * invariance, see b2__matmul_rows).  Chunks of W's rows are spread over
+ * the compute pool.  For few rows n (decode, small batches). */
+void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
+                      int n, int m, int k);
+
+/* dst (nrows, k) = rows [row0, row0 + nrows) of W (m, k) of type t, as f32
+ * (exact for f16 and bf16; d * q for q8_0). */
+void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows, int k);
+
+/* dst = one row of k f32 values stored as type t: f16 and bf16 round to
+ * nearest even (NaN stays NaN, overflow goes to infinity); q8_0 as GGML
+ * quantises (per block d = max|x| / 127, q = round(x / d)). */
+void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
+
+/* The implementation of the products in use ("portable", "avx2", ...). */
+const char *b2__wkernels_name(void);
+
+#endif

@@ -1,7 +1,17 @@
 /*
- * wkernels.c - products with f16, bf16 and q8_0 weights: the portable C
- * reference.  Every row of the result is computed the same way whatever
- * the number of rows, and sums run in one fixed order.
+ * wkernels.c - products with f16, bf16 and q8_0 weights: the types, the
+ * conversions, the portable C products and the dispatcher.
+ *
+ *   b2__wmatmul_rows(y, x, W, t)
+ *     -> implementation: BLIP2_KERNELS if the CPU runs it, else the best
+ *        of avx512 (wkernels_avx512.c) > avx2 (wkernels_avx2.c) > portable
+ *     -> q8_0 only: every x row quantised to q8_0 blocks once per call
+ *        (b2__wquantize_act_q8, into a per-thread scratch buffer)
+ *     -> chunks of 64 W rows spread over the compute pool; each chunk
+ *        runs impl->fp or impl->q8 over all n rows of x
+ * Batch invariance: every implementation computes y[i][r] from x row i
+ * and W row r alone (one accumulator per pair, one order over k), so a
+ * row's bits never depend on n or on which register tile it landed in.
  */
 #include "wkernels.h"
 #include "wkernels_impl.h"

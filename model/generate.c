@@ -622,6 +622,11 @@ static int select_beam(blip2_session *s)
 {
     const int K = s->K, V = s->V, eos = s->m->cfg.eos, max_len = 1 + s->p.max_new_tokens;
     const float lp = s->p.length_penalty;
+    /* 4.37.2's BeamSearchScorer scores an eos candidate by cur_len (the
+     * decoder length + 1) minus the decoder prompt length: for T5's [start]
+     * prompt that counts the eos, while the reference's OPT path ends up
+     * one shorter.  The early-stop bound uses the same length. */
+    const int extra = s->m->cfg.family == B2_FAMILY_T5;
     for (int b = 0; b < K; b++) {
         float *lg = s->logits + (size_t)b * V;
         log_softmax(lg, V);
@@ -634,7 +639,7 @@ static int select_beam(blip2_session *s)
         const cand *c = &s->cd[r];
         if (c->token == eos) {
             if (r >= K) continue;
-            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1, lp) < 0) return BLIP2_ENOMEM;
+            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1 + extra, lp) < 0) return BLIP2_ENOMEM;
         } else {
             if (toks_copy(&s->bt2[nb], &s->bt[c->beam]) < 0 || toks_push(&s->bt2[nb], c->token) < 0)
                 return BLIP2_ENOMEM;
@@ -644,7 +649,7 @@ static int select_beam(blip2_session *s)
             nb++;
         }
     }
-    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len, lp, s->p.early_stopping);
+    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len + extra, lp, s->p.early_stopping);
     for (int b = 0; b < K; b++) {
         toks tt = s->bt[b]; s->bt[b] = s->bt2[b]; s->bt2[b] = tt;
         b2_kv kt = s->kv[b]; s->kv[b] = s->kv2[b]; s->kv2[b] = kt;

@@ -167,6 +167,7 @@ typedef struct ibuf {
 
 static int ibuf_push(ibuf *b, const int32_t *x, size_t n)
 {
+    if (n == 0) return 0;
     if (b->n + n > b->cap) {
         size_t nc = b->cap ? b->cap : 16;
         while (nc < b->n + n) nc *= 2;

@@ -81,11 +81,13 @@ int blip2_num_query_tokens(const blip2_model *m);   /* Q */
 int blip2_text_hidden(const blip2_model *m);        /* Dt */
 size_t blip2_query_embeds_len(const blip2_model *m); /* Q*Dt floats */
 int blip2_vocab_size(const blip2_model *m);
-int blip2_max_positions(const blip2_model *m);      /* OPT max_position_embeddings */
-int32_t blip2_bos_id(const blip2_model *m);         /* the ids generate() starts with */
+/* OPT max_position_embeddings; T5 n_positions.  Bounds Q + prompt + new tokens. */
+int blip2_max_positions(const blip2_model *m);
+/* The id every generated sequence starts with: OPT bos, T5 decoder_start_token_id. */
+int32_t blip2_bos_id(const blip2_model *m);
 /* Storage type of the checkpoint's weights: "f32", "f16", "bf16" (static). */
 const char *blip2_model_dtype(const blip2_model *m);
-/* Model family: "opt" (static). */
+/* Model family: "opt" or "t5" (Flan-T5), from config.json (static). */
 const char *blip2_model_family(const blip2_model *m);
 /* Layer counts for status displays. */
 int blip2_vision_layers(const blip2_model *m);
@@ -130,16 +132,17 @@ int blip2_encode_image(const blip2_model *m, const float *px, int n,
 
 /* ---- tokenizer ---- */
 
-/* Encodes text as the processor does (add_special: leading BOS).  *ids is
- * new (caller frees with free()). */
+/* Encodes text as the processor does (add_special: OPT's leading BOS, or
+ * T5's trailing </s>).  *ids is new (caller frees with free()). */
 int blip2_tokenize(const blip2_model *m, const char *text, int add_special,
                    int32_t **ids, size_t *n, blip2_error *err);
 /* Decodes ids to UTF-8 text (invalid bytes become U+FFFD), with the
  * tokenizer's clean-up of spaces; *text is new (free()). */
 int blip2_detokenize(const blip2_model *m, const int32_t *ids, size_t n,
                      int skip_special, char **text, blip2_error *err);
-/* Raw bytes of one token (byte-level BPE), for streaming; returns the byte
- * count (0 for special tokens) or a negative code; writes at most cap. */
+/* Raw bytes of one token (byte-level BPE; for T5 the SentencePiece piece
+ * with "▁" as a space), for streaming; returns the byte count (0 for
+ * special tokens) or a negative code; writes at most cap. */
 int blip2_token_bytes(const blip2_model *m, int32_t id, char *buf, size_t cap);
 
 /* ---- generation ---- */
@@ -168,8 +171,8 @@ void blip2_gen_params_default(blip2_gen_params *p);
 /* One sequence to generate for. */
 typedef struct blip2_request {
     const float *query_embeds; /* (Q,Dt), from blip2_encode_image; copied */
-    const char *prompt;        /* UTF-8 or NULL; tokenised with BOS */
-    const int32_t *prompt_ids; /* alternatively the ids (with BOS); used if non-NULL */
+    const char *prompt;        /* UTF-8 or NULL; tokenised with BOS (T5: + </s>) */
+    const int32_t *prompt_ids; /* alternatively the ids (with BOS / </s>); used if non-NULL */
     size_t n_prompt_ids;
 } blip2_request;
 
@@ -181,7 +184,8 @@ enum {
 };
 
 typedef struct blip2_seq_result {
-    int32_t *ids;   /* [bos] + new tokens, as the reference's generate returns */
+    int32_t *ids;   /* [bos] + new tokens, as the reference's generate returns
+                       (T5: [decoder_start 0] + new tokens (+ eos 1)) */
     size_t n_ids;
     char *text;     /* decode(ids, skip_special_tokens=True), cut at a stop string */
     int finish;     /* BLIP2_FINISH_* */
@@ -267,7 +271,10 @@ void blip2_stream_free(blip2_stream *st);
 
 /* Plain forward pass of the language model on [query_embeds ; embed(ids)]
  * for one request; writes the last position's logits (V floats) and, if
- * all_logits is non-NULL, every position's ((Q+L),V). */
+ * all_logits is non-NULL, every position's ((Q+L),V).  For T5 the
+ * encoder reads [query_embeds ; shared(ids)] and the logits are those of
+ * the first decoder step (decoder_start_token_id), one row: last_logits,
+ * and all_logits gets the same V floats. */
 int blip2_forward_logits(const blip2_model *m, const blip2_request *rq,
                          float *last_logits, float *all_logits,
                          blip2_error *err);

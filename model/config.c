@@ -3,7 +3,8 @@
  *
  * Start from the transformers v4.37.2 defaults of each sub-config, overlay
  * the fields present in the file, then check that sizes are positive and
- * consistent (heads divide hidden sizes, ...).  Unknown fields are ignored,
+ * consistent (heads divide hidden sizes, ...).  The language model is OPT
+ * or T5 (text_config.model_type; Flan-T5 BLIP-2 checkpoints).  Unknown fields are ignored,
  * as transformers does.
  */
 #include "config.h"
@@ -58,6 +59,75 @@ static int get_act(json_t *o, const char *k, b2_act *v, const char *path, blip2_
 }
 
 #define TRY(x) do { if ((rc = (x)) < 0) goto out; } while (0)
+
+/* text_config of a T5 language model over T5Config's 4.37.2 defaults.
+ * feed_forward_proj "[gated-]ACT" gives dense_act_fn and is_gated_act
+ * ("gated-gelu" means gelu_new), but explicit dense_act_fn / is_gated_act
+ * fields win, as they do when transformers loads the config (the real
+ * blip2-flan-t5 config says "gelu": exact GELU). */
+static int t5_config(b2_config *c, json_t *t, const char *path, blip2_error *err)
+{
+    int rc = 0, have_bos = 0, have_start = 0;
+    c->family = B2_FAMILY_T5;
+    c->t_vocab = 32128; c->t_hidden = 512; c->t_dkv = 64; c->t_ffn = 2048; c->t_layers = 6;
+    c->t_dec_layers = -1; c->t_heads = 8; c->t_buckets = 32; c->t_max_dist = 128;
+    c->t_eps = 1e-6f; c->t_act = B2_ACT_RELU; c->t_gated = 0; c->t_tie = 1;
+    c->t_max_pos = 512; c->pad = 0; c->eos = 1; c->bos = -1; c->dec_start = -1;
+    c->t_bias = 0; c->t_ln_before = 1; c->t_final_ln = 1; c->t_ln_affine = 1; c->t_word_proj = -1;
+    if (!t || !json_is_object(t)) goto check;
+    TRY(get_int(t, "vocab_size", &c->t_vocab, path, err));
+    TRY(get_int(t, "d_model", &c->t_hidden, path, err));
+    TRY(get_int(t, "d_kv", &c->t_dkv, path, err));
+    TRY(get_int(t, "d_ff", &c->t_ffn, path, err));
+    TRY(get_int(t, "num_layers", &c->t_layers, path, err));
+    TRY(get_int(t, "num_decoder_layers", &c->t_dec_layers, path, err));
+    TRY(get_int(t, "num_heads", &c->t_heads, path, err));
+    TRY(get_int(t, "relative_attention_num_buckets", &c->t_buckets, path, err));
+    TRY(get_int(t, "relative_attention_max_distance", &c->t_max_dist, path, err));
+    TRY(get_int(t, "n_positions", &c->t_max_pos, path, err));
+    TRY(get_float(t, "layer_norm_epsilon", &c->t_eps, path, err));
+    TRY(get_bool(t, "tie_word_embeddings", &c->t_tie, path, err));
+    json_t *ff = json_object_get(t, "feed_forward_proj");
+    if (ff && !json_is_null(ff)) {
+        const char *fs = json_is_string(ff) ? json_string_value(ff) : "";
+        const char *act = fs;
+        if (!strncmp(fs, "gated-", 6)) { c->t_gated = 1; act = fs + 6; }
+        json_t *a = json_string(!strcmp(fs, "gated-gelu") ? "gelu_new" : act);
+        json_t *tmp = json_object();
+        json_object_set_new(tmp, "feed_forward_proj", a);
+        rc = strchr(act, '-') ? b2__err(err, BLIP2_EFORMAT, "%s: feed_forward_proj '%s' is not "
+                                        "'ACT' or 'gated-ACT'", path, fs)
+                              : get_act(tmp, "feed_forward_proj", &c->t_act, path, err);
+        json_decref(tmp);
+        if (rc < 0) goto out;
+    }
+    TRY(get_act(t, "dense_act_fn", &c->t_act, path, err));
+    TRY(get_bool(t, "is_gated_act", &c->t_gated, path, err));
+    have_bos = json_is_integer(json_object_get(t, "bos_token_id"));
+    have_start = json_is_integer(json_object_get(t, "decoder_start_token_id"));
+    TRY(get_int(t, "bos_token_id", &c->bos, path, err));
+    TRY(get_int(t, "eos_token_id", &c->eos, path, err));
+    TRY(get_int(t, "pad_token_id", &c->pad, path, err));
+    TRY(get_int(t, "decoder_start_token_id", &c->dec_start, path, err));
+check:
+    if (!have_bos || !have_start) {
+        /* generate() needs both: [bos] is the encoder input without a
+         * prompt, decoder_start_token_id starts every output */
+        return b2__err(err, BLIP2_EFORMAT, "%s: text_config needs bos_token_id and decoder_start_token_id", path);
+    }
+    if (c->t_dec_layers < 0) c->t_dec_layers = c->t_layers;
+    c->t_word_proj = c->t_hidden;
+    struct { const char *name; int val; } pos[] = {
+        {"d_kv", c->t_dkv}, {"num_decoder_layers", c->t_dec_layers},
+        {"relative_attention_num_buckets", c->t_buckets}, {"relative_attention_max_distance", c->t_max_dist},
+    };
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+        if (pos[i].val <= 0) return b2__err(err, BLIP2_EFORMAT, "%s: %s must be positive", path, pos[i].name);
+    if (c->t_buckets < 4) return b2__err(err, BLIP2_EFORMAT, "%s: relative_attention_num_buckets must be >= 4", path);
+    if (!(c->t_eps > 0)) return b2__err(err, BLIP2_EFORMAT, "%s: layer_norm_epsilon must be positive", path);
+out:
+    return rc;
+}
 
 int b2__config_load(b2_config *c, const char *path, blip2_error *err)
 {
@@ -119,17 +189,18 @@ int b2__config_load(b2_config *c, const char *path, blip2_error *err)
 
     json_t *t = json_object_get(root, "text_config");
     const char *tmt = "opt";
-    if (t && json_is_object(t) && json_is_string(json_object_get(t, "model_type")))
+    if (t && json_is_object(t) && json_is_string(json_object_get(t, "model_type"))) {
         tmt = json_string_value(json_object_get(t, "model_type"));
-    if (!strcmp(tmt, "t5")) {
-        rc = b2__err(err, BLIP2_EUNSUPPORTED, "%s: Flan-T5 BLIP-2 checkpoints are not supported yet", path);
-        goto out;
+    } else if (t && json_is_object(t)) { /* no model_type: the architecture names it */
+        json_t *a = json_array_get(json_object_get(t, "architectures"), 0);
+        if (json_is_string(a) && !strncmp(json_string_value(a), "T5", 2)) tmt = "t5";
     }
-    if (strcmp(tmt, "opt") != 0) {
+    if (!strcmp(tmt, "t5")) {
+        if ((rc = t5_config(c, t, path, err)) < 0) goto out;
+    } else if (strcmp(tmt, "opt") != 0) {
         rc = b2__err(err, BLIP2_EUNSUPPORTED, "%s: language model type '%s' is not supported", path, tmt);
         goto out;
-    }
-    if (t && json_is_object(t)) {
+    } else if (t && json_is_object(t)) {
         TRY(get_int(t, "hidden_size", &c->t_hidden, path, err));
         TRY(get_int(t, "ffn_dim", &c->t_ffn, path, err));
         TRY(get_int(t, "num_hidden_layers", &c->t_layers, path, err));
@@ -149,6 +220,7 @@ int b2__config_load(b2_config *c, const char *path, blip2_error *err)
         TRY(get_int(t, "eos_token_id", &c->eos, path, err));
         TRY(get_int(t, "pad_token_id", &c->pad, path, err));
     }
+    if (c->family == B2_FAMILY_OPT) c->dec_start = c->bos;
     if (c->t_word_proj < 0) c->t_word_proj = c->t_hidden;
     if (c->t_word_proj != c->t_hidden) {
         /* BLIP-2 concatenates projected queries (hidden_size wide) with token
@@ -173,7 +245,8 @@ int b2__config_load(b2_config *c, const char *path, blip2_error *err)
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
         if (pos[i].val <= 0) { rc = b2__err(err, BLIP2_EFORMAT, "%s: %s must be positive", path, pos[i].name); goto out; }
     if (c->v_channels != 3) { rc = b2__err(err, BLIP2_EUNSUPPORTED, "%s: num_channels must be 3", path); goto out; }
-    if (c->v_hidden % c->v_heads || c->q_hidden % c->q_heads || c->t_hidden % c->t_heads) {
+    if (c->v_hidden % c->v_heads || c->q_hidden % c->q_heads ||
+        (c->family == B2_FAMILY_OPT && c->t_hidden % c->t_heads)) {
         rc = b2__err(err, BLIP2_EFORMAT, "%s: a hidden size is not divisible by its number of heads", path);
         goto out;
     }
@@ -182,7 +255,7 @@ int b2__config_load(b2_config *c, const char *path, blip2_error *err)
                      c->image_size, c->patch_size);
         goto out;
     }
-    if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab) {
+    if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab || c->dec_start >= c->t_vocab) {
         rc = b2__err(err, BLIP2_EFORMAT, "%s: bos/eos/pad id outside the vocabulary", path);
         goto out;
     }

@@ -3,7 +3,7 @@
  *
  * Read from a Hugging Face config.json in transformers' diff form: every
  * field left out takes its transformers v4.37.2 default (Blip2VisionConfig,
- * Blip2QFormerConfig, OPTConfig), so the real Salesforce configs and the
+ * Blip2QFormerConfig, OPTConfig or T5Config), so the real Salesforce configs and the
  * golden tiny ones parse to the same effective values the reference used.
  */
 #ifndef BLIP2_CONFIG_H
@@ -31,6 +31,13 @@ typedef struct b2_config {
     int t_ln_before, t_bias, t_ln_affine, t_final_ln, t_tie;
     b2_act t_act;
     int bos, eos, pad;
+    int dec_start;  /* first id of every generated sequence: OPT bos, T5 decoder_start_token_id */
+    /* T5 only (family B2_FAMILY_T5): t_hidden = d_model, t_ffn = d_ff,
+     * t_layers = encoder layers, t_heads = num_heads, t_act = dense_act_fn,
+     * t_max_pos = n_positions (our limit on Q + prompt + new tokens),
+     * t_tie = text_config.tie_word_embeddings (lm_head = shared, scaled). */
+    int t_dkv, t_dec_layers, t_buckets, t_max_dist, t_gated;
+    float t_eps;
 } b2_config;
 
 /* Parses config.json at path.  BLIP2_EIO if unreadable, BLIP2_EFORMAT for

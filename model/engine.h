@@ -66,6 +66,10 @@ struct blip2_model {
     b2_ln final_ln;           /* d == 0 when absent */
     const float *lm_head;     /* (V, D) */
 
+    /* T5 (family B2_FAMILY_T5; the OPT fields above are then unused) */
+    struct b2_t5 *t5;         /* t5.h */
+    struct b2_t5tok *t5tok;   /* SentencePiece tokenizer (t5tok.h); tok is NULL */
+
     /* storage */
     const char *dtype;        /* "f32", "f16", "bf16": how the weights are stored */
     struct b2_st_file **files;
@@ -85,7 +89,8 @@ int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *ou
 
 /* ---- OPT decoder with KV cache ---- */
 
-/* One sequence's cache: per layer (cap, D) keys and values. */
+/* One sequence's cache: per layer (cap, D) keys and values (T5 decoder:
+ * (t_dec_layers, cap, heads * d_kv)). */
 typedef struct b2_kv {
     float *k, *v;   /* (t_layers, cap, D) */
     int len, cap;
@@ -119,5 +124,13 @@ void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *log
 
 /* emb (n, D) = embed_tokens[ids]. */
 void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb);
+
+/* ---- the tokenizer of either family (model.c) ---- */
+
+/* As b2__bpe_encode / b2__bpe_decode, through the model's tokenizer. */
+int b2__tok_encode(const blip2_model *m, const char *text, size_t len, int add_special,
+                   int32_t **ids, size_t *n, blip2_error *err);
+int b2__tok_decode(const blip2_model *m, const int32_t *ids, size_t n, int skip,
+                   char **text, blip2_error *err);
 
 #endif

@@ -25,9 +25,18 @@
  *                 eos appended when shorter than the length limit.
  * A session's numbers never depend on its batch neighbours: rows only
  * attend to their own caches.
+ *
+ * Flan-T5 (t5.h) returns the decoder sequence instead: ids start as
+ * [decoder_start_token_id] (the start token counts for the repetition
+ * penalty, the prompt does not), and a session's first step runs the
+ * encoder over [query_embeds ; shared(prompt ids + eos)] on its own,
+ * fills the cross-attention keys and values once, and feeds the start
+ * token; later steps feed one decoder row per live sequence, batched
+ * across sessions like OPT's.
  */
 #include "engine.h"
 #include "error.h"
+#include "t5.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -273,11 +282,17 @@ struct blip2_session {
     toks *out;           /* (nret) final sequences (beam) */
     int *out_finish;
     int err;             /* first failure inside a step */
+    b2_t5_cross cross;   /* T5: cross-attention keys/values of the request */
 };
 
 struct blip2_ctx {
     const blip2_model *m;
     b2_opt_ws ws;
+    b2_t5_ws tws;             /* T5 decoder scratch */
+    const b2_t5_cross **crp;  /* (sequences) T5 cross keys/values per sequence */
+    int32_t *tok;             /* (rows) T5 decoder input ids */
+    float *enc;               /* T5 encoder input, output and scratch */
+    size_t cap_enc;
     float *emb, *hid;         /* (rows, D) */
     float *lg;                /* (sequences, V) logits of the rows that need them */
     int *seq, *pos;
@@ -297,6 +312,8 @@ void blip2_ctx_free(blip2_ctx *c)
 {
     if (!c) return;
     b2__opt_ws_free(&c->ws);
+    b2__t5_ws_free(&c->tws);
+    free(c->crp); free(c->tok); free(c->enc);
     free(c->emb); free(c->hid); free(c->lg); free(c->seq); free(c->pos); free(c->kvp);
     free(c);
 }
@@ -315,18 +332,31 @@ static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
         c->seq = s;
         if (!(p = realloc(c->pos, sizeof(int) * rows))) return BLIP2_ENOMEM;
         c->pos = p;
+        int32_t *t = realloc(c->tok, sizeof(int32_t) * rows);
+        if (!t) return BLIP2_ENOMEM;
+        c->tok = t;
         c->cap_rows = rows;
     }
     if (seqs > c->cap_seqs) { /* a step needs logits for at most one row per sequence */
         b2_kv **k = realloc(c->kvp, sizeof *k * seqs);
         if (!k) return BLIP2_ENOMEM;
         c->kvp = k;
+        const b2_t5_cross **cr = realloc(c->crp, sizeof *cr * seqs);
+        if (!cr) return BLIP2_ENOMEM;
+        c->crp = cr;
         float *lg = realloc(c->lg, sizeof(float) * (size_t)c->m->cfg.t_vocab * seqs);
         if (!lg) return BLIP2_ENOMEM;
         c->lg = lg;
         c->cap_seqs = seqs;
     }
-    if (rows > c->ws.max_rows || ctxlen > c->ws.max_ctx) {
+    if (c->m->cfg.family == B2_FAMILY_T5) {
+        if (rows > c->tws.max_rows || ctxlen > c->tws.max_ctx) {
+            int r = rows > c->tws.max_rows ? rows : c->tws.max_rows;
+            int x = ctxlen > c->tws.max_ctx ? ctxlen : c->tws.max_ctx;
+            b2__t5_ws_free(&c->tws);
+            if (b2__t5_ws_init(&c->tws, c->m, r, x) < 0) return BLIP2_ENOMEM;
+        }
+    } else if (rows > c->ws.max_rows || ctxlen > c->ws.max_ctx) {
         int r = rows > c->ws.max_rows ? rows : c->ws.max_rows;
         int x = ctxlen > c->ws.max_ctx ? ctxlen : c->ws.max_ctx;
         b2__opt_ws_free(&c->ws);
@@ -381,6 +411,7 @@ void blip2_session_free(blip2_session *s)
         if (s->bt) free(s->bt[j].v);
         if (s->bt2) free(s->bt2[j].v);
     }
+    b2__t5_cross_free(&s->cross);
     if (s->bh.h) for (int h = 0; h <= s->K; h++) free(s->bh.h[h].t.v);
     for (int r = 0; s->out && r < s->nret; r++) free(s->out[r].v);
     free(s->kv); free(s->kv2); free(s->bt); free(s->bt2); free(s->bscore); free(s->logits);
@@ -435,7 +466,7 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
             }
     } else if (rq->prompt && rq->prompt[0]) {
         size_t nn = 0;
-        if ((rc = b2__bpe_encode(m->tok, rq->prompt, strlen(rq->prompt), 1, &s->prompt, &nn, err)) < 0) goto fail;
+        if ((rc = b2__tok_encode(m, rq->prompt, strlen(rq->prompt), 1, &s->prompt, &nn, err)) < 0) goto fail;
         s->L = nn > (size_t)c->t_max_pos ? c->t_max_pos + 1 : (int)nn;
     } else {
         if (!(s->prompt = malloc(sizeof(int32_t)))) goto nomem;
@@ -460,10 +491,13 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
     s->finish = calloc((size_t)K, sizeof *s->finish);
     s->pending = calloc((size_t)K, sizeof *s->pending);
     if (!s->kv || !s->bt || !s->bscore || !s->logits || !s->live || !s->finish || !s->pending) goto nomem;
+    /* OPT caches hold the prefix and the new tokens; T5's the decoder tokens */
+    const int cap = c->family == B2_FAMILY_T5 ? 1 + p->max_new_tokens : (int)total;
     for (int j = 0; j < K; j++) {
-        if (b2__kv_init(&s->kv[j], m, (int)total) < 0 || toks_push(&s->bt[j], c->bos) < 0) goto nomem;
+        if (b2__kv_init(&s->kv[j], m, cap) < 0 || toks_push(&s->bt[j], c->dec_start) < 0) goto nomem;
         s->live[j] = 1;
     }
+    if (c->family == B2_FAMILY_T5 && b2__t5_cross_init(&s->cross, m, s->Q + s->L) < 0) goto nomem;
     if (s->mode == M_SAMPLE) {
         if (!(s->rng = calloc((size_t)K, sizeof *s->rng)) || !(s->tmp = malloc(sizeof(float) * (size_t)V))) goto nomem;
         for (int j = 0; j < K; j++) {
@@ -480,7 +514,7 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
         s->out_finish = calloc((size_t)s->nret, sizeof *s->out_finish);
         if (!s->kv2 || !s->bt2 || !s->bh.h || !s->cd || !s->out || !s->out_finish) goto nomem;
         for (int j = 0; j < K; j++) {
-            if (b2__kv_init(&s->kv2[j], m, (int)total) < 0) goto nomem;
+            if (b2__kv_init(&s->kv2[j], m, cap) < 0) goto nomem;
             s->bscore[j] = j == 0 ? 0.0f : -1e9f;
         }
         s->bh.worst = 1e9f;
@@ -519,7 +553,7 @@ int blip2_session_rows(const blip2_session *s)
  * stop string in *cut (or the text length).  *text is new. */
 static int decode_cut(const blip2_session *s, const toks *t, char **text, size_t *cut, blip2_error *err)
 {
-    int rc = b2__bpe_decode(s->m->tok, t->v, (size_t)t->n, 1, text, err);
+    int rc = b2__tok_decode(s->m, t->v, (size_t)t->n, 1, text, err);
     if (rc < 0) return rc;
     *cut = strlen(*text);
     for (int i = 0; i < s->p.n_stop; i++) {
@@ -588,6 +622,11 @@ static int select_beam(blip2_session *s)
 {
     const int K = s->K, V = s->V, eos = s->m->cfg.eos, max_len = 1 + s->p.max_new_tokens;
     const float lp = s->p.length_penalty;
+    /* 4.37.2's BeamSearchScorer scores an eos candidate by cur_len (the
+     * decoder length + 1) minus the decoder prompt length: for T5's [start]
+     * prompt that counts the eos, while the reference's OPT path ends up
+     * one shorter.  The early-stop bound uses the same length. */
+    const int extra = s->m->cfg.family == B2_FAMILY_T5;
     for (int b = 0; b < K; b++) {
         float *lg = s->logits + (size_t)b * V;
         log_softmax(lg, V);
@@ -600,7 +639,7 @@ static int select_beam(blip2_session *s)
         const cand *c = &s->cd[r];
         if (c->token == eos) {
             if (r >= K) continue;
-            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1, lp) < 0) return BLIP2_ENOMEM;
+            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1 + extra, lp) < 0) return BLIP2_ENOMEM;
         } else {
             if (toks_copy(&s->bt2[nb], &s->bt[c->beam]) < 0 || toks_push(&s->bt2[nb], c->token) < 0)
                 return BLIP2_ENOMEM;
@@ -610,7 +649,7 @@ static int select_beam(blip2_session *s)
             nb++;
         }
     }
-    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len, lp, s->p.early_stopping);
+    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len + extra, lp, s->p.early_stopping);
     for (int b = 0; b < K; b++) {
         toks tt = s->bt[b]; s->bt[b] = s->bt2[b]; s->bt2[b] = tt;
         b2_kv kt = s->kv[b]; s->kv[b] = s->kv2[b]; s->kv2[b] = kt;
@@ -619,6 +658,64 @@ static int select_beam(blip2_session *s)
     if (s->cb && s->cb(s->user, -1, -1)) { blip2_session_cancel(s); return 0; }
     if (s->bh.done || s->cur_len >= max_len) return beam_finalize(s);
     return 0;
+}
+
+static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err);
+
+/* The T5 step (see the top of the file). */
+static int step_t5(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
+{
+    const blip2_model *m = ctx->m;
+    const int D = m->cfg.t_hidden;
+    int rows = 0, seqs = 0, maxctx = 0;
+    size_t need_enc = 0;
+    for (int i = 0; i < n; i++) {
+        const blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        rows += s->state == S_NEW ? 1 : blip2_session_rows(s);
+        seqs += s->K;
+        if (s->kv[0].cap > maxctx) maxctx = s->kv[0].cap;
+        if (s->cross.n > maxctx) maxctx = s->cross.n;
+        if (s->state == S_NEW) {
+            size_t e = 2 * (size_t)s->cross.n * D + b2__t5_encode_scratch(m, s->cross.n);
+            if (e > need_enc) need_enc = e;
+        }
+    }
+    if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    if (need_enc > ctx->cap_enc) {
+        free(ctx->enc);
+        ctx->cap_enc = 0;
+        if (!(ctx->enc = malloc(sizeof(float) * need_enc))) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+        ctx->cap_enc = need_enc;
+    }
+    int r = 0, q = 0;
+    for (int i = 0; i < n; i++) {
+        blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        for (int j = 0; j < s->K; j++) { ctx->kvp[q + j] = &s->kv[j]; ctx->crp[q + j] = &s->cross; }
+        if (s->state == S_NEW) {
+            const int ne = s->cross.n;
+            float *in = ctx->enc, *out = in + (size_t)ne * D;
+            memcpy(in, s->query, sizeof(float) * (size_t)s->Q * D);
+            b2__t5_embed(m, s->prompt, s->L, in + (size_t)s->Q * D);
+            b2__t5_encode(m, in, ne, out, out + (size_t)ne * D);
+            b2__t5_cross_fill(m, &s->cross, out);
+            ctx->tok[r] = s->bt[0].v[0];
+            ctx->seq[r] = q;
+            ctx->pos[r++] = 0;
+        } else {
+            for (int j = 0; j < s->K; j++) {
+                if (!s->live[j]) continue;
+                ctx->tok[r] = s->pending[j];
+                ctx->seq[r] = q + j;
+                ctx->pos[r++] = s->kv[j].len;
+            }
+        }
+        q += s->K;
+    }
+    b2__t5_decode(m, &ctx->tws, ctx->tok, rows, (b2_kv *const *)ctx->kvp, ctx->crp, ctx->seq, ctx->pos, ctx->hid);
+    b2__t5_logits(m, ctx->hid, rows, ctx->lg);
+    return take_logits(ctx, ss, n, err);
 }
 
 int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
@@ -634,6 +731,7 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
         if (s->kv[0].cap > maxctx) maxctx = s->kv[0].cap;
     }
     if (rows == 0) return 0;
+    if (m->cfg.family == B2_FAMILY_T5) return step_t5(ctx, ss, n, err);
     if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     int r = 0, q = 0;
     for (int i = 0; i < n; i++) {
@@ -673,12 +771,21 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
         }
     }
     b2__opt_logits(m, ctx->emb, nl, ctx->lg);
+    return take_logits(ctx, ss, n, err);
+}
+
+/* After the forward pass: ctx->lg holds one row of logits per new session
+ * and per live sequence, in session order.  Advances the caches and picks
+ * the next tokens. */
+static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
+{
+    const blip2_model *m = ctx->m;
     int rc = 0, l = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
         if (s->state == S_NEW) {
-            s->kv[0].len = s->Q + s->L;
+            s->kv[0].len = m->cfg.family == B2_FAMILY_T5 ? 1 : s->Q + s->L;
             for (int j = 0; j < s->K; j++) { /* every sequence starts from the same prefix */
                 if (j) b2__kv_copy(&s->kv[j], &s->kv[0], m);
                 memcpy(s->logits + (size_t)j * s->V, ctx->lg + (size_t)l * s->V, sizeof(float) * (size_t)s->V);
@@ -797,6 +904,20 @@ int blip2_forward_logits(const blip2_model *m, const blip2_request *rq, float *l
     blip2_session *s = NULL;
     blip2_ctx *ctx = NULL;
     int rc = blip2_session_new(m, rq, &p, NULL, NULL, &s, err);
+    if (rc == 0 && m->cfg.family == B2_FAMILY_T5) { /* the first decoder step */
+        const int D = s->D, ne = s->Q + s->L;
+        float *emb = malloc(sizeof(float) * (size_t)ne * D);
+        if (emb) {
+            memcpy(emb, s->query, sizeof(float) * (size_t)s->Q * D);
+            b2__t5_embed(m, s->prompt, s->L, emb + (size_t)s->Q * D);
+            rc = b2__t5_forward(m, emb, ne, &s->bt[0].v[0], 1, NULL, last_logits);
+            if (rc == 0 && all_logits) memcpy(all_logits, last_logits, sizeof(float) * (size_t)s->V);
+        }
+        if (!emb || rc < 0) rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        free(emb);
+        blip2_session_free(s);
+        return rc;
+    }
     if (rc == 0) rc = blip2_ctx_new(m, &ctx, err);
     if (rc == 0) {
         const int rows = s->Q + s->L, D = s->D;
@@ -832,7 +953,7 @@ int blip2_stream_piece(const blip2_model *m, blip2_stream *st, const int32_t *id
                        size_t *len, blip2_error *err)
 {
     char *text = NULL;
-    int rc = b2__bpe_decode(m->tok, ids, n, 1, &text, err);
+    int rc = b2__tok_decode(m, ids, n, 1, &text, err);
     *piece = "";
     *len = 0;
     if (rc < 0) return rc;

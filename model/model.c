@@ -4,14 +4,17 @@
  * and the plain forward pass that yields logits.
  *
  * Load: config.json -> b2_config; preprocessor_config.json -> b2_preproc;
- * tokenizer files -> b2_bpe; safetensors -> every weight bound by name with
+ * tokenizer files -> b2_bpe (OPT) or b2_t5tok (T5, spiece.model); safetensors -> every weight bound by name with
  * its expected shape (a missing or mis-shaped tensor fails the load with
  * its name).  After load the model is never written again.
  */
 #include "engine.h"
 #include "error.h"
+#include "t5.h"
+#include "t5tok.h"
 #include "weights.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +69,72 @@ static void bind_bert_attn(binder *b, b2_bert_attn *a, int D, int Dkv, const cha
     snprintf(p, sizeof p, "%s.output.LayerNorm", prefix); bind_ln(b, &a->ln, D, 1, p);
 }
 
+/* The T5 language model (t5.h): language_model.{shared, encoder, decoder,
+ * lm_head}.  encoder/decoder.embed_tokens are tied to shared and not read. */
+static void bind_t5_attn(binder *b, b2_t5_attn *a, int D, int I, const char *prefix)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s.q", prefix); bind_linear(b, &a->q, I, D, 0, p);
+    snprintf(p, sizeof p, "%s.k", prefix); bind_linear(b, &a->k, I, D, 0, p);
+    snprintf(p, sizeof p, "%s.v", prefix); bind_linear(b, &a->v, I, D, 0, p);
+    snprintf(p, sizeof p, "%s.o", prefix); bind_linear(b, &a->o, D, I, 0, p);
+}
+
+static void bind_t5_ff(binder *b, b2_t5_layer *L, int D, int F, int gated, const char *prefix)
+{
+    char p[256];
+    if (gated) {
+        snprintf(p, sizeof p, "%s.DenseReluDense.wi_0", prefix); bind_linear(b, &L->wi0, F, D, 0, p);
+        snprintf(p, sizeof p, "%s.DenseReluDense.wi_1", prefix); bind_linear(b, &L->wi1, F, D, 0, p);
+    } else {
+        snprintf(p, sizeof p, "%s.DenseReluDense.wi", prefix); bind_linear(b, &L->wi0, F, D, 0, p);
+    }
+    snprintf(p, sizeof p, "%s.DenseReluDense.wo", prefix); bind_linear(b, &L->wo, D, F, 0, p);
+    L->ln_ff = bind(b, SHAPE(D), "%s.layer_norm.weight", prefix);
+}
+
+static int bind_t5(binder *b)
+{
+    blip2_model *m = b->m;
+    const b2_config *c = &m->cfg;
+    const int D = c->t_hidden, I = c->t_heads * c->t_dkv, F = c->t_ffn, H = c->t_heads;
+    char p[256];
+    struct b2_t5 *t = m->t5 = calloc(1, sizeof *m->t5);
+    if (!t || !(t->enc = calloc((size_t)c->t_layers, sizeof *t->enc)) ||
+        !(t->dec = calloc((size_t)c->t_dec_layers, sizeof *t->dec)) || b2__t5_init_buckets(m) < 0)
+        return b2__err(b->err, BLIP2_ENOMEM, "out of memory");
+    t->shared = bind(b, SHAPE(c->t_vocab, D), "language_model.shared.weight");
+    t->enc_rel = bind(b, SHAPE(c->t_buckets, H),
+                      "language_model.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+    t->dec_rel = bind(b, SHAPE(c->t_buckets, H),
+                      "language_model.decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+    for (int l = 0; l < c->t_layers; l++) {
+        b2_t5_layer *L = &t->enc[l];
+        snprintf(p, sizeof p, "language_model.encoder.block.%d.layer.0.SelfAttention", l);
+        bind_t5_attn(b, &L->sa, D, I, p);
+        L->ln_sa = bind(b, SHAPE(D), "language_model.encoder.block.%d.layer.0.layer_norm.weight", l);
+        snprintf(p, sizeof p, "language_model.encoder.block.%d.layer.1", l);
+        bind_t5_ff(b, L, D, F, c->t_gated, p);
+    }
+    t->enc_final = bind(b, SHAPE(D), "language_model.encoder.final_layer_norm.weight");
+    for (int l = 0; l < c->t_dec_layers; l++) {
+        b2_t5_layer *L = &t->dec[l];
+        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.0.SelfAttention", l);
+        bind_t5_attn(b, &L->sa, D, I, p);
+        L->ln_sa = bind(b, SHAPE(D), "language_model.decoder.block.%d.layer.0.layer_norm.weight", l);
+        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.1.EncDecAttention", l);
+        bind_t5_attn(b, &L->ca, D, I, p);
+        L->ln_ca = bind(b, SHAPE(D), "language_model.decoder.block.%d.layer.1.layer_norm.weight", l);
+        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.2", l);
+        bind_t5_ff(b, L, D, F, c->t_gated, p);
+    }
+    t->dec_final = bind(b, SHAPE(D), "language_model.decoder.final_layer_norm.weight");
+    /* tied: lm_head is shared and the decoder output is scaled by D^-0.5 */
+    t->lm_scale = c->t_tie ? 1.0f / sqrtf((float)D) : 1.0f;
+    t->lm_head = c->t_tie ? t->shared : bind(b, SHAPE(c->t_vocab, D), "language_model.lm_head.weight");
+    return b->rc;
+}
+
 static int bind_all(blip2_model *m, blip2_error *err)
 {
     const b2_config *c = &m->cfg;
@@ -114,6 +183,7 @@ static int bind_all(blip2_model *m, blip2_error *err)
         bind_ln(&b, &L->out_ln, Dq, 1, p);
     }
     bind_linear(&b, &m->proj, D, Dq, 1, "language_projection");
+    if (c->family == B2_FAMILY_T5) return b.rc < 0 ? b.rc : bind_t5(&b);
 
     /* OPT */
     const char *dec = "language_model.model.decoder";
@@ -148,6 +218,8 @@ void blip2_model_free(blip2_model *m)
     if (!m) return;
     b2__weights_close(m);
     b2__bpe_free(m->tok);
+    b2__t5tok_free(m->t5tok);
+    b2__t5_free(m->t5);
     free(m->vl);
     free(m->ql);
     free(m->tl);
@@ -178,14 +250,17 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
                      p, m->pp.size_w, m->pp.size_h, m->cfg.image_size);
         goto fail;
     }
-    if ((rc = b2__bpe_load(&m->tok, path, err)) < 0) goto fail;
+    if (m->cfg.family == B2_FAMILY_T5) rc = b2__t5tok_load(&m->t5tok, path, err);
+    else rc = b2__bpe_load(&m->tok, path, err);
+    if (rc < 0) goto fail;
     m->vl = calloc((size_t)m->cfg.v_layers, sizeof *m->vl);
     m->ql = calloc((size_t)m->cfg.q_layers, sizeof *m->ql);
     m->tl = calloc((size_t)m->cfg.t_layers, sizeof *m->tl);
     if (!m->vl || !m->ql || !m->tl) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
     if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    m->dtype = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
+    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
+                                 : "language_model.model.decoder.embed_tokens.weight");
     *out = m;
     return 0;
 fail:
@@ -200,7 +275,7 @@ int blip2_text_hidden(const blip2_model *m) { return m->cfg.t_word_proj; }
 size_t blip2_query_embeds_len(const blip2_model *m) { return (size_t)m->cfg.num_query * m->cfg.t_word_proj; }
 int blip2_vocab_size(const blip2_model *m) { return m->cfg.t_vocab; }
 int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
-int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.bos; }
+int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.dec_start; }
 const char *blip2_model_dtype(const blip2_model *m) { return m->dtype; }
 const char *blip2_model_family(const blip2_model *m) { return m->cfg.family == B2_FAMILY_T5 ? "t5" : "opt"; }
 int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
@@ -277,19 +352,34 @@ out:
     return rc;
 }
 
+int b2__tok_encode(const blip2_model *m, const char *text, size_t len, int add_special,
+                   int32_t **ids, size_t *n, blip2_error *err)
+{
+    if (m->t5tok) return b2__t5tok_encode(m->t5tok, text, len, add_special, ids, n, err);
+    return b2__bpe_encode(m->tok, text, len, add_special, ids, n, err);
+}
+
+int b2__tok_decode(const blip2_model *m, const int32_t *ids, size_t n, int skip, char **text,
+                   blip2_error *err)
+{
+    if (m->t5tok) return b2__t5tok_decode(m->t5tok, ids, n, skip, text, err);
+    return b2__bpe_decode(m->tok, ids, n, skip, text, err);
+}
+
 int blip2_tokenize(const blip2_model *m, const char *text, int add_special, int32_t **ids,
                    size_t *n, blip2_error *err)
 {
-    return b2__bpe_encode(m->tok, text, strlen(text), add_special, ids, n, err);
+    return b2__tok_encode(m, text, strlen(text), add_special, ids, n, err);
 }
 
 int blip2_detokenize(const blip2_model *m, const int32_t *ids, size_t n, int skip_special,
                      char **text, blip2_error *err)
 {
-    return b2__bpe_decode(m->tok, ids, n, skip_special, text, err);
+    return b2__tok_decode(m, ids, n, skip_special, text, err);
 }
 
 int blip2_token_bytes(const blip2_model *m, int32_t id, char *buf, size_t cap)
 {
+    if (m->t5tok) return b2__t5tok_token_bytes(m->t5tok, id, buf, cap);
     return b2__bpe_token_bytes(m->tok, id, buf, cap);
 }

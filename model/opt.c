@@ -25,9 +25,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Layers and row width of a KV cache: OPT, or the T5 decoder. */
+static void kv_dims(const blip2_model *m, size_t *layers, size_t *width)
+{
+    const b2_config *c = &m->cfg;
+    *layers = (size_t)(c->family == B2_FAMILY_T5 ? c->t_dec_layers : c->t_layers);
+    *width = c->family == B2_FAMILY_T5 ? (size_t)c->t_heads * c->t_dkv : (size_t)c->t_hidden;
+}
+
 int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap)
 {
-    size_t sz = (size_t)m->cfg.t_layers * cap * m->cfg.t_hidden;
+    size_t layers, width;
+    kv_dims(m, &layers, &width);
+    size_t sz = layers * cap * width;
     kv->k = malloc(sizeof(float) * sz);
     kv->v = malloc(sizeof(float) * sz);
     kv->len = 0;
@@ -49,8 +59,9 @@ void b2__kv_free(b2_kv *kv)
 
 void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m)
 {
-    const size_t D = (size_t)m->cfg.t_hidden;
-    for (int l = 0; l < m->cfg.t_layers; l++) {
+    size_t layers, D;
+    kv_dims(m, &layers, &D);
+    for (size_t l = 0; l < layers; l++) {
         memcpy(dst->k + (size_t)l * dst->cap * D, src->k + (size_t)l * src->cap * D,
                sizeof(float) * src->len * D);
         memcpy(dst->v + (size_t)l * dst->cap * D, src->v + (size_t)l * src->cap * D,

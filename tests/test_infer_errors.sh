@@ -92,5 +92,30 @@ for t in pixel_values vision_last_hidden_state vision_pooler_output qformer_last
 done
 if [ -z "$missing" ]; then echo "ok $n - --dump-tensors writes every stage"; else echo "not ok $n - dump lacks:$missing"; failed=$((failed + 1)); fi
 
+# Flan-T5: t5-tiny captions and answers from the image file (the golden
+# greedy ids: [decoder_start 0] + new tokens + eos 1)
+T5=$G/t5-tiny
+n=$((n + 1))
+if "$INFER" --model "$T5" --image "$IMG" --json >"$T/t5json" 2>"$T/err" &&
+   grep -q '^{"text": *"personaj walnut", *"ids": *\[0, *18469, *22962, *1\]' "$T/t5json"; then
+  echo "ok $n - t5-tiny caption: the reference text and ids"
+else
+  echo "not ok $n - t5-tiny caption: $(cat "$T/t5json" "$T/err")"; failed=$((failed + 1))
+fi
+n=$((n + 1))
+if "$INFER" --model "$T5" --image "$IMG" --prompt "Question: how many cats are there? Answer:" --num-beams 3 \
+     --max-new-tokens 12 --json >"$T/t5json" 2>"$T/err" &&
+   grep -q '^{"text": *"crab totodat", *"ids": *\[0, *21189, *26388, *1\]' "$T/t5json"; then
+  echo "ok $n - t5-tiny question, beam search: the reference text and ids"
+else
+  echo "not ok $n - t5-tiny question: $(cat "$T/t5json" "$T/err")"; failed=$((failed + 1))
+fi
+mkdir "$T/t5model"
+cp "$T5"/*.json "$T/t5model/"
+ln -s "$(cd "$T5" && pwd)/model.safetensors" "$T/t5model/model.safetensors"
+expect 1 "spiece.model" "a T5 checkpoint without spiece.model" -- "$INFER" --model "$T/t5model" --image "$IMG"
+printf 'not a sentencepiece model' >"$T/t5model/spiece.model"
+expect 1 "spiece.model" "a corrupt spiece.model" -- "$INFER" --model "$T/t5model" --image "$IMG"
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -58,6 +58,56 @@ static void test_real_config(void)
     json_decref(e);
 }
 
+/* The real Salesforce/blip2-flan-t5-xl config parses to the values
+ * transformers 4.37.2 derives from it (effective config), including the
+ * gated exact GELU that dense_act_fn "gelu" selects. */
+static void test_real_t5_config(void)
+{
+    char p[1024], pe[1024];
+    snprintf(p, sizeof p, "%s/real/blip2-flan-t5-xl.config.json", gdir);
+    snprintf(pe, sizeof pe, "%s/real/blip2-flan-t5-xl.config.effective-4.37.2.json", gdir);
+    b2_config c;
+    blip2_error err = {0};
+    if (!ok(b2__config_load(&c, p, &err) == 0, "parse the real blip2-flan-t5-xl config")) { diag("%s", err.text); return; }
+    json_t *e = json_load_file(pe, 0, NULL);
+    if (!ok(e != NULL, "load the effective flan-t5-xl config")) return;
+    struct { int got; const char *sec, *key; } f[] = {
+        {c.v_hidden, "vision_config", "hidden_size"}, {c.v_layers, "vision_config", "num_hidden_layers"},
+        {c.q_hidden, "qformer_config", "hidden_size"}, {c.q_layers, "qformer_config", "num_hidden_layers"},
+        {c.q_enc_hidden, "qformer_config", "encoder_hidden_size"},
+        {c.t_hidden, "text_config", "d_model"}, {c.t_dkv, "text_config", "d_kv"}, {c.t_ffn, "text_config", "d_ff"},
+        {c.t_layers, "text_config", "num_layers"}, {c.t_dec_layers, "text_config", "num_decoder_layers"},
+        {c.t_heads, "text_config", "num_heads"}, {c.t_vocab, "text_config", "vocab_size"},
+        {c.t_buckets, "text_config", "relative_attention_num_buckets"},
+        {c.t_max_dist, "text_config", "relative_attention_max_distance"}, {c.t_max_pos, "text_config", "n_positions"},
+        {c.bos, "text_config", "bos_token_id"}, {c.eos, "text_config", "eos_token_id"},
+        {c.pad, "text_config", "pad_token_id"}, {c.dec_start, "text_config", "decoder_start_token_id"},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        ok(f[i].got == geti(e, f[i].sec, f[i].key), "flan-t5-xl %s.%s = %d", f[i].sec, f[i].key, f[i].got);
+    json_t *t = json_object_get(e, "text_config");
+    ok(c.family == B2_FAMILY_T5 && c.num_query == 32, "flan-t5-xl: family t5, 32 queries");
+    ok(c.t_eps == (float)json_number_value(json_object_get(t, "layer_norm_epsilon")), "flan-t5-xl: layer_norm_epsilon");
+    ok(c.t_gated == json_is_true(json_object_get(t, "is_gated_act")) && c.t_gated, "flan-t5-xl: gated feed-forward");
+    ok(c.t_act == B2_ACT_GELU && !strcmp(json_string_value(json_object_get(t, "dense_act_fn")), "gelu"),
+       "flan-t5-xl: exact GELU (dense_act_fn gelu)");
+    ok(c.t_tie == json_is_true(json_object_get(t, "tie_word_embeddings")) && !c.t_tie, "flan-t5-xl: untied lm_head");
+    ok(c.t_word_proj == c.t_hidden, "flan-t5-xl: query embeddings are d_model wide");
+    json_decref(e);
+    /* without dense_act_fn, "gated-gelu" means T5's tanh GELU */
+    char dir[] = "/tmp/b2t5cfg.XXXXXX";
+    if (!mkdtemp(dir)) return;
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *fp = fopen(p, "w");
+    fputs("{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
+          "\"feed_forward_proj\": \"gated-gelu\"}}", fp);
+    fclose(fp);
+    ok(b2__config_load(&c, p, &err) == 0 && c.t_act == B2_ACT_GELU_TANH && c.t_gated && c.t_tie &&
+       c.t_dec_layers == 6 && c.t_hidden == 512, "T5Config defaults; gated-gelu alone is gelu_new");
+    remove(p);
+    rmdir(dir);
+}
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -71,7 +121,13 @@ static void test_bad_configs(void)
     if (!mkdtemp(dir)) return;
     snprintf(p, sizeof p, "%s/config.json", dir);
     struct { const char *json; int code; const char *needle; } cases[] = {
-        {"{\"model_type\": \"blip-2\", \"text_config\": {\"model_type\": \"t5\"}}", BLIP2_EUNSUPPORTED, "Flan-T5"},
+        {"{\"model_type\": \"blip-2\", \"text_config\": {\"model_type\": \"t5\"}}", BLIP2_EFORMAT, "decoder_start_token_id"},
+        {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
+         "\"feed_forward_proj\": \"gated-gelu-x\"}}", BLIP2_EFORMAT, "gated-ACT"},
+        {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
+         "\"d_kv\": 0}}", BLIP2_EFORMAT, "d_kv must be positive"},
+        {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 40000}}",
+         BLIP2_EFORMAT, "outside the vocabulary"},
         {"{\"model_type\": \"llava\"}", BLIP2_EUNSUPPORTED, "not a BLIP-2"},
         {"{\"text_config\": {\"model_type\": \"llama\"}}", BLIP2_EUNSUPPORTED, "llama"},
         {"{\"vision_config\": {\"hidden_size\": 100, \"num_attention_heads\": 3}}", BLIP2_EFORMAT, "divisible"},
@@ -258,6 +314,7 @@ int main(void)
     gdir = getenv("GOLDEN_DIR");
     if (!gdir) gdir = "tests/golden";
     test_real_config();
+    test_real_t5_config();
     test_bad_configs();
 
     char p[1024];

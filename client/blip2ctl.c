@@ -1082,8 +1082,6 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
         if (strcmp(names[i], "-") == 0)
             usage_error("caption: '-' (an image on standard input) does not go with a "
                         "collection (--jsonl, --recursive, --files-from, --resume, -o)");
-    if (x->null_sep && !x->files_from) usage_error("--null is for --files-from");
-    if (x->hidden && !x->recursive) usage_error("--hidden is for --recursive");
     connect_or_exit(x);
     ctl_caption_args a = { x->prompt, &x->params };
     ctl_batch_op op = ctl_batch_caption_op(&a);
@@ -1110,6 +1108,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     size_t nargs = (size_t)(argc - optind - 1);
+    if (x.null_sep && !x.files_from) usage_error("--null is for --files-from");
+    if (x.hidden && !x.recursive) usage_error("--hidden is for --recursive");
     if (collection_mode(&x) && strcmp(cmd, "caption") != 0)
         usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption");
     if (x.prompt && strcmp(cmd, "caption") != 0)

@@ -593,7 +593,9 @@ static int read_resume(batch *b, const char *file)
  * otherwise a newline ends it, so the next line starts whole. */
 static int open_output(const char *file, const char *resume)
 {
-    int fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0666);
+    int fd = open(file, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0666);
+    if (fd < 0 && (errno == EACCES || errno == EISDIR || errno == EINVAL))  /* a pipe, say */
+        fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0666);
     if (fd < 0) {
         bmsg(NULL, "-o: cannot open %s: %s", file, strerror(errno));
         return -1;
@@ -602,21 +604,18 @@ static int open_output(const char *file, const char *resume)
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return fd;
     char last;
     if (pread(fd, &last, 1, st.st_size - 1) != 1 || last == '\n') return fd;
-    int rfd = -1;
-    if (resume && stat(resume, &rs) == 0 && rs.st_dev == st.st_dev && rs.st_ino == st.st_ino &&
-        (rfd = open(file, O_RDONLY | O_CLOEXEC)) >= 0) {
-        off_t end = st.st_size;          /* find the last newline */
+    if (resume && stat(resume, &rs) == 0 && rs.st_dev == st.st_dev && rs.st_ino == st.st_ino) {
+        off_t end = st.st_size;          /* cut after the last newline */
         char buf[4096];
         while (end > 0) {
             off_t from = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
-            ssize_t n = pread(rfd, buf, (size_t)(end - from), from);
+            ssize_t n = pread(fd, buf, (size_t)(end - from), from);
             if (n <= 0) break;
             ssize_t i = n - 1;
             while (i >= 0 && buf[i] != '\n') i--;
             if (i >= 0) { end = from + i + 1; break; }
             end = from;
         }
-        close(rfd);
         if (ftruncate(fd, end) == 0) return fd;
     }
     if (!write_all(fd, "\n", 1)) {

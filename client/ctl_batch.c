@@ -483,9 +483,10 @@ static bool take_entries(batch *b, bool eof)
     return true;
 }
 
-/* Reads what the list descriptor has.  Returns false on a fatal error
+/* Reads what the list descriptor has: to the end if it blocks (a file),
+ * else until EAGAIN (a pipe).  Returns false on a fatal error
  * (reported); sets listing_done at end of input. */
-static bool read_list(batch *b, bool block)
+static bool read_list(batch *b)
 {
     for (;;) {
         if (b->lcap - b->llen < 4096) {
@@ -516,7 +517,6 @@ static bool read_list(batch *b, bool block)
             b->listing_done = true;
             return true;
         }
-        if (!block) return true;
     }
 }
 
@@ -886,7 +886,7 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
         }
         struct stat st;
         if (fstat(b->lfd, &st) == 0 && S_ISREG(st.st_mode)) {
-            if (!read_list(b, true)) { status = CTL_EXIT_USAGE; goto finish; }   /* all at once */
+            if (!read_list(b)) { status = CTL_EXIT_USAGE; goto finish; }   /* all at once */
         } else {
             int fl = fcntl(b->lfd, F_GETFL);
             if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(b->lfd, F_SETFL, fl | O_NONBLOCK);
@@ -962,7 +962,7 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
         pfd[ci] = (struct pollfd){ blip2c_fd(b->c), POLLIN, 0 };
         if (blip2c_want_write(b->c)) pfd[ci].events |= POLLOUT;
         if (sig_pipe[0] >= 0) { si = np++; pfd[si] = (struct pollfd){ sig_pipe[0], POLLIN, 0 }; }
-        if (b->lfd >= 0 && !b->stopping && b->qn - b->qhead < b->jobs) {
+        if (b->lfd >= 0 && !b->stopping) {   /* read ahead: the total becomes known */
             li = np++;
             pfd[li] = (struct pollfd){ b->lfd, POLLIN, 0 };
         }
@@ -993,7 +993,7 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
                      "stop at once)", b->n_active, b->n_active == 1 ? "" : "s");
             }
         }
-        if (li >= 0 && (pfd[li].revents & (POLLIN | POLLHUP | POLLERR)) && !read_list(b, false)) {
+        if (li >= 0 && (pfd[li].revents & (POLLIN | POLLHUP | POLLERR)) && !read_list(b)) {
             status = CTL_EXIT_USAGE;
             break;
         }

@@ -197,7 +197,7 @@ typedef struct batch {
     size_t n_active;          /* RUNNING + WAITING: the window in use */
 
     int out;                  /* output descriptor */
-    bool out_failed;
+    bool out_failed, out_tty; /* out_tty: the lines go to a terminal too */
 
     size_t queued, ok, failed;  /* files queued this run, lines written */
     int broken;               /* the connection's error code once broken */
@@ -291,6 +291,12 @@ static void write_line(batch *b, const char *path, json_t *fields, const char *r
         line[n++] = '}';
     }
     line[n++] = '\n';
+    if (b->out_tty && b->progress_shown) {   /* the line, then the bar again */
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+        b->progress_shown = false;
+        b->progress_at = 0;
+    }
     if (!b->out_failed && !write_all(b->out, line, n)) {
         bmsg(b, "cannot write the output%s%s: %s", b->o->output ? " " : "",
              b->o->output ? b->o->output : "", strerror(errno));
@@ -899,6 +905,7 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
 
     b->jobs = o->jobs ? o->jobs : default_jobs(b);
     b->progress = o->progress > 0 || (o->progress < 0 && isatty(2));
+    b->out_tty = isatty(b->out);
 
     if (pipe(sig_pipe) == 0) {
         fcntl(sig_pipe[0], F_SETFD, FD_CLOEXEC);

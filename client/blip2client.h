@@ -84,7 +84,7 @@
  * (connections are cheap), or make sure only one thread at a time calls
  * into a given connection.  Different connections are independent.
  *
- * Protocol: docs/protocol.md (version 1).  The socket is found in this
+ * Protocol: docs/protocol.md (versions 1 and 2; blip2c_features needs 2).  The socket is found in this
  * order: the path you pass, else $BLIP2_SOCKET, else
  * $XDG_RUNTIME_DIR/blip2.sock (a user's daemon), then /run/blip2/blip2.sock
  * (the system daemon).  blip2c_info() says which one was used.
@@ -101,7 +101,7 @@ extern "C" {
 #endif
 
 #define BLIP2C_VERSION "0.1.0"
-#define BLIP2C_PROTOCOL_VERSION 1u
+#define BLIP2C_PROTOCOL_VERSION 2u /* the highest it speaks; 2 adds features */
 
 /* ---- errors -------------------------------------------------------------- */
 
@@ -380,6 +380,77 @@ void blip2c_status_free(blip2c_status *st);
 
 /* Round trip; *rtt_ms (may be NULL) gets the time it took. */
 int blip2c_ping(blip2c_conn *c, double *rtt_ms, blip2c_error *err);
+
+/* ---- features (Blip2Model get_image/qformer/text_features) ----------------
+ *
+ *     blip2c_features_request fr;
+ *     blip2c_features_request_init(&fr);
+ *     fr.image_path = "photo.jpg";
+ *     const char *want[] = { "image_pooler_output", "language_model_inputs" };
+ *     fr.outputs = want;  fr.n_outputs = 2;            // 0: the defaults
+ *     blip2c_features *f;
+ *     if (blip2c_features_get(c, &fr, &f, &err) == 0) {
+ *         const blip2c_tensor *t = blip2c_features_find(f, "image_pooler_output");
+ *         // t->shape = {1, 1408}, t->f32[0 .. t->numel)
+ *         blip2c_features_free(f);
+ *     }
+ */
+
+/* A features request (docs/protocol.md 5.6).  At most one image source,
+ * and an image, a text or both. */
+typedef struct blip2c_features_request {
+    const char *image_path;     /* as in blip2c_request */
+    int image_fd;               /* as in blip2c_request; -1: none */
+    const void *image;          /* as in blip2c_request */
+    size_t image_len;
+    const char *text;           /* UTF-8, or NULL: the language model's logits on the
+                                   text alone (OPT models only) */
+    const char *const *outputs; /* n_outputs output names (borrowed): "image_last_hidden_state",
+                                   "image_pooler_output", "qformer_last_hidden_state",
+                                   "qformer_pooler_output", "language_model_inputs",
+                                   "logits", "logits_last" */
+    size_t n_outputs;           /* 0: every image output if there is an image,
+                                   and "logits" if there is a text */
+} blip2c_features_request;
+
+/* Zeroes *rq and sets image_fd to -1. */
+void blip2c_features_request_init(blip2c_features_request *rq);
+
+/* One returned tensor: row-major, in host byte order. */
+typedef struct blip2c_tensor {
+    const char *name;      /* an output name, or "input_ids" (the text's tokens) */
+    const char *dtype;     /* "float32" (then f32 is set) or "int32" (then i32) */
+    int ndim;              /* 1 .. 8 */
+    uint64_t shape[8];     /* e.g. {1, 257, 1408}; the leading 1 is the batch */
+    size_t numel;          /* product of shape */
+    const float *f32;      /* numel floats, or NULL */
+    const int32_t *i32;    /* numel ints, or NULL */
+} blip2c_tensor;
+
+typedef struct blip2c_features {
+    uint64_t id;                    /* the request */
+    const blip2c_tensor *tensors;   /* in the order of the output list above,
+                                       input_ids last */
+    size_t n_tensors;
+    bool cached;                    /* the image stages came from the daemon's cache */
+    struct { double queue_ms, preprocess_ms, vision_ms, text_ms, total_ms; } timings;
+} blip2c_features;
+
+/* Blocking: asks the daemon for the features of rq and stores a new result
+ * (one allocation) in *out, freed with blip2c_features_free.  Errors as for
+ * blip2c_generate, plus BLIP2C_EUNSUPPORTED when the daemon speaks only
+ * protocol version 1, or for text features of a non-OPT model, and
+ * BLIP2C_ETOO_LARGE when the outputs would not fit the daemon's frame limit
+ * (ask for "logits_last" instead of "logits", or fewer outputs).  A reply
+ * larger than blip2c_options.max_frame (default 64 MiB) breaks the
+ * connection with BLIP2C_EPROTO: raise it along with the daemon's
+ * --max-frame. */
+int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
+                        blip2c_features **out, blip2c_error *err);
+/* The tensor called name, borrowed from f; NULL if absent. */
+const blip2c_tensor *blip2c_features_find(const blip2c_features *f, const char *name);
+/* Frees a result of blip2c_features_get; NULL is fine. */
+void blip2c_features_free(blip2c_features *f);
 
 /* ---- non-blocking interface ----------------------------------------------- */
 

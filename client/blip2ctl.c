@@ -16,6 +16,8 @@
  *   status, ping      blocking calls, printed as text or JSON
  *   caption with --jsonl, --recursive, --files-from, --resume or -o:
  *                     a collection, run by ctl_batch.c (JSON Lines, resumable)
+ *   features IMAGE    blocking blip2c_features_get; the tensors as a summary,
+ *                     JSON (--json) or a safetensors file (--out FILE)
  *
  * Files go to the daemon as descriptors (SCM_RIGHTS), `-` (stdin) inline.
  * Output: plain lines, tokens streamed when stdout is a terminal, or JSON
@@ -64,6 +66,10 @@ typedef struct ctl {
     const char *files_from, *resume, *output;
     int timeout_ms;
     blip2c_conn *conn;
+    /* features */
+    const char *text, *out;
+    const char *outputs[8];
+    size_t n_outputs;
 } ctl;
 
 /* ---- messages and exit codes ------------------------------------------------ */
@@ -142,6 +148,7 @@ static void print_help(void)
 "       " PROG " [OPTION]... chat IMAGE\n"
 "       " PROG " [OPTION]... status\n"
 "       " PROG " [OPTION]... ping\n"
+"       " PROG " [OPTION]... features [IMAGE] [--text TEXT] [--output NAME]...\n"
 "Caption images or answer questions about them with blip2d, the BLIP-2 daemon.\n"
 "IMAGE '-' reads the image from standard input.\n"
 "\n"
@@ -154,6 +161,9 @@ static void print_help(void)
 "                     /quit or end of input stops\n"
 "  status             the daemon's model, queue, cache and limits\n"
 "  ping               round-trip time to the daemon\n"
+"  features [IMAGE]   Blip2Model features of IMAGE and/or --text: tensor names\n"
+"                     and shapes, all values with --json, or a safetensors\n"
+"                     file with --out FILE\n"
 "\n"
 "Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
 "      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
@@ -169,6 +179,14 @@ static void print_help(void)
 "      --num-return-sequences N  sequences per image [1] (sampling or beams)\n"
 "      --stop TEXT               stop when TEXT is generated; repeatable, up to 8\n"
 "  -p, --prompt TEXT             prompt for caption (e.g. \"a photo of\")\n"
+"\n"
+"Features:\n"
+"      --text TEXT               also the language model's logits on TEXT alone\n"
+"      --output NAME             only these outputs (repeatable): image_last_hidden_state,\n"
+"                                image_pooler_output, qformer_last_hidden_state,\n"
+"                                qformer_pooler_output, language_model_inputs, logits,\n"
+"                                logits_last [all image outputs; logits with --text]\n"
+"      --out FILE                write the tensors to FILE (safetensors)\n"
 "\n"
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"
@@ -192,7 +210,7 @@ static void print_help(void)
 "      --hidden                  with --recursive: take names starting with '.'\n"
 "      --files-from FILE         more paths from FILE, one per line ('-': stdin)\n"
 "  -0, --null                    --files-from entries end with NUL, not newline\n"
-"  -o, --output FILE             append the lines to FILE instead of stdout\n"
+"  -o, --output-file FILE        append the lines to FILE instead of stdout\n"
 "      --resume FILE             skip the paths FILE (an earlier output) has done\n"
 "      --no-progress             no progress bar on a terminal's stderr\n"
 "\n"
@@ -233,7 +251,8 @@ static double parse_real(const char *flag, const char *s)
 enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
     O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
-    O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS
+    O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
+    O_TEXT, O_OUTPUT, O_OUT
 };
 
 static const struct option long_options[] = {
@@ -259,9 +278,12 @@ static const struct option long_options[] = {
     { "hidden", no_argument, NULL, O_HIDDEN },
     { "files-from", required_argument, NULL, O_FILES_FROM },
     { "null", no_argument, NULL, '0' },
-    { "output", required_argument, NULL, 'o' },
+    { "output-file", required_argument, NULL, 'o' },
     { "resume", required_argument, NULL, O_RESUME },
     { "no-progress", no_argument, NULL, O_NO_PROGRESS },
+    { "text", required_argument, NULL, O_TEXT },
+    { "output", required_argument, NULL, O_OUTPUT },
+    { "out", required_argument, NULL, O_OUT },
     { "socket", required_argument, NULL, 's' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -317,6 +339,12 @@ static void parse_args(ctl *x, int argc, char **argv)
         case 'o': x->output = optarg; break;
         case O_RESUME: x->resume = optarg; break;
         case O_NO_PROGRESS: x->no_progress = true; break;
+        case O_TEXT: x->text = optarg; break;
+        case O_OUTPUT:
+            if (x->n_outputs == 8) usage_error("--output: at most 7 outputs");
+            x->outputs[x->n_outputs++] = optarg;
+            break;
+        case O_OUT: x->out = optarg; break;
         case 's': x->socket = optarg; break;
         case 'v': x->verbose = true; break;
         case 'h': print_help(); exit(EXIT_OK);
@@ -1096,6 +1124,157 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
 
 /* ---- main ------------------------------------------------------------------------------------- */
 
+/* ---- features ---------------------------------------------------------------------- */
+
+/* Writes the tensors as a safetensors file with the golden files' names
+ * and dtypes: float32 as F32, input_ids as I64 plus an all-ones
+ * attention_mask.  Written to FILE.tmp, then renamed.  0 or -1 (said). */
+static int write_safetensors(const char *path, const blip2c_features *f)
+{
+    json_t *hdr = json_object();
+    uint64_t off = 0;
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const blip2c_tensor *t = &f->tensors[i];
+        int ids = t->i32 != NULL;
+        for (int k = 0; k < 1 + ids; k++) { /* input_ids, then attention_mask */
+            json_t *o = json_object(), *sh = json_array();
+            for (int d = 0; d < t->ndim; d++) json_array_append_new(sh, json_integer((json_int_t)t->shape[d]));
+            uint64_t nb = (uint64_t)t->numel * (ids ? 8 : 4);
+            json_object_set_new(o, "dtype", json_string(ids ? "I64" : "F32"));
+            json_object_set_new(o, "shape", sh);
+            json_object_set_new(o, "data_offsets", json_pack("[II]", (json_int_t)off, (json_int_t)(off + nb)));
+            json_object_set_new(hdr, k ? "attention_mask" : t->name, o);
+            off += nb;
+        }
+    }
+    json_object_set_new(hdr, "__metadata__", json_pack("{ssss}", "format", "pt", "producer", PROG " features"));
+    char *h = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(hdr);
+    if (!h) { warnx_("out of memory"); return -1; }
+    size_t hl = strlen(h), pad = (8 - hl % 8) % 8;
+    size_t tl = strlen(path) + 5;
+    char *tmp = malloc(tl);
+    if (!tmp) { free(h); warnx_("out of memory"); return -1; }
+    snprintf(tmp, tl, "%s.tmp", path);
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp) {
+        warnx_("cannot create %s: %s", tmp, strerror(errno));
+        free(h);
+        free(tmp);
+        return -1;
+    }
+    uint8_t len8[8];
+    for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)(hl + pad) >> (8 * b));
+    fwrite(len8, 1, 8, fp);
+    fwrite(h, 1, hl, fp);
+    for (size_t b = 0; b < pad; b++) fputc(' ', fp);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const blip2c_tensor *t = &f->tensors[i];
+        for (size_t e = 0; e < t->numel; e++) { /* little-endian, whatever the host */
+            uint8_t b[8];
+            if (t->i32) {
+                uint64_t v = (uint64_t)(int64_t)t->i32[e];
+                for (int k = 0; k < 8; k++) b[k] = (uint8_t)(v >> (8 * k));
+                fwrite(b, 1, 8, fp);
+            } else {
+                uint32_t v;
+                memcpy(&v, &t->f32[e], 4);
+                for (int k = 0; k < 4; k++) b[k] = (uint8_t)(v >> (8 * k));
+                fwrite(b, 1, 4, fp);
+            }
+        }
+        if (t->i32)
+            for (size_t e = 0; e < t->numel; e++) fwrite("\1\0\0\0\0\0\0\0", 1, 8, fp);
+    }
+    int bad = ferror(fp) != 0;
+    if (fclose(fp) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        warnx_("cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        free(h);
+        free(tmp);
+        return -1;
+    }
+    free(h);
+    free(tmp);
+    return 0;
+}
+
+static json_t *shape_json(const blip2c_tensor *t)
+{
+    json_t *a = json_array();
+    for (int d = 0; d < t->ndim; d++) json_array_append_new(a, json_integer((json_int_t)t->shape[d]));
+    return a;
+}
+
+static int cmd_features(ctl *x, char *name)
+{
+    image *im = name ? load_images(&name, 1) : NULL;
+    connect_or_exit(x);
+    blip2c_features_request fr;
+    blip2c_features_request_init(&fr);
+    if (im && im->data) {
+        fr.image = im->data;
+        fr.image_len = im->len;
+    } else if (im) {
+        fr.image_path = im->name;
+    }
+    fr.text = x->text;
+    fr.outputs = x->outputs;
+    fr.n_outputs = x->n_outputs;
+    blip2c_features *f;
+    blip2c_error err;
+    int rc = blip2c_features_get(x->conn, &fr, &f, &err);
+    if (im) free_images(im, 1);
+    if (rc < 0) {
+        if (x->json) {
+            json_t *o = json_object();
+            if (name) json_object_set_new(o, "image", jstr(name));
+            if (x->text) json_object_set_new(o, "text", jstr(x->text));
+            json_object_set_new(o, "error", json_pack("{s:s,s:o}", "code", code_key(&err),
+                                                      "message", jstr(err.message)));
+            print_json(o, false, 0);
+        }
+        warnx_("%s%s%s", name ? name : "", name ? ": " : "", err.message);
+        return exit_for(rc);
+    }
+    int status = EXIT_OK;
+    if (x->out && write_safetensors(x->out, f) < 0) status = EXIT_USAGE;
+    if (x->json) {
+        json_t *o = json_object(), *ts = json_object();
+        if (name) json_object_set_new(o, "image", jstr(name));
+        if (x->text) json_object_set_new(o, "text", jstr(x->text));
+        for (size_t i = 0; i < f->n_tensors; i++) {
+            const blip2c_tensor *t = &f->tensors[i];
+            json_t *v = json_array();
+            for (size_t e = 0; e < t->numel; e++)
+                json_array_append_new(v, t->i32 ? json_integer(t->i32[e]) : json_real(t->f32[e]));
+            json_object_set_new(ts, t->name, json_pack("{s:s,s:o,s:o}", "dtype", t->dtype,
+                                                       "shape", shape_json(t), "data", v));
+        }
+        json_object_set_new(o, "tensors", ts);
+        json_object_set_new(o, "cached", json_boolean(f->cached));
+        json_object_set_new(o, "timings", json_pack("{s:f,s:f,s:f,s:f,s:f}",
+                            "queue_ms", f->timings.queue_ms, "preprocess_ms", f->timings.preprocess_ms,
+                            "vision_ms", f->timings.vision_ms, "text_ms", f->timings.text_ms,
+                            "total_ms", f->timings.total_ms));
+        print_json(o, false, 0);
+    } else if (!x->out) {
+        for (size_t i = 0; i < f->n_tensors; i++) {
+            const blip2c_tensor *t = &f->tensors[i];
+            printf("%-26s %-7s (", t->name, t->dtype);
+            for (int d = 0; d < t->ndim; d++) printf("%s%" PRIu64, d ? ", " : "", t->shape[d]);
+            printf(")\n");
+        }
+    }
+    if (x->verbose)
+        warnx_("features: %s, vision %.1f ms, text %.1f ms, total %.1f ms",
+               f->cached ? "cached" : "computed", f->timings.vision_ms, f->timings.text_ms,
+               f->timings.total_ms);
+    blip2c_features_free(f);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     ctl x;
@@ -1112,6 +1291,8 @@ int main(int argc, char **argv)
     if (x.hidden && !x.recursive) usage_error("--hidden is for --recursive");
     if (collection_mode(&x) && strcmp(cmd, "caption") != 0)
         usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption");
+    if ((x.text || x.n_outputs || x.out) && strcmp(cmd, "features") != 0)
+        usage_error("--text, --output and --out are for features");
     if (x.prompt && strcmp(cmd, "caption") != 0)
         usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
 
@@ -1129,11 +1310,15 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "chat") == 0) {
         if (nargs != 1) usage_error("chat: give exactly one IMAGE");
         status = cmd_chat(&x, args[0]);
+    } else if (strcmp(cmd, "features") == 0) {
+        if (nargs > 1) usage_error("features: give at most one IMAGE");
+        if (nargs == 0 && !x.text) usage_error("features: give an IMAGE, --text TEXT or both");
+        status = cmd_features(&x, nargs ? args[0] : NULL);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {
         if (nargs) usage_error("%s: takes no arguments", cmd);
         status = cmd[0] == 's' ? cmd_status(&x) : cmd_ping(&x);
     } else {
-        usage_error("unknown command '%s' (caption, ask, chat, status or ping)", cmd);
+        usage_error("unknown command '%s' (caption, ask, chat, status, ping or features)", cmd);
     }
     blip2c_close(x.conn);
     if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -18,7 +18,7 @@
 
 #define B2C__RBUF 65536u
 
-enum b2c__kind { B2C__HELLO, B2C__GENERATE, B2C__CANCEL, B2C__STATUS, B2C__PING };
+enum b2c__kind { B2C__HELLO, B2C__GENERATE, B2C__CANCEL, B2C__STATUS, B2C__PING, B2C__FEATURES };
 
 /* A blocking call waiting for one request's terminal reply (on its stack). */
 typedef struct b2c__waiter {
@@ -29,6 +29,7 @@ typedef struct b2c__waiter {
     void *user;
     blip2c_result *res;      /* generate: a copy of the result (owned) */
     blip2c_status *status;   /* status: a copy (owned) */
+    blip2c_features *features; /* features: a copy (owned) */
 } b2c__waiter;
 
 typedef struct b2c__req {
@@ -90,6 +91,10 @@ void b2c__params_to_ipc(const blip2c_params *p, b2ipc_gen_params *q);
 void b2c__result_view(const b2ipc_reply *rp, blip2c_result *r,
                       blip2c_seq seqs[B2IPC_MAX_SEQS]);
 blip2c_status *b2c__status_copy(const b2ipc_status *s);
+
+/* features.c: a decoded features reply as a new blip2c_features (NULL if
+ * out of memory). */
+blip2c_features *b2c__features_copy(const b2ipc_reply *rp);
 
 /* client.c */
 void b2c__mark_broken(blip2c_conn *c, int code, const char *fmt, ...)

@@ -458,8 +458,8 @@ void b2c__abandon(blip2c_conn *c, b2c__req *r)
 
 static const char *b2c__kind_name(int kind)
 {
-    static const char *const names[] = { "hello", "generate", "cancel", "status", "ping" };
-    return kind >= 0 && kind < 5 ? names[kind] : "?";
+    static const char *const names[] = { "hello", "generate", "cancel", "status", "ping", "features" };
+    return kind >= 0 && kind < 6 ? names[kind] : "?";
 }
 
 static void b2c__on_hello(blip2c_conn *c, const b2ipc_reply *rp)
@@ -524,6 +524,7 @@ static void b2c__dispatch(blip2c_conn *c, const uint8_t *p, size_t n)
     case B2IPC_REPLY_STATUS: fits = r->kind == B2C__STATUS; break;
     case B2IPC_REPLY_PONG: fits = r->kind == B2C__PING; break;
     case B2IPC_REPLY_CANCEL: fits = r->kind == B2C__CANCEL; break;
+    case B2IPC_REPLY_FEATURES: fits = r->kind == B2C__FEATURES; break;
     default: fits = false; break;
     }
     if (!fits) {
@@ -587,6 +588,14 @@ static void b2c__dispatch(blip2c_conn *c, const uint8_t *p, size_t n)
         }
     } else if (rp.type == B2IPC_REPLY_HELLO) {
         b2c__on_hello(c, &rp);
+    } else if (rp.type == B2IPC_REPLY_FEATURES) {
+        if (w) {
+            w->features = b2c__features_copy(&rp);
+            if (!w->features) {
+                w->rc = BLIP2C_ENOMEM;
+                b2c__err(&w->err, BLIP2C_ENOMEM, "out of memory");
+            }
+        }
     } else if (rp.type == B2IPC_REPLY_STATUS) {
         if (w) {
             w->status = b2c__status_copy(&rp.status);
@@ -767,10 +776,10 @@ static int b2c__hello(blip2c_conn *c, const blip2c_options *o, blip2c_conn **out
         if (err) *err = w.err;
         goto fail;
     }
-    if (c->info.protocol != BLIP2C_PROTOCOL_VERSION) {
+    if (c->info.protocol < 1 || c->info.protocol > BLIP2C_PROTOCOL_VERSION) {
         rc = b2c__err(err, BLIP2C_ECONNECT,
                       "cannot connect to blip2d: %s speaks protocol version %u, this "
-                      "client only version %u", where, c->info.protocol,
+                      "client versions 1 to %u", where, c->info.protocol,
                       BLIP2C_PROTOCOL_VERSION);
         goto fail;
     }

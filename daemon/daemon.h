@@ -87,10 +87,20 @@ typedef struct b2d_job {
     int32_t **ids;            /* (nret) ids so far, for streaming */
     size_t *n_ids, *cap_ids;
     int nret, steps, started;
+    /* features requests (kind B2D_JOB_FEATURES): prompt holds the text */
+    int kind;                 /* B2D_JOB_GENERATE or B2D_JOB_FEATURES */
+    unsigned outputs;         /* bit (1u << B2IPC_FEAT_*) per requested output */
+    size_t max_reply;         /* the frame limit the reply must fit */
+    float *blob;              /* the image stages, as the feature cache keeps them:
+                                 (T,Dv) (Dv) (Q,Dq) (Q,Dt) back to back */
+    float *feat[B2IPC_FEAT_COUNT]; /* the outputs: views into blob for the image
+                                 ones, owned buffers for logits, logits_last */
     /* times (ms, monotonic) */
-    double t_recv, t_prep0, t_prep1, t_admit, vision_ms, prefill_ms, decode_ms;
+    double t_recv, t_prep0, t_prep1, t_admit, vision_ms, prefill_ms, decode_ms, text_ms;
     struct b2d_job *next;     /* scheduler queue link */
 } b2d_job;
+
+enum { B2D_JOB_GENERATE = 0, B2D_JOB_FEATURES = 1 };
 
 void b2d_job_unref(b2d_job *j);
 
@@ -131,10 +141,16 @@ void b2d_engine_cancel_all(b2d_engine *e);
 /* Stops and joins the thread (call when it has nothing left). */
 void b2d_engine_stop(b2d_engine *e);
 
+/* The feature-cache key of j's image bytes and preprocessing settings. */
+void b2d_image_key(const b2d_job *j, uint8_t key[32]);
+
 /* Preparation (pool thread): reads the image (descriptor or bytes), looks
  * up the cache, decodes and preprocesses, tokenises the prompt.  Sets
  * j->err on failure. */
 void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image);
+/* Reads the image of j from its descriptor (j->image_fd) into j->image;
+ * on failure sets j->err and returns it. */
+int b2d_read_image_fd(b2d_job *j, size_t max_image);
 
 /* Frames (encoded with libipc); NULL on allocation failure. */
 b2d_event *b2d_event_error(uint64_t conn_id, uint64_t req_id, int has_id, int code,
@@ -142,6 +158,14 @@ b2d_event *b2d_event_error(uint64_t conn_id, uint64_t req_id, int has_id, int co
 b2d_event *b2d_event_reply(uint64_t conn_id, const b2ipc_reply *rp, int terminal);
 /* The done reply of a finished (or canceled) job. */
 b2d_event *b2d_event_done(b2d_job *j, double now_ms);
+
+/* ---- features requests (features.c) ---- */
+/* Preparation on the pool: image (cache lookup, decode), text (tokenise),
+ * the reply's size against j->max_reply.  Sets j->err on failure. */
+void b2d_prepare_features(b2d_job *j, b2d_cache *cache, size_t max_image);
+/* Runs on the engine thread, between decode steps: the stages the request
+ * needs (none of the image's when cached), then its features reply. */
+b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache);
 
 double b2d_now_ms(void);
 

@@ -60,6 +60,9 @@ void b2d_job_unref(b2d_job *j)
     free(j->px);
     free(j->query);
     free(j->prompt_ids);
+    free(j->blob);
+    free(j->feat[B2IPC_FEAT_LOGITS]);
+    free(j->feat[B2IPC_FEAT_LOGITS_LAST]);
     blip2_session_free(j->sess);
     for (int i = 0; i < j->nret; i++) {
         if (j->streams) blip2_stream_free(&j->streams[i]);
@@ -173,7 +176,7 @@ static int fail(b2d_job *j, int code, const char *msg)
     return code;
 }
 
-static int read_fd(b2d_job *j, size_t max_image)
+int b2d_read_image_fd(b2d_job *j, size_t max_image)
 {
     struct stat st;
     if (fstat(j->image_fd, &st) < 0 || !S_ISREG(st.st_mode))
@@ -202,20 +205,25 @@ static int read_fd(b2d_job *j, size_t max_image)
     return 0;
 }
 
-void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image)
+void b2d_image_key(const b2d_job *j, uint8_t key[32])
 {
-    const blip2_model *m = j->model->m;
-    j->t_prep0 = b2d_now_ms();
-    if (atomic_load(&j->canceled)) goto out;
-    if (j->image_fd >= 0 && read_fd(j, max_image) < 0) goto out;
     GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
     g_checksum_update(ck, j->image, (gssize)j->image_len);
     char settings[64]; /* what else decides the features: preprocessing and model */
     int sl = snprintf(settings, sizeof settings, "blip2d v1 exif-rotate model-gen %u", j->model->gen);
     g_checksum_update(ck, (const guchar *)settings, sl);
-    gsize klen = sizeof j->key;
-    g_checksum_get_digest(ck, j->key, &klen);
+    gsize klen = 32;
+    g_checksum_get_digest(ck, key, &klen);
     g_checksum_free(ck);
+}
+
+void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image)
+{
+    const blip2_model *m = j->model->m;
+    j->t_prep0 = b2d_now_ms();
+    if (atomic_load(&j->canceled)) goto out;
+    if (j->image_fd >= 0 && b2d_read_image_fd(j, max_image) < 0) goto out;
+    b2d_image_key(j, j->key);
     const size_t nq = blip2_query_embeds_len(m);
     if (!(j->query = malloc(sizeof(float) * nq))) { fail(j, B2IPC_ENOMEM, "out of memory"); goto out; }
     j->cached = b2d_cache_get(cache, j->key, j->query, nq);
@@ -451,7 +459,9 @@ static void *engine_main(void *arg)
             b2d_job **pp = &e->q[i].head, *prev = NULL;
             while (*pp) {
                 b2d_job *j = *pp;
-                if (atomic_load(&j->canceled) || e->cancel_all) {
+                /* a features request is one encoder pass: cancel does not skip it
+                 * (docs/protocol.md 5.6), only shutting down does */
+                if ((atomic_load(&j->canceled) && j->kind != B2D_JOB_FEATURES) || e->cancel_all) {
                     *pp = j->next;
                     if (e->q[i].tail == j) e->q[i].tail = prev;
                     j->next = dropped;
@@ -486,7 +496,11 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
         for (b2d_job *j = dropped, *n; j; j = n) {
             n = j->next;
-            emit(e, b2d_event_done(j, b2d_now_ms()));
+            if (j->kind == B2D_JOB_FEATURES)
+                emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ESHUTDOWN, NULL,
+                                        "blip2d is shutting down"));
+            else
+                emit(e, b2d_event_done(j, b2d_now_ms()));
             b2d_job_unref(j);
         }
         /* start the admitted jobs: vision (unless cached) and a session */
@@ -495,6 +509,15 @@ static void *engine_main(void *arg)
         for (b2d_job *j = fresh, *n; j; j = n) {
             n = j->next;
             j->next = NULL;
+            if (j->kind == B2D_JOB_FEATURES) { /* between decode steps, then gone */
+                j->t_admit = b2d_now_ms();
+                emit(e, b2d_run_features(j, e->cache));
+                b2d_job_unref(j);
+                pthread_mutex_lock(&e->mu);
+                e->active--;
+                pthread_mutex_unlock(&e->mu);
+                continue;
+            }
             if (atomic_load(&j->canceled) || start_job(e, j) < 0) {
                 if (atomic_load(&j->canceled)) emit(e, b2d_event_done(j, b2d_now_ms()));
                 b2d_job_unref(j);

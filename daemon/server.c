@@ -61,6 +61,7 @@ typedef struct conn {
     pid_t pid;
     inflight *inf;
     int ninf, capinf;
+    uint32_t proto;        /* protocol version in use: 1 until a hello says more */
     struct conn *next;
 } conn;
 
@@ -254,7 +255,10 @@ static int take_fd(conn *c)
 static void prep_cb(uv_work_t *w)
 {
     prep_work *p = w->data;
-    b2d_prepare(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
+    if (p->job->kind == B2D_JOB_FEATURES)
+        b2d_prepare_features(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
+    else
+        b2d_prepare(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
 }
 
 static void after_prep_cb(uv_work_t *w, int status)
@@ -267,7 +271,7 @@ static void after_prep_cb(uv_work_t *w, int status)
         deliver(s, b2d_event_error(j->conn_id, j->req_id, 1, status < 0 ? B2IPC_EINTERNAL : j->err, NULL,
                                    status < 0 ? "preparation was canceled" : j->errmsg));
         b2d_job_unref(j);
-    } else if (atomic_load(&j->canceled)) {
+    } else if (atomic_load(&j->canceled) && j->kind != B2D_JOB_FEATURES) {
         deliver(s, b2d_event_done(j, b2d_now_ms()));
         b2d_job_unref(j);
     } else {
@@ -372,6 +376,82 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
     }
 }
 
+/* features (protocol version 2): the same admission as generate, then
+ * preparation on the pool and one pass on the engine thread (features.c). */
+static void handle_features(conn *c, b2ipc_request *rq, int fd)
+{
+    struct b2d_server *s = c->srv;
+    const b2ipc_features *q = &rq->features;
+    int queued = 0, active = 0;
+    b2d_engine_counts(s->eng, &queued, &active);
+    const char *why = NULL, *field = NULL;
+    int code = 0;
+    if (c->proto < 2) code = B2IPC_EUNKNOWN_OP, field = "op",
+        why = "features needs protocol version 2: send hello with v >= 2 first";
+    else if (find_inflight(c, rq->id)) code = B2IPC_EDUP_ID, why = "this id is already in flight on this connection";
+    else if (s->shutting_down) code = B2IPC_ESHUTDOWN, why = "blip2d is shutting down";
+    else if (c->ninf >= s->cfg->max_inflight) code = B2IPC_EBUSY, why = "too many requests in flight on this connection";
+    else if (s->in_prep + queued >= s->cfg->max_queue) code = B2IPC_EBUSY, why = "the queue is full; retry later";
+    else if (q->image_fd && fd < 0) code = B2IPC_EBAD_FD, field = "image_fd", why = "image_fd: no descriptor was received with this request";
+    if (code) {
+        if (fd >= 0) close(fd);
+        send_error(c, 1, rq->id, code, field, why);
+        return;
+    }
+    b2d_job *j = calloc(1, sizeof *j);
+    if (j && c->ninf == c->capinf) {
+        int cap = c->capinf ? 2 * c->capinf : 8;
+        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
+        if (ni) { c->inf = ni; c->capinf = cap; }
+        else { free(j); j = NULL; }
+    }
+    prep_work *w = j ? calloc(1, sizeof *w) : NULL;
+    if (j) {
+        atomic_init(&j->refs, 2); /* the connection's and the pipeline's */
+        atomic_init(&j->canceled, 0);
+        j->kind = B2D_JOB_FEATURES;
+        j->conn_id = c->id;
+        j->req_id = rq->id;
+        j->uid = c->uid;
+        j->model = b2d_model_ref(s->cur);
+        j->image_fd = fd;
+        fd = -1;
+        j->t_recv = b2d_now_ms();
+        j->max_reply = s->cfg->max_frame;
+        int img = q->image || q->image_fd;
+        for (uint32_t i = 0; i < q->n_outputs; i++)
+            j->outputs |= 1u << b2ipc_feature_output_index(q->outputs[i], strlen(q->outputs[i]));
+        if (!q->n_outputs) /* the default: every image output, and logits for a text */
+            j->outputs = (img ? (1u << B2IPC_FEAT_LOGITS) - 1 : 0) | (q->text ? 1u << B2IPC_FEAT_LOGITS : 0);
+        if (q->image && (j->image = malloc(q->image_len))) {
+            memcpy(j->image, q->image, q->image_len);
+            j->image_len = q->image_len;
+        }
+        if (q->text) j->prompt = dupn(q->text);
+    }
+    if (!j || !w || (q->image && !j->image) || (q->text && !j->prompt)) {
+        if (fd >= 0) close(fd);
+        if (j) atomic_store(&j->refs, 1);
+        b2d_job_unref(j);
+        free(w);
+        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
+        return;
+    }
+    c->inf[c->ninf++] = (inflight){.id = rq->id, .job = j};
+    w->job = j;
+    w->srv = s;
+    w->w.data = w;
+    s->in_prep++;
+    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
+        s->in_prep--;
+        c->ninf--;
+        atomic_store(&j->refs, 1);
+        b2d_job_unref(j);
+        free(w);
+        send_error(c, 1, rq->id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
+    }
+}
+
 static void handle_status(conn *c, uint64_t id)
 {
     struct b2d_server *s = c->srv;
@@ -446,6 +526,7 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
         b2ipc_reply_init(&rp, B2IPC_REPLY_HELLO);
         rp.id = rq.id;
         rp.hello.v = rq.hello.v < B2IPC_PROTOCOL_VERSION ? rq.hello.v : B2IPC_PROTOCOL_VERSION;
+        c->proto = rp.hello.v;
         rp.hello.server = "blip2d " PACKAGE_VERSION;
         rp.hello.max_frame = s->cfg->max_frame;
         rp.hello.max_image_bytes = s->lim.max_image_bytes;
@@ -478,6 +559,10 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
     }
     case B2IPC_OP_GENERATE:
         handle_generate(c, &rq, fd);
+        fd = -1;
+        break;
+    case B2IPC_OP_FEATURES:
+        handle_features(c, &rq, fd);
         fd = -1;
         break;
     default:
@@ -665,6 +750,7 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->id = ++s->next_conn_id;
         c->fd = fd;
         c->uid = cr.uid;
+        c->proto = 1;
         c->gid = cr.gid;
         c->pid = cr.pid;
         b2ipc_reader_init(&c->rd, s->cfg->max_frame);

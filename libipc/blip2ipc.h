@@ -88,7 +88,7 @@ extern "C" {
 
 /* ---- constants (docs/protocol.md gives the meaning) ---------------------- */
 
-#define B2IPC_PROTOCOL_VERSION 1u
+#define B2IPC_PROTOCOL_VERSION 2u  /* 2: the features op (docs/protocol.md 5.6) */
 #define B2IPC_DEFAULT_MAX_FRAME (64u << 20)        /* bytes of payload */
 #define B2IPC_DEFAULT_MAX_IMAGE_BYTES (64u << 20)
 #define B2IPC_DEFAULT_MAX_PROMPT_BYTES 16384u
@@ -100,6 +100,8 @@ extern "C" {
 #define B2IPC_MAX_IDS_PER_SEQ 4096u /* done.ids[i] */
 #define B2IPC_MAX_DEPTH 8u          /* MessagePack nesting */
 #define B2IPC_MAX_OBJECTS 131072u   /* MessagePack objects per payload */
+#define B2IPC_MAX_TENSORS 16u       /* features reply: tensors */
+#define B2IPC_MAX_TENSOR_DIMS 8u    /* features reply: dimensions per tensor */
 
 /* ---- errors -------------------------------------------------------------- */
 
@@ -209,7 +211,8 @@ typedef enum b2ipc_op {
     B2IPC_OP_GENERATE,
     B2IPC_OP_CANCEL,
     B2IPC_OP_STATUS,
-    B2IPC_OP_PING
+    B2IPC_OP_PING,
+    B2IPC_OP_FEATURES          /* protocol version 2 */
 } b2ipc_op;
 
 /* Generation parameters; the comments give default and accepted range. */
@@ -241,6 +244,37 @@ typedef struct b2ipc_generate {
     b2ipc_gen_params params;
 } b2ipc_generate;
 
+/* The outputs a features request may name (docs/protocol.md 5.6), in
+ * the order the reply lists them. */
+typedef enum b2ipc_feature_output {
+    B2IPC_FEAT_IMAGE_LAST_HIDDEN_STATE = 0, /* "image_last_hidden_state" (1,T,Dv) */
+    B2IPC_FEAT_IMAGE_POOLER_OUTPUT,         /* "image_pooler_output" (1,Dv) */
+    B2IPC_FEAT_QFORMER_LAST_HIDDEN_STATE,   /* "qformer_last_hidden_state" (1,Q,Dq) */
+    B2IPC_FEAT_QFORMER_POOLER_OUTPUT,       /* "qformer_pooler_output" (1,Dq) */
+    B2IPC_FEAT_LANGUAGE_MODEL_INPUTS,       /* "language_model_inputs" (1,Q,Dt) */
+    B2IPC_FEAT_LOGITS,                      /* "logits" (1,L,V): needs text */
+    B2IPC_FEAT_LOGITS_LAST,                 /* "logits_last" (1,V): needs text */
+    B2IPC_FEAT_COUNT
+} b2ipc_feature_output;
+
+/* Wire name of an output; NULL out of range. */
+const char *b2ipc_feature_output_name(int output);
+/* The output a wire name names, or -1. */
+int b2ipc_feature_output_index(const char *name, size_t len);
+/* true for the outputs computed from the image (the others need text). */
+bool b2ipc_feature_output_is_image(int output);
+
+typedef struct b2ipc_features {
+    const uint8_t *image;  /* as generate.image (borrowed from the payload), or NULL */
+    size_t image_len;
+    bool image_fd;         /* as generate.image_fd */
+    const char *text;      /* UTF-8 without NUL, 1 .. max_prompt_bytes, or NULL */
+    const char *const *outputs; /* n_outputs wire names (b2ipc_feature_output_name);
+                                   0 = the default: every image output if there
+                                   is an image, plus "logits" if there is text */
+    uint32_t n_outputs;    /* 0 .. B2IPC_FEAT_COUNT, no repeats */
+} b2ipc_features;
+
 typedef struct b2ipc_request {
     uint64_t id;
     b2ipc_op op;
@@ -252,6 +286,7 @@ typedef struct b2ipc_request {
     struct { uint32_t v; const char *client; } hello;  /* v 1 .. 2^32-1; client <= 256 bytes or NULL */
     b2ipc_generate generate;
     struct { uint64_t target; } cancel;
+    b2ipc_features features;
     void *arena_;    /* private: what a decoded request owns */
 } b2ipc_request;
 
@@ -263,7 +298,8 @@ typedef enum b2ipc_reply_type {
     B2IPC_REPLY_ERROR,
     B2IPC_REPLY_STATUS,
     B2IPC_REPLY_PONG,
-    B2IPC_REPLY_CANCEL
+    B2IPC_REPLY_CANCEL,
+    B2IPC_REPLY_FEATURES       /* protocol version 2 */
 } b2ipc_reply_type;
 
 typedef enum b2ipc_finish {
@@ -309,6 +345,18 @@ typedef struct b2ipc_status {
     } engine;
 } b2ipc_status;
 
+/* One tensor of a features reply.  data holds numel * 4 bytes, little-
+ * endian, row-major.  Decoded: data is a copy in the reply's arena,
+ * aligned for float / int32_t access on a little-endian host. */
+typedef struct b2ipc_tensor {
+    const char *name;      /* 1 .. 64 bytes, distinct within the reply */
+    const char *dtype;     /* "float32" or "int32" */
+    uint32_t ndim;         /* 1 .. B2IPC_MAX_TENSOR_DIMS */
+    uint64_t shape[B2IPC_MAX_TENSOR_DIMS];
+    const void *data;
+    size_t data_len;       /* == 4 * product(shape) */
+} b2ipc_tensor;
+
 typedef struct b2ipc_reply {
     uint64_t id;
     bool has_id;           /* false only for an error without id */
@@ -346,6 +394,12 @@ typedef struct b2ipc_reply {
     } error;
     b2ipc_status status;
     struct { bool found; } cancel;
+    struct {
+        const b2ipc_tensor *tensors; /* n_tensors, 0 .. B2IPC_MAX_TENSORS */
+        uint32_t n_tensors;
+        bool cached;           /* the image stages came from the feature cache */
+        struct { double queue_ms, preprocess_ms, vision_ms, text_ms, total_ms; } timings;
+    } features;
     void *arena_;          /* private: what a decoded reply owns */
 } b2ipc_reply;
 

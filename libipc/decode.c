@@ -105,6 +105,81 @@ static int b2ipc__check_map(b2ipc__dec *d, const msgpack_object_map *m,
 static int b2ipc__walk(b2ipc__dec *d, const b2ipc__schema *s, void *root,
                        const msgpack_object_map *m, const char *skip_key);
 
+/* features: the map name -> {dtype, shape, data}.  Unknown keys inside a
+ * tensor are ignored (replies); the data is copied into the arena. */
+static int b2ipc__tensors_value(b2ipc__dec *d, const b2ipc__field *f, void *root,
+                                const msgpack_object *o, const char *name)
+{
+    if (o->type != MSGPACK_OBJECT_MAP) return b2ipc__bad_type(d, name, "a map", o);
+    int rc = b2ipc__check_map(d, &o->via.map, "tensors.", B2IPC__REPLY_MAX_KEYS);
+    if (rc < 0) return rc;
+    uint32_t n = o->via.map.size;
+    if ((double)n > f->hi)
+        return b2ipc__err(d->err, B2IPC_ETOO_LARGE, name, "%s: %u tensors, at most %.0f",
+                          name, n, f->hi);
+    b2ipc_tensor *ts = NULL;
+    if (n) {
+        ts = msgpack_zone_malloc(d->z, n * sizeof *ts);
+        if (!ts) return b2ipc__err(d->err, B2IPC_ENOMEM, name, "out of memory");
+        memset(ts, 0, n * sizeof *ts);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+        char tn[96], q[72];
+        b2ipc__quote(q, sizeof q, k->via.str.ptr, k->via.str.size);
+        snprintf(tn, sizeof tn, "tensors.%s", q);
+        if ((double)k->via.str.size > f->ehi)
+            return b2ipc__err(d->err, B2IPC_ETOO_LARGE, tn, "%s: name of %u bytes, at most %.0f",
+                              tn, k->via.str.size, f->ehi);
+        if (v->type != MSGPACK_OBJECT_MAP) return b2ipc__bad_type(d, tn, "a map", v);
+        if ((rc = b2ipc__check_map(d, &v->via.map, "", B2IPC__REPLY_MAX_KEYS)) < 0) return rc;
+        const msgpack_object *dt = NULL, *sh = NULL, *da = NULL;
+        for (uint32_t j = 0; j < v->via.map.size; j++) {
+            const msgpack_object *kk = &v->via.map.ptr[j].key;
+            if (b2ipc__key_is(kk, "dtype")) dt = &v->via.map.ptr[j].val;
+            else if (b2ipc__key_is(kk, "shape")) sh = &v->via.map.ptr[j].val;
+            else if (b2ipc__key_is(kk, "data")) da = &v->via.map.ptr[j].val;
+        }
+        char fn[112];
+        if (!dt || !sh || !da) {
+            snprintf(fn, sizeof fn, "%s.%s", tn, !dt ? "dtype" : !sh ? "shape" : "data");
+            return b2ipc__err(d->err, B2IPC_EMISSING, fn, "missing field \"%s\"", fn);
+        }
+        snprintf(fn, sizeof fn, "%s.dtype", tn);
+        if (dt->type != MSGPACK_OBJECT_STR) return b2ipc__bad_type(d, fn, "a string", dt);
+        snprintf(fn, sizeof fn, "%s.shape", tn);
+        if (sh->type != MSGPACK_OBJECT_ARRAY) return b2ipc__bad_type(d, fn, "an array", sh);
+        if (sh->via.array.size < 1 || sh->via.array.size > B2IPC_MAX_TENSOR_DIMS)
+            return b2ipc__err(d->err, B2IPC_ERANGE, fn, "%s: %u dimensions, expected 1 to %u",
+                              fn, sh->via.array.size, B2IPC_MAX_TENSOR_DIMS);
+        for (uint32_t j = 0; j < sh->via.array.size; j++) {
+            const msgpack_object *e = &sh->via.array.ptr[j];
+            if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                return b2ipc__bad_type(d, fn, "unsigned integers", e);
+            ts[i].shape[j] = e->via.u64;
+        }
+        ts[i].ndim = sh->via.array.size;
+        snprintf(fn, sizeof fn, "%s.data", tn);
+        if (da->type != MSGPACK_OBJECT_BIN) return b2ipc__bad_type(d, fn, "binary", da);
+        void *buf = NULL;
+        if (da->via.bin.size) {
+            if (!(buf = msgpack_zone_malloc(d->z, da->via.bin.size)))
+                return b2ipc__err(d->err, B2IPC_ENOMEM, fn, "out of memory");
+            memcpy(buf, da->via.bin.ptr, da->via.bin.size);
+        }
+        ts[i].data = buf;
+        ts[i].data_len = da->via.bin.size;
+        if (!(ts[i].name = b2ipc__dup(d, k->via.str.ptr, k->via.str.size)) ||
+            !(ts[i].dtype = b2ipc__dup(d, dt->via.str.ptr, dt->via.str.size)))
+            return b2ipc__err(d->err, B2IPC_ENOMEM, tn, "out of memory");
+        if (strlen(ts[i].name) != k->via.str.size)
+            return b2ipc__err(d->err, B2IPC_EUTF8, tn, "%s: the name contains U+0000", tn);
+    }
+    *AT(root, f->off, const b2ipc_tensor *) = ts;
+    *AT(root, f->aux, uint32_t) = n;
+    return 0;
+}
+
 /* One value of field f, stored into root. */
 static int b2ipc__field_value(b2ipc__dec *d, const b2ipc__field *f,
                               void *root, const msgpack_object *o,
@@ -231,6 +306,8 @@ static int b2ipc__field_value(b2ipc__dec *d, const b2ipc__field *f,
         if (rc < 0) return rc;
         return b2ipc__walk(d, f->sub, root, &o->via.map, NULL);
     }
+    case B2IPC__K_TENSORS:
+        return b2ipc__tensors_value(d, f, root, o, name);
     case B2IPC__K_SEQ_TEXTS:
     case B2IPC__K_SEQ_IDS:
     case B2IPC__K_SEQ_FINISH:
@@ -476,7 +553,7 @@ int b2ipc_decode_request(const void *payload, size_t len,
     if ((rc = b2ipc__check_map(&d, m, "", B2IPC__REQUEST_MAX_KEYS)) < 0 ||
         (rc = b2ipc__check_id(m, true, err)) < 0 ||
         (rc = b2ipc__discriminator(m, "op", b2ipc__op_name_i, B2IPC_OP_HELLO,
-                                   B2IPC_OP_PING, B2IPC_EUNKNOWN_OP, &op, err)) < 0)
+                                   B2IPC_OP_FEATURES, B2IPC_EUNKNOWN_OP, &op, err)) < 0)
         goto fail;
 
     b2ipc_request_init(rq, (b2ipc_op)op);
@@ -522,7 +599,7 @@ int b2ipc_decode_reply(const void *payload, size_t len, b2ipc_reply *rp,
     has_id = b2ipc__peek_id(m, &id);
     if ((rc = b2ipc__check_map(&d, m, "", B2IPC__REPLY_MAX_KEYS)) < 0 ||
         (rc = b2ipc__discriminator(m, "type", b2ipc__type_name_i,
-                                   B2IPC_REPLY_HELLO, B2IPC_REPLY_CANCEL,
+                                   B2IPC_REPLY_HELLO, B2IPC_REPLY_FEATURES,
                                    B2IPC_EUNKNOWN_OP, &type, err)) < 0 ||
         (rc = b2ipc__check_id(m, type != B2IPC_REPLY_ERROR, err)) < 0)
         goto fail;

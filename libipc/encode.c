@@ -88,6 +88,24 @@ static int b2ipc__pack_value(msgpack_packer *pk, const b2ipc__field *f,
         const char *nm = b2ipc_code_name(code);
         return b2ipc__pack_cstr(pk, nm ? nm : *AT(root, f->aux, const char *const));
     }
+    case B2IPC__K_TENSORS: {
+        const b2ipc_tensor *ts = *AT(root, f->off, const b2ipc_tensor *const);
+        uint32_t n = *AT(root, f->aux, const uint32_t);
+        if (msgpack_pack_map(pk, n) < 0) return -1;
+        for (uint32_t i = 0; i < n; i++) {
+            const b2ipc_tensor *t = &ts[i];
+            if (b2ipc__pack_cstr(pk, t->name) < 0 || msgpack_pack_map(pk, 3) < 0 ||
+                b2ipc__pack_cstr(pk, "dtype") < 0 || b2ipc__pack_cstr(pk, t->dtype) < 0 ||
+                b2ipc__pack_cstr(pk, "shape") < 0 || msgpack_pack_array(pk, t->ndim) < 0)
+                return -1;
+            for (uint32_t k = 0; k < t->ndim; k++)
+                if (msgpack_pack_uint64(pk, t->shape[k]) < 0) return -1;
+            if (b2ipc__pack_cstr(pk, "data") < 0 || msgpack_pack_bin(pk, t->data_len) < 0 ||
+                (t->data_len && msgpack_pack_bin_body(pk, t->data, t->data_len) < 0))
+                return -1;
+        }
+        return 0;
+    }
     case B2IPC__K_SEQ_TEXTS:
     case B2IPC__K_SEQ_IDS:
     case B2IPC__K_SEQ_FINISH: {

@@ -27,7 +27,9 @@ enum b2ipc__kind {
     B2IPC__K_CODE,      /* error: int code + const char *code_name at aux */
     B2IPC__K_SEQ_TEXTS, /* done: texts / ids / finish, from done.seqs */
     B2IPC__K_SEQ_IDS,
-    B2IPC__K_SEQ_FINISH
+    B2IPC__K_SEQ_FINISH,
+    B2IPC__K_TENSORS    /* features: map name -> {dtype, shape, data}; const
+                           b2ipc_tensor * + uint32_t count at aux */
 };
 
 enum {

@@ -99,15 +99,43 @@ int b2ipc__err(b2ipc_error *err, int code, const char *field,
 static const char *const b2ipc__op_names[] = {
     [B2IPC_OP_HELLO] = "hello", [B2IPC_OP_GENERATE] = "generate",
     [B2IPC_OP_CANCEL] = "cancel", [B2IPC_OP_STATUS] = "status",
-    [B2IPC_OP_PING] = "ping",
+    [B2IPC_OP_PING] = "ping", [B2IPC_OP_FEATURES] = "features",
 };
 
 static const char *const b2ipc__type_names[] = {
     [B2IPC_REPLY_HELLO] = "hello", [B2IPC_REPLY_TOKEN] = "token",
     [B2IPC_REPLY_DONE] = "done", [B2IPC_REPLY_ERROR] = "error",
     [B2IPC_REPLY_STATUS] = "status", [B2IPC_REPLY_PONG] = "pong",
-    [B2IPC_REPLY_CANCEL] = "cancel",
+    [B2IPC_REPLY_CANCEL] = "cancel", [B2IPC_REPLY_FEATURES] = "features",
 };
+
+static const char *const b2ipc__feature_names[B2IPC_FEAT_COUNT] = {
+    [B2IPC_FEAT_IMAGE_LAST_HIDDEN_STATE] = "image_last_hidden_state",
+    [B2IPC_FEAT_IMAGE_POOLER_OUTPUT] = "image_pooler_output",
+    [B2IPC_FEAT_QFORMER_LAST_HIDDEN_STATE] = "qformer_last_hidden_state",
+    [B2IPC_FEAT_QFORMER_POOLER_OUTPUT] = "qformer_pooler_output",
+    [B2IPC_FEAT_LANGUAGE_MODEL_INPUTS] = "language_model_inputs",
+    [B2IPC_FEAT_LOGITS] = "logits",
+    [B2IPC_FEAT_LOGITS_LAST] = "logits_last",
+};
+
+const char *b2ipc_feature_output_name(int output)
+{
+    return output >= 0 && output < B2IPC_FEAT_COUNT ? b2ipc__feature_names[output] : NULL;
+}
+
+int b2ipc_feature_output_index(const char *name, size_t len)
+{
+    for (int i = 0; name && i < B2IPC_FEAT_COUNT; i++)
+        if (strlen(b2ipc__feature_names[i]) == len && !memcmp(b2ipc__feature_names[i], name, len))
+            return i;
+    return -1;
+}
+
+bool b2ipc_feature_output_is_image(int output)
+{
+    return output >= 0 && output < B2IPC_FEAT_LOGITS;
+}
 
 static const char *const b2ipc__finish_names[] = {
     [B2IPC_FINISH_LENGTH] = "length", [B2IPC_FINISH_EOS] = "eos",

@@ -61,7 +61,18 @@ static const b2ipc__field b2ipc__cancel_req_f[] = {
     FIELD("target", U64, REQ, RQ(cancel.target), NA, 0, NOLIM),
 };
 
+static const b2ipc__field b2ipc__features_req_f[] = {
+    FIELD("image", BIN, B2IPC__F_LIM_IMAGE, RQ(features.image),
+          RQ(features.image_len), 1, NOLIM),
+    FIELD("image_fd", BOOL, B2IPC__F_OMIT_FALSE, RQ(features.image_fd), NA, 0, 0),
+    FIELD("text", STR, B2IPC__F_NONUL | B2IPC__F_LIM_PROMPT, RQ(features.text), NA, 1, NOLIM),
+    { .name = "outputs", .kind = B2IPC__K_STRARR, .flags = B2IPC__F_NONUL,
+      .off = RQ(features.outputs), .aux = RQ(features.n_outputs), .lo = 0,
+      .hi = B2IPC_FEAT_COUNT, .elo = 1, .ehi = 64 },
+};
+
 SCHEMA(b2ipc__hello_req, "", b2ipc__hello_req_f, true);
+SCHEMA(b2ipc__features_req, "", b2ipc__features_req_f, true);
 SCHEMA(b2ipc__generate_req, "", b2ipc__generate_req_f, true);
 SCHEMA(b2ipc__cancel_req, "", b2ipc__cancel_req_f, true);
 static const b2ipc__schema b2ipc__empty_req = { "", NULL, 0, true };
@@ -72,6 +83,7 @@ const b2ipc__schema *b2ipc__request_schema(b2ipc_op op)
     case B2IPC_OP_HELLO: return &b2ipc__hello_req;
     case B2IPC_OP_GENERATE: return &b2ipc__generate_req;
     case B2IPC_OP_CANCEL: return &b2ipc__cancel_req;
+    case B2IPC_OP_FEATURES: return &b2ipc__features_req;
     case B2IPC_OP_STATUS:
     case B2IPC_OP_PING: return &b2ipc__empty_req;
     default: return NULL;
@@ -174,7 +186,26 @@ static const b2ipc__field b2ipc__cancel_rep_f[] = {
     FIELD("found", BOOL, REQ, RP(cancel.found), NA, 0, 0),
 };
 
+static const b2ipc__field b2ipc__ftimings_f[] = {
+    FIELD("queue_ms", F64, REQ, RP(features.timings.queue_ms), NA, 0, NOLIM),
+    FIELD("preprocess_ms", F64, REQ, RP(features.timings.preprocess_ms), NA, 0, NOLIM),
+    FIELD("vision_ms", F64, REQ, RP(features.timings.vision_ms), NA, 0, NOLIM),
+    FIELD("text_ms", F64, REQ, RP(features.timings.text_ms), NA, 0, NOLIM),
+    FIELD("total_ms", F64, REQ, RP(features.timings.total_ms), NA, 0, NOLIM),
+};
+SCHEMA(b2ipc__ftimings, "timings.", b2ipc__ftimings_f, false);
+
+static const b2ipc__field b2ipc__features_rep_f[] = {
+    { .name = "tensors", .kind = B2IPC__K_TENSORS, .flags = REQ,
+      .off = RP(features.tensors), .aux = RP(features.n_tensors), .lo = 0,
+      .hi = B2IPC_MAX_TENSORS, .elo = 1, .ehi = 64 },
+    FIELD("cached", BOOL, REQ, RP(features.cached), NA, 0, 0),
+    { .name = "timings", .kind = B2IPC__K_MAP, .flags = REQ, .off = 0,
+      .aux = NA, .lo = 0, .hi = NOLIM, .sub = &b2ipc__ftimings },
+};
+
 SCHEMA(b2ipc__hello_rep, "", b2ipc__hello_rep_f, false);
+SCHEMA(b2ipc__features_rep, "", b2ipc__features_rep_f, false);
 SCHEMA(b2ipc__token_rep, "", b2ipc__token_rep_f, false);
 SCHEMA(b2ipc__done_rep, "", b2ipc__done_rep_f, false);
 SCHEMA(b2ipc__error_rep, "", b2ipc__error_rep_f, false);
@@ -192,6 +223,7 @@ const b2ipc__schema *b2ipc__reply_schema(b2ipc_reply_type type)
     case B2IPC_REPLY_STATUS: return &b2ipc__status_rep;
     case B2IPC_REPLY_PONG: return &b2ipc__empty_rep;
     case B2IPC_REPLY_CANCEL: return &b2ipc__cancel_rep;
+    case B2IPC_REPLY_FEATURES: return &b2ipc__features_rep;
     default: return NULL;
     }
 }

@@ -107,6 +107,85 @@ static int b2ipc__check_done(const b2ipc_reply *rp, b2ipc_error *err)
     return 0;
 }
 
+/* features reply: count, names (distinct), dtypes, shapes against data. */
+static int b2ipc__check_tensors(const b2ipc__field *f, const b2ipc_tensor *ts,
+                                uint32_t n, b2ipc_error *err)
+{
+    char name[96];
+    if ((double)n > f->hi)
+        return b2ipc__err(err, B2IPC_ETOO_LARGE, "tensors",
+                          "tensors: %u tensors, at most %.0f", n, f->hi);
+    if (n && !ts) return b2ipc__err(err, B2IPC_EINVAL, "tensors", "tensors: NULL array");
+    for (uint32_t i = 0; i < n; i++) {
+        const b2ipc_tensor *t = &ts[i];
+        if (!t->name) return b2ipc__err(err, B2IPC_EINVAL, "tensors", "tensors[%u]: NULL name", i);
+        size_t nl = strlen(t->name);
+        int rc;
+        snprintf(name, sizeof name, "tensors.%.64s", t->name);
+        if ((rc = b2ipc__check_size(name, nl, f->elo, f->ehi, err)) < 0 ||
+            (rc = b2ipc__check_text(name, t->name, nl, false, err)) < 0)
+            return rc;
+        for (uint32_t k = 0; k < i; k++)
+            if (!strcmp(ts[k].name, t->name))
+                return b2ipc__err(err, B2IPC_ERANGE, name, "%s: the name appears twice", name);
+        if (!t->dtype || (strcmp(t->dtype, "float32") && strcmp(t->dtype, "int32")))
+            return b2ipc__err(err, B2IPC_ERANGE, name,
+                              "%s: dtype must be \"float32\" or \"int32\"", name);
+        if (t->ndim < 1 || t->ndim > B2IPC_MAX_TENSOR_DIMS)
+            return b2ipc__err(err, B2IPC_ERANGE, name, "%s: %u dimensions, expected 1 to %u",
+                              name, t->ndim, B2IPC_MAX_TENSOR_DIMS);
+        uint64_t numel = 1;
+        for (uint32_t k = 0; k < t->ndim; k++) {
+            if (t->shape[k] && numel > (UINT64_MAX / 4) / t->shape[k])
+                return b2ipc__err(err, B2IPC_ERANGE, name, "%s: the shape is too large", name);
+            numel *= t->shape[k];
+        }
+        if ((uint64_t)t->data_len != numel * 4)
+            return b2ipc__err(err, B2IPC_ERANGE, name,
+                              "%s: %zu data bytes, the shape needs %llu", name,
+                              t->data_len, (unsigned long long)(numel * 4));
+        if (t->data_len && !t->data)
+            return b2ipc__err(err, B2IPC_EINVAL, name, "%s: NULL data", name);
+    }
+    return 0;
+}
+
+/* features request: image sources, something to compute, known outputs
+ * that fit the inputs. */
+static int b2ipc__check_features(const b2ipc_features *q, b2ipc_error *err)
+{
+    char name[32];
+    if (q->image && q->image_fd)
+        return b2ipc__err(err, B2IPC_ERANGE, "image_fd",
+                          "image_fd: true and image are exclusive");
+    bool img = q->image || q->image_fd;
+    if (!img && !q->text)
+        return b2ipc__err(err, B2IPC_EMISSING, "image",
+                          "image: required (or image_fd: true, or text)");
+    for (uint32_t i = 0; i < q->n_outputs; i++) {
+        const char *o = q->outputs[i];
+        int k = b2ipc_feature_output_index(o, strlen(o));
+        snprintf(name, sizeof name, "outputs[%u]", i);
+        if (k < 0) {
+            char qs[80];
+            b2ipc__quote(qs, sizeof qs, o, strlen(o));
+            return b2ipc__err(err, B2IPC_ERANGE, name,
+                              "%s: \"%s\" is no output (image_last_hidden_state, "
+                              "image_pooler_output, qformer_last_hidden_state, "
+                              "qformer_pooler_output, language_model_inputs, logits, "
+                              "logits_last)", name, qs);
+        }
+        for (uint32_t j = 0; j < i; j++)
+            if (!strcmp(q->outputs[j], o))
+                return b2ipc__err(err, B2IPC_ERANGE, name, "%s: \"%s\" is named twice", name, o);
+        if (b2ipc_feature_output_is_image(k) && !img)
+            return b2ipc__err(err, B2IPC_ERANGE, name, "%s: %s needs an image", name, o);
+        if (!b2ipc_feature_output_is_image(k) && !q->text)
+            return b2ipc__err(err, B2IPC_ERANGE, name, "%s: %s needs a text", name, o);
+    }
+    return 0;
+}
+
 static int b2ipc__check_fields(const b2ipc__schema *s, const void *root,
                                const b2ipc_limits *lim, b2ipc_error *err)
 {
@@ -219,6 +298,11 @@ static int b2ipc__check_fields(const b2ipc__schema *s, const void *root,
         case B2IPC__K_SEQ_IDS:
         case B2IPC__K_SEQ_FINISH:
             break;
+        case B2IPC__K_TENSORS:
+            if ((rc = b2ipc__check_tensors(f, *AT(root, f->off, const b2ipc_tensor *const),
+                                           *AT(root, f->aux, const uint32_t), err)) < 0)
+                return rc;
+            break;
         }
     }
     return 0;
@@ -233,6 +317,7 @@ int b2ipc_request_validate(const b2ipc_request *rq, const b2ipc_limits *lim,
         return b2ipc__err(err, B2IPC_EINVAL, "op", "op %d is no operation",
                           (int)rq->op);
     int rc = b2ipc__check_fields(s, rq, lim, err);
+    if (rc == 0 && rq->op == B2IPC_OP_FEATURES) return b2ipc__check_features(&rq->features, err);
     if (rc < 0 || rq->op != B2IPC_OP_GENERATE) return rc;
 
     const b2ipc_generate *g = &rq->generate;

@@ -272,6 +272,41 @@ int blip2_forward_logits(const blip2_model *m, const blip2_request *rq,
                          float *last_logits, float *all_logits,
                          blip2_error *err);
 
+/* ---- Blip2Model features (get_image_features, get_qformer_features,
+ * get_text_features of transformers 4.37.2) ----
+ *
+ *     blip2_image_features_out f = { .vision_pooler_output = vp, .query_embeds = q };
+ *     blip2_image_features(m, px, 1, &f, &err);          // runs what f asks for
+ *     float *lg = malloc(sizeof(float) * n_ids * blip2_vocab_size(m));
+ *     blip2_text_features(m, ids, n_ids, lg, NULL, &err);  // (L,V), OPT only
+ */
+
+/* Outputs of blip2_image_features; every pointer may be NULL (not wanted).
+ * Each is caller-owned, sized for n images, f32 row-major. */
+typedef struct blip2_image_features_out {
+    float *vision_last_hidden_state;  /* (n, T, Dv) after post_layernorm */
+    float *vision_pooler_output;      /* (n, Dv): post_layernorm again on token 0 */
+    float *qformer_last_hidden_state; /* (n, Q, Dq): the query outputs */
+    float *qformer_pooler_output;     /* (n, Dq): qformer_last_hidden_state[:, 0] */
+    float *query_embeds;              /* (n, Q, Dt): language_projection output */
+} blip2_image_features_out;
+
+/* pixel values (n,3,H,W) -> the requested outputs of *out.  Runs only the
+ * stages they need (vision outputs alone skip the Q-Former).  All NULL is
+ * a no-op.  Any model family. */
+int blip2_image_features(const blip2_model *m, const float *px, int n,
+                         const blip2_image_features_out *out, blip2_error *err);
+
+/* get_text_features: the language model on the text alone (no image, no
+ * query tokens), ids (n, with the leading BOS as blip2_tokenize adds it)
+ * at positions 0..n-1.  Writes every position's next-token logits (n, V)
+ * into logits and/or the last position's (V) into last_logits (either may
+ * be NULL, not both).  OPT models only: BLIP2_EUNSUPPORTED for other
+ * families; BLIP2_ETOOBIG beyond blip2_max_positions; BLIP2_EINVAL for an
+ * id outside the vocabulary. */
+int blip2_text_features(const blip2_model *m, const int32_t *ids, size_t n,
+                        float *logits, float *last_logits, blip2_error *err);
+
 #ifdef __cplusplus
 }
 #endif

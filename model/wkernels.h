@@ -42,9 +42,32 @@ const char *b2__wt_name(b2_wtype t);
 /* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T for W (m, k) of type t.
  * Each row of y has the same bits whatever n is (the decoder's batch
  * invariance, see b2__matmul_rows).  Chunks of W's rows are spread over
- * the compute pool.  For few rows n (decode, small batches). */
+ * the compute pool.  For few rows n (decode, small batches).
+ *
+ * Numerics: f32, f16 and bf16 weights are widened exactly and summed in
+ * f32 (8 or 16 lanes in k order, then a fixed tree).  q8_0 quantises the
+ * activations too, as GGML's q8_0 x q8_0 product does: each block of 32
+ * values of an x row becomes d_x * q_x (b2__wquantize_act_q8, f32 scale),
+ * the block's dot product sum q_w q_x is exact in integers, and
+ * acc += (d_w d_x) * sum in f32.  The extra error is at most
+ * sum_blocks (d_x / 2) * sum |w| (half a step of x per value); a NaN or
+ * infinity in a block of x makes that row's outputs NaN. */
 void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
                       int n, int m, int k);
+
+/* b2__wmatmul_rows with the named implementation ("portable", "avx2",
+ * "avx512") instead of the one chosen from the CPU, for tests and
+ * benchmarks.  Returns 0, or -1 (y untouched) if this build or CPU lacks
+ * it. */
+int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, int ldx,
+                          const void *w, b2_wtype t, int n, int m, int k);
+
+/* The activation side of the q8_0 product: x (k, k % 32 == 0) as blocks
+ * of 32, q (k) int8 and d (k / 32) f32 with x[j] ~ d[j / 32] * q[j]:
+ * d = max|x| / 127 over the block, q = x * (127 / max|x|) rounded to
+ * nearest even (|q| <= 127); an all-zero block has d = 0, q = 0; a block
+ * holding NaN or infinity has d = NaN, q = 0. */
+void b2__wquantize_act_q8(int8_t *q, float *d, const float *x, int k);
 
 /* dst (nrows, k) = rows [row0, row0 + nrows) of W (m, k) of type t, as f32
  * (exact for f16 and bf16; d * q for q8_0). */
@@ -55,7 +78,9 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
  * quantises (per block d = max|x| / 127, q = round(x / d)). */
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
-/* The implementation of the products in use ("portable", "avx2", ...). */
+/* The implementation of the products in use ("portable", "avx2",
+ * "avx512"): the best this CPU runs, or the one BLIP2_KERNELS names if
+ * the CPU runs it. */
 const char *b2__wkernels_name(void);
 
 #endif

@@ -142,7 +142,7 @@ proc, SOCK = start()
 c = Client(SOCK)
 c.send({"id": 1, "op": "hello", "v": 7, "client": "test_daemon.py"})
 r = c.recv()
-ok(r["type"] == "hello" and r["v"] == 1 and r["max_frame"] == 67108864, "hello negotiates version 1 and reports limits")
+ok(r["type"] == "hello" and r["v"] == 2 and r["max_frame"] == 67108864, "hello negotiates version 2 and reports limits")
 
 # golden ids over the socket, from the image files
 cases = [x for x in man["cases"] if x["model"] == "opt-tiny" and "image" in x]

@@ -1,0 +1,201 @@
+/*
+ * wkernels_avx2.c - the typed-weight products of wkernels.c in AVX2 + FMA
+ * + F16C (every function carries __attribute__((target)); the dispatcher
+ * calls them only on a CPU that has all three).
+ *
+ *   f32/f16/bf16  register tiles of 4 W rows x 2 x rows, one 8-lane
+ *                 accumulator per pair: W widened on load (F16C for f16,
+ *                 a 16-bit shift for bf16), acc = fma(w, x, acc) over k in
+ *                 steps of 8; the last k % 8 values through a zero-padded
+ *                 copy of the W tail and a masked load of x.  Then
+ *                 ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+ *   q8_0          the same tiles over blocks of 32: |w| (unsigned) times
+ *                 x with w's sign (_mm256_sign_epi8) in maddubs, pairs
+ *                 summed to 8 int32 lanes by madd (exact: |sum| <= 32512
+ *                 per 16-bit pair), converted, acc = fma(d_w d_x, lanes, acc).
+ * Smaller tiles for the row tails run the same per-pair arithmetic, so a
+ * pair's result does not depend on the tile it landed in (batch
+ * invariance).  W may have any alignment (rows of odd k are not even
+ * 4-byte aligned): unaligned loads throughout.
+ */
+#include "wkernels_impl.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#include <string.h>
+
+#define B2W __attribute__((target("avx2,fma,f16c")))
+#define INL inline __attribute__((always_inline))
+#define TR 4 /* W rows per tile */
+#define TN 2 /* x rows per tile */
+
+B2W static INL __m256 wload8(const unsigned char *p, b2_wtype t)
+{
+    switch (t) {
+    case B2_WT_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    case B2_WT_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    default: return _mm256_loadu_ps((const float *)p);
+    }
+}
+
+/* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), the portable path's order */
+B2W static INL float hsum8(__m256 a)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+B2W static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
+                            size_t rb, b2_wtype t, int k, const int R, const int N)
+{
+    const size_t es = t == B2_WT_F32 ? 4 : 2;
+    __m256 acc[TR][TN], wv[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= k; j += 8) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = wload8(w + (size_t)r * rb + (size_t)j * es, t);
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256 xv = _mm256_loadu_ps(x + (size_t)i * ldx + j);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
+        }
+    }
+    if (j < k) { /* 1..7 left: zero-padded W, masked x */
+        const int c = k - j;
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            unsigned char tmp[32] = {0};
+            memcpy(tmp, w + (size_t)r * rb + (size_t)j * es, (size_t)c * es);
+            wv[r] = wload8(tmp, t);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256 xv = _mm256_maskload_ps(x + (size_t)i * ldx + j, mask);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
+}
+
+/* Tiles over m W rows and n x rows; t is a constant in each caller. */
+B2W static INL void fp_rows_t(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
+                              size_t rb, b2_wtype t, int n, int m, int k)
+{
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, TN);
+        for (; i0 < n; i0++)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, TN);
+        for (; i0 < n; i0++)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, 1);
+    }
+}
+
+B2W static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);
+}
+B2W static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);
+}
+B2W static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);
+}
+
+static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+                    b2_wtype t, int n, int m, int k)
+{
+    switch (t) {
+    case B2_WT_F16: fp_f16(y, ldy, x, ldx, w, rb, n, m, k); break;
+    case B2_WT_BF16: fp_bf16(y, ldy, x, ldx, w, rb, n, m, k); break;
+    default: fp_f32(y, ldy, x, ldx, w, rb, n, m, k); break;
+    }
+}
+
+/* ---- q8_0 ---- */
+
+B2W static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                            size_t rb, int k, const int R, const int N)
+{
+    const int nb = k / B2_Q8_0_BLOCK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TR][TN];
+    __m256i wq[TR], aw[TR];
+    float dw[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;
+            unsigned short h;
+            memcpy(&h, blk, 2);
+            dw[r] = _cvtsh_ss(h);
+            wq[r] = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            aw[r] = _mm256_abs_epi8(wq[r]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q8_0_BLOCK));
+            const float dx = xd[(size_t)i * nb + b];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, wq[r])), ones);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
+}
+
+B2W void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                          size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q8_0_BLOCK;
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, TN);
+        for (; i0 < n; i0++)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, TN);
+        for (; i0 < n; i0++)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
+    }
+}
+
+const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2};
+
+#endif

@@ -1,0 +1,215 @@
+/*
+ * wkernels_avx512.c - the typed-weight products in AVX-512 (F, BW, VL),
+ * for CPUs that have them (every function carries
+ * __attribute__((target)); the dispatcher checks cpuid first).
+ *
+ *   f32/f16/bf16  as wkernels_avx2.c with 16 lanes and tiles of 4 W rows
+ *                 x 4 x rows; the k tail by masked loads (16-bit masked
+ *                 loads need BW + VL).  Sum: lane j + lane j + 8, then
+ *                 the AVX2 tree over the 8.  No AVX512-BF16 dot products:
+ *                 vdpbf16ps would round the activations to bf16 (8
+ *                 significant bits) and the product is bound by reading
+ *                 W, not by the widening, so they would buy no speed.
+ *   q8_0          without VNNI the AVX2 kernel; with AVX512-VNNI the
+ *                 same tiles with vpdpbusd on 256-bit vectors in place of
+ *                 maddubs + madd.  Both give the exact same int32 lane
+ *                 sums (lane l = bytes 4l..4l+3), so the result has the
+ *                 same bits as the AVX2 path.
+ */
+#include "wkernels_impl.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#include <string.h>
+
+#define B2X __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define B2XV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define INL inline __attribute__((always_inline))
+#define TR 4 /* W rows per tile */
+#define TN 4 /* x rows per tile */
+
+B2X static INL __m512 wload16(const unsigned char *p, b2_wtype t)
+{
+    switch (t) {
+    case B2_WT_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    case B2_WT_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+    default: return _mm512_loadu_ps((const float *)p);
+    }
+}
+
+/* the first c (1..15) values only; nothing past them is read */
+B2X static INL __m512 wload16_tail(const unsigned char *p, b2_wtype t, __mmask16 m)
+{
+    switch (t) {
+    case B2_WT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    case B2_WT_BF16: return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+    default: return _mm512_maskz_loadu_ps(m, p);
+    }
+}
+
+B2X static INL float hsum16(__m512 a)
+{
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+B2X static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
+                            size_t rb, b2_wtype t, int k, const int R, const int N)
+{
+    const size_t es = t == B2_WT_F32 ? 4 : 2;
+    __m512 acc[TR][TN], wv[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= k; j += 16) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = wload16(w + (size_t)r * rb + (size_t)j * es, t);
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m512 xv = _mm512_loadu_ps(x + (size_t)i * ldx + j);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(wv[r], xv, acc[r][i]);
+        }
+    }
+    if (j < k) {
+        const __mmask16 m = (__mmask16)((1u << (k - j)) - 1);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = wload16_tail(w + (size_t)r * rb + (size_t)j * es, t, m);
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)i * ldx + j);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(wv[r], xv, acc[r][i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum16(acc[r][i]);
+}
+
+/* Tiles over m W rows and n x rows; t is a constant in each caller. */
+B2X static INL void fp_rows_t(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
+                              size_t rb, b2_wtype t, int n, int m, int k)
+{
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, TN);
+        for (; i0 < n; i0++)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, TN);
+        for (; i0 < n; i0++)
+            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, 1);
+    }
+}
+
+B2X static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);
+}
+B2X static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);
+}
+B2X static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);
+}
+
+static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+                    b2_wtype t, int n, int m, int k)
+{
+    switch (t) {
+    case B2_WT_F16: fp_f16(y, ldy, x, ldx, w, rb, n, m, k); break;
+    case B2_WT_BF16: fp_bf16(y, ldy, x, ldx, w, rb, n, m, k); break;
+    default: fp_f32(y, ldy, x, ldx, w, rb, n, m, k); break;
+    }
+}
+
+/* ---- q8_0 with VNNI: wkernels_avx2.c's q8_tile, vpdpbusd for the lanes ---- */
+
+#define QN 2 /* x rows per tile, as AVX2 */
+
+B2XV static INL float hsum8v(__m256 a)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                             size_t rb, int k, const int R, const int N)
+{
+    const int nb = k / B2_Q8_0_BLOCK;
+    __m256 acc[TR][QN];
+    __m256i wq[TR], aw[TR];
+    float dw[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;
+            unsigned short h;
+            memcpy(&h, blk, 2);
+            dw[r] = _cvtsh_ss(h);
+            wq[r] = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            aw[r] = _mm256_abs_epi8(wq[r]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q8_0_BLOCK));
+            const float dx = xd[(size_t)i * nb + b];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw[r], _mm256_sign_epi8(q, wq[r]));
+                acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
+}
+
+B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                              size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q8_0_BLOCK;
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, QN);
+        for (; i0 < n; i0++)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, QN);
+        for (; i0 < n; i0++)
+            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
+    }
+}
+
+const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2};
+const b2_wimpl b2__wimpl_avx512_vnni = {"avx512", fp_rows, q8_rows_vnni};
+
+#endif

@@ -1,0 +1,40 @@
+/*
+ * wkernels_impl.h - internal to wkernels*.c: one implementation of the
+ * typed-weight products, as a table the dispatcher in wkernels.c picks
+ * from (portable C there, AVX2 in wkernels_avx2.c, AVX-512 in
+ * wkernels_avx512.c).
+ *
+ * Both entry points compute a block of y for m consecutive weight rows
+ * (one pool task's chunk) and all n activation rows.  The contract that
+ * gives batch invariance: the value of y[i][r] depends only on x row i,
+ * W row r and k, never on n, m or where the pair falls in a register tile
+ * (one accumulator per (i, r) pair, one loop order over k).
+ */
+#ifndef BLIP2_WKERNELS_IMPL_H
+#define BLIP2_WKERNELS_IMPL_H
+#include "wkernels.h"
+
+typedef struct b2_wimpl {
+    const char *name; /* "portable", "avx2", "avx512" */
+    /* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T, W (m, k) of type t in
+     * {f32, f16, bf16}, rows rb bytes apart, any alignment. */
+    void (*fp)(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+               b2_wtype t, int n, int m, int k);
+    /* The same for q8_0 weights, with the activations already quantised
+     * (b2__wquantize_act_q8): xq (n, k) int8, xd (n, k / 32) block
+     * scales; per block the integer dot product is exact, then
+     * acc += (d_w * d_x) * (float)isum in 8 lanes. */
+    void (*q8)(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+               size_t rb, int n, int m, int k);
+} b2_wimpl;
+
+#if defined(__x86_64__) || defined(__i386__)
+extern const b2_wimpl b2__wimpl_avx2;        /* wkernels_avx2.c */
+extern const b2_wimpl b2__wimpl_avx512;      /* wkernels_avx512.c */
+extern const b2_wimpl b2__wimpl_avx512_vnni; /* the same, q8_0 with VNNI */
+/* AVX2's q8 entry (the avx512 table without VNNI uses it). */
+void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                      size_t rb, int n, int m, int k);
+#endif
+
+#endif

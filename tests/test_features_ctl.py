@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+# test_features_ctl.py - `blip2ctl features` against a real blip2d on the
+# golden opt-tiny model: --out writes a safetensors file with the golden
+# files' names, read back here and compared with tests/golden/features/
+# (1e-4 image / Q-Former tensors, 5e-4 logits); --json; --output; the
+# usage errors and the frame limit.  Goes through libblip2client, so it
+# also covers blip2c_features_get.  TAP output.
+import array, json, os, signal, socket, struct, subprocess, sys, tempfile, time
+
+G = os.environ.get("GOLDEN_DIR", "tests/golden")
+BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
+CTL = os.environ.get("BLIP2CTL", "client/blip2ctl")
+TMP = tempfile.mkdtemp(prefix="b2fctl.")
+n_tests = failed = 0
+
+
+def ok(cond, name):
+    global n_tests, failed
+    n_tests += 1
+    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
+    if not cond:
+        failed += 1
+    return cond
+
+
+def read_st(path):
+    """safetensors -> {name: (dtype, shape, array)}; checks the layout."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0, "header not padded to 8 bytes"
+    hdr = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    out, end = {}, 0
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        end = max(end, e)
+        a = array.array({"F32": "f", "I64": "q"}[v["dtype"]])
+        a.frombytes(data[b:e])
+        if sys.byteorder == "big":
+            a.byteswap()
+        n_el = 1
+        for d in v["shape"]:
+            n_el *= d
+        assert len(a) == n_el, "%s: %d elements for shape %s" % (k, len(a), v["shape"])
+        out[k] = (v["dtype"], v["shape"], a)
+    assert end == len(data), "data area size"
+    return out
+
+
+def maxdiff(a, b, off=0):
+    if len(a) + off > len(b):
+        return float("inf")
+    return max(abs(x - b[off + i]) for i, x in enumerate(a))
+
+
+def ctl(*args):
+    p = subprocess.run([CTL, "--socket", sock] + list(args), capture_output=True, timeout=120)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+sock = os.path.join(TMP, "d.sock")
+log = open(os.path.join(TMP, "daemon.log"), "ab")
+proc = subprocess.Popen([BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", sock, "-q"],
+                        stdout=log, stderr=log)
+for _ in range(500):
+    if os.path.exists(sock):
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock)
+            s.close()
+            break
+        except OSError:
+            pass
+    if proc.poll() is not None:
+        break
+    time.sleep(0.02)
+else:
+    print("Bail out! blip2d did not start")
+    sys.exit(1)
+
+try:
+    gold = read_st(os.path.join(G, "features", "opt-tiny__image_qformer_features.safetensors"))
+    cases = {"chelsea.png": ("opt-tiny__chelsea_png__caption", 0), "rocket.jpg": ("opt-tiny__rocket_jpg__caption", 1)}
+    for img, (case, row) in cases.items():
+        out = os.path.join(TMP, img + ".safetensors")
+        rc, so, se = ctl("features", os.path.join(G, "images", img), "--out", out)
+        if not ok(rc == 0 and os.path.exists(out), "features %s --out: exit 0 (%s)" % (img, se.strip())):
+            continue
+        got = read_st(out)
+        ok(sorted(got) == sorted(["image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
+                                  "qformer_pooler_output", "language_model_inputs"]),
+           "%s: the file holds the five image outputs under the golden names" % img)
+        for name in ("image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
+                     "qformer_pooler_output"):
+            dt, shape, a = got[name]
+            g = gold[name]
+            per = len(g[2]) // g[1][0]
+            d = maxdiff(a, g[2], row * per)
+            ok(dt == "F32" and shape == [1] + g[1][1:] and d <= 1e-4,
+               "%s: %s %s max abs err %.3g <= 1e-4" % (img, name, shape, d))
+        c = read_st(os.path.join(G, "cases", case + ".safetensors"))
+        d = maxdiff(got["language_model_inputs"][2], c["language_model_inputs"][2])
+        ok(d <= 1e-4, "%s: language_model_inputs max abs err %.3g" % (img, d))
+
+    # text alone, golden names and dtypes (input_ids / attention_mask int64)
+    for key, text in (("text_a", "A photo of"), ("text_b", "Hello world")):
+        out = os.path.join(TMP, key + ".safetensors")
+        rc, so, se = ctl("features", "--text", text, "--out", out)
+        if not ok(rc == 0, "features --text '%s' --out: exit 0 (%s)" % (text, se.strip())):
+            continue
+        got, g = read_st(out), read_st(os.path.join(G, "features", "opt-tiny__%s.safetensors" % key))
+        ok(sorted(got) == sorted(g), "%s: the same tensor names as the golden file (%s)" % (key, sorted(got)))
+        ok(got["input_ids"][0] == "I64" and list(got["input_ids"][2]) == list(g["input_ids"][2]) and
+           list(got["attention_mask"][2]) == list(g["attention_mask"][2]), "%s: input_ids and attention_mask" % key)
+        d = maxdiff(got["logits"][2], g["logits"][2])
+        ok(got["logits"][1] == g["logits"][1] and d <= 5e-4, "%s: logits max abs err %.3g <= 5e-4" % (key, d))
+
+    # --json with --output, image and text together
+    rc, so, se = ctl("features", os.path.join(G, "images", "chelsea.png"), "--text", "Hello world",
+                     "--output", "image_pooler_output", "--output", "logits_last", "--json")
+    try:
+        j = json.loads(so)
+    except ValueError:
+        j = {}
+    ok(rc == 0 and sorted(j.get("tensors", {})) == ["image_pooler_output", "input_ids", "logits_last"],
+       "--json --output: the chosen outputs and input_ids (%s)" % se.strip())
+    if j.get("tensors"):
+        t = j["tensors"]["image_pooler_output"]
+        ok(t["dtype"] == "float32" and t["shape"] == [1, 40] and maxdiff(t["data"], gold["image_pooler_output"][2]) <= 1e-4,
+           "--json: image_pooler_output values")
+        ok(j["cached"] is True, "--json: chelsea.png came from the daemon's cache the second time")
+        g = read_st(os.path.join(G, "features", "opt-tiny__text_b.safetensors"))
+        ok(maxdiff(j["tensors"]["logits_last"]["data"], g["logits"][2], 2 * 50272) <= 5e-4,
+           "--json: logits_last is the golden last row")
+    rc, so, se = ctl("features", os.path.join(G, "images", "rocket.jpg"), "--output", "qformer_pooler_output")
+    ok(rc == 0 and so.split() == ["qformer_pooler_output", "float32", "(1,", "48)"], "summary line without --json/--out")
+
+    # errors
+    rc, so, se = ctl("features")
+    ok(rc == 2 and "IMAGE, --text" in se, "no image and no text: usage error")
+    rc, so, se = ctl("features", os.path.join(G, "images", "chelsea.png"), "--output", "pixels")
+    ok(rc == 2 and "is no output" in se, "an unknown output: exit 2 (%s)" % se.strip())
+    rc, so, se = ctl("features", "--text", "a " * 400)
+    ok(rc == 2 and "logits_last" in se, "logits above the frame limit: exit 2 with a hint (%s)" % se.strip()[:160])
+    rc, so, se = ctl("caption", os.path.join(G, "images", "chelsea.png"), "--text", "x")
+    ok(rc == 2 and "for features" in se, "--text with caption is a usage error")
+    rc, so, se = ctl("features", os.path.join(TMP, "missing.png"))
+    ok(rc == 2, "a missing image file: exit 2")
+finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = -9
+    ok(rc == 0, "blip2d exits 0 on SIGTERM")
+    print("1..%d" % n_tests)
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,417 @@
+/*
+ * test_wkernels.c - the typed-weight products (model/wkernels*.c) for
+ * every implementation this CPU runs (portable always; avx2, avx512 when
+ * present, else a diag line says they were skipped), and the conversions
+ * behind them.
+ *
+ *   products    f32, f16, bf16 and q8_0 weights, m in {1,7,63,65,130},
+ *               k in {32,96,1056} (and 33, 1027 where the type allows),
+ *               n in {1,2,3,5,17,64}, W at byte offsets 0, 1, 2 (rows of
+ *               odd k are unaligned anyway), strided x and y, against a
+ *               double-precision product of the dequantised weights:
+ *                 |y - ref| <= (k / 8 + 6) * 2^-24 * sum_j |w_j x_j|
+ *               (the worst case of 8-lane f32 sums plus a 3-level tree;
+ *               a wrong element or lane is off by O(1) of that sum).
+ *               q8_0 is checked against the double product with the
+ *               activations as b2__wquantize_act_q8 quantised them (that
+ *               bound), and against the unquantised x within
+ *                 sum_blocks (d_x / 2) sum_j |w_j|  (+ the f32 bound).
+ *   batch       row i of every n-row call has the same bits as the
+ *               1-row call on row i (memcmp), and the dispatching entry
+ *               point equals the implementation it names
+ *   special     NaN in one x row: that row NaN, the others untouched;
+ *               q8_0 weights with -128 and all-zero blocks
+ *   threads     two threads multiplying q8_0 at once (per-thread scratch)
+ *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
+ *               round trips, midpoints go to even, overflow to infinity,
+ *               subnormals, NaN stays NaN; q8_0 weights vs GGML's
+ *               definition (incl. all-zero blocks); q8_0 activations vs
+ *               their definition
+ */
+#include "wkernels.h"
+#include "safetensors.h"
+#include "tap.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 40) * (1.0 / 16777216.0));
+}
+
+static uint32_t fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static float bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+static uint16_t q16(float f, b2_wtype t)
+{
+    uint16_t h;
+    b2__wquantize_row(&h, &f, t, 1);
+    return h;
+}
+
+/* ---- f16 / bf16 ---- */
+
+static void test_round16(b2_wtype t)
+{
+    const char *nm = b2__wt_name(t);
+    float (*wide)(uint16_t) = t == B2_WT_F16 ? b2__f16_to_f32 : b2__bf16_to_f32;
+    const uint16_t inf = t == B2_WT_F16 ? 0x7c00 : 0x7f80;
+    int trip = 1, nan = 1, mid = 1, near = 1;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        const float f = wide((uint16_t)h);
+        const uint16_t back = q16(f, t);
+        if (isnan(f)) {
+            if (!isnan(wide(back)) && nan) { diag("%s: NaN %04x -> %04x", nm, h, back); nan = 0; }
+            continue;
+        }
+        if (back != h && trip) { diag("%s: %04x -> %g -> %04x", nm, h, f, back); trip = 0; }
+        /* the midpoint to the next value up in magnitude, and one f32 ulp either side */
+        if ((h & 0x7fff) >= inf) continue;
+        const uint16_t up = (uint16_t)(h + 1);
+        const double a = f, b = (up & 0x7fff) == inf ? 2.0 * a - wide((uint16_t)(h - 1)) : wide(up); /* past the top: one more step */
+        const float m = (float)((a + b) / 2);
+        if ((double)m != (a + b) / 2) { diag("%s: midpoint not exact at %04x", nm, h); mid = 0; continue; }
+        const uint16_t even = (h & 1) ? up : (uint16_t)h;
+        if (q16(m, t) != even && mid) { diag("%s: midpoint of %04x, %04x -> %04x", nm, h, up, q16(m, t)); mid = 0; }
+        const float lo = bitsf(fbits(m) - 1), hi = bitsf(fbits(m) + 1); /* same sign: magnitudes */
+        if ((q16(lo, t) != h || q16(hi, t) != up) && near) {
+            diag("%s: near the midpoint of %04x, %04x: %04x %04x", nm, h, up, q16(lo, t), q16(hi, t));
+            near = 0;
+        }
+    }
+    ok(trip, "%s: every non-NaN pattern round trips", nm);
+    ok(nan, "%s: every NaN pattern stays NaN", nm);
+    ok(mid, "%s: midpoints round to even (incl. subnormals and the top, to infinity)", nm);
+    ok(near, "%s: one f32 ulp off a midpoint rounds to the nearer value", nm);
+    const float big = t == B2_WT_F16 ? 1e10f : 3.4028235e38f;
+    ok(q16(big, t) == inf && q16(-big, t) == (inf | 0x8000) && q16(INFINITY, t) == inf &&
+       q16(-INFINITY, t) == (inf | 0x8000), "%s: overflow and infinity go to +-infinity", nm);
+    ok(isnan(wide(q16(bitsf(0x7f800001u), t))) && isnan(wide(q16(bitsf(0xffc00000u), t))) &&
+       q16(0.0f, t) == 0 && q16(-0.0f, t) == 0x8000, "%s: signalling / negative NaN, signed zero", nm);
+    if (t == B2_WT_F16) /* below half the smallest subnormal: zero; just above: the smallest */
+        ok(q16(bitsf(0x33000000u), t) == 0 && q16(bitsf(0x33000001u), t) == 1 && q16(1e-30f, t) == 0 &&
+           q16(65519.996f, t) == 0x7bff && q16(65520.0f, t) == 0x7c00, "f16: subnormal and overflow edges");
+}
+
+/* ---- q8_0 weights: GGML's definition, written out again ---- */
+
+static void test_q8_weights(void)
+{
+    enum { K = 32 * 7 };
+    float x[K];
+    unsigned char got[K / 32 * B2_Q8_0_BYTES];
+    int good = 1;
+    for (int trial = 0; trial < 50; trial++) {
+        for (int j = 0; j < K; j++) x[j] = frand(-1, 1) * (trial % 5 == 0 ? 1e-6f : trial % 5 == 1 ? 300.0f : 1.0f);
+        for (int j = 0; j < 32; j++) x[32 + j] = 0;            /* an all-zero block */
+        x[64 + trial % 32] = trial & 1 ? 5.0f : -5.0f;          /* a block dominated by one value */
+        b2__wquantize_row(got, x, B2_WT_Q8_0, K);
+        for (int b = 0; b < K / 32; b++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+            const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+            uint16_t dh;
+            memcpy(&dh, got + b * B2_Q8_0_BYTES, 2);
+            if (dh != q16(d, B2_WT_F16)) { if (good) diag("q8_0 block %d: d %04x, want %04x", b, dh, q16(d, B2_WT_F16)); good = 0; }
+            for (int j = 0; j < 32; j++) {
+                const int q = (int)roundf(x[32 * b + j] * id);
+                if ((int8_t)got[b * B2_Q8_0_BYTES + 2 + j] != q) {
+                    if (good) diag("q8_0 block %d value %d: %d, want %d", b, j, (int8_t)got[b * B2_Q8_0_BYTES + 2 + j], q);
+                    good = 0;
+                }
+            }
+        }
+        float back[K];
+        b2__wrows_to_f32(back, got, B2_WT_Q8_0, 0, 1, K);
+        for (int j = 32; j < 64; j++) good &= back[j] == 0.0f;
+    }
+    ok(good, "q8_0 weights: scale (f16 of max/127) and values (round(x/d)) as GGML; all-zero blocks are 0");
+    ok(b2__wt_ok(B2_WT_Q8_0, 64) && !b2__wt_ok(B2_WT_Q8_0, 33) && b2__wt_ok(B2_WT_F16, 33) && !b2__wt_ok(B2_WT_F32, 0) &&
+       !b2__wt_ok((b2_wtype)2, 32) && b2__wt_row_bytes(B2_WT_Q8_0, 64) == 68 && b2__wt_row_bytes(B2_WT_BF16, 33) == 66,
+       "type checks and row sizes");
+}
+
+/* ---- q8_0 activations ---- */
+
+static void test_q8_act(void)
+{
+    enum { K = 32 * 6 };
+    float x[K], d[K / 32];
+    int8_t q[K];
+    int good = 1;
+    for (int trial = 0; trial < 200; trial++) {
+        for (int j = 0; j < K; j++) x[j] = frand(-2, 2) * (trial % 3 ? 1.0f : 1e-20f);
+        for (int j = 0; j < 32; j++) x[j] = 0;                          /* zero block */
+        for (int j = 32; j < 64; j++) x[j] = (float)((j % 9) - 4) * 0.5f;  /* exact ties: x * 127/2 */
+        x[64 + trial % 32] = trial & 1 ? NAN : INFINITY;                 /* a bad block */
+        b2__wquantize_act_q8(q, d, x, K);
+        for (int b = 0; b < K / 32; b++) {
+            float amax = 0;
+            int bad = 0;
+            for (int j = 0; j < 32; j++) { bad |= !isfinite(x[32 * b + j]); amax = fmaxf(amax, fabsf(x[32 * b + j])); }
+            for (int j = 0; j < 32; j++) {
+                const int want = bad || amax == 0 ? 0 : (int)nearbyintf(x[32 * b + j] * (127.0f / amax));
+                if (q[32 * b + j] != want) { if (good) diag("act block %d: q %d want %d", b, q[32 * b + j], want); good = 0; }
+            }
+            const int dok = bad ? isnan(d[b]) : amax == 0 ? d[b] == 0.0f : d[b] == amax / 127.0f;
+            if (!dok) { if (good) diag("act block %d: d %g", b, d[b]); good = 0; }
+        }
+    }
+    ok(good, "q8_0 activations: d = max/127, q = nearest-even(x * 127/max); zero block 0; NaN/inf block d = NaN");
+}
+
+/* ---- the products ---- */
+
+static const char *const IMPLS[] = {"portable", "avx2", "avx512"};
+enum { NIMPL = 3 };
+
+typedef struct shape_stats {
+    double worst;       /* max |y - ref| / tol */
+    double worst_x;     /* q8_0: max |y - ref_unquantised| / its bound */
+    int batch_ok, count;
+} shape_stats;
+
+/* Everything for one (type, m, k): W (at byte offset off), dequantised W,
+ * x rows, the references. */
+typedef struct problem {
+    b2_wtype t;
+    int m, k, off;
+    unsigned char *wbuf, *w;
+    float *wf;      /* (m, k) dequantised */
+    float *x;       /* (NMAX, ldx) */
+    int ldx;
+    double *ref, *tol, *refx, *tolx; /* (NMAX, m) */
+} problem;
+
+enum { NMAX = 64 };
+static const int NS[] = {1, 2, 3, 5, 17, 64};
+
+static void problem_make(problem *p, b2_wtype t, int m, int k, int off)
+{
+    *p = (problem){.t = t, .m = m, .k = k, .off = off, .ldx = k + 3};
+    const size_t rb = b2__wt_row_bytes(t, k);
+    p->wbuf = malloc(rb * m + 8);
+    p->w = p->wbuf + off;
+    float *row = malloc(sizeof(float) * k);
+    for (int r = 0; r < m; r++) {
+        const float scale = r % 3 == 0 ? 0.02f : r % 3 == 1 ? 1.0f : 30.0f;
+        for (int j = 0; j < k; j++) row[j] = frand(-scale, scale);
+        if (t == B2_WT_Q8_0 && r % 4 == 1 && k >= 64)
+            for (int j = 32; j < 64; j++) row[j] = 0; /* an all-zero block */
+        b2__wquantize_row(p->w + rb * r, row, t, k);
+        if (t == B2_WT_Q8_0 && r % 5 == 2) /* -128 never comes out of quantising, but a file may hold it */
+            for (int b = 0; b < k / 32; b++) p->w[rb * r + (size_t)b * B2_Q8_0_BYTES + 2 + (b * 7 + r) % 32] = 0x80;
+    }
+    free(row);
+    p->wf = malloc(sizeof(float) * m * k);
+    b2__wrows_to_f32(p->wf, p->w, t, 0, m, k);
+    p->x = malloc(sizeof(float) * NMAX * p->ldx);
+    for (int i = 0; i < NMAX; i++)
+        for (int j = 0; j < p->ldx; j++) p->x[(size_t)i * p->ldx + j] = j < k ? frand(-1, 1) * (i % 4 == 3 ? 100.0f : 1.0f) : NAN;
+    p->ref = malloc(sizeof(double) * NMAX * m);
+    p->tol = malloc(sizeof(double) * NMAX * m);
+    p->refx = malloc(sizeof(double) * NMAX * m);
+    p->tolx = malloc(sizeof(double) * NMAX * m);
+    int8_t *q = malloc(k);
+    float *d = malloc(sizeof(float) * (k / 32 + 1));
+    for (int i = 0; i < NMAX; i++) {
+        const float *xi = p->x + (size_t)i * p->ldx;
+        if (t == B2_WT_Q8_0) b2__wquantize_act_q8(q, d, xi, k);
+        for (int r = 0; r < m; r++) {
+            const float *wr = p->wf + (size_t)r * k;
+            double s = 0, a = 0, sx = 0, ax = 0, qb = 0;
+            for (int j = 0; j < k; j++) {
+                sx += (double)wr[j] * xi[j];
+                ax += fabs((double)wr[j] * xi[j]);
+                if (t == B2_WT_Q8_0) {
+                    const double xq = (double)d[j / 32] * q[j];
+                    s += (double)wr[j] * xq;
+                    a += fabs((double)wr[j] * xq);
+                    qb += fabs((double)wr[j]) * d[j / 32] * 0.5 * (1 + 1e-5);
+                }
+            }
+            const double u = ldexp(1.0, -24), n8 = k / 8 + 6;
+            const size_t o = (size_t)i * m + r;
+            if (t == B2_WT_Q8_0) {
+                p->ref[o] = s;
+                p->tol[o] = n8 * u * a + 1e-35;
+                p->refx[o] = sx;
+                p->tolx[o] = qb + n8 * u * (a + ax) + 1e-35;
+            } else {
+                p->ref[o] = p->refx[o] = sx;
+                p->tol[o] = p->tolx[o] = n8 * u * ax + 1e-35;
+            }
+        }
+    }
+    free(q);
+    free(d);
+}
+
+static void problem_free(problem *p)
+{
+    free(p->wbuf); free(p->wf); free(p->x); free(p->ref); free(p->tol); free(p->refx); free(p->tolx);
+}
+
+/* All n of NS with impl on p; accumulates into st. */
+static void run_problem(const char *impl, const problem *p, shape_stats *st)
+{
+    const int m = p->m, ldy = m + 5;
+    float *y1 = malloc(sizeof(float) * NMAX * ldy), *y = malloc(sizeof(float) * NMAX * ldy);
+    for (int i = 0; i < NMAX; i++)
+        b2__wmatmul_rows_impl(impl, y1 + (size_t)i * ldy, ldy, p->x + (size_t)i * p->ldx, p->ldx, p->w, p->t, 1, m, p->k);
+    for (size_t ni = 0; ni < sizeof NS / sizeof NS[0]; ni++) {
+        const int n = NS[ni];
+        for (size_t j = 0; j < (size_t)NMAX * ldy; j++) y[j] = -7.0f; /* padding must survive */
+        b2__wmatmul_rows_impl(impl, y, ldy, p->x, p->ldx, p->w, p->t, n, m, p->k);
+        for (int i = 0; i < n; i++) {
+            const float *yi = y + (size_t)i * ldy;
+            if (memcmp(yi, y1 + (size_t)i * ldy, sizeof(float) * m) || yi[m] != -7.0f) {
+                if (st->batch_ok)
+                    diag("%s %s m %d k %d: row %d of %d differs from its 1-row call", impl, b2__wt_name(p->t), m, p->k, i, n);
+                st->batch_ok = 0;
+            }
+            for (int r = 0; r < m; r++) {
+                const size_t o = (size_t)i * m + r;
+                const double e = fabs(yi[r] - p->ref[o]) / p->tol[o], ex = fabs(yi[r] - p->refx[o]) / p->tolx[o];
+                if (!(e <= st->worst)) {
+                    if (!(e <= 1))
+                        diag("%s %s m %d k %d n %d: y[%d][%d] = %.9g, ref %.9g, tol %.3g", impl, b2__wt_name(p->t),
+                             m, p->k, n, i, r, yi[r], p->ref[o], p->tol[o]);
+                    st->worst = e;
+                }
+                if (!(ex <= st->worst_x)) st->worst_x = ex;
+            }
+        }
+        st->count++;
+    }
+    free(y1);
+    free(y);
+}
+
+static void test_products(void)
+{
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const int MS[] = {1, 7, 63, 65, 130};
+    static const int KS[] = {32, 33, 96, 1027, 1056};
+    int have[NIMPL];
+    float probe = 0, px[32] = {0};
+    unsigned char pw[32 * 4];
+    memset(pw, 0, sizeof pw);
+    for (int a = 0; a < NIMPL; a++) {
+        have[a] = b2__wmatmul_rows_impl(IMPLS[a], &probe, 1, px, 32, pw, B2_WT_F32, 1, 1, 32) == 0;
+        if (!have[a]) diag("%s: not run, this CPU lacks it (built, not tested here)", IMPLS[a]);
+    }
+    ok(have[0], "portable is always available");
+    ok(b2__wmatmul_rows_impl("sse9", &probe, 1, px, 32, pw, B2_WT_F32, 1, 1, 32) == -1, "unknown implementation: -1");
+
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        const b2_wtype t = TYPES[ti];
+        shape_stats st[NIMPL];
+        for (int a = 0; a < NIMPL; a++) st[a] = (shape_stats){0, 0, 1, 0};
+        int shapes = 0;
+        for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
+            for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+                if (!b2__wt_ok(t, KS[ki])) continue;
+                problem p;
+                problem_make(&p, t, MS[mi], KS[ki], (int)((mi + ki) % 3));
+                for (int a = 0; a < NIMPL; a++)
+                    if (have[a]) run_problem(IMPLS[a], &p, &st[a]);
+                problem_free(&p);
+                shapes++;
+            }
+        for (int a = 0; a < NIMPL; a++) {
+            if (!have[a]) continue;
+            ok(st[a].worst <= 1, "%s %s: %d shapes x %d batch sizes within the f32 bound (worst %.3f of it)",
+               IMPLS[a], b2__wt_name(t), shapes, (int)(sizeof NS / sizeof NS[0]), st[a].worst);
+            if (t == B2_WT_Q8_0)
+                ok(st[a].worst_x <= 1, "%s q8_0: within the activation quantisation bound of the unquantised product (worst %.3f of it)",
+                   IMPLS[a], st[a].worst_x);
+            ok(st[a].batch_ok, "%s %s: every row of every n-row call has the bits of its 1-row call", IMPLS[a], b2__wt_name(t));
+        }
+    }
+}
+
+/* NaN in one row; the dispatching entry point is the named implementation */
+static void test_special(void)
+{
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    const char *name = b2__wkernels_name();
+    int known = 0;
+    for (int a = 0; a < NIMPL; a++) known |= !strcmp(name, IMPLS[a]);
+    ok(known, "b2__wkernels_name() = %s", name);
+    const char *want = getenv("BLIP2_KERNELS");
+    float dummy = 0, px[32] = {0};
+    unsigned char pw[128] = {0};
+    if (want && *want && b2__wmatmul_rows_impl(want, &dummy, 1, px, 32, pw, B2_WT_F32, 1, 1, 32) == 0)
+        ok(!strcmp(name, want), "BLIP2_KERNELS=%s is honoured", want);
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        problem p;
+        problem_make(&p, TYPES[ti], 65, 96, 1);
+        const int n = 5, ldy = 70;
+        float y[5 * 70], yd[5 * 70];
+        p.x[2 * p.ldx + 40] = NAN;
+        int good = 1;
+        for (int a = 0; a < NIMPL; a++) {
+            if (b2__wmatmul_rows_impl(IMPLS[a], y, ldy, p.x, p.ldx, p.w, p.t, n, 65, 96)) continue;
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < 65; r++) good &= i == 2 ? isnan(y[i * ldy + r]) : !isnan(y[i * ldy + r]);
+            if (!strcmp(IMPLS[a], name)) {
+                b2__wmatmul_rows(yd, ldy, p.x, p.ldx, p.w, p.t, n, 65, 96);
+                for (int i = 0; i < n; i++) good &= !memcmp(y + i * ldy, yd + i * ldy, sizeof(float) * 65);
+            }
+        }
+        ok(good, "%s: a NaN in one x row makes that row NaN only; b2__wmatmul_rows is %s", b2__wt_name(p.t), name);
+        problem_free(&p);
+    }
+}
+
+/* two threads at once: the q8_0 scratch is per thread */
+typedef struct thr {
+    const problem *p;
+    float *y;
+} thr;
+
+static void *thr_run(void *arg)
+{
+    thr *a = arg;
+    for (int rep = 0; rep < 20; rep++)
+        b2__wmatmul_rows(a->y, a->p->m, a->p->x + (size_t)(rep % 2) * a->p->ldx, a->p->ldx, a->p->w, a->p->t,
+                         rep % 2 ? 7 : 17, a->p->m, a->p->k);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    problem p;
+    problem_make(&p, B2_WT_Q8_0, 130, 1056, 0);
+    float *ya = malloc(sizeof(float) * 17 * 130), *yb = malloc(sizeof(float) * 17 * 130), *ys = malloc(sizeof(float) * 17 * 130);
+    thr a = {&p, ya}, b = {&p, yb};
+    pthread_t th;
+    pthread_create(&th, NULL, thr_run, &a);
+    thr_run(&b);
+    pthread_join(th, NULL);
+    b2__wmatmul_rows(ys, 130, p.x + p.ldx, p.ldx, p.w, p.t, 7, 130, 1056);
+    ok(!memcmp(ya, ys, sizeof(float) * 7 * 130) && !memcmp(yb, ys, sizeof(float) * 7 * 130),
+       "q8_0 from two threads at once: the same bits as alone");
+    free(ya); free(yb); free(ys);
+    problem_free(&p);
+}
+
+int main(void)
+{
+    test_round16(B2_WT_F16);
+    test_round16(B2_WT_BF16);
+    test_q8_weights();
+    test_q8_act();
+    test_products();
+    test_special();
+    test_threads();
+    return tap_done();
+}

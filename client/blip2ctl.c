@@ -14,6 +14,8 @@
  *                     history ("Question: q Answer: a. ... Question: q Answer:"),
  *                     the oldest turns dropped when it no longer fits
  *   status, ping      blocking calls, printed as text or JSON
+ *   caption with --jsonl, --recursive, --files-from, --resume or -o:
+ *                     a collection, run by ctl_batch.c (JSON Lines, resumable)
  *   features IMAGE    blocking blip2c_features_get; the tensors as a summary,
  *                     JSON (--json) or a safetensors file (--out FILE)
  *
@@ -22,6 +24,7 @@
  * Lines (jansson).  The exit status says what kind of failure happened.
  */
 #include "blip2client.h"
+#include "ctl_batch.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -57,6 +60,10 @@ typedef struct ctl {
     uint32_t n_stop;
     bool no_stream, json, verbose;
     unsigned jobs;
+    bool jobs_set;
+    /* collections (ctl_batch.c) */
+    bool jsonl, recursive, hidden, null_sep, no_progress;
+    const char *files_from, *resume, *output;
     int timeout_ms;
     blip2c_conn *conn;
     /* features */
@@ -136,6 +143,7 @@ static void print_help(void)
 {
     fputs(
 "Usage: " PROG " [OPTION]... caption IMAGE...\n"
+"       " PROG " [OPTION]... caption --jsonl|-r|--files-from FILE [IMAGE|DIR]...\n"
 "       " PROG " [OPTION]... ask IMAGE QUESTION...\n"
 "       " PROG " [OPTION]... chat IMAGE\n"
 "       " PROG " [OPTION]... status\n"
@@ -183,7 +191,8 @@ static void print_help(void)
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"
 "      --no-stream               print whole lines, never token by token\n"
-"  -j, --jobs N                  caption: requests in flight at once [4]\n"
+"  -j, --jobs N                  caption: requests in flight at once [4; for a\n"
+"                                collection twice the daemon's max_batch]\n"
 "      --timeout SECONDS         give up on a request after SECONDS [no limit]\n"
 "  -s, --socket PATH             the daemon's socket [$BLIP2_SOCKET, else\n"
 "                                $XDG_RUNTIME_DIR/blip2.sock, then\n"
@@ -192,9 +201,23 @@ static void print_help(void)
 "  -h, --help                    this help\n"
 "  -V, --version                 version\n"
 "\n"
+"Collections (caption; any of these makes a resumable JSON Lines run):\n"
+"      --jsonl                   one JSON line per file: {\"path\", \"text\", \"ids\",\n"
+"                                \"finish\", \"ms\", \"cached\"} or {\"path\", \"error\"}\n"
+"  -r, --recursive               caption the files in directory arguments, and\n"
+"                                below (hidden names and symlinked directories\n"
+"                                skipped)\n"
+"      --hidden                  with --recursive: take names starting with '.'\n"
+"      --files-from FILE         more paths from FILE, one per line ('-': stdin)\n"
+"  -0, --null                    --files-from entries end with NUL, not newline\n"
+"  -o, --output-file FILE        append the lines to FILE instead of stdout\n"
+"      --resume FILE             skip the paths FILE (an earlier output) has done\n"
+"      --no-progress             no progress bar on a terminal's stderr\n"
+"\n"
 "Exit status: 0 success, 1 the daemon failed the request, 2 bad usage or input\n"
 "(missing image file, bad parameter, not an image), 3 cannot connect to the\n"
-"daemon, 4 connection lost.\n"
+"daemon, 4 connection lost.  Collections: 1 when any file failed, 130\n"
+"interrupted (Ctrl-C; 143 SIGTERM).\n"
 "\n"
 "Start the daemon with: blip2d --model DIR\n", stdout);
 }
@@ -228,6 +251,7 @@ static double parse_real(const char *flag, const char *s)
 enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
     O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
+    O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
     O_TEXT, O_OUTPUT, O_OUT
 };
 
@@ -249,6 +273,14 @@ static const struct option long_options[] = {
     { "json", no_argument, NULL, O_JSON },
     { "jobs", required_argument, NULL, 'j' },
     { "timeout", required_argument, NULL, O_TIMEOUT },
+    { "jsonl", no_argument, NULL, O_JSONL },
+    { "recursive", no_argument, NULL, 'r' },
+    { "hidden", no_argument, NULL, O_HIDDEN },
+    { "files-from", required_argument, NULL, O_FILES_FROM },
+    { "null", no_argument, NULL, '0' },
+    { "output-file", required_argument, NULL, 'o' },
+    { "resume", required_argument, NULL, O_RESUME },
+    { "no-progress", no_argument, NULL, O_NO_PROGRESS },
     { "text", required_argument, NULL, O_TEXT },
     { "output", required_argument, NULL, O_OUTPUT },
     { "out", required_argument, NULL, O_OUT },
@@ -263,7 +295,7 @@ static void parse_args(ctl *x, int argc, char **argv)
 {
     blip2c_params *p = &x->params;
     int ch;
-    while ((ch = getopt_long(argc, argv, "p:j:s:vhV", long_options, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "p:j:s:vhVr0o:", long_options, NULL)) != -1) {
         switch (ch) {
         case O_MAX_NEW: p->max_new_tokens = (uint32_t)parse_uint("--max-new-tokens", optarg, UINT32_MAX); break;
         case O_MIN_NEW: p->min_new_tokens = (uint32_t)parse_uint("--min-new-tokens", optarg, UINT32_MAX); break;
@@ -290,6 +322,7 @@ static void parse_args(ctl *x, int argc, char **argv)
             uint64_t j = parse_uint("--jobs", optarg, 256);
             if (j == 0) usage_error("--jobs: must be at least 1");
             x->jobs = (unsigned)j;
+            x->jobs_set = true;
             break;
         }
         case O_TIMEOUT: {
@@ -298,6 +331,14 @@ static void parse_args(ctl *x, int argc, char **argv)
             x->timeout_ms = (int)(t * 1000 + 0.999);
             break;
         }
+        case O_JSONL: x->jsonl = true; break;
+        case 'r': x->recursive = true; break;
+        case O_HIDDEN: x->hidden = true; break;
+        case O_FILES_FROM: x->files_from = optarg; break;
+        case '0': x->null_sep = true; break;
+        case 'o': x->output = optarg; break;
+        case O_RESUME: x->resume = optarg; break;
+        case O_NO_PROGRESS: x->no_progress = true; break;
         case O_TEXT: x->text = optarg; break;
         case O_OUTPUT:
             if (x->n_outputs == 8) usage_error("--output: at most 7 outputs");
@@ -1056,6 +1097,31 @@ static int cmd_ping(ctl *x)
     return EXIT_OK;
 }
 
+/* ---- caption over a collection (ctl_batch.c) ------------------------------------------------ */
+
+static bool collection_mode(const ctl *x)
+{
+    return x->jsonl || x->recursive || x->files_from || x->resume || x->output;
+}
+
+static int cmd_caption_collection(ctl *x, char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], "-") == 0)
+            usage_error("caption: '-' (an image on standard input) does not go with a "
+                        "collection (--jsonl, --recursive, --files-from, --resume, -o)");
+    connect_or_exit(x);
+    ctl_caption_args a = { x->prompt, &x->params };
+    ctl_batch_op op = ctl_batch_caption_op(&a);
+    ctl_batch_opts o = {
+        .paths = names, .n_paths = n, .recursive = x->recursive, .hidden = x->hidden,
+        .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
+        .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
+        .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
+    };
+    return ctl_batch_run(x->conn, &o, &op);
+}
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 /* ---- features ---------------------------------------------------------------------- */
@@ -1221,13 +1287,21 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     size_t nargs = (size_t)(argc - optind - 1);
+    if (x.null_sep && !x.files_from) usage_error("--null is for --files-from");
+    if (x.hidden && !x.recursive) usage_error("--hidden is for --recursive");
+    if (collection_mode(&x) && strcmp(cmd, "caption") != 0)
+        usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption");
     if ((x.text || x.n_outputs || x.out) && strcmp(cmd, "features") != 0)
         usage_error("--text, --output and --out are for features");
     if (x.prompt && strcmp(cmd, "caption") != 0)
         usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
 
     int status;
-    if (strcmp(cmd, "caption") == 0) {
+    if (strcmp(cmd, "caption") == 0 && collection_mode(&x)) {
+        if (nargs == 0 && !x.files_from)
+            usage_error("caption: give at least one IMAGE or DIR, or --files-from");
+        status = cmd_caption_collection(&x, args, nargs);
+    } else if (strcmp(cmd, "caption") == 0) {
         if (nargs == 0) usage_error("caption: give at least one IMAGE (or - for stdin)");
         status = cmd_caption(&x, args, nargs);
     } else if (strcmp(cmd, "ask") == 0) {

@@ -449,7 +449,11 @@ int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
                         blip2c_features **out, blip2c_error *err);
 /* The tensor called name, borrowed from f; NULL if absent. */
 const blip2c_tensor *blip2c_features_find(const blip2c_features *f, const char *name);
-/* Frees a result of blip2c_features_get; NULL is fine. */
+/* A deep copy in one allocation (of a result passed to a features done
+ * callback, say); NULL if out of memory or f is NULL.  Free it with
+ * blip2c_features_free. */
+blip2c_features *blip2c_features_dup(const blip2c_features *f);
+/* Frees a result of blip2c_features_get or blip2c_features_dup; NULL is fine. */
 void blip2c_features_free(blip2c_features *f);
 
 /* ---- non-blocking interface ----------------------------------------------- */
@@ -474,7 +478,8 @@ typedef struct blip2c_callbacks {
 int blip2c_fd(const blip2c_conn *c);
 /* true while requests are waiting to be written (watch for writability). */
 bool blip2c_want_write(const blip2c_conn *c);
-/* Number of submitted requests whose done/error callback has not run yet. */
+/* Number of submitted requests (blip2c_submit, blip2c_features_submit)
+ * whose done/error callback has not run yet. */
 size_t blip2c_pending(const blip2c_conn *c);
 
 /* Queues a generate request and writes as much as the socket takes without
@@ -488,10 +493,45 @@ int blip2c_submit(blip2c_conn *c, const blip2c_request *rq,
                   const blip2c_callbacks *cb, void *user, uint64_t *id,
                   blip2c_error *err);
 
+/* A features request's result (see blip2c_features_get); f is borrowed for
+ * the call only (keep it with blip2c_features_dup).  Called once. */
+typedef void (*blip2c_features_cb)(void *user, const blip2c_features *f);
+
+typedef struct blip2c_features_callbacks {
+    blip2c_features_cb done; /* may be NULL */
+    blip2c_error_cb error;   /* may be NULL; as for generate requests */
+} blip2c_features_callbacks;
+
+/* Queues a features request, the non-blocking blip2c_features_get: returns
+ * at once, and later exactly one of cb->done and cb->error runs from
+ * blip2c_process (cb is copied; user is passed to them).  *id (may be NULL)
+ * gets the request's id (also in blip2c_features.id).  Errors returned here
+ * (then no callback runs): those of blip2c_submit, plus BLIP2C_EUNSUPPORTED
+ * when the daemon speaks only protocol version 1.  The daemon's refusals
+ * (bad_image, unsupported for text features of a non-OPT model, too_large,
+ * busy) arrive through cb->error.  Counts in blip2c_pending.  May be called
+ * from callbacks.  Generate and features requests can be in flight together
+ * on one connection; the daemon batches them as it sees fit.
+ *
+ *     static void on_feat(void *user, const blip2c_features *f)
+ *     {
+ *         const blip2c_tensor *t = blip2c_features_find(f, "qformer_pooler_output");
+ *         store_vector(user, t->f32, t->numel);   // copy what you keep
+ *     }
+ *     static const blip2c_features_callbacks fcb = { on_feat, on_error };
+ *     blip2c_features_submit(c, &fr, &fcb, my_state, &id, &err);
+ *     // ... poll blip2c_fd(c) and call blip2c_process(c) as above
+ */
+int blip2c_features_submit(blip2c_conn *c, const blip2c_features_request *rq,
+                           const blip2c_features_callbacks *cb, void *user, uint64_t *id,
+                           blip2c_error *err);
+
 /* Asks the daemon to stop request id.  Returns at once; the request still
  * ends with its callback: normally done with finish "canceled" (or its
- * normal result, or an error, if it was already over).  BLIP2C_EINVAL if id
- * is not a generate request in flight.  May be called from callbacks. */
+ * normal result, or an error, if it was already over).  A features request
+ * is one encoder pass that is not interrupted: its done (or error) callback
+ * still comes with the full result.  BLIP2C_EINVAL if id is not a generate
+ * or features request in flight.  May be called from callbacks. */
 int blip2c_cancel(blip2c_conn *c, uint64_t id, blip2c_error *err);
 
 /* Reads what the socket has, runs the callbacks of the replies that are

@@ -40,6 +40,7 @@ typedef struct b2c__req {
     bool cancel_sent;
     bool user_visible;       /* submitted with blip2c_submit, callbacks pending */
     blip2c_callbacks cb;     /* async requests; zeroed when orphaned */
+    blip2c_features_cb fdone; /* async features requests (cb.error for errors) */
     void *user;
     b2c__waiter *w;          /* a blocking call waits on it, or NULL */
 } b2c__req;
@@ -93,8 +94,9 @@ void b2c__result_view(const b2ipc_reply *rp, blip2c_result *r,
 blip2c_status *b2c__status_copy(const b2ipc_status *s);
 
 /* features.c: a decoded features reply as a new blip2c_features (NULL if
- * out of memory). */
-blip2c_features *b2c__features_copy(const b2ipc_reply *rp);
+ * out of memory).  from_wire: the data is little-endian (a decoded reply),
+ * else already in host order (blip2c_features_dup). */
+blip2c_features *b2c__features_copy(const b2ipc_reply *rp, bool from_wire);
 
 /* client.c */
 void b2c__mark_broken(blip2c_conn *c, int code, const char *fmt, ...)

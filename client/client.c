@@ -324,7 +324,7 @@ int b2c__send(blip2c_conn *c, const b2ipc_request *rq_in, int kind, int fd,
     if (cb) r->cb = *cb;
     r->user = user;
     r->w = w;
-    if (kind == B2C__GENERATE && !w) {
+    if ((kind == B2C__GENERATE || kind == B2C__FEATURES) && !w) {
         r->user_visible = true;
         c->n_user++;
     }
@@ -441,7 +441,7 @@ int blip2c_cancel(blip2c_conn *c, uint64_t id, blip2c_error *err)
     if (!c) return b2c__err(err, BLIP2C_EINVAL, "no connection");
     if (c->broken) return b2c__report(c, err, &c->broken_err);
     b2c__req *r = b2c__find(c, id);
-    if (!r || r->kind != B2C__GENERATE)
+    if (!r || (r->kind != B2C__GENERATE && r->kind != B2C__FEATURES))
         return b2c__cerr(c, err, BLIP2C_EINVAL, "no request %llu in flight",
                          (unsigned long long)id);
     return b2c__queue_cancel(c, r, err);
@@ -451,6 +451,7 @@ void b2c__abandon(blip2c_conn *c, b2c__req *r)
 {
     r->w = NULL;
     memset(&r->cb, 0, sizeof r->cb);
+    r->fdone = NULL;
     if (r->kind == B2C__GENERATE && !c->broken) b2c__queue_cancel(c, r, NULL);
 }
 
@@ -590,11 +591,23 @@ static void b2c__dispatch(blip2c_conn *c, const uint8_t *p, size_t n)
         b2c__on_hello(c, &rp);
     } else if (rp.type == B2IPC_REPLY_FEATURES) {
         if (w) {
-            w->features = b2c__features_copy(&rp);
+            w->features = b2c__features_copy(&rp, true);
             if (!w->features) {
                 w->rc = BLIP2C_ENOMEM;
                 b2c__err(&w->err, BLIP2C_ENOMEM, "out of memory");
             }
+        } else if (visible && (r->fdone || r->cb.error)) {
+            blip2c_features *f = b2c__features_copy(&rp, true);
+            c->depth++;
+            if (f) {
+                if (r->fdone) r->fdone(r->user, f);
+            } else if (r->cb.error) {
+                blip2c_error e;
+                b2c__err(&e, BLIP2C_ENOMEM, "out of memory while reading the features reply");
+                r->cb.error(r->user, r->id, &e);
+            }
+            c->depth--;
+            blip2c_features_free(f);
         }
     } else if (rp.type == B2IPC_REPLY_STATUS) {
         if (w) {

@@ -6,6 +6,10 @@
  *   reply: tensors as little-endian float32/int32 bytes (decoded into the
  *     reply's arena) --b2c__features_copy--> one allocation: the struct, the
  *     tensor array, names and data in host byte order
+ *
+ *   blip2c_features_submit: the same request with callbacks instead of a
+ *     waiter; client.c's dispatch makes the copy, passes it to the done
+ *     callback and frees it after (blip2c_features_dup keeps one)
  */
 #include "client-private.h"
 
@@ -36,7 +40,7 @@ void blip2c_features_free(blip2c_features *f)
 
 #define B2C__ALIGN(x) (((x) + 15) & ~(size_t)15)
 
-blip2c_features *b2c__features_copy(const b2ipc_reply *rp)
+blip2c_features *b2c__features_copy(const b2ipc_reply *rp, bool from_wire)
 {
     const uint32_t n = rp->features.n_tensors;
     size_t sz = B2C__ALIGN(sizeof(blip2c_features)) + B2C__ALIGN(n * sizeof(blip2c_tensor));
@@ -55,7 +59,7 @@ blip2c_features *b2c__features_copy(const b2ipc_reply *rp)
         void *data = p;
         if (t->data_len) memcpy(data, t->data, t->data_len);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (size_t k = 0; k < t->data_len / 4; k++)
+        for (size_t k = 0; from_wire && k < t->data_len / 4; k++)
             ((uint32_t *)data)[k] = __builtin_bswap32(((uint32_t *)data)[k]);
 #endif
         p += B2C__ALIGN(t->data_len);
@@ -111,16 +115,13 @@ static int b2c__features_fd(blip2c_conn *c, const blip2c_features_request *rq, i
     return 0;
 }
 
-int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
-                        blip2c_features **out, blip2c_error *err)
+/* Checks rq and queues it (with waiter w, or callbacks cb for user). */
+static int b2c__features_send(blip2c_conn *c, const blip2c_features_request *rq,
+                              const blip2c_callbacks *cb, blip2c_features_cb fdone, void *user,
+                              b2c__waiter *w, b2c__req **out_req, blip2c_error *err)
 {
-    if (out) *out = NULL;
-    if (!c) return b2c__err(err, BLIP2C_EINVAL, "no connection");
-    if (c->depth > 0)
-        return b2c__cerr(c, err, BLIP2C_EINVAL,
-                         "blip2c_features_get is a blocking call and cannot be used inside a callback");
     if (c->broken) return b2c__report(c, err, &c->broken_err);
-    if (!rq || !out) return b2c__cerr(c, err, BLIP2C_EINVAL, "no request or no output pointer");
+    if (!rq) return b2c__cerr(c, err, BLIP2C_EINVAL, "no features request given");
     if (c->info.protocol < 2)
         return b2c__cerr(c, err, BLIP2C_EUNSUPPORTED,
                          "features: blip2d speaks protocol version %u, features needs version 2 "
@@ -128,6 +129,9 @@ int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
     if (rq->n_outputs > B2IPC_FEAT_COUNT)
         return b2c__cerr(c, err, BLIP2C_EINVAL, "features: %zu outputs, at most %d",
                          rq->n_outputs, B2IPC_FEAT_COUNT);
+    if (rq->n_outputs && !rq->outputs)
+        return b2c__cerr(c, err, BLIP2C_EINVAL, "features: n_outputs is %zu but outputs is NULL",
+                         rq->n_outputs);
     int fd;
     int rc = b2c__features_fd(c, rq, &fd, err);
     if (rc < 0) return rc;
@@ -139,10 +143,25 @@ int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
     q.features.text = rq->text;
     q.features.outputs = rq->outputs;
     q.features.n_outputs = (uint32_t)rq->n_outputs;
+    rc = b2c__send(c, &q, B2C__FEATURES, fd, cb, user, w, out_req, err);
+    if (rc == 0 && !w) (*out_req)->fdone = fdone;
+    return rc;
+}
+
+int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
+                        blip2c_features **out, blip2c_error *err)
+{
+    if (out) *out = NULL;
+    if (!c) return b2c__err(err, BLIP2C_EINVAL, "no connection");
+    if (c->depth > 0)
+        return b2c__cerr(c, err, BLIP2C_EINVAL,
+                         "blip2c_features_get is a blocking call and cannot be used inside a callback");
+    if (c->broken) return b2c__report(c, err, &c->broken_err);
+    if (!rq || !out) return b2c__cerr(c, err, BLIP2C_EINVAL, "no request or no output pointer");
     b2c__waiter w;
     memset(&w, 0, sizeof w);
     b2c__req *r;
-    rc = b2c__send(c, &q, B2C__FEATURES, fd, NULL, NULL, &w, &r, err);
+    int rc = b2c__features_send(c, rq, NULL, NULL, NULL, &w, &r, err);
     if (rc < 0) return rc;
     rc = b2c__wait(c, &w, c->timeout_ms);
     if (rc == BLIP2C_ETIMEDOUT) {
@@ -156,4 +175,46 @@ int blip2c_features_get(blip2c_conn *c, const blip2c_features_request *rq,
     }
     *out = w.features;
     return 0;
+}
+
+int blip2c_features_submit(blip2c_conn *c, const blip2c_features_request *rq,
+                           const blip2c_features_callbacks *cb, void *user, uint64_t *id,
+                           blip2c_error *err)
+{
+    if (!c) return b2c__err(err, BLIP2C_EINVAL, "no connection");
+    blip2c_callbacks gcb = { NULL, NULL, cb ? cb->error : NULL };
+    b2c__req *r;
+    int rc = b2c__features_send(c, rq, &gcb, cb ? cb->done : NULL, user, NULL, &r, err);
+    if (rc < 0) return rc;
+    if (id) *id = r->id;
+    return 0;
+}
+
+blip2c_features *blip2c_features_dup(const blip2c_features *f)
+{
+    if (!f) return NULL;
+    b2ipc_tensor ts[16];
+    b2ipc_reply rp;
+    if (f->n_tensors > sizeof ts / sizeof ts[0]) return NULL;
+    memset(&rp, 0, sizeof rp);
+    memset(ts, 0, sizeof ts);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const blip2c_tensor *t = &f->tensors[i];
+        ts[i].name = t->name;
+        ts[i].dtype = t->dtype;
+        ts[i].ndim = (uint32_t)t->ndim;
+        for (int k = 0; k < t->ndim && k < 8; k++) ts[i].shape[k] = t->shape[k];
+        ts[i].data = t->f32 ? (const void *)t->f32 : (const void *)t->i32;
+        ts[i].data_len = t->numel * 4;
+    }
+    rp.id = f->id;
+    rp.features.tensors = ts;
+    rp.features.n_tensors = (uint32_t)f->n_tensors;
+    rp.features.cached = f->cached;
+    rp.features.timings.queue_ms = f->timings.queue_ms;
+    rp.features.timings.preprocess_ms = f->timings.preprocess_ms;
+    rp.features.timings.vision_ms = f->timings.vision_ms;
+    rp.features.timings.text_ms = f->timings.text_ms;
+    rp.features.timings.total_ms = f->timings.total_ms;
+    return b2c__features_copy(&rp, false);
 }

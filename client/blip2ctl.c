@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "blip2ctl"
@@ -67,7 +68,7 @@ typedef struct ctl {
     int timeout_ms;
     blip2c_conn *conn;
     /* features */
-    const char *text, *out;
+    const char *text, *out, *out_dir;
     const char *outputs[8];
     size_t n_outputs;
 } ctl;
@@ -252,7 +253,7 @@ enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
     O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
-    O_TEXT, O_OUTPUT, O_OUT
+    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR
 };
 
 static const struct option long_options[] = {
@@ -284,6 +285,7 @@ static const struct option long_options[] = {
     { "text", required_argument, NULL, O_TEXT },
     { "output", required_argument, NULL, O_OUTPUT },
     { "out", required_argument, NULL, O_OUT },
+    { "out-dir", required_argument, NULL, O_OUT_DIR },
     { "socket", required_argument, NULL, 's' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -345,6 +347,7 @@ static void parse_args(ctl *x, int argc, char **argv)
             x->outputs[x->n_outputs++] = optarg;
             break;
         case O_OUT: x->out = optarg; break;
+        case O_OUT_DIR: x->out_dir = optarg; break;
         case 's': x->socket = optarg; break;
         case 'v': x->verbose = true; break;
         case 'h': print_help(); exit(EXIT_OK);
@@ -1122,82 +1125,61 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
     return ctl_batch_run(x->conn, &o, &op);
 }
 
+static int cmd_features_collection(ctl *x, char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], "-") == 0)
+            usage_error("features: '-' (an image on standard input) does not go with a "
+                        "collection");
+    static const char *const image_outputs[] = {
+        "image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
+        "qformer_pooler_output", "language_model_inputs", NULL };
+    for (size_t i = 0; i < x->n_outputs; i++) {
+        if (!strcmp(x->outputs[i], "logits") || !strcmp(x->outputs[i], "logits_last"))
+            usage_error("features: --output %s needs --text, which is for one image, not a "
+                        "collection", x->outputs[i]);
+        size_t k = 0;
+        while (image_outputs[k] && strcmp(image_outputs[k], x->outputs[i])) k++;
+        if (!image_outputs[k])
+            usage_error("features: --output %s is no output (image_last_hidden_state, "
+                        "image_pooler_output, qformer_last_hidden_state, qformer_pooler_output, "
+                        "language_model_inputs)", x->outputs[i]);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(x->outputs[j], x->outputs[i]))
+                usage_error("features: --output %s is given twice", x->outputs[i]);
+    }
+    if (x->out_dir) {
+        struct stat st;
+        if (stat(x->out_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+            usage_error("--out-dir: %s is not a directory%s", x->out_dir,
+                        errno == ENOENT ? " (create it first)" : "");
+        if (access(x->out_dir, W_OK | X_OK) != 0)
+            usage_error("--out-dir: cannot write to %s: %s", x->out_dir, strerror(errno));
+    }
+    connect_or_exit(x);
+    ctl_features_args a = { x->outputs, x->n_outputs, x->out_dir };
+    ctl_batch_op op = ctl_batch_features_op(&a);
+    ctl_batch_opts o = {
+        .paths = names, .n_paths = n, .recursive = x->recursive, .hidden = x->hidden,
+        .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
+        .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
+        .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
+    };
+    return ctl_batch_run(x->conn, &o, &op);
+}
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 /* ---- features ---------------------------------------------------------------------- */
 
-/* Writes the tensors as a safetensors file with the golden files' names
- * and dtypes: float32 as F32, input_ids as I64 plus an all-ones
- * attention_mask.  Written to FILE.tmp, then renamed.  0 or -1 (said). */
+/* Writes the tensors as a safetensors file (ctl_write_safetensors); 0 or
+ * -1 (said). */
 static int write_safetensors(const char *path, const blip2c_features *f)
 {
-    json_t *hdr = json_object();
-    uint64_t off = 0;
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const blip2c_tensor *t = &f->tensors[i];
-        int ids = t->i32 != NULL;
-        for (int k = 0; k < 1 + ids; k++) { /* input_ids, then attention_mask */
-            json_t *o = json_object(), *sh = json_array();
-            for (int d = 0; d < t->ndim; d++) json_array_append_new(sh, json_integer((json_int_t)t->shape[d]));
-            uint64_t nb = (uint64_t)t->numel * (ids ? 8 : 4);
-            json_object_set_new(o, "dtype", json_string(ids ? "I64" : "F32"));
-            json_object_set_new(o, "shape", sh);
-            json_object_set_new(o, "data_offsets", json_pack("[II]", (json_int_t)off, (json_int_t)(off + nb)));
-            json_object_set_new(hdr, k ? "attention_mask" : t->name, o);
-            off += nb;
-        }
-    }
-    json_object_set_new(hdr, "__metadata__", json_pack("{ssss}", "format", "pt", "producer", PROG " features"));
-    char *h = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(hdr);
-    if (!h) { warnx_("out of memory"); return -1; }
-    size_t hl = strlen(h), pad = (8 - hl % 8) % 8;
-    size_t tl = strlen(path) + 5;
-    char *tmp = malloc(tl);
-    if (!tmp) { free(h); warnx_("out of memory"); return -1; }
-    snprintf(tmp, tl, "%s.tmp", path);
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp) {
-        warnx_("cannot create %s: %s", tmp, strerror(errno));
-        free(h);
-        free(tmp);
-        return -1;
-    }
-    uint8_t len8[8];
-    for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)(hl + pad) >> (8 * b));
-    fwrite(len8, 1, 8, fp);
-    fwrite(h, 1, hl, fp);
-    for (size_t b = 0; b < pad; b++) fputc(' ', fp);
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const blip2c_tensor *t = &f->tensors[i];
-        for (size_t e = 0; e < t->numel; e++) { /* little-endian, whatever the host */
-            uint8_t b[8];
-            if (t->i32) {
-                uint64_t v = (uint64_t)(int64_t)t->i32[e];
-                for (int k = 0; k < 8; k++) b[k] = (uint8_t)(v >> (8 * k));
-                fwrite(b, 1, 8, fp);
-            } else {
-                uint32_t v;
-                memcpy(&v, &t->f32[e], 4);
-                for (int k = 0; k < 4; k++) b[k] = (uint8_t)(v >> (8 * k));
-                fwrite(b, 1, 4, fp);
-            }
-        }
-        if (t->i32)
-            for (size_t e = 0; e < t->numel; e++) fwrite("\1\0\0\0\0\0\0\0", 1, 8, fp);
-    }
-    int bad = ferror(fp) != 0;
-    if (fclose(fp) != 0) bad = 1;
-    if (bad || rename(tmp, path) != 0) {
-        warnx_("cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        free(h);
-        free(tmp);
-        return -1;
-    }
-    free(h);
-    free(tmp);
-    return 0;
+    char msg[1024];
+    if (ctl_write_safetensors(path, f, msg, sizeof msg) == 0) return 0;
+    warnx_("%s", msg);
+    return -1;
 }
 
 static json_t *shape_json(const blip2c_tensor *t)
@@ -1289,10 +1271,19 @@ int main(int argc, char **argv)
     size_t nargs = (size_t)(argc - optind - 1);
     if (x.null_sep && !x.files_from) usage_error("--null is for --files-from");
     if (x.hidden && !x.recursive) usage_error("--hidden is for --recursive");
-    if (collection_mode(&x) && strcmp(cmd, "caption") != 0)
-        usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption");
-    if ((x.text || x.n_outputs || x.out) && strcmp(cmd, "features") != 0)
-        usage_error("--text, --output and --out are for features");
+    bool features = strcmp(cmd, "features") == 0;
+    if (collection_mode(&x) && strcmp(cmd, "caption") != 0 && !features)
+        usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption "
+                    "and features");
+    if ((x.text || x.n_outputs || x.out || x.out_dir) && !features)
+        usage_error("--text, --output, --out and --out-dir are for features");
+    bool fcoll = features && (collection_mode(&x) || x.out_dir || nargs > 1);
+    if (fcoll && x.text)
+        usage_error("features: --text is for one image (or none), not a collection "
+                    "(--jsonl, -r, --files-from, --resume, -o, --out-dir, several IMAGEs)");
+    if (fcoll && x.out)
+        usage_error("features: --out FILE is for one image; a collection writes one file "
+                    "per image with --out-dir DIR");
     if (x.prompt && strcmp(cmd, "caption") != 0)
         usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
 
@@ -1310,8 +1301,11 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "chat") == 0) {
         if (nargs != 1) usage_error("chat: give exactly one IMAGE");
         status = cmd_chat(&x, args[0]);
-    } else if (strcmp(cmd, "features") == 0) {
-        if (nargs > 1) usage_error("features: give at most one IMAGE");
+    } else if (fcoll) {
+        if (nargs == 0 && !x.files_from)
+            usage_error("features: give at least one IMAGE or DIR, or --files-from");
+        status = cmd_features_collection(&x, args, nargs);
+    } else if (features) {
         if (nargs == 0 && !x.text) usage_error("features: give an IMAGE, --text TEXT or both");
         status = cmd_features(&x, nargs ? args[0] : NULL);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {

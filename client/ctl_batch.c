@@ -532,7 +532,7 @@ static bool read_list(batch *b)
  * count as done, so --resume tries their files again. */
 static bool transient_code(const char *code)
 {
-    static const char *const t[] = { "busy", "shutting_down", "no_memory", "timeout",
+    static const char *const t[] = { "busy", "shutting_down", "no_memory", "timeout", "cannot_write",
                                       "connection_lost", "protocol_error", "out_of_memory",
                                       "cannot_connect", "internal", NULL };
     for (int i = 0; t[i]; i++)
@@ -740,6 +740,21 @@ static void start_next(batch *b)
     if (b->live) b->live->prev = j;
     b->live = j;
     job_submit(b, j, e.err);
+}
+
+const char *ctl_job_path(const ctl_job *j)
+{
+    return j->path;
+}
+
+void *ctl_job_user(const ctl_job *j)
+{
+    return j->b->op->user;
+}
+
+char *ctl_path_key(const char *path)
+{
+    return path_key(path);
 }
 
 void ctl_job_done(ctl_job *j, json_t *fields, const char *raw, bool canceled)

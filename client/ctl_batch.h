@@ -17,7 +17,8 @@
  *     static const ctl_batch_op op = { "captioned", my_submit, NULL, 1 };
  *     status = ctl_batch_run(conn, &opts, &op);
  *
- * ctl_batch_caption_op() is the operation of `blip2ctl caption`.
+ * ctl_batch_caption_op() is the operation of `blip2ctl caption`,
+ * ctl_batch_features_op() that of `blip2ctl features`.
  */
 #ifndef CTL_BATCH_H
 #define CTL_BATCH_H
@@ -106,6 +107,33 @@ typedef struct ctl_caption_args {
     const blip2c_params *params;
 } ctl_caption_args;
 ctl_batch_op ctl_batch_caption_op(ctl_caption_args *a);
+
+/* The file of job (as given or found by the walk; borrowed, valid until
+ * ctl_job_done/ctl_job_fail). */
+const char *ctl_job_path(const ctl_job *job);
+/* The user pointer of the run's operation (ctl_batch_op.user). */
+void *ctl_job_user(const ctl_job *job);
+/* path as the lines show it: valid UTF-8 unchanged, each byte of an invalid
+ * sequence as U+FFFD.  A new string (caller frees), NULL if out of memory. */
+char *ctl_path_key(const char *path);
+
+/* The operation of `features` over a collection (ctl_features.c): outputs
+ * (borrowed; n_outputs 0: the two pooled outputs, or with out_dir every
+ * image output) and out_dir (NULL, or a directory for one .safetensors per
+ * image named after the SHA-256 of its path).  Fields: each output of shape
+ * (1, D) as an array of D numbers, the larger ones nested (only without
+ * out_dir), "file" (with out_dir), "cached", "ms". */
+typedef struct ctl_features_args {
+    const char *const *outputs;
+    size_t n_outputs;
+    const char *out_dir;
+} ctl_features_args;
+ctl_batch_op ctl_batch_features_op(ctl_features_args *a);
+
+/* Writes the tensors of f as a safetensors file (float32 as F32, input_ids
+ * as I64 followed by an all-ones I64 attention_mask, the golden files'
+ * layout) to path.tmp, then renames it to path.  0, or -1 with msg set. */
+int ctl_write_safetensors(const char *path, const blip2c_features *f, char *msg, size_t msg_len);
 
 /* The stable error code name of docs/blip2ctl.md for err ("bad_image",
  * "connection_lost", ...). */

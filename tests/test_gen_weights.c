@@ -193,7 +193,7 @@ static int write_small_t5_config(const char *golden, const char *out)
 
 static void t5_tests(const char *base)
 {
-    const char *golden = B2_GOLDEN_DIR;
+    const char *golden = getenv("GOLDEN_DIR") ? getenv("GOLDEN_DIR") : B2_GOLDEN_DIR;
     char dir[512], path[600], cfg[600];
 
     /* the golden t5-tiny shapes: gated, untied lm_head; f16 in shards */

@@ -13,15 +13,23 @@
  *     vision:  b2__vision_forward, one image           FLOP / time / sgemm
  *     qformer: b2__qformer_forward + language projection     "
  *     prefill: b2__opt_forward over Q + L rows, logits of the last row  "
+ *              (T5: b2__t5_encode over Q + L rows + the cross-attention
+ *              keys and values of every decoder block)
  *     decode:  S steps of one token (forward + logits + argmax); per token
  *              the bytes of every OPT weight and the KV cache read / time
- *              / memory GB/s
+ *              / memory GB/s (T5: every decoder weight except the cross
+ *              k/v projections, lm_head, self and cross caches)
+ *     caption: the public API end to end: [blip2_preprocess_file of
+ *              --image] + blip2_encode_image + blip2_generate (greedy,
+ *              no prompt, exactly S new tokens); its ratio is the time the
+ *              stages would take at the limits over the time taken
  *   -> a table of medians over rounds; each ratio is taken against the
  *      limits of its own round (the host's speed drifts), then the median.
  *
  * Uses the engine's internal headers (engine.h) to call stages one by one.
  */
 #include "engine.h"
+#include "t5.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -190,8 +198,8 @@ typedef struct opts {
     const char *model;
     int rounds, steps, threads, verbose;
     double mem_gib;
-    const char *prompt;
-    int do_vision, do_qformer, do_lm, limits_only;
+    const char *prompt, *image;
+    int do_vision, do_qformer, do_lm, do_caption, limits_only;
 } opts;
 
 static void usage(FILE *f)
@@ -199,12 +207,14 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: bench_engine --model DIR [options]\n"
         "  --rounds N        measurement rounds; medians over them (default 3)\n"
-        "  --decode-steps N  decode steps per round (default 20)\n"
+        "  --decode-steps N  decode steps per round, and new tokens of the caption (default 20)\n"
         "  --prompt TEXT     prompt after the 32 query tokens (default\n"
         "                    \"Question: what is shown in this picture? Answer:\")\n"
         "  --threads N       OpenBLAS threads (default: OpenBLAS's own choice)\n"
         "  --mem-gib G       memory-read buffer size (default 2, at least 2 for a fair limit)\n"
-        "  --only LIST       stages to run: vision,qformer,lm (default all)\n"
+        "  --image FILE      caption this image (its decoding and resize are timed too);\n"
+        "                    default: random pixel values\n"
+        "  --only LIST       stages to run: vision,qformer,lm,caption (default all)\n"
         "  --limits-only     measure only the limits (sgemm at every ViT shape, memory\n"
         "                    read); needs no model\n"
         "  -v                per-round figures\n");
@@ -214,7 +224,7 @@ static int parse(opts *o, int argc, char **argv)
 {
     *o = (opts){.rounds = 3, .steps = 20, .threads = 0, .mem_gib = 2.0,
                 .prompt = "Question: what is shown in this picture? Answer:",
-                .do_vision = 1, .do_qformer = 1, .do_lm = 1};
+                .do_vision = 1, .do_qformer = 1, .do_lm = 1, .do_caption = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -226,12 +236,14 @@ static int parse(opts *o, int argc, char **argv)
         else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
         else if (!strcmp(a, "--decode-steps")) o->steps = atoi(v);
         else if (!strcmp(a, "--prompt")) o->prompt = v;
+        else if (!strcmp(a, "--image")) o->image = v;
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--mem-gib")) o->mem_gib = atof(v);
         else if (!strcmp(a, "--only")) {
             o->do_vision = strstr(v, "vision") != NULL;
             o->do_qformer = strstr(v, "qformer") != NULL;
             o->do_lm = strstr(v, "lm") != NULL;
+            o->do_caption = strstr(v, "caption") != NULL;
         } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
     }
     if ((!o->model && !o->limits_only) || o->rounds < 1 || o->steps < 1 || o->mem_gib <= 0) { usage(stderr); return -1; }
@@ -294,6 +306,26 @@ static double decode_bytes(const b2_config *c, int pos)
                   c->t_layers * 2.0 * (pos + 1) * D);
 }
 
+/* T5: encoder over n rows + the cross keys and values of every decoder
+ * block from its output (no logits). */
+static double t5_enc_flop(const b2_config *c, int n)
+{
+    const double D = c->t_hidden, F = c->t_ffn, Di = (double)c->t_heads * c->t_dkv;
+    const double ff = (c->t_gated ? 3.0 : 2.0) * D * F;
+    return c->t_layers * (2.0 * n * (4 * D * Di + ff) + 4.0 * n * n * Di) + c->t_dec_layers * 4.0 * n * D * Di;
+}
+
+/* T5: bytes one decoder step at position pos reads, with n encoder rows:
+ * every decoder weight but the cross k/v projections (used once per
+ * request), the norms, lm_head, the token's embedding row, the self cache
+ * of pos+1 positions and the cross cache of n rows, all f32. */
+static double t5_decode_bytes(const b2_config *c, int pos, int n)
+{
+    const double D = c->t_hidden, F = c->t_ffn, Di = (double)c->t_heads * c->t_dkv;
+    const double layer = 6 * D * Di + (c->t_gated ? 3.0 : 2.0) * D * F + 3 * D;
+    return 4.0 * (c->t_dec_layers * (layer + 2.0 * (pos + 1) * Di + 2.0 * n * Di) + (double)c->t_vocab * D + 2 * D);
+}
+
 static int argmax(const float *x, int n)
 {
     int b = 0;
@@ -301,8 +333,9 @@ static int argmax(const float *x, int n)
     return b;
 }
 
-enum { S_VISION, S_QFORMER, S_PREFILL, S_DECODE, S_N };
-static const char *const stage_name[S_N] = {"vision encoder", "Q-Former + proj", "prefill", "decode (per token)"};
+enum { S_VISION, S_QFORMER, S_PREFILL, S_DECODE, S_CAPTION, S_N };
+static const char *const stage_name[S_N] = {"vision encoder", "Q-Former + proj", "prefill", "decode (per token)",
+                                            "caption (end to end)"};
 
 /* Median rate of 5 sgemm calls x (m, k) @ w (n, k)^T: the engine's layout. */
 static double sgemm_rate(const float *x, const float *w, float *y, int m, int n, int k)
@@ -407,12 +440,20 @@ int main(int argc, char **argv)
     }
     const double t_load = now() - t0;
     const b2_config *c = &m->cfg;
+    const int t5 = c->family == B2_FAMILY_T5;
     const int Dv = c->v_hidden, T = blip2_vision_tokens(m), Q = c->num_query, D = c->t_hidden;
     const int V = c->t_vocab;
-    printf("loaded in %.1f s, RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), Q-Former %dx%d, "
-           "OPT %dx%d (F=%d, V=%d)\n", t_load, rss_kib("VmRSS:") / 1048576.0,
-           rss_kib("VmHWM:") / 1048576.0, c->v_layers, Dv, T, c->v_inter, c->q_layers, c->q_hidden,
-           c->t_layers, D, c->t_ffn, V);
+    if (t5)
+        printf("loaded in %.1f s (stored as %s), RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), "
+               "Q-Former %dx%d, T5 %d+%dx%d (I=%d, F=%d%s, V=%d)\n", t_load, blip2_model_dtype(m),
+               rss_kib("VmRSS:") / 1048576.0, rss_kib("VmHWM:") / 1048576.0, c->v_layers, Dv, T, c->v_inter,
+               c->q_layers, c->q_hidden, c->t_layers, c->t_dec_layers, D, c->t_heads * c->t_dkv, c->t_ffn,
+               c->t_gated ? " gated" : "", V);
+    else
+        printf("loaded in %.1f s (stored as %s), RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), "
+               "Q-Former %dx%d, OPT %dx%d (F=%d, V=%d)\n", t_load, blip2_model_dtype(m),
+               rss_kib("VmRSS:") / 1048576.0, rss_kib("VmHWM:") / 1048576.0, c->v_layers, Dv, T, c->v_inter,
+               c->q_layers, c->q_hidden, c->t_layers, D, c->t_ffn, V);
 
     print_load("before");
 
@@ -423,16 +464,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_engine: %s\n", err.text);
         return 1;
     }
-    const int rows = Q + (int)L, cap = rows + o.steps + 1;
-    if (cap > c->t_max_pos) { fprintf(stderr, "bench_engine: prompt too long\n"); return 1; }
+    /* OPT caches hold prompt and new tokens; T5's only the decoder tokens */
+    const int rows = Q + (int)L, cap = t5 ? o.steps + 1 : rows + o.steps + 1;
+    if (rows + o.steps + 1 > c->t_max_pos || rows > 1024) { fprintf(stderr, "bench_engine: prompt too long\n"); return 1; }
 
     /* buffers */
     const size_t npx = blip2_pixel_values_len(m);
-    float *px = rand_buf(npx, 2.0f, 1);
+    float *px = rand_buf(npx, 2.0f, 1), *pxc = malloc(sizeof(float) * npx);
     float *vis = malloc(sizeof(float) * (size_t)T * Dv), *pooled = malloc(sizeof(float) * (size_t)Dv);
     float *qf = malloc(sizeof(float) * (size_t)Q * c->q_hidden);
     float *emb = malloc(sizeof(float) * (size_t)rows * D), *hid = malloc(sizeof(float) * (size_t)rows * D);
-    float *logits = malloc(sizeof(float) * (size_t)V);
+    float *logits = malloc(sizeof(float) * (size_t)V), *cq = malloc(sizeof(float) * blip2_query_embeds_len(m));
     const int sg_m = T, sg_n = c->v_inter, sg_k = Dv;
     float *sa = rand_buf((size_t)sg_m * sg_k, 1.0f, 2), *sb = rand_buf((size_t)sg_n * sg_k, 0.05f, 3);
     float *sc = malloc(sizeof(float) * (size_t)sg_m * sg_n);
@@ -440,8 +482,20 @@ int main(int argc, char **argv)
     float *mem = aligned_alloc(64, mem_n * sizeof(float));
     b2_kv kv = {0};
     b2_opt_ws ws = {0};
-    if (!px || !vis || !pooled || !qf || !emb || !hid || !logits || !sa || !sb || !sc || !mem ||
-        b2__kv_init(&kv, m, cap) < 0 || b2__opt_ws_init(&ws, m, rows, cap) < 0) {
+    b2_t5_ws tws = {0};
+    b2_t5_cross cross = {0};
+    float *enc = NULL, *escr = NULL;
+    int ok = px && pxc && vis && pooled && qf && emb && hid && logits && cq && sa && sb && sc && mem &&
+             b2__kv_init(&kv, m, cap) == 0;
+    if (ok && t5) {
+        enc = malloc(sizeof(float) * (size_t)rows * D);
+        escr = malloc(sizeof(float) * b2__t5_encode_scratch(m, rows));
+        ok = enc && escr && b2__t5_cross_init(&cross, m, rows) == 0 &&
+             b2__t5_ws_init(&tws, m, 1, cap > rows ? cap : rows) == 0;
+    } else if (ok) {
+        ok = b2__opt_ws_init(&ws, m, rows, cap) == 0;
+    }
+    if (!ok) {
         fprintf(stderr, "bench_engine: out of memory\n");
         return 1;
     }
@@ -451,16 +505,23 @@ int main(int argc, char **argv)
     if (!qemb) return 1;
 
     const int R = o.rounds;
-    double *lim_gf = calloc((size_t)R * 6 + 1, sizeof(double)), *lim_gb = calloc((size_t)R * 2 + 1, sizeof(double));
+    double *lim_gf = calloc((size_t)R * 8 + 1, sizeof(double)), *lim_gb = calloc((size_t)R * 4 + 1, sizeof(double));
     int nlim_gf = 0, nlim_gb = 0;
-    double *tm[S_N], *ratio[S_N];
+    double *tm[S_N], *ratio[S_N], *ideal = calloc((size_t)R, sizeof(double));
     for (int s = 0; s < S_N; s++) {
         tm[s] = calloc((size_t)R, sizeof(double));
         ratio[s] = calloc((size_t)R, sizeof(double));
     }
-    const double f_vis = vision_flop(c), f_qf = qformer_flop(c), f_pre = opt_flop(c, rows, 0);
+    const double f_vis = vision_flop(c), f_qf = qformer_flop(c);
+    const double f_pre = t5 ? t5_enc_flop(c, rows) : opt_flop(c, rows, 0);
+    /* caption: no prompt, so the language model starts from Q + 1 rows ([bos]) */
+    const int crow = Q + 1;
+    const double f_cap = f_vis + f_qf + (t5 ? t5_enc_flop(c, crow) : opt_flop(c, crow, 0));
+    int cap_new = 0;
+    char *cap_text = NULL;
     float sink = 0;
     double *dstep = malloc(sizeof(double) * (size_t)o.steps), *dbw = malloc(sizeof(double) * (size_t)o.steps);
+    const char *pre_name = t5 ? "T5 encoder + cross k/v" : "prefill";
 
     /* warm-up: first-touch of scratch, OpenBLAS thread start-up */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sg_m, sg_n, sg_k, 1.0f, sa, sg_k, sb, sg_k, 0.0f, sc, sg_n);
@@ -495,30 +556,44 @@ int main(int argc, char **argv)
         if (o.do_lm) {
             int seq[1024], pos[1024];
             b2_kv *kvp = &kv;
+            const b2_t5_cross *crp = &cross;
+            int32_t tok;
             memcpy(emb, qemb, sizeof(float) * (size_t)Q * D);
-            b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
-            for (int i = 0; i < rows && i < 1024; i++) { seq[i] = 0; pos[i] = i; }
+            if (t5) b2__t5_embed(m, ids, (int)L, emb + (size_t)Q * D);
+            else b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
+            for (int i = 0; i < rows; i++) { seq[i] = 0; pos[i] = i; }
             gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
             double a = now();
-            b2__opt_forward(m, &ws, emb, rows, &kvp, seq, pos, hid);
-            b2__opt_logits(m, hid + (size_t)(rows - 1) * D, 1, logits);
-            int32_t tok = argmax(logits, V);
+            if (t5) {
+                b2__t5_encode(m, emb, rows, enc, escr);
+                b2__t5_cross_fill(m, &cross, enc);
+                tok = c->dec_start;
+            } else {
+                b2__opt_forward(m, &ws, emb, rows, &kvp, seq, pos, hid);
+                b2__opt_logits(m, hid + (size_t)(rows - 1) * D, 1, logits);
+                tok = argmax(logits, V);
+            }
             tm[S_PREFILL][r] = now() - a;
             gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
             ratio[S_PREFILL][r] = f_pre / tm[S_PREFILL][r] / 1e9 / (0.5 * (gf0 + gf1));
             lim_gf[nlim_gf++] = gf0;
             lim_gf[nlim_gf++] = gf1;
-            kv.len = rows;
+            kv.len = t5 ? 0 : rows;
             double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
             for (int st = 0; st < o.steps; st++) {
                 a = now();
-                b2__opt_embed(m, &tok, 1, emb);
                 pos[0] = kv.len;
-                b2__opt_forward(m, &ws, emb, 1, &kvp, seq, pos, hid);
-                b2__opt_logits(m, hid, 1, logits);
+                if (t5) {
+                    b2__t5_decode(m, &tws, &tok, 1, &kvp, &crp, seq, pos, hid);
+                    b2__t5_logits(m, hid, 1, logits);
+                } else {
+                    b2__opt_embed(m, &tok, 1, emb);
+                    b2__opt_forward(m, &ws, emb, 1, &kvp, seq, pos, hid);
+                    b2__opt_logits(m, hid, 1, logits);
+                }
                 tok = argmax(logits, V);
                 dstep[st] = now() - a;
-                dbw[st] = decode_bytes(c, kv.len) / dstep[st] / 1e9;
+                dbw[st] = (t5 ? t5_decode_bytes(c, kv.len, rows) : decode_bytes(c, kv.len)) / dstep[st] / 1e9;
                 kv.len++;
             }
             double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
@@ -527,10 +602,47 @@ int main(int argc, char **argv)
             lim_gb[nlim_gb++] = gb0;
             lim_gb[nlim_gb++] = gb1;
         }
+        if (o.do_caption) {
+            blip2_gen_params gp;
+            blip2_gen_params_default(&gp);
+            gp.max_new_tokens = gp.min_new_tokens = o.steps;
+            blip2_result res = {0};
+            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            double a = now();
+            if ((o.image && blip2_preprocess_file(m, o.image, NULL, pxc, &err) < 0) ||
+                blip2_encode_image(m, o.image ? pxc : px, 1, cq, NULL, &err) < 0 ||
+                blip2_generate(m, &(blip2_request){.query_embeds = cq}, 1, &gp, NULL, NULL, &res, &err) < 0) {
+                fprintf(stderr, "bench_engine: caption: %s\n", err.text);
+                return 1;
+            }
+            tm[S_CAPTION][r] = now() - a;
+            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            /* the returned ids are [bos or decoder start] + the new tokens */
+            cap_new = (int)res.seqs[0].n_ids - 1;
+            if (!cap_text) cap_text = strdup(res.seqs[0].text ? res.seqs[0].text : "");
+            blip2_result_free(&res);
+            /* at the limits: the matmul work at the sgemm rate, every decode
+             * step (T5: all new tokens; OPT: all but the first, which
+             * prefill gives) at the memory-read rate */
+            const double g = 0.5 * (gf0 + gf1) * 1e9, b = 0.5 * (gb0 + gb1) * 1e9;
+            double id = f_cap / g;
+            for (int k = t5 ? 0 : 1; k < cap_new; k++)
+                id += (t5 ? t5_decode_bytes(c, k, crow) : decode_bytes(c, crow + k - 1)) / b;
+            ideal[r] = id;
+            ratio[S_CAPTION][r] = id / tm[S_CAPTION][r];
+            lim_gf[nlim_gf++] = gf0;
+            lim_gf[nlim_gf++] = gf1;
+            lim_gb[nlim_gb++] = gb0;
+            lim_gb[nlim_gb++] = gb1;
+        }
         if (o.verbose) {
             printf("round %d:", r + 1);
             for (int st = 0; st < S_N; st++)
-                if (tm[st][r] > 0) printf(" %s %.1f ms (%.1f%%);", stage_name[st], 1e3 * tm[st][r], 100 * ratio[st][r]);
+                if (tm[st][r] > 0)
+                    printf(" %s %.1f ms (%.1f%%);", st == S_PREFILL ? pre_name : stage_name[st], 1e3 * tm[st][r],
+                           100 * ratio[st][r]);
             printf(" limits so far: sgemm %.1f GFLOP/s", median(lim_gf, nlim_gf));
             if (nlim_gb) printf(", mem %.1f GB/s", median(lim_gb, nlim_gb));
             printf("\n");
@@ -542,36 +654,49 @@ int main(int argc, char **argv)
     printf("\nlimits (medians of %d and %d measurements, each right before or after a stage):\n", nlim_gf, nlim_gb);
     printf("  sgemm %dx%d @ (%dx%d)^T, %d threads     %8.1f GFLOP/s\n", sg_m, sg_k, sg_n, sg_k, nt, gf);
     if (nlim_gb) printf("  memory read %.1f GiB, %s, %d threads   %8.1f GB/s\n", o.mem_gib, rname, nt, gb);
-    printf("\n%-22s %10s %12s %14s %10s\n", "stage", "time ms", "work", "rate", "of limit");
+    printf("\n%-22s %10s %12s %16s %10s\n", "stage", "time ms", "work", "rate", "of limit");
     for (int s = 0; s < S_N; s++) {
         if (tm[s][0] <= 0) continue;
         double t = median(tm[s], R), rt = median(ratio[s], R);
-        char work[32], rate[32];
+        char work[32], rate[40];
         if (s == S_DECODE) {
-            snprintf(work, sizeof work, "%.2f GB", decode_bytes(c, rows) / 1e9);
-            snprintf(rate, sizeof rate, "%.1f GB/s", decode_bytes(c, rows) / t / 1e9);
+            double by = t5 ? t5_decode_bytes(c, o.steps / 2, rows) : decode_bytes(c, rows);
+            snprintf(work, sizeof work, "%.2f GB", by / 1e9);
+            snprintf(rate, sizeof rate, "%.1f GB/s", by / t / 1e9);
+        } else if (s == S_CAPTION) {
+            snprintf(work, sizeof work, "%d tokens", cap_new);
+            snprintf(rate, sizeof rate, "ideal %.0f ms", 1e3 * median(ideal, R));
         } else {
             double f = s == S_VISION ? f_vis : s == S_QFORMER ? f_qf : f_pre;
             snprintf(work, sizeof work, "%.1f GFLOP", f / 1e9);
             snprintf(rate, sizeof rate, "%.1f GFLOP/s", f / t / 1e9);
         }
-        printf("%-22s %10.1f %12s %14s %9.1f%%\n", s == S_PREFILL ? "prefill" : stage_name[s], 1e3 * t,
+        printf("%-22s %10.1f %12s %16s %9.1f%%\n", s == S_PREFILL ? pre_name : stage_name[s], 1e3 * t,
                work, rate, 100 * rt);
     }
     if (tm[S_PREFILL][0] > 0)
-        printf("\nprefill: %d rows (%d query + %zu prompt tokens incl. BOS); decode: %d steps, %.2f tokens/s\n",
-               rows, Q, L, o.steps, 1.0 / median(tm[S_DECODE], R));
+        printf("\n%s: %d rows (%d query + %zu prompt tokens incl. %s); decode: %d steps, %.2f tokens/s\n",
+               t5 ? "encoder" : "prefill", rows, Q, L, t5 ? "</s>" : "BOS", o.steps,
+               1.0 / median(tm[S_DECODE], R));
+    if (tm[S_CAPTION][0] > 0)
+        printf("caption: %s, no prompt, greedy, %d new tokens (min_new_tokens %d): %.2f s; at the limits %.2f s\n"
+               "  text of round 1 (random weights): \"%.80s\"\n",
+               o.image ? o.image : "random pixel values", cap_new, o.steps, median(tm[S_CAPTION], R),
+               median(ideal, R), cap_text ? cap_text : "");
     printf("(ratios: each stage over the mean of the limits measured right before and after it,\n"
-           " median over rounds; decode: median step of each round)\n");
+           " median over rounds; decode: median step of each round; caption: time at the limits\n"
+           " (matmul FLOP at the sgemm rate + every decode step's bytes at the memory rate) over time taken)\n");
     print_load("after");
     bench_sink = sink;
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
-    free(lim_gf); free(lim_gb); free(dstep); free(dbw);
-    free(px); free(vis); free(pooled); free(qf); free(emb); free(hid); free(logits);
-    free(sa); free(sb); free(sc); free(mem); free(qemb); free(ids);
+    free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);
+    free(px); free(pxc); free(vis); free(pooled); free(qf); free(emb); free(hid); free(logits); free(cq);
+    free(sa); free(sb); free(sc); free(mem); free(qemb); free(ids); free(enc); free(escr);
     b2__kv_free(&kv);
     b2__opt_ws_free(&ws);
+    b2__t5_ws_free(&tws);
+    b2__t5_cross_free(&cross);
     blip2_model_free(m);
     return 0;
 }

@@ -1,16 +1,17 @@
 /*
  * gen_weights.c - writes a Hugging Face BLIP-2 model folder with seeded
  * random weights, at the shapes of any config.json (by default the real
- * Salesforce/blip2-opt-2.7b), for benchmarks and load tests.
+ * Salesforce/blip2-opt-2.7b; an OPT or a T5 language model, following
+ * text_config.model_type), for benchmarks and load tests.
  *
  *   config.json --b2__config_load--> b2_config --plan()--> tensor list
- *     (exactly the names and shapes model.c's bind_all binds)
+ *     (exactly the names and shapes model.c's bind_all / bind_t5 binds)
  *   tensor list --shard by size--> model-0000i-of-0000n.safetensors
  *     + model.safetensors.index.json   (or one model.safetensors)
  *   each tensor: xoshiro256+ stream seeded from (seed, name) -> values of
- *     its kind (weights ~N(0, 0.02), LN weights ~1, small biases) ->
- *     f32 / f16 / bf16 bytes -> two 32 MiB buffers, one filled while a
- *     writer thread write()s the other
+ *     its kind (weights ~N(0, 0.02), LN weights ~1, small biases; T5's
+ *     weights by fan-in) -> f32 / f16 / bf16 bytes -> two 32 MiB
+ *     buffers, one filled while a writer thread write()s the other
  *   config.json, preprocessor_config.json and the tokenizer files are
  *   copied from the golden data beside.
  *
@@ -48,6 +49,7 @@ typedef struct gtensor {
     int ndim;
     int64_t shape[4];
     enum kind kind;
+    float scale;     /* standard deviation; 0: the kind's default */
     uint64_t nbytes; /* in the output dtype */
     int shard;       /* 0-based */
     uint64_t off;    /* offset in the shard's data area */
@@ -74,6 +76,14 @@ static int add(plan *p, enum kind k, const char *name, int ndim, int64_t d0, int
     t->ndim = ndim;
     t->shape[0] = d0; t->shape[1] = d1; t->shape[2] = d2; t->shape[3] = d3;
     t->kind = k;
+    return 0;
+}
+
+/* A tensor with its own standard deviation (T5: scaled by fan-in). */
+static int add_s(plan *p, enum kind k, float scale, const char *name, int ndim, int64_t d0, int64_t d1)
+{
+    if (add(p, k, name, ndim, d0, d1, 0, 0) < 0) return -1;
+    p->t[p->n - 1].scale = scale;
     return 0;
 }
 
@@ -106,6 +116,79 @@ static int add_bert_attn(plan *p, const char *prefix, int D, int Dkv)
     snprintf(n, sizeof n, "%s.output.dense", prefix); rc |= add_linear(p, n, D, D, 1);
     snprintf(n, sizeof n, "%s.output.LayerNorm", prefix); rc |= add_ln(p, n, D);
     return rc;
+}
+
+/* ---- T5 (Flan-T5 BLIP-2): the tensors of model.c's bind_t5 ----
+ * T5 scores are q.k without 1/sqrt(d_kv) and every norm is an RMSNorm, so
+ * the standard deviations follow the fan-in as T5's own initialisation
+ * does: q (D*d_kv)^-1/2, k, v and wi D^-1/2, o I^-1/2, wo F^-1/2 (scores
+ * and every product's output then have about unit variance whatever the
+ * width), lm_head D^-1/2 and the relative position biases 0.1;
+ * token embeddings N(0, 1) (T5's own scale) and RMSNorm weights
+ * 1 + N(0, 0.05). */
+
+static int add_t5_attn(plan *p, const char *prefix, int D, int I, int dk)
+{
+    char n[160];
+    int rc = 0;
+    snprintf(n, sizeof n, "%s.q.weight", prefix);
+    rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)D * (float)dk), n, 2, I, D);
+    snprintf(n, sizeof n, "%s.k.weight", prefix); rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)D), n, 2, I, D);
+    snprintf(n, sizeof n, "%s.v.weight", prefix); rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)D), n, 2, I, D);
+    snprintf(n, sizeof n, "%s.o.weight", prefix); rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)I), n, 2, D, I);
+    return rc;
+}
+
+static int add_t5_ff(plan *p, const char *prefix, int D, int F, int gated)
+{
+    char n[160];
+    int rc = 0;
+    const float si = 1.0f / sqrtf((float)D);
+    if (gated) {
+        snprintf(n, sizeof n, "%s.DenseReluDense.wi_0.weight", prefix); rc |= add_s(p, K_WEIGHT, si, n, 2, F, D);
+        snprintf(n, sizeof n, "%s.DenseReluDense.wi_1.weight", prefix); rc |= add_s(p, K_WEIGHT, si, n, 2, F, D);
+    } else {
+        snprintf(n, sizeof n, "%s.DenseReluDense.wi.weight", prefix); rc |= add_s(p, K_WEIGHT, si, n, 2, F, D);
+    }
+    snprintf(n, sizeof n, "%s.DenseReluDense.wo.weight", prefix);
+    rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)F), n, 2, D, F);
+    snprintf(n, sizeof n, "%s.layer_norm.weight", prefix); rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+    return rc;
+}
+
+static int make_plan_t5(plan *p, const b2_config *c)
+{
+    const int D = c->t_hidden, H = c->t_heads, dk = c->t_dkv, I = H * dk, F = c->t_ffn;
+    const char *lm = "language_model";
+    char n[160];
+    int rc = 0;
+    snprintf(n, sizeof n, "%s.shared.weight", lm); rc |= add_s(p, K_EMB, 1.0f, n, 2, c->t_vocab, D);
+    snprintf(n, sizeof n, "%s.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", lm);
+    rc |= add_s(p, K_WEIGHT, 0.1f, n, 2, c->t_buckets, H);
+    snprintf(n, sizeof n, "%s.decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", lm);
+    rc |= add_s(p, K_WEIGHT, 0.1f, n, 2, c->t_buckets, H);
+    for (int l = 0; l < c->t_layers && !rc; l++) {
+        snprintf(n, sizeof n, "%s.encoder.block.%d.layer.0.SelfAttention", lm, l); rc |= add_t5_attn(p, n, D, I, dk);
+        snprintf(n, sizeof n, "%s.encoder.block.%d.layer.0.layer_norm.weight", lm, l);
+        rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+        snprintf(n, sizeof n, "%s.encoder.block.%d.layer.1", lm, l); rc |= add_t5_ff(p, n, D, F, c->t_gated);
+    }
+    snprintf(n, sizeof n, "%s.encoder.final_layer_norm.weight", lm); rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+    for (int l = 0; l < c->t_dec_layers && !rc; l++) {
+        snprintf(n, sizeof n, "%s.decoder.block.%d.layer.0.SelfAttention", lm, l); rc |= add_t5_attn(p, n, D, I, dk);
+        snprintf(n, sizeof n, "%s.decoder.block.%d.layer.0.layer_norm.weight", lm, l);
+        rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+        snprintf(n, sizeof n, "%s.decoder.block.%d.layer.1.EncDecAttention", lm, l); rc |= add_t5_attn(p, n, D, I, dk);
+        snprintf(n, sizeof n, "%s.decoder.block.%d.layer.1.layer_norm.weight", lm, l);
+        rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+        snprintf(n, sizeof n, "%s.decoder.block.%d.layer.2", lm, l); rc |= add_t5_ff(p, n, D, F, c->t_gated);
+    }
+    snprintf(n, sizeof n, "%s.decoder.final_layer_norm.weight", lm); rc |= add(p, K_LN_W, n, 1, D, 0, 0, 0);
+    if (!c->t_tie) {
+        snprintf(n, sizeof n, "%s.lm_head.weight", lm);
+        rc |= add_s(p, K_WEIGHT, 1.0f / sqrtf((float)D), n, 2, c->t_vocab, D);
+    }
+    return rc ? -1 : 0;
 }
 
 /* The tensors model.c's bind_all expects, in its order (an untied
@@ -148,6 +231,7 @@ static int make_plan(plan *p, const b2_config *c)
         rc |= add_ln(p, n, Dq);
     }
     rc |= add_linear(p, "language_projection", D, Dq, 1);
+    if (c->family == B2_FAMILY_T5) return rc || make_plan_t5(p, c) < 0 ? -1 : 0;
 
     const char *dec = "language_model.model.decoder";
     snprintf(n, sizeof n, "%s.embed_tokens.weight", dec); rc |= add(p, K_EMB, n, 2, c->t_vocab, Dw, 0, 0);
@@ -327,6 +411,7 @@ static int out_tensor(out *o, const gtensor *t, enum dt d, uint64_t seed)
     case K_LN_W: scale = 0.05f; base = 1.0f; break;
     default: scale = 0.01f; base = 0.0f; break; /* biases */
     }
+    if (t->scale > 0) scale = t->scale;
     const size_t es = dt_size(d);
     uint64_t left = numel(t);
     while (left) {
@@ -501,7 +586,11 @@ static void usage(FILE *f)
         "  --preprocessor FILE  preprocessor_config.json (default: the one beside --config,\n"
         "                       else <golden>/real/blip2-opt-2.7b.preprocessor_config.json)\n"
         "  --tokenizer DIR      vocab.json, merges.txt, tokenizer_config.json,\n"
-        "                       special_tokens_map.json (default <golden>/opt-tiny)\n"
+        "                       special_tokens_map.json (default <golden>/opt-tiny); for a\n"
+        "                       T5 config (text_config.model_type t5, e.g.\n"
+        "                       <golden>/real/blip2-flan-t5-xl.config.json) spiece.model,\n"
+        "                       tokenizer_config.json, special_tokens_map.json\n"
+        "                       (default <golden>/t5-tiny)\n"
         "  --dtype f32|f16|bf16 tensor dtype (default f16)\n"
         "  --shard-mb N         shard size limit in MB (default 2000; 0 = one model.safetensors)\n"
         "  --seed N             random seed (default 1)\n"
@@ -558,14 +647,15 @@ int b2bench_gen_weights(int argc, char **argv)
             snprintf(ppbuf, sizeof ppbuf, "%s/real/blip2-opt-2.7b.preprocessor_config.json", golden);
         pp_path = ppbuf;
     }
-    if (!tok_dir) {
-        snprintf(tokbuf, sizeof tokbuf, "%s/opt-tiny", golden);
-        tok_dir = tokbuf;
-    }
 
     b2_config c;
     blip2_error err = {0};
     if (b2__config_load(&c, cfg_path, &err) < 0) { fprintf(stderr, "gen_weights: %s\n", err.text); return 1; }
+    const int t5 = c.family == B2_FAMILY_T5;
+    if (!tok_dir) {
+        snprintf(tokbuf, sizeof tokbuf, t5 ? "%s/t5-tiny" : "%s/opt-tiny", golden);
+        tok_dir = tokbuf;
+    }
     plan p = {0};
     if (make_plan(&p, &c) < 0) { fprintf(stderr, "gen_weights: out of memory\n"); free(p.t); return 1; }
 
@@ -611,9 +701,12 @@ int b2bench_gen_weights(int argc, char **argv)
     if (copy_file(pp_path, outdir, "preprocessor_config.json") < 0) goto done;
     static const char *const tokfiles[] = {"vocab.json", "merges.txt", "tokenizer_config.json",
                                            "special_tokens_map.json"};
-    for (size_t i = 0; i < sizeof tokfiles / sizeof tokfiles[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", tok_dir, tokfiles[i]);
-        if (copy_file(path, outdir, tokfiles[i]) < 0) goto done;
+    static const char *const t5files[] = {"spiece.model", "tokenizer_config.json", "special_tokens_map.json"};
+    const char *const *tf = t5 ? t5files : tokfiles;
+    const size_t ntf = t5 ? sizeof t5files / sizeof t5files[0] : sizeof tokfiles / sizeof tokfiles[0];
+    for (size_t i = 0; i < ntf; i++) {
+        snprintf(path, sizeof path, "%s/%s", tok_dir, tf[i]);
+        if (copy_file(path, outdir, tf[i]) < 0) goto done;
     }
     double t0 = now();
     for (int s = 0; s < nshards; s++) {

@@ -7,14 +7,16 @@
 # compute pool: scheduler, cancellation, batched decode, disconnects,
 # shutdown) under tests/test_e2e, tests/test_daemon.py and tests/test_load.py,
 # with fewer golden cases and a shorter load (BLIP2_TEST_CASES, LOAD_SECONDS,
-# LOAD_CONNECTIONS) and longer waits (BLIP2_TEST_TIMEOUT_SCALE).  Every
+# LOAD_CONNECTIONS), long requests capped (BLIP2_TEST_MAX_TOKENS) and longer
+# waits (BLIP2_TEST_TIMEOUT_SCALE).  Every
 # report goes to a file (log_path); the run fails if a test fails or if any
 # report was written.  tests/tsan.supp says what is suppressed and why.
 # Environment: TSAN_DIR (default: a new temporary directory, removed at the
 # end unless TSAN_KEEP=1); TSAN_TESTS overrides the list of tests; the copy
 # is the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree;
 # BLIP2_TEST_CASES (default 6), LOAD_SECONDS (3), LOAD_CONNECTIONS (16),
-# BLIP2_TEST_TIMEOUT_SCALE (10) are handed to the tests.
+# BLIP2_TEST_MAX_TOKENS (100), BLIP2_TEST_TIMEOUT_SCALE (10) are handed to
+# the tests.
 # Ends with "N passed, N failed".  See tests/SANITIZERS.md.
 set -u
 cd "$(dirname "$0")/.."
@@ -50,12 +52,13 @@ echo "# tsan: building in $dir/src (-fsanitize=thread -O1)"
 # suppressions, which made the daemon tests run for more than 30 minutes
 TSAN_OPTIONS="suppressions=$top/tests/tsan.supp log_path=$dir/reports/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4 ignore_noninstrumented_modules=1"
 # the daemon tests, shortened (defaults: every case, 6 s of load from 64
-# connections, waits for an unsanitised daemon)
+# connections, requests of up to 1500 tokens, waits for an unsanitised daemon)
 BLIP2_TEST_CASES=${BLIP2_TEST_CASES:-6}
 LOAD_SECONDS=${LOAD_SECONDS:-3}
 LOAD_CONNECTIONS=${LOAD_CONNECTIONS:-16}
+BLIP2_TEST_MAX_TOKENS=${BLIP2_TEST_MAX_TOKENS:-100}
 BLIP2_TEST_TIMEOUT_SCALE=${BLIP2_TEST_TIMEOUT_SCALE:-10}
-export TSAN_OPTIONS BLIP2_TEST_CASES LOAD_SECONDS LOAD_CONNECTIONS BLIP2_TEST_TIMEOUT_SCALE
+export TSAN_OPTIONS BLIP2_TEST_CASES LOAD_SECONDS LOAD_CONNECTIONS BLIP2_TEST_MAX_TOKENS BLIP2_TEST_TIMEOUT_SCALE
 t0=$(date +%s)
 echo "# tsan: make check TESTS='$tests'"
 make -j"$(nproc)" check TESTS="$tests" >"$dir/check.log" 2>&1

@@ -45,12 +45,7 @@ echo "# tsan: building in $dir/src (-fsanitize=thread -O1)"
   make -j"$(nproc)" >>"$dir/build.log" 2>&1 || {
     tail -n 30 "$dir/build.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
 
-# ignore_noninstrumented_modules: what the interceptors (memcpy, free, ...)
-# see of libraries built without TSan (libvips, GLib, the codecs) is not
-# recorded; their own synchronisation is invisible to TSan anyway, and
-# without it every row libvips copies is a report to match against the
-# suppressions, which made the daemon tests run for more than 30 minutes
-TSAN_OPTIONS="suppressions=$top/tests/tsan.supp log_path=$dir/reports/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4 ignore_noninstrumented_modules=1"
+TSAN_OPTIONS="suppressions=$top/tests/tsan.supp log_path=$dir/reports/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4"
 # the daemon tests, shortened (defaults: every case, 6 s of load from 64
 # connections, requests of up to 1500 tokens, waits for an unsanitised daemon)
 BLIP2_TEST_CASES=${BLIP2_TEST_CASES:-6}

@@ -378,7 +378,7 @@ print("# load %.1f s, %d connections: %s" % (elapsed, CONNS, json.dumps(stats)))
 print("# RSS warm %d KiB, peak %d KiB, after %d KiB; fds %d -> %d" % (rss0, rss_peak, rss1, fd0, fd1))
 ok(not problems, "%d connections: every valid request got exactly one terminal reply, greedy == golden%s"
    % (CONNS, "" if not problems else ": " + "; ".join(problems[:3])[:400]))
-ok(stats["compared"] >= min(16 if SLOW else 64, CONNS) and stats["cancels"] > 0 and stats["disconnects"] > 0 and stats["malformed"] > 0,
+ok(stats["compared"] >= max(1, (16 if SLOW else 64) * CONNS // 64) and stats["cancels"] > 0 and stats["disconnects"] > 0 and stats["malformed"] > 0,
    "the mix ran: %d compared with the golden, %d cancels, %d disconnects, %d malformed"
    % (stats["compared"], stats["cancels"], stats["disconnects"], stats["malformed"]))
 ok(proc.poll() is None and settled, "the daemon is idle again, with only our connection")

@@ -55,6 +55,28 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+/* ThreadSanitizer cannot see libvips' own synchronisation (GLib futexes),
+ * so the rows sink_rows_cb writes on a libvips worker and this thread
+ * reads after vips_sink_disc returned look like a race; vips_sink_disc
+ * returns only after its last callback finished.  These annotations tell
+ * TSan about that hand-off (scripts/test-tsan.sh); no code otherwise. */
+#if defined(__SANITIZE_THREAD__)
+#define B2_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define B2_TSAN 1
+#endif
+#endif
+#ifdef B2_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define B2_TSAN_ACQUIRE(p) __tsan_acquire(p)
+#define B2_TSAN_RELEASE(p) __tsan_release(p)
+#else
+#define B2_TSAN_ACQUIRE(p) ((void)(p))
+#define B2_TSAN_RELEASE(p) ((void)(p))
+#endif
+
 #define B2_DEFAULT_MAX_PIXELS (64ull << 20) /* 64 Mpx */
 #define B2_RESIZE_SCRATCH_MAX (256u << 20)  /* weights + row ring, bytes */
 /* Multiply-adds one resize may cost (both passes, 3 channels), about 1 s
@@ -185,6 +207,7 @@ static int sink_rows_cb(VipsRegion *region, VipsRect *area, void *a)
     for (int y = area->top; y < area->top + area->height; y++)
         memcpy(s->dst + (size_t)y * s->stride,
                VIPS_REGION_ADDR(region, area->left, y), s->stride);
+    B2_TSAN_RELEASE(s); /* the rows, to the caller of vips_sink_disc */
     return 0;
 }
 
@@ -265,7 +288,9 @@ int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
         goto fail;
     }
     sink_rows s = {buf, (size_t)x->Xsize * 3};
-    if (vips_sink_disc(x, sink_rows_cb, &s)) {
+    rc = vips_sink_disc(x, sink_rows_cb, &s);
+    B2_TSAN_ACQUIRE(&s);
+    if (rc) {
         rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
                      vips_reason(why, sizeof why));
         goto fail;

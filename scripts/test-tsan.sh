@@ -2,14 +2,21 @@
 # ThreadSanitizer run of the concurrency tests: a separate copy of the tree
 # built with -fsanitize=thread (-O1 -g), then make check of the tests that
 # exercise threads: tests/test_kernels (compute pool, model/pool.c),
-# tests/test_model (two models from four threads), tests/test_e2e and
-# tests/test_daemon.py (the daemon: scheduler, cancellation, batched decode,
-# prep pool, compute pool).  Every report goes to a file (log_path); the run
-# fails if a test fails or if any report was written.  OpenBLAS is not
-# instrumented: tests/tsan.supp says what is suppressed and why.
+# tests/test_model (two models from four threads), tests/test_client (the
+# client library), and the daemon (libuv loop, prep pool, engine thread,
+# compute pool: scheduler, cancellation, batched decode, disconnects,
+# shutdown) under tests/test_e2e, tests/test_daemon.py and tests/test_load.py,
+# with fewer golden cases and a shorter load (BLIP2_TEST_CASES, LOAD_SECONDS,
+# LOAD_CONNECTIONS), long requests capped (BLIP2_TEST_MAX_TOKENS) and longer
+# waits (BLIP2_TEST_TIMEOUT_SCALE).  Every
+# report goes to a file (log_path); the run fails if a test fails or if any
+# report was written.  tests/tsan.supp says what is suppressed and why.
 # Environment: TSAN_DIR (default: a new temporary directory, removed at the
 # end unless TSAN_KEEP=1); TSAN_TESTS overrides the list of tests; the copy
-# is the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree.
+# is the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree;
+# BLIP2_TEST_CASES (default 6), LOAD_SECONDS (3), LOAD_CONNECTIONS (16),
+# BLIP2_TEST_MAX_TOKENS (100), BLIP2_TEST_TIMEOUT_SCALE (10) are handed to
+# the tests.
 # Ends with "N passed, N failed".  See tests/SANITIZERS.md.
 set -u
 cd "$(dirname "$0")/.."
@@ -20,7 +27,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 # world-readable: tests/test_daemon.py runs clients as another uid (as root)
 chmod 755 "$dir" 2>/dev/null
-tests=${TSAN_TESTS:-tests/test_kernels tests/test_model tests/test_e2e tests/test_daemon.py}
+tests=${TSAN_TESTS:-tests/test_kernels tests/test_model tests/test_client tests/test_e2e tests/test_daemon.py tests/test_load.py}
 
 mkdir -p "$dir/src" "$dir/reports" || { echo "0 passed, 1 failed"; exit 1; }
 rm -f "$dir"/reports/tsan.*
@@ -39,7 +46,15 @@ echo "# tsan: building in $dir/src (-fsanitize=thread -O1)"
     tail -n 30 "$dir/build.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
 
 TSAN_OPTIONS="suppressions=$top/tests/tsan.supp log_path=$dir/reports/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4"
-export TSAN_OPTIONS
+# the daemon tests, shortened (defaults: every case, 6 s of load from 64
+# connections, requests of up to 1500 tokens, waits for an unsanitised daemon)
+BLIP2_TEST_CASES=${BLIP2_TEST_CASES:-6}
+LOAD_SECONDS=${LOAD_SECONDS:-3}
+LOAD_CONNECTIONS=${LOAD_CONNECTIONS:-16}
+BLIP2_TEST_MAX_TOKENS=${BLIP2_TEST_MAX_TOKENS:-100}
+BLIP2_TEST_TIMEOUT_SCALE=${BLIP2_TEST_TIMEOUT_SCALE:-10}
+export TSAN_OPTIONS BLIP2_TEST_CASES LOAD_SECONDS LOAD_CONNECTIONS BLIP2_TEST_MAX_TOKENS BLIP2_TEST_TIMEOUT_SCALE
+t0=$(date +%s)
 echo "# tsan: make check TESTS='$tests'"
 make -j"$(nproc)" check TESTS="$tests" >"$dir/check.log" 2>&1
 rc=$?
@@ -55,6 +70,7 @@ for t in $tests; do
     echo "ok - $t ($p checks)"
   fi
 done
+echo "# tsan: tests took $(( $(date +%s) - t0 )) s"
 n=$(ls "$dir"/reports 2>/dev/null | wc -l)
 if [ "$n" -gt 0 ]; then
   echo "not ok - ThreadSanitizer wrote $n report file(s):"

@@ -4,6 +4,13 @@
 # beam, repetition penalty, batch), concurrent clients == serial, streaming,
 # fd passing, cancel and disconnect, every class of bad input, busy, a client
 # that never reads, SIGTERM with work in flight, stale sockets.  TAP output.
+# Environment (for slow builds: valgrind, ThreadSanitizer; see
+# tests/SANITIZERS.md): BLIP2_TEST_TIMEOUT_SCALE multiplies every wait for
+# the daemon (start-up, replies, exit; default 1); BLIP2_TEST_CASES=N runs
+# only N of the golden cases, the captions first, and so N concurrent
+# clients if below 8 (default: all 18); BLIP2_TEST_MAX_TOKENS caps
+# max_new_tokens of the long requests that must run to their end (300 to
+# 1500 tokens; default: no cap).
 import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 try:
@@ -13,6 +20,14 @@ except ImportError:
     sys.exit(0)
 
 G = os.environ.get("GOLDEN_DIR", "tests/golden")
+SCALE = max(1.0, float(os.environ.get("BLIP2_TEST_TIMEOUT_SCALE") or 1))
+MAX_TOKENS = int(os.environ.get("BLIP2_TEST_MAX_TOKENS") or 0)
+
+
+def long_tokens(n):
+    """max_new_tokens n of a request that must finish, under BLIP2_TEST_MAX_TOKENS"""
+    return min(n, MAX_TOKENS) if MAX_TOKENS > 0 else n
+
 
 if len(sys.argv) > 1 and sys.argv[1] == "--client":
     # helper process (run as another uid): send N generate requests, print when each finished
@@ -22,7 +37,8 @@ if len(sys.argv) > 1 and sys.argv[1] == "--client":
     cs.connect(sock_path)
     img = open(os.path.join(G, "images", "chelsea.png"), "rb").read()
     for i in range(n):
-        body = msgpack.packb({"id": i, "op": "generate", "image": img, "max_new_tokens": 1000}, use_bin_type=True)
+        body = msgpack.packb({"id": i, "op": "generate", "image": img, "max_new_tokens": long_tokens(1000)},
+                             use_bin_type=True)
         cs.sendall(struct.pack(">I", len(body)) + body)
     buf, done = b"", {}
     while len(done) < n:
@@ -59,7 +75,7 @@ def pack(obj):
 class Client:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(30)
+        self.s.settimeout(30 * SCALE)
         self.s.connect(path)
         self.buf = b""
 
@@ -107,7 +123,8 @@ def start(*extra, sock=None):
     log = open(os.path.join(TMP, "daemon.log"), "ab")
     p = subprocess.Popen([BLIP2D, "--model", MODEL, "--socket", sock, "-q"] + list(extra),
                          stdout=log, stderr=log)
-    for _ in range(200):
+    end = time.monotonic() + 4 * SCALE
+    while time.monotonic() < end:
         if os.path.exists(sock):
             try:
                 c = Client(sock)
@@ -124,7 +141,7 @@ def start(*extra, sock=None):
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:
-        return p.wait(15)
+        return p.wait(15 * SCALE)
     except subprocess.TimeoutExpired:
         p.kill()
         return -9
@@ -146,6 +163,12 @@ ok(r["type"] == "hello" and r["v"] == 2 and r["max_frame"] == 67108864, "hello n
 
 # golden ids over the socket, from the image files
 cases = [x for x in man["cases"] if x["model"] == "opt-tiny" and "image" in x]
+all_cases = cases
+if os.environ.get("BLIP2_TEST_CASES"):
+    # captions first (one per image), and always rocket.jpg's caption,
+    # which the descriptor and feature-cache checks below ask for again
+    cases = sorted(cases, key=lambda x: x["prompt_key"] != "caption")[:max(1, int(os.environ["BLIP2_TEST_CASES"]))]
+    cases += [x for x in all_cases if x["id"] == "opt-tiny/rocket.jpg/caption" and x not in cases]
 rid = 10
 bad = []
 serial = {}
@@ -208,7 +231,7 @@ ok("".join(t["text"] for t in toks) == done["texts"][0], "streamed pieces join t
 # fd passing
 with open(os.path.join(G, "images", "rocket.jpg"), "rb") as f:
     r = c.call({"id": 700, "op": "generate", "image_fd": True, "max_new_tokens": 20}, fds=[f.fileno()])
-want = [x for x in cases if x["image"] == "rocket.jpg" and x["prompt_key"] == "caption"][0]["generate"]["greedy"]["ids"]
+want = [x for x in all_cases if x["image"] == "rocket.jpg" and x["prompt_key"] == "caption"][0]["generate"]["greedy"]["ids"]
 ok(r["type"] == "done" and r["ids"][0] == want, "image passed as a descriptor (SCM_RIGHTS)")
 ok(r.get("cached") is True, "the second request for the same image hits the feature cache")
 r = c.call({"id": 701, "op": "generate", "image_fd": True})
@@ -238,7 +261,7 @@ r = c.recv()
 ok(r["type"] == "cancel" and r["found"] is False, "cancel of an unknown id: found false")
 t0 = time.monotonic()
 r = c.call({"id": 804, "op": "generate", "image": image("camera.png"), "max_new_tokens": 5})
-ok(r["type"] == "done" and time.monotonic() - t0 < 2, "a request after a cancel is served at once")
+ok(r["type"] == "done" and time.monotonic() - t0 < 2 * SCALE, "a request after a cancel is served at once")
 
 # a client that disconnects mid-stream frees its slot
 d = Client(SOCK)
@@ -246,7 +269,8 @@ d.send({"id": 1, "op": "generate", "image": image("coffee.png"), "stream": True,
 d.recv()
 d.close()
 active = None
-for _ in range(100):
+end = time.monotonic() + 2 * SCALE
+while time.monotonic() < end:
     c.send({"id": 900, "op": "status"})
     st = c.recv()
     active = st["active"]
@@ -282,7 +306,7 @@ bad_frame(msgpack.packb({"id": 12, "op": "generate", "image": b"x", "do_sample":
 bad_frame(msgpack.packb({"id": 13, "op": "generate", "image": b"x", "prompt": "a\x00b"}), "bad_utf8", "NUL in the prompt", rid=13)
 
 cl = Client(SOCK)
-cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 300})
+cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": long_tokens(300)})
 cl.send({"id": 1, "op": "generate", "image": image("chelsea.png")})
 rs = [cl.recv(), cl.recv()]
 ok(any(x["type"] == "error" and x["code"] == "duplicate_id" for x in rs) and any(x["type"] == "done" for x in rs),
@@ -310,7 +334,7 @@ r = c.call({"id": 950, "op": "generate", "image": image("chelsea.png"), "max_new
 ok(r["type"] == "done" and proc.poll() is None, "truncated frames and vanished clients leave the daemon serving")
 
 # SIGTERM with work in flight: the client gets its terminal reply, the daemon exits 0 and removes its socket
-c.send({"id": 1000, "op": "generate", "image": image("coffee.png"), "max_new_tokens": 1500})
+c.send({"id": 1000, "op": "generate", "image": image("coffee.png"), "max_new_tokens": long_tokens(1500)})
 time.sleep(0.1)
 proc.send_signal(signal.SIGTERM)
 try:
@@ -318,7 +342,7 @@ try:
     term_ok = evs[-1]["type"] == "done"
 except EOFError:
     term_ok = False
-rc = proc.wait(20)
+rc = proc.wait(20 * SCALE)
 ok(term_ok and rc == 0 and not os.path.exists(SOCK), "SIGTERM: in-flight request finished, exit 0, socket removed")
 c.close()
 
@@ -327,7 +351,7 @@ proc, SOCK = start("--max-queue", "1", "--max-batch", "1")
 cl = Client(SOCK)
 t0 = time.monotonic()
 for i in range(6):
-    cl.send({"id": i, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 400})
+    cl.send({"id": i, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": long_tokens(400)})
 res = [cl.recv() for _ in range(6)]
 busy = [x for x in res if x["type"] == "error" and x["code"] == "busy"]
 ok(len(busy) >= 1 and all(x["type"] == "done" for x in res if x not in busy), "a full queue answers busy; admitted requests complete (%d busy)" % len(busy))
@@ -343,7 +367,8 @@ other = Client(SOCK)
 r = other.call({"id": 1, "op": "generate", "image": image("rocket.jpg"), "max_new_tokens": 20})
 ok(r["type"] == "done" and r["ids"][0] == want, "another client is served while one never reads")
 dropped = False
-for _ in range(150):
+end = time.monotonic() + 7.5 * SCALE
+while time.monotonic() < end:
     other.send({"id": 2, "op": "status"})
     st = other.recv()
     if st["connections"] == 1:
@@ -367,8 +392,8 @@ if os.geteuid() == 0:
     b = subprocess.Popen([sys.executable, me, "--client", SOCK, "1", "0.3"], user=4002, group=4002, env=env,
                          stdout=subprocess.PIPE)
     try:
-        ra = json.loads(a.communicate(timeout=300)[0])
-        rb = json.loads(b.communicate(timeout=300)[0])
+        ra = json.loads(a.communicate(timeout=300 * SCALE)[0])
+        rb = json.loads(b.communicate(timeout=300 * SCALE)[0])
     except Exception:
         a.kill(); b.kill(); proc.kill()
         raise
@@ -388,7 +413,7 @@ cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": Tru
 cl.recv()
 proc.send_signal(signal.SIGTERM)
 evs = cl.until_terminal(1)
-ok(evs[-1]["type"] == "done" and evs[-1]["finish"] == ["canceled"] and 1 < len(evs[-1]["ids"][0]) < 2001 and proc.wait(20) == 0,
+ok(evs[-1]["type"] == "done" and evs[-1]["finish"] == ["canceled"] and 1 < len(evs[-1]["ids"][0]) < 2001 and proc.wait(20 * SCALE) == 0,
    "SIGTERM past the deadline: done(canceled) with the tokens so far, exit 0")
 cl.close()
 
@@ -399,7 +424,7 @@ s.bind(path)
 s.close()
 proc, _ = start(sock=path)
 ok(proc.poll() is None, "a stale socket file is replaced")
-second = subprocess.run([BLIP2D, "--model", MODEL, "--socket", path], capture_output=True, timeout=30)
+second = subprocess.run([BLIP2D, "--model", MODEL, "--socket", path], capture_output=True, timeout=30 * SCALE)
 ok(second.returncode == 1 and b"already listening" in second.stderr, "a second daemon on a live socket refuses to start")
 proc.kill()
 proc.wait()

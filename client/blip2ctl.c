@@ -20,6 +20,7 @@
  * Lines (jansson).  The exit status says what kind of failure happened.
  */
 #include "blip2client.h"
+#include "blip2.h"      /* the model library, for convert */
 
 #include <errno.h>
 #include <getopt.h>
@@ -27,6 +28,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +59,7 @@ typedef struct ctl {
     unsigned jobs;
     int timeout_ms;
     blip2c_conn *conn;
+    const char *type;   /* convert --type */
 } ctl;
 
 /* ---- messages and exit codes ------------------------------------------------ */
@@ -146,6 +149,8 @@ static void print_help(void)
 "                     /quit or end of input stops\n"
 "  status             the daemon's model, queue, cache and limits\n"
 "  ping               round-trip time to the daemon\n"
+"  convert SRC OUT.gguf  pack the Hugging Face folder SRC into one GGUF file\n"
+"                     (no daemon needed; --type f32|f16|bf16|q8_0 [f16])\n"
 "\n"
 "Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
 "      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
@@ -209,7 +214,7 @@ static double parse_real(const char *flag, const char *s)
 
 enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
-    O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT
+    O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT, O_TYPE
 };
 
 static const struct option long_options[] = {
@@ -230,6 +235,7 @@ static const struct option long_options[] = {
     { "json", no_argument, NULL, O_JSON },
     { "jobs", required_argument, NULL, 'j' },
     { "timeout", required_argument, NULL, O_TIMEOUT },
+    { "type", required_argument, NULL, O_TYPE },
     { "socket", required_argument, NULL, 's' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -277,6 +283,7 @@ static void parse_args(ctl *x, int argc, char **argv)
             break;
         }
         case 's': x->socket = optarg; break;
+        case O_TYPE: x->type = optarg; break;
         case 'v': x->verbose = true; break;
         case 'h': print_help(); exit(EXIT_OK);
         case 'V':
@@ -1007,6 +1014,63 @@ static int cmd_status(ctl *x)
     return EXIT_OK;
 }
 
+/* ---- convert: no daemon, the model library ------------------------------------------------ */
+
+static volatile sig_atomic_t convert_stop;
+static void convert_sig_cb(int sig) { (void)sig; convert_stop = 1; }
+
+typedef struct convert_ui {
+    int tty, last_decile;
+    long kill_after; /* test hook: SIGKILL before tensor N (an interrupted run) */
+} convert_ui;
+
+static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
+{
+    convert_ui *u = ud;
+    if (u->kill_after >= 0 && i == u->kill_after) raise(SIGKILL);
+    if (convert_stop) return 1;
+    const int pct = total ? (int)(bytes * 100 / total) : 100;
+    if (u->tty) {
+        char bar[31];
+        const int fill = pct * 30 / 100;
+        for (int k = 0; k < 30; k++) bar[k] = k < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\r[%s] %3d%% %d/%d tensors %.0f/%.0f MiB %-50.50s", bar, pct, i, n,
+                bytes / 1048576.0, total / 1048576.0, name ? name : "");
+        if (i == n) fputc('\n', stderr);
+    } else if (pct / 10 != u->last_decile || i == n) {
+        u->last_decile = pct / 10;
+        fprintf(stderr, PROG ": convert: %3d%% (%d/%d tensors, %.0f MiB)\n", pct, i, n, bytes / 1048576.0);
+    }
+    return 0;
+}
+
+static int cmd_convert(ctl *x, const char *src, const char *out)
+{
+    convert_ui u = {isatty(STDERR_FILENO), -1, -1};
+    const char *k = getenv("BLIP2CTL_TEST_KILL_AFTER");
+    if (k && *k) u.kill_after = strtol(k, NULL, 10);
+    const char *type = x->type ? x->type : "f16";
+    if (strcmp(type, "f32") && strcmp(type, "f16") && strcmp(type, "bf16") && strcmp(type, "q8_0"))
+        usage_error("--type: '%s' is not f32, f16, bf16 or q8_0", type);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = convert_sig_cb;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    blip2_convert_stats st;
+    blip2_error err;
+    if (blip2_convert(src, out, type, convert_progress_cb, &u, &st, &err) < 0) {
+        if (u.tty) fputc('\n', stderr);
+        warnx_("convert: %s", err.text);
+        return err.code == BLIP2_EIO || err.code == BLIP2_EFORMAT || err.code == BLIP2_EUNSUPPORTED ||
+                       err.code == BLIP2_EINVAL ? EXIT_USAGE : EXIT_SERVER;
+    }
+    printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %.1f MiB in %.2f s\n", out, st.tensors,
+           st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, st.bytes / 1048576.0, st.seconds);
+    return EXIT_OK;
+}
+
 static int cmd_ping(ctl *x)
 {
     connect_or_exit(x);
@@ -1038,7 +1102,7 @@ int main(int argc, char **argv)
     blip2c_params_init(&x.params);
     parse_args(&x, argc, argv);
 
-    if (optind >= argc) usage_error("missing command (caption, ask, chat, status or ping)");
+    if (optind >= argc) usage_error("missing command (caption, ask, chat, status, ping or convert)");
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     size_t nargs = (size_t)(argc - optind - 1);
@@ -1055,11 +1119,14 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "chat") == 0) {
         if (nargs != 1) usage_error("chat: give exactly one IMAGE");
         status = cmd_chat(&x, args[0]);
+    } else if (strcmp(cmd, "convert") == 0) {
+        if (nargs != 2) usage_error("convert: give a SOURCE folder and an OUTPUT.gguf file");
+        status = cmd_convert(&x, args[0], args[1]);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {
         if (nargs) usage_error("%s: takes no arguments", cmd);
         status = cmd[0] == 's' ? cmd_status(&x) : cmd_ping(&x);
     } else {
-        usage_error("unknown command '%s' (caption, ask, chat, status or ping)", cmd);
+        usage_error("unknown command '%s' (caption, ask, chat, status, ping or convert)", cmd);
     }
     blip2c_close(x.conn);
     if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -238,9 +238,18 @@ static int load_cached(blip2_model **out, const char *path, const blip2_load_opt
 {
     char cp[4096];
     int rc;
-    if (mkdir(opts->cache_dir, 0755) != 0 && errno != EEXIST)
-        return b2__err(err, BLIP2_EIO, "%s: cannot create the cache directory: %s", opts->cache_dir,
-                       strerror(errno));
+    snprintf(cp, sizeof cp, "%s", opts->cache_dir); /* mkdir -p */
+    for (char *s = cp + 1;; s++) {
+        if (*s == '/' || !*s) {
+            const char c = *s;
+            *s = 0;
+            if (mkdir(cp, 0755) != 0 && errno != EEXIST)
+                return b2__err(err, BLIP2_EIO, "%s: cannot create the weights cache directory: %s", cp,
+                               strerror(errno));
+            *s = c;
+            if (!c) break;
+        }
+    }
     if ((rc = b2__cache_path(cp, sizeof cp, opts->cache_dir, path, opts->cache_type, err)) < 0) return rc;
     if (access(cp, R_OK) != 0) {
         const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */

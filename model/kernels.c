@@ -232,8 +232,9 @@ void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, in
  * more rows convert TILE_ROWS rows of W at a time to f32 (spread over the
  * pool in CONV_CHUNK-row tasks) and multiply the tile with sgemm. */
 #define TYPED_FEW_ROWS 8
-#define TILE_ROWS 256
 #define CONV_CHUNK 16
+int b2__wtile_rows = 256; /* bench/bench_wtile.c measured it */
+#define TILE_ROWS b2__wtile_rows
 
 typedef struct conv_job {
     float *dst;

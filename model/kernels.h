@@ -41,6 +41,8 @@ void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, in
  * through b2__wmatmul_rows, many rows convert tiles of W to f32 and use
  * sgemm. */
 void b2__linear(float *y, const float *x, int n, const b2_linear *l);
+/* Weight rows per tile of that conversion (default 256; benchmarks set it). */
+extern int b2__wtile_rows;
 /* y (n, l->out) = x (n, l->in) @ W^T, without the bias. */
 void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l);
 

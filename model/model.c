@@ -251,12 +251,15 @@ static int load_cached(blip2_model **out, const char *path, const blip2_load_opt
         }
     }
     if ((rc = b2__cache_path(cp, sizeof cp, opts->cache_dir, path, opts->cache_type, err)) < 0) return rc;
-    if (access(cp, R_OK) != 0) {
-        const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
-        char t[8];
-        snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
-        if ((rc = blip2_convert(path, cp, t, NULL, NULL, NULL, err)) < 0) return rc;
+    if (access(cp, R_OK) == 0) {
+        rc = load_gguf(out, cp, opts, err);
+        if (rc != BLIP2_EFORMAT) return rc;
+        unlink(cp); /* damaged (by hand: we rename only complete files): convert again */
     }
+    const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
+    char t[8];
+    snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
+    if ((rc = blip2_convert(path, cp, t, NULL, NULL, NULL, err)) < 0) return rc;
     return load_gguf(out, cp, opts, err);
 }
 

@@ -10,14 +10,23 @@
  *      refused with BLIP2_EFORMAT and the key or tensor named;
  *   3. a packed golden model: loads; with a tensor renamed (missing), a
  *      dimension changed (wrong shape), a norm stored as f16 (wrong type),
- *      or the file truncated, the load fails naming file and tensor.
+ *      or the file truncated, the load fails naming file and tensor;
+ *   4. the weights cache: a folder loaded with a cache directory is
+ *      converted once (same file on the next load, another for another
+ *      type, converted again when damaged or when a weight file changes);
+ *   5. mlock: locks the mapping, and with RLIMIT_MEMLOCK too small (and
+ *      CAP_IPC_LOCK dropped) fails naming RLIMIT_MEMLOCK.
  */
 #include "blip2.h"
 #include "gguf.h"
 #include "tap.h"
 
+#include <linux/capability.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static char tmpdir[512];
@@ -321,6 +330,108 @@ static void test_model(const char *gdir)
     unlink(path);
 }
 
+/* Number of .gguf files in dir. */
+static int count_gguf(const char *dir, char *last, size_t cap)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "ls '%s' 2>/dev/null | grep -c '\\.gguf$'", dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p && fscanf(p, "%d", &n) != 1) n = -1;
+    if (p) pclose(p);
+    if (last) {
+        snprintf(cmd, sizeof cmd, "ls -t '%s' | grep '\\.gguf$' | head -1", dir);
+        p = popen(cmd, "r");
+        last[0] = 0;
+        if (p && fgets(last, (int)cap, p)) last[strcspn(last, "\n")] = 0;
+        if (p) pclose(p);
+    }
+    return n;
+}
+
+static void test_cache(const char *gdir)
+{
+    char src[600], cache[600], cmd[1400], name[256], name2[256];
+    snprintf(src, sizeof src, "%s/model", tmpdir);
+    snprintf(cache, sizeof cache, "%s/cache/sub", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp -r '%s/opt-tiny-sharded' '%s'", gdir, src);
+    if (!ok(system(cmd) == 0, "copy the sharded model")) return;
+    blip2_load_opts o = {.cache_dir = cache};
+    blip2_error err = {0};
+    blip2_model *m = NULL;
+    const char *path = NULL;
+    ok(blip2_model_load(&m, src, &o, &err) == 0 && blip2_model_mapping(m, &path, NULL, NULL) &&
+       !strcmp(blip2_model_dtype(m), "f16"), "a folder with a cache directory is converted (f16, its own type) "
+       "and mapped");
+    ok(count_gguf(cache, name, sizeof name) == 1 && path && strstr(path, name) && strstr(name, "model-") == name,
+       "one file in the (created) cache: %s", name);
+    blip2_model_free(m);
+    m = NULL;
+    ok(blip2_model_load(&m, src, &o, &err) == 0 && count_gguf(cache, name2, sizeof name2) == 1 &&
+       !strcmp(name, name2), "the next load maps the same file");
+    blip2_model_free(m);
+    m = NULL;
+    o.cache_type = "bf16";
+    ok(blip2_model_load(&m, src, &o, &err) == 0 && !strcmp(blip2_model_dtype(m), "bf16") &&
+       count_gguf(cache, NULL, 0) == 2, "another type is another file");
+    blip2_model_free(m);
+    m = NULL;
+    o.cache_type = NULL;
+    char full[1000];
+    snprintf(full, sizeof full, "%s/%s", cache, name);
+    truncate(full, 5000);
+    int rc = blip2_model_load(&m, src, &o, &err);
+    ok(rc == 0 && count_gguf(cache, NULL, 0) == 2, "a damaged cache file is converted again%s%s",
+       rc ? ": " : "", rc ? err.text : "");
+    blip2_model_free(m);
+    m = NULL;
+    /* a changed weight file changes the key */
+    snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/model-00002-of-00002.safetensors'", src);
+    system(cmd);
+    ok(blip2_model_load(&m, src, &o, &err) == 0 && count_gguf(cache, NULL, 0) == 3,
+       "a changed weight file is converted again");
+    blip2_model_free(m);
+    m = NULL;
+    o.cache_dir = "/proc/no/such/dir";
+    ok(blip2_model_load(&m, src, &o, &err) == BLIP2_EIO && has(&err, "cache"), "an unusable cache directory: %s",
+       err.text);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s/cache'", src, tmpdir);
+    system(cmd);
+}
+
+static void test_mlock(const char *gdir)
+{
+    char src[600], path[600];
+    snprintf(src, sizeof src, "%s/opt-tiny", gdir);
+    snprintf(path, sizeof path, "%s/lock.gguf", tmpdir);
+    blip2_error err = {0};
+    if (!ok(blip2_convert(src, path, "bf16", NULL, NULL, NULL, &err) == 0, "convert for mlock")) return;
+    blip2_load_opts o = {.mlock = 1};
+    blip2_model *m = NULL;
+    int rc = blip2_model_load(&m, path, &o, &err);
+    if (rc == 0) {
+        ok(1, "--mlock: the mapping is locked");
+        blip2_model_free(m);
+        m = NULL;
+    } else {
+        ok(has(&err, "RLIMIT_MEMLOCK"), "mlock refused by this machine's limit, named: %s", err.text);
+    }
+    /* drop CAP_IPC_LOCK (root ignores the limit with it), then a 64 KiB limit */
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) == 0) {
+        d[0].effective &= ~(1u << CAP_IPC_LOCK);
+        syscall(SYS_capset, &h, d);
+    }
+    struct rlimit rl = {64 << 10, 64 << 10};
+    setrlimit(RLIMIT_MEMLOCK, &rl);
+    rc = blip2_model_load(&m, path, &o, &err);
+    ok(rc == BLIP2_EIO && !m && has(&err, "RLIMIT_MEMLOCK") && has(&err, "lock.gguf"),
+       "RLIMIT_MEMLOCK too small: refused by name: %s", err.text);
+    blip2_model_free(m);
+    unlink(path);
+}
+
 int main(void)
 {
     const char *t = getenv("TMPDIR");
@@ -330,6 +441,8 @@ int main(void)
     test_round_trip();
     test_corrupt();
     test_model(gdir ? gdir : "tests/golden");
+    test_cache(gdir ? gdir : "tests/golden");
+    test_mlock(gdir ? gdir : "tests/golden");
     char p[600];
     snprintf(p, sizeof p, "%s/rt.gguf", tmpdir);
     unlink(p);

@@ -353,7 +353,7 @@ int main(int argc, char **argv)
         }
         blip2_model_free(m);
     }
-    if (loose) diag("generations identical to the reference: %d of %d", n_same, n_same + n_diff);
+    if (n_same + n_diff) diag("rounded weights: generations identical to the reference: %d of %d", n_same, n_same + n_diff);
     diag("worst max abs errors: vision %.3g, pooler %.3g, qformer %.3g, projection %.3g, logits %.3g",
          worst[W_VIS], worst[W_POOL], worst[W_QF], worst[W_LMI], worst[W_LOGITS]);
     json_decref(man);

@@ -1024,13 +1024,14 @@ static void convert_sig_cb(int sig) { (void)sig; convert_stop = 1; }
 
 typedef struct convert_ui {
     int tty, last_decile;
-    long kill_after; /* test hook: SIGKILL before tensor N (an interrupted run) */
+    long kill_after; /* test hooks: signal kill_sig (SIGKILL, or SIGINT) before tensor N */
+    int kill_sig;
 } convert_ui;
 
 static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
 {
     convert_ui *u = ud;
-    if (u->kill_after >= 0 && i == u->kill_after) raise(SIGKILL);
+    if (u->kill_after >= 0 && i == u->kill_after) raise(u->kill_sig);
     if (convert_stop) return 1;
     const int pct = total ? (int)(bytes * 100 / total) : 100;
     if (u->tty) {
@@ -1050,9 +1051,11 @@ static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_
 
 static int cmd_convert(ctl *x, const char *src, const char *out)
 {
-    convert_ui u = {isatty(STDERR_FILENO), -1, -1};
+    convert_ui u = {isatty(STDERR_FILENO), -1, -1, SIGKILL};
     const char *k = getenv("BLIP2CTL_TEST_KILL_AFTER");
     if (k && *k) u.kill_after = strtol(k, NULL, 10);
+    k = getenv("BLIP2CTL_TEST_KILL_SIGNAL");
+    if (k && !strcmp(k, "INT")) u.kill_sig = SIGINT;
     const char *type = x->type ? x->type : "f16";
     if (strcmp(type, "f32") && strcmp(type, "f16") && strcmp(type, "bf16") && strcmp(type, "q8_0"))
         usage_error("--type: '%s' is not f32, f16, bf16 or q8_0", type);
@@ -1066,6 +1069,7 @@ static int cmd_convert(ctl *x, const char *src, const char *out)
     if (blip2_convert(src, out, type, convert_progress_cb, &u, &st, &err) < 0) {
         if (u.tty) fputc('\n', stderr);
         warnx_("convert: %s", err.text);
+        if (err.code == BLIP2_ECANCELED) return 130; /* as a shell reports SIGINT */
         return err.code == BLIP2_EIO || err.code == BLIP2_EFORMAT || err.code == BLIP2_EUNSUPPORTED ||
                        err.code == BLIP2_EINVAL ? EXIT_USAGE : EXIT_SERVER;
     }

@@ -40,6 +40,13 @@ BLIP2CTL_TEST_KILL_AFTER=50 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --
 [ "$(cat "$out")" = old ]; t $? "SIGKILLed conversion leaves the previous file untouched"
 rm -f "$tmp"/.killed.gguf.tmp-*
 
+# SIGINT mid-way: canceled, the temporary file removed, no output
+out="$tmp/int.gguf"
+BLIP2CTL_TEST_KILL_AFTER=7 BLIP2CTL_TEST_KILL_SIGNAL=INT "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" >/dev/null 2>"$tmp/err"
+st=$?
+[ $st -eq 130 ] && [ ! -e "$out" ] && ! ls -a "$tmp" | grep -q '^\.int\.gguf\.tmp-' && grep -q canceled "$tmp/err"
+t $? "SIGINT cancels (status $st), removes the temporary file, leaves no $out"
+
 # bad input
 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q4_0 >/dev/null 2>"$tmp/err"
 [ $? -eq 2 ] && grep -q "q4_0" "$tmp/err"; t $? "unknown --type refused (exit 2)"

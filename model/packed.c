@@ -163,8 +163,10 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
         return b2__err(err, BLIP2_EFORMAT, "%s: a hidden size is not divisible by its number of heads", name);
     if (c->image_size % c->patch_size)
         return b2__err(err, BLIP2_EFORMAT, "%s: image_size is not a multiple of patch_size", name);
-    if (c->image_size > 8192 || c->num_query > 4096 || c->t_max_pos > (1 << 20))
-        return b2__err(err, BLIP2_EFORMAT, "%s: image_size, num_query_tokens or context_length too large", name);
+    if (c->image_size > 8192 || c->num_query > 4096 || c->t_max_pos > (1 << 20) || c->v_layers > 1024 ||
+        c->q_layers > 1024 || c->t_layers > 1024)
+        return b2__err(err, BLIP2_EFORMAT, "%s: image_size, num_query_tokens, context_length or a block_count "
+                       "too large", name);
     if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab)
         return b2__err(err, BLIP2_EFORMAT, "%s: bos/eos/pad id outside the vocabulary", name);
     return 0;
@@ -217,7 +219,10 @@ static int read_preproc(b2_preproc *p, const b2_gguf *g, blip2_error *err)
         return b2__err(err, BLIP2_EFORMAT, "%s: preprocessor size %lldx%lld", name, (long long)w, (long long)h);
     if (rs != 3) return b2__err(err, BLIP2_EUNSUPPORTED, "%s: only bicubic resampling (3) is supported", name);
     for (int i = 0; i < 3; i++)
-        if (!(p->std[i] > 0)) return b2__err(err, BLIP2_EFORMAT, "%s: image_std must be positive", name);
+        if (!(p->std[i] > 0 && p->std[i] < 1e30f) || !(p->mean[i] > -1e30f && p->mean[i] < 1e30f))
+            return b2__err(err, BLIP2_EFORMAT, "%s: image_mean/image_std must be finite, image_std positive", name);
+    if (!(kv->v.f > 0 && kv->v.f <= 1))
+        return b2__err(err, BLIP2_EFORMAT, "%s: rescale_factor must be in (0, 1]", name);
     p->size_h = (int)h;
     p->size_w = (int)w;
     p->resample = 3;

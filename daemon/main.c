@@ -66,6 +66,21 @@ static void usage(FILE *f)
         "      --version           print the version\n");
 }
 
+/* A folder converted into the weights cache at start: systemd gets more
+ * time (EXTEND_TIMEOUT_USEC) and a status line, the log a line every 10 %. */
+static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
+{
+    int *last = ud;
+    (void)name;
+    const int pct = total ? (int)(bytes * 100 / total) : 100;
+    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=converting the model into the weights cache: %d%%", pct);
+    if (pct / 10 != *last || i == n) {
+        *last = pct / 10;
+        LOG_INFO("converting into the weights cache: %d%% (%d of %d tensors)", pct, i, n);
+    }
+    return 0;
+}
+
 static long num(const char *s, const char *opt, long lo, long hi)
 {
     char *end;
@@ -242,6 +257,9 @@ int main(int argc, char **argv)
     LOG_INFO("loading %s", cfg.model_path);
     sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
     struct stat mst;
+    int last_decile = -1;
+    cfg.load.convert_cb = convert_progress_cb;
+    cfg.load.convert_ud = &last_decile;
     if (cfg.load.cache_dir && stat(cfg.model_path, &mst) == 0 && S_ISDIR(mst.st_mode))
         LOG_INFO("weights cache: %s (a folder is converted there once)", cfg.load.cache_dir);
     if (blip2_model_load(&m, cfg.model_path, &cfg.load, &err) < 0) {

@@ -61,6 +61,12 @@ const char *blip2_strerror(int code);
 
 typedef struct blip2_model blip2_model;
 
+/* Progress of blip2_convert, called before each tensor (i of n, name) and
+ * once at the end (i == n, name NULL); bytes counts the output written so
+ * far of total.  Returning non-zero cancels (BLIP2_ECANCELED). */
+typedef int (*blip2_convert_cb)(void *ud, int i, int n, const char *name, uint64_t bytes,
+                                uint64_t total);
+
 typedef struct blip2_load_opts {
     int reserved;   /* zero-initialise; more options later */
     /* A Hugging Face folder is converted once into a GGUF file in this
@@ -75,6 +81,9 @@ typedef struct blip2_load_opts {
     /* 1: mlock() the GGUF mapping (BLIP2_EIO naming RLIMIT_MEMLOCK when the
      * limit is too small). */
     int mlock;
+    /* Called while a folder is converted into the cache (may be NULL). */
+    blip2_convert_cb convert_cb;
+    void *convert_ud;
 } blip2_load_opts;
 
 /* Loads a model from a packed GGUF file (blip2ctl convert; docs/gguf.md),
@@ -97,11 +106,6 @@ int blip2_model_mapping(const blip2_model *m, const char **path, const void **ad
 
 /* ---- packing a Hugging Face folder into one GGUF file ---- */
 
-/* Progress of blip2_convert, called before each tensor (i of n, name) and
- * once at the end (i == n, name NULL); bytes counts the output written so
- * far of total.  Returning non-zero cancels (BLIP2_ECANCELED). */
-typedef int (*blip2_convert_cb)(void *ud, int i, int n, const char *name, uint64_t bytes,
-                                uint64_t total);
 
 typedef struct blip2_convert_stats {
     int tensors;            /* written */

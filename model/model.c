@@ -259,7 +259,7 @@ static int load_cached(blip2_model **out, const char *path, const blip2_load_opt
     const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
     char t[8];
     snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
-    if ((rc = blip2_convert(path, cp, t, NULL, NULL, NULL, err)) < 0) return rc;
+    if ((rc = blip2_convert(path, cp, t, opts->convert_cb, opts->convert_ud, NULL, err)) < 0) return rc;
     return load_gguf(out, cp, opts, err);
 }
 

@@ -2,8 +2,9 @@
 # test_convert.sh - blip2ctl convert: each golden model packed to each type
 # and run through blip2-infer; an interrupted conversion (SIGKILL before a
 # tensor, through the BLIP2CTL_TEST_KILL_AFTER hook) leaves no file at the
-# output name and an older file there untouched; bad arguments are
-# refused.  TAP.
+# output name and an older file there untouched, SIGINT cancels cleanly;
+# blip2d serves a .gguf directly (--mlock) with the caption blip2-infer
+# gives from the folder; bad arguments are refused.  TAP.
 BLIP2CTL=${BLIP2CTL:-./client/blip2ctl}
 BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
 GOLDEN_DIR=${GOLDEN_DIR:-tests/golden}
@@ -27,6 +28,21 @@ for model in opt-tiny opt-tiny-sharded; do
         t $? "$model $type: blip2-infer captions with it"
     done
 done
+# blip2d serves a .gguf file directly (mapped, --mlock) with the same
+# caption blip2-infer gives from the folder
+BLIP2D=${BLIP2D:-./daemon/blip2d}
+img="$GOLDEN_DIR/images/chelsea.png"
+want=$("$BLIP2_INFER" --model "$GOLDEN_DIR/opt-tiny" --image "$img" | sed "s/^ *//")
+"$BLIP2D" --model "$tmp/opt-tiny-f32.gguf" --socket "$tmp/d.sock" --mlock --no-weights-cache 2>"$tmp/dlog" &
+dpid=$!
+i=0
+while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+[ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the f32 .gguf captions as blip2-infer on the folder"
+grep -q "weights mapped from $tmp/opt-tiny-f32.gguf (.* MiB, locked)" "$tmp/dlog"
+t $? "blip2d says it mapped and locked the file"
+kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+
 # not a terminal: plain progress lines
 grep -q "blip2ctl: convert: 100% (" "$tmp/log"; t $? "plain progress lines without a terminal"
 

@@ -25,6 +25,7 @@
  */
 #include "blip2client.h"
 #include "ctl_batch.h"
+#include "blip2.h"      /* the model library, for convert */
 
 #include <errno.h>
 #include <getopt.h>
@@ -32,6 +33,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +73,7 @@ typedef struct ctl {
     const char *text, *out, *out_dir;
     const char *outputs[8];
     size_t n_outputs;
+    const char *type;   /* convert --type */
 } ctl;
 
 /* ---- messages and exit codes ------------------------------------------------ */
@@ -168,6 +171,8 @@ static void print_help(void)
 "                     file with --out FILE; with several IMAGEs or the\n"
 "                     collection options: one JSON line per image with its\n"
 "                     pooled outputs (image_pooler_output, qformer_pooler_output)\n"
+"  convert SRC OUT.gguf  pack the Hugging Face folder SRC into one GGUF file\n"
+"                     (no daemon needed)\n"
 "\n"
 "Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
 "      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
@@ -194,6 +199,8 @@ static void print_help(void)
 "      --out-dir DIR             collection: every output of each image to\n"
 "                                DIR/<sha256 of its path>.safetensors [all five\n"
 "                                image outputs], named in the line's \"file\"\n"
+"Conversion:\n"
+"      --type TYPE               convert: f32, f16, bf16 or q8_0 [f16]\n"
 "\n"
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"
@@ -259,7 +266,7 @@ enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
     O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
-    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR
+    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE
 };
 
 static const struct option long_options[] = {
@@ -292,6 +299,7 @@ static const struct option long_options[] = {
     { "output", required_argument, NULL, O_OUTPUT },
     { "out", required_argument, NULL, O_OUT },
     { "out-dir", required_argument, NULL, O_OUT_DIR },
+    { "type", required_argument, NULL, O_TYPE },
     { "socket", required_argument, NULL, 's' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -355,6 +363,7 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_OUT: x->out = optarg; break;
         case O_OUT_DIR: x->out_dir = optarg; break;
         case 's': x->socket = optarg; break;
+        case O_TYPE: x->type = optarg; break;
         case 'v': x->verbose = true; break;
         case 'h': print_help(); exit(EXIT_OK);
         case 'V':
@@ -1085,6 +1094,67 @@ static int cmd_status(ctl *x)
     return EXIT_OK;
 }
 
+/* ---- convert: no daemon, the model library ------------------------------------------------ */
+
+static volatile sig_atomic_t convert_stop;
+static void convert_sig_cb(int sig) { (void)sig; convert_stop = 1; }
+
+typedef struct convert_ui {
+    int tty, last_decile;
+    long kill_after; /* test hooks: signal kill_sig (SIGKILL, or SIGINT) before tensor N */
+    int kill_sig;
+} convert_ui;
+
+static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
+{
+    convert_ui *u = ud;
+    if (u->kill_after >= 0 && i == u->kill_after) raise(u->kill_sig);
+    if (convert_stop) return 1;
+    const int pct = total ? (int)(bytes * 100 / total) : 100;
+    if (u->tty) {
+        char bar[31];
+        const int fill = pct * 30 / 100;
+        for (int k = 0; k < 30; k++) bar[k] = k < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\r[%s] %3d%% %d/%d tensors %.0f/%.0f MiB %-50.50s", bar, pct, i, n,
+                bytes / 1048576.0, total / 1048576.0, name ? name : "");
+        if (i == n) fputc('\n', stderr);
+    } else if (pct / 10 != u->last_decile || i == n) {
+        u->last_decile = pct / 10;
+        fprintf(stderr, PROG ": convert: %3d%% (%d/%d tensors, %.0f MiB)\n", pct, i, n, bytes / 1048576.0);
+    }
+    return 0;
+}
+
+static int cmd_convert(ctl *x, const char *src, const char *out)
+{
+    convert_ui u = {isatty(STDERR_FILENO), -1, -1, SIGKILL};
+    const char *k = getenv("BLIP2CTL_TEST_KILL_AFTER");
+    if (k && *k) u.kill_after = strtol(k, NULL, 10);
+    k = getenv("BLIP2CTL_TEST_KILL_SIGNAL");
+    if (k && !strcmp(k, "INT")) u.kill_sig = SIGINT;
+    const char *type = x->type ? x->type : "f16";
+    if (strcmp(type, "f32") && strcmp(type, "f16") && strcmp(type, "bf16") && strcmp(type, "q8_0"))
+        usage_error("--type: '%s' is not f32, f16, bf16 or q8_0", type);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = convert_sig_cb;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    blip2_convert_stats st;
+    blip2_error err;
+    if (blip2_convert(src, out, type, convert_progress_cb, &u, &st, &err) < 0) {
+        if (u.tty) fputc('\n', stderr);
+        warnx_("convert: %s", err.text);
+        if (err.code == BLIP2_ECANCELED) return 130; /* as a shell reports SIGINT */
+        return err.code == BLIP2_EIO || err.code == BLIP2_EFORMAT || err.code == BLIP2_EUNSUPPORTED ||
+                       err.code == BLIP2_EINVAL ? EXIT_USAGE : EXIT_SERVER;
+    }
+    printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %.1f MiB in %.2f s\n", out, st.tensors,
+           st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, st.bytes / 1048576.0, st.seconds);
+    return EXIT_OK;
+}
+
 static int cmd_ping(ctl *x)
 {
     connect_or_exit(x);
@@ -1271,7 +1341,7 @@ int main(int argc, char **argv)
     blip2c_params_init(&x.params);
     parse_args(&x, argc, argv);
 
-    if (optind >= argc) usage_error("missing command (caption, ask, chat, status or ping)");
+    if (optind >= argc) usage_error("missing command (caption, ask, chat, features, convert, status or ping)");
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     size_t nargs = (size_t)(argc - optind - 1);
@@ -1314,11 +1384,14 @@ int main(int argc, char **argv)
     } else if (features) {
         if (nargs == 0 && !x.text) usage_error("features: give an IMAGE, --text TEXT or both");
         status = cmd_features(&x, nargs ? args[0] : NULL);
+    } else if (strcmp(cmd, "convert") == 0) {
+        if (nargs != 2) usage_error("convert: give a SOURCE folder and an OUTPUT.gguf file");
+        status = cmd_convert(&x, args[0], args[1]);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {
         if (nargs) usage_error("%s: takes no arguments", cmd);
         status = cmd[0] == 's' ? cmd_status(&x) : cmd_ping(&x);
     } else {
-        usage_error("unknown command '%s' (caption, ask, chat, status, ping or features)", cmd);
+        usage_error("unknown command '%s' (caption, ask, chat, features, convert, status or ping)", cmd);
     }
     blip2c_close(x.conn);
     if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -53,6 +53,7 @@ typedef struct b2d_config {
     int n_allow_uid;
     gid_t *allow_gid;
     int n_allow_gid;
+    blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
 } b2d_config;
 
 typedef struct b2d_job {

@@ -33,7 +33,14 @@ static void usage(FILE *f)
     fprintf(f,
         "Usage: blip2d --model PATH [options]\n"
         "Serve BLIP-2 captioning and visual question answering on a Unix socket.\n\n"
-        "  -m, --model PATH        Hugging Face BLIP-2 folder to serve\n"
+        "  -m, --model PATH        BLIP-2 model to serve: a GGUF file (blip2ctl convert) or a\n"
+        "                          Hugging Face folder, converted once into the weights cache\n"
+        "      --weights-cache DIR where converted folders are kept (default: $CACHE_DIRECTORY,\n"
+        "                          else $XDG_CACHE_HOME/blip2, else ~/.cache/blip2)\n"
+        "      --weights-type T    type of that conversion: f32, f16, bf16, q8_0 (default: the\n"
+        "                          checkpoint's own)\n"
+        "      --no-weights-cache  load a folder directly (f16/bf16 widened to f32 in memory)\n"
+        "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
         "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
         "                          or /run/blip2/blip2.sock for root)\n"
         "  -t, --threads N         compute threads (default: all cores)\n"
@@ -57,6 +64,21 @@ static void usage(FILE *f)
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
         "      --version           print the version\n");
+}
+
+/* A folder converted into the weights cache at start: systemd gets more
+ * time (EXTEND_TIMEOUT_USEC) and a status line, the log a line every 10 %. */
+static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
+{
+    int *last = ud;
+    (void)name;
+    const int pct = total ? (int)(bytes * 100 / total) : 100;
+    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=converting the model into the weights cache: %d%%", pct);
+    if (pct / 10 != *last || i == n) {
+        *last = pct / 10;
+        LOG_INFO("converting into the weights cache: %d%% (%d of %d tensors)", pct, i, n);
+    }
+    return 0;
 }
 
 static long num(const char *s, const char *opt, long lo, long hi)
@@ -148,7 +170,8 @@ static int make_socket(const char *path)
 
 int main(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION };
+    enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
+           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -158,6 +181,8 @@ int main(int argc, char **argv)
         {"stall-timeout", required_argument, 0, O_STALL}, {"max-inflight", required_argument, 0, O_INFLIGHT},
         {"idle-exit", required_argument, 0, O_IDLE}, {"allow-uid", required_argument, 0, O_AUID},
         {"allow-gid", required_argument, 0, O_AGID},
+        {"weights-cache", required_argument, 0, O_WCACHE}, {"weights-type", required_argument, 0, O_WTYPE},
+        {"no-weights-cache", no_argument, 0, O_NOWCACHE}, {"mlock", no_argument, 0, O_MLOCK},
         {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -167,8 +192,8 @@ int main(int argc, char **argv)
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
     };
-    char defsock[4096];
-    int c;
+    char defsock[4096], defcache[4096];
+    int c, no_wcache = 0;
     while ((c = getopt_long(argc, argv, "m:s:t:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': cfg.model_path = optarg; break;
@@ -186,6 +211,16 @@ int main(int argc, char **argv)
         case O_IDLE: cfg.idle_exit = (double)num(optarg, "--idle-exit", 0, 86400 * 365); break;
         case O_AUID: if (parse_ids(optarg, 0, &cfg.allow_uid, &cfg.n_allow_uid) < 0) return 2; break;
         case O_AGID: if (parse_ids(optarg, 1, (uid_t **)&cfg.allow_gid, &cfg.n_allow_gid) < 0) return 2; break;
+        case O_WCACHE: cfg.load.cache_dir = optarg; break;
+        case O_WTYPE:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "f16") && strcmp(optarg, "bf16") && strcmp(optarg, "q8_0")) {
+                fprintf(stderr, "blip2d: --weights-type: '%s' is not f32, f16, bf16 or q8_0\n", optarg);
+                return 2;
+            }
+            cfg.load.cache_type = optarg;
+            break;
+        case O_NOWCACHE: no_wcache = 1; break;
+        case O_MLOCK: cfg.load.mlock = 1; break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
@@ -202,6 +237,16 @@ int main(int argc, char **argv)
         else { fprintf(stderr, "blip2d: XDG_RUNTIME_DIR is not set: give --socket PATH\n"); return 2; }
         cfg.socket_path = defsock;
     }
+    if (no_wcache) {
+        cfg.load.cache_dir = NULL;
+    } else if (!cfg.load.cache_dir) { /* systemd's CacheDirectory=, then XDG */
+        const char *cd = getenv("CACHE_DIRECTORY"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+        if (cd && *cd) snprintf(defcache, sizeof defcache, "%.*s", (int)strcspn(cd, ":"), cd);
+        else if (xdg && *xdg == '/') snprintf(defcache, sizeof defcache, "%s/blip2", xdg);
+        else if (home && *home == '/') snprintf(defcache, sizeof defcache, "%s/.cache/blip2", home);
+        else defcache[0] = 0;
+        cfg.load.cache_dir = defcache[0] ? defcache : NULL;
+    }
     signal(SIGPIPE, SIG_IGN);
     b2d_sigbus_setup();
     openblas_set_num_threads(cfg.threads);
@@ -211,12 +256,24 @@ int main(int argc, char **argv)
     blip2_error err = {0};
     LOG_INFO("loading %s", cfg.model_path);
     sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
-    if (blip2_model_load(&m, cfg.model_path, NULL, &err) < 0) {
+    struct stat mst;
+    int last_decile = -1;
+    cfg.load.convert_cb = convert_progress_cb;
+    cfg.load.convert_ud = &last_decile;
+    if (cfg.load.cache_dir && stat(cfg.model_path, &mst) == 0 && S_ISDIR(mst.st_mode))
+        LOG_INFO("weights cache: %s (a folder is converted there once)", cfg.load.cache_dir);
+    if (blip2_model_load(&m, cfg.model_path, &cfg.load, &err) < 0) {
         LOG_ERR("cannot load the model: %s", err.text);
         return 1;
     }
     LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
              blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
+    const char *mpath = NULL;
+    size_t msize = 0;
+    if (blip2_model_mapping(m, &mpath, NULL, &msize))
+        LOG_INFO("weights mapped from %s (%.1f MiB%s)", mpath, msize / 1048576.0, cfg.load.mlock ? ", locked" : "");
+    else if (cfg.load.mlock)
+        LOG_WARN("--mlock locks mapped GGUF weights only; this folder was loaded without the weights cache");
     int fd, n = sd_listen_fds(1);
     if (n < 0) {
         LOG_ERR("LISTEN_FDS is set but the passed socket is unusable: %s", strerror(-n));

@@ -831,7 +831,7 @@ typedef struct reload_work {
 static void reload_load_cb(uv_work_t *w)
 {
     reload_work *r = w->data;
-    if (blip2_model_load(&r->m, r->srv->cfg->model_path, NULL, &r->err) < 0) r->m = NULL;
+    if (blip2_model_load(&r->m, r->srv->cfg->model_path, &r->srv->cfg->load, &r->err) < 0) r->m = NULL;
 }
 
 static void reload_done_cb(uv_work_t *w, int status)

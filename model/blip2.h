@@ -61,18 +61,71 @@ const char *blip2_strerror(int code);
 
 typedef struct blip2_model blip2_model;
 
+/* Progress of blip2_convert, called before each tensor (i of n, name) and
+ * once at the end (i == n, name NULL); bytes counts the output written so
+ * far of total.  Returning non-zero cancels (BLIP2_ECANCELED). */
+typedef int (*blip2_convert_cb)(void *ud, int i, int n, const char *name, uint64_t bytes,
+                                uint64_t total);
+
 typedef struct blip2_load_opts {
-    int reserved; /* zero-initialise; more options later */
+    int reserved;   /* zero-initialise; more options later */
+    /* A Hugging Face folder is converted once into a GGUF file in this
+     * directory (created if missing; the file is named after the folder's
+     * identity: resolved path, each weight file's size, mtime and inode,
+     * and the type) and that file is mapped.  NULL: folders are loaded
+     * directly (f16/bf16 widened to f32 copies), as are folders of a
+     * family GGUF files cannot hold yet (Flan-T5). */
+    const char *cache_dir;
+    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", or NULL
+     * for the checkpoint's own storage type. */
+    const char *cache_type;
+    /* 1: mlock() the GGUF mapping (BLIP2_EIO naming RLIMIT_MEMLOCK when the
+     * limit is too small). */
+    int mlock;
+    /* Called while a folder is converted into the cache (may be NULL). */
+    blip2_convert_cb convert_cb;
+    void *convert_ud;
 } blip2_load_opts;
 
-/* Loads a Hugging Face BLIP-2 folder (config.json, model.safetensors or
- * sharded model-*.safetensors + index, tokenizer and preprocessor files).
- * Weights in f32, f16 or bf16.  opts may be NULL.  On success *out is a new
- * model the caller frees with blip2_model_free(). */
+/* Loads a model from a packed GGUF file (blip2ctl convert; docs/gguf.md),
+ * mapped read-only and MAP_SHARED with its weights used in place in their
+ * stored type (f32, f16, bf16, q8_0), or from a Hugging Face BLIP-2 folder
+ * (config.json, model.safetensors or sharded model-*.safetensors + index,
+ * tokenizer and preprocessor files; weights in f32, f16 or bf16).  opts
+ * may be NULL.  On success *out is a new model the caller frees with
+ * blip2_model_free(). */
 int blip2_model_load(blip2_model **out, const char *path,
                      const blip2_load_opts *opts, blip2_error *err);
 /* Frees a model; NULL is allowed. */
 void blip2_model_free(blip2_model *m);
+
+/* The mapped GGUF file of a model loaded from one (or from the cache):
+ * its path and the mapping's address and size; 0 and NULLs for a model
+ * loaded from a folder.  Borrowed, valid until blip2_model_free. */
+int blip2_model_mapping(const blip2_model *m, const char **path, const void **addr,
+                        size_t *size);
+
+/* ---- packing a Hugging Face folder into one GGUF file ---- */
+
+
+typedef struct blip2_convert_stats {
+    int tensors;            /* written */
+    int n_f32, n_f16, n_bf16, n_q8_0; /* tensors per stored type */
+    uint64_t bytes;         /* size of the file */
+    double seconds;
+} blip2_convert_stats;
+
+/* Converts the Hugging Face BLIP-2 folder src into the GGUF file out, with
+ * the big matrices (linear weights, embed_tokens, lm_head) stored as type
+ * ("f32", "f16", "bf16", "q8_0") and everything else (layer norms,
+ * biases, position/class embeddings, query tokens) as f32; q8_0 needs rows
+ * of a multiple of 32 values, other matrices fall back to f16.  Hyper-
+ * parameters, tokenizer and preprocessor settings go into the metadata.
+ * The file is written under a temporary name in out's directory and
+ * renamed when complete and verified (loaded back): an interrupted run
+ * never leaves a file at out.  cb and stats may be NULL. */
+int blip2_convert(const char *src, const char *out, const char *type, blip2_convert_cb cb,
+                  void *ud, blip2_convert_stats *stats, blip2_error *err);
 
 /* Shapes. */
 int blip2_image_size(const blip2_model *m);      /* H == W of pixel_values */
@@ -85,7 +138,8 @@ int blip2_vocab_size(const blip2_model *m);
 int blip2_max_positions(const blip2_model *m);
 /* The id every generated sequence starts with: OPT bos, T5 decoder_start_token_id. */
 int32_t blip2_bos_id(const blip2_model *m);
-/* Storage type of the checkpoint's weights: "f32", "f16", "bf16" (static). */
+/* Storage type of the checkpoint's big matrices: "f32", "f16", "bf16",
+ * "q8_0" (static). */
 const char *blip2_model_dtype(const blip2_model *m);
 /* Model family: "opt" or "t5" (Flan-T5), from config.json (static). */
 const char *blip2_model_family(const blip2_model *m);

@@ -2,9 +2,11 @@
  * engine.h - internal: the loaded model (immutable weights) and the stage
  * functions that run on it.
  *
- * Weights are views into the read-only safetensors mappings when they are
- * stored as aligned f32, or f32 copies owned by the model otherwise (f16 and
- * bf16 checkpoints).  Request state (KV caches, scratch) lives outside the
+ * Weights are views into the read-only mapping of a GGUF file in their
+ * stored type (b2_linear.wt; norms, biases and embeddings always f32), or,
+ * for a Hugging Face folder, views into the safetensors mappings when they
+ * are stored as aligned f32 and f32 copies owned by the model otherwise
+ * (f16 and bf16 checkpoints).  Request state (KV caches, scratch) lives outside the
  * model, so one model serves many threads.
  */
 #ifndef BLIP2_ENGINE_H
@@ -60,18 +62,22 @@ struct blip2_model {
     b2_linear proj;           /* (Dt, Dq) language_projection */
 
     /* OPT */
-    const float *embed_tokens; /* (V, D) */
+    const void *embed_tokens;  /* (V, D) of type embed_wt */
+    b2_wtype embed_wt;
     const float *embed_pos;    /* (max_pos + 2, D) */
     b2_opt_layer *tl;         /* (t_layers) */
     b2_ln final_ln;           /* d == 0 when absent */
-    const float *lm_head;     /* (V, D) */
+    const void *lm_head;      /* (V, D) of type lm_head_wt */
+    b2_wtype lm_head_wt;
 
     /* T5 (family B2_FAMILY_T5; the OPT fields above are then unused) */
     struct b2_t5 *t5;         /* t5.h */
     struct b2_t5tok *t5tok;   /* SentencePiece tokenizer (t5tok.h); tok is NULL */
 
     /* storage */
-    const char *dtype;        /* "f32", "f16", "bf16": how the weights are stored */
+    const char *dtype;        /* "f32", "f16", "bf16", "q8_0": how the matrices are stored */
+    struct b2_gguf *gguf;     /* the mapped GGUF file, or NULL (safetensors files) */
+    int locked;               /* the mapping is mlock()ed */
     struct b2_st_file **files;
     int n_files;
     void **owned;

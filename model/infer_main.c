@@ -26,6 +26,7 @@ static void usage(FILE *f)
         "                   [--prompt TEXT]... [options]\n"
         "Caption an image, or answer a question about it, with a BLIP-2 checkpoint.\n\n"
         "  -m, --model DIR            Hugging Face BLIP-2 folder (config.json, *.safetensors, tokenizer)\n"
+        "                             or a packed .gguf file (blip2ctl convert)\n"
         "  -i, --image FILE           image to describe; repeat for a batch\n"
         "      --pixel-values FILE    take the preprocessed 'pixel_values' (n,3,H,W) from a safetensors file\n"
         "  -p, --prompt TEXT          prompt, e.g. \"Question: how many cats are there? Answer:\";\n"

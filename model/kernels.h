@@ -12,12 +12,16 @@
 #define BLIP2_KERNELS_H
 #include <stddef.h>
 #include "config.h"
+#include "wkernels.h"
 
-/* A linear layer y = x W^T + b, as torch.nn.Linear stores it. */
+/* A linear layer y = x W^T + b, as torch.nn.Linear stores it.  W is f32
+ * (wt == B2_WT_F32, the zero value) or rows of another type (wkernels.h),
+ * as a GGUF file stores them. */
 typedef struct b2_linear {
-    const float *w;  /* (out, in) */
+    const void *w;   /* (out, in) of type wt */
     const float *b;  /* (out) or NULL */
     int out, in;
+    b2_wtype wt;
 } b2_linear;
 
 /* LayerNorm affine parameters; w/b NULL for elementwise_affine=False. */
@@ -33,8 +37,14 @@ void b2__matmul_t(float *y, int ldy, const float *x, int ldx, const float *w, in
 void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                   int n, int m, int k);
 
-/* y (n, l->out) = x (n, l->in) @ W^T + b. */
+/* y (n, l->out) = x (n, l->in) @ W^T + b.  Typed weights: few rows go
+ * through b2__wmatmul_rows, many rows convert tiles of W to f32 and use
+ * sgemm. */
 void b2__linear(float *y, const float *x, int n, const b2_linear *l);
+/* Weight rows per tile of that conversion (default 256; benchmarks set it). */
+extern int b2__wtile_rows;
+/* y (n, l->out) = x (n, l->in) @ W^T, without the bias. */
+void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l);
 
 /* The same products with a guarantee the decoder needs: each row's result
  * has the same bits whatever n is (one kernel and one summation order for
@@ -42,6 +52,7 @@ void b2__linear(float *y, const float *x, int n, const b2_linear *l);
  * gets alone.  y (n, ldy) [:, :m] = x (n, ldx) [:, :k] @ w (m, ldw)^T. */
 void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                      int n, int m, int k);
+/* Typed weights always go through b2__wmatmul_rows (row-invariant). */
 void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
 
 /* y (n, d) = LayerNorm(x (n, d)); y may equal x. */

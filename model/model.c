@@ -10,16 +10,22 @@
  */
 #include "engine.h"
 #include "error.h"
+#include "gguf.h"
+#include "packed.h"
 #include "t5.h"
 #include "t5tok.h"
 #include "weights.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Binding context: formats names and keeps the first error. */
 typedef struct binder {
@@ -42,13 +48,29 @@ static const float *bind(binder *b, int ndim, const int64_t *shape, const char *
     return p;
 }
 
+/* A big matrix: in its stored type from a GGUF file. */
+__attribute__((format(printf, 5, 6)))
+static const void *bind_typed(binder *b, b2_wtype *wt, int ndim, const int64_t *shape, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const void *p = NULL;
+    *wt = B2_WT_F32;
+    if (b->rc < 0) return NULL;
+    b->rc = b2__weight_typed(b->m, name, ndim, shape, 1, &p, wt, b->err);
+    return p;
+}
+
 #define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__}
 
 static void bind_linear(binder *b, b2_linear *l, int out, int in, int bias, const char *prefix)
 {
     l->out = out;
     l->in = in;
-    l->w = bind(b, SHAPE(out, in), "%s.weight", prefix);
+    l->w = bind_typed(b, &l->wt, SHAPE(out, in), "%s.weight", prefix);
     l->b = bias ? bind(b, SHAPE(out), "%s.bias", prefix) : NULL;
 }
 
@@ -146,7 +168,7 @@ static int bind_all(blip2_model *m, blip2_error *err)
     /* vision */
     m->patch.out = Dv;
     m->patch.in = 3 * ps * ps;
-    m->patch.w = bind(&b, SHAPE(Dv, 3, ps, ps), "vision_model.embeddings.patch_embedding.weight");
+    m->patch.w = bind_typed(&b, &m->patch.wt, SHAPE(Dv, 3, ps, ps), "vision_model.embeddings.patch_embedding.weight");
     m->patch.b = bind(&b, SHAPE(Dv), "vision_model.embeddings.patch_embedding.bias");
     m->class_emb = bind(&b, SHAPE(1, 1, Dv), "vision_model.embeddings.class_embedding");
     m->pos_emb = bind(&b, SHAPE(1, T, Dv), "vision_model.embeddings.position_embedding");
@@ -188,7 +210,7 @@ static int bind_all(blip2_model *m, blip2_error *err)
     /* OPT */
     const char *dec = "language_model.model.decoder";
     snprintf(p, sizeof p, "%s.embed_tokens.weight", dec);
-    m->embed_tokens = bind(&b, SHAPE(c->t_vocab, Dw), "%s", p);
+    m->embed_tokens = bind_typed(&b, &m->embed_wt, SHAPE(c->t_vocab, Dw), "%s", p);
     snprintf(p, sizeof p, "%s.embed_positions.weight", dec);
     m->embed_pos = bind(&b, SHAPE(c->t_max_pos + 2, D), "%s", p);
     for (int l = 0; l < c->t_layers; l++) {
@@ -206,10 +228,12 @@ static int bind_all(blip2_model *m, blip2_error *err)
         snprintf(p, sizeof p, "%s.final_layer_norm", dec);
         bind_ln(&b, &m->final_ln, D, c->t_ln_affine, p);
     }
-    if (c->t_tie || !b2__weight_exists(m, "language_model.lm_head.weight"))
+    if (c->t_tie || !b2__weight_exists(m, "language_model.lm_head.weight")) {
         m->lm_head = m->embed_tokens; /* tied: the stored copy, if any, equals it */
-    else
-        m->lm_head = bind(&b, SHAPE(c->t_vocab, Dw), "language_model.lm_head.weight");
+        m->lm_head_wt = m->embed_wt;
+    } else {
+        m->lm_head = bind_typed(&b, &m->lm_head_wt, SHAPE(c->t_vocab, Dw), "language_model.lm_head.weight");
+    }
     return b.rc;
 }
 
@@ -226,18 +250,123 @@ void blip2_model_free(blip2_model *m)
     free(m);
 }
 
+static int alloc_layers(blip2_model *m, blip2_error *err)
+{
+    m->vl = calloc((size_t)m->cfg.v_layers, sizeof *m->vl);
+    m->ql = calloc((size_t)m->cfg.q_layers, sizeof *m->ql);
+    m->tl = calloc((size_t)m->cfg.t_layers, sizeof *m->tl);
+    if (!m->vl || !m->ql || !m->tl) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* A GGUF file: map, read the metadata, bind every tensor in place. */
+static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
+{
+    int rc;
+    blip2_model *m = calloc(1, sizeof *m);
+    if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    if ((rc = b2__gguf_open(&m->gguf, path, err)) < 0) goto fail;
+    if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
+    if ((rc = alloc_layers(m, err)) < 0) goto fail;
+    if ((rc = bind_all(m, err)) < 0) goto fail;
+    m->dtype = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
+    size_t size;
+    void *map = b2__gguf_map(m->gguf, &size);
+    madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
+    if (opts && opts->mlock) {
+        if (mlock(map, size) != 0) {
+            struct rlimit rl = {0, 0};
+            getrlimit(RLIMIT_MEMLOCK, &rl);
+            int e = errno;
+            if (e == ENOMEM || e == EPERM)
+                rc = b2__err(err, BLIP2_EIO, "%s: cannot lock %zu MiB in memory: RLIMIT_MEMLOCK is %llu KiB "
+                             "(raise it: LimitMEMLOCK= in the unit, ulimit -l)", path, size >> 20,
+                             rl.rlim_cur == RLIM_INFINITY ? 0ull : (unsigned long long)(rl.rlim_cur >> 10));
+            else
+                rc = b2__err(err, BLIP2_EIO, "%s: mlock: %s", path, strerror(e));
+            goto fail;
+        }
+        m->locked = 1;
+    }
+    *out = m;
+    return 0;
+fail:
+    blip2_model_free(m);
+    return rc;
+}
+
+static int is_gguf(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char b[4] = {0};
+    if (!f) return 0;
+    size_t n = fread(b, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(b, "GGUF", 4);
+}
+
+/* A folder through the cache: convert once, then map the file. */
+static int load_cached(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
+{
+    char cp[4096];
+    int rc;
+    snprintf(cp, sizeof cp, "%s", opts->cache_dir); /* mkdir -p */
+    for (char *s = cp + 1;; s++) {
+        if (*s == '/' || !*s) {
+            const char c = *s;
+            *s = 0;
+            if (mkdir(cp, 0755) != 0 && errno != EEXIST)
+                return b2__err(err, BLIP2_EIO, "%s: cannot create the weights cache directory: %s", cp,
+                               strerror(errno));
+            *s = c;
+            if (!c) break;
+        }
+    }
+    if ((rc = b2__cache_path(cp, sizeof cp, opts->cache_dir, path, opts->cache_type, err)) < 0) return rc;
+    if (access(cp, R_OK) == 0) {
+        rc = load_gguf(out, cp, opts, err);
+        if (rc != BLIP2_EFORMAT) return rc;
+        unlink(cp); /* damaged (by hand: we rename only complete files): convert again */
+    }
+    const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
+    char t[8];
+    snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
+    if ((rc = blip2_convert(path, cp, t, opts->convert_cb, opts->convert_ud, NULL, err)) < 0) return rc;
+    return load_gguf(out, cp, opts, err);
+}
+
+int blip2_model_mapping(const blip2_model *m, const char **path, const void **addr, size_t *size)
+{
+    size_t sz = 0;
+    void *a = m->gguf ? b2__gguf_map(m->gguf, &sz) : NULL;
+    if (path) *path = m->gguf ? b2__gguf_name(m->gguf) : NULL;
+    if (addr) *addr = a;
+    if (size) *size = sz;
+    return a != NULL;
+}
+
 int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
                      blip2_error *err)
 {
-    (void)opts;
     char p[4096];
     struct stat st;
     int rc;
     *out = NULL;
     if (!path) return b2__err(err, BLIP2_EINVAL, "no model path given");
-    if (stat(path, &st) != 0) return b2__err(err, BLIP2_EIO, "%s: no such model folder", path);
+    if (stat(path, &st) != 0) return b2__err(err, BLIP2_EIO, "%s: no such model file or folder", path);
+    if (S_ISREG(st.st_mode)) {
+        if (!is_gguf(path))
+            return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a GGUF file (expected a .gguf file or a Hugging Face "
+                           "model folder)", path);
+        return load_gguf(out, path, opts, err);
+    }
     if (!S_ISDIR(st.st_mode))
         return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a folder (expected a Hugging Face model folder)", path);
+    if (opts && opts->cache_dir) {
+        rc = load_cached(out, path, opts, err);
+        /* a model GGUF cannot hold yet (Flan-T5): the folder, directly */
+        if (rc != BLIP2_EUNSUPPORTED) return rc;
+    }
     blip2_model *m = calloc(1, sizeof *m);
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     snprintf(p, sizeof p, "%s/config.json", path);
@@ -253,10 +382,7 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
     if (m->cfg.family == B2_FAMILY_T5) rc = b2__t5tok_load(&m->t5tok, path, err);
     else rc = b2__bpe_load(&m->tok, path, err);
     if (rc < 0) goto fail;
-    m->vl = calloc((size_t)m->cfg.v_layers, sizeof *m->vl);
-    m->ql = calloc((size_t)m->cfg.q_layers, sizeof *m->ql);
-    m->tl = calloc((size_t)m->cfg.t_layers, sizeof *m->tl);
-    if (!m->vl || !m->ql || !m->tl) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
+    if ((rc = alloc_layers(m, err)) < 0) goto fail;
     if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"

@@ -102,13 +102,14 @@ void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb)
 {
     const size_t D = (size_t)m->cfg.t_hidden;
     for (int i = 0; i < n; i++)
-        memcpy(emb + i * D, m->embed_tokens + (size_t)ids[i] * D, sizeof(float) * D);
+        b2__wrows_to_f32(emb + i * D, m->embed_tokens, m->embed_wt, ids[i], 1, (int)D);
 }
 
 void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *logits)
 {
     const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
-    b2__matmul_rows(logits, V, hidden, D, m->lm_head, D, n, V, D);
+    if (m->lm_head_wt == B2_WT_F32) b2__matmul_rows(logits, V, hidden, D, m->lm_head, D, n, V, D);
+    else b2__wmatmul_rows(logits, V, hidden, D, m->lm_head, m->lm_head_wt, n, V, D);
 }
 
 /* One row's attention over its cache: out (D) for query q (D). */

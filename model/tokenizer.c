@@ -506,6 +506,34 @@ static int load_vocab(b2_bpe *t, const char *path, blip2_error *err)
     return rc;
 }
 
+/* One line of merges.txt (line .. end, no newline): up to three
+ * whitespace-separated fields; exactly two is the merge of that rank. */
+static int merge_line(b2_bpe *t, strbuf *cat, const char *line, const char *end,
+                      uint32_t rank, const char *path, blip2_error *err)
+{
+    const char *f[3];
+    size_t fl[3];
+    int nf = 0;
+    for (const char *q = line; q < end && nf < 3;) {
+        while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+        if (q == end) break;
+        f[nf] = q;
+        while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+        fl[nf] = (size_t)(q - f[nf]);
+        nf++;
+    }
+    if (nf != 2) return 0;
+    int32_t a = sym_intern(&t->st, f[0], fl[0]);
+    int32_t b = sym_intern(&t->st, f[1], fl[1]);
+    cat->len = 0;
+    int32_t r = -1;
+    if (a >= 0 && b >= 0 && !buf_add(cat, f[0], fl[0]) && !buf_add(cat, f[1], fl[1]))
+        r = sym_intern(&t->st, cat->p, cat->len);
+    if (r < 0) return b2__err(err, BLIP2_ENOMEM, "%s: out of memory", path);
+    merge_put(&t->mt, a, b, rank, r);
+    return 0;
+}
+
 /* merges.txt as 4.37.2 reads it: split on "\n", drop the first line (the
  * "#version" header) and the last piece (empty after the final newline);
  * line k + 1 is the merge of rank k, split on whitespace into two symbols. */
@@ -533,32 +561,7 @@ static int load_merges(b2_bpe *t, const char *path, blip2_error *err)
     while (p) {
         char *line = p + 1, *end = memchr(line, '\n', len - (size_t)(line - data));
         if (!end) break; /* the last piece is dropped */
-        /* Up to three whitespace-separated fields; exactly two is a merge. */
-        const char *f[3];
-        size_t fl[3];
-        int nf = 0;
-        for (char *q = line; q < end && nf < 3;) {
-            while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-            if (q == end) break;
-            f[nf] = q;
-            while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-            fl[nf] = (size_t)(q - f[nf]);
-            nf++;
-        }
-        if (nf == 2) {
-            int32_t a = sym_intern(&t->st, f[0], fl[0]);
-            int32_t b = sym_intern(&t->st, f[1], fl[1]);
-            cat.len = 0;
-            int32_t r = -1;
-            if (a >= 0 && b >= 0 && !buf_add(&cat, f[0], fl[0]) &&
-                !buf_add(&cat, f[1], fl[1]))
-                r = sym_intern(&t->st, cat.p, cat.len);
-            if (r < 0) {
-                rc = b2__err(err, BLIP2_ENOMEM, "%s: out of memory", path);
-                break;
-            }
-            merge_put(&t->mt, a, b, rank, r);
-        }
+        if ((rc = merge_line(t, &cat, line, end, rank, path, err)) < 0) break;
         rank++;
         p = end;
     }
@@ -679,22 +682,14 @@ static const char *const special_keys[] = {
 };
 #define N_SPECIAL_KEYS (sizeof special_keys / sizeof special_keys[0])
 
-static int load_config(b2_bpe *t, const char *dir, blip2_error *err)
+/* Applies tokenizer_config.json (cfg) and special_tokens_map.json (map),
+ * either of which may be NULL; the paths name them in errors. */
+static int apply_config(b2_bpe *t, json_t *cfg, json_t *map, const char *cpath,
+                        const char *mpath, blip2_error *err)
 {
-    char cpath[4096], mpath[4096];
-    json_t *cfg = NULL, *map = NULL;
-    int rc;
-    if ((rc = path_join(cpath, sizeof cpath, dir, "tokenizer_config.json", err)) < 0 ||
-        (rc = path_join(mpath, sizeof mpath, dir, "special_tokens_map.json", err)) < 0)
-        return rc;
-    if ((rc = load_json_opt(cpath, &cfg, err)) < 0) return rc;
-    if ((rc = load_json_opt(mpath, &map, err)) < 0) goto done;
-
+    int rc = 0;
     json_t *empty = json_object();
-    if (!empty) {
-        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
-        goto done;
-    }
+    if (!empty) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     json_t *c = cfg ? cfg : empty;
     if ((rc = config_bool(c, "add_bos_token", 0, &t->add_bos, cpath, err)) < 0 ||
         (rc = config_bool(c, "add_prefix_space", 0, &t->add_prefix_space, cpath,
@@ -787,6 +782,20 @@ static int load_config(b2_bpe *t, const char *dir, blip2_error *err)
     }
     json_decref(empty);
 done:
+    return rc;
+}
+
+static int load_config(b2_bpe *t, const char *dir, blip2_error *err)
+{
+    char cpath[4096], mpath[4096];
+    json_t *cfg = NULL, *map = NULL;
+    int rc;
+    if ((rc = path_join(cpath, sizeof cpath, dir, "tokenizer_config.json", err)) < 0 ||
+        (rc = path_join(mpath, sizeof mpath, dir, "special_tokens_map.json", err)) < 0)
+        return rc;
+    if ((rc = load_json_opt(cpath, &cfg, err)) == 0 &&
+        (rc = load_json_opt(mpath, &map, err)) == 0)
+        rc = apply_config(t, cfg, map, cpath, mpath, err);
     json_decref(cfg);
     json_decref(map);
     return rc;
@@ -844,6 +853,9 @@ static const char gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+"
     "|[" WS "]+(?![^" WS "])|[" WS "]+";
 
+static int finish_load(b2_bpe *t, blip2_error *err);
+static int intern_bytes(b2_bpe *t, blip2_error *err);
+
 int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err)
 {
     char path[4096];
@@ -857,14 +869,7 @@ int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err)
     if ((rc = path_join(path, sizeof path, dir, "vocab.json", err)) < 0 ||
         (rc = load_vocab(t, path, err)) < 0)
         goto fail;
-    for (int b = 0; b < 256; b++) {
-        char u[4];
-        t->byte_sym[b] = sym_intern(&t->st, u, put_utf8(u, t->byte_cp[b]));
-        if (t->byte_sym[b] < 0) {
-            rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
-            goto fail;
-        }
-    }
+    if ((rc = intern_bytes(t, err)) < 0) goto fail;
     if ((rc = path_join(path, sizeof path, dir, "merges.txt", err)) < 0 ||
         (rc = load_merges(t, path, err)) < 0)
         goto fail;
@@ -873,9 +878,107 @@ int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err)
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
         goto fail;
     }
-    if ((rc = load_config(t, dir, err)) < 0 || (rc = build_id_tables(t, err)) < 0)
+    if ((rc = load_config(t, dir, err)) < 0 || (rc = finish_load(t, err)) < 0)
         goto fail;
+    *out = t;
+    return 0;
+fail:
+    b2__bpe_free(t);
+    return rc;
+}
 
+/* The byte symbols every tokenizer interns after its vocabulary. */
+static int intern_bytes(b2_bpe *t, blip2_error *err)
+{
+    for (int b = 0; b < 256; b++) {
+        char u[4];
+        t->byte_sym[b] = sym_intern(&t->st, u, put_utf8(u, t->byte_cp[b]));
+        if (t->byte_sym[b] < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+int b2__bpe_load_src(b2_bpe **out, const b2_bpe_src *src, blip2_error *err)
+{
+    int rc;
+    *out = NULL;
+    const char *name = src->name ? src->name : "tokenizer";
+    if (!src->n_tokens || src->n_tokens > (1u << 24) || src->n_merges > (1u << 24))
+        return b2__err(err, BLIP2_EFORMAT, "%s: tokenizer with %zu tokens and %zu merges", name,
+                       src->n_tokens, src->n_merges);
+    b2_bpe *t = calloc(1, sizeof *t);
+    vocab_ent *e = malloc(src->n_tokens * sizeof *e);
+    strbuf cat = {0};
+    json_t *cfg = NULL, *map = NULL;
+    if (!t || !e) {
+        free(t);
+        free(e);
+        return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    }
+    init_byte_alphabet(t);
+    size_t n = 0;
+    for (size_t i = 0; i < src->n_tokens; i++) {
+        const b2_bpe_str *s = &src->tokens[i];
+        if (s->len == 0) continue; /* a hole in vocab.json's ids */
+        if (memchr(s->p, 0, s->len) || utf8_check(s->p, s->len) != s->len) {
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: token %zu is not valid UTF-8 text", name, i);
+            goto fail;
+        }
+        e[n++] = (vocab_ent){s->p, s->len, (long long)i};
+    }
+    if ((rc = vocab_build(t, e, n, name, err)) < 0 || (rc = intern_bytes(t, err)) < 0) goto fail;
+    if (merge_init(&t->mt, src->n_merges + 1)) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < src->n_merges; i++) {
+        const b2_bpe_str *s = &src->merges[i];
+        if (utf8_check(s->p, s->len) != s->len) {
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: merge %zu is not valid UTF-8 text", name, i);
+            goto fail;
+        }
+        if ((rc = merge_line(t, &cat, s->p, s->p + s->len, (uint32_t)i, name, err)) < 0) goto fail;
+    }
+    t->added = calloc(B2_TOK_MAX_ADDED, sizeof *t->added);
+    if (!t->added) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        goto fail;
+    }
+    json_error_t je;
+    if (src->config_json && !(cfg = json_loadb(src->config_json, src->config_len, JSON_DECODE_INT_AS_REAL, &je))) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: tokenizer_config: line %d: %s", name, je.line, je.text);
+        goto fail;
+    }
+    if (src->map_json && !(map = json_loadb(src->map_json, src->map_len, JSON_DECODE_INT_AS_REAL, &je))) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: special_tokens_map: line %d: %s", name, je.line, je.text);
+        goto fail;
+    }
+    if ((cfg && !json_is_object(cfg)) || (map && !json_is_object(map))) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: tokenizer settings are not a JSON object", name);
+        goto fail;
+    }
+    if ((rc = apply_config(t, cfg, map, name, name, err)) < 0 || (rc = finish_load(t, err)) < 0) goto fail;
+    json_decref(cfg);
+    json_decref(map);
+    free(cat.p);
+    free(e);
+    *out = t;
+    return 0;
+fail:
+    json_decref(cfg);
+    json_decref(map);
+    free(cat.p);
+    free(e);
+    b2__bpe_free(t);
+    return rc;
+}
+
+/* The id tables and the pre-tokenizer regex, once vocabulary, merges and
+ * settings are in. */
+static int finish_load(b2_bpe *t, blip2_error *err)
+{
+    int rc;
+    if ((rc = build_id_tables(t, err)) < 0) return rc;
     int ec;
     PCRE2_SIZE eo;
     t->re = pcre2_compile((PCRE2_SPTR)gpt2_pattern, PCRE2_ZERO_TERMINATED,
@@ -884,16 +987,11 @@ int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err)
     if (!t->re) {
         PCRE2_UCHAR msg[128];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        rc = b2__err(err, BLIP2_EUNSUPPORTED, "tokenizer regex: %s at %zu",
-                     (char *)msg, (size_t)eo);
-        goto fail;
+        return b2__err(err, BLIP2_EUNSUPPORTED, "tokenizer regex: %s at %zu",
+                       (char *)msg, (size_t)eo);
     }
     pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE); /* optional speed-up */
-    *out = t;
     return 0;
-fail:
-    b2__bpe_free(t);
-    return rc;
 }
 
 void b2__bpe_free(b2_bpe *t)

@@ -29,6 +29,25 @@ typedef struct b2_bpe b2_bpe;
 int b2__bpe_load(b2_bpe **out, const char *dir, blip2_error *err);
 void b2__bpe_free(b2_bpe *t);
 
+/* A byte string, not NUL-terminated. */
+typedef struct b2_bpe_str { const char *p; uint64_t len; } b2_bpe_str;
+
+/* The same tokenizer from data held in memory (a GGUF file's metadata):
+ * tokens[i] is the vocab.json string of id i (empty for an unused id),
+ * merges[r] the merge of rank r as "a b", and the texts of
+ * tokenizer_config.json and special_tokens_map.json (NULL when absent).
+ * Everything is copied; name labels errors (BLIP2_EFORMAT). */
+typedef struct b2_bpe_src {
+    const char *name;
+    const b2_bpe_str *tokens;
+    size_t n_tokens;
+    const b2_bpe_str *merges;
+    size_t n_merges;
+    const char *config_json, *map_json;
+    size_t config_len, map_len;
+} b2_bpe_src;
+int b2__bpe_load_src(b2_bpe **out, const b2_bpe_src *src, blip2_error *err);
+
 /* Encodes len bytes of UTF-8 text.  add_special: prepend BOS as the
  * processor does (add_bos_token).  *ids is new (free()), non-NULL on
  * success even when *n is 0.  The reference works on a Python str, so the

@@ -71,11 +71,11 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
             b2__attention(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D,
                           T, T, c->v_heads, hd, scale, sc);
         }
-        b2__matmul_t(y, D, att, D, L->proj.w, D, (int)rows, D, D, 1.0f, 0.0f);
+        b2__linear_nobias(y, att, (int)rows, &L->proj);
         b2__residual_layernorm(x, h, y, L->proj.b, (int)rows, &L->ln2, c->v_eps);
-        b2__matmul_t(ff, F, x, D, L->fc1.w, D, (int)rows, F, D, 1.0f, 0.0f);
+        b2__linear_nobias(ff, x, (int)rows, &L->fc1);
         b2__bias_act(ff, L->fc1.b, (int)rows, F, c->v_act);
-        b2__matmul_t(y, D, ff, F, L->fc2.w, F, (int)rows, D, F, 1.0f, 0.0f);
+        b2__linear_nobias(y, ff, (int)rows, &L->fc2);
         b2__residual_layernorm(l + 1 < c->v_layers ? x : out, h, y, L->fc2.b, (int)rows, next_ln, c->v_eps);
     }
     if (pooled)

@@ -9,6 +9,7 @@
  */
 #include "weights.h"
 #include "error.h"
+#include "gguf.h"
 #include "kernels.h"
 
 #include <jansson.h>
@@ -76,7 +77,11 @@ static const b2_tensor *find(const blip2_model *m, const char *name, int *file)
     return NULL;
 }
 
-int b2__weight_exists(const blip2_model *m, const char *name) { return find(m, name, NULL) != NULL; }
+int b2__weight_exists(const blip2_model *m, const char *name)
+{
+    if (m->gguf) return b2__gguf_find_tensor(m->gguf, name) != NULL;
+    return find(m, name, NULL) != NULL;
+}
 
 static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
 {
@@ -90,6 +95,13 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
 int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
                const float **out, blip2_error *err)
 {
+    if (m->gguf) {
+        b2_wtype wt;
+        const void *p = NULL;
+        int rc = b2__weight_typed(m, name, ndim, shape, 0, &p, &wt, err);
+        *out = p;
+        return rc;
+    }
     int fi = 0;
     const b2_tensor *t = find(m, name, &fi);
     if (!t) return b2__err(err, BLIP2_EFORMAT, "missing tensor '%s' in the checkpoint", name);
@@ -127,8 +139,45 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
     return 0;
 }
 
+int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *shape, int typed_ok,
+                     const void **out, b2_wtype *wt, blip2_error *err)
+{
+    if (!m->gguf) {
+        const float *p = NULL;
+        int rc = b2__weight(m, name, ndim, shape, &p, err);
+        *out = p;
+        *wt = B2_WT_F32;
+        return rc;
+    }
+    const char *file = b2__gguf_name(m->gguf);
+    const b2_gguf_tensor *t = b2__gguf_find_tensor(m->gguf, name);
+    if (!t) return b2__err(err, BLIP2_EFORMAT, "%s: missing tensor '%s'", file, name);
+    int same = t->n_dims == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->ne[i] == shape[ndim - 1 - i];
+    if (!same) {
+        int64_t got[B2_GGUF_MAX_DIMS];
+        for (int i = 0; i < t->n_dims; i++) got[i] = t->ne[t->n_dims - 1 - i];
+        char want_s[128], got_s[128];
+        shape_str(want_s, sizeof want_s, ndim, shape);
+        shape_str(got_s, sizeof got_s, t->n_dims, got);
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' has shape %s, expected %s", file, name, got_s, want_s);
+    }
+    if (!typed_ok && t->type != B2_WT_F32)
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is stored as %s, expected f32", file, name,
+                       b2__wt_name(t->type));
+    if (t->type == B2_WT_F32 && ((uintptr_t)t->data & 3))
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is not aligned", file, name);
+    *out = t->data;
+    *wt = t->type;
+    return 0;
+}
+
 const char *b2__weights_dtype(const blip2_model *m, const char *name)
 {
+    if (m->gguf) {
+        const b2_gguf_tensor *g = b2__gguf_find_tensor(m->gguf, name);
+        return g ? b2__wt_name(g->type) : "?";
+    }
     const b2_tensor *t = find(m, name, NULL);
     if (!t) return "?";
     switch (t->dtype) {
@@ -146,6 +195,8 @@ void b2__weights_close(blip2_model *m)
     free(m->owned);
     for (int i = 0; i < m->n_files; i++) b2__st_close(m->files[i]);
     free(m->files);
+    b2__gguf_close(m->gguf);
+    m->gguf = NULL;
     m->owned = NULL;
     m->files = NULL;
     m->n_owned = m->n_files = m->cap_owned = 0;

@@ -19,13 +19,20 @@ int b2__weights_open(blip2_model *m, const char *dir, blip2_error *err);
 int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
                const float **out, blip2_error *err);
 
+/* The same for a GGUF model (m->gguf): typed_ok 1 accepts the tensor in
+ * any stored type (*wt says which; used in place), 0 requires f32.  For a
+ * folder it is b2__weight with *wt = B2_WT_F32.  A wrong type ->
+ * BLIP2_EFORMAT naming file, tensor and both types. */
+int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *shape, int typed_ok,
+                     const void **out, b2_wtype *wt, blip2_error *err);
+
 /* Whether a tensor of that name exists in any file. */
 int b2__weight_exists(const blip2_model *m, const char *name);
 
 /* Lower-case storage dtype name ("f32", "f16", "bf16") of a tensor, "?" if absent. */
 const char *b2__weights_dtype(const blip2_model *m, const char *name);
 
-/* Frees the files and owned buffers of m. */
+/* Frees the files (and the GGUF mapping) and owned buffers of m. */
 void b2__weights_close(blip2_model *m);
 
 #endif

@@ -42,7 +42,7 @@ expect 2 "model is required" "no --model is a usage error" -- "$INFER" --image "
 expect 2 "give --image" "no input is a usage error" -- "$INFER" --model "$M"
 expect 2 "not an integer" "bad --max-new-tokens" -- "$INFER" --model "$M" --image "$IMG" --max-new-tokens x
 expect 2 "unrecognized option\|invalid option" "unknown option" -- "$INFER" --model "$M" --frobnicate
-expect 1 "no such model folder" "missing model folder" -- "$INFER" --model "$T/nope" --image "$IMG"
+expect 1 "no such model file or folder" "missing model folder" -- "$INFER" --model "$T/nope" --image "$IMG"
 expect 1 "cannot open image" "missing image file" -- "$INFER" --model "$M" --image "$T/nope.png"
 printf 'this is not an image\n' >"$T/text.png"
 expect 1 "text.png: .*image" "a text file is not an image" -- "$INFER" --model "$M" --image "$T/text.png"

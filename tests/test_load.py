@@ -9,7 +9,8 @@
 #   overflow: with --max-queue 2 a flood is answered busy at once (95 % within
 #             200 ms, all within 1 s) and RSS does not grow with it
 #   faults:   a client process killed with SIGKILL mid-stream frees its slot;
-#             a weight file truncated under a running daemon ends it loudly
+#             a weight file (safetensors, or the GGUF the weights cache made)
+#             truncated under a running daemon ends it loudly
 #             (exit 70, one log line) and its clients see the connection lost
 # Environment: LOAD_SECONDS (length of the load round, default 6; the
 # warm-up round is half of it), LOAD_CONNECTIONS (default 64), and
@@ -469,38 +470,53 @@ rss_ok(peak[0] - rss0 < 20 * 1024 and rss1 - rss0 < 20 * 1024, "RSS does not gro
 ok(stop(proc) == 0, "exit 0 after the flood")
 
 # ---- the weight file truncated under a running daemon ------------------------
-mdir = os.path.join(TMP, "model")
-shutil.copytree(MODEL, mdir)
-proc, SOCK = start(model=mdir, log="sigbus.log")
-c = Client(SOCK)
-req, want = golden_request(1)
-c.send(req)
-first = c.recv()
-with open(os.path.join(mdir, "model.safetensors"), "r+b") as f:
-    f.truncate(4096)
-lost = False
-t0 = time.monotonic()
-try:
-    img, prompt, mnt, _ = CASES[-1]
-    c.send({"id": 2, "op": "generate", "image": image("camera.png"), "max_new_tokens": 20})
-    while True:
-        c.recv()
-except (EOFError, ConnectionResetError, BrokenPipeError):
-    lost = True
-except socket.timeout:
+# twice: the safetensors of a folder loaded directly, and the GGUF file the
+# weights cache made from it (both mapped MAP_SHARED)
+def truncated_weights(kind):
+    mdir = os.path.join(TMP, "model-" + kind)
+    shutil.copytree(MODEL, mdir)
+    if kind == "folder":
+        proc, SOCK = start("--no-weights-cache", model=mdir, log="sigbus-%s.log" % kind)
+        victim = os.path.join(mdir, "model.safetensors")
+    else:
+        wc = os.path.join(TMP, "wcache")
+        proc, SOCK = start("--weights-cache", wc, model=mdir, log="sigbus-%s.log" % kind)
+        files = [f for f in os.listdir(wc) if f.endswith(".gguf")]
+        ok(len(files) == 1, "the weights cache holds one GGUF file (%r)" % files)
+        victim = os.path.join(wc, files[0]) if files else os.path.join(mdir, "model.safetensors")
+    c = Client(SOCK)
+    req, want = golden_request(1)
+    c.send(req)
+    first = c.recv()
+    with open(victim, "r+b") as f:
+        f.truncate(4096)
     lost = False
-c.close()
-try:
-    rc = proc.wait(15 * SCALE)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    rc = None
-log = open(os.path.join(TMP, "sigbus.log"), "rb").read().decode(errors="replace")
-ok(first["type"] == "done" and first["ids"][0] == want, "a copied model serves before it is truncated")
-ok(lost and time.monotonic() - t0 < 15 * SCALE, "after truncation the client sees the connection lost, not a hang")
-ok(rc == 70, "the daemon exits with status 70 (got %r)" % (rc,))
-ok("model file changed underneath the daemon (SIGBUS at 0x" in log and "exiting so systemd restarts it" in log,
-   "and says why in its log")
+    t0 = time.monotonic()
+    try:
+        c.send({"id": 2, "op": "generate", "image": image("camera.png"), "max_new_tokens": 20})
+        while True:
+            c.recv()
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        lost = True
+    except socket.timeout:
+        lost = False
+    c.close()
+    try:
+        rc = proc.wait(15 * SCALE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = None
+    log = open(os.path.join(TMP, "sigbus-%s.log" % kind), "rb").read().decode(errors="replace")
+    ok(first["type"] == "done" and first["ids"][0] == want, "%s: a copied model serves before it is truncated" % kind)
+    ok(lost and time.monotonic() - t0 < 15 * SCALE, "%s: after truncation the client sees the connection lost, not a hang"
+       % kind)
+    ok(rc == 70, "%s: the daemon exits with status 70 (got %r)" % (kind, rc))
+    ok("model file changed underneath the daemon (SIGBUS at 0x" in log and "exiting so systemd restarts it" in log,
+       "%s: and says why in its log" % kind)
+
+
+truncated_weights("folder")
+truncated_weights("gguf")
 
 shutil.rmtree(TMP, ignore_errors=True)
 print("1..%d" % n_tests)

@@ -3,7 +3,7 @@
 # FUZZ_SECONDS (default 60) from its seed corpus; see README.md.
 #
 #   sh tests/fuzz/run.sh [target ...]      (targets: ipc safetensors config
-#                                           tokenizer image; default all)
+#                                           tokenizer image gguf; default all)
 # Environment: FUZZ_SECONDS, FUZZ_BUILD (build dir, default
 # tests/fuzz/build), FUZZ_JOBS (targets run at once, default 1), CC (clang),
 # FUZZ_BUILD_ONLY=1.  Output is TAP, one test per target; a crash fails its
@@ -16,7 +16,7 @@ secs=${FUZZ_SECONDS:-60}
 build=${FUZZ_BUILD:-$here/build}
 jobs=${FUZZ_JOBS:-1}
 cc=${CC_FUZZ:-clang}
-targets=${*:-ipc safetensors config tokenizer image}
+targets=${*:-ipc safetensors config tokenizer image gguf}
 
 mkdir -p "$build/crashes" "$build/corpus" "$build/log" || exit 1
 build=$(cd "$build" && pwd)
@@ -39,6 +39,7 @@ sources() {
     config) echo "model/config.c model/weights.c model/safetensors.c model/error.c" ;;
     tokenizer) echo "model/tokenizer.c model/error.c" ;;
     image) echo "model/image.c model/error.c" ;;
+    gguf) echo "model/gguf.c model/wkernels.c model/safetensors.c model/error.c" ;;
     esac
 }
 packages() {
@@ -47,6 +48,7 @@ packages() {
     safetensors|config) echo jansson ;;
     tokenizer) echo "jansson libpcre2-8" ;;
     image) echo "vips jansson" ;;
+    gguf) echo jansson ;;
     esac
 }
 

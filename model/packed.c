@@ -1,0 +1,668 @@
+/*
+ * packed.c - BLIP-2 in one GGUF file: the converter from a Hugging Face
+ * folder, the metadata a packed file carries, and the cache of converted
+ * folders.  Key names and tensor types are documented in docs/gguf.md.
+ *
+ *   convert: config.json --b2__config_load--> b2_config --> blip2.* keys
+ *            preprocessor_config.json ------> blip2.preprocessor.* keys
+ *            vocab.json, merges.txt --------> tokenizer.ggml.tokens/merges
+ *            tokenizer_config.json, special_tokens_map.json (as text)
+ *            safetensors (f32/f16/bf16) -> f32 rows -> b2__wquantize_row ->
+ *            one tensor at a time into OUT's temporary file -> fsync ->
+ *            loaded back as a model (every check the loader makes) -> rename
+ *   load:    the same keys back into b2_config / b2_preproc / b2_bpe, each
+ *            value checked as config.json's are (a corrupt file must not
+ *            reach the forward pass with a zero head count).
+ */
+#include "packed.h"
+#include "error.h"
+#include "weights.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- the keys of b2_config ---- */
+
+enum { K_INT, K_BOOL, K_F32, K_ACT };
+static const struct ckey {
+    const char *key;
+    int kind;
+    size_t off;
+} ckeys[] = {
+#define CI(k, f) {k, K_INT, offsetof(b2_config, f)}
+#define CB(k, f) {k, K_BOOL, offsetof(b2_config, f)}
+#define CF(k, f) {k, K_F32, offsetof(b2_config, f)}
+#define CA(k, f) {k, K_ACT, offsetof(b2_config, f)}
+    CI("blip2.vision.embedding_length", v_hidden), CI("blip2.vision.feed_forward_length", v_inter),
+    CI("blip2.vision.block_count", v_layers), CI("blip2.vision.attention.head_count", v_heads),
+    CI("blip2.vision.image_size", image_size), CI("blip2.vision.patch_size", patch_size),
+    CI("blip2.vision.num_channels", v_channels), CB("blip2.vision.qkv_bias", v_qkv_bias),
+    CF("blip2.vision.attention.layer_norm_epsilon", v_eps), CA("blip2.vision.hidden_act", v_act),
+    CI("blip2.qformer.embedding_length", q_hidden), CI("blip2.qformer.feed_forward_length", q_inter),
+    CI("blip2.qformer.block_count", q_layers), CI("blip2.qformer.attention.head_count", q_heads),
+    CI("blip2.qformer.cross_attention_frequency", q_cross_freq),
+    CI("blip2.qformer.encoder_hidden_size", q_enc_hidden),
+    CF("blip2.qformer.attention.layer_norm_epsilon", q_eps), CA("blip2.qformer.hidden_act", q_act),
+    CI("blip2.num_query_tokens", num_query),
+    CI("blip2.text.embedding_length", t_hidden), CI("blip2.text.feed_forward_length", t_ffn),
+    CI("blip2.text.block_count", t_layers), CI("blip2.text.attention.head_count", t_heads),
+    CI("blip2.text.vocab_size", t_vocab), CI("blip2.text.context_length", t_max_pos),
+    CI("blip2.text.word_embed_proj_dim", t_word_proj), CB("blip2.text.do_layer_norm_before", t_ln_before),
+    CB("blip2.text.enable_bias", t_bias), CB("blip2.text.layer_norm_elementwise_affine", t_ln_affine),
+    CB("blip2.text.final_layer_norm", t_final_ln), CB("blip2.text.tie_word_embeddings", t_tie),
+    CA("blip2.text.activation_function", t_act),
+    CI("blip2.text.bos_token_id", bos), CI("blip2.text.eos_token_id", eos), CI("blip2.text.pad_token_id", pad),
+#undef CI
+#undef CB
+#undef CF
+#undef CA
+};
+
+static const struct { const char *name; b2_act act; } acts[] = {
+    {"gelu", B2_ACT_GELU}, {"gelu_pytorch_tanh", B2_ACT_GELU_TANH}, {"quick_gelu", B2_ACT_QUICK_GELU},
+    {"relu", B2_ACT_RELU}, {"silu", B2_ACT_SILU},
+};
+
+static const char *act_name(b2_act a)
+{
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        if (acts[i].act == a) return acts[i].name;
+    return "?";
+}
+
+static int write_config(b2_gguf_w *w, const b2_config *c)
+{
+    for (size_t i = 0; i < sizeof ckeys / sizeof ckeys[0]; i++) {
+        const void *f = (const char *)c + ckeys[i].off;
+        switch (ckeys[i].kind) {
+        case K_INT: b2__gguf_w_u32(w, ckeys[i].key, (uint32_t) * (const int *)f); break;
+        case K_BOOL: b2__gguf_w_bool(w, ckeys[i].key, *(const int *)f); break;
+        case K_F32: b2__gguf_w_f32(w, ckeys[i].key, *(const float *)f); break;
+        case K_ACT: {
+            const char *n = act_name(*(const b2_act *)f);
+            b2__gguf_w_str(w, ckeys[i].key, n, strlen(n));
+            break;
+        }
+        }
+    }
+    return b2__gguf_w_str(w, "blip2.text.model_type", "opt", 3);
+}
+
+static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
+{
+    const char *name = b2__gguf_name(g);
+    int rc;
+    b2_gguf_str s;
+    memset(c, 0, sizeof *c);
+    if ((rc = b2__gguf_get_str(g, "blip2.text.model_type", &s, err)) < 0) return rc;
+    if (!(s.len == 3 && !memcmp(s.p, "opt", 3)))
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: language model type '%.*s' is not supported in GGUF files",
+                       name, (int)(s.len > 40 ? 40 : s.len), s.p);
+    c->family = B2_FAMILY_OPT;
+    for (size_t i = 0; i < sizeof ckeys / sizeof ckeys[0]; i++) {
+        void *f = (char *)c + ckeys[i].off;
+        const char *key = ckeys[i].key;
+        int64_t v;
+        switch (ckeys[i].kind) {
+        case K_INT:
+            if ((rc = b2__gguf_get_int(g, key, &v, err)) < 0) return rc;
+            if (v < 0 || v > (1 << 30)) return b2__err(err, BLIP2_EFORMAT, "%s: '%s' is %lld", name, key, (long long)v);
+            *(int *)f = (int)v;
+            break;
+        case K_BOOL:
+            if ((rc = b2__gguf_get_bool(g, key, (int *)f, err)) < 0) return rc;
+            break;
+        case K_F32:
+            if ((rc = b2__gguf_get_f32(g, key, (float *)f, err)) < 0) return rc;
+            if (!(*(float *)f >= 0 && *(float *)f < 1))
+                return b2__err(err, BLIP2_EFORMAT, "%s: '%s' must be in [0, 1)", name, key);
+            break;
+        case K_ACT: {
+            if ((rc = b2__gguf_get_str(g, key, &s, err)) < 0) return rc;
+            size_t a = 0;
+            while (a < sizeof acts / sizeof acts[0] && !(strlen(acts[a].name) == s.len &&
+                                                         !memcmp(acts[a].name, s.p, s.len)))
+                a++;
+            if (a == sizeof acts / sizeof acts[0])
+                return b2__err(err, BLIP2_EUNSUPPORTED, "%s: '%s': unsupported activation", name, key);
+            *(b2_act *)f = acts[a].act;
+            break;
+        }
+        }
+    }
+    /* the checks config.c makes */
+    const struct { const char *name; int val; } pos[] = {
+        {"vision embedding_length", c->v_hidden}, {"vision feed_forward_length", c->v_inter},
+        {"vision block_count", c->v_layers}, {"vision head_count", c->v_heads},
+        {"image_size", c->image_size}, {"patch_size", c->patch_size},
+        {"qformer embedding_length", c->q_hidden}, {"qformer feed_forward_length", c->q_inter},
+        {"qformer block_count", c->q_layers}, {"qformer head_count", c->q_heads},
+        {"cross_attention_frequency", c->q_cross_freq}, {"num_query_tokens", c->num_query},
+        {"text embedding_length", c->t_hidden}, {"text feed_forward_length", c->t_ffn},
+        {"text block_count", c->t_layers}, {"text head_count", c->t_heads},
+        {"vocab_size", c->t_vocab}, {"context_length", c->t_max_pos},
+        {"word_embed_proj_dim", c->t_word_proj},
+    };
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+        if (pos[i].val <= 0) return b2__err(err, BLIP2_EFORMAT, "%s: %s must be positive", name, pos[i].name);
+    if (c->v_channels != 3) return b2__err(err, BLIP2_EUNSUPPORTED, "%s: num_channels must be 3", name);
+    if (c->q_enc_hidden != c->v_hidden)
+        return b2__err(err, BLIP2_EFORMAT, "%s: qformer encoder_hidden_size must equal the vision width", name);
+    if (c->t_word_proj != c->t_hidden)
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: word_embed_proj_dim != embedding_length is not supported", name);
+    if (c->v_hidden % c->v_heads || c->q_hidden % c->q_heads || c->t_hidden % c->t_heads)
+        return b2__err(err, BLIP2_EFORMAT, "%s: a hidden size is not divisible by its number of heads", name);
+    if (c->image_size % c->patch_size)
+        return b2__err(err, BLIP2_EFORMAT, "%s: image_size is not a multiple of patch_size", name);
+    if (c->image_size > 8192 || c->num_query > 4096 || c->t_max_pos > (1 << 20) || c->v_layers > 1024 ||
+        c->q_layers > 1024 || c->t_layers > 1024)
+        return b2__err(err, BLIP2_EFORMAT, "%s: image_size, num_query_tokens, context_length or a block_count "
+                       "too large", name);
+    if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab)
+        return b2__err(err, BLIP2_EFORMAT, "%s: bos/eos/pad id outside the vocabulary", name);
+    return 0;
+}
+
+/* ---- preprocessor ---- */
+
+static int write_preproc(b2_gguf_w *w, const b2_preproc *p)
+{
+    b2__gguf_w_u32(w, "blip2.preprocessor.height", (uint32_t)p->size_h);
+    b2__gguf_w_u32(w, "blip2.preprocessor.width", (uint32_t)p->size_w);
+    b2__gguf_w_bool(w, "blip2.preprocessor.do_resize", p->do_resize);
+    b2__gguf_w_bool(w, "blip2.preprocessor.do_rescale", p->do_rescale);
+    b2__gguf_w_bool(w, "blip2.preprocessor.do_normalize", p->do_normalize);
+    b2__gguf_w_bool(w, "blip2.preprocessor.do_convert_rgb", p->do_convert_rgb);
+    b2__gguf_w_u32(w, "blip2.preprocessor.resample", (uint32_t)p->resample);
+    b2__gguf_w_f64(w, "blip2.preprocessor.rescale_factor", p->rescale_factor);
+    b2__gguf_w_arr_f32(w, "blip2.preprocessor.image_mean", p->mean, 3);
+    return b2__gguf_w_arr_f32(w, "blip2.preprocessor.image_std", p->std, 3);
+}
+
+static int read_f32x3(const b2_gguf *g, const char *key, float *out, blip2_error *err)
+{
+    const b2_gguf_kv *kv = b2__gguf_find_kv(g, key);
+    if (!kv || kv->type != B2_GGUF_ARRAY || kv->arr_type != B2_GGUF_F32 || kv->arr_n != 3)
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' must be an array of 3 f32", b2__gguf_name(g), key);
+    for (int i = 0; i < 3; i++) out[i] = (float)b2__gguf_arr_num(kv, (uint64_t)i);
+    return 0;
+}
+
+static int read_preproc(b2_preproc *p, const b2_gguf *g, blip2_error *err)
+{
+    const char *name = b2__gguf_name(g);
+    int64_t h, w, rs;
+    float sf;
+    int rc;
+    const b2_gguf_kv *kv = b2__gguf_find_kv(g, "blip2.preprocessor.rescale_factor");
+    if ((rc = b2__gguf_get_int(g, "blip2.preprocessor.height", &h, err)) < 0 ||
+        (rc = b2__gguf_get_int(g, "blip2.preprocessor.width", &w, err)) < 0 ||
+        (rc = b2__gguf_get_int(g, "blip2.preprocessor.resample", &rs, err)) < 0 ||
+        (rc = b2__gguf_get_bool(g, "blip2.preprocessor.do_resize", &p->do_resize, err)) < 0 ||
+        (rc = b2__gguf_get_bool(g, "blip2.preprocessor.do_rescale", &p->do_rescale, err)) < 0 ||
+        (rc = b2__gguf_get_bool(g, "blip2.preprocessor.do_normalize", &p->do_normalize, err)) < 0 ||
+        (rc = b2__gguf_get_bool(g, "blip2.preprocessor.do_convert_rgb", &p->do_convert_rgb, err)) < 0 ||
+        (rc = b2__gguf_get_f32(g, "blip2.preprocessor.rescale_factor", &sf, err)) < 0 ||
+        (rc = read_f32x3(g, "blip2.preprocessor.image_mean", p->mean, err)) < 0 ||
+        (rc = read_f32x3(g, "blip2.preprocessor.image_std", p->std, err)) < 0)
+        return rc;
+    if (h < 1 || h > 8192 || w < 1 || w > 8192)
+        return b2__err(err, BLIP2_EFORMAT, "%s: preprocessor size %lldx%lld", name, (long long)w, (long long)h);
+    if (rs != 3) return b2__err(err, BLIP2_EUNSUPPORTED, "%s: only bicubic resampling (3) is supported", name);
+    for (int i = 0; i < 3; i++)
+        if (!(p->std[i] > 0 && p->std[i] < 1e30f) || !(p->mean[i] > -1e30f && p->mean[i] < 1e30f))
+            return b2__err(err, BLIP2_EFORMAT, "%s: image_mean/image_std must be finite, image_std positive", name);
+    if (!(kv->v.f > 0 && kv->v.f <= 1))
+        return b2__err(err, BLIP2_EFORMAT, "%s: rescale_factor must be in (0, 1]", name);
+    p->size_h = (int)h;
+    p->size_w = (int)w;
+    p->resample = 3;
+    p->rescale_factor = kv->v.f; /* the f64 as written */
+    return 0;
+}
+
+/* ---- tokenizer ---- */
+
+static int read_file(const char *path, char **data, size_t *len, int optional, blip2_error *err)
+{
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (optional && errno == ENOENT) return 0;
+        return b2__err(err, BLIP2_EIO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    int rc = 0;
+    for (;;) {
+        if (!buf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); break; }
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) {
+            if (ferror(f)) rc = b2__err(err, BLIP2_EIO, "%s: read error", path);
+            break;
+        }
+        if (cap >= (256u << 20)) { rc = b2__err(err, BLIP2_EFORMAT, "%s: too large", path); break; }
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); break; }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (rc < 0) { free(buf); return rc; }
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+/* vocab.json as an id-indexed table (holes empty), merges.txt as "a b"
+ * lines (the rules of tokenizer.c: the first line and the piece after the
+ * last newline dropped; lines of other than two fields keep their rank
+ * but are never applied, so they are left out), and the two settings
+ * files as text. */
+static int write_tokenizer(b2_gguf_w *w, const char *dir, const b2_config *c, blip2_error *err)
+{
+    char path[4096];
+    json_error_t je;
+    int rc = 0;
+    const char **tok = NULL;
+    size_t *tlen = NULL, n_tok = 0, n_m = 0;
+    char *merges = NULL, *cfg = NULL, *map = NULL;
+    size_t mlen, clen, maplen;
+    const char **ml = NULL;
+    size_t *mll = NULL;
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    json_t *vocab = json_load_file(path, 0, &je);
+    if (!vocab || !json_is_object(vocab)) {
+        json_decref(vocab);
+        return b2__err(err, BLIP2_EFORMAT, "%s: %s", path, vocab ? "not an object" : je.text);
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(vocab, k, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24)) {
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: bad id of '%.40s'", path, k);
+            goto out;
+        }
+        if ((size_t)json_integer_value(v) >= n_tok) n_tok = (size_t)json_integer_value(v) + 1;
+    }
+    tok = calloc(n_tok + 1, sizeof *tok);
+    tlen = calloc(n_tok + 1, sizeof *tlen);
+    if (!tok || !tlen) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
+    json_object_foreach(vocab, k, v) {
+        tok[json_integer_value(v)] = k;
+        tlen[json_integer_value(v)] = strlen(k);
+    }
+    for (size_t i = 0; i < n_tok; i++) if (!tok[i]) tok[i] = "";
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    if ((rc = read_file(path, &merges, &mlen, 0, err)) < 0) goto out;
+    size_t lines = 0;
+    for (size_t i = 0; i < mlen; i++) lines += merges[i] == '\n';
+    ml = calloc(lines + 1, sizeof *ml);
+    mll = calloc(lines + 1, sizeof *mll);
+    if (!ml || !mll) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
+    for (char *p = memchr(merges, '\n', mlen); p;) {
+        char *line = p + 1, *end = memchr(line, '\n', mlen - (size_t)(line - merges));
+        if (!end) break;
+        /* two whitespace-separated fields -> "a b" in place */
+        char *f[3];
+        size_t fl[3];
+        int nf = 0;
+        for (char *q = line; q < end && nf < 3;) {
+            while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+            if (q == end) break;
+            f[nf] = q;
+            while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+            fl[nf] = (size_t)(q - f[nf]);
+            nf++;
+        }
+        if (nf == 2) {
+            memmove(line, f[0], fl[0]);
+            line[fl[0]] = ' ';
+            memmove(line + fl[0] + 1, f[1], fl[1]);
+            ml[n_m] = line;
+            mll[n_m++] = fl[0] + 1 + fl[1];
+        }
+        p = end;
+    }
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if ((rc = read_file(path, &cfg, &clen, 1, err)) < 0) goto out;
+    snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+    if ((rc = read_file(path, &map, &maplen, 1, err)) < 0) goto out;
+
+    b2__gguf_w_str(w, "tokenizer.ggml.model", "gpt2", 4);
+    b2__gguf_w_str(w, "tokenizer.ggml.pre", "gpt-2", 5);
+    b2__gguf_w_arr_str(w, "tokenizer.ggml.tokens", tok, tlen, n_tok);
+    b2__gguf_w_arr_str(w, "tokenizer.ggml.merges", ml, mll, n_m);
+    b2__gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)c->bos);
+    b2__gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)c->eos);
+    b2__gguf_w_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)c->pad);
+    if (cfg) {
+        json_t *root = json_loadb(cfg, clen, JSON_DECODE_INT_AS_REAL, &je);
+        json_t *ab = root ? json_object_get(root, "add_bos_token") : NULL;
+        if (json_is_boolean(ab)) b2__gguf_w_bool(w, "tokenizer.ggml.add_bos_token", json_is_true(ab));
+        json_decref(root);
+        b2__gguf_w_str(w, "blip2.tokenizer.config_json", cfg, clen);
+    }
+    if (map) b2__gguf_w_str(w, "blip2.tokenizer.special_tokens_map_json", map, maplen);
+out:
+    json_decref(vocab);
+    free(tok);
+    free(tlen);
+    free(ml);
+    free(mll);
+    free(merges);
+    free(cfg);
+    free(map);
+    return rc;
+}
+
+static int str_array(const b2_gguf *g, const char *key, b2_bpe_str **out, size_t *n, blip2_error *err)
+{
+    const b2_gguf_kv *kv = b2__gguf_find_kv(g, key);
+    if (!kv || kv->type != B2_GGUF_ARRAY || kv->arr_type != B2_GGUF_STRING)
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' must be an array of strings", b2__gguf_name(g), key);
+    *out = malloc(sizeof **out * (size_t)(kv->arr_n + 1));
+    if (!*out) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    for (uint64_t i = 0; i < kv->arr_n; i++) (*out)[i] = (b2_bpe_str){kv->arr_str[i].p, kv->arr_str[i].len};
+    *n = (size_t)kv->arr_n;
+    return 0;
+}
+
+static int opt_str(const b2_gguf *g, const char *key, const char **p, size_t *len, blip2_error *err)
+{
+    const b2_gguf_kv *kv = b2__gguf_find_kv(g, key);
+    *p = NULL;
+    *len = 0;
+    if (!kv) return 0;
+    if (kv->type != B2_GGUF_STRING)
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' must be a string", b2__gguf_name(g), key);
+    *p = kv->str.p;
+    *len = (size_t)kv->str.len;
+    return 0;
+}
+
+static int read_tokenizer(b2_bpe **out, const b2_gguf *g, blip2_error *err)
+{
+    b2_bpe_src src = {.name = b2__gguf_name(g)};
+    b2_bpe_str *tok = NULL, *mer = NULL;
+    b2_gguf_str s;
+    int rc;
+    if ((rc = b2__gguf_get_str(g, "tokenizer.ggml.model", &s, err)) < 0) return rc;
+    if (!(s.len == 4 && !memcmp(s.p, "gpt2", 4)))
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: tokenizer model '%.*s' (only gpt2 is supported)", src.name,
+                       (int)(s.len > 40 ? 40 : s.len), s.p);
+    if ((rc = str_array(g, "tokenizer.ggml.tokens", &tok, &src.n_tokens, err)) == 0 &&
+        (rc = str_array(g, "tokenizer.ggml.merges", &mer, &src.n_merges, err)) == 0 &&
+        (rc = opt_str(g, "blip2.tokenizer.config_json", &src.config_json, &src.config_len, err)) == 0 &&
+        (rc = opt_str(g, "blip2.tokenizer.special_tokens_map_json", &src.map_json, &src.map_len, err)) == 0) {
+        src.tokens = tok;
+        src.merges = mer;
+        rc = b2__bpe_load_src(out, &src, err);
+    }
+    free(tok);
+    free(mer);
+    return rc;
+}
+
+int b2__packed_read_meta(blip2_model *m, const b2_gguf *g, blip2_error *err)
+{
+    const char *name = b2__gguf_name(g);
+    b2_gguf_str s;
+    int rc;
+    if ((rc = b2__gguf_get_str(g, "general.architecture", &s, err)) < 0) return rc;
+    if (!(s.len == 5 && !memcmp(s.p, "blip2", 5)))
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: general.architecture is '%.*s', not blip2", name,
+                       (int)(s.len > 40 ? 40 : s.len), s.p);
+    if ((rc = read_config(&m->cfg, g, err)) < 0) return rc;
+    b2__preproc_default(&m->pp);
+    if ((rc = read_preproc(&m->pp, g, err)) < 0) return rc;
+    if (m->pp.size_h != m->cfg.image_size || m->pp.size_w != m->cfg.image_size)
+        return b2__err(err, BLIP2_EFORMAT, "%s: preprocessor size does not match the vision image_size", name);
+    return read_tokenizer(&m->tok, g, err);
+}
+
+/* ---- conversion ---- */
+
+int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err)
+{
+    static const b2_wtype all[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    for (size_t i = 0; s && i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(s, b2__wt_name(all[i]))) { *t = all[i]; return 0; }
+    return b2__err(err, BLIP2_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0)", s ? s : "(null)");
+}
+
+/* The stored type of a checkpoint tensor: big matrices (every ".weight"
+ * of two or more dimensions except the position table) get want, with
+ * q8_0 falling back to f16 when the rows are not a multiple of 32;
+ * everything else (norms, biases, embeddings of positions and class,
+ * query tokens) stays f32. */
+static b2_wtype tensor_type(const b2_tensor *t, b2_wtype want)
+{
+    const size_t n = strlen(t->name);
+    if (t->ndim < 2 || n < 7 || strcmp(t->name + n - 7, ".weight") != 0 || strstr(t->name, "embed_positions") ||
+        strstr(t->name, "position_embedding"))
+        return B2_WT_F32;
+    const int64_t k = t->shape[t->ndim - 1];
+    if (want == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return B2_WT_F16;
+    return want;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int is_float(b2_dtype d) { return d == B2_F32 || d == B2_F16 || d == B2_BF16 || d == B2_F64; }
+
+int blip2_convert(const char *src, const char *out, const char *type, blip2_convert_cb cb, void *ud,
+                  blip2_convert_stats *stats, blip2_error *err)
+{
+    const double t0 = now_s();
+    char p[4096], tmp[4096];
+    b2_wtype want;
+    int rc, fd = -1;
+    FILE *f = NULL;
+    float *row = NULL;
+    unsigned char *obuf = NULL;
+    b2_gguf_w *w = NULL;
+    const b2_tensor **list = NULL;
+    tmp[0] = 0;
+    if (stats) memset(stats, 0, sizeof *stats);
+    if (!src || !out) return b2__err(err, BLIP2_EINVAL, "convert: no source or output given");
+    if ((rc = b2__wtype_parse(type, &want, err)) < 0) return rc;
+    struct stat st;
+    if (stat(src, &st) != 0 || !S_ISDIR(st.st_mode))
+        return b2__err(err, BLIP2_EIO, "%s: not a Hugging Face model folder", src);
+    blip2_model *m = calloc(1, sizeof *m);
+    if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    snprintf(p, sizeof p, "%s/config.json", src);
+    if ((rc = b2__config_load(&m->cfg, p, err)) < 0) goto fail;
+    if (m->cfg.family != B2_FAMILY_OPT) {
+        rc = b2__err(err, BLIP2_EUNSUPPORTED, "%s: only OPT BLIP-2 models can be packed into GGUF so far", src);
+        goto fail;
+    }
+    b2__preproc_default(&m->pp);
+    snprintf(p, sizeof p, "%s/preprocessor_config.json", src);
+    if ((rc = b2__preproc_load(&m->pp, p, err)) < 0) goto fail;
+    if ((rc = b2__bpe_load(&m->tok, src, err)) < 0) goto fail; /* refuse what could not load */
+    if ((rc = b2__weights_open(m, src, err)) < 0) goto fail;
+
+    if (!(w = b2__gguf_w_new())) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
+    const char *base = strrchr(src, '/');
+    char bname[256];
+    snprintf(bname, sizeof bname, "%s", base && base[1] ? base + 1 : src);
+    b2__gguf_w_str(w, "general.architecture", "blip2", 5);
+    b2__gguf_w_str(w, "general.name", bname, strlen(bname));
+    b2__gguf_w_u32(w, "general.file_type", want == B2_WT_F32 ? 0 : want == B2_WT_F16 ? 1
+                                            : want == B2_WT_Q8_0 ? 7 : 32);
+    b2__gguf_w_u32(w, "general.quantization_version", 2);
+    write_config(w, &m->cfg);
+    write_preproc(w, &m->pp);
+    if ((rc = write_tokenizer(w, src, &m->cfg, err)) < 0) goto fail;
+
+    /* every float tensor of every file, except a tied lm_head */
+    int total = 0, n = 0;
+    for (int i = 0; i < m->n_files; i++) total += b2__st_count(m->files[i]);
+    if (!(list = calloc((size_t)total + 1, sizeof *list))) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
+    size_t max_row = 1, max_bytes = 1;
+    for (int i = 0; i < m->n_files; i++)
+        for (int j = 0; j < b2__st_count(m->files[i]); j++) {
+            const b2_tensor *t = b2__st_at(m->files[i], j);
+            if (!is_float(t->dtype) || t->ndim < 1 || t->ndim > B2_GGUF_MAX_DIMS) continue;
+            if (m->cfg.t_tie && !strcmp(t->name, "language_model.lm_head.weight")) continue;
+            int dup = 0;
+            for (int q = 0; q < n && !dup; q++) dup = !strcmp(list[q]->name, t->name);
+            if (dup) continue;
+            int64_t ne[B2_GGUF_MAX_DIMS];
+            for (int d = 0; d < t->ndim; d++) ne[d] = t->shape[t->ndim - 1 - d];
+            const b2_wtype tt = tensor_type(t, want);
+            if (b2__gguf_w_tensor(w, t->name, tt, t->ndim, ne) < 0) {
+                rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' cannot be stored as %s", b2__st_path(m->files[i]),
+                             t->name, b2__wt_name(tt));
+                goto fail;
+            }
+            if ((size_t)ne[0] > max_row) max_row = (size_t)ne[0];
+            const size_t nb = b2__gguf_nbytes(tt, t->ndim, ne);
+            if (nb > max_bytes) max_bytes = nb;
+            list[n++] = t;
+            if (stats) {
+                stats->n_f32 += tt == B2_WT_F32;
+                stats->n_f16 += tt == B2_WT_F16;
+                stats->n_bf16 += tt == B2_WT_BF16;
+                stats->n_q8_0 += tt == B2_WT_Q8_0;
+            }
+        }
+
+    /* the temporary file next to out */
+    const char *slash = strrchr(out, '/');
+    if (slash) snprintf(tmp, sizeof tmp, "%.*s/.%s.tmp-XXXXXX", (int)(slash - out), out, slash + 1);
+    else snprintf(tmp, sizeof tmp, ".%s.tmp-XXXXXX", out);
+    if ((fd = mkstemp(tmp)) < 0) {
+        rc = b2__err(err, BLIP2_EIO, "%s: cannot create a temporary file there: %s", out, strerror(errno));
+        tmp[0] = 0;
+        goto fail;
+    }
+    fchmod(fd, 0644);
+    if (!(f = fdopen(fd, "wb"))) { rc = b2__err(err, BLIP2_EIO, "%s: %s", tmp, strerror(errno)); goto fail; }
+    fd = -1;
+    if ((rc = b2__gguf_w_write_header(w, f, err)) < 0) goto fail;
+    const uint64_t fsize = b2__gguf_w_file_size(w);
+    row = malloc(sizeof(float) * max_row);
+    obuf = malloc(max_bytes);
+    if (!row || !obuf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
+    for (int i = 0; i < n; i++) {
+        const b2_tensor *t = list[i];
+        if (cb && cb(ud, i, n, t->name, (uint64_t)ftello(f), fsize)) {
+            rc = b2__err(err, BLIP2_ECANCELED, "conversion canceled");
+            goto fail;
+        }
+        const int k = (int)t->shape[t->ndim - 1];
+        const b2_wtype tt = tensor_type(t, want);
+        const size_t rows = (size_t)(b2__tensor_numel(t) / k), rb = b2__wt_row_bytes(tt, k);
+        const size_t es = b2__dtype_size(t->dtype);
+        for (size_t r = 0; r < rows; r++) {
+            b2_tensor one = *t; /* one row as its own tensor for b2__to_f32 */
+            one.ndim = 1;
+            one.shape[0] = k;
+            one.data = (const unsigned char *)t->data + r * (size_t)k * es;
+            b2__to_f32(&one, row);
+            b2__wquantize_row(obuf + r * rb, row, tt, k);
+        }
+        if ((rc = b2__gguf_w_write_data(w, f, i, obuf, err)) < 0) goto fail;
+    }
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        rc = b2__err(err, BLIP2_EIO, "%s: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    if (fclose(f) != 0) { f = NULL; rc = b2__err(err, BLIP2_EIO, "%s: %s", tmp, strerror(errno)); goto fail; }
+    f = NULL;
+    /* load it back: every check a reader makes, before it gets its name */
+    blip2_model *back = NULL;
+    if ((rc = blip2_model_load(&back, tmp, NULL, err)) < 0) goto fail;
+    blip2_model_free(back);
+    if (rename(tmp, out) != 0) { rc = b2__err(err, BLIP2_EIO, "%s: %s", out, strerror(errno)); goto fail; }
+    tmp[0] = 0;
+    if (cb) cb(ud, n, n, NULL, fsize, fsize);
+    if (stats) {
+        stats->tensors = n;
+        stats->bytes = fsize;
+        stats->seconds = now_s() - t0;
+    }
+    rc = 0;
+fail:
+    if (f) fclose(f);
+    if (fd >= 0) close(fd);
+    if (tmp[0]) unlink(tmp);
+    free(row);
+    free(obuf);
+    free(list);
+    b2__gguf_w_free(w);
+    blip2_model_free(m);
+    return rc;
+}
+
+/* ---- the cache of converted folders ---- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
+    return h;
+}
+
+int b2__cache_path(char *out, size_t cap, const char *dir, const char *src, const char *type, blip2_error *err)
+{
+    char real[PATH_MAX];
+    if (!realpath(src, real)) return b2__err(err, BLIP2_EIO, "%s: %s", src, strerror(errno));
+    blip2_model *m = calloc(1, sizeof *m);
+    if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    int rc = b2__weights_open(m, real, err);
+    uint64_t h = fnv(1469598103934665603ull, real, strlen(real) + 1);
+    const char *tname = type;
+    for (int i = 0; rc == 0 && i < m->n_files; i++) {
+        struct stat st;
+        const char *fp = b2__st_path(m->files[i]);
+        if (stat(fp, &st) != 0) { rc = b2__err(err, BLIP2_EIO, "%s: %s", fp, strerror(errno)); break; }
+        const uint64_t id[5] = {(uint64_t)st.st_size, (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec,
+                                (uint64_t)st.st_ino, (uint64_t)st.st_dev};
+        h = fnv(fnv(h, fp, strlen(fp) + 1), id, sizeof id);
+    }
+    /* config and tokenizer files change the packed metadata too */
+    static const char *const side[] = {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
+                                       "tokenizer_config.json", "special_tokens_map.json"};
+    for (size_t i = 0; rc == 0 && i < sizeof side / sizeof side[0]; i++) {
+        char fp[PATH_MAX + 64];
+        struct stat st;
+        snprintf(fp, sizeof fp, "%s/%s", real, side[i]);
+        uint64_t id[3] = {0, 0, 0};
+        if (stat(fp, &st) == 0) {
+            id[0] = (uint64_t)st.st_size;
+            id[1] = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+            id[2] = (uint64_t)st.st_ino;
+        }
+        h = fnv(h, id, sizeof id);
+    }
+    if (rc == 0 && !tname) {
+        tname = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
+        if (strcmp(tname, "f16") && strcmp(tname, "bf16")) tname = "f32";
+    }
+    blip2_model_free(m);
+    if (rc < 0) return rc;
+    h = fnv(h, tname, strlen(tname));
+    const char *base = strrchr(real, '/');
+    base = base && base[1] ? base + 1 : "model";
+    if ((size_t)snprintf(out, cap, "%s/%.100s-%016llx-%s.gguf", dir, base, (unsigned long long)h, tname) >= cap)
+        return b2__err(err, BLIP2_EINVAL, "%s: cache path too long", dir);
+    return 0;
+}

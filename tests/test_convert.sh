@@ -1,0 +1,77 @@
+#!/bin/sh
+# test_convert.sh - blip2ctl convert: each golden model packed to each type
+# and run through blip2-infer; an interrupted conversion (SIGKILL before a
+# tensor, through the BLIP2CTL_TEST_KILL_AFTER hook) leaves no file at the
+# output name and an older file there untouched, SIGINT cancels cleanly;
+# blip2d serves a .gguf directly (--mlock) with the caption blip2-infer
+# gives from the folder; bad arguments are refused.  TAP.
+BLIP2CTL=${BLIP2CTL:-./client/blip2ctl}
+BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
+GOLDEN_DIR=${GOLDEN_DIR:-tests/golden}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_convert.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+n=0
+t() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
+
+for model in opt-tiny opt-tiny-sharded; do
+    for type in f32 f16 bf16 q8_0; do
+        out="$tmp/$model-$type.gguf"
+        "$BLIP2CTL" convert "$GOLDEN_DIR/$model" "$out" --type "$type" >"$tmp/log" 2>&1
+        t $? "convert $model --type $type"
+        grep -q "tensors (.* f32, .* f16, .* bf16, .* q8_0), .* MiB in .* s" "$tmp/log"
+        t $? "$model $type: summary line"
+        [ -s "$out" ] && [ "$(head -c 4 "$out")" = GGUF ]
+        t $? "$model $type: a GGUF file"
+        ls -a "$tmp" | grep -q '\.tmp-' 
+        [ $? -ne 0 ]; t $? "$model $type: no temporary file left"
+        "$BLIP2_INFER" --model "$out" --image "$GOLDEN_DIR/images/chelsea.png" --max-new-tokens 3 >"$tmp/cap" 2>"$tmp/err"
+        t $? "$model $type: blip2-infer captions with it"
+    done
+done
+# blip2d serves a .gguf file directly (mapped, --mlock) with the same
+# caption blip2-infer gives from the folder
+BLIP2D=${BLIP2D:-./daemon/blip2d}
+img="$GOLDEN_DIR/images/chelsea.png"
+want=$("$BLIP2_INFER" --model "$GOLDEN_DIR/opt-tiny" --image "$img" | sed "s/^ *//")
+"$BLIP2D" --model "$tmp/opt-tiny-f32.gguf" --socket "$tmp/d.sock" --mlock --no-weights-cache 2>"$tmp/dlog" &
+dpid=$!
+i=0
+while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+[ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the f32 .gguf captions as blip2-infer on the folder"
+grep -q "weights mapped from $tmp/opt-tiny-f32.gguf (.* MiB, locked)" "$tmp/dlog"
+t $? "blip2d says it mapped and locked the file"
+kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+
+# not a terminal: plain progress lines
+grep -q "blip2ctl: convert: 100% (" "$tmp/log"; t $? "plain progress lines without a terminal"
+
+# interrupted: killed before tensor 5; no output file, an old one untouched
+out="$tmp/killed.gguf"
+BLIP2CTL_TEST_KILL_AFTER=5 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type f16 >/dev/null 2>&1
+st=$?
+[ $st -ne 0 ] && [ ! -e "$out" ]; t $? "SIGKILLed conversion (status $st) leaves no $out"
+echo old >"$out"
+BLIP2CTL_TEST_KILL_AFTER=50 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type q8_0 >/dev/null 2>&1
+[ "$(cat "$out")" = old ]; t $? "SIGKILLed conversion leaves the previous file untouched"
+rm -f "$tmp"/.killed.gguf.tmp-*
+
+# SIGINT mid-way: canceled, the temporary file removed, no output
+out="$tmp/int.gguf"
+BLIP2CTL_TEST_KILL_AFTER=7 BLIP2CTL_TEST_KILL_SIGNAL=INT "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" >/dev/null 2>"$tmp/err"
+st=$?
+[ $st -eq 130 ] && [ ! -e "$out" ] && ! ls -a "$tmp" | grep -q '^\.int\.gguf\.tmp-' && grep -q canceled "$tmp/err"
+t $? "SIGINT cancels (status $st), removes the temporary file, leaves no $out"
+
+# bad input
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q4_0 >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ] && grep -q "q4_0" "$tmp/err"; t $? "unknown --type refused (exit 2)"
+"$BLIP2CTL" convert "$tmp/nowhere" "$tmp/x.gguf" >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ] && [ ! -e "$tmp/x.gguf" ]; t $? "missing source refused: $(cat "$tmp/err")"
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/no/such/dir/x.gguf" >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ]; t $? "unwritable output refused: $(cat "$tmp/err")"
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" >/dev/null 2>&1
+[ $? -eq 2 ]; t $? "convert without OUTPUT is a usage error"
+"$BLIP2_INFER" --model "$tmp/killed.gguf" --image "$GOLDEN_DIR/images/chelsea.png" >/dev/null 2>"$tmp/err"
+[ $? -ne 0 ] && grep -q "killed.gguf" "$tmp/err"; t $? "a non-GGUF file is refused by name: $(cat "$tmp/err")"
+echo "1..$n"

@@ -17,6 +17,7 @@
 #include "wkernels_impl.h"
 #include "pool.h"
 #include "safetensors.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -56,25 +57,21 @@ const char *b2__wt_name(b2_wtype t)
 
 static uint16_t load16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
+static const b2_wimpl *wimpl(void);
+
+/* f16 / bf16 through the element-wise kernels' converters (F16C, a 16-bit
+ * shift; exact, so the same bits as b2__f16_to_f32 for every value but a
+ * signalling NaN, which F16C quietens), q8_0 through the implementation's
+ * block dequantiser. */
 void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows, int k)
 {
     const size_t rb = b2__wt_row_bytes(t, k);
-    for (int r = 0; r < nrows; r++) {
-        const unsigned char *src = (const unsigned char *)w + (size_t)(row0 + r) * rb;
-        float *d = dst + (size_t)r * k;
-        switch (t) {
-        case B2_WT_F32: memcpy(d, src, rb); break;
-        case B2_WT_F16: for (int j = 0; j < k; j++) d[j] = b2__f16_to_f32(load16(src + 2 * j)); break;
-        case B2_WT_BF16: for (int j = 0; j < k; j++) d[j] = b2__bf16_to_f32(load16(src + 2 * j)); break;
-        case B2_WT_Q8_0:
-            for (int b = 0; b < k / B2_Q8_0_BLOCK; b++) {
-                const unsigned char *blk = src + (size_t)b * B2_Q8_0_BYTES;
-                const float s = b2__f16_to_f32(load16(blk));
-                for (int j = 0; j < B2_Q8_0_BLOCK; j++)
-                    d[b * B2_Q8_0_BLOCK + j] = s * (float)(int8_t)blk[2 + j];
-            }
-            break;
-        }
+    const unsigned char *src = (const unsigned char *)w + (size_t)row0 * rb;
+    switch (t) {
+    case B2_WT_F32: memcpy(dst, src, rb * (size_t)nrows); return;
+    case B2_WT_F16: b2__simd()->f16_to_f32(dst, src, (size_t)k * (size_t)nrows); return;
+    case B2_WT_BF16: b2__simd()->bf16_to_f32(dst, src, (size_t)k * (size_t)nrows); return;
+    case B2_WT_Q8_0: wimpl()->q8_to_f32(dst, src, (k / B2_Q8_0_BLOCK) * nrows); return;
     }
 }
 
@@ -250,7 +247,17 @@ static void q8_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, cons
     }
 }
 
-static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c};
+/* d * (float)q per value, one rounding: the bits of every implementation */
+static void q8_to_f32_c(float *y, const unsigned char *w, int nb)
+{
+    for (int b = 0; b < nb; b++, w += B2_Q8_0_BYTES, y += B2_Q8_0_BLOCK) {
+        const float s = b2__f16_to_f32(load16(w));
+        const int8_t *q = (const int8_t *)(w + 2);
+        for (int j = 0; j < B2_Q8_0_BLOCK; j++) y[j] = s * (float)q[j];
+    }
+}
+
+static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c};
 
 /* ---- choosing an implementation ---- */
 

@@ -196,6 +196,20 @@ B2W void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, 
     }
 }
 
-const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2};
+B2W void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb)
+{
+    for (int b = 0; b < nb; b++, w += B2_Q8_0_BYTES, y += B2_Q8_0_BLOCK) {
+        uint16_t h;
+        memcpy(&h, w, 2);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(w + 2 + 8 * p)));
+            _mm256_storeu_ps(y + 8 * p, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2};
 
 #endif

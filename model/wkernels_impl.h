@@ -26,6 +26,9 @@ typedef struct b2_wimpl {
      * acc += (d_w * d_x) * (float)isum in 8 lanes. */
     void (*q8)(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                size_t rb, int n, int m, int k);
+    /* y (nb * 32) = the nb q8_0 blocks at w as f32: d * (float)q, one
+     * rounding per value, the same bits in every implementation. */
+    void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
 } b2_wimpl;
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -35,6 +38,7 @@ extern const b2_wimpl b2__wimpl_avx512_vnni; /* the same, q8_0 with VNNI */
 /* AVX2's q8 entry (the avx512 table without VNNI uses it). */
 void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                       size_t rb, int n, int m, int k);
+void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb);
 #endif
 
 #endif

@@ -22,6 +22,12 @@
  *   special     NaN in one x row: that row NaN, the others untouched;
  *               q8_0 weights with -128 and all-zero blocks
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
+ *   widen       b2__wrows_to_f32 (the many-row path's tile conversion and
+ *               the embedding lookups; SIMD where the CPU has it) against
+ *               the scalar definitions, bit for bit: every f16 and bf16
+ *               pattern (a signalling NaN may come back quiet), q8_0 with
+ *               random, -128, subnormal-scale and zero blocks; rows from
+ *               an odd row0 at an unaligned address, odd k
  *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
  *               round trips, midpoints go to even, overflow to infinity,
  *               subnormals, NaN stays NaN; q8_0 weights vs GGML's
@@ -404,6 +410,64 @@ static void test_threads(void)
     problem_free(&p);
 }
 
+/* ---- b2__wrows_to_f32 against the scalar definitions ---- */
+
+static int same_or_nan(float a, float b) { return fbits(a) == fbits(b) || (isnan(a) && isnan(b)); }
+
+static void test_widen(void)
+{
+    /* 65536 patterns as 2048 rows of 32 (f16, bf16), then 512 rows of 127
+     * from row 3 (odd k: rows start at odd multiples of 2 bytes) */
+    unsigned char *raw = malloc(2 * 65536 + 1);
+    float *y = malloc(sizeof(float) * 300 * 224); /* the q8_0 rows below need more than 65536 */
+    int good16 = 1, goodbf = 1, nanq = 1;
+    for (uint32_t h = 0; h < 0x10000; h++) { uint16_t v = (uint16_t)h; memcpy(raw + 1 + 2 * h, &v, 2); }
+    for (int pass = 0; pass < 2; pass++) {
+        const int k = pass ? 127 : 32, row0 = pass ? 3 : 0, rows = pass ? 512 : 2048;
+        for (int t = 0; t < 2; t++) {
+            const b2_wtype wt = t ? B2_WT_BF16 : B2_WT_F16;
+            b2__wrows_to_f32(y, raw + 1, wt, row0, rows, k);
+            for (int i = 0; i < rows * k; i++) {
+                const uint32_t h = (uint32_t)(row0 * k + i);
+                const float r = t ? b2__bf16_to_f32((uint16_t)h) : b2__f16_to_f32((uint16_t)h);
+                if (!same_or_nan(y[i], r)) {
+                    if (t ? goodbf : good16) diag("%s %04x: %08x, want %08x", b2__wt_name(wt), h, fbits(y[i]), fbits(r));
+                    *(t ? &goodbf : &good16) = 0;
+                }
+                nanq &= !isnan(r) || isnan(y[i]);
+            }
+        }
+    }
+    ok(good16 && nanq, "f16 rows -> f32: every pattern exact (k 32 and 127, unaligned)");
+    ok(goodbf, "bf16 rows -> f32: every pattern exact (k 32 and 127, unaligned)");
+    /* q8_0: 300 rows of 7 blocks, from row 5, at an odd address */
+    enum { NB = 7, K = NB * 32, ROWS = 300 }; /* (ROWS - 5) * K fits y */
+    const size_t rb = (size_t)NB * B2_Q8_0_BYTES;
+    unsigned char *q = malloc(rb * ROWS + 1);
+    for (size_t b = 0; b < (size_t)NB * ROWS; b++) {
+        unsigned char *blk = q + 1 + b * B2_Q8_0_BYTES;
+        const uint16_t d = b % 11 == 0 ? (uint16_t)(b % 1024) /* subnormal or zero scale */
+                         : b % 13 == 0 ? 0xfbff : q16(frand(-0.1f, 0.1f), B2_WT_F16);
+        memcpy(blk, &d, 2);
+        for (int j = 0; j < 32; j++) blk[2 + j] = b % 17 == 0 ? 0 : (unsigned char)(int)frand(-128, 128);
+        blk[2 + b % 32] = 0x80;
+    }
+    b2__wrows_to_f32(y, q + 1, B2_WT_Q8_0, 5, ROWS - 5, K);
+    int goodq = 1;
+    for (int i = 0; i < (ROWS - 5) * K; i++) {
+        const unsigned char *blk = q + 1 + 5 * rb + (size_t)(i / 32) * B2_Q8_0_BYTES;
+        uint16_t d;
+        memcpy(&d, blk, 2);
+        const float r = b2__f16_to_f32(d) * (float)(int8_t)blk[2 + i % 32];
+        if (fbits(y[i]) != fbits(r)) {
+            if (goodq) diag("q8_0 value %d: %08x, want %08x", i, fbits(y[i]), fbits(r));
+            goodq = 0;
+        }
+    }
+    ok(goodq, "q8_0 rows -> f32: d * q exact (-128, zero and subnormal scales, unaligned)");
+    free(raw); free(y); free(q);
+}
+
 int main(void)
 {
     test_round16(B2_WT_F16);
@@ -413,5 +477,6 @@ int main(void)
     test_products();
     test_special();
     test_threads();
+    test_widen();
     return tap_done();
 }

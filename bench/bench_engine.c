@@ -196,7 +196,7 @@ static double mem_pass(read_fn fn, const float *buf, size_t n, int nt, float *si
 
 typedef struct opts {
     const char *model;
-    int rounds, steps, threads, verbose;
+    int rounds, steps, threads, verbose, batch;
     double mem_gib;
     const char *prompt, *image;
     int do_vision, do_qformer, do_lm, do_caption, limits_only;
@@ -208,6 +208,8 @@ static void usage(FILE *f)
         "usage: bench_engine --model DIR [options]\n"
         "  --rounds N        measurement rounds; medians over them (default 3)\n"
         "  --decode-steps N  decode steps per round, and new tokens of the caption (default 20)\n"
+        "  --batch N         OPT decode: N sequences per step (copies of the prefilled\n"
+        "                    cache), per token = per step / N (default 1)\n"
         "  --prompt TEXT     prompt after the 32 query tokens (default\n"
         "                    \"Question: what is shown in this picture? Answer:\")\n"
         "  --threads N       OpenBLAS threads (default: OpenBLAS's own choice)\n"
@@ -222,7 +224,7 @@ static void usage(FILE *f)
 
 static int parse(opts *o, int argc, char **argv)
 {
-    *o = (opts){.rounds = 3, .steps = 20, .threads = 0, .mem_gib = 2.0,
+    *o = (opts){.rounds = 3, .steps = 20, .threads = 0, .mem_gib = 2.0, .batch = 1,
                 .prompt = "Question: what is shown in this picture? Answer:",
                 .do_vision = 1, .do_qformer = 1, .do_lm = 1, .do_caption = 1};
     for (int i = 1; i < argc; i++) {
@@ -235,6 +237,7 @@ static int parse(opts *o, int argc, char **argv)
         if (!strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
         else if (!strcmp(a, "--decode-steps")) o->steps = atoi(v);
+        else if (!strcmp(a, "--batch")) o->batch = atoi(v);
         else if (!strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--image")) o->image = v;
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
@@ -246,7 +249,8 @@ static int parse(opts *o, int argc, char **argv)
             o->do_caption = strstr(v, "caption") != NULL;
         } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
     }
-    if ((!o->model && !o->limits_only) || o->rounds < 1 || o->steps < 1 || o->mem_gib <= 0) { usage(stderr); return -1; }
+    if ((!o->model && !o->limits_only) || o->rounds < 1 || o->steps < 1 || o->mem_gib <= 0 ||
+        o->batch < 1 || o->batch > 64) { usage(stderr); return -1; }
     return 0;
 }
 
@@ -282,12 +286,6 @@ static double qformer_flop(const b2_config *c)
     return f + 2 * Q * D * c->t_hidden;
 }
 
-static double opt_layer_params(const b2_config *c)
-{
-    const double D = c->t_hidden, F = c->t_ffn;
-    return 4 * D * D + 2 * D * F + (c->t_bias ? 5 * D + F : 0) + (c->t_ln_affine ? 4 * D : 0);
-}
-
 /* n rows at positions p0..p0+n-1, plus logits for one row */
 static double opt_flop(const b2_config *c, int n, int p0)
 {
@@ -297,14 +295,37 @@ static double opt_flop(const b2_config *c, int n, int p0)
     return c->t_layers * (2.0 * n * (4 * D * D + 2 * D * F) + att) + 2.0 * D * c->t_vocab;
 }
 
-/* bytes read by one decode step at position pos: every weight once
- * (f32 in memory) and the keys and values of pos+1 positions */
-static double decode_bytes(const b2_config *c, int pos)
+static double lin_bytes(const b2_linear *l)
+{
+    return (double)b2__wt_row_bytes(l->wt, l->in) * l->out + (l->b ? 4.0 * l->out : 0);
+}
+
+/* bytes of every OPT weight as stored in memory (f32 after widening at
+ * load, or the typed matrices of a GGUF file): set once the model is
+ * loaded */
+static double opt_weight_bytes;
+
+static void opt_weight_bytes_init(const blip2_model *m)
+{
+    const b2_config *c = &m->cfg;
+    double b = (double)b2__wt_row_bytes(m->lm_head_wt, c->t_hidden) * c->t_vocab;
+    for (int l = 0; l < c->t_layers; l++) {
+        const b2_opt_layer *L = &m->tl[l];
+        b += lin_bytes(&L->q) + lin_bytes(&L->k) + lin_bytes(&L->v) + lin_bytes(&L->o) +
+             lin_bytes(&L->fc1) + lin_bytes(&L->fc2) + (c->t_ln_affine ? 4.0 * 4 * c->t_hidden : 0);
+    }
+    opt_weight_bytes = b;
+}
+
+/* bytes read by one decode step of nseq sequences at position pos: every
+ * weight once and the keys and values of pos+1 positions per sequence */
+static double decode_bytes_n(const b2_config *c, int pos, int nseq)
 {
     const double D = c->t_hidden;
-    return 4.0 * (c->t_layers * opt_layer_params(c) + (double)c->t_vocab * D +
-                  c->t_layers * 2.0 * (pos + 1) * D);
+    return opt_weight_bytes + nseq * 4.0 * c->t_layers * 2.0 * (pos + 1) * D;
 }
+
+static double decode_bytes(const b2_config *c, int pos) { return decode_bytes_n(c, pos, 1); }
 
 /* T5: encoder over n rows + the cross keys and values of every decoder
  * block from its output (no logits). */
@@ -334,7 +355,7 @@ static int argmax(const float *x, int n)
 }
 
 enum { S_VISION, S_QFORMER, S_PREFILL, S_DECODE, S_CAPTION, S_N };
-static const char *const stage_name[S_N] = {"vision encoder", "Q-Former + proj", "prefill", "decode (per token)",
+static const char *const stage_name[S_N] = {"vision encoder", "Q-Former + proj", "prefill", "decode (per step)",
                                             "caption (end to end)"};
 
 /* Median rate of 5 sgemm calls x (m, k) @ w (n, k)^T: the engine's layout. */
@@ -443,6 +464,9 @@ int main(int argc, char **argv)
     const int t5 = c->family == B2_FAMILY_T5;
     const int Dv = c->v_hidden, T = blip2_vision_tokens(m), Q = c->num_query, D = c->t_hidden;
     const int V = c->t_vocab;
+    if (!t5) opt_weight_bytes_init(m);
+    if (t5 && o.batch > 1) { fprintf(stderr, "bench_engine: --batch is for OPT models\n"); return 1; }
+    const int B = o.batch;
     if (t5)
         printf("loaded in %.1f s (stored as %s), RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), "
                "Q-Former %dx%d, T5 %d+%dx%d (I=%d, F=%d%s, V=%d)\n", t_load, blip2_model_dtype(m),
@@ -474,26 +498,31 @@ int main(int argc, char **argv)
     float *vis = malloc(sizeof(float) * (size_t)T * Dv), *pooled = malloc(sizeof(float) * (size_t)Dv);
     float *qf = malloc(sizeof(float) * (size_t)Q * c->q_hidden);
     float *emb = malloc(sizeof(float) * (size_t)rows * D), *hid = malloc(sizeof(float) * (size_t)rows * D);
-    float *logits = malloc(sizeof(float) * (size_t)V), *cq = malloc(sizeof(float) * blip2_query_embeds_len(m));
+    float *logits = malloc(sizeof(float) * (size_t)V), *logitsb = malloc(sizeof(float) * (size_t)V * B), *cq = malloc(sizeof(float) * blip2_query_embeds_len(m));
     const int sg_m = T, sg_n = c->v_inter, sg_k = Dv;
     float *sa = rand_buf((size_t)sg_m * sg_k, 1.0f, 2), *sb = rand_buf((size_t)sg_n * sg_k, 0.05f, 3);
     float *sc = malloc(sizeof(float) * (size_t)sg_m * sg_n);
     const size_t mem_n = ((size_t)(o.mem_gib * 1073741824.0) / sizeof(float)) & ~(size_t)1023;
     float *mem = aligned_alloc(64, mem_n * sizeof(float));
-    b2_kv kv = {0};
+    b2_kv kv = {0}, kvb[64] = {{0}};
+    b2_kv *kvps[64];
+    int32_t toks[64];
     b2_opt_ws ws = {0};
     b2_t5_ws tws = {0};
     b2_t5_cross cross = {0};
     float *enc = NULL, *escr = NULL;
-    int ok = px && pxc && vis && pooled && qf && emb && hid && logits && cq && sa && sb && sc && mem &&
+    int ok = logitsb && px && pxc && vis && pooled && qf && emb && hid && logits && cq && sa && sb && sc && mem &&
              b2__kv_init(&kv, m, cap) == 0;
+    for (int i = 1; ok && i < B; i++) ok = b2__kv_init(&kvb[i], m, cap) == 0;
+    kvps[0] = &kv;
+    for (int i = 1; i < B; i++) kvps[i] = &kvb[i];
     if (ok && t5) {
         enc = malloc(sizeof(float) * (size_t)rows * D);
         escr = malloc(sizeof(float) * b2__t5_encode_scratch(m, rows));
         ok = enc && escr && b2__t5_cross_init(&cross, m, rows) == 0 &&
              b2__t5_ws_init(&tws, m, 1, cap > rows ? cap : rows) == 0;
     } else if (ok) {
-        ok = b2__opt_ws_init(&ws, m, rows, cap) == 0;
+        ok = b2__opt_ws_init(&ws, m, rows > B ? rows : B, cap) == 0;
     }
     if (!ok) {
         fprintf(stderr, "bench_engine: out of memory\n");
@@ -579,11 +608,20 @@ int main(int argc, char **argv)
             lim_gf[nlim_gf++] = gf0;
             lim_gf[nlim_gf++] = gf1;
             kv.len = t5 ? 0 : rows;
+            for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv, m);
+            for (int i = 0; i < B; i++) toks[i] = tok;
             double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
             for (int st = 0; st < o.steps; st++) {
                 a = now();
                 pos[0] = kv.len;
-                if (t5) {
+                if (B > 1) { /* B sequences, one row each */
+                    for (int i = 0; i < B; i++) { seq[i] = i; pos[i] = kv.len; }
+                    b2__opt_embed(m, toks, B, emb);
+                    b2__opt_forward(m, &ws, emb, B, kvps, seq, pos, hid);
+                    b2__opt_logits(m, hid, B, logitsb);
+                    for (int i = 0; i < B; i++) toks[i] = argmax(logitsb + (size_t)i * V, V);
+                    memcpy(logits, logitsb, sizeof(float) * (size_t)V);
+                } else if (t5) {
                     b2__t5_decode(m, &tws, &tok, 1, &kvp, &crp, seq, pos, hid);
                     b2__t5_logits(m, hid, 1, logits);
                 } else {
@@ -593,8 +631,9 @@ int main(int argc, char **argv)
                 }
                 tok = argmax(logits, V);
                 dstep[st] = now() - a;
-                dbw[st] = (t5 ? t5_decode_bytes(c, kv.len, rows) : decode_bytes(c, kv.len)) / dstep[st] / 1e9;
+                dbw[st] = (t5 ? t5_decode_bytes(c, kv.len, rows) : decode_bytes_n(c, kv.len, B)) / dstep[st] / 1e9;
                 kv.len++;
+                for (int i = 1; i < B; i++) kvb[i].len = kv.len;
             }
             double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
             tm[S_DECODE][r] = median(dstep, o.steps);
@@ -660,7 +699,7 @@ int main(int argc, char **argv)
         double t = median(tm[s], R), rt = median(ratio[s], R);
         char work[32], rate[40];
         if (s == S_DECODE) {
-            double by = t5 ? t5_decode_bytes(c, o.steps / 2, rows) : decode_bytes(c, rows);
+            double by = t5 ? t5_decode_bytes(c, o.steps / 2, rows) : decode_bytes_n(c, rows, B);
             snprintf(work, sizeof work, "%.2f GB", by / 1e9);
             snprintf(rate, sizeof rate, "%.1f GB/s", by / t / 1e9);
         } else if (s == S_CAPTION) {
@@ -675,9 +714,10 @@ int main(int argc, char **argv)
                work, rate, 100 * rt);
     }
     if (tm[S_PREFILL][0] > 0)
-        printf("\n%s: %d rows (%d query + %zu prompt tokens incl. %s); decode: %d steps, %.2f tokens/s\n",
-               t5 ? "encoder" : "prefill", rows, Q, L, t5 ? "</s>" : "BOS", o.steps,
-               1.0 / median(tm[S_DECODE], R));
+        printf("\n%s: %d rows (%d query + %zu prompt tokens incl. %s), %.1f tokens/s; decode: %d steps of %d "
+               "sequence(s), %.2f tokens/s, %.1f ms per token (weights as stored: %s)\n",
+               t5 ? "encoder" : "prefill", rows, Q, L, t5 ? "</s>" : "BOS", rows / median(tm[S_PREFILL], R),
+               o.steps, B, B / median(tm[S_DECODE], R), 1e3 * median(tm[S_DECODE], R) / B, blip2_model_dtype(m));
     if (tm[S_CAPTION][0] > 0)
         printf("caption: %s, no prompt, greedy, %d new tokens (min_new_tokens %d): %.2f s; at the limits %.2f s\n"
                "  text of round 1 (random weights): \"%.80s\"\n",
@@ -691,6 +731,8 @@ int main(int argc, char **argv)
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
     free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);
+    for (int i = 1; i < B; i++) b2__kv_free(&kvb[i]);
+    free(logitsb);
     free(px); free(pxc); free(vis); free(pooled); free(qf); free(emb); free(hid); free(logits); free(cq);
     free(sa); free(sb); free(sc); free(mem); free(qemb); free(ids); free(enc); free(escr);
     b2__kv_free(&kv);

@@ -5,7 +5,7 @@
  * At one fc1 of the ViT-g (257 rows, 6144 x 1408), not a test: `make
  * bench`, then
  *
- *   bench/bench_wtile [ROWS] [--rounds N] [--sweep]
+ *   bench/bench_wtile [ROWS] [--rounds N] [--sweep] [--shape OUT IN]
  *
  * Default: N rounds (15) of f32, f16, bf16, q8_0 products back to back at
  * the default tile (b2__wtile_rows), plus the conversion of the whole W
@@ -13,9 +13,13 @@
  * each type's time over the f32 time of the same round (the host is
  * shared: a ratio taken seconds apart means little).  --sweep adds the
  * tile sizes 32..1024 (median of 5 each, against one f32 median).
+ * --shape OUT IN: W (OUT, IN) instead of fc1's (6144, 1408), e.g. fc2
+ * 1408 6144, qkv 4224 1408 (IN a multiple of 32, for q8_0).
  *
  * 256 rows per tile (1.4 MB of f32 at k = 1408, inside L2 with the sgemm's
- * panels) is the default: the sweep found 128-512 equivalent within noise.
+ * panels) is the default, from a sweep with the earlier scalar conversion
+ * (ms for tiles 32..1024, f32 sgemm 45 GFLOP/s: bf16 95/80/75/68/77/110,
+ * q8_0 103/77/68/65/68/77).  Figures: bench/README.md, section 7.1.
  */
 #include "kernels.h"
 #include "wkernels.h"
@@ -70,17 +74,17 @@ static void loadavg(const char *when)
 
 int main(int argc, char **argv)
 {
-    int n = 257, rounds = 15, sweep = 0;
+    int n = 257, rounds = 15, sweep = 0, m = 6144, k = 1408;
     for (int a = 1; a < argc; a++) {
         if (!strcmp(argv[a], "--rounds") && a + 1 < argc) rounds = atoi(argv[++a]);
         else if (!strcmp(argv[a], "--sweep")) sweep = 1;
+        else if (!strcmp(argv[a], "--shape") && a + 2 < argc) { m = atoi(argv[++a]); k = atoi(argv[++a]); }
         else n = atoi(argv[a]);
     }
-    if (n < 1 || rounds < 1 || rounds > 1000) {
-        fprintf(stderr, "usage: bench_wtile [ROWS] [--rounds N] [--sweep]\n");
+    if (n < 1 || rounds < 1 || rounds > 1000 || m < 1 || k < 32 || k % 32) {
+        fprintf(stderr, "usage: bench_wtile [ROWS] [--rounds N] [--sweep] [--shape OUT IN]\n");
         return 2;
     }
-    const int m = 6144, k = 1408;
     float *w = malloc(sizeof(float) * (size_t)m * k), *x = malloc(sizeof(float) * (size_t)n * k);
     float *y = malloc(sizeof(float) * (size_t)n * m), *wf = malloc(sizeof(float) * (size_t)m * k);
     if (!w || !x || !y || !wf) return 1;

@@ -754,18 +754,26 @@ int b2__cache_path(char *out, size_t cap, const char *dir, const char *src, cons
     /* config and tokenizer files change the packed metadata too */
     static const char *const side[] = {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
                                        "tokenizer_config.json", "special_tokens_map.json"};
-    for (size_t i = 0; rc == 0 && i <= sizeof side / sizeof side[0]; i++) {
+    for (size_t i = 0; rc == 0 && i < sizeof side / sizeof side[0]; i++) {
         char fp[PATH_MAX + 64];
         struct stat st;
-        snprintf(fp, sizeof fp, "%s/%s", real, i < sizeof side / sizeof side[0] ? side[i] : "spiece.model");
+        snprintf(fp, sizeof fp, "%s/%s", real, side[i]);
         uint64_t id[3] = {0, 0, 0};
-        /* spiece.model (Flan-T5) only when present: OPT keys stay as they were */
-        if (i == sizeof side / sizeof side[0] && stat(fp, &st) != 0) continue;
         if (stat(fp, &st) == 0) {
             id[0] = (uint64_t)st.st_size;
             id[1] = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
             id[2] = (uint64_t)st.st_ino;
         }
+        h = fnv(h, id, sizeof id);
+    }
+    /* Flan-T5's spiece.model, only when present (OPT keys stay as they were) */
+    char sp[PATH_MAX + 64];
+    struct stat sst;
+    snprintf(sp, sizeof sp, "%s/spiece.model", real);
+    if (rc == 0 && stat(sp, &sst) == 0) {
+        const uint64_t id[3] = {(uint64_t)sst.st_size,
+                                (uint64_t)sst.st_mtim.tv_sec * 1000000000ull + (uint64_t)sst.st_mtim.tv_nsec,
+                                (uint64_t)sst.st_ino};
         h = fnv(h, id, sizeof id);
     }
     if (rc == 0 && !tname) {

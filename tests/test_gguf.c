@@ -330,6 +330,8 @@ static void test_model(const char *gdir)
     unlink(path);
 }
 
+static int count_gguf(const char *dir, char *last, size_t cap);
+
 /* A packed Flan-T5 model: the SentencePiece model travels in the file;
  * without it, or with a damaged one, the file is refused naming the key. */
 static void test_t5(const char *gdir)
@@ -384,6 +386,26 @@ static void test_t5(const char *gdir)
     free(good);
     unlink(bad);
     unlink(path);
+
+    /* the weights cache packs a T5 folder; a changed spiece.model changes its key */
+    char copy[700], cache[700], cmd[1600];
+    snprintf(copy, sizeof copy, "%s/t5src", tmpdir);
+    snprintf(cache, sizeof cache, "%s/t5cache", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", src, copy);
+    if (!ok(system(cmd) == 0, "copy t5-tiny")) return;
+    blip2_load_opts o = {.cache_dir = cache};
+    m = NULL;
+    ok(blip2_model_load(&m, copy, &o, &err) == 0 && blip2_model_mapping(m, NULL, NULL, NULL) &&
+       !strcmp(blip2_model_family(m), "t5") && count_gguf(cache, NULL, 0) == 1,
+       "a T5 folder with a cache directory is converted and mapped");
+    blip2_model_free(m);
+    m = NULL;
+    snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/spiece.model'", copy);
+    ok(system(cmd) == 0 && blip2_model_load(&m, copy, &o, &err) == 0 && count_gguf(cache, NULL, 0) == 2,
+       "a changed spiece.model is converted again");
+    blip2_model_free(m);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", copy, cache);
+    system(cmd);
 }
 
 /* Number of .gguf files in dir. */

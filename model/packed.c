@@ -229,6 +229,7 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
                        "too large", name);
     if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab)
         return b2__err(err, BLIP2_EFORMAT, "%s: bos/eos/pad id outside the vocabulary", name);
+    c->dec_start = c->bos; /* OPT: generated sequences start with bos */
     return 0;
 }
 

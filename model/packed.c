@@ -196,7 +196,7 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
         if (c->dec_start >= c->t_vocab)
             return b2__err(err, BLIP2_EFORMAT, "%s: decoder_start_token_id outside the vocabulary", name);
     } else {
-        c->dec_start = c->bos;
+        c->dec_start = c->bos; /* OPT: generated sequences start with bos */
     }
     /* the checks config.c makes */
     const struct { const char *name; int val; } pos[] = {
@@ -229,7 +229,6 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
                        "too large", name);
     if (c->bos >= c->t_vocab || c->eos >= c->t_vocab || c->pad >= c->t_vocab)
         return b2__err(err, BLIP2_EFORMAT, "%s: bos/eos/pad id outside the vocabulary", name);
-    c->dec_start = c->bos; /* OPT: generated sequences start with bos */
     return 0;
 }
 

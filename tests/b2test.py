@@ -230,6 +230,27 @@ def manifest(name="manifest.json"):
         return json.load(f)
 
 
+# the keyword arguments of a golden case's generate calls (the manifest's
+# "generate" keys) beyond its max_new_tokens
+CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
+
+
+def golden_requests(cases, first_id):
+    """For each generate call of each case (manifest cases with an image):
+    (case, call name, its golden results, the generate request that should
+    reproduce them, image by bytes), the request ids counting from first_id."""
+    rid = first_id
+    for case in cases:
+        for name, gen in case["generate"].items():
+            req = {"id": rid, "op": "generate", "image": image(case["image"]),
+                   "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
+            req.update(CALLS[name])
+            if case["prompt"] is not None:
+                req["prompt"] = case["prompt"]
+            yield case, name, gen, req
+            rid += 1
+
+
 def read_st(path, check=False):
     """A safetensors file (F32 and I64 tensors) -> {name: (dtype, shape,
     array)}.  With check, asserts the layout as well: the header padded to 8

@@ -15,7 +15,7 @@ import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, t
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, image, manifest, require_msgpack, \
-    wait_status
+    wait_status, golden_requests
 
 msgpack = require_msgpack()
 MAX_TOKENS = int(os.environ.get("BLIP2_TEST_MAX_TOKENS") or 0)
@@ -46,7 +46,6 @@ TMP = tempfile.mkdtemp(prefix="b2dtest.")
 
 
 man = manifest()
-CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
 
 proc, SOCK = start(tmp=TMP)
 c = Client(SOCK)
@@ -62,22 +61,14 @@ if os.environ.get("BLIP2_TEST_CASES"):
     # which the descriptor and feature-cache checks below ask for again
     cases = sorted(cases, key=lambda x: x["prompt_key"] != "caption")[:max(1, int(os.environ["BLIP2_TEST_CASES"]))]
     cases += [x for x in all_cases if x["id"] == "opt-tiny/rocket.jpg/caption" and x not in cases]
-rid = 10
 bad = []
 serial = {}
-for case in cases:
-    for name, gen in case["generate"].items():
-        rid += 1
-        req = {"id": rid, "op": "generate", "image": image(case["image"]),
-               "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
-        req.update(CALLS[name])
-        if case["prompt"]:
-            req["prompt"] = case["prompt"]
-        r = c.call(req)
-        if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
-            bad.append((case["id"], name, r))
-        if name == "greedy":
-            serial[case["id"]] = (req, r["ids"][0])
+for case, name, gen, req in golden_requests(cases, 11):
+    r = c.call(req)
+    if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
+        bad.append((case["id"], name, r))
+    if name == "greedy":
+        serial[case["id"]] = (req, r["ids"][0])
 ok(not bad, "golden greedy, beam and repetition-penalty ids and texts over the socket (%d calls)%s"
    % (3 * len(cases), "" if not bad else ": " + repr(bad[0])[:300]))
 

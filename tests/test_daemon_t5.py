@@ -14,7 +14,7 @@ import functools, json, os, sys, tempfile, threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import b2test
 from b2test import G, SCALE, Client, ok, finish, start, stop, image, manifest, read_st, wire, maxdiff, first, \
-    require_msgpack
+    require_msgpack, golden_requests
 
 require_msgpack()
 MODEL = os.path.join(G, "t5-tiny")
@@ -26,7 +26,6 @@ proc, SOCK = start(tmp=TMP, model=MODEL, sock=os.path.join(TMP, "t5.sock"), bail
 ctl = functools.partial(b2test.ctl, SOCK)
 
 man = manifest("manifest_t5.json")
-CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
 
 try:
     c = Client(SOCK, 120 * SCALE)
@@ -39,20 +38,13 @@ try:
 
     # every case, every generate call, image by bytes
     cases = [x for x in man["cases"] if "image" in x]
-    rid, bad, serial = 10, [], {}
-    for case in cases:
-        for name, gen in case["generate"].items():
-            rid += 1
-            req = {"id": rid, "op": "generate", "image": image(case["image"]),
-                   "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
-            req.update(CALLS[name])
-            if case["prompt"] is not None:
-                req["prompt"] = case["prompt"]
-            r = c.call(req)
-            if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
-                bad.append((case["id"], name, r))
-            if name == "greedy":
-                serial[case["id"]] = (req, r["ids"][0], r["texts"][0])
+    bad, serial = [], {}
+    for case, name, gen, req in golden_requests(cases, 11):
+        r = c.call(req)
+        if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
+            bad.append((case["id"], name, r))
+        if name == "greedy":
+            serial[case["id"]] = (req, r["ids"][0], r["texts"][0])
     ok(not bad, "golden greedy, beam and repetition-penalty ids and texts over the socket (%d calls)%s"
        % (3 * len(cases), "" if not bad else ": " + repr(bad[0])[:300]))
     ok(all(v[1][0] == 0 for v in serial.values()),

@@ -119,21 +119,6 @@ static int exit_for(int code)
     }
 }
 
-/* A stable name for any code, for --json error objects. */
-static const char *code_key(const blip2c_error *e)
-{
-    if (e->code_name[0]) return e->code_name;
-    switch (e->code) {
-    case BLIP2C_EINVAL: return "bad_input";
-    case BLIP2C_ENOMEM: return "out_of_memory";
-    case BLIP2C_ECONNECT: return "cannot_connect";
-    case BLIP2C_ECONNLOST: return "connection_lost";
-    case BLIP2C_EPROTO: return "protocol_error";
-    case BLIP2C_ETIMEDOUT: return "timeout";
-    default: return "internal";
-    }
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -606,7 +591,7 @@ static void print_error_json(const char *image_name, const char *question,
     if (image_name) json_object_set_new(o, "image", jstr(image_name));
     if (question) json_object_set_new(o, "question", jstr(question));
     json_t *er = json_object();
-    json_object_set_new(er, "code", json_string(code_key(e)));
+    json_object_set_new(er, "code", json_string(ctl_error_code(e)));
     json_object_set_new(er, "message", jstr(e->message));
     if (e->field[0]) json_object_set_new(er, "field", jstr(e->field));
     json_object_set_new(o, "error", er);
@@ -1183,6 +1168,19 @@ static bool collection_mode(const ctl *x)
     return x->jsonl || x->recursive || x->files_from || x->resume || x->output;
 }
 
+/* caption or features over a collection: the walk, the list, --resume,
+ * the output and the window as the options say. */
+static int run_collection(ctl *x, char **names, size_t n, const ctl_batch_op *op)
+{
+    ctl_batch_opts o = {
+        .paths = names, .n_paths = n, .recursive = x->recursive, .hidden = x->hidden,
+        .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
+        .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
+        .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
+    };
+    return ctl_batch_run(x->conn, &o, op);
+}
+
 static int cmd_caption_collection(ctl *x, char **names, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -1192,13 +1190,7 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
     connect_or_exit(x);
     ctl_caption_args a = { x->prompt, &x->params };
     ctl_batch_op op = ctl_batch_caption_op(&a);
-    ctl_batch_opts o = {
-        .paths = names, .n_paths = n, .recursive = x->recursive, .hidden = x->hidden,
-        .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
-        .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
-        .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
-    };
-    return ctl_batch_run(x->conn, &o, &op);
+    return run_collection(x, names, n, &op);
 }
 
 static int cmd_features_collection(ctl *x, char **names, size_t n)
@@ -1235,13 +1227,7 @@ static int cmd_features_collection(ctl *x, char **names, size_t n)
     connect_or_exit(x);
     ctl_features_args a = { x->outputs, x->n_outputs, x->out_dir };
     ctl_batch_op op = ctl_batch_features_op(&a);
-    ctl_batch_opts o = {
-        .paths = names, .n_paths = n, .recursive = x->recursive, .hidden = x->hidden,
-        .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
-        .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
-        .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
-    };
-    return ctl_batch_run(x->conn, &o, &op);
+    return run_collection(x, names, n, &op);
 }
 
 /* ---- main ------------------------------------------------------------------------------------- */
@@ -1289,7 +1275,7 @@ static int cmd_features(ctl *x, char *name)
             json_t *o = json_object();
             if (name) json_object_set_new(o, "image", jstr(name));
             if (x->text) json_object_set_new(o, "text", jstr(x->text));
-            json_object_set_new(o, "error", json_pack("{s:s,s:o}", "code", code_key(&err),
+            json_object_set_new(o, "error", json_pack("{s:s,s:o}", "code", ctl_error_code(&err),
                                                       "message", jstr(err.message)));
             print_json(o, false, 0);
         }

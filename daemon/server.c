@@ -285,6 +285,25 @@ static char *dupn(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+/* The request is in flight on c from here: prepared on the worker pool
+ * (prep_cb), then handed to the engine (after_prep_cb). */
+static void queue_prep(struct b2d_server *s, conn *c, uint64_t id, b2d_job *j, prep_work *w)
+{
+    c->inf[c->ninf++] = (inflight){.id = id, .job = j};
+    w->job = j;
+    w->srv = s;
+    w->w.data = w;
+    s->in_prep++;
+    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
+        s->in_prep--;
+        c->ninf--;
+        atomic_store(&j->refs, 1);
+        b2d_job_unref(j);
+        free(w);
+        send_error(c, 1, id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
+    }
+}
+
 static void handle_generate(conn *c, b2ipc_request *rq, int fd)
 {
     struct b2d_server *s = c->srv;
@@ -361,19 +380,7 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
         send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
         return;
     }
-    c->inf[c->ninf++] = (inflight){.id = rq->id, .job = j};
-    w->job = j;
-    w->srv = s;
-    w->w.data = w;
-    s->in_prep++;
-    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
-        s->in_prep--;
-        c->ninf--;
-        atomic_store(&j->refs, 1);
-        b2d_job_unref(j);
-        free(w);
-        send_error(c, 1, rq->id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
-    }
+    queue_prep(s, c, rq->id, j, w);
 }
 
 /* features (protocol version 2): the same admission as generate, then
@@ -437,19 +444,7 @@ static void handle_features(conn *c, b2ipc_request *rq, int fd)
         send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
         return;
     }
-    c->inf[c->ninf++] = (inflight){.id = rq->id, .job = j};
-    w->job = j;
-    w->srv = s;
-    w->w.data = w;
-    s->in_prep++;
-    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
-        s->in_prep--;
-        c->ninf--;
-        atomic_store(&j->refs, 1);
-        b2d_job_unref(j);
-        free(w);
-        send_error(c, 1, rq->id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
-    }
+    queue_prep(s, c, rq->id, j, w);
 }
 
 static void handle_status(conn *c, uint64_t id)

@@ -73,8 +73,8 @@ typedef struct blip2_load_opts {
      * directory (created if missing; the file is named after the folder's
      * identity: resolved path, each weight file's size, mtime and inode,
      * and the type) and that file is mapped.  NULL: folders are loaded
-     * directly (f16/bf16 widened to f32 copies), as are folders of a
-     * family GGUF files cannot hold yet (Flan-T5). */
+     * directly (f16/bf16 widened to f32 copies).  Both families (OPT and
+     * Flan-T5) are packed. */
     const char *cache_dir;
     /* The type of that cache file: "f32", "f16", "bf16", "q8_0", or NULL
      * for the checkpoint's own storage type. */
@@ -115,10 +115,12 @@ typedef struct blip2_convert_stats {
     double seconds;
 } blip2_convert_stats;
 
-/* Converts the Hugging Face BLIP-2 folder src into the GGUF file out, with
- * the big matrices (linear weights, embed_tokens, lm_head) stored as type
+/* Converts the Hugging Face BLIP-2 folder src (OPT or Flan-T5) into the
+ * GGUF file out, with the big matrices (linear weights, embed_tokens or
+ * T5's shared, lm_head) stored as type
  * ("f32", "f16", "bf16", "q8_0") and everything else (layer norms,
- * biases, position/class embeddings, query tokens) as f32; q8_0 needs rows
+ * biases, position/class embeddings, T5's relative position biases, query
+ * tokens) as f32; q8_0 needs rows
  * of a multiple of 32 values, other matrices fall back to f16.  Hyper-
  * parameters, tokenizer and preprocessor settings go into the metadata.
  * The file is written under a temporary name in out's directory and

@@ -647,6 +647,14 @@ int b2__gguf_w_arr_i32(b2_gguf_w *w, const char *key, const int32_t *v, size_t n
     return w->rc;
 }
 
+int b2__gguf_w_arr_u8(b2_gguf_w *w, const char *key, const void *v, size_t n)
+{
+    wkey(w, key, B2_GGUF_ARRAY);
+    wle(w, B2_GGUF_U8, 4);
+    wle(w, n, 8);
+    return wbytes(w, v, n);
+}
+
 int b2__gguf_w_tensor(b2_gguf_w *w, const char *name, b2_wtype t, int n_dims, const int64_t *ne)
 {
     if (w->rc) return w->rc;

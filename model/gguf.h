@@ -140,6 +140,8 @@ int b2__gguf_w_arr_str(b2_gguf_w *w, const char *key, const char *const *s,
                        const size_t *lens, size_t n);
 int b2__gguf_w_arr_f32(b2_gguf_w *w, const char *key, const float *v, size_t n);
 int b2__gguf_w_arr_i32(b2_gguf_w *w, const char *key, const int32_t *v, size_t n);
+/* An array of n u8 (raw bytes, e.g. a file's contents). */
+int b2__gguf_w_arr_u8(b2_gguf_w *w, const char *key, const void *v, size_t n);
 /* Declares a tensor with ne in ggml order (ne[0] fastest); returns its
  * index, or a negative code. */
 int b2__gguf_w_tensor(b2_gguf_w *w, const char *name, b2_wtype t, int n_dims,

@@ -25,6 +25,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 /* ---- portable implementations ---- */
 
@@ -117,9 +120,10 @@ extern const b2_simd b2__simd_avx2; /* kernels_avx2.c */
 
 static int have_avx2(void)
 {
+    unsigned a, b, c, d; /* F16C by cpuid: clang 14 has no __builtin_cpu_supports("f16c") */
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 #endif
 

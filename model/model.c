@@ -125,7 +125,7 @@ static int bind_t5(binder *b)
     if (!t || !(t->enc = calloc((size_t)c->t_layers, sizeof *t->enc)) ||
         !(t->dec = calloc((size_t)c->t_dec_layers, sizeof *t->dec)) || b2__t5_init_buckets(m) < 0)
         return b2__err(b->err, BLIP2_ENOMEM, "out of memory");
-    t->shared = bind(b, SHAPE(c->t_vocab, D), "language_model.shared.weight");
+    t->shared = bind_typed(b, &t->shared_wt, SHAPE(c->t_vocab, D), "language_model.shared.weight");
     t->enc_rel = bind(b, SHAPE(c->t_buckets, H),
                       "language_model.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
     t->dec_rel = bind(b, SHAPE(c->t_buckets, H),
@@ -153,7 +153,12 @@ static int bind_t5(binder *b)
     t->dec_final = bind(b, SHAPE(D), "language_model.decoder.final_layer_norm.weight");
     /* tied: lm_head is shared and the decoder output is scaled by D^-0.5 */
     t->lm_scale = c->t_tie ? 1.0f / sqrtf((float)D) : 1.0f;
-    t->lm_head = c->t_tie ? t->shared : bind(b, SHAPE(c->t_vocab, D), "language_model.lm_head.weight");
+    if (c->t_tie) {
+        t->lm_head = t->shared;
+        t->lm_head_wt = t->shared_wt;
+    } else {
+        t->lm_head = bind_typed(b, &t->lm_head_wt, SHAPE(c->t_vocab, D), "language_model.lm_head.weight");
+    }
     return b->rc;
 }
 
@@ -269,7 +274,8 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    m->dtype = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
+    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
+                                 : "language_model.model.decoder.embed_tokens.weight");
     size_t size;
     void *map = b2__gguf_map(m->gguf, &size);
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
@@ -362,11 +368,9 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
     }
     if (!S_ISDIR(st.st_mode))
         return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a folder (expected a Hugging Face model folder)", path);
-    if (opts && opts->cache_dir) {
-        rc = load_cached(out, path, opts, err);
-        /* a model GGUF cannot hold yet (Flan-T5): the folder, directly */
-        if (rc != BLIP2_EUNSUPPORTED) return rc;
-    }
+    /* both families pack; what the converter refuses, direct loading
+     * refuses too, with the same error */
+    if (opts && opts->cache_dir) return load_cached(out, path, opts, err);
     blip2_model *m = calloc(1, sizeof *m);
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     snprintf(p, sizeof p, "%s/config.json", path);

@@ -5,17 +5,20 @@
  *
  *   convert: config.json --b2__config_load--> b2_config --> blip2.* keys
  *            preprocessor_config.json ------> blip2.preprocessor.* keys
- *            vocab.json, merges.txt --------> tokenizer.ggml.tokens/merges
+ *            vocab.json, merges.txt --------> tokenizer.ggml.tokens/merges (OPT)
+ *            spiece.model (bytes) -----------> blip2.tokenizer.spiece_model (T5)
  *            tokenizer_config.json, special_tokens_map.json (as text)
  *            safetensors (f32/f16/bf16) -> f32 rows -> b2__wquantize_row ->
  *            one tensor at a time into OUT's temporary file -> fsync ->
  *            loaded back as a model (every check the loader makes) -> rename
- *   load:    the same keys back into b2_config / b2_preproc / b2_bpe, each
+ *   load:    the same keys back into b2_config / b2_preproc / b2_bpe or
+ *            b2_t5tok (blip2.text.model_type opt or t5), each
  *            value checked as config.json's are (a corrupt file must not
  *            reach the forward pass with a zero head count).
  */
 #include "packed.h"
 #include "error.h"
+#include "t5tok.h"
 #include "weights.h"
 
 #include <errno.h>
@@ -33,15 +36,22 @@
 /* ---- the keys of b2_config ---- */
 
 enum { K_INT, K_BOOL, K_F32, K_ACT };
+enum { F_ALL, F_OPT, F_T5 }; /* which language model family has the key */
 static const struct ckey {
     const char *key;
     int kind;
     size_t off;
+    int fam;
 } ckeys[] = {
-#define CI(k, f) {k, K_INT, offsetof(b2_config, f)}
-#define CB(k, f) {k, K_BOOL, offsetof(b2_config, f)}
-#define CF(k, f) {k, K_F32, offsetof(b2_config, f)}
-#define CA(k, f) {k, K_ACT, offsetof(b2_config, f)}
+#define CI(k, f) {k, K_INT, offsetof(b2_config, f), F_ALL}
+#define CB(k, f) {k, K_BOOL, offsetof(b2_config, f), F_ALL}
+#define CF(k, f) {k, K_F32, offsetof(b2_config, f), F_ALL}
+#define CA(k, f) {k, K_ACT, offsetof(b2_config, f), F_ALL}
+#define OI(k, f) {k, K_INT, offsetof(b2_config, f), F_OPT}
+#define OB(k, f) {k, K_BOOL, offsetof(b2_config, f), F_OPT}
+#define TI(k, f) {k, K_INT, offsetof(b2_config, f), F_T5}
+#define TB(k, f) {k, K_BOOL, offsetof(b2_config, f), F_T5}
+#define TF(k, f) {k, K_F32, offsetof(b2_config, f), F_T5}
     CI("blip2.vision.embedding_length", v_hidden), CI("blip2.vision.feed_forward_length", v_inter),
     CI("blip2.vision.block_count", v_layers), CI("blip2.vision.attention.head_count", v_heads),
     CI("blip2.vision.image_size", image_size), CI("blip2.vision.patch_size", patch_size),
@@ -56,16 +66,35 @@ static const struct ckey {
     CI("blip2.text.embedding_length", t_hidden), CI("blip2.text.feed_forward_length", t_ffn),
     CI("blip2.text.block_count", t_layers), CI("blip2.text.attention.head_count", t_heads),
     CI("blip2.text.vocab_size", t_vocab), CI("blip2.text.context_length", t_max_pos),
-    CI("blip2.text.word_embed_proj_dim", t_word_proj), CB("blip2.text.do_layer_norm_before", t_ln_before),
-    CB("blip2.text.enable_bias", t_bias), CB("blip2.text.layer_norm_elementwise_affine", t_ln_affine),
-    CB("blip2.text.final_layer_norm", t_final_ln), CB("blip2.text.tie_word_embeddings", t_tie),
+    OI("blip2.text.word_embed_proj_dim", t_word_proj), OB("blip2.text.do_layer_norm_before", t_ln_before),
+    OB("blip2.text.enable_bias", t_bias), OB("blip2.text.layer_norm_elementwise_affine", t_ln_affine),
+    OB("blip2.text.final_layer_norm", t_final_ln), CB("blip2.text.tie_word_embeddings", t_tie),
     CA("blip2.text.activation_function", t_act),
     CI("blip2.text.bos_token_id", bos), CI("blip2.text.eos_token_id", eos), CI("blip2.text.pad_token_id", pad),
+    /* T5: embedding_length d_model, feed_forward_length d_ff, block_count
+     * the encoder's num_layers, activation_function dense_act_fn,
+     * context_length n_positions */
+    TI("blip2.text.attention.key_length", t_dkv), TI("blip2.text.decoder_block_count", t_dec_layers),
+    TI("blip2.text.attention.relative_buckets_count", t_buckets),
+    TI("blip2.text.attention.relative_max_distance", t_max_dist),
+    TF("blip2.text.attention.layer_norm_rms_epsilon", t_eps), TB("blip2.text.is_gated_act", t_gated),
+    TI("blip2.text.decoder_start_token_id", dec_start),
 #undef CI
 #undef CB
 #undef CF
 #undef CA
+#undef OI
+#undef OB
+#undef TI
+#undef TB
+#undef TF
 };
+
+/* Whether key i belongs to a model of family f. */
+static int key_in(size_t i, b2_family f)
+{
+    return ckeys[i].fam == F_ALL || ckeys[i].fam == (f == B2_FAMILY_T5 ? F_T5 : F_OPT);
+}
 
 static const struct { const char *name; b2_act act; } acts[] = {
     {"gelu", B2_ACT_GELU}, {"gelu_pytorch_tanh", B2_ACT_GELU_TANH}, {"quick_gelu", B2_ACT_QUICK_GELU},
@@ -83,6 +112,7 @@ static int write_config(b2_gguf_w *w, const b2_config *c)
 {
     for (size_t i = 0; i < sizeof ckeys / sizeof ckeys[0]; i++) {
         const void *f = (const char *)c + ckeys[i].off;
+        if (!key_in(i, c->family)) continue;
         switch (ckeys[i].kind) {
         case K_INT: b2__gguf_w_u32(w, ckeys[i].key, (uint32_t) * (const int *)f); break;
         case K_BOOL: b2__gguf_w_bool(w, ckeys[i].key, *(const int *)f); break;
@@ -94,7 +124,8 @@ static int write_config(b2_gguf_w *w, const b2_config *c)
         }
         }
     }
-    return b2__gguf_w_str(w, "blip2.text.model_type", "opt", 3);
+    const char *mt = c->family == B2_FAMILY_T5 ? "t5" : "opt";
+    return b2__gguf_w_str(w, "blip2.text.model_type", mt, strlen(mt));
 }
 
 static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
@@ -104,14 +135,22 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
     b2_gguf_str s;
     memset(c, 0, sizeof *c);
     if ((rc = b2__gguf_get_str(g, "blip2.text.model_type", &s, err)) < 0) return rc;
-    if (!(s.len == 3 && !memcmp(s.p, "opt", 3)))
+    if (s.len == 3 && !memcmp(s.p, "opt", 3)) {
+        c->family = B2_FAMILY_OPT;
+    } else if (s.len == 2 && !memcmp(s.p, "t5", 2)) {
+        /* what config.c fixes for T5 */
+        c->family = B2_FAMILY_T5;
+        c->t_bias = 0;
+        c->t_ln_before = c->t_final_ln = c->t_ln_affine = 1;
+    } else {
         return b2__err(err, BLIP2_EUNSUPPORTED, "%s: language model type '%.*s' is not supported in GGUF files",
                        name, (int)(s.len > 40 ? 40 : s.len), s.p);
-    c->family = B2_FAMILY_OPT;
+    }
     for (size_t i = 0; i < sizeof ckeys / sizeof ckeys[0]; i++) {
         void *f = (char *)c + ckeys[i].off;
         const char *key = ckeys[i].key;
         int64_t v;
+        if (!key_in(i, c->family)) continue;
         switch (ckeys[i].kind) {
         case K_INT:
             if ((rc = b2__gguf_get_int(g, key, &v, err)) < 0) return rc;
@@ -139,6 +178,26 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
         }
         }
     }
+    if (c->family == B2_FAMILY_T5) {
+        c->t_word_proj = c->t_hidden;
+        const struct { const char *name; int val; } tpos[] = {
+            {"key_length", c->t_dkv}, {"decoder_block_count", c->t_dec_layers},
+            {"relative_buckets_count", c->t_buckets}, {"relative_max_distance", c->t_max_dist},
+        };
+        for (size_t i = 0; i < sizeof tpos / sizeof tpos[0]; i++)
+            if (tpos[i].val <= 0) return b2__err(err, BLIP2_EFORMAT, "%s: text %s must be positive", name, tpos[i].name);
+        if (c->t_buckets < 4)
+            return b2__err(err, BLIP2_EFORMAT, "%s: relative_buckets_count must be at least 4", name);
+        if (!(c->t_eps > 0)) return b2__err(err, BLIP2_EFORMAT, "%s: layer_norm_rms_epsilon must be positive", name);
+        if (c->t_dec_layers > 1024 || c->t_dkv > (1 << 16) || c->t_buckets > (1 << 16) ||
+            c->t_max_dist > (1 << 20) || (int64_t)c->t_heads * c->t_dkv > (1 << 20))
+            return b2__err(err, BLIP2_EFORMAT, "%s: decoder_block_count, key_length, relative_buckets_count or "
+                           "relative_max_distance too large", name);
+        if (c->dec_start >= c->t_vocab)
+            return b2__err(err, BLIP2_EFORMAT, "%s: decoder_start_token_id outside the vocabulary", name);
+    } else {
+        c->dec_start = c->bos; /* OPT: generated sequences start with bos */
+    }
     /* the checks config.c makes */
     const struct { const char *name; int val; } pos[] = {
         {"vision embedding_length", c->v_hidden}, {"vision feed_forward_length", c->v_inter},
@@ -159,7 +218,8 @@ static int read_config(b2_config *c, const b2_gguf *g, blip2_error *err)
         return b2__err(err, BLIP2_EFORMAT, "%s: qformer encoder_hidden_size must equal the vision width", name);
     if (c->t_word_proj != c->t_hidden)
         return b2__err(err, BLIP2_EUNSUPPORTED, "%s: word_embed_proj_dim != embedding_length is not supported", name);
-    if (c->v_hidden % c->v_heads || c->q_hidden % c->q_heads || c->t_hidden % c->t_heads)
+    if (c->v_hidden % c->v_heads || c->q_hidden % c->q_heads ||
+        (c->family == B2_FAMILY_OPT && c->t_hidden % c->t_heads))
         return b2__err(err, BLIP2_EFORMAT, "%s: a hidden size is not divisible by its number of heads", name);
     if (c->image_size % c->patch_size)
         return b2__err(err, BLIP2_EFORMAT, "%s: image_size is not a multiple of patch_size", name);
@@ -366,6 +426,34 @@ out:
     return rc;
 }
 
+/* Flan-T5: spiece.model's bytes as they are (libsentencepiece loads the
+ * serialized model from memory), the two settings files as text. */
+static int write_tokenizer_t5(b2_gguf_w *w, const char *dir, const b2_config *c, blip2_error *err)
+{
+    char path[4096];
+    char *model = NULL, *cfg = NULL, *map = NULL;
+    size_t mlen, clen, maplen;
+    int rc;
+    snprintf(path, sizeof path, "%s/spiece.model", dir);
+    if ((rc = read_file(path, &model, &mlen, 0, err)) < 0) goto out;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if ((rc = read_file(path, &cfg, &clen, 1, err)) < 0) goto out;
+    snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+    if ((rc = read_file(path, &map, &maplen, 1, err)) < 0) goto out;
+    b2__gguf_w_str(w, "tokenizer.ggml.model", "t5", 2);
+    b2__gguf_w_arr_u8(w, "blip2.tokenizer.spiece_model", model, mlen);
+    b2__gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)c->bos);
+    b2__gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)c->eos);
+    b2__gguf_w_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)c->pad);
+    if (cfg) b2__gguf_w_str(w, "blip2.tokenizer.config_json", cfg, clen);
+    if (map) b2__gguf_w_str(w, "blip2.tokenizer.special_tokens_map_json", map, maplen);
+out:
+    free(model);
+    free(cfg);
+    free(map);
+    return rc;
+}
+
 static int str_array(const b2_gguf *g, const char *key, b2_bpe_str **out, size_t *n, blip2_error *err)
 {
     const b2_gguf_kv *kv = b2__gguf_find_kv(g, key);
@@ -414,6 +502,28 @@ static int read_tokenizer(b2_bpe **out, const b2_gguf *g, blip2_error *err)
     return rc;
 }
 
+static int read_tokenizer_t5(b2_t5tok **out, const b2_gguf *g, blip2_error *err)
+{
+    const char *name = b2__gguf_name(g), *key = "blip2.tokenizer.spiece_model";
+    char what[4200], cwhat[4200];
+    const char *cfg;
+    size_t clen;
+    b2_gguf_str s;
+    int rc;
+    if ((rc = b2__gguf_get_str(g, "tokenizer.ggml.model", &s, err)) < 0) return rc;
+    if (!(s.len == 2 && !memcmp(s.p, "t5", 2)))
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: tokenizer model '%.*s' (a T5 model needs t5)", name,
+                       (int)(s.len > 40 ? 40 : s.len), s.p);
+    const b2_gguf_kv *kv = b2__gguf_find_kv(g, key);
+    if (!kv) return b2__err(err, BLIP2_EFORMAT, "%s: missing '%s' (the SentencePiece model)", name, key);
+    if (kv->type != B2_GGUF_ARRAY || (kv->arr_type != B2_GGUF_U8 && kv->arr_type != B2_GGUF_I8))
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' must be an array of u8", name, key);
+    if ((rc = opt_str(g, "blip2.tokenizer.config_json", &cfg, &clen, err)) < 0) return rc;
+    snprintf(what, sizeof what, "%s: '%s'", name, key);
+    snprintf(cwhat, sizeof cwhat, "%s: 'blip2.tokenizer.config_json'", name);
+    return b2__t5tok_load_mem(out, kv->arr, (size_t)kv->arr_n, what, cfg, clen, cwhat, err);
+}
+
 int b2__packed_read_meta(blip2_model *m, const b2_gguf *g, blip2_error *err)
 {
     const char *name = b2__gguf_name(g);
@@ -428,6 +538,7 @@ int b2__packed_read_meta(blip2_model *m, const b2_gguf *g, blip2_error *err)
     if ((rc = read_preproc(&m->pp, g, err)) < 0) return rc;
     if (m->pp.size_h != m->cfg.image_size || m->pp.size_w != m->cfg.image_size)
         return b2__err(err, BLIP2_EFORMAT, "%s: preprocessor size does not match the vision image_size", name);
+    if (m->cfg.family == B2_FAMILY_T5) return read_tokenizer_t5(&m->t5tok, g, err);
     return read_tokenizer(&m->tok, g, err);
 }
 
@@ -445,12 +556,12 @@ int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err)
  * of two or more dimensions except the position table) get want, with
  * q8_0 falling back to f16 when the rows are not a multiple of 32;
  * everything else (norms, biases, embeddings of positions and class,
- * query tokens) stays f32. */
+ * T5's relative position biases, query tokens) stays f32. */
 static b2_wtype tensor_type(const b2_tensor *t, b2_wtype want)
 {
     const size_t n = strlen(t->name);
     if (t->ndim < 2 || n < 7 || strcmp(t->name + n - 7, ".weight") != 0 || strstr(t->name, "embed_positions") ||
-        strstr(t->name, "position_embedding"))
+        strstr(t->name, "position_embedding") || strstr(t->name, "relative_attention_bias"))
         return B2_WT_F32;
     const int64_t k = t->shape[t->ndim - 1];
     if (want == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return B2_WT_F16;
@@ -489,14 +600,12 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     snprintf(p, sizeof p, "%s/config.json", src);
     if ((rc = b2__config_load(&m->cfg, p, err)) < 0) goto fail;
-    if (m->cfg.family != B2_FAMILY_OPT) {
-        rc = b2__err(err, BLIP2_EUNSUPPORTED, "%s: only OPT BLIP-2 models can be packed into GGUF so far", src);
-        goto fail;
-    }
+    const int t5 = m->cfg.family == B2_FAMILY_T5;
     b2__preproc_default(&m->pp);
     snprintf(p, sizeof p, "%s/preprocessor_config.json", src);
     if ((rc = b2__preproc_load(&m->pp, p, err)) < 0) goto fail;
-    if ((rc = b2__bpe_load(&m->tok, src, err)) < 0) goto fail; /* refuse what could not load */
+    /* refuse what could not load */
+    if ((rc = t5 ? b2__t5tok_load(&m->t5tok, src, err) : b2__bpe_load(&m->tok, src, err)) < 0) goto fail;
     if ((rc = b2__weights_open(m, src, err)) < 0) goto fail;
 
     if (!(w = b2__gguf_w_new())) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
@@ -510,9 +619,10 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     b2__gguf_w_u32(w, "general.quantization_version", 2);
     write_config(w, &m->cfg);
     write_preproc(w, &m->pp);
-    if ((rc = write_tokenizer(w, src, &m->cfg, err)) < 0) goto fail;
+    if ((rc = t5 ? write_tokenizer_t5(w, src, &m->cfg, err) : write_tokenizer(w, src, &m->cfg, err)) < 0) goto fail;
 
-    /* every float tensor of every file, except a tied lm_head */
+    /* every float tensor of every file, except a tied lm_head and T5's
+     * copies of shared (encoder/decoder.embed_tokens, never read) */
     int total = 0, n = 0;
     for (int i = 0; i < m->n_files; i++) total += b2__st_count(m->files[i]);
     if (!(list = calloc((size_t)total + 1, sizeof *list))) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
@@ -522,6 +632,9 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
             const b2_tensor *t = b2__st_at(m->files[i], j);
             if (!is_float(t->dtype) || t->ndim < 1 || t->ndim > B2_GGUF_MAX_DIMS) continue;
             if (m->cfg.t_tie && !strcmp(t->name, "language_model.lm_head.weight")) continue;
+            if (t5 && (!strcmp(t->name, "language_model.encoder.embed_tokens.weight") ||
+                       !strcmp(t->name, "language_model.decoder.embed_tokens.weight")))
+                continue;
             int dup = 0;
             for (int q = 0; q < n && !dup; q++) dup = !strcmp(list[q]->name, t->name);
             if (dup) continue;
@@ -653,8 +766,19 @@ int b2__cache_path(char *out, size_t cap, const char *dir, const char *src, cons
         }
         h = fnv(h, id, sizeof id);
     }
+    /* Flan-T5's spiece.model, only when present (OPT keys stay as they were) */
+    char sp[PATH_MAX + 64];
+    struct stat sst;
+    snprintf(sp, sizeof sp, "%s/spiece.model", real);
+    if (rc == 0 && stat(sp, &sst) == 0) {
+        const uint64_t id[3] = {(uint64_t)sst.st_size,
+                                (uint64_t)sst.st_mtim.tv_sec * 1000000000ull + (uint64_t)sst.st_mtim.tv_nsec,
+                                (uint64_t)sst.st_ino};
+        h = fnv(h, id, sizeof id);
+    }
     if (rc == 0 && !tname) {
         tname = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
+        if (!strcmp(tname, "?")) tname = b2__weights_dtype(m, "language_model.shared.weight"); /* T5 */
         if (strcmp(tname, "f16") && strcmp(tname, "bf16")) tname = "f32";
     }
     blip2_model_free(m);

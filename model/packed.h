@@ -8,7 +8,8 @@
 #include "engine.h"
 #include "gguf.h"
 
-/* Fills m->cfg, m->pp and m->tok from g's metadata, checking every value
+/* Fills m->cfg, m->pp and m->tok (OPT) or m->t5tok (Flan-T5) from g's
+ * metadata, checking every value
  * as config.json is checked (BLIP2_EFORMAT naming file and key). */
 int b2__packed_read_meta(blip2_model *m, const b2_gguf *g, blip2_error *err);
 

@@ -19,12 +19,14 @@ struct b2_spm {
     sentencepiece::SentencePieceProcessor sp;
 };
 
-extern "C" int b2__spm_load(b2_spm **out, const char *path, char *msg, size_t cap)
+/* path, or len bytes at data when path is NULL */
+static int load(b2_spm **out, const char *path, const void *data, size_t len, char *msg, size_t cap)
 {
     *out = nullptr;
     try {
         b2_spm *s = new b2_spm;
-        auto st = s->sp.Load(path);
+        auto st = path ? s->sp.Load(path)
+                       : s->sp.LoadFromSerializedProto(std::string(static_cast<const char *>(data), len));
         if (!st.ok()) {
             snprintf(msg, cap, "%s", st.ToString().c_str());
             delete s;
@@ -39,6 +41,16 @@ extern "C" int b2__spm_load(b2_spm **out, const char *path, char *msg, size_t ca
         snprintf(msg, cap, "cannot load the SentencePiece model");
         return -1;
     }
+}
+
+extern "C" int b2__spm_load(b2_spm **out, const char *path, char *msg, size_t cap)
+{
+    return load(out, path, nullptr, 0, msg, cap);
+}
+
+extern "C" int b2__spm_load_mem(b2_spm **out, const void *data, size_t len, char *msg, size_t cap)
+{
+    return load(out, nullptr, data, len, msg, cap);
 }
 
 extern "C" void b2__spm_free(b2_spm *sp)

@@ -1,7 +1,7 @@
 /*
  * spm.h - internal: a C view of Debian's libsentencepiece (the one C++
  * file of the engine, spm.cc).  Only what T5Tokenizer needs: load a
- * spiece.model, text -> piece ids, ids -> text, id -> piece.
+ * spiece.model (file or bytes), text -> piece ids, ids -> text, id -> piece.
  * A loaded processor is immutable and may be used from several threads.
  */
 #ifndef BLIP2_SPM_H
@@ -18,6 +18,9 @@ typedef struct b2_spm b2_spm;
 /* Loads the model file at path.  Returns 0, or -1 with a one-line reason
  * in msg (cap bytes, NUL-terminated); -2 when out of memory. */
 int b2__spm_load(b2_spm **out, const char *path, char *msg, size_t cap);
+/* The same from the len bytes of a serialized model (the contents of a
+ * spiece.model file, e.g. as stored in a GGUF file); data is copied. */
+int b2__spm_load_mem(b2_spm **out, const void *data, size_t len, char *msg, size_t cap);
 void b2__spm_free(b2_spm *sp);
 /* Number of pieces (ids 0 .. size-1). */
 int b2__spm_size(const b2_spm *sp);

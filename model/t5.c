@@ -82,8 +82,13 @@ static inline int bucket_of(const int *table, int md, int rel)
 void b2__t5_embed(const blip2_model *m, const int32_t *ids, int n, float *emb)
 {
     const size_t D = (size_t)m->cfg.t_hidden;
-    for (int i = 0; i < n; i++)
-        memcpy(emb + i * D, m->t5->shared + (size_t)ids[i] * D, sizeof(float) * D);
+    const struct b2_t5 *t = m->t5;
+    for (int i = 0; i < n; i++) {
+        if (t->shared_wt == B2_WT_F32)
+            memcpy(emb + i * D, (const float *)t->shared + (size_t)ids[i] * D, sizeof(float) * D);
+        else
+            b2__wrows_to_f32(emb + i * D, t->shared, t->shared_wt, ids[i], 1, (int)D);
+    }
 }
 
 /* y (n, d) = w * x / sqrt(mean(x^2) + eps), row by row; y may equal x. */
@@ -286,7 +291,8 @@ void b2__t5_logits(const blip2_model *m, float *hidden, int n, float *logits)
     const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
     if (m->t5->lm_scale != 1.0f)
         for (size_t i = 0; i < (size_t)n * D; i++) hidden[i] *= m->t5->lm_scale;
-    b2__matmul_rows(logits, V, hidden, D, m->t5->lm_head, D, n, V, D);
+    if (m->t5->lm_head_wt == B2_WT_F32) b2__matmul_rows(logits, V, hidden, D, m->t5->lm_head, D, n, V, D);
+    else b2__wmatmul_rows(logits, V, hidden, D, m->t5->lm_head, m->t5->lm_head_wt, n, V, D);
 }
 
 int b2__t5_forward(const blip2_model *m, const float *emb, int n_enc, const int32_t *dec, int T,

@@ -29,8 +29,10 @@ typedef struct b2_t5_layer {
 } b2_t5_layer;
 
 struct b2_t5 {
-    const float *shared;     /* (V, D) token embeddings of encoder and decoder */
-    const float *lm_head;    /* (V, D): lm_head.weight, or shared when tied */
+    const void *shared;      /* (V, D) token embeddings of encoder and decoder, of type shared_wt */
+    b2_wtype shared_wt;      /* f32 from a folder; the stored type from a GGUF file */
+    const void *lm_head;     /* (V, D): lm_head.weight, or shared when tied, of type lm_head_wt */
+    b2_wtype lm_head_wt;
     float lm_scale;          /* d_model^-0.5 when tied, else 1 */
     const float *enc_rel;    /* (buckets, H) encoder block 0 relative_attention_bias */
     const float *dec_rel;    /* (buckets, H) decoder block 0 relative_attention_bias */
@@ -49,7 +51,7 @@ int b2__t5_init_buckets(blip2_model *m);
 /* Frees what m->t5 owns and m->t5 itself; NULL allowed. */
 void b2__t5_free(struct b2_t5 *t5);
 
-/* emb (n, D) = shared[ids]. */
+/* emb (n, D) = shared[ids] (rows widened to f32). */
 void b2__t5_embed(const blip2_model *m, const int32_t *ids, int n, float *emb);
 
 /* Floats of scratch b2__t5_encode needs for n rows. */
@@ -89,7 +91,8 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const int32_t *tok, int n
                    struct b2_kv *const *kvs, const b2_t5_cross *const *cross,
                    const int *seq, const int *pos, float *hidden);
 
-/* logits (n, V) = (lm_scale * hidden (n, D)) @ lm_head^T.  hidden is
+/* logits (n, V) = (lm_scale * hidden (n, D)) @ lm_head^T, each row's
+ * numbers independent of n (typed heads: b2__wmatmul_rows).  hidden is
  * scaled in place when the head is tied. */
 void b2__t5_logits(const blip2_model *m, float *hidden, int n, float *logits);
 

@@ -44,35 +44,73 @@ void b2__t5tok_free(b2_t5tok *t)
     free(t);
 }
 
+/* tokenizer_config.json's text (len bytes, NULL: none): extra_ids and
+ * clean_up_tokenization_spaces; what names it in errors. */
+static int apply_config(b2_t5tok *t, const char *json, size_t len, const char *what, blip2_error *err)
+{
+    if (!json) return 0;
+    json_error_t je;
+    json_t *cfg = json_loadb(json, len, 0, &je);
+    if (!json_is_object(cfg)) {
+        json_decref(cfg);
+        return b2__err(err, BLIP2_EFORMAT, "%s: not a JSON object", what);
+    }
+    json_t *e = json_object_get(cfg, "extra_ids");
+    if (json_is_integer(e)) t->extra = (int)json_integer_value(e);
+    e = json_object_get(cfg, "clean_up_tokenization_spaces");
+    if (json_is_boolean(e)) t->cleanup = json_is_true(e);
+    json_decref(cfg);
+    if (t->extra < 0 || t->extra > 100000) return b2__err(err, BLIP2_EFORMAT, "%s: extra_ids out of range", what);
+    return 0;
+}
+
+/* After the SentencePiece model is loaded: T5's first pieces, the extra ids. */
+static int finish(b2_t5tok *t, const char *what, blip2_error *err)
+{
+    t->S = b2__spm_size(t->sp);
+    for (int i = 0; i < 3; i++) {
+        const char *p = b2__spm_piece(t->sp, i);
+        if (!p || strcmp(p, base_special[i]))
+            return b2__err(err, BLIP2_EFORMAT, "%s: piece %d is not %s as T5 needs", what, i, base_special[i]);
+    }
+    if (!(t->extra_str = calloc((size_t)t->extra + 1, sizeof *t->extra_str)))
+        return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    for (int i = 0; i < t->extra; i++) {
+        char b[32];
+        snprintf(b, sizeof b, "<extra_id_%d>", i);
+        if (!(t->extra_str[i] = strdup(b))) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static b2_t5tok *t5tok_new(void)
+{
+    b2_t5tok *t = calloc(1, sizeof *t);
+    if (t) {
+        t->extra = 100;
+        t->cleanup = 1;
+    }
+    return t;
+}
+
 int b2__t5tok_load(b2_t5tok **out, const char *dir, blip2_error *err)
 {
     char path[4096], msg[256];
     int rc = 0;
     *out = NULL;
-    b2_t5tok *t = calloc(1, sizeof *t);
+    b2_t5tok *t = t5tok_new();
     if (!t) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    t->extra = 100;
-    t->cleanup = 1;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     FILE *f = fopen(path, "rb");
     if (f) {
         json_error_t je;
         json_t *cfg = json_loadf(f, 0, &je);
         fclose(f);
-        if (!json_is_object(cfg)) {
-            json_decref(cfg);
-            rc = b2__err(err, BLIP2_EFORMAT, "%s: not a JSON object", path);
-            goto fail;
-        }
-        json_t *e = json_object_get(cfg, "extra_ids");
-        if (json_is_integer(e)) t->extra = (int)json_integer_value(e);
-        e = json_object_get(cfg, "clean_up_tokenization_spaces");
-        if (json_is_boolean(e)) t->cleanup = json_is_true(e);
+        char *text = cfg ? json_dumps(cfg, 0) : NULL;
         json_decref(cfg);
-        if (t->extra < 0 || t->extra > 100000) {
-            rc = b2__err(err, BLIP2_EFORMAT, "%s: extra_ids out of range", path);
-            goto fail;
-        }
+        rc = apply_config(t, text ? text : "", text ? strlen(text) : 0, path, err);
+        free(text);
+        if (rc < 0) goto fail;
     }
     snprintf(path, sizeof path, "%s/spiece.model", dir);
     if (!(f = fopen(path, "rb"))) {
@@ -86,24 +124,36 @@ int b2__t5tok_load(b2_t5tok **out, const char *dir, blip2_error *err)
                       : b2__err(err, BLIP2_EFORMAT, "%s: %s", path, msg);
         goto fail;
     }
-    t->S = b2__spm_size(t->sp);
-    for (int i = 0; i < 3; i++) {
-        const char *p = b2__spm_piece(t->sp, i);
-        if (!p || strcmp(p, base_special[i])) {
-            rc = b2__err(err, BLIP2_EFORMAT, "%s: piece %d is not %s as T5 needs", path, i, base_special[i]);
-            goto fail;
-        }
-    }
-    if (!(t->extra_str = calloc((size_t)t->extra + 1, sizeof *t->extra_str))) goto nomem;
-    for (int i = 0; i < t->extra; i++) {
-        char b[32];
-        snprintf(b, sizeof b, "<extra_id_%d>", i);
-        if (!(t->extra_str[i] = strdup(b))) goto nomem;
-    }
+    if ((rc = finish(t, path, err)) < 0) goto fail;
     *out = t;
     return 0;
-nomem:
-    rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+fail:
+    b2__t5tok_free(t);
+    return rc;
+}
+
+int b2__t5tok_load_mem(b2_t5tok **out, const void *model, size_t model_len, const char *model_what,
+                       const char *config_json, size_t config_len, const char *config_what, blip2_error *err)
+{
+    char msg[256];
+    int rc;
+    *out = NULL;
+    b2_t5tok *t = t5tok_new();
+    if (!t) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    if ((rc = apply_config(t, config_json, config_len, config_what, err)) < 0) goto fail;
+    if (!model || model_len == 0) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: empty SentencePiece model", model_what);
+        goto fail;
+    }
+    int lr = b2__spm_load_mem(&t->sp, model, model_len, msg, sizeof msg);
+    if (lr < 0) {
+        rc = lr == -2 ? b2__err(err, BLIP2_ENOMEM, "out of memory")
+                      : b2__err(err, BLIP2_EFORMAT, "%s: not a SentencePiece model: %s", model_what, msg);
+        goto fail;
+    }
+    if ((rc = finish(t, model_what, err)) < 0) goto fail;
+    *out = t;
+    return 0;
 fail:
     b2__t5tok_free(t);
     return rc;

@@ -23,6 +23,12 @@ typedef struct b2_t5tok b2_t5tok;
  * BLIP2_EIO for a missing/unreadable file, BLIP2_EFORMAT for a model whose
  * ids 0, 1, 2 are not <pad>, </s>, <unk>.  Immutable after load. */
 int b2__t5tok_load(b2_t5tok **out, const char *dir, blip2_error *err);
+/* The same from memory (a packed GGUF file): model_len bytes of a
+ * serialized SentencePiece model (spiece.model's contents) and the text of
+ * tokenizer_config.json (NULL: none).  model_what / config_what name them
+ * in errors (BLIP2_EFORMAT for an empty or unparsable model). */
+int b2__t5tok_load_mem(b2_t5tok **out, const void *model, size_t model_len, const char *model_what,
+                       const char *config_json, size_t config_len, const char *config_what, blip2_error *err);
 void b2__t5tok_free(b2_t5tok *t);
 
 /* Encodes len bytes of UTF-8 (invalid UTF-8: BLIP2_EINVAL).  add_eos

@@ -23,37 +23,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-int b2__wt_ok(b2_wtype t, int k)
-{
-    if (k <= 0) return 0;
-    switch (t) {
-    case B2_WT_F32: case B2_WT_F16: case B2_WT_BF16: return 1;
-    case B2_WT_Q8_0: return k % B2_Q8_0_BLOCK == 0;
-    }
-    return 0;
-}
-
-size_t b2__wt_row_bytes(b2_wtype t, int k)
-{
-    switch (t) {
-    case B2_WT_F32: return (size_t)k * 4;
-    case B2_WT_F16: case B2_WT_BF16: return (size_t)k * 2;
-    case B2_WT_Q8_0: return (size_t)(k / B2_Q8_0_BLOCK) * B2_Q8_0_BYTES;
-    }
-    return 0;
-}
-
-const char *b2__wt_name(b2_wtype t)
-{
-    switch (t) {
-    case B2_WT_F32: return "f32";
-    case B2_WT_F16: return "f16";
-    case B2_WT_BF16: return "bf16";
-    case B2_WT_Q8_0: return "q8_0";
-    }
-    return NULL;
-}
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 static uint16_t load16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
@@ -264,9 +236,10 @@ static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_
 #if defined(__x86_64__) || defined(__i386__)
 static int cpu_avx2(void)
 {
+    unsigned a, b, c, d; /* F16C by cpuid: clang 14 has no __builtin_cpu_supports("f16c") */
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 
 static int cpu_avx512(void)

@@ -8,26 +8,13 @@ set -u
 DAEMON=${BLIP2D:-daemon/blip2d}
 CTL=${BLIP2CTL:-client/blip2ctl}
 GOLDEN=${GOLDEN_DIR:-tests/golden}
-T=$(mktemp -d "${TMPDIR:-/tmp}/b2access.XXXXXX") || exit 1
-PIDS=
-cleanup() {
-  for p in $PIDS; do kill "$p" 2>/dev/null; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-unset BLIP2_SOCKET
-n=0; failed=0
-report() { # report OK NAME DETAIL
-  n=$((n + 1))
-  if [ "$1" -eq 1 ]; then echo "ok $n - $2"
-  else echo "not ok $n - $2"; echo "# $3"; failed=$((failed + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
+tmpdir b2access
 start() { # start SOCKET ARGS...: a daemon on SOCKET
   s=$1; shift
   "$DAEMON" --model "$GOLDEN/opt-tiny" --socket "$s" -t 1 -q "$@" 2>>"$T/daemon.err" &
   PIDS="$PIDS $!"
-  i=0
-  while [ ! -S "$s" ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
+  wait_socket "$s" 300
 }
 
 me=$(id -u)

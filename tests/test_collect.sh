@@ -14,27 +14,13 @@ CTL=${BLIP2CTL:-client/blip2ctl}
 GOLDEN=${GOLDEN_DIR:-tests/golden}
 PY=/usr/bin/python3
 case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac
-T=$(mktemp -d "${TMPDIR:-/tmp}/b2collect.XXXXXX") || exit 1
-PIDS=
-cleanup() {
-  for p in $PIDS; do kill "$p" 2>/dev/null; done
-  chmod -R u+rwx "$T" 2>/dev/null
-  rm -rf "$T"
-}
-trap cleanup EXIT
-unset BLIP2_SOCKET
-n=0; failed=0
-report() { # report OK NAME DETAIL
-  n=$((n + 1))
-  if [ "$1" -eq 1 ]; then echo "ok $n - $2"
-  else echo "not ok $n - $2"; echo "# $3"; failed=$((failed + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
+tmpdir b2collect
 start() { # start SOCKET: a daemon on SOCKET; its pid in $DPID
   "$DAEMON" --model "$GOLDEN/opt-tiny" --socket "$1" -t 1 -q 2>>"$T/daemon.err" &
   DPID=$!
   PIDS="$PIDS $DPID"
-  i=0
-  while [ ! -S "$1" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+  wait_socket "$1" 600
 }
 # wait_lines FILE N: until FILE has N lines (at most 120 s)
 wait_lines() {

@@ -4,7 +4,9 @@
 # tensor, through the BLIP2CTL_TEST_KILL_AFTER hook) leaves no file at the
 # output name and an older file there untouched, SIGINT cancels cleanly;
 # blip2d serves a .gguf directly (--mlock) with the caption blip2-infer
-# gives from the folder; bad arguments are refused.  TAP.
+# gives from the folder; a Flan-T5 folder goes through blip2d's weights
+# cache (converted, then mapped) with the caption blip2-infer gives from
+# the folder; bad arguments are refused.  TAP.
 BLIP2CTL=${BLIP2CTL:-./client/blip2ctl}
 BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
 GOLDEN_DIR=${GOLDEN_DIR:-tests/golden}
@@ -13,7 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
 n=0
 t() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
 
-for model in opt-tiny opt-tiny-sharded; do
+for model in opt-tiny opt-tiny-sharded t5-tiny; do
     for type in f32 f16 bf16 q8_0; do
         out="$tmp/$model-$type.gguf"
         "$BLIP2CTL" convert "$GOLDEN_DIR/$model" "$out" --type "$type" >"$tmp/log" 2>&1
@@ -41,6 +43,22 @@ got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "
 [ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the f32 .gguf captions as blip2-infer on the folder"
 grep -q "weights mapped from $tmp/opt-tiny-f32.gguf (.* MiB, locked)" "$tmp/dlog"
 t $? "blip2d says it mapped and locked the file"
+kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+
+# Flan-T5: the f32 file captions exactly as the folder; blip2d converts the
+# folder into its weights cache and maps that file
+want=$("$BLIP2_INFER" --model "$GOLDEN_DIR/t5-tiny" --image "$img" | sed "s/^ *//")
+got=$("$BLIP2_INFER" --model "$tmp/t5-tiny-f32.gguf" --image "$img" 2>&1 | sed "s/^ *//")
+[ -n "$want" ] && [ "$got" = "$want" ]; t $? "t5-tiny: blip2-infer on the f32 .gguf captions as on the folder ('$got')"
+rm -f "$tmp/d.sock"
+"$BLIP2D" --model "$GOLDEN_DIR/t5-tiny" --socket "$tmp/d.sock" --weights-cache "$tmp/wcache" 2>"$tmp/dlog" &
+dpid=$!
+i=0
+while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+[ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the t5-tiny folder (weights cache) captions as blip2-infer"
+grep -q "weights mapped from $tmp/wcache/t5-tiny-[0-9a-f]*-f32.gguf" "$tmp/dlog"
+t $? "blip2d converted the t5-tiny folder into its weights cache and mapped that file"
 kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
 
 # not a terminal: plain progress lines

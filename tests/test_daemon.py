@@ -13,14 +13,11 @@
 # 1500 tokens; default: no cap).
 import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
-try:
-    import msgpack
-except ImportError:
-    print("1..0 # SKIP python3-msgpack is not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, image, manifest, require_msgpack, \
+    wait_status, golden_requests
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-SCALE = max(1.0, float(os.environ.get("BLIP2_TEST_TIMEOUT_SCALE") or 1))
+msgpack = require_msgpack()
 MAX_TOKENS = int(os.environ.get("BLIP2_TEST_MAX_TOKENS") or 0)
 
 
@@ -33,129 +30,24 @@ if len(sys.argv) > 1 and sys.argv[1] == "--client":
     # helper process (run as another uid): send N generate requests, print when each finished
     sock_path, n, delay = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     time.sleep(delay)
-    cs = socket.socket(socket.AF_UNIX)
-    cs.connect(sock_path)
-    img = open(os.path.join(G, "images", "chelsea.png"), "rb").read()
+    cs = Client(sock_path, timeout=None)
+    img = image("chelsea.png")
     for i in range(n):
-        body = msgpack.packb({"id": i, "op": "generate", "image": img, "max_new_tokens": long_tokens(1000)},
-                             use_bin_type=True)
-        cs.sendall(struct.pack(">I", len(body)) + body)
-    buf, done = b"", {}
+        cs.send({"id": i, "op": "generate", "image": img, "max_new_tokens": long_tokens(1000)})
+    done = {}
     while len(done) < n:
-        while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
-            buf += cs.recv(65536)
-        ln = struct.unpack(">I", buf[:4])[0]
-        r = msgpack.unpackb(buf[4:4 + ln], raw=False)
-        buf = buf[4 + ln:]
+        r = cs.recv()
         if r["type"] in ("done", "error"):
             done[r["id"]] = (r["type"], time.monotonic())
     print(json.dumps(done))
     sys.exit(0)
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
 MODEL = os.path.join(G, "opt-tiny")
 TMP = tempfile.mkdtemp(prefix="b2dtest.")
-n_tests = 0
-failed = 0
 
 
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
+man = manifest()
 
-
-def pack(obj):
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-class Client:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(30 * SCALE)
-        self.s.connect(path)
-        self.buf = b""
-
-    def send(self, obj, fds=None):
-        if fds:
-            socket.send_fds(self.s, [pack(obj)], fds)
-        else:
-            self.s.sendall(pack(obj))
-
-    def raw(self, data):
-        self.s.sendall(data)
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv(self):
-        (n,) = struct.unpack(">I", self._exact(4))
-        return msgpack.unpackb(self._exact(n), raw=False)
-
-    def until_terminal(self, rid):
-        events = []
-        while True:
-            r = self.recv()
-            if r.get("id") == rid:
-                events.append(r)
-                if r["type"] in ("done", "error"):
-                    return events
-
-    def call(self, obj, fds=None):
-        self.send(obj, fds)
-        return self.until_terminal(obj["id"])[-1]
-
-    def close(self):
-        self.s.close()
-
-
-def start(*extra, sock=None):
-    sock = sock or os.path.join(TMP, "d%d.sock" % time.monotonic_ns())
-    log = open(os.path.join(TMP, "daemon.log"), "ab")
-    p = subprocess.Popen([BLIP2D, "--model", MODEL, "--socket", sock, "-q"] + list(extra),
-                         stdout=log, stderr=log)
-    end = time.monotonic() + 4 * SCALE
-    while time.monotonic() < end:
-        if os.path.exists(sock):
-            try:
-                c = Client(sock)
-                c.close()
-                return p, sock
-            except OSError:
-                pass
-        if p.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise RuntimeError("blip2d did not start")
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        return p.wait(15 * SCALE)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return -9
-
-
-def image(name):
-    with open(os.path.join(G, "images", name), "rb") as f:
-        return f.read()
-
-
-man = json.load(open(os.path.join(G, "manifest.json")))
-CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
-
-proc, SOCK = start()
+proc, SOCK = start(tmp=TMP)
 c = Client(SOCK)
 c.send({"id": 1, "op": "hello", "v": 7, "client": "test_daemon.py"})
 r = c.recv()
@@ -169,22 +61,14 @@ if os.environ.get("BLIP2_TEST_CASES"):
     # which the descriptor and feature-cache checks below ask for again
     cases = sorted(cases, key=lambda x: x["prompt_key"] != "caption")[:max(1, int(os.environ["BLIP2_TEST_CASES"]))]
     cases += [x for x in all_cases if x["id"] == "opt-tiny/rocket.jpg/caption" and x not in cases]
-rid = 10
 bad = []
 serial = {}
-for case in cases:
-    for name, gen in case["generate"].items():
-        rid += 1
-        req = {"id": rid, "op": "generate", "image": image(case["image"]),
-               "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
-        req.update(CALLS[name])
-        if case["prompt"]:
-            req["prompt"] = case["prompt"]
-        r = c.call(req)
-        if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
-            bad.append((case["id"], name, r))
-        if name == "greedy":
-            serial[case["id"]] = (req, r["ids"][0])
+for case, name, gen, req in golden_requests(cases, 11):
+    r = c.call(req)
+    if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
+        bad.append((case["id"], name, r))
+    if name == "greedy":
+        serial[case["id"]] = (req, r["ids"][0])
 ok(not bad, "golden greedy, beam and repetition-penalty ids and texts over the socket (%d calls)%s"
    % (3 * len(cases), "" if not bad else ": " + repr(bad[0])[:300]))
 
@@ -268,16 +152,8 @@ d = Client(SOCK)
 d.send({"id": 1, "op": "generate", "image": image("coffee.png"), "stream": True, "max_new_tokens": 2000})
 d.recv()
 d.close()
-active = None
-end = time.monotonic() + 2 * SCALE
-while time.monotonic() < end:
-    c.send({"id": 900, "op": "status"})
-    st = c.recv()
-    active = st["active"]
-    if active == 0 and st["connections"] == 1:
-        break
-    time.sleep(0.02)
-ok(active == 0, "a disconnect mid-stream cancels the request and frees the slot")
+_, st = wait_status(c, lambda st: st["active"] == 0 and st["connections"] == 1, 2, interval=0.02, rid=900)
+ok(st is not None and st["active"] == 0, "a disconnect mid-stream cancels the request and frees the slot")
 
 # bad input: the daemon answers and keeps serving
 def bad_frame(payload, code, name, rid=None):
@@ -347,7 +223,7 @@ ok(term_ok and rc == 0 and not os.path.exists(SOCK), "SIGTERM: in-flight request
 c.close()
 
 # busy: a full queue answers at once
-proc, SOCK = start("--max-queue", "1", "--max-batch", "1")
+proc, SOCK = start("--max-queue", "1", "--max-batch", "1", tmp=TMP)
 cl = Client(SOCK)
 t0 = time.monotonic()
 for i in range(6):
@@ -359,22 +235,14 @@ cl.close()
 stop(proc)
 
 # a client that never reads: bounded buffer, dropped after the stall timeout; others unaffected
-proc, SOCK = start("--max-output", "4096", "--stall-timeout", "1")
+proc, SOCK = start("--max-output", "4096", "--stall-timeout", "1", tmp=TMP)
 lazy = Client(SOCK)
 for i in range(40):
     lazy.send({"id": i, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 1000})
 other = Client(SOCK)
 r = other.call({"id": 1, "op": "generate", "image": image("rocket.jpg"), "max_new_tokens": 20})
 ok(r["type"] == "done" and r["ids"][0] == want, "another client is served while one never reads")
-dropped = False
-end = time.monotonic() + 7.5 * SCALE
-while time.monotonic() < end:
-    other.send({"id": 2, "op": "status"})
-    st = other.recv()
-    if st["connections"] == 1:
-        dropped = True
-        break
-    time.sleep(0.05)
+dropped, _ = wait_status(other, lambda st: st["connections"] == 1, 7.5, rid=2)
 ok(dropped, "the non-reading client is disconnected after the stall timeout")
 other.close()
 lazy.close()
@@ -382,7 +250,7 @@ ok(stop(proc) == 0, "clean exit after that")
 
 # fairness: users are served round-robin (needs root to run clients as two uids)
 if os.geteuid() == 0:
-    proc, SOCK = start("--max-batch", "1")
+    proc, SOCK = start("--max-batch", "1", tmp=TMP)
     os.chmod(TMP, 0o755)
     os.chmod(SOCK, 0o666)
     me = os.path.abspath(__file__)
@@ -407,7 +275,7 @@ else:
     ok(True, "# SKIP fairness between uids needs root")
 
 # shutdown deadline: running work is canceled, the client still gets its done
-proc, SOCK = start("--shutdown-timeout", "0")
+proc, SOCK = start("--shutdown-timeout", "0", tmp=TMP)
 cl = Client(SOCK)
 cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
 cl.recv()
@@ -422,18 +290,17 @@ path = os.path.join(TMP, "stale.sock")
 s = socket.socket(socket.AF_UNIX)
 s.bind(path)
 s.close()
-proc, _ = start(sock=path)
+proc, _ = start(sock=path, tmp=TMP)
 ok(proc.poll() is None, "a stale socket file is replaced")
 second = subprocess.run([BLIP2D, "--model", MODEL, "--socket", path], capture_output=True, timeout=30 * SCALE)
 ok(second.returncode == 1 and b"already listening" in second.stderr, "a second daemon on a live socket refuses to start")
 proc.kill()
 proc.wait()
-proc, _ = start(sock=path)
+proc, _ = start(sock=path, tmp=TMP)
 cl = Client(path)
 ok(cl.call({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 2})["type"] == "done",
    "after kill -9 a new daemon serves on the same path")
 cl.close()
 ok(stop(proc) == 0, "exit 0")
 
-print("1..%d" % n_tests)
-sys.exit(1 if failed else 0)
+finish()

@@ -9,140 +9,26 @@
 # is to T5's d_model), text features refused with `unsupported`; blip2ctl
 # caption, ask, caption -r and features (one image, collection, --text)
 # against the T5 daemon.  TAP output.
-import array, json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import functools, json, os, sys, tempfile, threading
 
-try:
-    import msgpack
-except ImportError:
-    print("1..0 # SKIP python3-msgpack is not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
+from b2test import G, SCALE, Client, ok, finish, start, stop, image, manifest, read_st, wire, maxdiff, first, \
+    require_msgpack, golden_requests
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
-CTL = os.environ.get("BLIP2CTL", "client/blip2ctl")
+require_msgpack()
 MODEL = os.path.join(G, "t5-tiny")
 TMP = tempfile.mkdtemp(prefix="b2dt5.")
 TOL = 1e-4
-n_tests = failed = 0
 
 
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
+proc, SOCK = start(tmp=TMP, model=MODEL, sock=os.path.join(TMP, "t5.sock"), bail="blip2d did not start on t5-tiny")
+ctl = functools.partial(b2test.ctl, SOCK)
 
-
-def pack(obj):
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-class Client:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(120)
-        self.s.connect(path)
-        self.buf = b""
-
-    def send(self, obj):
-        self.s.sendall(pack(obj))
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv(self):
-        (n,) = struct.unpack(">I", self._exact(4))
-        return msgpack.unpackb(self._exact(n), raw=False)
-
-    def call(self, obj):
-        self.send(obj)
-        while True:
-            r = self.recv()
-            if r.get("id") == obj["id"] and r["type"] in ("done", "error", "features", "status"):
-                return r
-
-    def close(self):
-        self.s.close()
-
-
-def read_st(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    hdr = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        a = array.array({"F32": "f", "I64": "q"}[v["dtype"]])
-        a.frombytes(data[b:e])
-        if sys.byteorder == "big":
-            a.byteswap()
-        out[k] = (v["shape"], a)
-    return out
-
-
-def f32(t):
-    a = array.array("f")
-    a.frombytes(t["data"])
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a
-
-
-def maxdiff(a, b):
-    if len(a) != len(b) or not len(a):
-        return float("inf")
-    return max(abs(x - y) for x, y in zip(a, b))
-
-
-def image(name):
-    with open(os.path.join(G, "images", name), "rb") as f:
-        return f.read()
-
-
-def ctl(*args):
-    p = subprocess.run([CTL, "--socket", SOCK] + list(args), capture_output=True, timeout=300)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
-
-
-def first(text):
-    return (text.strip().splitlines() or [""])[0][:160]
-
-
-SOCK = os.path.join(TMP, "t5.sock")
-log = open(os.path.join(TMP, "daemon.log"), "ab")
-proc = subprocess.Popen([BLIP2D, "--model", MODEL, "--socket", SOCK, "-q"], stdout=log, stderr=log)
-for _ in range(1500):
-    if os.path.exists(SOCK):
-        try:
-            Client(SOCK).close()
-            break
-        except OSError:
-            pass
-    if proc.poll() is not None:
-        break
-    time.sleep(0.02)
-else:
-    print("Bail out! blip2d did not start on t5-tiny")
-    sys.exit(1)
-
-man = json.load(open(os.path.join(G, "manifest_t5.json")))
-CALLS = {"greedy": {}, "beam3": {"num_beams": 3}, "reppen": {"repetition_penalty": 1.5, "min_new_tokens": 5}}
+man = manifest("manifest_t5.json")
 
 try:
-    c = Client(SOCK)
+    c = Client(SOCK, 120 * SCALE)
     c.send({"id": 1, "op": "hello", "v": 2, "client": "test_daemon_t5.py"})
     r = c.recv()
     ok(r["type"] == "hello" and r["v"] == 2, "hello on a T5 daemon")
@@ -152,20 +38,13 @@ try:
 
     # every case, every generate call, image by bytes
     cases = [x for x in man["cases"] if "image" in x]
-    rid, bad, serial = 10, [], {}
-    for case in cases:
-        for name, gen in case["generate"].items():
-            rid += 1
-            req = {"id": rid, "op": "generate", "image": image(case["image"]),
-                   "max_new_tokens": gen["kwargs"]["max_new_tokens"]}
-            req.update(CALLS[name])
-            if case["prompt"] is not None:
-                req["prompt"] = case["prompt"]
-            r = c.call(req)
-            if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
-                bad.append((case["id"], name, r))
-            if name == "greedy":
-                serial[case["id"]] = (req, r["ids"][0], r["texts"][0])
+    bad, serial = [], {}
+    for case, name, gen, req in golden_requests(cases, 11):
+        r = c.call(req)
+        if r["type"] != "done" or r["ids"][0] != gen["ids"] or r["texts"][0] != gen["text"]:
+            bad.append((case["id"], name, r))
+        if name == "greedy":
+            serial[case["id"]] = (req, r["ids"][0], r["texts"][0])
     ok(not bad, "golden greedy, beam and repetition-penalty ids and texts over the socket (%d calls)%s"
        % (3 * len(cases), "" if not bad else ": " + repr(bad[0])[:300]))
     ok(all(v[1][0] == 0 for v in serial.values()),
@@ -205,7 +84,7 @@ try:
     results = {}
 
     def worker(k, extra):
-        cl = Client(SOCK)
+        cl = Client(SOCK, 120 * SCALE)
         req = dict(serial[k][0], id=7, **extra)
         results[(k, bool(extra))] = cl.call(req).get("ids", [None])[0]
         cl.close()
@@ -242,12 +121,13 @@ try:
              ("qformer_last_hidden_state", "qformer_last_hidden_state"),
              ("language_model_inputs", "language_model_inputs"))
     for name, gname in pairs:
-        shape, ga = gc[gname]
-        d = maxdiff(f32(t[name]), ga) if name in t else float("inf")
+        _, shape, ga = gc[gname]
+        d = maxdiff(wire(t[name])[2], ga, whole=True) if name in t else float("inf")
         ok(name in t and t[name]["shape"] == shape and d <= TOL,
            "T5 features %s %s max abs err %.3g <= %g" % (name, t.get(name, {}).get("shape"), d, TOL))
     qf = gc["qformer_last_hidden_state"]
-    dq = maxdiff(f32(t["qformer_pooler_output"]), qf[1][:qf[0][2]]) if "qformer_pooler_output" in t else float("inf")
+    dq = (maxdiff(wire(t["qformer_pooler_output"])[2], qf[2][:qf[1][2]], whole=True)
+          if "qformer_pooler_output" in t else float("inf"))
     ok(dq <= TOL, "T5 features qformer_pooler_output = row 0 of the Q-Former output (%.3g)" % dq)
     lmi = t.get("language_model_inputs", {}).get("shape")
     ok(lmi == [1, st["model"].get("num_query_tokens", 7), st["model"].get("text_hidden", 44)] or lmi == [1, 7, 44],
@@ -297,9 +177,9 @@ try:
     for o in lines:
         g = read_st(os.path.join(G, "cases-t5", "t5-tiny__%s__caption.safetensors"
                                  % os.path.basename(o["path"]).replace(".", "_")))
-        good &= maxdiff(o.get("image_pooler_output", []), g["vision_pooler_output"][1]) <= TOL
+        good &= maxdiff(o.get("image_pooler_output", []), g["vision_pooler_output"][2], whole=True) <= TOL
         good &= maxdiff(o.get("qformer_pooler_output", []),
-                        g["qformer_last_hidden_state"][1][:g["qformer_last_hidden_state"][0][2]]) <= TOL
+                        g["qformer_last_hidden_state"][2][:g["qformer_last_hidden_state"][1][2]], whole=True) <= TOL
     ok(rc == 0 and good, "blip2ctl features -r: the golden pooled outputs of a T5 model")
     rc, so, se = ctl("features", os.path.join(G, "images", "chelsea.png"), "--output", "language_model_inputs")
     ok(rc == 0 and so.split() == ["language_model_inputs", "float32", "(1,", "7,", "44)"],
@@ -307,12 +187,5 @@ try:
     rc, so, se = ctl("features", "--text", "a photo of")
     ok(rc == 2 and "unsupported" in se and "t5" in se, "blip2ctl features --text on T5: exit 2, unsupported (%s)" % first(se))
 finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = -9
-    ok(rc == 0, "blip2d exits 0 on SIGTERM")
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    ok(stop(proc, 20) == 0, "blip2d exits 0 on SIGTERM")
+    finish()

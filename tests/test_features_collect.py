@@ -7,43 +7,14 @@
 # README's tolerance for the image and Q-Former stages); error lines for
 # non-images, exit statuses, usage errors.  The requests go through
 # blip2c_features_submit (the non-blocking features call).  TAP output.
-import array, hashlib, json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, time
+import functools, hashlib, json, os, shutil, subprocess, sys, tempfile
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
-CTL = os.environ.get("BLIP2CTL", "client/blip2ctl")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
+from b2test import G, CTL, ok, finish, start, stop, read_st, maxdiff, first
+
 TMP = tempfile.mkdtemp(prefix="b2fcoll.")
-n_tests = failed = 0
 TOL = 1e-4
-
-
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
-
-
-def read_st(path):
-    """safetensors -> {name: (dtype, shape, array)}."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    hdr = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        a = array.array({"F32": "f", "I64": "q"}[v["dtype"]])
-        a.frombytes(data[b:e])
-        if sys.byteorder == "big":
-            a.byteswap()
-        out[k] = (v["dtype"], v["shape"], a)
-    return out
 
 
 def flat(x):
@@ -65,16 +36,6 @@ def maxdiff(a, b, off=0):
     return max(abs(x - b[off + i]) for i, x in enumerate(a))
 
 
-def ctl(*args, stdin=None):
-    p = subprocess.run([CTL, "--socket", sock, "--no-progress"] + list(args), capture_output=True,
-                       timeout=300, input=stdin)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
-
-
-def first(text):
-    return (text.strip().splitlines() or [""])[0][:160]
-
-
 def lines(text):
     out = []
     for ln in text.splitlines():
@@ -85,25 +46,8 @@ def lines(text):
     return out
 
 
-sock = os.path.join(TMP, "d.sock")
-log = open(os.path.join(TMP, "daemon.log"), "ab")
-proc = subprocess.Popen([BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", sock, "-q"],
-                        stdout=log, stderr=log)
-for _ in range(1000):
-    if os.path.exists(sock):
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(sock)
-            s.close()
-            break
-        except OSError:
-            pass
-    if proc.poll() is not None:
-        break
-    time.sleep(0.02)
-else:
-    print("Bail out! blip2d did not start")
-    sys.exit(1)
+proc, sock = start(tmp=TMP, sock=os.path.join(TMP, "d.sock"), bail="blip2d did not start")
+ctl = functools.partial(b2test.ctl, sock, "--no-progress")
 
 try:
     gold = read_st(os.path.join(G, "features", "opt-tiny__image_qformer_features.safetensors"))
@@ -266,13 +210,6 @@ try:
                        capture_output=True, timeout=60)
     ok(p.returncode == 3, "no daemon: exit 3 (%d)" % p.returncode)
 finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = -9
-    ok(rc == 0, "blip2d exits 0 on SIGTERM")
+    ok(stop(proc, 20) == 0, "blip2d exits 0 on SIGTERM")
     shutil.rmtree(TMP, ignore_errors=True)
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    finish()

@@ -5,81 +5,16 @@
 # (1e-4 image / Q-Former tensors, 5e-4 logits); --json; --output; the
 # usage errors and the frame limit.  Goes through libblip2client, so it
 # also covers blip2c_features_get.  TAP output.
-import array, json, os, signal, socket, struct, subprocess, sys, tempfile, time
+import functools, json, os, sys, tempfile
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
-CTL = os.environ.get("BLIP2CTL", "client/blip2ctl")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
+from b2test import G, ok, finish, start, stop, maxdiff
+
 TMP = tempfile.mkdtemp(prefix="b2fctl.")
-n_tests = failed = 0
-
-
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
-
-
-def read_st(path):
-    """safetensors -> {name: (dtype, shape, array)}; checks the layout."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    assert n % 8 == 0, "header not padded to 8 bytes"
-    hdr = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out, end = {}, 0
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        end = max(end, e)
-        a = array.array({"F32": "f", "I64": "q"}[v["dtype"]])
-        a.frombytes(data[b:e])
-        if sys.byteorder == "big":
-            a.byteswap()
-        n_el = 1
-        for d in v["shape"]:
-            n_el *= d
-        assert len(a) == n_el, "%s: %d elements for shape %s" % (k, len(a), v["shape"])
-        out[k] = (v["dtype"], v["shape"], a)
-    assert end == len(data), "data area size"
-    return out
-
-
-def maxdiff(a, b, off=0):
-    if len(a) + off > len(b):
-        return float("inf")
-    return max(abs(x - b[off + i]) for i, x in enumerate(a))
-
-
-def ctl(*args):
-    p = subprocess.run([CTL, "--socket", sock] + list(args), capture_output=True, timeout=120)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
-
-
-sock = os.path.join(TMP, "d.sock")
-log = open(os.path.join(TMP, "daemon.log"), "ab")
-proc = subprocess.Popen([BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", sock, "-q"],
-                        stdout=log, stderr=log)
-for _ in range(500):
-    if os.path.exists(sock):
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(sock)
-            s.close()
-            break
-        except OSError:
-            pass
-    if proc.poll() is not None:
-        break
-    time.sleep(0.02)
-else:
-    print("Bail out! blip2d did not start")
-    sys.exit(1)
+proc, sock = start(tmp=TMP, sock=os.path.join(TMP, "d.sock"), bail="blip2d did not start")
+ctl = functools.partial(b2test.ctl, sock, timeout=120)
+read_st = functools.partial(b2test.read_st, check=True)  # checks the layout of every file
 
 try:
     gold = read_st(os.path.join(G, "features", "opt-tiny__image_qformer_features.safetensors"))
@@ -150,12 +85,5 @@ try:
     rc, so, se = ctl("features", os.path.join(TMP, "missing.png"))
     ok(rc == 2, "a missing image file: exit 2")
 finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = -9
-    ok(rc == 0, "blip2d exits 0 on SIGTERM")
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    ok(stop(proc, 20) == 0, "blip2d exits 0 on SIGTERM")
+    finish()

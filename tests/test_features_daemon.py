@@ -6,116 +6,15 @@
 # the output list, the feature cache (a repeated request does not run the
 # vision tower: done.cached, timings.vision_ms 0, status cache.hits), the
 # frame limit, and the errors.  TAP output.
-import array, json, os, signal, socket, struct, subprocess, sys, tempfile, time
+import os, sys, tempfile
 
-try:
-    import msgpack
-except ImportError:
-    print("1..0 # SKIP python3-msgpack is not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from b2test import G, SCALE, Client, ok, finish, start, stop, read_st, wire, maxdiff, require_msgpack
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
+require_msgpack()
 TMP = tempfile.mkdtemp(prefix="b2dfeat.")
-n_tests = failed = 0
-
-
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
-
-
-def read_st(path):
-    """safetensors -> {name: (dtype, shape, array)} (F32 and I64 only)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        a = array.array({"F32": "f", "I64": "q"}[v["dtype"]])
-        a.frombytes(data[b:e])
-        if sys.byteorder == "big":
-            a.byteswap()
-        out[k] = (v["dtype"], v["shape"], a)
-    return out
-
-
-def wire(t):
-    """a tensor of a features reply -> (dtype, shape, array)."""
-    a = array.array({"float32": "f", "int32": "i"}[t["dtype"]])
-    a.frombytes(t["data"])
-    if sys.byteorder == "big":
-        a.byteswap()
-    return t["dtype"], t["shape"], a
-
-
-def maxdiff(a, b, off=0):
-    if len(a) + off > len(b):
-        return float("inf")
-    return max(abs(x - b[off + i]) for i, x in enumerate(a))
-
-
-class Client:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(60)
-        self.s.connect(path)
-        self.buf = b""
-
-    def send(self, obj, fds=None):
-        body = msgpack.packb(obj, use_bin_type=True)
-        frame = struct.pack(">I", len(body)) + body
-        if fds:
-            socket.send_fds(self.s, [frame], fds)
-        else:
-            self.s.sendall(frame)
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv(self):
-        (n,) = struct.unpack(">I", self._exact(4))
-        return msgpack.unpackb(self._exact(n), raw=False)
-
-    def call(self, obj, fds=None):
-        self.send(obj, fds)
-        while True:
-            r = self.recv()
-            if r.get("id") == obj["id"]:
-                return r
-
-
-sock = os.path.join(TMP, "d.sock")
-log = open(os.path.join(TMP, "daemon.log"), "ab")
-proc = subprocess.Popen([BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", sock, "-q"],
-                        stdout=log, stderr=log)
-for _ in range(500):
-    if os.path.exists(sock):
-        try:
-            c = Client(sock)
-            break
-        except OSError:
-            pass
-    if proc.poll() is not None:
-        break
-    time.sleep(0.02)
-else:
-    print("Bail out! blip2d did not start")
-    sys.exit(1)
+proc, sock = start(tmp=TMP, sock=os.path.join(TMP, "d.sock"), bail="blip2d did not start")
+c = Client(sock, 60 * SCALE)
 
 try:
     img = {n: open(os.path.join(G, "images", n), "rb").read() for n in ("chelsea.png", "rocket.jpg")}
@@ -230,12 +129,5 @@ try:
     r = c.call({"id": 31, "op": "ping"})
     ok(r["type"] == "pong", "the connection is still usable")
 finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = -9
-    ok(rc == 0, "blip2d exits 0 on SIGTERM")
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    ok(stop(proc, 20) == 0, "blip2d exits 0 on SIGTERM")
+    finish()

@@ -330,6 +330,84 @@ static void test_model(const char *gdir)
     unlink(path);
 }
 
+static int count_gguf(const char *dir, char *last, size_t cap);
+
+/* A packed Flan-T5 model: the SentencePiece model travels in the file;
+ * without it, or with a damaged one, the file is refused naming the key. */
+static void test_t5(const char *gdir)
+{
+    char src[600], path[700], bad[700];
+    snprintf(src, sizeof src, "%s/t5-tiny", gdir);
+    snprintf(path, sizeof path, "%s/t5.gguf", tmpdir);
+    snprintf(bad, sizeof bad, "%s/bad.gguf", tmpdir);
+    blip2_error err = {0};
+    if (!ok(blip2_convert(src, path, "bf16", NULL, NULL, NULL, &err) == 0, "convert t5-tiny")) {
+        diag("%s", err.text);
+        return;
+    }
+    blip2_model *m = NULL;
+    ok(blip2_model_load(&m, path, NULL, &err) == 0 && !strcmp(blip2_model_family(m), "t5") &&
+       !strcmp(blip2_model_dtype(m), "bf16"), "packed T5 model loads (family t5, bf16)");
+    int32_t *ids = NULL;
+    size_t nid = 0;
+    const int trc = m ? blip2_tokenize(m, "Question: what is this? Answer:", 1, &ids, &nid, &err) : -1;
+    ok(trc == 0 && nid > 2 && ids[nid - 1] == 1, "its tokenizer (from the stored spiece.model) encodes: %zu ids "
+       "ending in </s>", nid);
+    free(ids);
+    blip2_model_free(m);
+    size_t n;
+    unsigned char *good = slurp(path, &n);
+    const char *key = "blip2.tokenizer.spiece_model";
+    unsigned char *k = memmem(good, n, key, strlen(key));
+    ok(k != NULL, "spiece_model key found");
+    unsigned char *b = malloc(n);
+    if (k) {
+        const size_t at = (size_t)(k - good) + strlen(key); /* then u32 ARRAY, u32 U8, u64 count, bytes */
+        MCASE("missing spiece model", b[at - 1] = 'X', n, "missing 'blip2.tokenizer.spiece_model'");
+        MCASE("corrupt spiece model", memset(b + at + 16, 0xff, 64), n, "'blip2.tokenizer.spiece_model': not a SentencePiece model");
+        /* the same bytes as half as many u16 (spiece.model has an even size) */
+        uint64_t cnt = 0;
+        for (int i = 0; i < 8; i++) cnt |= (uint64_t)good[at + 8 + i] << (8 * i);
+        if (cnt % 2 == 0)
+            MCASE("spiece model as a u16 array", put32(b + at + 4, B2_GGUF_U16); put64(b + at + 8, cnt / 2), n,
+                  "'blip2.tokenizer.spiece_model' must be an array of u8");
+    }
+    const char *tk = "blip2.text.decoder_start_token_id";
+    k = memmem(good, n, tk, strlen(tk));
+    if (ok(k != NULL, "decoder_start_token_id key found"))
+        MCASE("decoder start outside the vocabulary", put32(b + (k - good) + strlen(tk) + 4, 40000), n,
+              "decoder_start_token_id outside the vocabulary");
+    const char *mt = "blip2.text.model_type";
+    k = memmem(good, n, mt, strlen(mt));
+    if (ok(k != NULL, "model_type key found"))
+        MCASE2("unknown language model type", memcpy(b + (k - good) + strlen(mt) + 4 + 8, "t6", 2), n,
+               "language model type 't6'", BLIP2_EUNSUPPORTED);
+    free(b);
+    free(good);
+    unlink(bad);
+    unlink(path);
+
+    /* the weights cache packs a T5 folder; a changed spiece.model changes its key */
+    char copy[700], cache[700], cmd[1600];
+    snprintf(copy, sizeof copy, "%s/t5src", tmpdir);
+    snprintf(cache, sizeof cache, "%s/t5cache", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", src, copy);
+    if (!ok(system(cmd) == 0, "copy t5-tiny")) return;
+    blip2_load_opts o = {.cache_dir = cache};
+    m = NULL;
+    ok(blip2_model_load(&m, copy, &o, &err) == 0 && blip2_model_mapping(m, NULL, NULL, NULL) &&
+       !strcmp(blip2_model_family(m), "t5") && count_gguf(cache, NULL, 0) == 1,
+       "a T5 folder with a cache directory is converted and mapped");
+    blip2_model_free(m);
+    m = NULL;
+    snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/spiece.model'", copy);
+    ok(system(cmd) == 0 && blip2_model_load(&m, copy, &o, &err) == 0 && count_gguf(cache, NULL, 0) == 2,
+       "a changed spiece.model is converted again");
+    blip2_model_free(m);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", copy, cache);
+    system(cmd);
+}
+
 /* Number of .gguf files in dir. */
 static int count_gguf(const char *dir, char *last, size_t cap)
 {
@@ -446,6 +524,7 @@ int main(void)
     test_round_trip();
     test_corrupt();
     test_model(gdir ? gdir : "tests/golden");
+    test_t5(gdir ? gdir : "tests/golden");
     test_cache(gdir ? gdir : "tests/golden");
     test_mlock(gdir ? gdir : "tests/golden");
     char p[600];

@@ -9,6 +9,15 @@
  * logits where stored), the greedy / beam / repetition-penalty ids and
  * texts exactly, greedy again from the image file; the right-padded batch
  * case; and the same greedy ids from f16 and bf16 copies of the weights.
+ *
+ * With GOLDEN_GGUF_TYPE=f32|f16|bf16|q8_0 in the environment t5-tiny is
+ * first packed into a GGUF file of that type (blip2_convert, in $TMPDIR)
+ * and the mapped file is tested instead (tests/test_golden_gguf.sh): f32
+ * must pass everything; for the rounded types (t5-tiny is an f32
+ * checkpoint) the stage and logit tolerances and the ids are reported,
+ * not asserted, the logits' cosine to the reference must exceed 0.99 and
+ * a batched row must still equal the same row alone.  The 16-bit folder
+ * copies are not rerun then.
  */
 #include "blip2.h"
 #include "safetensors.h"
@@ -27,6 +36,39 @@
 #define TOL_LOGITS 5e-4
 
 static const char *gdir;
+static int ids_equal(const int32_t *a, size_t na, json_t *ref);
+static int loose; /* rounded weights (GGUF): logit cosine asserted, ids reported */
+static int n_same, n_diff;
+
+/* ok() for the checks that rounded weights may miss: reported only. */
+#define strict_ok(cond, ...) (loose ? (diag(__VA_ARGS__), (cond) ? diag("  (within)") : diag("  (outside, not asserted: rounded weights)"), 1) : ok(cond, __VA_ARGS__))
+
+static double cosine(const float *a, const b2_tensor *ref, size_t n, size_t off)
+{
+    if (!ref) return 0;
+    float *r = malloc(sizeof(float) * (size_t)b2__tensor_numel(ref));
+    b2__to_f32(ref, r);
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ab += (double)a[i] * r[off + i];
+        aa += (double)a[i] * a[i];
+        bb += (double)r[off + i] * r[off + i];
+    }
+    free(r);
+    return ab / sqrt(aa * bb);
+}
+
+/* Rounded weights: whether ids equal the reference, and where they part. */
+static void report_ids(const char *what, const int32_t *a, size_t n, json_t *ref)
+{
+    size_t j = 0;
+    while (j < n && j < json_array_size(ref) && json_integer_value(json_array_get(ref, j)) == a[j]) j++;
+    const int same = ids_equal(a, n, ref);
+    if (same) n_same++;
+    else n_diff++;
+    diag("%s: ids %s", what, same ? "identical" : "differ");
+    if (!same) diag("  first divergent position %zu (not asserted: rounded weights)", j);
+}
 
 static double maxdiff(const float *a, const b2_tensor *ref, size_t n, size_t off)
 {
@@ -188,6 +230,13 @@ static void check_generate(const blip2_model *m, const blip2_request *rq, json_t
         int rc = blip2_generate(m, rq, 1, &p, NULL, NULL, &res, &err);
         if (!ok(rc == 0, "%s %s: generate", id, names[k])) { diag("%s", err.text); continue; }
         int same = ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
+        if (loose) {
+            char what[128];
+            snprintf(what, sizeof what, "%s %s", id, names[k]);
+            report_ids(what, res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
+            blip2_result_free(&res);
+            continue;
+        }
         if (!ok(same, "%s %s: ids identical", id, names[k])) show_ids("got", res.seqs[0].ids, res.seqs[0].n_ids);
         const char *text = json_string_value(json_object_get(g, "text"));
         if (!ok(text && !strcmp(res.seqs[0].text, text), "%s %s: text identical", id, names[k]))
@@ -233,7 +282,7 @@ static void run_case(const blip2_model *m, json_t *c)
         };
         for (int i = 0; i < 4; i++) {
             double d = maxdiff(s[i].v, need(cf, s[i].name), s[i].n, 0);
-            ok(d <= TOL_STAGE, "%s: %s max abs err %.3g <= %g", id, s[i].name, d, TOL_STAGE);
+            strict_ok(d <= TOL_STAGE, "%s: %s max abs err %.3g <= %g", id, s[i].name, d, TOL_STAGE);
         }
     } else diag("%s", err.text);
 
@@ -261,7 +310,7 @@ static void run_case(const blip2_model *m, json_t *c)
     b2__t5_embed(m, ids, (int)L, emb + nq);
     if (ok(Tdec > 0 && b2__t5_forward(m, emb, ne, dec, Tdec, enc, lg) == 0, "%s: teacher-forced forward", id)) {
         double d = maxdiff(enc, need(cf, "encoder_last_hidden_state"), (size_t)ne * D, 0);
-        ok(d <= TOL_STAGE, "%s: encoder_last_hidden_state max abs err %.3g <= %g", id, d, TOL_STAGE);
+        strict_ok(d <= TOL_STAGE, "%s: encoder_last_hidden_state max abs err %.3g <= %g", id, d, TOL_STAGE);
         const b2_tensor *tv = need(cf, "logits_top5_values"), *tx = need(cf, "logits_top5_indices");
         if (tv && tx && b2__tensor_numel(tv) == (int64_t)Tdec * 5) {
             float *gv = malloc(sizeof(float) * Tdec * 5);
@@ -279,15 +328,19 @@ static void run_case(const blip2_model *m, json_t *c)
                     if (!(e <= dv)) dv = e;
                 }
             }
-            ok(dv <= TOL_LOGITS, "%s: teacher-forced top-5 values at %d positions max abs err %.3g", id, Tdec, dv);
-            ok(same, "%s: teacher-forced top-5 indices at %d positions identical", id, Tdec);
+            strict_ok(dv <= TOL_LOGITS, "%s: teacher-forced top-5 values at %d positions max abs err %.3g", id, Tdec, dv);
+            strict_ok(same, "%s: teacher-forced top-5 indices at %d positions identical", id, Tdec);
             free(gv);
             free(gx);
         } else ok(0, "%s: top-5 tensors present", id);
         const b2_tensor *tfull = b2__st_find(cf, "logits");
         if (tfull) {
             d = maxdiff(lg, tfull, (size_t)Tdec * V, 0);
-            ok(d <= TOL_LOGITS, "%s: all %d decoder positions' logits max abs err %.3g", id, Tdec, d);
+            strict_ok(d <= TOL_LOGITS, "%s: all %d decoder positions' logits max abs err %.3g", id, Tdec, d);
+            if (loose) {
+                const double cs = cosine(lg, tfull, (size_t)Tdec * V, 0);
+                ok(cs > 0.99, "%s: all %d decoder positions' logits cosine %.6f > 0.99", id, Tdec, cs);
+            }
         }
     }
     /* the public forward: the first decoder step */
@@ -295,7 +348,11 @@ static void run_case(const blip2_model *m, json_t *c)
     float *last = malloc(sizeof(float) * V);
     if (ok(blip2_forward_logits(m, &rq_ids, last, NULL, &err) == 0, "%s: forward", id)) {
         double d = maxdiff(last, need(cf, "logits_dec0"), (size_t)V, 0);
-        ok(d <= TOL_LOGITS, "%s: logits_dec0 max abs err %.3g <= %g", id, d, TOL_LOGITS);
+        strict_ok(d <= TOL_LOGITS, "%s: logits_dec0 max abs err %.3g <= %g", id, d, TOL_LOGITS);
+        if (loose) {
+            const double cs = cosine(last, need(cf, "logits_dec0"), (size_t)V, 0);
+            ok(cs > 0.99, "%s: logits_dec0 cosine %.6f > 0.99", id, cs);
+        }
     } else diag("%s", err.text);
 
     blip2_request rq = {.query_embeds = q, .prompt = prompt};
@@ -313,7 +370,7 @@ static void run_case(const blip2_model *m, json_t *c)
         params_from(json_object_get(g, "kwargs"), &p);
         blip2_result res;
         if (ok(blip2_generate(m, &r2, 1, &p, NULL, NULL, &res, &err) == 0, "%s: generate from file", id)) {
-            ok(ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids")),
+            strict_ok(ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids")),
                "%s: greedy ids from the image file identical", id);
             blip2_result_free(&res);
         }
@@ -352,7 +409,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     }
     if (ok(blip2_encode_image(m, px, B, q, NULL, &err) == 0, "%s: encode %d images together", id, B)) {
         double d = maxdiff(q, need(cf, "language_model_inputs"), nq * B, 0);
-        ok(d <= TOL_STAGE, "%s: language_model_inputs max abs err %.3g", id, d);
+        strict_ok(d <= TOL_STAGE, "%s: language_model_inputs max abs err %.3g", id, d);
     }
     /* strip the right padding: the encoder masks it and nothing else sees it */
     blip2_request rq[2];
@@ -370,11 +427,15 @@ static void run_batch(const blip2_model *m, json_t *c)
         b2__t5_embed(m, rows[b], (int)n, emb + nq);
         if (b2__t5_forward(m, emb, ne, &start, 1, enc, last) == 0) {
             double d = maxdiff(enc, need(cf, "encoder_last_hidden_state"), (size_t)ne * D, (size_t)b * (Q + L) * D);
-            ok(d <= TOL_STAGE, "%s: row %d encoder_last_hidden_state (unpadded part) max abs err %.3g", id, b, d);
+            strict_ok(d <= TOL_STAGE, "%s: row %d encoder_last_hidden_state (unpadded part) max abs err %.3g", id, b, d);
         } else ok(0, "%s: row %d encoder", id, b);
         if (blip2_forward_logits(m, &rq[b], last, NULL, &err) == 0) {
             double d = maxdiff(last, need(cf, "logits_dec0"), (size_t)V, (size_t)b * V);
-            ok(d <= TOL_LOGITS, "%s: row %d logits_dec0 max abs err %.3g", id, b, d);
+            strict_ok(d <= TOL_LOGITS, "%s: row %d logits_dec0 max abs err %.3g", id, b, d);
+            if (loose) {
+                const double cs = cosine(last, need(cf, "logits_dec0"), (size_t)V, (size_t)b * V);
+                ok(cs > 0.99, "%s: row %d logits_dec0 cosine %.6f > 0.99", id, b, cs);
+            }
         } else ok(0, "%s: forward row %d: %s", id, b, err.text);
         free(emb);
         free(enc);
@@ -391,9 +452,9 @@ static void run_batch(const blip2_model *m, json_t *c)
             int same = res.seqs[b].n_ids <= (size_t)W;
             for (int j = 0; j < W && same; j++) /* finished rows are padded with pad id 0 */
                 same = gen[b * W + j] == (j < (int)res.seqs[b].n_ids ? res.seqs[b].ids[j] : 0);
-            if (!ok(same, "%s: row %d batched greedy ids identical", id, b)) show_ids("got", res.seqs[b].ids, res.seqs[b].n_ids);
+            if (!strict_ok(same, "%s: row %d batched greedy ids identical", id, b)) show_ids("got", res.seqs[b].ids, res.seqs[b].n_ids);
             const char *text = json_string_value(json_array_get(json_object_get(g, "text"), (size_t)b));
-            ok(text && !strcmp(text, res.seqs[b].text), "%s: row %d text identical", id, b);
+            strict_ok(text && !strcmp(text, res.seqs[b].text), "%s: row %d text identical", id, b);
         }
         for (int b = 0; b < B; b++) {
             blip2_result one;
@@ -604,7 +665,33 @@ int main(int argc, char **argv)
     blip2_model *m = NULL;
     blip2_error err = {0};
     snprintf(path, sizeof path, "%s/t5-tiny", gdir);
-    if (ok(blip2_model_load(&m, path, NULL, &err) == 0, "load t5-tiny")) {
+    const char *gtype = getenv("GOLDEN_GGUF_TYPE");
+    char gguf[1024] = "";
+    if (gtype && *gtype) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(gguf, sizeof gguf, "%s/test_golden_t5-%d-%s.gguf", tmp && *tmp ? tmp : "/tmp", (int)getpid(), gtype);
+        blip2_convert_stats cs;
+        if (!ok(blip2_convert(path, gguf, gtype, NULL, NULL, &cs, &err) == 0, "convert t5-tiny to %s", gtype)) {
+            diag("%s", err.text);
+            json_decref(man);
+            return tap_done();
+        }
+        diag("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %llu bytes", gguf, cs.tensors, cs.n_f32,
+             cs.n_f16, cs.n_bf16, cs.n_q8_0, (unsigned long long)cs.bytes);
+        snprintf(path, sizeof path, "%s", gguf);
+        loose = strcmp(gtype, "f32") != 0; /* t5-tiny is an f32 checkpoint */
+    }
+    int lrc = blip2_model_load(&m, path, NULL, &err);
+    if (gguf[0]) unlink(gguf); /* the mapping stays valid */
+    if (ok(lrc == 0, "load %s", path)) {
+        if (gguf[0]) {
+            /* q8_0 falls back to f16 where rows are not a multiple of 32:
+             * every matrix of t5-tiny (widths 36, 44, 70) */
+            const char *want = !strcmp(gtype, "q8_0") ? "f16" : gtype;
+            ok(!strcmp(blip2_model_dtype(m), want), "stored type %s (%s wanted)", blip2_model_dtype(m), gtype);
+            ok(!strcmp(b2__wt_name(m->t5->shared_wt), want) && !strcmp(b2__wt_name(m->t5->lm_head_wt), want) &&
+               m->t5->lm_head != m->t5->shared, "shared and the untied lm_head are used in place as %s", want);
+        }
         ok(!strcmp(blip2_model_family(m), "t5"), "family is t5");
         ok(blip2_bos_id(m) == 0 && blip2_eos_id(m) == 1, "sequences start with decoder_start 0, end with eos 1");
         /* the loader's bucket tables agree with the function */
@@ -623,7 +710,8 @@ int main(int argc, char **argv)
             }
         blip2_model_free(m);
     } else diag("%s", err.text);
-    if (!only || !strcmp(only, "16bit")) {
+    if (n_same + n_diff) diag("rounded weights: generations identical to the reference: %d of %d", n_same, n_same + n_diff);
+    if (!gguf[0] && (!only || !strcmp(only, "16bit"))) {
         run_16bit(man, B2_F16, "f16");
         run_16bit(man, B2_BF16, "bf16");
     }

@@ -17,60 +17,16 @@
 # BLIP2_TEST_TIMEOUT_SCALE, which multiplies every wait for the daemon
 # (start-up, replies, settling, exit; default 1), for slow builds (valgrind,
 # ThreadSanitizer; see tests/SANITIZERS.md).
-import json, os, random, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import json, os, random, shutil, socket, struct, subprocess, sys, tempfile, threading, time
 
-try:
-    import msgpack
-except ImportError:
-    print("1..0 # SKIP python3-msgpack is not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from b2test import G, SCALE, Client, ok, finish, pack, start, stop, status, wait_status, image, manifest, \
+    require_msgpack
 
-G = os.environ.get("GOLDEN_DIR", "tests/golden")
-BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
+require_msgpack()
 MODEL = os.path.join(G, "opt-tiny")
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "6"))
 CONNS = max(1, int(os.environ.get("LOAD_CONNECTIONS") or 64))
-SCALE = max(1.0, float(os.environ.get("BLIP2_TEST_TIMEOUT_SCALE") or 1))
-
-
-def pack(obj):
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-def image(name):
-    with open(os.path.join(G, "images", name), "rb") as f:
-        return f.read()
-
-
-class Client:
-    def __init__(self, path, timeout=30 * SCALE):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-
-    def send(self, obj):
-        self.s.sendall(pack(obj))
-
-    def raw(self, data):
-        self.s.sendall(data)
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv(self):
-        (n,) = struct.unpack(">I", self._exact(4))
-        return msgpack.unpackb(self._exact(n), raw=False)
-
-    def close(self):
-        self.s.close()
 
 
 if len(sys.argv) > 1 and sys.argv[1] == "--stream-and-wait":
@@ -83,44 +39,6 @@ if len(sys.argv) > 1 and sys.argv[1] == "--stream-and-wait":
     sys.exit(0)
 
 TMP = tempfile.mkdtemp(prefix="b2dload.")
-n_tests = 0
-failed = 0
-
-
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    if not cond:
-        failed += 1
-    return cond
-
-
-def start(*extra, model=MODEL, log="daemon.log"):
-    sock = os.path.join(TMP, "d%d.sock" % time.monotonic_ns())
-    logf = open(os.path.join(TMP, log), "ab")
-    p = subprocess.Popen([BLIP2D, "--model", model, "--socket", sock, "-q"] + list(extra), stdout=logf, stderr=logf)
-    end = time.monotonic() + 6 * SCALE
-    while time.monotonic() < end:
-        if os.path.exists(sock):
-            try:
-                Client(sock).close()
-                return p, sock
-            except OSError:
-                pass
-        if p.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise RuntimeError("blip2d did not start")
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        return p.wait(15 * SCALE)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return -9
 
 
 def rss_kib(pid):
@@ -149,27 +67,13 @@ def rss_ok(cond, name, pid):
     return ok(cond, name)
 
 
-def status(sock):
-    c = Client(sock)
-    c.send({"id": 1, "op": "status"})
-    st = c.recv()
-    c.close()
-    return st
-
-
 def settle(p, sock, fd_base=None, timeout=10):
     # wait for no work, only our status connection, and (if given) the baseline descriptor count
-    end = time.monotonic() + timeout * SCALE
-    while time.monotonic() < end:
-        st = status(sock)
-        if st["active"] == 0 and st["queue_depth"] == 0 and st["connections"] == 1 and \
-                (fd_base is None or nfds(p.pid) <= fd_base):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_status(sock, lambda st: st["active"] == 0 and st["queue_depth"] == 0 and st["connections"] == 1 and
+                       (fd_base is None or nfds(p.pid) <= fd_base), timeout)[0]
 
 
-man = json.load(open(os.path.join(G, "manifest.json")))
+man = manifest()
 CASES = []
 for x in man["cases"]:
     if x["model"] == "opt-tiny" and "image" in x:
@@ -188,7 +92,7 @@ def golden_request(rid, stream=False):
 
 
 # ---- load ------------------------------------------------------------------
-proc, SOCK = start("--max-queue", "256")
+proc, SOCK = start("--max-queue", "256", tmp=TMP)
 # an ASan build is several times slower (and make check runs other tests
 # beside it): a shorter round, one request at a time per connection, and
 # patience before a reply counts as lost
@@ -406,7 +310,7 @@ ok(r["type"] == "done" and r["ids"][0] == want, "the next client is served the g
 ok(stop(proc) == 0, "exit 0 after the load")
 
 # ---- queue overflow ---------------------------------------------------------
-proc, SOCK = start("--max-queue", "2", "--max-batch", "1")
+proc, SOCK = start("--max-queue", "2", "--max-batch", "1", tmp=TMP)
 warm(CASES[:2])
 settle(proc, SOCK)
 rss0 = rss_kib(proc.pid)
@@ -476,11 +380,11 @@ def truncated_weights(kind):
     mdir = os.path.join(TMP, "model-" + kind)
     shutil.copytree(MODEL, mdir)
     if kind == "folder":
-        proc, SOCK = start("--no-weights-cache", model=mdir, log="sigbus-%s.log" % kind)
+        proc, SOCK = start("--no-weights-cache", model=mdir, log="sigbus-%s.log" % kind, tmp=TMP)
         victim = os.path.join(mdir, "model.safetensors")
     else:
         wc = os.path.join(TMP, "wcache")
-        proc, SOCK = start("--weights-cache", wc, model=mdir, log="sigbus-%s.log" % kind)
+        proc, SOCK = start("--weights-cache", wc, model=mdir, log="sigbus-%s.log" % kind, tmp=TMP)
         files = [f for f in os.listdir(wc) if f.endswith(".gguf")]
         ok(len(files) == 1, "the weights cache holds one GGUF file (%r)" % files)
         victim = os.path.join(wc, files[0]) if files else os.path.join(mdir, "model.safetensors")
@@ -519,5 +423,4 @@ truncated_weights("folder")
 truncated_weights("gguf")
 
 shutil.rmtree(TMP, ignore_errors=True)
-print("1..%d" % n_tests)
-sys.exit(1 if failed else 0)
+finish()

@@ -9,25 +9,12 @@
 set -u
 CTL=${BLIP2CTL:-client/blip2ctl}
 FAKE=${FAKE_BLIP2D:-tests/test_client}
-T=$(mktemp -d "${TMPDIR:-/tmp}/b2sock.XXXXXX") || exit 1
-PIDS=
-cleanup() {
-  for p in $PIDS; do kill "$p" 2>/dev/null; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-unset BLIP2_SOCKET
-n=0; failed=0
-report() { # report OK NAME DETAIL
-  n=$((n + 1))
-  if [ "$1" -eq 1 ]; then echo "ok $n - $2"
-  else echo "not ok $n - $2"; echo "# $3"; failed=$((failed + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
+tmpdir b2sock
 serve() { # serve PATH: a fake daemon listening on PATH
   "$FAKE" --serve "$1" >/dev/null 2>&1 &
   PIDS="$PIDS $!"
-  i=0
-  while [ ! -S "$1" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  wait_socket "$1" 100
 }
 # used STATUS PATH ORIGIN NAME -- command...: exit STATUS and, when 0, -v
 # reports "connected to PATH (ORIGIN)"

@@ -6,63 +6,19 @@
 # through systemd-socket-activate, --idle-exit with an activator that
 # restarts the daemon on demand (no request lost in the hand-over), and the
 # --allow-uid/--allow-gid lists.  TAP output.
-import json, os, select, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import os, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
-try:
-    import msgpack
-except ImportError:
-    print("1..0 # SKIP python3-msgpack is not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
+from b2test import Client, ok, finish, image, manifest, require_msgpack
 
-G = os.path.abspath(os.environ.get("GOLDEN_DIR", "tests/golden"))
-BLIP2D = os.path.abspath(os.environ.get("BLIP2D", "daemon/blip2d"))
+require_msgpack()
+G = os.path.abspath(b2test.G)
+BLIP2D = os.path.abspath(b2test.BLIP2D)
 TMP = tempfile.mkdtemp(prefix="b2sdtest.")
-n_tests = failed = 0
 
 
-def ok(cond, name):
-    global n_tests, failed
-    n_tests += 1
-    print(("ok %d - %s" if cond else "not ok %d - %s") % (n_tests, name), flush=True)
-    failed += 0 if cond else 1
-    return cond
-
-
-def pack(obj):
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-class Client:
-    def __init__(self, path, timeout=30):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-
-    def recv(self):
-        while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack(">I", self.buf[:4])[0]:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        n = struct.unpack(">I", self.buf[:4])[0]
-        r, self.buf = msgpack.unpackb(self.buf[4:4 + n], raw=False), self.buf[4 + n:]
-        return r
-
-    def call(self, obj):
-        self.s.sendall(pack(obj))
-        while True:
-            r = self.recv()
-            if r.get("id") == obj["id"] and r["type"] != "token":
-                return r
-
-
-def image(name):
-    return open(os.path.join(G, "images", name), "rb").read()
-
-
-man = json.load(open(os.path.join(G, "manifest.json")))
+man = manifest()
 
 
 def golden(model, img, prompt="caption"):
@@ -118,7 +74,7 @@ pings = [t for t, m in msgs if "WATCHDOG=1" in m]
 ok(len(pings) >= 6, "WATCHDOG=1 every half interval from the loop (%d pings in ~1 s at WATCHDOG_USEC=200ms)" % len(pings))
 
 # reload: swap to the sharded fp16 model under a connected client with a request in flight
-c.s.sendall(pack({"id": 2, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 300}))
+c.send({"id": 2, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 300})
 os.unlink(link)
 os.symlink(os.path.join(G, "opt-tiny-sharded"), link)
 n_before = len(msgs)
@@ -149,7 +105,7 @@ while time.monotonic() < end and not any("READY=1" in m for _, m in msgs[n_befor
 r = c.call({"id": 5, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 20})
 ok(r["type"] == "done" and r["ids"][0] == golden("opt-tiny-sharded", "chelsea.png") and p.poll() is None,
    "a failed reload keeps serving the previous model")
-c.s.close()
+c.close()
 p.send_signal(signal.SIGTERM)
 ok(p.wait(20) == 0 and wait_msg(lambda m: "STOPPING=1" in m, 2) is not None, "SIGTERM: STOPPING=1, exit 0")
 ns.close()
@@ -168,7 +124,7 @@ if ssa:
     r = cl.call({"id": 1, "op": "generate", "image": image("rocket.jpg"), "max_new_tokens": 20})
     ok(r["type"] == "done" and r["ids"][0] == golden("opt-tiny", "rocket.jpg"),
        "socket activation: the first client's request is served on the passed socket")
-    cl.s.close()
+    cl.close()
     a.send_signal(signal.SIGTERM)
     ok(a.wait(20) == 0 and os.path.exists(path), "exit 0, and the socket (systemd's) is left in place")
 else:
@@ -209,7 +165,7 @@ for d in delays:
     try:
         cl = Client(path)
         results.append(cl.call({"id": 1, "op": "generate", "image": image("coffee.png"), "max_new_tokens": 20}))
-        cl.s.close()
+        cl.close()
     except Exception as e:
         results.append({"type": "exception", "what": repr(e)})
 time.sleep(1.6)
@@ -256,7 +212,7 @@ if os.geteuid() == 0:
     ok("pong" in as_user(4005, 4004), "a member of an allowed group is served")
     cl = Client(path)
     ok(cl.call({"id": 1, "op": "ping"})["type"] == "pong", "an allowed uid is served")
-    cl.s.close()
+    cl.close()
     d.send_signal(signal.SIGTERM)
     ok(d.wait(20) == 0, "exit 0")
 else:
@@ -264,5 +220,4 @@ else:
         ok(True, "# SKIP access control between uids needs root")
 
 shutil.rmtree(TMP, ignore_errors=True)
-print("1..%d" % n_tests)
-sys.exit(1 if failed else 0)
+finish()

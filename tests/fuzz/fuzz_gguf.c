@@ -65,15 +65,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             const unsigned char *d = t->data;
             if (d < buf || d + t->nbytes > buf + size || (size_t)(d - buf) % al) abort();
             const int k = (int)t->ne[0];
-            const int64_t rows = (int64_t)(t->nbytes / b2__wt_row_bytes(t->type, k));
-            if (k <= 4096) {
-                float *row = malloc(sizeof(float) * (size_t)k);
-                if (!row) abort();
-                b2__wrows_to_f32(row, t->data, t->type, 0, 1, k);
-                b2__wrows_to_f32(row, t->data, t->type, (int)(rows - 1 > INT32_MAX ? 0 : rows - 1), 1, k);
-                sink += row[0];
-                free(row);
-            }
+            /* touch every byte of the first and the last row: ASan sees
+             * any read the reader's bounds let through */
+            const size_t rb = b2__wt_row_bytes(t->type, k), rows = rb ? t->nbytes / rb : 0;
+            if (rows == 0) continue;
+            const unsigned char *last = d + (rows - 1) * rb;
+            for (size_t j = 0; j < rb; j++) sink += d[j] + last[j];
         }
         if (sink == 12345.678) abort(); /* keep the reads */
         b2__gguf_close(g);

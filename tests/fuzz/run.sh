@@ -36,10 +36,10 @@ sources() {
     case $1 in
     ipc) echo "libipc/ipc.c libipc/frame.c libipc/scan.c libipc/schema.c libipc/decode.c libipc/encode.c libipc/validate.c" ;;
     safetensors) echo "model/safetensors.c model/error.c" ;;
-    config) echo "model/config.c model/weights.c model/safetensors.c model/error.c" ;;
+    config) echo "model/config.c model/weights.c model/gguf.c model/wtype.c model/safetensors.c model/error.c" ;;
     tokenizer) echo "model/tokenizer.c model/error.c" ;;
     image) echo "model/image.c model/error.c" ;;
-    gguf) echo "model/gguf.c model/wkernels.c model/safetensors.c model/error.c" ;;
+    gguf) echo "model/gguf.c model/wtype.c model/safetensors.c model/error.c" ;;
     esac
 }
 packages() {

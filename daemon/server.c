@@ -285,6 +285,20 @@ static char *dupn(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+/* A zeroed job with room for it in c's in-flight list (grown when full;
+ * on failure the list stays as it was), or NULL when out of memory. */
+static b2d_job *new_job(conn *c)
+{
+    b2d_job *j = calloc(1, sizeof *j);
+    if (j && c->ninf == c->capinf) {
+        int cap = c->capinf ? 2 * c->capinf : 8;
+        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
+        if (ni) { c->inf = ni; c->capinf = cap; }
+        else { free(j); j = NULL; }
+    }
+    return j;
+}
+
 /* The request is in flight on c from here: prepared on the worker pool
  * (prep_cb), then handed to the engine (after_prep_cb). */
 static void queue_prep(struct b2d_server *s, conn *c, uint64_t id, b2d_job *j, prep_work *w)
@@ -323,14 +337,7 @@ static void handle_generate(conn *c, b2ipc_request *rq, int fd)
         send_error(c, 1, rq->id, code, code == B2IPC_EBAD_FD ? "image_fd" : NULL, why);
         return;
     }
-    b2d_job *j = calloc(1, sizeof *j);
-    if (j && c->ninf == c->capinf) {
-        /* grow the in-flight list; on failure it stays as it was */
-        int cap = c->capinf ? 2 * c->capinf : 8;
-        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
-        if (ni) { c->inf = ni; c->capinf = cap; }
-        else { free(j); j = NULL; }
-    }
+    b2d_job *j = new_job(c);
     if (!j) {
         if (fd >= 0) close(fd);
         send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
@@ -405,13 +412,7 @@ static void handle_features(conn *c, b2ipc_request *rq, int fd)
         send_error(c, 1, rq->id, code, field, why);
         return;
     }
-    b2d_job *j = calloc(1, sizeof *j);
-    if (j && c->ninf == c->capinf) {
-        int cap = c->capinf ? 2 * c->capinf : 8;
-        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
-        if (ni) { c->inf = ni; c->capinf = cap; }
-        else { free(j); j = NULL; }
-    }
+    b2d_job *j = new_job(c);
     prep_work *w = j ? calloc(1, sizeof *w) : NULL;
     if (j) {
         atomic_init(&j->refs, 2); /* the connection's and the pipeline's */

@@ -15,7 +15,10 @@
  *     loop, one pinned thread per pool thread) -> GB/s
  *     one pass -> ms, weight bytes / time -> GB/s, over the mean of the
  *     memory reads right before and after it
- *   -> medians over rounds.
+ *   -> medians over rounds.  --prefetch runs each pass once per software
+ *   prefetch distance (b2__wkernels_set_prefetch), interleaved.  With
+ *   both bf16 and q8_0, the per-round ratio of their times is printed too
+ *   (the issue's "q8_0 at least 1.6x bf16 in the same run").
  */
 #include "pool.h"
 #include "wkernels.h"
@@ -247,12 +250,14 @@ static void usage(FILE *f)
         "  --types LIST   f32,f16,bf16,q8_0 (default all)\n"
         "  --impl NAME    portable, avx2, avx512 (default: the one chosen from the CPU)\n"
         "  --mem-gib G    memory-read buffer (default 2; at least 2 for a fair figure)\n"
+        "  --prefetch LIST  software prefetch distances in bytes to compare in the same\n"
+        "                 rounds, comma-separated (default: the library's, see BLIP2_PREFETCH)\n"
         "RAM: ~1.9 GB of weights for all four types plus the read buffer.\n");
 }
 
 int main(int argc, char **argv)
 {
-    int rounds = 5, batches[8] = {1, 4}, nbatch = 2;
+    int rounds = 5, batches[8] = {1, 4}, nbatch = 2, pfs[8] = {b2__wkernels_set_prefetch(-1)}, npf = 1;
     double mem_gib = 2.0;
     const char *impl = NULL, *types = "f32,f16,bf16,q8_0";
     for (int i = 1; i < argc; i++) {
@@ -268,9 +273,15 @@ int main(int argc, char **argv)
             nbatch = 0;
             for (const char *p = v; *p && nbatch < 8; p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p))
                 batches[nbatch++] = atoi(p);
+        } else if (!strcmp(a, "--prefetch")) {
+            npf = 0;
+            for (const char *p = v; *p && npf < 8; p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p))
+                pfs[npf++] = atoi(p);
         } else { usage(stderr); return 2; }
     }
-    if (rounds < 1 || rounds > 100 || mem_gib <= 0 || nbatch < 1) { usage(stderr); return 2; }
+    if (rounds < 1 || rounds > 100 || mem_gib <= 0 || nbatch < 1 || npf < 1) { usage(stderr); return 2; }
+    for (int p = 0; p < npf; p++)
+        if (pfs[p] < 0 || pfs[p] > 1 << 20) { fprintf(stderr, "bench_wkernels: prefetch 0..1048576\n"); return 2; }
     for (int b = 0; b < nbatch; b++)
         if (batches[b] < 1 || batches[b] > NMAX) { fprintf(stderr, "bench_wkernels: batch 1..%d\n", NMAX); return 2; }
 
@@ -307,19 +318,23 @@ int main(int argc, char **argv)
            impl ? impl : b2__wkernels_name(), threads, rname, mem_gib, la[0]);
 
     for (int s = 0; s < nset; s++) pass(impl, &sets[s], y, x, 1); /* warm up */
-    double *ms = calloc((size_t)nset * nbatch * rounds, sizeof(double));
-    double *ratio = calloc((size_t)nset * nbatch * rounds, sizeof(double));
-    double *mem = calloc((size_t)rounds * (nset * nbatch + 1), sizeof(double));
+    /* one configuration = (batch, prefetch distance); results at [(s * ncfg + c) * rounds + r] */
+    const int ncfg = nbatch * npf;
+    double *ms = calloc((size_t)nset * ncfg * rounds, sizeof(double));
+    double *ratio = calloc((size_t)nset * ncfg * rounds, sizeof(double));
+    double *mem = calloc((size_t)rounds * (nset * ncfg + 1), sizeof(double));
+    double *vsbf = calloc((size_t)ncfg * rounds, sizeof(double));
     int nmem_meas = 0;
     for (int r = 0; r < rounds; r++) {
         double before = mem_pass(rfn, buf, nmem, threads);
         mem[nmem_meas++] = before;
         for (int s = 0; s < nset; s++)
-            for (int b = 0; b < nbatch; b++) {
-                const double dt = pass(impl, &sets[s], y, x, batches[b]);
+            for (int c = 0; c < ncfg; c++) {
+                b2__wkernels_set_prefetch(pfs[c % npf]);
+                const double dt = pass(impl, &sets[s], y, x, batches[c / npf]);
                 const double after = mem_pass(rfn, buf, nmem, threads);
                 mem[nmem_meas++] = after;
-                const size_t o = ((size_t)s * nbatch + b) * rounds + r;
+                const size_t o = ((size_t)s * ncfg + c) * rounds + r;
                 ms[o] = dt * 1e3;
                 ratio[o] = sets[s].bytes / dt / 1e9 / (0.5 * (before + after));
                 before = after;
@@ -328,18 +343,38 @@ int main(int argc, char **argv)
     const double memmed = median(mem, nmem_meas);
     printf("memory read: median %.1f GB/s over %d measurements (%.1f .. %.1f)\n", memmed, nmem_meas, mem[0],
            mem[nmem_meas - 1]);
-    printf("%-5s %5s %9s %10s %10s %9s %9s\n", "type", "batch", "GB/pass", "ms/pass", "ms/token", "GB/s", "of mem");
+    /* q8_0 against bf16 in the same round and configuration, before the
+     * medians reorder ms */
+    int sbf = -1, sq8 = -1;
+    for (int s = 0; s < nset; s++) {
+        if (sets[s].t == B2_WT_BF16) sbf = s;
+        if (sets[s].t == B2_WT_Q8_0) sq8 = s;
+    }
+    if (sbf >= 0 && sq8 >= 0)
+        for (int c = 0; c < ncfg; c++)
+            for (int r = 0; r < rounds; r++)
+                vsbf[(size_t)c * rounds + r] = ms[((size_t)sbf * ncfg + c) * rounds + r] / ms[((size_t)sq8 * ncfg + c) * rounds + r];
+    printf("%-5s %5s %8s %9s %10s %10s %9s %9s\n", "type", "batch", "prefetch", "GB/pass", "ms/pass", "ms/token", "GB/s",
+           "of mem");
     for (int s = 0; s < nset; s++)
-        for (int b = 0; b < nbatch; b++) {
-            const size_t o = ((size_t)s * nbatch + b) * rounds;
+        for (int c = 0; c < ncfg; c++) {
+            const int b = c / npf;
+            const size_t o = ((size_t)s * ncfg + c) * rounds;
             const double t = median(ms + o, rounds), q = median(ratio + o, rounds);
-            printf("%-5s %5d %9.3f %10.1f %10.1f %9.1f %8.1f%%\n", b2__wt_name(sets[s].t), batches[b], sets[s].bytes / 1e9,
-                   t, t / batches[b], sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
+            printf("%-5s %5d %8d %9.3f %10.1f %10.1f %9.1f %8.1f%%\n", b2__wt_name(sets[s].t), batches[b], pfs[c % npf],
+                   sets[s].bytes / 1e9, t, t / batches[b], sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
+        }
+    if (sbf >= 0 && sq8 >= 0)
+        for (int c = 0; c < ncfg; c++) {
+            double *v = vsbf + (size_t)c * rounds;
+            const double med = median(v, rounds);
+            printf("q8_0 vs bf16, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
+                   batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
         }
     lf = fopen("/proc/loadavg", "r");
     if (lf) { if (fscanf(lf, "%lf", &la[0]) != 1) la[0] = -1; fclose(lf); }
     printf("load average after: %.2f\n", la[0]);
     for (int s = 0; s < nset; s++) wset_free(&sets[s]);
-    free(buf); free(x); free(y); free(ms); free(ratio); free(mem);
+    free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vsbf);
     return 0;
 }

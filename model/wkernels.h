@@ -78,6 +78,14 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
  * quantises (per block d = max|x| / 127, q = round(x / d)). */
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
+/* How far ahead of its reads (bytes) each SIMD q8_0 tile prefetches its
+ * weight rows (f16/bf16/f32 tiles measured no gain from it and do not):
+ * 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
+ * 0 = no software prefetch) says otherwise.  bytes >= 0 sets it (for
+ * benchmarks; not while products run), bytes < 0 only asks.  Returns the
+ * distance in use before the call.  The results do not depend on it. */
+int b2__wkernels_set_prefetch(int bytes);
+
 /* The implementation of the products in use ("portable", "avx2",
  * "avx512"): the best this CPU runs, or the one BLIP2_KERNELS names if
  * the CPU runs it. */

@@ -13,6 +13,14 @@
  *                 x with w's sign (_mm256_sign_epi8) in maddubs, pairs
  *                 summed to 8 int32 lanes by madd (exact: |sum| <= 32512
  *                 per 16-bit pair), converted, acc = fma(d_w d_x, lanes, acc).
+ * q8_0 tiles also prefetch each W row b2__wprefetch bytes ahead of its
+ * reads, once per block: far enough ahead that the next 4 KiB pages' lines
+ * are asked for while this one is read (the hardware prefetchers stop at
+ * page boundaries).  Without it q8_0, doing ~3x bf16's work per byte, did
+ * not keep its reads streaming (bench/README.md section 8).  The scale d_w
+ * is widened into 8 lanes at once (vpbroadcastw + vcvtph2ps) and
+ * multiplied by d_x there: the same product, rounded once, as the scalar
+ * d_w * d_x.
  * Smaller tiles for the row tails run the same per-pair arithmetic, so a
  * pair's result does not depend on the tile it landed in (batch
  * invariance).  W may have any alignment (rows of odd k are not even
@@ -143,29 +151,34 @@ B2W static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[TR][TN];
     __m256i wq[TR], aw[TR];
-    float dw[TR];
+    __m256 dw[TR];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
     for (int b = 0; b < nb; b++) {
+        if (pf)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;
-            unsigned short h;
+            short h;
             memcpy(&h, blk, 2);
-            dw[r] = _cvtsh_ss(h);
+            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(h)); /* 8 lanes of d_w: no scalar round trip */
             wq[r] = _mm256_loadu_si256((const __m256i *)(blk + 2));
             aw[r] = _mm256_abs_epi8(wq[r]);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q8_0_BLOCK));
-            const float dx = xd[(size_t)i * nb + b];
+            const __m256 dx = _mm256_broadcast_ss(xd + (size_t)i * nb + b);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, wq[r])), ones);
-                acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
             }
         }
     }

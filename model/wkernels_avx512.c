@@ -161,7 +161,12 @@ B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *x
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
     for (int b = 0; b < nb; b++) {
+        if (pf)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;

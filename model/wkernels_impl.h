@@ -31,6 +31,10 @@ typedef struct b2_wimpl {
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
 } b2_wimpl;
 
+/* How far ahead of its reads, in bytes, each W row of a tile is
+ * prefetched (0: not at all); see b2__wkernels_set_prefetch. */
+extern int b2__wprefetch;
+
 #if defined(__x86_64__) || defined(__i386__)
 extern const b2_wimpl b2__wimpl_avx2;        /* wkernels_avx2.c */
 extern const b2_wimpl b2__wimpl_avx512;      /* wkernels_avx512.c */

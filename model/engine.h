@@ -110,7 +110,7 @@ void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m);
 /* Scratch for b2__opt_forward, sized for up to max_rows rows and contexts
  * up to max_ctx positions. */
 typedef struct b2_opt_ws {
-    float *h, *x, *q, *k, *v, *a, *f, *s; /* (rows,D) x6, (rows,F), (max_ctx) */
+    float *h, *x, *q, *k, *v, *a, *f, *s; /* (rows,D) x6, (rows,F), b2__attention_scratch(1, max_ctx, hd) */
     int max_rows, max_ctx;
 } b2_opt_ws;
 

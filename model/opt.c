@@ -81,7 +81,7 @@ int b2__opt_ws_init(b2_opt_ws *ws, const blip2_model *m, int max_rows, int max_c
     ws->v = malloc(sizeof(float) * R * D);
     ws->a = malloc(sizeof(float) * R * D);
     ws->f = malloc(sizeof(float) * R * F);
-    ws->s = malloc(sizeof(float) * (size_t)max_ctx);
+    ws->s = malloc(sizeof(float) * b2__attention_scratch(1, max_ctx, (int)(D / (size_t)m->cfg.t_heads)));
     ws->max_rows = max_rows;
     ws->max_ctx = max_ctx;
     if (!ws->h || !ws->x || !ws->q || !ws->k || !ws->v || !ws->a || !ws->f || !ws->s) {
@@ -112,29 +112,6 @@ void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *log
     else b2__wmatmul_rows(logits, V, hidden, D, m->lm_head, m->lm_head_wt, n, V, D);
 }
 
-/* One row's attention over its cache: out (D) for query q (D). */
-static void attend(float *out, const float *q, const float *K, const float *V, int npos,
-                   int heads, int hd, int D, float *s)
-{
-    for (int h = 0; h < heads; h++) {
-        const float *qh = q + h * hd;
-        for (int j = 0; j < npos; j++) {
-            const float *kj = K + (size_t)j * D + h * hd;
-            float acc = 0;
-            for (int e = 0; e < hd; e++) acc += qh[e] * kj[e];
-            s[j] = acc;
-        }
-        b2__softmax(s, npos);
-        float *oh = out + h * hd;
-        memset(oh, 0, sizeof(float) * hd);
-        for (int j = 0; j < npos; j++) {
-            const float *vj = V + (size_t)j * D + h * hd;
-            const float w = s[j];
-            for (int e = 0; e < hd; e++) oh[e] += w * vj[e];
-        }
-    }
-}
-
 void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int n,
                      b2_kv *const *kvs, const int *seq, const int *pos, float *hidden)
 {
@@ -162,8 +139,9 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
         for (int i = 0; i < n; i++) {
             const b2_kv *kv = kvs[seq[i]];
             size_t base = (size_t)l * kv->cap * D;
-            attend(ws->a + (size_t)i * D, ws->q + (size_t)i * D, kv->k + base, kv->v + base,
-                   pos[i] + 1, H, hd, D, ws->s);
+            /* one query over its own cache, heads spread over the pool */
+            b2__attention(ws->a + (size_t)i * D, D, ws->q + (size_t)i * D, D, kv->k + base, D, kv->v + base, D,
+                          1, pos[i] + 1, H, hd, 1.0f, ws->s);
         }
         b2__linear_rows(x, ws->a, n, &L->o);
         b2__add(h, x, (size_t)n * D);

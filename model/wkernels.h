@@ -45,7 +45,8 @@ const char *b2__wt_name(b2_wtype t);
  * the compute pool.  For few rows n (decode, small batches).
  *
  * Numerics: f32, f16 and bf16 weights are widened exactly and summed in
- * f32 (8 or 16 lanes in k order, then a fixed tree).  q8_0 quantises the
+ * f32 (8 or 16 lanes, each in k order, then a fixed tree; which values a
+ * lane takes depends on the implementation and type).  q8_0 quantises the
  * activations too, as GGML's q8_0 x q8_0 product does: each block of 32
  * values of an x row becomes d_x * q_x (b2__wquantize_act_q8, f32 scale),
  * the block's dot product sum q_w q_x is exact in integers, and
@@ -78,9 +79,8 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
  * quantises (per block d = max|x| / 127, q = round(x / d)). */
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
-/* How far ahead of its reads (bytes) each SIMD q8_0 tile prefetches its
- * weight rows (f16/bf16/f32 tiles measured no gain from it and do not):
- * 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
+/* How far ahead of its reads (bytes) each SIMD tile prefetches its weight
+ * rows: 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
  * 0 = no software prefetch) says otherwise.  bytes >= 0 sets it (for
  * benchmarks; not while products run), bytes < 0 only asks.  Returns the
  * distance in use before the call.  The results do not depend on it. */

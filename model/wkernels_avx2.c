@@ -4,20 +4,26 @@
  * calls them only on a CPU that has all three).
  *
  *   f32/f16/bf16  register tiles of 4 W rows x 2 x rows, one 8-lane
- *                 accumulator per pair: W widened on load (F16C for f16,
- *                 a 16-bit shift for bf16), acc = fma(w, x, acc) over k in
- *                 steps of 8; the last k % 8 values through a zero-padded
- *                 copy of the W tail and a masked load of x.  Then
- *                 ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+ *                 accumulator per pair: W widened on load (F16C for f16),
+ *                 acc = fma(w, x, acc) over k in steps of 8; the last
+ *                 k % 8 values through a zero-padded copy of the W tail
+ *                 and a masked load of x.  Then ((l0+l4)+(l2+l6)) +
+ *                 ((l1+l5)+(l3+l7)).
+ *   bf16          first steps of 16: one 32-byte load of W gives the 8
+ *                 even values (<< 16) and the 8 odd ones (& 0xffff0000)
+ *                 without widening; x is loaded in the matching order
+ *                 (shuffles shared by the 4 rows) and lane l takes the
+ *                 even then the odd product; the k % 16 rest as f16.
  *   q8_0          the same tiles over blocks of 32: |w| (unsigned) times
  *                 x with w's sign (_mm256_sign_epi8) in maddubs, pairs
  *                 summed to 8 int32 lanes by madd (exact: |sum| <= 32512
  *                 per 16-bit pair), converted, acc = fma(d_w d_x, lanes, acc).
- * q8_0 tiles also prefetch each W row b2__wprefetch bytes ahead of its
- * reads, once per block: far enough ahead that the next 4 KiB pages' lines
- * are asked for while this one is read (the hardware prefetchers stop at
- * page boundaries).  Without it q8_0, doing ~3x bf16's work per byte, did
- * not keep its reads streaming (bench/README.md section 8).  The scale d_w
+ * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
+ * reads (once per 64 bytes, per block for q8_0): far enough ahead that the
+ * next 4 KiB pages' lines are asked for while this one is read (the
+ * hardware prefetchers stop at page boundaries).  Without it the reads
+ * did not keep streaming, q8_0 (~3x bf16's work per byte) least of all
+ * (bench/README.md section 8).  The scale d_w
  * is widened into 8 lanes at once (vpbroadcastw + vcvtph2ps) and
  * multiplied by d_x there: the same product, rounded once, as the scalar
  * d_w * d_x.
@@ -65,8 +71,36 @@ B2W static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
     int j = 0;
+    if (t == B2_WT_BF16) { /* 16 at a time: one 32-byte load gives the even values (<< 16) and the odd (& mask) */
+        const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+        for (; j + 16 <= k; j += 16) {
+            if (pf && !(((size_t)j * 2) & 63))
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * 2 + pf, _MM_HINT_T0);
+            __m256 xe[TN], xo[TN];
+#pragma GCC unroll 4
+            for (int i = 0; i < N; i++) { /* x[j..j+15] as evens and odds in the order of the W lanes */
+                const float *xp = x + (size_t)i * ldx + j;
+                const __m256 lo = _mm256_loadu2_m128(xp + 8, xp), hi4 = _mm256_loadu2_m128(xp + 12, xp + 4);
+                xe[i] = _mm256_shuffle_ps(lo, hi4, 0x88);
+                xo[i] = _mm256_shuffle_ps(lo, hi4, 0xdd);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)r * rb + (size_t)j * 2));
+                const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
+#pragma GCC unroll 4
+                for (int i = 0; i < N; i++) acc[r][i] = _mm256_fmadd_ps(wo, xo[i], _mm256_fmadd_ps(we, xe[i], acc[r][i]));
+            }
+        }
+    }
     for (; j + 8 <= k; j += 8) {
+        if (pf && !(((size_t)j * es) & 63)) /* once per 64 bytes of each row */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * es + pf, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = wload8(w + (size_t)r * rb + (size_t)j * es, t);
 #pragma GCC unroll 4

@@ -66,8 +66,12 @@ B2X static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
     int j = 0;
     for (; j + 16 <= k; j += 16) {
+        if (pf && !(((size_t)j * es) & 63)) /* once per 64 bytes of each row */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * es + pf, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = wload16(w + (size_t)r * rb + (size_t)j * es, t);
 #pragma GCC unroll 4

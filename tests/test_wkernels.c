@@ -22,6 +22,7 @@
  *   special     NaN in one x row: that row NaN, the others untouched;
  *               q8_0 weights with -128 and all-zero blocks
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
+ *   prefetch    the software prefetch distance changes no bit
  *   widen       b2__wrows_to_f32 (the many-row path's tile conversion and
  *               the embedding lookups; SIMD where the CPU has it) against
  *               the scalar definitions, bit for bit: every f16 and bf16
@@ -410,6 +411,40 @@ static void test_threads(void)
     problem_free(&p);
 }
 
+/* The prefetch distance changes speed only: the same bits at 0, the
+ * default and 1 MiB (far past the end of W: a prefetch never faults). */
+static void test_prefetch(void)
+{
+    const int def = b2__wkernels_set_prefetch(-1);
+    ok(def >= 0 && def <= 1 << 20, "prefetch distance in use: %d bytes", def);
+    ok(b2__wkernels_set_prefetch(5 << 20) == def && b2__wkernels_set_prefetch(-1) == 1 << 20,
+       "a distance past 1 MiB is clamped to 1 MiB");
+    static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        problem p;
+        problem_make(&p, TYPES[ti], 130, 1056, 1);
+        const int n = 3;
+        float *y0 = malloc(sizeof(float) * n * 130), *y1 = malloc(sizeof(float) * n * 130);
+        int good = 1, ran = 0;
+        for (int a = 0; a < NIMPL; a++) {
+            b2__wkernels_set_prefetch(0);
+            if (b2__wmatmul_rows_impl(IMPLS[a], y0, 130, p.x, p.ldx, p.w, p.t, n, 130, 1056)) continue;
+            ran++;
+            b2__wkernels_set_prefetch(def);
+            b2__wmatmul_rows_impl(IMPLS[a], y1, 130, p.x, p.ldx, p.w, p.t, n, 130, 1056);
+            good &= !memcmp(y0, y1, sizeof(float) * n * 130);
+            b2__wkernels_set_prefetch(1 << 20);
+            b2__wmatmul_rows_impl(IMPLS[a], y1, 130, p.x, p.ldx, p.w, p.t, n, 130, 1056);
+            good &= !memcmp(y0, y1, sizeof(float) * n * 130);
+        }
+        ok(good && ran >= 1, "%s: prefetch 0, %d and 1 MiB give the same bits (%d implementations)",
+           b2__wt_name(p.t), def, ran);
+        free(y0); free(y1);
+        problem_free(&p);
+    }
+    b2__wkernels_set_prefetch(def);
+}
+
 /* ---- b2__wrows_to_f32 against the scalar definitions ---- */
 
 static int same_or_nan(float a, float b) { return fbits(a) == fbits(b) || (isnan(a) && isnan(b)); }
@@ -477,6 +512,7 @@ int main(void)
     test_products();
     test_special();
     test_threads();
+    test_prefetch();
     test_widen();
     return tap_done();
 }

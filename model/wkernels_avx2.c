@@ -13,20 +13,21 @@
  *                 even values (<< 16) and the 8 odd ones (& 0xffff0000)
  *                 without widening; x is loaded in the matching order
  *                 (shuffles shared by the 4 rows) and lane l takes the
- *                 even then the odd product; the k % 16 rest as f16.
+ *                 even then the odd product; the k % 16 rest in steps of
+ *                 8 as above.
  *   q8_0          the same tiles over blocks of 32: |w| (unsigned) times
  *                 x with w's sign (_mm256_sign_epi8) in maddubs, pairs
  *                 summed to 8 int32 lanes by madd (exact: |sum| <= 32512
- *                 per 16-bit pair), converted, acc = fma(d_w d_x, lanes, acc).
+ *                 per 16-bit pair), converted, acc = fma(d_w d_x, lanes, acc);
+ *                 d_w is widened straight into 8 lanes (vpbroadcastw +
+ *                 vcvtph2ps) and multiplied by d_x there, the same
+ *                 product, rounded once, as a scalar d_w * d_x.
  * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
  * reads (once per 64 bytes, per block for q8_0): far enough ahead that the
  * next 4 KiB pages' lines are asked for while this one is read (the
  * hardware prefetchers stop at page boundaries).  Without it the reads
  * did not keep streaming, q8_0 (~3x bf16's work per byte) least of all
- * (bench/README.md section 8).  The scale d_w
- * is widened into 8 lanes at once (vpbroadcastw + vcvtph2ps) and
- * multiplied by d_x there: the same product, rounded once, as the scalar
- * d_w * d_x.
+ * (bench/README.md section 8).
  * Smaller tiles for the row tails run the same per-pair arithmetic, so a
  * pair's result does not depend on the tile it landed in (batch
  * invariance).  W may have any alignment (rows of odd k are not even

@@ -338,13 +338,31 @@ static double t5_enc_flop(const b2_config *c, int n)
 
 /* T5: bytes one decoder step at position pos reads, with n encoder rows:
  * every decoder weight but the cross k/v projections (used once per
- * request), the norms, lm_head, the token's embedding row, the self cache
- * of pos+1 positions and the cross cache of n rows, all f32. */
+ * request) as stored (f32 after widening at load, or the GGUF file's
+ * types), the f32 norms, lm_head, the token's embedding row, and the f32
+ * self cache of pos+1 positions and cross cache of n rows.  Set up once
+ * the model is loaded. */
+static double t5_weight_bytes;
+
+static void t5_weight_bytes_init(const blip2_model *m)
+{
+    const b2_config *c = &m->cfg;
+    const struct b2_t5 *t = m->t5;
+    double b = (double)b2__wt_row_bytes(t->lm_head_wt, c->t_hidden) * c->t_vocab +
+               (double)b2__wt_row_bytes(t->shared_wt, c->t_hidden) + 4.0 * c->t_hidden;
+    for (int l = 0; l < c->t_dec_layers; l++) {
+        const b2_t5_layer *L = &t->dec[l];
+        b += lin_bytes(&L->sa.q) + lin_bytes(&L->sa.k) + lin_bytes(&L->sa.v) + lin_bytes(&L->sa.o) +
+             lin_bytes(&L->ca.q) + lin_bytes(&L->ca.o) + lin_bytes(&L->wi0) + lin_bytes(&L->wo) +
+             (c->t_gated ? lin_bytes(&L->wi1) : 0) + 3 * 4.0 * c->t_hidden;
+    }
+    t5_weight_bytes = b;
+}
+
 static double t5_decode_bytes(const b2_config *c, int pos, int n)
 {
-    const double D = c->t_hidden, F = c->t_ffn, Di = (double)c->t_heads * c->t_dkv;
-    const double layer = 6 * D * Di + (c->t_gated ? 3.0 : 2.0) * D * F + 3 * D;
-    return 4.0 * (c->t_dec_layers * (layer + 2.0 * (pos + 1) * Di + 2.0 * n * Di) + (double)c->t_vocab * D + 2 * D);
+    const double Di = (double)c->t_heads * c->t_dkv;
+    return t5_weight_bytes + 4.0 * c->t_dec_layers * (2.0 * (pos + 1) * Di + 2.0 * n * Di);
 }
 
 static int argmax(const float *x, int n)
@@ -465,6 +483,7 @@ int main(int argc, char **argv)
     const int Dv = c->v_hidden, T = blip2_vision_tokens(m), Q = c->num_query, D = c->t_hidden;
     const int V = c->t_vocab;
     if (!t5) opt_weight_bytes_init(m);
+    else t5_weight_bytes_init(m);
     if (t5 && o.batch > 1) { fprintf(stderr, "bench_engine: --batch is for OPT models\n"); return 1; }
     const int B = o.batch;
     if (t5)

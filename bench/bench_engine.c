@@ -214,6 +214,8 @@ static void usage(FILE *f)
         "                    \"Question: what is shown in this picture? Answer:\")\n"
         "  --threads N       OpenBLAS threads (default: OpenBLAS's own choice)\n"
         "  --mem-gib G       memory-read buffer size (default 2, at least 2 for a fair limit)\n"
+        "  --tile-rows N     typed weights with many rows: W rows converted to f32 per sgemm\n"
+        "                    (b2__wtile_rows, default 256)\n"
         "  --image FILE      caption this image (its decoding and resize are timed too);\n"
         "                    default: random pixel values\n"
         "  --only LIST       stages to run: vision,qformer,lm,caption (default all)\n"
@@ -242,6 +244,7 @@ static int parse(opts *o, int argc, char **argv)
         else if (!strcmp(a, "--image")) o->image = v;
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--mem-gib")) o->mem_gib = atof(v);
+        else if (!strcmp(a, "--tile-rows")) b2__wtile_rows = atoi(v) > 0 ? atoi(v) : b2__wtile_rows;
         else if (!strcmp(a, "--only")) {
             o->do_vision = strstr(v, "vision") != NULL;
             o->do_qformer = strstr(v, "qformer") != NULL;

@@ -18,12 +18,28 @@
  */
 #include "wkernels_impl.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(B2_WK_EMULATE)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__has_include)
+#if __has_include(<simde/x86/avx512.h>)
+/* tests/test_wkernels_avx512emu: the same code on any x86 CPU, the
+ * AVX-512 intrinsics emulated (tests/wkernels_emu.h), the tables renamed */
+#include "wkernels_emu.h"
+#define B2X
+#define B2XV
+#define b2__wimpl_avx512 b2__wimpl_avx512_emu
+#define b2__wimpl_avx512_vnni b2__wimpl_avx512_vnni_emu
+#define B2_WK_AVX512_BODY 1
+#endif
+#endif
+#elif defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include <string.h>
-
 #define B2X __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define B2XV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define B2_WK_AVX512_BODY 1
+#endif
+
+#ifdef B2_WK_AVX512_BODY
 #define INL inline __attribute__((always_inline))
 #define TR 4 /* W rows per tile */
 #define TN 4 /* x rows per tile */

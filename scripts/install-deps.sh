@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian 12 packages blip2d needs to build and to run its tests
-# (clang and libclang-rt-14-dev: the libFuzzer targets in tests/fuzz/).
+# (clang and libclang-rt-14-dev: the libFuzzer targets in tests/fuzz/;
+# libsimde-dev: tests/test_wkernels_avx512emu runs the AVX-512 kernels with
+# their intrinsics emulated, on CPUs without AVX-512).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -11,4 +13,4 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
   libpcre2-dev libsentencepiece-dev libsystemd-dev \
   python3 python3-msgpack valgrind \
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libsimde-dev

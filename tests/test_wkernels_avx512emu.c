@@ -1,0 +1,150 @@
+/*
+ * test_wkernels_avx512emu.c - model/wkernels_avx512.c's kernels, run on a
+ * CPU without AVX-512: the same source compiled with B2_WK_EMULATE, its
+ * intrinsics emulated by SIMDe (tests/wkernels_emu.h).  This checks the
+ * code's logic (tiles, tails, masks, lane sums, the VNNI q8_0 product)
+ * where the hardware cannot run it; tests/test_wkernels runs the real
+ * thing on a CPU that has AVX-512.
+ *
+ *   f32/f16/bf16  m in {1,3,4,5,9}, k in {1,7,15,16,17,33,100,1027}
+ *                 (the 16-lane steps and every tail length), n in
+ *                 {1,2,4,5,9}, W at byte offsets 0/1/2: within the f32
+ *                 summation bound of the double product of the widened
+ *                 weights, (k/8 + 6) 2^-24 sum |w x| (tests/test_wkernels),
+ *                 and row i of every n-row call equal (memcmp) to the
+ *                 1-row call on row i.
+ *   q8_0          with and without VNNI: the same bits as the AVX2
+ *                 kernel, as wkernels_avx512.c says (exact int32 block
+ *                 sums either way), k in {32, 96, 1056}.
+ * Skipped (exit 77 via TAP "1..0 # SKIP") without SIMDe or off x86.
+ */
+#include "tap.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__has_include)
+#if __has_include(<simde/x86/avx512.h>)
+#define HAVE_EMU 1
+#endif
+#endif
+
+#ifndef HAVE_EMU
+int main(void)
+{
+    printf("1..0 # SKIP no SIMDe (libsimde-dev) or not x86\n");
+    return 0;
+}
+#else
+#include "wkernels.h"
+#include "wkernels_impl.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const b2_wimpl b2__wimpl_avx512_emu, b2__wimpl_avx512_vnni_emu;
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 40) * (1.0 / 16777216.0));
+}
+
+enum { NMAX = 9 };
+
+static void test_fp(b2_wtype t)
+{
+    static const int MS[] = {1, 3, 4, 5, 9}, KS[] = {1, 7, 15, 16, 17, 33, 100, 1027}, NS[] = {1, 2, 4, 5, 9};
+    int cases = 0, bound_ok = 1, batch_ok = 1;
+    double worst = 0;
+    for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
+        for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+            const int m = MS[mi], k = KS[ki], off = (int)((mi + ki) % 3), ldx = k + 5, ldy = m + 3;
+            const size_t rb = b2__wt_row_bytes(t, k);
+            unsigned char *wbuf = malloc(rb * m + 8), *w = wbuf + off;
+            float *row = malloc(sizeof(float) * k), *wf = malloc(sizeof(float) * m * k);
+            float *x = malloc(sizeof(float) * NMAX * ldx), *y = malloc(sizeof(float) * NMAX * ldy);
+            float *y1 = malloc(sizeof(float) * ldy);
+            for (int r = 0; r < m; r++) {
+                const float s = r % 3 == 0 ? 0.02f : r % 3 == 1 ? 1.0f : 30.0f;
+                for (int j = 0; j < k; j++) row[j] = frand(-s, s);
+                b2__wquantize_row(w + rb * r, row, t, k);
+            }
+            b2__wrows_to_f32(wf, w, t, 0, m, k);
+            for (int i = 0; i < NMAX * ldx; i++) x[i] = i % ldx < k ? frand(-1, 1) * (i / ldx % 4 == 3 ? 100.0f : 1.0f) : NAN;
+            for (size_t ni = 0; ni < sizeof NS / sizeof NS[0]; ni++) {
+                const int n = NS[ni];
+                b2__wimpl_avx512_emu.fp(y, ldy, x, ldx, w, rb, t, n, m, k);
+                for (int i = 0; i < n; i++) {
+                    for (int r = 0; r < m; r++) {
+                        double ref = 0, mag = 0;
+                        for (int j = 0; j < k; j++) {
+                            const double p = (double)wf[(size_t)r * k + j] * x[(size_t)i * ldx + j];
+                            ref += p;
+                            mag += fabs(p);
+                        }
+                        const double tol = (k / 8.0 + 6) * ldexp(1.0, -24) * mag, err = fabs(y[(size_t)i * ldy + r] - ref);
+                        if (!(err <= tol)) bound_ok = 0;
+                        if (tol > 0 && err / tol > worst) worst = err / tol;
+                    }
+                    b2__wimpl_avx512_emu.fp(y1, ldy, x + (size_t)i * ldx, ldx, w, rb, t, 1, m, k);
+                    if (memcmp(y1, y + (size_t)i * ldy, sizeof(float) * m)) batch_ok = 0;
+                }
+                cases++;
+            }
+            free(wbuf); free(row); free(wf); free(x); free(y); free(y1);
+        }
+    ok(bound_ok, "%s (AVX-512, emulated): %d shapes within the f32 summation bound (worst %.2f of it)", b2__wt_name(t),
+       cases, worst);
+    ok(batch_ok, "%s (AVX-512, emulated): each row of an n-row call has the bits of the 1-row call", b2__wt_name(t));
+}
+
+static void test_q8(void)
+{
+    static const int KS[] = {32, 96, 1056};
+    int same_plain = 1, same_vnni = 1, cases = 0;
+    for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+        const int k = KS[ki], nb = k / 32, m = 9, n = 5, ldy = m + 2;
+        const size_t rb = b2__wt_row_bytes(B2_WT_Q8_0, k);
+        unsigned char *w = malloc(rb * m);
+        float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k);
+        float *xd = malloc(sizeof(float) * n * nb);
+        int8_t *xq = malloc((size_t)n * k);
+        float *ya = malloc(sizeof(float) * n * ldy), *yp = malloc(sizeof(float) * n * ldy), *yv = malloc(sizeof(float) * n * ldy);
+        for (int r = 0; r < m; r++) {
+            for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
+            b2__wquantize_row(w + rb * r, row, B2_WT_Q8_0, k);
+            if (r % 4 == 1) w[rb * r + 2 + (size_t)(r % 32)] = 0x80; /* -128: |w| = 128 in the unsigned operand */
+        }
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
+            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x, k);
+        }
+        b2__q8_rows_avx2(ya, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_emu.q8(yp, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_vnni_emu.q8(yv, ldy, xq, xd, w, rb, n, m, k);
+        for (int i = 0; i < n; i++) {
+            same_plain &= !memcmp(ya + (size_t)i * ldy, yp + (size_t)i * ldy, sizeof(float) * m);
+            same_vnni &= !memcmp(ya + (size_t)i * ldy, yv + (size_t)i * ldy, sizeof(float) * m);
+        }
+        cases++;
+        free(w); free(row); free(x); free(xd); free(xq); free(ya); free(yp); free(yv);
+    }
+    ok(same_plain, "q8_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
+    ok(same_vnni, "q8_0 (AVX-512 VNNI, emulated vpdpbusd): the AVX2 kernel's bits (%d shapes, blocks with -128)", cases);
+}
+
+int main(void)
+{
+    if (b2__wmatmul_rows_impl("avx2", NULL, 1, NULL, 1, NULL, B2_WT_F32, 0, 0, 0)) {
+        printf("1..0 # SKIP the q8_0 comparison needs this CPU to run AVX2\n");
+        return 0;
+    }
+    test_fp(B2_WT_F32);
+    test_fp(B2_WT_F16);
+    test_fp(B2_WT_BF16);
+    test_q8();
+    return tap_done();
+}
+#endif

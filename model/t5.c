@@ -224,7 +224,8 @@ int b2__t5_ws_init(b2_t5_ws *ws, const blip2_model *m, int max_rows, int max_ctx
     ws->a = malloc(sizeof(float) * R * I);
     ws->f0 = malloc(sizeof(float) * R * F);
     ws->f1 = malloc(sizeof(float) * R * F);
-    ws->s = malloc(sizeof(float) * (size_t)max_ctx);
+    /* scores for attend(), and b2__attention's scratch (larger) */
+    ws->s = malloc(sizeof(float) * b2__attention_scratch(1, max_ctx, m->cfg.t_dkv));
     ws->max_rows = max_rows;
     ws->max_ctx = max_ctx;
     if (!ws->h || !ws->x || !ws->q || !ws->k || !ws->v || !ws->a || !ws->f0 || !ws->f1 || !ws->s) {
@@ -276,8 +277,9 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const int32_t *tok, int n
         for (int i = 0; i < n; i++) {
             const b2_t5_cross *cr = cross[seq[i]];
             size_t base = (size_t)l * cr->n * I;
-            attend(ws->a + (size_t)i * I, ws->q + (size_t)i * I, cr->k + base, cr->v + base, (size_t)I,
-                   cr->n, H, dk, NULL, NULL, 0, 0, ws->s);
+            /* no position bias: the SIMD attention, heads on the pool */
+            b2__attention(ws->a + (size_t)i * I, I, ws->q + (size_t)i * I, I, cr->k + base, I, cr->v + base, I,
+                          1, cr->n, H, dk, 1.0f, ws->s);
         }
         b2__linear_rows(x, ws->a, n, &L->ca.o);
         b2__add(h, x, (size_t)n * D);

@@ -74,7 +74,7 @@ void b2__t5_cross_fill(const blip2_model *m, b2_t5_cross *c, const float *enc);
 /* Decoder scratch for up to max_rows rows and max_ctx attended positions
  * (decoder cache or encoder length, whichever is larger). */
 typedef struct b2_t5_ws {
-    float *h, *x, *q, *k, *v, *a, *f0, *f1, *s; /* (rows,D) x2, (rows,I) x4, (rows,F) x2, (max_ctx) */
+    float *h, *x, *q, *k, *v, *a, *f0, *f1, *s; /* (rows,D) x2, (rows,I) x4, (rows,F) x2, b2__attention_scratch(1, max_ctx, d_kv) */
     int max_rows, max_ctx;
 } b2_t5_ws;
 

@@ -279,6 +279,14 @@ typedef struct blip2_ctx blip2_ctx;
 /* Scratch for blip2_step (grows as needed); one per thread. */
 int blip2_ctx_new(const blip2_model *m, blip2_ctx **out, blip2_error *err);
 void blip2_ctx_free(blip2_ctx *ctx);
+/* OPT: while other sessions are decoding in the same blip2_step, a new
+ * session's prefill (query tokens + prompt) is fed at most `rows` decoder
+ * rows per step, over as many steps as it takes, so the others' next
+ * tokens do not wait for the whole prefill.  0 (the default): the whole
+ * prefill in one step.  Results do not change (a row only attends to its
+ * own cache, and every product gives a row the same bits whatever the
+ * batch); only when the first token comes.  Flan-T5's encoder runs whole. */
+void blip2_ctx_set_prefill_chunk(blip2_ctx *ctx, int rows);
 
 /* Validates parameters, tokenises the prompt and allocates the caches.
  * No model computation yet.  cb may be NULL.  *out is new
@@ -290,8 +298,11 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq,
  * of a session runs its prefill): one decoder call for all rows. */
 int blip2_step(blip2_ctx *ctx, blip2_session *const *s, int n, blip2_error *err);
 int blip2_session_done(const blip2_session *s);
-/* Rows the session's next step feeds the decoder (prefill length first). */
+/* Rows the session's next step feeds the decoder (what is left of the
+ * prefill first; a chunked step takes fewer). */
 int blip2_session_rows(const blip2_session *s);
+/* 1 until the session's prefill has completed (its first token chosen). */
+int blip2_session_prefilling(const blip2_session *s);
 /* Stops the session now (its finish reason becomes CANCELED). */
 void blip2_session_cancel(blip2_session *s);
 /* The finished session's sequences (num_return_sequences of them). */

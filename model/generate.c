@@ -24,7 +24,9 @@
  *                 caches reordered; at the end the best hypotheses, with
  *                 eos appended when shorter than the length limit.
  * A session's numbers never depend on its batch neighbours: rows only
- * attend to their own caches.
+ * attend to their own caches.  So a prefill may also be cut into chunks
+ * of rows fed over several steps (blip2_ctx_set_prefill_chunk) while other
+ * sessions decode: the same bits, and their tokens keep coming.
  *
  * Flan-T5 (t5.h) returns the decoder sequence instead: ids start as
  * [decoder_start_token_id] (the start token counts for the repetition
@@ -266,6 +268,7 @@ struct blip2_session {
     blip2_token_cb cb;
     void *user;
     int mode, K, nret, Q, L, V, D, state, cur_len;
+    int filled, take;    /* prefill rows already in the cache; rows fed this step */
     int32_t *prompt;     /* (L) with bos */
     float *query;        /* (Q, D) */
     b2_kv *kv, *kv2;     /* (K); kv2 only for beams */
@@ -298,6 +301,7 @@ struct blip2_ctx {
     int *seq, *pos;
     b2_kv **kvp;
     int cap_rows, cap_seqs;
+    int chunk;                /* blip2_ctx_set_prefill_chunk; 0: whole prefills */
 };
 
 int blip2_ctx_new(const blip2_model *m, blip2_ctx **out, blip2_error *err)
@@ -307,6 +311,8 @@ int blip2_ctx_new(const blip2_model *m, blip2_ctx **out, blip2_error *err)
     (*out)->m = m;
     return 0;
 }
+
+void blip2_ctx_set_prefill_chunk(blip2_ctx *c, int rows) { c->chunk = rows > 0 ? rows : 0; }
 
 void blip2_ctx_free(blip2_ctx *c)
 {
@@ -530,6 +536,8 @@ fail:
 
 int blip2_session_done(const blip2_session *s) { return s->state == S_DONE; }
 
+int blip2_session_prefilling(const blip2_session *s) { return s->state == S_NEW; }
+
 void blip2_session_cancel(blip2_session *s)
 {
     if (s->state == S_DONE) return;
@@ -543,7 +551,7 @@ void blip2_session_cancel(blip2_session *s)
 int blip2_session_rows(const blip2_session *s)
 {
     if (s->state == S_DONE) return 0;
-    if (s->state == S_NEW) return s->Q + s->L;
+    if (s->state == S_NEW) return s->Q + s->L - s->filled;
     int r = 0;
     for (int j = 0; j < s->K; j++) r += s->live[j];
     return r;
@@ -732,17 +740,33 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
     }
     if (rows == 0) return 0;
     if (m->cfg.family == B2_FAMILY_T5) return step_t5(ctx, ss, n, err);
+    /* prefills in chunks only while someone else is decoding */
+    int decoding = 0;
+    for (int i = 0; i < n; i++) decoding |= ss[i]->state == S_RUN;
+    rows = 0;
+    for (int i = 0; i < n; i++) {
+        blip2_session *s = ss[i];
+        if (s->state == S_NEW) {
+            const int left = s->Q + s->L - s->filled;
+            s->take = ctx->chunk && decoding && left > ctx->chunk ? ctx->chunk : left;
+            rows += s->take;
+        } else {
+            rows += blip2_session_rows(s);
+        }
+    }
     if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     int r = 0, q = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
         for (int j = 0; j < s->K; j++) ctx->kvp[q + j] = &s->kv[j];
-        if (s->state == S_NEW) {
-            memcpy(ctx->emb + (size_t)r * D, s->query, sizeof(float) * (size_t)s->Q * D);
-            b2__opt_embed(m, s->prompt, s->L, ctx->emb + (size_t)(r + s->Q) * D);
-            for (int j = 0; j < s->Q + s->L; j++) { ctx->seq[r + j] = q; ctx->pos[r + j] = j; }
-            r += s->Q + s->L;
+        if (s->state == S_NEW) { /* rows filled .. filled + take of [query ; prompt] */
+            const int a = s->filled, b = s->filled + s->take;
+            const int qa = a < s->Q ? a : s->Q, qb = b < s->Q ? b : s->Q, pa = a > s->Q ? a : s->Q;
+            memcpy(ctx->emb + (size_t)r * D, s->query + (size_t)qa * D, sizeof(float) * (size_t)(qb - qa) * D);
+            if (b > pa) b2__opt_embed(m, s->prompt + (pa - s->Q), b - pa, ctx->emb + (size_t)(r + qb - qa) * D);
+            for (int j = a; j < b; j++) { ctx->seq[r + j - a] = q; ctx->pos[r + j - a] = j; }
+            r += s->take;
         } else {
             for (int j = 0; j < s->K; j++) {
                 if (!s->live[j]) continue;
@@ -763,8 +787,9 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
         const blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
         if (s->state == S_NEW) {
-            r += s->Q + s->L;
-            memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
+            r += s->take;
+            if (s->filled + s->take == s->Q + s->L) /* the prefill's last row */
+                memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
         } else {
             for (int j = 0; j < s->K; j++)
                 if (s->live[j]) { memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D); r++; }
@@ -784,7 +809,13 @@ static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_er
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
+        if (s->state == S_NEW && m->cfg.family != B2_FAMILY_T5 && s->filled + s->take < s->Q + s->L) {
+            s->filled += s->take; /* a chunk of the prefill: no token yet */
+            s->kv[0].len = s->filled;
+            continue;
+        }
         if (s->state == S_NEW) {
+            s->filled = s->Q + s->L;
             s->kv[0].len = m->cfg.family == B2_FAMILY_T5 ? 1 : s->Q + s->L;
             for (int j = 0; j < s->K; j++) { /* every sequence starts from the same prefix */
                 if (j) b2__kv_copy(&s->kv[j], &s->kv[0], m);

@@ -127,6 +127,53 @@ int main(void)
         }
         blip2_session_free(ss[i]);
     }
+    /* the same with prefills in chunks of 3 rows while others decode: the
+     * joiners' prefills (8 query rows + prompt) span several steps, and
+     * every session still gets the ids it gets alone; a 3-beam session
+     * joining late too */
+    {
+        blip2_ctx *cc;
+        blip2_ctx_new(m, &cc, &err);
+        blip2_ctx_set_prefill_chunk(cc, 3);
+        blip2_gen_params bp3;
+        blip2_gen_params_default(&bp3);
+        bp3.num_beams = 3;
+        bp3.max_new_tokens = 12;
+        blip2_result beam_alone;
+        blip2_request rb = {.query_embeds = q[0], .prompt = prompts[0]}; /* session 3 below */
+        ok(blip2_generate(m, &rb, 1, &bp3, NULL, NULL, &beam_alone, &err) == 0, "beam 3 alone");
+        blip2_session *cs[4] = {0};
+        int cn = 0, st = 0, chunk_steps = 0, first_whole = 0;
+        for (;;) {
+            if ((st == 0 || st == 3 || st == 5 || st == 7) && cn < 4) {
+                blip2_request rq = {.query_embeds = q[cn % 3], .prompt = prompts[cn % 3]};
+                blip2_session_new(m, &rq, cn == 3 ? &bp3 : &gp, NULL, NULL, &cs[cn], &err);
+                cn++;
+            }
+            int live = cn < 4;
+            for (int i = 0; i < cn; i++) live |= !blip2_session_done(cs[i]);
+            if (!live) break;
+            if (blip2_step(cc, cs, cn, &err) < 0) { ok(0, "chunked step: %s", err.text); break; }
+            if (st == 0) first_whole = !blip2_session_prefilling(cs[0]);
+            for (int i = 1; i < cn; i++) chunk_steps += blip2_session_prefilling(cs[i]);
+            st++;
+        }
+        ok(first_whole, "alone in its step, a prefill runs whole even with a chunk size");
+        ok(chunk_steps >= 6, "late joiners' prefills took several steps (%d step-sessions still prefilling)", chunk_steps);
+        for (int i = 0; i < 4; i++) {
+            blip2_result r;
+            if (blip2_session_result(cs[i], &r, &err) == 0) {
+                ok(same_ids(&r.seqs[0], i == 3 ? &beam_alone.seqs[0] : &alone[i].seqs[0]),
+                   "chunked prefill: session %d (%s) has the ids it has alone", i, i == 3 ? "beam 3" : "greedy");
+                blip2_result_free(&r);
+            } else {
+                ok(0, "chunked prefill: result %d: %s", i, err.text);
+            }
+            blip2_session_free(cs[i]);
+        }
+        blip2_result_free(&beam_alone);
+        blip2_ctx_free(cc);
+    }
     /* canceling one session leaves its neighbour untouched */
     {
         blip2_request r0 = {.query_embeds = q[0], .prompt = prompts[0]}, r1 = {.query_embeds = q[1], .prompt = prompts[1]};

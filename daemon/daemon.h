@@ -40,6 +40,7 @@ typedef struct b2d_config {
     int threads;             /* compute threads (OpenBLAS) */
     int max_queue;           /* requests waiting (prep + queued) before busy */
     int max_batch;           /* sequences decoded together */
+    int prefill_chunk;       /* prompt rows per step while others decode (0: whole) */
     size_t max_frame;
     size_t cache_bytes;
     int max_connections;
@@ -88,6 +89,7 @@ typedef struct b2d_job {
     int32_t **ids;            /* (nret) ids so far, for streaming */
     size_t *n_ids, *cap_ids;
     int nret, steps, started;
+    int prefilling;          /* engine thread: the session was prefilling before this step */
     /* features requests (kind B2D_JOB_FEATURES): prompt holds the text */
     int kind;                 /* B2D_JOB_GENERATE or B2D_JOB_FEATURES */
     unsigned outputs;         /* bit (1u << B2IPC_FEAT_*) per requested output */

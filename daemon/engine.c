@@ -395,9 +395,12 @@ static int start_job(b2d_engine *e, b2d_job *j)
     blip2_error err = {0};
     const blip2_model *m = j->model->m;
     j->t_admit = b2d_now_ms();
-    if (!j->model->ctx && blip2_ctx_new(m, &j->model->ctx, &err) < 0) {
-        emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, err.text));
-        return -1;
+    if (!j->model->ctx) {
+        if (blip2_ctx_new(m, &j->model->ctx, &err) < 0) {
+            emit(e, b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, err.text));
+            return -1;
+        }
+        blip2_ctx_set_prefill_chunk(j->model->ctx, e->cfg->prefill_chunk);
     }
     if (!j->cached) {
         double t = b2d_now_ms();
@@ -539,8 +542,9 @@ static void *engine_main(void *arg)
         /* one step per model: after a reload, jobs of the old model finish on it */
         int prefills = 0, rows = 0;
         for (int i = 0; i < nact; i++) {
+            act[i]->prefilling = blip2_session_prefilling(act[i]->sess); /* before the step */
             if (blip2_session_done(act[i]->sess)) continue;
-            if (act[i]->steps == 0) prefills++;
+            if (act[i]->prefilling) prefills++;
             else rows += blip2_session_rows(act[i]->sess);
         }
         double t0 = b2d_now_ms();
@@ -563,7 +567,9 @@ static void *engine_main(void *arg)
         int k = 0;
         for (int i = 0; i < nact; i++) {
             b2d_job *j = act[i];
-            if (j->steps++ == 0) j->prefill_ms += dt; else j->decode_ms += dt;
+            j->steps++;
+            if (j->prefilling) j->prefill_ms += dt; /* every step of a chunked prefill */
+            else j->decode_ms += dt;
             if (blip2_session_done(j->sess)) {
                 emit(e, b2d_event_done(j, b2d_now_ms()));
                 b2d_job_unref(j);

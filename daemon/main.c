@@ -46,6 +46,8 @@ static void usage(FILE *f)
         "  -t, --threads N         compute threads (default: all cores)\n"
         "      --max-queue N       requests waiting before 'busy' (default 64)\n"
         "      --max-batch N       sequences decoded together (default 8)\n"
+        "      --prefill-chunk N   while others decode, feed a new request's prompt N rows\n"
+        "                          per step (default 16, 0 = all at once)\n"
         "      --max-frame BYTES   largest request frame (default 67108864)\n"
         "      --cache-mb N        image-feature cache size in MiB (default 64, 0 = off)\n"
         "      --max-connections N default 256\n"
@@ -171,11 +173,12 @@ static int make_socket(const char *path)
 int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
-           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK };
+           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-frame", required_argument, 0, O_FRAME},
+        {"prefill-chunk", required_argument, 0, O_CHUNK},
         {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
         {"shutdown-timeout", required_argument, 0, O_SHUT}, {"max-output", required_argument, 0, O_OUTPUT},
         {"stall-timeout", required_argument, 0, O_STALL}, {"max-inflight", required_argument, 0, O_INFLIGHT},
@@ -188,7 +191,7 @@ int main(int argc, char **argv)
         {0, 0, 0, 0},
     };
     b2d_config cfg = {
-        .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_queue = 64, .max_batch = 8,
+        .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_queue = 64, .max_batch = 8, .prefill_chunk = 16,
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
     };
@@ -201,6 +204,7 @@ int main(int argc, char **argv)
         case 't': cfg.threads = (int)num(optarg, "--threads", 1, 1024); break;
         case O_QUEUE: cfg.max_queue = (int)num(optarg, "--max-queue", 0, 1 << 20); break;
         case O_BATCH: cfg.max_batch = (int)num(optarg, "--max-batch", 1, 256); break;
+        case O_CHUNK: cfg.prefill_chunk = (int)num(optarg, "--prefill-chunk", 0, 1 << 20); break;
         case O_FRAME: cfg.max_frame = (size_t)num(optarg, "--max-frame", 1024, 1l << 31); break;
         case O_CACHE: cfg.cache_bytes = (size_t)num(optarg, "--cache-mb", 0, 1 << 20) << 20; break;
         case O_CONNS: cfg.max_connections = (int)num(optarg, "--max-connections", 1, 1 << 16); break;

@@ -14,7 +14,7 @@
 import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, image, manifest, require_msgpack, \
+from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, status, image, manifest, require_msgpack, \
     wait_status, golden_requests
 
 msgpack = require_msgpack()
@@ -102,6 +102,29 @@ ths = [threading.Thread(target=worker, args=(k,)) for k in keys]
 [t.start() for t in ths]
 [t.join() for t in ths]
 ok(all(results.get(k) == serial[k][1] for k in keys), "8 concurrent clients get the serial results")
+
+# the same against a daemon cutting prefills into chunks of 3 rows: the
+# late requests' prompts go in over several steps, the ids do not change
+proc3, SOCK3 = start("--prefill-chunk", "3", tmp=TMP, log="daemon-chunk.log")
+results = {}
+
+
+def worker3(k):
+    cl = Client(SOCK3)
+    req = dict(serial[k][0])
+    req["id"] = 8
+    results[k] = cl.call(req)["ids"][0]
+    cl.close()
+
+
+ths = [threading.Thread(target=worker3, args=(k,)) for k in keys]
+[t.start() for t in ths]
+[t.join() for t in ths]
+st3 = status(SOCK3)
+ok(all(results.get(k) == serial[k][1] for k in keys),
+   "--prefill-chunk 3: 8 concurrent clients get the serial results (%d steps with a prefill, %d decode-only)"
+   % (st3["engine"]["prefill_steps"], st3["engine"]["decode_steps"]))
+stop(proc3)
 
 # streaming: token events then done, pieces join to the text
 req = {"id": 600, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 20}

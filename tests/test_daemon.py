@@ -87,39 +87,32 @@ ok(got[500] == b["generate"]["greedy"]["ids"][0] and got[501] == b["generate"]["
 
 # 8 concurrent clients == serial
 keys = list(serial)[:8]
-results = {}
 
 
-def worker(k):
-    cl = Client(SOCK)
-    req = dict(serial[k][0])
-    req["id"] = 7
-    results[k] = cl.call(req)["ids"][0]
-    cl.close()
+def concurrent(sock):
+    """each request of keys from its own client at once -> {key: ids}"""
+    got = {}
+
+    def worker(k):
+        cl = Client(sock)
+        req = dict(serial[k][0])
+        req["id"] = 7
+        got[k] = cl.call(req)["ids"][0]
+        cl.close()
+
+    ths = [threading.Thread(target=worker, args=(k,)) for k in keys]
+    [t.start() for t in ths]
+    [t.join() for t in ths]
+    return got
 
 
-ths = [threading.Thread(target=worker, args=(k,)) for k in keys]
-[t.start() for t in ths]
-[t.join() for t in ths]
+results = concurrent(SOCK)
 ok(all(results.get(k) == serial[k][1] for k in keys), "8 concurrent clients get the serial results")
 
 # the same against a daemon cutting prefills into chunks of 3 rows: the
 # late requests' prompts go in over several steps, the ids do not change
 proc3, SOCK3 = start("--prefill-chunk", "3", tmp=TMP, log="daemon-chunk.log")
-results = {}
-
-
-def worker3(k):
-    cl = Client(SOCK3)
-    req = dict(serial[k][0])
-    req["id"] = 8
-    results[k] = cl.call(req)["ids"][0]
-    cl.close()
-
-
-ths = [threading.Thread(target=worker3, args=(k,)) for k in keys]
-[t.start() for t in ths]
-[t.join() for t in ths]
+results = concurrent(SOCK3)
 st3 = status(SOCK3)
 ok(all(results.get(k) == serial[k][1] for k in keys),
    "--prefill-chunk 3: 8 concurrent clients get the serial results (%d steps with a prefill, %d decode-only)"

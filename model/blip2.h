@@ -295,7 +295,9 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq,
                       const blip2_gen_params *p, blip2_token_cb cb, void *user,
                       blip2_session **out, blip2_error *err);
 /* Advances every session that is not done by one token (the first call
- * of a session runs its prefill): one decoder call for all rows. */
+ * of a session runs its prefill, or the first chunk of it, see
+ * blip2_ctx_set_prefill_chunk: then no token until its last chunk): one
+ * decoder call for all rows. */
 int blip2_step(blip2_ctx *ctx, blip2_session *const *s, int n, blip2_error *err);
 int blip2_session_done(const blip2_session *s);
 /* Rows the session's next step feeds the decoder (what is left of the

@@ -49,8 +49,12 @@ echo "# valgrind: building in $dir/src (-O1 -g, static libraries)"
   make -j"$(nproc)" check TESTS= >>"$dir/build.log" 2>&1 || {
     tail -n 30 "$dir/build.log" | sed 's/^/# /'; echo "0 passed, 1 failed"; exit 1; }
 
-# the wrapper: memcheck, one log per process, exit code kept unless errors
-vg="valgrind --tool=memcheck --error-exitcode=99 --leak-check=full --show-leak-kinds=definite"
+# the wrapper: memcheck, one log per process, exit code kept unless errors.
+# --fair-sched=yes: memcheck runs one thread at a time, and with its default
+# lock the daemon's compute threads (engine, pool, OpenBLAS) kept passing it
+# among themselves while the I/O thread waited: a client's cancel was read
+# only after 300+ tokens (tests/test_e2e 7).  Fair turns fix that.
+vg="valgrind --tool=memcheck --fair-sched=yes --error-exitcode=99 --leak-check=full --show-leak-kinds=definite"
 vg="$vg --errors-for-leak-kinds=definite --num-callers=40 --gen-suppressions=all"
 vg="$vg --suppressions=$top/tests/valgrind.supp --log-file=$dir/reports/%q{VG_NAME}.%p.log"
 mkwrap() {  # mkwrap NAME PROGRAM

@@ -34,12 +34,19 @@ done
 # caption blip2-infer gives from the folder
 BLIP2D=${BLIP2D:-./daemon/blip2d}
 img="$GOLDEN_DIR/images/chelsea.png"
+# daemon_caption BLIP2D-ARGS...: starts blip2d on $tmp/d.sock (log in
+# $tmp/dlog, pid in dpid), waits for its socket (30 s at most, or until it
+# exits) and sets got to its caption of $img
+daemon_caption() {
+    rm -f "$tmp/d.sock"
+    "$BLIP2D" "$@" --socket "$tmp/d.sock" 2>"$tmp/dlog" &
+    dpid=$!
+    i=0
+    while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+    got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+}
 want=$("$BLIP2_INFER" --model "$GOLDEN_DIR/opt-tiny" --image "$img" | sed "s/^ *//")
-"$BLIP2D" --model "$tmp/opt-tiny-f32.gguf" --socket "$tmp/d.sock" --mlock --no-weights-cache 2>"$tmp/dlog" &
-dpid=$!
-i=0
-while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+daemon_caption --model "$tmp/opt-tiny-f32.gguf" --mlock --no-weights-cache
 [ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the f32 .gguf captions as blip2-infer on the folder"
 grep -q "weights mapped from $tmp/opt-tiny-f32.gguf (.* MiB, locked)" "$tmp/dlog"
 t $? "blip2d says it mapped and locked the file"
@@ -50,12 +57,7 @@ kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
 want=$("$BLIP2_INFER" --model "$GOLDEN_DIR/t5-tiny" --image "$img" | sed "s/^ *//")
 got=$("$BLIP2_INFER" --model "$tmp/t5-tiny-f32.gguf" --image "$img" 2>&1 | sed "s/^ *//")
 [ -n "$want" ] && [ "$got" = "$want" ]; t $? "t5-tiny: blip2-infer on the f32 .gguf captions as on the folder ('$got')"
-rm -f "$tmp/d.sock"
-"$BLIP2D" --model "$GOLDEN_DIR/t5-tiny" --socket "$tmp/d.sock" --weights-cache "$tmp/wcache" 2>"$tmp/dlog" &
-dpid=$!
-i=0
-while [ ! -S "$tmp/d.sock" ] && [ $i -lt 300 ] && kill -0 $dpid 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-got=$("$BLIP2CTL" --socket "$tmp/d.sock" --no-stream caption "$img" 2>&1 | sed "s/^ *//")
+daemon_caption --model "$GOLDEN_DIR/t5-tiny" --weights-cache "$tmp/wcache"
 [ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the t5-tiny folder (weights cache) captions as blip2-infer"
 grep -q "weights mapped from $tmp/wcache/t5-tiny-[0-9a-f]*-f32.gguf" "$tmp/dlog"
 t $? "blip2d converted the t5-tiny folder into its weights cache and mapped that file"

@@ -1,5 +1,5 @@
 /*
- * bench_wkernels.c - the typed-weight products (model/wkernels.h) at the
+ * bench_wkernels.c - the typed-weight products (model/compute/wkernels.h) at the
  * decode shapes of OPT-2.7b, next to the machine's memory-read rate
  * measured in the same run.
  *

@@ -34,13 +34,13 @@ now() { date +%s.%N; }
 run() { # run JOBS-FLAGS: prints images/s of one run on a fresh daemon
   start
   t0=$(now)
-  ./client/blip2ctl --socket "$T/s.sock" caption -r "$T/p" $1 >"$T/out.jsonl" 2>"$T/err" || {
+  ./ctl/blip2ctl --socket "$T/s.sock" caption -r "$T/p" $1 >"$T/out.jsonl" 2>"$T/err" || {
     cat "$T/err" >&2; exit 1; }
   t1=$(now)
   [ "$(grep -c '"cached":false' "$T/out.jsonl")" -eq "$N" ] || echo "warning: cache hits" >&2
   [ "${2:-}" = warm ] && {
     t0=$(now)
-    ./client/blip2ctl --socket "$T/s.sock" caption -r "$T/p" $1 >"$T/out.jsonl" 2>"$T/err"
+    ./ctl/blip2ctl --socket "$T/s.sock" caption -r "$T/p" $1 >"$T/out.jsonl" 2>"$T/err"
     t1=$(now)
     [ "$(grep -c '"cached":true' "$T/out.jsonl")" -eq "$N" ] || echo "warning: cache misses" >&2
   }

@@ -21,18 +21,18 @@
 #    weights cache (conversion included) and a second, warm start, in ms.
 #    The cache lives in a temporary directory next to the model file and is
 #    deleted at the end (it is as large as the converted model).
-# Environment: BLIP2D, BLIP2CTL (default daemon/blip2d, client/blip2ctl),
+# Environment: BLIP2D, BLIP2CTL (default daemon/blip2d, ctl/blip2ctl),
 # REPEATS (5), THREADS (blip2d -t, default 2).
 set -u
 MODEL=${1:?usage: startup.sh MODEL.gguf [FOLDER] [IMAGE]}
 FOLDER=${2:-}
 IMAGE=${3:-tests/golden/images/chelsea.png}
 BLIP2D=${BLIP2D:-daemon/blip2d}
-BLIP2CTL=${BLIP2CTL:-client/blip2ctl}
-# in a build tree client/blip2ctl is libtool's wrapper script, which costs
+BLIP2CTL=${BLIP2CTL:-ctl/blip2ctl}
+# in a build tree ctl/blip2ctl is libtool's wrapper script, which costs
 # ~0.4 s per run: call the binary behind it directly
-if [ -x client/.libs/blip2ctl ] && [ "$BLIP2CTL" = client/blip2ctl ]; then
-    BLIP2CTL=client/.libs/blip2ctl
+if [ -x ctl/.libs/blip2ctl ] && [ "$BLIP2CTL" = ctl/blip2ctl ]; then
+    BLIP2CTL=ctl/.libs/blip2ctl
     LD_LIBRARY_PATH=$(pwd)/client/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export LD_LIBRARY_PATH
 fi

@@ -4,7 +4,7 @@
  *   request: image (path / descriptor -> SCM_RIGHTS, or inline bytes),
  *     text, output names --b2c__send--> waiter --b2c__wait--> features reply
  *   reply: tensors as little-endian float32/int32 bytes (decoded into the
- *     reply's arena) --b2c__features_copy--> one allocation: the struct, the
+ *     reply's arena) --b2c__features_copy (result.c)--> one allocation: the struct, the
  *     tensor array, names and data in host byte order
  *
  *   blip2c_features_submit: the same request with callbacks instead of a
@@ -19,71 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-void blip2c_features_request_init(blip2c_features_request *rq)
-{
-    memset(rq, 0, sizeof *rq);
-    rq->image_fd = -1;
-}
-
-const blip2c_tensor *blip2c_features_find(const blip2c_features *f, const char *name)
-{
-    for (size_t i = 0; f && name && i < f->n_tensors; i++)
-        if (!strcmp(f->tensors[i].name, name)) return &f->tensors[i];
-    return NULL;
-}
-
-void blip2c_features_free(blip2c_features *f)
-{
-    free(f);
-}
-
-#define B2C__ALIGN(x) (((x) + 15) & ~(size_t)15)
-
-blip2c_features *b2c__features_copy(const b2ipc_reply *rp, bool from_wire)
-{
-    const uint32_t n = rp->features.n_tensors;
-    size_t sz = B2C__ALIGN(sizeof(blip2c_features)) + B2C__ALIGN(n * sizeof(blip2c_tensor));
-    for (uint32_t i = 0; i < n; i++) {
-        const b2ipc_tensor *t = &rp->features.tensors[i];
-        sz += B2C__ALIGN(t->data_len) + B2C__ALIGN(strlen(t->name) + 1) + B2C__ALIGN(strlen(t->dtype) + 1);
-    }
-    char *mem = calloc(1, sz);
-    if (!mem) return NULL;
-    blip2c_features *f = (blip2c_features *)mem;
-    blip2c_tensor *ts = (blip2c_tensor *)(mem + B2C__ALIGN(sizeof *f));
-    char *p = (char *)ts + B2C__ALIGN(n * sizeof *ts);
-    for (uint32_t i = 0; i < n; i++) {
-        const b2ipc_tensor *t = &rp->features.tensors[i];
-        blip2c_tensor *d = &ts[i];
-        void *data = p;
-        if (t->data_len) memcpy(data, t->data, t->data_len);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (size_t k = 0; from_wire && k < t->data_len / 4; k++)
-            ((uint32_t *)data)[k] = __builtin_bswap32(((uint32_t *)data)[k]);
-#endif
-        p += B2C__ALIGN(t->data_len);
-        d->name = strcpy(p, t->name);
-        p += B2C__ALIGN(strlen(t->name) + 1);
-        d->dtype = strcpy(p, t->dtype);
-        p += B2C__ALIGN(strlen(t->dtype) + 1);
-        d->ndim = (int)t->ndim;
-        d->numel = t->data_len / 4;
-        for (uint32_t k = 0; k < t->ndim && k < 8; k++) d->shape[k] = t->shape[k];
-        if (!strcmp(t->dtype, "int32")) d->i32 = data;
-        else d->f32 = data;
-    }
-    f->id = rp->id;
-    f->tensors = ts;
-    f->n_tensors = n;
-    f->cached = rp->features.cached;
-    f->timings.queue_ms = rp->features.timings.queue_ms;
-    f->timings.preprocess_ms = rp->features.timings.preprocess_ms;
-    f->timings.vision_ms = rp->features.timings.vision_ms;
-    f->timings.text_ms = rp->features.timings.text_ms;
-    f->timings.total_ms = rp->features.timings.total_ms;
-    return f;
-}
 
 /* The descriptor to send for rq (-1: none or inline); 0 or an error. */
 static int b2c__features_fd(blip2c_conn *c, const blip2c_features_request *rq, int *fd,
@@ -188,33 +123,4 @@ int blip2c_features_submit(blip2c_conn *c, const blip2c_features_request *rq,
     if (rc < 0) return rc;
     if (id) *id = r->id;
     return 0;
-}
-
-blip2c_features *blip2c_features_dup(const blip2c_features *f)
-{
-    if (!f) return NULL;
-    b2ipc_tensor ts[16];
-    b2ipc_reply rp;
-    if (f->n_tensors > sizeof ts / sizeof ts[0]) return NULL;
-    memset(&rp, 0, sizeof rp);
-    memset(ts, 0, sizeof ts);
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const blip2c_tensor *t = &f->tensors[i];
-        ts[i].name = t->name;
-        ts[i].dtype = t->dtype;
-        ts[i].ndim = (uint32_t)t->ndim;
-        for (int k = 0; k < t->ndim && k < 8; k++) ts[i].shape[k] = t->shape[k];
-        ts[i].data = t->f32 ? (const void *)t->f32 : (const void *)t->i32;
-        ts[i].data_len = t->numel * 4;
-    }
-    rp.id = f->id;
-    rp.features.tensors = ts;
-    rp.features.n_tensors = (uint32_t)f->n_tensors;
-    rp.features.cached = f->cached;
-    rp.features.timings.queue_ms = f->timings.queue_ms;
-    rp.features.timings.preprocess_ms = f->timings.preprocess_ms;
-    rp.features.timings.vision_ms = f->timings.vision_ms;
-    rp.features.timings.text_ms = f->timings.text_ms;
-    rp.features.timings.total_ms = f->timings.total_ms;
-    return b2c__features_copy(&rp, false);
 }

@@ -2,7 +2,7 @@
  * sigbus.c - fail loudly when a mapped weight file changes underneath us.
  *
  * The weights are mapped MAP_SHARED and f32 tensors are used in place
- * (model/safetensors.c).  If the admin truncates or rewrites the file while
+ * (model/formats/safetensors.c).  If the admin truncates or rewrites the file while
  * the daemon runs, a read of a page past the new end of file raises SIGBUS
  * in whichever thread touched it (usually the engine).  Returning garbage
  * captions would be worse than dying, and resuming is impossible, so the

@@ -14,7 +14,8 @@
  *     0..L-1 (cumsum(mask)*mask-1 of an all-ones mask, + offset 2), no
  *     image and no query tokens -> logits (L,V) (get_text_features).
  */
-#include "engine.h"
+#include "blip2.h"
+#include "model.h"
 #include "error.h"
 
 #include <stdlib.h>

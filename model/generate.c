@@ -36,7 +36,8 @@
  * token; later steps feed one decoder row per live sequence, batched
  * across sessions like OPT's.
  */
-#include "engine.h"
+#include "model.h"
+#include "tok.h"
 #include "error.h"
 #include "t5.h"
 

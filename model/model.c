@@ -8,7 +8,9 @@
  * its expected shape (a missing or mis-shaped tensor fails the load with
  * its name).  After load the model is never written again.
  */
-#include "engine.h"
+#include "blip2.h"
+#include "model.h"
+#include "tok.h"
 #include "error.h"
 #include "gguf.h"
 #include "packed.h"
@@ -265,7 +267,7 @@ static int alloc_layers(blip2_model *m, blip2_error *err)
 }
 
 /* A GGUF file: map, read the metadata, bind every tensor in place. */
-static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
+int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
 {
     int rc;
     blip2_model *m = calloc(1, sizeof *m);
@@ -301,76 +303,12 @@ fail:
     return rc;
 }
 
-static int is_gguf(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char b[4] = {0};
-    if (!f) return 0;
-    size_t n = fread(b, 1, 4, f);
-    fclose(f);
-    return n == 4 && !memcmp(b, "GGUF", 4);
-}
-
-/* A folder through the cache: convert once, then map the file. */
-static int load_cached(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
-{
-    char cp[4096];
-    int rc;
-    snprintf(cp, sizeof cp, "%s", opts->cache_dir); /* mkdir -p */
-    for (char *s = cp + 1;; s++) {
-        if (*s == '/' || !*s) {
-            const char c = *s;
-            *s = 0;
-            if (mkdir(cp, 0755) != 0 && errno != EEXIST)
-                return b2__err(err, BLIP2_EIO, "%s: cannot create the weights cache directory: %s", cp,
-                               strerror(errno));
-            *s = c;
-            if (!c) break;
-        }
-    }
-    if ((rc = b2__cache_path(cp, sizeof cp, opts->cache_dir, path, opts->cache_type, err)) < 0) return rc;
-    if (access(cp, R_OK) == 0) {
-        rc = load_gguf(out, cp, opts, err);
-        if (rc != BLIP2_EFORMAT) return rc;
-        unlink(cp); /* damaged (by hand: we rename only complete files): convert again */
-    }
-    const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
-    char t[8];
-    snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
-    if ((rc = blip2_convert(path, cp, t, opts->convert_cb, opts->convert_ud, NULL, err)) < 0) return rc;
-    return load_gguf(out, cp, opts, err);
-}
-
-int blip2_model_mapping(const blip2_model *m, const char **path, const void **addr, size_t *size)
-{
-    size_t sz = 0;
-    void *a = m->gguf ? b2__gguf_map(m->gguf, &sz) : NULL;
-    if (path) *path = m->gguf ? b2__gguf_name(m->gguf) : NULL;
-    if (addr) *addr = a;
-    if (size) *size = sz;
-    return a != NULL;
-}
-
-int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
-                     blip2_error *err)
+/* A Hugging Face folder, loaded directly: f16/bf16 widened to f32 copies. */
+int b2__load_folder(blip2_model **out, const char *path, blip2_error *err)
 {
     char p[4096];
-    struct stat st;
     int rc;
     *out = NULL;
-    if (!path) return b2__err(err, BLIP2_EINVAL, "no model path given");
-    if (stat(path, &st) != 0) return b2__err(err, BLIP2_EIO, "%s: no such model file or folder", path);
-    if (S_ISREG(st.st_mode)) {
-        if (!is_gguf(path))
-            return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a GGUF file (expected a .gguf file or a Hugging Face "
-                           "model folder)", path);
-        return load_gguf(out, path, opts, err);
-    }
-    if (!S_ISDIR(st.st_mode))
-        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a folder (expected a Hugging Face model folder)", path);
-    /* both families pack; what the converter refuses, direct loading
-     * refuses too, with the same error */
-    if (opts && opts->cache_dir) return load_cached(out, path, opts, err);
     blip2_model *m = calloc(1, sizeof *m);
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     snprintf(p, sizeof p, "%s/config.json", path);
@@ -396,6 +334,17 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
 fail:
     blip2_model_free(m);
     return rc;
+}
+
+
+int blip2_model_mapping(const blip2_model *m, const char **path, const void **addr, size_t *size)
+{
+    size_t sz = 0;
+    void *a = m->gguf ? b2__gguf_map(m->gguf, &sz) : NULL;
+    if (path) *path = m->gguf ? b2__gguf_name(m->gguf) : NULL;
+    if (addr) *addr = a;
+    if (size) *size = sz;
+    return a != NULL;
 }
 
 int blip2_image_size(const blip2_model *m) { return m->cfg.image_size; }

@@ -4,7 +4,8 @@
  */
 #ifndef BLIP2_WEIGHTS_H
 #define BLIP2_WEIGHTS_H
-#include "engine.h"
+#include "blip2.h"
+#include "model.h"
 #include "safetensors.h"
 
 /* Opens model.safetensors, or the shards listed in

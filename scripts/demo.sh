@@ -13,9 +13,9 @@ pid=$!
 i=0
 while [ ! -S "$dir/blip2.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "blip2ctl caption $img   (daemon: blip2d --model $model)"
-./client/blip2ctl --socket "$dir/blip2.sock" caption "$img"
+./ctl/blip2ctl --socket "$dir/blip2.sock" caption "$img"
 echo "blip2ctl ask $img 'how many cats are there?'"
-./client/blip2ctl --socket "$dir/blip2.sock" ask "$img" "how many cats are there?"
+./ctl/blip2ctl --socket "$dir/blip2.sock" ask "$img" "how many cats are there?"
 kill "$pid"
 wait "$pid" || true
 echo "blip2-infer --model $model --image $img   (offline, no daemon)"
@@ -27,7 +27,7 @@ tests, so the captions above are nonsense by design. For real captions, point
 --model at a released checkpoint folder such as Salesforce/blip2-opt-2.7b
 (config.json, *.safetensors, tokenizer and preprocessor files), e.g.:
   ./daemon/blip2d --model /path/to/blip2-opt-2.7b &
-  ./client/blip2ctl caption photo.jpg
-  ./client/blip2ctl ask photo.jpg "how many cats are there?"
+  ./ctl/blip2ctl caption photo.jpg
+  ./ctl/blip2ctl ask photo.jpg "how many cats are there?"
   ./model/blip2-infer --model /path/to/blip2-opt-2.7b --image photo.jpg
 MSG

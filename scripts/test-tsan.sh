@@ -1,7 +1,7 @@
 #!/bin/sh
 # ThreadSanitizer run of the concurrency tests: a separate copy of the tree
 # built with -fsanitize=thread (-O1 -g), then make check of the tests that
-# exercise threads: tests/test_kernels (compute pool, model/pool.c),
+# exercise threads: tests/test_kernels (compute pool, model/compute/pool.c),
 # tests/test_model (two models from four threads), tests/test_client (the
 # client library), and the daemon (libuv loop, prep pool, engine thread,
 # compute pool: scheduler, cancellation, batched decode, disconnects,

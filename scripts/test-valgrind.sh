@@ -4,7 +4,7 @@
 # programs are real executables, not libtool wrapper scripts), then make
 # check of tests/test_client, tests/test_blip2ctl.sh, tests/test_infer_errors.sh,
 # tests/test_e2e and tests/test_daemon.py with every program they start
-# (daemon/blip2d, client/blip2ctl, model/blip2-infer, the fake daemon
+# (daemon/blip2d, ctl/blip2ctl, model/blip2-infer, the fake daemon
 # tests/test_client --serve, and tests/test_e2e and tests/test_client
 # themselves) run under memcheck through small wrapper scripts given to the
 # tests as $BLIP2D, $BLIP2CTL, $BLIP2_INFER, $FAKE_BLIP2D and LOG_COMPILER.
@@ -62,7 +62,7 @@ mkwrap() {  # mkwrap NAME PROGRAM
   chmod +x "$dir/wrap/$1"
 }
 mkwrap blip2d "$dir/src/daemon/blip2d"
-mkwrap blip2ctl "$dir/src/client/blip2ctl"
+mkwrap blip2ctl "$dir/src/ctl/blip2ctl"
 mkwrap blip2-infer "$dir/src/model/blip2-infer"
 mkwrap fake_blip2d "$dir/src/tests/test_client"
 # LOG_COMPILER runs every test (no TEST_EXTENSIONS): scripts run as they are

@@ -13,7 +13,7 @@
 # for a run from the top of an in-tree build):
 #   GOLDEN_DIR   the golden data (default tests/golden)
 #   BLIP2D       the daemon (default daemon/blip2d)
-#   BLIP2CTL     the command-line client (default client/blip2ctl)
+#   BLIP2CTL     the command-line client (default ctl/blip2ctl)
 #   BLIP2_TEST_TIMEOUT_SCALE  multiplies every wait for the daemon (start-up,
 #                replies, exit; default 1, never below 1), for slow builds
 #                (valgrind, ThreadSanitizer: tests/SANITIZERS.md).  SCALE
@@ -27,7 +27,7 @@ except ImportError:  # the tests that speak the protocol skip: require_msgpack()
 
 G = os.environ.get("GOLDEN_DIR", "tests/golden")
 BLIP2D = os.environ.get("BLIP2D", "daemon/blip2d")
-CTL = os.environ.get("BLIP2CTL", "client/blip2ctl")
+CTL = os.environ.get("BLIP2CTL", "ctl/blip2ctl")
 SCALE = max(1.0, float(os.environ.get("BLIP2_TEST_TIMEOUT_SCALE") or 1))
 
 

@@ -6,7 +6,7 @@
 # uid is served.  Real daemon, tiny model, no root needed.  TAP output.
 set -u
 DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-client/blip2ctl}
+CTL=${BLIP2CTL:-ctl/blip2ctl}
 GOLDEN=${GOLDEN_DIR:-tests/golden}
 . "$(dirname "$0")/lib.sh"
 tmpdir b2access

@@ -3,7 +3,7 @@
 # the fake daemon of tests/fake_server.c (`test_client --serve SOCKET`).
 # Usage errors and a missing daemon need no daemon at all.  TAP output.
 set -u
-CTL=${BLIP2CTL:-client/blip2ctl}
+CTL=${BLIP2CTL:-ctl/blip2ctl}
 FAKE=${FAKE_BLIP2D:-tests/test_client}
 T=$(mktemp -d /tmp/b2ctl.XXXXXX)
 S=$T/blip2.sock

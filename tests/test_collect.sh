@@ -10,7 +10,7 @@
 # TAP output.
 set -u
 DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-client/blip2ctl}
+CTL=${BLIP2CTL:-ctl/blip2ctl}
 GOLDEN=${GOLDEN_DIR:-tests/golden}
 PY=/usr/bin/python3
 case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac

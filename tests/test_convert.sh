@@ -1,13 +1,13 @@
 #!/bin/sh
 # test_convert.sh - blip2ctl convert: each golden model packed to each type
 # and run through blip2-infer; an interrupted conversion (SIGKILL before a
-# tensor, through the BLIP2CTL_TEST_KILL_AFTER hook) leaves no file at the
+# tensor, through the BLIP2_CONVERT_TEST_KILL_AFTER hook) leaves no file at the
 # output name and an older file there untouched, SIGINT cancels cleanly;
 # blip2d serves a .gguf directly (--mlock) with the caption blip2-infer
 # gives from the folder; a Flan-T5 folder goes through blip2d's weights
 # cache (converted, then mapped) with the caption blip2-infer gives from
 # the folder; bad arguments are refused.  TAP.
-BLIP2CTL=${BLIP2CTL:-./client/blip2ctl}
+BLIP2CTL=${BLIP2CTL:-./ctl/blip2ctl}
 BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
 GOLDEN_DIR=${GOLDEN_DIR:-tests/golden}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_convert.XXXXXX") || exit 1
@@ -64,21 +64,21 @@ t $? "blip2d converted the t5-tiny folder into its weights cache and mapped that
 kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
 
 # not a terminal: plain progress lines
-grep -q "blip2ctl: convert: 100% (" "$tmp/log"; t $? "plain progress lines without a terminal"
+grep -q "blip2ctl convert: 100% (" "$tmp/log"; t $? "plain progress lines without a terminal"
 
 # interrupted: killed before tensor 5; no output file, an old one untouched
 out="$tmp/killed.gguf"
-BLIP2CTL_TEST_KILL_AFTER=5 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type f16 >/dev/null 2>&1
+BLIP2_CONVERT_TEST_KILL_AFTER=5 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type f16 >/dev/null 2>&1
 st=$?
 [ $st -ne 0 ] && [ ! -e "$out" ]; t $? "SIGKILLed conversion (status $st) leaves no $out"
 echo old >"$out"
-BLIP2CTL_TEST_KILL_AFTER=50 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type q8_0 >/dev/null 2>&1
+BLIP2_CONVERT_TEST_KILL_AFTER=50 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" --type q8_0 >/dev/null 2>&1
 [ "$(cat "$out")" = old ]; t $? "SIGKILLed conversion leaves the previous file untouched"
 rm -f "$tmp"/.killed.gguf.tmp-*
 
 # SIGINT mid-way: canceled, the temporary file removed, no output
 out="$tmp/int.gguf"
-BLIP2CTL_TEST_KILL_AFTER=7 BLIP2CTL_TEST_KILL_SIGNAL=INT "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" >/dev/null 2>"$tmp/err"
+BLIP2_CONVERT_TEST_KILL_AFTER=7 BLIP2_CONVERT_TEST_KILL_SIGNAL=INT "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$out" >/dev/null 2>"$tmp/err"
 st=$?
 [ $st -eq 130 ] && [ ! -e "$out" ] && ! ls -a "$tmp" | grep -q '^\.int\.gguf\.tmp-' && grep -q canceled "$tmp/err"
 t $? "SIGINT cancels (status $st), removes the temporary file, leaves no $out"

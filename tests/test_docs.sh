@@ -8,8 +8,9 @@ set -u
 SRC=${BLIP2_TOP_SRCDIR:-.}
 BLD=${BLIP2_TOP_BUILDDIR:-.}
 DAEMON=${BLIP2D:-$BLD/daemon/blip2d}
-CTL=${BLIP2CTL:-$BLD/client/blip2ctl}
+CTL=${BLIP2CTL:-$BLD/ctl/blip2ctl}
 INFER=${BLIP2_INFER:-$BLD/model/blip2-infer}
+CONVERT=${BLIP2_CONVERT:-$BLD/model/blip2-convert}
 T=$(mktemp -d "${TMPDIR:-/tmp}/b2docs.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 n=0; failed=0
@@ -38,11 +39,12 @@ covers() {
   report $((1 - $?)) "$1 ($(wc -l <"$2") flags)" "missing:$missing"
 }
 
-for prog in blip2d blip2ctl blip2-infer; do
+for prog in blip2d blip2ctl blip2-infer blip2-convert; do
   case $prog in
     blip2d) bin=$DAEMON man=$SRC/man/blip2d.8.in md=$SRC/docs/blip2d.md ;;
     blip2ctl) bin=$CTL man=$SRC/man/blip2ctl.1.in md=$SRC/docs/blip2ctl.md ;;
     blip2-infer) bin=$INFER man=$SRC/man/blip2-infer.1.in md= ;;
+    blip2-convert) bin=$CONVERT man=$SRC/man/blip2-convert.1.in md=$SRC/docs/blip2ctl.md ;;
   esac
   if [ ! -x "$bin" ]; then
     n=$((n + 1)); echo "ok $n - # SKIP $bin not built"; continue
@@ -79,7 +81,7 @@ fi
 
 # the man pages format without warnings
 if command -v groff >/dev/null 2>&1; then
-  for m in blip2d.8 blip2ctl.1 blip2-infer.1; do
+  for m in blip2d.8 blip2ctl.1 blip2-infer.1 blip2-convert.1; do
     sed 's/@[a-zA-Z_]*@/X/g' "$SRC/man/$m.in" >"$T/$m"
     groff -man -ww -z "$T/$m" >"$T/warn" 2>&1 && [ ! -s "$T/warn" ]
     report $((1 - $?)) "groff -man -ww: $m formats cleanly" "$(head -c 800 "$T/warn")"

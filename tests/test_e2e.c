@@ -109,7 +109,7 @@ int main(void)
     blip2ctl = getenv("BLIP2CTL");
     if (!gdir) gdir = "tests/golden";
     if (!blip2d) blip2d = "daemon/blip2d";
-    if (!blip2ctl) blip2ctl = "client/blip2ctl";
+    if (!blip2ctl) blip2ctl = "ctl/blip2ctl";
     const char *env = getenv("BLIP2_TEST_TIMEOUT_SCALE");
     if (env && atof(env) > 1) scale = atof(env);
     env = getenv("BLIP2_TEST_CASES");

@@ -1,5 +1,5 @@
 /*
- * test_gguf.c - the GGUF reader and writer (model/gguf.c) and the checks a
+ * test_gguf.c - the GGUF reader and writer (model/formats/gguf.c) and the checks a
  * packed BLIP-2 file gets at load (model/packed.c, model/weights.c).
  *
  *   1. round trip: every value type, a string array, f32/f16/bf16/q8_0

@@ -44,6 +44,7 @@ want() {
 want x "$B2I_sbindir/blip2d" "daemon in sbindir"
 want x "$B2I_bindir/blip2ctl" "client in bindir"
 want x "$B2I_bindir/blip2-infer" "offline tool in bindir"
+want x "$B2I_bindir/blip2-convert" "converter in bindir, beside blip2ctl"
 want x "$B2I_libdir/libblip2client.so.0.0.0" "shared library"
 want l "$B2I_libdir/libblip2client.so.0" "library, soname link"
 want l "$B2I_libdir/libblip2client.so" "library, development link"
@@ -52,6 +53,7 @@ want f "$B2I_pkgconfigdir/blip2client.pc" "pkg-config file"
 want f "$B2I_mandir/man8/blip2d.8" "man page"
 want f "$B2I_mandir/man1/blip2ctl.1" "man page"
 want f "$B2I_mandir/man1/blip2-infer.1" "man page"
+want f "$B2I_mandir/man1/blip2-convert.1" "man page"
 want f "$B2I_docdir/blip2d.env.example" "example environment file"
 for d in systemdsystemunitdir systemduserunitdir sysusersdir tmpfilesdir bashcompletiondir; do
   eval "v=\$B2I_$d"
@@ -77,11 +79,34 @@ if [ "$B2I_systemdsystemunitdir" != no ]; then
   fi
 fi
 if ! grep -q '@[a-zA-Z_]*@' "$D$B2I_mandir/man8/blip2d.8" "$D$B2I_mandir/man1/blip2ctl.1" \
-     "$D$B2I_mandir/man1/blip2-infer.1"; then
+     "$D$B2I_mandir/man1/blip2-infer.1" "$D$B2I_mandir/man1/blip2-convert.1"; then
   ok "man pages: every @VARIABLE@ substituted"
 else
   not_ok "man pages: every @VARIABLE@ substituted" "$(grep -n '@[a-zA-Z_]*@' "$D$B2I_mandir"/man*/blip2*)"
 fi
+# blip2ctl is a thin client: it links libblip2client, never the model
+# library's dependencies (convert runs blip2-convert, which does)
+if command -v objdump >/dev/null 2>&1; then
+  need=$(objdump -p "$D$B2I_bindir/blip2ctl" | awk '$1 == "NEEDED" {print $2}' | tr '\n' ' ')
+  case $need in
+    *vips*|*openblas*|*blas*|*pcre2*|*sentencepiece*|*stdc++*) not_ok "blip2ctl links only the client library" "NEEDED: $need" ;;
+    *blip2client*) ok "blip2ctl links only the client library (NEEDED: $need)" ;;
+    *) not_ok "blip2ctl links only the client library" "NEEDED: $need" ;;
+  esac
+  need=$(objdump -p "$D$B2I_bindir/blip2-convert" | awk '$1 == "NEEDED" {print $2}' | tr '\n' ' ')
+  case $need in
+    *vips*) ok "blip2-convert links the model library's dependencies" ;;
+    *) not_ok "blip2-convert links the model library's dependencies" "NEEDED: $need" ;;
+  esac
+fi
+# the installed blip2ctl finds blip2-convert beside itself
+msg=$(env -u BLIP2_CONVERT LD_LIBRARY_PATH="$D$B2I_libdir" "$D$B2I_bindir/blip2ctl" convert \
+      "$D/no-such-folder" "$D/x.gguf" 2>&1)
+st=$?
+case "$st:$msg" in
+  "2:blip2ctl convert: $D/no-such-folder: not a Hugging Face model folder"*) ok "installed blip2ctl convert runs the installed blip2-convert" ;;
+  *) not_ok "installed blip2ctl convert runs the installed blip2-convert" "exit $st: $msg" ;;
+esac
 # only the public header and the shared library: no internal headers, no
 # static archive
 extra=$(cd "$D" && find . \( -name '*.h' ! -name blip2client.h \) -o -name '*.a' | head -5)

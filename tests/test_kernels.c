@@ -1,5 +1,5 @@
 /*
- * test_kernels.c - the element-wise and attention kernels (model/kernels.c,
+ * test_kernels.c - the element-wise and attention kernels (model/compute/kernels.c,
  * kernels_avx2.c, pool.c) against double-precision references, for every
  * implementation this CPU runs (portable always, AVX2 when present), so the
  * path the golden test does not take on this machine is tested too.

@@ -15,7 +15,7 @@ SRC=${BLIP2_TOP_SRCDIR:-.}
 BLD=${BLIP2_TOP_BUILDDIR:-.}
 SBINDIR=${B2I_sbindir:-/usr/local/sbin}
 DAEMON=${BLIP2D:-$BLD/daemon/blip2d}
-CTL=${BLIP2CTL:-$BLD/client/blip2ctl}
+CTL=${BLIP2CTL:-$BLD/ctl/blip2ctl}
 GOLDEN=${GOLDEN_DIR:-$SRC/tests/golden}
 
 n=0; failed=0

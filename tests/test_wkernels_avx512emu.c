@@ -1,7 +1,7 @@
 /*
- * test_wkernels_avx512emu.c - model/wkernels_avx512.c's kernels, run on a
+ * test_wkernels_avx512emu.c - model/compute/wkernels_avx512.c's kernels, run on a
  * CPU without AVX-512: the same source compiled with B2_WK_EMULATE, its
- * intrinsics emulated by SIMDe (tests/wkernels_emu.h).  This checks the
+ * intrinsics emulated by SIMDe (model/compute/wkernels_emu.h).  This checks the
  * code's logic (tiles, tails, masks, lane sums, the VNNI q8_0 product)
  * where the hardware cannot run it; tests/test_wkernels runs the real
  * thing on a CPU that has AVX-512.

@@ -1,5 +1,5 @@
 /*
- * fuzz_gguf.c - libFuzzer target: the GGUF reader (model/gguf.c).
+ * fuzz_gguf.c - libFuzzer target: the GGUF reader (model/formats/gguf.c).
  *
  * The input is a whole GGUF file, copied into a buffer of exactly its size
  * (so ASan sees any read past the end) and given to b2__gguf_parse.  On
@@ -16,7 +16,7 @@
 #include <string.h>
 
 /* wkernels.c's products use the compute pool; the fuzzer only converts
- * rows, so a serial stand-in replaces model/pool.c (and OpenBLAS). */
+ * rows, so a serial stand-in replaces model/compute/pool.c (and OpenBLAS). */
 void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ctx);
 void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ctx)
 {

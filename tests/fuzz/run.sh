@@ -22,7 +22,7 @@ mkdir -p "$build/crashes" "$build/corpus" "$build/log" || exit 1
 build=$(cd "$build" && pwd)
 
 flags="-std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
- -fno-sanitize-recover=undefined -I$top/model -I$top/libipc"
+ -fno-sanitize-recover=undefined -I$top/model -I$top/model/base -I$top/model/compute -I$top/model/formats -I$top/model/text -I$top/model/image -I$top/model/nn -I$top/libipc"
 
 # libFuzzer present?  (Debian: clang, libclang-rt-14-dev)
 printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n);\nint LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' > "$build/probe.c"
@@ -35,11 +35,11 @@ fi
 sources() {
     case $1 in
     ipc) echo "libipc/ipc.c libipc/frame.c libipc/scan.c libipc/schema.c libipc/decode.c libipc/encode.c libipc/validate.c" ;;
-    safetensors) echo "model/safetensors.c model/error.c" ;;
-    config) echo "model/config.c model/weights.c model/gguf.c model/wtype.c model/safetensors.c model/error.c" ;;
-    tokenizer) echo "model/tokenizer.c model/error.c" ;;
-    image) echo "model/image.c model/error.c" ;;
-    gguf) echo "model/gguf.c model/wtype.c model/safetensors.c model/error.c" ;;
+    safetensors) echo "model/formats/safetensors.c model/compute/wtype.c model/base/error.c" ;;
+    config) echo "model/formats/config.c model/weights.c model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
+    tokenizer) echo "model/text/tokenizer.c model/base/error.c" ;;
+    image) echo "model/image/image.c model/base/error.c" ;;
+    gguf) echo "model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
     esac
 }
 packages() {
@@ -53,7 +53,7 @@ packages() {
 }
 
 # The instrumented resize runs ~20x slower: a lower work cap keeps every
-# accepted image under the 10 s timeout (model/image.c B2_RESIZE_WORK_MAX).
+# accepted image under the 10 s timeout (model/image/image.c B2_RESIZE_WORK_MAX).
 defines() {
     case $1 in
     tokenizer) echo "-DB2_FUZZ_TOKENIZER_DIR=\"$top/tests/golden/opt-tiny\"" ;;

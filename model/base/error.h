@@ -1,7 +1,7 @@
 /* error.h - internal: filling blip2_error. */
 #ifndef BLIP2_ERROR_H
 #define BLIP2_ERROR_H
-#include "blip2.h"
+#include "blip2_base.h"
 
 /* Formats the message into err (if non-NULL) and returns code, so callers
  * can write `return b2__err(err, BLIP2_EINVAL, "bad %s", x);`. */

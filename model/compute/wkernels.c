@@ -16,7 +16,6 @@
 #include "wkernels.h"
 #include "wkernels_impl.h"
 #include "pool.h"
-#include "safetensors.h"
 #include "kernels.h"
 
 #include <math.h>
@@ -285,9 +284,7 @@ const char *b2__wkernels_name(void) { return wimpl()->name; }
  * section 8: 8 to 32 KiB gave q8_0 ~85-90 % of the memory rate against
  * ~70 % without, f16/bf16 +3 to +6 points). */
 
-#define WPREFETCH_DEFAULT 16384
-
-int b2__wprefetch = WPREFETCH_DEFAULT;
+/* b2__wprefetch itself is defined in wtype.c, the leaf every kernel file may use. */
 static pthread_once_t wprefetch_once = PTHREAD_ONCE_INIT;
 
 static void wprefetch_init(void)

@@ -8,9 +8,8 @@
  */
 #ifndef BLIP2_CONFIG_H
 #define BLIP2_CONFIG_H
-#include "blip2.h"
-
-typedef enum b2_act { B2_ACT_GELU, B2_ACT_GELU_TANH, B2_ACT_QUICK_GELU, B2_ACT_RELU, B2_ACT_SILU } b2_act;
+#include "error.h"
+#include "kernels.h"
 
 typedef enum b2_family { B2_FAMILY_OPT, B2_FAMILY_T5 } b2_family;
 

@@ -15,7 +15,7 @@
  * cache.  Attention runs per image, its heads spread over the compute
  * threads.
  */
-#include "engine.h"
+#include "model.h"
 #include "error.h"
 
 #include <math.h>

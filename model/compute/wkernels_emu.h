@@ -1,6 +1,6 @@
 /*
  * wkernels_emu.h - lets tests/test_wkernels_avx512emu compile
- * model/wkernels_avx512.c (with B2_WK_EMULATE) on a CPU without AVX-512:
+ * model/compute/wkernels_avx512.c (with B2_WK_EMULATE) on a CPU without AVX-512:
  * the intrinsics come from SIMDe (libsimde-dev), which implements them in
  * portable C, plus the few SIMDe 0.7 lacks and the FMAs (fused, one
  * rounding, as the hardware), written here element by element from their

@@ -18,7 +18,7 @@
  * Positions are cache slots: the reference derives position ids from the
  * attention mask (cumsum - 1), which for unpadded rows is the slot index.
  */
-#include "engine.h"
+#include "model.h"
 #include "error.h"
 
 #include <math.h>

@@ -14,7 +14,7 @@
 #define BLIP2_T5TOK_H
 #include <stddef.h>
 #include <stdint.h>
-#include "blip2.h"
+#include "error.h"
 
 typedef struct b2_t5tok b2_t5tok;
 

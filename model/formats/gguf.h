@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include "blip2.h"
+#include "error.h"
 #include "wkernels.h"
 
 #define B2_GGUF_MAGIC 0x46554747u /* "GGUF" read as LE u32 */

@@ -11,8 +11,11 @@
 #ifndef BLIP2_KERNELS_H
 #define BLIP2_KERNELS_H
 #include <stddef.h>
-#include "config.h"
 #include "wkernels.h"
+
+/* Activation functions of the configs (config.h reads them by name). */
+typedef enum b2_act { B2_ACT_GELU, B2_ACT_GELU_TANH, B2_ACT_QUICK_GELU, B2_ACT_RELU, B2_ACT_SILU } b2_act;
+
 
 /* A linear layer y = x W^T + b, as torch.nn.Linear stores it.  W is f32
  * (wt == B2_WT_F32, the zero value) or rows of another type (wkernels.h),

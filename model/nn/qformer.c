@@ -11,7 +11,7 @@
  *   -> last_hidden_state (n, Q, Dq)
  * The image attention mask is all ones, so no masking is needed.
  */
-#include "engine.h"
+#include "model.h"
 #include "error.h"
 
 #include <math.h>

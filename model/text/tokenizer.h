@@ -11,7 +11,7 @@
 #define BLIP2_TOKENIZER_H
 #include <stddef.h>
 #include <stdint.h>
-#include "blip2.h"
+#include "error.h"
 
 typedef struct b2_bpe b2_bpe;
 

@@ -1,5 +1,5 @@
 /*
- * engine.h - internal: the loaded model (immutable weights) and the stage
+ * model.h - internal: the loaded model (immutable weights) and the stage
  * functions that run on it.
  *
  * Weights are views into the read-only mapping of a GGUF file in their
@@ -11,7 +11,7 @@
  */
 #ifndef BLIP2_ENGINE_H
 #define BLIP2_ENGINE_H
-#include "blip2.h"
+#include "error.h"
 #include "config.h"
 #include "image.h"
 #include "kernels.h"
@@ -42,6 +42,8 @@ typedef struct b2_opt_layer {
     b2_linear q, k, v, o;    /* (D, D) */
     b2_linear fc1, fc2;      /* (F, D), (D, F) */
 } b2_opt_layer;
+
+typedef struct blip2_model blip2_model; /* as in blip2.h */
 
 struct blip2_model {
     b2_config cfg;
@@ -130,13 +132,5 @@ void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *log
 
 /* emb (n, D) = embed_tokens[ids]. */
 void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb);
-
-/* ---- the tokenizer of either family (model.c) ---- */
-
-/* As b2__bpe_encode / b2__bpe_decode, through the model's tokenizer. */
-int b2__tok_encode(const blip2_model *m, const char *text, size_t len, int add_special,
-                   int32_t **ids, size_t *n, blip2_error *err);
-int b2__tok_decode(const blip2_model *m, const int32_t *ids, size_t n, int skip,
-                   char **text, blip2_error *err);
 
 #endif

@@ -25,7 +25,6 @@
  */
 #include "blip2client.h"
 #include "ctl_batch.h"
-#include "blip2.h"      /* the model library, for convert */
 
 #include <errno.h>
 #include <getopt.h>
@@ -1079,65 +1078,44 @@ static int cmd_status(ctl *x)
     return EXIT_OK;
 }
 
-/* ---- convert: no daemon, the model library ------------------------------------------------ */
+/* ---- convert: runs blip2-convert (the program that links the model library) ---------------- */
 
-static volatile sig_atomic_t convert_stop;
-static void convert_sig_cb(int sig) { (void)sig; convert_stop = 1; }
-
-typedef struct convert_ui {
-    int tty, last_decile;
-    long kill_after; /* test hooks: signal kill_sig (SIGKILL, or SIGINT) before tensor N */
-    int kill_sig;
-} convert_ui;
-
-static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
-{
-    convert_ui *u = ud;
-    if (u->kill_after >= 0 && i == u->kill_after) raise(u->kill_sig);
-    if (convert_stop) return 1;
-    const int pct = total ? (int)(bytes * 100 / total) : 100;
-    if (u->tty) {
-        char bar[31];
-        const int fill = pct * 30 / 100;
-        for (int k = 0; k < 30; k++) bar[k] = k < fill ? '#' : '.';
-        bar[30] = 0;
-        fprintf(stderr, "\r[%s] %3d%% %d/%d tensors %.0f/%.0f MiB %-50.50s", bar, pct, i, n,
-                bytes / 1048576.0, total / 1048576.0, name ? name : "");
-        if (i == n) fputc('\n', stderr);
-    } else if (pct / 10 != u->last_decile || i == n) {
-        u->last_decile = pct / 10;
-        fprintf(stderr, PROG ": convert: %3d%% (%d/%d tensors, %.0f MiB)\n", pct, i, n, bytes / 1048576.0);
-    }
-    return 0;
-}
-
+/* Runs blip2-convert with argv[0] "blip2ctl convert", so that its messages
+ * read as this command's.  Where it is looked for: $BLIP2_CONVERT, then
+ * beside this program (both are installed in bindir; a libtool build keeps
+ * the real binary one level down, in .libs/), then $PATH.  Returns only if
+ * none could be run. */
 static int cmd_convert(ctl *x, const char *src, const char *out)
 {
-    convert_ui u = {isatty(STDERR_FILENO), -1, -1, SIGKILL};
-    const char *k = getenv("BLIP2CTL_TEST_KILL_AFTER");
-    if (k && *k) u.kill_after = strtol(k, NULL, 10);
-    k = getenv("BLIP2CTL_TEST_KILL_SIGNAL");
-    if (k && !strcmp(k, "INT")) u.kill_sig = SIGINT;
     const char *type = x->type ? x->type : "f16";
-    if (strcmp(type, "f32") && strcmp(type, "f16") && strcmp(type, "bf16") && strcmp(type, "q8_0"))
-        usage_error("--type: '%s' is not f32, f16, bf16 or q8_0", type);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = convert_sig_cb;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    blip2_convert_stats st;
-    blip2_error err;
-    if (blip2_convert(src, out, type, convert_progress_cb, &u, &st, &err) < 0) {
-        if (u.tty) fputc('\n', stderr);
-        warnx_("convert: %s", err.text);
-        if (err.code == BLIP2_ECANCELED) return 130; /* as a shell reports SIGINT */
-        return err.code == BLIP2_EIO || err.code == BLIP2_EFORMAT || err.code == BLIP2_EUNSUPPORTED ||
-                       err.code == BLIP2_EINVAL ? EXIT_USAGE : EXIT_SERVER;
+    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
+                        (char *)src, (char *)out, NULL};
+    const char *env = getenv("BLIP2_CONVERT");
+    if (env && *env) {
+        execv(env, av);
+        warnx_("convert: cannot run %s: %s", env, strerror(errno));
+        return EXIT_USAGE;
     }
-    printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %.1f MiB in %.2f s\n", out, st.tensors,
-           st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, st.bytes / 1048576.0, st.seconds);
-    return EXIT_OK;
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 64);
+    if (n > 0) {
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            strcpy(slash + 1, "blip2-convert");
+            execv(self, av);
+            *slash = 0;
+            slash = strrchr(self, '/');
+            if (slash && !strcmp(slash, "/.libs")) {
+                strcpy(slash + 1, "blip2-convert");
+                execv(self, av);
+            }
+        }
+    }
+    execvp("blip2-convert", av);
+    warnx_("convert: cannot run blip2-convert (installed beside blip2ctl, or set BLIP2_CONVERT): %s",
+           strerror(errno));
+    return EXIT_USAGE;
 }
 
 static int cmd_ping(ctl *x)

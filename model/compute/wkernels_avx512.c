@@ -22,7 +22,7 @@
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__has_include)
 #if __has_include(<simde/x86/avx512.h>)
 /* tests/test_wkernels_avx512emu: the same code on any x86 CPU, the
- * AVX-512 intrinsics emulated (tests/wkernels_emu.h), the tables renamed */
+ * AVX-512 intrinsics emulated (model/compute/wkernels_emu.h), the tables renamed */
 #include "wkernels_emu.h"
 #define B2X
 #define B2XV

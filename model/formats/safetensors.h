@@ -10,7 +10,8 @@
 #define BLIP2_SAFETENSORS_H
 #include <stddef.h>
 #include <stdint.h>
-#include "blip2.h"
+#include "error.h"
+#include "wkernels.h"
 
 typedef enum b2_dtype {
     B2_F32, B2_F16, B2_BF16, B2_F64, B2_I64, B2_I32, B2_I16, B2_I8, B2_U8,
@@ -49,8 +50,6 @@ void b2__to_f32(const b2_tensor *t, float *out);
 /* Converts an integer tensor (I64/I32/...) to int32 (values must fit). */
 void b2__to_i32(const b2_tensor *t, int32_t *out);
 
-float b2__f16_to_f32(uint16_t h);
-float b2__bf16_to_f32(uint16_t h);
 
 /* Writes n tensors (data in host=LE order) to path atomically (temp file +
  * rename).  Names must be distinct. */

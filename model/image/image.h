@@ -10,7 +10,7 @@
 #define BLIP2_IMAGE_H
 #include <stddef.h>
 #include <stdint.h>
-#include "blip2.h"
+#include "error.h"
 
 /* Preprocessor settings from preprocessor_config.json. */
 typedef struct b2_preproc {

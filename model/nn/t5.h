@@ -12,7 +12,7 @@
  */
 #ifndef BLIP2_T5_H
 #define BLIP2_T5_H
-#include "engine.h"
+#include "model.h"
 
 /* One attention block: q, k, v (I, D), o (D, I) with I = heads * d_kv, no biases. */
 typedef struct b2_t5_attn {

@@ -91,4 +91,8 @@ int b2__wkernels_set_prefetch(int bytes);
  * the CPU runs it. */
 const char *b2__wkernels_name(void);
 
+/* One IEEE half / bfloat16 value widened to f32 (exact; wtype.c). */
+float b2__f16_to_f32(uint16_t h);
+float b2__bf16_to_f32(uint16_t h);
+
 #endif

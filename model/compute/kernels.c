@@ -18,7 +18,6 @@
  */
 #include "kernels.h"
 #include "pool.h"
-#include "safetensors.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -216,99 +215,12 @@ void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w,
                     y + (size_t)i * ldy, 1);
 }
 
-void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
-{
-    if (l->wt == B2_WT_F32) b2__matmul_rows(y, l->out, x, l->in, l->w, l->in, n, l->out, l->in);
-    else b2__wmatmul_rows(y, l->out, x, l->in, l->w, l->wt, n, l->out, l->in);
-    if (l->b)
-        for (int i = 0; i < n; i++) b2__add(y + (size_t)i * l->out, l->b, (size_t)l->out);
-}
-
 void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                   int n, int m, int k)
 {
     if (n <= 0 || m <= 0) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, m, k, 1.0f, x, ldx, w, ldw,
                 0.0f, y, ldy);
-}
-
-/* Typed weights with at most this many rows of x use b2__wmatmul_rows;
- * more rows convert TILE_ROWS rows of W at a time to f32 (spread over the
- * pool in CONV_CHUNK-row tasks) and multiply the tile with sgemm. */
-#define TYPED_FEW_ROWS 8
-#define CONV_CHUNK 16
-int b2__wtile_rows = 256; /* bench/bench_wtile.c measured it */
-#define TILE_ROWS b2__wtile_rows
-
-typedef struct conv_job {
-    float *dst;
-    const void *w;
-    b2_wtype t;
-    int row0, nrows, k;
-} conv_job;
-
-static void conv_task(void *ctx, int task, int slot)
-{
-    const conv_job *j = ctx;
-    (void)slot;
-    const int r = task * CONV_CHUNK, nr = j->nrows - r < CONV_CHUNK ? j->nrows - r : CONV_CHUNK;
-    b2__wrows_to_f32(j->dst + (size_t)r * j->k, j->w, j->t, j->row0 + r, nr, j->k);
-}
-
-/* y (n, out) = x (n, in) @ W^T + beta * y for any weight type. */
-static void linear_mm(float *y, const float *x, int n, const b2_linear *l, float beta)
-{
-    const int m = l->out, k = l->in;
-    if (l->wt == B2_WT_F32) {
-        b2__matmul_t(y, m, x, k, l->w, k, n, m, k, 1.0f, beta);
-        return;
-    }
-    float *tile = n > TYPED_FEW_ROWS ? malloc(sizeof(float) * (size_t)TILE_ROWS * k) : NULL;
-    if (!tile) { /* few rows (or no memory for a tile): the row kernels */
-        if (beta == 0.0f) {
-            b2__wmatmul_rows(y, m, x, k, l->w, l->wt, n, m, k);
-            return;
-        }
-        float *t = malloc(sizeof(float) * (size_t)n * m);
-        if (t) {
-            b2__wmatmul_rows(t, m, x, k, l->w, l->wt, n, m, k);
-            b2__add(y, t, (size_t)n * m);
-            free(t);
-            return;
-        }
-        for (int i = 0; i < n; i++) { /* no memory at all: a row at a time through y's own row */
-            float acc[1];
-            for (int r = 0; r < m; r++) {
-                b2__wmatmul_rows(acc, 1, x + (size_t)i * k, k, (const unsigned char *)l->w +
-                                 (size_t)r * b2__wt_row_bytes(l->wt, k), l->wt, 1, 1, k);
-                y[(size_t)i * m + r] += acc[0];
-            }
-        }
-        return;
-    }
-    for (int r0 = 0; r0 < m; r0 += TILE_ROWS) {
-        const int tr = m - r0 < TILE_ROWS ? m - r0 : TILE_ROWS;
-        conv_job j = {tile, l->w, l->wt, r0, tr, k};
-        b2__parallel_for((tr + CONV_CHUNK - 1) / CONV_CHUNK, conv_task, &j);
-        b2__matmul_t(y + r0, m, x, k, tile, k, n, tr, k, 1.0f, beta);
-    }
-    free(tile);
-}
-
-void b2__linear(float *y, const float *x, int n, const b2_linear *l)
-{
-    if (n <= 0) return;
-    if (l->b) {
-        for (int i = 0; i < n; i++) memcpy(y + (size_t)i * l->out, l->b, sizeof(float) * l->out);
-        linear_mm(y, x, n, l, 1.0f);
-    } else {
-        linear_mm(y, x, n, l, 0.0f);
-    }
-}
-
-void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l)
-{
-    if (n > 0) linear_mm(y, x, n, l, 0.0f);
 }
 
 /* ---- element-wise kernels, rows spread over the compute pool ---- */

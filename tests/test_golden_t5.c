@@ -288,22 +288,13 @@ static void run_case(const blip2_model *m, json_t *c)
 
     /* end to end: image file -> our preprocessing -> greedy ids */
     snprintf(path, sizeof path, "%s/images/%s", gdir, img);
-    float *px2 = malloc(sizeof(float) * npx), *q2 = malloc(sizeof(float) * nq);
-    blip2_image_opts io = {.no_exif_rotate = 1};
-    if (ok(blip2_preprocess_file(m, path, &io, px2, &err) == 0, "%s: preprocess %s", id, img) &&
-        ok(blip2_encode_image(m, px2, 1, q2, NULL, &err) == 0, "%s: encode from file", id)) {
-        blip2_request r2 = {.query_embeds = q2, .prompt = prompt};
+    {
         json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
         blip2_gen_params p;
         params_from(json_object_get(g, "kwargs"), &p);
-        blip2_result res;
-        if (ok(blip2_generate(m, &r2, 1, &p, NULL, NULL, &res, &err) == 0, "%s: generate from file", id)) {
-            strict_ok(ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids")),
-               "%s: greedy ids from the image file identical", id);
-            blip2_result_free(&res);
-        }
-    } else diag("%s", err.text);
-    free(px2); free(q2); free(last); free(emb); free(enc); free(lg); free(ids); free(dec);
+        check_from_file(m, path, img, prompt, g, &p, id);
+    }
+    free(last); free(emb); free(enc); free(lg); free(ids); free(dec);
     free(px); free(q);
     free(st.vision_last_hidden_state); free(st.vision_pooler_output); free(st.qformer_last_hidden_state);
     b2__st_close(cf);
@@ -371,31 +362,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
     blip2_gen_params p;
     params_from(json_object_get(g, "kwargs"), &p);
-    blip2_result res;
-    if (ok(blip2_generate(m, rq, B, &p, NULL, NULL, &res, &err) == 0, "%s: generate batch", id)) {
-        const int W = (int)tg->shape[1];
-        int32_t *gen = malloc(sizeof(int32_t) * B * W);
-        b2__to_i32(tg, gen);
-        for (int b = 0; b < B; b++) {
-            int same = res.seqs[b].n_ids <= (size_t)W;
-            for (int j = 0; j < W && same; j++) /* finished rows are padded with pad id 0 */
-                same = gen[b * W + j] == (j < (int)res.seqs[b].n_ids ? res.seqs[b].ids[j] : 0);
-            if (!strict_ok(same, "%s: row %d batched greedy ids identical", id, b)) show_ids("got", res.seqs[b].ids, res.seqs[b].n_ids);
-            const char *text = json_string_value(json_array_get(json_object_get(g, "text"), (size_t)b));
-            strict_ok(text && !strcmp(text, res.seqs[b].text), "%s: row %d text identical", id, b);
-        }
-        for (int b = 0; b < B; b++) {
-            blip2_result one;
-            if (blip2_generate(m, &rq[b], 1, &p, NULL, NULL, &one, &err) == 0) {
-                ok(one.seqs[0].n_ids == res.seqs[b].n_ids &&
-                   !memcmp(one.seqs[0].ids, res.seqs[b].ids, sizeof(int32_t) * one.seqs[0].n_ids),
-                   "%s: row %d alone == batched", id, b);
-                blip2_result_free(&one);
-            } else ok(0, "%s: row %d alone: %s", id, b, err.text);
-        }
-        free(gen);
-        blip2_result_free(&res);
-    } else diag("%s", err.text);
+    check_batch(m, rq, B, &p, tg, g, id, 0); /* finished rows are padded with pad id 0 */
     for (int b = 0; b < B; b++) free(rows[b]);
     free(last); free(px); free(q); free(ids); free(mask);
     b2__st_close(cf);

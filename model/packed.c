@@ -375,18 +375,9 @@ static int write_tokenizer(b2_gguf_w *w, const char *dir, const b2_config *c, bl
         char *line = p + 1, *end = memchr(line, '\n', mlen - (size_t)(line - merges));
         if (!end) break;
         /* two whitespace-separated fields -> "a b" in place */
-        char *f[3];
-        size_t fl[3];
-        int nf = 0;
-        for (char *q = line; q < end && nf < 3;) {
-            while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-            if (q == end) break;
-            f[nf] = q;
-            while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-            fl[nf] = (size_t)(q - f[nf]);
-            nf++;
-        }
-        if (nf == 2) {
+        const char *f[2];
+        size_t fl[2];
+        if (b2__bpe_merge_fields(line, end, f, fl)) {
             memmove(line, f[0], fl[0]);
             line[fl[0]] = ' ';
             memmove(line + fl[0] + 1, f[1], fl[1]);

@@ -506,23 +506,32 @@ static int load_vocab(b2_bpe *t, const char *path, blip2_error *err)
     return rc;
 }
 
+int b2__bpe_merge_fields(const char *line, const char *end, const char *f[2], size_t fl[2])
+{
+    const char *g[3];
+    size_t gl[3];
+    int nf = 0;
+    for (const char *q = line; q < end && nf < 3;) {
+        while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+        if (q == end) break;
+        g[nf] = q;
+        while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
+        gl[nf] = (size_t)(q - g[nf]);
+        nf++;
+    }
+    if (nf != 2) return 0;
+    f[0] = g[0], fl[0] = gl[0], f[1] = g[1], fl[1] = gl[1];
+    return 1;
+}
+
 /* One line of merges.txt (line .. end, no newline): up to three
  * whitespace-separated fields; exactly two is the merge of that rank. */
 static int merge_line(b2_bpe *t, strbuf *cat, const char *line, const char *end,
                       uint32_t rank, const char *path, blip2_error *err)
 {
-    const char *f[3];
-    size_t fl[3];
-    int nf = 0;
-    for (const char *q = line; q < end && nf < 3;) {
-        while (q < end && (*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-        if (q == end) break;
-        f[nf] = q;
-        while (q < end && !(*q == ' ' || (*q >= 9 && *q <= 13))) q++;
-        fl[nf] = (size_t)(q - f[nf]);
-        nf++;
-    }
-    if (nf != 2) return 0;
+    const char *f[2];
+    size_t fl[2];
+    if (!b2__bpe_merge_fields(line, end, f, fl)) return 0;
     int32_t a = sym_intern(&t->st, f[0], fl[0]);
     int32_t b = sym_intern(&t->st, f[1], fl[1]);
     cat->len = 0;

@@ -46,6 +46,12 @@ typedef struct b2_bpe_src {
     const char *config_json, *map_json;
     size_t config_len, map_len;
 } b2_bpe_src;
+
+/* The two fields of one line of merges.txt (line .. end, no newline):
+ * whitespace-separated; 1 and f/fl set when there are exactly two, 0 for
+ * anything else (the "#version" header, blank or malformed lines). */
+int b2__bpe_merge_fields(const char *line, const char *end, const char *f[2], size_t fl[2]);
+
 int b2__bpe_load_src(b2_bpe **out, const b2_bpe_src *src, blip2_error *err);
 
 /* Encodes len bytes of UTF-8 text.  add_special: prepend BOS as the

@@ -21,6 +21,7 @@
 set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
+. "$top/scripts/tap-summary.sh"
 dir=${TSAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-tsan.XXXXXX")}
 cleanup() { [ "${TSAN_KEEP:-0}" = 1 ] || [ -n "${TSAN_DIR:-}" ] || rm -rf "$dir"; }
 trap cleanup EXIT
@@ -58,18 +59,7 @@ t0=$(date +%s)
 echo "# tsan: make check TESTS='$tests'"
 make -j"$(nproc)" check TESTS="$tests" >"$dir/check.log" 2>&1
 rc=$?
-pass=0; fail=0
-for t in $tests; do
-  trs=$t.trs
-  [ -f "$trs" ] || { fail=$((fail + 1)); echo "not ok - $t did not run"; continue; }
-  p=$(grep -c '^:test-result: \(PASS\|XFAIL\)' "$trs"); f=$(grep -c '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$trs")
-  pass=$((pass + p)); fail=$((fail + f))
-  if [ "$f" -gt 0 ]; then
-    echo "not ok - $t: $f failed"; grep -a '^not ok\|^#' "$t.log" | head -n 40 | sed 's/^/# /'
-  else
-    echo "ok - $t ($p checks)"
-  fi
-done
+tap_summary $tests
 echo "# tsan: tests took $(( $(date +%s) - t0 )) s"
 n=$(ls "$dir"/reports 2>/dev/null | wc -l)
 if [ "$n" -gt 0 ]; then

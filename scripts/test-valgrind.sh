@@ -24,6 +24,7 @@
 set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
+. "$top/scripts/tap-summary.sh"
 dir=${VG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-vg.XXXXXX")}
 cleanup() { [ "${VG_KEEP:-0}" = 1 ] || [ -n "${VG_DIR:-}" ] || rm -rf "$dir"; }
 trap cleanup EXIT
@@ -82,19 +83,8 @@ make check TESTS="$tests" LOG_COMPILER="$dir/wrap/run" \
     BLIP2_INFER=$dir/wrap/blip2-infer FAKE_BLIP2D=$dir/wrap/fake_blip2d; \
     export BLIP2D BLIP2CTL BLIP2_INFER FAKE_BLIP2D;" >"$dir/check.log" 2>&1
 rc=$?
-pass=0; fail=0
 echo "# valgrind: tests took $(( $(date +%s) - t0 )) s"
-for t in $tests; do
-  trs=$t.trs
-  [ -f "$trs" ] || { fail=$((fail + 1)); echo "not ok - $t did not run"; continue; }
-  p=$(grep -c '^:test-result: \(PASS\|XFAIL\)' "$trs"); f=$(grep -c '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$trs")
-  pass=$((pass + p)); fail=$((fail + f))
-  if [ "$f" -gt 0 ]; then
-    echo "not ok - $t: $f failed"; grep -a '^not ok\|^#' "$t.log" | head -n 40 | sed 's/^/# /'
-  else
-    echo "ok - $t ($p checks)"
-  fi
-done
+tap_summary $tests
 # every process's log: errors, definite leaks
 n=0; bad=0
 for r in "$dir"/reports/*.log; do

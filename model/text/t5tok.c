@@ -18,6 +18,7 @@
  */
 #include "t5tok.h"
 #include "error.h"
+#include "utf8.h"
 #include "spm.h"
 
 #include <jansson.h>
@@ -187,29 +188,6 @@ static size_t match_special(const b2_t5tok *t, const char *s, size_t n, int32_t 
     return j + 1;
 }
 
-/* Offset of the first invalid UTF-8 byte (as Python's strict decoder sees
- * it), or len when the text is valid. */
-static size_t utf8_check(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c < 0x80) { i++; continue; }
-        else if (c >= 0xc2 && c <= 0xdf) k = 1;
-        else if (c >= 0xe0 && c <= 0xef) { k = 2; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
-        else if (c >= 0xf0 && c <= 0xf4) { k = 3; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
-        else return i;
-        if (i + k >= len) return i;
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (size_t j = 2; j <= k; j++)
-            if ((s[i + j] & 0xc0) != 0x80) return i;
-        i += k + 1;
-    }
-    return len;
-}
-
 typedef struct ibuf {
     int32_t *v;
     size_t n, cap;
@@ -249,7 +227,7 @@ int b2__t5tok_encode(const b2_t5tok *t, const char *text, size_t len, int add_eo
 {
     *ids = NULL;
     *n = 0;
-    size_t bad = utf8_check((const unsigned char *)text, len);
+    size_t bad = b2__utf8_check((const unsigned char *)text, len);
     if (bad < len) return b2__err(err, BLIP2_EINVAL, "text is not valid UTF-8 (byte %zu)", bad);
     ibuf b = {0};
     int rc = 0;

@@ -26,6 +26,7 @@
  */
 #include "tokenizer.h"
 #include "error.h"
+#include "utf8.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -102,49 +103,6 @@ struct b2_bpe {
 
 /* ---------------------------------------------------------------- utf-8 */
 
-/* Length of the valid UTF-8 sequence at s (Python's strict rules: no
- * overlongs, no surrogates, nothing above U+10FFFF), or 0 when invalid;
- * *bad gets the length of the maximal invalid subpart to replace. */
-static size_t utf8_seq(const uint8_t *s, size_t n, uint32_t *cp, size_t *bad)
-{
-    uint8_t c = s[0];
-    size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (c < 0x80) { *cp = c; return 1; }
-    if (c < 0xC2 || c > 0xF4) { *bad = 1; return 0; }
-    if (c < 0xE0) { need = 1; *cp = c & 0x1F; }
-    else if (c < 0xF0) {
-        need = 2; *cp = c & 0x0F;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else {
-        need = 3; *cp = c & 0x07;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        if (i >= n || s[i] < lo || s[i] > hi) { *bad = i; return 0; }
-        *cp = (*cp << 6) | (s[i] & 0x3F);
-        lo = 0x80; hi = 0xBF;
-    }
-    return need + 1;
-}
-
-/* Offset of the first invalid byte, or n when all of s is valid UTF-8. */
-static size_t utf8_check(const char *s, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)s;
-    size_t i = 0, bad;
-    uint32_t cp;
-    while (i < n) {
-        if (p[i] < 0x80) { i++; continue; }
-        size_t k = utf8_seq(p + i, n - i, &cp, &bad);
-        if (!k) return i;
-        i += k;
-    }
-    return n;
-}
-
 /* Python's str.isspace(). */
 static int py_space(uint32_t c)
 {
@@ -190,7 +148,7 @@ static int buf_add_utf8_replace(strbuf *b, const uint8_t *s, size_t n)
     size_t i = 0, bad;
     uint32_t cp;
     while (i < n) {
-        size_t k = s[i] < 0x80 ? 1 : utf8_seq(s + i, n - i, &cp, &bad);
+        size_t k = s[i] < 0x80 ? 1 : b2__utf8_seq(s + i, n - i, &cp, &bad);
         if (k) {
             memcpy(b->p + b->len, s + i, k);
             b->len += k;
@@ -552,7 +510,7 @@ static int load_merges(b2_bpe *t, const char *path, blip2_error *err)
     size_t len;
     int rc = read_file(path, &data, &len, err);
     if (rc < 0) return rc;
-    size_t bad = utf8_check(data, len);
+    size_t bad = b2__utf8_check(data, len);
     if (bad != len) {
         free(data);
         return b2__err(err, BLIP2_EFORMAT, "%s: invalid UTF-8 at byte %zu",
@@ -836,7 +794,7 @@ static int build_id_tables(b2_bpe *t, blip2_error *err)
         t->raw_off[id] = (uint32_t)w;
         while (i < len) {
             uint32_t cp;
-            size_t k = utf8_seq(p + i, len - i, &cp, &bad);
+            size_t k = b2__utf8_seq(p + i, len - i, &cp, &bad);
             if (!k) { /* not reachable: jansson and merges are checked */
                 t->raw[w++] = p[i++];
                 continue;
@@ -929,7 +887,7 @@ int b2__bpe_load_src(b2_bpe **out, const b2_bpe_src *src, blip2_error *err)
     for (size_t i = 0; i < src->n_tokens; i++) {
         const b2_bpe_str *s = &src->tokens[i];
         if (s->len == 0) continue; /* a hole in vocab.json's ids */
-        if (memchr(s->p, 0, s->len) || utf8_check(s->p, s->len) != s->len) {
+        if (memchr(s->p, 0, s->len) || b2__utf8_check(s->p, s->len) != s->len) {
             rc = b2__err(err, BLIP2_EFORMAT, "%s: token %zu is not valid UTF-8 text", name, i);
             goto fail;
         }
@@ -942,7 +900,7 @@ int b2__bpe_load_src(b2_bpe **out, const b2_bpe_src *src, blip2_error *err)
     }
     for (size_t i = 0; i < src->n_merges; i++) {
         const b2_bpe_str *s = &src->merges[i];
-        if (utf8_check(s->p, s->len) != s->len) {
+        if (b2__utf8_check(s->p, s->len) != s->len) {
             rc = b2__err(err, BLIP2_EFORMAT, "%s: merge %zu is not valid UTF-8 text", name, i);
             goto fail;
         }
@@ -1231,7 +1189,7 @@ static size_t lead_space(const char *s, size_t n)
     size_t i = 0, bad;
     uint32_t cp;
     while (i < n) {
-        size_t k = utf8_seq((const uint8_t *)s + i, n - i, &cp, &bad);
+        size_t k = b2__utf8_seq((const uint8_t *)s + i, n - i, &cp, &bad);
         if (!k || !py_space(cp)) break;
         i += k;
     }
@@ -1245,7 +1203,7 @@ static size_t trail_space(const char *s, size_t n)
     while (e > 0) {
         size_t b = e - 1;
         while (b > 0 && ((uint8_t)s[b] & 0xC0) == 0x80) b--;
-        if (!utf8_seq((const uint8_t *)s + b, e - b, &cp, &bad) || !py_space(cp))
+        if (!b2__utf8_seq((const uint8_t *)s + b, e - b, &cp, &bad) || !py_space(cp))
             break;
         e = b;
     }
@@ -1262,7 +1220,7 @@ int b2__bpe_encode(const b2_bpe *t, const char *text, size_t len,
     *ids = NULL;
     *n = 0;
     if (!t || (!text && len)) return b2__err(err, BLIP2_EINVAL, "tokenize: NULL text");
-    size_t bad = utf8_check(text, len);
+    size_t bad = b2__utf8_check(text, len);
     if (bad != len)
         return b2__err(err, BLIP2_EINVAL,
                        "tokenize: text is not valid UTF-8 (byte %zu)", bad);

@@ -1,17 +1,27 @@
 /*
- * daemon.h - blip2d internals shared by the server (loop thread), the
- * scheduler/engine thread and main.
+ * daemon.h - blip2d internals shared by the pipeline's files: jobs
+ * (job.c), their preparation on the worker pool (prepare.c, generate.c,
+ * features.c), the scheduler thread (engine.c), the core every front end
+ * submits to (core.c, its interface in frontend.h) and main.
  *
- * A generate request becomes a b2d_job.  It is referenced by the loop
- * thread (while the request is in flight on its connection) and by the
- * pipeline (preparation on libuv's pool, then the engine thread); the job
- * is freed when both have let go (refcount).  The job never points at its
- * connection: results travel as encoded frames tagged with the connection
- * id, and the loop drops those whose connection is gone.
+ *   front end (server.c: the socket; later HTTP, a queue worker)
+ *     --b2d_submit (core.c: admission, one job per request)-->
+ *   prep queue --libuv pool--> ops->prepare (prepare.c + the job kind)
+ *     --b2d_engine_submit--> engine.c: per-user queues, round robin,
+ *     ops->start, one batched decoder step per model, ops->finish
+ *   every reply --b2d_job_emit (job.c)--> the client's sink (frontend.h)
+ *
+ * A request becomes a b2d_job.  It is referenced by its client's in-flight
+ * list (until its terminal reply) and by the pipeline stage that holds it
+ * (the preparation queue, the pool, the engine); the job is freed when
+ * all have let go (refcount).  Jobs point at their client (a refcounted
+ * b2d_client, never at a connection); the client's sink is the only way
+ * replies leave the pipeline.
  */
 #ifndef B2D_DAEMON_H
 #define B2D_DAEMON_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -20,18 +30,21 @@
 #include "blip2.h"
 #include "blip2ipc.h"
 #include "cache.h"
+#include "frontend.h"
 
 /* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
- * server's current model while running jobs finish on the one they began
+ * core's current model while running jobs finish on the one they began
  * with; the last reference frees it. */
 typedef struct b2d_model {
     blip2_model *m;
-    atomic_int refs;
+    atomic_int refs;         /* > 0 while anything uses it */
     unsigned gen;            /* reload generation: part of the feature-cache key */
     blip2_ctx *ctx;          /* decode scratch, used by the engine thread only */
 } b2d_model;
 
+/* A new reference to bm (bm must be alive). */
 b2d_model *b2d_model_ref(b2d_model *bm);
+/* Drops one reference; the last frees the model.  NULL is fine. */
 void b2d_model_unref(b2d_model *bm);
 
 typedef struct b2d_config {
@@ -44,7 +57,7 @@ typedef struct b2d_config {
     size_t max_frame;
     size_t cache_bytes;
     int max_connections;
-    int max_inflight;        /* per connection */
+    int max_inflight;        /* per connection (per client of the core) */
     double shutdown_timeout; /* seconds to let running work finish */
     double stall_timeout;    /* seconds a full output buffer may stay full */
     size_t max_output;       /* per-connection output buffer before reads pause */
@@ -57,41 +70,90 @@ typedef struct b2d_config {
     blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
 } b2d_config;
 
-typedef struct b2d_job {
-    atomic_int refs;
-    atomic_int canceled;      /* 1: cancel requested (client, disconnect, shutdown) */
-    uint64_t conn_id, req_id;
-    uid_t uid;
+typedef struct b2d_job b2d_job;
+typedef struct b2d_engine b2d_engine;
+
+/* Why a job was canceled (b2d_job.canceled); a larger value wins. */
+enum {
+    B2D_CANCEL_NONE = 0,
+    B2D_CANCEL_CLIENT = 1,   /* a cancel request */
+    B2D_CANCEL_GONE = 2,     /* its client closed: nobody reads the result */
+    B2D_CANCEL_SHUTDOWN = 3, /* the shutdown deadline */
+};
+
+/* What the preparation of a job may use (pool threads; all immutable or
+ * thread-safe). */
+typedef struct b2d_prep_env {
+    b2d_cache *cache;
+    size_t max_image;        /* bytes of an image read from a descriptor */
+} b2d_prep_env;
+
+/* What a job kind does at each stage of the pipeline: the scheduler calls
+ * these and never looks at the kind itself. */
+typedef struct b2d_job_ops {
+    const char *name;        /* "generate", "features" */
+    /* Pool thread, unless the job was canceled first: reads the image,
+     * looks it up in the cache, decodes, tokenises.  Sets j->err (and
+     * j->errmsg) on failure. */
+    void (*prepare)(b2d_job *j, const b2d_prep_env *env);
+    /* Batch slots the job takes while it runs (engine thread). */
+    int (*width)(const b2d_job *j);
+    /* Engine thread, once, when admitted: returns 1 when the job has a
+     * session to step (j->sess), 0 when it already emitted its terminal
+     * reply (it ran between two steps, or failed). */
+    int (*start)(b2d_job *j, b2d_cache *cache, int prefill_chunk);
+    /* Engine thread: its session is done (or was canceled); emits the
+     * terminal reply. */
+    void (*finish)(b2d_job *j);
+    /* Any thread: the job stops before it started (canceled in the queue or
+     * during preparation, or dropped at shutdown); emits its terminal
+     * reply. */
+    void (*abandon)(b2d_job *j);
+    /* 1: a cancel request stops it while queued; 0: it runs to its end
+     * unless its client has gone or the daemon shuts down. */
+    int cancel_stops;
+} b2d_job_ops;
+
+extern const b2d_job_ops b2d_generate_ops; /* generate.c */
+extern const b2d_job_ops b2d_features_ops; /* features.c */
+
+struct b2d_job {
+    atomic_int refs;          /* > 0: its client's list and each pipeline stage */
+    atomic_int canceled;      /* B2D_CANCEL_* */
+    atomic_int ended;         /* 1 once its terminal reply was emitted */
+    const b2d_job_ops *ops;
+    b2d_client *client;       /* a reference: where its replies go */
+    uint64_t req_id;
+    uint64_t user;            /* the client's fairness key */
+    int cancel_pending;       /* under client->mu: send cancel{found} after the terminal */
+    uint64_t cancel_id;
     b2d_model *model;         /* a reference: the model this request runs on */
     /* input (owned) */
     uint8_t *image;
     size_t image_len;
     int image_fd;             /* -1 or a descriptor to read the image from */
-    char *prompt;
+    char *prompt;             /* generate: the prompt; features: the text */
     char **stop;
     int n_stop;
     int stream;
-    int has_seed;
     blip2_gen_params params;
     /* prepared on the pool */
     float *px;                /* (3,H,W) or NULL when cached */
-    float *query;             /* (Q,D) query embeddings */
+    float *query;             /* (Q,Dt) query embeddings */
     int cached;
     uint8_t key[32];
     int32_t *prompt_ids;
     size_t n_prompt_ids;
     int err;                  /* B2IPC_E* of a failed preparation */
     char errmsg[320];
-    /* engine state */
-    struct b2d_engine *engine;
+    /* engine state (generate) */
     blip2_session *sess;
     blip2_stream *streams;    /* (nret) */
     int32_t **ids;            /* (nret) ids so far, for streaming */
     size_t *n_ids, *cap_ids;
-    int nret, steps, started;
-    int prefilling;          /* engine thread: the session was prefilling before this step */
-    /* features requests (kind B2D_JOB_FEATURES): prompt holds the text */
-    int kind;                 /* B2D_JOB_GENERATE or B2D_JOB_FEATURES */
+    int nret, steps;
+    int prefilling;           /* engine thread: the session was prefilling before this step */
+    /* features */
     unsigned outputs;         /* bit (1u << B2IPC_FEAT_*) per requested output */
     size_t max_reply;         /* the frame limit the reply must fit */
     float *blob;              /* the image stages, as the feature cache keeps them:
@@ -100,31 +162,81 @@ typedef struct b2d_job {
                                  ones, owned buffers for logits, logits_last */
     /* times (ms, monotonic) */
     double t_recv, t_prep0, t_prep1, t_admit, vision_ms, prefill_ms, decode_ms, text_ms;
-    struct b2d_job *next;     /* scheduler queue link */
-} b2d_job;
+    b2d_job *next;            /* the preparation or scheduler queue's link */
+};
 
-enum { B2D_JOB_GENERATE = 0, B2D_JOB_FEATURES = 1 };
+/* A peer of a front end (frontend.h): the requests it has in flight and
+ * where their replies go. */
+struct b2d_client {
+    b2d_core *core;
+    atomic_int refs;          /* > 0: the front end's (until close) and one per job */
+    pthread_mutex_t mu;       /* held for every sink call, and guards: */
+    int closed;               /*   the front end closed it: replies are dropped */
+    b2d_job **inf;            /*   the jobs in flight (a reference each) */
+    int ninf, capinf;
+    atomic_int held;          /* the front end takes no output now */
+    uint64_t user;            /* fairness key */
+    b2d_sink sink;
+    void *ctx;
+    atomic_ullong *served;    /* the core's count of terminal replies */
+    b2d_client *prev, *next;  /* the core's list of open clients (core->mu) */
+};
 
+/* ---- jobs, clients and replies (job.c) ---- */
+
+b2d_client *b2d_client_ref(b2d_client *c);
+/* Drops one reference; the last frees c (its in-flight list is empty). */
+void b2d_client_unref(b2d_client *c);
+/* Under c->mu: takes j out of c's in-flight list; 1 if it was there (the
+ * list's reference is then the caller's to drop). */
+int b2d_client_unlist(b2d_client *c, b2d_job *j);
+
+/* A zeroed job of kind ops for request id of client c, holding one
+ * reference (the caller's) plus a reference to c; NULL when out of
+ * memory. */
+b2d_job *b2d_job_new(const b2d_job_ops *ops, b2d_client *c, uint64_t req_id);
+/* A new reference to j. */
+b2d_job *b2d_job_ref(b2d_job *j);
+/* Drops one reference; the last frees the job and what it owns. */
 void b2d_job_unref(b2d_job *j);
+/* Marks j canceled for reason why (B2D_CANCEL_*; a larger reason wins). */
+void b2d_job_cancel(b2d_job *j, int why);
 
-/* A frame produced off the loop thread for one connection. */
-typedef struct b2d_event {
-    uint64_t conn_id, req_id;
-    int terminal;             /* the request's last frame */
-    size_t len;
-    struct b2d_event *next;
-    uint8_t data[];           /* one complete frame */
-} b2d_event;
+/* Sends rp (borrowed) to j's client; terminal: the request's last reply,
+ * sent at most once (later ones are dropped), which takes j out of its
+ * client's in-flight list and is followed by cancel{found: true} when a
+ * cancel is waiting for it.  Any thread. */
+void b2d_job_emit(b2d_job *j, const b2ipc_reply *rp, int terminal);
+/* The terminal error reply of j. */
+void b2d_job_error(b2d_job *j, int code, const char *field, const char *msg);
+/* The timings of j's reply at time now (ms): queue, preprocess, vision,
+ * prefill, decode, total and tokens_per_s over new_tokens. */
+void b2d_timings(const b2d_job *j, double now, size_t new_tokens, b2ipc_timings *t);
+double b2d_now_ms(void);
 
-typedef struct b2d_server b2d_server;
+/* ---- preparation (prepare.c, pool threads) ---- */
 
-/* ---- engine (engine.c) ---- */
-typedef struct b2d_engine b2d_engine;
+/* The protocol error code for a model library error code. */
+int b2d_ipc_code(int blip2_rc);
+/* Records a failed preparation in j (code, printf message); returns code. */
+int b2d_job_fail(b2d_job *j, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Reads the image of j from its descriptor (j->image_fd) into j->image;
+ * on failure sets j->err and returns it. */
+int b2d_read_image_fd(b2d_job *j, size_t max_image);
+/* The image path every job kind shares: the bytes (inline or read from the
+ * descriptor), their feature-cache key (j->key), the cache lookup of n
+ * floats under the key tagged by tag (NULL: the key itself) into out, and
+ * on a miss the decoded, resized pixels (j->px).  Returns 1 on a cache
+ * hit, 0 on a miss (j->px set), or a negative code (j->err set).  Frees
+ * the image bytes. */
+int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, float *out, size_t n);
+/* The key of the cache entry `tag` of an image key (tag NULL: key). */
+void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32]);
 
-/* Starts the engine thread.  Events are handed to `deliver` (thread-safe,
- * called from the engine thread and pool threads). */
-int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache,
-                     void (*deliver)(void *, b2d_event *), void *user);
+/* ---- the scheduler thread (engine.c) ---- */
+
+/* Starts the scheduler thread. */
+int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache);
 /* Queues a prepared job (takes the caller's reference). */
 void b2d_engine_submit(b2d_engine *e, b2d_job *j);
 /* Decoder work since start: steps that only decoded (and the tokens they
@@ -134,45 +246,37 @@ typedef struct b2d_engine_stats {
     double decode_ms, prefill_ms;
 } b2d_engine_stats;
 void b2d_engine_stats_get(b2d_engine *e, b2d_engine_stats *st);
-
 /* Requests currently queued and active. */
 void b2d_engine_counts(b2d_engine *e, int *queued, int *active);
-/* Wakes the engine (after a cancel flag was set). */
+/* Wakes the engine (after a cancel flag was set); NULL is fine. */
 void b2d_engine_poke(b2d_engine *e);
 /* From now on the engine cancels everything it has, at once. */
 void b2d_engine_cancel_all(b2d_engine *e);
 /* Stops and joins the thread (call when it has nothing left). */
 void b2d_engine_stop(b2d_engine *e);
 
-/* The feature-cache key of j's image bytes and preprocessing settings. */
-void b2d_image_key(const b2d_job *j, uint8_t key[32]);
+/* ---- the core (core.c) beyond frontend.h: for the daemon's own use ---- */
 
-/* Preparation (pool thread): reads the image (descriptor or bytes), looks
- * up the cache, decodes and preprocesses, tokenises the prompt.  Sets
- * j->err on failure. */
-void b2d_prepare(b2d_job *j, b2d_cache *cache, size_t max_image);
-/* Reads the image of j from its descriptor (j->image_fd) into j->image;
- * on failure sets j->err and returns it. */
-int b2d_read_image_fd(b2d_job *j, size_t max_image);
+/* The core of cfg serving model m (taken; freed at the end), preparing on
+ * loop's worker pool (the core queues that work from loop's thread). */
+int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_t *loop);
+/* A reloaded model: new requests use it, running ones finish on theirs. */
+void b2d_core_set_model(b2d_core *core, blip2_model *m);
+/* Refuses new requests from now on (shutting_down). */
+void b2d_core_shutdown(b2d_core *core);
+/* Cancels every request at once (the shutdown deadline). */
+void b2d_core_cancel_all(b2d_core *core);
+/* Stops the scheduler thread (when nothing is left), before the loop ends. */
+void b2d_core_stop(b2d_core *core);
+/* Frees the core (after b2d_core_stop and the loop's last run). */
+void b2d_core_free(b2d_core *core);
+typedef struct b2d_core_counts {
+    int in_prep, queued, active, inflight, clients;
+} b2d_core_counts;
+void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n);
 
-/* Frames (encoded with libipc); NULL on allocation failure. */
-b2d_event *b2d_event_error(uint64_t conn_id, uint64_t req_id, int has_id, int code,
-                           const char *field, const char *msg);
-b2d_event *b2d_event_reply(uint64_t conn_id, const b2ipc_reply *rp, int terminal);
-/* The done reply of a finished (or canceled) job. */
-b2d_event *b2d_event_done(b2d_job *j, double now_ms);
+/* ---- the socket front end (server.c) ---- */
 
-/* ---- features requests (features.c) ---- */
-/* Preparation on the pool: image (cache lookup, decode), text (tokenise),
- * the reply's size against j->max_reply.  Sets j->err on failure. */
-void b2d_prepare_features(b2d_job *j, b2d_cache *cache, size_t max_image);
-/* Runs on the engine thread, between decode steps: the stages the request
- * needs (none of the image's when cached), then its features reply. */
-b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache);
-
-double b2d_now_ms(void);
-
-/* ---- server (server.c) ---- */
 /* Runs until shutdown; takes the model (freed at the end). */
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd);
 

@@ -1,25 +1,21 @@
 /*
- * features.c - the features op (docs/protocol.md 5.6) in the daemon.
+ * features.c - the features op (docs/protocol.md 5.6) as a job kind.
  *
- *   loop thread: handle_features (server.c) makes a b2d_job of kind
- *     B2D_JOB_FEATURES --uv pool--> b2d_prepare_features:
- *       image: bytes (inline or descriptor) -> SHA-256 key -> feature cache
- *         lookup of the full stage blob (vision last hidden state + pooler,
- *         Q-Former output, projection) -> on a miss, decode + resize
- *       text: tokenise (BOS first), OPT only, <= max positions
- *       the reply's size against the frame limit (too_large before any work)
- *   --engine queue--> b2d_run_features on the engine thread, between two
- *     decode steps: on a cache miss all image stages at once (so a repeated
- *     request of any output is a hit), stored in the cache twice: the full
- *     blob under a features key and the projection under the key generate
- *     uses; the text pass; then one features reply.
+ *   prepare (pool): text: tokenise (BOS first), OPT only, <= max
+ *     positions; the reply's size against the frame limit (too_large
+ *     before any work); image: b2d_prepare_image with the full stage blob
+ *     (vision last hidden state + pooler, Q-Former output, projection) as
+ *     the cache entry
+ *   start (engine, between two decode steps): on a cache miss all image
+ *     stages at once (so a repeated request of any output is a hit),
+ *     stored in the cache twice: the full blob under a features key and
+ *     the projection under the key generate uses; the text pass; then one
+ *     features reply.  It never has a session to step.
  * Tensors go on the wire as little-endian float32 (int32 for input_ids).
  */
 #include "daemon.h"
 #include "log.h"
 
-#include <glib.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,17 +31,6 @@ static void stage_sizes(const blip2_model *m, size_t n[4])
     n[3] = blip2_query_embeds_len(m); /* language_model_inputs */
 }
 
-__attribute__((format(printf, 3, 4)))
-static int fail(b2d_job *j, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(j->errmsg, sizeof j->errmsg, fmt, ap);
-    va_end(ap);
-    j->err = code;
-    return code;
-}
-
 /* Points the image outputs into j->blob. */
 static void slice_blob(b2d_job *j, const size_t n[4])
 {
@@ -57,17 +42,8 @@ static void slice_blob(b2d_job *j, const size_t n[4])
     j->feat[B2IPC_FEAT_LANGUAGE_MODEL_INPUTS] = b + n[0] + n[1] + n[2];
 }
 
-/* The key of the full stage blob: the image key, tagged. */
-static void blob_key(const uint8_t key[32], uint8_t out[32])
-{
-    static const char tag[] = "features: vision, vision pooler, qformer, projection";
-    GChecksum *ck = g_checksum_new(G_CHECKSUM_SHA256);
-    g_checksum_update(ck, key, 32);
-    g_checksum_update(ck, (const guchar *)tag, sizeof tag - 1);
-    gsize klen = 32;
-    g_checksum_get_digest(ck, out, &klen);
-    g_checksum_free(ck);
-}
+/* The cache entry of the full stage blob. */
+static const char BLOB_TAG[] = "features: vision, vision pooler, qformer, projection";
 
 /* Bytes of tensor data the reply will carry. */
 static uint64_t reply_bytes(const b2d_job *j, const size_t n[4])
@@ -88,66 +64,45 @@ static uint64_t reply_bytes(const b2d_job *j, const size_t n[4])
     return b;
 }
 
-void b2d_prepare_features(b2d_job *j, b2d_cache *cache, size_t max_image)
+static void prepare(b2d_job *j, const b2d_prep_env *env)
 {
     const blip2_model *m = j->model->m;
     blip2_error err = {0};
     size_t n[4];
     stage_sizes(m, n);
-    j->t_prep0 = b2d_now_ms();
     if (j->prompt) {
         if (strcmp(blip2_model_family(m), "opt") != 0) {
-            fail(j, B2IPC_EUNSUPPORTED, "text features are unsupported for this model family (%s): only OPT models have them",
-                 blip2_model_family(m));
-            goto out;
+            b2d_job_fail(j, B2IPC_EUNSUPPORTED, "text features are unsupported for this model family (%s): only OPT models have them",
+                         blip2_model_family(m));
+            return;
         }
         if (blip2_tokenize(m, j->prompt, 1, &j->prompt_ids, &j->n_prompt_ids, &err) < 0) {
-            fail(j, B2IPC_EUTF8, "text: %s", err.text);
-            goto out;
+            b2d_job_fail(j, B2IPC_EUTF8, "text: %s", err.text);
+            return;
         }
         if (j->n_prompt_ids > (size_t)blip2_max_positions(m)) {
-            fail(j, B2IPC_ETOO_LARGE, "text: %zu tokens, the model has %d positions",
-                 j->n_prompt_ids, blip2_max_positions(m));
-            goto out;
+            b2d_job_fail(j, B2IPC_ETOO_LARGE, "text: %zu tokens, the model has %d positions",
+                         j->n_prompt_ids, blip2_max_positions(m));
+            return;
         }
     }
     uint64_t need = reply_bytes(j, n);
     if (need > j->max_reply) {
-        fail(j, B2IPC_ETOO_LARGE,
-                 "the requested outputs need %llu bytes, more than the reply frame limit of %zu "
-                 "bytes (blip2d --max-frame); ask for fewer outputs%s",
-                 (unsigned long long)need, j->max_reply,
-                 (j->outputs & (1u << B2IPC_FEAT_LOGITS)) ? " (logits_last instead of logits, or a shorter text)" : "");
-        goto out;
+        b2d_job_fail(j, B2IPC_ETOO_LARGE,
+                     "the requested outputs need %llu bytes, more than the reply frame limit of %zu "
+                     "bytes (blip2d --max-frame); ask for fewer outputs%s",
+                     (unsigned long long)need, j->max_reply,
+                     (j->outputs & (1u << B2IPC_FEAT_LOGITS)) ? " (logits_last instead of logits, or a shorter text)" : "");
+        return;
     }
-    if (!(j->outputs & ((1u << B2IPC_FEAT_LOGITS) - 1))) goto out; /* no image output */
-    if (j->image_fd >= 0 && b2d_read_image_fd(j, max_image) < 0) goto out;
-    b2d_image_key(j, j->key);
+    if (!(j->outputs & ((1u << B2IPC_FEAT_LOGITS) - 1))) return; /* no image output */
     const size_t total = n[0] + n[1] + n[2] + n[3];
     if (!(j->blob = malloc(sizeof(float) * total))) {
-        fail(j, B2IPC_ENOMEM, "out of memory");
-        goto out;
+        b2d_job_fail(j, B2IPC_ENOMEM, "out of memory");
+        return;
     }
     slice_blob(j, n);
-    uint8_t bk[32];
-    blob_key(j->key, bk);
-    j->cached = b2d_cache_get(cache, bk, j->blob, total);
-    if (!j->cached) {
-        if (!(j->px = malloc(sizeof(float) * blip2_pixel_values_len(m)))) {
-            fail(j, B2IPC_ENOMEM, "out of memory");
-            goto out;
-        }
-        int rc = blip2_preprocess(m, j->image, j->image_len, NULL, j->px, &err);
-        if (rc < 0) {
-            fail(j, rc == BLIP2_ETOOBIG ? B2IPC_ETOO_LARGE : rc == BLIP2_ENOMEM ? B2IPC_ENOMEM : B2IPC_EBAD_IMAGE,
-                 "%s", err.text);
-            goto out;
-        }
-    }
-    free(j->image);
-    j->image = NULL;
-out:
-    j->t_prep1 = b2d_now_ms();
+    b2d_prepare_image(j, env, BLOB_TAG, j->blob, total);
 }
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -160,7 +115,9 @@ static void to_le(void *p, size_t n)
 static void to_le(void *p, size_t n) { (void)p; (void)n; }
 #endif
 
-b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache)
+/* The features reply of j (the stages and the text pass, then the
+ * tensors); an error reply when a stage fails. */
+static void run(b2d_job *j, b2d_cache *cache)
 {
     const blip2_model *m = j->model->m;
     blip2_error err = {0};
@@ -173,12 +130,13 @@ b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache)
             j->feat[B2IPC_FEAT_IMAGE_LAST_HIDDEN_STATE], j->feat[B2IPC_FEAT_IMAGE_POOLER_OUTPUT],
             j->feat[B2IPC_FEAT_QFORMER_LAST_HIDDEN_STATE], NULL, j->feat[B2IPC_FEAT_LANGUAGE_MODEL_INPUTS]};
         int rc = blip2_image_features(m, j->px, 1, &f, &err);
-        if (rc < 0)
-            return b2d_event_error(j->conn_id, j->req_id, 1,
-                                   rc == BLIP2_ENOMEM ? B2IPC_ENOMEM : B2IPC_EINTERNAL, NULL, err.text);
+        if (rc < 0) {
+            b2d_job_error(j, b2d_ipc_code(rc), NULL, err.text);
+            return;
+        }
         j->vision_ms = b2d_now_ms() - t;
         uint8_t bk[32];
-        blob_key(j->key, bk);
+        b2d_cache_key(j->key, BLOB_TAG, bk);
         b2d_cache_put(cache, bk, j->blob, n[0] + n[1] + n[2] + n[3]);
         b2d_cache_put(cache, j->key, j->feat[B2IPC_FEAT_LANGUAGE_MODEL_INPUTS], n[3]);
     }
@@ -186,14 +144,20 @@ b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache)
         double t = b2d_now_ms();
         float *lg = NULL, *last = NULL;
         if ((j->outputs & (1u << B2IPC_FEAT_LOGITS)) && !(lg = j->feat[B2IPC_FEAT_LOGITS] = malloc(sizeof(float) * L * V)))
-            return b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, "out of memory for the logits");
+        {
+            b2d_job_error(j, B2IPC_ENOMEM, NULL, "out of memory for the logits");
+            return;
+        }
         if ((j->outputs & (1u << B2IPC_FEAT_LOGITS_LAST)) && !(last = j->feat[B2IPC_FEAT_LOGITS_LAST] = malloc(sizeof(float) * V)))
-            return b2d_event_error(j->conn_id, j->req_id, 1, B2IPC_ENOMEM, NULL, "out of memory for the logits");
+        {
+            b2d_job_error(j, B2IPC_ENOMEM, NULL, "out of memory for the logits");
+            return;
+        }
         int rc = blip2_text_features(m, j->prompt_ids, L, lg, last, &err);
-        if (rc < 0)
-            return b2d_event_error(j->conn_id, j->req_id, 1,
-                                   rc == BLIP2_EUNSUPPORTED ? B2IPC_EUNSUPPORTED : rc == BLIP2_ENOMEM ? B2IPC_ENOMEM
-                                   : rc == BLIP2_ETOOBIG ? B2IPC_ETOO_LARGE : B2IPC_EINTERNAL, NULL, err.text);
+        if (rc < 0) {
+            b2d_job_error(j, b2d_ipc_code(rc), NULL, err.text);
+            return;
+        }
         j->text_ms = b2d_now_ms() - t;
     }
 
@@ -232,12 +196,43 @@ b2d_event *b2d_run_features(b2d_job *j, b2d_cache *cache)
     rp.features.tensors = ts;
     rp.features.n_tensors = nt;
     rp.features.cached = j->cached;
-    double now = b2d_now_ms(), t0 = j->t_recv;
-    rp.features.timings.queue_ms = (j->t_prep0 > t0 ? j->t_prep0 - t0 : 0) +
-                                   (j->t_admit > j->t_prep1 && j->t_prep1 > 0 ? j->t_admit - j->t_prep1 : 0);
-    rp.features.timings.preprocess_ms = j->t_prep1 > j->t_prep0 ? j->t_prep1 - j->t_prep0 : 0;
-    rp.features.timings.vision_ms = j->vision_ms;
+    b2ipc_timings t;
+    b2d_timings(j, b2d_now_ms(), 0, &t);
+    rp.features.timings.queue_ms = t.queue_ms;
+    rp.features.timings.preprocess_ms = t.preprocess_ms;
+    rp.features.timings.vision_ms = t.vision_ms;
     rp.features.timings.text_ms = j->text_ms;
-    rp.features.timings.total_ms = now > t0 ? now - t0 : 0;
-    return b2d_event_reply(j->conn_id, &rp, 1);
+    rp.features.timings.total_ms = t.total_ms;
+    b2d_job_emit(j, &rp, 1);
 }
+
+/* One features request needs no batch slot: it runs between two steps. */
+static int width(const b2d_job *j)
+{
+    (void)j;
+    return 0;
+}
+
+static int start(b2d_job *j, b2d_cache *cache, int prefill_chunk)
+{
+    (void)prefill_chunk;
+    run(j, cache);
+    return 0;
+}
+
+/* Stopped before it ran: only shutting down (or a client that has gone,
+ * which reads nothing) stops a features request. */
+static void abandon(b2d_job *j)
+{
+    b2d_job_error(j, B2IPC_ESHUTDOWN, NULL, "blip2d is shutting down");
+}
+
+const b2d_job_ops b2d_features_ops = {
+    .name = "features",
+    .prepare = prepare,
+    .width = width,
+    .start = start,
+    .finish = NULL,
+    .abandon = abandon,
+    .cancel_stops = 0,
+};

@@ -5,12 +5,15 @@
  *   conn readable --recvmsg--> bytes + SCM_RIGHTS descriptors (FIFO, <= 8)
  *     -> b2ipc_reader -> frames -> b2ipc_decode_request
  *        hello / ping / status / cancel: answered here, never queued
- *        generate: a b2d_job -> uv_queue_work(b2d_prepare) -> engine
- *   engine and pool threads --deliver (locked list + uv_async)--> events
- *     -> the connection's output buffer -> conn writable --send-->
+ *        generate, features: b2d_submit to the core (core.c), each
+ *        connection being one b2d_client of it (frontend.h)
+ *   pool and engine threads --conn_reply, the client's sink: encoded,
+ *     locked list + uv_async--> events -> the connection's output buffer
+ *     -> conn writable --send-->
  *
- * Only this thread touches connections.  Jobs carry the connection's id,
- * never a pointer, so results for a connection that has gone are dropped.
+ * Only this thread touches connections.  Events carry the connection's id,
+ * and the sink reads only the connection's immutable id and server, so
+ * results for a connection that has gone are dropped.
  * Back-pressure: above cfg->max_output buffered bytes the connection is
  * not read any more (its requests keep their results: tokens are never
  * dropped); if the buffer stays full for cfg->stall_timeout seconds the
@@ -21,6 +24,7 @@
 #include "daemon.h"
 #include "log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <grp.h>
 #ifdef __GLIBC__
@@ -29,19 +33,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define MAX_FDS 8
 
-typedef struct inflight {
-    uint64_t id;
-    b2d_job *job;          /* the loop's reference */
-    int cancel_pending;    /* send cancel{found:true} after the terminal reply */
-    uint64_t cancel_id;
-} inflight;
+/* A frame produced off the loop thread for one connection. */
+typedef struct b2d_event {
+    uint64_t conn_id;
+    size_t len;
+    struct b2d_event *next;
+    uint8_t data[];           /* one complete frame */
+} b2d_event;
 
 typedef struct conn {
     struct b2d_server *srv;
@@ -59,8 +63,7 @@ typedef struct conn {
     uid_t uid;
     gid_t gid;
     pid_t pid;
-    inflight *inf;
-    int ninf, capinf;
+    b2d_client *client;    /* its requests in the core */
     uint32_t proto;        /* protocol version in use: 1 until a hello says more */
     struct conn *next;
 } conn;
@@ -73,30 +76,19 @@ struct b2d_server {
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t shutdown_timer, tick_timer, watchdog_timer;
     const b2d_config *cfg;
-    b2d_model *cur;           /* the model new requests use */
+    b2d_core *core;           /* the pipeline (frontend.h) */
     int reloading;
     double idle_since;
     int trimmed;              /* heap handed back since the last work */
     char last_status[160];
-    b2d_cache *cache;
-    b2d_engine *eng;
     pthread_mutex_t evmu;
     b2d_event *evhead, *evtail;
     conn *conns;
     int nconns;
     uint64_t next_conn_id;
-    int in_prep;
-    uint64_t requests_total;
-    double t_start, t_deadline;
+    double t_deadline;
     int shutting_down, canceled_all;
-    b2ipc_limits lim;
 };
-
-typedef struct prep_work {
-    uv_work_t w;
-    b2d_job *job;
-    struct b2d_server *srv;
-} prep_work;
 
 static void conn_close(conn *c, const char *why);
 static void conn_update_poll(conn *c);
@@ -104,9 +96,8 @@ static void poll_cb(uv_poll_t *h, int status, int events);
 
 /* ---- events from other threads ---- */
 
-static void deliver(void *user, b2d_event *ev)
+static void deliver(struct b2d_server *s, b2d_event *ev)
 {
-    struct b2d_server *s = user;
     pthread_mutex_lock(&s->evmu);
     if (s->evtail) s->evtail->next = ev; else s->evhead = ev;
     s->evtail = ev;
@@ -164,32 +155,39 @@ static void send_error(conn *c, int has_id, uint64_t id, int code, const char *f
     conn_update_poll(c);
 }
 
-static inflight *find_inflight(conn *c, uint64_t id)
+/* The sink of a connection's client (frontend.h): any thread, under the
+ * client's lock.  Encodes rp into an event for the loop thread; reads
+ * only the connection's immutable id and server (b2d_client_close in
+ * conn_close ends the calls before the connection is freed). */
+static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
 {
-    for (int i = 0; i < c->ninf; i++)
-        if (c->inf[i].id == id) return &c->inf[i];
-    return NULL;
+    const conn *c = ctx;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    b2ipc_error err;
+    int rc = rp->type == B2IPC_REPLY_ERROR
+                 ? b2ipc_encode_error(&sb, rp->has_id, rp->id, rp->error.code, rp->error.field, rp->error.message)
+                 : b2ipc_encode_reply(&sb, rp, &err);
+    if (rc < 0 && rp->type != B2IPC_REPLY_ERROR) {
+        LOG_ERR("cannot encode a %s reply: %s", b2ipc_reply_type_name(rp->type), err.message);
+        if (terminal) rc = b2ipc_encode_error(&sb, true, rp->id, B2IPC_EINTERNAL, NULL, err.message);
+    }
+    b2d_event *ev = rc == 0 ? malloc(sizeof *ev + sb.size) : NULL;
+    if (ev) {
+        *ev = (b2d_event){.conn_id = c->id, .len = sb.size};
+        memcpy(ev->data, sb.data, sb.size);
+        deliver(c->srv, ev);
+    } else {
+        LOG_ERR("out of memory: a reply was lost");
+    }
+    msgpack_sbuffer_destroy(&sb);
 }
+
+static const b2d_sink conn_sink = {conn_reply};
 
 static void event_to_conn(conn *c, b2d_event *ev)
 {
     out_append(c, ev->data, ev->len);
-    if (ev->terminal) {
-        inflight *f = find_inflight(c, ev->req_id);
-        if (f) {
-            int pending = f->cancel_pending;
-            uint64_t cid = f->cancel_id;
-            b2d_job_unref(f->job);
-            *f = c->inf[--c->ninf];
-            if (pending) {
-                b2ipc_reply rp;
-                b2ipc_reply_init(&rp, B2IPC_REPLY_CANCEL);
-                rp.id = cid;
-                rp.cancel.found = true;
-                send_reply(c, &rp);
-            }
-        }
-    }
     conn_update_poll(c);
 }
 
@@ -202,7 +200,6 @@ static void async_cb(uv_async_t *h)
     pthread_mutex_unlock(&s->evmu);
     while (ev) {
         b2d_event *n = ev->next;
-        if (ev->terminal) s->requests_total++;
         conn *c = find_conn(s, ev->conn_id);
         if (c) event_to_conn(c, ev);
         free(ev);
@@ -225,6 +222,7 @@ static void stall_cb(uv_timer_t *t)
 static void conn_update_poll(conn *c)
 {
     if (c->fd < 0 || !c->handles_open) return;
+    assert(c->handles_open == 2 && c->client && c->out_off <= c->out_len);
     const b2d_config *cfg = c->srv->cfg;
     size_t pending = c->out_len - c->out_off;
     int full = pending > cfg->max_output;
@@ -252,252 +250,26 @@ static int take_fd(conn *c)
     return fd;
 }
 
-static void prep_cb(uv_work_t *w)
+/* generate and features: the protocol version gate of this front end,
+ * then the core's admission (b2d_submit); fd is taken. */
+static void handle_submit(conn *c, const b2ipc_request *rq, int fd)
 {
-    prep_work *p = w->data;
-    if (p->job->kind == B2D_JOB_FEATURES)
-        b2d_prepare_features(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
-    else
-        b2d_prepare(p->job, p->srv->cache, p->srv->lim.max_image_bytes);
-}
-
-static void after_prep_cb(uv_work_t *w, int status)
-{
-    prep_work *p = w->data;
-    struct b2d_server *s = p->srv;
-    b2d_job *j = p->job;
-    s->in_prep--;
-    if (status < 0 || j->err) {
-        deliver(s, b2d_event_error(j->conn_id, j->req_id, 1, status < 0 ? B2IPC_EINTERNAL : j->err, NULL,
-                                   status < 0 ? "preparation was canceled" : j->errmsg));
-        b2d_job_unref(j);
-    } else if (atomic_load(&j->canceled) && j->kind != B2D_JOB_FEATURES) {
-        deliver(s, b2d_event_done(j, b2d_now_ms()));
-        b2d_job_unref(j);
-    } else {
-        b2d_engine_submit(s->eng, j);
-    }
-    free(p);
-}
-
-static char *dupn(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
-/* A zeroed job with room for it in c's in-flight list (grown when full;
- * on failure the list stays as it was), or NULL when out of memory. */
-static b2d_job *new_job(conn *c)
-{
-    b2d_job *j = calloc(1, sizeof *j);
-    if (j && c->ninf == c->capinf) {
-        int cap = c->capinf ? 2 * c->capinf : 8;
-        void *ni = realloc(c->inf, sizeof *c->inf * (size_t)cap);
-        if (ni) { c->inf = ni; c->capinf = cap; }
-        else { free(j); j = NULL; }
-    }
-    return j;
-}
-
-/* The request is in flight on c from here: prepared on the worker pool
- * (prep_cb), then handed to the engine (after_prep_cb). */
-static void queue_prep(struct b2d_server *s, conn *c, uint64_t id, b2d_job *j, prep_work *w)
-{
-    c->inf[c->ninf++] = (inflight){.id = id, .job = j};
-    w->job = j;
-    w->srv = s;
-    w->w.data = w;
-    s->in_prep++;
-    if (uv_queue_work(&s->loop, &w->w, prep_cb, after_prep_cb) < 0) {
-        s->in_prep--;
-        c->ninf--;
-        atomic_store(&j->refs, 1);
-        b2d_job_unref(j);
-        free(w);
-        send_error(c, 1, id, B2IPC_EINTERNAL, NULL, "cannot queue the request");
-    }
-}
-
-static void handle_generate(conn *c, b2ipc_request *rq, int fd)
-{
-    struct b2d_server *s = c->srv;
-    const b2ipc_generate *g = &rq->generate;
-    int queued = 0, active = 0;
-    b2d_engine_counts(s->eng, &queued, &active);
-    const char *why = NULL;
-    int code = 0;
-    if (find_inflight(c, rq->id)) code = B2IPC_EDUP_ID, why = "this id is already in flight on this connection";
-    else if (s->shutting_down) code = B2IPC_ESHUTDOWN, why = "blip2d is shutting down";
-    else if (c->ninf >= s->cfg->max_inflight) code = B2IPC_EBUSY, why = "too many requests in flight on this connection";
-    else if (s->in_prep + queued >= s->cfg->max_queue) code = B2IPC_EBUSY, why = "the queue is full; retry later";
-    else if (g->params.do_sample && g->params.num_beams > 1) code = B2IPC_EUNSUPPORTED, why = "beam sampling (do_sample with num_beams > 1) is not supported";
-    else if (g->image_fd && fd < 0) code = B2IPC_EBAD_FD, why = "image_fd: no descriptor was received with this request";
-    if (code) {
+    if (rq->op == B2IPC_OP_FEATURES && c->proto < 2) {
         if (fd >= 0) close(fd);
-        send_error(c, 1, rq->id, code, code == B2IPC_EBAD_FD ? "image_fd" : NULL, why);
+        send_error(c, 1, rq->id, B2IPC_EUNKNOWN_OP, "op", "features needs protocol version 2: send hello with v >= 2 first");
         return;
     }
-    b2d_job *j = new_job(c);
-    if (!j) {
-        if (fd >= 0) close(fd);
-        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
-        return;
-    }
-    atomic_init(&j->refs, 2); /* the connection's and the pipeline's */
-    atomic_init(&j->canceled, 0);
-    j->conn_id = c->id;
-    j->req_id = rq->id;
-    j->uid = c->uid;
-    j->model = b2d_model_ref(s->cur);
-    j->image_fd = fd;
-    j->t_recv = b2d_now_ms();
-    j->stream = g->stream;
-    blip2_gen_params *p = &j->params;
-    blip2_gen_params_default(p);
-    p->max_new_tokens = (int)g->params.max_new_tokens;
-    p->min_new_tokens = (int)g->params.min_new_tokens;
-    p->num_beams = (int)g->params.num_beams;
-    p->length_penalty = (float)g->params.length_penalty;
-    p->repetition_penalty = (float)g->params.repetition_penalty;
-    p->do_sample = g->params.do_sample;
-    p->temperature = (float)g->params.temperature;
-    p->top_k = g->params.top_k > (1u << 30) ? 1 << 30 : (int)g->params.top_k;
-    p->top_p = (float)g->params.top_p;
-    p->num_return_sequences = (int)g->params.num_return_sequences;
-    if (g->params.has_seed) p->seed = g->params.seed;
-    else if (getrandom(&p->seed, sizeof p->seed, 0) != sizeof p->seed) p->seed = (uint64_t)(b2d_now_ms() * 1e3);
-    int nomem = 0;
-    if (g->image && g->image_len) {
-        if ((j->image = malloc(g->image_len))) memcpy(j->image, g->image, g->image_len), j->image_len = g->image_len;
-        else nomem = 1;
-    }
-    if (g->prompt && !(j->prompt = dupn(g->prompt))) nomem = 1;
-    if (g->params.n_stop) {
-        if (!(j->stop = calloc(g->params.n_stop, sizeof *j->stop))) nomem = 1;
-        for (uint32_t i = 0; !nomem && i < g->params.n_stop; i++)
-            if ((j->stop[i] = dupn(g->params.stop[i]))) j->n_stop++;
-            else nomem = 1;
-        p->stop = (const char *const *)j->stop;
-        p->n_stop = j->n_stop;
-    }
-    prep_work *w = nomem ? NULL : calloc(1, sizeof *w);
-    if (!w) {
-        atomic_store(&j->refs, 1);
-        b2d_job_unref(j);
-        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
-        return;
-    }
-    queue_prep(s, c, rq->id, j, w);
-}
-
-/* features (protocol version 2): the same admission as generate, then
- * preparation on the pool and one pass on the engine thread (features.c). */
-static void handle_features(conn *c, b2ipc_request *rq, int fd)
-{
-    struct b2d_server *s = c->srv;
-    const b2ipc_features *q = &rq->features;
-    int queued = 0, active = 0;
-    b2d_engine_counts(s->eng, &queued, &active);
-    const char *why = NULL, *field = NULL;
-    int code = 0;
-    if (c->proto < 2) code = B2IPC_EUNKNOWN_OP, field = "op",
-        why = "features needs protocol version 2: send hello with v >= 2 first";
-    else if (find_inflight(c, rq->id)) code = B2IPC_EDUP_ID, why = "this id is already in flight on this connection";
-    else if (s->shutting_down) code = B2IPC_ESHUTDOWN, why = "blip2d is shutting down";
-    else if (c->ninf >= s->cfg->max_inflight) code = B2IPC_EBUSY, why = "too many requests in flight on this connection";
-    else if (s->in_prep + queued >= s->cfg->max_queue) code = B2IPC_EBUSY, why = "the queue is full; retry later";
-    else if (q->image_fd && fd < 0) code = B2IPC_EBAD_FD, field = "image_fd", why = "image_fd: no descriptor was received with this request";
-    if (code) {
-        if (fd >= 0) close(fd);
-        send_error(c, 1, rq->id, code, field, why);
-        return;
-    }
-    b2d_job *j = new_job(c);
-    prep_work *w = j ? calloc(1, sizeof *w) : NULL;
-    if (j) {
-        atomic_init(&j->refs, 2); /* the connection's and the pipeline's */
-        atomic_init(&j->canceled, 0);
-        j->kind = B2D_JOB_FEATURES;
-        j->conn_id = c->id;
-        j->req_id = rq->id;
-        j->uid = c->uid;
-        j->model = b2d_model_ref(s->cur);
-        j->image_fd = fd;
-        fd = -1;
-        j->t_recv = b2d_now_ms();
-        j->max_reply = s->cfg->max_frame;
-        int img = q->image || q->image_fd;
-        for (uint32_t i = 0; i < q->n_outputs; i++)
-            j->outputs |= 1u << b2ipc_feature_output_index(q->outputs[i], strlen(q->outputs[i]));
-        if (!q->n_outputs) /* the default: every image output, and logits for a text */
-            j->outputs = (img ? (1u << B2IPC_FEAT_LOGITS) - 1 : 0) | (q->text ? 1u << B2IPC_FEAT_LOGITS : 0);
-        if (q->image && (j->image = malloc(q->image_len))) {
-            memcpy(j->image, q->image, q->image_len);
-            j->image_len = q->image_len;
-        }
-        if (q->text) j->prompt = dupn(q->text);
-    }
-    if (!j || !w || (q->image && !j->image) || (q->text && !j->prompt)) {
-        if (fd >= 0) close(fd);
-        if (j) atomic_store(&j->refs, 1);
-        b2d_job_unref(j);
-        free(w);
-        send_error(c, 1, rq->id, B2IPC_ENOMEM, NULL, "out of memory");
-        return;
-    }
-    queue_prep(s, c, rq->id, j, w);
+    b2d_refusal why;
+    if (b2d_submit(c->client, rq, fd, &why) < 0) send_error(c, 1, rq->id, why.code, why.field, why.message);
 }
 
 static void handle_status(conn *c, uint64_t id)
 {
-    struct b2d_server *s = c->srv;
-    const blip2_model *m = s->cur->m;
     b2ipc_reply rp;
     b2ipc_reply_init(&rp, B2IPC_REPLY_STATUS);
     rp.id = id;
-    b2ipc_status *st = &rp.status;
-    st->version = PACKAGE_VERSION;
-    st->protocol = B2IPC_PROTOCOL_VERSION;
-    st->uptime_ms = (uint64_t)(b2d_now_ms() - s->t_start);
-    st->model.path = s->cfg->model_path;
-    const char *slash = strrchr(s->cfg->model_path, '/');
-    char name[256];
-    snprintf(name, sizeof name, "%s", slash && slash[1] ? slash + 1 : s->cfg->model_path);
-    st->model.name = name;
-    st->model.family = blip2_model_family(m);
-    st->model.dtype = blip2_model_dtype(m);
-    st->config.image_size = (uint32_t)blip2_image_size(m);
-    st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
-    st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);
-    st->config.qformer_layers = (uint32_t)blip2_qformer_layers(m);
-    st->config.num_query_tokens = (uint32_t)blip2_num_query_tokens(m);
-    st->config.text_layers = (uint32_t)blip2_text_layers(m);
-    st->config.text_hidden = (uint32_t)blip2_text_hidden(m);
-    st->config.vocab_size = (uint32_t)blip2_vocab_size(m);
-    st->config.max_positions = (uint32_t)blip2_max_positions(m);
-    int queued = 0, active = 0;
-    b2d_engine_counts(s->eng, &queued, &active);
-    st->queue_depth = (uint32_t)(queued + s->in_prep);
-    st->active = (uint32_t)active;
-    st->max_queue = (uint32_t)s->cfg->max_queue;
-    st->max_batch = (uint32_t)s->cfg->max_batch;
-    st->connections = (uint32_t)s->nconns;
-    st->threads = (uint32_t)s->cfg->threads;
-    st->requests_total = s->requests_total;
-    b2d_cache_stats cs;
-    b2d_cache_stats_get(s->cache, &cs);
-    st->cache.hits = cs.hits;
-    st->cache.misses = cs.misses;
-    st->cache.entries = cs.entries;
-    st->cache.bytes = cs.bytes;
-    st->cache.capacity_bytes = cs.capacity;
-    b2d_engine_stats es;
-    b2d_engine_stats_get(s->eng, &es);
-    st->engine.decode_steps = es.decode_steps;
-    st->engine.decode_tokens = es.decode_tokens;
-    st->engine.decode_ms = es.decode_ms;
-    st->engine.prefill_steps = es.prefill_steps;
-    st->engine.prefill_ms = es.prefill_ms;
+    b2d_status_text txt;
+    b2d_core_status(c->srv->core, &rp.status, &txt);
     send_reply(c, &rp);
 }
 
@@ -506,7 +278,8 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
     struct b2d_server *s = c->srv;
     b2ipc_request rq;
     b2ipc_error err;
-    if (b2ipc_decode_request(payload, len, &s->lim, &rq, &err) < 0) {
+    const b2ipc_limits *lim = b2d_core_limits(s->core);
+    if (b2ipc_decode_request(payload, len, lim, &rq, &err) < 0) {
         if (rq.takes_fd) {
             int fd = take_fd(c);
             if (fd >= 0) close(fd);
@@ -525,8 +298,8 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
         c->proto = rp.hello.v;
         rp.hello.server = "blip2d " PACKAGE_VERSION;
         rp.hello.max_frame = s->cfg->max_frame;
-        rp.hello.max_image_bytes = s->lim.max_image_bytes;
-        rp.hello.max_prompt_bytes = s->lim.max_prompt_bytes;
+        rp.hello.max_image_bytes = lim->max_image_bytes;
+        rp.hello.max_prompt_bytes = lim->max_prompt_bytes;
         if (rq.hello.client) LOG_DEBUG("connection %llu: client \"%s\"", (unsigned long long)c->id, rq.hello.client);
         send_reply(c, &rp);
         break;
@@ -538,27 +311,17 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
     case B2IPC_OP_STATUS:
         handle_status(c, rq.id);
         break;
-    case B2IPC_OP_CANCEL: {
-        inflight *f = find_inflight(c, rq.cancel.target);
-        if (f && !f->cancel_pending) {
-            f->cancel_pending = 1;
-            f->cancel_id = rq.id;
-            atomic_store(&f->job->canceled, 1);
-            b2d_engine_poke(s->eng);
-        } else {
+    case B2IPC_OP_CANCEL:
+        if (!b2d_cancel(c->client, rq.cancel.target, &rq.id)) {
             b2ipc_reply_init(&rp, B2IPC_REPLY_CANCEL);
             rp.id = rq.id;
             rp.cancel.found = false;
             send_reply(c, &rp);
         }
         break;
-    }
     case B2IPC_OP_GENERATE:
-        handle_generate(c, &rq, fd);
-        fd = -1;
-        break;
     case B2IPC_OP_FEATURES:
-        handle_features(c, &rq, fd);
+        handle_submit(c, &rq, fd);
         fd = -1;
         break;
     default:
@@ -646,9 +409,10 @@ static void poll_cb(uv_poll_t *h, int status, int events)
 static void conn_free_cb(uv_handle_t *h)
 {
     conn *c = h->data;
+    assert(c->fd < 0 && c->handles_open > 0 && !c->client);
     if (--c->handles_open > 0) return;
+    assert(c->nfds == 0);
     free(c->out);
-    free(c->inf);
     b2ipc_reader_destroy(&c->rd);
     free(c);
 }
@@ -661,14 +425,8 @@ static void conn_close(conn *c, const char *why)
     for (conn **pp = &s->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) { *pp = c->next; break; }
     s->nconns--;
-    int canceled = 0;
-    for (int i = 0; i < c->ninf; i++) {
-        atomic_store(&c->inf[i].job->canceled, 1);
-        b2d_job_unref(c->inf[i].job);
-        canceled++;
-    }
-    c->ninf = 0;
-    if (canceled) b2d_engine_poke(s->eng);
+    int canceled = b2d_client_close(c->client); /* no reply reaches it from here */
+    c->client = NULL;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
     c->nfds = 0;
     if (c->out_off < c->out_len) /* best effort: a last error frame */
@@ -741,6 +499,10 @@ static void accept_cb(uv_poll_t *h, int status, int events)
             continue;
         }
         conn *c = calloc(1, sizeof *c);
+        if (c && !(c->client = b2d_client_new(s->core, cr.uid, &conn_sink, c))) {
+            free(c);
+            c = NULL;
+        }
         if (!c) { close(fd); continue; }
         c->srv = s;
         c->id = ++s->next_conn_id;
@@ -778,17 +540,13 @@ static void shutdown_tick(uv_timer_t *t)
     if (!s->canceled_all && now >= s->t_deadline) {
         LOG_WARN("shutdown deadline reached: canceling the remaining requests");
         s->canceled_all = 1;
-        for (conn *c = s->conns; c; c = c->next)
-            for (int i = 0; i < c->ninf; i++) atomic_store(&c->inf[i].job->canceled, 1);
-        b2d_engine_cancel_all(s->eng);
+        b2d_core_cancel_all(s->core);
     }
-    int queued = 0, active = 0, unsent = 0, n_inflight = 0;
-    b2d_engine_counts(s->eng, &queued, &active);
-    for (conn *c = s->conns; c; c = c->next) {
-        unsent |= c->out_off < c->out_len;
-        n_inflight += c->ninf;
-    }
-    int idle = s->in_prep == 0 && queued == 0 && active == 0 && n_inflight == 0;
+    int unsent = 0;
+    b2d_core_counts n;
+    b2d_core_counts_get(s->core, &n);
+    for (conn *c = s->conns; c; c = c->next) unsent |= c->out_off < c->out_len;
+    int idle = n.in_prep == 0 && n.queued == 0 && n.active == 0 && n.inflight == 0;
     if ((idle && !unsent) || now >= s->t_deadline + 5000) {
         while (s->conns) conn_close(s->conns, "shutting down");
         uv_stop(&s->loop);
@@ -805,6 +563,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     }
     LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
     s->shutting_down = 1;
+    b2d_core_shutdown(s->core);
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
     uv_poll_stop(&s->listen_poll);
@@ -835,16 +594,10 @@ static void reload_done_cb(uv_work_t *w, int status)
     reload_work *r = w->data;
     struct b2d_server *s = r->srv;
     s->reloading = 0;
-    b2d_model *nm = r->m && status == 0 ? calloc(1, sizeof *nm) : NULL;
-    if (nm) {
-        nm->m = r->m;
-        atomic_init(&nm->refs, 1);
-        nm->gen = s->cur->gen + 1;
-        b2d_model *old = s->cur;
-        s->cur = nm; /* running jobs keep their references to the old one */
-        b2d_model_unref(old);
+    if (r->m && status == 0) {
         LOG_INFO("reloaded %s in %.0f ms (%s weights); new requests use it", s->cfg->model_path,
-                 b2d_now_ms() - r->t0, blip2_model_dtype(nm->m));
+                 b2d_now_ms() - r->t0, blip2_model_dtype(r->m));
+        b2d_core_set_model(s->core, r->m); /* running jobs keep the old one */
     } else {
         blip2_model_free(r->m);
         LOG_ERR("reload failed, still serving the previous model: %s", r->err.text[0] ? r->err.text : "out of memory");
@@ -885,16 +638,16 @@ static void watchdog_cb(uv_timer_t *t)
 static void tick_cb(uv_timer_t *t)
 {
     struct b2d_server *s = t->data;
-    int queued = 0, active = 0;
-    b2d_engine_counts(s->eng, &queued, &active);
+    b2d_core_counts n;
+    b2d_core_counts_get(s->core, &n);
     char st[sizeof s->last_status];
-    snprintf(st, sizeof st, "serving %s: %d active, %d queued, %d connections", s->cfg->model_path, active,
-             queued + s->in_prep, s->nconns);
+    snprintf(st, sizeof st, "serving %s: %d active, %d queued, %d connections", s->cfg->model_path, n.active,
+             n.queued + n.in_prep, s->nconns);
     if (!s->reloading && !s->shutting_down && strcmp(st, s->last_status) != 0) {
         memcpy(s->last_status, st, sizeof st);
         sd_notifyf(0, "STATUS=%s", st);
     }
-    int no_work = s->in_prep == 0 && queued == 0 && active == 0 && !s->reloading;
+    int no_work = n.in_prep == 0 && n.queued == 0 && n.active == 0 && !s->reloading;
 #ifdef __GLIBC__
     /* a burst leaves freed chunks in the per-thread malloc arenas of the
      * worker pool, the engine and libvips; a long-lived daemon gives them
@@ -912,6 +665,7 @@ static void tick_cb(uv_timer_t *t)
         LOG_INFO("idle for %.0f s: exiting", s->cfg->idle_exit);
         sd_notify(0, "STOPPING=1\nSTATUS=idle exit");
         s->shutting_down = 1;
+        b2d_core_shutdown(s->core);
         uv_poll_stop(&s->listen_poll);
         uv_stop(&s->loop);
     }
@@ -920,24 +674,17 @@ static void tick_cb(uv_timer_t *t)
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
 {
     struct b2d_server *s = calloc(1, sizeof *s);
-    if (!s || !(s->cur = calloc(1, sizeof *s->cur))) {
-        free(s);
+    if (!s) {
         blip2_model_free(m);
         return -1;
     }
     s->cfg = cfg;
-    s->cur->m = m;
-    atomic_init(&s->cur->refs, 1);
     s->listen_fd = listen_fd;
-    s->t_start = b2d_now_ms();
-    s->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
-    s->lim.max_prompt_bytes = B2IPC_DEFAULT_MAX_PROMPT_BYTES;
     pthread_mutex_init(&s->evmu, NULL);
-    s->cache = b2d_cache_new(cfg->cache_bytes);
     uv_loop_init(&s->loop);
     uv_async_init(&s->loop, &s->async, async_cb);
     s->async.data = s;
-    if (!s->cache || b2d_engine_start(&s->eng, cfg, s->cache, deliver, s) < 0) {
+    if (b2d_core_new(&s->core, cfg, m, &s->loop) < 0) { /* takes the model */
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
@@ -969,15 +716,14 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model_path);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     /* the engine has nothing left; drain its last events, then tear down */
-    b2d_engine_stop(s->eng);
+    b2d_core_stop(s->core);
     async_cb(&s->async);
     while (s->conns) conn_close(s->conns, NULL);
     if (s->listen_fd >= 0) close(s->listen_fd);
     uv_walk(&s->loop, close_walk_cb, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
-    b2d_model_unref(s->cur);
-    b2d_cache_free(s->cache);
+    b2d_core_free(s->core);
     pthread_mutex_destroy(&s->evmu);
     free(s);
     LOG_INFO("stopped");

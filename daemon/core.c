@@ -1,0 +1,527 @@
+/*
+ * core.c - the one pipeline every front end submits to (frontend.h):
+ * clients, admission, the preparation queue, cancel, status.
+ *
+ *   front end thread: b2d_submit -> admit() (every refusal, in one place)
+ *     -> job_from_request() -> the client's in-flight list + the
+ *     preparation queue --uv_async--> the loop thread: uv_queue_work
+ *   pool thread: prep_cb -> ops->prepare
+ *   loop thread: after_prep_cb -> error reply | abandon (canceled) |
+ *     b2d_engine_submit (the scheduler thread, engine.c)
+ *
+ * libuv is touched from the loop thread only: a front end on another
+ * thread only appends to the locked preparation queue and wakes the loop.
+ * Lock order: core->mu, then a client's mu, then the engine's; the sink
+ * is called with its client's mu held and nothing else.
+ */
+#include "daemon.h"
+#include "log.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+struct b2d_core {
+    const b2d_config *cfg;
+    uv_loop_t *loop;
+    uv_async_t prep_async;    /* wakes the loop: the preparation queue has jobs */
+    b2d_cache *cache;
+    b2d_engine *eng;
+    b2ipc_limits lim;
+    b2d_prep_env env;
+    double t_start;
+    atomic_ullong served;     /* terminal replies of jobs */
+    pthread_mutex_t mu;       /* guards everything below */
+    b2d_model *cur;           /* the model new requests use */
+    b2d_job *prep_head, *prep_tail; /* admitted, not yet on the pool (a reference each) */
+    int in_prep;              /* admitted, not yet handed to the engine */
+    int shutting_down;
+    b2d_client *clients;      /* the open clients */
+    int nclients;
+};
+
+typedef struct prep_work {
+    uv_work_t w;
+    b2d_job *job;             /* the preparation's reference */
+    b2d_core *core;
+} prep_work;
+
+/* ---- clients ---- */
+
+b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, void *ctx)
+{
+    b2d_client *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->held, 0);
+    pthread_mutex_init(&c->mu, NULL);
+    c->core = core;
+    c->user = user;
+    c->sink = *sink;
+    c->ctx = ctx;
+    c->served = &core->served;
+    pthread_mutex_lock(&core->mu);
+    c->next = core->clients;
+    if (c->next) c->next->prev = c;
+    core->clients = c;
+    core->nclients++;
+    pthread_mutex_unlock(&core->mu);
+    return c;
+}
+
+/* Marks every job in flight on c canceled for why; under c->mu. */
+static int cancel_listed(b2d_client *c, int why)
+{
+    for (int i = 0; i < c->ninf; i++) b2d_job_cancel(c->inf[i], why);
+    return c->ninf;
+}
+
+int b2d_client_close(b2d_client *c)
+{
+    if (!c) return 0;
+    b2d_core *core = c->core;
+    pthread_mutex_lock(&core->mu);
+    assert(!c->closed);
+    if (c->prev) c->prev->next = c->next;
+    else core->clients = c->next;
+    if (c->next) c->next->prev = c->prev;
+    core->nclients--;
+    pthread_mutex_lock(&c->mu);
+    c->closed = 1;
+    int n = cancel_listed(c, B2D_CANCEL_GONE);
+    b2d_job **inf = c->inf;
+    c->inf = NULL;
+    c->ninf = c->capinf = 0;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&core->mu);
+    for (int i = 0; i < n; i++) b2d_job_unref(inf[i]); /* the list's references */
+    free(inf);
+    if (n) b2d_engine_poke(core->eng);
+    b2d_client_unref(c);
+    return n;
+}
+
+void b2d_client_hold(b2d_client *c, int held)
+{
+    if (atomic_exchange(&c->held, held != 0) != (held != 0) && !held) b2d_engine_poke(c->core->eng);
+}
+
+static b2d_job *find_listed(b2d_client *c, uint64_t id)
+{
+    for (int i = 0; i < c->ninf; i++)
+        if (c->inf[i]->req_id == id) return c->inf[i];
+    return NULL;
+}
+
+int b2d_in_flight(b2d_client *c, uint64_t id)
+{
+    pthread_mutex_lock(&c->mu);
+    int found = find_listed(c, id) != NULL;
+    pthread_mutex_unlock(&c->mu);
+    return found;
+}
+
+int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id)
+{
+    pthread_mutex_lock(&c->mu);
+    b2d_job *j = find_listed(c, target);
+    int found = j && !j->cancel_pending;
+    if (found) {
+        j->cancel_pending = reply_id != NULL;
+        j->cancel_id = reply_id ? *reply_id : 0;
+        b2d_job_cancel(j, B2D_CANCEL_CLIENT);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (found) b2d_engine_poke(c->core->eng);
+    return found;
+}
+
+/* ---- admission ---- */
+
+static const b2d_job_ops *ops_of(b2ipc_op op)
+{
+    return op == B2IPC_OP_GENERATE ? &b2d_generate_ops : op == B2IPC_OP_FEATURES ? &b2d_features_ops : NULL;
+}
+
+/* Every reason to refuse rq from c before any work, in the order
+ * docs/protocol.md section 10 step 8 gives.  Under core->mu. */
+static int admit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
+{
+    b2d_core *core = c->core;
+    const b2ipc_gen_params *gp = &rq->generate.params;
+    int image_fd = rq->op == B2IPC_OP_GENERATE ? rq->generate.image_fd : rq->features.image_fd;
+    int queued = 0, active = 0, ninf;
+    b2d_engine_counts(core->eng, &queued, &active);
+    pthread_mutex_lock(&c->mu);
+    int dup = find_listed(c, rq->id) != NULL;
+    ninf = c->ninf;
+    pthread_mutex_unlock(&c->mu);
+    *why = (b2d_refusal){0, NULL, NULL};
+    if (!ops_of(rq->op))
+        *why = (b2d_refusal){B2IPC_EUNKNOWN_OP, "op", "this op is not queued"};
+    else if (dup)
+        *why = (b2d_refusal){B2IPC_EDUP_ID, NULL, "this id is already in flight on this connection"};
+    else if (core->shutting_down)
+        *why = (b2d_refusal){B2IPC_ESHUTDOWN, NULL, "blip2d is shutting down"};
+    else if (ninf >= core->cfg->max_inflight)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight on this connection"};
+    else if (core->in_prep + queued >= core->cfg->max_queue)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "the queue is full; retry later"};
+    else if (rq->op == B2IPC_OP_GENERATE && gp->do_sample && gp->num_beams > 1)
+        *why = (b2d_refusal){B2IPC_EUNSUPPORTED, NULL, "beam sampling (do_sample with num_beams > 1) is not supported"};
+    else if (image_fd && fd < 0)
+        *why = (b2d_refusal){B2IPC_EBAD_FD, "image_fd", "image_fd: no descriptor was received with this request"};
+    return why->code;
+}
+
+static char *dupn(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* The protocol's generation parameters as the model library's. */
+static void gen_params(const b2ipc_gen_params *g, blip2_gen_params *p)
+{
+    blip2_gen_params_default(p);
+    p->max_new_tokens = (int)g->max_new_tokens;
+    p->min_new_tokens = (int)g->min_new_tokens;
+    p->num_beams = (int)g->num_beams;
+    p->length_penalty = (float)g->length_penalty;
+    p->repetition_penalty = (float)g->repetition_penalty;
+    p->do_sample = g->do_sample;
+    p->temperature = (float)g->temperature;
+    p->top_k = g->top_k > (1u << 30) ? 1 << 30 : (int)g->top_k;
+    p->top_p = (float)g->top_p;
+    p->num_return_sequences = (int)g->num_return_sequences;
+    if (g->has_seed) p->seed = g->seed;
+    else if (getrandom(&p->seed, sizeof p->seed, 0) != sizeof p->seed) p->seed = (uint64_t)(b2d_now_ms() * 1e3);
+}
+
+/* The job of an admitted request (the image copied, fd taken), or NULL
+ * when out of memory (fd then still the caller's). */
+static b2d_job *job_from_request(b2d_client *c, const b2ipc_request *rq, int fd, b2d_model *model)
+{
+    b2d_core *core = c->core;
+    b2d_job *j = b2d_job_new(ops_of(rq->op), c, rq->id);
+    if (!j) return NULL;
+    j->model = b2d_model_ref(model);
+    j->t_recv = b2d_now_ms();
+    const uint8_t *img = NULL;
+    size_t img_len = 0;
+    int nomem = 0;
+    if (rq->op == B2IPC_OP_GENERATE) {
+        const b2ipc_generate *g = &rq->generate;
+        img = g->image;
+        img_len = g->image_len;
+        j->stream = g->stream;
+        gen_params(&g->params, &j->params);
+        if (g->prompt && !(j->prompt = dupn(g->prompt))) nomem = 1;
+        if (g->params.n_stop && !(j->stop = calloc(g->params.n_stop, sizeof *j->stop))) nomem = 1;
+        for (uint32_t i = 0; !nomem && i < g->params.n_stop; i++)
+            if ((j->stop[i] = dupn(g->params.stop[i]))) j->n_stop++;
+            else nomem = 1;
+        j->params.stop = (const char *const *)j->stop;
+        j->params.n_stop = j->n_stop;
+    } else {
+        const b2ipc_features *q = &rq->features;
+        img = q->image;
+        img_len = q->image_len;
+        j->max_reply = core->cfg->max_frame;
+        for (uint32_t i = 0; i < q->n_outputs; i++)
+            j->outputs |= 1u << b2ipc_feature_output_index(q->outputs[i], strlen(q->outputs[i]));
+        if (!q->n_outputs) /* the default: every image output, and logits for a text */
+            j->outputs = (q->image || q->image_fd ? (1u << B2IPC_FEAT_LOGITS) - 1 : 0) |
+                         (q->text ? 1u << B2IPC_FEAT_LOGITS : 0);
+        if (q->text && !(j->prompt = dupn(q->text))) nomem = 1;
+    }
+    if (img && img_len) {
+        if ((j->image = malloc(img_len))) {
+            memcpy(j->image, img, img_len);
+            j->image_len = img_len;
+        } else {
+            nomem = 1;
+        }
+    }
+    if (nomem) {
+        b2d_job_unref(j);
+        return NULL;
+    }
+    j->image_fd = fd;
+    return j;
+}
+
+/* Adds j to c's in-flight list (a reference); under core->mu. */
+static int list_job(b2d_client *c, b2d_job *j)
+{
+    int rc = 0;
+    pthread_mutex_lock(&c->mu);
+    if (c->ninf == c->capinf) {
+        int cap = c->capinf ? 2 * c->capinf : 8;
+        b2d_job **ni = realloc(c->inf, sizeof *ni * (size_t)cap);
+        if (ni) {
+            c->inf = ni;
+            c->capinf = cap;
+        } else {
+            rc = -1;
+        }
+    }
+    if (rc == 0) c->inf[c->ninf++] = b2d_job_ref(j);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
+{
+    b2d_core *core = c->core;
+    assert(!c->closed);
+    pthread_mutex_lock(&core->mu);
+    b2d_job *j = NULL;
+    if (admit(c, rq, fd, why) == 0) {
+        j = job_from_request(c, rq, fd, core->cur);
+        if (j && list_job(c, j) < 0) {
+            b2d_job_unref(j);
+            j = NULL;
+        }
+        if (!j) *why = (b2d_refusal){B2IPC_ENOMEM, NULL, "out of memory"};
+    }
+    if (j) { /* the creator's reference goes to the preparation queue */
+        core->in_prep++;
+        j->next = NULL;
+        if (core->prep_tail) core->prep_tail->next = j;
+        else core->prep_head = j;
+        core->prep_tail = j;
+    }
+    pthread_mutex_unlock(&core->mu);
+    if (!j) {
+        if (fd >= 0) close(fd);
+        return why->code;
+    }
+    uv_async_send(&core->prep_async);
+    return 0;
+}
+
+/* ---- preparation ---- */
+
+static void prep_cb(uv_work_t *w)
+{
+    prep_work *p = w->data;
+    b2d_job *j = p->job;
+    j->t_prep0 = b2d_now_ms();
+    int why = atomic_load(&j->canceled);
+    if (!why || (!j->ops->cancel_stops && why < B2D_CANCEL_GONE)) j->ops->prepare(j, &p->core->env);
+    j->t_prep1 = b2d_now_ms();
+}
+
+static void after_prep_cb(uv_work_t *w, int status)
+{
+    prep_work *p = w->data;
+    b2d_core *core = p->core;
+    b2d_job *j = p->job;
+    pthread_mutex_lock(&core->mu);
+    assert(core->in_prep > 0);
+    core->in_prep--;
+    pthread_mutex_unlock(&core->mu);
+    int why = atomic_load(&j->canceled);
+    if (status < 0 || j->err) {
+        b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "preparation was canceled" : j->errmsg);
+        b2d_job_unref(j);
+    } else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE)) {
+        j->ops->abandon(j);
+        b2d_job_unref(j);
+    } else {
+        b2d_engine_submit(core->eng, j); /* takes the reference */
+    }
+    free(p);
+}
+
+/* Loop thread: every job of the preparation queue goes to the pool. */
+static void prep_async_cb(uv_async_t *h)
+{
+    b2d_core *core = h->data;
+    pthread_mutex_lock(&core->mu);
+    b2d_job *j = core->prep_head;
+    core->prep_head = core->prep_tail = NULL;
+    pthread_mutex_unlock(&core->mu);
+    for (b2d_job *n; j; j = n) {
+        n = j->next;
+        j->next = NULL;
+        prep_work *p = calloc(1, sizeof *p);
+        if (p) {
+            p->job = j;
+            p->core = core;
+            p->w.data = p;
+        }
+        if (!p || uv_queue_work(core->loop, &p->w, prep_cb, after_prep_cb) < 0) {
+            free(p);
+            pthread_mutex_lock(&core->mu);
+            core->in_prep--;
+            pthread_mutex_unlock(&core->mu);
+            b2d_job_error(j, B2IPC_EINTERNAL, NULL, "cannot queue the request");
+            b2d_job_unref(j);
+        }
+    }
+}
+
+/* ---- the core ---- */
+
+int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_t *loop)
+{
+    b2d_core *core = calloc(1, sizeof *core);
+    b2d_model *bm = calloc(1, sizeof *bm);
+    if (!core || !bm) goto fail;
+    bm->m = m;
+    atomic_init(&bm->refs, 1);
+    core->cur = bm;
+    core->cfg = cfg;
+    core->loop = loop;
+    core->t_start = b2d_now_ms();
+    atomic_init(&core->served, 0);
+    core->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
+    core->lim.max_prompt_bytes = B2IPC_DEFAULT_MAX_PROMPT_BYTES;
+    pthread_mutex_init(&core->mu, NULL);
+    if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
+    core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes};
+    if (b2d_engine_start(&core->eng, cfg, core->cache) < 0) goto fail_cache;
+    uv_async_init(loop, &core->prep_async, prep_async_cb);
+    core->prep_async.data = core;
+    *out = core;
+    return 0;
+fail_cache:
+    b2d_cache_free(core->cache);
+fail_mu:
+    pthread_mutex_destroy(&core->mu);
+fail:
+    free(bm);
+    free(core);
+    blip2_model_free(m);
+    return -1;
+}
+
+void b2d_core_set_model(b2d_core *core, blip2_model *m)
+{
+    b2d_model *nm = calloc(1, sizeof *nm);
+    if (!nm) {
+        blip2_model_free(m);
+        LOG_ERR("reload: out of memory, still serving the previous model");
+        return;
+    }
+    nm->m = m;
+    atomic_init(&nm->refs, 1);
+    pthread_mutex_lock(&core->mu);
+    b2d_model *old = core->cur;
+    nm->gen = old->gen + 1;
+    core->cur = nm; /* running jobs keep their references to the old one */
+    pthread_mutex_unlock(&core->mu);
+    b2d_model_unref(old);
+}
+
+void b2d_core_shutdown(b2d_core *core)
+{
+    pthread_mutex_lock(&core->mu);
+    core->shutting_down = 1;
+    pthread_mutex_unlock(&core->mu);
+}
+
+void b2d_core_cancel_all(b2d_core *core)
+{
+    pthread_mutex_lock(&core->mu);
+    for (b2d_client *c = core->clients; c; c = c->next) {
+        pthread_mutex_lock(&c->mu);
+        cancel_listed(c, B2D_CANCEL_SHUTDOWN);
+        pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_unlock(&core->mu);
+    b2d_engine_cancel_all(core->eng);
+}
+
+void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n)
+{
+    int queued = 0, active = 0, inflight = 0;
+    if (core->eng) b2d_engine_counts(core->eng, &queued, &active);
+    pthread_mutex_lock(&core->mu);
+    for (b2d_client *c = core->clients; c; c = c->next) {
+        pthread_mutex_lock(&c->mu);
+        inflight += c->ninf;
+        pthread_mutex_unlock(&c->mu);
+    }
+    *n = (b2d_core_counts){core->in_prep, queued, active, inflight, core->nclients};
+    pthread_mutex_unlock(&core->mu);
+}
+
+const b2ipc_limits *b2d_core_limits(b2d_core *core)
+{
+    return &core->lim;
+}
+
+void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
+{
+    pthread_mutex_lock(&core->mu);
+    b2d_model *bm = b2d_model_ref(core->cur);
+    pthread_mutex_unlock(&core->mu);
+    const blip2_model *m = bm->m;
+    const b2d_config *cfg = core->cfg;
+    st->version = PACKAGE_VERSION;
+    st->protocol = B2IPC_PROTOCOL_VERSION;
+    st->uptime_ms = (uint64_t)(b2d_now_ms() - core->t_start);
+    st->model.path = cfg->model_path;
+    const char *slash = strrchr(cfg->model_path, '/');
+    snprintf(txt->name, sizeof txt->name, "%s", slash && slash[1] ? slash + 1 : cfg->model_path);
+    snprintf(txt->family, sizeof txt->family, "%s", blip2_model_family(m));
+    snprintf(txt->dtype, sizeof txt->dtype, "%s", blip2_model_dtype(m));
+    st->model.name = txt->name;
+    st->model.family = txt->family;
+    st->model.dtype = txt->dtype;
+    st->config.image_size = (uint32_t)blip2_image_size(m);
+    st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
+    st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);
+    st->config.qformer_layers = (uint32_t)blip2_qformer_layers(m);
+    st->config.num_query_tokens = (uint32_t)blip2_num_query_tokens(m);
+    st->config.text_layers = (uint32_t)blip2_text_layers(m);
+    st->config.text_hidden = (uint32_t)blip2_text_hidden(m);
+    st->config.vocab_size = (uint32_t)blip2_vocab_size(m);
+    st->config.max_positions = (uint32_t)blip2_max_positions(m);
+    b2d_model_unref(bm);
+    b2d_core_counts n;
+    b2d_core_counts_get(core, &n);
+    st->queue_depth = (uint32_t)(n.queued + n.in_prep);
+    st->active = (uint32_t)n.active;
+    st->max_queue = (uint32_t)cfg->max_queue;
+    st->max_batch = (uint32_t)cfg->max_batch;
+    st->connections = (uint32_t)n.clients;
+    st->threads = (uint32_t)cfg->threads;
+    st->requests_total = atomic_load(&core->served);
+    b2d_cache_stats cs;
+    b2d_cache_stats_get(core->cache, &cs);
+    st->cache.hits = cs.hits;
+    st->cache.misses = cs.misses;
+    st->cache.entries = cs.entries;
+    st->cache.bytes = cs.bytes;
+    st->cache.capacity_bytes = cs.capacity;
+    b2d_engine_stats es;
+    b2d_engine_stats_get(core->eng, &es);
+    st->engine.decode_steps = es.decode_steps;
+    st->engine.decode_tokens = es.decode_tokens;
+    st->engine.decode_ms = es.decode_ms;
+    st->engine.prefill_steps = es.prefill_steps;
+    st->engine.prefill_ms = es.prefill_ms;
+}
+
+void b2d_core_stop(b2d_core *core)
+{
+    b2d_engine_stop(core->eng);
+    core->eng = NULL;
+    uv_close((uv_handle_t *)&core->prep_async, NULL);
+}
+
+void b2d_core_free(b2d_core *core)
+{
+    if (!core) return;
+    assert(core->clients == NULL && core->eng == NULL);
+    b2d_model_unref(core->cur);
+    b2d_cache_free(core->cache);
+    pthread_mutex_destroy(&core->mu);
+    free(core);
+}

@@ -2,7 +2,9 @@
 # Installs the Debian 12 packages blip2d needs to build and to run its tests
 # (clang and libclang-rt-14-dev: the libFuzzer targets in tests/fuzz/;
 # libsimde-dev: tests/test_wkernels_avx512emu runs the AVX-512 kernels with
-# their intrinsics emulated, on CPUs without AVX-512).
+# their intrinsics emulated, on CPUs without AVX-512; python3-numpy, -venv,
+# -pip, -setuptools, -wheel: the Python package python/ and its offline
+# installation test).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -13,4 +15,5 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
   libpcre2-dev libsentencepiece-dev libsystemd-dev \
   python3 python3-msgpack valgrind \
+  python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
   clang libclang-rt-14-dev libsimde-dev

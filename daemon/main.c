@@ -8,6 +8,7 @@
  *   or the idle exit -> remove the socket (if it is ours) -> exit 0.
  */
 #include "daemon.h"
+#include "http.h"
 #include "log.h"
 #include "sigbus.h"
 
@@ -62,6 +63,15 @@ static void usage(FILE *f)
         "      --allow-uid LIST    only these uids may connect (comma-separated)\n"
         "      --allow-gid LIST    only members of these groups may connect (comma-separated\n"
         "                          numbers or names); with both lists, either admits\n"
+        "      --http ADDR         also serve HTTP (OpenAI-compatible API, /v1/caption, /health,\n"
+        "                          /metrics, a page at /): 127.0.0.1:PORT, [::1]:PORT, HOST:PORT\n"
+        "                          or unix:PATH; off by default (docs/http.md)\n"
+        "      --http-token-file F require 'Authorization: Bearer TOKEN' with the token in F;\n"
+        "                          needed for addresses other machines can reach\n"
+        "      --http-max-connections N  open HTTP connections at most (default 32)\n"
+        "      --http-max-body BYTES     request body limit (default 33554432)\n"
+        "      --http-timeout S    a request must arrive within S seconds; idle connections\n"
+        "                          are closed after S (default 30)\n"
         "  -v, --verbose           more log output (repeat for debug)\n"
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
@@ -173,7 +183,7 @@ static int make_socket(const char *path)
 int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
-           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK };
+           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_HTTP, O_HTOKEN, O_HCONNS, O_HBODY, O_HTIMEOUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -186,6 +196,9 @@ int main(int argc, char **argv)
         {"allow-gid", required_argument, 0, O_AGID},
         {"weights-cache", required_argument, 0, O_WCACHE}, {"weights-type", required_argument, 0, O_WTYPE},
         {"no-weights-cache", no_argument, 0, O_NOWCACHE}, {"mlock", no_argument, 0, O_MLOCK},
+        {"http", required_argument, 0, O_HTTP}, {"http-token-file", required_argument, 0, O_HTOKEN},
+        {"http-max-connections", required_argument, 0, O_HCONNS},
+        {"http-max-body", required_argument, 0, O_HBODY}, {"http-timeout", required_argument, 0, O_HTIMEOUT},
         {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -195,6 +208,8 @@ int main(int argc, char **argv)
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
     };
+    b2d_http_config hcfg = { .max_connections = 32, .max_body = 32u << 20, .max_header = 32u << 10,
+                             .timeout = 30 };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;
     while ((c = getopt_long(argc, argv, "m:s:t:vqh", opts, NULL)) != -1) {
@@ -225,6 +240,11 @@ int main(int argc, char **argv)
             break;
         case O_NOWCACHE: no_wcache = 1; break;
         case O_MLOCK: cfg.load.mlock = 1; break;
+        case O_HTTP: hcfg.addr = optarg; break;
+        case O_HTOKEN: hcfg.token_file = optarg; break;
+        case O_HCONNS: hcfg.max_connections = (int)num(optarg, "--http-max-connections", 1, 4096); break;
+        case O_HBODY: hcfg.max_body = (size_t)num(optarg, "--http-max-body", 1024, 1l << 31); break;
+        case O_HTIMEOUT: hcfg.timeout = (int)num(optarg, "--http-timeout", 1, 86400); break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
@@ -303,7 +323,29 @@ int main(int argc, char **argv)
         blip2_model_free(m);
         return 1;
     }
+    b2d_http *http = NULL;
+    if (hcfg.addr) { /* HTTP reaches the scheduler through this daemon's own socket */
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof sa;
+        char hmsg[512];
+        memset(&sa, 0, sizeof sa);
+        if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0 || sa.sun_path[0] == '\0') {
+            LOG_ERR("--http needs a socket with a path (not an abstract one)");
+            blip2_model_free(m);
+            return 1;
+        }
+        hcfg.socket_path = sa.sun_path;
+        hcfg.lim.max_image_bytes = cfg.max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg.max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
+        if (b2d_http_start(&hcfg, &http, hmsg, sizeof hmsg) < 0) {
+            LOG_ERR("%s", hmsg);
+            blip2_model_free(m);
+            if (!cfg.activated) unlink(cfg.socket_path);
+            return 1;
+        }
+        LOG_INFO("serving HTTP on %s%s", hcfg.addr, hcfg.token_file ? " (bearer token required)" : "");
+    }
     int rc = b2d_server_run(&cfg, m, fd); /* takes the model */
+    b2d_http_stop(http);
     if (!cfg.activated) unlink(cfg.socket_path);
     free(cfg.allow_uid);
     free(cfg.allow_gid);

@@ -13,7 +13,7 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
-  libpcre2-dev libsentencepiece-dev libsystemd-dev \
+  libpcre2-dev libsentencepiece-dev libsystemd-dev libmicrohttpd-dev \
   python3 python3-msgpack valgrind \
   python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
   clang libclang-rt-14-dev libsimde-dev

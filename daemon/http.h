@@ -1,0 +1,89 @@
+/*
+ * http.h - blip2d's HTTP front end (--http): an OpenAI-compatible API, a
+ * native caption endpoint, health, Prometheus metrics and a browser page
+ * (docs/http.md).  Served by libmicrohttpd on threads of its own; every
+ * request goes to the daemon's one scheduler through the submission point
+ * below (http_backend.c), so HTTP and socket clients share its queue,
+ * limits, fairness and memory.
+ *
+ *   http.c          the server: listening, limits, auth, routes, SSE
+ *   http_api.c      JSON <-> protocol requests and replies (pure)
+ *   http_backend.c  the submission point: a request in, its replies out
+ *   http_metrics.c  counters and histograms, the Prometheus text
+ */
+#ifndef B2D_HTTP_H
+#define B2D_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "blip2ipc.h"
+#include "http_api.h"
+
+typedef struct b2d_http_config {
+    const char *addr;          /* "127.0.0.1:PORT", "[::1]:PORT", "HOST:PORT" or "unix:PATH" */
+    const char *token_file;    /* NULL: no authentication (refused for non-loopback addresses) */
+    const char *socket_path;   /* the daemon's own socket (the submission point connects to it) */
+    int max_connections;       /* open HTTP connections at most (each has a thread) */
+    size_t max_body;           /* request body limit in bytes */
+    size_t max_header;         /* request line + headers limit in bytes */
+    int timeout;               /* seconds: idle connections, and a request must arrive within it */
+    b2ipc_limits lim;          /* the daemon's image and prompt limits */
+} b2d_http_config;
+
+typedef struct b2d_http b2d_http;
+
+/* Checks the address and the token file, creates the listening socket and
+ * starts the server threads.  Returns 0 and *out, or -1 with the reason in
+ * msg (one line). */
+int b2d_http_start(const b2d_http_config *cfg, b2d_http **out, char *msg, size_t msg_len);
+/* From now on /health answers 503 "shutting_down" and new work is refused. */
+void b2d_http_shutting_down(b2d_http *h);
+/* Stops the server (running requests are cut off) and frees it; NULL is fine. */
+void b2d_http_stop(b2d_http *h);
+
+/* ---- the submission point (http_backend.c) ---- */
+
+typedef struct b2d_backend b2d_backend;
+typedef struct b2d_bjob b2d_bjob;
+
+/* socket_path: the daemon's socket.  NULL if out of memory. */
+b2d_backend *b2d_backend_new(const char *socket_path);
+void b2d_backend_free(b2d_backend *b);
+/* Submits a generate request (copied; its id is the backend's).  0 and
+ * *out, or -1 with *err (503 when the daemon cannot be reached). */
+int b2d_backend_submit(b2d_backend *b, const b2ipc_request *rq, b2d_bjob **out, b2d_http_error *err);
+/* Waits for the job's next reply (token, done or error) while watching
+ * watch_fd (the HTTP client's socket, or -1) for a hang-up.  Returns 1 with
+ * *rp (free with b2ipc_reply_free), 0 when the client hung up (the request
+ * is canceled), -1 with *err when the daemon connection failed. */
+int b2d_backend_next(b2d_bjob *j, int watch_fd, b2ipc_reply *rp, b2d_http_error *err);
+/* Ends the job, canceling it if it has not finished; NULL is fine. */
+void b2d_backend_close(b2d_bjob *j);
+/* The daemon's status reply (free with b2ipc_reply_free): 0, or -1 with *err. */
+int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_http_error *err);
+
+/* ---- metrics (http_metrics.c) ---- */
+
+typedef struct b2d_metrics b2d_metrics;
+
+enum { B2D_EP_CHAT, B2D_EP_CAPTION, B2D_EP_MODELS, B2D_EP_HEALTH, B2D_EP_METRICS, B2D_EP_PAGE,
+       B2D_EP_OTHER, B2D_EP_COUNT };
+
+b2d_metrics *b2d_metrics_new(void);
+void b2d_metrics_free(b2d_metrics *m);
+/* A finished HTTP request: its endpoint, status and, for failures, the
+ * error code ("busy", "bad_json"). */
+void b2d_metrics_request(b2d_metrics *m, int endpoint, int status, const char *code, double seconds);
+void b2d_metrics_inflight(b2d_metrics *m, int delta);
+void b2d_metrics_connections(b2d_metrics *m, int delta);
+/* Time to the first token of a request, the gap between two tokens. */
+void b2d_metrics_ttft(b2d_metrics *m, double seconds);
+void b2d_metrics_token_gap(b2d_metrics *m, double seconds);
+void b2d_metrics_tokens(b2d_metrics *m, uint64_t n);
+/* The Prometheus text exposition (version 0.0.4) of the counters, plus the
+ * daemon's status (st, a status reply, or NULL when it could not be had).
+ * Caller frees; NULL if out of memory. */
+char *b2d_metrics_render(b2d_metrics *m, const b2ipc_reply *st, size_t *len);
+
+#endif

@@ -84,6 +84,7 @@ typedef struct hreq {
     int endpoint;
     int post;
     int refused;           /* a response was queued at the first call */
+    int too_big;           /* the body grew past max_body: discarded */
     GString *body;
     double t0;             /* the complete request */
     int status;
@@ -403,8 +404,8 @@ static enum MHD_Result generate(b2d_http *h, struct MHD_Connection *c, hreq *r, 
             b2d_http_from_code(&e, rp.error.code, rp.error.field, rp.error.message);
             if (chat) { /* name the field as the client did */
                 if (strcmp(e.param, "max_new_tokens") == 0) snprintf(e.param, sizeof e.param, "max_tokens");
-                if (strncmp(e.param, "image", 5) == 0 || strcmp(e.param, "prompt") == 0)
-                    snprintf(e.param, sizeof e.param, "messages");
+                if (!e.param[0] || strncmp(e.param, "image", 5) == 0 || strcmp(e.param, "prompt") == 0)
+                    if (e.status < 500 && e.status != 429) snprintf(e.param, sizeof e.param, "messages");
             }
             b2ipc_reply_free(&rp);
         }
@@ -654,16 +655,22 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (*upload_size) {
-        if (!r->refused && r->body->len + *upload_size > h->cfg.max_body) {
-            r->refused = 1;
-            *upload_size = 0;
-            return fail(c, r, 413, "body_too_large", "the body is above the limit of %zu bytes", h->cfg.max_body);
+        /* MHD takes no response in the middle of a body: a body growing past
+         * the limit (chunked) is discarded and answered 413 at its end; the
+         * watchdog cuts off one that never ends */
+        if (!r->too_big && r->body->len + *upload_size > h->cfg.max_body) {
+            r->too_big = 1;
+            g_string_truncate(r->body, 0);
         }
-        if (!r->refused) g_string_append_len(r->body, upload, (gssize)*upload_size);
+        if (!r->too_big && !r->refused) g_string_append_len(r->body, upload, (gssize)*upload_size);
         *upload_size = 0;
         return MHD_YES;
     }
     if (r->refused) return MHD_YES;
+    if (r->too_big) {
+        r->refused = 1;
+        return fail(c, r, 413, "body_too_large", "the body is above the limit of %zu bytes", h->cfg.max_body);
+    }
     /* the whole request is in */
     r->t0 = now_s();
     set_busy(h, c, 1);

@@ -4,7 +4,8 @@
 # libsimde-dev: tests/test_wkernels_avx512emu runs the AVX-512 kernels with
 # their intrinsics emulated, on CPUs without AVX-512; python3-numpy, -venv,
 # -pip, -setuptools, -wheel: the Python package python/ and its offline
-# installation test).
+# installation test; curl, python3-prometheus-client, nodejs, npm, chromium:
+# the blip2d --http tests).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -16,4 +17,8 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libpcre2-dev libsentencepiece-dev libsystemd-dev libmicrohttpd-dev \
   python3 python3-msgpack valgrind \
   python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
+  curl python3-prometheus-client nodejs npm chromium \
   clang libclang-rt-14-dev libsimde-dev
+# the real HTTP clients of tests/test_http_node.py (the openai package,
+# playwright-core), pinned by tests/http/package-lock.json
+(cd "$(dirname "$0")/../tests/http" && npm ci --no-audit --no-fund)

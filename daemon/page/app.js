@@ -91,7 +91,11 @@ async function load(file) {
   });
   setBusy(true);
   try {
-    await complete(null, (piece) => { $("caption").textContent += piece; });
+    let pieces = 0;  // how many streamed pieces built the caption (data-pieces)
+    await complete(null, (piece) => {
+      $("caption").textContent += piece;
+      $("caption").dataset.pieces = String(++pieces);
+    });
     $("caption").dataset.done = "1";
     $("ask").hidden = false;
     $("question").focus();

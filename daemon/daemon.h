@@ -68,6 +68,12 @@ typedef struct b2d_config {
     gid_t *allow_gid;
     int n_allow_gid;
     blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
+    /* Front ends beside the socket (main.c: --http): started once the core
+     * exists (a failure ends the daemon), stopped after the loop ends and
+     * before the core stops, so their clients are closed first. */
+    int (*frontends_start)(b2d_core *core, void *ud);
+    void (*frontends_stop)(void *ud);
+    void *frontends_ud;
 } b2d_config;
 
 typedef struct b2d_job b2d_job;

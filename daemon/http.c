@@ -10,9 +10,10 @@
  *               GET /health, /metrics, /v1/models
  *               POST /v1/caption            raw image body -> JSON
  *               POST /v1/chat/completions   JSON -> JSON, or SSE when stream
- *   generate endpoints: http_api.c builds the protocol request, the
- *   submission point (http_backend.c) runs it through the daemon's one
- *   scheduler; this connection's thread waits for the replies while
+ *   generate endpoints: http_api.c builds the protocol request, checked
+ *   against the core's limits; http_backend.c submits it to the core (the
+ *   one admission and scheduler, frontend.h) as a client keyed by the
+ *   peer's address; this connection's thread waits for the replies while
  *   watching the client's socket: a client that hangs up cancels.
  *   A watchdog thread closes connections that do not deliver a complete
  *   request within the timeout (slow headers or bodies) - MHD's own timeout
@@ -355,6 +356,26 @@ static void new_id(b2d_http *h, char *id, size_t n)
     snprintf(id, n, "chatcmpl-%llx-%llu", (unsigned long long)h->started, (unsigned long long)k);
 }
 
+/* The fairness key of an HTTP peer: its address (port left out), kept
+ * apart from the uids socket clients are keyed by (< 2^32). */
+static uint64_t peer_key(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    uint64_t k = 1469598103934665603ull; /* FNV-1a */
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    const unsigned char *p = NULL;
+    size_t n = 0;
+    if (sa && sa->sa_family == AF_INET) {
+        p = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+        n = 4;
+    } else if (sa && sa->sa_family == AF_INET6) {
+        p = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+        n = 16;
+    }
+    for (size_t i = 0; i < n; i++) k = (k ^ p[i]) * 1099511628211ull;
+    return k | (1ull << 63);
+}
+
 /* Runs g to its terminal reply (non-streamed answers), or to its first
  * reply (streams: an early error still gets its status).  Returns 1 with
  * *rp, 0 when the client hung up, -1 with *e. */
@@ -384,7 +405,7 @@ static enum MHD_Result generate(b2d_http *h, struct MHD_Connection *c, hreq *r, 
         return fail(c, r, 503, "shutting_down", "blip2d is stopping");
     }
     g->rq.generate.stream = true; /* token events time the answer (metrics) and feed SSE */
-    if (b2d_backend_submit(h->backend, &g->rq, &job, &e) < 0) {
+    if (b2d_backend_submit(h->backend, peer_key(c), &g->rq, &job, &e) < 0) {
         b2d_gen_free(g);
         return send_error(c, r, &e);
     }
@@ -502,7 +523,7 @@ static enum MHD_Result caption(b2d_http *h, struct MHD_Connection *c, hreq *r)
                     "Content-Type must be image/* (or application/octet-stream): the body is the image file");
     b2d_gen g;
     b2d_http_error e;
-    if (b2d_caption_parse(q.kv, q.n, r->body->str, r->body->len, &h->cfg.lim, &g, &e) < 0) {
+    if (b2d_caption_parse(q.kv, q.n, r->body->str, r->body->len, b2d_backend_limits(h->backend), &g, &e) < 0) {
         b2d_gen_free(&g);
         return send_error(c, r, &e);
     }
@@ -517,7 +538,7 @@ static enum MHD_Result chat(b2d_http *h, struct MHD_Connection *c, hreq *r)
         return fail(c, r, 400, "bad_content_type", "Content-Type must be application/json");
     b2d_gen g;
     b2d_http_error e;
-    if (b2d_chat_parse(r->body->str, r->body->len, &h->cfg.lim, &g, &e) < 0) {
+    if (b2d_chat_parse(r->body->str, r->body->len, b2d_backend_limits(h->backend), &g, &e) < 0) {
         b2d_gen_free(&g);
         return send_error(c, r, &e);
     }
@@ -527,10 +548,11 @@ static enum MHD_Result chat(b2d_http *h, struct MHD_Connection *c, hreq *r)
 static enum MHD_Result health(b2d_http *h, struct MHD_Connection *c, hreq *r)
 {
     b2ipc_reply st;
+    b2d_status_text txt;
     b2d_http_error e;
     if (h->shutting_down)
         return send_json(c, r, 503, strdup("{\"status\":\"shutting_down\"}"));
-    if (b2d_backend_status(h->backend, &st, &e) < 0)
+    if (b2d_backend_status(h->backend, &st, &txt, &e) < 0)
         return send_json(c, r, 503, strdup("{\"status\":\"unavailable\"}"));
     json_t *o = json_pack("{s:s,s:s,s:I,s:I}", "status", "ok", "model", st.status.model.name ? st.status.model.name : "",
                           "queue_depth", (json_int_t)st.status.queue_depth, "active", (json_int_t)st.status.active);
@@ -543,8 +565,9 @@ static enum MHD_Result health(b2d_http *h, struct MHD_Connection *c, hreq *r)
 static enum MHD_Result models(b2d_http *h, struct MHD_Connection *c, hreq *r)
 {
     b2ipc_reply st;
+    b2d_status_text txt;
     b2d_http_error e;
-    if (b2d_backend_status(h->backend, &st, &e) < 0) return send_error(c, r, &e);
+    if (b2d_backend_status(h->backend, &st, &txt, &e) < 0) return send_error(c, r, &e);
     json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s,s:s}]}", "object", "list", "data", "id",
                           st.status.model.name ? st.status.model.name : "blip2", "object", "model", "created",
                           (json_int_t)h->started, "owned_by", "blip2d", "family",
@@ -559,8 +582,9 @@ static enum MHD_Result models(b2d_http *h, struct MHD_Connection *c, hreq *r)
 static enum MHD_Result metrics(b2d_http *h, struct MHD_Connection *c, hreq *r)
 {
     b2ipc_reply st;
+    b2d_status_text txt;
     b2d_http_error e;
-    int have = b2d_backend_status(h->backend, &st, &e) == 0;
+    int have = b2d_backend_status(h->backend, &st, &txt, &e) == 0;
     size_t len;
     char *text = b2d_metrics_render(h->metrics, have ? &st : NULL, &len);
     if (have) b2ipc_reply_free(&st);
@@ -834,7 +858,7 @@ int b2d_http_start(const b2d_http_config *cfg, b2d_http **out, char *msg, size_t
                           "(bearer-token authentication), or listen on 127.0.0.1, [::1] or unix:PATH", cfg->addr);
         goto fail;
     }
-    h->backend = b2d_backend_new(cfg->socket_path);
+    h->backend = b2d_backend_new(cfg->core);
     h->metrics = b2d_metrics_new();
     if (!h->backend || !h->metrics) {
         snprintf(msg, ml, "out of memory");

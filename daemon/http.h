@@ -2,13 +2,13 @@
  * http.h - blip2d's HTTP front end (--http): an OpenAI-compatible API, a
  * native caption endpoint, health, Prometheus metrics and a browser page
  * (docs/http.md).  Served by libmicrohttpd on threads of its own; every
- * request goes to the daemon's one scheduler through the submission point
- * below (http_backend.c), so HTTP and socket clients share its queue,
- * limits, fairness and memory.
+ * request goes to the daemon's one scheduler through frontend.h (the
+ * adapter is http_backend.c), so HTTP and socket clients share its
+ * admission, queue, limits, fairness and memory.
  *
  *   http.c          the server: listening, limits, auth, routes, SSE
  *   http_api.c      JSON <-> protocol requests and replies (pure)
- *   http_backend.c  the submission point: a request in, its replies out
+ *   http_backend.c  frontend.h for a blocking thread: a request in, its replies out
  *   http_metrics.c  counters and histograms, the Prometheus text
  */
 #ifndef B2D_HTTP_H
@@ -18,17 +18,17 @@
 #include <stdint.h>
 
 #include "blip2ipc.h"
+#include "frontend.h"
 #include "http_api.h"
 
 typedef struct b2d_http_config {
     const char *addr;          /* "127.0.0.1:PORT", "[::1]:PORT", "HOST:PORT" or "unix:PATH" */
     const char *token_file;    /* NULL: no authentication (refused for non-loopback addresses) */
-    const char *socket_path;   /* the daemon's own socket (the submission point connects to it) */
+    b2d_core *core;            /* the pipeline requests are submitted to */
     int max_connections;       /* open HTTP connections at most (each has a thread) */
     size_t max_body;           /* request body limit in bytes */
     size_t max_header;         /* request line + headers limit in bytes */
     int timeout;               /* seconds: idle connections, and a request must arrive within it */
-    b2ipc_limits lim;          /* the daemon's image and prompt limits */
 } b2d_http_config;
 
 typedef struct b2d_http b2d_http;
@@ -42,17 +42,19 @@ void b2d_http_shutting_down(b2d_http *h);
 /* Stops the server (running requests are cut off) and frees it; NULL is fine. */
 void b2d_http_stop(b2d_http *h);
 
-/* ---- the submission point (http_backend.c) ---- */
+/* ---- the core, for a blocking thread (http_backend.c) ---- */
 
 typedef struct b2d_backend b2d_backend;
 typedef struct b2d_bjob b2d_bjob;
 
-/* socket_path: the daemon's socket.  NULL if out of memory. */
-b2d_backend *b2d_backend_new(const char *socket_path);
+/* NULL if out of memory. */
+b2d_backend *b2d_backend_new(b2d_core *core);
 void b2d_backend_free(b2d_backend *b);
-/* Submits a generate request (copied; its id is the backend's).  0 and
- * *out, or -1 with *err (503 when the daemon cannot be reached). */
-int b2d_backend_submit(b2d_backend *b, const b2ipc_request *rq, b2d_bjob **out, b2d_http_error *err);
+/* Submits a validated generate request (copied; its id is the job's) as
+ * a new client with fairness key user.  0 and *out, or -1 with *err (the
+ * core's refusal: 429 busy, 503 shutting_down, ...). */
+int b2d_backend_submit(b2d_backend *b, uint64_t user, const b2ipc_request *rq, b2d_bjob **out,
+                       b2d_http_error *err);
 /* Waits for the job's next reply (token, done or error) while watching
  * watch_fd (the HTTP client's socket, or -1) for a hang-up.  Returns 1 with
  * *rp (free with b2ipc_reply_free), 0 when the client hung up (the request
@@ -60,8 +62,11 @@ int b2d_backend_submit(b2d_backend *b, const b2ipc_request *rq, b2d_bjob **out, 
 int b2d_backend_next(b2d_bjob *j, int watch_fd, b2ipc_reply *rp, b2d_http_error *err);
 /* Ends the job, canceling it if it has not finished; NULL is fine. */
 void b2d_backend_close(b2d_bjob *j);
-/* The daemon's status reply (free with b2ipc_reply_free): 0, or -1 with *err. */
-int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_http_error *err);
+/* The daemon's status as a status reply; its strings point into *txt.
+ * Returns 0. */
+int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_status_text *txt, b2d_http_error *err);
+/* The limits requests are validated against (the socket's). */
+const b2ipc_limits *b2d_backend_limits(b2d_backend *b);
 
 /* ---- metrics (http_metrics.c) ---- */
 

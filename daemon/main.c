@@ -180,6 +180,33 @@ static int make_socket(const char *path)
     return fd;
 }
 
+/* --http: the HTTP front end, started and stopped by the server (frontends_*). */
+typedef struct http_fe {
+    b2d_http_config *cfg;
+    b2d_http *http;
+} http_fe;
+
+static int http_start_cb(b2d_core *core, void *ud)
+{
+    http_fe *fe = ud;
+    char msg[512];
+    fe->cfg->core = core;
+    if (b2d_http_start(fe->cfg, &fe->http, msg, sizeof msg) < 0) {
+        LOG_ERR("%s", msg);
+        return -1;
+    }
+    LOG_INFO("serving HTTP on %s%s", fe->cfg->addr, fe->cfg->token_file ? " (bearer token required)" : "");
+    return 0;
+}
+
+static void http_stop_cb(void *ud)
+{
+    http_fe *fe = ud;
+    b2d_http_shutting_down(fe->http);
+    b2d_http_stop(fe->http);
+    fe->http = NULL;
+}
+
 int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
@@ -323,29 +350,13 @@ int main(int argc, char **argv)
         blip2_model_free(m);
         return 1;
     }
-    b2d_http *http = NULL;
-    if (hcfg.addr) { /* HTTP reaches the scheduler through this daemon's own socket */
-        struct sockaddr_un sa;
-        socklen_t sl = sizeof sa;
-        char hmsg[512];
-        memset(&sa, 0, sizeof sa);
-        if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0 || sa.sun_path[0] == '\0') {
-            LOG_ERR("--http needs a socket with a path (not an abstract one)");
-            blip2_model_free(m);
-            return 1;
-        }
-        hcfg.socket_path = sa.sun_path;
-        hcfg.lim.max_image_bytes = cfg.max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg.max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
-        if (b2d_http_start(&hcfg, &http, hmsg, sizeof hmsg) < 0) {
-            LOG_ERR("%s", hmsg);
-            blip2_model_free(m);
-            if (!cfg.activated) unlink(cfg.socket_path);
-            return 1;
-        }
-        LOG_INFO("serving HTTP on %s%s", hcfg.addr, hcfg.token_file ? " (bearer token required)" : "");
+    http_fe fe = { &hcfg, NULL };
+    if (hcfg.addr) { /* the HTTP front end starts once the core exists (http_start_cb) */
+        cfg.frontends_start = http_start_cb;
+        cfg.frontends_stop = http_stop_cb;
+        cfg.frontends_ud = &fe;
     }
     int rc = b2d_server_run(&cfg, m, fd); /* takes the model */
-    b2d_http_stop(http);
     if (!cfg.activated) unlink(cfg.socket_path);
     free(cfg.allow_uid);
     free(cfg.allow_gid);

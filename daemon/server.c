@@ -688,6 +688,11 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
+    if (cfg->frontends_start && cfg->frontends_start(s->core, cfg->frontends_ud) < 0) {
+        b2d_core_stop(s->core);
+        b2d_core_free(s->core);
+        return -1;
+    }
     uv_poll_init(&s->loop, &s->listen_poll, listen_fd);
     s->listen_poll.data = s;
     uv_poll_start(&s->listen_poll, UV_READABLE, accept_cb);
@@ -715,7 +720,9 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     LOG_INFO("ready: serving %s on %s", cfg->model_path, cfg->activated ? "the socket passed by systemd" : cfg->socket_path);
     sd_notifyf(0, "READY=1\nSTATUS=serving %s", cfg->model_path);
     uv_run(&s->loop, UV_RUN_DEFAULT);
-    /* the engine has nothing left; drain its last events, then tear down */
+    /* the engine has nothing left; the other front ends close their
+     * clients; drain the last events, then tear down */
+    if (cfg->frontends_stop) cfg->frontends_stop(cfg->frontends_ud);
     b2d_core_stop(s->core);
     async_cb(&s->async);
     while (s->conns) conn_close(s->conns, NULL);

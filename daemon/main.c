@@ -68,8 +68,8 @@ static void usage(FILE *f)
         "                          or unix:PATH; off by default (docs/http.md)\n"
         "      --http-token-file F require 'Authorization: Bearer TOKEN' with the token in F;\n"
         "                          needed for addresses other machines can reach\n"
-        "      --http-max-connections N  open HTTP connections at most (default 32)\n"
-        "      --http-max-body BYTES     request body limit (default 33554432)\n"
+        "      --http-max-connections N  open HTTP connections at most (default 16)\n"
+        "      --http-max-body BYTES     request body limit (default 16777216)\n"
         "      --http-timeout S    a request must arrive within S seconds; idle connections\n"
         "                          are closed after S (default 30)\n"
         "  -v, --verbose           more log output (repeat for debug)\n"
@@ -235,7 +235,7 @@ int main(int argc, char **argv)
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
     };
-    b2d_http_config hcfg = { .max_connections = 32, .max_body = 32u << 20, .max_header = 32u << 10,
+    b2d_http_config hcfg = { .max_connections = 16, .max_body = 16u << 20, .max_header = 32u << 10,
                              .timeout = 30 };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;

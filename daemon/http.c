@@ -527,7 +527,6 @@ static enum MHD_Result caption(b2d_http *h, struct MHD_Connection *c, hreq *r)
         b2d_gen_free(&g);
         return send_error(c, r, &e);
     }
-    g.stream = 0; /* JSON answer; stream=true is kept for a later version */
     return generate(h, c, r, &g, 0);
 }
 

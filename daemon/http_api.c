@@ -636,11 +636,7 @@ int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t i
         if (!x->value) return b2d_http_fail(err, 400, "bad_type", k, "%s: a value is required", k);
         if (strcmp(k, "prompt") == 0) prompt = x->value;
         else if (strcmp(k, "question") == 0) question = x->value;
-        else if (strcmp(k, "stream") == 0) {
-            bool b;
-            if (kv_bool(x, &b, err) < 0) return -1;
-            g->stream = b;
-        } else if (strcmp(k, "max_new_tokens") == 0) {
+        else if (strcmp(k, "max_new_tokens") == 0) {
             if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
             p->max_new_tokens = (uint32_t)u;
         } else if (strcmp(k, "min_new_tokens") == 0) {
@@ -674,8 +670,8 @@ int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t i
                 return b2d_http_fail(err, 503, "no_memory", NULL, "out of memory");
         } else {
             return b2d_http_fail(err, 400, "unknown_field", k,
-                                 "%.60s: not a parameter of /v1/caption (prompt, question, stream, "
-                                 "and the generation parameters of docs/protocol.md 5.2)", k);
+                                 "%.60s: not a parameter of /v1/caption (prompt, question, and the "
+                                 "generation parameters of docs/protocol.md 5.2)", k);
         }
     }
     if (prompt && question)
@@ -701,7 +697,6 @@ int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t i
     if (!(g->image = malloc(image_len))) return b2d_http_fail(err, 503, "no_memory", NULL, "out of memory");
     memcpy(g->image, image, image_len);
     g->image_len = image_len;
-    g->rq.generate.stream = g->stream;
     return finish_gen(g, lim, err, 0);
 }
 

@@ -78,9 +78,9 @@ typedef struct b2d_kv {
     const char *key, *value;
 } b2d_kv;
 
-/* Builds the generate request of POST /v1/caption from its query
- * parameters (prompt, question, and the protocol's generation parameters
- * by name; stop may repeat) and the raw image body (copied).  Unknown
+/* Builds the generate request of POST /v1/caption (answered with JSON,
+ * never streamed) from its query parameters (prompt, question, and the
+ * protocol's generation parameters by name; stop may repeat) and the raw image body (copied).  Unknown
  * parameters are refused (400), as the socket refuses unknown fields. */
 int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t image_len,
                       const b2ipc_limits *lim, b2d_gen *g, b2d_http_error *err);

@@ -26,9 +26,10 @@
  *   -> a table of medians over rounds; each ratio is taken against the
  *      limits of its own round (the host's speed drifts), then the median.
  *
- * Uses the engine's internal headers (engine.h) to call stages one by one.
+ * Uses the engine's internal header (model/nn/model.h) to call stages one by one.
  */
-#include "engine.h"
+#include "blip2.h"
+#include "model.h"
 #include "t5.h"
 
 #include <cblas.h>

@@ -3,7 +3,9 @@
 # `blip2d --help`, `blip2ctl --help` and `blip2-infer --help` print is in
 # the program's man page (and blip2d's and blip2ctl's in docs/*.md), and
 # every option of blip2ctl is completed by completion/blip2ctl.  The man
-# pages also pass `groff -ww` without a warning.  TAP output.
+# pages also pass `groff -ww` without a warning, and nothing refers to a
+# numbered section of bench/README.md (its figures moved to
+# bench/RESULTS.md).  TAP output.
 set -u
 SRC=${BLIP2_TOP_SRCDIR:-.}
 BLD=${BLIP2_TOP_BUILDDIR:-.}
@@ -89,6 +91,15 @@ if command -v groff >/dev/null 2>&1; then
 else
   n=$((n + 1)); echo "ok $n - # SKIP groff not found"
 fi
+
+# bench/README.md says how to run; the figures are dated entries of
+# bench/RESULTS.md, so a reference to a numbered section of bench/README.md
+# (which it no longer has) points nowhere
+stale=$(cd "$SRC" && grep -rnI --exclude-dir=golden --exclude-dir=xdg-cache 'bench/README\(\.md\)\{0,1\},\{0,1\} *section' \
+  README.md docs man model libipc client ctl daemon bench tests 2>/dev/null |
+  grep -v '^tests/test_docs.sh:' | head -5)
+[ -z "$stale" ]
+report $((1 - $?)) "no reference to a section of bench/README.md (figures: bench/RESULTS.md)" "$stale"
 
 echo "1..$n"
 [ $failed -eq 0 ]

@@ -339,11 +339,17 @@ static void on_readable(conn *c)
     uint8_t buf[65536];
     for (int rounds = 0; rounds < 16 && c->fd >= 0 && !c->paused; rounds++) {
         union { char b[CMSG_SPACE(sizeof(int) * MAX_FDS)]; struct cmsghdr align; } ctl;
+        memset(&ctl, 0, sizeof ctl);
         struct iovec iov = {buf, sizeof buf};
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
         ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { /* nothing was received: the control buffer is not ours to parse */
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            if (errno == EINTR) continue;
+            if (b2ipc_reader_pending(&c->rd)) LOG_DEBUG("connection %llu: closed mid-frame", (unsigned long long)c->id);
+            conn_close(c, strerror(errno));
+            return;
+        }
         int too_many = 0;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
             if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
@@ -361,9 +367,9 @@ static void on_readable(conn *c)
             conn_close(c, "too many descriptors");
             return;
         }
-        if (n <= 0) {
+        if (n == 0) {
             if (b2ipc_reader_pending(&c->rd)) LOG_DEBUG("connection %llu: closed mid-frame", (unsigned long long)c->id);
-            conn_close(c, n == 0 ? NULL : strerror(errno));
+            conn_close(c, NULL);
             return;
         }
         size_t off = 0;
@@ -511,8 +517,15 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->proto = 1;
         c->gid = cr.gid;
         c->pid = cr.pid;
+        int prc = uv_poll_init(&s->loop, &c->poll, fd);
+        if (prc < 0) { /* e.g. a number still registered: never poll a half-made handle */
+            LOG_ERR("connection from uid %u: cannot watch its socket: %s", (unsigned)cr.uid, uv_strerror(prc));
+            b2d_client_close(c->client);
+            free(c);
+            close(fd);
+            continue;
+        }
         b2ipc_reader_init(&c->rd, s->cfg->max_frame);
-        uv_poll_init(&s->loop, &c->poll, fd);
         uv_timer_init(&s->loop, &c->stall);
         c->handles_open = 2;
         c->poll.data = c->stall.data = c;

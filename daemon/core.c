@@ -57,6 +57,8 @@ b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, 
     if (!c) return NULL;
     atomic_init(&c->refs, 1);
     atomic_init(&c->held, 0);
+    atomic_init(&c->unsent, 0);
+    c->out_cap = core->cfg->max_output;
     pthread_mutex_init(&c->mu, NULL);
     c->core = core;
     c->user = user;
@@ -107,6 +109,15 @@ int b2d_client_close(b2d_client *c)
 void b2d_client_hold(b2d_client *c, int held)
 {
     if (atomic_exchange(&c->held, held != 0) != (held != 0) && !held) b2d_engine_poke(c->core->eng);
+}
+
+void b2d_client_sent(b2d_client *c, size_t bytes)
+{
+    size_t cur = atomic_load(&c->unsent), next;
+    do
+        next = cur > bytes ? cur - bytes : 0;
+    while (!atomic_compare_exchange_weak(&c->unsent, &cur, next));
+    if (cur > c->out_cap && next <= c->out_cap) b2d_engine_poke(c->core->eng);
 }
 
 static b2d_job *find_listed(b2d_client *c, uint64_t id)

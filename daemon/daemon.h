@@ -175,6 +175,8 @@ struct b2d_client {
     b2d_job **inf;            /*   the jobs in flight (a reference each) */
     int ninf, capinf;
     atomic_int held;          /* the front end takes no output now */
+    atomic_size_t unsent;     /* reply bytes the front end holds for its peer */
+    size_t out_cap;           /* above it, no more replies are produced */
     uint64_t user;            /* fairness key */
     b2d_sink sink;
     void *ctx;
@@ -190,6 +192,11 @@ void b2d_client_unref(b2d_client *c);
 /* Under c->mu: takes j out of c's in-flight list; 1 if it was there (the
  * list's reference is then the caller's to drop). */
 int b2d_client_unlist(b2d_client *c, b2d_job *j);
+/* Does c take no more output now (held, or over its output cap)? */
+static inline int b2d_client_blocked(b2d_client *c)
+{
+    return atomic_load(&c->held) || atomic_load(&c->unsent) > c->out_cap;
+}
 
 /* A zeroed job of kind ops for request id of client c, holding one
  * reference (the caller's) plus a reference to c; NULL when out of

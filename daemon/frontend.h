@@ -63,8 +63,10 @@ typedef struct b2d_sink {
      * terminal features or error reply; after the terminal reply of a
      * request that a b2d_cancel with a reply id found, the cancel reply
      * (type cancel, found true, terminal 1).  rp and everything it points
-     * to is borrowed for the call. */
-    void (*reply)(void *ctx, const b2ipc_reply *rp, int terminal);
+     * to is borrowed for the call.  Returns the bytes the front end now
+     * holds for its peer because of it (0 if it dropped it): they count
+     * against the client's output cap until b2d_client_sent. */
+    size_t (*reply)(void *ctx, const b2ipc_reply *rp, int terminal);
 } b2d_sink;
 
 /* A refused request: a protocol error code (B2IPC_E*), the field it
@@ -83,10 +85,14 @@ b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, 
  * the front end's reference is dropped.  Returns the number of requests
  * that were in flight.  NULL is fine. */
 int b2d_client_close(b2d_client *c);
-/* While held (the front end cannot take more output, e.g. its peer does
- * not read), the scheduler produces no replies for c: its queued requests
- * are not started and its running ones are not stepped. */
+/* Output back-pressure.  While c holds more unsent reply bytes than its
+ * cap (--max-output), or while the front end holds it, the scheduler
+ * produces no replies for c: its queued requests are not started and its
+ * running ones are not stepped (they keep their memory, not their batch
+ * slots).  b2d_client_sent: the front end has passed on (or dropped)
+ * that many of the bytes its sink reported. */
 void b2d_client_hold(b2d_client *c, int held);
+void b2d_client_sent(b2d_client *c, size_t bytes);
 
 /* Admits rq (a generate or features request that passed
  * b2ipc_request_validate) from client c: fd is the image descriptor

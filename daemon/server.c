@@ -59,6 +59,7 @@ typedef struct conn {
     int nfds;
     uint8_t *out;
     size_t out_off, out_len, out_cap;
+    size_t owed;           /* bytes of sink replies in out, not yet reported sent */
     int paused, stalled;
     uid_t uid;
     gid_t gid;
@@ -159,7 +160,7 @@ static void send_error(conn *c, int has_id, uint64_t id, int code, const char *f
  * client's lock.  Encodes rp into an event for the loop thread; reads
  * only the connection's immutable id and server (b2d_client_close in
  * conn_close ends the calls before the connection is freed). */
-static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
+static size_t conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
 {
     const conn *c = ctx;
     msgpack_sbuffer sb;
@@ -173,6 +174,7 @@ static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
         if (terminal) rc = b2ipc_encode_error(&sb, true, rp->id, B2IPC_EINTERNAL, NULL, err.message);
     }
     b2d_event *ev = rc == 0 ? malloc(sizeof *ev + sb.size) : NULL;
+    size_t bytes = ev ? sb.size : 0;
     if (ev) {
         *ev = (b2d_event){.conn_id = c->id, .len = sb.size};
         memcpy(ev->data, sb.data, sb.size);
@@ -181,13 +183,15 @@ static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
         LOG_ERR("out of memory: a reply was lost");
     }
     msgpack_sbuffer_destroy(&sb);
+    return bytes;
 }
 
 static const b2d_sink conn_sink = {conn_reply};
 
 static void event_to_conn(conn *c, b2d_event *ev)
 {
-    out_append(c, ev->data, ev->len);
+    if (out_append(c, ev->data, ev->len) == 0) c->owed += ev->len;
+    else b2d_client_sent(c->client, ev->len); /* lost: it holds nothing */
     conn_update_poll(c);
 }
 
@@ -399,8 +403,20 @@ static void on_writable(conn *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n < 0) { conn_close(c, strerror(errno)); return; }
         c->out_off += (size_t)n;
+        size_t done = (size_t)n < c->owed ? (size_t)n : c->owed;
+        c->owed -= done;
+        b2d_client_sent(c->client, done);
     }
-    if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->owed) b2d_client_sent(c->client, c->owed);
+        c->owed = 0;
+        if (c->out_cap > (1u << 20)) { /* a large reply went out: give its room back */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events)

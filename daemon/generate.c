@@ -65,22 +65,25 @@ static void stream_token(b2d_job *j, int seq)
 }
 
 /* Token callback, inside blip2_step on the engine thread: records the id
- * and streams the text that became final.  Non-zero cancels the session. */
+ * and streams the text that became final.  Non-zero cancels the session.
+ * The session keeps the token it reports even when that cancels it, so
+ * the token is streamed first: done then holds exactly the streamed ids
+ * (docs/protocol.md 7.2). */
 static int token_cb(void *user, int seq, int32_t tok)
 {
     b2d_job *j = user;
-    if (atomic_load(&j->canceled)) return 1;
-    if (seq < 0 || seq >= j->nret) return 0; /* beam search: no token events */
+    const int stop = atomic_load(&j->canceled) != B2D_CANCEL_NONE;
+    if (seq < 0 || seq >= j->nret) return stop; /* beam search: no token events */
     if (j->n_ids[seq] == j->cap_ids[seq]) {
         size_t nc = 2 * j->cap_ids[seq];
         int32_t *nv = realloc(j->ids[seq], sizeof *nv * nc);
-        if (!nv) return 0; /* streaming degrades; the done reply stays exact */
+        if (!nv) return stop; /* streaming degrades; the done reply stays exact */
         j->ids[seq] = nv;
         j->cap_ids[seq] = nc;
     }
     j->ids[seq][j->n_ids[seq]++] = tok;
     if (j->stream) stream_token(j, seq);
-    return 0;
+    return stop;
 }
 
 static int start(b2d_job *j, b2d_cache *cache, int prefill_chunk)

@@ -283,13 +283,23 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
     b2ipc_request rq;
     b2ipc_error err;
     const b2ipc_limits *lim = b2d_core_limits(s->core);
-    if (b2ipc_decode_request(payload, len, lim, &rq, &err) < 0) {
+    int bad = b2ipc_decode_request(payload, len, lim, &rq, &err) < 0;
+    if (rq.has_id && b2d_in_flight(c->client, rq.id)) {
+        /* whatever the op and whatever else is wrong: a reply with an id in
+         * flight must not look like that request's terminal reply */
+        err.code = B2IPC_EDUP_ID;
+        snprintf(err.message, sizeof err.message, "this id is already in flight on this connection");
+        err.field[0] = 0;
+        bad = 1;
+    }
+    if (bad) {
         if (rq.takes_fd) {
             int fd = take_fd(c);
             if (fd >= 0) close(fd);
         }
         LOG_DEBUG("connection %llu: refused a frame: %s", (unsigned long long)c->id, err.message);
         send_error(c, rq.has_id, rq.id, err.code, err.field[0] ? err.field : NULL, err.message);
+        b2ipc_request_free(&rq);
         return;
     }
     int fd = rq.takes_fd ? take_fd(c) : -1;

@@ -3,11 +3,15 @@
  * clients, admission, the preparation queue, cancel, status.
  *
  *   front end thread: b2d_submit -> admit() (every refusal, in one place)
- *     -> job_from_request() -> the client's in-flight list + the
- *     preparation queue --uv_async--> the loop thread: uv_queue_work
+ *     -> job_from_request() -> the client's in-flight list, its user's
+ *     queue in the scheduler (b2d_engine_submit, arrival order) and the
+ *     preparation queue --uv_async--> the loop thread: dispatch() hands
+ *     jobs to the pool, at most one per pool thread, the user with the
+ *     fewest on the pool first (one user's backlog never delays another
+ *     user's preparation by more than the jobs already running)
  *   pool thread: prep_cb -> ops->prepare
- *   loop thread: after_prep_cb -> error reply | abandon (canceled) |
- *     b2d_engine_submit (the scheduler thread, engine.c)
+ *   loop thread: after_prep_cb -> error reply | abandon (canceled), then
+ *     b2d_engine_prepared (the scheduler thread may start it)
  *
  * libuv is touched from the loop thread only: a front end on another
  * thread only appends to the locked preparation queue and wakes the loop.
@@ -37,6 +41,8 @@ struct b2d_core {
     pthread_mutex_t mu;       /* guards everything below */
     b2d_model *cur;           /* the model new requests use */
     b2d_job *prep_head, *prep_tail; /* admitted, not yet on the pool (a reference each) */
+    b2d_job **pool;           /* (slots) the jobs on the pool */
+    int npool, slots;
     int in_prep;              /* admitted, not yet handed to the engine */
     int shutting_down;
     b2d_client *clients;      /* the open clients */
@@ -292,7 +298,15 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
     b2d_job *j = NULL;
     if (admit(c, rq, fd, why) == 0) {
         j = job_from_request(c, rq, fd, core->cur);
-        if (j && list_job(c, j) < 0) {
+        if (j) fd = -1; /* the job's now */
+        if (j && b2d_engine_submit(core->eng, b2d_job_ref(j)) < 0) {
+            b2d_job_unref(j); /* the engine's */
+            b2d_job_unref(j);
+            j = NULL;
+        }
+        if (j && list_job(c, j) < 0) { /* the engine drops it as ended */
+            atomic_store(&j->ended, 1);
+            b2d_engine_prepared(core->eng, j);
             b2d_job_unref(j);
             j = NULL;
         }
@@ -300,8 +314,8 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
     }
     if (j) { /* the creator's reference goes to the preparation queue */
         core->in_prep++;
-        j->next = NULL;
-        if (core->prep_tail) core->prep_tail->next = j;
+        j->prep_next = NULL;
+        if (core->prep_tail) core->prep_tail->prep_next = j;
         else core->prep_head = j;
         core->prep_tail = j;
     }
@@ -316,6 +330,8 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
 
 /* ---- preparation ---- */
 
+static void dispatch(b2d_core *core);
+
 static void prep_cb(uv_work_t *w)
 {
     prep_work *p = w->data;
@@ -326,39 +342,80 @@ static void prep_cb(uv_work_t *w)
     j->t_prep1 = b2d_now_ms();
 }
 
-static void after_prep_cb(uv_work_t *w, int status)
+/* Under core->mu: j leaves the pool. */
+static void off_pool(b2d_core *core, b2d_job *j)
 {
-    prep_work *p = w->data;
-    b2d_core *core = p->core;
-    b2d_job *j = p->job;
+    for (int i = 0; i < core->npool; i++)
+        if (core->pool[i] == j) {
+            core->pool[i] = core->pool[--core->npool];
+            return;
+        }
+    assert(!"a job left the pool twice");
+}
+
+/* The end of j's preparation (loop thread): a failure or a cancel
+ * answers it here; then the scheduler may start it (or drops it). */
+static void prepared(b2d_core *core, b2d_job *j, int status)
+{
     pthread_mutex_lock(&core->mu);
     assert(core->in_prep > 0);
     core->in_prep--;
     pthread_mutex_unlock(&core->mu);
     int why = atomic_load(&j->canceled);
-    if (status < 0 || j->err) {
-        b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "preparation was canceled" : j->errmsg);
-        b2d_job_unref(j);
-    } else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE)) {
+    if (status < 0 || j->err)
+        b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "cannot prepare the request" : j->errmsg);
+    else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE))
         j->ops->abandon(j);
-        b2d_job_unref(j);
-    } else {
-        b2d_engine_submit(core->eng, j); /* takes the reference */
-    }
-    free(p);
+    b2d_engine_prepared(core->eng, j);
+    b2d_job_unref(j); /* the preparation's reference */
 }
 
-/* Loop thread: every job of the preparation queue goes to the pool. */
-static void prep_async_cb(uv_async_t *h)
+static void after_prep_cb(uv_work_t *w, int status)
 {
-    b2d_core *core = h->data;
+    prep_work *p = w->data;
+    b2d_core *core = p->core;
     pthread_mutex_lock(&core->mu);
-    b2d_job *j = core->prep_head;
-    core->prep_head = core->prep_tail = NULL;
+    off_pool(core, p->job);
     pthread_mutex_unlock(&core->mu);
-    for (b2d_job *n; j; j = n) {
-        n = j->next;
-        j->next = NULL;
+    prepared(core, p->job, status);
+    free(p);
+    dispatch(core);
+}
+
+/* Under core->mu: the queued job to prepare next: of the user with the
+ * fewest jobs on the pool, the earliest (so each user's come in arrival
+ * order); unlinked. */
+static b2d_job *next_to_prepare(b2d_core *core)
+{
+    b2d_job *best = NULL, *best_prev = NULL;
+    int best_n = 0;
+    for (b2d_job *j = core->prep_head, *prev = NULL; j; prev = j, j = j->prep_next) {
+        int n = 0;
+        for (int i = 0; i < core->npool; i++) n += core->pool[i]->user == j->user;
+        if (!best || n < best_n) {
+            best = j;
+            best_prev = prev;
+            best_n = n;
+            if (n == 0) break;
+        }
+    }
+    if (!best) return NULL;
+    if (best_prev) best_prev->prep_next = best->prep_next;
+    else core->prep_head = best->prep_next;
+    if (core->prep_tail == best) core->prep_tail = best_prev;
+    best->prep_next = NULL;
+    return best;
+}
+
+/* Loop thread: queued jobs go to the pool while it has a free thread. */
+static void dispatch(b2d_core *core)
+{
+    for (;;) {
+        pthread_mutex_lock(&core->mu);
+        b2d_job *j = core->npool < core->slots ? next_to_prepare(core) : NULL;
+        if (j) core->pool[core->npool++] = j;
+        pthread_mutex_unlock(&core->mu);
+        if (!j) return;
         prep_work *p = calloc(1, sizeof *p);
         if (p) {
             p->job = j;
@@ -368,12 +425,16 @@ static void prep_async_cb(uv_async_t *h)
         if (!p || uv_queue_work(core->loop, &p->w, prep_cb, after_prep_cb) < 0) {
             free(p);
             pthread_mutex_lock(&core->mu);
-            core->in_prep--;
+            off_pool(core, j);
             pthread_mutex_unlock(&core->mu);
-            b2d_job_error(j, B2IPC_EINTERNAL, NULL, "cannot queue the request");
-            b2d_job_unref(j);
+            prepared(core, j, -1);
         }
     }
+}
+
+static void prep_async_cb(uv_async_t *h)
+{
+    dispatch(h->data);
 }
 
 /* ---- the core ---- */
@@ -392,6 +453,11 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     atomic_init(&core->served, 0);
     core->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
     core->lim.max_prompt_bytes = B2IPC_DEFAULT_MAX_PROMPT_BYTES;
+    /* as many preparations at once as libuv's pool has threads */
+    const char *ps = getenv("UV_THREADPOOL_SIZE");
+    core->slots = ps && atoi(ps) > 0 ? atoi(ps) : 4;
+    if (core->slots > 1024) core->slots = 1024;
+    if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
     core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes};
@@ -405,6 +471,7 @@ fail_cache:
 fail_mu:
     pthread_mutex_destroy(&core->mu);
 fail:
+    if (core) free(core->pool);
     free(bm);
     free(core);
     blip2_model_free(m);
@@ -534,5 +601,6 @@ void b2d_core_free(b2d_core *core)
     b2d_model_unref(core->cur);
     b2d_cache_free(core->cache);
     pthread_mutex_destroy(&core->mu);
+    free(core->pool);
     free(core);
 }

@@ -6,9 +6,11 @@
  *
  *   front end (server.c: the socket; later HTTP, a queue worker)
  *     --b2d_submit (core.c: admission, one job per request)-->
- *   prep queue --libuv pool--> ops->prepare (prepare.c + the job kind)
- *     --b2d_engine_submit--> engine.c: per-user queues, round robin,
- *     ops->start, one batched decoder step per model, ops->finish
+ *     b2d_engine_submit: its user's queue in engine.c, in arrival order
+ *     + the preparation queue --libuv pool, fair between users-->
+ *     ops->prepare (prepare.c + the job kind) --b2d_engine_prepared-->
+ *   engine.c: round robin over users, ops->start, one batched decoder
+ *     step per model, ops->finish
  *   every reply --b2d_job_emit (job.c)--> the client's sink (frontend.h)
  *
  * A request becomes a b2d_job.  It is referenced by its client's in-flight
@@ -162,7 +164,10 @@ struct b2d_job {
                                  ones, owned buffers for logits, logits_last */
     /* times (ms, monotonic) */
     double t_recv, t_prep0, t_prep1, t_admit, vision_ms, prefill_ms, decode_ms, text_ms;
-    b2d_job *next;            /* the preparation or scheduler queue's link */
+    b2d_job *next;            /* the scheduler queue's link (engine mu) */
+    int prepared;             /* engine mu: preparation is over, it may run */
+    int counted;              /* engine mu: counted in the engine's queued */
+    b2d_job *prep_next;       /* the preparation queue's link (core mu) */
 };
 
 /* A peer of a front end (frontend.h): the requests it has in flight and
@@ -244,8 +249,13 @@ void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32]);
 
 /* Starts the scheduler thread. */
 int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache);
-/* Queues a prepared job (takes the caller's reference). */
-void b2d_engine_submit(b2d_engine *e, b2d_job *j);
+/* Queues an admitted job in arrival order (takes the caller's
+ * reference); it waits for b2d_engine_prepared.  -1: out of memory (the
+ * reference stays the caller's). */
+int b2d_engine_submit(b2d_engine *e, b2d_job *j);
+/* The preparation of j is over (a failed one has emitted its terminal
+ * reply): it may run, or leave the queue. */
+void b2d_engine_prepared(b2d_engine *e, b2d_job *j);
 /* Decoder work since start: steps that only decoded (and the tokens they
  * produced) and steps that included a prefill. */
 typedef struct b2d_engine_stats {

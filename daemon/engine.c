@@ -2,8 +2,11 @@
  * engine.c - the scheduler thread: per-user queues of prepared jobs,
  * round-robin admission into one batch, one decoder step at a time.
  *
- *   b2d_engine_submit (the loop thread, after preparation)
- *     -> the FIFO queue of the job's user
+ *   b2d_engine_submit (at admission, any front end's thread)
+ *     -> the FIFO queue of the job's user, in arrival order
+ *   b2d_engine_prepared (the loop thread, after preparation): it may run;
+ *     a job starts only after every earlier job of its client started,
+ *     so each connection's requests start in arrival order
  *   engine_main, one round:
  *     wait -> drop_canceled -> admit_round_robin -> start_admitted
  *          -> step_models -> retire_done
@@ -50,7 +53,7 @@ struct b2d_engine {
     blip2_session **ss;       /* (capact) their sessions, for one step */
 };
 
-void b2d_engine_submit(b2d_engine *e, b2d_job *j)
+int b2d_engine_submit(b2d_engine *e, b2d_job *j)
 {
     pthread_mutex_lock(&e->mu);
     int i;
@@ -73,14 +76,25 @@ add:
     j->next = NULL;
     if (e->nq == 0) { /* only on allocation failure with no queue at all */
         pthread_mutex_unlock(&e->mu);
-        b2d_job_error(j, B2IPC_ENOMEM, NULL, "out of memory");
-        b2d_job_unref(j);
-        return;
+        return -1;
     }
+    j->prepared = j->counted = 0;
     if (e->q[i].tail) e->q[i].tail->next = j;
     else e->q[i].head = j;
     e->q[i].tail = j;
-    e->queued++;
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+void b2d_engine_prepared(b2d_engine *e, b2d_job *j)
+{
+    pthread_mutex_lock(&e->mu);
+    assert(!j->prepared);
+    j->prepared = 1;
+    if (!atomic_load(&j->ended)) {
+        j->counted = 1;
+        e->queued++;
+    }
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
@@ -149,7 +163,7 @@ static int has_work(const b2d_engine *e)
         if (runnable(e, e->act[i])) return 1;
     for (int i = 0; i < e->nq; i++)
         for (const b2d_job *j = e->q[i].head; j; j = j->next)
-            if (runnable(e, j)) return 1;
+            if (j->prepared && (atomic_load(&j->ended) || runnable(e, j))) return 1;
     return 0;
 }
 
@@ -165,9 +179,11 @@ static int wait_for_work(b2d_engine *e)
     return go;
 }
 
-/* drop_canceled: queued jobs that were canceled (a features request only
- * when its client has gone, or at shutdown) leave their queues; each
- * emits its terminal reply (ops->abandon) and is released. */
+/* drop_canceled: prepared jobs that have ended (their preparation
+ * failed) or were canceled (a features request only when its client has
+ * gone, or at shutdown) leave their queues; the canceled ones emit their
+ * terminal reply (ops->abandon; once only, so not again for the ended);
+ * all are released.  Jobs still in preparation stay: the pool has them. */
 static void drop_canceled(b2d_engine *e)
 {
     b2d_job *dropped = NULL;
@@ -176,12 +192,12 @@ static void drop_canceled(b2d_engine *e)
         b2d_job **pp = &e->q[i].head, *prev = NULL;
         while (*pp) {
             b2d_job *j = *pp;
-            if (drops(e, j)) {
+            if (j->prepared && (atomic_load(&j->ended) || drops(e, j))) {
                 *pp = j->next;
                 if (e->q[i].tail == j) e->q[i].tail = prev;
                 j->next = dropped;
                 dropped = j;
-                e->queued--;
+                if (j->counted) e->queued--;
             } else {
                 prev = j;
                 pp = &j->next;
@@ -196,14 +212,27 @@ static void drop_canceled(b2d_engine *e)
     }
 }
 
-/* The first job of u that may run now (NULL: none), and the job before
- * it in the queue.  Jobs of a blocked client are passed over; a client's
- * jobs keep their order since they are all blocked or none. */
+/* The first job of u that may start now (NULL: none), and the job
+ * before it in the queue.  Passed over: jobs still in preparation, and
+ * every later job of their clients (a client's requests start in arrival
+ * order), and jobs of blocked clients (all of a client's, so the order
+ * holds). */
 static b2d_job *first_runnable(const b2d_engine *e, uq *u, b2d_job **prev)
 {
+    const b2d_client *waiting[16];
+    int nw = 0;
     *prev = NULL;
-    for (b2d_job *j = u->head; j; *prev = j, j = j->next)
+    for (b2d_job *j = u->head; j; *prev = j, j = j->next) {
+        int behind = 0;
+        for (int k = 0; k < nw && !behind; k++) behind = waiting[k] == j->client;
+        if (behind || atomic_load(&j->ended)) continue;
+        if (!j->prepared) {
+            if (nw == 16) return NULL; /* many clients preparing: wait for them */
+            waiting[nw++] = j->client;
+            continue;
+        }
         if (runnable(e, j)) return j;
+    }
     return NULL;
 }
 
@@ -238,6 +267,7 @@ static b2d_job *admit_round_robin(b2d_engine *e)
         j->next = NULL;
         *ft = j;
         ft = &j->next;
+        assert(j->counted);
         e->queued--;
         e->active++;
         e->rr++;

@@ -561,6 +561,11 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->config.text_hidden = (uint32_t)blip2_text_hidden(m);
     st->config.vocab_size = (uint32_t)blip2_vocab_size(m);
     st->config.max_positions = (uint32_t)blip2_max_positions(m);
+    st->config.qformer_hidden = (uint32_t)blip2_qformer_hidden(m);
+    /* vision tokens T = 1 + (image_size / patch)^2 */
+    int g = 1, cells = blip2_vision_tokens(m) - 1;
+    while ((g + 1) * (g + 1) <= cells) g++;
+    st->config.patch_size = (uint32_t)(blip2_image_size(m) / g);
     b2d_model_unref(bm);
     b2d_core_counts n;
     b2d_core_counts_get(core, &n);

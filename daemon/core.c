@@ -38,6 +38,7 @@ struct b2d_core {
     b2d_prep_env env;
     double t_start;
     atomic_ullong served;     /* terminal replies of jobs */
+    b2d_budget budget;        /* --max-memory */
     pthread_mutex_t mu;       /* guards everything below */
     b2d_model *cur;           /* the model new requests use */
     b2d_job *prep_head, *prep_tail; /* admitted, not yet on the pool (a reference each) */
@@ -71,6 +72,7 @@ b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, 
     c->sink = *sink;
     c->ctx = ctx;
     c->served = &core->served;
+    c->budget = &core->budget;
     pthread_mutex_lock(&core->mu);
     c->next = core->clients;
     if (c->next) c->next->prev = c;
@@ -123,6 +125,7 @@ void b2d_client_sent(b2d_client *c, size_t bytes)
     do
         next = cur > bytes ? cur - bytes : 0;
     while (!atomic_compare_exchange_weak(&c->unsent, &cur, next));
+    b2d_budget_add(c->budget, -(long long)(cur - next));
     if (cur > c->out_cap && next <= c->out_cap) b2d_engine_poke(c->core->eng);
 }
 
@@ -139,6 +142,20 @@ int b2d_in_flight(b2d_client *c, uint64_t id)
     int found = find_listed(c, id) != NULL;
     pthread_mutex_unlock(&c->mu);
     return found;
+}
+
+int b2d_client_inflight(b2d_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = c->ninf;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+int b2d_core_memory(b2d_core *core, long long n)
+{
+    if (n) b2d_budget_add(&core->budget, n);
+    return atomic_load(&core->budget.used) > core->budget.max;
 }
 
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id)
@@ -165,7 +182,44 @@ static const b2d_job_ops *ops_of(b2ipc_op op)
 
 /* Every reason to refuse rq from c before any work, in the order
  * docs/protocol.md section 10 step 8 gives.  Under core->mu. */
-static int admit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
+/* Bytes a request will hold at most (an estimate from the model's
+ * shapes): its image bytes (a descriptor's are charged when read), the
+ * pixel values, the image stages, and for a generate the KV cache of
+ * every sequence, for a features request the logits. */
+static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
+{
+    const blip2_model *m = core->cur->m;
+    const size_t T = (size_t)blip2_vision_tokens(m), Dv = (size_t)blip2_vision_hidden(m),
+                 Q = (size_t)blip2_num_query_tokens(m), Dq = (size_t)blip2_qformer_hidden(m),
+                 V = (size_t)blip2_vocab_size(m);
+    size_t cost = 4096 + 4 * blip2_pixel_values_len(m) + 4 * (T * Dv + Dv + Q * Dq + blip2_query_embeds_len(m));
+    if (rq->op == B2IPC_OP_GENERATE) {
+        const b2ipc_generate *g = &rq->generate;
+        size_t rows = Q + (g->prompt ? strlen(g->prompt) : 0) + 1 + g->params.max_new_tokens;
+        size_t width = g->params.num_beams > g->params.num_return_sequences ? g->params.num_beams
+                       : g->params.num_return_sequences;
+        cost += g->image_len + 2 * 4 * (size_t)blip2_text_layers(m) * (size_t)blip2_text_hidden(m) * rows * width;
+    } else {
+        const b2ipc_features *q = &rq->features;
+        cost += q->image_len + (q->text ? 2 * 4 * V * (strlen(q->text) + 2) : 0);
+    }
+    return cost;
+}
+
+/* Requests in flight of every client of user; under core->mu. */
+static int user_inflight(b2d_core *core, uint64_t user)
+{
+    int n = 0;
+    for (b2d_client *c = core->clients; c; c = c->next)
+        if (c->user == user) {
+            pthread_mutex_lock(&c->mu);
+            n += c->ninf;
+            pthread_mutex_unlock(&c->mu);
+        }
+    return n;
+}
+
+static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2d_refusal *why)
 {
     b2d_core *core = c->core;
     const b2ipc_gen_params *gp = &rq->generate.params;
@@ -187,6 +241,12 @@ static int admit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *wh
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight on this connection"};
     else if (core->in_prep + queued >= core->cfg->max_queue)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "the queue is full; retry later"};
+    else if (user_inflight(core, c->user) >= core->cfg->max_inflight_per_uid)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight for this user (--max-inflight-per-uid); retry later"};
+    else if (cost > (size_t)core->budget.max)
+        *why = (b2d_refusal){B2IPC_ETOO_LARGE, NULL, "this request alone needs more memory than blip2d's budget (--max-memory)"};
+    else if (b2d_budget_take(&core->budget, cost) < 0)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "blip2d's memory budget (--max-memory) is taken by other requests; retry later"};
     else if (rq->op == B2IPC_OP_GENERATE && gp->do_sample && gp->num_beams > 1)
         *why = (b2d_refusal){B2IPC_EUNSUPPORTED, NULL, "beam sampling (do_sample with num_beams > 1) is not supported"};
     else if (image_fd && fd < 0)
@@ -296,9 +356,16 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
     assert(!c->closed);
     pthread_mutex_lock(&core->mu);
     b2d_job *j = NULL;
-    if (admit(c, rq, fd, why) == 0) {
+    const size_t cost = ops_of(rq->op) ? job_cost(core, rq) : 0;
+    if (admit(c, rq, fd, cost, why) == 0) {
         j = job_from_request(c, rq, fd, core->cur);
-        if (j) fd = -1; /* the job's now */
+        if (j) { /* the descriptor and the memory charged are the job's now */
+            fd = -1;
+            j->budget = &core->budget;
+            j->charged = cost;
+        } else {
+            b2d_budget_add(&core->budget, -(long long)cost);
+        }
         if (j && b2d_engine_submit(core->eng, b2d_job_ref(j)) < 0) {
             b2d_job_unref(j); /* the engine's */
             b2d_job_unref(j);
@@ -460,7 +527,9 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
-    core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes};
+    atomic_init(&core->budget.used, 0);
+    core->budget.max = (long long)cfg->max_memory;
+    core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes, &core->budget};
     if (b2d_engine_start(&core->eng, cfg, core->cache) < 0) goto fail_cache;
     uv_async_init(loop, &core->prep_async, prep_async_cb);
     core->prep_async.data = core;

@@ -63,6 +63,10 @@ typedef struct b2d_config {
     double shutdown_timeout; /* seconds to let running work finish */
     double stall_timeout;    /* seconds a full output buffer may stay full */
     size_t max_output;       /* per-connection output buffer before reads pause */
+    size_t max_memory;       /* the daemon's memory budget (jobs, frames, output) */
+    double frame_timeout;    /* seconds a started frame may take to complete */
+    int max_conns_per_uid;   /* connections of one uid */
+    int max_inflight_per_uid;/* requests in flight of one uid (all its connections) */
     double idle_exit;        /* > 0: exit after this many idle seconds */
     int activated;           /* the listening socket came from systemd */
     uid_t *allow_uid;        /* who may connect (both empty: anyone the socket lets in) */
@@ -83,11 +87,35 @@ enum {
     B2D_CANCEL_SHUTDOWN = 3, /* the shutdown deadline */
 };
 
+/* The daemon's memory budget (--max-memory): what jobs, buffered input
+ * frames and unsent output hold, in bytes.  Thread-safe. */
+typedef struct b2d_budget {
+    atomic_llong used;
+    long long max;
+} b2d_budget;
+
+/* Takes n bytes if they fit: 0, or -1 (nothing taken). */
+static inline int b2d_budget_take(b2d_budget *b, size_t n)
+{
+    long long cur = atomic_load(&b->used);
+    do
+        if (cur + (long long)n > b->max) return -1;
+    while (!atomic_compare_exchange_weak(&b->used, &cur, cur + (long long)n));
+    return 0;
+}
+/* Charges (n > 0, even beyond the budget: memory already held) or
+ * releases (n < 0). */
+static inline void b2d_budget_add(b2d_budget *b, long long n)
+{
+    atomic_fetch_add(&b->used, n);
+}
+
 /* What the preparation of a job may use (pool threads; all immutable or
  * thread-safe). */
 typedef struct b2d_prep_env {
     b2d_cache *cache;
     size_t max_image;        /* bytes of an image read from a descriptor */
+    b2d_budget *budget;      /* an image read from a descriptor is charged */
 } b2d_prep_env;
 
 /* What a job kind does at each stage of the pipeline: the scheduler calls
@@ -130,6 +158,8 @@ struct b2d_job {
     int cancel_pending;       /* under client->mu: send cancel{found} after the terminal */
     uint64_t cancel_id;
     b2d_model *model;         /* a reference: the model this request runs on */
+    b2d_budget *budget;       /* charged `charged` bytes until the job is freed */
+    size_t charged;
     /* input (owned) */
     uint8_t *image;
     size_t image_len;
@@ -186,6 +216,7 @@ struct b2d_client {
     b2d_sink sink;
     void *ctx;
     atomic_ullong *served;    /* the core's count of terminal replies */
+    b2d_budget *budget;       /* unsent output is charged to it */
     b2d_client *prev, *next;  /* the core's list of open clients (core->mu) */
 };
 

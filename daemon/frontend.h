@@ -103,11 +103,21 @@ void b2d_client_sent(b2d_client *c, size_t bytes);
 int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why);
 /* Is id in flight on c (submitted, its terminal reply not yet sent)? */
 int b2d_in_flight(b2d_client *c, uint64_t id);
+/* How many requests are in flight on c. */
+int b2d_client_inflight(b2d_client *c);
 /* Cancels the request target of c.  Returns 1 if it was in flight: its
  * terminal reply comes through the sink (done with finish "canceled" for
  * a generate), then, if reply_id is given, a cancel reply with that id.
  * Returns 0 if target is not in flight (nothing comes through the sink). */
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id);
+
+/* The daemon's memory budget (--max-memory), for what a front end holds
+ * of its peers' input (partial request frames): charges n bytes (n > 0)
+ * or releases them (n < 0).  Returns 1 while the budget is exceeded
+ * (stop taking input that would grow), else 0.  Requests are charged by
+ * b2d_submit (refused with busy beyond the budget), unsent replies by
+ * the sink's return value. */
+int b2d_core_memory(b2d_core *core, long long n);
 
 /* The size limits requests are validated against. */
 const b2ipc_limits *b2d_core_limits(b2d_core *core);

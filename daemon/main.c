@@ -57,6 +57,16 @@ static void usage(FILE *f)
         "                          (default 4194304)\n"
         "      --stall-timeout S   close a connection whose output stays full this long\n"
         "                          (default 30)\n"
+        "      --max-memory BYTES  memory budget for requests, buffered frames and unsent\n"
+        "                          replies; beyond it requests get 'busy' (default: a quarter\n"
+        "                          of the RAM, 256 MiB to 16 GiB)\n"
+        "      --frame-timeout S   close a connection whose request frame is not complete\n"
+        "                          S seconds after it started (default 30)\n"
+        "      --max-connections-per-uid N  connections of one user; beyond it the user's\n"
+        "                          oldest idle one is closed, else 'busy' (default 3/4 of\n"
+        "                          --max-connections)\n"
+        "      --max-inflight-per-uid N  requests in flight of one user, all its connections\n"
+        "                          together (default 3/4 of --max-queue plus --max-batch)\n"
         "      --idle-exit S       exit after S seconds without clients or work (for socket\n"
         "                          activation: systemd starts blip2d again on demand)\n"
         "      --allow-uid LIST    only these uids may connect (comma-separated)\n"
@@ -173,12 +183,15 @@ static int make_socket(const char *path)
 int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
-           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK };
+           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-frame", required_argument, 0, O_FRAME},
         {"prefill-chunk", required_argument, 0, O_CHUNK},
+        {"max-memory", required_argument, 0, O_MEM}, {"frame-timeout", required_argument, 0, O_FTIME},
+        {"max-connections-per-uid", required_argument, 0, O_UCONNS},
+        {"max-inflight-per-uid", required_argument, 0, O_UINFL},
         {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
         {"shutdown-timeout", required_argument, 0, O_SHUT}, {"max-output", required_argument, 0, O_OUTPUT},
         {"stall-timeout", required_argument, 0, O_STALL}, {"max-inflight", required_argument, 0, O_INFLIGHT},
@@ -194,6 +207,7 @@ int main(int argc, char **argv)
         .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_queue = 64, .max_batch = 8, .prefill_chunk = 16,
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
+        .frame_timeout = 30, .max_conns_per_uid = -1, .max_inflight_per_uid = -1,
     };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;
@@ -205,6 +219,10 @@ int main(int argc, char **argv)
         case O_QUEUE: cfg.max_queue = (int)num(optarg, "--max-queue", 0, 1 << 20); break;
         case O_BATCH: cfg.max_batch = (int)num(optarg, "--max-batch", 1, 256); break;
         case O_CHUNK: cfg.prefill_chunk = (int)num(optarg, "--prefill-chunk", 0, 1 << 20); break;
+        case O_MEM: cfg.max_memory = (size_t)num(optarg, "--max-memory", 1l << 20, 1l << 46); break;
+        case O_FTIME: cfg.frame_timeout = (double)num(optarg, "--frame-timeout", 1, 86400); break;
+        case O_UCONNS: cfg.max_conns_per_uid = (int)num(optarg, "--max-connections-per-uid", 1, 1 << 16); break;
+        case O_UINFL: cfg.max_inflight_per_uid = (int)num(optarg, "--max-inflight-per-uid", 1, 1 << 20); break;
         case O_FRAME: cfg.max_frame = (size_t)num(optarg, "--max-frame", 1024, 1l << 31); break;
         case O_CACHE: cfg.cache_bytes = (size_t)num(optarg, "--cache-mb", 0, 1 << 20) << 20; break;
         case O_CONNS: cfg.max_connections = (int)num(optarg, "--max-connections", 1, 1 << 16); break;
@@ -234,6 +252,14 @@ int main(int argc, char **argv)
     }
     if (optind < argc) { fprintf(stderr, "blip2d: unexpected argument '%s'\n", argv[optind]); return 2; }
     if (!cfg.model_path) { fprintf(stderr, "blip2d: --model PATH is required (try --help)\n"); return 2; }
+    if (!cfg.max_memory) { /* a quarter of the RAM, within 256 MiB .. 16 GiB */
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 4ull << 30;
+        uint64_t mem = ram / 4;
+        cfg.max_memory = (size_t)(mem < (256ull << 20) ? 256ull << 20 : mem > (16ull << 30) ? 16ull << 30 : mem);
+    }
+    if (cfg.max_conns_per_uid < 0) cfg.max_conns_per_uid = cfg.max_connections * 3 / 4 > 0 ? cfg.max_connections * 3 / 4 : 1;
+    if (cfg.max_inflight_per_uid < 0) cfg.max_inflight_per_uid = cfg.max_queue * 3 / 4 + cfg.max_batch;
     if (!cfg.socket_path) {
         const char *rt = getenv("XDG_RUNTIME_DIR");
         if (geteuid() == 0) snprintf(defsock, sizeof defsock, "/run/blip2/blip2.sock");

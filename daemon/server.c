@@ -60,6 +60,9 @@ typedef struct conn {
     uint8_t *out;
     size_t out_off, out_len, out_cap;
     size_t owed;           /* bytes of sink replies in out, not yet reported sent */
+    size_t in_charged;     /* the reader's memory, charged to the budget */
+    double frame_t0;       /* when the partial frame being read started (0: none) */
+    double t_active;       /* when it last sent bytes */
     int paused, stalled;
     uid_t uid;
     gid_t gid;
@@ -237,7 +240,9 @@ static void conn_update_poll(conn *c)
         c->stalled = 0;
         uv_timer_stop(&c->stall);
     }
-    c->paused = full;
+    /* over the memory budget, a partial frame waits (--frame-timeout bounds it) */
+    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, 0);
+    c->paused = full || starved;
     int ev = (c->paused ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
     if (ev) uv_poll_start(&c->poll, ev, poll_cb);
     else uv_poll_stop(&c->poll);
@@ -398,10 +403,18 @@ static void on_readable(conn *c)
                 return;
             }
             if (rc == 0) break;
+            c->frame_t0 = 0;
             const uint8_t *p;
             size_t len;
             if (b2ipc_reader_frame(&c->rd, &p, &len) == 0) handle_frame(c, p, len);
         }
+        if (c->fd < 0) return;
+        c->t_active = b2d_now_ms();
+        if (b2ipc_reader_pending(&c->rd) && !c->frame_t0) c->frame_t0 = c->t_active;
+        size_t mem = b2ipc_reader_memory(&c->rd);
+        int over = b2d_core_memory(c->srv->core, (long long)mem - (long long)c->in_charged);
+        c->in_charged = mem;
+        if (over && b2ipc_reader_pending(&c->rd)) return; /* conn_update_poll pauses it */
     }
 }
 
@@ -459,6 +472,8 @@ static void conn_close(conn *c, const char *why)
     s->nconns--;
     int canceled = b2d_client_close(c->client); /* no reply reaches it from here */
     c->client = NULL;
+    b2d_core_memory(s->core, -(long long)c->in_charged);
+    c->in_charged = 0;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
     c->nfds = 0;
     if (c->out_off < c->out_len) /* best effort: a last error frame */
@@ -503,6 +518,26 @@ static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
     return 0;
 }
 
+/* Is uid at its connection cap (--max-connections-per-uid)?  If one of
+ * its connections is idle (nothing in flight, nothing half read or
+ * unsent), the least recently active one is closed to make room. */
+static int user_full(struct b2d_server *s, uid_t uid)
+{
+    int n = 0;
+    conn *idle = NULL;
+    for (conn *c = s->conns; c; c = c->next) {
+        if (c->uid != uid) continue;
+        n++;
+        if (b2d_client_inflight(c->client) == 0 && !b2ipc_reader_pending(&c->rd) && c->out_off == c->out_len &&
+            (!idle || c->t_active < idle->t_active))
+            idle = c;
+    }
+    if (n < s->cfg->max_conns_per_uid) return 0;
+    if (!idle) return 1;
+    conn_close(idle, "idle, and its user opened more than --max-connections-per-uid");
+    return 0;
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events)
 {
     struct b2d_server *s = h->data;
@@ -523,6 +558,11 @@ static void accept_cb(uv_poll_t *h, int status, int events)
                      (long)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
             continue;
         }
+        if (user_full(s, cr.uid)) {
+            refuse(fd, B2IPC_EBUSY, "too many connections from this user, none of them idle");
+            LOG_WARN("refused a connection from uid %u: too many connections from this user", (unsigned)cr.uid);
+            continue;
+        }
         if (s->nconns >= s->cfg->max_connections || s->shutting_down) {
             refuse(fd, s->shutting_down ? B2IPC_ESHUTDOWN : B2IPC_EBUSY,
                    s->shutting_down ? "blip2d is shutting down" : "too many connections");
@@ -540,6 +580,7 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->id = ++s->next_conn_id;
         c->fd = fd;
         c->uid = cr.uid;
+        c->t_active = b2d_now_ms();
         c->proto = 1;
         c->gid = cr.gid;
         c->pid = cr.pid;
@@ -695,6 +736,16 @@ static void tick_cb(uv_timer_t *t)
         malloc_trim(0);
 #endif
     s->trimmed = no_work;
+    /* partial frames past --frame-timeout; reads paused for memory retried */
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->frame_t0 && !c->stalled && b2d_now_ms() - c->frame_t0 > s->cfg->frame_timeout * 1000) {
+            send_error(c, 0, 0, B2IPC_EBUSY, NULL, "the request frame was not completed in time (--frame-timeout); closing the connection");
+            conn_close(c, "a request frame was not completed in time");
+        } else {
+            conn_update_poll(c);
+        }
+    }
     int idle = no_work && s->nconns == 0;
     double now = b2d_now_ms();
     if (!idle) s->idle_since = now;

@@ -10,6 +10,11 @@
 #     and the replies all come once it reads
 #   finding 5: features work of a client that has gone is dropped, image
 #     decoding included
+#   finding 3: the memory budget (--max-memory) refuses requests with busy
+#     (or too_large) instead of growing; a partial frame is dropped after
+#     --frame-timeout; one uid's connections (--max-connections-per-uid,
+#     its idle ones make room) and requests (--max-inflight-per-uid) are
+#     capped
 # TAP output.  Environment: BLIP2_TEST_TIMEOUT_SCALE (see b2test.py).
 import os, socket, sys, tempfile, time
 
@@ -167,5 +172,110 @@ ok(idle and st["cache"]["entries"] == 1, "features requests of a client that has
    "(%d of 8 ran)" % ((st["cache"]["entries"] - 1) // 2))
 blocker.close()
 ok(stop(proc) == 0, "exit 0")
+
+# ---- finding 3 --------------------------------------------------------------
+def start_or_none(*args, **kw):
+    try:
+        return start(*args, **kw)
+    except RuntimeError:  # a daemon without the option
+        return None, None
+
+
+def drain(cl, rid):
+    """cancels rid on cl and reads up to the cancel reply"""
+    cl.send({"id": 9000 + rid, "op": "cancel", "target": rid})
+    while cl.recv().get("id") != 9000 + rid:
+        pass
+
+
+proc, SOCK = start_or_none("--max-memory", str(16 << 20), "--max-batch", "1", tmp=TMP, log="daemon-mem.log")
+if proc:
+    cl = Client(SOCK)
+    cl.send({"id": 1, "op": "hello", "v": 2})
+    cl.recv()
+    r = cl.call({"id": 2, "op": "features", "text": "cat " * 4000, "outputs": ["logits_last"]})
+    ok(r["type"] == "error" and r["code"] == "too_large" and "--max-memory" in r["message"],
+       "a request that alone needs more than --max-memory: too_large (%s)" % r.get("code"))
+    cl.call({"id": 3, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 20})  # warm
+    base = rss_mib(proc.pid)
+    for i in range(12):  # each holds ~2.5 MB at most: pixels, a 2000-token KV cache
+        cl.send({"id": 10 + i, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    busy, admitted = 0, []
+    while busy + len(admitted) < 12:
+        r = cl.recv()
+        if r["type"] == "error" and r["code"] == "busy" and "--max-memory" in r["message"]:
+            busy += 1
+        elif r["type"] == "token" and r["id"] not in admitted:
+            admitted.append(r["id"])
+        elif r["type"] == "error":
+            busy = 99
+    peak = rss_mib(proc.pid)
+    ok(busy >= 1 and len(admitted) >= 1 and peak - base < 16 + 8,
+       "beyond --max-memory 16 MiB requests get busy: %d admitted, %d busy, RSS +%.1f MiB (bound 16 + 8 of "
+       "uncounted slack)" % (len(admitted), busy, peak - base))
+    for rid in range(10, 22):
+        cl.send({"id": 9000 + rid, "op": "cancel", "target": rid})
+    cl.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --max-memory")
+
+proc, SOCK = start_or_none("--frame-timeout", "1", tmp=TMP, log="daemon-frame.log")
+if proc:
+    slow = Client(SOCK)
+    frame = pack({"id": 1, "op": "generate", "image": image("chelsea.png")})
+    slow.raw(frame[:1000])  # and never the rest
+    try:
+        r = slow.recv()
+        closed = slow.s.recv(1) == b""
+    except (OSError, EOFError):
+        r, closed = {}, True
+    ok(closed and r.get("code") == "busy" and "id" not in r,
+       "a frame not completed within --frame-timeout: an id-less error, then the connection is closed")
+    other = Client(SOCK)
+    ok(other.call({"id": 1, "op": "ping"})["type"] == "pong", "others are served")
+    other.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --frame-timeout")
+
+proc, SOCK = start_or_none("--max-connections-per-uid", "3", "--max-inflight-per-uid", "4", "--max-batch", "1",
+                           tmp=TMP, log="daemon-uid.log")
+if proc:
+    cs = [Client(SOCK) for _ in range(3)]
+    for k, cl in enumerate(cs):
+        cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    d = Client(SOCK)
+    try:
+        r = d.recv()
+    except (OSError, EOFError):
+        r = {}
+    ok(r.get("code") == "busy", "a 4th connection of a uid whose 3 connections are all busy: busy (%s)" % r.get("code"))
+    d.close()
+    cs[2].s.settimeout(30 * SCALE)
+    drain(cs[2], 1)  # the third connection is idle now
+    e = Client(SOCK)
+    r = e.call({"id": 1, "op": "ping"})
+    try:
+        cs[2].send({"id": 5, "op": "ping"})
+        gone = cs[2].recv() is None
+    except (OSError, EOFError):
+        gone = True
+    ok(r["type"] == "pong" and gone, "the next one is accepted and the uid's idle connection is closed to make room")
+    # 2 generates in flight on cs[0] and cs[1]; 2 more fit the uid's 4, then busy
+    res = []
+    for k in range(3):
+        res.append(e.call({"id": 10 + k, "op": "generate", "image": image("chelsea.png"), "stream": True,
+                           "max_new_tokens": 2000}) if k == 2 else None)
+        if k < 2:
+            e.send({"id": 10 + k, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    r = res[2]
+    ok(r["type"] == "error" and r["code"] == "busy" and "--max-inflight-per-uid" in r["message"],
+       "a uid's 5th request in flight over all its connections: busy (%s)" % r.get("message"))
+    for cl in cs[:2] + [e]:
+        cl.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --max-connections-per-uid --max-inflight-per-uid")
 
 finish()

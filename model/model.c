@@ -1,7 +1,6 @@
 /*
  * model.c - loading a BLIP-2 checkpoint and the public entry points that are
- * neither generation nor features: shapes, preprocessing, image encoding,
- * tokenizer access.
+ * neither generation nor features: shapes, preprocessing, tokenizer access.
  *
  * Load: config.json -> b2_config; preprocessor_config.json -> b2_preproc;
  * tokenizer files -> b2_bpe (OPT) or b2_t5tok (T5, spiece.model); safetensors -> every weight bound by name with
@@ -408,27 +407,6 @@ int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_im
         }
     }
     free(buf);
-    return rc;
-}
-
-int blip2_encode_image(const blip2_model *m, const float *px, int n, float *out,
-                       blip2_stages *stages, blip2_error *err)
-{
-    const b2_config *c = &m->cfg;
-    if (n <= 0 || !px || !out) return b2__err(err, BLIP2_EINVAL, "encode_image: bad arguments");
-    const size_t T = (size_t)blip2_vision_tokens(m);
-    float *vis = stages && stages->vision_last_hidden_state ? stages->vision_last_hidden_state
-                 : malloc(sizeof(float) * n * T * c->v_hidden);
-    float *qf = stages && stages->qformer_last_hidden_state ? stages->qformer_last_hidden_state
-                : malloc(sizeof(float) * n * c->num_query * c->q_hidden);
-    int rc;
-    if (!vis || !qf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
-    if ((rc = b2__vision_forward(m, px, n, vis, stages ? stages->vision_pooler_output : NULL, err)) < 0) goto out;
-    if ((rc = b2__qformer_forward(m, vis, n, qf, err)) < 0) goto out;
-    b2__linear(out, qf, n * c->num_query, &m->proj);
-out:
-    if (!stages || vis != stages->vision_last_hidden_state) free(vis);
-    if (!stages || qf != stages->qformer_last_hidden_state) free(qf);
     return rc;
 }
 

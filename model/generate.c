@@ -292,7 +292,8 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
     /* the caches hold the prefix and the new tokens */
     const int cap = s->P + p->max_new_tokens;
     for (int j = 0; j < K; j++) {
-        if (b2__kv_init(&s->seq[j].kv, m, cap) < 0 || b2__toks_push(&s->seq[j].ids, c->dec_start) < 0) goto nomem;
+        if (b2__kv_init(&s->seq[j].kv, m, cap) < 0 || b2__toks_push(&s->seq[j].ids, c->dec_start) < 0)
+            goto nomem;
         s->seq[j].live = 1;
     }
     if (s->mode == M_SAMPLE) {
@@ -427,7 +428,8 @@ static int feed(blip2_ctx *ctx, blip2_session *const *ss, int n, int *nrows, bli
             rows += blip2_session_rows(s);
         }
     }
-    if (ctx_reserve(ctx, rows, seqs, maxctx, enc_rows) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    if (ctx_reserve(ctx, rows, seqs, maxctx, enc_rows) < 0)
+        return b2__err(err, BLIP2_ENOMEM, "out of memory");
     int r = 0, q = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
@@ -437,7 +439,8 @@ static int feed(blip2_ctx *ctx, blip2_session *const *ss, int n, int *nrows, bli
             if (s->enc && s->filled == 0) lm->prefill(m, ctx->ws, s->query, s->Q, s->prompt, s->L, s->enc);
             const int a = s->filled, b = s->filled + s->take, PQ = s->PQ;
             const int qa = a < PQ ? a : PQ, qb = b < PQ ? b : PQ, pa = a > PQ ? a : PQ;
-            memcpy(ctx->emb + (size_t)r * D, s->query + (size_t)qa * D, sizeof(float) * (size_t)(qb - qa) * D);
+            memcpy(ctx->emb + (size_t)r * D, s->query + (size_t)qa * D,
+                   sizeof(float) * (size_t)(qb - qa) * D);
             if (b > pa) lm->embed(m, s->pids + (pa - PQ), b - pa, ctx->emb + (size_t)(r + qb - qa) * D);
             for (int j = a; j < b; j++) { ctx->seq[r + j - a] = q; ctx->pos[r + j - a] = j; }
             r += s->take;
@@ -523,8 +526,11 @@ int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err
             if (s->filled + s->take == s->P) /* the prefill's last row */
                 memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
         } else {
-            for (int j = 0; j < s->K; j++)
-                if (s->seq[j].live) { memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D); r++; }
+            for (int j = 0; j < s->K; j++) {
+                if (!s->seq[j].live) continue;
+                memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D);
+                r++;
+            }
         }
     }
     m->lm->logits(m, ctx->emb, nl, ctx->lg);

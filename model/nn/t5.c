@@ -357,7 +357,9 @@ static int t5_ws_reserve(const blip2_model *m, void **ws, int rows, int ctx, int
         b2__t5_ws_free(&w->dec);
         if (b2__t5_ws_init(&w->dec, m, r, x) < 0) return BLIP2_ENOMEM;
     }
-    const size_t need = enc_rows > 0 ? 2 * (size_t)enc_rows * m->cfg.t_hidden + b2__t5_encode_scratch(m, enc_rows) : 0;
+    /* the encoder's input and output (enc_rows, D) each, then its scratch */
+    const size_t need = enc_rows > 0
+                        ? 2 * (size_t)enc_rows * m->cfg.t_hidden + b2__t5_encode_scratch(m, enc_rows) : 0;
     if (need > w->cap_enc) {
         free(w->enc);
         w->cap_enc = 0;

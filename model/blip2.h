@@ -162,7 +162,9 @@ int blip2_vision_hidden(const blip2_model *m);   /* Dv */
 int blip2_vision_tokens(const blip2_model *m);   /* 1+P */
 int blip2_qformer_hidden(const blip2_model *m);  /* Dq */
 
-/* pixel values (n,3,H,W) -> projected query embeddings (n,Q,Dt) in out. */
+/* pixel values (n,3,H,W) -> projected query embeddings (n,Q,Dt) in out:
+ * blip2_image_features with query_embeds = out and the stages as its other
+ * outputs (the general form, below). */
 int blip2_encode_image(const blip2_model *m, const float *px, int n,
                        float *out, blip2_stages *stages, blip2_error *err);
 

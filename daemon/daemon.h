@@ -31,6 +31,7 @@
 #include "blip2ipc.h"
 #include "cache.h"
 #include "frontend.h"
+#include "queue.h"
 
 /* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
  * core's current model while running jobs finish on the one they began
@@ -68,6 +69,7 @@ typedef struct b2d_config {
     gid_t *allow_gid;
     int n_allow_gid;
     blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
+    b2d_queue_opts queue;    /* --queue*: url NULL = no queue worker */
 } b2d_config;
 
 typedef struct b2d_job b2d_job;

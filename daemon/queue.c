@@ -218,7 +218,11 @@ static int handle_reply(b2d_queue *w, qjob *j, const uint8_t *p, size_t n)
         char m[1100];
         snprintf(m, sizeof m, "%s", rp.error.message ? rp.error.message : "");
         int code = rp.error.code;
-        if (permanent(code)) rc = finish(w, j, p, n, code, rp.error.field ? rp.error.field : "", m);
+        if (code == B2IPC_EBUSY) { /* the daemon's queue is full (local clients): again soon */
+            j->state = Q_SUBMIT;
+            j->retry_at = now_ms() + 250;
+            rc = 0;
+        } else if (permanent(code)) rc = finish(w, j, p, n, code, rp.error.field ? rp.error.field : "", m);
         else rc = fail_later(w, j, code, m);
     } else if (rp.type == B2IPC_REPLY_DONE || rp.type == B2IPC_REPLY_FEATURES) {
         bool canceled = false;

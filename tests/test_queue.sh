@@ -77,7 +77,9 @@ while [ $k -lt $NP ]; do
   d=$T/root/d$k
   mkdir -p "$d"
   for f in astronaut.png rocket.jpg camera.png chelsea.png coffee.png coffee_rgba.png; do
-    ln "$GOLDEN/images/$f" "$d/$f" 2>/dev/null || cp "$GOLDEN/images/$f" "$d/$f"
+    # symbolic links (never hard links: lib.sh's cleanup chmods what is in
+    # T), copies where the jobs go by path (they must lie under the root)
+    if [ $k -eq 1 ]; then cp "$GOLDEN/images/$f" "$d/$f"; else ln -s "$GOLDEN/images/$f" "$d/$f"; fi
   done
   if [ $k -eq 0 ]; then set -- ; else set -- --prompt "a picture of thing $k:"; fi
   "$CTL" --socket "$T/w1.sock" -j 1 --no-progress --max-new-tokens $MAXTOK "$@" caption -r "$d" \

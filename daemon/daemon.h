@@ -282,4 +282,14 @@ void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n);
 /* Runs until shutdown; takes the model (freed at the end). */
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd);
 
+/* ---- the queue front end (queue_front.c) ---- */
+typedef struct b2d_queue_front b2d_queue_front;
+/* Starts the worker of cfg->queue as a client of core.  0, or -1 (logged). */
+int b2d_queue_front_start(b2d_queue_front **out, b2d_core *core, const b2d_config *cfg);
+/* Shutdown begins: no new jobs; NULL is fine. */
+void b2d_queue_front_drain(b2d_queue_front *qf);
+/* After b2d_core_stop: writes what finished, stops the thread, frees qf;
+ * NULL is fine. */
+void b2d_queue_front_stop(b2d_queue_front *qf);
+
 #endif

@@ -11,9 +11,8 @@
  *     locked list + uv_async--> events -> the connection's output buffer
  *     -> conn writable --send-->
  *
- * With --queue, the queue worker (daemon/queue.c, its own thread) is one
- * more client of the core: it submits jobs with b2d_submit and gets their
- * terminal replies through queue_sink, encoded, back on its thread.
+ * With --queue, the queue front end (queue_front.c, queue.c: a thread of
+ * its own) is one more client of the core.
  *
  * Only this thread touches connections.  Events carry the connection's id,
  * and the sink reads only the connection's immutable id and server, so
@@ -92,7 +91,7 @@ struct b2d_server {
     uint64_t next_conn_id;
     double t_deadline;
     int shutting_down, canceled_all;
-    struct qfront *qf;        /* --queue: the queue front end, or NULL */
+    b2d_queue_front *qf;      /* --queue: the queue front end (queue_front.c), or NULL */
 };
 
 static void conn_close(conn *c, const char *why);
@@ -266,87 +265,6 @@ static void handle_submit(conn *c, const b2ipc_request *rq, int fd)
     }
     b2d_refusal why;
     if (b2d_submit(c->client, rq, fd, &why) < 0) send_error(c, 1, rq->id, why.code, why.field, why.message);
-}
-
-/* ---- the queue front end (--queue): daemon/queue.c's worker thread ----
- * One client of the core for all the worker's jobs; job tokens are the
- * request ids.  The worker submits from its own thread; terminal replies
- * are encoded here (any thread) and handed back to it unframed. */
-
-/* The fairness key of queue jobs: above every uid, so the queue is one
- * more user of the round robin. */
-#define QUEUE_USER ((uint64_t)1 << 40)
-
-typedef struct qfront {
-    b2d_queue *w;
-    b2d_client *client;
-} qfront;
-
-static void queue_reply_cb(void *ctx, const b2ipc_reply *rp, int terminal)
-{
-    qfront *qf = ctx;
-    if (!terminal || rp->type == B2IPC_REPLY_CANCEL) return; /* no streaming, no cancels */
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    b2ipc_error err;
-    if (b2ipc_encode_reply(&sb, rp, &err) < 0) {
-        msgpack_sbuffer_clear(&sb);
-        if (b2ipc_encode_error(&sb, true, rp->id, B2IPC_EINTERNAL, NULL, err.message) < 0) {
-            msgpack_sbuffer_destroy(&sb);
-            return; /* no reply: the job stays pending and is redone */
-        }
-    }
-    b2d_queue_reply(qf->w, rp->id, (const uint8_t *)sb.data + 4, sb.size - 4);
-    msgpack_sbuffer_destroy(&sb);
-}
-
-static const b2d_sink queue_sink = {queue_reply_cb};
-
-static int queue_submit_cb(void *ctx, const b2ipc_request *rq, int fd, uint64_t token)
-{
-    qfront *qf = ctx;
-    b2ipc_request r = *rq;
-    r.id = token;
-    if (r.op == B2IPC_OP_GENERATE) r.generate.stream = false; /* only the terminal reply is kept */
-    b2d_refusal why;
-    if (b2d_submit(qf->client, &r, fd, &why) < 0) {
-        LOG_DEBUG("queue: job refused: %s", why.message);
-        return why.code;
-    }
-    return 0;
-}
-
-static int queue_start(struct b2d_server *s)
-{
-    qfront *qf = calloc(1, sizeof *qf);
-    char msg[512];
-    if (!qf || !(qf->client = b2d_client_new(s->core, QUEUE_USER, &queue_sink, qf))) {
-        free(qf);
-        LOG_ERR("--queue: out of memory");
-        return -1;
-    }
-    b2d_queue_opts o = s->cfg->queue;
-    o.lim = *b2d_core_limits(s->core);
-    o.max_frame = s->cfg->max_frame;
-    if (b2d_queue_start(&qf->w, &o, queue_submit_cb, qf, msg, sizeof msg) < 0) {
-        LOG_ERR("--queue: %s", msg);
-        b2d_client_close(qf->client);
-        free(qf);
-        return -1;
-    }
-    s->qf = qf;
-    return 0;
-}
-
-/* After the core has stopped: nothing more reaches the sink; what
- * finished is written (for at most 5 s if Redis is away). */
-static void queue_stop(struct b2d_server *s)
-{
-    if (!s->qf) return;
-    b2d_client_close(s->qf->client);
-    b2d_queue_stop(s->qf->w, 5);
-    free(s->qf);
-    s->qf = NULL;
 }
 
 static void handle_status(conn *c, uint64_t id)
@@ -650,7 +568,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
     s->shutting_down = 1;
     b2d_core_shutdown(s->core);
-    if (s->qf) b2d_queue_drain(s->qf->w); /* no new jobs; running ones finish and are written */
+    b2d_queue_front_drain(s->qf); /* no new jobs; running ones finish and are written */
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
     uv_poll_stop(&s->listen_poll);
@@ -775,7 +693,7 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
-    if (cfg->queue.url && queue_start(s) < 0) return -1;
+    if (cfg->queue.url && b2d_queue_front_start(&s->qf, s->core, cfg) < 0) return -1;
     uv_poll_init(&s->loop, &s->listen_poll, listen_fd);
     s->listen_poll.data = s;
     uv_poll_start(&s->listen_poll, UV_READABLE, accept_cb);
@@ -806,7 +724,8 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     /* the engine has nothing left; drain its last events, then tear down */
     b2d_core_stop(s->core);
     async_cb(&s->async);
-    queue_stop(s);
+    b2d_queue_front_stop(s->qf); /* after the core: what finished is written */
+    s->qf = NULL;
     while (s->conns) conn_close(s->conns, NULL);
     if (s->listen_fd >= 0) close(s->listen_fd);
     uv_walk(&s->loop, close_walk_cb, NULL);

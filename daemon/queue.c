@@ -415,7 +415,11 @@ static int take_entry(b2d_queue *w, const redisReply *e, unsigned tries)
     if (kv->type != REDIS_REPLY_ARRAY) { /* deleted meanwhile: done elsewhere */
         snprintf(j->id, sizeof j->id, "%s", eid);
         redisReply *r = redisCommand(b2q_redis(w->q), "XACK %s %s %s", b2q_stream(w->q), w->group, eid);
-        if (!r) { drop_conn(w, "XACK"); return -1; }
+        if (!r) { /* still pending in Redis: reclaimed later */
+            unlink_job(w, j);
+            drop_conn(w, "XACK");
+            return -1;
+        }
         freeReplyObject(r);
         unlink_job(w, j);
         return 0;
@@ -435,7 +439,11 @@ static int take_entry(b2d_queue *w, const redisReply *e, unsigned tries)
     if (tries > w->o.max_tries) {
         char last[1200] = "";
         redisReply *r = redisCommand(b2q_redis(w->q), "HGET %s:fails %s", b2q_stream(w->q), j->id);
-        if (!r) { drop_conn(w, "HGET"); return -1; }
+        if (!r) {
+            unlink_job(w, j);
+            drop_conn(w, "HGET");
+            return -1;
+        }
         if (r->type == REDIS_REPLY_STRING) snprintf(last, sizeof last, "%s", r->str);
         freeReplyObject(r);
         char m[1400];

@@ -11,8 +11,11 @@
 # 120); ROUNDS: repetitions (default 3; medians are printed).
 # Every round measures, with the machine's 2 cores:
 #   direct  one blip2d -t 2, `blip2ctl caption -r` over each prompt's folder
-#   K=1     one worker  (-t 2, --queue-window = --max-batch / 2 = 4)
+#   K=1     one worker  (-t 2)
 #   K=2     two workers (-t 1 each)
+# Workers take --queue-window 16, the requests `caption -r` keeps in flight
+# (twice --max-batch), so both feed the batch alike; WINDOW=N changes it
+# (the daemon's default, half of --max-batch, leaves room for local users).
 # queue times run from the first `blip2ctl enqueue` to the last result in
 # Redis (enqueueing included, it overlaps the work).  Overhead per job =
 # (K=1 time - direct time) / JOBS.
@@ -69,7 +72,7 @@ queue() { # queue K ROUND: K workers; seconds from the first enqueue to the last
   w=1; wp=
   while [ $w -le "$K" ]; do
     "$DAEMON" --model "$MODEL" --socket "$T/w$w.sock" -t $th -q --queue "unix:$RS/$stream" \
-      --queue-idle 30 2>>"$T/w.err" &
+      --queue-idle 30 --queue-window "${WINDOW:-16}" 2>>"$T/w.err" &
     wp="$wp $!"
     wait_sock "$T/w$w.sock"
     w=$((w + 1))
@@ -96,7 +99,7 @@ while [ $r -le "$ROUNDS" ]; do
   r=$((r + 1))
 done
 D=$(median <"$T/direct"); K1=$(median <"$T/k1"); K2=$(median <"$T/k2")
-echo "model $MODEL, $JOBS jobs, $ROUNDS rounds (medians), $(nproc) cores"
+echo "model $MODEL, $JOBS jobs, $ROUNDS rounds (medians), $(nproc) cores, --queue-window ${WINDOW:-16}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'direct (blip2ctl caption -r):  %6.2f s  %7.2f jobs/s\n' "$D" "$(echo "$JOBS / $D" | bc -l)"
 printf 'queue, K=1 worker:             %6.2f s  %7.2f jobs/s\n' "$K1" "$(echo "$JOBS / $K1" | bc -l)"
 printf 'queue, K=2 workers:            %6.2f s  %7.2f jobs/s\n' "$K2" "$(echo "$JOBS / $K2" | bc -l)"

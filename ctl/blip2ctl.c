@@ -138,6 +138,9 @@ static void print_help(void)
 "       " PROG " [OPTION]... ping\n"
 "       " PROG " [OPTION]... features [IMAGE] [--text TEXT] [--output NAME]...\n"
 "       " PROG " [OPTION]... features -r|--files-from FILE|--out-dir DIR [IMAGE|DIR]...\n"
+"       " PROG " enqueue --queue URL [OPTION]... [-r] [--files-from FILE] [IMAGE|DIR]...\n"
+"       " PROG " results --queue URL [-o FILE] [--follow]\n"
+"       " PROG " queue-status --queue URL [--json]\n"
 "Caption images or answer questions about them with blip2d, the BLIP-2 daemon.\n"
 "IMAGE '-' reads the image from standard input.\n"
 "\n"
@@ -157,6 +160,10 @@ static void print_help(void)
 "                     pooled outputs (image_pooler_output, qformer_pooler_output)\n"
 "  convert SRC OUT.gguf  pack the Hugging Face folder SRC into one GGUF file\n"
 "                     (no daemon needed)\n"
+"  enqueue            one job per image on a Redis Stream that blip2d --queue\n"
+"                     workers do (resumable: a file already enqueued is skipped)\n"
+"  results            the queue's results, one JSON line per job\n"
+"  queue-status       jobs waiting, in flight per worker, done, dead letters, rate\n"
 "\n"
 "Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
 "      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
@@ -211,6 +218,17 @@ static void print_help(void)
 "  -o, --output-file FILE        append the lines to FILE instead of stdout\n"
 "      --resume FILE             skip the paths FILE (an earlier output) has done\n"
 "      --no-progress             no progress bar on a terminal's stderr\n"
+"\n"
+"Queue (enqueue, results, queue-status; their options follow the command word,\n"
+"with the generation options and -p, -r, --hidden, --files-from, -0, -o, --json):\n"
+"      --queue URL               redis://[user:password@]HOST[:PORT][/STREAM] or\n"
+"                                unix:PATH[/STREAM] [$BLIP2_QUEUE]\n"
+"      --op OP                   enqueue: caption, ask or features [caption]\n"
+"      --question TEXT           enqueue --op ask: the question\n"
+"      --output NAME             enqueue --op features: an output (repeatable)\n"
+"      --by-path                 enqueue the files' paths, not their bytes\n"
+"      --max-image-bytes N       enqueue: larger files only by path [16777216]\n"
+"      --follow                  results: keep waiting for new ones\n"
 "\n"
 "Exit status: 0 success, 1 the daemon failed the request, 2 bad usage or input\n"
 "(missing image file, bad parameter, not an image), 3 cannot connect to the\n"
@@ -1078,22 +1096,18 @@ static int cmd_status(ctl *x)
     return EXIT_OK;
 }
 
-/* ---- convert: runs blip2-convert (the program that links the model library) ---------------- */
+/* ---- convert and the queue commands: programs of their own ------------------------------- */
 
-/* Runs blip2-convert with argv[0] "blip2ctl convert", so that its messages
- * read as this command's.  Where it is looked for: $BLIP2_CONVERT, then
- * beside this program (both are installed in bindir; a libtool build keeps
- * the real binary one level down, in .libs/), then $PATH.  Returns only if
- * none could be run. */
-static int cmd_convert(ctl *x, const char *src, const char *out)
+/* Runs the program `tool` with av (av[0] is what its messages call it).
+ * Where it is looked for: $env, then beside this program (both are
+ * installed in bindir; a libtool build keeps the real binary one level
+ * down, in .libs/), then $PATH.  Returns only if none could be run. */
+static int run_tool(const char *tool, const char *env_name, char *const av[])
 {
-    const char *type = x->type ? x->type : "f16";
-    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
-                        (char *)src, (char *)out, NULL};
-    const char *env = getenv("BLIP2_CONVERT");
+    const char *env = getenv(env_name);
     if (env && *env) {
         execv(env, av);
-        warnx_("convert: cannot run %s: %s", env, strerror(errno));
+        warnx_("cannot run %s: %s", env, strerror(errno));
         return EXIT_USAGE;
     }
     char self[4096];
@@ -1102,20 +1116,50 @@ static int cmd_convert(ctl *x, const char *src, const char *out)
         self[n] = 0;
         char *slash = strrchr(self, '/');
         if (slash) {
-            strcpy(slash + 1, "blip2-convert");
+            strcpy(slash + 1, tool);
             execv(self, av);
             *slash = 0;
             slash = strrchr(self, '/');
             if (slash && !strcmp(slash, "/.libs")) {
-                strcpy(slash + 1, "blip2-convert");
+                strcpy(slash + 1, tool);
                 execv(self, av);
             }
         }
     }
-    execvp("blip2-convert", av);
-    warnx_("convert: cannot run blip2-convert (installed beside blip2ctl, or set BLIP2_CONVERT): %s",
-           strerror(errno));
+    execvp(tool, av);
+    warnx_("cannot run %s (installed beside blip2ctl, or set %s): %s", tool, env_name, strerror(errno));
     return EXIT_USAGE;
+}
+
+/* convert runs blip2-convert (the program that links the model library),
+ * with argv[0] "blip2ctl convert" so that its messages read as this
+ * command's. */
+static int cmd_convert(ctl *x, const char *src, const char *out)
+{
+    const char *type = x->type ? x->type : "f16";
+    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
+                        (char *)src, (char *)out, NULL};
+    return run_tool("blip2-convert", "BLIP2_CONVERT", av);
+}
+
+/* enqueue, results and queue-status talk to Redis, not to a daemon: they
+ * run blip2-queue (which links hiredis), so that blip2ctl links only
+ * libblip2client.  Their options follow the command word; argv from the
+ * command on is passed as it is. */
+static bool is_queue_command(const char *cmd)
+{
+    return !strcmp(cmd, "enqueue") || !strcmp(cmd, "results") || !strcmp(cmd, "queue-status");
+}
+
+static int cmd_queue(int argc, char **argv)
+{
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    if (!av) return EXIT_USAGE;
+    av[0] = (char *)"blip2-queue";
+    for (int i = 1; i < argc; i++) av[i] = argv[i];
+    int st = run_tool("blip2-queue", "BLIP2_QUEUE_TOOL", av);
+    free(av);
+    return st;
 }
 
 static int cmd_ping(ctl *x)
@@ -1299,6 +1343,7 @@ static int cmd_features(ctl *x, char *name)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && is_queue_command(argv[1])) return cmd_queue(argc, argv);
     ctl x;
     memset(&x, 0, sizeof x);
     x.jobs = 4;

@@ -33,6 +33,7 @@
 #include "blip2ipc.h"
 #include "cache.h"
 #include "frontend.h"
+#include "queue.h"
 
 /* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
  * core's current model while running jobs finish on the one they began
@@ -74,6 +75,7 @@ typedef struct b2d_config {
     gid_t *allow_gid;
     int n_allow_gid;
     blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
+    b2d_queue_opts queue;    /* --queue*: url NULL = no queue worker */
 } b2d_config;
 
 typedef struct b2d_job b2d_job;
@@ -327,5 +329,15 @@ void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n);
 
 /* Runs until shutdown; takes the model (freed at the end). */
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd);
+
+/* ---- the queue front end (queue_front.c) ---- */
+typedef struct b2d_queue_front b2d_queue_front;
+/* Starts the worker of cfg->queue as a client of core.  0, or -1 (logged). */
+int b2d_queue_front_start(b2d_queue_front **out, b2d_core *core, const b2d_config *cfg);
+/* Shutdown begins: no new jobs; NULL is fine. */
+void b2d_queue_front_drain(b2d_queue_front *qf);
+/* After b2d_core_stop: writes what finished, stops the thread, frees qf;
+ * NULL is fine. */
+void b2d_queue_front_stop(b2d_queue_front *qf);
 
 #endif

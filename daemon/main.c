@@ -7,6 +7,7 @@
  *   a live daemon refused, mode 0660) -> b2d_server_run until SIGTERM/SIGINT
  *   or the idle exit -> remove the socket (if it is ours) -> exit 0.
  */
+#include "b2q.h"
 #include "daemon.h"
 #include "log.h"
 #include "sigbus.h"
@@ -72,6 +73,18 @@ static void usage(FILE *f)
         "      --allow-uid LIST    only these uids may connect (comma-separated)\n"
         "      --allow-gid LIST    only members of these groups may connect (comma-separated\n"
         "                          numbers or names); with both lists, either admits\n"
+        "      --queue URL         also work the jobs of a Redis Stream (docs/scale-out.md):\n"
+        "                          redis://[user:password@]HOST[:PORT][/STREAM] or\n"
+        "                          unix:PATH[/STREAM]; the password may come from\n"
+        "                          $BLIP2_QUEUE_PASSWORD instead\n"
+        "      --queue-group NAME  the consumer group (default blip2d)\n"
+        "      --queue-consumer NAME  this worker's name (default HOST:PID)\n"
+        "      --queue-window N    queue jobs in the scheduler at once (default: half of\n"
+        "                          --max-batch, at least 1)\n"
+        "      --queue-idle S      take over jobs pending this long from dead workers\n"
+        "                          (default 60)\n"
+        "      --queue-max-tries N deliveries before a job is a dead letter (default 3)\n"
+        "      --queue-allow-paths DIR  accept jobs naming a file under DIR (default: none)\n"
         "  -v, --verbose           more log output (repeat for debug)\n"
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
@@ -183,7 +196,8 @@ static int make_socket(const char *path)
 int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
-           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL };
+           O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL,
+           O_Q_URL, O_Q_GROUP, O_Q_CONSUMER, O_Q_WINDOW, O_Q_IDLE, O_Q_TRIES, O_Q_PATHS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -199,6 +213,10 @@ int main(int argc, char **argv)
         {"allow-gid", required_argument, 0, O_AGID},
         {"weights-cache", required_argument, 0, O_WCACHE}, {"weights-type", required_argument, 0, O_WTYPE},
         {"no-weights-cache", no_argument, 0, O_NOWCACHE}, {"mlock", no_argument, 0, O_MLOCK},
+        {"queue", required_argument, 0, O_Q_URL}, {"queue-group", required_argument, 0, O_Q_GROUP},
+        {"queue-consumer", required_argument, 0, O_Q_CONSUMER}, {"queue-window", required_argument, 0, O_Q_WINDOW},
+        {"queue-idle", required_argument, 0, O_Q_IDLE}, {"queue-max-tries", required_argument, 0, O_Q_TRIES},
+        {"queue-allow-paths", required_argument, 0, O_Q_PATHS},
         {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -208,6 +226,7 @@ int main(int argc, char **argv)
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
         .frame_timeout = 30, .max_conns_per_uid = -1, .max_inflight_per_uid = -1,
+        .queue = {.idle_s = 60, .max_tries = 3},
     };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;
@@ -243,6 +262,13 @@ int main(int argc, char **argv)
             break;
         case O_NOWCACHE: no_wcache = 1; break;
         case O_MLOCK: cfg.load.mlock = 1; break;
+        case O_Q_URL: cfg.queue.url = optarg; break;
+        case O_Q_GROUP: cfg.queue.group = optarg; break;
+        case O_Q_CONSUMER: cfg.queue.consumer = optarg; break;
+        case O_Q_WINDOW: cfg.queue.window = (int)num(optarg, "--queue-window", 1, 4096); break;
+        case O_Q_IDLE: cfg.queue.idle_s = (double)num(optarg, "--queue-idle", 1, 86400); break;
+        case O_Q_TRIES: cfg.queue.max_tries = (unsigned)num(optarg, "--queue-max-tries", 1, 1000); break;
+        case O_Q_PATHS: cfg.queue.allow_paths = optarg; break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
@@ -260,6 +286,18 @@ int main(int argc, char **argv)
     }
     if (cfg.max_conns_per_uid < 0) cfg.max_conns_per_uid = cfg.max_connections * 3 / 4 > 0 ? cfg.max_connections * 3 / 4 : 1;
     if (cfg.max_inflight_per_uid < 0) cfg.max_inflight_per_uid = cfg.max_queue * 3 / 4 + cfg.max_batch;
+    if (cfg.queue.url) { /* a bad URL stops the start, not the worker thread later */
+        b2q_url u;
+        char msg[512];
+        if (b2q_url_parse(cfg.queue.url, &u, msg, sizeof msg) < 0) {
+            fprintf(stderr, "blip2d: --queue: %s\n", msg);
+            return 2;
+        }
+        if (!cfg.queue.window) cfg.queue.window = cfg.max_batch / 2 > 1 ? cfg.max_batch / 2 : 1;
+    } else if (cfg.queue.group || cfg.queue.consumer || cfg.queue.window || cfg.queue.allow_paths) {
+        fprintf(stderr, "blip2d: the --queue-* options need --queue URL\n");
+        return 2;
+    }
     if (!cfg.socket_path) {
         const char *rt = getenv("XDG_RUNTIME_DIR");
         if (geteuid() == 0) snprintf(defsock, sizeof defsock, "/run/blip2/blip2.sock");

@@ -11,6 +11,9 @@
  *     locked list + uv_async--> events -> the connection's output buffer
  *     -> conn writable --send-->
  *
+ * With --queue, the queue front end (queue_front.c, queue.c: a thread of
+ * its own) is one more client of the core.
+ *
  * Only this thread touches connections.  Events carry the connection's id,
  * and the sink reads only the connection's immutable id and server, so
  * results for a connection that has gone are dropped.
@@ -92,6 +95,7 @@ struct b2d_server {
     uint64_t next_conn_id;
     double t_deadline;
     int shutting_down, canceled_all;
+    b2d_queue_front *qf;      /* --queue: the queue front end (queue_front.c), or NULL */
 };
 
 static void conn_close(conn *c, const char *why);
@@ -644,6 +648,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
     s->shutting_down = 1;
     b2d_core_shutdown(s->core);
+    b2d_queue_front_drain(s->qf); /* no new jobs; running ones finish and are written */
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
     uv_poll_stop(&s->listen_poll);
@@ -746,7 +751,7 @@ static void tick_cb(uv_timer_t *t)
             conn_update_poll(c);
         }
     }
-    int idle = no_work && s->nconns == 0;
+    int idle = no_work && s->nconns == 0 && !s->qf; /* a queue worker waits for jobs */
     double now = b2d_now_ms();
     if (!idle) s->idle_since = now;
     if (s->cfg->idle_exit > 0 && idle && !s->shutting_down && now - s->idle_since >= s->cfg->idle_exit * 1000) {
@@ -778,6 +783,7 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
+    if (cfg->queue.url && b2d_queue_front_start(&s->qf, s->core, cfg) < 0) return -1;
     uv_poll_init(&s->loop, &s->listen_poll, listen_fd);
     s->listen_poll.data = s;
     uv_poll_start(&s->listen_poll, UV_READABLE, accept_cb);
@@ -808,6 +814,8 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     /* the engine has nothing left; drain its last events, then tear down */
     b2d_core_stop(s->core);
     async_cb(&s->async);
+    b2d_queue_front_stop(s->qf); /* after the core: what finished is written */
+    s->qf = NULL;
     while (s->conns) conn_close(s->conns, NULL);
     if (s->listen_fd >= 0) close(s->listen_fd);
     uv_walk(&s->loop, close_walk_cb, NULL);

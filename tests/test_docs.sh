@@ -71,7 +71,7 @@ if command -v bash >/dev/null 2>&1; then
     c() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=(); _blip2ctl; echo "${COMPREPLY[*]}"; }
     c blip2ctl ""; c blip2ctl --num-be; c blip2ctl --json caption pho; c blip2ctl --seed 3 a; c blip2ctl ask photo.png wh
   ' sh "$SRC/completion/blip2ctl" 2>&1)
-  want='caption ask chat status ping features convert
+  want='caption ask chat status ping features convert enqueue results queue-status
 --num-beams
 photo.png
 ask

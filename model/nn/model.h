@@ -48,6 +48,7 @@ typedef struct blip2_model blip2_model; /* as in blip2.h */
 struct blip2_model {
     b2_config cfg;
     b2_preproc pp;
+    uint64_t max_pixels;   /* blip2_load_opts.max_pixels: images above are refused (0: default) */
     b2_bpe *tok;
 
     /* vision */

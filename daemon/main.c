@@ -200,7 +200,7 @@ static int make_socket(const char *path)
         char *slash = strrchr(dir, '/');
         if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
         else strcpy(dir, ".");
-        if (e == EADDRINUSE && lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        if (e != ENOENT && lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
             LOG_ERR("cannot bind %s: the file exists and is not a socket (left alone); give --socket another "
                     "path", path);
         else if (e == ENOENT && stat(dir, &st) != 0)

@@ -83,7 +83,7 @@ typedef struct blip2_load_opts {
 } blip2_load_opts;
 
 /* The weights type that runs best on this CPU, for the weights cache:
- * "q8_0" with the AVX2 or AVX-512 products (bench/README.md section 8),
+ * "q8_0" with the AVX2 or AVX-512 products (bench/RESULTS.md, 2026-11-27 04:30),
  * else "f16".  Static string. */
 const char *blip2_best_weights_type(void);
 

@@ -87,7 +87,8 @@ static int cache_path(char *out, size_t cap, const char *dir, const char *src, c
     }
     blip2_model_free(m);
     if (rc < 0) return rc;
-    h = fnv(h, tname, strlen(tname));
+    /* the type is in the name's suffix; the key is the folder's alone, so
+     * files of one version of a folder in several types share it */
     const uint64_t hp = fnv(1469598103934665603ull, real, strlen(real) + 1);
     const char *base = strrchr(real, '/');
     base = base && base[1] ? base + 1 : "model";
@@ -109,7 +110,7 @@ static int is_gguf(const char *path)
 
 const char *blip2_best_weights_type(void)
 {
-    /* bench/README.md section 8: with the AVX2 (or AVX-512) products, q8_0
+    /* bench/RESULTS.md, 2026-11-27 04:30: with the AVX2 (or AVX-512) products, q8_0
      * decodes 1.65-1.84x faster than bf16 and the vision encoder runs at
      * the f32 sgemm's speed; the portable products are not measured, f16
      * at least halves what is read per token */

@@ -31,6 +31,7 @@ stop_daemon() { kill "$DPID" 2>/dev/null; wait "$DPID" 2>/dev/null; }
 run_daemon "$T/plain.log" --model "$M" --no-weights-cache
 "$CTL" -s "$T/s.sock" ping >/dev/null 2>&1
 "$CTL" -s "$T/s.sock" caption "$IMG" >/dev/null 2>&1
+"$CTL" -s "$T/s.sock" --max-new-tokens 2048 caption "$IMG" >/dev/null 2>"$T/err2"; st2=$?
 stop_daemon
 grep -q '^<[0-9]>' "$T/plain.log"
 report $? "not under journald: no <N> priority prefixes" "$(head -3 "$T/plain.log")"
@@ -38,8 +39,8 @@ bad=$(grep -cv '^[0-9]\{4\}-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-
 [ -s "$T/plain.log" ] && [ "$bad" -eq 0 ]
 report $((1 - $?)) "... every line 'YYYY-MM-DD HH:MM:SS.mmm blip2d[PID]: level: message'" "$(head -3 "$T/plain.log")"
 conns=$(grep -c 'connection [0-9]' "$T/plain.log")
-[ "$conns" -eq 2 ] && grep -q 'connection [0-9]* (pid [0-9]* uid [0-9]* gid [0-9]*) closed' "$T/plain.log"
-report $((1 - $?)) "one info line per connection (two clients: two lines, pid/uid/gid on it)" "$(grep connection "$T/plain.log")"
+[ "$conns" -eq 3 ] && grep -q 'connection [0-9]* (pid [0-9]* uid [0-9]* gid [0-9]*) closed' "$T/plain.log"
+report $((1 - $?)) "one info line per connection (three clients: three lines, pid/uid/gid on it)" "$(grep connection "$T/plain.log")"
 
 : >"$T/journal.log"
 JOURNAL_STREAM=$(stat -c '%d:%i' "$T/journal.log"); export JOURNAL_STREAM
@@ -64,10 +65,13 @@ report $((1 - $?)) "a socket in a missing directory: explained (tmpfiles, --sock
 [ $st -eq 0 ] && grep -q '^blip2d [0-9]' "$T/out"
 report $((1 - $?)) "-V prints the version" "status $st: $(cat "$T/out")"
 
-# ---- --max-pixels ------------------------------------------------------------
+# ---- --max-pixels, and a max_new_tokens the model has no room for ----------------
 run_daemon "$T/px.log" --model "$M" --no-weights-cache --max-pixels 1000
 "$CTL" -s "$T/s.sock" caption "$IMG" >/dev/null 2>"$T/err"; st=$?
 stop_daemon
+[ $st2 -eq 2 ] && grep -q 'max_new_tokens 2048 is too many for this model: its [0-9]* positions hold the image.s [0-9]* query tokens, the prompt.s 1 token and at most [0-9]* new tokens' "$T/err2" &&
+  ! grep -q '(0 tokens)' "$T/err2"
+report $((1 - $?)) "--max-new-tokens 2048: says how many new tokens fit (no 'prompt (0 tokens)')" "status $st2: $(cat "$T/err2")"
 [ $st -eq 2 ] && grep -q 'above the limit of 1000' "$T/err"
 report $((1 - $?)) "--max-pixels 1000: a larger image is refused (exit 2)" "status $st: $(cat "$T/err")"
 

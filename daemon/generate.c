@@ -33,10 +33,16 @@ static void prepare(b2d_job *j, const b2d_prep_env *env)
         b2d_job_fail(j, B2IPC_EUTF8, "%s", err.text);
         return;
     }
-    size_t ctx = (size_t)blip2_num_query_tokens(m) + (j->n_prompt_ids ? j->n_prompt_ids : 1) + j->params.max_new_tokens;
-    if (ctx > (size_t)blip2_max_positions(m))
-        b2d_job_fail(j, B2IPC_ETOO_LARGE, "the prompt (%zu tokens) plus max_new_tokens (%d) exceed the model's %d positions",
-                     j->n_prompt_ids, j->params.max_new_tokens, blip2_max_positions(m) - blip2_num_query_tokens(m));
+    /* positions: the image's query tokens, the prompt (BOS alone without one), the new tokens */
+    const size_t np = j->n_prompt_ids ? j->n_prompt_ids : 1, pos = (size_t)blip2_max_positions(m),
+                 nqt = (size_t)blip2_num_query_tokens(m);
+    if (nqt + np >= pos)
+        b2d_job_fail(j, B2IPC_ETOO_LARGE, "the prompt (%zu tokens) is too long: the model has %zu positions, "
+                     "%zu of them for the image's query tokens", np, pos, nqt);
+    else if (nqt + np + j->params.max_new_tokens > pos)
+        b2d_job_fail(j, B2IPC_ETOO_LARGE, "max_new_tokens %d is too many for this model: its %zu positions "
+                     "hold the image's %zu query tokens, the prompt's %zu token%s and at most %zu new tokens",
+                     j->params.max_new_tokens, pos, nqt, np, np == 1 ? "" : "s", pos - nqt - np);
 }
 
 /* Beams take a row each; sampled sequences count once started. */

@@ -38,10 +38,13 @@ static void usage(FILE *f)
         "                          Hugging Face folder, converted once into the weights cache\n"
         "      --weights-cache DIR where converted folders are kept (default: $CACHE_DIRECTORY,\n"
         "                          else $XDG_CACHE_HOME/blip2, else ~/.cache/blip2)\n"
-        "      --weights-type T    type of that conversion: f32, f16, bf16, q8_0 (default: the\n"
-        "                          checkpoint's own)\n"
+        "      --weights-type T    type of that conversion: auto, f32, f16, bf16, q8_0 (default:\n"
+        "                          $BLIP2_WEIGHTS_TYPE, else auto: the fastest on this CPU,\n"
+        "                          q8_0 with AVX2; f32 keeps an f32 checkpoint exact)\n"
         "      --no-weights-cache  load a folder directly (f16/bf16 widened to f32 in memory)\n"
         "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
+        "      --max-pixels N      refuse images above N pixels (default 67108864 = 64 Mpx;\n"
+        "                          a 100 Mpx camera needs 100000000)\n"
         "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
         "                          or /run/blip2/blip2.sock for root)\n"
         "  -t, --threads N         compute threads (default: all cores)\n"
@@ -88,22 +91,56 @@ static void usage(FILE *f)
         "  -v, --verbose           more log output (repeat for debug)\n"
         "  -q, --quiet             only warnings and errors\n"
         "  -h, --help              this help\n"
-        "      --version           print the version\n");
+        "  -V, --version           print the version\n");
 }
 
-/* A folder converted into the weights cache at start: systemd gets more
- * time (EXTEND_TIMEOUT_USEC) and a status line, the log a line every 10 %. */
+/* A folder converted into the weights cache at start: the log says what,
+ * where and as what type, then a line every 10 % with the time left;
+ * systemd gets more time (EXTEND_TIMEOUT_USEC) and the same as its status
+ * line (systemctl status blip2d). */
+typedef struct convert_ui {
+    int last;        /* the last decile logged */
+    double t0;       /* when the conversion started (ms) */
+} convert_ui;
+
+static void convert_start_cb(void *ud, const char *path, const char *type)
+{
+    convert_ui *u = ud;
+    u->t0 = b2d_now_ms();
+    LOG_INFO("converting the folder into the weights cache, once: %s (%s weights; "
+             "--weights-type chooses); later starts map that file at once", path, type);
+}
+
 static int convert_progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes, uint64_t total)
 {
-    int *last = ud;
+    convert_ui *u = ud;
     (void)name;
     const int pct = total ? (int)(bytes * 100 / total) : 100;
-    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=converting the model into the weights cache: %d%%", pct);
-    if (pct / 10 != *last || i == n) {
-        *last = pct / 10;
-        LOG_INFO("converting into the weights cache: %d%% (%d of %d tensors)", pct, i, n);
+    const double secs = (b2d_now_ms() - u->t0) / 1000.0;
+    const double left = bytes && bytes < total ? secs * (double)(total - bytes) / (double)bytes : 0;
+    sd_notifyf(0, "EXTEND_TIMEOUT_USEC=120000000\nSTATUS=converting the model into the weights cache: %d%%, "
+               "%.0f s so far, about %.0f s left", pct, secs, left);
+    if (pct / 10 != u->last || i == n) {
+        u->last = pct / 10;
+        if (i == n)
+            LOG_INFO("converted into the weights cache in %.0f s (%.0f MiB, %d tensors)", secs,
+                     total / 1048576.0, n);
+        else
+            LOG_INFO("converting into the weights cache: %d%% (%d of %d tensors, %.0f of %.0f MiB), "
+                     "%.0f s so far, about %.0f s left", pct, i, n, bytes / 1048576.0, total / 1048576.0, secs, left);
     }
     return 0;
+}
+
+static void cache_note_cb(void *ud, const char *path, uint64_t bytes, int removed)
+{
+    (void)ud;
+    if (removed)
+        LOG_INFO("removed %s from the weights cache (%.0f MiB): left by an earlier version of this folder "
+                 "or an interrupted conversion", path, bytes / 1048576.0);
+    else
+        LOG_INFO("also in the weights cache: %s (%.0f MiB, another --weights-type of this folder; delete it "
+                 "if no daemon uses it)", path, bytes / 1048576.0);
 }
 
 static long num(const char *s, const char *opt, long lo, long hi)
@@ -179,7 +216,22 @@ static int make_socket(const char *path)
     }
     umask(old);
     if (rc < 0) {
-        LOG_ERR("cannot bind %s: %s", path, strerror(errno));
+        int e = errno;
+        struct stat st;
+        char dir[sizeof sa.sun_path];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+        else strcpy(dir, ".");
+        if (e != ENOENT && lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+            LOG_ERR("cannot bind %s: the file exists and is not a socket (left alone); give --socket another "
+                    "path", path);
+        else if (e == ENOENT && stat(dir, &st) != 0)
+            LOG_ERR("cannot bind %s: the directory %s does not exist; create it (for the system service: "
+                    "systemd-tmpfiles --create blip2.conf, which makes /run/blip2 with mode 0750 and group "
+                    "blip2), or give --socket PATH", path, dir);
+        else
+            LOG_ERR("cannot bind %s: %s", path, strerror(e));
         close(fd);
         return -1;
     }
@@ -197,7 +249,7 @@ int main(int argc, char **argv)
 {
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
            O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL,
-           O_Q_URL, O_Q_GROUP, O_Q_CONSUMER, O_Q_WINDOW, O_Q_IDLE, O_Q_TRIES, O_Q_PATHS };
+           O_Q_URL, O_Q_GROUP, O_Q_CONSUMER, O_Q_WINDOW, O_Q_IDLE, O_Q_TRIES, O_Q_PATHS, O_MAXPX };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -218,7 +270,8 @@ int main(int argc, char **argv)
         {"queue-idle", required_argument, 0, O_Q_IDLE}, {"queue-max-tries", required_argument, 0, O_Q_TRIES},
         {"queue-allow-paths", required_argument, 0, O_Q_PATHS},
         {"verbose", no_argument, 0, 'v'},
-        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, O_VERSION},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
+        {"max-pixels", required_argument, 0, O_MAXPX},
         {0, 0, 0, 0},
     };
     b2d_config cfg = {
@@ -230,7 +283,10 @@ int main(int argc, char **argv)
     };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;
-    while ((c = getopt_long(argc, argv, "m:s:t:vqh", opts, NULL)) != -1) {
+    b2d_log_init();
+    cfg.load.cache_type = getenv("BLIP2_WEIGHTS_TYPE");
+    if (!cfg.load.cache_type || !*cfg.load.cache_type) cfg.load.cache_type = "auto";
+    while ((c = getopt_long(argc, argv, "m:s:t:vqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': cfg.model_path = optarg; break;
         case 's': cfg.socket_path = optarg; break;
@@ -253,13 +309,8 @@ int main(int argc, char **argv)
         case O_AUID: if (parse_ids(optarg, 0, &cfg.allow_uid, &cfg.n_allow_uid) < 0) return 2; break;
         case O_AGID: if (parse_ids(optarg, 1, (uid_t **)&cfg.allow_gid, &cfg.n_allow_gid) < 0) return 2; break;
         case O_WCACHE: cfg.load.cache_dir = optarg; break;
-        case O_WTYPE:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "f16") && strcmp(optarg, "bf16") && strcmp(optarg, "q8_0")) {
-                fprintf(stderr, "blip2d: --weights-type: '%s' is not f32, f16, bf16 or q8_0\n", optarg);
-                return 2;
-            }
-            cfg.load.cache_type = optarg;
-            break;
+        case O_WTYPE: cfg.load.cache_type = optarg; break;
+        case O_MAXPX: cfg.load.max_pixels = (uint64_t)num(optarg, "--max-pixels", 1, 1l << 34); break;
         case O_NOWCACHE: no_wcache = 1; break;
         case O_MLOCK: cfg.load.mlock = 1; break;
         case O_Q_URL: cfg.queue.url = optarg; break;
@@ -272,11 +323,17 @@ int main(int argc, char **argv)
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
-        case O_VERSION: printf("blip2d %s\n", PACKAGE_VERSION); return 0;
+        case 'V': printf("blip2d %s\n", PACKAGE_VERSION); return 0;
         default: fprintf(stderr, "Try 'blip2d --help'.\n"); return 2;
         }
     }
     if (optind < argc) { fprintf(stderr, "blip2d: unexpected argument '%s'\n", argv[optind]); return 2; }
+    const char *wt = cfg.load.cache_type;
+    if (strcmp(wt, "auto") && strcmp(wt, "f32") && strcmp(wt, "f16") && strcmp(wt, "bf16") && strcmp(wt, "q8_0")) {
+        fprintf(stderr, "blip2d: --weights-type%s: '%s' is not auto, f32, f16, bf16 or q8_0\n",
+                wt == getenv("BLIP2_WEIGHTS_TYPE") ? " ($BLIP2_WEIGHTS_TYPE)" : "", wt);
+        return 2;
+    }
     if (!cfg.model_path) { fprintf(stderr, "blip2d: --model PATH is required (try --help)\n"); return 2; }
     if (!cfg.max_memory) { /* a quarter of the RAM, within 256 MiB .. 16 GiB */
         long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
@@ -325,11 +382,15 @@ int main(int argc, char **argv)
     LOG_INFO("loading %s", cfg.model_path);
     sd_notifyf(0, "STATUS=loading %s", cfg.model_path);
     struct stat mst;
-    int last_decile = -1;
+    convert_ui cui = {-1, 0};
     cfg.load.convert_cb = convert_progress_cb;
-    cfg.load.convert_ud = &last_decile;
+    cfg.load.convert_start_cb = convert_start_cb;
+    cfg.load.cache_note_cb = cache_note_cb;
+    cfg.load.convert_ud = &cui;
     if (cfg.load.cache_dir && stat(cfg.model_path, &mst) == 0 && S_ISDIR(mst.st_mode))
-        LOG_INFO("weights cache: %s (a folder is converted there once)", cfg.load.cache_dir);
+        LOG_INFO("weights cache: %s (a folder is converted there once, as %s%s%s)", cfg.load.cache_dir,
+                 strcmp(wt, "auto") ? wt : blip2_best_weights_type(), strcmp(wt, "auto") ? "" : ": the best type for this CPU",
+                 strcmp(wt, "auto") ? "" : "; --weights-type f32 keeps an f32 checkpoint exact");
     if (blip2_model_load(&m, cfg.model_path, &cfg.load, &err) < 0) {
         LOG_ERR("cannot load the model: %s", err.text);
         return 1;

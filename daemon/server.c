@@ -482,8 +482,9 @@ static void conn_close(conn *c, const char *why)
     c->nfds = 0;
     if (c->out_off < c->out_len) /* best effort: a last error frame */
         (void)send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
-    LOG_INFO("connection %llu closed (uid %u)%s%s%s", (unsigned long long)c->id, (unsigned)c->uid,
-             why ? ": " : "", why ? why : "", canceled ? "; its requests were canceled" : "");
+    LOG_INFO("connection %llu (pid %ld uid %u gid %u) closed%s%s%s", (unsigned long long)c->id, (long)c->pid,
+             (unsigned)c->uid, (unsigned)c->gid, why ? ": " : "", why ? why : "",
+             canceled ? "; its requests were canceled" : "");
     uv_poll_stop(&c->poll);
     uv_timer_stop(&c->stall);
     close(c->fd);
@@ -603,7 +604,7 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->next = s->conns;
         s->conns = c;
         s->nconns++;
-        LOG_INFO("connection %llu from pid %ld uid %u gid %u", (unsigned long long)c->id, (long)c->pid,
+        LOG_DEBUG("connection %llu from pid %ld uid %u gid %u", (unsigned long long)c->id, (long)c->pid,
                  (unsigned)c->uid, (unsigned)c->gid);
         conn_update_poll(c);
     }

@@ -372,14 +372,17 @@ int blip2_vision_tokens(const blip2_model *m)
 int blip2_preprocess(const blip2_model *m, const void *bytes, size_t len,
                      const blip2_image_opts *opts, float *px, blip2_error *err)
 {
-    return b2__preprocess(&m->pp, bytes, len, opts, px, err);
+    blip2_image_opts o = {0};
+    if (opts) o = *opts;
+    if (!o.max_pixels) o.max_pixels = m->max_pixels; /* the model's, from blip2_load_opts */
+    return b2__preprocess(&m->pp, bytes, len, &o, px, err);
 }
 
 int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_image_opts *opts,
                           float *px, blip2_error *err)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return b2__err(err, BLIP2_EIO, "%s: cannot open image", path);
+    if (!f) return b2__err(err, BLIP2_EIO, "cannot open %s: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
     unsigned char *buf = malloc(cap);
     int rc = 0;
@@ -399,7 +402,7 @@ int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_im
     }
     fclose(f);
     if (rc == 0) {
-        rc = b2__preprocess(&m->pp, buf, len, opts, px, err);
+        rc = blip2_preprocess(m, buf, len, opts, px, err);
         if (rc < 0 && err) { /* prefix the file name */
             char tmp[sizeof err->text];
             memcpy(tmp, err->text, sizeof tmp);

@@ -54,6 +54,8 @@ want f "$B2I_pkgconfigdir/blip2client.pc" "pkg-config file"
 want f "$B2I_mandir/man8/blip2d.8" "man page"
 want f "$B2I_mandir/man1/blip2ctl.1" "man page"
 want f "$B2I_mandir/man1/blip2-infer.1" "man page"
+want f "$B2I_mandir/man3/libblip2client.3" "man page of the library"
+want f "$B2I_mandir/man3/blip2c_connect.3" "man blip2c_connect finds the library's page"
 want f "$B2I_mandir/man1/blip2-convert.1" "man page"
 want f "$B2I_docdir/blip2d.env.example" "example environment file"
 for d in systemdsystemunitdir systemduserunitdir sysusersdir tmpfilesdir bashcompletiondir; do
@@ -67,7 +69,7 @@ for d in systemdsystemunitdir systemduserunitdir sysusersdir tmpfilesdir bashcom
     systemduserunitdir) want f "$v/blip2d.service" "user unit"; want f "$v/blip2d.socket" "user unit" ;;
     sysusersdir) want f "$v/blip2.conf" "sysusers.d snippet" ;;
     tmpfilesdir) want f "$v/blip2.conf" "tmpfiles.d snippet" ;;
-    bashcompletiondir) want f "$v/blip2ctl" "bash completion" ;;
+    bashcompletiondir) want f "$v/blip2ctl" "bash completion"; want f "$v/blip2d" "bash completion"; want f "$v/blip2-infer" "bash completion" ;;
   esac
 done
 

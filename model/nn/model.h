@@ -50,6 +50,7 @@ struct blip2_model {
     b2_config cfg;
     const b2_lm_ops *lm;      /* the language model's operations (lm.h): b2__opt_lm or b2__t5_lm */
     b2_preproc pp;
+    uint64_t max_pixels;   /* blip2_load_opts.max_pixels: images above are refused (0: default) */
     b2_bpe *tok;
 
     /* vision */

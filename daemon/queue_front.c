@@ -25,20 +25,24 @@ struct b2d_queue_front {
     b2d_client *client;
 };
 
-static void queue_reply_cb(void *ctx, const b2ipc_reply *rp, int terminal)
+/* Returns 0: the worker thread owns the copy it queues for Redis, and it
+ * is bounded by the queue window (--queue-window jobs), not by the output
+ * cap of a peer that reads. */
+static size_t queue_reply_cb(void *ctx, const b2ipc_reply *rp, int terminal)
 {
     b2d_queue_front *qf = ctx;
-    if (!terminal || rp->type == B2IPC_REPLY_CANCEL) return; /* no streaming, no cancels */
+    if (!terminal || rp->type == B2IPC_REPLY_CANCEL) return 0; /* no streaming, no cancels */
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     b2ipc_error err;
     if (b2ipc_encode_reply(&sb, rp, &err) < 0 &&
         b2ipc_encode_error(&sb, true, rp->id, B2IPC_EINTERNAL, NULL, err.message) < 0) {
         msgpack_sbuffer_destroy(&sb);
-        return; /* no reply: the job stays pending in Redis and is done again */
+        return 0; /* no reply: the job stays pending in Redis and is done again */
     }
     b2d_queue_reply(qf->w, rp->id, (const uint8_t *)sb.data + 4, sb.size - 4);
     msgpack_sbuffer_destroy(&sb);
+    return 0;
 }
 
 static const b2d_sink queue_sink = {queue_reply_cb};

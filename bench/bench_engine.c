@@ -26,9 +26,10 @@
  *   -> a table of medians over rounds; each ratio is taken against the
  *      limits of its own round (the host's speed drifts), then the median.
  *
- * Uses the engine's internal headers (engine.h) to call stages one by one.
+ * Uses the engine's internal header (model/nn/model.h) to call stages one by one.
  */
-#include "engine.h"
+#include "blip2.h"
+#include "model.h"
 #include "t5.h"
 
 #include <cblas.h>
@@ -630,7 +631,7 @@ int main(int argc, char **argv)
             lim_gf[nlim_gf++] = gf0;
             lim_gf[nlim_gf++] = gf1;
             kv.len = t5 ? 0 : rows;
-            for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv, m);
+            for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv);
             for (int i = 0; i < B; i++) toks[i] = tok;
             double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
             for (int st = 0; st < o.steps; st++) {
@@ -644,7 +645,8 @@ int main(int argc, char **argv)
                     for (int i = 0; i < B; i++) toks[i] = argmax(logitsb + (size_t)i * V, V);
                     memcpy(logits, logitsb, sizeof(float) * (size_t)V);
                 } else if (t5) {
-                    b2__t5_decode(m, &tws, &tok, 1, &kvp, &crp, seq, pos, hid);
+                    b2__t5_embed(m, &tok, 1, emb);
+                    b2__t5_decode(m, &tws, emb, 1, &kvp, &crp, seq, pos, hid);
                     b2__t5_logits(m, hid, 1, logits);
                 } else {
                     b2__opt_embed(m, &tok, 1, emb);

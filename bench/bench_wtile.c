@@ -19,7 +19,8 @@
  * 256 rows per tile (1.4 MB of f32 at k = 1408, inside L2 with the sgemm's
  * panels) is the default, from a sweep with the earlier scalar conversion
  * (ms for tiles 32..1024, f32 sgemm 45 GFLOP/s: bf16 95/80/75/68/77/110,
- * q8_0 103/77/68/65/68/77).  Figures: bench/README.md, section 7.1.
+ * q8_0 103/77/68/65/68/77).  Figures: bench/RESULTS.md, "GGUF at real
+ * shapes" (2026-11-27), "The conversion of typed tiles".
  */
 #include "kernels.h"
 #include "wkernels.h"

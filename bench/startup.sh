@@ -1,6 +1,7 @@
 #!/bin/sh
-# startup.sh - blip2d start-up and memory at the real shapes (bench/README.md,
-# "GGUF at real shapes").  Not a test; run from the build tree:
+# startup.sh - blip2d start-up and memory at the real shapes (how to run:
+# bench/README.md, "The daemon"; figures: bench/RESULTS.md, "GGUF at real
+# shapes", 2026-11-27).  Not a test; run from the build tree:
 #
 #   sh bench/startup.sh MODEL.gguf [FOLDER] [IMAGE]
 #

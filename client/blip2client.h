@@ -315,7 +315,10 @@ typedef struct blip2c_timings { /* milliseconds */
 
 typedef struct blip2c_result {
     uint64_t id;                /* the request */
-    const char *text;           /* seqs[0].text (the best sequence) */
+    const char *text;           /* seqs[0].text (the best sequence) without its leading
+                                   whitespace (OPT's first word starts with a space), as
+                                   blip2c_caption and blip2ctl show it; seqs[i].text keep
+                                   the text as decoded */
     const blip2c_seq *seqs;     /* n_seqs sequences, 1 .. 16 */
     size_t n_seqs;
     bool has_seed;              /* sampling: the seed used, to reproduce it */

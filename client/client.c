@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -840,6 +841,8 @@ static int b2c__dial(const char *path, int timeout_ms, int *fd)
     sa.sun_family = AF_UNIX;
     if (strlen(path) >= sizeof sa.sun_path) return ENAMETOOLONG;
     memcpy(sa.sun_path, path, strlen(path) + 1);
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) return ENOTSOCK;
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (s < 0) return errno;
     int64_t deadline = b2c__now_ms() + (timeout_ms > 0 ? timeout_ms : 1000000000);
@@ -879,16 +882,35 @@ static int b2c__dial(const char *path, int timeout_ms, int *fd)
     return 0;
 }
 
-static const char *b2c__dial_hint(int e)
+/* Why connecting to path failed (errno e), for the message: the reason
+ * and what to do, into buf. */
+static void b2c__dial_why(const char *path, int e, char *buf, size_t n)
 {
+    struct stat st;
+    struct group *g;
     switch (e) {
-    case ENOENT: return "";
-    case ECONNREFUSED: return " (a stale socket file: no daemon is listening)";
+    case ENOTSOCK:
+        snprintf(buf, n, "it is not a socket (%s)",
+                 lstat(path, &st) == 0 && S_ISDIR(st.st_mode) ? "a directory" : "a file");
+        break;
+    case ECONNREFUSED:
+        snprintf(buf, n, "%s (a stale socket file: no daemon is listening)", strerror(e));
+        break;
     case EACCES:
-    case EPERM: return " (check the socket's owner, group and mode, or your groups)";
+    case EPERM:
+        if (stat(path, &st) == 0 && (g = getgrgid(st.st_gid)) != NULL && st.st_gid != 0)
+            snprintf(buf, n, "%s: the socket is for the group '%s'; join it with "
+                     "'sudo usermod -aG %s $USER', then log in again", strerror(e), g->gr_name,
+                     g->gr_name);
+        else
+            snprintf(buf, n, "%s (check the socket's owner, group and mode, or your groups)", strerror(e));
+        break;
     case EAGAIN:
-    case ETIMEDOUT: return " (the daemon is not accepting connections)";
-    default: return "";
+    case ETIMEDOUT:
+        snprintf(buf, n, "%s (the daemon is not accepting connections)", strerror(e));
+        break;
+    default:
+        snprintf(buf, n, "%s", strerror(e));
     }
 }
 
@@ -925,6 +947,7 @@ int blip2c_connect_with(const blip2c_options *o, blip2c_conn **out,
     char tried[768];
     size_t tl = 0;
     tried[0] = '\0';
+    bool down = false;  /* some candidate looks like no daemon: say how to start one */
     for (size_t i = 0; i < n; i++) {
         int fd = -1;
         int e = b2c__dial(paths[i], timeout, &fd);
@@ -938,13 +961,15 @@ int blip2c_connect_with(const blip2c_options *o, blip2c_conn **out,
             c->info.socket_origin = origins[i];
             return b2c__hello(c, o, out, err);
         }
+        char why[256];
+        b2c__dial_why(paths[i], e, why, sizeof why);
+        down |= e == ENOENT || e == ECONNREFUSED;
         if (tl < sizeof tried)
-            tl += (size_t)snprintf(tried + tl, sizeof tried - tl, "%s%s (from %s): %s%s",
-                                   i ? "; " : "", paths[i], origins[i], strerror(e),
-                                   b2c__dial_hint(e));
+            tl += (size_t)snprintf(tried + tl, sizeof tried - tl, "%s%s (from %s): %s",
+                                   i ? "; " : "", paths[i], origins[i], why);
     }
-    return b2c__err(err, BLIP2C_ECONNECT, "cannot connect to blip2d: tried %s. %s",
-                    tried, B2C__START_HINT);
+    return b2c__err(err, BLIP2C_ECONNECT, "cannot connect to blip2d: tried %s.%s%s",
+                    tried, down ? " " : "", down ? B2C__START_HINT : "");
 }
 
 int blip2c_connect(const char *socket_path, blip2c_conn **out, blip2c_error *err)

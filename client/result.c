@@ -100,7 +100,7 @@ void b2c__result_view(const b2ipc_reply *rp, blip2c_result *r,
     r->id = rp->id;
     r->seqs = seqs;
     r->n_seqs = n;
-    r->text = n ? seqs[0].text : "";
+    r->text = n ? seqs[0].text + strspn(seqs[0].text, " \t\r\n") : "";
     r->has_seed = rp->done.has_seed;
     r->seed = rp->done.seed;
     r->prompt_tokens = rp->done.prompt_tokens;
@@ -151,7 +151,7 @@ blip2c_result *blip2c_result_dup(const blip2c_result *r)
         text += s->text_len + 1;
     }
     d->seqs = r->n_seqs ? seqs : NULL;
-    d->text = r->n_seqs ? seqs[0].text : "";
+    d->text = r->n_seqs ? seqs[0].text + strspn(seqs[0].text, " \t\r\n") : "";
     return d;
 }
 

@@ -94,7 +94,7 @@ static int b2c__text_call(blip2c_conn *c, const char *path, const char *prompt,
     blip2c_result *res;
     int rc = blip2c_generate(c, &rq, NULL, NULL, &res, err);
     if (rc < 0) return rc;
-    *text = b2c__trimmed(res->text, res->n_seqs ? res->seqs[0].text_len : 0);
+    *text = b2c__trimmed(res->n_seqs ? res->seqs[0].text : "", res->n_seqs ? res->seqs[0].text_len : 0);
     blip2c_result_free(res);
     if (!*text) return b2c__cerr(c, err, BLIP2C_ENOMEM, "out of memory");
     return 0;

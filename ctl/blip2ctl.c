@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <editline/readline.h>
 #include <jansson.h>
 #include <math.h>
 #include <poll.h>
@@ -53,6 +54,7 @@ enum {
 
 #define MAX_STDIN_IMAGE (64u << 20)
 #define BUSY_RETRIES 20
+#define MAX_GLOBS 32
 
 typedef struct ctl {
     const char *socket;
@@ -73,6 +75,10 @@ typedef struct ctl {
     const char *outputs[8];
     size_t n_outputs;
     const char *type;   /* convert --type */
+    const char *include[MAX_GLOBS], *exclude[MAX_GLOBS];
+    size_t n_include, n_exclude;
+    int argc;           /* the command line, for the resume hint */
+    char **argv;
 } ctl;
 
 /* ---- messages and exit codes ------------------------------------------------ */
@@ -125,6 +131,19 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Offset of the first byte of s that is not valid UTF-8 (ctl_path_key
+ * would replace it), or SIZE_MAX when all of it is. */
+static size_t utf8_bad_at(const char *s)
+{
+    char *k = ctl_path_key(s);
+    size_t i = 0;
+    if (k && strcmp(k, s) == 0) i = SIZE_MAX;
+    else if (k)
+        while (s[i] && s[i] == k[i]) i++;
+    free(k);
+    return i;
+}
+
 /* ---- help ----------------------------------------------------------------------- */
 
 static void print_help(void)
@@ -138,6 +157,10 @@ static void print_help(void)
 "       " PROG " [OPTION]... ping\n"
 "       " PROG " [OPTION]... features [IMAGE] [--text TEXT] [--output NAME]...\n"
 "       " PROG " [OPTION]... features -r|--files-from FILE|--out-dir DIR [IMAGE|DIR]...\n"
+"       " PROG " convert SRC OUT.gguf [--type TYPE]\n"
+"       " PROG " enqueue --queue URL [OPTION]... [-r] [--files-from FILE] [IMAGE|DIR]...\n"
+"       " PROG " results --queue URL [-o FILE] [--follow]\n"
+"       " PROG " queue-status --queue URL [--json]\n"
 "Caption images or answer questions about them with blip2d, the BLIP-2 daemon.\n"
 "IMAGE '-' reads the image from standard input.\n"
 "\n"
@@ -146,8 +169,9 @@ static void print_help(void)
 "                     concurrently; with more than one, lines start 'IMAGE: ')\n"
 "  ask IMAGE QUESTION the answer (prompt \"Question: QUESTION Answer:\")\n"
 "  chat IMAGE         questions from stdin, one per line, answered with the\n"
-"                     conversation so far as context; /reset forgets it,\n"
-"                     /quit or end of input stops\n"
+"                     conversation so far as context (line editing and\n"
+"                     history on a terminal); /help, /image FILE, /reset,\n"
+"                     /quit or end of input (Ctrl-D) stops\n"
 "  status             the daemon's model, queue, cache and limits\n"
 "  ping               round-trip time to the daemon\n"
 "  features [IMAGE]   Blip2Model features of IMAGE and/or --text: tensor names\n"
@@ -157,6 +181,10 @@ static void print_help(void)
 "                     pooled outputs (image_pooler_output, qformer_pooler_output)\n"
 "  convert SRC OUT.gguf  pack the Hugging Face folder SRC into one GGUF file\n"
 "                     (no daemon needed)\n"
+"  enqueue            one job per image on a Redis Stream that blip2d --queue\n"
+"                     workers do (resumable: a file already enqueued is skipped)\n"
+"  results            the queue's results, one JSON line per job\n"
+"  queue-status       jobs waiting, in flight per worker, done, dead letters, rate\n"
 "\n"
 "Generation (defaults in brackets; meanings as in Hugging Face generate()):\n"
 "      --max-new-tokens N        tokens to generate at most [20], 1..2048\n"
@@ -165,7 +193,7 @@ static void print_help(void)
 "      --length-penalty X        beam search length penalty [1.0], -10..10\n"
 "      --repetition-penalty X    [1.0 = off], (0..10]\n"
 "      --do-sample               sample instead of greedy / beam search\n"
-"      --temperature X           sampling temperature [1.0], (0..100]\n"
+"      --temperature X           sampling temperature [1.0], 0..100; 0 = greedy\n"
 "      --top-k N                 sample among the N likeliest tokens [50], 0 = all\n"
 "      --top-p X                 nucleus sampling [1.0 = off], (0..1]\n"
 "      --seed N                  sampling seed [the daemon picks and reports one]\n"
@@ -211,11 +239,30 @@ static void print_help(void)
 "  -o, --output-file FILE        append the lines to FILE instead of stdout\n"
 "      --resume FILE             skip the paths FILE (an earlier output) has done\n"
 "      --no-progress             no progress bar on a terminal's stderr\n"
+"      --include GLOB            only files whose name matches GLOB (repeatable;\n"
+"                                a GLOB with '/' matches the whole path; case\n"
+"                                is ignored)\n"
+"      --exclude GLOB            leave out files whose name matches GLOB\n"
+"                                (repeatable; as --include)\n"
+"Files that are not images (by their first bytes) and the -o/--resume file\n"
+"are skipped and counted in the summary.\n"
+"\n"
+"Queue (enqueue, results, queue-status; their options follow the command word,\n"
+"with the generation options and -p, -r, --hidden, --files-from, -0, -o, --json):\n"
+"      --queue URL               redis://[user:password@]HOST[:PORT][/STREAM] or\n"
+"                                unix:PATH[/STREAM] [$BLIP2_QUEUE]\n"
+"      --op OP                   enqueue: caption, ask or features [caption]\n"
+"      --question TEXT           enqueue --op ask: the question\n"
+"      --output NAME             enqueue --op features: an output (repeatable)\n"
+"      --by-path                 enqueue the files' paths, not their bytes\n"
+"      --max-image-bytes N       enqueue: larger files only by path [16777216]\n"
+"      --follow                  results: keep waiting for new ones\n"
 "\n"
 "Exit status: 0 success, 1 the daemon failed the request, 2 bad usage or input\n"
 "(missing image file, bad parameter, not an image), 3 cannot connect to the\n"
 "daemon, 4 connection lost.  Collections: 1 when any file failed, 130\n"
-"interrupted (Ctrl-C; 143 SIGTERM).\n"
+"interrupted (Ctrl-C; 143 SIGTERM; chat too).  With --json every failure is\n"
+"also an {\"error\": {\"code\", \"message\"}} object on stdout.\n"
 "\n"
 "Start the daemon with: blip2d --model DIR\n", stdout);
 }
@@ -250,7 +297,7 @@ enum {
     O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
     O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
-    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE
+    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INCLUDE, O_EXCLUDE
 };
 
 static const struct option long_options[] = {
@@ -284,6 +331,8 @@ static const struct option long_options[] = {
     { "out", required_argument, NULL, O_OUT },
     { "out-dir", required_argument, NULL, O_OUT_DIR },
     { "type", required_argument, NULL, O_TYPE },
+    { "include", required_argument, NULL, O_INCLUDE },
+    { "exclude", required_argument, NULL, O_EXCLUDE },
     { "socket", required_argument, NULL, 's' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -294,6 +343,7 @@ static const struct option long_options[] = {
 static void parse_args(ctl *x, int argc, char **argv)
 {
     blip2c_params *p = &x->params;
+    bool temp0 = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "p:j:s:vhVr0o:", long_options, NULL)) != -1) {
         switch (ch) {
@@ -303,7 +353,10 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_LENPEN: p->length_penalty = parse_real("--length-penalty", optarg); break;
         case O_REPPEN: p->repetition_penalty = parse_real("--repetition-penalty", optarg); break;
         case O_SAMPLE: p->do_sample = true; break;
-        case O_TEMP: p->temperature = parse_real("--temperature", optarg); break;
+        case O_TEMP:
+            p->temperature = parse_real("--temperature", optarg);
+            if (p->temperature == 0) temp0 = true;   /* greedy, as llama.cpp and Ollama */
+            break;
         case O_TOPK: p->top_k = (uint32_t)parse_uint("--top-k", optarg, UINT32_MAX); break;
         case O_TOPP: p->top_p = parse_real("--top-p", optarg); break;
         case O_SEED:
@@ -348,6 +401,14 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_OUT_DIR: x->out_dir = optarg; break;
         case 's': x->socket = optarg; break;
         case O_TYPE: x->type = optarg; break;
+        case O_INCLUDE:
+        case O_EXCLUDE: {
+            const char **l = ch == O_INCLUDE ? x->include : x->exclude;
+            size_t *nl = ch == O_INCLUDE ? &x->n_include : &x->n_exclude;
+            if (*nl == MAX_GLOBS) usage_error("--%s: at most %d patterns", ch == O_INCLUDE ? "include" : "exclude", MAX_GLOBS);
+            l[(*nl)++] = optarg;
+            break;
+        }
         case 'v': x->verbose = true; break;
         case 'h': print_help(); exit(EXIT_OK);
         case 'V':
@@ -358,6 +419,10 @@ static void parse_args(ctl *x, int argc, char **argv)
             fputs("Try '" PROG " --help' for more information.\n", stderr);
             exit(EXIT_USAGE);
         }
+    }
+    if (temp0) {           /* --temperature 0: greedy decoding, whatever --do-sample says */
+        p->do_sample = false;
+        p->temperature = 1.0;
     }
     p->stop = x->stop;
     p->n_stop = x->n_stop;
@@ -384,10 +449,14 @@ typedef struct image {
     size_t len;
 } image;
 
-static void read_stdin_image(image *im)
+/* Reads the image on standard input into im; 0, or -1 with err set (bad
+ * input: empty, too large, unreadable). */
+static int read_stdin_image(image *im, blip2c_error *err)
 {
     size_t cap = 1 << 16, len = 0;
     uint8_t *buf = malloc(cap);
+    memset(err, 0, sizeof *err);
+    err->code = BLIP2C_EINVAL;
     if (!buf) { warnx_("out of memory"); exit(EXIT_SERVER); }
     for (;;) {
         if (len == cap) {
@@ -404,47 +473,56 @@ static void read_stdin_image(image *im)
             if (errno == EINTR) continue;
             int e = errno;
             free(buf);
-            warnx_("cannot read the image from standard input: %s", strerror(e));
-            exit(EXIT_USAGE);
+            snprintf(err->message, sizeof err->message,
+                     "cannot read the image from standard input: %s", strerror(e));
+            return -1;
         }
         len += (size_t)n;
     }
-    if (len > MAX_STDIN_IMAGE) {
+    if (len > MAX_STDIN_IMAGE || len == 0) {
         free(buf);
-        warnx_("the image on standard input is larger than %u MiB", MAX_STDIN_IMAGE >> 20);
-        exit(EXIT_USAGE);
-    }
-    if (len == 0) {
-        free(buf);
-        warnx_("the image on standard input is empty");
-        exit(EXIT_USAGE);
+        if (len) snprintf(err->message, sizeof err->message,
+                          "the image on standard input is larger than %u MiB", MAX_STDIN_IMAGE >> 20);
+        else snprintf(err->message, sizeof err->message, "the image on standard input is empty");
+        return -1;
     }
     im->data = buf;
     im->len = len;
+    return 0;
 }
 
-/* Checks every image before any work: a typo fails fast with status 2. */
-static image *load_images(char **names, size_t n)
+static void print_error_json(const char *image_name, const char *question,
+                             const blip2c_error *e);
+
+/* Checks every image before any work: a typo fails fast with status 2
+ * (with --json, an error object per bad image on stdout too). */
+static image *load_images(const ctl *x, char **names, size_t n, const char *question)
 {
     image *ims = calloc(n, sizeof *ims);
     if (!ims) { warnx_("out of memory"); exit(EXIT_SERVER); }
     bool used_stdin = false, bad = false;
     for (size_t i = 0; i < n; i++) {
         ims[i].name = names[i];
+        blip2c_error err;
+        int fd = -1;
         if (strcmp(names[i], "-") == 0) {
             if (used_stdin) usage_error("'-' (standard input) can be given only once");
             used_stdin = true;
-            read_stdin_image(&ims[i]);
+            if (read_stdin_image(&ims[i], &err) == 0) continue;
+        } else if (blip2c_open_image(names[i], &fd, &err) == 0) {
+            close(fd);  /* reopened when its request is sent (keeps few fds open) */
             continue;
+        } else {
+            struct stat st;
+            if (stat(names[i], &st) == 0 && S_ISDIR(st.st_mode)) {
+                size_t l = strlen(err.message);
+                snprintf(err.message + l, sizeof err.message - l,
+                         "; to caption the images in it, use -r (--recursive)");
+            }
         }
-        blip2c_error err;
-        int fd;
-        if (blip2c_open_image(names[i], &fd, &err) < 0) {
-            warnx_("%s", err.message);
-            bad = true;
-            continue;
-        }
-        close(fd);  /* reopened when its request is sent (keeps few fds open) */
+        if (x->json) print_error_json(names[i], question, &err);
+        warnx_("%s", err.message);
+        bad = true;
     }
     if (bad) exit(EXIT_USAGE);
     return ims;
@@ -469,7 +547,10 @@ static void image_request(const image *im, blip2c_request *rq)
 
 /* ---- connection ------------------------------------------------------------------------ */
 
-static void connect_or_exit(ctl *x)
+/* Connects, or exits with status 3 (cannot connect) and the library's
+ * message; with --json also an error object on stdout for each of the n
+ * images the command was for (one without "image" when n is 0). */
+static void connect_or_exit(ctl *x, char **names, size_t n, const char *question)
 {
     blip2c_options o;
     blip2c_options_init(&o);
@@ -478,6 +559,10 @@ static void connect_or_exit(ctl *x)
     o.timeout_ms = x->timeout_ms;
     blip2c_error err;
     if (blip2c_connect_with(&o, &x->conn, &err) < 0) {
+        if (x->json) {
+            for (size_t i = 0; i < n; i++) print_error_json(names[i], question, &err);
+            if (n == 0) print_error_json(NULL, question, &err);
+        }
         warnx_("%s", err.message);
         if (err.code == BLIP2C_ECONNECT && !x->socket)
             fputs("(or point " PROG " at the daemon's socket with --socket PATH or "
@@ -508,17 +593,13 @@ static void put_clean(const char *s, size_t n, bool trim)
     }
 }
 
-/* json_string that survives file names that are not UTF-8. */
+/* json_string that survives file names that are not UTF-8: each byte of
+ * an invalid sequence becomes U+FFFD, as on the lines of a collection. */
 static json_t *jstr(const char *s)
 {
-    json_t *j = json_string(s);
-    if (j) return j;
-    char *c = strdup(s);
-    if (!c) return json_string("");
-    for (char *q = c; *q; q++)
-        if ((unsigned char)*q >= 0x80) *q = '?';
-    j = json_string(c);
-    free(c);
+    char *k = ctl_path_key(s);
+    json_t *j = k ? json_string(k) : NULL;
+    free(k);
     return j ? j : json_string("");
 }
 
@@ -706,8 +787,8 @@ static int job_token_cb(void *user, const blip2c_token *t)
 
 static int cmd_caption(ctl *x, char **names, size_t n)
 {
-    image *ims = load_images(names, n);
-    connect_or_exit(x);
+    image *ims = load_images(x, names, n, NULL);
+    connect_or_exit(x, names, n, NULL);
     bool stream = n == 1 && want_stream(x);
     job *jobs = calloc(n, sizeof *jobs);
     if (!jobs) { warnx_("out of memory"); exit(EXIT_SERVER); }
@@ -856,7 +937,7 @@ static int run_one(ctl *x, const image *im, int fd, const char *question,
     else print_result_text(NULL, res, st.started);
     if (x->verbose) print_timings(im->name, res);
     if (answer) {
-        const char *s = res->text;
+        const char *s = res->n_seqs ? res->seqs[0].text : "";
         size_t len = res->n_seqs ? res->seqs[0].text_len : 0;
         while (len && (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')) { s++; len--; }
         while (len && (s[len - 1] == ' ' || s[len - 1] == '\n' || s[len - 1] == '\t' ||
@@ -880,8 +961,18 @@ static int cmd_ask(ctl *x, char *name, char **words, size_t nw)
         strcat(q, words[i]);
     }
     if (!q[strspn(q, " \t")]) usage_error("ask: the question is empty");
-    image *im = load_images(&name, 1);
-    connect_or_exit(x);
+    size_t bad = utf8_bad_at(q);
+    if (bad != SIZE_MAX) {
+        blip2c_error err = { .code = BLIP2C_EINVAL };
+        snprintf(err.message, sizeof err.message, "the question is not valid UTF-8 (at byte %zu "
+                 "of the question)", bad + 1);
+        if (x->json) print_error_json(name, NULL, &err);
+        warnx_("%s", err.message);
+        free(q);
+        return EXIT_USAGE;
+    }
+    image *im = load_images(x, &name, 1, q);
+    connect_or_exit(x, &name, 1, q);
     size_t plen = strlen(q) + sizeof "Question:  Answer:";
     char *prompt = malloc(plen);
     if (!prompt) { warnx_("out of memory"); return EXIT_SERVER; }
@@ -913,47 +1004,126 @@ static char *chat_prompt(const turn *t, size_t first, size_t n, const char *q)
     return p;
 }
 
+/* One line of chat input, without its newline (caller frees), or NULL at
+ * end of input.  On a terminal through libedit: line editing, and the
+ * history of this session (Up/Down, Ctrl-R); Ctrl-D on an empty line ends
+ * with the prompt's line erased, so the shell's prompt starts clean. */
+static char *chat_read(bool interactive)
+{
+    if (interactive) {
+        char *l = readline("> ");
+        if (!l) {
+            /* libedit has echoed "^D": erase the prompt's line, so the
+             * shell's prompt starts on a clean line of its own */
+            const char *term = getenv("TERM");
+            fputs(term && strcmp(term, "dumb") ? "\r\033[K" : "\n", stdout);
+            fflush(stdout);
+            return NULL;
+        }
+        if (l[strspn(l, " \t")]) add_history(l);
+        return l;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got = getline(&line, &cap, stdin);
+    if (got < 0) {
+        free(line);
+        return NULL;
+    }
+    while (got && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+    return line;
+}
+
+static const char chat_help[] =
+    "One question per line about the image; each answer knows the conversation so far.\n"
+    "  /image FILE   talk about another image (the conversation starts over)\n"
+    "  /reset        forget the conversation\n"
+    "  /help         this text\n"
+    "  /quit, /exit  stop (or Ctrl-D; Ctrl-C stops at once)\n"
+    "Up and Down recall earlier lines; the usual line editing keys work.\n";
+
+/* Opens the chat's image (a descriptor passed each turn); 0 or -1 (said). */
+static int chat_open(ctl *x, const char *name, int *fd)
+{
+    blip2c_error err;
+    if (blip2c_open_image(name, fd, &err) < 0) {
+        if (x->json) print_error_json(name, NULL, &err);
+        warnx_("%s", err.message);
+        return -1;
+    }
+    return 0;
+}
+
 static int cmd_chat(ctl *x, char *name)
 {
     if (strcmp(name, "-") == 0)
         usage_error("chat: the image cannot come from standard input, which carries "
                     "the questions");
-    image *im = load_images(&name, 1);
-    blip2c_error err;
     int fd;
-    if (blip2c_open_image(name, &fd, &err) < 0) {
-        warnx_("%s", err.message);
-        return EXIT_USAGE;
-    }
-    connect_or_exit(x);
+    if (chat_open(x, name, &fd) < 0) return EXIT_USAGE;
+    connect_or_exit(x, &name, 1, NULL);
     const blip2c_info *info = blip2c_info_get(x->conn);
-    bool interactive = isatty(0);
+    bool interactive = isatty(0) && isatty(1);
+    char *cur = strdup(name);   /* the image being discussed */
+    if (!cur) { warnx_("out of memory"); return EXIT_SERVER; }
     if (interactive)
-        fprintf(stderr, "Chatting about %s. One question per line; /reset forgets the "
-                        "conversation, /quit or Ctrl-D ends.\n", name);
+        fprintf(stderr, "Chatting about %s. One question per line; /help lists the commands, "
+                        "/quit or Ctrl-D ends.\n", cur);
     turn *hist = NULL;
     size_t nh = 0, first = 0, cap = 0;
-    char *line = NULL;
-    size_t lcap = 0;
     int status = EXIT_OK;
-    for (;;) {
-        if (interactive) {
-            fputs("> ", stderr);
-            fflush(stderr);
-        }
-        ssize_t got = getline(&line, &lcap, stdin);
-        if (got < 0) break;
-        while (got && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+    char *line;
+    while ((line = chat_read(interactive)) != NULL) {
         char *q = line + strspn(line, " \t");
         size_t ql = strlen(q);
         while (ql && (q[ql - 1] == ' ' || q[ql - 1] == '\t')) q[--ql] = '\0';
-        if (!*q) continue;
-        if (strcmp(q, "/quit") == 0 || strcmp(q, "/exit") == 0) break;
+        if (!*q) { free(line); continue; }
+        if (strcmp(q, "/quit") == 0 || strcmp(q, "/exit") == 0) { free(line); break; }
         if (strcmp(q, "/reset") == 0) {
             first = nh;
             if (interactive || x->verbose) fputs("(conversation forgotten)\n", stderr);
+            free(line);
             continue;
         }
+        if (strcmp(q, "/help") == 0 || strcmp(q, "/?") == 0) {
+            fputs(chat_help, interactive ? stdout : stderr);
+            free(line);
+            continue;
+        }
+        if (strncmp(q, "/image", 6) == 0 && (q[6] == ' ' || q[6] == '\t' || !q[6])) {
+            const char *f = q + 6 + strspn(q + 6, " \t");
+            int nfd;
+            if (!*f) {
+                warnx_("/image: give a FILE");
+            } else if (chat_open(x, f, &nfd) == 0) {
+                close(fd);
+                fd = nfd;
+                char *c = strdup(f);
+                if (c) { free(cur); cur = c; }
+                first = nh;
+                if (interactive || x->verbose)
+                    fprintf(stderr, "(now about %s; conversation forgotten)\n", cur);
+            } else if (status == EXIT_OK) {
+                status = EXIT_USAGE;
+            }
+            free(line);
+            continue;
+        }
+        if (q[0] == '/' && q[1] != '/' && !strchr(q, ' ')) {
+            warnx_("%s: no such command (/help lists them; start a question with // to "
+                   "ask it as is)", q);
+            free(line);
+            continue;
+        }
+        if (q[0] == '/' && q[1] == '/') q++;
+        size_t bad = utf8_bad_at(q);
+        if (bad != SIZE_MAX) {
+            warnx_("the question is not valid UTF-8 (at byte %zu of the question)", bad + 1);
+            if (status == EXIT_OK) status = EXIT_USAGE;
+            free(line);
+            continue;
+        }
+        image im = { cur, NULL, 0 };
         char *answer = NULL;
         int rc;
         for (;;) {
@@ -964,7 +1134,7 @@ static int cmd_chat(ctl *x, char *name)
                 first++;  /* drop the oldest turn */
                 continue;
             }
-            rc = run_one(x, im, fd, q, prompt, &answer, first == nh);
+            rc = run_one(x, &im, fd, q, prompt, &answer, first == nh);
             free(prompt);
             if (rc == BLIP2C_ETOO_LARGE && first < nh) {
                 first++;
@@ -975,10 +1145,12 @@ static int cmd_chat(ctl *x, char *name)
         }
         if (rc == BLIP2C_ECONNLOST || rc == BLIP2C_EPROTO) {
             status = exit_for(rc);
+            free(line);
             break;
         }
         if (rc < 0) {
             if (status == EXIT_OK) status = exit_for(rc);
+            free(line);
             continue;
         }
         if (!answer) { warnx_("out of memory"); return EXIT_SERVER; }
@@ -992,15 +1164,15 @@ static int cmd_chat(ctl *x, char *name)
         hist[nh].a = answer;
         if (!hist[nh].q) { warnx_("out of memory"); return EXIT_SERVER; }
         nh++;
+        free(line);
     }
     for (size_t i = 0; i < nh; i++) {
         free(hist[i].q);
         free(hist[i].a);
     }
     free(hist);
-    free(line);
+    free(cur);
     close(fd);
-    free_images(im, 1);
     return status;
 }
 
@@ -1016,7 +1188,7 @@ static void fmt_bytes(char *buf, size_t n, uint64_t b)
 
 static int cmd_status(ctl *x)
 {
-    connect_or_exit(x);
+    connect_or_exit(x, NULL, 0, NULL);
     blip2c_status *s;
     blip2c_error err;
     if (blip2c_status_get(x->conn, &s, &err) < 0) {
@@ -1078,22 +1250,18 @@ static int cmd_status(ctl *x)
     return EXIT_OK;
 }
 
-/* ---- convert: runs blip2-convert (the program that links the model library) ---------------- */
+/* ---- convert and the queue commands: programs of their own ------------------------------- */
 
-/* Runs blip2-convert with argv[0] "blip2ctl convert", so that its messages
- * read as this command's.  Where it is looked for: $BLIP2_CONVERT, then
- * beside this program (both are installed in bindir; a libtool build keeps
- * the real binary one level down, in .libs/), then $PATH.  Returns only if
- * none could be run. */
-static int cmd_convert(ctl *x, const char *src, const char *out)
+/* Runs the program `tool` with av (av[0] is what its messages call it).
+ * Where it is looked for: $env, then beside this program (both are
+ * installed in bindir; a libtool build keeps the real binary one level
+ * down, in .libs/), then $PATH.  Returns only if none could be run. */
+static int run_tool(const char *tool, const char *env_name, char *const av[])
 {
-    const char *type = x->type ? x->type : "f16";
-    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
-                        (char *)src, (char *)out, NULL};
-    const char *env = getenv("BLIP2_CONVERT");
+    const char *env = getenv(env_name);
     if (env && *env) {
         execv(env, av);
-        warnx_("convert: cannot run %s: %s", env, strerror(errno));
+        warnx_("cannot run %s: %s", env, strerror(errno));
         return EXIT_USAGE;
     }
     char self[4096];
@@ -1102,25 +1270,55 @@ static int cmd_convert(ctl *x, const char *src, const char *out)
         self[n] = 0;
         char *slash = strrchr(self, '/');
         if (slash) {
-            strcpy(slash + 1, "blip2-convert");
+            strcpy(slash + 1, tool);
             execv(self, av);
             *slash = 0;
             slash = strrchr(self, '/');
             if (slash && !strcmp(slash, "/.libs")) {
-                strcpy(slash + 1, "blip2-convert");
+                strcpy(slash + 1, tool);
                 execv(self, av);
             }
         }
     }
-    execvp("blip2-convert", av);
-    warnx_("convert: cannot run blip2-convert (installed beside blip2ctl, or set BLIP2_CONVERT): %s",
-           strerror(errno));
+    execvp(tool, av);
+    warnx_("cannot run %s (installed beside blip2ctl, or set %s): %s", tool, env_name, strerror(errno));
     return EXIT_USAGE;
+}
+
+/* convert runs blip2-convert (the program that links the model library),
+ * with argv[0] "blip2ctl convert" so that its messages read as this
+ * command's. */
+static int cmd_convert(ctl *x, const char *src, const char *out)
+{
+    const char *type = x->type ? x->type : "f16";
+    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
+                        (char *)src, (char *)out, NULL};
+    return run_tool("blip2-convert", "BLIP2_CONVERT", av);
+}
+
+/* enqueue, results and queue-status talk to Redis, not to a daemon: they
+ * run blip2-queue (which links hiredis), so that blip2ctl links only
+ * libblip2client.  Their options follow the command word; argv from the
+ * command on is passed as it is. */
+static bool is_queue_command(const char *cmd)
+{
+    return !strcmp(cmd, "enqueue") || !strcmp(cmd, "results") || !strcmp(cmd, "queue-status");
+}
+
+static int cmd_queue(int argc, char **argv)
+{
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    if (!av) return EXIT_USAGE;
+    av[0] = (char *)"blip2-queue";
+    for (int i = 1; i < argc; i++) av[i] = argv[i];
+    int st = run_tool("blip2-queue", "BLIP2_QUEUE_TOOL", av);
+    free(av);
+    return st;
 }
 
 static int cmd_ping(ctl *x)
 {
-    connect_or_exit(x);
+    connect_or_exit(x, NULL, 0, NULL);
     double rtt;
     blip2c_error err;
     if (blip2c_ping(x->conn, &rtt, &err) < 0) {
@@ -1146,6 +1344,51 @@ static bool collection_mode(const ctl *x)
     return x->jsonl || x->recursive || x->files_from || x->resume || x->output;
 }
 
+/* Appends s to the buffer at *w (cap bytes at most), quoted for a POSIX
+ * shell when it needs it ('...' with ' as '\''). */
+static void shell_word(char **w, char *end, const char *s)
+{
+    bool plain = *s != '\0';
+    for (const char *c = s; *c; c++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=./,:@%", *c))
+            plain = false;
+    if (*w < end) *(*w)++ = ' ';
+    if (plain) {
+        for (; *s && *w < end; s++) *(*w)++ = *s;
+        return;
+    }
+    if (*w < end) *(*w)++ = '\'';
+    for (; *s && *w < end; s++) {
+        if (*s == '\'') {
+            for (const char *q = "'\\''"; *q && *w < end; q++) *(*w)++ = *q;
+        } else {
+            *(*w)++ = *s;
+        }
+    }
+    if (*w < end) *(*w)++ = '\'';
+}
+
+/* The command that continues an interrupted collection: this one as it was
+ * typed, plus --resume FILE when -o FILE was given without it.  NULL when
+ * the lines went to stdout (nothing to resume from) or out of memory;
+ * caller frees. */
+static char *resume_command(const ctl *x)
+{
+    if (!x->output) return NULL;
+    size_t cap = 64 + 2 * strlen(x->output);
+    for (int i = 0; i < x->argc; i++) cap += 4 * strlen(x->argv[i]) + 3;
+    char *buf = malloc(cap), *w = buf, *end = buf + cap - 1;
+    if (!buf) return NULL;
+    w += snprintf(w, cap, "%s", PROG);
+    for (int i = 1; i < x->argc; i++) shell_word(&w, end, x->argv[i]);
+    if (!x->resume) {
+        shell_word(&w, end, "--resume");
+        shell_word(&w, end, x->output);
+    }
+    *w = '\0';
+    return buf;
+}
+
 /* caption or features over a collection: the walk, the list, --resume,
  * the output and the window as the options say. */
 static int run_collection(ctl *x, char **names, size_t n, const ctl_batch_op *op)
@@ -1155,8 +1398,14 @@ static int run_collection(ctl *x, char **names, size_t n, const ctl_batch_op *op
         .files_from = x->files_from, .null_sep = x->null_sep, .resume = x->resume,
         .output = x->output, .jobs = x->jobs_set ? x->jobs : 0, .timeout_ms = x->timeout_ms,
         .progress = x->no_progress ? 0 : -1, .verbose = x->verbose,
+        .include = x->include, .n_include = x->n_include,
+        .exclude = x->exclude, .n_exclude = x->n_exclude,
     };
-    return ctl_batch_run(x->conn, &o, op);
+    char *cmd = resume_command(x);
+    o.resume_cmd = cmd;
+    int rc = ctl_batch_run(x->conn, &o, op);
+    free(cmd);
+    return rc;
 }
 
 static int cmd_caption_collection(ctl *x, char **names, size_t n)
@@ -1165,7 +1414,7 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
         if (strcmp(names[i], "-") == 0)
             usage_error("caption: '-' (an image on standard input) does not go with a "
                         "collection (--jsonl, --recursive, --files-from, --resume, -o)");
-    connect_or_exit(x);
+    connect_or_exit(x, NULL, 0, NULL);
     ctl_caption_args a = { x->prompt, &x->params };
     ctl_batch_op op = ctl_batch_caption_op(&a);
     return run_collection(x, names, n, &op);
@@ -1202,7 +1451,7 @@ static int cmd_features_collection(ctl *x, char **names, size_t n)
         if (access(x->out_dir, W_OK | X_OK) != 0)
             usage_error("--out-dir: cannot write to %s: %s", x->out_dir, strerror(errno));
     }
-    connect_or_exit(x);
+    connect_or_exit(x, NULL, 0, NULL);
     ctl_features_args a = { x->outputs, x->n_outputs, x->out_dir };
     ctl_batch_op op = ctl_batch_features_op(&a);
     return run_collection(x, names, n, &op);
@@ -1231,8 +1480,8 @@ static json_t *shape_json(const blip2c_tensor *t)
 
 static int cmd_features(ctl *x, char *name)
 {
-    image *im = name ? load_images(&name, 1) : NULL;
-    connect_or_exit(x);
+    image *im = name ? load_images(x, &name, 1, NULL) : NULL;
+    connect_or_exit(x, name ? &name : NULL, name ? 1 : 0, NULL);
     blip2c_features_request fr;
     blip2c_features_request_init(&fr);
     if (im && im->data) {
@@ -1299,10 +1548,13 @@ static int cmd_features(ctl *x, char *name)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && is_queue_command(argv[1])) return cmd_queue(argc, argv);
     ctl x;
     memset(&x, 0, sizeof x);
     x.jobs = 4;
     blip2c_params_init(&x.params);
+    x.argc = argc;
+    x.argv = argv;
     parse_args(&x, argc, argv);
 
     if (optind >= argc) usage_error("missing command (caption, ask, chat, features, convert, status or ping)");

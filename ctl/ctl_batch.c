@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <fts.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -187,6 +188,9 @@ typedef struct batch {
     size_t qhead, qn, qcap;
     strset seen;              /* path keys done (--resume) or queued this run */
     size_t resumed;           /* skipped: done in the --resume file */
+    size_t skipped;           /* skipped: not images (by their first bytes) */
+    struct stat own[2];       /* the -o and --resume files: never captioned */
+    int n_own;
 
     int lfd;                  /* --files-from read as it comes, or -1 */
     char *lbuf;
@@ -336,7 +340,7 @@ static void show_progress(batch *b, bool force)
     int64_t now = now_ms();
     if (!force && now - b->progress_at < PROGRESS_MS) return;
     b->progress_at = now;
-    size_t done = b->ok + b->failed;
+    size_t done = b->ok + b->failed + b->skipped;
     double secs = (double)(now - b->t0) / 1000.0;
     double rate = secs > 0 ? (double)done / secs : 0;
     char line[256], eta[32] = "", fail[48] = "";
@@ -367,8 +371,31 @@ static void show_progress(batch *b, bool force)
 
 /* ---- sources: arguments, walks, --files-from ------------------------------------ */
 
+/* --include / --exclude: true when path is left out.  A pattern with a
+ * '/' is matched against the whole path, else against the last name;
+ * case is ignored (IMG_0001.JPG). */
+static bool glob_hit(const char *const *pats, size_t n, const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    for (size_t i = 0; i < n; i++)
+        if (fnmatch(pats[i], strchr(pats[i], '/') ? path : base, FNM_CASEFOLD) == 0) return true;
+    return false;
+}
+
+static bool filtered_out(const batch *b, const char *path)
+{
+    const ctl_batch_opts *o = b->o;
+    if (o->n_include && !glob_hit(o->include, o->n_include, path)) return true;
+    return o->n_exclude && glob_hit(o->exclude, o->n_exclude, path);
+}
+
 static bool push_entry(batch *b, char *path, int err)
 {
+    if (!err && filtered_out(b, path)) {
+        free(path);
+        return true;
+    }
     char *key = path_key(path);
     if (!key) { free(path); return false; }
     int r = strset_add(&b->seen, key);
@@ -656,7 +683,33 @@ static void set_broken(batch *b, const blip2c_error *err)
     b->broken_err = *err;
 }
 
-/* Opens path as the image: regular, non-empty; the error line otherwise. */
+/* Whether the first bytes of a file are those of an image format: the
+ * ones the daemon decodes (PNG, JPEG, GIF, WebP, TIFF) and the photo
+ * formats it refuses by name (HEIC/HEIF, AVIF, BMP, ICO, JPEG XL), which
+ * then get an error line.  Anything else (text, XMP sidecars, videos,
+ * PDF, SVG, .AAE edit files) is no photo and is skipped. */
+static bool looks_like_image(const unsigned char *p, size_t n)
+{
+    static const char *const brands[] = { "heic", "heix", "hevc", "hevx", "heim", "heis",
+                                          "mif1", "msf1", "avif", "avis", NULL };
+    if (n >= 8 && memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) return true;
+    if (n >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff) return true;        /* JPEG */
+    if (n >= 6 && (memcmp(p, "GIF87a", 6) == 0 || memcmp(p, "GIF89a", 6) == 0)) return true;
+    if (n >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WEBP", 4) == 0) return true;
+    if (n >= 4 && (memcmp(p, "II*\0", 4) == 0 || memcmp(p, "MM\0*", 4) == 0)) return true;
+    if (n >= 12 && memcmp(p + 4, "ftyp", 4) == 0)                                   /* ISO BMFF */
+        for (int i = 0; brands[i]; i++)
+            if (memcmp(p + 8, brands[i], 4) == 0) return true;
+    if (n >= 2 && p[0] == 'B' && p[1] == 'M') return true;                           /* BMP */
+    if (n >= 4 && memcmp(p, "\0\0\1\0", 4) == 0) return true;                        /* ICO */
+    if (n >= 2 && p[0] == 0xff && p[1] == 0x0a) return true;                          /* JPEG XL */
+    if (n >= 12 && memcmp(p, "\0\0\0\x0cJXL \r\n\x87\n", 12) == 0) return true;
+    return false;
+}
+
+/* Opens path as the image: regular, non-empty; the error line otherwise
+ * (-1).  -2: skipped without a line (not an image, or the run's own
+ * output or --resume file). */
 static int open_image(batch *b, const char *path, int walk_err)
 {
     char msg[PATH_MAX + 256];
@@ -687,11 +740,26 @@ static int open_image(batch *b, const char *path, int walk_err)
         write_error(b, path, "not_a_file", msg);
         return -1;
     }
+    for (int i = 0; i < b->n_own; i++)
+        if (st.st_dev == b->own[i].st_dev && st.st_ino == b->own[i].st_ino) {
+            close(fd);
+            b->queued--;     /* not a file of the collection at all */
+            if (b->o->verbose) bmsg(b, "%s: skipped (the run's own -o or --resume file)", path);
+            return -2;
+        }
     if (st.st_size == 0) {
         snprintf(msg, sizeof msg, "%s is empty", path);
         close(fd);
         write_error(b, path, "bad_image", msg);
         return -1;
+    }
+    unsigned char head[16];
+    ssize_t hn = pread(fd, head, sizeof head, 0);
+    if (hn >= 0 && !looks_like_image(head, (size_t)hn)) {
+        close(fd);
+        b->skipped++;
+        if (b->o->verbose) bmsg(b, "%s: skipped (not an image)", path);
+        return -2;
     }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
@@ -865,8 +933,12 @@ static void summary(batch *b)
     char dur[32];
     fmt_duration(dur, sizeof dur, secs);
     size_t done = b->ok + b->failed;
-    char skipped[64] = "";
-    if (b->resumed) snprintf(skipped, sizeof skipped, "; %zu done before (--resume)", b->resumed);
+    char skipped[128] = "";
+    int k = 0;
+    if (b->skipped)
+        k = snprintf(skipped, sizeof skipped, "; %zu skipped (not images)", b->skipped);
+    if (b->resumed)
+        snprintf(skipped + k, sizeof skipped - (size_t)k, "; %zu done before (--resume)", b->resumed);
     bmsg(b, "%s %zu of %zu file%s in %s (%.2f images/s); %zu failed%s", b->op->verb, b->ok,
          b->queued, b->queued == 1 ? "" : "s", dur, secs > 0 ? (double)done / secs : 0.0,
          b->failed, skipped);
@@ -889,7 +961,9 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
     if (o->output) {
         b->out = open_output(o->output, o->resume);
         if (b->out < 0) { b->out = -1; status = CTL_EXIT_USAGE; goto finish; }
+        if (fstat(b->out, &b->own[b->n_own]) == 0) b->n_own++;
     }
+    if (o->resume && stat(o->resume, &b->own[b->n_own]) == 0) b->n_own++;
 
     /* sources: the arguments, then --files-from */
     for (size_t i = 0; i < o->n_paths; i++)
@@ -1040,10 +1114,13 @@ int ctl_batch_run(blip2c_conn *c, const ctl_batch_opts *o, const ctl_batch_op *o
     }
     if (b->progress || o->verbose) summary(b);
     if (b->stopping || b->broken) {
-        size_t left = b->queued - b->ok - b->failed;
-        bmsg(b, "%zu file%s not done%s", left, left == 1 ? "" : "s",
-             o->output ? "; run again with the same --resume and -o to continue"
-                       : "; give this output to --resume to continue");
+        size_t left = b->queued - b->ok - b->failed - b->skipped;
+        if (o->resume_cmd)
+            bmsg(b, "%zu file%s not done; to continue, run:\n  %s", left, left == 1 ? "" : "s",
+                 o->resume_cmd);
+        else
+            bmsg(b, "%zu file%s not done; save the output to a file and give it to --resume "
+                 "FILE -o FILE to continue", left, left == 1 ? "" : "s");
     }
 
 finish:

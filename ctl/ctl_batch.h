@@ -89,6 +89,14 @@ typedef struct ctl_batch_opts {
     int timeout_ms;          /* per request; 0: none */
     int progress;            /* 1 on, 0 off, -1: when stderr is a terminal */
     bool verbose;
+    const char *const *include; /* n_include globs: only files matching one (fnmatch,
+                                   case ignored; the last name, or the whole path
+                                   for a glob with '/') */
+    size_t n_include;
+    const char *const *exclude; /* n_exclude globs: files matching one are left out */
+    size_t n_exclude;
+    const char *resume_cmd;  /* the command that continues an interrupted run
+                                (printed after Ctrl-C), or NULL */
 } ctl_batch_opts;
 
 /* Runs op over every file of o on connection c (borrowed, already

@@ -3,11 +3,15 @@
  * clients, admission, the preparation queue, cancel, status.
  *
  *   front end thread: b2d_submit -> admit() (every refusal, in one place)
- *     -> job_from_request() -> the client's in-flight list + the
- *     preparation queue --uv_async--> the loop thread: uv_queue_work
+ *     -> job_from_request() -> the client's in-flight list, its user's
+ *     queue in the scheduler (b2d_engine_submit, arrival order) and the
+ *     preparation queue --uv_async--> the loop thread: dispatch() hands
+ *     jobs to the pool, at most one per pool thread, the user with the
+ *     fewest on the pool first (one user's backlog never delays another
+ *     user's preparation by more than the jobs already running)
  *   pool thread: prep_cb -> ops->prepare
- *   loop thread: after_prep_cb -> error reply | abandon (canceled) |
- *     b2d_engine_submit (the scheduler thread, engine.c)
+ *   loop thread: after_prep_cb -> error reply | abandon (canceled), then
+ *     b2d_engine_prepared (the scheduler thread may start it)
  *
  * libuv is touched from the loop thread only: a front end on another
  * thread only appends to the locked preparation queue and wakes the loop.
@@ -34,9 +38,12 @@ struct b2d_core {
     b2d_prep_env env;
     double t_start;
     atomic_ullong served;     /* terminal replies of jobs */
+    b2d_budget budget;        /* --max-memory */
     pthread_mutex_t mu;       /* guards everything below */
     b2d_model *cur;           /* the model new requests use */
     b2d_job *prep_head, *prep_tail; /* admitted, not yet on the pool (a reference each) */
+    b2d_job **pool;           /* (slots) the jobs on the pool */
+    int npool, slots;
     int in_prep;              /* admitted, not yet handed to the engine */
     int shutting_down;
     b2d_client *clients;      /* the open clients */
@@ -57,12 +64,15 @@ b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, 
     if (!c) return NULL;
     atomic_init(&c->refs, 1);
     atomic_init(&c->held, 0);
+    atomic_init(&c->unsent, 0);
+    c->out_cap = core->cfg->max_output;
     pthread_mutex_init(&c->mu, NULL);
     c->core = core;
     c->user = user;
     c->sink = *sink;
     c->ctx = ctx;
     c->served = &core->served;
+    c->budget = &core->budget;
     pthread_mutex_lock(&core->mu);
     c->next = core->clients;
     if (c->next) c->next->prev = c;
@@ -109,6 +119,16 @@ void b2d_client_hold(b2d_client *c, int held)
     if (atomic_exchange(&c->held, held != 0) != (held != 0) && !held) b2d_engine_poke(c->core->eng);
 }
 
+void b2d_client_sent(b2d_client *c, size_t bytes)
+{
+    size_t cur = atomic_load(&c->unsent), next;
+    do
+        next = cur > bytes ? cur - bytes : 0;
+    while (!atomic_compare_exchange_weak(&c->unsent, &cur, next));
+    b2d_budget_add(c->budget, -(long long)(cur - next));
+    if (cur > c->out_cap && next <= c->out_cap) b2d_engine_poke(c->core->eng);
+}
+
 static b2d_job *find_listed(b2d_client *c, uint64_t id)
 {
     for (int i = 0; i < c->ninf; i++)
@@ -122,6 +142,20 @@ int b2d_in_flight(b2d_client *c, uint64_t id)
     int found = find_listed(c, id) != NULL;
     pthread_mutex_unlock(&c->mu);
     return found;
+}
+
+int b2d_client_inflight(b2d_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = c->ninf;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+int b2d_core_memory(b2d_core *core, long long n)
+{
+    if (n) b2d_budget_add(&core->budget, n);
+    return atomic_load(&core->budget.used) > core->budget.max;
 }
 
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id)
@@ -148,7 +182,44 @@ static const b2d_job_ops *ops_of(b2ipc_op op)
 
 /* Every reason to refuse rq from c before any work, in the order
  * docs/protocol.md section 10 step 8 gives.  Under core->mu. */
-static int admit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
+/* Bytes a request will hold at most (an estimate from the model's
+ * shapes): its image bytes (a descriptor's are charged when read), the
+ * pixel values, the image stages, and for a generate the KV cache of
+ * every sequence, for a features request the logits. */
+static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
+{
+    const blip2_model *m = core->cur->m;
+    const size_t T = (size_t)blip2_vision_tokens(m), Dv = (size_t)blip2_vision_hidden(m),
+                 Q = (size_t)blip2_num_query_tokens(m), Dq = (size_t)blip2_qformer_hidden(m),
+                 V = (size_t)blip2_vocab_size(m);
+    size_t cost = 4096 + 4 * blip2_pixel_values_len(m) + 4 * (T * Dv + Dv + Q * Dq + blip2_query_embeds_len(m));
+    if (rq->op == B2IPC_OP_GENERATE) {
+        const b2ipc_generate *g = &rq->generate;
+        size_t rows = Q + (g->prompt ? strlen(g->prompt) : 0) + 1 + g->params.max_new_tokens;
+        size_t width = g->params.num_beams > g->params.num_return_sequences ? g->params.num_beams
+                       : g->params.num_return_sequences;
+        cost += g->image_len + 2 * 4 * (size_t)blip2_text_layers(m) * (size_t)blip2_text_hidden(m) * rows * width;
+    } else {
+        const b2ipc_features *q = &rq->features;
+        cost += q->image_len + (q->text ? 2 * 4 * V * (strlen(q->text) + 2) : 0);
+    }
+    return cost;
+}
+
+/* Requests in flight of every client of user; under core->mu. */
+static int user_inflight(b2d_core *core, uint64_t user)
+{
+    int n = 0;
+    for (b2d_client *c = core->clients; c; c = c->next)
+        if (c->user == user) {
+            pthread_mutex_lock(&c->mu);
+            n += c->ninf;
+            pthread_mutex_unlock(&c->mu);
+        }
+    return n;
+}
+
+static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2d_refusal *why)
 {
     b2d_core *core = c->core;
     const b2ipc_gen_params *gp = &rq->generate.params;
@@ -170,6 +241,12 @@ static int admit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *wh
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight on this connection"};
     else if (core->in_prep + queued >= core->cfg->max_queue)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "the queue is full; retry later"};
+    else if (user_inflight(core, c->user) >= core->cfg->max_inflight_per_uid)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight for this user (--max-inflight-per-uid); retry later"};
+    else if (cost > (size_t)core->budget.max)
+        *why = (b2d_refusal){B2IPC_ETOO_LARGE, NULL, "this request alone needs more memory than blip2d's budget (--max-memory)"};
+    else if (b2d_budget_take(&core->budget, cost) < 0)
+        *why = (b2d_refusal){B2IPC_EBUSY, NULL, "blip2d's memory budget (--max-memory) is taken by other requests; retry later"};
     else if (rq->op == B2IPC_OP_GENERATE && gp->do_sample && gp->num_beams > 1)
         *why = (b2d_refusal){B2IPC_EUNSUPPORTED, NULL, "beam sampling (do_sample with num_beams > 1) is not supported"};
     else if (image_fd && fd < 0)
@@ -279,9 +356,24 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
     assert(!c->closed);
     pthread_mutex_lock(&core->mu);
     b2d_job *j = NULL;
-    if (admit(c, rq, fd, why) == 0) {
+    const size_t cost = ops_of(rq->op) ? job_cost(core, rq) : 0;
+    if (admit(c, rq, fd, cost, why) == 0) {
         j = job_from_request(c, rq, fd, core->cur);
-        if (j && list_job(c, j) < 0) {
+        if (j) { /* the descriptor and the memory charged are the job's now */
+            fd = -1;
+            j->budget = &core->budget;
+            j->charged = cost;
+        } else {
+            b2d_budget_add(&core->budget, -(long long)cost);
+        }
+        if (j && b2d_engine_submit(core->eng, b2d_job_ref(j)) < 0) {
+            b2d_job_unref(j); /* the engine's */
+            b2d_job_unref(j);
+            j = NULL;
+        }
+        if (j && list_job(c, j) < 0) { /* the engine drops it as ended */
+            atomic_store(&j->ended, 1);
+            b2d_engine_prepared(core->eng, j);
             b2d_job_unref(j);
             j = NULL;
         }
@@ -289,8 +381,8 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
     }
     if (j) { /* the creator's reference goes to the preparation queue */
         core->in_prep++;
-        j->next = NULL;
-        if (core->prep_tail) core->prep_tail->next = j;
+        j->prep_next = NULL;
+        if (core->prep_tail) core->prep_tail->prep_next = j;
         else core->prep_head = j;
         core->prep_tail = j;
     }
@@ -305,6 +397,8 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
 
 /* ---- preparation ---- */
 
+static void dispatch(b2d_core *core);
+
 static void prep_cb(uv_work_t *w)
 {
     prep_work *p = w->data;
@@ -315,39 +409,80 @@ static void prep_cb(uv_work_t *w)
     j->t_prep1 = b2d_now_ms();
 }
 
-static void after_prep_cb(uv_work_t *w, int status)
+/* Under core->mu: j leaves the pool. */
+static void off_pool(b2d_core *core, b2d_job *j)
 {
-    prep_work *p = w->data;
-    b2d_core *core = p->core;
-    b2d_job *j = p->job;
+    for (int i = 0; i < core->npool; i++)
+        if (core->pool[i] == j) {
+            core->pool[i] = core->pool[--core->npool];
+            return;
+        }
+    assert(!"a job left the pool twice");
+}
+
+/* The end of j's preparation (loop thread): a failure or a cancel
+ * answers it here; then the scheduler may start it (or drops it). */
+static void prepared(b2d_core *core, b2d_job *j, int status)
+{
     pthread_mutex_lock(&core->mu);
     assert(core->in_prep > 0);
     core->in_prep--;
     pthread_mutex_unlock(&core->mu);
     int why = atomic_load(&j->canceled);
-    if (status < 0 || j->err) {
-        b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "preparation was canceled" : j->errmsg);
-        b2d_job_unref(j);
-    } else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE)) {
+    if (status < 0 || j->err)
+        b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "cannot prepare the request" : j->errmsg);
+    else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE))
         j->ops->abandon(j);
-        b2d_job_unref(j);
-    } else {
-        b2d_engine_submit(core->eng, j); /* takes the reference */
-    }
-    free(p);
+    b2d_engine_prepared(core->eng, j);
+    b2d_job_unref(j); /* the preparation's reference */
 }
 
-/* Loop thread: every job of the preparation queue goes to the pool. */
-static void prep_async_cb(uv_async_t *h)
+static void after_prep_cb(uv_work_t *w, int status)
 {
-    b2d_core *core = h->data;
+    prep_work *p = w->data;
+    b2d_core *core = p->core;
     pthread_mutex_lock(&core->mu);
-    b2d_job *j = core->prep_head;
-    core->prep_head = core->prep_tail = NULL;
+    off_pool(core, p->job);
     pthread_mutex_unlock(&core->mu);
-    for (b2d_job *n; j; j = n) {
-        n = j->next;
-        j->next = NULL;
+    prepared(core, p->job, status);
+    free(p);
+    dispatch(core);
+}
+
+/* Under core->mu: the queued job to prepare next: of the user with the
+ * fewest jobs on the pool, the earliest (so each user's come in arrival
+ * order); unlinked. */
+static b2d_job *next_to_prepare(b2d_core *core)
+{
+    b2d_job *best = NULL, *best_prev = NULL;
+    int best_n = 0;
+    for (b2d_job *j = core->prep_head, *prev = NULL; j; prev = j, j = j->prep_next) {
+        int n = 0;
+        for (int i = 0; i < core->npool; i++) n += core->pool[i]->user == j->user;
+        if (!best || n < best_n) {
+            best = j;
+            best_prev = prev;
+            best_n = n;
+            if (n == 0) break;
+        }
+    }
+    if (!best) return NULL;
+    if (best_prev) best_prev->prep_next = best->prep_next;
+    else core->prep_head = best->prep_next;
+    if (core->prep_tail == best) core->prep_tail = best_prev;
+    best->prep_next = NULL;
+    return best;
+}
+
+/* Loop thread: queued jobs go to the pool while it has a free thread. */
+static void dispatch(b2d_core *core)
+{
+    for (;;) {
+        pthread_mutex_lock(&core->mu);
+        b2d_job *j = core->npool < core->slots ? next_to_prepare(core) : NULL;
+        if (j) core->pool[core->npool++] = j;
+        pthread_mutex_unlock(&core->mu);
+        if (!j) return;
         prep_work *p = calloc(1, sizeof *p);
         if (p) {
             p->job = j;
@@ -357,12 +492,16 @@ static void prep_async_cb(uv_async_t *h)
         if (!p || uv_queue_work(core->loop, &p->w, prep_cb, after_prep_cb) < 0) {
             free(p);
             pthread_mutex_lock(&core->mu);
-            core->in_prep--;
+            off_pool(core, j);
             pthread_mutex_unlock(&core->mu);
-            b2d_job_error(j, B2IPC_EINTERNAL, NULL, "cannot queue the request");
-            b2d_job_unref(j);
+            prepared(core, j, -1);
         }
     }
+}
+
+static void prep_async_cb(uv_async_t *h)
+{
+    dispatch(h->data);
 }
 
 /* ---- the core ---- */
@@ -381,9 +520,16 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     atomic_init(&core->served, 0);
     core->lim.max_image_bytes = cfg->max_frame < B2IPC_DEFAULT_MAX_IMAGE_BYTES ? cfg->max_frame : B2IPC_DEFAULT_MAX_IMAGE_BYTES;
     core->lim.max_prompt_bytes = B2IPC_DEFAULT_MAX_PROMPT_BYTES;
+    /* as many preparations at once as libuv's pool has threads */
+    const char *ps = getenv("UV_THREADPOOL_SIZE");
+    core->slots = ps && atoi(ps) > 0 ? atoi(ps) : 4;
+    if (core->slots > 1024) core->slots = 1024;
+    if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
-    core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes};
+    atomic_init(&core->budget.used, 0);
+    core->budget.max = (long long)cfg->max_memory;
+    core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes, &core->budget};
     if (b2d_engine_start(&core->eng, cfg, core->cache) < 0) goto fail_cache;
     uv_async_init(loop, &core->prep_async, prep_async_cb);
     core->prep_async.data = core;
@@ -394,6 +540,7 @@ fail_cache:
 fail_mu:
     pthread_mutex_destroy(&core->mu);
 fail:
+    if (core) free(core->pool);
     free(bm);
     free(core);
     blip2_model_free(m);
@@ -483,6 +630,11 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->config.text_hidden = (uint32_t)blip2_text_hidden(m);
     st->config.vocab_size = (uint32_t)blip2_vocab_size(m);
     st->config.max_positions = (uint32_t)blip2_max_positions(m);
+    st->config.qformer_hidden = (uint32_t)blip2_qformer_hidden(m);
+    /* vision tokens T = 1 + (image_size / patch)^2 */
+    int g = 1, cells = blip2_vision_tokens(m) - 1;
+    while ((g + 1) * (g + 1) <= cells) g++;
+    st->config.patch_size = (uint32_t)(blip2_image_size(m) / g);
     b2d_model_unref(bm);
     b2d_core_counts n;
     b2d_core_counts_get(core, &n);
@@ -523,5 +675,6 @@ void b2d_core_free(b2d_core *core)
     b2d_model_unref(core->cur);
     b2d_cache_free(core->cache);
     pthread_mutex_destroy(&core->mu);
+    free(core->pool);
     free(core);
 }

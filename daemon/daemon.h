@@ -6,9 +6,11 @@
  *
  *   front end (server.c: the socket; later HTTP, a queue worker)
  *     --b2d_submit (core.c: admission, one job per request)-->
- *   prep queue --libuv pool--> ops->prepare (prepare.c + the job kind)
- *     --b2d_engine_submit--> engine.c: per-user queues, round robin,
- *     ops->start, one batched decoder step per model, ops->finish
+ *     b2d_engine_submit: its user's queue in engine.c, in arrival order
+ *     + the preparation queue --libuv pool, fair between users-->
+ *     ops->prepare (prepare.c + the job kind) --b2d_engine_prepared-->
+ *   engine.c: round robin over users, ops->start, one batched decoder
+ *     step per model, ops->finish
  *   every reply --b2d_job_emit (job.c)--> the client's sink (frontend.h)
  *
  * A request becomes a b2d_job.  It is referenced by its client's in-flight
@@ -31,6 +33,7 @@
 #include "blip2ipc.h"
 #include "cache.h"
 #include "frontend.h"
+#include "queue.h"
 
 /* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
  * core's current model while running jobs finish on the one they began
@@ -61,6 +64,10 @@ typedef struct b2d_config {
     double shutdown_timeout; /* seconds to let running work finish */
     double stall_timeout;    /* seconds a full output buffer may stay full */
     size_t max_output;       /* per-connection output buffer before reads pause */
+    size_t max_memory;       /* the daemon's memory budget (jobs, frames, output) */
+    double frame_timeout;    /* seconds a started frame may take to complete */
+    int max_conns_per_uid;   /* connections of one uid */
+    int max_inflight_per_uid;/* requests in flight of one uid (all its connections) */
     double idle_exit;        /* > 0: exit after this many idle seconds */
     int activated;           /* the listening socket came from systemd */
     uid_t *allow_uid;        /* who may connect (both empty: anyone the socket lets in) */
@@ -68,6 +75,7 @@ typedef struct b2d_config {
     gid_t *allow_gid;
     int n_allow_gid;
     blip2_load_opts load;    /* --mlock, the weights cache of converted folders */
+    b2d_queue_opts queue;    /* --queue*: url NULL = no queue worker */
     /* Front ends beside the socket (main.c: --http): started once the core
      * exists (a failure ends the daemon), stopped after the loop ends and
      * before the core stops, so their clients are closed first. */
@@ -87,11 +95,35 @@ enum {
     B2D_CANCEL_SHUTDOWN = 3, /* the shutdown deadline */
 };
 
+/* The daemon's memory budget (--max-memory): what jobs, buffered input
+ * frames and unsent output hold, in bytes.  Thread-safe. */
+typedef struct b2d_budget {
+    atomic_llong used;
+    long long max;
+} b2d_budget;
+
+/* Takes n bytes if they fit: 0, or -1 (nothing taken). */
+static inline int b2d_budget_take(b2d_budget *b, size_t n)
+{
+    long long cur = atomic_load(&b->used);
+    do
+        if (cur + (long long)n > b->max) return -1;
+    while (!atomic_compare_exchange_weak(&b->used, &cur, cur + (long long)n));
+    return 0;
+}
+/* Charges (n > 0, even beyond the budget: memory already held) or
+ * releases (n < 0). */
+static inline void b2d_budget_add(b2d_budget *b, long long n)
+{
+    atomic_fetch_add(&b->used, n);
+}
+
 /* What the preparation of a job may use (pool threads; all immutable or
  * thread-safe). */
 typedef struct b2d_prep_env {
     b2d_cache *cache;
     size_t max_image;        /* bytes of an image read from a descriptor */
+    b2d_budget *budget;      /* an image read from a descriptor is charged */
 } b2d_prep_env;
 
 /* What a job kind does at each stage of the pipeline: the scheduler calls
@@ -134,6 +166,8 @@ struct b2d_job {
     int cancel_pending;       /* under client->mu: send cancel{found} after the terminal */
     uint64_t cancel_id;
     b2d_model *model;         /* a reference: the model this request runs on */
+    b2d_budget *budget;       /* charged `charged` bytes until the job is freed */
+    size_t charged;
     /* input (owned) */
     uint8_t *image;
     size_t image_len;
@@ -168,7 +202,10 @@ struct b2d_job {
                                  ones, owned buffers for logits, logits_last */
     /* times (ms, monotonic) */
     double t_recv, t_prep0, t_prep1, t_admit, vision_ms, prefill_ms, decode_ms, text_ms;
-    b2d_job *next;            /* the preparation or scheduler queue's link */
+    b2d_job *next;            /* the scheduler queue's link (engine mu) */
+    int prepared;             /* engine mu: preparation is over, it may run */
+    int counted;              /* engine mu: counted in the engine's queued */
+    b2d_job *prep_next;       /* the preparation queue's link (core mu) */
 };
 
 /* A peer of a front end (frontend.h): the requests it has in flight and
@@ -181,10 +218,13 @@ struct b2d_client {
     b2d_job **inf;            /*   the jobs in flight (a reference each) */
     int ninf, capinf;
     atomic_int held;          /* the front end takes no output now */
+    atomic_size_t unsent;     /* reply bytes the front end holds for its peer */
+    size_t out_cap;           /* above it, no more replies are produced */
     uint64_t user;            /* fairness key */
     b2d_sink sink;
     void *ctx;
     atomic_ullong *served;    /* the core's count of terminal replies */
+    b2d_budget *budget;       /* unsent output is charged to it */
     b2d_client *prev, *next;  /* the core's list of open clients (core->mu) */
 };
 
@@ -196,6 +236,11 @@ void b2d_client_unref(b2d_client *c);
 /* Under c->mu: takes j out of c's in-flight list; 1 if it was there (the
  * list's reference is then the caller's to drop). */
 int b2d_client_unlist(b2d_client *c, b2d_job *j);
+/* Does c take no more output now (held, or over its output cap)? */
+static inline int b2d_client_blocked(b2d_client *c)
+{
+    return atomic_load(&c->held) || atomic_load(&c->unsent) > c->out_cap;
+}
 
 /* A zeroed job of kind ops for request id of client c, holding one
  * reference (the caller's) plus a reference to c; NULL when out of
@@ -243,8 +288,13 @@ void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32]);
 
 /* Starts the scheduler thread. */
 int b2d_engine_start(b2d_engine **out, const b2d_config *cfg, b2d_cache *cache);
-/* Queues a prepared job (takes the caller's reference). */
-void b2d_engine_submit(b2d_engine *e, b2d_job *j);
+/* Queues an admitted job in arrival order (takes the caller's
+ * reference); it waits for b2d_engine_prepared.  -1: out of memory (the
+ * reference stays the caller's). */
+int b2d_engine_submit(b2d_engine *e, b2d_job *j);
+/* The preparation of j is over (a failed one has emitted its terminal
+ * reply): it may run, or leave the queue. */
+void b2d_engine_prepared(b2d_engine *e, b2d_job *j);
 /* Decoder work since start: steps that only decoded (and the tokens they
  * produced) and steps that included a prefill. */
 typedef struct b2d_engine_stats {
@@ -285,5 +335,15 @@ void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n);
 
 /* Runs until shutdown; takes the model (freed at the end). */
 int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd);
+
+/* ---- the queue front end (queue_front.c) ---- */
+typedef struct b2d_queue_front b2d_queue_front;
+/* Starts the worker of cfg->queue as a client of core.  0, or -1 (logged). */
+int b2d_queue_front_start(b2d_queue_front **out, b2d_core *core, const b2d_config *cfg);
+/* Shutdown begins: no new jobs; NULL is fine. */
+void b2d_queue_front_drain(b2d_queue_front *qf);
+/* After b2d_core_stop: writes what finished, stops the thread, frees qf;
+ * NULL is fine. */
+void b2d_queue_front_stop(b2d_queue_front *qf);
 
 #endif

@@ -63,8 +63,10 @@ typedef struct b2d_sink {
      * terminal features or error reply; after the terminal reply of a
      * request that a b2d_cancel with a reply id found, the cancel reply
      * (type cancel, found true, terminal 1).  rp and everything it points
-     * to is borrowed for the call. */
-    void (*reply)(void *ctx, const b2ipc_reply *rp, int terminal);
+     * to is borrowed for the call.  Returns the bytes the front end now
+     * holds for its peer because of it (0 if it dropped it): they count
+     * against the client's output cap until b2d_client_sent. */
+    size_t (*reply)(void *ctx, const b2ipc_reply *rp, int terminal);
 } b2d_sink;
 
 /* A refused request: a protocol error code (B2IPC_E*), the field it
@@ -83,10 +85,14 @@ b2d_client *b2d_client_new(b2d_core *core, uint64_t user, const b2d_sink *sink, 
  * the front end's reference is dropped.  Returns the number of requests
  * that were in flight.  NULL is fine. */
 int b2d_client_close(b2d_client *c);
-/* While held (the front end cannot take more output, e.g. its peer does
- * not read), the scheduler produces no replies for c: its queued requests
- * are not started and its running ones are not stepped. */
+/* Output back-pressure.  While c holds more unsent reply bytes than its
+ * cap (--max-output), or while the front end holds it, the scheduler
+ * produces no replies for c: its queued requests are not started and its
+ * running ones are not stepped (they keep their memory, not their batch
+ * slots).  b2d_client_sent: the front end has passed on (or dropped)
+ * that many of the bytes its sink reported. */
 void b2d_client_hold(b2d_client *c, int held);
+void b2d_client_sent(b2d_client *c, size_t bytes);
 
 /* Admits rq (a generate or features request that passed
  * b2ipc_request_validate) from client c: fd is the image descriptor
@@ -97,11 +103,21 @@ void b2d_client_hold(b2d_client *c, int held);
 int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why);
 /* Is id in flight on c (submitted, its terminal reply not yet sent)? */
 int b2d_in_flight(b2d_client *c, uint64_t id);
+/* How many requests are in flight on c. */
+int b2d_client_inflight(b2d_client *c);
 /* Cancels the request target of c.  Returns 1 if it was in flight: its
  * terminal reply comes through the sink (done with finish "canceled" for
  * a generate), then, if reply_id is given, a cancel reply with that id.
  * Returns 0 if target is not in flight (nothing comes through the sink). */
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id);
+
+/* The daemon's memory budget (--max-memory), for what a front end holds
+ * of its peers' input (partial request frames): charges n bytes (n > 0)
+ * or releases them (n < 0).  Returns 1 while the budget is exceeded
+ * (stop taking input that would grow), else 0.  Requests are charged by
+ * b2d_submit (refused with busy beyond the budget), unsent replies by
+ * the sink's return value. */
+int b2d_core_memory(b2d_core *core, long long n);
 
 /* The size limits requests are validated against. */
 const b2ipc_limits *b2d_core_limits(b2d_core *core);

@@ -33,10 +33,16 @@ static void prepare(b2d_job *j, const b2d_prep_env *env)
         b2d_job_fail(j, B2IPC_EUTF8, "%s", err.text);
         return;
     }
-    size_t ctx = (size_t)blip2_num_query_tokens(m) + (j->n_prompt_ids ? j->n_prompt_ids : 1) + j->params.max_new_tokens;
-    if (ctx > (size_t)blip2_max_positions(m))
-        b2d_job_fail(j, B2IPC_ETOO_LARGE, "the prompt (%zu tokens) plus max_new_tokens (%d) exceed the model's %d positions",
-                     j->n_prompt_ids, j->params.max_new_tokens, blip2_max_positions(m) - blip2_num_query_tokens(m));
+    /* positions: the image's query tokens, the prompt (BOS alone without one), the new tokens */
+    const size_t np = j->n_prompt_ids ? j->n_prompt_ids : 1, pos = (size_t)blip2_max_positions(m),
+                 nqt = (size_t)blip2_num_query_tokens(m);
+    if (nqt + np >= pos)
+        b2d_job_fail(j, B2IPC_ETOO_LARGE, "the prompt (%zu tokens) is too long: the model has %zu positions, "
+                     "%zu of them for the image's query tokens", np, pos, nqt);
+    else if (nqt + np + j->params.max_new_tokens > pos)
+        b2d_job_fail(j, B2IPC_ETOO_LARGE, "max_new_tokens %d is too many for this model: its %zu positions "
+                     "hold the image's %zu query tokens, the prompt's %zu token%s and at most %zu new tokens",
+                     j->params.max_new_tokens, pos, nqt, np, np == 1 ? "" : "s", pos - nqt - np);
 }
 
 /* Beams take a row each; sampled sequences count once started. */
@@ -65,22 +71,25 @@ static void stream_token(b2d_job *j, int seq)
 }
 
 /* Token callback, inside blip2_step on the engine thread: records the id
- * and streams the text that became final.  Non-zero cancels the session. */
+ * and streams the text that became final.  Non-zero cancels the session.
+ * The session keeps the token it reports even when that cancels it, so
+ * the token is streamed first: done then holds exactly the streamed ids
+ * (docs/protocol.md 7.2). */
 static int token_cb(void *user, int seq, int32_t tok)
 {
     b2d_job *j = user;
-    if (atomic_load(&j->canceled)) return 1;
-    if (seq < 0 || seq >= j->nret) return 0; /* beam search: no token events */
+    const int stop = atomic_load(&j->canceled) != B2D_CANCEL_NONE;
+    if (seq < 0 || seq >= j->nret) return stop; /* beam search: no token events */
     if (j->n_ids[seq] == j->cap_ids[seq]) {
         size_t nc = 2 * j->cap_ids[seq];
         int32_t *nv = realloc(j->ids[seq], sizeof *nv * nc);
-        if (!nv) return 0; /* streaming degrades; the done reply stays exact */
+        if (!nv) return stop; /* streaming degrades; the done reply stays exact */
         j->ids[seq] = nv;
         j->cap_ids[seq] = nc;
     }
     j->ids[seq][j->n_ids[seq]++] = tok;
     if (j->stream) stream_token(j, seq);
-    return 0;
+    return stop;
 }
 
 static int start(b2d_job *j, b2d_cache *cache, int prefill_chunk)

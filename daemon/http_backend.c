@@ -56,18 +56,25 @@ void b2d_backend_free(b2d_backend *b)
     free(b);
 }
 
-/* The core's sink: any thread, under the client's lock, rp borrowed. */
-static void sink_reply(void *ctx, const b2ipc_reply *rp, int terminal)
+/* The core's sink: any thread, under the client's lock, rp borrowed.
+ * Returns the bytes queued: they count against the client's output cap
+ * until the HTTP thread has taken them on (b2d_client_sent), which for a
+ * stream is when libmicrohttpd asks for more to send - a client that does
+ * not read holds its request back, as on the socket. */
+static size_t sink_reply(void *ctx, const b2ipc_reply *rp, int terminal)
 {
     b2d_bjob *j = ctx;
     (void)terminal;
     pthread_mutex_lock(&j->mu);
+    size_t before = j->q.size;
     if (b2ipc_encode_reply(&j->q, rp, NULL) < 0) /* not expected: say so rather than hang */
         b2ipc_encode_error(&j->q, true, rp->id, B2IPC_EINTERNAL, NULL, "a reply could not be encoded");
+    size_t added = j->q.size - before;
     pthread_mutex_unlock(&j->mu);
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
     (void)w; /* the counter only saturates after 2^64 - 1 wakes */
+    return added;
 }
 
 static const b2d_sink http_sink = { sink_reply };
@@ -118,6 +125,7 @@ static int next_frame(b2d_bjob *j, b2ipc_reply *rp, b2d_http_error *err)
             j->finished = 1;
         return 1;
     }
+    if (j->len && j->cl) b2d_client_sent(j->cl, j->len); /* all of it passed on */
     free(j->buf);
     j->buf = NULL;
     j->off = j->len = 0;

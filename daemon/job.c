@@ -137,6 +137,7 @@ void b2d_job_unref(b2d_job *j)
     free(j->cap_ids);
     b2d_model_unref(j->model);
     b2d_client_unref(j->client);
+    if (j->budget) b2d_budget_add(j->budget, -(long long)j->charged);
     free(j);
 }
 
@@ -159,14 +160,16 @@ void b2d_job_emit(b2d_job *j, const b2ipc_reply *rp, int terminal)
     pthread_mutex_lock(&c->mu);
     if (terminal) listed = b2d_client_unlist(c, j);
     if (!c->closed) {
-        c->sink.reply(c->ctx, rp, terminal);
+        size_t bytes = c->sink.reply(c->ctx, rp, terminal);
         if (listed && j->cancel_pending) {
             b2ipc_reply cr;
             b2ipc_reply_init(&cr, B2IPC_REPLY_CANCEL);
             cr.id = j->cancel_id;
             cr.cancel.found = true;
-            c->sink.reply(c->ctx, &cr, 1);
+            bytes += c->sink.reply(c->ctx, &cr, 1);
         }
+        atomic_fetch_add(&c->unsent, bytes);
+        b2d_budget_add(c->budget, (long long)bytes);
     }
     pthread_mutex_unlock(&c->mu);
     if (terminal) atomic_fetch_add(c->served, 1);

@@ -1,26 +1,65 @@
 /*
  * log.c - leveled log lines on stderr.  Each line is formatted into one
  * buffer and written with a single write(2), so lines of different threads
- * never interleave.  Under systemd the journal adds the time stamp; the
- * "<N>" prefix is the sd-daemon priority, understood by journald and
- * harmless on a terminal.
+ * never interleave.
+ *
+ * Two forms, chosen once (b2d_log_init):
+ *   - under journald ($JOURNAL_STREAM names the device and inode of our
+ *     stderr): "<N>message", the sd-daemon priority prefix, which journald
+ *     turns into the entry's priority; it adds time, identifier and pid;
+ *   - anywhere else (a terminal, nohup.out, docker logs, a pipe):
+ *     "2026-12-06 03:01:41.123 blip2d[PID]: info: message", local time.
  */
 #include "log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 int b2d_log_level = B2D_LOG_INFO;
+static int log_journal = -1; /* -1: not decided yet */
+
+int b2d_log_to_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(2, &st) < 0) return 0;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void b2d_log_init(void)
+{
+    log_journal = b2d_log_to_journal();
+}
 
 void b2d_log(int level, const char *fmt, ...)
 {
     static const char *names[] = {"error", "warning", "info", "debug"};
     static const int prio[] = {3, 4, 6, 7};
     if (level > b2d_log_level) return;
+    if (log_journal < 0) log_journal = b2d_log_to_journal();
     char buf[1024];
-    int n = snprintf(buf, sizeof buf, "<%d>blip2d[%ld]: %s: ", prio[level], (long)getpid(), names[level]);
+    int n;
+    if (log_journal) {
+        n = snprintf(buf, sizeof buf, "<%d>%s", prio[level],
+                     level == B2D_LOG_INFO ? "" : level == B2D_LOG_DEBUG ? "debug: " :
+                     level == B2D_LOG_WARN ? "warning: " : "error: ");
+    } else {
+        struct timeval tv;
+        struct tm tm;
+        gettimeofday(&tv, NULL);
+        localtime_r(&tv.tv_sec, &tm);
+        char ts[32];
+        strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", &tm);
+        n = snprintf(buf, sizeof buf, "%s.%03ld blip2d[%ld]: %s: ", ts, (long)(tv.tv_usec / 1000),
+                     (long)getpid(), names[level]);
+    }
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);

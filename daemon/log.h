@@ -7,7 +7,16 @@ enum { B2D_LOG_ERROR, B2D_LOG_WARN, B2D_LOG_INFO, B2D_LOG_DEBUG };
 /* Messages above this level are dropped; set once at start-up. */
 extern int b2d_log_level;
 
-/* One line "blip2d[pid]: <level>: message" on stderr; thread-safe (a single
+/* Decides the form of the lines: under journald ($JOURNAL_STREAM names our
+ * stderr) "<N>message" with the sd-daemon priority N, else
+ * "YYYY-MM-DD HH:MM:SS.mmm blip2d[pid]: <level>: message".  Called once at
+ * start-up (b2d_log decides at its first line otherwise). */
+void b2d_log_init(void);
+
+/* 1 when stderr is the journal stream $JOURNAL_STREAM names. */
+int b2d_log_to_journal(void);
+
+/* One line on stderr in the form b2d_log_init chose; thread-safe (a single
  * write per line). */
 void b2d_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -56,6 +56,9 @@ int b2d_read_image_fd(b2d_job *j, size_t max_image)
         return b2d_job_fail(j, B2IPC_ETOO_LARGE, "image_fd: the file has %lld bytes, more than the limit %zu",
                             (long long)st.st_size, max_image);
     if (st.st_size == 0) return b2d_job_fail(j, B2IPC_EBAD_IMAGE, "image_fd: the file is empty");
+    if (b2d_budget_take(j->budget, (size_t)st.st_size) < 0)
+        return b2d_job_fail(j, B2IPC_EBUSY, "blip2d's memory budget (--max-memory) is taken by other requests; retry later");
+    j->charged += (size_t)st.st_size;
     j->image = malloc((size_t)st.st_size);
     if (!j->image) return b2d_job_fail(j, B2IPC_ENOMEM, "out of memory for the image");
     size_t got = 0;

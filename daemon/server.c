@@ -11,6 +11,9 @@
  *     locked list + uv_async--> events -> the connection's output buffer
  *     -> conn writable --send-->
  *
+ * With --queue, the queue front end (queue_front.c, queue.c: a thread of
+ * its own) is one more client of the core.
+ *
  * Only this thread touches connections.  Events carry the connection's id,
  * and the sink reads only the connection's immutable id and server, so
  * results for a connection that has gone are dropped.
@@ -59,6 +62,10 @@ typedef struct conn {
     int nfds;
     uint8_t *out;
     size_t out_off, out_len, out_cap;
+    size_t owed;           /* bytes of sink replies in out, not yet reported sent */
+    size_t in_charged;     /* the reader's memory, charged to the budget */
+    double frame_t0;       /* when the partial frame being read started (0: none) */
+    double t_active;       /* when it last sent bytes */
     int paused, stalled;
     uid_t uid;
     gid_t gid;
@@ -88,6 +95,7 @@ struct b2d_server {
     uint64_t next_conn_id;
     double t_deadline;
     int shutting_down, canceled_all;
+    b2d_queue_front *qf;      /* --queue: the queue front end (queue_front.c), or NULL */
 };
 
 static void conn_close(conn *c, const char *why);
@@ -159,7 +167,7 @@ static void send_error(conn *c, int has_id, uint64_t id, int code, const char *f
  * client's lock.  Encodes rp into an event for the loop thread; reads
  * only the connection's immutable id and server (b2d_client_close in
  * conn_close ends the calls before the connection is freed). */
-static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
+static size_t conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
 {
     const conn *c = ctx;
     msgpack_sbuffer sb;
@@ -173,6 +181,7 @@ static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
         if (terminal) rc = b2ipc_encode_error(&sb, true, rp->id, B2IPC_EINTERNAL, NULL, err.message);
     }
     b2d_event *ev = rc == 0 ? malloc(sizeof *ev + sb.size) : NULL;
+    size_t bytes = ev ? sb.size : 0;
     if (ev) {
         *ev = (b2d_event){.conn_id = c->id, .len = sb.size};
         memcpy(ev->data, sb.data, sb.size);
@@ -181,13 +190,15 @@ static void conn_reply(void *ctx, const b2ipc_reply *rp, int terminal)
         LOG_ERR("out of memory: a reply was lost");
     }
     msgpack_sbuffer_destroy(&sb);
+    return bytes;
 }
 
 static const b2d_sink conn_sink = {conn_reply};
 
 static void event_to_conn(conn *c, b2d_event *ev)
 {
-    out_append(c, ev->data, ev->len);
+    if (out_append(c, ev->data, ev->len) == 0) c->owed += ev->len;
+    else b2d_client_sent(c->client, ev->len); /* lost: it holds nothing */
     conn_update_poll(c);
 }
 
@@ -233,7 +244,9 @@ static void conn_update_poll(conn *c)
         c->stalled = 0;
         uv_timer_stop(&c->stall);
     }
-    c->paused = full;
+    /* over the memory budget, a partial frame waits (--frame-timeout bounds it) */
+    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, 0);
+    c->paused = full || starved;
     int ev = (c->paused ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
     if (ev) uv_poll_start(&c->poll, ev, poll_cb);
     else uv_poll_stop(&c->poll);
@@ -279,13 +292,23 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
     b2ipc_request rq;
     b2ipc_error err;
     const b2ipc_limits *lim = b2d_core_limits(s->core);
-    if (b2ipc_decode_request(payload, len, lim, &rq, &err) < 0) {
+    int bad = b2ipc_decode_request(payload, len, lim, &rq, &err) < 0;
+    if (rq.has_id && b2d_in_flight(c->client, rq.id)) {
+        /* whatever the op and whatever else is wrong: a reply with an id in
+         * flight must not look like that request's terminal reply */
+        err.code = B2IPC_EDUP_ID;
+        snprintf(err.message, sizeof err.message, "this id is already in flight on this connection");
+        err.field[0] = 0;
+        bad = 1;
+    }
+    if (bad) {
         if (rq.takes_fd) {
             int fd = take_fd(c);
             if (fd >= 0) close(fd);
         }
         LOG_DEBUG("connection %llu: refused a frame: %s", (unsigned long long)c->id, err.message);
         send_error(c, rq.has_id, rq.id, err.code, err.field[0] ? err.field : NULL, err.message);
+        b2ipc_request_free(&rq);
         return;
     }
     int fd = rq.takes_fd ? take_fd(c) : -1;
@@ -339,11 +362,17 @@ static void on_readable(conn *c)
     uint8_t buf[65536];
     for (int rounds = 0; rounds < 16 && c->fd >= 0 && !c->paused; rounds++) {
         union { char b[CMSG_SPACE(sizeof(int) * MAX_FDS)]; struct cmsghdr align; } ctl;
+        memset(&ctl, 0, sizeof ctl);
         struct iovec iov = {buf, sizeof buf};
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
         ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { /* nothing was received: the control buffer is not ours to parse */
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            if (errno == EINTR) continue;
+            if (b2ipc_reader_pending(&c->rd)) LOG_DEBUG("connection %llu: closed mid-frame", (unsigned long long)c->id);
+            conn_close(c, strerror(errno));
+            return;
+        }
         int too_many = 0;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
             if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
@@ -361,9 +390,9 @@ static void on_readable(conn *c)
             conn_close(c, "too many descriptors");
             return;
         }
-        if (n <= 0) {
+        if (n == 0) {
             if (b2ipc_reader_pending(&c->rd)) LOG_DEBUG("connection %llu: closed mid-frame", (unsigned long long)c->id);
-            conn_close(c, n == 0 ? NULL : strerror(errno));
+            conn_close(c, NULL);
             return;
         }
         size_t off = 0;
@@ -378,10 +407,18 @@ static void on_readable(conn *c)
                 return;
             }
             if (rc == 0) break;
+            c->frame_t0 = 0;
             const uint8_t *p;
             size_t len;
             if (b2ipc_reader_frame(&c->rd, &p, &len) == 0) handle_frame(c, p, len);
         }
+        if (c->fd < 0) return;
+        c->t_active = b2d_now_ms();
+        if (b2ipc_reader_pending(&c->rd) && !c->frame_t0) c->frame_t0 = c->t_active;
+        size_t mem = b2ipc_reader_memory(&c->rd);
+        int over = b2d_core_memory(c->srv->core, (long long)mem - (long long)c->in_charged);
+        c->in_charged = mem;
+        if (over && b2ipc_reader_pending(&c->rd)) return; /* conn_update_poll pauses it */
     }
 }
 
@@ -393,8 +430,20 @@ static void on_writable(conn *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n < 0) { conn_close(c, strerror(errno)); return; }
         c->out_off += (size_t)n;
+        size_t done = (size_t)n < c->owed ? (size_t)n : c->owed;
+        c->owed -= done;
+        b2d_client_sent(c->client, done);
     }
-    if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->owed) b2d_client_sent(c->client, c->owed);
+        c->owed = 0;
+        if (c->out_cap > (1u << 20)) { /* a large reply went out: give its room back */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events)
@@ -427,12 +476,15 @@ static void conn_close(conn *c, const char *why)
     s->nconns--;
     int canceled = b2d_client_close(c->client); /* no reply reaches it from here */
     c->client = NULL;
+    b2d_core_memory(s->core, -(long long)c->in_charged);
+    c->in_charged = 0;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
     c->nfds = 0;
     if (c->out_off < c->out_len) /* best effort: a last error frame */
         (void)send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
-    LOG_INFO("connection %llu closed (uid %u)%s%s%s", (unsigned long long)c->id, (unsigned)c->uid,
-             why ? ": " : "", why ? why : "", canceled ? "; its requests were canceled" : "");
+    LOG_INFO("connection %llu (pid %ld uid %u gid %u) closed%s%s%s", (unsigned long long)c->id, (long)c->pid,
+             (unsigned)c->uid, (unsigned)c->gid, why ? ": " : "", why ? why : "",
+             canceled ? "; its requests were canceled" : "");
     uv_poll_stop(&c->poll);
     uv_timer_stop(&c->stall);
     close(c->fd);
@@ -471,6 +523,26 @@ static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
     return 0;
 }
 
+/* Is uid at its connection cap (--max-connections-per-uid)?  If one of
+ * its connections is idle (nothing in flight, nothing half read or
+ * unsent), the least recently active one is closed to make room. */
+static int user_full(struct b2d_server *s, uid_t uid)
+{
+    int n = 0;
+    conn *idle = NULL;
+    for (conn *c = s->conns; c; c = c->next) {
+        if (c->uid != uid) continue;
+        n++;
+        if (b2d_client_inflight(c->client) == 0 && !b2ipc_reader_pending(&c->rd) && c->out_off == c->out_len &&
+            (!idle || c->t_active < idle->t_active))
+            idle = c;
+    }
+    if (n < s->cfg->max_conns_per_uid) return 0;
+    if (!idle) return 1;
+    conn_close(idle, "idle, and its user opened more than --max-connections-per-uid");
+    return 0;
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events)
 {
     struct b2d_server *s = h->data;
@@ -491,6 +563,11 @@ static void accept_cb(uv_poll_t *h, int status, int events)
                      (long)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
             continue;
         }
+        if (user_full(s, cr.uid)) {
+            refuse(fd, B2IPC_EBUSY, "too many connections from this user, none of them idle");
+            LOG_WARN("refused a connection from uid %u: too many connections from this user", (unsigned)cr.uid);
+            continue;
+        }
         if (s->nconns >= s->cfg->max_connections || s->shutting_down) {
             refuse(fd, s->shutting_down ? B2IPC_ESHUTDOWN : B2IPC_EBUSY,
                    s->shutting_down ? "blip2d is shutting down" : "too many connections");
@@ -508,18 +585,26 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->id = ++s->next_conn_id;
         c->fd = fd;
         c->uid = cr.uid;
+        c->t_active = b2d_now_ms();
         c->proto = 1;
         c->gid = cr.gid;
         c->pid = cr.pid;
+        int prc = uv_poll_init(&s->loop, &c->poll, fd);
+        if (prc < 0) { /* e.g. a number still registered: never poll a half-made handle */
+            LOG_ERR("connection from uid %u: cannot watch its socket: %s", (unsigned)cr.uid, uv_strerror(prc));
+            b2d_client_close(c->client);
+            free(c);
+            close(fd);
+            continue;
+        }
         b2ipc_reader_init(&c->rd, s->cfg->max_frame);
-        uv_poll_init(&s->loop, &c->poll, fd);
         uv_timer_init(&s->loop, &c->stall);
         c->handles_open = 2;
         c->poll.data = c->stall.data = c;
         c->next = s->conns;
         s->conns = c;
         s->nconns++;
-        LOG_INFO("connection %llu from pid %ld uid %u gid %u", (unsigned long long)c->id, (long)c->pid,
+        LOG_DEBUG("connection %llu from pid %ld uid %u gid %u", (unsigned long long)c->id, (long)c->pid,
                  (unsigned)c->uid, (unsigned)c->gid);
         conn_update_poll(c);
     }
@@ -564,6 +649,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     LOG_INFO("%s: shutting down (running requests get %.0f s to finish)", strsignal(signum), s->cfg->shutdown_timeout);
     s->shutting_down = 1;
     b2d_core_shutdown(s->core);
+    b2d_queue_front_drain(s->qf); /* no new jobs; running ones finish and are written */
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     s->t_deadline = b2d_now_ms() + s->cfg->shutdown_timeout * 1000;
     uv_poll_stop(&s->listen_poll);
@@ -656,7 +742,17 @@ static void tick_cb(uv_timer_t *t)
         malloc_trim(0);
 #endif
     s->trimmed = no_work;
-    int idle = no_work && s->nconns == 0;
+    /* partial frames past --frame-timeout; reads paused for memory retried */
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->frame_t0 && !c->stalled && b2d_now_ms() - c->frame_t0 > s->cfg->frame_timeout * 1000) {
+            send_error(c, 0, 0, B2IPC_EBUSY, NULL, "the request frame was not completed in time (--frame-timeout); closing the connection");
+            conn_close(c, "a request frame was not completed in time");
+        } else {
+            conn_update_poll(c);
+        }
+    }
+    int idle = no_work && s->nconns == 0 && !s->qf; /* a queue worker waits for jobs */
     double now = b2d_now_ms();
     if (!idle) s->idle_since = now;
     if (s->cfg->idle_exit > 0 && idle && !s->shutting_down && now - s->idle_since >= s->cfg->idle_exit * 1000) {
@@ -688,6 +784,7 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
         LOG_ERR("cannot start the engine thread");
         return -1;
     }
+    if (cfg->queue.url && b2d_queue_front_start(&s->qf, s->core, cfg) < 0) return -1;
     if (cfg->frontends_start && cfg->frontends_start(s->core, cfg->frontends_ud) < 0) {
         b2d_core_stop(s->core);
         b2d_core_free(s->core);
@@ -725,6 +822,8 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     if (cfg->frontends_stop) cfg->frontends_stop(cfg->frontends_ud);
     b2d_core_stop(s->core);
     async_cb(&s->async);
+    b2d_queue_front_stop(s->qf); /* after the core: what finished is written */
+    s->qf = NULL;
     while (s->conns) conn_close(s->conns, NULL);
     if (s->listen_fd >= 0) close(s->listen_fd);
     uv_walk(&s->loop, close_walk_cb, NULL);

@@ -332,6 +332,9 @@ typedef struct b2ipc_status {
         uint32_t image_size, vision_layers, vision_hidden, qformer_layers,
             num_query_tokens, text_layers, text_hidden, vocab_size,
             max_positions;
+        /* optional on the wire (0 if absent: older servers): the
+         * Q-Former hidden size Dq and the vision patch size */
+        uint32_t qformer_hidden, patch_size;
     } config;
     uint32_t queue_depth, active, max_queue, max_batch, connections, threads;
     uint64_t requests_total;

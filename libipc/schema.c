@@ -147,6 +147,8 @@ static const b2ipc__field b2ipc__config_f[] = {
     CFG(image_size), CFG(vision_layers), CFG(vision_hidden),
     CFG(qformer_layers), CFG(num_query_tokens), CFG(text_layers),
     CFG(text_hidden), CFG(vocab_size), CFG(max_positions),
+    FIELD("qformer_hidden", U32, 0, RP(status.config.qformer_hidden), NA, 0, U32MAX),
+    FIELD("patch_size", U32, 0, RP(status.config.patch_size), NA, 0, U32MAX),
 };
 SCHEMA(b2ipc__config, "config.", b2ipc__config_f, false);
 

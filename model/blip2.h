@@ -59,8 +59,9 @@ typedef struct blip2_load_opts {
      * directly (f16/bf16 widened to f32 copies).  Both families (OPT and
      * Flan-T5) are packed. */
     const char *cache_dir;
-    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", or NULL
-     * for the checkpoint's own storage type. */
+    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", "auto"
+     * (blip2_best_weights_type()), or NULL for the checkpoint's own storage
+     * type. */
     const char *cache_type;
     /* 1: mlock() the GGUF mapping (BLIP2_EIO naming RLIMIT_MEMLOCK when the
      * limit is too small). */
@@ -68,7 +69,23 @@ typedef struct blip2_load_opts {
     /* Called while a folder is converted into the cache (may be NULL). */
     blip2_convert_cb convert_cb;
     void *convert_ud;
+    /* Called (with convert_ud) before a folder is converted into the cache:
+     * the file it writes and its type (may be NULL). */
+    void (*convert_start_cb)(void *ud, const char *path, const char *type);
+    /* Called (with convert_ud) for the other cache files of the same folder
+     * once the model is loaded from the cache: removed 1 for a stale one
+     * (an earlier version of the folder, or a conversion that died), which
+     * is deleted; 0 for one in another type, which is kept (may be NULL). */
+    void (*cache_note_cb)(void *ud, const char *path, uint64_t bytes, int removed);
+    /* Decoded images above this many pixels (width x height) are refused;
+     * 0: the default, 64 Mpx. */
+    uint64_t max_pixels;
 } blip2_load_opts;
+
+/* The weights type that runs best on this CPU, for the weights cache:
+ * "q8_0" with the AVX2 or AVX-512 products (bench/RESULTS.md, 2026-11-27 04:30),
+ * else "f16".  Static string. */
+const char *blip2_best_weights_type(void);
 
 /* Loads a model from a packed GGUF file (blip2ctl convert; docs/gguf.md),
  * mapped read-only and MAP_SHARED with its weights used in place in their
@@ -162,7 +179,9 @@ int blip2_vision_hidden(const blip2_model *m);   /* Dv */
 int blip2_vision_tokens(const blip2_model *m);   /* 1+P */
 int blip2_qformer_hidden(const blip2_model *m);  /* Dq */
 
-/* pixel values (n,3,H,W) -> projected query embeddings (n,Q,Dt) in out. */
+/* pixel values (n,3,H,W) -> projected query embeddings (n,Q,Dt) in out:
+ * blip2_image_features with query_embeds = out and the stages as its other
+ * outputs (the general form, below). */
 int blip2_encode_image(const blip2_model *m, const float *px, int n,
                        float *out, blip2_stages *stages, blip2_error *err);
 

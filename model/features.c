@@ -10,6 +10,9 @@
  *   Only the stages an output needs are run: vision outputs alone stop
  *   after the vision tower.
  *
+ *   blip2_encode_image is the query embeddings of the image path, its
+ *   stages as extra outputs.
+ *
  *   text:   ids (L) with BOS -> OPT decoder on embed(ids) alone, positions
  *     0..L-1 (cumsum(mask)*mask-1 of an all-ones mask, + offset 2), no
  *     image and no query tokens -> logits (L,V) (get_text_features).
@@ -53,6 +56,20 @@ done:
     if (vis != out->vision_last_hidden_state) free(vis);
     if (qf != out->qformer_last_hidden_state) free(qf);
     return rc;
+}
+
+/* The query embeddings, with the stages as optional outputs. */
+int blip2_encode_image(const blip2_model *m, const float *px, int n, float *out,
+                       blip2_stages *stages, blip2_error *err)
+{
+    if (n <= 0 || !px || !out) return b2__err(err, BLIP2_EINVAL, "encode_image: bad arguments");
+    const blip2_image_features_out f = {
+        .vision_last_hidden_state = stages ? stages->vision_last_hidden_state : NULL,
+        .vision_pooler_output = stages ? stages->vision_pooler_output : NULL,
+        .qformer_last_hidden_state = stages ? stages->qformer_last_hidden_state : NULL,
+        .query_embeds = out,
+    };
+    return blip2_image_features(m, px, n, &f, err);
 }
 
 int blip2_text_features(const blip2_model *m, const int32_t *ids, size_t n,

@@ -1,45 +1,48 @@
 /*
- * generate.c - text generation on top of the OPT decoder, reproducing
- * transformers v4.37.2 Blip2ForConditionalGeneration.generate():
+ * generate.c - text generation on top of the language model, reproducing
+ * transformers v4.37.2 Blip2ForConditionalGeneration.generate().
  *
- *   inputs_embeds = [query_embeds (Q) ; embed(prompt ids with BOS) (L)]
- *   the returned ids start as [bos] (the prompt is not echoed), so
- *   repetition_penalty sees [bos] + new tokens and length limits count
- *   from a length of 1.
- *
- * A request is a session: its sequences (1 for greedy, K beams, or
- * num_return_sequences samples), their KV caches and token lists.
- * blip2_step() advances many sessions at once:
+ * A request is a session: its sequences (seq.h: 1 for greedy, K beams, or
+ * num_return_sequences samples), each with its KV cache and token list.
+ * blip2_step() advances many sessions at once, the same way for every
+ * family, through the model's language-model operations (m->lm, lm.h):
  *
  *   rows of every session (its prefill, or one row per live sequence)
- *     -> one b2__opt_forward over all rows -> logits per sequence
+ *     -> one lm->forward over all rows -> lm->logits of the rows that
+ *        need them (a prefill's last row, every decode row)
  *     -> per session: select
  *        greedy:  repetition penalty -> min_new_tokens (eos = -inf) -> argmax
  *        sample:  same processors -> temperature -> top-k -> top-p
- *                 -> softmax -> draw (xoshiro256** seeded per sequence)
+ *                 -> softmax -> draw (xoshiro256** seeded per sequence)   (seq.c)
  *        beam:    log_softmax -> processors -> + beam score -> top 2K over
  *                 K x V -> BeamSearchScorer rules (eos candidates ranked
  *                 below K dropped, hypotheses scored sum / gen_len^lp, early
  *                 stop when no beam can beat the worst kept hypothesis),
  *                 caches reordered; at the end the best hypotheses, with
- *                 eos appended when shorter than the length limit.
+ *                 eos appended when shorter than the length limit.  (beam.c)
+ *
+ * The prefill differs by family (lm.h):
+ *   decoder-only (OPT): the decoder's prefix is [query_embeds (Q) ;
+ *     embed(prompt ids with BOS) (L)]; the returned ids start as [bos] (the
+ *     prompt is not echoed), so repetition_penalty sees [bos] + new tokens
+ *     and length limits count from a length of 1;
+ *   encoder-decoder (Flan-T5): a session's first step runs the encoder over
+ *     [query_embeds ; shared(prompt ids + eos)] on its own (lm->prefill,
+ *     the cross-attention keys and values once per request), and the
+ *     decoder's prefix is [decoder_start_token_id]; the returned ids are
+ *     the decoder sequence, the start token counting for the repetition
+ *     penalty, the prompt not.
  * A session's numbers never depend on its batch neighbours: rows only
  * attend to their own caches.  So a prefill may also be cut into chunks
  * of rows fed over several steps (blip2_ctx_set_prefill_chunk) while other
  * sessions decode: the same bits, and their tokens keep coming.
- *
- * Flan-T5 (t5.h) returns the decoder sequence instead: ids start as
- * [decoder_start_token_id] (the start token counts for the repetition
- * penalty, the prompt does not), and a session's first step runs the
- * encoder over [query_embeds ; shared(prompt ids + eos)] on its own,
- * fills the cross-attention keys and values once, and feeds the start
- * token; later steps feed one decoder row per live sequence, batched
- * across sessions like OPT's.
+ * blip2_forward_logits is a session's prefill alone, fed whole.
  */
-#include "model.h"
-#include "tok.h"
+#include "beam.h"
 #include "error.h"
-#include "t5.h"
+#include "model.h"
+#include "seq.h"
+#include "tok.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -67,196 +70,6 @@ void blip2_result_free(blip2_result *r)
     r->n = 0;
 }
 
-/* ---- small pieces ---- */
-
-typedef struct toks {
-    int32_t *v;
-    int n, cap;
-} toks;
-
-static int toks_push(toks *t, int32_t id)
-{
-    if (t->n == t->cap) {
-        int nc = t->cap ? 2 * t->cap : 32;
-        int32_t *nv = realloc(t->v, sizeof *nv * (size_t)nc);
-        if (!nv) return BLIP2_ENOMEM;
-        t->v = nv;
-        t->cap = nc;
-    }
-    t->v[t->n++] = id;
-    return 0;
-}
-
-static int toks_copy(toks *dst, const toks *src)
-{
-    dst->n = 0;
-    for (int i = 0; i < src->n; i++)
-        if (toks_push(dst, src->v[i]) < 0) return BLIP2_ENOMEM;
-    return 0;
-}
-
-/* The processors of 4.37.2 in their order: repetition penalty on the ids
- * so far (each distinct id once, as gather-then-scatter does), then
- * min_new_tokens suppressing eos. */
-static void process_logits(float *x, const toks *ids, const blip2_gen_params *p, int eos)
-{
-    if (p->repetition_penalty != 1.0f)
-        for (int i = 0; i < ids->n; i++) {
-            int seen = 0;
-            for (int j = 0; j < i && !seen; j++) seen = ids->v[j] == ids->v[i];
-            if (seen) continue;
-            float *s = &x[ids->v[i]];
-            *s = *s < 0 ? *s * p->repetition_penalty : *s / p->repetition_penalty;
-        }
-    if (ids->n - 1 < p->min_new_tokens) x[eos] = -INFINITY;
-}
-
-static void log_softmax(float *x, int n)
-{
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    double s = 0;
-    for (int i = 0; i < n; i++) s += exp((double)(x[i] - mx));
-    float ls = (float)log(s);
-    for (int i = 0; i < n; i++) x[i] = x[i] - mx - ls;
-}
-
-static int argmax(const float *x, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-/* xoshiro256** seeded through splitmix64. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-
-static int cmp_desc(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-/* temperature -> top-k -> top-p -> softmax -> one draw; tmp holds V floats. */
-static int32_t sample(float *x, int V, const blip2_gen_params *p, uint64_t *rng, float *tmp)
-{
-    if (p->temperature != 1.0f)
-        for (int i = 0; i < V; i++) x[i] /= p->temperature;
-    int nf = 0;
-    for (int i = 0; i < V; i++) if (x[i] > -INFINITY) tmp[nf++] = x[i];
-    if (nf == 0) return 0;
-    qsort(tmp, (size_t)nf, sizeof *tmp, cmp_desc);
-    float cut = -INFINITY;
-    if (p->top_k > 0 && p->top_k < nf) { cut = tmp[p->top_k - 1]; nf = p->top_k; }
-    if (p->top_p < 1.0f) {
-        /* keep the smallest set of best tokens whose probability reaches top_p:
-         * drop tokens whose ascending cumulative probability is <= 1 - top_p */
-        double z = 0, acc = 0;
-        for (int i = 0; i < nf; i++) z += exp((double)(tmp[i] - tmp[0]));
-        int keep = nf;
-        for (int i = nf - 1; i > 0; i--) {
-            acc += exp((double)(tmp[i] - tmp[0])) / z;
-            if (acc <= 1.0 - p->top_p) keep = i; else break;
-        }
-        if (tmp[keep - 1] > cut) cut = tmp[keep - 1];
-    }
-    double z = 0;
-    float mx = tmp[0];
-    for (int i = 0; i < V; i++) z += x[i] >= cut ? exp((double)(x[i] - mx)) : 0.0;
-    double u = (double)(rng_next(rng) >> 11) * 0x1.0p-53 * z, acc = 0;
-    int32_t last = 0;
-    for (int i = 0; i < V; i++) {
-        if (!(x[i] >= cut)) continue;
-        acc += exp((double)(x[i] - mx));
-        last = i;
-        if (acc > u) return i;
-    }
-    return last;
-}
-
-/* ---- beam search bookkeeping (BeamHypotheses) ---- */
-
-typedef struct hyp {
-    float score;
-    toks t;
-} hyp;
-
-typedef struct beam_hyps {
-    hyp *h;       /* K + 1 slots */
-    int n;
-    float worst;
-    int done;
-} beam_hyps;
-
-static int hyps_add(beam_hyps *bh, int K, const toks *t, float sum_logprobs, int gen_len, float lp)
-{
-    float score = sum_logprobs / powf((float)gen_len, lp);
-    if (bh->n < K || score > bh->worst) {
-        hyp *slot = &bh->h[bh->n++];
-        slot->score = score;
-        if (toks_copy(&slot->t, t) < 0) return BLIP2_ENOMEM;
-        if (bh->n > K) {
-            int wi = 0;
-            for (int i = 1; i < bh->n; i++) if (bh->h[i].score < bh->h[wi].score) wi = i;
-            hyp gone = bh->h[wi];
-            memmove(&bh->h[wi], &bh->h[wi + 1], sizeof(hyp) * (size_t)(bh->n - wi - 1));
-            bh->n--;
-            bh->h[bh->n] = gone; /* keep its buffer for reuse */
-            float w = INFINITY;
-            for (int i = 0; i < bh->n; i++) if (bh->h[i].score < w) w = bh->h[i].score;
-            bh->worst = w;
-        } else {
-            bh->worst = score < bh->worst ? score : bh->worst;
-        }
-    }
-    return 0;
-}
-
-static int hyps_is_done(const beam_hyps *bh, int K, float best_sum, int cur_len, float lp, int early)
-{
-    if (bh->n < K) return 0;
-    if (early) return 1;
-    return bh->worst >= best_sum / powf((float)(cur_len - 1), lp);
-}
-
-typedef struct cand {
-    float score;
-    int beam;
-    int32_t token;
-} cand;
-
-/* The top k of (K*V) scores, best first, ties by index. */
-static void topk(const float *s, int K, int V, int k, cand *out)
-{
-    int n = 0;
-    for (int b = 0; b < K; b++)
-        for (int v = 0; v < V; v++) {
-            float x = s[(size_t)b * V + v];
-            if (n == k && !(x > out[k - 1].score)) continue;
-            int j = n < k ? n++ : k - 1;
-            while (j > 0 && x > out[j - 1].score) { out[j] = out[j - 1]; j--; }
-            out[j] = (cand){x, b, v};
-        }
-}
-
 /* ---- sessions ---- */
 
 enum { S_NEW, S_RUN, S_DONE };
@@ -269,38 +82,28 @@ struct blip2_session {
     blip2_token_cb cb;
     void *user;
     int mode, K, nret, Q, L, V, D, state, cur_len;
-    int filled, take;    /* prefill rows already in the cache; rows fed this step */
+    int P, PQ;           /* rows of the decoder's prefix: PQ query embeddings, then P - PQ ids of pids */
+    const int32_t *pids; /* prompt (decoder-only), or &start (encoder-decoder) */
+    int32_t start;       /* the decoder start token */
+    int filled, take;    /* prefix rows already in the cache; rows fed this step */
     int32_t *prompt;     /* (L) with bos */
     float *query;        /* (Q, D) */
-    b2_kv *kv, *kv2;     /* (K); kv2 only for beams */
-    toks *bt, *bt2;      /* (K) ids so far, starting with bos */
-    float *bscore;       /* (K) beam scores */
-    float *logits;       /* (K, V) */
+    b2_seq *seq;         /* (K) the sequences (seq.h) */
+    float *logits;       /* (K, V) of the sequences after a step */
     float *tmp;          /* (V) sampling scratch */
-    int *live;           /* (K) sequence still generating */
-    int *finish;         /* (K) BLIP2_FINISH_* */
-    int32_t *pending;    /* (K) token to feed next step */
-    uint64_t (*rng)[4];  /* (K) */
-    beam_hyps bh;
-    cand *cd;            /* (2K) */
-    toks *out;           /* (nret) final sequences (beam) */
-    int *out_finish;
+    b2_beams beams;      /* beam search's bookkeeping (beam.h) */
+    struct b2_lm_enc *enc; /* encoder-decoder: the encoder's state of the request (lm.h) */
     int err;             /* first failure inside a step */
-    b2_t5_cross cross;   /* T5: cross-attention keys/values of the request */
 };
 
 struct blip2_ctx {
     const blip2_model *m;
-    b2_opt_ws ws;
-    b2_t5_ws tws;             /* T5 decoder scratch */
-    const b2_t5_cross **crp;  /* (sequences) T5 cross keys/values per sequence */
-    int32_t *tok;             /* (rows) T5 decoder input ids */
-    float *enc;               /* T5 encoder input, output and scratch */
-    size_t cap_enc;
-    float *emb, *hid;         /* (rows, D) */
+    void *ws;                 /* the language model's scratch (m->lm->ws_reserve) */
+    float *emb, *hid;         /* (rows, D) inputs and hidden states of a step */
     float *lg;                /* (sequences, V) logits of the rows that need them */
-    int *seq, *pos;
-    b2_kv **kvp;
+    int *seq, *pos;           /* (rows) sequence and cache slot of each row */
+    b2_kv **kvp;              /* (sequences) their caches */
+    const struct b2_lm_enc **encp; /* (sequences) their encoder states (NULL: decoder-only) */
     int cap_rows, cap_seqs;
     int chunk;                /* blip2_ctx_set_prefill_chunk; 0: whole prefills */
 };
@@ -318,14 +121,14 @@ void blip2_ctx_set_prefill_chunk(blip2_ctx *c, int rows) { c->chunk = rows > 0 ?
 void blip2_ctx_free(blip2_ctx *c)
 {
     if (!c) return;
-    b2__opt_ws_free(&c->ws);
-    b2__t5_ws_free(&c->tws);
-    free(c->crp); free(c->tok); free(c->enc);
-    free(c->emb); free(c->hid); free(c->lg); free(c->seq); free(c->pos); free(c->kvp);
+    c->m->lm->ws_free(c->ws);
+    free(c->emb); free(c->hid); free(c->lg); free(c->seq); free(c->pos); free(c->kvp); free(c->encp);
     free(c);
 }
 
-static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
+/* Room for a step of rows rows over seqs sequences attending to up to
+ * ctxlen positions, with encoders over up to enc_rows rows. */
+static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen, int enc_rows)
 {
     const size_t D = (size_t)c->m->cfg.t_hidden;
     if (rows > c->cap_rows) {
@@ -339,37 +142,21 @@ static int ctx_reserve(blip2_ctx *c, int rows, int seqs, int ctxlen)
         c->seq = s;
         if (!(p = realloc(c->pos, sizeof(int) * rows))) return BLIP2_ENOMEM;
         c->pos = p;
-        int32_t *t = realloc(c->tok, sizeof(int32_t) * rows);
-        if (!t) return BLIP2_ENOMEM;
-        c->tok = t;
         c->cap_rows = rows;
     }
     if (seqs > c->cap_seqs) { /* a step needs logits for at most one row per sequence */
         b2_kv **k = realloc(c->kvp, sizeof *k * seqs);
         if (!k) return BLIP2_ENOMEM;
         c->kvp = k;
-        const b2_t5_cross **cr = realloc(c->crp, sizeof *cr * seqs);
-        if (!cr) return BLIP2_ENOMEM;
-        c->crp = cr;
+        const struct b2_lm_enc **en = realloc(c->encp, sizeof *en * seqs);
+        if (!en) return BLIP2_ENOMEM;
+        c->encp = en;
         float *lg = realloc(c->lg, sizeof(float) * (size_t)c->m->cfg.t_vocab * seqs);
         if (!lg) return BLIP2_ENOMEM;
         c->lg = lg;
         c->cap_seqs = seqs;
     }
-    if (c->m->cfg.family == B2_FAMILY_T5) {
-        if (rows > c->tws.max_rows || ctxlen > c->tws.max_ctx) {
-            int r = rows > c->tws.max_rows ? rows : c->tws.max_rows;
-            int x = ctxlen > c->tws.max_ctx ? ctxlen : c->tws.max_ctx;
-            b2__t5_ws_free(&c->tws);
-            if (b2__t5_ws_init(&c->tws, c->m, r, x) < 0) return BLIP2_ENOMEM;
-        }
-    } else if (rows > c->ws.max_rows || ctxlen > c->ws.max_ctx) {
-        int r = rows > c->ws.max_rows ? rows : c->ws.max_rows;
-        int x = ctxlen > c->ws.max_ctx ? ctxlen : c->ws.max_ctx;
-        b2__opt_ws_free(&c->ws);
-        if (b2__opt_ws_init(&c->ws, c->m, r, x) < 0) return BLIP2_ENOMEM;
-    }
-    return 0;
+    return c->m->lm->ws_reserve(c->m, &c->ws, rows, ctxlen, enc_rows) < 0 ? BLIP2_ENOMEM : 0;
 }
 
 static int check_params(const blip2_model *m, const blip2_gen_params *p, blip2_error *err)
@@ -412,18 +199,13 @@ void blip2_session_free(blip2_session *s)
     if (!s) return;
     for (int i = 0; s->stop && i < s->p.n_stop; i++) free(s->stop[i]);
     free(s->stop);
-    for (int j = 0; j < s->K; j++) {
-        if (s->kv) b2__kv_free(&s->kv[j]);
-        if (s->kv2) b2__kv_free(&s->kv2[j]);
-        if (s->bt) free(s->bt[j].v);
-        if (s->bt2) free(s->bt2[j].v);
+    for (int j = 0; s->seq && j < s->K; j++) {
+        b2__kv_free(&s->seq[j].kv);
+        free(s->seq[j].ids.v);
     }
-    b2__t5_cross_free(&s->cross);
-    if (s->bh.h) for (int h = 0; h <= s->K; h++) free(s->bh.h[h].t.v);
-    for (int r = 0; s->out && r < s->nret; r++) free(s->out[r].v);
-    free(s->kv); free(s->kv2); free(s->bt); free(s->bt2); free(s->bscore); free(s->logits);
-    free(s->tmp); free(s->live); free(s->finish); free(s->pending); free(s->rng);
-    free(s->bh.h); free(s->cd); free(s->out); free(s->out_finish);
+    if (s->enc) s->m->lm->enc_free(s->enc);
+    b2__beams_free(&s->beams);
+    free(s->seq); free(s->logits); free(s->tmp);
     free(s->prompt); free(s->query);
     free(s);
 }
@@ -432,6 +214,7 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
                       blip2_token_cb cb, void *user, blip2_session **out, blip2_error *err)
 {
     const b2_config *c = &m->cfg;
+    const b2_lm_ops *lm = m->lm;
     blip2_gen_params def;
     if (!p) { blip2_gen_params_default(&def); p = &def; }
     *out = NULL;
@@ -490,41 +273,36 @@ int blip2_session_new(const blip2_model *m, const blip2_request *rq, const blip2
     const int K = s->K, V = s->V;
     if (!(s->query = malloc(sizeof(float) * (size_t)s->Q * s->D))) goto nomem;
     memcpy(s->query, rq->query_embeds, sizeof(float) * (size_t)s->Q * s->D);
-    s->kv = calloc((size_t)K, sizeof *s->kv);
-    s->bt = calloc((size_t)K, sizeof *s->bt);
-    s->bscore = calloc((size_t)K, sizeof *s->bscore);
+    s->seq = calloc((size_t)K, sizeof *s->seq);
     s->logits = malloc(sizeof(float) * (size_t)K * V);
-    s->live = calloc((size_t)K, sizeof *s->live);
-    s->finish = calloc((size_t)K, sizeof *s->finish);
-    s->pending = calloc((size_t)K, sizeof *s->pending);
-    if (!s->kv || !s->bt || !s->bscore || !s->logits || !s->live || !s->finish || !s->pending) goto nomem;
-    /* OPT caches hold the prefix and the new tokens; T5's the decoder tokens */
-    const int cap = c->family == B2_FAMILY_T5 ? 1 + p->max_new_tokens : (int)total;
-    for (int j = 0; j < K; j++) {
-        if (b2__kv_init(&s->kv[j], m, cap) < 0 || toks_push(&s->bt[j], c->dec_start) < 0) goto nomem;
-        s->live[j] = 1;
+    if (!s->seq || !s->logits) goto nomem;
+    /* the decoder's prefix: [query ; prompt] for a decoder-only model; an
+     * encoder-decoder's encoder reads that, its decoder starts from [start] */
+    s->start = c->dec_start;
+    if (lm->prefill) {
+        s->PQ = 0;
+        s->P = 1;
+        s->pids = &s->start;
+        if (lm->enc_new(m, s->Q + s->L, &s->enc) < 0) goto nomem;
+    } else {
+        s->PQ = s->Q;
+        s->P = s->Q + s->L;
+        s->pids = s->prompt;
     }
-    if (c->family == B2_FAMILY_T5 && b2__t5_cross_init(&s->cross, m, s->Q + s->L) < 0) goto nomem;
+    /* the caches hold the prefix and the new tokens */
+    const int cap = s->P + p->max_new_tokens;
+    for (int j = 0; j < K; j++) {
+        if (b2__kv_init(&s->seq[j].kv, m, cap) < 0 || b2__toks_push(&s->seq[j].ids, c->dec_start) < 0)
+            goto nomem;
+        s->seq[j].live = 1;
+    }
     if (s->mode == M_SAMPLE) {
-        if (!(s->rng = calloc((size_t)K, sizeof *s->rng)) || !(s->tmp = malloc(sizeof(float) * (size_t)V))) goto nomem;
-        for (int j = 0; j < K; j++) {
-            uint64_t sm = p->seed ^ (0xd1b54a32d192ed03ull * (uint64_t)(j + 1));
-            for (int w = 0; w < 4; w++) s->rng[j][w] = splitmix(&sm);
-        }
+        if (!(s->tmp = malloc(sizeof(float) * (size_t)V))) goto nomem;
+        for (int j = 0; j < K; j++) b2__seq_seed(&s->seq[j], p->seed, j);
     }
     if (s->mode == M_BEAM) {
-        s->kv2 = calloc((size_t)K, sizeof *s->kv2);
-        s->bt2 = calloc((size_t)K, sizeof *s->bt2);
-        s->bh.h = calloc((size_t)K + 1, sizeof(hyp));
-        s->cd = malloc(sizeof(cand) * 2 * (size_t)K);
-        s->out = calloc((size_t)s->nret, sizeof *s->out);
-        s->out_finish = calloc((size_t)s->nret, sizeof *s->out_finish);
-        if (!s->kv2 || !s->bt2 || !s->bh.h || !s->cd || !s->out || !s->out_finish) goto nomem;
-        for (int j = 0; j < K; j++) {
-            if (b2__kv_init(&s->kv2[j], m, cap) < 0) goto nomem;
-            s->bscore[j] = j == 0 ? 0.0f : -1e9f;
-        }
-        s->bh.worst = 1e9f;
+        if (b2__beams_init(&s->beams, m, K, s->nret, cap, lm->prefill != NULL) < 0) goto nomem;
+        for (int j = 0; j < K; j++) s->seq[j].score = j == 0 ? 0.0f : -1e9f;
     }
     *out = s;
     return 0;
@@ -543,24 +321,26 @@ void blip2_session_cancel(blip2_session *s)
 {
     if (s->state == S_DONE) return;
     for (int j = 0; j < s->K; j++)
-        if (s->live[j]) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_CANCELED; }
+        if (s->seq[j].live) { s->seq[j].live = 0; s->seq[j].finish = BLIP2_FINISH_CANCELED; }
     if (s->mode == M_BEAM)
-        for (int r = 0; r < s->nret; r++) s->out_finish[r] = BLIP2_FINISH_CANCELED;
+        for (int r = 0; r < s->nret; r++) s->beams.out_finish[r] = BLIP2_FINISH_CANCELED;
     s->state = S_DONE;
 }
 
 int blip2_session_rows(const blip2_session *s)
 {
     if (s->state == S_DONE) return 0;
+    /* what is left of the prefill (an encoder-decoder's goes in one step:
+     * its encoder's Q + L rows) */
     if (s->state == S_NEW) return s->Q + s->L - s->filled;
     int r = 0;
-    for (int j = 0; j < s->K; j++) r += s->live[j];
+    for (int j = 0; j < s->K; j++) r += s->seq[j].live;
     return r;
 }
 
 /* Decodes seq ids (skip special) and returns the offset of the earliest
  * stop string in *cut (or the text length).  *text is new. */
-static int decode_cut(const blip2_session *s, const toks *t, char **text, size_t *cut, blip2_error *err)
+static int decode_cut(const blip2_session *s, const b2_toks *t, char **text, size_t *cut, blip2_error *err)
 {
     int rc = b2__tok_decode(s->m, t->v, (size_t)t->n, 1, text, err);
     if (rc < 0) return rc;
@@ -572,263 +352,145 @@ static int decode_cut(const blip2_session *s, const toks *t, char **text, size_t
     return 0;
 }
 
+/* Greedy and sampled sequences: each picks its own next token. */
 static int select_independent(blip2_session *s)
 {
     const int eos = s->m->cfg.eos;
     int any = 0;
     for (int j = 0; j < s->K; j++) {
-        if (!s->live[j]) continue;
+        b2_seq *q = &s->seq[j];
+        if (!q->live) continue;
         float *lg = s->logits + (size_t)j * s->V;
-        process_logits(lg, &s->bt[j], &s->p, eos);
-        int32_t id = s->mode == M_SAMPLE ? sample(lg, s->V, &s->p, s->rng[j], s->tmp) : argmax(lg, s->V);
-        if (toks_push(&s->bt[j], id) < 0) return BLIP2_ENOMEM;
+        b2__process_logits(lg, &q->ids, &s->p, eos);
+        int32_t id = s->mode == M_SAMPLE ? b2__sample(lg, s->V, &s->p, q->rng, s->tmp) : b2__argmax(lg, s->V);
+        if (b2__toks_push(&q->ids, id) < 0) return BLIP2_ENOMEM;
         if (s->cb && s->cb(s->user, j, id)) { blip2_session_cancel(s); return 0; }
-        if (id == eos) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_EOS; continue; }
+        if (id == eos) { q->live = 0; q->finish = BLIP2_FINISH_EOS; continue; }
         if (s->p.n_stop) {
             char *text;
             size_t cut;
-            if (decode_cut(s, &s->bt[j], &text, &cut, NULL) < 0) return BLIP2_ENOMEM;
+            if (decode_cut(s, &q->ids, &text, &cut, NULL) < 0) return BLIP2_ENOMEM;
             int hit = cut < strlen(text);
             free(text);
-            if (hit) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_STOP; continue; }
+            if (hit) { q->live = 0; q->finish = BLIP2_FINISH_STOP; continue; }
         }
-        if (s->bt[j].n - 1 >= s->p.max_new_tokens) { s->live[j] = 0; s->finish[j] = BLIP2_FINISH_LENGTH; continue; }
-        s->pending[j] = id;
+        if (q->ids.n - 1 >= s->p.max_new_tokens) { q->live = 0; q->finish = BLIP2_FINISH_LENGTH; continue; }
+        q->pending = id;
         any = 1;
     }
     if (!any) s->state = S_DONE;
     return 0;
 }
 
-static int beam_finalize(blip2_session *s)
-{
-    const int K = s->K, max_len = 1 + s->p.max_new_tokens, eos = s->m->cfg.eos;
-    const float lp = s->p.length_penalty;
-    beam_hyps *bh = &s->bh;
-    if (!bh->done)
-        for (int b = 0; b < K; b++)
-            if (hyps_add(bh, K, &s->bt[b], s->bscore[b], s->bt[b].n - 1, lp) < 0) return BLIP2_ENOMEM;
-    /* best first: a stable ascending sort popped from the end, so among equal
-     * scores the later-added hypothesis wins */
-    int used[65] = {0};
-    for (int r = 0; r < s->nret; r++) {
-        int best = -1;
-        for (int h = 0; h < bh->n; h++)
-            if (!used[h] && (best < 0 || bh->h[h].score >= bh->h[best].score)) best = h;
-        used[best] = 1;
-        if (toks_copy(&s->out[r], &bh->h[best].t) < 0) return BLIP2_ENOMEM;
-        s->out_finish[r] = BLIP2_FINISH_LENGTH;
-        if (s->out[r].n < max_len) {
-            if (toks_push(&s->out[r], eos) < 0) return BLIP2_ENOMEM;
-            s->out_finish[r] = BLIP2_FINISH_EOS;
-        }
-    }
-    s->state = S_DONE;
-    return 0;
-}
-
+/* Beams: one step of beam search over all K (beam.c). */
 static int select_beam(blip2_session *s)
 {
-    const int K = s->K, V = s->V, eos = s->m->cfg.eos, max_len = 1 + s->p.max_new_tokens;
-    const float lp = s->p.length_penalty;
-    /* 4.37.2's BeamSearchScorer scores an eos candidate by cur_len (the
-     * decoder length + 1) minus the decoder prompt length: for T5's [start]
-     * prompt that counts the eos, while the reference's OPT path ends up
-     * one shorter.  The early-stop bound uses the same length. */
-    const int extra = s->m->cfg.family == B2_FAMILY_T5;
-    for (int b = 0; b < K; b++) {
-        float *lg = s->logits + (size_t)b * V;
-        log_softmax(lg, V);
-        process_logits(lg, &s->bt[b], &s->p, eos);
-        for (int v = 0; v < V; v++) lg[v] += s->bscore[b];
-    }
-    topk(s->logits, K, V, 2 * K, s->cd);
-    int nb = 0;
-    for (int r = 0; r < 2 * K && nb < K; r++) {
-        const cand *c = &s->cd[r];
-        if (c->token == eos) {
-            if (r >= K) continue;
-            if (hyps_add(&s->bh, K, &s->bt[c->beam], c->score, s->cur_len - 1 + extra, lp) < 0) return BLIP2_ENOMEM;
-        } else {
-            if (toks_copy(&s->bt2[nb], &s->bt[c->beam]) < 0 || toks_push(&s->bt2[nb], c->token) < 0)
-                return BLIP2_ENOMEM;
-            b2__kv_copy(&s->kv2[nb], &s->kv[c->beam], s->m);
-            s->bscore[nb] = c->score; /* bscore is not read again this step */
-            s->pending[nb] = c->token;
-            nb++;
-        }
-    }
-    s->bh.done = hyps_is_done(&s->bh, K, s->cd[0].score, s->cur_len + extra, lp, s->p.early_stopping);
-    for (int b = 0; b < K; b++) {
-        toks tt = s->bt[b]; s->bt[b] = s->bt2[b]; s->bt2[b] = tt;
-        b2_kv kt = s->kv[b]; s->kv[b] = s->kv2[b]; s->kv2[b] = kt;
-    }
+    int e = b2__beams_step(&s->beams, s->seq, s->logits, s->V, &s->p, s->m->cfg.eos, s->cur_len);
+    if (e < 0) return e;
     s->cur_len++;
     if (s->cb && s->cb(s->user, -1, -1)) { blip2_session_cancel(s); return 0; }
-    if (s->bh.done || s->cur_len >= max_len) return beam_finalize(s);
+    if (s->beams.done || s->cur_len >= 1 + s->p.max_new_tokens) {
+        if ((e = b2__beams_finish(&s->beams, s->seq, &s->p, s->m->cfg.eos)) < 0) return e;
+        s->state = S_DONE;
+    }
     return 0;
 }
 
-static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err);
+/* ---- a step ---- */
 
-/* The T5 step (see the top of the file). */
-static int step_t5(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
+/* Assembles the rows of a step and runs them through the language model
+ * (m->lm): a new session feeds rows filled .. filled + take of its decoder
+ * prefix (an encoder-decoder's encoder runs first), a running one a row
+ * per live sequence, its pending token.  ctx->hid (rows, D) gets the
+ * hidden states in that order, *nrows the number of rows.  Of the
+ * sessions only take changes (and an encoder-decoder's encoder state). */
+static int feed(blip2_ctx *ctx, blip2_session *const *ss, int n, int *nrows, blip2_error *err)
 {
     const blip2_model *m = ctx->m;
+    const b2_lm_ops *lm = m->lm;
     const int D = m->cfg.t_hidden;
-    int rows = 0, seqs = 0, maxctx = 0;
-    size_t need_enc = 0;
-    for (int i = 0; i < n; i++) {
-        const blip2_session *s = ss[i];
-        if (s->state == S_DONE) continue;
-        rows += s->state == S_NEW ? 1 : blip2_session_rows(s);
-        seqs += s->K;
-        if (s->kv[0].cap > maxctx) maxctx = s->kv[0].cap;
-        if (s->cross.n > maxctx) maxctx = s->cross.n;
-        if (s->state == S_NEW) {
-            size_t e = 2 * (size_t)s->cross.n * D + b2__t5_encode_scratch(m, s->cross.n);
-            if (e > need_enc) need_enc = e;
-        }
-    }
-    if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    if (need_enc > ctx->cap_enc) {
-        free(ctx->enc);
-        ctx->cap_enc = 0;
-        if (!(ctx->enc = malloc(sizeof(float) * need_enc))) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-        ctx->cap_enc = need_enc;
-    }
-    int r = 0, q = 0;
-    for (int i = 0; i < n; i++) {
-        blip2_session *s = ss[i];
-        if (s->state == S_DONE) continue;
-        for (int j = 0; j < s->K; j++) { ctx->kvp[q + j] = &s->kv[j]; ctx->crp[q + j] = &s->cross; }
-        if (s->state == S_NEW) {
-            const int ne = s->cross.n;
-            float *in = ctx->enc, *out = in + (size_t)ne * D;
-            memcpy(in, s->query, sizeof(float) * (size_t)s->Q * D);
-            b2__t5_embed(m, s->prompt, s->L, in + (size_t)s->Q * D);
-            b2__t5_encode(m, in, ne, out, out + (size_t)ne * D);
-            b2__t5_cross_fill(m, &s->cross, out);
-            ctx->tok[r] = s->bt[0].v[0];
-            ctx->seq[r] = q;
-            ctx->pos[r++] = 0;
-        } else {
-            for (int j = 0; j < s->K; j++) {
-                if (!s->live[j]) continue;
-                ctx->tok[r] = s->pending[j];
-                ctx->seq[r] = q + j;
-                ctx->pos[r++] = s->kv[j].len;
-            }
-        }
-        q += s->K;
-    }
-    b2__t5_decode(m, &ctx->tws, ctx->tok, rows, (b2_kv *const *)ctx->kvp, ctx->crp, ctx->seq, ctx->pos, ctx->hid);
-    b2__t5_logits(m, ctx->hid, rows, ctx->lg);
-    return take_logits(ctx, ss, n, err);
-}
-
-int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
-{
-    const blip2_model *m = ctx->m;
-    const int D = m->cfg.t_hidden;
-    int rows = 0, seqs = 0, maxctx = 0;
-    for (int i = 0; i < n; i++) {
-        const blip2_session *s = ss[i];
-        if (s->m != m) return b2__err(err, BLIP2_EINVAL, "session belongs to another model");
-        rows += blip2_session_rows(s);
-        seqs += s->K;
-        if (s->kv[0].cap > maxctx) maxctx = s->kv[0].cap;
-    }
-    if (rows == 0) return 0;
-    if (m->cfg.family == B2_FAMILY_T5) return step_t5(ctx, ss, n, err);
     /* prefills in chunks only while someone else is decoding */
     int decoding = 0;
     for (int i = 0; i < n; i++) decoding |= ss[i]->state == S_RUN;
-    rows = 0;
+    int rows = 0, seqs = 0, maxctx = 0, enc_rows = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        seqs += s->K;
+        if (s->seq[0].kv.cap > maxctx) maxctx = s->seq[0].kv.cap;
+        if (s->enc && s->Q + s->L > maxctx) maxctx = s->Q + s->L; /* cross-attention */
         if (s->state == S_NEW) {
-            const int left = s->Q + s->L - s->filled;
+            const int left = s->P - s->filled;
             s->take = ctx->chunk && decoding && left > ctx->chunk ? ctx->chunk : left;
             rows += s->take;
+            if (s->enc && s->filled == 0 && s->Q + s->L > enc_rows) enc_rows = s->Q + s->L;
         } else {
             rows += blip2_session_rows(s);
         }
     }
-    if (ctx_reserve(ctx, rows, seqs, maxctx) < 0) return b2__err(err, BLIP2_ENOMEM, "out of memory");
+    if (ctx_reserve(ctx, rows, seqs, maxctx, enc_rows) < 0)
+        return b2__err(err, BLIP2_ENOMEM, "out of memory");
     int r = 0, q = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
-        for (int j = 0; j < s->K; j++) ctx->kvp[q + j] = &s->kv[j];
-        if (s->state == S_NEW) { /* rows filled .. filled + take of [query ; prompt] */
-            const int a = s->filled, b = s->filled + s->take;
-            const int qa = a < s->Q ? a : s->Q, qb = b < s->Q ? b : s->Q, pa = a > s->Q ? a : s->Q;
-            memcpy(ctx->emb + (size_t)r * D, s->query + (size_t)qa * D, sizeof(float) * (size_t)(qb - qa) * D);
-            if (b > pa) b2__opt_embed(m, s->prompt + (pa - s->Q), b - pa, ctx->emb + (size_t)(r + qb - qa) * D);
+        for (int j = 0; j < s->K; j++) { ctx->kvp[q + j] = &s->seq[j].kv; ctx->encp[q + j] = s->enc; }
+        if (s->state == S_NEW) { /* rows a .. b of the prefix [query (PQ) ; ids] */
+            if (s->enc && s->filled == 0) lm->prefill(m, ctx->ws, s->query, s->Q, s->prompt, s->L, s->enc);
+            const int a = s->filled, b = s->filled + s->take, PQ = s->PQ;
+            const int qa = a < PQ ? a : PQ, qb = b < PQ ? b : PQ, pa = a > PQ ? a : PQ;
+            memcpy(ctx->emb + (size_t)r * D, s->query + (size_t)qa * D,
+                   sizeof(float) * (size_t)(qb - qa) * D);
+            if (b > pa) lm->embed(m, s->pids + (pa - PQ), b - pa, ctx->emb + (size_t)(r + qb - qa) * D);
             for (int j = a; j < b; j++) { ctx->seq[r + j - a] = q; ctx->pos[r + j - a] = j; }
             r += s->take;
         } else {
             for (int j = 0; j < s->K; j++) {
-                if (!s->live[j]) continue;
-                b2__opt_embed(m, &s->pending[j], 1, ctx->emb + (size_t)r * D);
+                const b2_seq *sq = &s->seq[j];
+                if (!sq->live) continue;
+                lm->embed(m, &sq->pending, 1, ctx->emb + (size_t)r * D);
                 ctx->seq[r] = q + j;
-                ctx->pos[r] = s->kv[j].len;
-                r++;
+                ctx->pos[r++] = sq->kv.len;
             }
         }
         q += s->K;
     }
-    b2__opt_forward(m, &ctx->ws, ctx->emb, rows, ctx->kvp, ctx->seq, ctx->pos, ctx->hid);
-    /* the rows that need logits (a prefill's last row, every decode row),
-     * packed into emb (free again) for one lm_head product */
-    int nl = 0;
-    r = 0;
-    for (int i = 0; i < n; i++) {
-        const blip2_session *s = ss[i];
-        if (s->state == S_DONE) continue;
-        if (s->state == S_NEW) {
-            r += s->take;
-            if (s->filled + s->take == s->Q + s->L) /* the prefill's last row */
-                memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
-        } else {
-            for (int j = 0; j < s->K; j++)
-                if (s->live[j]) { memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D); r++; }
-        }
-    }
-    b2__opt_logits(m, ctx->emb, nl, ctx->lg);
-    return take_logits(ctx, ss, n, err);
+    const b2_lm_rows in = {.n = rows, .emb = ctx->emb, .seq = ctx->seq, .pos = ctx->pos,
+                           .kv = ctx->kvp, .enc = ctx->encp};
+    lm->forward(m, ctx->ws, &in, ctx->hid);
+    *nrows = rows;
+    return 0;
 }
 
-/* After the forward pass: ctx->lg holds one row of logits per new session
- * and per live sequence, in session order.  Advances the caches and picks
- * the next tokens. */
+/* After the forward pass: ctx->lg holds one row of logits per session
+ * that completed its prefill and per live sequence, in session order.
+ * Advances the caches and picks the next tokens. */
 static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
 {
-    const blip2_model *m = ctx->m;
     int rc = 0, l = 0;
     for (int i = 0; i < n; i++) {
         blip2_session *s = ss[i];
         if (s->state == S_DONE) continue;
-        if (s->state == S_NEW && m->cfg.family != B2_FAMILY_T5 && s->filled + s->take < s->Q + s->L) {
+        const size_t V = (size_t)s->V;
+        if (s->state == S_NEW && s->filled + s->take < s->P) {
             s->filled += s->take; /* a chunk of the prefill: no token yet */
-            s->kv[0].len = s->filled;
+            s->seq[0].kv.len = s->filled;
             continue;
         }
         if (s->state == S_NEW) {
-            s->filled = s->Q + s->L;
-            s->kv[0].len = m->cfg.family == B2_FAMILY_T5 ? 1 : s->Q + s->L;
+            s->filled = s->P;
+            s->seq[0].kv.len = s->P;
             for (int j = 0; j < s->K; j++) { /* every sequence starts from the same prefix */
-                if (j) b2__kv_copy(&s->kv[j], &s->kv[0], m);
-                memcpy(s->logits + (size_t)j * s->V, ctx->lg + (size_t)l * s->V, sizeof(float) * (size_t)s->V);
+                if (j) b2__kv_copy(&s->seq[j].kv, &s->seq[0].kv);
+                memcpy(s->logits + j * V, ctx->lg + l * V, sizeof(float) * V);
             }
             l++;
             s->state = S_RUN;
         } else {
             for (int j = 0; j < s->K; j++) {
-                if (!s->live[j]) continue;
-                s->kv[j].len++;
-                memcpy(s->logits + (size_t)j * s->V, ctx->lg + (size_t)l++ * s->V, sizeof(float) * (size_t)s->V);
+                if (!s->seq[j].live) continue;
+                s->seq[j].kv.len++;
+                memcpy(s->logits + j * V, ctx->lg + l++ * V, sizeof(float) * V);
             }
         }
         int e = s->mode == M_BEAM ? select_beam(s) : select_independent(s);
@@ -841,6 +503,40 @@ static int take_logits(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_er
     return rc;
 }
 
+int blip2_step(blip2_ctx *ctx, blip2_session *const *ss, int n, blip2_error *err)
+{
+    const blip2_model *m = ctx->m;
+    const int D = m->cfg.t_hidden;
+    int rows = 0;
+    for (int i = 0; i < n; i++) {
+        if (ss[i]->m != m) return b2__err(err, BLIP2_EINVAL, "session belongs to another model");
+        rows += blip2_session_rows(ss[i]);
+    }
+    if (rows == 0) return 0;
+    int rc = feed(ctx, ss, n, &rows, err);
+    if (rc < 0) return rc;
+    /* the rows that need logits (a prefill's last row, every decode row),
+     * packed into emb (free again) for one logits product */
+    int nl = 0, r = 0;
+    for (int i = 0; i < n; i++) {
+        const blip2_session *s = ss[i];
+        if (s->state == S_DONE) continue;
+        if (s->state == S_NEW) {
+            r += s->take;
+            if (s->filled + s->take == s->P) /* the prefill's last row */
+                memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)(r - 1) * D, sizeof(float) * D);
+        } else {
+            for (int j = 0; j < s->K; j++) {
+                if (!s->seq[j].live) continue;
+                memcpy(ctx->emb + (size_t)nl++ * D, ctx->hid + (size_t)r * D, sizeof(float) * D);
+                r++;
+            }
+        }
+    }
+    m->lm->logits(m, ctx->emb, nl, ctx->lg);
+    return take_logits(ctx, ss, n, err);
+}
+
 int blip2_session_result(const blip2_session *s, blip2_result *res, blip2_error *err)
 {
     memset(res, 0, sizeof *res);
@@ -849,9 +545,9 @@ int blip2_session_result(const blip2_session *s, blip2_result *res, blip2_error 
     if (!res->seqs) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     res->n = s->nret;
     for (int r = 0; r < s->nret; r++) {
-        const toks *t = s->mode == M_BEAM ? &s->out[r] : &s->bt[r];
+        const b2_toks *t = s->mode == M_BEAM ? &s->beams.out[r] : &s->seq[r].ids;
         blip2_seq_result *o = &res->seqs[r];
-        o->finish = s->mode == M_BEAM ? s->out_finish[r] : s->finish[r];
+        o->finish = s->mode == M_BEAM ? s->beams.out_finish[r] : s->seq[r].finish;
         o->n_ids = (size_t)t->n;
         o->ids = malloc(sizeof(int32_t) * (t->n ? (size_t)t->n : 1));
         size_t cut;
@@ -904,8 +600,8 @@ int blip2_generate(const blip2_model *m, const blip2_request *rq, int n, const b
     }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < ss[i]->K; j++)
-            if (ss[i]->finish[j] == BLIP2_FINISH_CANCELED ||
-                (ss[i]->mode == M_BEAM && j < nret && ss[i]->out_finish[j] == BLIP2_FINISH_CANCELED)) {
+            if (ss[i]->seq[j].finish == BLIP2_FINISH_CANCELED ||
+                (ss[i]->mode == M_BEAM && j < nret && ss[i]->beams.out_finish[j] == BLIP2_FINISH_CANCELED)) {
                 rc = b2__err(err, BLIP2_ECANCELED, "generation canceled");
                 goto out;
             }
@@ -930,40 +626,21 @@ out:
 int blip2_forward_logits(const blip2_model *m, const blip2_request *rq, float *last_logits,
                          float *all_logits, blip2_error *err)
 {
+    /* a session's prefill, fed whole: the same rows as its first step */
     blip2_gen_params p;
     blip2_gen_params_default(&p);
     p.max_new_tokens = 1;
     blip2_session *s = NULL;
     blip2_ctx *ctx = NULL;
+    int rows = 0;
     int rc = blip2_session_new(m, rq, &p, NULL, NULL, &s, err);
-    if (rc == 0 && m->cfg.family == B2_FAMILY_T5) { /* the first decoder step */
-        const int D = s->D, ne = s->Q + s->L;
-        float *emb = malloc(sizeof(float) * (size_t)ne * D);
-        if (emb) {
-            memcpy(emb, s->query, sizeof(float) * (size_t)s->Q * D);
-            b2__t5_embed(m, s->prompt, s->L, emb + (size_t)s->Q * D);
-            rc = b2__t5_forward(m, emb, ne, &s->bt[0].v[0], 1, NULL, last_logits);
-            if (rc == 0 && all_logits) memcpy(all_logits, last_logits, sizeof(float) * (size_t)s->V);
-        }
-        if (!emb || rc < 0) rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
-        free(emb);
-        blip2_session_free(s);
-        return rc;
-    }
     if (rc == 0) rc = blip2_ctx_new(m, &ctx, err);
+    if (rc == 0) rc = feed(ctx, &s, 1, &rows, err);
     if (rc == 0) {
-        const int rows = s->Q + s->L, D = s->D;
-        if (ctx_reserve(ctx, rows, 1, rows) < 0) {
-            rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
-        } else {
-            memcpy(ctx->emb, s->query, sizeof(float) * (size_t)s->Q * D);
-            b2__opt_embed(m, s->prompt, s->L, ctx->emb + (size_t)s->Q * D);
-            for (int j = 0; j < rows; j++) { ctx->seq[j] = 0; ctx->pos[j] = j; }
-            ctx->kvp[0] = &s->kv[0];
-            b2__opt_forward(m, &ctx->ws, ctx->emb, rows, ctx->kvp, ctx->seq, ctx->pos, ctx->hid);
-            b2__opt_logits(m, ctx->hid + (size_t)(rows - 1) * D, 1, last_logits);
-            if (all_logits) b2__opt_logits(m, ctx->hid, rows, all_logits);
-        }
+        /* one logits call per hidden row (T5's may scale it in place) */
+        m->lm->logits(m, ctx->hid + (size_t)(rows - 1) * s->D, 1, last_logits);
+        if (all_logits && rows == 1) memcpy(all_logits, last_logits, sizeof(float) * (size_t)s->V);
+        else if (all_logits) m->lm->logits(m, ctx->hid, rows, all_logits);
     }
     blip2_ctx_free(ctx);
     blip2_session_free(s);

@@ -7,9 +7,12 @@
  *                                            else blip2_convert, then map it
  *   path is a folder, no cache ----------------------> b2__load_folder
  *
- * The cache file's name carries the folder's identity (resolved path, each
- * weight file's size, mtime and inode, the side files) and the type, so a
- * changed checkpoint is converted again.
+ * The cache file's name carries the folder's identity and the type:
+ * "<folder name>-<P><C>-<type>.gguf", P 8 hex digits of the resolved path,
+ * C 8 of the contents (each weight file's size, mtime and inode, the side
+ * files), so a changed checkpoint is converted again, and the files an
+ * earlier version of the same folder left (same P, other C) are stale:
+ * they are removed once the new one is in place (prune_stale).
  */
 #include "blip2.h"
 #include "error.h"
@@ -21,9 +24,13 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "wkernels.h"
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
@@ -80,10 +87,13 @@ static int cache_path(char *out, size_t cap, const char *dir, const char *src, c
     }
     blip2_model_free(m);
     if (rc < 0) return rc;
-    h = fnv(h, tname, strlen(tname));
+    /* the type is in the name's suffix; the key is the folder's alone, so
+     * files of one version of a folder in several types share it */
+    const uint64_t hp = fnv(1469598103934665603ull, real, strlen(real) + 1);
     const char *base = strrchr(real, '/');
     base = base && base[1] ? base + 1 : "model";
-    if ((size_t)snprintf(out, cap, "%s/%.100s-%016llx-%s.gguf", dir, base, (unsigned long long)h, tname) >= cap)
+    if ((size_t)snprintf(out, cap, "%s/%.100s-%08x%08x-%s.gguf", dir, base, (unsigned)(hp >> 32),
+                         (unsigned)(h ^ (h >> 32)), tname) >= cap)
         return b2__err(err, BLIP2_EINVAL, "%s: cache path too long", dir);
     return 0;
 }
@@ -96,6 +106,55 @@ static int is_gguf(const char *path)
     size_t n = fread(b, 1, 4, f);
     fclose(f);
     return n == 4 && !memcmp(b, "GGUF", 4);
+}
+
+const char *blip2_best_weights_type(void)
+{
+    /* bench/RESULTS.md, 2026-11-27 04:30: with the AVX2 (or AVX-512) products, q8_0
+     * decodes 1.65-1.84x faster than bf16 and the vision encoder runs at
+     * the f32 sgemm's speed; the portable products are not measured, f16
+     * at least halves what is read per token */
+    return strcmp(b2__wkernels_name(), "portable") ? "q8_0" : "f16";
+}
+
+/* After the cache file cp is in place: removes the files of the same
+ * folder (same path key) whose contents key differs (left by an earlier
+ * version of the folder), and conversions that died half-way (.tmp-
+ * files of the folder, untouched for an hour); reports the files of the
+ * same folder in other types (kept: another daemon may use them). */
+static void prune_stale(const char *cp, const blip2_load_opts *opts)
+{
+    char dir[4096];
+    const char *slash = strrchr(cp, '/');
+    if (!slash) return;
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - cp), cp);
+    const char *name = slash + 1;
+    const char *type = strrchr(name, '-');    /* "-<type>.gguf" */
+    if (!type || type - name < 18) return;
+    const size_t plen = (size_t)(type - name) - 8;  /* "<base>-<P>" */
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    const time_t now = time(NULL);
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        int tmp = n[0] == '.' && strstr(n, ".gguf.tmp-") != NULL;
+        if (tmp) n++;
+        if (strcmp(n, name) == 0 || strncmp(n, name, plen) != 0) continue;
+        const char *t = strrchr(n, '-');
+        if (!tmp && (!t || strcmp(t + strcspn(t, "."), ".gguf") != 0)) continue;
+        char p[4096 + 256];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        const int same_contents = strncmp(n, name, plen + 8) == 0;
+        if (tmp ? now - st.st_mtime > 3600 : !same_contents) {
+            if (unlink(p) == 0 && opts->cache_note_cb) opts->cache_note_cb(opts->convert_ud, p, (uint64_t)st.st_size, 1);
+        } else if (!tmp && opts->cache_note_cb) {
+            opts->cache_note_cb(opts->convert_ud, p, (uint64_t)st.st_size, 0);
+        }
+    }
+    closedir(d);
 }
 
 /* A folder through the cache: convert once, then map the file. */
@@ -115,21 +174,39 @@ static int load_cached(blip2_model **out, const char *path, const blip2_load_opt
             if (!c) break;
         }
     }
-    if ((rc = cache_path(cp, sizeof cp, opts->cache_dir, path, opts->cache_type, err)) < 0) return rc;
+    const char *ct = opts->cache_type && !strcmp(opts->cache_type, "auto") ? blip2_best_weights_type()
+                                                                             : opts->cache_type;
+    if ((rc = cache_path(cp, sizeof cp, opts->cache_dir, path, ct, err)) < 0) return rc;
     if (access(cp, R_OK) == 0) {
         rc = b2__load_gguf(out, cp, opts, err);
-        if (rc != BLIP2_EFORMAT) return rc;
+        if (rc != BLIP2_EFORMAT) {
+            if (rc == 0) prune_stale(cp, opts);
+            return rc;
+        }
         unlink(cp); /* damaged (by hand: we rename only complete files): convert again */
     }
     const char *type = strrchr(cp, '-') + 1; /* "<type>.gguf" */
     char t[8];
     snprintf(t, sizeof t, "%.*s", (int)(strlen(type) - 5), type);
+    if (opts->convert_start_cb) opts->convert_start_cb(opts->convert_ud, cp, t);
     if ((rc = blip2_convert(path, cp, t, opts->convert_cb, opts->convert_ud, NULL, err)) < 0) return rc;
-    return b2__load_gguf(out, cp, opts, err);
+    if ((rc = b2__load_gguf(out, cp, opts, err)) == 0) prune_stale(cp, opts);
+    return rc;
 }
+
+static int model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
+                      blip2_error *err);
 
 int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
                      blip2_error *err)
+{
+    int rc = model_load(out, path, opts, err);
+    if (rc == 0 && opts) (*out)->max_pixels = opts->max_pixels;
+    return rc;
+}
+
+static int model_load(blip2_model **out, const char *path, const blip2_load_opts *opts,
+                      blip2_error *err)
 {
     struct stat st;
     *out = NULL;
@@ -143,6 +220,11 @@ int blip2_model_load(blip2_model **out, const char *path, const blip2_load_opts 
     }
     if (!S_ISDIR(st.st_mode))
         return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a folder (expected a Hugging Face model folder)", path);
+    char cfg[PATH_MAX + 16];
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    if (access(cfg, F_OK) != 0)
+        return b2__err(err, BLIP2_EUNSUPPORTED, "%s: not a BLIP-2 model folder (no config.json; expected a "
+                       "Hugging Face checkpoint folder such as blip2-opt-2.7b, or a .gguf file)", path);
     /* both families pack; what the converter refuses, direct loading
      * refuses too, with the same error */
     if (opts && opts->cache_dir) return load_cached(out, path, opts, err);

@@ -1,12 +1,12 @@
 /*
  * model.c - loading a BLIP-2 checkpoint and the public entry points that are
- * not generation: shapes, preprocessing, image encoding, tokenizer access,
- * and the plain forward pass that yields logits.
+ * neither generation nor features: shapes, preprocessing, tokenizer access.
  *
  * Load: config.json -> b2_config; preprocessor_config.json -> b2_preproc;
  * tokenizer files -> b2_bpe (OPT) or b2_t5tok (T5, spiece.model); safetensors -> every weight bound by name with
  * its expected shape (a missing or mis-shaped tensor fails the load with
- * its name).  After load the model is never written again.
+ * its name), and the language model's operations (m->lm: b2__opt_lm or
+ * b2__t5_lm) chosen with them.  After load the model is never written again.
  */
 #include "blip2.h"
 #include "model.h"
@@ -123,6 +123,7 @@ static int bind_t5(binder *b)
     const b2_config *c = &m->cfg;
     const int D = c->t_hidden, I = c->t_heads * c->t_dkv, F = c->t_ffn, H = c->t_heads;
     char p[256];
+    m->lm = &b2__t5_lm;
     struct b2_t5 *t = m->t5 = calloc(1, sizeof *m->t5);
     if (!t || !(t->enc = calloc((size_t)c->t_layers, sizeof *t->enc)) ||
         !(t->dec = calloc((size_t)c->t_dec_layers, sizeof *t->dec)) || b2__t5_init_buckets(m) < 0)
@@ -161,6 +162,7 @@ static int bind_t5(binder *b)
     } else {
         t->lm_head = bind_typed(b, &t->lm_head_wt, SHAPE(c->t_vocab, D), "language_model.lm_head.weight");
     }
+    m->dtype = b2__weights_dtype(m, "language_model.shared.weight");
     return b->rc;
 }
 
@@ -215,6 +217,7 @@ static int bind_all(blip2_model *m, blip2_error *err)
     if (c->family == B2_FAMILY_T5) return b.rc < 0 ? b.rc : bind_t5(&b);
 
     /* OPT */
+    m->lm = &b2__opt_lm;
     const char *dec = "language_model.model.decoder";
     snprintf(p, sizeof p, "%s.embed_tokens.weight", dec);
     m->embed_tokens = bind_typed(&b, &m->embed_wt, SHAPE(c->t_vocab, Dw), "%s", p);
@@ -241,6 +244,7 @@ static int bind_all(blip2_model *m, blip2_error *err)
     } else {
         m->lm_head = bind_typed(&b, &m->lm_head_wt, SHAPE(c->t_vocab, Dw), "language_model.lm_head.weight");
     }
+    m->dtype = b2__weights_dtype(m, "language_model.model.decoder.embed_tokens.weight");
     return b.rc;
 }
 
@@ -276,8 +280,6 @@ int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *op
     if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
-                                 : "language_model.model.decoder.embed_tokens.weight");
     size_t size;
     void *map = b2__gguf_map(m->gguf, &size);
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
@@ -327,8 +329,6 @@ int b2__load_folder(blip2_model **out, const char *path, blip2_error *err)
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
     if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
-                                 : "language_model.model.decoder.embed_tokens.weight");
     *out = m;
     return 0;
 fail:
@@ -356,7 +356,7 @@ int blip2_vocab_size(const blip2_model *m) { return m->cfg.t_vocab; }
 int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
 int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.dec_start; }
 const char *blip2_model_dtype(const blip2_model *m) { return m->dtype; }
-const char *blip2_model_family(const blip2_model *m) { return m->cfg.family == B2_FAMILY_T5 ? "t5" : "opt"; }
+const char *blip2_model_family(const blip2_model *m) { return m->lm->name; }
 int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
 int blip2_qformer_layers(const blip2_model *m) { return m->cfg.q_layers; }
 int blip2_text_layers(const blip2_model *m) { return m->cfg.t_layers; }
@@ -372,14 +372,17 @@ int blip2_vision_tokens(const blip2_model *m)
 int blip2_preprocess(const blip2_model *m, const void *bytes, size_t len,
                      const blip2_image_opts *opts, float *px, blip2_error *err)
 {
-    return b2__preprocess(&m->pp, bytes, len, opts, px, err);
+    blip2_image_opts o = {0};
+    if (opts) o = *opts;
+    if (!o.max_pixels) o.max_pixels = m->max_pixels; /* the model's, from blip2_load_opts */
+    return b2__preprocess(&m->pp, bytes, len, &o, px, err);
 }
 
 int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_image_opts *opts,
                           float *px, blip2_error *err)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return b2__err(err, BLIP2_EIO, "%s: cannot open image", path);
+    if (!f) return b2__err(err, BLIP2_EIO, "cannot open %s: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
     unsigned char *buf = malloc(cap);
     int rc = 0;
@@ -399,7 +402,7 @@ int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_im
     }
     fclose(f);
     if (rc == 0) {
-        rc = b2__preprocess(&m->pp, buf, len, opts, px, err);
+        rc = blip2_preprocess(m, buf, len, opts, px, err);
         if (rc < 0 && err) { /* prefix the file name */
             char tmp[sizeof err->text];
             memcpy(tmp, err->text, sizeof tmp);
@@ -407,27 +410,6 @@ int blip2_preprocess_file(const blip2_model *m, const char *path, const blip2_im
         }
     }
     free(buf);
-    return rc;
-}
-
-int blip2_encode_image(const blip2_model *m, const float *px, int n, float *out,
-                       blip2_stages *stages, blip2_error *err)
-{
-    const b2_config *c = &m->cfg;
-    if (n <= 0 || !px || !out) return b2__err(err, BLIP2_EINVAL, "encode_image: bad arguments");
-    const size_t T = (size_t)blip2_vision_tokens(m);
-    float *vis = stages && stages->vision_last_hidden_state ? stages->vision_last_hidden_state
-                 : malloc(sizeof(float) * n * T * c->v_hidden);
-    float *qf = stages && stages->qformer_last_hidden_state ? stages->qformer_last_hidden_state
-                : malloc(sizeof(float) * n * c->num_query * c->q_hidden);
-    int rc;
-    if (!vis || !qf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
-    if ((rc = b2__vision_forward(m, px, n, vis, stages ? stages->vision_pooler_output : NULL, err)) < 0) goto out;
-    if ((rc = b2__qformer_forward(m, vis, n, qf, err)) < 0) goto out;
-    b2__linear(out, qf, n * c->num_query, &m->proj);
-out:
-    if (!stages || vis != stages->vision_last_hidden_state) free(vis);
-    if (!stages || qf != stages->qformer_last_hidden_state) free(qf);
     return rc;
 }
 

@@ -2,10 +2,12 @@
 # Installs the Debian 12 packages blip2d needs to build and to run its tests
 # (clang and libclang-rt-14-dev: the libFuzzer targets in tests/fuzz/;
 # libsimde-dev: tests/test_wkernels_avx512emu runs the AVX-512 kernels with
-# their intrinsics emulated, on CPUs without AVX-512; python3-numpy, -venv,
-# -pip, -setuptools, -wheel: the Python package python/ and its offline
-# installation test; curl, python3-prometheus-client, nodejs, npm, chromium:
-# the blip2d --http tests).
+# their intrinsics emulated, on CPUs without AVX-512; libhiredis-dev: the
+# Redis Streams job queue; redis-server: its tests start their own server;
+# libedit-dev: line editing and history in blip2ctl chat; python3-numpy,
+# -venv, -pip, -setuptools, -wheel: the Python package python/ and its
+# offline installation test; libmicrohttpd-dev: blip2d --http; curl,
+# python3-prometheus-client, nodejs, npm, chromium: the --http tests).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -14,8 +16,9 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
-  libpcre2-dev libsentencepiece-dev libsystemd-dev libmicrohttpd-dev \
-  python3 python3-msgpack valgrind \
+  libpcre2-dev libsentencepiece-dev libsystemd-dev libhiredis-dev libedit-dev \
+  libmicrohttpd-dev \
+  python3 python3-msgpack valgrind redis-server \
   python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
   curl python3-prometheus-client nodejs npm chromium \
   clang libclang-rt-14-dev libsimde-dev

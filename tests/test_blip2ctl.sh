@@ -157,6 +157,103 @@ report $((1 - $?)) "status --json is valid JSON" "$(head -c 300 "$T/out")"
 expect 0 '' "ping" -- "$CTL" --socket "$S" ping
 grep -q '^pong from fake-blip2d 0' "$T/out"; report $((1 - $?)) "ping output" "$(cat "$T/out")"
 
+# ---- issue 14: what a new user and a script author run into ----------------
+# --json: an error object on stdout for bad input and for cannot-connect too
+expect 2 'missing.png' "--json caption of a missing file: exit 2" -- "$CTL" --socket "$S" --json caption "$T/missing.png"
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert o["image"].endswith("missing.png") and o["error"]["code"]=="bad_input" and "missing.png" in o["error"]["message"], o' "$T/out"
+report $((1 - $?)) "--json: a missing file gives an error object on stdout" "$(head -c 300 "$T/out")"
+expect 3 'cannot connect' "--json with no daemon: exit 3" -- env BLIP2_SOCKET=$T/nope "$CTL" --json caption "$T/cat.png" "$T/dog.png"
+python3 -c 'import json,sys; l=[json.loads(x) for x in open(sys.argv[1])]; assert len(l)==2 and all(o["error"]["code"]=="cannot_connect" for o in l) and l[1]["image"].endswith("dog.png"), l' "$T/out"
+report $((1 - $?)) "--json: cannot-connect gives an error object per image on stdout" "$(head -c 300 "$T/out")"
+expect 3 'cannot connect' "--json status with no daemon" -- env BLIP2_SOCKET=$T/nope "$CTL" --json status
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert o["error"]["code"]=="cannot_connect", o' "$T/out"
+report $((1 - $?)) "--json status: cannot-connect as an error object" "$(head -c 300 "$T/out")"
+expect 2 'empty' "--json caption - with empty stdin" -- "$CTL" --socket "$S" --json caption -
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert o["image"]=="-" and o["error"]["code"]=="bad_input", o' "$T/out"
+report $((1 - $?)) "--json: an empty stdin image gives an error object" "$(head -c 300 "$T/out")"
+# names that are not UTF-8: U+FFFD per bad byte, as the collections write them
+LAT=$(printf "$T/lat\\351.png")
+printf 'latin\n' >"$LAT"
+expect 0 '' "--json caption of a file named in Latin-1" -- "$CTL" --socket "$S" --json caption "$LAT"
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert o["image"].endswith("lat\ufffd.png"), o' "$T/out"
+report $((1 - $?)) "--json: a non-UTF-8 name is escaped with U+FFFD (not '?')" "$(head -c 300 "$T/out")"
+# a question that is not UTF-8: the offset is the question's own
+expect 2 'byte 2 of the question' "ask with a question that is not UTF-8" -- "$CTL" --socket "$S" ask "$T/cat.png" "$(printf 'a\377b')"
+# --temperature 0 = greedy (llama.cpp, Ollama)
+expect 0 '' "--temperature 0 is greedy, not an error" -- "$CTL" --socket "$S" --temperature 0 caption "$T/cat.png"
+out_is "a picture of cat" "... and captions"
+expect 0 '' "--do-sample --temperature 0 is greedy too" -- "$CTL" --socket "$S" --do-sample --temperature 0 --json caption "$T/cat.png"
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert "seed" not in o, o' "$T/out"
+report $((1 - $?)) "... (no sampling seed: greedy)" "$(head -c 300 "$T/out")"
+# a directory without -r says how to caption what is in it
+expect 2 'use -r' "caption DIR without -r: the hint" -- "$CTL" --socket "$S" caption "$T"
+"$CTL" --help | grep -q "^ *blip2ctl convert SRC OUT.gguf"
+report $((1 - $?)) "--help: the Usage lines name convert" ""
+# a path that is not a socket, and a socket this user may not open
+: >"$T/plain"
+expect 3 'not a socket (a file)' "--socket to a regular file: 'is not a socket'" -- "$CTL" -s "$T/plain" ping
+expect 3 'not a socket (a directory)' "--socket to a directory: 'is not a socket'" -- "$CTL" -s "$T" ping
+grep -q 'stale socket' "$T/err"; report $? "... not called a stale socket" "$(head -c 300 "$T/err")"
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null && getent group users >/dev/null; then
+  chmod 755 "$T"; chgrp users "$S"; chmod 660 "$S"
+  expect 3 "usermod -aG users" "permission denied: join the socket's group" -- \
+    setpriv --reuid=65534 --regid=65534 --clear-groups "$CTL" -s "$S" ping
+  grep -q 'Is blip2d running' "$T/err"; report $? "... not 'Is blip2d running?'" "$(head -c 300 "$T/err")"
+  chmod 777 "$S"; chmod 700 "$T"
+else
+  n=$((n + 1)); echo "ok $n - # SKIP permission test needs root, setpriv and the group users"
+fi
+
+# chat on a terminal (a pty): history with Up, /help, /image, Ctrl-D
+TERM=xterm python3 - "$CTL" "$S" "$T" <<'EOF' >"$T/chat.log" 2>&1
+import os, pty, select, sys, time
+ctl, sock, t = sys.argv[1:4]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(ctl, [ctl, "--socket", sock, "chat", t + "/cat.png"])
+buf = b""
+def until(what, start=0, limit=30):
+    global buf
+    end = time.time() + limit
+    while what not in buf[start:]:
+        if time.time() > end:
+            raise SystemExit("timed out waiting for %r; got %r" % (what, buf))
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return start + buf[start:].index(what) + len(what)
+def step(line, answer):
+    # send a line once the prompt is up, wait for the answer and the next prompt
+    os.write(fd, line)
+    until(b"> ", until(answer, len(buf)))
+until(b"> ")
+step(b"what is it?\r", b"answer 1 about cat")
+step(b"\x1b[A\r", b"answer 2 about cat")          # Up recalls the last question
+step(b"/help\r", b"/image FILE")
+step(b"/image " + t.encode() + b"/dog.png\r", b"now about")
+step(b"and this?\r", b"answer 1 about dog")      # a new image starts over
+step(b"/frob\r", b"no such command")
+os.write(fd, b"\x04")                                   # Ctrl-D
+_, st = os.waitpid(pid, 0)
+try:
+    while True:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if not r: break
+        buf += os.read(fd, 4096)
+except OSError:
+    pass
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+# the shell's prompt starts on a clean line: the "> " line erased (or a newline)
+assert buf.endswith(b"\r\x1b[K") or buf.endswith(b"\n"), repr(buf[-40:])
+assert b"^[[A" not in buf, "Up echoed as ^[[A: %r" % buf
+print("ok")
+EOF
+grep -qx ok "$T/chat.log"
+report $((1 - $?)) "chat on a terminal: Up recalls history, /help, /image, unknown /commands, Ctrl-D ends the line" "$(tail -c 600 "$T/chat.log")"
+
 # the library exports only its prefix
 LIB=$(dirname "$CTL")/.libs/libblip2client.so
 if [ -f "$LIB" ] && command -v nm >/dev/null; then

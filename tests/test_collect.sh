@@ -42,13 +42,18 @@ cp "$GOLDEN/images/camera.png" "$P/sub/"
 cp "$GOLDEN/images/chelsea.png" "$GOLDEN/images/coffee.png" "$P/sub/deeper/"
 cp "$GOLDEN/images/chelsea.png" "$P/.thumbs/"
 cp "$GOLDEN/images/coffee_rgba.png" "$P/other/"
+# what else lies in a photo folder: no images by their first bytes, skipped
 echo "not a picture" >"$P/notes.txt"
+printf '<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>\n' >"$P/sub/IMG_0001.xmp"
+printf '\0\0\0\024ftypqt  \0\0\0\0qt  ' >"$P/sub/IMG_0002.MOV"
+printf '<?xml version="1.0"?><plist/>\n' >"$P/sub/IMG_0003.AAE"
+NSKIP=4
 ln -s "$T/gone.png" "$P/sub/dangling.png"
 ln -s .. "$P/sub/loop"
-NIMG=6; NERR=2
+NIMG=6; NERR=1
 cp "$GOLDEN/images/camera.png" "$P/other/secret.png"
 chmod 000 "$P/other/secret.png"
-if [ -r "$P/other/secret.png" ]; then rm -f "$P/other/secret.png"; else NERR=3; fi
+if [ -r "$P/other/secret.png" ]; then rm -f "$P/other/secret.png"; else NERR=2; fi
 
 # single-file captions, one by one, as the reference
 : >"$T/single.jsonl"
@@ -94,16 +99,19 @@ for o in ok:
     assert list(o)[:6] == ["path", "text", "ids", "finish", "ms", "cached"], list(o)
 assert ".thumbs" not in out and not any("/loop/" in p or ".thumbs" in p for p in paths), paths
 assert len(err) == nerr, err
-assert err["notes.txt"]["code"] == "bad_image" and err["notes.txt"]["message"], err
+assert not any(p.endswith((".txt", ".xmp", ".MOV", ".AAE")) for p in paths), "a non-image has a line"
 assert err["dangling.png"]["code"] == "unreadable", err
-if nerr == 3:
+if nerr == 2:
     assert err["secret.png"]["code"] == "unreadable", err
 EOF
 $C caption --recursive "$P" >"$T/full.jsonl" 2>"$T/err"; st=$?
 $PY "$T/check.py" "$T/full.jsonl" "$T/single.jsonl" $NIMG $NERR 2>"$T/py.err"
 report $(($? == 0 && st == 1)) "--recursive: each image once, same text+ids as single-file, error lines, exit 1" "status $st; $(cat "$T/py.err" "$T/err" | head -c 600)"
-grep -q 'notes.txt' "$T/err"
-report $((1 - $?)) "... failures also reported on stderr" "$(head -c 300 "$T/err")"
+grep -q 'dangling.png' "$T/err" && ! grep -q 'notes.txt' "$T/err"
+report $((1 - $?)) "... failures also reported on stderr, skipped non-images not" "$(head -c 300 "$T/err")"
+$C -v caption --recursive "$P" >/dev/null 2>"$T/err"
+grep -q "; $NSKIP skipped (not images)" "$T/err"
+report $((1 - $?)) "... the summary counts the $NSKIP non-images as skipped" "$(grep captioned "$T/err")"
 
 # --files-from - (newline, then NUL), and a list file
 (cd "$T" && find photos \( -type f -o -type l \) ! -path '*/.thumbs/*' ! -name loop | sort) >"$T/list"
@@ -159,7 +167,7 @@ for i in $(seq 1 40); do
     { cat "$GOLDEN/images/$f.png"; printf 'copy %d' "$i"; } >"$T/many/${f}_$i.png"
   done
 done
-$C caption -r "$T/many" -o "$T/int.jsonl" --resume "$T/int.jsonl" 2>"$T/err" &
+$C caption -r "$T/many" -o "$T/int.jsonl" 2>"$T/err" &
 cpid=$!
 wait_lines "$T/int.jsonl" 20
 kill -INT $cpid
@@ -173,15 +181,40 @@ assert 20 <= len(lines) < 200, len(lines)
 assert all("text" in o for o in lines)
 EOF
 report $(($? == 0 && st == 130)) "SIGINT mid-run: exit 130, every line whole" "status $st; $(cat "$T/py.err" "$T/err" | head -c 600)"
-grep -q 'to continue' "$T/err"
-report $((1 - $?)) "... and says how to continue" "$(head -c 300 "$T/err")"
-$C caption -r "$T/many" -o "$T/int.jsonl" --resume "$T/int.jsonl" 2>"$T/err"; st=$?
+cmd=$(grep -A1 'to continue, run:' "$T/err" | tail -1 | sed 's/^ *//')
+case $cmd in "blip2ctl --socket $S -r -o $T/int.jsonl caption $T/many --resume $T/int.jsonl") ok=1 ;; *) ok=0 ;; esac
+report $ok "... and prints the exact command to continue (with --resume FILE)" "$(head -c 400 "$T/err")"
+eval "\"\$CTL\"${cmd#blip2ctl}" 2>"$T/err"; st=$?
 $PY - "$T/int.jsonl" <<'EOF' 2>"$T/py.err"
 import json, sys
 paths = [json.loads(l)["path"] for l in open(sys.argv[1])]
 assert len(paths) == 200 and len(set(paths)) == 200, (len(paths), len(set(paths)))
 EOF
 report $(($? == 0 && st == 0)) "... --resume completes it: 200 paths, each once" "status $st; $(cat "$T/py.err" "$T/err" | head -c 600)"
+
+# a folder of photos with their usual clutter and the run's own output in
+# it: exit 0, the output file never captioned, not even on the second run
+mkdir "$T/trip"
+cp "$GOLDEN/images/astronaut.png" "$GOLDEN/images/rocket.jpg" "$T/trip/"
+cp "$P/notes.txt" "$P/sub/IMG_0001.xmp" "$P/sub/IMG_0002.MOV" "$T/trip/"
+(cd "$T/trip" && $C caption -r . -o caps.jsonl --resume caps.jsonl) 2>"$T/err"; st=$?
+[ $st -eq 0 ] && [ "$(wc -l <"$T/trip/caps.jsonl")" -eq 2 ] && ! grep -q 'caps.jsonl\|"error"' "$T/trip/caps.jsonl"
+report $((1 - $?)) "photos + non-images + the -o/--resume file in the folder: 2 lines, exit 0" "status $st; $(head -c 400 "$T/trip/caps.jsonl") $(head -c 300 "$T/err")"
+(cd "$T/trip" && $C caption -r . -o caps.jsonl --resume caps.jsonl) 2>"$T/err"; st=$?
+[ $st -eq 0 ] && [ "$(wc -l <"$T/trip/caps.jsonl")" -eq 2 ]
+report $((1 - $?)) "... run again: nothing to do, still exit 0" "status $st; $(head -c 300 "$T/err")"
+# --include / --exclude (case ignored; a glob with / matches the path)
+$C caption -r "$P" --include '*.PNG' --exclude 'coffee*' >"$T/inc.jsonl" 2>"$T/err"; st=$?
+$PY - "$T/inc.jsonl" <<'EOF' 2>"$T/py.err"
+import json, sys
+paths = sorted(json.loads(l)["path"].rsplit("/", 1)[1] for l in open(sys.argv[1]))
+paths = [p for p in paths if p != "secret.png"]   # there when not root
+assert paths == ["astronaut.png", "camera.png", "chelsea.png", "dangling.png"], paths
+EOF
+report $(($? == 0)) "--include '*.PNG' --exclude 'coffee*'" "status $st; $(cat "$T/py.err" "$T/err" | head -c 400)"
+$C caption -r "$P" --exclude '*/sub/*' --exclude '*.png' >"$T/exc.jsonl" 2>"$T/err"; st=$?
+[ $st -eq 0 ] && [ "$(wc -l <"$T/exc.jsonl")" -eq 1 ] && grep -q 'rocket.jpg' "$T/exc.jsonl"
+report $((1 - $?)) "--exclude with a path glob" "status $st; $(head -c 300 "$T/exc.jsonl")"
 
 # usage errors (exit 2)
 $C caption --jsonl - </dev/null >/dev/null 2>"$T/err"; st=$?

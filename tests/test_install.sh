@@ -45,6 +45,7 @@ want x "$B2I_sbindir/blip2d" "daemon in sbindir"
 want x "$B2I_bindir/blip2ctl" "client in bindir"
 want x "$B2I_bindir/blip2-infer" "offline tool in bindir"
 want x "$B2I_bindir/blip2-convert" "converter in bindir, beside blip2ctl"
+want x "$B2I_bindir/blip2-queue" "queue tool in bindir, beside blip2ctl"
 want x "$B2I_libdir/libblip2client.so.0.0.0" "shared library"
 want l "$B2I_libdir/libblip2client.so.0" "library, soname link"
 want l "$B2I_libdir/libblip2client.so" "library, development link"
@@ -53,6 +54,8 @@ want f "$B2I_pkgconfigdir/blip2client.pc" "pkg-config file"
 want f "$B2I_mandir/man8/blip2d.8" "man page"
 want f "$B2I_mandir/man1/blip2ctl.1" "man page"
 want f "$B2I_mandir/man1/blip2-infer.1" "man page"
+want f "$B2I_mandir/man3/libblip2client.3" "man page of the library"
+want f "$B2I_mandir/man3/blip2c_connect.3" "man blip2c_connect finds the library's page"
 want f "$B2I_mandir/man1/blip2-convert.1" "man page"
 want f "$B2I_docdir/blip2d.env.example" "example environment file"
 for d in systemdsystemunitdir systemduserunitdir sysusersdir tmpfilesdir bashcompletiondir; do
@@ -61,11 +64,12 @@ for d in systemdsystemunitdir systemduserunitdir sysusersdir tmpfilesdir bashcom
     n=$((n + 1)); echo "ok $n - # SKIP $d: configured not to install"; continue
   fi
   case $d in
-    systemdsystemunitdir) want f "$v/blip2d.service" "system unit"; want f "$v/blip2d.socket" "system unit" ;;
+    systemdsystemunitdir) want f "$v/blip2d.service" "system unit"; want f "$v/blip2d.socket" "system unit"
+      want f "$v/blip2d-worker.service" "system unit" ;;
     systemduserunitdir) want f "$v/blip2d.service" "user unit"; want f "$v/blip2d.socket" "user unit" ;;
     sysusersdir) want f "$v/blip2.conf" "sysusers.d snippet" ;;
     tmpfilesdir) want f "$v/blip2.conf" "tmpfiles.d snippet" ;;
-    bashcompletiondir) want f "$v/blip2ctl" "bash completion" ;;
+    bashcompletiondir) want f "$v/blip2ctl" "bash completion"; want f "$v/blip2d" "bash completion"; want f "$v/blip2-infer" "bash completion" ;;
   esac
 done
 
@@ -106,6 +110,14 @@ st=$?
 case "$st:$msg" in
   "2:blip2ctl convert: $D/no-such-folder: not a Hugging Face model folder"*) ok "installed blip2ctl convert runs the installed blip2-convert" ;;
   *) not_ok "installed blip2ctl convert runs the installed blip2-convert" "exit $st: $msg" ;;
+esac
+# and blip2-queue for the queue commands
+msg=$(env -u BLIP2_QUEUE_TOOL LD_LIBRARY_PATH="$D$B2I_libdir" "$D$B2I_bindir/blip2ctl" queue-status \
+      --queue "unix:$D/no-such-redis.sock" 2>&1)
+st=$?
+case "$st:$msg" in
+  "3:blip2ctl queue-status: cannot connect to unix:$D/no-such-redis.sock"*) ok "installed blip2ctl queue-status runs the installed blip2-queue" ;;
+  *) not_ok "installed blip2ctl queue-status runs the installed blip2-queue" "exit $st: $msg" ;;
 esac
 # only the public header and the shared library: no internal headers, no
 # static archive

@@ -7,7 +7,8 @@
        < model/nn < model/ (the top: blip2.h, loading, generation, features)
      libipc/ uses nothing of ours; client/ uses libipc/;
      ctl/ (blip2ctl) uses client/'s public header only;
-     daemon/ uses libipc/ and the model's public header blip2.h only.
+     queue/ (the Redis job queue, blip2-queue) uses libipc/;
+     daemon/ uses libipc/, queue/ and the model's public header blip2.h only.
    The build gives each of these its own include path, so a wrong include
    already fails to compile; this check also catches a header that is found
    by the quoted-include rule (the including file's own folder).
@@ -39,7 +40,8 @@ ALLOWED = {
     "libipc": set(),
     "client": {"libipc"},
     "ctl": {"client/blip2client.h"},
-    "daemon": {"libipc", "model/blip2.h"},
+    "queue": {"libipc"},
+    "daemon": {"libipc", "queue", "model/blip2.h"},
 }
 DIRS = list(ALLOWED)
 
@@ -182,7 +184,7 @@ def cycle_check():
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    for top in ("model", "libipc", "client", "ctl", "daemon"):
+    for top in ("model", "libipc", "client", "ctl", "queue", "daemon"):
         mine = [c for c in comps if c[0].split("/")[0] == top]
         todo = TODO.get(top) if mine else None
         ok(not mine, f"no files in {top}/ that use each other" +

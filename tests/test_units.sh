@@ -48,6 +48,7 @@ done
 point() { sed -e "s|^ExecStart=$SBINDIR/blip2d |ExecStart=$DAEMON |" "$1" >"$2"; }
 point "$BLD/systemd/blip2d.service" "$T/system/blip2d.service"
 point "$BLD/systemd/user/blip2d.service" "$T/user/blip2d.service"
+[ -f "$BLD/systemd/blip2d-worker.service" ] && point "$BLD/systemd/blip2d-worker.service" "$T/system/blip2d-worker.service"
 cp "$SRC/systemd/blip2d.socket" "$T/system/blip2d.socket"
 cp "$SRC/systemd/user/blip2d.socket" "$T/user/blip2d.socket"
 
@@ -64,7 +65,9 @@ fi
 verify() { # verify NAME [--user] DIR: units in DIR
   name=$1; shift
   if [ "$1" = --user ]; then mode=--user; shift; else mode=--system; fi
-  (cd "$1" && XDG_RUNTIME_DIR=$T/xdg systemd-analyze $mode verify --man=no ./blip2d.socket ./blip2d.service) >"$T/out" 2>&1
+  units="./blip2d.socket ./blip2d.service"
+  [ -f "$1/blip2d-worker.service" ] && units="$units ./blip2d-worker.service"
+  (cd "$1" && XDG_RUNTIME_DIR=$T/xdg systemd-analyze $mode verify --man=no $units) >"$T/out" 2>&1
   st=$?
   if [ $st -eq 0 ] && [ ! -s "$T/out" ]; then ok "$name"
   else not_ok "$name" "exit status $st" "$(head -c 2000 "$T/out")"; fi

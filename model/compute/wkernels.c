@@ -280,9 +280,9 @@ const char *b2__wkernels_name(void) { return wimpl()->name; }
 
 /* ---- how far ahead the SIMD tiles prefetch W ----
  * The hardware prefetchers stop at 4 KiB page boundaries; asking for the
- * lines a few pages ahead keeps the reads streaming (bench/README.md
- * section 8: 8 to 32 KiB gave q8_0 ~85-90 % of the memory rate against
- * ~70 % without, f16/bf16 +3 to +6 points). */
+ * lines a few pages ahead keeps the reads streaming (bench/RESULTS.md,
+ * "Decoding at memory speed", 2026-11-27: 8 to 32 KiB gave q8_0 ~85-90 %
+ * of the memory rate against ~70 % without, f16/bf16 +3 to +6 points). */
 
 /* b2__wprefetch itself is defined in wtype.c, the leaf every kernel file may use. */
 static pthread_once_t wprefetch_once = PTHREAD_ONCE_INIT;

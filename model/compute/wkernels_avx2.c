@@ -27,7 +27,7 @@
  * next 4 KiB pages' lines are asked for while this one is read (the
  * hardware prefetchers stop at page boundaries).  Without it the reads
  * did not keep streaming, q8_0 (~3x bf16's work per byte) least of all
- * (bench/README.md section 8).
+ * (bench/RESULTS.md, "Decoding at memory speed", 2026-11-27).
  * Smaller tiles for the row tails run the same per-pair arithmetic, so a
  * pair's result does not depend on the tile it landed in (batch
  * invariance).  W may have any alignment (rows of odd k are not even

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "image.h"
 #include "kernels.h"
+#include "lm.h"
 #include "tokenizer.h"
 
 typedef struct b2_vision_layer {
@@ -47,7 +48,9 @@ typedef struct blip2_model blip2_model; /* as in blip2.h */
 
 struct blip2_model {
     b2_config cfg;
+    const b2_lm_ops *lm;      /* the language model's operations (lm.h): b2__opt_lm or b2__t5_lm */
     b2_preproc pp;
+    uint64_t max_pixels;   /* blip2_load_opts.max_pixels: images above are refused (0: default) */
     b2_bpe *tok;
 
     /* vision */
@@ -95,19 +98,7 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
 int b2__qformer_forward(const blip2_model *m, const float *img, int n, float *out,
                         blip2_error *err);
 
-/* ---- OPT decoder with KV cache ---- */
-
-/* One sequence's cache: per layer (cap, D) keys and values (T5 decoder:
- * (t_dec_layers, cap, heads * d_kv)). */
-typedef struct b2_kv {
-    float *k, *v;   /* (t_layers, cap, D) */
-    int len, cap;
-} b2_kv;
-
-int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap);
-void b2__kv_free(b2_kv *kv);
-/* dst takes src's first len positions (dst->cap >= src->len). */
-void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m);
+/* ---- OPT decoder (its KV cache: kv.h; its b2_lm_ops: b2__opt_lm) ---- */
 
 /* Scratch for b2__opt_forward, sized for up to max_rows rows and contexts
  * up to max_ctx positions. */

@@ -17,6 +17,8 @@
  * row's own cache.
  * Positions are cache slots: the reference derives position ids from the
  * attention mask (cumsum - 1), which for unpadded rows is the slot index.
+ * b2__opt_lm (at the end) is OPT behind the language-model interface of
+ * lm.h: a decoder-only family, its prefill is rows of the decoder.
  */
 #include "model.h"
 #include "error.h"
@@ -24,51 +26,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Layers and row width of a KV cache: OPT, or the T5 decoder. */
-static void kv_dims(const blip2_model *m, size_t *layers, size_t *width)
-{
-    const b2_config *c = &m->cfg;
-    *layers = (size_t)(c->family == B2_FAMILY_T5 ? c->t_dec_layers : c->t_layers);
-    *width = c->family == B2_FAMILY_T5 ? (size_t)c->t_heads * c->t_dkv : (size_t)c->t_hidden;
-}
-
-int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap)
-{
-    size_t layers, width;
-    kv_dims(m, &layers, &width);
-    size_t sz = layers * cap * width;
-    kv->k = malloc(sizeof(float) * sz);
-    kv->v = malloc(sizeof(float) * sz);
-    kv->len = 0;
-    kv->cap = cap;
-    if (!kv->k || !kv->v) {
-        b2__kv_free(kv);
-        return BLIP2_ENOMEM;
-    }
-    return 0;
-}
-
-void b2__kv_free(b2_kv *kv)
-{
-    free(kv->k);
-    free(kv->v);
-    kv->k = kv->v = NULL;
-    kv->len = kv->cap = 0;
-}
-
-void b2__kv_copy(b2_kv *dst, const b2_kv *src, const blip2_model *m)
-{
-    size_t layers, D;
-    kv_dims(m, &layers, &D);
-    for (size_t l = 0; l < layers; l++) {
-        memcpy(dst->k + (size_t)l * dst->cap * D, src->k + (size_t)l * src->cap * D,
-               sizeof(float) * src->len * D);
-        memcpy(dst->v + (size_t)l * dst->cap * D, src->v + (size_t)l * src->cap * D,
-               sizeof(float) * src->len * D);
-    }
-    dst->len = src->len;
-}
 
 int b2__opt_ws_init(b2_opt_ws *ws, const blip2_model *m, int max_rows, int max_ctx)
 {
@@ -157,3 +114,49 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
     if (c->t_final_ln) b2__layernorm(h, h, n, &m->final_ln, eps);
     memcpy(hidden, h, sizeof(float) * (size_t)n * D);
 }
+
+/* ---- b2_lm_ops ---- */
+
+static void opt_kv_dims(const blip2_model *m, size_t *layers, size_t *width)
+{
+    *layers = (size_t)m->cfg.t_layers;
+    *width = (size_t)m->cfg.t_hidden;
+}
+
+static int opt_ws_reserve(const blip2_model *m, void **ws, int rows, int ctx, int enc_rows)
+{
+    (void)enc_rows; /* no encoder */
+    b2_opt_ws *w = *ws;
+    if (!w && !(w = *ws = calloc(1, sizeof *w))) return BLIP2_ENOMEM;
+    if (rows <= w->max_rows && ctx <= w->max_ctx) return 0;
+    const int r = rows > w->max_rows ? rows : w->max_rows, x = ctx > w->max_ctx ? ctx : w->max_ctx;
+    b2__opt_ws_free(w);
+    return b2__opt_ws_init(w, m, r, x);
+}
+
+static void opt_ws_free(void *ws)
+{
+    if (!ws) return;
+    b2__opt_ws_free(ws);
+    free(ws);
+}
+
+static void opt_forward(const blip2_model *m, void *ws, const b2_lm_rows *r, float *hidden)
+{
+    b2__opt_forward(m, ws, r->emb, r->n, r->kv, r->seq, r->pos, hidden);
+}
+
+static void opt_logits(const blip2_model *m, float *hidden, int n, float *logits)
+{
+    b2__opt_logits(m, hidden, n, logits);
+}
+
+const b2_lm_ops b2__opt_lm = {
+    .name = "opt",
+    .kv_dims = opt_kv_dims,
+    .embed = b2__opt_embed,
+    .ws_reserve = opt_ws_reserve,
+    .ws_free = opt_ws_free,
+    .forward = opt_forward,
+    .logits = opt_logits,
+};

@@ -20,6 +20,8 @@
  * (buckets, H) of block 0, reused by every block of its stack.
  * Decoder projections go through b2__linear_rows so a row's numbers do not
  * depend on what it is batched with.
+ * b2__t5_lm (at the end) is T5 behind the language-model interface of
+ * lm.h: an encoder-decoder family, its prefill runs the encoder.
  */
 #include "t5.h"
 #include "error.h"
@@ -242,7 +244,7 @@ void b2__t5_ws_free(b2_t5_ws *ws)
     memset(ws, 0, sizeof *ws);
 }
 
-void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const int32_t *tok, int n,
+void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
                    struct b2_kv *const *kvs, const b2_t5_cross *const *cross,
                    const int *seq, const int *pos, float *hidden)
 {
@@ -250,7 +252,7 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const int32_t *tok, int n
     const struct b2_t5 *t = m->t5;
     const int D = c->t_hidden, H = c->t_heads, dk = c->t_dkv, I = H * dk;
     float *h = ws->h, *x = ws->x;
-    b2__t5_embed(m, tok, n, h);
+    memcpy(h, emb, sizeof(float) * (size_t)n * D);
     for (int l = 0; l < c->t_dec_layers; l++) {
         const b2_t5_layer *L = &t->dec[l];
         rmsnorm(x, h, n, D, L->ln_sa, c->t_eps);
@@ -303,13 +305,13 @@ int b2__t5_forward(const blip2_model *m, const float *emb, int n_enc, const int3
     const int D = m->cfg.t_hidden;
     float *scratch = malloc(sizeof(float) * b2__t5_encode_scratch(m, n_enc));
     float *enc = malloc(sizeof(float) * (size_t)n_enc * D);
-    float *hid = malloc(sizeof(float) * (size_t)T * D);
+    float *hid = malloc(sizeof(float) * (size_t)T * D), *demb = malloc(sizeof(float) * (size_t)T * D);
     int *seq = calloc((size_t)T, sizeof(int)), *pos = malloc(sizeof(int) * (size_t)T);
     b2_t5_cross cr = {0};
     b2_kv kv = {0};
     b2_t5_ws ws = {0};
     int rc = BLIP2_ENOMEM;
-    if (!scratch || !enc || !hid || !seq || !pos) goto out;
+    if (!scratch || !enc || !hid || !demb || !seq || !pos) goto out;
     if (b2__t5_cross_init(&cr, m, n_enc) < 0 || b2__kv_init(&kv, m, T) < 0) goto out;
     if (b2__t5_ws_init(&ws, m, T, T > n_enc ? T : n_enc) < 0) goto out;
     b2__t5_encode(m, emb, n_enc, enc, scratch);
@@ -318,13 +320,110 @@ int b2__t5_forward(const blip2_model *m, const float *emb, int n_enc, const int3
     for (int i = 0; i < T; i++) pos[i] = i;
     b2_kv *kvp = &kv;
     const b2_t5_cross *crp = &cr;
-    b2__t5_decode(m, &ws, dec, T, &kvp, &crp, seq, pos, hid);
+    b2__t5_embed(m, dec, T, demb);
+    b2__t5_decode(m, &ws, demb, T, &kvp, &crp, seq, pos, hid);
     b2__t5_logits(m, hid, T, logits);
     rc = 0;
 out:
     b2__t5_ws_free(&ws);
     b2__kv_free(&kv);
     b2__t5_cross_free(&cr);
-    free(scratch); free(enc); free(hid); free(seq); free(pos);
+    free(scratch); free(enc); free(hid); free(demb); free(seq); free(pos);
     return rc;
 }
+
+/* ---- b2_lm_ops ---- */
+
+static void t5_kv_dims(const blip2_model *m, size_t *layers, size_t *width)
+{
+    *layers = (size_t)m->cfg.t_dec_layers;
+    *width = (size_t)m->cfg.t_heads * m->cfg.t_dkv;
+}
+
+/* The decoder's scratch, and the encoder's input, output and scratch. */
+typedef struct t5_lm_ws {
+    b2_t5_ws dec;
+    float *enc;     /* (enc_rows, D) in, (enc_rows, D) out, b2__t5_encode_scratch(enc_rows) */
+    size_t cap_enc; /* floats */
+} t5_lm_ws;
+
+static int t5_ws_reserve(const blip2_model *m, void **ws, int rows, int ctx, int enc_rows)
+{
+    t5_lm_ws *w = *ws;
+    if (!w && !(w = *ws = calloc(1, sizeof *w))) return BLIP2_ENOMEM;
+    if (rows > w->dec.max_rows || ctx > w->dec.max_ctx) {
+        const int r = rows > w->dec.max_rows ? rows : w->dec.max_rows;
+        const int x = ctx > w->dec.max_ctx ? ctx : w->dec.max_ctx;
+        b2__t5_ws_free(&w->dec);
+        if (b2__t5_ws_init(&w->dec, m, r, x) < 0) return BLIP2_ENOMEM;
+    }
+    /* the encoder's input and output (enc_rows, D) each, then its scratch */
+    const size_t need = enc_rows > 0
+                        ? 2 * (size_t)enc_rows * m->cfg.t_hidden + b2__t5_encode_scratch(m, enc_rows) : 0;
+    if (need > w->cap_enc) {
+        free(w->enc);
+        w->cap_enc = 0;
+        if (!(w->enc = malloc(sizeof(float) * need))) return BLIP2_ENOMEM;
+        w->cap_enc = need;
+    }
+    return 0;
+}
+
+static void t5_ws_free(void *ws)
+{
+    t5_lm_ws *w = ws;
+    if (!w) return;
+    b2__t5_ws_free(&w->dec);
+    free(w->enc);
+    free(w);
+}
+
+static void t5_forward(const blip2_model *m, void *ws, const b2_lm_rows *r, float *hidden)
+{
+    t5_lm_ws *w = ws;
+    b2__t5_decode(m, &w->dec, r->emb, r->n, r->kv, r->enc, r->seq, r->pos, hidden);
+}
+
+static int t5_enc_new(const blip2_model *m, int n, struct b2_lm_enc **enc)
+{
+    b2_t5_cross *cr = calloc(1, sizeof *cr);
+    if (!cr || b2__t5_cross_init(cr, m, n) < 0) {
+        free(cr);
+        return BLIP2_ENOMEM;
+    }
+    *enc = cr;
+    return 0;
+}
+
+static void t5_enc_free(struct b2_lm_enc *enc)
+{
+    if (!enc) return;
+    b2__t5_cross_free(enc);
+    free(enc);
+}
+
+/* encoder over [query ; shared(ids)], then the cross keys and values */
+static void t5_prefill(const blip2_model *m, void *ws, const float *query, int Q, const int32_t *ids, int L,
+                       struct b2_lm_enc *enc)
+{
+    t5_lm_ws *w = ws;
+    const int D = m->cfg.t_hidden, ne = Q + L;
+    float *in = w->enc, *out = in + (size_t)ne * D;
+    memcpy(in, query, sizeof(float) * (size_t)Q * D);
+    b2__t5_embed(m, ids, L, in + (size_t)Q * D);
+    b2__t5_encode(m, in, ne, out, out + (size_t)ne * D);
+    b2__t5_cross_fill(m, enc, out);
+}
+
+const b2_lm_ops b2__t5_lm = {
+    .name = "t5",
+    .kv_dims = t5_kv_dims,
+    .embed = b2__t5_embed,
+    .ws_reserve = t5_ws_reserve,
+    .ws_free = t5_ws_free,
+    .forward = t5_forward,
+    .logits = b2__t5_logits,
+    .enc_new = t5_enc_new,
+    .enc_free = t5_enc_free,
+    .prefill = t5_prefill,
+};

@@ -8,7 +8,8 @@
  * a decoder self-attention cache per sequence (b2_kv, shaped
  * (dec_layers, cap, H*d_kv)), the cross-attention keys and values of one
  * request (b2_t5_cross, computed once from the encoder output) and a
- * workspace per thread (b2_t5_ws).
+ * workspace per thread (b2_t5_ws).  b2__t5_lm (lm.h) is T5 behind the
+ * language-model interface generation uses.
  */
 #ifndef BLIP2_T5_H
 #define BLIP2_T5_H
@@ -60,8 +61,9 @@ size_t b2__t5_encode_scratch(const blip2_model *m, int n);
  * attends to all n rows (the caller passes only unmasked positions). */
 void b2__t5_encode(const blip2_model *m, const float *emb, int n, float *out, float *scratch);
 
-/* One request's cross-attention keys and values, (dec_layers, n, I) each. */
-typedef struct b2_t5_cross {
+/* One request's cross-attention keys and values, (dec_layers, n, I) each:
+ * what the decoder keeps of the encoder, T5's struct b2_lm_enc (lm.h). */
+typedef struct b2_lm_enc {
     float *k, *v;
     int n;
 } b2_t5_cross;
@@ -81,13 +83,14 @@ typedef struct b2_t5_ws {
 int b2__t5_ws_init(b2_t5_ws *ws, const blip2_model *m, int max_rows, int max_ctx);
 void b2__t5_ws_free(b2_t5_ws *ws);
 
-/* Runs n decoder rows.  Row i is token tok[i] of sequence seq[i] at
+/* Runs n decoder rows.  Row i is the embedding emb[i] (D floats, b2__t5_embed
+ * of a token) of sequence seq[i] at
  * decoder position pos[i]: its self-attention keys and values go to slot
  * pos[i] of kvs[seq[i]] and it attends to slots 0..pos[i] (rows of one
  * sequence in position order), then to all of cross[seq[i]].  hidden
  * (n, D) gets the final-RMSNorm output.  Each row's numbers do not depend
  * on the other rows.  Does not change kv->len. */
-void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const int32_t *tok, int n,
+void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
                    struct b2_kv *const *kvs, const b2_t5_cross *const *cross,
                    const int *seq, const int *pos, float *hidden);
 

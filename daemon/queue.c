@@ -70,6 +70,7 @@ struct b2d_queue {
     char root[PATH_MAX];      /* realpath of allow_paths, or "" */
     int rootfd;
     b2d_queue_submit_fn submit;
+    b2d_queue_written_fn written; /* or NULL */
     void *ctx;
     pthread_t th;
     pthread_mutex_t mu;
@@ -265,6 +266,7 @@ static void write_results(b2d_queue *w)
             pthread_mutex_unlock(&w->mu);
             return;
         }
+        if (w->written) w->written(w->ctx, r->len);
         free(r);
         r = next;
     }
@@ -622,8 +624,8 @@ static void *queue_main(void *arg)
     return NULL;
 }
 
-int b2d_queue_start(b2d_queue **out, const b2d_queue_opts *o, b2d_queue_submit_fn submit, void *ctx,
-                    char *msg, size_t ml)
+int b2d_queue_start(b2d_queue **out, const b2d_queue_opts *o, b2d_queue_submit_fn submit,
+                    b2d_queue_written_fn written, void *ctx, char *msg, size_t ml)
 {
     *out = NULL;
     b2d_queue *w = calloc(1, sizeof *w);
@@ -655,6 +657,7 @@ int b2d_queue_start(b2d_queue **out, const b2d_queue_opts *o, b2d_queue_submit_f
         }
     }
     w->submit = submit;
+    w->written = written;
     w->ctx = ctx;
     w->backoff_ms = 100;
     pthread_mutex_init(&w->mu, NULL);

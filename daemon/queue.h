@@ -40,11 +40,17 @@ typedef struct b2d_queue_opts {
  * Returns 0, then b2d_queue_reply(token, ...) follows exactly once, or a
  * refusal B2IPC_E* (B2IPC_EBUSY: the worker tries again later). */
 typedef int (*b2d_queue_submit_fn)(void *ctx, const b2ipc_request *rq, int fd, uint64_t token);
+/* Optional: the worker has written (or dropped) a reply of len bytes that
+ * b2d_queue_reply handed it; called from the worker thread, holding none
+ * of its locks, until b2d_queue_stop returns.  The daemon uses it
+ * to release the reply's bytes from the client's output cap, so replies
+ * waiting for an absent Redis hold the scheduler back. */
+typedef void (*b2d_queue_written_fn)(void *ctx, size_t len);
 
 /* Checks the options and starts the worker thread (it connects on its own
  * and keeps reconnecting).  0, or -1 with msg set (bad URL, bad root). */
 int b2d_queue_start(b2d_queue **out, const b2d_queue_opts *o, b2d_queue_submit_fn submit,
-                    void *ctx, char *msg, size_t msg_len);
+                    b2d_queue_written_fn written, void *ctx, char *msg, size_t msg_len);
 /* The terminal reply of a submitted job: one MessagePack map (no frame
  * prefix), copied.  Thread-safe. */
 void b2d_queue_reply(b2d_queue *w, uint64_t token, const uint8_t *payload, size_t len);

@@ -25,9 +25,9 @@ struct b2d_queue_front {
     b2d_client *client;
 };
 
-/* Returns 0: the worker thread owns the copy it queues for Redis, and it
- * is bounded by the queue window (--queue-window jobs), not by the output
- * cap of a peer that reads. */
+/* Returns the bytes now held for the worker: they count against the
+ * client's output cap until queue_written_cb, so results that cannot be
+ * written (Redis away) stop the scheduler from making more. */
 static size_t queue_reply_cb(void *ctx, const b2ipc_reply *rp, int terminal)
 {
     b2d_queue_front *qf = ctx;
@@ -40,9 +40,16 @@ static size_t queue_reply_cb(void *ctx, const b2ipc_reply *rp, int terminal)
         msgpack_sbuffer_destroy(&sb);
         return 0; /* no reply: the job stays pending in Redis and is done again */
     }
-    b2d_queue_reply(qf->w, rp->id, (const uint8_t *)sb.data + 4, sb.size - 4);
+    size_t n = sb.size - 4;
+    b2d_queue_reply(qf->w, rp->id, (const uint8_t *)sb.data + 4, n);
     msgpack_sbuffer_destroy(&sb);
-    return 0;
+    return n;
+}
+
+static void queue_written_cb(void *ctx, size_t len)
+{
+    b2d_queue_front *qf = ctx;
+    b2d_client_sent(qf->client, len);
 }
 
 static const b2d_sink queue_sink = {queue_reply_cb};
@@ -74,7 +81,7 @@ int b2d_queue_front_start(b2d_queue_front **out, b2d_core *core, const b2d_confi
     o.lim = *b2d_core_limits(core);
     o.max_frame = cfg->max_frame;
     char msg[512];
-    if (b2d_queue_start(&qf->w, &o, queue_submit_cb, qf, msg, sizeof msg) < 0) {
+    if (b2d_queue_start(&qf->w, &o, queue_submit_cb, queue_written_cb, qf, msg, sizeof msg) < 0) {
         LOG_ERR("--queue: %s", msg);
         b2d_client_close(qf->client);
         free(qf);
@@ -92,7 +99,10 @@ void b2d_queue_front_drain(b2d_queue_front *qf)
 void b2d_queue_front_stop(b2d_queue_front *qf)
 {
     if (!qf) return;
-    b2d_client_close(qf->client); /* nothing reaches the sink from here on */
-    b2d_queue_stop(qf->w, 5);     /* what finished is written (5 s at most if Redis is away) */
+    /* the core has stopped, so the sink is not called any more: what
+     * finished is written (5 s at most if Redis is away; queue_written_cb
+     * still reports to the client), then the client goes */
+    b2d_queue_stop(qf->w, 5);
+    b2d_client_close(qf->client);
     free(qf);
 }

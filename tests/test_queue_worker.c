@@ -191,7 +191,7 @@ static fake *fake_start(const char *consumer, double idle_s, unsigned tries, con
     char msg[256];
     pthread_create(&f->th, NULL, fake_main, f);
     pthread_mutex_lock(&f->mu);
-    if (b2d_queue_start(&f->w, &o, fake_submit, f, msg, sizeof msg) < 0) {
+    if (b2d_queue_start(&f->w, &o, fake_submit, NULL, f, msg, sizeof msg) < 0) {
         diag("b2d_queue_start: %s", msg);
         exit(1);
     }

@@ -1277,6 +1277,13 @@ static int run_tool(const char *tool, const char *env_name, char *const av[])
             if (slash && !strcmp(slash, "/.libs")) {
                 strcpy(slash + 1, tool);
                 execv(self, av);
+                *slash = 0;
+                slash = strrchr(self, '/');
+            }
+            /* the build tree: ctl/blip2ctl next to model/blip2-convert */
+            if (slash && !strcmp(slash, "/ctl")) {
+                strcpy(slash + 1, "model/blip2-convert");
+                execv(self, av);
             }
         }
     }

@@ -127,6 +127,7 @@ int main(int argc, char **argv)
     }
     printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %.1f MiB in %.2f s\n", out, st.tensors,
            st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, st.bytes / 1048576.0, st.seconds);
+    fflush(stdout);
     if (!strcmp(type, "q8_0") && st.n_f16 > 0)
         fprintf(stderr, "%s: warning: %d of %d matrices are f16, not q8_0: their rows are not a multiple "
                 "of 32 values, which q8_0 blocks need%s\n", prog, st.n_f16, st.n_f16 + st.n_q8_0,

@@ -42,6 +42,11 @@ for model in opt-tiny opt-tiny-sharded t5-tiny; do
         fi
     done
 done
+# from the build tree, without $BLIP2_CONVERT: blip2ctl finds model/blip2-convert
+case $BLIP2CTL in */ctl/blip2ctl)
+    env -u BLIP2_CONVERT "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/bt.gguf" >"$tmp/log" 2>&1
+    t $? "blip2ctl convert in the build tree finds model/blip2-convert ($(tail -1 "$tmp/log"))" ;;
+esac
 # blip2d serves a .gguf file directly (mapped, --mlock) with the same
 # caption blip2-infer gives from the folder
 BLIP2D=${BLIP2D:-./daemon/blip2d}

@@ -50,7 +50,7 @@ unset JOURNAL_STREAM
 bad=$(grep -cv '^<[3-7]>' "$T/journal.log")
 [ -s "$T/journal.log" ] && [ "$bad" -eq 0 ] && ! grep -q 'blip2d\[' "$T/journal.log"
 report $((1 - $?)) "under journald (\$JOURNAL_STREAM is stderr): '<N>message', no time or pid of our own" "$(head -3 "$T/journal.log")"
-grep -q '^<6>ready: serving' "$T/journal.log"
+grep -q '^<6>loading ' "$T/journal.log"
 report $((1 - $?)) "... info lines are <6>" "$(head -3 "$T/journal.log")"
 
 # ---- sockets -----------------------------------------------------------------

@@ -47,7 +47,7 @@ packages() {
     ipc) if pkg-config --exists msgpack-c; then echo msgpack-c; else echo msgpack; fi ;;
     safetensors|config) echo jansson ;;
     tokenizer) echo "jansson libpcre2-8" ;;
-    image) echo "vips jansson" ;;
+    image) echo "vips libtiff-4 jansson" ;;
     gguf) echo jansson ;;
     esac
 }

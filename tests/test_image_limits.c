@@ -17,6 +17,8 @@
  *     TIFF codecs outside it (ZSTD, WebP, CCITT G4): refused with the
  *     documented message, no row decoded; LZW, Deflate, PackBits and
  *     JPEG-in-TIFF decode.
+ *   - a stop callback (blip2_image_opts.stop, a server's canceled job)
+ *     ends a decode in progress with BLIP2_ECANCELED.
  * "No row decoded" is b2__image_rows_decoded(), a counter of the rows the
  * decoder delivered; memory is ru_maxrss.  No test depends on time.
  */
@@ -321,6 +323,40 @@ static void test_huge_header(void)
     g_free(png);
 }
 
+static int stop_after(void *ud)
+{
+    int *calls = ud;
+    return ++*calls > 3;
+}
+
+/* A stop callback ends a decode in progress: BLIP2_ECANCELED, and only the
+ * first bands of rows were decoded. */
+static void test_stop(void)
+{
+    VipsImage *b = NULL;
+    size_t len;
+    vips_black(&b, 3000, 3000, "bands", 3, NULL);
+    b->Type = VIPS_INTERPRETATION_sRGB;
+    void *png = save(b, ".png", 0, &len);
+    g_object_unref(b);
+    b2_preproc p;
+    blip2_error err;
+    static float px[3 * 224 * 224];
+    int calls = 0;
+    blip2_image_opts o = {.stop = stop_after, .stop_ud = &calls};
+    b2__preproc_default(&p);
+    uint64_t rows0 = b2__image_rows_decoded();
+    int rc = png ? b2__preprocess(&p, png, len, &o, px, &err) : 0;
+    uint64_t rows = b2__image_rows_decoded() - rows0;
+    ok(rc == BLIP2_ECANCELED && rows < 3000,
+       "a stop callback ends a 3000x3000 decode: rc %d, %llu of 3000 rows "
+       "decoded", rc, (unsigned long long)rows);
+    calls = -1000000;
+    ok(png && b2__preprocess(&p, png, len, &o, px, &err) == 0,
+       "the same image decodes when the callback says go on");
+    g_free(png);
+}
+
 static void test_formats(void *const *tif, const size_t *tlen,
                          const char *const *tname, int ntif)
 {
@@ -402,6 +438,7 @@ int main(void)
     test_orientations();
     test_scans();
     test_huge_header();
+    test_stop();
     test_formats(tif, tlen, tname, NT);
     for (int i = 0; i < NT; i++)
         g_free(tif[i]);

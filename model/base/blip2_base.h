@@ -42,6 +42,12 @@ const char *blip2_strerror(int code);
 typedef struct blip2_image_opts {
     int no_exif_rotate;   /* 1: ignore EXIF orientation (the reference does) */
     uint64_t max_pixels;  /* decoded width*height limit; 0 = default (64 Mpx) */
+    /* Optional: polled before decoding and between bands of rows while
+     * decoding, on whatever thread decodes (libvips' workers too); once it
+     * returns nonzero the decode stops with BLIP2_ECANCELED.  For a server
+     * whose client has gone. */
+    int (*stop)(void *stop_ud);
+    void *stop_ud;
 } blip2_image_opts;
 
 /* What an image's header says, read by blip2_image_probe without decoding

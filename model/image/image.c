@@ -275,12 +275,18 @@ static int to_rgb8(VipsObject *ctx, VipsImage *in, VipsImage **out)
 typedef struct sink_rows {
     uint8_t *dst; /* (H,W,3) */
     size_t stride; /* W*3 */
+    const blip2_image_opts *o; /* its stop callback, if any */
+    int stopped;
 } sink_rows;
 
 /* vips_sink_disc calls this in row order with full-width areas. */
 static int sink_rows_cb(VipsRegion *region, VipsRect *area, void *a)
 {
     sink_rows *s = a;
+    if (s->o && s->o->stop && s->o->stop(s->o->stop_ud)) {
+        s->stopped = 1; /* vips_sink_disc ends with an error */
+        return -1;
+    }
     for (int y = area->top; y < area->top + area->height; y++)
         memcpy(s->dst + (size_t)y * s->stride,
                VIPS_REGION_ADDR(region, area->left, y), s->stride);
@@ -522,9 +528,18 @@ static int decode_stored(const void *bytes, size_t len,
                      x->Xsize, x->Ysize);
         goto fail;
     }
-    sink_rows s = {buf, (size_t)x->Xsize * 3};
+    sink_rows s = {buf, (size_t)x->Xsize * 3, o, 0};
+    if (o && o->stop && o->stop(o->stop_ud)) {
+        rc = b2__err(err, BLIP2_ECANCELED, "image: decoding canceled");
+        goto fail;
+    }
     rc = vips_sink_disc(x, sink_rows_cb, &s);
     B2_TSAN_ACQUIRE(&s);
+    if (rc && s.stopped) {
+        vips_error_clear();
+        rc = b2__err(err, BLIP2_ECANCELED, "image: decoding canceled");
+        goto fail;
+    }
     if (rc) {
         rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
                      vips_reason(why, sizeof why));

@@ -429,10 +429,11 @@ static void prepared(b2d_core *core, b2d_job *j, int status)
     core->in_prep--;
     pthread_mutex_unlock(&core->mu);
     int why = atomic_load(&j->canceled);
-    if (status < 0 || j->err)
+    if (status == 0 && why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE))
+        j->ops->abandon(j); /* canceled: whatever preparation did (a decode
+                              * it stopped included) ends as canceled */
+    else if (status < 0 || j->err)
         b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "cannot prepare the request" : j->errmsg);
-    else if (why && (j->ops->cancel_stops || why >= B2D_CANCEL_GONE))
-        j->ops->abandon(j);
     b2d_engine_prepared(core->eng, j);
     b2d_job_unref(j); /* the preparation's reference */
 }

@@ -34,6 +34,7 @@
 #include "cache.h"
 #include "frontend.h"
 #include "queue.h"
+#include "sockfile.h"
 
 /* A loaded model shared by the jobs that use it: a SIGHUP reload swaps the
  * core's current model while running jobs finish on the one they began
@@ -70,6 +71,7 @@ typedef struct b2d_config {
     int max_inflight_per_uid;/* requests in flight of one uid (all its connections) */
     double idle_exit;        /* > 0: exit after this many idle seconds */
     int activated;           /* the listening socket came from systemd */
+    b2d_sockfile *sockfile;  /* the socket file blip2d made (NULL: systemd's) */
     uid_t *allow_uid;        /* who may connect (both empty: anyone the socket lets in) */
     int n_allow_uid;
     gid_t *allow_gid;

@@ -9,6 +9,12 @@
  *     turns into the entry's priority; it adds time, identifier and pid;
  *   - anywhere else (a terminal, nohup.out, docker logs, a pipe):
  *     "2026-12-06 03:01:41.123 blip2d[PID]: info: message", local time.
+ *
+ * Messages quote what clients send (hello.client, refused frames, image
+ * errors), so every control byte of the message (newline, carriage
+ * return, escape, DEL ...) is written as \xNN: a client cannot start a
+ * line of its own, with a "<N>" priority it chooses, or drive a terminal.
+ * The prefix is the only thing on a line not escaped.
  */
 #include "log.h"
 
@@ -44,7 +50,7 @@ void b2d_log(int level, const char *fmt, ...)
     static const int prio[] = {3, 4, 6, 7};
     if (level > b2d_log_level) return;
     if (log_journal < 0) log_journal = b2d_log_to_journal();
-    char buf[1024];
+    char buf[1200];
     int n;
     if (log_journal) {
         n = snprintf(buf, sizeof buf, "<%d>%s", prio[level],
@@ -60,11 +66,25 @@ void b2d_log(int level, const char *fmt, ...)
         n = snprintf(buf, sizeof buf, "%s.%03ld blip2d[%ld]: %s: ", ts, (long)(tv.tv_usec / 1000),
                      (long)getpid(), names[level]);
     }
+    static const char hex[] = "0123456789abcdef";
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof buf - (size_t)n - 1 ? (size_t)m : sizeof buf - (size_t)n - 2);
+    size_t mlen = m < 0 ? 0 : (size_t)m < sizeof msg ? (size_t)m : sizeof msg - 1;
+    size_t len = n < 0 ? 0 : (size_t)n;
+    for (size_t i = 0; i < mlen && len + 5 < sizeof buf; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c < 0x20 || c == 0x7f) { /* control bytes as \xNN */
+            buf[len++] = '\\';
+            buf[len++] = 'x';
+            buf[len++] = hex[c >> 4];
+            buf[len++] = hex[c & 15];
+        } else {
+            buf[len++] = (char)c;
+        }
+    }
     buf[len++] = '\n';
     ssize_t w = write(2, buf, len);
     (void)w;

@@ -17,7 +17,8 @@ void b2d_log_init(void);
 int b2d_log_to_journal(void);
 
 /* One line on stderr in the form b2d_log_init chose; thread-safe (a single
- * write per line). */
+ * write per line).  Control bytes of the formatted message (newlines, ESC,
+ * DEL ...) are written as \xNN, so text a client sent cannot add lines. */
 void b2d_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define LOG_ERR(...) b2d_log(B2D_LOG_ERROR, __VA_ARGS__)

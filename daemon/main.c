@@ -3,15 +3,18 @@
  * handing over to the server loop (server.c).
  *
  *   parse flags -> load the model (mapped weights, checked) -> take the
- *   socket systemd passed (LISTEN_FDS), or create one (stale file replaced,
- *   a live daemon refused, mode 0660) -> b2d_server_run until SIGTERM/SIGINT
- *   or the idle exit -> remove the socket (if it is ours) -> exit 0.
+ *   socket systemd passed (LISTEN_FDS), or create one (daemon/sockfile.c:
+ *   stale file replaced, a live daemon refused, born 0660) ->
+ *   b2d_server_run until SIGTERM/SIGINT or the idle exit -> remove the
+ *   socket file, once (SIGTERM may have), and only if it is still ours ->
+ *   exit 0.
  */
 #include "b2q.h"
 #include "daemon.h"
 #include "http.h"
 #include "log.h"
 #include "sigbus.h"
+#include "sockfile.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -191,68 +194,6 @@ static int parse_ids(const char *arg, int groups, uid_t **ids, int *n)
     }
     free(copy);
     return 0;
-}
-
-/* Binds and listens on path: a stale socket file is replaced, a live
- * daemon on it is an error.  Returns the fd or -1 (logged). */
-static int make_socket(const char *path)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) {
-        LOG_ERR("socket path too long: %s", path);
-        return -1;
-    }
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) { LOG_ERR("socket: %s", strerror(errno)); return -1; }
-    mode_t old = umask(0117); /* the file is born 0660 */
-    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    if (rc < 0 && errno == EADDRINUSE) {
-        struct stat st;
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
-        if (probe >= 0) close(probe);
-        if (live) {
-            umask(old);
-            LOG_ERR("another daemon is already listening on %s", path);
-            close(fd);
-            return -1;
-        }
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-            LOG_INFO("removing stale socket %s", path);
-            unlink(path);
-            rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-        }
-    }
-    umask(old);
-    if (rc < 0) {
-        int e = errno;
-        struct stat st;
-        char dir[sizeof sa.sun_path];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
-        else strcpy(dir, ".");
-        if (e != ENOENT && lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
-            LOG_ERR("cannot bind %s: the file exists and is not a socket (left alone); give --socket another "
-                    "path", path);
-        else if (e == ENOENT && stat(dir, &st) != 0)
-            LOG_ERR("cannot bind %s: the directory %s does not exist; create it (for the system service: "
-                    "systemd-tmpfiles --create blip2.conf, which makes /run/blip2 with mode 0750 and group "
-                    "blip2), or give --socket PATH", path, dir);
-        else
-            LOG_ERR("cannot bind %s: %s", path, strerror(e));
-        close(fd);
-        return -1;
-    }
-    chmod(path, 0660);
-    if (listen(fd, 128) < 0) {
-        LOG_ERR("listen: %s", strerror(errno));
-        close(fd);
-        unlink(path);
-        return -1;
-    }
-    return fd;
 }
 
 /* --http: the HTTP front end, started and stopped by the server (frontends_*). */
@@ -451,6 +392,7 @@ int main(int argc, char **argv)
         LOG_INFO("weights mapped from %s (%.1f MiB%s)", mpath, msize / 1048576.0, cfg.load.mlock ? ", locked" : "");
     else if (cfg.load.mlock)
         LOG_WARN("--mlock locks mapped GGUF weights only; this folder was loaded without the weights cache");
+    b2d_sockfile sockfile = {.dirfd = -1};
     int fd, n = sd_listen_fds(1);
     if (n < 0) {
         LOG_ERR("LISTEN_FDS is set but the passed socket is unusable: %s", strerror(-n));
@@ -472,9 +414,11 @@ int main(int argc, char **argv)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         cfg.activated = 1;
-    } else if ((fd = make_socket(cfg.socket_path)) < 0) {
+    } else if ((fd = b2d_sockfile_listen(&sockfile, cfg.socket_path)) < 0) {
         blip2_model_free(m);
         return 1;
+    } else {
+        cfg.sockfile = &sockfile;
     }
     http_fe fe = { &hcfg, NULL };
     if (hcfg.addr) { /* the HTTP front end starts once the core exists (http_start_cb) */
@@ -483,7 +427,7 @@ int main(int argc, char **argv)
         cfg.frontends_ud = &fe;
     }
     int rc = b2d_server_run(&cfg, m, fd); /* takes the model */
-    if (!cfg.activated) unlink(cfg.socket_path);
+    b2d_sockfile_remove(cfg.sockfile); /* unless SIGTERM did */
     free(cfg.allow_uid);
     free(cfg.allow_gid);
     return rc < 0 ? 1 : 0;

@@ -103,6 +103,15 @@ void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32])
     g_checksum_free(ck);
 }
 
+/* The decode of j's image stops once j is canceled for good: its client
+ * has gone (or shutdown), or a cancel stops its kind (generate). */
+static int image_stop_cb(void *ud)
+{
+    const b2d_job *j = ud;
+    int why = atomic_load(&j->canceled);
+    return why >= B2D_CANCEL_GONE || (why && j->ops->cancel_stops);
+}
+
 int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, float *out, size_t n)
 {
     const blip2_model *m = j->model->m;
@@ -115,7 +124,8 @@ int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, floa
         if (!(j->px = malloc(sizeof(float) * blip2_pixel_values_len(m))))
             return b2d_job_fail(j, B2IPC_ENOMEM, "out of memory");
         blip2_error err = {0};
-        int rc = blip2_preprocess(m, j->image, j->image_len, NULL, j->px, &err);
+        blip2_image_opts io = {.stop = image_stop_cb, .stop_ud = j};
+        int rc = blip2_preprocess(m, j->image, j->image_len, &io, j->px, &err);
         if (rc < 0) return b2d_job_fail(j, b2d_ipc_code(rc), "%s", err.text);
     }
     free(j->image);

@@ -82,6 +82,9 @@ struct b2d_server {
     uv_async_t async;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t shutdown_timer, tick_timer, watchdog_timer;
+    uv_timer_t accept_timer;  /* restarts the paused listen watcher */
+    double starved_since;     /* > 0: accept ran out of descriptors then */
+    unsigned long starved_tries;
     const b2d_config *cfg;
     b2d_core *core;           /* the pipeline (frontend.h) */
     int reloading;
@@ -543,6 +546,33 @@ static int user_full(struct b2d_server *s, uid_t uid)
     return 0;
 }
 
+static void accept_cb(uv_poll_t *h, int status, int events);
+
+static void accept_resume_cb(uv_timer_t *t)
+{
+    struct b2d_server *s = t->data;
+    if (!s->shutting_down && s->listen_fd >= 0) uv_poll_start(&s->listen_poll, UV_READABLE, accept_cb);
+}
+
+/* accept4 found no descriptor free (EMFILE, ENFILE; or no kernel memory).
+ * The connection stays in the backlog and the listening socket readable,
+ * so the level-triggered watcher would call back at once, for ever: stop
+ * it and look again in a second.  One warning per episode, which ends when
+ * the backlog is drained (accept4 says EAGAIN; an info line then), however
+ * often descriptors came and went meanwhile. */
+static void accept_starved(struct b2d_server *s, int err)
+{
+    if (s->starved_since == 0) {
+        s->starved_since = b2d_now_ms();
+        s->starved_tries = 0;
+        LOG_WARN("accept: %s; new connections wait in the backlog until descriptors are free (retrying every second)",
+                 strerror(err));
+    }
+    s->starved_tries++;
+    uv_poll_stop(&s->listen_poll);
+    uv_timer_start(&s->accept_timer, accept_resume_cb, 1000, 0);
+}
+
 static void accept_cb(uv_poll_t *h, int status, int events)
 {
     struct b2d_server *s = h->data;
@@ -551,7 +581,13 @@ static void accept_cb(uv_poll_t *h, int status, int events)
     for (;;) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE) LOG_WARN("accept: %s", strerror(errno));
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                accept_starved(s, errno);
+            } else if ((errno == EAGAIN || errno == EWOULDBLOCK) && s->starved_since > 0) {
+                LOG_INFO("accept: the backlog is drained, %.0f s after descriptors ran out (%lu pauses)",
+                         (b2d_now_ms() - s->starved_since) / 1000, s->starved_tries);
+                s->starved_since = 0;
+            }
             return;
         }
         struct ucred cr = {0, (uid_t)-1, (gid_t)-1};
@@ -655,7 +691,7 @@ static void signal_cb(uv_signal_t *h, int signum)
     uv_poll_stop(&s->listen_poll);
     close(s->listen_fd);
     s->listen_fd = -1;
-    if (s->cfg->socket_path && !s->cfg->activated) unlink(s->cfg->socket_path);
+    b2d_sockfile_remove(s->cfg->sockfile); /* once, and only if still ours */
     uv_timer_start(&s->shutdown_timer, shutdown_tick, 0, 20);
 }
 
@@ -805,6 +841,8 @@ int b2d_server_run(const b2d_config *cfg, blip2_model *m, int listen_fd)
     s->shutdown_timer.data = s;
     uv_timer_init(&s->loop, &s->tick_timer);
     s->tick_timer.data = s;
+    uv_timer_init(&s->loop, &s->accept_timer);
+    s->accept_timer.data = s;
     s->idle_since = b2d_now_ms();
     uv_timer_start(&s->tick_timer, tick_cb, 1000, cfg->idle_exit > 0 && cfg->idle_exit < 2 ? 250 : 1000);
     uint64_t wd_usec = 0;

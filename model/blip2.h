@@ -155,8 +155,9 @@ int32_t blip2_eos_id(const blip2_model *m);
 
 /* blip2_image_opts: base/blip2_base.h */
 
-/* Decodes an encoded image (PNG, JPEG, WebP, TIFF, GIF ...) from memory and
- * writes pixel_values (3,H,W) f32 into px (blip2_pixel_values_len floats,
+/* Decodes an encoded image (PNG, JPEG, WebP, GIF, TIFF: the formats
+ * blip2_image_probe accepts, base/blip2_base.h) from memory and writes
+ * pixel_values (3,H,W) f32 into px (blip2_pixel_values_len floats,
  * caller-owned).  opts may be NULL. */
 int blip2_preprocess(const blip2_model *m, const void *bytes, size_t len,
                      const blip2_image_opts *opts, float *px, blip2_error *err);

@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
-  libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libjansson-dev \
+  libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libtiff-dev libjpeg-dev libjansson-dev \
   libpcre2-dev libsentencepiece-dev libsystemd-dev libhiredis-dev libedit-dev \
   libmicrohttpd-dev \
   python3 python3-msgpack valgrind redis-server \

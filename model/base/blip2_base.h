@@ -1,6 +1,7 @@
 /*
  * blip2_base.h - the public vocabulary every layer of libblip2model shares:
- * the error codes and error struct, and the image decoding options.
+ * the error codes and error struct, the image decoding options, and what
+ * an image costs to decode (blip2_image_probe, implemented in image/).
  *
  * Part of the public API (blip2.h includes it); it sits in model/base/, the
  * lowest layer, so that compute/, formats/, text/, image/ and nn/ can use
@@ -41,7 +42,38 @@ const char *blip2_strerror(int code);
 typedef struct blip2_image_opts {
     int no_exif_rotate;   /* 1: ignore EXIF orientation (the reference does) */
     uint64_t max_pixels;  /* decoded width*height limit; 0 = default (64 Mpx) */
+    /* Optional: polled before decoding and between bands of rows while
+     * decoding, on whatever thread decodes (libvips' workers too); once it
+     * returns nonzero the decode stops with BLIP2_ECANCELED.  For a server
+     * whose client has gone. */
+    int (*stop)(void *stop_ud);
+    void *stop_ud;
 } blip2_image_opts;
+
+/* What an image's header says, read by blip2_image_probe without decoding
+ * a pixel (docs/security.md, "Images"). */
+typedef struct blip2_image_info {
+    const char *format;  /* "PNG", "JPEG", "WebP", "GIF", "TIFF" (static) */
+    int width, height;   /* as displayed: after the EXIF orientation */
+    int orientation;     /* EXIF 1..8 that will be applied (1: none) */
+    int scans;           /* JPEG: scans (1 baseline, more progressive); else 0 */
+    size_t decode_bytes; /* memory a decode holds at its peak: the decoded
+                          * RGB plus what the decoder keeps of the whole
+                          * image (a few MiB of rows and scratch besides) */
+} blip2_image_info;
+
+/* Whether bytes would be accepted, and what decoding them would cost, from
+ * the header alone (no pixel is decoded): the format (PNG, JPEG, WebP,
+ * GIF's first frame, TIFF with no compression, LZW, Deflate, PackBits or
+ * JPEG; nothing else), the JPEG scans (at most 64) and width*height
+ * against opts->max_pixels.  Fills *info (may be NULL).  Returns 0,
+ * BLIP2_EIMAGE (not an image, or refused; err says why) or BLIP2_ETOOBIG
+ * (too many pixels).  blip2_preprocess makes the same checks first; a
+ * server calls this to charge decode_bytes to a memory budget before it
+ * decodes.  Thread-safe; opts may be NULL. */
+int blip2_image_probe(const void *bytes, size_t len,
+                      const blip2_image_opts *opts, blip2_image_info *info,
+                      blip2_error *err);
 
 #ifdef __cplusplus
 }

@@ -3,26 +3,36 @@
  *
  * Data flow of b2__preprocess:
  *
- *   encoded bytes (PNG, JPEG, WebP, TIFF, GIF ...)
- *     -> vips_image_new_from_buffer, sequential, fail on truncation: only
- *        the header is read, and width*height is checked against max_pixels
- *        here, before any pixel is decoded (decompression bombs)
+ *   encoded bytes (PNG, JPEG, WebP, GIF's first frame, TIFF: nothing else)
+ *     -> open_header: the loader libvips picks must be on the accepted list
+ *        (every other loader is also blocked inside libvips, and TIFF's
+ *        codecs are cut down to none/LZW/Deflate/PackBits/JPEG); only the
+ *        header is read (sequential access, fail on truncation); the cost
+ *        is checked from it before any pixel is decoded: width*height
+ *        against max_pixels (decompression bombs) and, for JPEG, the
+ *        number of scans counted from the markers (progressive scan bombs)
  *     -> to_rgb8: CMYK/Lab/... -> sRGB, 16-bit -> high byte, grey -> three
  *        equal bands, alpha dropped (what PIL convert("RGB") does)
- *     -> EXIF orientation (vips_autorot, on a memory copy, since rotation
- *        reads out of order)
- *     -> vips_sink_disc copies rows into a malloc'd (H,W,3) u8 buffer
- *     -> b2__resize_bicubic: Pillow 9.4's BICUBIC resample, bit for bit.
- *        Horizontal pass over the rows the vertical pass needs, fed through
- *        a ring of rows, then the vertical pass; Q22 fixed-point weights,
- *        rounding and clamping to 8 bits after each pass
+ *     -> vips_sink_disc copies rows, as stored, into a malloc'd (H,W,3) u8
+ *        buffer: the only full-size buffer (no rotated copy)
+ *     -> b2__orient_view: the EXIF orientation as a view (strides) of that
+ *        buffer
+ *     -> b2__resize_view: Pillow 9.4's BICUBIC resample, bit for bit, read
+ *        through the view.  Horizontal pass over the rows the vertical
+ *        pass needs, fed through a ring of rows, then the vertical pass;
+ *        Q22 fixed-point weights, rounding and clamping after each pass
  *     -> b2__normalize: f32 (u8 * rescale_factor - mean) / std, HWC -> CHW
  *        in the same float precision as the numpy reference
  *
+ * No shrink-on-load: PIL resizes the fully decoded image, and any
+ * reduction before that (JPEG DCT scaling, vips_thumbnail) changes the
+ * bits of the 224x224 result, so images above the pixel limit are refused
+ * instead.
+ *
  * libvips is initialised once per process (pthread_once), with its
- * operation cache disabled (nothing outlives a call) and untrusted loaders
- * (ImageMagick: BMP, ICO ...) blocked, and its warnings on stderr
- * silenced; these settings are process-wide.  All
+ * operation cache disabled (nothing outlives a call), every loader but the
+ * accepted ones blocked, libtiff's other codecs replaced by a refusal, and
+ * its warnings on stderr silenced; these settings are process-wide.  All
  * vips objects of one call hang off one local context object and are
  * released together.
  *
@@ -44,6 +54,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <tiffio.h>
 #include <vips/vips.h>
 
 /* The resampling weights must have the same bits as Pillow's, which is
@@ -78,6 +89,11 @@ void __tsan_release(void *addr);
 #endif
 
 #define B2_DEFAULT_MAX_PIXELS (64ull << 20) /* 64 Mpx */
+/* Scans a JPEG may have.  Baseline JPEGs have 1 (or one per component),
+ * the usual progressive scripts 6-12; each scan costs a pass over the
+ * whole image's coefficients, and a valid file can have 2080 of them
+ * (21 s of CPU at 8000x8000, tests/test_image_limits.c). */
+#define B2_MAX_JPEG_SCANS 64
 #define B2_RESIZE_SCRATCH_MAX (256u << 20)  /* weights + row ring, bytes */
 /* Multiply-adds one resize may cost (both passes, 3 channels), about 1 s
  * of one core.  The vertical pass costs ~12*dw*sh whatever the width, so
@@ -92,8 +108,60 @@ void __tsan_release(void *addr);
 
 /* ---- libvips set-up ------------------------------------------------- */
 
+/* The loaders untrusted bytes may reach, as libvips class names (the
+ * _File/_Buffer/_Source subclasses follow their base), and the names the
+ * errors use.  Everything else (HEIF/AVIF, SVG, PDF, JPEG 2000, JPEG XL,
+ * ImageMagick's BMP/ICO/..., FITS, OpenEXR, PPM, Radiance, CSV, matrix,
+ * the vips format) is blocked. */
+static const struct {
+    const char *cls, *name;
+} accepted[] = {
+    {"VipsForeignLoadPng", "PNG"},   {"VipsForeignLoadJpeg", "JPEG"},
+    {"VipsForeignLoadWebp", "WebP"}, {"VipsForeignLoadNsgif", "GIF"},
+    {"VipsForeignLoadTiff", "TIFF"},
+};
+#define B2_ACCEPTED "PNG, JPEG, WebP, GIF (first frame) or TIFF"
+
+/* libtiff's codecs other than these are replaced by refuse_tiff_codec:
+ * no compression, LZW, Deflate (both tags), PackBits, JPEG (new style).
+ * Old-style JPEG, CCITT fax, JBIG, LZMA, ZSTD, WebP, LERC, PixarLog,
+ * SGILog, NeXT and ThunderScan are refused. */
+static const uint16_t tiff_codecs_kept[] = {
+    COMPRESSION_NONE, COMPRESSION_LZW, COMPRESSION_ADOBE_DEFLATE,
+    COMPRESSION_DEFLATE, COMPRESSION_PACKBITS, COMPRESSION_JPEG,
+};
+
+/* The scheme refuse_tiff_codec refused last on this thread (libtiff reads
+ * the header on the caller's thread), for the error message. */
+static _Thread_local int tiff_refused;
+
+/* A libtiff codec init method that fails: TIFFReadDirectory cannot set the
+ * compression, so the header read fails before any strip is decoded. */
+static int refuse_tiff_codec(TIFF *tif, int scheme)
+{
+    (void)tif;
+    tiff_refused = scheme;
+    return 0;
+}
+
+static void restrict_tiff_codecs(void)
+{
+    TIFFCodec *all = TIFFGetConfiguredCODECs();
+    if (!all)
+        return;
+    for (const TIFFCodec *c = all; c->name; c++) {
+        int keep = 0;
+        for (size_t i = 0; i < sizeof tiff_codecs_kept / sizeof *tiff_codecs_kept; i++)
+            keep |= c->scheme == tiff_codecs_kept[i];
+        if (!keep) /* registered codecs are looked up before built-in ones */
+            TIFFRegisterCODEC(c->scheme, c->name, refuse_tiff_codec);
+    }
+    _TIFFfree(all);
+}
+
 static pthread_once_t vips_once = PTHREAD_ONCE_INIT;
 static int vips_ready;
+static uint64_t rows_decoded; /* b2__image_rows_decoded; atomic */
 
 static void drop_log_cb(const gchar *domain, GLogLevelFlags level, const gchar *msg, gpointer user)
 {
@@ -106,11 +174,20 @@ static void vips_init_once(void)
         return;
     vips_cache_set_max(0);          /* no operation outlives its call */
     vips_block_untrusted_set(TRUE); /* no magick, matlab, ... loaders */
+    vips_operation_block_set("VipsForeignLoad", TRUE); /* then the list */
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++)
+        vips_operation_block_set(accepted[i].cls, FALSE);
+    restrict_tiff_codecs();
     /* libvips reports damaged input as g_warning()s on stderr; the library
      * never logs (the caller gets the error), so those are dropped. */
     g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO,
                       drop_log_cb, NULL);
     vips_ready = 1;
+}
+
+uint64_t b2__image_rows_decoded(void)
+{
+    return __atomic_load_n(&rows_decoded, __ATOMIC_RELAXED);
 }
 
 /* Takes (and clears) libvips' error text: the first line, trimmed, into
@@ -198,33 +275,103 @@ static int to_rgb8(VipsObject *ctx, VipsImage *in, VipsImage **out)
 typedef struct sink_rows {
     uint8_t *dst; /* (H,W,3) */
     size_t stride; /* W*3 */
+    const blip2_image_opts *o; /* its stop callback, if any */
+    int stopped;
 } sink_rows;
 
 /* vips_sink_disc calls this in row order with full-width areas. */
 static int sink_rows_cb(VipsRegion *region, VipsRect *area, void *a)
 {
     sink_rows *s = a;
+    if (s->o && s->o->stop && s->o->stop(s->o->stop_ud)) {
+        s->stopped = 1; /* vips_sink_disc ends with an error */
+        return -1;
+    }
     for (int y = area->top; y < area->top + area->height; y++)
         memcpy(s->dst + (size_t)y * s->stride,
                VIPS_REGION_ADDR(region, area->left, y), s->stride);
+    __atomic_fetch_add(&rows_decoded, (uint64_t)area->height,
+                       __ATOMIC_RELAXED);
     B2_TSAN_RELEASE(s); /* the rows, to the caller of vips_sink_disc */
     return 0;
 }
 
-int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
-                   uint8_t **rgb, int *w, int *h, blip2_error *err)
+/* The scans (SOS markers) of the JPEG p[0..n), counted from its marker
+ * segments without decoding anything; stops at cap + 1.  libvips gives no
+ * hook into libjpeg's progress monitor, which would count the same scans
+ * only while paying for them.  Entropy-coded data runs up to the next
+ * 0xFF that is neither a stuffed 0xFF00 nor a restart marker. */
+static int jpeg_count_scans(const uint8_t *p, size_t n, int cap)
+{
+    size_t i = 2;
+    int scans = 0;
+
+    if (n < 4 || p[0] != 0xFF || p[1] != 0xD8)
+        return 0;
+    while (i + 1 < n) {
+        uint8_t m = p[i + 1];
+        if (p[i] != 0xFF || m == 0xFF) { /* stray byte, fill byte */
+            i++;
+            continue;
+        }
+        i += 2;
+        if (m == 0xD9) /* EOI */
+            break;
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD7))
+            continue; /* no length */
+        if (i + 2 > n)
+            break;
+        size_t seg = (size_t)p[i] << 8 | p[i + 1];
+        if (seg < 2)
+            break;
+        i += seg;
+        if (m != 0xDA)
+            continue;
+        if (++scans > cap)
+            break;
+        while (i + 1 < n && !(p[i] == 0xFF && p[i + 1] != 0x00 &&
+                              !(p[i + 1] >= 0xD0 && p[i + 1] <= 0xD7)))
+            i++;
+    }
+    return scans;
+}
+
+/* The accepted format whose loader class loader (libvips' *Buffer class)
+ * is, or NULL. */
+static const char *accepted_format(const char *loader)
+{
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++) {
+        size_t n = strlen(accepted[i].cls);
+        if (!strncmp(loader, accepted[i].cls, n) &&
+            !strcmp(loader + n, "Buffer"))
+            return accepted[i].name;
+    }
+    return NULL;
+}
+
+static int refused_tiff(blip2_error *err)
+{
+    return b2__err(err, BLIP2_EIMAGE,
+                   "image: TIFF compression %d is not accepted (send "
+                   "uncompressed, LZW, Deflate, PackBits or JPEG TIFF)",
+                   tiff_refused);
+}
+
+/* Reads the header of bytes into *img (owned by ctx) and checks what
+ * decoding it will cost, filling *info; nothing is decoded.  The refusals
+ * are the documented ones: a format not accepted, a TIFF codec not
+ * accepted, too many JPEG scans (BLIP2_EIMAGE), too many pixels
+ * (BLIP2_ETOOBIG). */
+static int open_header(VipsObject *ctx, const void *bytes, size_t len,
+                       const blip2_image_opts *o, VipsImage **img,
+                       blip2_image_info *info, blip2_error *err)
 {
     uint64_t max_px = o && o->max_pixels ? o->max_pixels
                                          : B2_DEFAULT_MAX_PIXELS;
-    int autorot = !(o && o->no_exif_rotate);
-    VipsObject *ctx = NULL;
-    VipsImage **t, *x;
-    uint8_t *buf = NULL;
+    VipsImage **t = (VipsImage **)vips_object_local_array(ctx, 1);
     char why[200];
-    int rc;
 
-    *rgb = NULL;
-    *w = *h = 0;
+    memset(info, 0, sizeof *info);
     if (!bytes || len == 0)
         return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
     pthread_once(&vips_once, vips_init_once);
@@ -232,64 +379,167 @@ int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
         return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
                        vips_reason(why, sizeof why));
 
+    /* libvips' TIFF sniffer opens the file with libtiff: a refused codec
+     * fails there already, and the bytes look like no TIFF at all. */
+    tiff_refused = 0;
     const char *loader = vips_foreign_find_load_buffer(bytes, len);
+    if (tiff_refused && !(loader && accepted_format(loader))) {
+        vips_error_clear();
+        return refused_tiff(err);
+    }
     if (!loader) {
         vips_error_clear();
         return b2__err(err, BLIP2_EIMAGE,
-                       "image: %zu bytes in no known image format", len);
+                       "image: %zu bytes in no known image format (send "
+                       B2_ACCEPTED ")", len);
     }
-    if (strstr(loader, "Magick")) /* BMP, ICO, ...: blocked as untrusted */
+    info->format = accepted_format(loader);
+    if (!info->format) {
+        static const struct {
+            const char *cls, *name;
+        } known[] = {
+            {"VipsForeignLoadHeif", "HEIF/AVIF"},
+            {"VipsForeignLoadMagick", "BMP, ICO and other ImageMagick"},
+            {"VipsForeignLoadSvg", "SVG"}, {"VipsForeignLoadPdf", "PDF"},
+            {"VipsForeignLoadJp2k", "JPEG 2000"},
+            {"VipsForeignLoadJxl", "JPEG XL"},
+        };
+        const char *name = "these";
+        for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+            if (!strncmp(loader, known[i].cls, strlen(known[i].cls)))
+                name = known[i].name;
         return b2__err(err, BLIP2_EIMAGE,
-                       "image: this format is read only through ImageMagick, "
-                       "which is disabled for untrusted input (send PNG, "
-                       "JPEG, WebP, TIFF or GIF)");
-    ctx = VIPS_OBJECT(vips_image_new());
-    t = (VipsImage **)vips_object_local_array(ctx, 4);
+                       "image: %s images are not accepted (send "
+                       B2_ACCEPTED ")", name);
+    }
+    if (!strcmp(info->format, "JPEG")) {
+        info->scans = jpeg_count_scans(bytes, len, B2_MAX_JPEG_SCANS);
+        if (info->scans > B2_MAX_JPEG_SCANS)
+            return b2__err(err, BLIP2_EIMAGE,
+                           "image: a JPEG with more than %d scans is not "
+                           "accepted (each scan of a progressive JPEG is "
+                           "another pass over the whole image)",
+                           B2_MAX_JPEG_SCANS);
+    }
 
-    /* Header only: nothing is decoded until the sink below. */
+    /* Header only: nothing is decoded until the sink. */
     t[0] = vips_image_new_from_buffer(bytes, len, "",
                                       "access", VIPS_ACCESS_SEQUENTIAL,
                                       "fail_on", VIPS_FAIL_ON_TRUNCATED, NULL);
     if (!t[0]) {
-        rc = b2__err(err, BLIP2_EIMAGE, "image: unreadable header: %s",
-                     vips_reason(why, sizeof why));
-        goto fail;
+        if (tiff_refused) {
+            vips_error_clear();
+            return refused_tiff(err);
+        }
+        return b2__err(err, BLIP2_EIMAGE, "image: unreadable header: %s",
+                       vips_reason(why, sizeof why));
     }
-    x = t[0];
-    if ((uint64_t)x->Xsize * (uint64_t)x->Ysize > max_px) {
-        rc = b2__err(err, BLIP2_ETOOBIG,
-                     "image: %dx%d is %llu pixels, above the limit of %llu",
-                     x->Xsize, x->Ysize,
-                     (unsigned long long)x->Xsize * (unsigned long long)x->Ysize,
-                     (unsigned long long)max_px);
-        goto fail;
-    }
+    VipsImage *x = t[0];
+    uint64_t px = (uint64_t)x->Xsize * (uint64_t)x->Ysize;
+    if (px > max_px)
+        return b2__err(err, BLIP2_ETOOBIG,
+                       "image: %dx%d is %llu pixels, above the limit of %llu",
+                       x->Xsize, x->Ysize, (unsigned long long)px,
+                       (unsigned long long)max_px);
 
+    info->orientation = 1;
+    if (!(o && o->no_exif_rotate)) {
+        int or = vips_image_get_orientation(x);
+        info->orientation = or >= 1 && or <= 8 ? or : 1;
+    }
+    int swap = info->orientation >= 5;
+    info->width = swap ? x->Ysize : x->Xsize;
+    info->height = swap ? x->Xsize : x->Ysize;
+    /* The decoded (H,W,3) buffer, plus what the loader holds for the whole
+     * image: libjpeg's coefficients of a multi-scan JPEG (2 bytes per
+     * component and pixel at most), an interlaced PNG or GIF frame, a WebP
+     * frame.  Baseline JPEG, plain PNG and TIFF stream a few rows. */
+    uint64_t held = 0;
+    size_t bps = vips_format_sizeof(x->BandFmt);
+    if (!strcmp(info->format, "JPEG") && info->scans > 1)
+        held = px * (uint64_t)x->Bands * 2;
+    else if (!strcmp(info->format, "PNG") &&
+             vips_image_get_typeof(x, "interlaced"))
+        held = px * (uint64_t)x->Bands * bps;
+    else if (!strcmp(info->format, "GIF") || !strcmp(info->format, "WebP"))
+        held = px * 4;
+    info->decode_bytes = (size_t)(px * 3 + held);
+    *img = x;
+    return 0;
+}
+
+int blip2_image_probe(const void *bytes, size_t len,
+                      const blip2_image_opts *opts, blip2_image_info *info,
+                      blip2_error *err)
+{
+    blip2_image_info tmp;
+    VipsObject *ctx;
+    VipsImage *x;
+    char why[200];
+    int rc;
+
+    if (!info)
+        info = &tmp;
+    memset(info, 0, sizeof *info);
+    pthread_once(&vips_once, vips_init_once);
+    if (!vips_ready)
+        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
+                       vips_reason(why, sizeof why));
+    ctx = VIPS_OBJECT(vips_image_new());
+    rc = open_header(ctx, bytes, len, opts, &x, info, err);
+    g_object_unref(ctx);
+    return rc;
+}
+
+/* Decodes bytes as stored (no orientation applied) into *rgb (H,W,3),
+ * new; *orient is the EXIF orientation still to apply (1: none). */
+static int decode_stored(const void *bytes, size_t len,
+                         const blip2_image_opts *o, uint8_t **rgb, int *w,
+                         int *h, int *orient, blip2_error *err)
+{
+    VipsObject *ctx = NULL;
+    VipsImage *x;
+    blip2_image_info info;
+    uint8_t *buf = NULL;
+    char why[200];
+    int rc;
+
+    *rgb = NULL;
+    *w = *h = 0;
+    *orient = 1;
+    if (!bytes || len == 0)
+        return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
+    pthread_once(&vips_once, vips_init_once);
+    if (!vips_ready)
+        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
+                       vips_reason(why, sizeof why));
+    ctx = VIPS_OBJECT(vips_image_new());
+    rc = open_header(ctx, bytes, len, o, &x, &info, err);
+    if (rc < 0)
+        goto fail;
     if (to_rgb8(ctx, x, &x) < 0) {
         rc = b2__err(err, BLIP2_EIMAGE, "image: colour conversion failed: %s",
                      vips_reason(why, sizeof why));
         goto fail;
     }
-    if (autorot && vips_image_get_orientation(t[0]) > 1) {
-        /* Rotation reads out of order: decode into memory first. */
-        if (!(t[1] = vips_image_copy_memory(x)) ||
-            vips_autorot(t[1], &t[2], NULL)) {
-            rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
-                         vips_reason(why, sizeof why));
-            goto fail;
-        }
-        x = t[2];
-    }
-
     buf = malloc((size_t)x->Xsize * (size_t)x->Ysize * 3);
     if (!buf) {
         rc = b2__err(err, BLIP2_ENOMEM, "image: out of memory for %dx%d RGB",
                      x->Xsize, x->Ysize);
         goto fail;
     }
-    sink_rows s = {buf, (size_t)x->Xsize * 3};
+    sink_rows s = {buf, (size_t)x->Xsize * 3, o, 0};
+    if (o && o->stop && o->stop(o->stop_ud)) {
+        rc = b2__err(err, BLIP2_ECANCELED, "image: decoding canceled");
+        goto fail;
+    }
     rc = vips_sink_disc(x, sink_rows_cb, &s);
     B2_TSAN_ACQUIRE(&s);
+    if (rc && s.stopped) {
+        vips_error_clear();
+        rc = b2__err(err, BLIP2_ECANCELED, "image: decoding canceled");
+        goto fail;
+    }
     if (rc) {
         rc = b2__err(err, BLIP2_EIMAGE, "image: decode failed: %s",
                      vips_reason(why, sizeof why));
@@ -298,6 +548,7 @@ int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
     *rgb = buf;
     *w = x->Xsize;
     *h = x->Ysize;
+    *orient = info.orientation;
     g_object_unref(ctx);
     return 0;
 
@@ -305,6 +556,91 @@ fail:
     free(buf);
     g_object_unref(ctx);
     return rc;
+}
+
+void b2__orient_view(b2_rgb_view *v, const uint8_t *rgb, int w, int h,
+                     int orientation)
+{
+    const ptrdiff_t px = 3, row = (ptrdiff_t)w * 3;
+    const uint8_t *last_row = rgb + (ptrdiff_t)(h - 1) * row;
+    const uint8_t *last_col = rgb + (ptrdiff_t)(w - 1) * px;
+
+    /* Displayed pixel (x, y) -> stored pixel, as vips_autorot maps it. */
+    switch (orientation) {
+    case 2: /* mirrored: (w-1-x, y) */
+        *v = (b2_rgb_view){last_col, -px, row, w, h};
+        break;
+    case 3: /* rotated 180: (w-1-x, h-1-y) */
+        *v = (b2_rgb_view){last_row + (w - 1) * px, -px, -row, w, h};
+        break;
+    case 4: /* flipped: (x, h-1-y) */
+        *v = (b2_rgb_view){last_row, px, -row, w, h};
+        break;
+    case 5: /* transposed: (y, x) */
+        *v = (b2_rgb_view){rgb, row, px, h, w};
+        break;
+    case 6: /* rotated 90 clockwise: (y, h-1-x) */
+        *v = (b2_rgb_view){last_row, -row, px, h, w};
+        break;
+    case 7: /* transversed: (w-1-y, h-1-x) */
+        *v = (b2_rgb_view){last_row + (w - 1) * px, -row, -px, h, w};
+        break;
+    case 8: /* rotated 270 clockwise: (w-1-y, x) */
+        *v = (b2_rgb_view){last_col, row, -px, h, w};
+        break;
+    default:
+        *v = (b2_rgb_view){rgb, px, row, w, h};
+        break;
+    }
+}
+
+/* Row y of the view v into dst (w,3). */
+static void view_row(uint8_t *dst, const b2_rgb_view *v, int y)
+{
+    const uint8_t *s = v->p + (ptrdiff_t)y * v->sy;
+    if (v->sx == 3) {
+        memcpy(dst, s, (size_t)v->w * 3);
+        return;
+    }
+    for (int x = 0; x < v->w; x++, s += v->sx, dst += 3) {
+        dst[0] = s[0];
+        dst[1] = s[1];
+        dst[2] = s[2];
+    }
+}
+
+int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
+                   uint8_t **rgb, int *w, int *h, blip2_error *err)
+{
+    uint8_t *stored, *out;
+    int sw, sh, orient;
+    b2_rgb_view v;
+    int rc = decode_stored(bytes, len, o, &stored, &sw, &sh, &orient, err);
+
+    *rgb = NULL;
+    *w = *h = 0;
+    if (rc < 0)
+        return rc;
+    if (orient == 1) {
+        *rgb = stored;
+        *w = sw;
+        *h = sh;
+        return 0;
+    }
+    b2__orient_view(&v, stored, sw, sh, orient);
+    out = malloc((size_t)sw * sh * 3);
+    if (!out) {
+        free(stored);
+        return b2__err(err, BLIP2_ENOMEM, "image: out of memory for %dx%d RGB",
+                       v.w, v.h);
+    }
+    for (int y = 0; y < v.h; y++)
+        view_row(out + (size_t)y * v.w * 3, &v, y);
+    free(stored);
+    *rgb = out;
+    *w = v.w;
+    *h = v.h;
+    return 0;
 }
 
 /* ---- PIL BICUBIC resampling ------------------------------------------ */
@@ -388,19 +724,21 @@ static inline uint8_t clip_q(int32_t acc)
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
-/* One row through the horizontal weights: src (sw,3) -> dst (dw,3).
- * kh (dw, ksize) Q22, lo/n (dw) first tap and tap count. */
-static void hpass_row(uint8_t *dst, const uint8_t *src, int dw, int ksize,
-                      const int32_t *kh, const int *lo, const int *n)
+/* One row through the horizontal weights: src (sw pixels, sx bytes apart,
+ * 3 channels each) -> dst (dw,3).  kh (dw, ksize) Q22, lo/n (dw) first tap
+ * and tap count.  Inlined with sx = 3 for the contiguous case. */
+static inline __attribute__((always_inline)) void
+hpass_row(uint8_t *dst, const uint8_t *src, ptrdiff_t sx, int dw, int ksize,
+          const int32_t *kh, const int *lo, const int *n)
 {
     for (int xx = 0; xx < dw; xx++) {
         const int32_t *k = kh + (size_t)xx * ksize;
-        const uint8_t *s = src + (size_t)lo[xx] * 3;
+        const uint8_t *s = src + lo[xx] * sx;
         int32_t r = 1 << (B2_PREC - 1), g = r, b = r;
-        for (int j = 0; j < n[xx]; j++) {
-            r += s[3 * j + 0] * k[j];
-            g += s[3 * j + 1] * k[j];
-            b += s[3 * j + 2] * k[j];
+        for (int j = 0; j < n[xx]; j++, s += sx) {
+            r += s[0] * k[j];
+            g += s[1] * k[j];
+            b += s[2] * k[j];
         }
         dst[3 * xx + 0] = clip_q(r);
         dst[3 * xx + 1] = clip_q(g);
@@ -408,11 +746,40 @@ static void hpass_row(uint8_t *dst, const uint8_t *src, int dw, int ksize,
     }
 }
 
+/* The horizontal weights of one resize, for row_to. */
+typedef struct hweights {
+    int need;           /* 0: the row is copied */
+    int dw, ksize;
+    const int32_t *k;   /* (dw, ksize) */
+    const int *lo, *n;  /* (dw) */
+} hweights;
+
+/* Row y of the view, horizontally resampled (or copied) into dst (dw,3). */
+static void row_to(uint8_t *dst, const b2_rgb_view *v, int y,
+                   const hweights *hw)
+{
+    const uint8_t *s = v->p + (ptrdiff_t)y * v->sy;
+    if (!hw->need)
+        view_row(dst, v, y);
+    else if (v->sx == 3)
+        hpass_row(dst, s, 3, hw->dw, hw->ksize, hw->k, hw->lo, hw->n);
+    else
+        hpass_row(dst, s, v->sx, hw->dw, hw->ksize, hw->k, hw->lo, hw->n);
+}
+
 int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
                        uint8_t *dst, int dw, int dh)
 {
+    b2_rgb_view v = {src, 3, (ptrdiff_t)sw * 3, sw, sh};
+    return b2__resize_view(&v, dst, dw, dh);
+}
+
+int b2__resize_view(const b2_rgb_view *v, uint8_t *dst, int dw, int dh)
+{
     axis ax, ay;
+    int sw = v->w, sh = v->h;
     int need_h = dw != sw, need_v = dh != sh;
+    int direct = !need_h && v->sx == 3; /* rows read in place */
     int32_t *kh = NULL, *kv = NULL, *acc = NULL;
     int *lo_h = NULL, *n_h = NULL;
     double *tmp = NULL;
@@ -423,14 +790,16 @@ int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
     if (sw <= 0 || sh <= 0 || dw <= 0 || dh <= 0)
         return BLIP2_EINVAL;
     if (!need_h && !need_v) { /* Pillow copies */
-        memcpy(dst, src, (size_t)sw * sh * 3);
+        for (int y = 0; y < sh; y++)
+            view_row(dst + (size_t)y * row, v, y);
         return 0;
     }
     axis_init(&ax, sw, dw);
     axis_init(&ay, sh, dh);
 
     /* Scratch: horizontal weights for every column, one set of vertical
-     * weights, a ring of ksize_v horizontally resampled rows. */
+     * weights, a ring of ksize_v horizontally resampled (or gathered)
+     * rows. */
     double need = 0;
     if (need_h)
         need += (double)dw * ax.ksize * 4 + (double)dw * 8;
@@ -461,11 +830,11 @@ int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
             n_h[xx] = axis_taps(&ax, xx, kh + (size_t)xx * ax.ksize, tmp,
                                 &lo_h[xx]);
     }
+    hweights hw = {need_h, dw, ax.ksize, kh, lo_h, n_h};
 
     if (!need_v) { /* rows map 1:1 */
         for (int y = 0; y < sh; y++)
-            hpass_row(dst + (size_t)y * row, src + (size_t)y * sw * 3, dw,
-                      ax.ksize, kh, lo_h, n_h);
+            row_to(dst + (size_t)y * row, v, y, &hw);
         rc = 0;
         goto done;
     }
@@ -475,27 +844,25 @@ int b2__resize_bicubic(const uint8_t *src, int sw, int sh,
      * resampled ones: keep ksize_v of them in a ring. */
     kv = malloc((size_t)ay.ksize * sizeof *kv);
     acc = malloc(row * sizeof *acc);
-    if (need_h)
+    if (!direct)
         ring = malloc((size_t)ay.ksize * row);
-    if (!kv || !acc || (need_h && !ring))
+    if (!kv || !acc || (!direct && !ring))
         goto done;
     int next = 0; /* next source row to resample horizontally */
     for (int yy = 0; yy < dh; yy++) {
         int lo, n = axis_taps(&ay, yy, kv, tmp, &lo);
-        if (need_h) {
+        if (!direct) {
             if (next < lo)
                 next = lo; /* rows above every later window: skipped */
             for (; next < lo + n; next++)
-                hpass_row(ring + (size_t)(next % ay.ksize) * row,
-                          src + (size_t)next * sw * 3, dw, ax.ksize, kh,
-                          lo_h, n_h);
+                row_to(ring + (size_t)(next % ay.ksize) * row, v, next, &hw);
         }
         for (size_t c = 0; c < row; c++)
             acc[c] = 1 << (B2_PREC - 1);
         for (int j = 0; j < n; j++) {
-            const uint8_t *s = need_h
-                ? ring + (size_t)((lo + j) % ay.ksize) * row
-                : src + (size_t)(lo + j) * row;
+            const uint8_t *s = direct
+                ? v->p + (ptrdiff_t)(lo + j) * v->sy
+                : ring + (size_t)((lo + j) % ay.ksize) * row;
             int32_t k = kv[j];
             for (size_t c = 0; c < row; c++)
                 acc[c] += s[c] * k;
@@ -716,8 +1083,8 @@ int b2__preprocess(const b2_preproc *p, const void *bytes, size_t len,
                    const blip2_image_opts *o, float *px, blip2_error *err)
 {
     uint8_t *rgb = NULL, *rs = NULL;
-    const uint8_t *img;
-    int w, h, rc;
+    b2_rgb_view v;
+    int w, h, orient, rc;
 
     if (p->resample != 3)
         return b2__err(err, BLIP2_EUNSUPPORTED,
@@ -726,36 +1093,34 @@ int b2__preprocess(const b2_preproc *p, const void *bytes, size_t len,
     if (p->size_w < 1 || p->size_h < 1)
         return b2__err(err, BLIP2_EINVAL, "image: bad target size %dx%d",
                        p->size_w, p->size_h);
-    rc = b2__decode_rgb(bytes, len, o, &rgb, &w, &h, err);
+    rc = decode_stored(bytes, len, o, &rgb, &w, &h, &orient, err);
     if (rc < 0)
         return rc;
-    img = rgb;
-    if (w != p->size_w || h != p->size_h) {
-        if (!p->do_resize) {
-            rc = b2__err(err, BLIP2_EINVAL,
-                         "image: %dx%d, but do_resize is off and the model "
-                         "takes %dx%d", w, h, p->size_w, p->size_h);
-            goto done;
-        }
-        rs = malloc((size_t)p->size_w * p->size_h * 3);
-        if (!rs) {
-            rc = b2__err(err, BLIP2_ENOMEM, "image: out of memory");
-            goto done;
-        }
-        rc = b2__resize_bicubic(rgb, w, h, rs, p->size_w, p->size_h);
-        if (rc == BLIP2_ETOOBIG) {
-            rc = b2__err(err, rc, "image: %dx%d is too thin to resample to "
-                         "%dx%d", w, h, p->size_w, p->size_h);
-            goto done;
-        }
-        if (rc < 0) {
-            rc = b2__err(err, rc, "image: out of memory while resizing %dx%d",
-                         w, h);
-            goto done;
-        }
-        img = rs;
+    /* The orientation is read through the view: no rotated copy. */
+    b2__orient_view(&v, rgb, w, h, orient);
+    if ((v.w != p->size_w || v.h != p->size_h) && !p->do_resize) {
+        rc = b2__err(err, BLIP2_EINVAL,
+                     "image: %dx%d, but do_resize is off and the model "
+                     "takes %dx%d", v.w, v.h, p->size_w, p->size_h);
+        goto done;
     }
-    b2__normalize(p, img, p->size_w, p->size_h, px);
+    rs = malloc((size_t)p->size_w * p->size_h * 3);
+    if (!rs) {
+        rc = b2__err(err, BLIP2_ENOMEM, "image: out of memory");
+        goto done;
+    }
+    rc = b2__resize_view(&v, rs, p->size_w, p->size_h); /* or copies */
+    if (rc == BLIP2_ETOOBIG) {
+        rc = b2__err(err, rc, "image: %dx%d is too thin to resample to "
+                     "%dx%d", v.w, v.h, p->size_w, p->size_h);
+        goto done;
+    }
+    if (rc < 0) {
+        rc = b2__err(err, rc, "image: out of memory while resizing %dx%d",
+                     v.w, v.h);
+        goto done;
+    }
+    b2__normalize(p, rs, p->size_w, p->size_h, px);
 
 done:
     free(rgb);

@@ -29,11 +29,37 @@ void b2__preproc_default(b2_preproc *p);
 int b2__preproc_load(b2_preproc *p, const char *path, blip2_error *err);
 
 /* Decodes bytes into 8-bit RGB, row-major (H,W,3).  *rgb is new (free()).
- * Applies EXIF orientation unless no_exif_rotate.  Fails with
- * BLIP2_EIMAGE for non-images or empty images and BLIP2_ETOOBIG above
- * max_pixels (0 = 64 Mpx default), checked before full decoding. */
+ * Applies EXIF orientation unless no_exif_rotate (into a second buffer:
+ * b2__preprocess reads the orientation through a view instead).  Fails,
+ * before any pixel is decoded, as blip2_image_probe does: BLIP2_EIMAGE for
+ * non-images, empty images, formats and TIFF codecs not accepted and JPEGs
+ * with more than 64 scans, BLIP2_ETOOBIG above max_pixels (0 = 64 Mpx);
+ * BLIP2_EIMAGE for pixel data that does not decode. */
 int b2__decode_rgb(const void *bytes, size_t len, const blip2_image_opts *o,
                    uint8_t **rgb, int *w, int *h, blip2_error *err);
+
+/* Rows the decoder has delivered in this process, all calls together:
+ * tests use it to check that a refused image decoded nothing. */
+uint64_t b2__image_rows_decoded(void);
+
+/* A read-only view of an interleaved RGB u8 image, w x h: pixel (x, y)
+ * starts at p + x*sx + y*sy (strides in bytes, possibly negative).
+ * Borrowed: p stays owned by whoever decoded it. */
+typedef struct b2_rgb_view {
+    const uint8_t *p;
+    ptrdiff_t sx, sy;
+    int w, h;
+} b2_rgb_view;
+
+/* *v = the image rgb (h,w,3, as stored) displayed with EXIF orientation
+ * 1..8, as vips_autorot would turn it (5..8 swap w and h); anything else
+ * is taken as 1.  No pixel is copied. */
+void b2__orient_view(b2_rgb_view *v, const uint8_t *rgb, int w, int h,
+                     int orientation);
+
+/* b2__resize_bicubic of the image v shows: the same bits as resizing a
+ * copy laid out row by row (dst (dh,dw,3), caller-owned); same errors. */
+int b2__resize_view(const b2_rgb_view *v, uint8_t *dst, int dw, int dh);
 
 /* PIL Image.resize((dw,dh), BICUBIC) on interleaved RGB u8, bit-exact:
  * separable antialiased convolution, horizontal pass then vertical, fixed-

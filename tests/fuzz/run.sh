@@ -3,12 +3,15 @@
 # FUZZ_SECONDS (default 60) from its seed corpus; see README.md.
 #
 #   sh tests/fuzz/run.sh [target ...]      (targets: ipc safetensors config
-#                                           tokenizer image gguf; default all)
+#                                           tokenizer image gguf server;
+#                                           default all)
 # Environment: FUZZ_SECONDS, FUZZ_BUILD (build dir, default
 # tests/fuzz/build), FUZZ_JOBS (targets run at once, default 1), CC (clang),
 # FUZZ_BUILD_ONLY=1.  Output is TAP, one test per target; a crash fails its
 # test and leaves the input in $FUZZ_BUILD/crashes/.  Without clang or
-# libFuzzer the run is skipped (1..0 # SKIP) and exits 0.
+# libFuzzer the run is skipped (1..0 # SKIP) and exits 0.  The server target
+# links the gcc-built model library of a configured build (FUZZ_MODEL_LIB,
+# default model/.libs/libblip2model.a: run make first).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -16,7 +19,8 @@ secs=${FUZZ_SECONDS:-60}
 build=${FUZZ_BUILD:-$here/build}
 jobs=${FUZZ_JOBS:-1}
 cc=${CC_FUZZ:-clang}
-targets=${*:-ipc safetensors config tokenizer image gguf}
+targets=${*:-ipc safetensors config tokenizer image gguf server}
+model_lib=${FUZZ_MODEL_LIB:-$top/model/.libs/libblip2model.a}
 
 mkdir -p "$build/crashes" "$build/corpus" "$build/log" || exit 1
 build=$(cd "$build" && pwd)
@@ -40,6 +44,9 @@ sources() {
     tokenizer) echo "model/text/tokenizer.c model/base/utf8.c model/base/error.c" ;;
     image) echo "model/image/image.c model/base/error.c" ;;
     gguf) echo "model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
+    # every daemon source but main.c, libipc, and the model as the gcc build made it
+    server) (cd "$top" && ls daemon/*.c | grep -v '^daemon/main.c$' | tr '\n' ' ')
+        echo "libipc/ipc.c libipc/frame.c libipc/scan.c libipc/schema.c libipc/decode.c libipc/encode.c libipc/validate.c $model_lib" ;;
     esac
 }
 packages() {
@@ -47,8 +54,10 @@ packages() {
     ipc) if pkg-config --exists msgpack-c; then echo msgpack-c; else echo msgpack; fi ;;
     safetensors|config) echo jansson ;;
     tokenizer) echo "jansson libpcre2-8" ;;
-    image) echo "vips jansson" ;;
+    image) echo "vips libtiff-4 jansson" ;;
     gguf) echo jansson ;;
+    server) if pkg-config --exists msgpack-c; then echo msgpack-c; else echo msgpack; fi
+        echo "libuv glib-2.0 libsystemd vips libtiff-4 jansson libpcre2-8 sentencepiece openblas" ;;
     esac
 }
 
@@ -58,6 +67,13 @@ defines() {
     case $1 in
     tokenizer) echo "-DB2_FUZZ_TOKENIZER_DIR=\"$top/tests/golden/opt-tiny\"" ;;
     image) echo "-DB2_RESIZE_WORK_MAX=5e7" ;;
+    server) echo "-D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\" -I$top/daemon -DB2_FUZZ_MODEL_DIR=\"$top/tests/golden/opt-tiny\" -DB2_FUZZ_IMAGE=\"$top/tests/golden/images-extra/tiny_indexed.png\"" ;;
+    esac
+}
+
+extra_libs() {
+    case $1 in
+    server) echo "-lstdc++ -lpthread" ;;
     esac
 }
 
@@ -72,7 +88,7 @@ for t in $targets; do
     pk=$(packages "$t")
     (cd "$top" && $cc $flags $(defines "$t") \
         $(pkg-config --cflags $pk) -o "$build/fuzz_$t" "tests/fuzz/fuzz_$t.c" $src \
-        $(pkg-config --libs $pk) -lm) >"$build/log/build_$t" 2>&1 ||
+        $(pkg-config --libs $pk) -lm $(extra_libs "$t")) >"$build/log/build_$t" 2>&1 ||
         echo "build failed" >>"$build/log/build_$t"
 done
 

@@ -258,7 +258,7 @@ int main(int argc, char **argv)
             snprintf(path, sizeof path, "%s", gguf);
             /* same numbers: f32 always; f16 from an f16 checkpoint */
             loose = !(!strcmp(gtype, "f32") || (!strcmp(gtype, "f16") && mi == 1) ||
-                      (!strcmp(gtype, "q8_0") && mi == 1 && cs.n_q8_0 == 0));
+                      (!strcmp(gtype, "q8_0") && mi == 1 && cs.n_q8_0 == 0 && cs.n_bf16 == 0));
         }
         /* the same numbers are checked in f32 math (a reduced-type file
          * would otherwise compute in bf16 where the CPU has it) */

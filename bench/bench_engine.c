@@ -490,6 +490,7 @@ int main(int argc, char **argv)
     else t5_weight_bytes_init(m);
     if (t5 && o.batch > 1) { fprintf(stderr, "bench_engine: --batch is for OPT models\n"); return 1; }
     const int B = o.batch;
+    printf("math: %s\n", blip2_model_math(m));
     if (t5)
         printf("loaded in %.1f s (stored as %s), RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), "
                "Q-Former %dx%d, T5 %d+%dx%d (I=%d, F=%d%s, V=%d)\n", t_load, blip2_model_dtype(m),

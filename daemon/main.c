@@ -49,6 +49,9 @@ static void usage(FILE *f)
         "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
         "      --max-pixels N      refuse images above N pixels (default 67108864 = 64 Mpx;\n"
         "                          a 100 Mpx camera needs 100000000)\n"
+        "      --precision P       math of the many-row products: f32, bf16 or auto (default;\n"
+        "                          env BLIP2_PRECISION): a GGUF of a reduced type computes in\n"
+        "                          bf16 where the CPU has native bf16, everything else in f32\n"
         "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
         "                          or /run/blip2/blip2.sock for root)\n"
         "  -t, --threads N         compute threads (default: all cores)\n"
@@ -228,7 +231,7 @@ int main(int argc, char **argv)
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
            O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL,
            O_Q_URL, O_Q_GROUP, O_Q_CONSUMER, O_Q_WINDOW, O_Q_IDLE, O_Q_TRIES, O_Q_PATHS, O_MAXPX,
-           O_HTTP, O_HTOKEN, O_HCONNS, O_HBODY, O_HTIMEOUT };
+           O_HTTP, O_HTOKEN, O_HCONNS, O_HBODY, O_HTIMEOUT, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
@@ -251,6 +254,7 @@ int main(int argc, char **argv)
         {"http", required_argument, 0, O_HTTP}, {"http-token-file", required_argument, 0, O_HTOKEN},
         {"http-max-connections", required_argument, 0, O_HCONNS},
         {"http-max-body", required_argument, 0, O_HBODY}, {"http-timeout", required_argument, 0, O_HTIMEOUT},
+        {"precision", required_argument, 0, O_PREC},
         {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
         {"max-pixels", required_argument, 0, O_MAXPX},
@@ -309,6 +313,13 @@ int main(int argc, char **argv)
         case O_HCONNS: hcfg.max_connections = (int)num(optarg, "--http-max-connections", 1, 4096); break;
         case O_HBODY: hcfg.max_body = (size_t)num(optarg, "--http-max-body", 1024, 1l << 31); break;
         case O_HTIMEOUT: hcfg.timeout = (int)num(optarg, "--http-timeout", 1, 86400); break;
+        case O_PREC:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto")) {
+                fprintf(stderr, "blip2d: --precision: '%s' is not f32, bf16 or auto\n", optarg);
+                return 2;
+            }
+            cfg.load.precision = optarg;
+            break;
         case 'v': b2d_log_level = b2d_log_level < B2D_LOG_DEBUG ? b2d_log_level + 1 : B2D_LOG_DEBUG; break;
         case 'q': b2d_log_level = B2D_LOG_WARN; break;
         case 'h': usage(stdout); return 0;
@@ -386,6 +397,7 @@ int main(int argc, char **argv)
     }
     LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
              blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
+    LOG_INFO("math: %s", blip2_model_math(m));
     const char *mpath = NULL;
     size_t msize = 0;
     if (blip2_model_mapping(m, &mpath, NULL, &msize))

@@ -80,6 +80,16 @@ typedef struct blip2_load_opts {
     /* Decoded images above this many pixels (width x height) are refused;
      * 0: the default, 64 Mpx. */
     uint64_t max_pixels;
+    /* The math of the products with many rows (vision encoder, Q-Former,
+     * prefill, T5 encoder): "f32", "bf16" or "auto"/NULL.  auto (unless
+     * the environment variable BLIP2_PRECISION says otherwise) follows the
+     * weights as the reference does: a folder and an f32 GGUF compute in
+     * f32; a GGUF of a reduced type (f16, bf16, q8_0) in bf16 (bf16 x bf16
+     * products accumulated in f32, oneDNN) where the CPU has native bf16
+     * (AVX512-BF16, AMX), else f32.  bf16 asked for where it is not native
+     * (or for a folder) falls back to f32; blip2_model_math says which and
+     * why.  Anything else: BLIP2_EINVAL. */
+    const char *precision;
 } blip2_load_opts;
 
 /* The weights type that runs best on this CPU, for the weights cache:
@@ -143,6 +153,10 @@ int32_t blip2_bos_id(const blip2_model *m);
 /* Storage type of the checkpoint's big matrices: "f32", "f16", "bf16",
  * "q8_0" (static). */
 const char *blip2_model_dtype(const blip2_model *m);
+/* The math chosen at load and why, e.g. "bf16 (reduced weights,
+ * brg:avx512_core_bf16); oneDNN 2.6.3, avx512_core_bf16; decode kernels
+ * avx512" (for logs and status).  Borrowed, valid until blip2_model_free. */
+const char *blip2_model_math(const blip2_model *m);
 /* Model family: "opt" or "t5" (Flan-T5), from config.json (static). */
 const char *blip2_model_family(const blip2_model *m);
 /* Layer counts for status displays. */

@@ -27,7 +27,9 @@
 
 /* The stored type of a checkpoint tensor: big matrices (every ".weight"
  * of two or more dimensions except the position table) get want, with
- * q8_0 falling back to f16 when the rows are not a multiple of 32;
+ * q8_0 for the language model only (vision_model, qformer and
+ * language_projection matrices become bf16) and falling back to f16 when
+ * the rows are not a multiple of 32;
  * everything else (norms, biases, embeddings of positions and class,
  * T5's relative position biases, query tokens) stays f32. */
 static b2_wtype tensor_type(const b2_tensor *t, b2_wtype want)
@@ -37,6 +39,10 @@ static b2_wtype tensor_type(const b2_tensor *t, b2_wtype want)
         strstr(t->name, "position_embedding") || strstr(t->name, "relative_attention_bias"))
         return B2_WT_F32;
     const int64_t k = t->shape[t->ndim - 1];
+    /* q8_0 is for the language model's decode, which reads every weight
+     * per token; the vision encoder, Q-Former and projection run as
+     * products with many rows (bf16 math on oneDNN, in place) */
+    if (want == B2_WT_Q8_0 && strncmp(t->name, "language_model.", 15) != 0) return B2_WT_BF16;
     if (want == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return B2_WT_F16;
     return want;
 }

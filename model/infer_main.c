@@ -16,6 +16,7 @@
  * status of the first failure.
  */
 #include "blip2.h"
+#include "matmul_dnnl.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -55,6 +56,10 @@ static void usage(FILE *f)
         "  -t, --threads N            compute threads (default: all cores)\n"
         "      --json                 print {\"text\", \"ids\", \"finish\", \"image\"} per input\n"
         "      --dump-tensors FILE    write the intermediate tensors to a safetensors file\n"
+        "      --precision P          math of the many-row products: f32, bf16 or auto (default;\n"
+        "                             env BLIP2_PRECISION): a GGUF of a reduced type computes in\n"
+        "                             bf16 where the CPU has native bf16, everything else in f32\n"
+        "  -v, --verbose              print the math chosen at load, and oneDNN's products, to stderr\n"
         "  -h, --help                 this help\n"
         "  -V, --version              print the version\n"
         "\n"
@@ -222,7 +227,7 @@ static int stream_cb(void *user, int req, int32_t tok)
 
 int main(int argc, char **argv)
 {
-    enum { O_PX = 256, O_MAXNEW, O_MINNEW, O_BEAMS, O_LP, O_RP, O_NOEXIF, O_JSON, O_DUMP, O_MAXPX };
+    enum { O_PX = 256, O_MAXNEW, O_MINNEW, O_BEAMS, O_LP, O_RP, O_NOEXIF, O_JSON, O_DUMP, O_MAXPX, O_PREC };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"image", required_argument, 0, 'i'},
         {"prompt", required_argument, 0, 'p'}, {"pixel-values", required_argument, 0, O_PX},
@@ -231,15 +236,17 @@ int main(int argc, char **argv)
         {"repetition-penalty", required_argument, 0, O_RP}, {"no-exif-rotate", no_argument, 0, O_NOEXIF},
         {"json", no_argument, 0, O_JSON}, {"dump-tensors", required_argument, 0, O_DUMP},
         {"threads", required_argument, 0, 't'}, {"max-pixels", required_argument, 0, O_MAXPX},
+        {"precision", required_argument, 0, O_PREC}, {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *pxfile = NULL, *dump = NULL;
     const char *images[MAX_INPUTS], *prompts[MAX_INPUTS];
-    int n_images = 0, n_prompts = 0, json = 0, c, threads = 0, used_stdin = 0;
+    int n_images = 0, n_prompts = 0, json = 0, c, threads = 0, used_stdin = 0, verbose = 0;
+    blip2_load_opts lo = {0};
     blip2_gen_params gp;
     blip2_gen_params_default(&gp);
     blip2_image_opts io = {0};
-    while ((c = getopt_long(argc, argv, "m:i:p:t:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:i:p:t:vhV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'i':
@@ -262,6 +269,14 @@ int main(int argc, char **argv)
         case 't': threads = parse_int(optarg, "--threads", 1, 1024); break;
         case O_JSON: json = 1; break;
         case O_DUMP: dump = optarg; break;
+        case O_PREC:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto")) {
+                fprintf(stderr, "blip2-infer: --precision: '%s' is not f32, bf16 or auto\n", optarg);
+                return 2;
+            }
+            lo.precision = optarg;
+            break;
+        case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("blip2-infer %s\n", PACKAGE_VERSION); return 0;
         default: fprintf(stderr, "Try 'blip2-infer --help'.\n"); return 2;
@@ -282,7 +297,8 @@ int main(int argc, char **argv)
 
     blip2_error err = {0};
     blip2_model *m = NULL;
-    if (blip2_model_load(&m, model_dir, NULL, &err) < 0) die(EXIT_FAIL, "%s", err.text);
+    if (blip2_model_load(&m, model_dir, &lo, &err) < 0) die(EXIT_FAIL, "%s", err.text);
+    if (verbose) fprintf(stderr, "blip2-infer: %s weights; math %s\n", blip2_model_dtype(m), blip2_model_math(m));
 
     const size_t npx = blip2_pixel_values_len(m);
     int n = n_images, status = EXIT_OK;
@@ -407,6 +423,10 @@ int main(int argc, char **argv)
     free(st.vision_last_hidden_state);
     free(st.vision_pooler_output);
     free(st.qformer_last_hidden_state);
+    if (verbose) {
+        char rep[8192];
+        if (b2__dnnl_report(rep, sizeof rep) > 0) fprintf(stderr, "blip2-infer: products on the math backend:\n%s", rep);
+    }
     blip2_model_free(m);
     if (fflush(stdout) != 0 && status == EXIT_OK) status = EXIT_FAIL;
     return status;

@@ -228,5 +228,5 @@ static int model_load(blip2_model **out, const char *path, const blip2_load_opts
     /* both families pack; what the converter refuses, direct loading
      * refuses too, with the same error */
     if (opts && opts->cache_dir) return load_cached(out, path, opts, err);
-    return b2__load_folder(out, path, err);
+    return b2__load_folder(out, path, opts, err);
 }

@@ -73,6 +73,7 @@ static void bind_linear(binder *b, b2_linear *l, int out, int in, int bias, cons
     l->out = out;
     l->in = in;
     l->w = bind_typed(b, &l->wt, SHAPE(out, in), "%s.weight", prefix);
+    l->prec = b->m->prec;
     l->b = bias ? bind(b, SHAPE(out), "%s.bias", prefix) : NULL;
 }
 
@@ -270,6 +271,39 @@ static int alloc_layers(blip2_model *m, blip2_error *err)
     return 0;
 }
 
+/* The math of the many-row products (blip2_load_opts.precision), as the
+ * reference computes: a folder and an f32 GGUF in f32; a GGUF of a
+ * reduced type (f16, bf16, q8_0) in bf16 where oneDNN runs bf16 natively
+ * (AVX512-BF16, AMX), f32 elsewhere; opts->precision, else the
+ * environment's BLIP2_PRECISION, overrides ("f32", "bf16", "auto").
+ * Sets m->prec and m->math; m->dtype must be known. */
+static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error *err)
+{
+    const char *want = opts && opts->precision && *opts->precision ? opts->precision : getenv("BLIP2_PRECISION");
+    if (want && (!*want || !strcmp(want, "auto"))) want = NULL;
+    if (want && strcmp(want, "f32") && strcmp(want, "bf16"))
+        return b2__err(err, BLIP2_EINVAL, "precision '%s' is not f32, bf16 or auto", want);
+    const char *impl = NULL;
+    const int reduced = m->gguf && strcmp(m->dtype, "f32") != 0;
+    char why[128];
+    m->prec = B2_PREC_F32;
+    if (want && !strcmp(want, "f32")) {
+        snprintf(why, sizeof why, "asked for");
+    } else if (!want && !reduced) {
+        snprintf(why, sizeof why, "%s", m->gguf ? "f32 weights" : "a Hugging Face folder computes in f32");
+    } else if (!m->gguf) {
+        snprintf(why, sizeof why, "bf16 asked for, but a folder's weights are f32 in memory: bf16 needs a GGUF file");
+    } else if (!b2__dnnl_bf16_native(&impl)) {
+        snprintf(why, sizeof why, "bf16 %s, but %s", want ? "asked for" : "for reduced weights", impl);
+    } else {
+        m->prec = B2_PREC_BF16;
+        snprintf(why, sizeof why, "%s, %s", want ? "asked for" : "reduced weights", impl);
+    }
+    snprintf(m->math, sizeof m->math, "%s (%s); %s; decode kernels %s", b2__prec_name(m->prec), why,
+             b2__dnnl_info(), b2__wkernels_name());
+    return 0;
+}
+
 /* A GGUF file: map, read the metadata, bind every tensor in place. */
 int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
 {
@@ -279,6 +313,9 @@ int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *op
     if ((rc = b2__gguf_open(&m->gguf, path, err)) < 0) goto fail;
     if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
+    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
+                                 : "language_model.model.decoder.embed_tokens.weight");
+    if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     size_t size;
     void *map = b2__gguf_map(m->gguf, &size);
@@ -306,7 +343,7 @@ fail:
 }
 
 /* A Hugging Face folder, loaded directly: f16/bf16 widened to f32 copies. */
-int b2__load_folder(blip2_model **out, const char *path, blip2_error *err)
+int b2__load_folder(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
 {
     char p[4096];
     int rc;
@@ -328,6 +365,9 @@ int b2__load_folder(blip2_model **out, const char *path, blip2_error *err)
     if (rc < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
     if ((rc = b2__weights_open(m, path, err)) < 0) goto fail;
+    m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
+                                 : "language_model.model.decoder.embed_tokens.weight");
+    if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     *out = m;
     return 0;
@@ -356,6 +396,7 @@ int blip2_vocab_size(const blip2_model *m) { return m->cfg.t_vocab; }
 int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
 int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.dec_start; }
 const char *blip2_model_dtype(const blip2_model *m) { return m->dtype; }
+const char *blip2_model_math(const blip2_model *m) { return m->math; }
 const char *blip2_model_family(const blip2_model *m) { return m->lm->name; }
 int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
 int blip2_qformer_layers(const blip2_model *m) { return m->cfg.q_layers; }

@@ -7,7 +7,8 @@
 # libedit-dev: line editing and history in blip2ctl chat; python3-numpy,
 # -venv, -pip, -setuptools, -wheel: the Python package python/ and its
 # offline installation test; libmicrohttpd-dev: blip2d --http; curl,
-# python3-prometheus-client, nodejs, npm, chromium: the --http tests).
+# python3-prometheus-client, nodejs, npm, chromium: the --http tests;
+# libdnnl-dev: oneDNN, the many-row matrix products).
 set -eu
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -17,7 +18,7 @@ $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libtiff-dev libjpeg-dev libjansson-dev \
   libpcre2-dev libsentencepiece-dev libsystemd-dev libhiredis-dev libedit-dev \
-  libmicrohttpd-dev \
+  libmicrohttpd-dev libdnnl-dev \
   python3 python3-msgpack valgrind redis-server \
   python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
   curl python3-prometheus-client nodejs npm chromium \

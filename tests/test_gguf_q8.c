@@ -6,16 +6,18 @@
  * benchmark's generator (bench/gen_weights.c, linked in) writes a small
  * random model whose every width is a multiple of 32 (vision 64, Q-Former
  * 64, OPT 64, feed-forward 128), which is packed twice, as f32 and as q8_0
- * (every matrix but the patch embedding quantised), and both files are
+ * (the language model's matrices quantised, the others bf16), and both files are
  * run on the same pixels and prompt: the q8_0 last-position logits must
  * keep a cosine above 0.99 to the f32 ones (asserted), and the greedy ids
  * are compared (first divergent position reported).  The vision encoder
- * and Q-Former run the tiled f32-conversion path, the decoder the row
- * kernels, the embeddings the row conversion.
+ * and Q-Former run bf16 math on oneDNN where the CPU has native bf16 (else
+ * the tiled f32-conversion path), the decoder the row kernels, the
+ * embeddings the row conversion.
  *
  * The same for Flan-T5 (d_model 64, d_kv 32 x 2 heads, gated d_ff 128, a
  * tied lm_head, so the logits use q8_0 `shared` scaled by d_model^-0.5):
- * every matrix but the patch embedding is q8_0 (relative position biases
+ * every language-model matrix is q8_0, the vision, Q-Former and projection
+ * matrices bf16 (docs/gguf.md; relative position biases
  * and RMSNorm weights stay f32), and the f32 file gives bit for bit the
  * logits and ids of the folder loaded directly.
  */
@@ -87,8 +89,10 @@ static void run(const char *label, const char *cfg_text, const char *prompt, int
     blip2_convert_stats s32, s8;
     ok(blip2_convert(src, f32, "f32", NULL, NULL, &s32, &err) == 0, "%s: pack f32", label);
     const int rc8 = blip2_convert(src, q8, "q8_0", NULL, NULL, &s8, &err);
-    ok(rc8 == 0, "%s: pack q8_0: %d q8_0, %d f16, %d f32 tensors", label, s8.n_q8_0, s8.n_f16, s8.n_f32);
-    ok(s8.n_q8_0 > 0 && s8.n_f16 == 1, "%s: every matrix but the patch embedding is q8_0", label);
+    ok(rc8 == 0, "%s: pack q8_0: %d q8_0, %d bf16, %d f16, %d f32 tensors", label, s8.n_q8_0, s8.n_bf16,
+       s8.n_f16, s8.n_f32);
+    ok(s8.n_q8_0 > 0 && s8.n_bf16 > 0 && s8.n_f16 == 0,
+       "%s: the language model's matrices are q8_0, the vision encoder's, Q-Former's and projection's bf16", label);
     const int nm = folder_too ? 3 : 2;
     blip2_model *m[3] = {NULL, NULL, NULL};
     const char *name[3] = {"f32", "q8_0", "folder"};

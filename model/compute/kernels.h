@@ -12,6 +12,7 @@
 #define BLIP2_KERNELS_H
 #include <stddef.h>
 #include "wkernels.h"
+#include "matmul_dnnl.h"
 
 /* Activation functions of the configs (config.h reads them by name). */
 typedef enum b2_act { B2_ACT_GELU, B2_ACT_GELU_TANH, B2_ACT_QUICK_GELU, B2_ACT_RELU, B2_ACT_SILU } b2_act;
@@ -19,12 +20,14 @@ typedef enum b2_act { B2_ACT_GELU, B2_ACT_GELU_TANH, B2_ACT_QUICK_GELU, B2_ACT_R
 
 /* A linear layer y = x W^T + b, as torch.nn.Linear stores it.  W is f32
  * (wt == B2_WT_F32, the zero value) or rows of another type (wkernels.h),
- * as a GGUF file stores them. */
+ * as a GGUF file stores them.  prec is the math of its products with many
+ * rows (matmul_dnnl.h; the loader sets it per model, f32 by default). */
 typedef struct b2_linear {
     const void *w;   /* (out, in) of type wt */
     const float *b;  /* (out) or NULL */
     int out, in;
     b2_wtype wt;
+    b2_prec prec;
 } b2_linear;
 
 /* LayerNorm affine parameters; w/b NULL for elementwise_affine=False. */
@@ -40,10 +43,17 @@ void b2__matmul_t(float *y, int ldy, const float *x, int ldx, const float *w, in
 void b2__matmul_n(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                   int n, int m, int k);
 
-/* y (n, l->out) = x (n, l->in) @ W^T + b.  Typed weights: few rows go
- * through b2__wmatmul_rows, many rows convert tiles of W to f32 and use
- * sgemm. */
+/* y (n, l->out) = x (n, l->in) @ W^T + b.  At least b2__mm_min_rows rows:
+ * oneDNN in the layer's math (l->prec) where it has an implementation
+ * (matmul_dnnl.h) and was measured faster for that shape than the path
+ * below, chosen the first time the shape comes (BLIP2_MATMUL=onednn|own
+ * forces one).  Otherwise: f32 weights through b2__matmul_t; typed weights
+ * with few rows through b2__wmatmul_rows, with many rows tiles of W
+ * converted to f32 and sgemm. */
 void b2__linear(float *y, const float *x, int n, const b2_linear *l);
+/* Rows from which b2__linear (16) and, for layers whose math is not f32,
+ * b2__linear_rows (32) try oneDNN; tests set them lower. */
+extern int b2__mm_min_rows, b2__mm_min_rows_dec;
 /* Weight rows per tile of that conversion (default 256; benchmarks set it). */
 extern int b2__wtile_rows;
 /* y (n, l->out) = x (n, l->in) @ W^T, without the bias. */
@@ -55,7 +65,10 @@ void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l);
  * gets alone.  y (n, ldy) [:, :m] = x (n, ldx) [:, :k] @ w (m, ldw)^T. */
 void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                      int n, int m, int k);
-/* Typed weights always go through b2__wmatmul_rows (row-invariant). */
+/* Typed weights go through b2__wmatmul_rows (row-invariant).  The
+ * exception: a layer whose math is not f32 (l->prec, a GGUF of a reduced
+ * type) with at least b2__mm_min_rows_dec rows goes to oneDNN as
+ * b2__linear does (prefill); such rows' bits then depend on the batch. */
 void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
 
 /* y (n, d) = LayerNorm(x (n, d)); y may equal x. */

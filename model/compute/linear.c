@@ -8,16 +8,29 @@
  * many rows are widened a tile of TILE_ROWS weight rows at a time (spread
  * over the pool) and multiplied with sgemm.  Both kernel files are leaves
  * below this one: neither calls the other's products.
+ *
+ * Products with many rows may instead go to oneDNN (matmul_dnnl.c), in
+ * the layer's math (l->prec: f32, or bf16 for a GGUF of a reduced type on
+ * a CPU with native bf16): per shape, whichever of oneDNN and the path
+ * above was faster the first time (backend_linear below).
  */
 #include "kernels.h"
+#include "matmul_dnnl.h"
 #include "pool.h"
 #include "wkernels.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static int backend_linear(float *y, const float *x, int n, const b2_linear *l, int bias);
+
+int b2__mm_min_rows = 16;
+int b2__mm_min_rows_dec = 32;
 
 void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
 {
+    if (l->prec != B2_PREC_F32 && n >= b2__mm_min_rows_dec && backend_linear(y, x, n, l, 1) == 0) return;
     if (l->wt == B2_WT_F32) b2__matmul_rows(y, l->out, x, l->in, l->w, l->in, n, l->out, l->in);
     else b2__wmatmul_rows(y, l->out, x, l->in, l->w, l->wt, n, l->out, l->in);
     if (l->b)
@@ -87,10 +100,36 @@ static void linear_mm(float *y, const float *x, int n, const b2_linear *l, float
     free(tile);
 }
 
-void b2__linear(float *y, const float *x, int n, const b2_linear *l)
+/* ---- the math backend for products with many rows ----
+ * A product of at least b2__mm_min_rows rows whose weight type and math
+ * oneDNN accepts (matmul_dnnl.h) runs on oneDNN or on the path above
+ * (OpenBLAS, the typed tiles), whichever was faster the first time that
+ * shape came: both run twice, interleaved, into y, and the faster is kept
+ * for the life of the process.  BLIP2_MATMUL=onednn or =own forces one. */
+
+static int mm_mode(void)
 {
-    if (n <= 0) return;
-    if (l->b) {
+    static _Atomic int mode; /* 0 unread, 1 auto, 2 oneDNN, 3 own */
+    int v = mode;
+    if (!v) {
+        const char *e = getenv("BLIP2_MATMUL");
+        v = !e || !*e || !strcmp(e, "auto") ? 1 : !strcmp(e, "onednn") ? 2 : 3;
+        mode = v;
+    }
+    return v;
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* y (n, out) = x (n, in) @ W^T (+ b if bias) on the path above */
+static void own_linear(float *y, const float *x, int n, const b2_linear *l, int bias)
+{
+    if (bias && l->b) {
         for (int i = 0; i < n; i++) memcpy(y + (size_t)i * l->out, l->b, sizeof(float) * l->out);
         linear_mm(y, x, n, l, 1.0f);
     } else {
@@ -98,8 +137,45 @@ void b2__linear(float *y, const float *x, int n, const b2_linear *l)
     }
 }
 
-void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l)
+/* 0: y computed (on oneDNN, or by own_linear while timing); -1: not, the
+ * caller runs its own path */
+static int backend_linear(float *y, const float *x, int n, const b2_linear *l, int bias)
 {
-    if (n > 0) linear_mm(y, x, n, l, 0.0f);
+    const int mode = mm_mode();
+    if (mode == 3) return -1;
+    const float *b = bias ? l->b : NULL;
+    b2_dnnl_mm *p = b2__dnnl_mm(n, l->out, l->in, l->in, l->out, l->wt, l->prec, b != NULL);
+    if (!p) return -1;
+    int ch = mode == 2 ? 1 : b2__dnnl_mm_choice(p);
+    if (ch == 0) { /* the first time: both twice, interleaved; keep the faster */
+        double td = 1e30, to = 1e30;
+        for (int r = 0; r < 2; r++) {
+            const double t0 = now_ms();
+            if (b2__dnnl_mm_run(p, y, x, l->w, b) < 0) return -1;
+            const double t1 = now_ms();
+            own_linear(y, x, n, l, bias);
+            const double t2 = now_ms();
+            td = t1 - t0 < td ? t1 - t0 : td;
+            to = t2 - t1 < to ? t2 - t1 : to;
+        }
+        ch = td < to ? 1 : -1;
+        b2__dnnl_mm_choose(p, ch, td, to);
+        if (ch < 0) return 0; /* y holds own_linear's result */
+    }
+    if (ch < 0) return -1;
+    return b2__dnnl_mm_run(p, y, x, l->w, b) < 0 ? -1 : 0;
 }
 
+void b2__linear(float *y, const float *x, int n, const b2_linear *l)
+{
+    if (n <= 0) return;
+    if (n >= b2__mm_min_rows && backend_linear(y, x, n, l, 1) == 0) return;
+    own_linear(y, x, n, l, 1);
+}
+
+void b2__linear_nobias(float *y, const float *x, int n, const b2_linear *l)
+{
+    if (n <= 0) return;
+    if (n >= b2__mm_min_rows && backend_linear(y, x, n, l, 0) == 0) return;
+    linear_mm(y, x, n, l, 0.0f);
+}

@@ -1,0 +1,452 @@
+/*
+ * matmul_dnnl.c - the many-row products on oneDNN (matmul_dnnl.h).
+ *
+ *   b2__dnnl_mm(shape, types)  -> look up the cache (a list under a mutex)
+ *     miss: memory descriptors with W as the (k, m) view of the stored
+ *           (m, k) rows -> matmul primitive descriptor -> refuse "ref" and
+ *           emulated bf16 -> primitive (user-managed scratchpad) -> cache
+ *   b2__dnnl_mm_run(p, y, x, W, b)
+ *     bf16: x rounded to bf16 into this thread's buffer
+ *     -> memory objects around the caller's pointers -> execute on this
+ *        thread's stream with its scratchpad buffer
+ * Nothing is copied or reordered at load: W stays in the shared mapping.
+ * The primitives live as long as the process (a handful of shapes per
+ * model).
+ */
+#include "matmul_dnnl.h"
+#include "pool.h"
+
+#include <dnnl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+struct b2_dnnl_mm {
+    int n, m, k, ldx, ldy, bias;
+    b2_wtype wt;
+    b2_prec prec;
+    dnnl_primitive_t prim;        /* NULL: refused (kept so it is not tried again) */
+    dnnl_memory_desc_t src, wei, dst, bmd;
+    size_t scratch_bytes;
+    /* f16 / q8_0 weights with bf16 math: W converted to bf16 `tile` rows
+     * at a time (prim: a whole tile; tail: the last m % tile rows) */
+    int tile;
+    dnnl_primitive_t tail;
+    dnnl_memory_desc_t wei_t, dst_t, bmd_t;
+    size_t scratch_tail;
+    char impl[48];
+    _Atomic int choice;
+    double ms_dnnl, ms_other;
+    struct b2_dnnl_mm *next;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static b2_dnnl_mm *cache;
+static dnnl_engine_t engine;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+const char *b2__prec_name(b2_prec p) { return p == B2_PREC_BF16 ? "bf16" : "f32"; }
+
+static void engine_init(void)
+{
+    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) engine = NULL;
+}
+
+/* oneDNN's threads for this thread's next calls: as many as the pool. */
+static void set_threads(void)
+{
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP
+    static __thread int done;
+    if (!done) {
+        omp_set_num_threads(b2__pool_size());
+        done = 1;
+    }
+#endif
+}
+
+static int native_bf16_isa(void)
+{
+    return (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_bf16 & ~dnnl_cpu_isa_avx512_core_vnni) != 0;
+}
+
+/* One primitive for y (n, ldy)[:, :cols] = x @ W^T over `cols` weight
+ * rows; *prim NULL if refused.  impl (48 bytes) gets its name. */
+static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dnnl_memory_desc_t *wei,
+                       dnnl_memory_desc_t *dst, dnnl_memory_desc_t *bmd, size_t *scratch, char *impl_out)
+{
+    const dnnl_data_type_t dt = p->prec == B2_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
+    /* bf16: x is rounded into a packed (n, k) copy */
+    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt == dnnl_bf16 ? p->k : p->ldx, 1};
+    const dnnl_dims_t wd = {p->k, cols}, ws = {1, p->k};
+    const dnnl_dims_t dd = {p->n, cols}, ds = {p->ldy, 1};
+    const dnnl_dims_t bd = {1, cols}, bs = {cols, 1};
+    dnnl_memory_desc_t src;
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    const char *impl = NULL;
+    *prim = NULL;
+    snprintf(impl_out, 48, "unavailable");
+    if (!engine) return;
+    if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(wei, 2, wd, dt, ws) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(dst, 2, dd, dnnl_f32, ds) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(bmd, 2, bd, dnnl_f32, bs) != dnnl_success ||
+        dnnl_matmul_desc_init(&md, &src, wei, p->bias ? bmd : NULL, dst) != dnnl_success ||
+        dnnl_primitive_attr_create(&attr) != dnnl_success ||
+        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
+        goto done;
+    if (dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL) != dnnl_success) {
+        pd = NULL;
+        snprintf(impl_out, 48, "unimplemented");
+        goto done;
+    }
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) goto done;
+    snprintf(impl_out, 48, "%s", impl);
+    /* the reference C implementation, or bf16 without native bf16 (oneDNN
+     * then emulates it with f32 instructions at a fraction of sgemm's
+     * rate): not used */
+    if (!strncmp(impl, "ref", 3) || strstr(impl, ":ref") || (dt == dnnl_bf16 && !native_bf16_isa())) goto done;
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    *scratch = sp ? dnnl_memory_desc_get_size(sp) : 0;
+    if (dnnl_primitive_create(prim, pd) != dnnl_success) *prim = NULL;
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+}
+
+/* Weight rows per converted tile: about TILE_BYTES of bf16, a multiple
+ * of 64 rows (oneDNN's blocking) */
+#define TILE_BYTES ((size_t)4 << 20)
+
+static void create(b2_dnnl_mm *p)
+{
+    if (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0) {
+        size_t t = TILE_BYTES / (2 * (size_t)p->k);
+        t = t < 64 ? 64 : t / 64 * 64;
+        p->tile = t > (size_t)p->m ? p->m : (int)t;
+    } else {
+        p->tile = p->m;
+    }
+    create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl);
+    const int rest = p->m % p->tile;
+    if (p->prim && rest) {
+        char impl[48];
+        create_one(p, rest, &p->tail, &p->wei_t, &p->dst_t, &p->bmd_t, &p->scratch_tail, impl);
+        if (!p->tail) {
+            dnnl_primitive_destroy(p->prim);
+            p->prim = NULL;
+            snprintf(p->impl, sizeof p->impl, "%.40s (tail)", impl);
+        }
+    }
+}
+
+b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_prec prec, int bias)
+{
+    if (n <= 0 || m <= 0 || k <= 0) return NULL;
+    if (prec == B2_PREC_F32 ? wt != B2_WT_F32 : prec != B2_PREC_BF16 || wt == B2_WT_F32) return NULL;
+    if (wt == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return NULL;
+    pthread_once(&engine_once, engine_init);
+    set_threads();
+    pthread_mutex_lock(&mu);
+    b2_dnnl_mm *p = cache;
+    for (; p; p = p->next)
+        if (p->n == n && p->m == m && p->k == k && p->ldx == ldx && p->ldy == ldy && p->wt == wt &&
+            p->prec == prec && p->bias == !!bias)
+            break;
+    if (!p && (p = calloc(1, sizeof *p))) {
+        *p = (b2_dnnl_mm){.n = n, .m = m, .k = k, .ldx = ldx, .ldy = ldy, .bias = !!bias, .wt = wt, .prec = prec};
+        create(p);
+        p->next = cache;
+        cache = p;
+    }
+    pthread_mutex_unlock(&mu);
+    return p && p->prim ? p : NULL;
+}
+
+int b2__dnnl_mm_choice(const b2_dnnl_mm *p) { return p->choice; }
+
+void b2__dnnl_mm_choose(b2_dnnl_mm *p, int choice, double ms_dnnl, double ms_other)
+{
+    pthread_mutex_lock(&mu);
+    p->ms_dnnl = ms_dnnl;
+    p->ms_other = ms_other;
+    p->choice = choice;
+    pthread_mutex_unlock(&mu);
+}
+
+const char *b2__dnnl_mm_impl(const b2_dnnl_mm *p) { return p->impl; }
+
+/* ---- per-thread buffers: x in bf16, oneDNN's scratchpad, the stream ---- */
+
+typedef struct tbuf {
+    void *p;
+    size_t cap;
+} tbuf;
+
+static pthread_key_t tkey;
+static pthread_once_t tkey_once = PTHREAD_ONCE_INIT;
+
+typedef struct tstate {
+    tbuf xb, scratch, wtile, wconv;
+    dnnl_stream_t stream;
+} tstate;
+
+static void tstate_free(void *v)
+{
+    tstate *t = v;
+    free(t->xb.p);
+    free(t->scratch.p);
+    free(t->wtile.p);
+    free(t->wconv.p);
+    if (t->stream) dnnl_stream_destroy(t->stream);
+    free(t);
+}
+
+static void tkey_init(void) { (void)pthread_key_create(&tkey, tstate_free); }
+
+static tstate *tstate_get(void)
+{
+    pthread_once(&tkey_once, tkey_init);
+    tstate *t = pthread_getspecific(tkey);
+    if (t) return t;
+    if (!(t = calloc(1, sizeof *t))) return NULL;
+    if (dnnl_stream_create(&t->stream, engine, dnnl_stream_default_flags) != dnnl_success ||
+        pthread_setspecific(tkey, t) != 0) {
+        if (t->stream) dnnl_stream_destroy(t->stream);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void *tbuf_get(tbuf *b, size_t bytes)
+{
+    if (bytes <= b->cap) return b->p;
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!p) return NULL;
+    free(b->p);
+    b->p = p;
+    b->cap = bytes;
+    return p;
+}
+
+/* ---- f32 -> bf16, round to nearest even (NaN stays NaN) ---- */
+
+static void to_bf16_c(uint16_t *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        y[i] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40u)
+                                                : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    }
+}
+
+#if defined(__x86_64__)
+/* vcvtneps2bf16 rounds to nearest even as the C above does (NaN quietened) */
+__attribute__((target("avx512f,avx512bf16")))
+static void to_bf16_avx512(uint16_t *y, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
+        _mm256_storeu_si256((__m256i *)(y + i), (__m256i)v);
+    }
+    to_bf16_c(y + i, x + i, n - i);
+}
+#endif
+
+static void to_bf16_rows(uint16_t *y, const float *x, int n, int k, int ldx)
+{
+    void (*fn)(uint16_t *, const float *, size_t) = to_bf16_c;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512bf16")) fn = to_bf16_avx512;
+#endif
+    if (ldx == k) fn(y, x, (size_t)n * k);
+    else
+        for (int i = 0; i < n; i++) fn(y + (size_t)i * k, x + (size_t)i * ldx, (size_t)k);
+}
+
+/* One execution: y (n, ldy)[:, :cols] = xs @ W^T (+ b) on `prim`. */
+static int exec_one(tstate *t, dnnl_primitive_t prim, const b2_dnnl_mm *p, const dnnl_memory_desc_t *wei,
+                    const dnnl_memory_desc_t *dst, const dnnl_memory_desc_t *bmd, size_t scratch_bytes,
+                    const void *xs, const void *w, float *y, const float *b)
+{
+    const dnnl_data_type_t dt = p->prec == B2_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
+    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt == dnnl_bf16 ? p->k : p->ldx, 1};
+    dnnl_memory_desc_t src;
+    void *sp = scratch_bytes ? tbuf_get(&t->scratch, scratch_bytes) : NULL;
+    if (scratch_bytes && !sp) return -1;
+    dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mb = NULL, msp = NULL;
+    int rc = -1;
+    if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success) return -1;
+    if (dnnl_memory_create(&ms, &src, engine, (void *)xs) != dnnl_success) { ms = NULL; goto out; }
+    if (dnnl_memory_create(&mw, wei, engine, (void *)w) != dnnl_success) { mw = NULL; goto out; }
+    if (dnnl_memory_create(&md, dst, engine, y) != dnnl_success) { md = NULL; goto out; }
+    if (p->bias && dnnl_memory_create(&mb, bmd, engine, (void *)b) != dnnl_success) { mb = NULL; goto out; }
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}};
+    int na = 3;
+    if (p->bias) args[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mb};
+    if (sp) {
+        dnnl_memory_desc_t smd;
+        const dnnl_dims_t sdims = {(dnnl_dim_t)scratch_bytes};
+        if (dnnl_memory_desc_init_by_tag(&smd, 1, sdims, dnnl_u8, dnnl_a) != dnnl_success ||
+            dnnl_memory_create(&msp, &smd, engine, sp) != dnnl_success) { msp = NULL; goto out; }
+        args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, msp};
+    }
+    if (dnnl_primitive_execute(prim, t->stream, na, args) == dnnl_success &&
+        dnnl_stream_wait(t->stream) == dnnl_success)
+        rc = 0;
+out:
+    if (ms) dnnl_memory_destroy(ms);
+    if (mw) dnnl_memory_destroy(mw);
+    if (md) dnnl_memory_destroy(md);
+    if (mb) dnnl_memory_destroy(mb);
+    if (msp) dnnl_memory_destroy(msp);
+    return rc;
+}
+
+/* W rows [r0, r0 + rows) of type wt as bf16 into dst (rows, k), CONV_ROWS
+ * rows per pool task through an f32 row buffer per slot */
+#define CONV_ROWS 8
+
+typedef struct conv_job {
+    uint16_t *dst;
+    const unsigned char *w;
+    b2_wtype wt;
+    int r0, rows, k;
+    float *f32; /* (pool size, CONV_ROWS * k) */
+} conv_job;
+
+static void conv_task(void *ctx, int task, int slot)
+{
+    const conv_job *j = ctx;
+    const int r = task * CONV_ROWS, nr = j->rows - r < CONV_ROWS ? j->rows - r : CONV_ROWS;
+    float *f = j->f32 + (size_t)slot * CONV_ROWS * j->k;
+    b2__wrows_to_f32(f, j->w, j->wt, j->r0 + r, nr, j->k);
+    to_bf16_rows(j->dst + (size_t)r * j->k, f, 1, nr * j->k, nr * j->k);
+}
+
+int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b)
+{
+    tstate *t = tstate_get();
+    if (!t) return -1;
+    const void *src = x;
+    if (p->prec == B2_PREC_BF16) {
+        uint16_t *xb = tbuf_get(&t->xb, sizeof(uint16_t) * (size_t)p->n * p->k);
+        if (!xb) return -1;
+        to_bf16_rows(xb, x, p->n, p->k, p->ldx);
+        src = xb;
+    }
+    set_threads();
+    if (p->tile == p->m && p->wt != B2_WT_F16 && p->wt != B2_WT_Q8_0)
+        return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
+    /* converted tiles */
+    const int np = b2__pool_size();
+    uint16_t *wb = tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k);
+    float *f32 = wb ? tbuf_get(&t->wconv, sizeof(float) * (size_t)np * CONV_ROWS * p->k) : NULL;
+    if (!f32) return -1;
+    for (int r0 = 0; r0 < p->m; r0 += p->tile) {
+        const int rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
+        conv_job j = {wb, w, p->wt, r0, rows, p->k, f32};
+        b2__parallel_for((rows + CONV_ROWS - 1) / CONV_ROWS, conv_task, &j);
+        set_threads();
+        const int full = rows == p->tile;
+        if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
+                     full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, src, wb, y + r0,
+                     b ? b + r0 : NULL) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- probes and reports ---- */
+
+static int bf16_native;
+static char bf16_why[96];
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+
+static void bf16_probe(void)
+{
+    pthread_once(&engine_once, engine_init);
+    if (!native_bf16_isa()) {
+        snprintf(bf16_why, sizeof bf16_why, "no native bf16 (%s)", b2__dnnl_info());
+        return;
+    }
+    b2_dnnl_mm *p = b2__dnnl_mm(64, 64, 64, 64, 64, B2_WT_BF16, B2_PREC_BF16, 0);
+    if (!p) {
+        snprintf(bf16_why, sizeof bf16_why, "no usable oneDNN bf16 matmul");
+        return;
+    }
+    snprintf(bf16_why, sizeof bf16_why, "%s", p->impl);
+    bf16_native = 1;
+}
+
+int b2__dnnl_bf16_native(const char **impl)
+{
+    pthread_once(&bf16_once, bf16_probe);
+    if (impl) *impl = bf16_why;
+    return bf16_native;
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa)
+{
+    switch ((int)isa) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    default: return "other";
+    }
+}
+
+static char info[64];
+
+static void info_fill(void)
+{
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(info, sizeof info, "oneDNN %d.%d.%d, %s", v->major, v->minor, v->patch,
+             isa_name(dnnl_get_effective_cpu_isa()));
+}
+
+const char *b2__dnnl_info(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, info_fill);
+    return info;
+}
+
+size_t b2__dnnl_report(char *buf, size_t size)
+{
+    size_t len = 0;
+    if (size) buf[0] = 0;
+    pthread_mutex_lock(&mu);
+    for (const b2_dnnl_mm *p = cache; p; p = p->next) {
+        if (p->n == 64 && p->m == 64 && p->k == 64 && p->choice == 0) continue; /* the probe */
+        char line[256];
+        const int l = snprintf(line, sizeof line, "%d x %d x %d %s%s: %s, %s (oneDNN %.2f ms, other %.2f ms)\n",
+                               p->n, p->m, p->k, b2__prec_name(p->prec), p->bias ? " +bias" : "",
+                               p->impl, !p->prim ? "refused" : p->choice > 0 ? "oneDNN" : p->choice < 0 ? "other" : "undecided",
+                               p->ms_dnnl, p->ms_other);
+        if (l > 0 && len + (size_t)l < size) memcpy(buf + len, line, (size_t)l + 1);
+        len += l > 0 ? (size_t)l : 0;
+    }
+    pthread_mutex_unlock(&mu);
+    return len;
+}

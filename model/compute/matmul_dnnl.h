@@ -1,0 +1,68 @@
+/*
+ * matmul_dnnl.h - internal: the products with many rows on oneDNN.
+ *
+ * y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T (+ b), with W (m, k) as the
+ * weight file stores it (rows of type wt, used in place from the mapping:
+ * oneDNN reads it as the (k, m) matrix with strides (1, k)).  The math:
+ *   B2_PREC_F32   f32 x f32 -> f32        W f32
+ *   B2_PREC_BF16  bf16 x bf16 -> f32      W bf16 in place, or f16 / q8_0
+ *                                          converted to bf16 about 4 MiB of
+ *                                          rows at a time (on the pool); x
+ *                                          rounded to bf16 (nearest even)
+ * One matmul primitive per shape, created at first use and kept for the
+ * life of the process (thread-safe); a primitive whose implementation is
+ * oneDNN's reference C ("ref") or whose bf16 would be emulated (no
+ * AVX512-BF16 or AMX) is refused, and the caller uses its own path.
+ * oneDNN's threads: as many as the compute pool (pool.h), set in the
+ * calling thread before each call.
+ */
+#ifndef BLIP2_MATMUL_DNNL_H
+#define BLIP2_MATMUL_DNNL_H
+#include "wkernels.h"
+
+/* The math of a linear layer's products with many rows. */
+typedef enum b2_prec {
+    B2_PREC_F32 = 0,  /* f32 math (the reference's) */
+    B2_PREC_BF16 = 1, /* bf16 x bf16 -> f32 accumulation */
+} b2_prec;
+
+/* "f32", "bf16". */
+const char *b2__prec_name(b2_prec p);
+
+/* One cached product (opaque). */
+typedef struct b2_dnnl_mm b2_dnnl_mm;
+
+/* The product for these shapes, types and math, created on first use;
+ * NULL if oneDNN has no acceptable implementation for it (or wt is not
+ * f32 for f32 math, bf16 for bf16 math).  Borrowed, valid for the life of
+ * the process. */
+b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_prec prec, int bias);
+
+/* Runs it: y (n, ldy) = x (n, ldx) @ W^T (+ b (m) if it was created with
+ * a bias).  Returns 0, or a negative code (out of memory for the
+ * activations in bf16, or oneDNN failed) with y unspecified. */
+int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b);
+
+/* The choice kept with the product: 0 undecided, 1 oneDNN, -1 the
+ * caller's own path (kernels.c decides by timing both). */
+int b2__dnnl_mm_choice(const b2_dnnl_mm *p);
+void b2__dnnl_mm_choose(b2_dnnl_mm *p, int choice, double ms_dnnl, double ms_other);
+
+/* The implementation's name as oneDNN reports it ("brg:avx512_core_bf16"). */
+const char *b2__dnnl_mm_impl(const b2_dnnl_mm *p);
+
+/* 1 if oneDNN computes bf16 natively on this CPU (AVX512-BF16 or AMX, as
+ * far as DNNL_MAX_CPU_ISA allows), else 0; *impl (may be NULL) gets the
+ * implementation of a probe product, or why not.  Decided once. */
+int b2__dnnl_bf16_native(const char **impl);
+
+/* oneDNN's version and the instruction set it uses, e.g.
+ * "oneDNN 2.6.3, avx512_core_bf16" (static storage). */
+const char *b2__dnnl_info(void);
+
+/* Writes a line per product used so far (shape, types, implementation,
+ * choice and the times measured) into buf (for -v and benchmarks);
+ * returns the length it needed. */
+size_t b2__dnnl_report(char *buf, size_t size);
+
+#endif

@@ -14,6 +14,10 @@ SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
+# Node.js and npm: Debian's, unless the machine already has both (a
+# nodejs package that bundles npm conflicts with Debian's npm package)
+NODE_PKGS=
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || NODE_PKGS="nodejs npm"
 $SUDO apt-get install -y -q --no-install-recommends \
   build-essential autoconf automake libtool pkg-config \
   libuv1-dev libmsgpack-dev libopenblas-dev libvips-dev libtiff-dev libjpeg-dev libjansson-dev \
@@ -21,7 +25,7 @@ $SUDO apt-get install -y -q --no-install-recommends \
   libmicrohttpd-dev libdnnl-dev \
   python3 python3-msgpack valgrind redis-server \
   python3-numpy python3-venv python3-pip python3-setuptools python3-wheel \
-  curl python3-prometheus-client nodejs npm chromium \
+  curl python3-prometheus-client chromium $NODE_PKGS \
   clang libclang-rt-14-dev libsimde-dev
 # the real HTTP clients of tests/test_http_node.py (the openai package,
 # playwright-core), pinned by tests/http/package-lock.json

@@ -86,7 +86,9 @@ typedef struct hreq {
     int post;
     int refused;           /* a response was queued at the first call */
     int too_big;           /* the body grew past max_body: discarded */
+    int no_memory;         /* the daemon's memory budget was exceeded: discarded */
     GString *body;
+    size_t charged;        /* bytes of body charged to the daemon's budget */
     double t0;             /* the complete request */
     int status;
     char code[40];
@@ -685,7 +687,18 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
             r->too_big = 1;
             g_string_truncate(r->body, 0);
         }
-        if (!r->too_big && !r->refused) g_string_append_len(r->body, upload, (gssize)*upload_size);
+        if (!r->too_big && !r->no_memory && !r->refused) {
+            /* the body is charged to the daemon's memory budget as it
+             * arrives; beyond the budget it is discarded and answered 429 busy */
+            if (b2d_backend_memory(h->backend, (long long)*upload_size)) {
+                b2d_backend_memory(h->backend, -(long long)*upload_size);
+                r->no_memory = 1;
+                g_string_truncate(r->body, 0);
+            } else {
+                r->charged += *upload_size;
+                g_string_append_len(r->body, upload, (gssize)*upload_size);
+            }
+        }
         *upload_size = 0;
         return MHD_YES;
     }
@@ -693,6 +706,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
     if (r->too_big) {
         r->refused = 1;
         return fail(c, r, 413, "body_too_large", "the body is above the limit of %zu bytes", h->cfg.max_body);
+    }
+    if (r->no_memory) {
+        r->refused = 1;
+        return fail(c, r, 429, "busy", "the daemon's memory budget (--max-memory) is in use; try again shortly");
     }
     /* the whole request is in */
     r->t0 = now_s();
@@ -717,6 +734,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (r->status >= 400 || b2d_log_level >= B2D_LOG_DEBUG)
         LOG_DEBUG("http: %s -> %d %s", r->endpoint < B2D_EP_OTHER ? "request" : "unknown", r->status, r->code);
     if (r->body) g_string_free(r->body, TRUE);
+    if (r->charged) b2d_backend_memory(h->backend, -(long long)r->charged);
     free(r);
     *con_cls = NULL;
     set_busy(h, c, 0);

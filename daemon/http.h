@@ -67,6 +67,10 @@ void b2d_backend_close(b2d_bjob *j);
 int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_status_text *txt, b2d_http_error *err);
 /* The limits requests are validated against (the socket's). */
 const b2ipc_limits *b2d_backend_limits(b2d_backend *b);
+/* The daemon's memory budget (b2d_core_memory): charges (n > 0) or
+ * releases (n < 0) what the HTTP thread holds of a request body; 1 while
+ * the budget is exceeded. */
+int b2d_backend_memory(b2d_backend *b, long long n);
 
 /* ---- metrics (http_metrics.c) ---- */
 

@@ -185,6 +185,11 @@ int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_status_text *txt, b2
     return 0;
 }
 
+int b2d_backend_memory(b2d_backend *b, long long n)
+{
+    return b2d_core_memory(b->core, n);
+}
+
 const b2ipc_limits *b2d_backend_limits(b2d_backend *b)
 {
     return b2d_core_limits(b->core);

@@ -330,6 +330,24 @@ try:
 finally:
     ok(stop(proc) == 0, "blip2d exits 0 on SIGTERM")
 
+# ---- request bodies are charged to the daemon's memory budget ----
+PORT = free_port()
+BASE = "http://127.0.0.1:%d" % PORT
+proc, sock = start("--http", "127.0.0.1:%d" % PORT, "--max-memory", str(8 << 20), tmp=TMP,
+                   bail="blip2d did not start")
+try:
+    big = os.path.join(TMP, "big10.bin")
+    with open(big, "wb") as f:
+        f.write(b"\xff" * (10 << 20))
+    st, h, j = jcurl("-H", "Content-Type: image/png", "--data-binary", "@" + big, BASE + "/v1/caption")
+    ok(st == 429 and j and j["error"]["code"] == "busy" and h.get("retry-after") == "1",
+       "a 10 MiB body with --max-memory 8 MiB: 429 busy with Retry-After, not held (%d)" % st)
+    st, h, j = jcurl("-H", "Content-Type: image/png", "--data-binary", "@" + IMG["camera.png"], BASE + "/v1/caption")
+    ok(st == 200 and j and j.get("text") == socket_caption(IMG["camera.png"]),
+       "then a small image is captioned: the refused body's charge was released (%d)" % st)
+finally:
+    ok(stop(proc) == 0, "blip2d exits 0 on SIGTERM")
+
 p = subprocess.run([b2test.BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", os.path.join(TMP, "x.sock"),
                     "--http", "0.0.0.0:%d" % free_port(), "-q"], capture_output=True, timeout=60 * SCALE)
 ok(p.returncode != 0 and b"--http-token-file" in p.stderr,

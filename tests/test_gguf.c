@@ -395,14 +395,16 @@ static void test_t5(const char *gdir)
     if (!ok(system(cmd) == 0, "copy t5-tiny")) return;
     blip2_load_opts o = {.cache_dir = cache};
     m = NULL;
+    char t5a[300] = "", t5b[300] = "";
     ok(blip2_model_load(&m, copy, &o, &err) == 0 && blip2_model_mapping(m, NULL, NULL, NULL) &&
-       !strcmp(blip2_model_family(m), "t5") && count_gguf(cache, NULL, 0) == 1,
+       !strcmp(blip2_model_family(m), "t5") && count_gguf(cache, t5a, sizeof t5a) == 1,
        "a T5 folder with a cache directory is converted and mapped");
     blip2_model_free(m);
     m = NULL;
     snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/spiece.model'", copy);
-    ok(system(cmd) == 0 && blip2_model_load(&m, copy, &o, &err) == 0 && count_gguf(cache, NULL, 0) == 2,
-       "a changed spiece.model is converted again");
+    ok(system(cmd) == 0 && blip2_model_load(&m, copy, &o, &err) == 0 &&
+       count_gguf(cache, t5b, sizeof t5b) == 1 && strcmp(t5a, t5b) != 0,
+       "a changed spiece.model is converted again, and the stale file removed (%s -> %s)", t5a, t5b);
     blip2_model_free(m);
     snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", copy, cache);
     system(cmd);
@@ -466,8 +468,9 @@ static void test_cache(const char *gdir)
     /* a changed weight file changes the key */
     snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/model-00002-of-00002.safetensors'", src);
     system(cmd);
-    ok(blip2_model_load(&m, src, &o, &err) == 0 && count_gguf(cache, NULL, 0) == 3,
-       "a changed weight file is converted again");
+    ok(blip2_model_load(&m, src, &o, &err) == 0 && count_gguf(cache, name2, sizeof name2) == 1 &&
+       strcmp(name, name2) != 0,
+       "a changed weight file is converted again, and the earlier version's files (f16, bf16) removed");
     blip2_model_free(m);
     m = NULL;
     o.cache_dir = "/proc/no/such/dir";

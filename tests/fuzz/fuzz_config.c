@@ -11,7 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "config.h"
-#include "engine.h"
+#include "model.h"
 #include "safetensors.h"
 #include "weights.h"
 

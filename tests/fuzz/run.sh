@@ -45,7 +45,7 @@ sources() {
     image) echo "model/image/image.c model/base/error.c" ;;
     gguf) echo "model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
     # every daemon source but main.c, libipc, and the model as the gcc build made it
-    server) (cd "$top" && ls daemon/*.c | grep -v '^daemon/main.c$' | tr '\n' ' ')
+    server) (cd "$top" && ls daemon/*.c queue/queue.c | grep -v '^daemon/main.c$' | grep -v '^daemon/http' | tr '\n' ' ')
         echo "libipc/ipc.c libipc/frame.c libipc/scan.c libipc/schema.c libipc/decode.c libipc/encode.c libipc/validate.c $model_lib" ;;
     esac
 }
@@ -56,7 +56,7 @@ packages() {
     tokenizer) echo "jansson libpcre2-8" ;;
     image) echo "vips libtiff-4 jansson" ;;
     gguf) echo jansson ;;
-    server) if pkg-config --exists msgpack-c; then echo msgpack-c; else echo msgpack; fi
+    server) if pkg-config --exists msgpack-c; then echo msgpack-c hiredis; else echo msgpack hiredis; fi
         echo "libuv glib-2.0 libsystemd vips libtiff-4 jansson libpcre2-8 sentencepiece openblas" ;;
     esac
 }
@@ -67,13 +67,13 @@ defines() {
     case $1 in
     tokenizer) echo "-DB2_FUZZ_TOKENIZER_DIR=\"$top/tests/golden/opt-tiny\"" ;;
     image) echo "-DB2_RESIZE_WORK_MAX=5e7" ;;
-    server) echo "-D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\" -I$top/daemon -DB2_FUZZ_MODEL_DIR=\"$top/tests/golden/opt-tiny\" -DB2_FUZZ_IMAGE=\"$top/tests/golden/images-extra/tiny_indexed.png\"" ;;
+    server) echo "-D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\" -I$top/daemon -I$top/queue -DB2_FUZZ_MODEL_DIR=\"$top/tests/golden/opt-tiny\" -DB2_FUZZ_IMAGE=\"$top/tests/golden/images-extra/tiny_indexed.png\"" ;;
     esac
 }
 
 extra_libs() {
     case $1 in
-    server) echo "-lstdc++ -lpthread" ;;
+    server) echo "-ldnnl -lgomp -lstdc++ -lpthread" ;;
     esac
 }
 

@@ -206,7 +206,7 @@ fi
 
 # chat on a terminal (a pty): history with Up, /help, /image, Ctrl-D
 TERM=xterm python3 - "$CTL" "$S" "$T" <<'EOF' >"$T/chat.log" 2>&1
-import os, pty, select, sys, time
+import os, pty, select, sys, termios, time
 ctl, sock, t = sys.argv[1:4]
 pid, fd = pty.fork()
 if pid == 0:
@@ -225,8 +225,17 @@ def until(what, start=0, limit=30):
             except OSError:
                 break
     return start + buf[start:].index(what) + len(what)
+def editing(limit=30):
+    # type only once the line editor has the terminal (ICANON off), as a
+    # person would: keys typed earlier are echoed by the tty itself
+    end = time.time() + limit
+    while termios.tcgetattr(fd)[3] & termios.ICANON:
+        if time.time() > end:
+            raise SystemExit("the terminal never left canonical mode")
+        time.sleep(0.01)
 def step(line, answer):
     # send a line once the prompt is up, wait for the answer and the next prompt
+    editing()
     os.write(fd, line)
     until(b"> ", until(answer, len(buf)))
 until(b"> ")
@@ -236,6 +245,7 @@ step(b"/help\r", b"/image FILE")
 step(b"/image " + t.encode() + b"/dog.png\r", b"now about")
 step(b"and this?\r", b"answer 1 about dog")      # a new image starts over
 step(b"/frob\r", b"no such command")
+editing()
 os.write(fd, b"\x04")                                   # Ctrl-D
 _, st = os.waitpid(pid, 0)
 try:
@@ -247,7 +257,7 @@ except OSError:
     pass
 assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
 # the shell's prompt starts on a clean line: the "> " line erased (or a newline)
-assert buf.endswith(b"\r\x1b[K") or buf.endswith(b"\n"), repr(buf[-40:])
+assert buf.endswith(b"\r\x1b[K") or buf.endswith(b"\n"), repr(buf[-200:])
 assert b"^[[A" not in buf, "Up echoed as ^[[A: %r" % buf
 print("ok")
 EOF

@@ -23,6 +23,7 @@
  * Output: plain lines, tokens streamed when stdout is a terminal, or JSON
  * Lines (jansson).  The exit status says what kind of failure happened.
  */
+#include "b2cli.h"
 #include "blip2client.h"
 #include "ctl_batch.h"
 
@@ -60,8 +61,7 @@ typedef struct ctl {
     const char *socket;
     const char *prompt;
     blip2c_params params;
-    const char *stop[8];
-    uint32_t n_stop;
+    b2cli_gen gen;      /* the generation options given, applied to params */
     bool no_stream, json, verbose;
     unsigned jobs;
     bool jobs_set;
@@ -82,30 +82,6 @@ typedef struct ctl {
 } ctl;
 
 /* ---- messages and exit codes ------------------------------------------------ */
-
-__attribute__((format(printf, 1, 2)))
-static void warnx_(const char *fmt, ...)
-{
-    va_list ap;
-    fflush(stdout);
-    fputs(PROG ": ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-__attribute__((format(printf, 1, 2), noreturn))
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs(PROG ": ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\nTry '" PROG " --help' for more information.\n", stderr);
-    exit(EXIT_USAGE);
-}
 
 static int exit_for(int code)
 {
@@ -269,50 +245,14 @@ static void print_help(void)
 
 /* ---- argument parsing -------------------------------------------------------------- */
 
-static uint64_t parse_uint(const char *flag, const char *s, uint64_t max)
-{
-    char *end;
-    errno = 0;
-    while (*s == ' ') s++;
-    if (*s == '-' || *s == '+' || *s == '\0')
-        usage_error("%s: '%s' is not a whole number >= 0", flag, s);
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end != '\0') usage_error("%s: '%s' is not a whole number", flag, s);
-    if (errno == ERANGE || v > max)
-        usage_error("%s: %s is too large (at most %" PRIu64 ")", flag, s, max);
-    return v;
-}
-
-static double parse_real(const char *flag, const char *s)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
-        usage_error("%s: '%s' is not a number", flag, s);
-    return v;
-}
-
 enum {
-    O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP,
-    O_TOPK, O_TOPP, O_SEED, O_NRS, O_STOP, O_NOSTREAM, O_JSON, O_TIMEOUT,
+    O_NOSTREAM = B2CLI_O_NEXT, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
     O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INCLUDE, O_EXCLUDE
 };
 
 static const struct option long_options[] = {
-    { "max-new-tokens", required_argument, NULL, O_MAX_NEW },
-    { "min-new-tokens", required_argument, NULL, O_MIN_NEW },
-    { "num-beams", required_argument, NULL, O_BEAMS },
-    { "length-penalty", required_argument, NULL, O_LENPEN },
-    { "repetition-penalty", required_argument, NULL, O_REPPEN },
-    { "do-sample", no_argument, NULL, O_SAMPLE },
-    { "temperature", required_argument, NULL, O_TEMP },
-    { "top-k", required_argument, NULL, O_TOPK },
-    { "top-p", required_argument, NULL, O_TOPP },
-    { "seed", required_argument, NULL, O_SEED },
-    { "num-return-sequences", required_argument, NULL, O_NRS },
-    { "stop", required_argument, NULL, O_STOP },
+    B2CLI_GEN_LONG_OPTIONS,
     { "prompt", required_argument, NULL, 'p' },
     { "no-stream", no_argument, NULL, O_NOSTREAM },
     { "json", no_argument, NULL, O_JSON },
@@ -343,44 +283,23 @@ static const struct option long_options[] = {
 static void parse_args(ctl *x, int argc, char **argv)
 {
     blip2c_params *p = &x->params;
-    bool temp0 = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "p:j:s:vhVr0o:", long_options, NULL)) != -1) {
+        if (b2cli_gen_option(&x->gen, ch, optarg)) continue;
         switch (ch) {
-        case O_MAX_NEW: p->max_new_tokens = (uint32_t)parse_uint("--max-new-tokens", optarg, UINT32_MAX); break;
-        case O_MIN_NEW: p->min_new_tokens = (uint32_t)parse_uint("--min-new-tokens", optarg, UINT32_MAX); break;
-        case O_BEAMS: p->num_beams = (uint32_t)parse_uint("--num-beams", optarg, UINT32_MAX); break;
-        case O_LENPEN: p->length_penalty = parse_real("--length-penalty", optarg); break;
-        case O_REPPEN: p->repetition_penalty = parse_real("--repetition-penalty", optarg); break;
-        case O_SAMPLE: p->do_sample = true; break;
-        case O_TEMP:
-            p->temperature = parse_real("--temperature", optarg);
-            if (p->temperature == 0) temp0 = true;   /* greedy, as llama.cpp and Ollama */
-            break;
-        case O_TOPK: p->top_k = (uint32_t)parse_uint("--top-k", optarg, UINT32_MAX); break;
-        case O_TOPP: p->top_p = parse_real("--top-p", optarg); break;
-        case O_SEED:
-            p->seed = parse_uint("--seed", optarg, UINT64_MAX);
-            p->has_seed = true;
-            break;
-        case O_NRS: p->num_return_sequences = (uint32_t)parse_uint("--num-return-sequences", optarg, UINT32_MAX); break;
-        case O_STOP:
-            if (x->n_stop == 8) usage_error("--stop: at most 8 stop strings");
-            x->stop[x->n_stop++] = optarg;
-            break;
         case 'p': x->prompt = optarg; break;
         case O_NOSTREAM: x->no_stream = true; break;
         case O_JSON: x->json = true; break;
         case 'j': {
-            uint64_t j = parse_uint("--jobs", optarg, 256);
-            if (j == 0) usage_error("--jobs: must be at least 1");
+            uint64_t j = b2cli_uint("--jobs", optarg, 256);
+            if (j == 0) b2cli_usage_error("--jobs: must be at least 1");
             x->jobs = (unsigned)j;
             x->jobs_set = true;
             break;
         }
         case O_TIMEOUT: {
-            double t = parse_real("--timeout", optarg);
-            if (t <= 0 || t > 86400) usage_error("--timeout: '%s' is not in (0, 86400] seconds", optarg);
+            double t = b2cli_real("--timeout", optarg);
+            if (t <= 0 || t > 86400) b2cli_usage_error("--timeout: '%s' is not in (0, 86400] seconds", optarg);
             x->timeout_ms = (int)(t * 1000 + 0.999);
             break;
         }
@@ -394,7 +313,7 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_NO_PROGRESS: x->no_progress = true; break;
         case O_TEXT: x->text = optarg; break;
         case O_OUTPUT:
-            if (x->n_outputs == 8) usage_error("--output: at most 7 outputs");
+            if (x->n_outputs == 8) b2cli_usage_error("--output: at most 7 outputs");
             x->outputs[x->n_outputs++] = optarg;
             break;
         case O_OUT: x->out = optarg; break;
@@ -405,7 +324,7 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_EXCLUDE: {
             const char **l = ch == O_INCLUDE ? x->include : x->exclude;
             size_t *nl = ch == O_INCLUDE ? &x->n_include : &x->n_exclude;
-            if (*nl == MAX_GLOBS) usage_error("--%s: at most %d patterns", ch == O_INCLUDE ? "include" : "exclude", MAX_GLOBS);
+            if (*nl == MAX_GLOBS) b2cli_usage_error("--%s: at most %d patterns", ch == O_INCLUDE ? "include" : "exclude", MAX_GLOBS);
             l[(*nl)++] = optarg;
             break;
         }
@@ -420,12 +339,7 @@ static void parse_args(ctl *x, int argc, char **argv)
             exit(EXIT_USAGE);
         }
     }
-    if (temp0) {           /* --temperature 0: greedy decoding, whatever --do-sample says */
-        p->do_sample = false;
-        p->temperature = 1.0;
-    }
-    p->stop = x->stop;
-    p->n_stop = x->n_stop;
+    B2CLI_GEN_APPLY(p, &x->gen);
     blip2c_error err;
     if (blip2c_params_validate(p, &err) < 0) {
         /* "num_beams: 0 is out of range" -> name the flag */
@@ -437,7 +351,7 @@ static void parse_args(ctl *x, int argc, char **argv)
             char *br = strchr(flag, '[');  /* "stop[2]" -> "--stop" */
             if (br) strcpy(br, ")");
         }
-        usage_error("bad generation parameter%s: %s", flag, err.message);
+        b2cli_usage_error("bad generation parameter%s: %s", flag, err.message);
     }
 }
 
@@ -457,14 +371,14 @@ static int read_stdin_image(image *im, blip2c_error *err)
     uint8_t *buf = malloc(cap);
     memset(err, 0, sizeof *err);
     err->code = BLIP2C_EINVAL;
-    if (!buf) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    if (!buf) { b2cli_warn("out of memory"); exit(EXIT_SERVER); }
     for (;;) {
         if (len == cap) {
             if (cap >= MAX_STDIN_IMAGE + 1) break;
             cap *= 2;
             if (cap > MAX_STDIN_IMAGE + 1) cap = MAX_STDIN_IMAGE + 1;
             uint8_t *nb = realloc(buf, cap);
-            if (!nb) { free(buf); warnx_("out of memory"); exit(EXIT_SERVER); }
+            if (!nb) { free(buf); b2cli_warn("out of memory"); exit(EXIT_SERVER); }
             buf = nb;
         }
         ssize_t n = read(0, buf + len, cap - len);
@@ -499,14 +413,14 @@ static void print_error_json(const char *image_name, const char *question,
 static image *load_images(const ctl *x, char **names, size_t n, const char *question)
 {
     image *ims = calloc(n, sizeof *ims);
-    if (!ims) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    if (!ims) { b2cli_warn("out of memory"); exit(EXIT_SERVER); }
     bool used_stdin = false, bad = false;
     for (size_t i = 0; i < n; i++) {
         ims[i].name = names[i];
         blip2c_error err;
         int fd = -1;
         if (strcmp(names[i], "-") == 0) {
-            if (used_stdin) usage_error("'-' (standard input) can be given only once");
+            if (used_stdin) b2cli_usage_error("'-' (standard input) can be given only once");
             used_stdin = true;
             if (read_stdin_image(&ims[i], &err) == 0) continue;
         } else if (blip2c_open_image(names[i], &fd, &err) == 0) {
@@ -521,7 +435,7 @@ static image *load_images(const ctl *x, char **names, size_t n, const char *ques
             }
         }
         if (x->json) print_error_json(names[i], question, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         bad = true;
     }
     if (bad) exit(EXIT_USAGE);
@@ -563,7 +477,7 @@ static void connect_or_exit(ctl *x, char **names, size_t n, const char *question
             for (size_t i = 0; i < n; i++) print_error_json(names[i], question, &err);
             if (n == 0) print_error_json(NULL, question, &err);
         }
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         if (err.code == BLIP2C_ECONNECT && !x->socket)
             fputs("(or point " PROG " at the daemon's socket with --socket PATH or "
                   "BLIP2_SOCKET=PATH)\n", stderr);
@@ -571,7 +485,7 @@ static void connect_or_exit(ctl *x, char **names, size_t n, const char *question
     }
     const blip2c_info *in = blip2c_info_get(x->conn);
     if (x->verbose)
-        warnx_("connected to %s (%s): %s, protocol %u", in->socket_path,
+        b2cli_warn("connected to %s (%s): %s, protocol %u", in->socket_path,
                in->socket_origin, in->server, in->protocol);
 }
 
@@ -609,7 +523,7 @@ static void print_json(json_t *o, bool has_seed, uint64_t seed)
 {
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
-    if (!s) { warnx_("out of memory"); return; }
+    if (!s) { b2cli_warn("out of memory"); return; }
     size_t n = strlen(s);
     if (has_seed && n >= 2 && s[n - 1] == '}') {
         s[n - 1] = '\0';
@@ -697,11 +611,11 @@ static void print_result_text(const char *prefix, const blip2c_result *r,
 static void print_timings(const char *what, const blip2c_result *r)
 {
     const blip2c_timings *t = &r->timings;
-    warnx_("%s: queue %.1f ms, preprocess %.1f ms, vision %.1f ms%s, prefill %.1f ms, "
+    b2cli_warn("%s: queue %.1f ms, preprocess %.1f ms, vision %.1f ms%s, prefill %.1f ms, "
            "decode %.1f ms (%.2f tokens/s), total %.1f ms, %u prompt tokens",
            what, t->queue_ms, t->preprocess_ms, t->vision_ms, r->cached ? " (cached)" : "",
            t->prefill_ms, t->decode_ms, t->tokens_per_s, t->total_ms, r->prompt_tokens);
-    if (r->has_seed) warnx_("%s: seed %" PRIu64, what, r->seed);
+    if (r->has_seed) b2cli_warn("%s: seed %" PRIu64, what, r->seed);
 }
 
 /* Tokens to the terminal as they come: sequence 0 only, leading whitespace
@@ -791,7 +705,7 @@ static int cmd_caption(ctl *x, char **names, size_t n)
     connect_or_exit(x, names, n, NULL);
     bool stream = n == 1 && want_stream(x);
     job *jobs = calloc(n, sizeof *jobs);
-    if (!jobs) { warnx_("out of memory"); exit(EXIT_SERVER); }
+    if (!jobs) { b2cli_warn("out of memory"); exit(EXIT_SERVER); }
     size_t inflight = 0, printed = 0;
     for (size_t i = 0; i < n; i++) {
         jobs[i].im = &ims[i];
@@ -854,7 +768,7 @@ static int cmd_caption(ctl *x, char **names, size_t n)
             } else {
                 if (j->st.started) putchar('\n');
                 if (x->json) print_error_json(j->im->name, NULL, &j->err);
-                warnx_("%s: %s", j->im->name, j->err.message);
+                b2cli_warn("%s: %s", j->im->name, j->err.message);
                 if (status == EXIT_OK) status = exit_for(j->err.code);
             }
         }
@@ -890,7 +804,7 @@ static int cmd_caption(ctl *x, char **names, size_t n)
             t = left < 0 ? 0 : left > 60000 ? 60000 : (int)left;
         }
         if (poll(&pfd, 1, t) < 0 && errno != EINTR) {
-            warnx_("poll: %s", strerror(errno));
+            b2cli_warn("poll: %s", strerror(errno));
             exit(EXIT_SERVER);
         }
         blip2c_error err;
@@ -930,7 +844,7 @@ static int run_one(ctl *x, const image *im, int fd, const char *question,
         if (st.started) putchar('\n');
         if (rc == BLIP2C_ETOO_LARGE && !report_too_large) return rc;
         if (x->json) print_error_json(im->name, question, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         return rc;
     }
     if (x->json) print_result_json(im->name, question, prompt, res);
@@ -954,20 +868,20 @@ static int cmd_ask(ctl *x, char *name, char **words, size_t nw)
     size_t qlen = 0;
     for (size_t i = 0; i < nw; i++) qlen += strlen(words[i]) + 1;
     char *q = malloc(qlen + 1);
-    if (!q) { warnx_("out of memory"); return EXIT_SERVER; }
+    if (!q) { b2cli_warn("out of memory"); return EXIT_SERVER; }
     q[0] = '\0';
     for (size_t i = 0; i < nw; i++) {
         if (i) strcat(q, " ");
         strcat(q, words[i]);
     }
-    if (!q[strspn(q, " \t")]) usage_error("ask: the question is empty");
+    if (!q[strspn(q, " \t")]) b2cli_usage_error("ask: the question is empty");
     size_t bad = utf8_bad_at(q);
     if (bad != SIZE_MAX) {
         blip2c_error err = { .code = BLIP2C_EINVAL };
         snprintf(err.message, sizeof err.message, "the question is not valid UTF-8 (at byte %zu "
                  "of the question)", bad + 1);
         if (x->json) print_error_json(name, NULL, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         free(q);
         return EXIT_USAGE;
     }
@@ -975,7 +889,7 @@ static int cmd_ask(ctl *x, char *name, char **words, size_t nw)
     connect_or_exit(x, &name, 1, q);
     size_t plen = strlen(q) + sizeof "Question:  Answer:";
     char *prompt = malloc(plen);
-    if (!prompt) { warnx_("out of memory"); return EXIT_SERVER; }
+    if (!prompt) { b2cli_warn("out of memory"); return EXIT_SERVER; }
     snprintf(prompt, plen, "Question: %s Answer:", q);
     int rc = run_one(x, im, -1, q, prompt, NULL, true);
     free(prompt);
@@ -1048,7 +962,7 @@ static int chat_open(ctl *x, const char *name, int *fd)
     blip2c_error err;
     if (blip2c_open_image(name, fd, &err) < 0) {
         if (x->json) print_error_json(name, NULL, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         return -1;
     }
     return 0;
@@ -1057,7 +971,7 @@ static int chat_open(ctl *x, const char *name, int *fd)
 static int cmd_chat(ctl *x, char *name)
 {
     if (strcmp(name, "-") == 0)
-        usage_error("chat: the image cannot come from standard input, which carries "
+        b2cli_usage_error("chat: the image cannot come from standard input, which carries "
                     "the questions");
     int fd;
     if (chat_open(x, name, &fd) < 0) return EXIT_USAGE;
@@ -1065,7 +979,7 @@ static int cmd_chat(ctl *x, char *name)
     const blip2c_info *info = blip2c_info_get(x->conn);
     bool interactive = isatty(0) && isatty(1);
     char *cur = strdup(name);   /* the image being discussed */
-    if (!cur) { warnx_("out of memory"); return EXIT_SERVER; }
+    if (!cur) { b2cli_warn("out of memory"); return EXIT_SERVER; }
     if (interactive)
         fprintf(stderr, "Chatting about %s. One question per line; /help lists the commands, "
                         "/quit or Ctrl-D ends.\n", cur);
@@ -1094,7 +1008,7 @@ static int cmd_chat(ctl *x, char *name)
             const char *f = q + 6 + strspn(q + 6, " \t");
             int nfd;
             if (!*f) {
-                warnx_("/image: give a FILE");
+                b2cli_warn("/image: give a FILE");
             } else if (chat_open(x, f, &nfd) == 0) {
                 close(fd);
                 fd = nfd;
@@ -1110,7 +1024,7 @@ static int cmd_chat(ctl *x, char *name)
             continue;
         }
         if (q[0] == '/' && q[1] != '/' && !strchr(q, ' ')) {
-            warnx_("%s: no such command (/help lists them; start a question with // to "
+            b2cli_warn("%s: no such command (/help lists them; start a question with // to "
                    "ask it as is)", q);
             free(line);
             continue;
@@ -1118,7 +1032,7 @@ static int cmd_chat(ctl *x, char *name)
         if (q[0] == '/' && q[1] == '/') q++;
         size_t bad = utf8_bad_at(q);
         if (bad != SIZE_MAX) {
-            warnx_("the question is not valid UTF-8 (at byte %zu of the question)", bad + 1);
+            b2cli_warn("the question is not valid UTF-8 (at byte %zu of the question)", bad + 1);
             if (status == EXIT_OK) status = EXIT_USAGE;
             free(line);
             continue;
@@ -1128,7 +1042,7 @@ static int cmd_chat(ctl *x, char *name)
         int rc;
         for (;;) {
             char *prompt = chat_prompt(hist, first, nh, q);
-            if (!prompt) { warnx_("out of memory"); return EXIT_SERVER; }
+            if (!prompt) { b2cli_warn("out of memory"); return EXIT_SERVER; }
             if (strlen(prompt) > info->max_prompt_bytes && first < nh) {
                 free(prompt);
                 first++;  /* drop the oldest turn */
@@ -1138,7 +1052,7 @@ static int cmd_chat(ctl *x, char *name)
             free(prompt);
             if (rc == BLIP2C_ETOO_LARGE && first < nh) {
                 first++;
-                if (x->verbose) warnx_("dropped the oldest turn to fit the model's context");
+                if (x->verbose) b2cli_warn("dropped the oldest turn to fit the model's context");
                 continue;
             }
             break;
@@ -1153,16 +1067,16 @@ static int cmd_chat(ctl *x, char *name)
             free(line);
             continue;
         }
-        if (!answer) { warnx_("out of memory"); return EXIT_SERVER; }
+        if (!answer) { b2cli_warn("out of memory"); return EXIT_SERVER; }
         if (nh == cap) {
             cap = cap ? 2 * cap : 8;
             turn *nt = realloc(hist, cap * sizeof *nt);
-            if (!nt) { warnx_("out of memory"); return EXIT_SERVER; }
+            if (!nt) { b2cli_warn("out of memory"); return EXIT_SERVER; }
             hist = nt;
         }
         hist[nh].q = strdup(q);
         hist[nh].a = answer;
-        if (!hist[nh].q) { warnx_("out of memory"); return EXIT_SERVER; }
+        if (!hist[nh].q) { b2cli_warn("out of memory"); return EXIT_SERVER; }
         nh++;
         free(line);
     }
@@ -1193,7 +1107,7 @@ static int cmd_status(ctl *x)
     blip2c_error err;
     if (blip2c_status_get(x->conn, &s, &err) < 0) {
         if (x->json) print_error_json(NULL, NULL, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         return exit_for(err.code);
     }
     const blip2c_info *in = blip2c_info_get(x->conn);
@@ -1222,7 +1136,7 @@ static int cmd_status(ctl *x)
             "max_image_bytes", (json_int_t)in->max_image_bytes,
             "max_prompt_bytes", (json_int_t)in->max_prompt_bytes);
         if (o) print_json(o, false, 0);
-        else warnx_("cannot format the status as JSON (invalid UTF-8 from the daemon?)");
+        else b2cli_warn("cannot format the status as JSON (invalid UTF-8 from the daemon?)");
     } else {
         uint64_t up = s->uptime_ms / 1000;
         char cb[32], cc[32];
@@ -1261,7 +1175,7 @@ static int run_tool(const char *tool, const char *env_name, char *const av[])
     const char *env = getenv(env_name);
     if (env && *env) {
         execv(env, av);
-        warnx_("cannot run %s: %s", env, strerror(errno));
+        b2cli_warn("cannot run %s: %s", env, strerror(errno));
         return EXIT_USAGE;
     }
     char self[4096];
@@ -1288,7 +1202,7 @@ static int run_tool(const char *tool, const char *env_name, char *const av[])
         }
     }
     execvp(tool, av);
-    warnx_("cannot run %s (installed beside blip2ctl, or set %s): %s", tool, env_name, strerror(errno));
+    b2cli_warn("cannot run %s (installed beside blip2ctl, or set %s): %s", tool, env_name, strerror(errno));
     return EXIT_USAGE;
 }
 
@@ -1330,7 +1244,7 @@ static int cmd_ping(ctl *x)
     blip2c_error err;
     if (blip2c_ping(x->conn, &rtt, &err) < 0) {
         if (x->json) print_error_json(NULL, NULL, &err);
-        warnx_("%s", err.message);
+        b2cli_warn("%s", err.message);
         return exit_for(err.code);
     }
     const blip2c_info *in = blip2c_info_get(x->conn);
@@ -1419,7 +1333,7 @@ static int cmd_caption_collection(ctl *x, char **names, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(names[i], "-") == 0)
-            usage_error("caption: '-' (an image on standard input) does not go with a "
+            b2cli_usage_error("caption: '-' (an image on standard input) does not go with a "
                         "collection (--jsonl, --recursive, --files-from, --resume, -o)");
     connect_or_exit(x, NULL, 0, NULL);
     ctl_caption_args a = { x->prompt, &x->params };
@@ -1431,32 +1345,32 @@ static int cmd_features_collection(ctl *x, char **names, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(names[i], "-") == 0)
-            usage_error("features: '-' (an image on standard input) does not go with a "
+            b2cli_usage_error("features: '-' (an image on standard input) does not go with a "
                         "collection");
     static const char *const image_outputs[] = {
         "image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
         "qformer_pooler_output", "language_model_inputs", NULL };
     for (size_t i = 0; i < x->n_outputs; i++) {
         if (!strcmp(x->outputs[i], "logits") || !strcmp(x->outputs[i], "logits_last"))
-            usage_error("features: --output %s needs --text, which is for one image, not a "
+            b2cli_usage_error("features: --output %s needs --text, which is for one image, not a "
                         "collection", x->outputs[i]);
         size_t k = 0;
         while (image_outputs[k] && strcmp(image_outputs[k], x->outputs[i])) k++;
         if (!image_outputs[k])
-            usage_error("features: --output %s is no output (image_last_hidden_state, "
+            b2cli_usage_error("features: --output %s is no output (image_last_hidden_state, "
                         "image_pooler_output, qformer_last_hidden_state, qformer_pooler_output, "
                         "language_model_inputs)", x->outputs[i]);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(x->outputs[j], x->outputs[i]))
-                usage_error("features: --output %s is given twice", x->outputs[i]);
+                b2cli_usage_error("features: --output %s is given twice", x->outputs[i]);
     }
     if (x->out_dir) {
         struct stat st;
         if (stat(x->out_dir, &st) != 0 || !S_ISDIR(st.st_mode))
-            usage_error("--out-dir: %s is not a directory%s", x->out_dir,
+            b2cli_usage_error("--out-dir: %s is not a directory%s", x->out_dir,
                         errno == ENOENT ? " (create it first)" : "");
         if (access(x->out_dir, W_OK | X_OK) != 0)
-            usage_error("--out-dir: cannot write to %s: %s", x->out_dir, strerror(errno));
+            b2cli_usage_error("--out-dir: cannot write to %s: %s", x->out_dir, strerror(errno));
     }
     connect_or_exit(x, NULL, 0, NULL);
     ctl_features_args a = { x->outputs, x->n_outputs, x->out_dir };
@@ -1474,7 +1388,7 @@ static int write_safetensors(const char *path, const blip2c_features *f)
 {
     char msg[1024];
     if (ctl_write_safetensors(path, f, msg, sizeof msg) == 0) return 0;
-    warnx_("%s", msg);
+    b2cli_warn("%s", msg);
     return -1;
 }
 
@@ -1513,7 +1427,7 @@ static int cmd_features(ctl *x, char *name)
                                                       "message", jstr(err.message)));
             print_json(o, false, 0);
         }
-        warnx_("%s%s%s", name ? name : "", name ? ": " : "", err.message);
+        b2cli_warn("%s%s%s", name ? name : "", name ? ": " : "", err.message);
         return exit_for(rc);
     }
     int status = EXIT_OK;
@@ -1546,7 +1460,7 @@ static int cmd_features(ctl *x, char *name)
         }
     }
     if (x->verbose)
-        warnx_("features: %s, vision %.1f ms, text %.1f ms, total %.1f ms",
+        b2cli_warn("features: %s, vision %.1f ms, text %.1f ms, total %.1f ms",
                f->cached ? "cached" : "computed", f->timings.vision_ms, f->timings.text_ms,
                f->timings.total_ms);
     blip2c_features_free(f);
@@ -1564,61 +1478,61 @@ int main(int argc, char **argv)
     x.argv = argv;
     parse_args(&x, argc, argv);
 
-    if (optind >= argc) usage_error("missing command (caption, ask, chat, features, convert, status or ping)");
+    if (optind >= argc) b2cli_usage_error("missing command (caption, ask, chat, features, convert, status or ping)");
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     size_t nargs = (size_t)(argc - optind - 1);
-    if (x.null_sep && !x.files_from) usage_error("--null is for --files-from");
-    if (x.hidden && !x.recursive) usage_error("--hidden is for --recursive");
+    if (x.null_sep && !x.files_from) b2cli_usage_error("--null is for --files-from");
+    if (x.hidden && !x.recursive) b2cli_usage_error("--hidden is for --recursive");
     bool features = strcmp(cmd, "features") == 0;
     if (collection_mode(&x) && strcmp(cmd, "caption") != 0 && !features)
-        usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption "
+        b2cli_usage_error("--jsonl, --recursive, --files-from, --resume and -o are for caption "
                     "and features");
     if ((x.text || x.n_outputs || x.out || x.out_dir) && !features)
-        usage_error("--text, --output, --out and --out-dir are for features");
+        b2cli_usage_error("--text, --output, --out and --out-dir are for features");
     bool fcoll = features && (collection_mode(&x) || x.out_dir || nargs > 1);
     if (fcoll && x.text)
-        usage_error("features: --text is for one image (or none), not a collection "
+        b2cli_usage_error("features: --text is for one image (or none), not a collection "
                     "(--jsonl, -r, --files-from, --resume, -o, --out-dir, several IMAGEs)");
     if (fcoll && x.out)
-        usage_error("features: --out FILE is for one image; a collection writes one file "
+        b2cli_usage_error("features: --out FILE is for one image; a collection writes one file "
                     "per image with --out-dir DIR");
     if (x.prompt && strcmp(cmd, "caption") != 0)
-        usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
+        b2cli_usage_error("--prompt is for caption (ask and chat build the prompt from the question)");
 
     int status;
     if (strcmp(cmd, "caption") == 0 && collection_mode(&x)) {
         if (nargs == 0 && !x.files_from)
-            usage_error("caption: give at least one IMAGE or DIR, or --files-from");
+            b2cli_usage_error("caption: give at least one IMAGE or DIR, or --files-from");
         status = cmd_caption_collection(&x, args, nargs);
     } else if (strcmp(cmd, "caption") == 0) {
-        if (nargs == 0) usage_error("caption: give at least one IMAGE (or - for stdin)");
+        if (nargs == 0) b2cli_usage_error("caption: give at least one IMAGE (or - for stdin)");
         status = cmd_caption(&x, args, nargs);
     } else if (strcmp(cmd, "ask") == 0) {
-        if (nargs < 2) usage_error("ask: give an IMAGE and a QUESTION");
+        if (nargs < 2) b2cli_usage_error("ask: give an IMAGE and a QUESTION");
         status = cmd_ask(&x, args[0], args + 1, nargs - 1);
     } else if (strcmp(cmd, "chat") == 0) {
-        if (nargs != 1) usage_error("chat: give exactly one IMAGE");
+        if (nargs != 1) b2cli_usage_error("chat: give exactly one IMAGE");
         status = cmd_chat(&x, args[0]);
     } else if (fcoll) {
         if (nargs == 0 && !x.files_from)
-            usage_error("features: give at least one IMAGE or DIR, or --files-from");
+            b2cli_usage_error("features: give at least one IMAGE or DIR, or --files-from");
         status = cmd_features_collection(&x, args, nargs);
     } else if (features) {
-        if (nargs == 0 && !x.text) usage_error("features: give an IMAGE, --text TEXT or both");
+        if (nargs == 0 && !x.text) b2cli_usage_error("features: give an IMAGE, --text TEXT or both");
         status = cmd_features(&x, nargs ? args[0] : NULL);
     } else if (strcmp(cmd, "convert") == 0) {
-        if (nargs != 2) usage_error("convert: give a SOURCE folder and an OUTPUT.gguf file");
+        if (nargs != 2) b2cli_usage_error("convert: give a SOURCE folder and an OUTPUT.gguf file");
         status = cmd_convert(&x, args[0], args[1]);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0) {
-        if (nargs) usage_error("%s: takes no arguments", cmd);
+        if (nargs) b2cli_usage_error("%s: takes no arguments", cmd);
         status = cmd[0] == 's' ? cmd_status(&x) : cmd_ping(&x);
     } else {
-        usage_error("unknown command '%s' (caption, ask, chat, features, convert, status or ping)", cmd);
+        b2cli_usage_error("unknown command '%s' (caption, ask, chat, features, convert, status or ping)", cmd);
     }
     blip2c_close(x.conn);
     if (fflush(stdout) != 0 || ferror(stdout)) {
-        warnx_("cannot write the output: %s", strerror(errno));
+        b2cli_warn("cannot write the output: %s", strerror(errno));
         if (status == EXIT_OK) status = EXIT_SERVER;
     }
     return status;

@@ -21,6 +21,7 @@
  * it took with it.
  */
 #include "ctl_batch.h"
+#include "b2strset.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -103,61 +104,6 @@ static char *path_key(const char *p)
     return k;
 }
 
-/* ---- a set of strings (paths done or seen), open addressing ------------------ */
-
-typedef struct strset {
-    char **slot;
-    size_t cap, n;   /* cap: a power of two */
-} strset;
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;   /* FNV-1a */
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static bool strset_has(const strset *s, const char *k)
-{
-    if (!s->cap) return false;
-    for (size_t i = hash_str(k) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        if (!s->slot[i]) return false;
-        if (strcmp(s->slot[i], k) == 0) return true;
-    }
-}
-
-/* Adds k (the set takes it).  0 added, 1 already there (k freed), -1 no memory. */
-static int strset_add(strset *s, char *k)
-{
-    if (strset_has(s, k)) { free(k); return 1; }
-    if (2 * (s->n + 1) > s->cap) {
-        size_t nc = s->cap ? 2 * s->cap : 1024;
-        char **ns = calloc(nc, sizeof *ns);
-        if (!ns) { free(k); return -1; }
-        for (size_t j = 0; j < s->cap; j++) {
-            if (!s->slot[j]) continue;
-            size_t i = hash_str(s->slot[j]) & (nc - 1);
-            while (ns[i]) i = (i + 1) & (nc - 1);
-            ns[i] = s->slot[j];
-        }
-        free(s->slot);
-        s->slot = ns;
-        s->cap = nc;
-    }
-    size_t i = hash_str(k) & (s->cap - 1);
-    while (s->slot[i]) i = (i + 1) & (s->cap - 1);
-    s->slot[i] = k;
-    s->n++;
-    return 0;
-}
-
-static void strset_free(strset *s)
-{
-    for (size_t i = 0; i < s->cap; i++) free(s->slot[i]);
-    free(s->slot);
-    memset(s, 0, sizeof *s);
-}
-
 /* ---- the run's state ---------------------------------------------------------- */
 
 enum { J_RUNNING, J_WAITING, J_ABANDONED };
@@ -186,7 +132,7 @@ typedef struct batch {
 
     entry *q;                 /* queue of files to do: q[qhead .. qn) */
     size_t qhead, qn, qcap;
-    strset seen;              /* path keys done (--resume) or queued this run */
+    b2_strset seen;              /* path keys done (--resume) or queued this run */
     size_t resumed;           /* skipped: done in the --resume file */
     size_t skipped;           /* skipped: not images (by their first bytes) */
     struct stat own[2];       /* the -o and --resume files: never captioned */
@@ -398,7 +344,7 @@ static bool push_entry(batch *b, char *path, int err)
     }
     char *key = path_key(path);
     if (!key) { free(path); return false; }
-    int r = strset_add(&b->seen, key);
+    int r = b2_strset_add(&b->seen, key);
     if (r < 0) { free(path); return false; }
     if (r == 1) {               /* in the --resume file, or a duplicate */
         free(path);
@@ -595,7 +541,7 @@ static int read_resume(batch *b, const char *file)
         const char *code = json_string_value(json_object_get(er, "code"));
         if (!er || (code && !transient_code(code))) {
             char *k = strdup(json_string_value(p));
-            int r = k ? strset_add(&b->seen, k) : -1;
+            int r = k ? b2_strset_add(&b->seen, k) : -1;
             if (r < 0) {
                 json_decref(o);
                 free(line);
@@ -1141,7 +1087,7 @@ finish:
     }
     for (size_t i = b->qhead; i < b->qn; i++) free(b->q[i].path);
     free(b->q);
-    strset_free(&b->seen);
+    b2_strset_free(&b->seen);
     free(b->lbuf);
     if (b->lfd > 0) close(b->lfd);
     if (o->output && b->out >= 0) {

@@ -15,7 +15,9 @@
  *                 job, as collections write them, plus "job"
  *   queue-status: XLEN, XINFO GROUPS/CONSUMERS, HLEN --> a table or JSON
  */
+#include "b2cli.h"
 #include "b2q.h"
+#include "b2strset.h"
 #include "blip2ipc.h"
 
 #include <errno.h>
@@ -36,33 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { EX_OK = 0, EX_FAILED = 1, EX_USAGE_ = 2, EX_CONNECT = 3, EX_LOST = 4 };
-
-static const char *prog = "blip2-queue";
-
-__attribute__((format(printf, 1, 2)))
-static void warnx_(const char *fmt, ...)
-{
-    va_list ap;
-    fflush(stdout);
-    fprintf(stderr, "%s: ", prog);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-__attribute__((format(printf, 1, 2), noreturn))
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "%s: ", prog);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'blip2ctl --help' for more information.\n");
-    exit(EX_USAGE_);
-}
+enum { EX_OK = 0, EX_FAILED = 1, EX_USAGE_ = B2CLI_EXIT_USAGE, EX_CONNECT = 3, EX_LOST = 4 };
 
 static double now_s(void)
 {
@@ -71,24 +47,7 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static uint64_t parse_uint(const char *flag, const char *s, uint64_t max)
-{
-    char *end;
-    errno = 0;
-    if (!*s || *s == '-') usage_error("%s: '%s' is not a whole number >= 0", flag, s);
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end) usage_error("%s: '%s' is not a whole number", flag, s);
-    if (errno || v > max) usage_error("%s: %s is too large (at most %" PRIu64 ")", flag, s, max);
-    return v;
-}
-
-static double parse_real(const char *flag, const char *s)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || !isfinite(v)) usage_error("%s: '%s' is not a number", flag, s);
-    return v;
-}
+static char prog[64] = "blip2-queue";   /* "blip2ctl CMD" once the command is known */
 
 static volatile sig_atomic_t stop_sig;
 static void on_signal(int sig) { stop_sig = sig; }
@@ -114,8 +73,7 @@ typedef struct opts {
     const char *prompt, *question;
     const char *outputs[8];
     uint32_t n_outputs;
-    const char *stop[8];
-    uint32_t n_stop;
+    b2cli_gen gen;            /* the generation options given, applied to params */
     b2ipc_gen_params params;
     uint64_t max_image;
     /* results */
@@ -126,8 +84,7 @@ typedef struct opts {
 } opts;
 
 enum {
-    O_MAX_NEW = 256, O_MIN_NEW, O_BEAMS, O_LENPEN, O_REPPEN, O_SAMPLE, O_TEMP, O_TOPK, O_TOPP,
-    O_SEED, O_NRS, O_STOP, O_QUEUE, O_HIDDEN, O_FILES_FROM, O_OP, O_QUESTION, O_OUTPUT,
+    O_QUEUE = B2CLI_O_NEXT, O_HIDDEN, O_FILES_FROM, O_OP, O_QUESTION, O_OUTPUT,
     O_BY_PATH, O_MAX_IMAGE, O_NO_PROGRESS, O_FOLLOW, O_JSON
 };
 
@@ -147,18 +104,7 @@ static const struct option long_options[] = {
     { "output-file", required_argument, NULL, 'o' },
     { "follow", no_argument, NULL, O_FOLLOW },
     { "json", no_argument, NULL, O_JSON },
-    { "max-new-tokens", required_argument, NULL, O_MAX_NEW },
-    { "min-new-tokens", required_argument, NULL, O_MIN_NEW },
-    { "num-beams", required_argument, NULL, O_BEAMS },
-    { "length-penalty", required_argument, NULL, O_LENPEN },
-    { "repetition-penalty", required_argument, NULL, O_REPPEN },
-    { "do-sample", no_argument, NULL, O_SAMPLE },
-    { "temperature", required_argument, NULL, O_TEMP },
-    { "top-k", required_argument, NULL, O_TOPK },
-    { "top-p", required_argument, NULL, O_TOPP },
-    { "seed", required_argument, NULL, O_SEED },
-    { "num-return-sequences", required_argument, NULL, O_NRS },
-    { "stop", required_argument, NULL, O_STOP },
+    B2CLI_GEN_LONG_OPTIONS,
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -169,6 +115,7 @@ static void parse_args(opts *o, int argc, char **argv)
     b2ipc_gen_params *p = &o->params;
     int ch;
     while ((ch = getopt_long(argc, argv, "r0p:o:vh", long_options, NULL)) != -1) {
+        if (b2cli_gen_option(&o->gen, ch, optarg)) continue;
         switch (ch) {
         case O_QUEUE: o->queue = optarg; break;
         case 'r': o->recursive = true; break;
@@ -179,53 +126,37 @@ static void parse_args(opts *o, int argc, char **argv)
         case 'p': o->prompt = optarg; break;
         case O_QUESTION: o->question = optarg; break;
         case O_OUTPUT:
-            if (o->n_outputs == 7) usage_error("--output: at most 7 outputs");
+            if (o->n_outputs == 7) b2cli_usage_error("--output: at most 7 outputs");
             o->outputs[o->n_outputs++] = optarg;
             break;
         case O_BY_PATH: o->by_path = true; break;
-        case O_MAX_IMAGE: o->max_image = parse_uint("--max-image-bytes", optarg, B2Q_MAX_INLINE_IMAGE); break;
+        case O_MAX_IMAGE: o->max_image = b2cli_uint("--max-image-bytes", optarg, B2Q_MAX_INLINE_IMAGE); break;
         case O_NO_PROGRESS: o->no_progress = true; break;
         case 'o': o->output = optarg; break;
         case O_FOLLOW: o->follow = true; break;
         case O_JSON: o->json = true; break;
-        case O_MAX_NEW: p->max_new_tokens = (uint32_t)parse_uint("--max-new-tokens", optarg, UINT32_MAX); break;
-        case O_MIN_NEW: p->min_new_tokens = (uint32_t)parse_uint("--min-new-tokens", optarg, UINT32_MAX); break;
-        case O_BEAMS: p->num_beams = (uint32_t)parse_uint("--num-beams", optarg, UINT32_MAX); break;
-        case O_LENPEN: p->length_penalty = parse_real("--length-penalty", optarg); break;
-        case O_REPPEN: p->repetition_penalty = parse_real("--repetition-penalty", optarg); break;
-        case O_SAMPLE: p->do_sample = true; break;
-        case O_TEMP: p->temperature = parse_real("--temperature", optarg); break;
-        case O_TOPK: p->top_k = (uint32_t)parse_uint("--top-k", optarg, UINT32_MAX); break;
-        case O_TOPP: p->top_p = parse_real("--top-p", optarg); break;
-        case O_SEED: p->seed = parse_uint("--seed", optarg, UINT64_MAX); p->has_seed = true; break;
-        case O_NRS: p->num_return_sequences = (uint32_t)parse_uint("--num-return-sequences", optarg, UINT32_MAX); break;
-        case O_STOP:
-            if (o->n_stop == 8) usage_error("--stop: at most 8 stop strings");
-            o->stop[o->n_stop++] = optarg;
-            break;
         case 'v': o->verbose = true; break;
         case 'h':
             printf("%s: the queue commands of blip2ctl; see blip2ctl --help and blip2ctl(1)\n", prog);
             exit(EX_OK);
         default:
             fprintf(stderr, "Try 'blip2ctl --help' for more information.\n");
-            exit(EX_USAGE_);
+            exit(B2CLI_EXIT_USAGE);
         }
     }
-    p->stop = o->stop;
-    p->n_stop = o->n_stop;
+    B2CLI_GEN_APPLY(p, &o->gen);
     if (!o->queue) o->queue = getenv("BLIP2_QUEUE");
-    if (!o->queue || !*o->queue) usage_error("--queue URL is required (or set BLIP2_QUEUE)");
+    if (!o->queue || !*o->queue) b2cli_usage_error("--queue URL is required (or set BLIP2_QUEUE)");
 }
 
 static b2q_conn *connect_or_exit(const opts *o)
 {
     b2q_url u;
     char msg[600];
-    if (b2q_url_parse(o->queue, &u, msg, sizeof msg) < 0) usage_error("--queue: %s", msg);
+    if (b2q_url_parse(o->queue, &u, msg, sizeof msg) < 0) b2cli_usage_error("--queue: %s", msg);
     b2q_conn *q;
     if (b2q_connect(&u, 10000, &q, msg, sizeof msg) < 0) {
-        warnx_("%s", msg);
+        b2cli_warn("%s", msg);
         exit(EX_CONNECT);
     }
     return q;
@@ -259,7 +190,7 @@ static void progress(enq *e, bool force)
 static void file_error(enq *e, const char *path, const char *what)
 {
     if (e->progress) fputs("\r\033[K", stderr);
-    warnx_("%s: %s", path, what);
+    b2cli_warn("%s: %s", path, what);
     e->failed++;
 }
 
@@ -375,12 +306,12 @@ static void enqueue_file(enq *e, const char *path)
     if (rc == 1) e->added++;
     else if (rc == 0) e->known++;
     else {
-        warnx_("%s", msg);
+        b2cli_warn("%s", msg);
         e->lost = true;
     }
     if (e->o->verbose && rc >= 0) {
         if (e->progress) fputs("\r\033[K", stderr);
-        warnx_("%s: %s (job %.16s)", path, rc ? "enqueued" : "already enqueued", id);
+        b2cli_warn("%s: %s (job %.16s)", path, rc ? "enqueued" : "already enqueued", id);
     }
 out:
     msgpack_sbuffer_destroy(&rest);
@@ -421,7 +352,7 @@ static void add_source(enq *e, const char *p)
 static int read_list(enq *e, const char *file)
 {
     FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "re");
-    if (!f) { warnx_("--files-from: cannot open %s: %s", file, strerror(errno)); return -1; }
+    if (!f) { b2cli_warn("--files-from: cannot open %s: %s", file, strerror(errno)); return -1; }
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -441,21 +372,21 @@ static int cmd_enqueue(const opts *o, char **args, int nargs)
     e->o = o;
     e->op = o->op ? o->op : o->question ? "ask" : o->n_outputs ? "features" : "caption";
     if (strcmp(e->op, "caption") && strcmp(e->op, "ask") && strcmp(e->op, "features"))
-        usage_error("--op: '%s' is not caption, ask or features", e->op);
+        b2cli_usage_error("--op: '%s' is not caption, ask or features", e->op);
     if (strcmp(e->op, "ask") == 0) {
-        if (!o->question || !o->question[strspn(o->question, " \t")]) usage_error("enqueue --op ask needs --question TEXT");
-        if (o->prompt) usage_error("--prompt is for caption (ask builds it from --question)");
+        if (!o->question || !o->question[strspn(o->question, " \t")]) b2cli_usage_error("enqueue --op ask needs --question TEXT");
+        if (o->prompt) b2cli_usage_error("--prompt is for caption (ask builds it from --question)");
         snprintf(e->prompt_buf, sizeof e->prompt_buf, "Question: %s Answer:", o->question);
         e->prompt = e->prompt_buf;
     } else {
-        if (o->question) usage_error("--question is for --op ask");
+        if (o->question) b2cli_usage_error("--question is for --op ask");
         e->prompt = o->prompt;
     }
-    if (strcmp(e->op, "features") == 0 && o->prompt) usage_error("--prompt is not for features");
-    if (strcmp(e->op, "features") != 0 && o->n_outputs) usage_error("--output is for --op features");
-    if (nargs == 0 && !o->files_from) usage_error("enqueue: give at least one IMAGE or DIR, or --files-from");
-    if (o->null_sep && !o->files_from) usage_error("--null is for --files-from");
-    if (o->hidden && !o->recursive) usage_error("--hidden is for --recursive");
+    if (strcmp(e->op, "features") == 0 && o->prompt) b2cli_usage_error("--prompt is not for features");
+    if (strcmp(e->op, "features") != 0 && o->n_outputs) b2cli_usage_error("--output is for --op features");
+    if (nargs == 0 && !o->files_from) b2cli_usage_error("enqueue: give at least one IMAGE or DIR, or --files-from");
+    if (o->null_sep && !o->files_from) b2cli_usage_error("--null is for --files-from");
+    if (o->hidden && !o->recursive) b2cli_usage_error("--hidden is for --recursive");
     /* check the request once, before anything is sent: the daemon's own rules */
     b2ipc_request rq;
     b2ipc_error err;
@@ -472,14 +403,14 @@ static int cmd_enqueue(const opts *o, char **args, int nargs)
             if (br) strcpy(br, ")");
         }
         msgpack_sbuffer_destroy(&sb);
-        usage_error("bad parameter%s: %s", flag, err.message);
+        b2cli_usage_error("bad parameter%s: %s", flag, err.message);
     }
     msgpack_sbuffer_destroy(&sb);
     if (!o->max_image) ((opts *)o)->max_image = B2Q_MAX_INLINE_IMAGE;
     e->q = connect_or_exit(o);
     char msg[600];
     if (b2q_ensure_group(e->q, B2Q_DEFAULT_GROUP, msg, sizeof msg) < 0) {
-        warnx_("%s", msg);
+        b2cli_warn("%s", msg);
         b2q_close(e->q);
         return EX_CONNECT;
     }
@@ -494,7 +425,7 @@ static int cmd_enqueue(const opts *o, char **args, int nargs)
     progress(e, true);
     if (e->progress) fputc('\n', stderr);
     b2q_close(e->q);
-    warnx_("%zu files: %zu enqueued, %zu already enqueued, %zu failed%s", e->files, e->added, e->known,
+    b2cli_warn("%zu files: %zu enqueued, %zu already enqueued, %zu failed%s", e->files, e->added, e->known,
            e->failed, stop_sig ? " (interrupted: run again to continue)" : "");
     if (e->lost) return EX_LOST;
     if (stop_sig) return 128 + stop_sig;
@@ -595,56 +526,16 @@ static char *result_line(const char *id, const char *src, const uint8_t *res, si
     return s;
 }
 
-/* job ids already in an earlier output (a set in a hash table) */
-typedef struct idset { char **v; size_t cap, n; } idset;
-
-static uint64_t fnv(const char *s)
+/* Job ids already written (out of memory: one may be written twice). */
+static void seen_add(b2_strset *seen, const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static bool idset_has(const idset *s, const char *k)
-{
-    if (!s->cap) return false;
-    for (size_t i = fnv(k) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        if (!s->v[i]) return false;
-        if (!strcmp(s->v[i], k)) return true;
-    }
-}
-
-static void idset_add(idset *s, const char *k)
-{
-    if (idset_has(s, k)) return;
-    if (2 * (s->n + 1) > s->cap) {
-        size_t nc = s->cap ? 2 * s->cap : 1024;
-        char **nv = calloc(nc, sizeof *nv);
-        if (!nv) return;
-        for (size_t j = 0; j < s->cap; j++) {
-            if (!s->v[j]) continue;
-            size_t i = fnv(s->v[j]) & (nc - 1);
-            while (nv[i]) i = (i + 1) & (nc - 1);
-            nv[i] = s->v[j];
-        }
-        free(s->v);
-        s->v = nv;
-        s->cap = nc;
-    }
-    size_t i = fnv(k) & (s->cap - 1);
-    while (s->v[i]) i = (i + 1) & (s->cap - 1);
-    if ((s->v[i] = strdup(k))) s->n++;
-}
-
-static void idset_free(idset *s)
-{
-    for (size_t i = 0; i < s->cap; i++) free(s->v[i]);
-    free(s->v);
+    char *k = strdup(id);
+    if (k) b2_strset_add(seen, k);
 }
 
 /* The "job" of each whole line of an earlier output; a cut last line is
  * dropped from the file (truncated) so that appending stays whole. */
-static int read_earlier(const char *path, idset *seen)
+static int read_earlier(const char *path, b2_strset *seen)
 {
     FILE *f = fopen(path, "r+e");
     if (!f) return errno == ENOENT ? 0 : -1;
@@ -657,7 +548,7 @@ static int read_earlier(const char *path, idset *seen)
         whole += n;
         json_t *j = json_loads(line, 0, NULL);
         const char *id = j ? json_string_value(json_object_get(j, "job")) : NULL;
-        if (id) idset_add(seen, id);
+        if (id) seen_add(seen, id);
         json_decref(j);
     }
     free(line);
@@ -668,17 +559,17 @@ static int read_earlier(const char *path, idset *seen)
 
 static int cmd_results(const opts *o)
 {
-    idset seen = { 0 };
+    b2_strset seen = { 0 };
     int out = 1, status = EX_OK;
     if (o->output) {
         if (read_earlier(o->output, &seen) < 0) {
-            warnx_("-o %s: %s", o->output, strerror(errno));
+            b2cli_warn("-o %s: %s", o->output, strerror(errno));
             return EX_USAGE_;
         }
         out = open(o->output, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (out < 0) {
-            warnx_("-o %s: %s", o->output, strerror(errno));
-            idset_free(&seen);
+            b2cli_warn("-o %s: %s", o->output, strerror(errno));
+            b2_strset_free(&seen);
             return EX_USAGE_;
         }
     }
@@ -699,8 +590,8 @@ static int cmd_results(const opts *o)
             b2q_set_timeout(q, 0);
             r = redisCommand(c, "XREAD COUNT 200 BLOCK 1000 STREAMS %s %s", key, strcmp(last, "-") ? last : "0-0");
         }
-        if (!r) { warnx_("Redis: %s", c->errstr); status = EX_LOST; break; }
-        if (r->type == REDIS_REPLY_ERROR) { warnx_("Redis: %s", r->str); freeReplyObject(r); status = EX_LOST; break; }
+        if (!r) { b2cli_warn("Redis: %s", c->errstr); status = EX_LOST; break; }
+        if (r->type == REDIS_REPLY_ERROR) { b2cli_warn("Redis: %s", r->str); freeReplyObject(r); status = EX_LOST; break; }
         const redisReply *es = r;
         if (caught_up) es = r->type == REDIS_REPLY_ARRAY && r->elements == 1 ? r->element[0]->element[1] : NULL;
         size_t got = es && es->type == REDIS_REPLY_ARRAY ? es->elements : 0;
@@ -716,8 +607,8 @@ static int cmd_results(const opts *o)
                 else if (!strcmp(name, "res")) res = kv->element[k + 1];
             }
             if (!id || !res) continue;
-            if (idset_has(&seen, id)) { skipped++; continue; }
-            idset_add(&seen, id);
+            if (b2_strset_has(&seen, id)) { skipped++; continue; }
+            seen_add(&seen, id);
             char *line = result_line(id, src, (const uint8_t *)res->str, res->len);
             if (!line) continue;
             size_t n = strlen(line), off = 0;
@@ -725,7 +616,7 @@ static int cmd_results(const opts *o)
             while (off < n + 1) {
                 ssize_t w = write(out, line + off, n + 1 - off);
                 if (w < 0 && errno == EINTR) continue;
-                if (w <= 0) { warnx_("cannot write the output: %s", strerror(errno)); status = EX_FAILED; break; }
+                if (w <= 0) { b2cli_warn("cannot write the output: %s", strerror(errno)); status = EX_FAILED; break; }
                 off += (size_t)w;
             }
             written++;
@@ -739,10 +630,10 @@ static int cmd_results(const opts *o)
         }
     }
     if (o->verbose || o->output)
-        warnx_("%zu result%s written%s%zu already in the output", written, written == 1 ? "" : "s",
+        b2cli_warn("%zu result%s written%s%zu already in the output", written, written == 1 ? "" : "s",
                skipped ? ", " : "; ", skipped);
     b2q_close(q);
-    idset_free(&seen);
+    b2_strset_free(&seen);
     if (o->output && close(out) < 0) status = EX_FAILED;
     return status;
 }
@@ -778,7 +669,7 @@ static int cmd_status(const opts *o)
     snprintf(k, sizeof k, "%s:dead", s);
     long long dead = int_of(c, "XLEN %s", k);
     if (enqueued < 0 || left < 0) {
-        warnx_("Redis: %s", c->errstr[0] ? c->errstr : "unexpected reply");
+        b2cli_warn("Redis: %s", c->errstr[0] ? c->errstr : "unexpected reply");
         b2q_close(q);
         return EX_LOST;
     }
@@ -847,11 +738,10 @@ static int cmd_status(const opts *o)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) usage_error("missing command (enqueue, results or queue-status)");
+    b2cli_set_prog(prog, "blip2ctl");
+    if (argc < 2) b2cli_usage_error("missing command (enqueue, results or queue-status)");
     const char *cmd = argv[1];
-    static char name[64];
-    snprintf(name, sizeof name, "blip2ctl %s", cmd);
-    prog = name;
+    snprintf(prog, sizeof prog, "blip2ctl %s", cmd);
     opts o;
     memset(&o, 0, sizeof o);
     b2ipc_gen_params_default(&o.params);
@@ -859,8 +749,8 @@ int main(int argc, char **argv)
     char **args = argv + 1 + optind;
     int nargs = argc - 1 - optind;
     if (!strcmp(cmd, "enqueue")) return cmd_enqueue(&o, args, nargs);
-    if (nargs) usage_error("%s takes no arguments ('%s')", cmd, args[0]);
+    if (nargs) b2cli_usage_error("%s takes no arguments ('%s')", cmd, args[0]);
     if (!strcmp(cmd, "results")) return cmd_results(&o);
     if (!strcmp(cmd, "queue-status")) return cmd_status(&o);
-    usage_error("unknown command '%s' (enqueue, results or queue-status)", cmd);
+    b2cli_usage_error("unknown command '%s' (enqueue, results or queue-status)", cmd);
 }

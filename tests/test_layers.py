@@ -6,8 +6,9 @@
      model/base < model/compute < model/formats < model/text, model/image
        < model/nn < model/ (the top: blip2.h, loading, generation, features)
      libipc/ uses nothing of ours; client/ uses libipc/;
-     ctl/ (blip2ctl) uses client/'s public header only;
-     queue/ (the Redis job queue, blip2-queue) uses libipc/;
+     common/ (what the command line programs share) uses nothing of ours;
+     ctl/ (blip2ctl) uses client/'s public header only, and common/;
+     queue/ (the Redis job queue, blip2-queue) uses libipc/ and common/;
      daemon/ uses libipc/, queue/ and the model's public header blip2.h only.
    The build gives each of these its own include path, so a wrong include
    already fails to compile; this check also catches a header that is found
@@ -39,8 +40,9 @@ ALLOWED = {
               "model/nn"},
     "libipc": set(),
     "client": {"libipc"},
-    "ctl": {"client/blip2client.h"},
-    "queue": {"libipc"},
+    "common": set(),
+    "ctl": {"client/blip2client.h", "common"},
+    "queue": {"libipc", "common"},
     "daemon": {"libipc", "queue", "model/blip2.h"},
 }
 DIRS = list(ALLOWED)
@@ -184,7 +186,7 @@ def cycle_check():
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    for top in ("model", "libipc", "client", "ctl", "queue", "daemon"):
+    for top in ("model", "libipc", "common", "client", "ctl", "queue", "daemon"):
         mine = [c for c in comps if c[0].split("/")[0] == top]
         todo = TODO.get(top) if mine else None
         ok(not mine, f"no files in {top}/ that use each other" +

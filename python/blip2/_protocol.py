@@ -1,11 +1,14 @@
 # blip2/_protocol.py - what the blocking and the asyncio clients share: the
 # wire format of docs/protocol.md (4-byte big-endian length, one msgpack map),
 # where the socket is, how a request is built from Python arguments, and the
-# result types built from replies.  No I/O here.
+# result types built from replies.  No I/O here: the clients move bytes,
+# this module says what they mean.
 #
 #   caption/ask/generate kwargs --generate_request--> request dict (id added
-#   by the client) --frame--> bytes;  reply bytes --unframe/unpack--> dict
-#   --Result/Features--> what the caller gets.
+#   by the client) --frame--> bytes;  reply bytes --FrameBuffer--> dict
+#   --reply_id--> the request it answers --final_reply / StreamEvents-->
+#   Result/Features, what the caller gets.
+import contextlib
 import os
 import struct
 
@@ -77,6 +80,58 @@ def frame_length(prefix, max_frame):
     return n
 
 
+class FrameBuffer:
+    """The bytes read from the daemon so far, cut into replies: a client
+    reads until len(buf) >= need(), then pop() returns the next reply."""
+
+    def __init__(self, max_frame):
+        self.buf = bytearray()
+        self.max_frame = max_frame
+
+    def need(self):
+        """How many bytes buf must hold for the next whole frame
+        (ProtocolError for a length out of range)."""
+        if len(self.buf) < 4:
+            return 4
+        return 4 + frame_length(bytes(self.buf[:4]), self.max_frame)
+
+    def pop(self):
+        """The next reply (a dict), taken out of buf; needs len(buf) >= need()."""
+        n = self.need()
+        payload = bytes(self.buf[4:n])
+        del self.buf[:n]
+        return unpack(payload)
+
+
+def reply_id(r):
+    """The id of the request reply r answers; an error that answers none
+    (frame_too_large, permission_denied) raises: the connection is over."""
+    rid = r.get("id")
+    if rid is None and r["type"] == "error":
+        raise errors.from_reply(r)
+    return rid
+
+
+def final_reply(r):
+    """r when it ends a call, None for a token event; an error reply raises."""
+    if r["type"] == "error":
+        raise errors.from_reply(r)
+    return None if r["type"] == "token" else r
+
+
+def hello_request(client_name):
+    return {"op": "hello", "v": PROTOCOL, "client": client_name or "blip2-python " + VERSION}
+
+
+def take_hello(client, r):
+    """Sets what the hello reply r says on client: protocol, server, limits."""
+    client.protocol = r.get("v", 1)
+    client.server = r.get("server", "")
+    client.max_image_bytes = r.get("max_image_bytes")
+    client.max_prompt_bytes = r.get("max_prompt_bytes")
+    client.server_max_frame = r.get("max_frame")
+
+
 def unpack(payload):
     """A reply payload -> dict; ProtocolError when it is not one msgpack map
     with a str `type`."""
@@ -134,6 +189,19 @@ def add_image(req, src):
     return [src[1]]
 
 
+@contextlib.contextmanager
+def image_fds(image, req):
+    """Puts image (see image_source) into req; the with-body gets the
+    descriptors to send with it, and a descriptor opened here (for a path)
+    is closed when the body ends."""
+    src = image_source(image)
+    try:
+        yield add_image(req, src)
+    finally:
+        if src[0] == "fd" and src[2]:
+            os.close(src[1])
+
+
 def generate_request(prompt, stream, params):
     """The generate request (without id and image) for the keyword params."""
     check_params(params)
@@ -154,13 +222,54 @@ def generate_request(prompt, stream, params):
     return req
 
 
-def features_request(text, outputs):
+def features_request(protocol, image, text, outputs):
+    """The features request (without id and image); ValueError without an
+    image and a text, UnsupportedError when the daemon's protocol is < 2."""
+    if image is None and text is None:
+        raise ValueError("features needs an image, a text or both")
+    if protocol < 2:
+        raise errors.UnsupportedError("the daemon speaks protocol %d; features needs 2" % protocol,
+                                      code="unsupported")
     req = {"op": "features"}
     if text is not None:
         req["text"] = text
     if outputs:
         req["outputs"] = [outputs] if isinstance(outputs, str) else list(outputs)
     return req
+
+
+class StreamEvents:
+    """What Stream and AsyncStream share: the replies of one streaming
+    generate request.  .tokens lists (seq, token id, piece) of every token
+    event; .result is the Result once the request is done."""
+
+    def __init__(self):
+        self.result = None
+        self.tokens = []
+        self._done = False
+
+    def _event(self, r):
+        """Takes reply r; returns the text piece of sequence 0 it carries,
+        else None.  An error reply ends the stream and raises."""
+        t = r["type"]
+        if t == "token":
+            self.tokens.append((r.get("seq", 0), r.get("token"), r.get("text", "")))
+            if r.get("seq", 0) == 0 and r.get("text"):
+                return r["text"]
+        elif t == "done":
+            self._done = True
+            self.result = Result(r)
+        elif t == "error":
+            self._done = True
+            raise errors.from_reply(r)
+        return None
+
+    def _drain(self, r):
+        """Takes reply r after a cancel: the stream ends at done or error."""
+        if r["type"] in ("done", "error"):
+            self._done = True
+            if r["type"] == "done":
+                self.result = Result(r)
 
 
 class Sequence:

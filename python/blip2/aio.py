@@ -11,7 +11,6 @@
 # cheap way to caption many images.
 import array
 import asyncio
-import os
 import socket as _socket
 
 from . import errors
@@ -72,17 +71,11 @@ class AsyncClient:
             raise P.connect_error(tried)
         self._reader = asyncio.ensure_future(self._read_loop())
         try:
-            r = await self._call({"op": "hello", "v": P.PROTOCOL,
-                                  "client": client_name or "blip2-python " + P.VERSION},
-                                 timeout=connect_timeout)
+            r = await self._call(P.hello_request(client_name), timeout=connect_timeout)
         except BaseException:
             await self.close()
             raise
-        self.protocol = r.get("v", 1)
-        self.server = r.get("server", "")
-        self.max_image_bytes = r.get("max_image_bytes")
-        self.max_prompt_bytes = r.get("max_prompt_bytes")
-        self.server_max_frame = r.get("max_frame")
+        P.take_hello(self, r)
 
     async def close(self):
         """Closes the connection; the daemon cancels what is still running."""
@@ -105,26 +98,18 @@ class AsyncClient:
         self._queues.clear()
 
     # ---- frames -------------------------------------------------------------
-    async def _recv_exact(self, n, buf):
-        loop = asyncio.get_running_loop()
-        while len(buf) < n:
-            chunk = await loop.sock_recv(self._sock, 1 << 20)
-            if not chunk:
-                raise errors.ConnectionLostError("connection lost: the daemon closed it")
-            buf += chunk
-
     async def _read_loop(self):
-        buf = bytearray()
+        loop = asyncio.get_running_loop()
+        rx = P.FrameBuffer(self.max_frame)
         try:
             while True:
-                await self._recv_exact(4, buf)
-                n = P.frame_length(bytes(buf[:4]), self.max_frame)
-                await self._recv_exact(4 + n, buf)
-                r = P.unpack(bytes(buf[4:4 + n]))
-                del buf[:4 + n]
-                rid = r.get("id")
-                if rid is None and r["type"] == "error":
-                    raise errors.from_reply(r)
+                while len(rx.buf) < rx.need():
+                    chunk = await loop.sock_recv(self._sock, 1 << 20)
+                    if not chunk:
+                        raise errors.ConnectionLostError("connection lost: the daemon closed it")
+                    rx.buf += chunk
+                r = rx.pop()
+                rid = P.reply_id(r)
                 q = self._queues.get(rid)
                 if q is not None:
                     if r["type"] in P.TERMINAL:
@@ -199,31 +184,20 @@ class AsyncClient:
         t = self.timeout if timeout is None else timeout
         return None if t is None else asyncio.get_running_loop().time() + t
 
-    async def _call(self, req, fds=(), timeout=None):
-        rid, q = await self._send(req, fds)
+    async def _call(self, req, fds=(), timeout=None, sent=None):
+        """Sends req (unless sent: its (rid, queue)) and returns its terminal
+        reply; an error reply raises."""
+        rid, q = sent or await self._send(req, fds)
         deadline = self._deadline(timeout)
         while True:
-            r = await self._next(rid, q, deadline)
-            if r["type"] == "error":
-                raise errors.from_reply(r)
-            if r["type"] != "token":
+            r = P.final_reply(await self._next(rid, q, deadline))
+            if r is not None:
                 return r
 
     async def _with_image(self, image, req, timeout=None):
-        src = P.image_source(image)
-        try:
-            fds = P.add_image(req, src)
-            rid, q = await self._send(req, fds)
-        finally:
-            if src[0] == "fd" and src[2]:
-                os.close(src[1])
-        deadline = self._deadline(timeout)
-        while True:
-            r = await self._next(rid, q, deadline)
-            if r["type"] == "error":
-                raise errors.from_reply(r)
-            if r["type"] != "token":
-                return r
+        with P.image_fds(image, req) as fds:
+            sent = await self._send(req, fds)
+        return await self._call(req, timeout=timeout, sent=sent)
 
     # ---- the API (as blip2.Client) -------------------------------------------
     async def run(self, image, prompt=None, timeout=None, **params):
@@ -246,12 +220,7 @@ class AsyncClient:
 
     async def features(self, image=None, text=None, outputs=None, timeout=None):
         """Blip2Model's features as numpy arrays (see blip2.Client.features)."""
-        if image is None and text is None:
-            raise ValueError("features needs an image, a text or both")
-        if self.protocol < 2:
-            raise errors.UnsupportedError("the daemon speaks protocol %d; features needs 2" % self.protocol,
-                                          code="unsupported")
-        req = P.features_request(text, outputs)
+        req = P.features_request(self.protocol, image, text, outputs)
         if image is None:
             return P.Features(await self._call(req, timeout=timeout))
         return P.Features(await self._with_image(image, req, timeout))
@@ -272,27 +241,20 @@ class AsyncClient:
         return bool((await self._call({"op": "cancel", "target": rid})).get("found"))
 
 
-class AsyncStream:
+class AsyncStream(P.StreamEvents):
     """A streaming generate request of an AsyncClient: an async iterator of
     text pieces (sequence 0); .result after the end; .tokens every
     (seq, token id, piece); aclose() cancels it if still running."""
 
     def __init__(self, client, image, req, timeout):
+        super().__init__()
         self._c, self._image, self._req, self._timeout = client, image, req, timeout
         self.id = None
         self._q = None
-        self.result = None
-        self.tokens = []
-        self._done = False
 
     async def _start(self):
-        src = P.image_source(self._image)
-        try:
-            fds = P.add_image(self._req, src)
+        with P.image_fds(self._image, self._req) as fds:
             self.id, self._q = await self._c._send(self._req, fds)
-        finally:
-            if src[0] == "fd" and src[2]:
-                os.close(src[1])
         self._deadline = self._c._deadline(self._timeout)
 
     def __aiter__(self):
@@ -302,18 +264,9 @@ class AsyncStream:
         if self.id is None:
             await self._start()
         while not self._done:
-            r = await self._c._next(self.id, self._q, self._deadline)
-            t = r["type"]
-            if t == "token":
-                self.tokens.append((r.get("seq", 0), r.get("token"), r.get("text", "")))
-                if r.get("seq", 0) == 0 and r.get("text"):
-                    return r["text"]
-            elif t == "done":
-                self._done = True
-                self.result = P.Result(r)
-            elif t == "error":
-                self._done = True
-                raise errors.from_reply(r)
+            piece = self._event(await self._c._next(self.id, self._q, self._deadline))
+            if piece is not None:
+                return piece
         raise StopAsyncIteration
 
     async def text(self):
@@ -328,11 +281,7 @@ class AsyncStream:
         try:
             await self._c.cancel(self.id)
             while not self._done:
-                r = await self._c._next(self.id, self._q, self._deadline)
-                if r["type"] in ("done", "error"):
-                    self._done = True
-                    if r["type"] == "done":
-                        self.result = P.Result(r)
+                self._drain(await self._c._next(self.id, self._q, self._deadline))
         except errors.Blip2Error:
             self._done = True
 

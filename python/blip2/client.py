@@ -9,7 +9,6 @@
 # connection (an unfinished generate() iterator) are queued for them, so
 # calls may interleave.  Not thread-safe: one Client per thread.
 import collections
-import os
 import socket as _socket
 
 from . import errors
@@ -32,7 +31,7 @@ class Client:
         self.timeout = timeout
         self.max_frame = max_frame
         self._sock = None
-        self._buf = bytearray()
+        self._rx = P.FrameBuffer(max_frame)
         self._next_id = 1
         self._queues = {}              # id in flight -> deque of replies
         self._broken = None
@@ -51,17 +50,11 @@ class Client:
         if self._sock is None:
             raise P.connect_error(tried)
         try:
-            r = self._call({"op": "hello", "v": P.PROTOCOL,
-                            "client": client_name or "blip2-python " + P.VERSION},
-                           timeout=connect_timeout)
+            r = self._call(P.hello_request(client_name), timeout=connect_timeout)
         except BaseException:
             self.close()
             raise
-        self.protocol = r.get("v", 1)
-        self.server = r.get("server", "")
-        self.max_image_bytes = r.get("max_image_bytes")
-        self.max_prompt_bytes = r.get("max_prompt_bytes")
-        self.server_max_frame = r.get("max_frame")
+        P.take_hello(self, r)
 
     # ---- life ---------------------------------------------------------------
     def close(self):
@@ -111,52 +104,42 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def _fill(self, n, deadline):
-        """Reads until the buffer holds n bytes (socket.timeout at the deadline)."""
+    def _recv(self, deadline):
+        """Reads what the socket has into the frame buffer (socket.timeout
+        at the deadline)."""
         import time
-        while len(self._buf) < n:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _socket.timeout
-                self._sock.settimeout(left)
-            else:
-                self._sock.settimeout(None)
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except _socket.timeout:
-                raise
-            except OSError as e:
-                self._break(errors.ConnectionLostError("connection lost: %s" % e))
-                raise self._broken from None
-            if not chunk:
-                self._break(errors.ConnectionLostError("connection lost: the daemon closed it"))
-                raise self._broken
-            self._buf += chunk
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _socket.timeout
+            self._sock.settimeout(left)
+        else:
+            self._sock.settimeout(None)
+        try:
+            chunk = self._sock.recv(1 << 20)
+        except _socket.timeout:
+            raise
+        except OSError as e:
+            self._break(errors.ConnectionLostError("connection lost: %s" % e))
+            raise self._broken from None
+        if not chunk:
+            self._break(errors.ConnectionLostError("connection lost: the daemon closed it"))
+            raise self._broken
+        self._rx.buf += chunk
 
     def _read_frame(self, deadline):
         """Reads one reply and puts it into its id's queue (or drops it)."""
         if self._broken:
             raise self._broken
-        self._fill(4, deadline)
         try:
-            n = P.frame_length(bytes(self._buf[:4]), self.max_frame)
-        except errors.ProtocolError as e:
-            self._break(e)
+            while len(self._rx.buf) < self._rx.need():
+                self._recv(deadline)
+            r = self._rx.pop()
+            rid = P.reply_id(r)
+        except errors.Blip2Error as e:
+            if e is not self._broken:
+                self._break(e)
             raise
-        self._fill(4 + n, deadline)
-        payload = bytes(self._buf[4:4 + n])
-        del self._buf[:4 + n]
-        try:
-            r = P.unpack(payload)
-        except errors.ProtocolError as e:
-            self._break(e)
-            raise
-        rid = r.get("id")
-        if rid is None and r["type"] == "error":
-            # not attributable to a request: frame_too_large, permission_denied
-            self._break(errors.from_reply(r))
-            raise self._broken
         q = self._queues.get(rid)
         if q is not None:
             q.append(r)
@@ -193,20 +176,13 @@ class Client:
         rid = self._send(req, fds)
         deadline = self._deadline(timeout)
         while True:
-            r = self._next(rid, deadline)
-            if r["type"] == "error":
-                raise errors.from_reply(r)
-            if r["type"] != "token":
+            r = P.final_reply(self._next(rid, deadline))
+            if r is not None:
                 return r
 
     def _with_image(self, image, req, timeout=None):
-        src = P.image_source(image)
-        try:
-            fds = P.add_image(req, src)
+        with P.image_fds(image, req) as fds:
             return self._call(req, fds, timeout)
-        finally:
-            if src[0] == "fd" and src[2]:
-                os.close(src[1])
 
     # ---- the API ------------------------------------------------------------
     def run(self, image, prompt=None, timeout=None, **params):
@@ -241,12 +217,7 @@ class Client:
         """Blip2Model's features for an image, a text or both (docs/protocol.md
         5.6): a Features dict of numpy arrays (e.g. f["image_pooler_output"],
         shape (1, Dv)), with .cached and .timings.  Needs numpy."""
-        if image is None and text is None:
-            raise ValueError("features needs an image, a text or both")
-        if self.protocol < 2:
-            raise errors.UnsupportedError("the daemon speaks protocol %d; features needs 2" % self.protocol,
-                                          code="unsupported")
-        req = P.features_request(text, outputs)
+        req = P.features_request(self.protocol, image, text, outputs)
         if image is None:
             return P.Features(self._call(req, timeout=timeout))
         return P.Features(self._with_image(image, req, timeout))
@@ -269,43 +240,27 @@ class Client:
         return bool(self._call({"op": "cancel", "target": rid}).get("found"))
 
 
-class Stream:
+class Stream(P.StreamEvents):
     """A streaming generate request (Client.generate).  Iterate for the text
     pieces; afterwards .result is the Result.  .tokens lists (seq, token id,
     piece) of every token event.  close() (or leaving a for loop early and
     dropping the stream) cancels the request."""
 
     def __init__(self, client, image, req, timeout):
+        super().__init__()
         self._c = client
-        self.result = None
-        self.tokens = []
-        src = P.image_source(image)
-        try:
-            fds = P.add_image(req, src)
+        with P.image_fds(image, req) as fds:
             self.id = client._send(req, fds)
-        finally:
-            if src[0] == "fd" and src[2]:
-                os.close(src[1])
         self._deadline = client._deadline(timeout)
-        self._done = False
 
     def __iter__(self):
         return self
 
     def __next__(self):
         while not self._done:
-            r = self._c._next(self.id, self._deadline)
-            t = r["type"]
-            if t == "token":
-                self.tokens.append((r.get("seq", 0), r.get("token"), r.get("text", "")))
-                if r.get("seq", 0) == 0 and r.get("text"):
-                    return r["text"]
-            elif t == "done":
-                self._done = True
-                self.result = P.Result(r)
-            elif t == "error":
-                self._done = True
-                raise errors.from_reply(r)
+            piece = self._event(self._c._next(self.id, self._deadline))
+            if piece is not None:
+                return piece
         raise StopIteration
 
     def text(self):
@@ -321,11 +276,7 @@ class Stream:
         try:
             self._c.cancel(self.id)
             while not self._done:
-                r = self._c._next(self.id, self._deadline)
-                if r["type"] in ("done", "error"):
-                    self._done = True
-                    if r["type"] == "done":
-                        self.result = P.Result(r)
+                self._drain(self._c._next(self.id, self._deadline))
         except errors.Blip2Error:
             self._done = True
 

@@ -65,6 +65,62 @@ def connect_error(tried):
     return errors.ConnectError("cannot connect to blip2d: tried %s. %s" % ("; ".join(parts), START_HINT))
 
 
+class ClientBase:
+    """What Client and AsyncClient share: the state of one connection and
+    the numbering of its requests."""
+
+    def __init__(self, timeout, max_frame):
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self._sock = None
+        self._queues = {}              # id in flight -> its replies
+        self._next_id = 1
+        self._broken = None            # the error that ended the connection
+
+    def _number(self, req):
+        """Gives req the next id; returns (id, its frame).  Raises the error
+        that broke the connection, if one did."""
+        if self._broken:
+            raise self._broken
+        rid = self._next_id
+        self._next_id += 1
+        req["id"] = rid
+        return rid, frame(req)
+
+
+class Dial:
+    """The connect attempts of a client: iterate for (socket, path), one
+    fresh AF_UNIX stream socket per candidate of socket_candidates(path);
+    after a try, failed(OSError) (the socket is closed and the failure kept
+    for error()) or connected(client) (sets client.socket_path and
+    .socket_origin; returns the socket)."""
+
+    def __init__(self, path=None):
+        self._candidates = socket_candidates(path)
+        self._tried = []
+        self._cur = None
+
+    def __iter__(self):
+        import socket
+        for path, origin in self._candidates:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._cur = (s, path, origin)
+            yield s, path
+
+    def failed(self, exc):
+        s, path, origin = self._cur
+        s.close()
+        self._tried.append((path, origin, exc))
+
+    def connected(self, client):
+        s, client.socket_path, client.socket_origin = self._cur
+        return s
+
+    def error(self):
+        """ConnectError naming every path tried and why it failed."""
+        return connect_error(self._tried)
+
+
 def frame(obj):
     """obj (a dict) as one frame: 4-byte big-endian length, then its msgpack."""
     body = msgpack.packb(obj, use_bin_type=True)

@@ -11,13 +11,14 @@
 # cheap way to caption many images.
 import array
 import asyncio
+import errno
 import socket as _socket
 
 from . import errors
 from . import _protocol as P
 
 
-class AsyncClient:
+class AsyncClient(P.ClientBase):
     """An asyncio connection to blip2d; create it with
     `await AsyncClient.connect(socket=None, ...)` (arguments as blip2.Client)
     or `async with AsyncClient(...) as c`."""
@@ -25,12 +26,7 @@ class AsyncClient:
     def __init__(self, socket=None, timeout=None, connect_timeout=10.0, client_name=None,
                  max_frame=P.DEFAULT_MAX_FRAME):
         self._args = (socket, connect_timeout, client_name)
-        self.timeout = timeout
-        self.max_frame = max_frame
-        self._sock = None
-        self._queues = {}
-        self._next_id = 1
-        self._broken = None
+        super().__init__(timeout, max_frame)
         self._reader = None
         self._wlock = None
 
@@ -52,23 +48,21 @@ class AsyncClient:
         socket, connect_timeout, client_name = self._args
         loop = asyncio.get_running_loop()
         self._wlock = asyncio.Lock()
-        tried = []
-        for path, origin in P.socket_candidates(socket):
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        dial = P.Dial(socket)
+        for s, path in dial:
             s.setblocking(False)
             try:
                 await asyncio.wait_for(loop.sock_connect(s, path), connect_timeout)
-            except (OSError, asyncio.TimeoutError) as e:
-                s.close()
-                if not isinstance(e, OSError):
-                    import errno
-                    e = OSError(errno.ETIMEDOUT, "timed out")
-                tried.append((path, origin, e))
+            except OSError as e:
+                dial.failed(e)
                 continue
-            self._sock, self.socket_path, self.socket_origin = s, path, origin
+            except asyncio.TimeoutError:
+                dial.failed(OSError(errno.ETIMEDOUT, "timed out"))
+                continue
+            self._sock = dial.connected(self)
             break
         if self._sock is None:
-            raise P.connect_error(tried)
+            raise dial.error()
         self._reader = asyncio.ensure_future(self._read_loop())
         try:
             r = await self._call(P.hello_request(client_name), timeout=connect_timeout)
@@ -144,12 +138,7 @@ class AsyncClient:
             await loop.sock_sendall(self._sock, data[sent:])
 
     async def _send(self, req, fds=()):
-        if self._broken:
-            raise self._broken
-        rid = self._next_id
-        self._next_id += 1
-        req["id"] = rid
-        data = P.frame(req)
+        rid, data = self._number(req)
         q = self._queues[rid] = asyncio.Queue()
         try:
             async with self._wlock:

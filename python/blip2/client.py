@@ -15,7 +15,23 @@ from . import errors
 from . import _protocol as P
 
 
-class Client:
+class _Closing:
+    """close() on leaving a with block and when garbage-collected."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Client(P.ClientBase, _Closing):
     """A connection to blip2d.
 
     socket: the socket path; None for the default order (the explicit path,
@@ -28,27 +44,20 @@ class Client:
 
     def __init__(self, socket=None, timeout=None, connect_timeout=10.0, client_name=None,
                  max_frame=P.DEFAULT_MAX_FRAME):
-        self.timeout = timeout
-        self.max_frame = max_frame
-        self._sock = None
+        super().__init__(timeout, max_frame)
         self._rx = P.FrameBuffer(max_frame)
-        self._next_id = 1
-        self._queues = {}              # id in flight -> deque of replies
-        self._broken = None
-        tried = []
-        for path, origin in P.socket_candidates(socket):
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        dial = P.Dial(socket)
+        for s, path in dial:
             s.settimeout(connect_timeout)
             try:
                 s.connect(path)
             except OSError as e:
-                s.close()
-                tried.append((path, origin, e))
+                dial.failed(e)
                 continue
-            self._sock, self.socket_path, self.socket_origin = s, path, origin
+            self._sock = dial.connected(self)
             break
         if self._sock is None:
-            raise P.connect_error(tried)
+            raise dial.error()
         try:
             r = self._call(P.hello_request(client_name), timeout=connect_timeout)
         except BaseException:
@@ -64,26 +73,9 @@ class Client:
             self._sock = None
             self._broken = self._broken or errors.ConnectionLostError("the connection was closed")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     # ---- frames -------------------------------------------------------------
     def _send(self, req, fds=()):
-        if self._broken:
-            raise self._broken
-        rid = self._next_id
-        self._next_id += 1
-        req["id"] = rid
-        data = P.frame(req)
+        rid, data = self._number(req)
         try:
             self._sock.settimeout(None)
             if fds:  # the descriptor goes with the frame's first bytes
@@ -240,7 +232,7 @@ class Client:
         return bool(self._call({"op": "cancel", "target": rid}).get("found"))
 
 
-class Stream(P.StreamEvents):
+class Stream(P.StreamEvents, _Closing):
     """A streaming generate request (Client.generate).  Iterate for the text
     pieces; afterwards .result is the Result.  .tokens lists (seq, token id,
     piece) of every token event.  close() (or leaving a for loop early and
@@ -279,15 +271,3 @@ class Stream(P.StreamEvents):
                 self._drain(self._c._next(self.id, self._deadline))
         except errors.Blip2Error:
             self._done = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

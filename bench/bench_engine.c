@@ -31,45 +31,15 @@
 #include "blip2.h"
 #include "model.h"
 #include "t5.h"
+#include "membw.h"
 
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define B2B_X86 1
-#endif
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n)
-{
-    double *t = malloc(sizeof(double) * (size_t)n);
-    if (!t || n == 0) { free(t); return NAN; }
-    memcpy(t, v, sizeof(double) * (size_t)n);
-    qsort(t, (size_t)n, sizeof(double), cmp_double);
-    double m = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-    free(t);
-    return m;
-}
 
 static float *rand_buf(size_t n, float scale, uint64_t seed)
 {
@@ -81,116 +51,6 @@ static float *rand_buf(size_t n, float scale, uint64_t seed)
         p[i] = scale * ((float)(x >> 40) * (1.0f / 8388608.0f) - 1.0f);
     }
     return p;
-}
-
-/* ---- memory-read bandwidth ---- */
-
-volatile float bench_sink; /* keeps the reads from being optimised away */
-
-typedef float (*read_fn)(const float *p, size_t n);
-
-/* Portable: eight independent accumulators (n is a multiple of 64). */
-static float read_portable(const float *p, size_t n)
-{
-    float a[8] = {0};
-    for (size_t i = 0; i < n; i += 8)
-        for (int k = 0; k < 8; k++) a[k] += p[i + k];
-    return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-}
-
-#ifdef B2B_X86
-__attribute__((target("avx2")))
-static float read_avx2(const float *p, size_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-        a4 = _mm256_add_ps(a4, _mm256_load_ps(p + i + 32));
-        a5 = _mm256_add_ps(a5, _mm256_load_ps(p + i + 40));
-        a6 = _mm256_add_ps(a6, _mm256_load_ps(p + i + 48));
-        a7 = _mm256_add_ps(a7, _mm256_load_ps(p + i + 56));
-    }
-    a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                       _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    float t[8];
-    _mm256_storeu_ps(t, a0);
-    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
-
-__attribute__((target("avx512f")))
-static float read_avx512(const float *p, size_t n)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-#endif
-
-static read_fn pick_read(const char **name)
-{
-#ifdef B2B_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) { *name = "AVX-512"; return read_avx512; }
-    if (__builtin_cpu_supports("avx2")) { *name = "AVX2"; return read_avx2; }
-#endif
-    *name = "portable";
-    return read_portable;
-}
-
-typedef struct rd_job {
-    read_fn fn;
-    const float *p;
-    size_t n;
-    int cpu;        /* pin to this CPU first, or -1 */
-    float sum;
-} rd_job;
-
-static void *rd_thread(void *arg)
-{
-    rd_job *j = arg;
-    if (j->cpu >= 0) {
-        cpu_set_t cs;
-        CPU_ZERO(&cs);
-        CPU_SET(j->cpu, &cs);
-        sched_setaffinity(0, sizeof cs, &cs);
-    }
-    j->sum = j->fn(j->p, j->n);
-    return NULL;
-}
-
-/* One pass over buf (n floats) split over nt threads, each pinned to its
- * own CPU (two readers on one CPU would halve the figure); returns GB/s. */
-static double mem_pass(read_fn fn, const float *buf, size_t n, int nt, float *sink)
-{
-    rd_job jobs[64];
-    pthread_t th[64];
-    cpu_set_t saved;
-    int cpus[64], nc = 0;
-    if (nt > 64) nt = 64;
-    int pinned = sched_getaffinity(0, sizeof saved, &saved) == 0;
-    for (int c = 0; pinned && c < CPU_SETSIZE && nc < nt; c++)
-        if (CPU_ISSET(c, &saved)) cpus[nc++] = c;
-    if (nc < nt) pinned = 0;
-    size_t per = (n / (size_t)nt) & ~(size_t)63;
-    double t0 = now();
-    for (int i = 0; i < nt; i++) {
-        jobs[i] = (rd_job){fn, buf + (size_t)i * per, per, pinned ? cpus[i] : -1, 0};
-        if (i > 0) pthread_create(&th[i], NULL, rd_thread, &jobs[i]);
-    }
-    rd_thread(&jobs[0]);
-    for (int i = 1; i < nt; i++) pthread_join(th[i], NULL);
-    double dt = now() - t0;
-    if (pinned) sched_setaffinity(0, sizeof saved, &saved);
-    for (int i = 0; i < nt; i++) *sink += jobs[i].sum;
-    return (double)per * nt * sizeof(float) / dt / 1e9;
 }
 
 /* ---- the benchmark ---- */
@@ -385,19 +245,19 @@ static double sgemm_rate(const float *x, const float *w, float *y, int m, int n,
 {
     double v[5];
     for (int i = 0; i < 5; i++) {
-        double t0 = now();
+        double t0 = b2b_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
-        v[i] = 2.0 * m * n * k / (now() - t0) / 1e9;
+        v[i] = 2.0 * m * n * k / (b2b_now() - t0) / 1e9;
     }
-    return median(v, 5);
+    return b2b_median(v, 5);
 }
 
 /* Median of 3 read passes over the buffer. */
-static double mem_rate(read_fn fn, const float *buf, size_t n, int nt, float *sink)
+static double mem_rate(b2b_read_fn fn, const float *buf, size_t n, int nt)
 {
     double v[3];
-    for (int i = 0; i < 3; i++) v[i] = mem_pass(fn, buf, n, nt, sink);
-    return median(v, 3);
+    for (int i = 0; i < 3; i++) v[i] = b2b_mem_pass(fn, buf, n, nt);
+    return b2b_median(v, 3);
 }
 
 static void print_load(const char *when)
@@ -414,7 +274,7 @@ static void print_load(const char *when)
 
 /* --limits-only: sgemm at each ViT-g shape (both weight layouts) and the
  * memory read, without a model. */
-static int limits_only(const opts *o, read_fn rfn, const char *rname, int nt)
+static int limits_only(const opts *o, b2b_read_fn rfn, const char *rname, int nt)
 {
     static const struct { const char *what; int m, n, k; } sh[] = {
         {"fc1   257x1408 @ 1408x6144", 257, 6144, 1408}, {"qkv   257x1408 @ 1408x4224", 257, 4224, 1408},
@@ -428,7 +288,6 @@ static int limits_only(const opts *o, read_fn rfn, const char *rname, int nt)
     float *mem = aligned_alloc(64, mem_n * sizeof(float));
     if (!a || !b || !cc || !mem) { fprintf(stderr, "bench_engine: out of memory\n"); return 1; }
     for (size_t i = 0; i < mem_n; i++) mem[i] = (float)(i & 7);
-    float sink = 0;
     printf("%-28s %14s %14s\n", "sgemm (median of rounds)", "x @ W^T", "x @ W");
     for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
         double g[2];
@@ -436,22 +295,21 @@ static int limits_only(const opts *o, read_fn rfn, const char *rname, int nt)
             double v[64];
             int R = o->rounds * 5 > 64 ? 64 : o->rounds * 5;
             for (int r = -1; r < R; r++) {
-                double t0 = now();
+                double t0 = b2b_now();
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, tr ? CblasNoTrans : CblasTrans, sh[si].m, sh[si].n,
                             sh[si].k, 1.0f, a, sh[si].k, b, tr ? sh[si].n : sh[si].k, 0.0f, cc, sh[si].n);
-                if (r >= 0) v[r] = 2.0 * sh[si].m * sh[si].n * sh[si].k / (now() - t0) / 1e9;
+                if (r >= 0) v[r] = 2.0 * sh[si].m * sh[si].n * sh[si].k / (b2b_now() - t0) / 1e9;
             }
-            g[tr] = median(v, R);
+            g[tr] = b2b_median(v, R);
         }
         printf("%-28s %8.1f GFLOP/s %8.1f GFLOP/s\n", sh[si].what, g[0], g[1]);
     }
     double v[64];
     int R = o->rounds * 3 > 64 ? 64 : o->rounds * 3;
-    mem_pass(rfn, mem, mem_n, nt, &sink);
-    for (int r = 0; r < R; r++) v[r] = mem_pass(rfn, mem, mem_n, nt, &sink);
+    b2b_mem_pass(rfn, mem, mem_n, nt);
+    for (int r = 0; r < R; r++) v[r] = b2b_mem_pass(rfn, mem, mem_n, nt);
     printf("memory read %.1f GiB, %s, %d threads: %.1f GB/s (median of %d)\n", o->mem_gib, rname, nt,
-           median(v, R), R);
-    bench_sink = sink;
+           b2b_median(v, R), R);
     free(a); free(b); free(cc); free(mem);
     return 0;
 }
@@ -463,7 +321,7 @@ int main(int argc, char **argv)
     if (o.threads > 0) openblas_set_num_threads(o.threads);
     const int nt = openblas_get_num_threads();
     const char *rname;
-    read_fn rfn = pick_read(&rname);
+    b2b_read_fn rfn = b2b_pick_read(&rname);
 
     if (o.limits_only) {
         printf("OpenBLAS %s (core %s), %d threads\n", openblas_get_config(), openblas_get_corename(), nt);
@@ -476,12 +334,12 @@ int main(int argc, char **argv)
 
     blip2_error err = {0};
     blip2_model *m = NULL;
-    double t0 = now();
+    double t0 = b2b_now();
     if (blip2_model_load(&m, o.model, NULL, &err) < 0) {
         fprintf(stderr, "bench_engine: %s\n", err.text);
         return 1;
     }
-    const double t_load = now() - t0;
+    const double t_load = b2b_now() - t0;
     const b2_config *c = &m->cfg;
     const int t5 = c->family == B2_FAMILY_T5;
     const int Dv = c->v_hidden, T = blip2_vision_tokens(m), Q = c->num_query, D = c->t_hidden;
@@ -572,13 +430,12 @@ int main(int argc, char **argv)
     const double f_cap = f_vis + f_qf + (t5 ? t5_enc_flop(c, crow) : opt_flop(c, crow, 0));
     int cap_new = 0;
     char *cap_text = NULL;
-    float sink = 0;
     double *dstep = malloc(sizeof(double) * (size_t)o.steps), *dbw = malloc(sizeof(double) * (size_t)o.steps);
     const char *pre_name = t5 ? "T5 encoder + cross k/v" : "prefill";
 
     /* warm-up: first-touch of scratch, OpenBLAS thread start-up */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sg_m, sg_n, sg_k, 1.0f, sa, sg_k, sb, sg_k, 0.0f, sc, sg_n);
-    mem_pass(rfn, mem, mem_n, nt, &sink);
+    b2b_mem_pass(rfn, mem, mem_n, nt);
 
     /* Each stage is bracketed by limit measurements; its ratio uses the
      * mean of the two, so a change of the host's speed during a round
@@ -587,9 +444,9 @@ int main(int argc, char **argv)
         double gf0, gf1;
         if (o.do_vision) {
             gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double a = now();
+            double a = b2b_now();
             if (b2__vision_forward(m, px, 1, vis, pooled, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
-            tm[S_VISION][r] = now() - a;
+            tm[S_VISION][r] = b2b_now() - a;
             gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
             ratio[S_VISION][r] = f_vis / tm[S_VISION][r] / 1e9 / (0.5 * (gf0 + gf1));
             lim_gf[nlim_gf++] = gf0;
@@ -597,10 +454,10 @@ int main(int argc, char **argv)
         }
         if (o.do_qformer) {
             gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double a = now();
+            double a = b2b_now();
             if (b2__qformer_forward(m, vis, 1, qf, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
             b2__linear(qemb, qf, Q, &m->proj);
-            tm[S_QFORMER][r] = now() - a;
+            tm[S_QFORMER][r] = b2b_now() - a;
             gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
             ratio[S_QFORMER][r] = f_qf / tm[S_QFORMER][r] / 1e9 / (0.5 * (gf0 + gf1));
             lim_gf[nlim_gf++] = gf0;
@@ -616,7 +473,7 @@ int main(int argc, char **argv)
             else b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
             for (int i = 0; i < rows; i++) { seq[i] = 0; pos[i] = i; }
             gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double a = now();
+            double a = b2b_now();
             if (t5) {
                 b2__t5_encode(m, emb, rows, enc, escr);
                 b2__t5_cross_fill(m, &cross, enc);
@@ -626,7 +483,7 @@ int main(int argc, char **argv)
                 b2__opt_logits(m, hid + (size_t)(rows - 1) * D, 1, logits);
                 tok = argmax(logits, V);
             }
-            tm[S_PREFILL][r] = now() - a;
+            tm[S_PREFILL][r] = b2b_now() - a;
             gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
             ratio[S_PREFILL][r] = f_pre / tm[S_PREFILL][r] / 1e9 / (0.5 * (gf0 + gf1));
             lim_gf[nlim_gf++] = gf0;
@@ -634,9 +491,9 @@ int main(int argc, char **argv)
             kv.len = t5 ? 0 : rows;
             for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv);
             for (int i = 0; i < B; i++) toks[i] = tok;
-            double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            double gb0 = mem_rate(rfn, mem, mem_n, nt);
             for (int st = 0; st < o.steps; st++) {
-                a = now();
+                a = b2b_now();
                 pos[0] = kv.len;
                 if (B > 1) { /* B sequences, one row each */
                     for (int i = 0; i < B; i++) { seq[i] = i; pos[i] = kv.len; }
@@ -655,14 +512,14 @@ int main(int argc, char **argv)
                     b2__opt_logits(m, hid, 1, logits);
                 }
                 tok = argmax(logits, V);
-                dstep[st] = now() - a;
+                dstep[st] = b2b_now() - a;
                 dbw[st] = (t5 ? t5_decode_bytes(c, kv.len, rows) : decode_bytes_n(c, kv.len, B)) / dstep[st] / 1e9;
                 kv.len++;
                 for (int i = 1; i < B; i++) kvb[i].len = kv.len;
             }
-            double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
-            tm[S_DECODE][r] = median(dstep, o.steps);
-            ratio[S_DECODE][r] = median(dbw, o.steps) / (0.5 * (gb0 + gb1));
+            double gb1 = mem_rate(rfn, mem, mem_n, nt);
+            tm[S_DECODE][r] = b2b_median(dstep, o.steps);
+            ratio[S_DECODE][r] = b2b_median(dbw, o.steps) / (0.5 * (gb0 + gb1));
             lim_gb[nlim_gb++] = gb0;
             lim_gb[nlim_gb++] = gb1;
         }
@@ -672,17 +529,17 @@ int main(int argc, char **argv)
             gp.max_new_tokens = gp.min_new_tokens = o.steps;
             blip2_result res = {0};
             gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double gb0 = mem_rate(rfn, mem, mem_n, nt, &sink);
-            double a = now();
+            double gb0 = mem_rate(rfn, mem, mem_n, nt);
+            double a = b2b_now();
             if ((o.image && blip2_preprocess_file(m, o.image, NULL, pxc, &err) < 0) ||
                 blip2_encode_image(m, o.image ? pxc : px, 1, cq, NULL, &err) < 0 ||
                 blip2_generate(m, &(blip2_request){.query_embeds = cq}, 1, &gp, NULL, NULL, &res, &err) < 0) {
                 fprintf(stderr, "bench_engine: caption: %s\n", err.text);
                 return 1;
             }
-            tm[S_CAPTION][r] = now() - a;
+            tm[S_CAPTION][r] = b2b_now() - a;
             gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double gb1 = mem_rate(rfn, mem, mem_n, nt, &sink);
+            double gb1 = mem_rate(rfn, mem, mem_n, nt);
             /* the returned ids are [bos or decoder start] + the new tokens */
             cap_new = (int)res.seqs[0].n_ids - 1;
             if (!cap_text) cap_text = strdup(res.seqs[0].text ? res.seqs[0].text : "");
@@ -707,21 +564,21 @@ int main(int argc, char **argv)
                 if (tm[st][r] > 0)
                     printf(" %s %.1f ms (%.1f%%);", st == S_PREFILL ? pre_name : stage_name[st], 1e3 * tm[st][r],
                            100 * ratio[st][r]);
-            printf(" limits so far: sgemm %.1f GFLOP/s", median(lim_gf, nlim_gf));
-            if (nlim_gb) printf(", mem %.1f GB/s", median(lim_gb, nlim_gb));
+            printf(" limits so far: sgemm %.1f GFLOP/s", b2b_median(lim_gf, nlim_gf));
+            if (nlim_gb) printf(", mem %.1f GB/s", b2b_median(lim_gb, nlim_gb));
             printf("\n");
             fflush(stdout);
         }
     }
 
-    const double gf = median(lim_gf, nlim_gf), gb = median(lim_gb, nlim_gb);
+    const double gf = b2b_median(lim_gf, nlim_gf), gb = b2b_median(lim_gb, nlim_gb);
     printf("\nlimits (medians of %d and %d measurements, each right before or after a stage):\n", nlim_gf, nlim_gb);
     printf("  sgemm %dx%d @ (%dx%d)^T, %d threads     %8.1f GFLOP/s\n", sg_m, sg_k, sg_n, sg_k, nt, gf);
     if (nlim_gb) printf("  memory read %.1f GiB, %s, %d threads   %8.1f GB/s\n", o.mem_gib, rname, nt, gb);
     printf("\n%-22s %10s %12s %16s %10s\n", "stage", "time ms", "work", "rate", "of limit");
     for (int s = 0; s < S_N; s++) {
         if (tm[s][0] <= 0) continue;
-        double t = median(tm[s], R), rt = median(ratio[s], R);
+        double t = b2b_median(tm[s], R), rt = b2b_median(ratio[s], R);
         char work[32], rate[40];
         if (s == S_DECODE) {
             double by = t5 ? t5_decode_bytes(c, o.steps / 2, rows) : decode_bytes_n(c, rows, B);
@@ -729,7 +586,7 @@ int main(int argc, char **argv)
             snprintf(rate, sizeof rate, "%.1f GB/s", by / t / 1e9);
         } else if (s == S_CAPTION) {
             snprintf(work, sizeof work, "%d tokens", cap_new);
-            snprintf(rate, sizeof rate, "ideal %.0f ms", 1e3 * median(ideal, R));
+            snprintf(rate, sizeof rate, "ideal %.0f ms", 1e3 * b2b_median(ideal, R));
         } else {
             double f = s == S_VISION ? f_vis : s == S_QFORMER ? f_qf : f_pre;
             snprintf(work, sizeof work, "%.1f GFLOP", f / 1e9);
@@ -741,18 +598,17 @@ int main(int argc, char **argv)
     if (tm[S_PREFILL][0] > 0)
         printf("\n%s: %d rows (%d query + %zu prompt tokens incl. %s), %.1f tokens/s; decode: %d steps of %d "
                "sequence(s), %.2f tokens/s, %.1f ms per token (weights as stored: %s)\n",
-               t5 ? "encoder" : "prefill", rows, Q, L, t5 ? "</s>" : "BOS", rows / median(tm[S_PREFILL], R),
-               o.steps, B, B / median(tm[S_DECODE], R), 1e3 * median(tm[S_DECODE], R) / B, blip2_model_dtype(m));
+               t5 ? "encoder" : "prefill", rows, Q, L, t5 ? "</s>" : "BOS", rows / b2b_median(tm[S_PREFILL], R),
+               o.steps, B, B / b2b_median(tm[S_DECODE], R), 1e3 * b2b_median(tm[S_DECODE], R) / B, blip2_model_dtype(m));
     if (tm[S_CAPTION][0] > 0)
         printf("caption: %s, no prompt, greedy, %d new tokens (min_new_tokens %d): %.2f s; at the limits %.2f s\n"
                "  text of round 1 (random weights): \"%.80s\"\n",
-               o.image ? o.image : "random pixel values", cap_new, o.steps, median(tm[S_CAPTION], R),
-               median(ideal, R), cap_text ? cap_text : "");
+               o.image ? o.image : "random pixel values", cap_new, o.steps, b2b_median(tm[S_CAPTION], R),
+               b2b_median(ideal, R), cap_text ? cap_text : "");
     printf("(ratios: each stage over the mean of the limits measured right before and after it,\n"
            " median over rounds; decode: median step of each round; caption: time at the limits\n"
            " (matmul FLOP at the sgemm rate + every decode step's bytes at the memory rate) over time taken)\n");
     print_load("after");
-    bench_sink = sink;
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
     free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);

@@ -22,146 +22,14 @@
  */
 #include "pool.h"
 #include "wkernels.h"
+#include "membw.h"
 
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define B2B_X86 1
-#endif
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* ---- memory-read rate ---- */
-
-volatile float bench_sink;
-
-typedef float (*read_fn)(const float *p, size_t n);
-
-static float read_portable(const float *p, size_t n)
-{
-    float a[8] = {0};
-    for (size_t i = 0; i < n; i += 8)
-        for (int k = 0; k < 8; k++) a[k] += p[i + k];
-    return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-}
-
-#ifdef B2B_X86
-__attribute__((target("avx2"))) static float read_avx2(const float *p, size_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-        a4 = _mm256_add_ps(a4, _mm256_load_ps(p + i + 32));
-        a5 = _mm256_add_ps(a5, _mm256_load_ps(p + i + 40));
-        a6 = _mm256_add_ps(a6, _mm256_load_ps(p + i + 48));
-        a7 = _mm256_add_ps(a7, _mm256_load_ps(p + i + 56));
-    }
-    a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                       _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    float t[8];
-    _mm256_storeu_ps(t, a0);
-    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
-
-__attribute__((target("avx512f"))) static float read_avx512(const float *p, size_t n)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-#endif
-
-static read_fn pick_read(const char **name)
-{
-#ifdef B2B_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) { *name = "AVX-512"; return read_avx512; }
-    if (__builtin_cpu_supports("avx2")) { *name = "AVX2"; return read_avx2; }
-#endif
-    *name = "portable";
-    return read_portable;
-}
-
-typedef struct rd_job {
-    read_fn fn;
-    const float *p;
-    size_t n;
-    int cpu;
-    float sum;
-} rd_job;
-
-static void *rd_thread(void *arg)
-{
-    rd_job *j = arg;
-    if (j->cpu >= 0) {
-        cpu_set_t cs;
-        CPU_ZERO(&cs);
-        CPU_SET(j->cpu, &cs);
-        sched_setaffinity(0, sizeof cs, &cs);
-    }
-    j->sum = j->fn(j->p, j->n);
-    return NULL;
-}
-
-/* One pass over buf (n floats) on nt threads, each pinned to its own CPU;
- * returns GB/s. */
-static double mem_pass(read_fn fn, const float *buf, size_t n, int nt)
-{
-    rd_job jobs[64];
-    pthread_t th[64];
-    cpu_set_t saved;
-    int cpus[64], nc = 0;
-    if (nt > 64) nt = 64;
-    int pinned = sched_getaffinity(0, sizeof saved, &saved) == 0;
-    for (int c = 0; pinned && c < CPU_SETSIZE && nc < nt; c++)
-        if (CPU_ISSET(c, &saved)) cpus[nc++] = c;
-    if (nc < nt) pinned = 0;
-    size_t per = (n / (size_t)nt) & ~(size_t)63;
-    double t0 = now();
-    for (int i = 0; i < nt; i++) {
-        jobs[i] = (rd_job){fn, buf + (size_t)i * per, per, pinned ? cpus[i] : -1, 0};
-        if (i > 0) pthread_create(&th[i], NULL, rd_thread, &jobs[i]);
-    }
-    rd_thread(&jobs[0]);
-    for (int i = 1; i < nt; i++) pthread_join(th[i], NULL);
-    double dt = now() - t0;
-    if (pinned) sched_setaffinity(0, sizeof saved, &saved);
-    for (int i = 0; i < nt; i++) bench_sink += jobs[i].sum;
-    return (double)per * nt * sizeof(float) / dt / 1e9;
-}
 
 /* ---- the decoder's weights ---- */
 
@@ -234,11 +102,11 @@ static int mul(const char *impl, float *y, const float *x, const mat *a, b2_wtyp
 /* One token-equivalent pass (n rows): seconds. */
 static double pass(const char *impl, const wset *s, float *y, const float *x, int n)
 {
-    double t0 = now();
+    double t0 = b2b_now();
     for (int l = 0; l < LAYERS; l++)
         for (int i = 0; i < 6; i++) mul(impl, y, x, &s->layer[i], s->t, n);
     mul(impl, y, x, &s->head, s->t, n);
-    return now() - t0;
+    return b2b_now() - t0;
 }
 
 static void usage(FILE *f)
@@ -299,7 +167,7 @@ int main(int argc, char **argv)
         nset++;
     }
     const char *rname;
-    read_fn rfn = pick_read(&rname);
+    b2b_read_fn rfn = b2b_pick_read(&rname);
     const size_t nmem = (size_t)(mem_gib * (1u << 30) / sizeof(float)) & ~(size_t)1023;
     float *buf = aligned_alloc(64, nmem * sizeof(float));
     float *x = malloc(sizeof(float) * NMAX * F), *y = malloc(sizeof(float) * NMAX * V);
@@ -326,13 +194,13 @@ int main(int argc, char **argv)
     double *vsbf = calloc((size_t)ncfg * rounds, sizeof(double));
     int nmem_meas = 0;
     for (int r = 0; r < rounds; r++) {
-        double before = mem_pass(rfn, buf, nmem, threads);
+        double before = b2b_mem_pass(rfn, buf, nmem, threads);
         mem[nmem_meas++] = before;
         for (int s = 0; s < nset; s++)
             for (int c = 0; c < ncfg; c++) {
                 b2__wkernels_set_prefetch(pfs[c % npf]);
                 const double dt = pass(impl, &sets[s], y, x, batches[c / npf]);
-                const double after = mem_pass(rfn, buf, nmem, threads);
+                const double after = b2b_mem_pass(rfn, buf, nmem, threads);
                 mem[nmem_meas++] = after;
                 const size_t o = ((size_t)s * ncfg + c) * rounds + r;
                 ms[o] = dt * 1e3;
@@ -340,7 +208,8 @@ int main(int argc, char **argv)
                 before = after;
             }
     }
-    const double memmed = median(mem, nmem_meas);
+    b2b_sort(mem, nmem_meas);
+    const double memmed = b2b_median(mem, nmem_meas);
     printf("memory read: median %.1f GB/s over %d measurements (%.1f .. %.1f)\n", memmed, nmem_meas, mem[0],
            mem[nmem_meas - 1]);
     /* q8_0 against bf16 in the same round and configuration, before the
@@ -360,14 +229,15 @@ int main(int argc, char **argv)
         for (int c = 0; c < ncfg; c++) {
             const int b = c / npf;
             const size_t o = ((size_t)s * ncfg + c) * rounds;
-            const double t = median(ms + o, rounds), q = median(ratio + o, rounds);
+            const double t = b2b_median(ms + o, rounds), q = b2b_median(ratio + o, rounds);
             printf("%-5s %5d %8d %9.3f %10.1f %10.1f %9.1f %8.1f%%\n", b2__wt_name(sets[s].t), batches[b], pfs[c % npf],
                    sets[s].bytes / 1e9, t, t / batches[b], sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
         }
     if (sbf >= 0 && sq8 >= 0)
         for (int c = 0; c < ncfg; c++) {
             double *v = vsbf + (size_t)c * rounds;
-            const double med = median(v, rounds);
+            b2b_sort(v, rounds);
+            const double med = b2b_median(v, rounds);
             printf("q8_0 vs bf16, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
                    batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
         }

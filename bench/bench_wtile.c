@@ -24,42 +24,23 @@
  */
 #include "kernels.h"
 #include "wkernels.h"
+#include "membw.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double run(const b2_linear *l, float *y, const float *x, int n)
 {
     double t[5];
     b2__linear(y, x, n, l); /* warm */
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = b2b_now();
         b2__linear(y, x, n, l);
-        t[r] = now() - t0;
+        t[r] = b2b_now() - t0;
     }
-    qsort(t, 5, sizeof t[0], cmp);
-    return t[2];
-}
-
-static double med(double *t, int n)
-{
-    qsort(t, n, sizeof t[0], cmp);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    return b2b_median(t, 5);
 }
 
 static void loadavg(const char *when)
@@ -109,20 +90,20 @@ int main(int argc, char **argv)
     for (int ti = 0; ti < 4; ti++) b2__linear(y, x, n, &l[ti]); /* warm */
     for (int r = 0; r < rounds; r++) {
         for (int ti = 0; ti < 4; ti++) {
-            double t0 = now();
+            double t0 = b2b_now();
             b2__linear(y, x, n, &l[ti]);
-            tl[ti * rounds + r] = now() - t0;
-            t0 = now();
+            tl[ti * rounds + r] = b2b_now() - t0;
+            t0 = b2b_now();
             b2__wrows_to_f32(wf, l[ti].w, types[ti], 0, m, k);
-            tc[ti * rounds + r] = now() - t0;
+            tc[ti * rounds + r] = b2b_now() - t0;
         }
         for (int ti = 0; ti < 4; ti++) ratio[ti * rounds + r] = tl[ti * rounds + r] / tl[r];
     }
     loadavg("after");
     printf("type   product ms  GFLOP/s  vs f32 (median of per-round ratios)  convert W ms (1 thread)  GB/s of W read\n");
     for (int ti = 0; ti < 4; ti++) {
-        const double t = med(tl + ti * rounds, rounds), c = med(tc + ti * rounds, rounds);
-        const double rt = med(ratio + ti * rounds, rounds);
+        const double t = b2b_median(tl + ti * rounds, rounds), c = b2b_median(tc + ti * rounds, rounds);
+        const double rt = b2b_median(ratio + ti * rounds, rounds);
         printf("%-5s  %9.2f  %7.1f  %6.2fx  %22.2f  %15.1f\n", b2__wt_name(types[ti]), t * 1e3, gf / t, rt, c * 1e3,
                (double)b2__wt_row_bytes(types[ti], k) * m / c * 1e-9);
     }

@@ -1,0 +1,33 @@
+/*
+ * membw.h - what the benchmarks share: a monotonic clock, medians, and the
+ * machine's memory-read rate (the limit a decode step is held against).
+ *
+ *   b2b_pick_read: the widest read loop the CPU runs (AVX-512, AVX2 or
+ *   portable, several independent accumulators so that the adds never
+ *   limit the rate) --> b2b_mem_pass: one pass over a buffer split over nt
+ *   threads, each pinned to its own CPU --> GB/s
+ */
+#ifndef B2B_MEMBW_H
+#define B2B_MEMBW_H
+
+#include <stddef.h>
+
+/* Seconds on CLOCK_MONOTONIC. */
+double b2b_now(void);
+
+/* The median of v[0..n-1] (NAN for n = 0); v is left as it was. */
+double b2b_median(const double *v, int n);
+/* Sorts v[0..n-1] ascending (for the min and max next to a median). */
+void b2b_sort(double *v, int n);
+
+/* Sums n floats (n a multiple of 64, p 64-byte aligned). */
+typedef float (*b2b_read_fn)(const float *p, size_t n);
+/* The fastest read loop this CPU runs; *name says which ("AVX-512", ...). */
+b2b_read_fn b2b_pick_read(const char **name);
+
+/* One read pass over buf (n floats) split over nt (<= 64) threads, each
+ * pinned to its own CPU when the affinity mask has enough (two readers on
+ * one CPU would halve the figure); returns GB/s. */
+double b2b_mem_pass(b2b_read_fn fn, const float *buf, size_t n, int nt);
+
+#endif

@@ -12,6 +12,11 @@
  *   ids_equal / show_ids / report_ids   ids against a JSON reference list
  *   check_from_file         image file -> preprocess -> encode -> greedy ids
  *   check_batch             the batched greedy case, and each row alone
+ *   params_from, check_generate   a case's greedy / beam3 / reppen calls
+ *   golden_case_open/_close a case's files, its image encoded and the four
+ *                           stage outputs checked, its prompt tokenised
+ *   golden_case_from_file   greedy again from the image file
+ *   unpadded_rows           a padded batch's prompts without their padding
  */
 #ifndef BLIP2_GOLDEN_UTIL_H
 #define BLIP2_GOLDEN_UTIL_H
@@ -29,6 +34,7 @@
 #define TOL_STAGE 1e-4
 #define TOL_LOGITS 5e-4
 
+static const char *gdir; /* the golden folder ($GOLDEN_DIR) */
 static int loose; /* rounded weights: logit cosine asserted, ids reported */
 static int n_same, n_diff;
 
@@ -167,6 +173,170 @@ static void check_batch(const blip2_model *m, const blip2_request *rq, int B, co
         blip2_result_free(&res);
     } else {
         diag("%s", err.text);
+    }
+}
+
+/* The generation parameters of a golden call's kwargs (defaults for the rest). */
+static void params_from(json_t *kw, blip2_gen_params *p)
+{
+    blip2_gen_params_default(p);
+    if (json_object_get(kw, "max_new_tokens")) p->max_new_tokens = (int)json_integer_value(json_object_get(kw, "max_new_tokens"));
+    if (json_object_get(kw, "min_new_tokens")) p->min_new_tokens = (int)json_integer_value(json_object_get(kw, "min_new_tokens"));
+    if (json_object_get(kw, "num_beams")) p->num_beams = (int)json_integer_value(json_object_get(kw, "num_beams"));
+    if (json_object_get(kw, "repetition_penalty")) p->repetition_penalty = (float)json_number_value(json_object_get(kw, "repetition_penalty"));
+}
+
+/* Generates with each of the case's calls (greedy, beam3, reppen) and
+ * compares ids and text; required: a missing call is a failure. */
+static void check_generate(const blip2_model *m, const blip2_request *rq, json_t *gens, const char *id, int required)
+{
+    const char *names[] = {"greedy", "beam3", "reppen"};
+    for (int k = 0; k < 3; k++) {
+        json_t *g = json_object_get(gens, names[k]);
+        if (required && !ok(g != NULL, "%s %s: golden call present", id, names[k])) continue;
+        if (!g) continue;
+        blip2_gen_params p;
+        params_from(json_object_get(g, "kwargs"), &p);
+        blip2_result res;
+        blip2_error err = {0};
+        int rc = blip2_generate(m, rq, 1, &p, NULL, NULL, &res, &err);
+        if (!ok(rc == 0, "%s %s: generate", id, names[k])) { diag("%s", err.text); continue; }
+        int same = ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
+        if (loose) { /* rounded weights move logits by more than the golden top-2 gaps */
+            char what[256];
+            snprintf(what, sizeof what, "%s %s", id, names[k]);
+            report_ids(what, res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
+            blip2_result_free(&res);
+            continue;
+        }
+        if (!ok(same, "%s %s: ids identical", id, names[k])) show_ids("got", res.seqs[0].ids, res.seqs[0].n_ids);
+        const char *text = json_string_value(json_object_get(g, "text"));
+        if (!ok(text && !strcmp(res.seqs[0].text, text), "%s %s: text identical", id, names[k]))
+            diag("got '%s' want '%s'", res.seqs[0].text, text ? text : "(null)");
+        blip2_result_free(&res);
+    }
+}
+
+/* The golden pixel values of image img (images/STEM.pixels.safetensors). */
+static int open_pixels(const char *img, b2_st_file **pf, blip2_error *err)
+{
+    char stem[256], path[1024];
+    snprintf(stem, sizeof stem, "%s", img);
+    char *dot = strrchr(stem, '.');
+    if (dot) *dot = 0;
+    snprintf(path, sizeof path, "%s/images/%s.pixels.safetensors", gdir, stem);
+    return b2__st_open(pf, path, err);
+}
+
+/* One case of a manifest, opened by golden_case_open. */
+typedef struct golden_case {
+    const char *id, *img, *prompt;  /* borrowed from the manifest */
+    b2_st_file *cf, *pf;            /* the case's tensors, the image's pixel values */
+    float *px, *q;                  /* pixel values; query embeds (Q, D), from encode */
+    blip2_stages st;                /* vision (T, Dv), pooled (Dv), Q-Former (Q, Dq) */
+    int32_t *ids;                   /* the processor's input_ids (L) */
+    size_t L;
+} golden_case;
+
+/* Opens case c, encodes its golden pixel values and checks the four stage
+ * outputs (their max abs error raises worst[0..3] when worst is given; with
+ * cos_check their cosine must be >= 0.999), reads input_ids and checks the
+ * prompt tokenises to them.  -1 (reported) when a file does not open. */
+static int golden_case_open(golden_case *gc, const blip2_model *m, json_t *c, double *worst, int cos_check)
+{
+    memset(gc, 0, sizeof *gc);
+    gc->id = json_string_value(json_object_get(c, "id"));
+    const char *id = gc->id;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", gdir, json_string_value(json_object_get(c, "file")));
+    blip2_error err = {0};
+    if (!ok(b2__st_open(&gc->cf, path, &err) == 0, "%s: open case file", id)) { diag("%s", err.text); return -1; }
+    gc->img = json_string_value(json_object_get(c, "image"));
+    if (!ok(open_pixels(gc->img, &gc->pf, &err) == 0, "%s: open pixels", id)) {
+        diag("%s", err.text);
+        b2__st_close(gc->cf);
+        return -1;
+    }
+    const int T = blip2_vision_tokens(m), Dv = blip2_vision_hidden(m), Q = blip2_num_query_tokens(m);
+    const int Dq = blip2_qformer_hidden(m);
+    const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
+    gc->px = malloc(sizeof(float) * npx);
+    gc->q = malloc(sizeof(float) * nq);
+    gc->st = (blip2_stages){
+        malloc(sizeof(float) * (size_t)T * Dv), malloc(sizeof(float) * Dv), malloc(sizeof(float) * (size_t)Q * Dq)};
+    b2__to_f32(need(gc->pf, "pixel_values"), gc->px);
+    if (ok(blip2_encode_image(m, gc->px, 1, gc->q, &gc->st, &err) == 0, "%s: encode image", id)) {
+        struct { const char *name; const float *v; size_t n; } s[] = {
+            {"vision_last_hidden_state", gc->st.vision_last_hidden_state, (size_t)T * Dv},
+            {"vision_pooler_output", gc->st.vision_pooler_output, (size_t)Dv},
+            {"qformer_last_hidden_state", gc->st.qformer_last_hidden_state, (size_t)Q * Dq},
+            {"language_model_inputs", gc->q, nq},
+        };
+        for (int i = 0; i < 4; i++) {
+            const b2_tensor *t = need(gc->cf, s[i].name);
+            double d = t ? maxdiff(s[i].v, t, s[i].n, 0) : INFINITY;
+            if (worst && d > worst[i]) worst[i] = d;
+            strict_ok(d <= TOL_STAGE, "%s: %s max abs err %.3g <= %g", id, s[i].name, d, TOL_STAGE);
+            if (cos_check && t) {
+                const double cs = cosine(s[i].v, t, s[i].n, 0);
+                ok(cs >= 0.999, "%s: %s cosine %.6f >= 0.999", id, s[i].name, cs);
+            }
+        }
+    } else diag("%s", err.text);
+
+    /* prompt ids: the tokenizer must give the processor's ids */
+    const b2_tensor *ti = need(gc->cf, "input_ids");
+    gc->L = ti ? (size_t)b2__tensor_numel(ti) : 0;
+    gc->ids = malloc(sizeof(int32_t) * (gc->L ? gc->L : 1));
+    if (ti) b2__to_i32(ti, gc->ids);
+    json_t *pj = json_object_get(c, "prompt");
+    gc->prompt = json_is_string(pj) ? json_string_value(pj) : NULL;
+    if (gc->prompt) {
+        int32_t *tid = NULL;
+        size_t tn = 0;
+        int rc = blip2_tokenize(m, gc->prompt, 1, &tid, &tn, &err);
+        ok(rc == 0 && tn == gc->L && !memcmp(tid, gc->ids, gc->L * sizeof *gc->ids),
+           "%s: prompt tokenised as the processor does", id);
+        free(tid);
+    }
+    return 0;
+}
+
+/* End to end: case c's image file -> our preprocessing -> greedy ids. */
+static void golden_case_from_file(const golden_case *gc, const blip2_model *m, json_t *c)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/images/%s", gdir, gc->img);
+    json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
+    blip2_gen_params p;
+    params_from(json_object_get(g, "kwargs"), &p);
+    check_from_file(m, path, gc->img, gc->prompt, g, &p, gc->id);
+}
+
+static void golden_case_close(golden_case *gc)
+{
+    free(gc->ids);
+    free(gc->px);
+    free(gc->q);
+    free(gc->st.vision_last_hidden_state);
+    free(gc->st.vision_pooler_output);
+    free(gc->st.qformer_last_hidden_state);
+    b2__st_close(gc->cf);
+    b2__st_close(gc->pf);
+}
+
+/* A padded batch (ids and mask (B, L)) as B requests without the padding
+ * (masked positions are neither attended nor counted, left or right);
+ * rows[b] are allocated here (the caller frees them), q holds B query
+ * embeddings of nq floats. */
+static void unpadded_rows(const int32_t *ids, const int32_t *mask, int B, int L, const float *q, size_t nq,
+                          blip2_request *rq, int32_t **rows)
+{
+    for (int b = 0; b < B; b++) {
+        rows[b] = malloc(sizeof(int32_t) * L);
+        size_t n = 0;
+        for (int j = 0; j < L; j++) if (mask[b * L + j]) rows[b][n++] = ids[b * L + j];
+        rq[b] = (blip2_request){.query_embeds = q + nq * b, .prompt_ids = rows[b], .n_prompt_ids = n};
     }
 }
 

@@ -38,109 +38,26 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *gdir;
 static int cos_check; /* GOLDEN_PRECISION=bf16: stage and logit cosines asserted */
 static double worst[8];
 enum { W_VIS, W_POOL, W_QF, W_LMI, W_LOGITS };
 
-static void check_generate(const blip2_model *m, const blip2_request *rq, json_t *gens, const char *id)
-{
-    const char *names[] = {"greedy", "beam3", "reppen"};
-    for (int k = 0; k < 3; k++) {
-        json_t *g = json_object_get(gens, names[k]);
-        if (!g) continue;
-        json_t *kw = json_object_get(g, "kwargs");
-        blip2_gen_params p;
-        blip2_gen_params_default(&p);
-        if (json_object_get(kw, "max_new_tokens")) p.max_new_tokens = (int)json_integer_value(json_object_get(kw, "max_new_tokens"));
-        if (json_object_get(kw, "min_new_tokens")) p.min_new_tokens = (int)json_integer_value(json_object_get(kw, "min_new_tokens"));
-        if (json_object_get(kw, "num_beams")) p.num_beams = (int)json_integer_value(json_object_get(kw, "num_beams"));
-        if (json_object_get(kw, "repetition_penalty")) p.repetition_penalty = (float)json_number_value(json_object_get(kw, "repetition_penalty"));
-        blip2_result res;
-        blip2_error err = {0};
-        int rc = blip2_generate(m, rq, 1, &p, NULL, NULL, &res, &err);
-        if (!ok(rc == 0, "%s %s: generate", id, names[k])) { diag("%s", err.text); continue; }
-        int same = ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
-        if (loose) { /* rounded weights move logits by more than the golden top-2 gaps */
-            char what[256];
-            snprintf(what, sizeof what, "%s %s", id, names[k]);
-            report_ids(what, res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
-            blip2_result_free(&res);
-            continue;
-        }
-        if (!ok(same, "%s %s: ids identical", id, names[k])) show_ids("got", res.seqs[0].ids, res.seqs[0].n_ids);
-        const char *text = json_string_value(json_object_get(g, "text"));
-        if (!ok(text && !strcmp(res.seqs[0].text, text), "%s %s: text identical", id, names[k]))
-            diag("got '%s' want '%s'", res.seqs[0].text, text ? text : "(null)");
-        blip2_result_free(&res);
-    }
-}
-
 static void run_case(const blip2_model *m, json_t *c)
 {
-    const char *id = json_string_value(json_object_get(c, "id"));
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", gdir, json_string_value(json_object_get(c, "file")));
-    b2_st_file *cf = NULL, *pf = NULL;
+    golden_case gc;
+    if (golden_case_open(&gc, m, c, worst, cos_check) < 0) return;
+    const char *id = gc.id;
+    const int Q = blip2_num_query_tokens(m), V = blip2_vocab_size(m);
+    const size_t L = gc.L;
     blip2_error err = {0};
-    if (!ok(b2__st_open(&cf, path, &err) == 0, "%s: open case file", id)) { diag("%s", err.text); return; }
-    const char *img = json_string_value(json_object_get(c, "image"));
-    char stem[256];
-    snprintf(stem, sizeof stem, "%s", img);
-    char *dot = strrchr(stem, '.');
-    if (dot) *dot = 0;
-    snprintf(path, sizeof path, "%s/images/%s.pixels.safetensors", gdir, stem);
-    if (!ok(b2__st_open(&pf, path, &err) == 0, "%s: open pixels", id)) { diag("%s", err.text); b2__st_close(cf); return; }
-
-    const int T = blip2_vision_tokens(m), Dv = blip2_vision_hidden(m), Q = blip2_num_query_tokens(m);
-    const int Dq = blip2_qformer_hidden(m), V = blip2_vocab_size(m);
-    const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx), *q = malloc(sizeof(float) * nq);
-    blip2_stages st = {
-        malloc(sizeof(float) * (size_t)T * Dv), malloc(sizeof(float) * Dv), malloc(sizeof(float) * (size_t)Q * Dq)};
-    b2__to_f32(need(pf, "pixel_values"), px);
-    int rc = blip2_encode_image(m, px, 1, q, &st, &err);
-    if (ok(rc == 0, "%s: encode image", id)) {
-        struct { const char *name; const float *v; size_t n; int w; } s[] = {
-            {"vision_last_hidden_state", st.vision_last_hidden_state, (size_t)T * Dv, W_VIS},
-            {"vision_pooler_output", st.vision_pooler_output, (size_t)Dv, W_POOL},
-            {"qformer_last_hidden_state", st.qformer_last_hidden_state, (size_t)Q * Dq, W_QF},
-            {"language_model_inputs", q, nq, W_LMI},
-        };
-        for (int i = 0; i < 4; i++) {
-            const b2_tensor *t = need(cf, s[i].name);
-            double d = t ? maxdiff(s[i].v, t, s[i].n, 0) : INFINITY;
-            if (d > worst[s[i].w]) worst[s[i].w] = d;
-            strict_ok(d <= TOL_STAGE, "%s: %s max abs err %.3g <= %g", id, s[i].name, d, TOL_STAGE);
-            if (cos_check && t) {
-                const double cs = cosine(s[i].v, t, s[i].n, 0);
-                ok(cs >= 0.999, "%s: %s cosine %.6f >= 0.999", id, s[i].name, cs);
-            }
-        }
-    } else diag("%s", err.text);
-
-    /* prompt ids: the tokenizer must give the processor's ids */
-    const b2_tensor *ti = need(cf, "input_ids");
-    size_t L = ti ? (size_t)b2__tensor_numel(ti) : 0;
-    int32_t *ids = malloc(sizeof(int32_t) * (L ? L : 1));
-    if (ti) b2__to_i32(ti, ids);
-    json_t *pj = json_object_get(c, "prompt");
-    const char *prompt = json_is_string(pj) ? json_string_value(pj) : NULL;
-    if (prompt) {
-        int32_t *tid = NULL;
-        size_t tn = 0;
-        rc = blip2_tokenize(m, prompt, 1, &tid, &tn, &err);
-        ok(rc == 0 && tn == L && !memcmp(tid, ids, L * sizeof *ids), "%s: prompt tokenised as the processor does", id);
-        free(tid);
-    }
-    blip2_request rq = {.query_embeds = q, .prompt = prompt};
-    blip2_request rq_ids = {.query_embeds = q, .prompt_ids = ids, .n_prompt_ids = L};
-    const b2_tensor *tfull = b2__st_find(cf, "logits");
+    blip2_request rq = {.query_embeds = gc.q, .prompt = gc.prompt};
+    blip2_request rq_ids = {.query_embeds = gc.q, .prompt_ids = gc.ids, .n_prompt_ids = L};
+    const b2_tensor *tfull = b2__st_find(gc.cf, "logits");
     float *last = malloc(sizeof(float) * V);
     float *all = tfull ? malloc(sizeof(float) * (size_t)(Q + L) * V) : NULL;
-    rc = blip2_forward_logits(m, &rq_ids, last, all, &err);
+    int rc = blip2_forward_logits(m, &rq_ids, last, all, &err);
     if (ok(rc == 0, "%s: forward", id)) {
-        const b2_tensor *t = need(cf, "logits_last");
+        const b2_tensor *t = need(gc.cf, "logits_last");
         double d = t ? maxdiff(last, t, (size_t)V, 0) : INFINITY;
         if (d > worst[W_LOGITS]) worst[W_LOGITS] = d;
         strict_ok(d <= TOL_LOGITS, "%s: logits_last max abs err %.3g <= %g", id, d, TOL_LOGITS);
@@ -155,22 +72,11 @@ static void run_case(const blip2_model *m, json_t *c)
             strict_ok(d <= TOL_LOGITS, "%s: all %zu positions' logits max abs err %.3g <= %g", id, Q + L, d, TOL_LOGITS);
         }
     } else diag("%s", err.text);
-    check_generate(m, &rq, json_object_get(c, "generate"), id);
-
-    /* end to end: image file -> our preprocessing -> greedy ids */
-    snprintf(path, sizeof path, "%s/images/%s", gdir, img);
-    {
-        json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
-        blip2_gen_params p;
-        blip2_gen_params_default(&p);
-        p.max_new_tokens = (int)json_integer_value(json_object_get(json_object_get(g, "kwargs"), "max_new_tokens"));
-        check_from_file(m, path, img, prompt, g, &p, id);
-    }
-    free(last); free(all); free(ids);
-    free(px); free(q);
-    free(st.vision_last_hidden_state); free(st.vision_pooler_output); free(st.qformer_last_hidden_state);
-    b2__st_close(cf);
-    b2__st_close(pf);
+    check_generate(m, &rq, json_object_get(c, "generate"), id, 0);
+    golden_case_from_file(&gc, m, c);
+    free(last);
+    free(all);
+    golden_case_close(&gc);
 }
 
 static void run_batch(const blip2_model *m, json_t *c)
@@ -199,12 +105,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     /* strip the left padding: masked positions are neither attended nor counted */
     blip2_request rq[8];
     int32_t *rows[8];
-    for (int b = 0; b < B; b++) {
-        rows[b] = malloc(sizeof(int32_t) * L);
-        size_t n = 0;
-        for (int j = 0; j < L; j++) if (mask[b * L + j]) rows[b][n++] = ids[b * L + j];
-        rq[b] = (blip2_request){.query_embeds = q + nq * b, .prompt_ids = rows[b], .n_prompt_ids = n};
-    }
+    unpadded_rows(ids, mask, B, L, q, nq, rq, rows);
     float *last = malloc(sizeof(float) * V);
     for (int b = 0; b < B; b++) {
         if (blip2_forward_logits(m, &rq[b], last, NULL, &err) == 0) {
@@ -214,8 +115,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     }
     json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
     blip2_gen_params p;
-    blip2_gen_params_default(&p);
-    p.max_new_tokens = (int)json_integer_value(json_object_get(json_object_get(g, "kwargs"), "max_new_tokens"));
+    params_from(json_object_get(g, "kwargs"), &p);
     check_batch(m, rq, B, &p, tg, g, id, 1); /* the reference pads finished rows with pad id 1 */
     for (int b = 0; b < B; b++) free(rows[b]);
     free(last); free(px); free(q); free(ids); free(mask);

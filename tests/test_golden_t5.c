@@ -33,16 +33,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *gdir;
-
-static void params_from(json_t *kw, blip2_gen_params *p)
-{
-    blip2_gen_params_default(p);
-    if (json_object_get(kw, "max_new_tokens")) p->max_new_tokens = (int)json_integer_value(json_object_get(kw, "max_new_tokens"));
-    if (json_object_get(kw, "min_new_tokens")) p->min_new_tokens = (int)json_integer_value(json_object_get(kw, "min_new_tokens"));
-    if (json_object_get(kw, "num_beams")) p->num_beams = (int)json_integer_value(json_object_get(kw, "num_beams"));
-    if (json_object_get(kw, "repetition_penalty")) p->repetition_penalty = (float)json_number_value(json_object_get(kw, "repetition_penalty"));
-}
 
 static void check_buckets(void)
 {
@@ -144,91 +134,22 @@ static void top5(const float *row, int V, int *idx)
     }
 }
 
-/* Generates with the case's kwargs (name) and compares ids and text. */
-static void check_generate(const blip2_model *m, const blip2_request *rq, json_t *gens, const char *id)
-{
-    const char *names[] = {"greedy", "beam3", "reppen"};
-    for (int k = 0; k < 3; k++) {
-        json_t *g = json_object_get(gens, names[k]);
-        if (!ok(g != NULL, "%s %s: golden call present", id, names[k])) continue;
-        blip2_gen_params p;
-        params_from(json_object_get(g, "kwargs"), &p);
-        blip2_result res;
-        blip2_error err = {0};
-        int rc = blip2_generate(m, rq, 1, &p, NULL, NULL, &res, &err);
-        if (!ok(rc == 0, "%s %s: generate", id, names[k])) { diag("%s", err.text); continue; }
-        int same = ids_equal(res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
-        if (loose) {
-            char what[128];
-            snprintf(what, sizeof what, "%s %s", id, names[k]);
-            report_ids(what, res.seqs[0].ids, res.seqs[0].n_ids, json_object_get(g, "ids"));
-            blip2_result_free(&res);
-            continue;
-        }
-        if (!ok(same, "%s %s: ids identical", id, names[k])) show_ids("got", res.seqs[0].ids, res.seqs[0].n_ids);
-        const char *text = json_string_value(json_object_get(g, "text"));
-        if (!ok(text && !strcmp(res.seqs[0].text, text), "%s %s: text identical", id, names[k]))
-            diag("got '%s' want '%s'", res.seqs[0].text, text ? text : "(null)");
-        blip2_result_free(&res);
-    }
-}
-
-static int open_pixels(const char *img, b2_st_file **pf, blip2_error *err)
-{
-    char stem[256], path[1024];
-    snprintf(stem, sizeof stem, "%s", img);
-    char *dot = strrchr(stem, '.');
-    if (dot) *dot = 0;
-    snprintf(path, sizeof path, "%s/images/%s.pixels.safetensors", gdir, stem);
-    return b2__st_open(pf, path, err);
-}
-
 static void run_case(const blip2_model *m, json_t *c)
 {
-    const char *id = json_string_value(json_object_get(c, "id"));
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", gdir, json_string_value(json_object_get(c, "file")));
-    b2_st_file *cf = NULL, *pf = NULL;
+    golden_case gc;
+    if (golden_case_open(&gc, m, c, NULL, 0) < 0) return;
+    const char *id = gc.id;
+    b2_st_file *cf = gc.cf;
+    const float *q = gc.q;
+    const int32_t *ids = gc.ids;
+    const size_t L = gc.L, nq = blip2_query_embeds_len(m);
+    const int Q = blip2_num_query_tokens(m), V = blip2_vocab_size(m), D = blip2_text_hidden(m);
     blip2_error err = {0};
-    if (!ok(b2__st_open(&cf, path, &err) == 0, "%s: open case file", id)) { diag("%s", err.text); return; }
-    const char *img = json_string_value(json_object_get(c, "image"));
-    if (!ok(open_pixels(img, &pf, &err) == 0, "%s: open pixels", id)) { diag("%s", err.text); b2__st_close(cf); return; }
 
-    const int T = blip2_vision_tokens(m), Dv = blip2_vision_hidden(m), Q = blip2_num_query_tokens(m);
-    const int Dq = blip2_qformer_hidden(m), V = blip2_vocab_size(m), D = blip2_text_hidden(m);
-    const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx), *q = malloc(sizeof(float) * nq);
-    blip2_stages st = {
-        malloc(sizeof(float) * (size_t)T * Dv), malloc(sizeof(float) * Dv), malloc(sizeof(float) * (size_t)Q * Dq)};
-    b2__to_f32(need(pf, "pixel_values"), px);
-    if (ok(blip2_encode_image(m, px, 1, q, &st, &err) == 0, "%s: encode image", id)) {
-        struct { const char *name; const float *v; size_t n; } s[] = {
-            {"vision_last_hidden_state", st.vision_last_hidden_state, (size_t)T * Dv},
-            {"vision_pooler_output", st.vision_pooler_output, (size_t)Dv},
-            {"qformer_last_hidden_state", st.qformer_last_hidden_state, (size_t)Q * Dq},
-            {"language_model_inputs", q, nq},
-        };
-        for (int i = 0; i < 4; i++) {
-            double d = maxdiff(s[i].v, need(cf, s[i].name), s[i].n, 0);
-            strict_ok(d <= TOL_STAGE, "%s: %s max abs err %.3g <= %g", id, s[i].name, d, TOL_STAGE);
-        }
-    } else diag("%s", err.text);
-
-    const b2_tensor *ti = need(cf, "input_ids"), *td = need(cf, "decoder_input_ids");
-    const size_t L = ti ? (size_t)b2__tensor_numel(ti) : 0;
+    const b2_tensor *td = need(cf, "decoder_input_ids");
     const int Tdec = td ? (int)b2__tensor_numel(td) : 0;
-    int32_t *ids = malloc(sizeof(int32_t) * (L ? L : 1)), *dec = malloc(sizeof(int32_t) * (Tdec ? Tdec : 1));
-    if (ti) b2__to_i32(ti, ids);
+    int32_t *dec = malloc(sizeof(int32_t) * (Tdec ? Tdec : 1));
     if (td) b2__to_i32(td, dec);
-    json_t *pj = json_object_get(c, "prompt");
-    const char *prompt = json_is_string(pj) ? json_string_value(pj) : NULL;
-    if (prompt) {
-        int32_t *tid = NULL;
-        size_t tn = 0;
-        int rc = blip2_tokenize(m, prompt, 1, &tid, &tn, &err);
-        ok(rc == 0 && tn == L && !memcmp(tid, ids, L * sizeof *ids), "%s: prompt tokenised as the processor does", id);
-        free(tid);
-    }
 
     /* encoder output and teacher-forced logits over the greedy sequence */
     const int ne = Q + (int)L;
@@ -283,22 +204,11 @@ static void run_case(const blip2_model *m, json_t *c)
         }
     } else diag("%s", err.text);
 
-    blip2_request rq = {.query_embeds = q, .prompt = prompt};
-    check_generate(m, &rq, json_object_get(c, "generate"), id);
-
-    /* end to end: image file -> our preprocessing -> greedy ids */
-    snprintf(path, sizeof path, "%s/images/%s", gdir, img);
-    {
-        json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
-        blip2_gen_params p;
-        params_from(json_object_get(g, "kwargs"), &p);
-        check_from_file(m, path, img, prompt, g, &p, id);
-    }
-    free(last); free(emb); free(enc); free(lg); free(ids); free(dec);
-    free(px); free(q);
-    free(st.vision_last_hidden_state); free(st.vision_pooler_output); free(st.qformer_last_hidden_state);
-    b2__st_close(cf);
-    b2__st_close(pf);
+    blip2_request rq = {.query_embeds = q, .prompt = gc.prompt};
+    check_generate(m, &rq, json_object_get(c, "generate"), id, 1);
+    golden_case_from_file(&gc, m, c);
+    free(last); free(emb); free(enc); free(lg); free(dec);
+    golden_case_close(&gc);
 }
 
 static void run_batch(const blip2_model *m, json_t *c)
@@ -334,11 +244,9 @@ static void run_batch(const blip2_model *m, json_t *c)
     blip2_request rq[2];
     int32_t *rows[2];
     float *last = malloc(sizeof(float) * V);
+    unpadded_rows(ids, mask, B, L, q, nq, rq, rows);
     for (int b = 0; b < B; b++) {
-        rows[b] = malloc(sizeof(int32_t) * L);
-        size_t n = 0;
-        for (int j = 0; j < L; j++) if (mask[b * L + j]) rows[b][n++] = ids[b * L + j];
-        rq[b] = (blip2_request){.query_embeds = q + nq * b, .prompt_ids = rows[b], .n_prompt_ids = n};
+        const size_t n = rq[b].n_prompt_ids;
         const int ne = Q + (int)n;
         float *emb = malloc(sizeof(float) * (size_t)ne * D), *enc = malloc(sizeof(float) * (size_t)ne * D);
         int32_t start = blip2_bos_id(m);

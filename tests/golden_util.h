@@ -1,7 +1,8 @@
 /*
- * golden_util.h - what tests/test_golden.c (OPT) and tests/test_golden_t5.c
- * (Flan-T5) share when comparing the engine with the golden reference
- * tensors and ids.  Included by exactly those two; after tap.h.
+ * golden_util.h - what tests/test_golden.c (OPT), tests/test_golden_t5.c
+ * (Flan-T5) and tests/test_features.c share when comparing the engine with
+ * the golden reference tensors and ids.  Included by those three; after
+ * tap.h.
  *
  *   loose, n_same, n_diff   rounded weights (a GGUF file of f16/bf16/q8_0):
  *                           set loose; strict_ok() then reports instead of
@@ -9,6 +10,7 @@
  *   cosine / maxdiff        a against ref (widened to f32) from offset off;
  *                           a missing ref gives 0 / infinity (a failure)
  *   need                    a tensor of a golden file, or NULL with a diag
+ *   open_st                 a golden file by its path under gdir, or NULL
  *   ids_equal / show_ids / report_ids   ids against a JSON reference list
  *   check_from_file         image file -> preprocess -> encode -> greedy ids
  *   check_batch             the batched greedy case, and each row alone
@@ -34,9 +36,9 @@
 #define TOL_STAGE 1e-4
 #define TOL_LOGITS 5e-4
 
-static const char *gdir; /* the golden folder ($GOLDEN_DIR) */
-static int loose; /* rounded weights: logit cosine asserted, ids reported */
-static int n_same, n_diff;
+__attribute__((unused)) static const char *gdir; /* the golden folder ($GOLDEN_DIR) */
+__attribute__((unused)) static int loose; /* rounded weights: logit cosine asserted, ids reported */
+__attribute__((unused)) static int n_same, n_diff;
 
 /* ok() for the checks that rounded weights may miss: reported only. */
 #define strict_ok(cond, ...) (loose ? (diag(__VA_ARGS__), (cond) ? diag("  (within)") : diag("  (outside, not asserted: rounded weights)"), 1) : ok(cond, __VA_ARGS__))
@@ -61,7 +63,9 @@ __attribute__((unused))
 static double maxdiff(const float *a, const b2_tensor *ref, size_t n, size_t off)
 {
     if (!ref) return INFINITY;
-    float *r = malloc(sizeof(float) * (size_t)b2__tensor_numel(ref));
+    size_t numel = (size_t)b2__tensor_numel(ref);
+    if (off + n > numel) return INFINITY;
+    float *r = malloc(sizeof(float) * numel);
     b2__to_f32(ref, r);
     double d = 0;
     for (size_t i = 0; i < n; i++) {
@@ -78,6 +82,18 @@ static const b2_tensor *need(b2_st_file *f, const char *name)
     const b2_tensor *t = b2__st_find(f, name);
     if (!t) diag("missing tensor %s in %s", name, b2__st_path(f));
     return t;
+}
+
+/* The safetensors file rel (a path under gdir), or NULL with a diag. */
+__attribute__((unused))
+static b2_st_file *open_st(const char *rel)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", gdir, rel);
+    b2_st_file *f = NULL;
+    blip2_error err = {0};
+    if (b2__st_open(&f, path, &err) < 0) diag("%s", err.text);
+    return f;
 }
 
 static int ids_equal(const int32_t *a, size_t na, json_t *ref)
@@ -177,6 +193,7 @@ static void check_batch(const blip2_model *m, const blip2_request *rq, int B, co
 }
 
 /* The generation parameters of a golden call's kwargs (defaults for the rest). */
+__attribute__((unused))
 static void params_from(json_t *kw, blip2_gen_params *p)
 {
     blip2_gen_params_default(p);
@@ -188,6 +205,7 @@ static void params_from(json_t *kw, blip2_gen_params *p)
 
 /* Generates with each of the case's calls (greedy, beam3, reppen) and
  * compares ids and text; required: a missing call is a failure. */
+__attribute__((unused))
 static void check_generate(const blip2_model *m, const blip2_request *rq, json_t *gens, const char *id, int required)
 {
     const char *names[] = {"greedy", "beam3", "reppen"};
@@ -218,6 +236,7 @@ static void check_generate(const blip2_model *m, const blip2_request *rq, json_t
 }
 
 /* The golden pixel values of image img (images/STEM.pixels.safetensors). */
+__attribute__((unused))
 static int open_pixels(const char *img, b2_st_file **pf, blip2_error *err)
 {
     char stem[256], path[1024];
@@ -242,15 +261,15 @@ typedef struct golden_case {
  * outputs (their max abs error raises worst[0..3] when worst is given; with
  * cos_check their cosine must be >= 0.999), reads input_ids and checks the
  * prompt tokenises to them.  -1 (reported) when a file does not open. */
+__attribute__((unused))
 static int golden_case_open(golden_case *gc, const blip2_model *m, json_t *c, double *worst, int cos_check)
 {
     memset(gc, 0, sizeof *gc);
     gc->id = json_string_value(json_object_get(c, "id"));
     const char *id = gc->id;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", gdir, json_string_value(json_object_get(c, "file")));
     blip2_error err = {0};
-    if (!ok(b2__st_open(&gc->cf, path, &err) == 0, "%s: open case file", id)) { diag("%s", err.text); return -1; }
+    gc->cf = open_st(json_string_value(json_object_get(c, "file")));
+    if (!ok(gc->cf != NULL, "%s: open case file", id)) return -1;
     gc->img = json_string_value(json_object_get(c, "image"));
     if (!ok(open_pixels(gc->img, &gc->pf, &err) == 0, "%s: open pixels", id)) {
         diag("%s", err.text);
@@ -303,6 +322,7 @@ static int golden_case_open(golden_case *gc, const blip2_model *m, json_t *c, do
 }
 
 /* End to end: case c's image file -> our preprocessing -> greedy ids. */
+__attribute__((unused))
 static void golden_case_from_file(const golden_case *gc, const blip2_model *m, json_t *c)
 {
     char path[1024];
@@ -313,6 +333,7 @@ static void golden_case_from_file(const golden_case *gc, const blip2_model *m, j
     check_from_file(m, path, gc->img, gc->prompt, g, &p, gc->id);
 }
 
+__attribute__((unused))
 static void golden_case_close(golden_case *gc)
 {
     free(gc->ids);
@@ -329,6 +350,7 @@ static void golden_case_close(golden_case *gc)
  * (masked positions are neither attended nor counted, left or right);
  * rows[b] are allocated here (the caller frees them), q holds B query
  * embeddings of nq floats. */
+__attribute__((unused))
 static void unpadded_rows(const int32_t *ids, const int32_t *mask, int B, int L, const float *q, size_t nq,
                           blip2_request *rq, int32_t **rows)
 {

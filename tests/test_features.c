@@ -9,42 +9,12 @@
 #include "blip2.h"
 #include "safetensors.h"
 #include "tap.h"
+#include "golden_util.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define TOL_STAGE 1e-4
-#define TOL_LOGITS 5e-4
-
-static const char *gdir;
-
-static double maxdiff(const float *a, const b2_tensor *ref, size_t n, size_t off)
-{
-    if (!ref) return INFINITY;
-    size_t numel = (size_t)b2__tensor_numel(ref);
-    if (off + n > numel) return INFINITY;
-    float *r = malloc(sizeof(float) * numel);
-    b2__to_f32(ref, r);
-    double d = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - r[off + i]);
-        if (!(e <= d)) d = e; /* NaN propagates as a failure */
-    }
-    free(r);
-    return d;
-}
-
-static b2_st_file *open_st(const char *rel)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", gdir, rel);
-    b2_st_file *f = NULL;
-    blip2_error err = {0};
-    if (b2__st_open(&f, path, &err) < 0) diag("%s", err.text);
-    return f;
-}
 
 static void test_image(const blip2_model *m, json_t *c)
 {

@@ -214,11 +214,9 @@ static void run_case(const blip2_model *m, json_t *c)
 static void run_batch(const blip2_model *m, json_t *c)
 {
     const char *id = json_string_value(json_object_get(c, "id"));
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", gdir, json_string_value(json_object_get(c, "file")));
-    b2_st_file *cf = NULL;
+    b2_st_file *cf = open_st(json_string_value(json_object_get(c, "file")));
+    if (!ok(cf != NULL, "%s: open", id)) return;
     blip2_error err = {0};
-    if (!ok(b2__st_open(&cf, path, &err) == 0, "%s: open", id)) { diag("%s", err.text); return; }
     const b2_tensor *ti = need(cf, "input_ids"), *tm = need(cf, "attention_mask"), *tg = need(cf, "generated_ids");
     json_t *imgs = json_object_get(c, "images");
     const int B = (int)json_array_size(imgs);

@@ -1,8 +1,28 @@
-# tap-summary.sh - sourced by scripts/test-tsan.sh and test-valgrind.sh:
-# after `make check TESTS=...`, one line per test from its .trs file and
-# the totals in $pass and $fail.
+# tap-summary.sh - sourced by scripts/test-sanitizers.sh, test-tsan.sh and
+# test-valgrind.sh, which build and test a copy of the tree.
 #
-#   tap_summary TEST...   (run in the build tree the tests ran in)
+#   copy_tree DEST        the last commit (git archive HEAD), or with
+#                         SAN_WORKTREE=1 the work tree's tracked and new
+#                         files, unpacked into DEST (run from the top)
+#   tap_summary TEST...   after `make check TESTS=...`, one line per test
+#                         from its .trs file and the totals in $pass and
+#                         $fail (run in the build tree the tests ran in)
+#   san_finish RC         "N passed, N failed" (a failed make, RC != 0,
+#                         counts as one failure); returns 0 when none failed
+copy_tree() {
+  if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
+    git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
+  else                                    # the last commit
+    git archive HEAD
+  fi | tar -xf - -C "$1" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; return 1; }
+}
+
+san_finish() {
+  [ "$1" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
+  echo "$pass passed, $fail failed"
+  [ "$fail" -eq 0 ]
+}
+
 tap_summary() {
   pass=0; fail=0
   for t in "$@"; do

@@ -10,6 +10,7 @@
 set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
+. "$top/scripts/tap-summary.sh"
 dir=${SAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-asan.XXXXXX")}
 cleanup() { [ "${SAN_KEEP:-0}" = 1 ] || [ -n "${SAN_DIR:-}" ] || rm -rf "$dir"; }
 trap cleanup EXIT
@@ -18,11 +19,7 @@ trap 'exit 130' INT TERM
 chmod 755 "$dir" 2>/dev/null
 
 mkdir -p "$dir/src" || { echo "0 passed, 1 failed"; exit 1; }
-if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
-  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
-else                                    # the last commit
-  git archive HEAD
-fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+copy_tree "$dir/src" || exit 1
 
 ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0"
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"

@@ -32,11 +32,7 @@ tests=${TSAN_TESTS:-tests/test_kernels tests/test_model tests/test_client tests/
 
 mkdir -p "$dir/src" "$dir/reports" || { echo "0 passed, 1 failed"; exit 1; }
 rm -f "$dir"/reports/tsan.*
-if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
-  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
-else                                    # the last commit
-  git archive HEAD
-fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+copy_tree "$dir/src" || exit 1
 
 cd "$dir/src" || exit 1
 echo "# tsan: building in $dir/src (-fsanitize=thread -O1)"
@@ -69,6 +65,4 @@ if [ "$n" -gt 0 ]; then
 else
   echo "ok - no ThreadSanitizer reports"; pass=$((pass + 1))
 fi
-[ "$rc" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+san_finish "$rc"

@@ -36,11 +36,7 @@ command -v valgrind >/dev/null 2>&1 || { echo "# valgrind not installed"; echo "
 
 mkdir -p "$dir/src" "$dir/reports" "$dir/wrap" || { echo "0 passed, 1 failed"; exit 1; }
 rm -f "$dir"/reports/*
-if [ "${SAN_WORKTREE:-0}" = 1 ]; then  # the work tree: tracked and new files
-  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null
-else                                    # the last commit
-  git archive HEAD
-fi | tar -xf - -C "$dir/src" || { echo "# cannot copy the tree"; echo "0 passed, 1 failed"; exit 1; }
+copy_tree "$dir/src" || exit 1
 
 cd "$dir/src" || exit 1
 echo "# valgrind: building in $dir/src (-O1 -g, static libraries)"
@@ -102,6 +98,4 @@ else
   [ "$n" -gt 0 ] || echo "not ok - valgrind: no process ran under valgrind"
   fail=$((fail + 1))
 fi
-[ "$rc" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+san_finish "$rc"

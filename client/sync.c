@@ -43,6 +43,20 @@ static int b2c__finish(blip2c_conn *c, b2c__waiter *w, b2c__req *r,
     return 0;
 }
 
+/* A request without arguments (status, ping): sent, then waited for into
+ * *w (what the reply carries, e.g. w->status, even on failure). */
+static int b2c__call(blip2c_conn *c, b2ipc_op op, int kind, const char *what, b2c__waiter *w,
+                     blip2c_error *err)
+{
+    b2ipc_request q;
+    b2ipc_request_init(&q, op);
+    memset(w, 0, sizeof *w);
+    b2c__req *r;
+    int rc = b2c__send(c, &q, kind, -1, NULL, NULL, w, &r, err);
+    if (rc < 0) return rc;
+    return b2c__finish(c, w, r, what, err);
+}
+
 int blip2c_generate(blip2c_conn *c, const blip2c_request *rq,
                     blip2c_token_cb on_token, void *user,
                     blip2c_result **res, blip2c_error *err)
@@ -131,14 +145,8 @@ int blip2c_status_get(blip2c_conn *c, blip2c_status **st, blip2c_error *err)
     int rc = b2c__check(c, err, "blip2c_status_get");
     if (rc < 0) return rc;
     if (!st) return b2c__cerr(c, err, BLIP2C_EINVAL, "no output pointer");
-    b2ipc_request q;
-    b2ipc_request_init(&q, B2IPC_OP_STATUS);
     b2c__waiter w;
-    memset(&w, 0, sizeof w);
-    b2c__req *r;
-    rc = b2c__send(c, &q, B2C__STATUS, -1, NULL, NULL, &w, &r, err);
-    if (rc < 0) return rc;
-    rc = b2c__finish(c, &w, r, "status", err);
+    rc = b2c__call(c, B2IPC_OP_STATUS, B2C__STATUS, "status", &w, err);
     if (rc < 0) {
         blip2c_status_free(w.status);
         return rc;
@@ -153,14 +161,8 @@ int blip2c_ping(blip2c_conn *c, double *rtt_ms, blip2c_error *err)
     if (rc < 0) return rc;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    b2ipc_request q;
-    b2ipc_request_init(&q, B2IPC_OP_PING);
     b2c__waiter w;
-    memset(&w, 0, sizeof w);
-    b2c__req *r;
-    rc = b2c__send(c, &q, B2C__PING, -1, NULL, NULL, &w, &r, err);
-    if (rc < 0) return rc;
-    rc = b2c__finish(c, &w, r, "ping", err);
+    rc = b2c__call(c, B2IPC_OP_PING, B2C__PING, "ping", &w, err);
     if (rc < 0) return rc;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rtt_ms)

@@ -24,6 +24,7 @@
  * Lines (jansson).  The exit status says what kind of failure happened.
  */
 #include "b2cli.h"
+#include "b2json.h"
 #include "blip2client.h"
 #include "ctl_batch.h"
 
@@ -408,6 +409,13 @@ static int read_stdin_image(image *im, blip2c_error *err)
 static void print_error_json(const char *image_name, const char *question,
                              const blip2c_error *e);
 
+/* A failure on stderr, and with --json as an {"error"} object on stdout. */
+static void report_error(const ctl *x, const char *image_name, const char *question, const blip2c_error *e)
+{
+    if (x->json) print_error_json(image_name, question, e);
+    b2cli_warn("%s", e->message);
+}
+
 /* Checks every image before any work: a typo fails fast with status 2
  * (with --json, an error object per bad image on stdout too). */
 static image *load_images(const ctl *x, char **names, size_t n, const char *question)
@@ -434,8 +442,7 @@ static image *load_images(const ctl *x, char **names, size_t n, const char *ques
                          "; to caption the images in it, use -r (--recursive)");
             }
         }
-        if (x->json) print_error_json(names[i], question, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, names[i], question, &err);
         bad = true;
     }
     if (bad) exit(EXIT_USAGE);
@@ -535,15 +542,6 @@ static void print_json(json_t *o, bool has_seed, uint64_t seed)
     fflush(stdout);
 }
 
-static json_t *trimmed_json(const char *s, size_t n)
-{
-    while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
-        n--;
-    json_t *j = json_stringn(s, n);
-    return j ? j : json_string("");
-}
-
 static void print_result_json(const char *image_name, const char *question,
                               const char *prompt, const blip2c_result *r)
 {
@@ -551,7 +549,7 @@ static void print_result_json(const char *image_name, const char *question,
     json_object_set_new(o, "image", jstr(image_name));
     if (question) json_object_set_new(o, "question", jstr(question));
     if (prompt && prompt[0]) json_object_set_new(o, "prompt", jstr(prompt));
-    json_object_set_new(o, "text", r->n_seqs ? trimmed_json(r->seqs[0].text, r->seqs[0].text_len)
+    json_object_set_new(o, "text", r->n_seqs ? b2cli_json_trimmed(r->seqs[0].text, r->seqs[0].text_len)
                                              : json_string(""));
     json_t *texts = json_array(), *ids = json_array(), *fin = json_array();
     for (size_t i = 0; i < r->n_seqs; i++) {
@@ -843,8 +841,7 @@ static int run_one(ctl *x, const image *im, int fd, const char *question,
     if (rc < 0) {
         if (st.started) putchar('\n');
         if (rc == BLIP2C_ETOO_LARGE && !report_too_large) return rc;
-        if (x->json) print_error_json(im->name, question, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, im->name, question, &err);
         return rc;
     }
     if (x->json) print_result_json(im->name, question, prompt, res);
@@ -880,8 +877,7 @@ static int cmd_ask(ctl *x, char *name, char **words, size_t nw)
         blip2c_error err = { .code = BLIP2C_EINVAL };
         snprintf(err.message, sizeof err.message, "the question is not valid UTF-8 (at byte %zu "
                  "of the question)", bad + 1);
-        if (x->json) print_error_json(name, NULL, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, name, NULL, &err);
         free(q);
         return EXIT_USAGE;
     }
@@ -961,8 +957,7 @@ static int chat_open(ctl *x, const char *name, int *fd)
 {
     blip2c_error err;
     if (blip2c_open_image(name, fd, &err) < 0) {
-        if (x->json) print_error_json(name, NULL, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, name, NULL, &err);
         return -1;
     }
     return 0;
@@ -1106,8 +1101,7 @@ static int cmd_status(ctl *x)
     blip2c_status *s;
     blip2c_error err;
     if (blip2c_status_get(x->conn, &s, &err) < 0) {
-        if (x->json) print_error_json(NULL, NULL, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, NULL, NULL, &err);
         return exit_for(err.code);
     }
     const blip2c_info *in = blip2c_info_get(x->conn);
@@ -1243,8 +1237,7 @@ static int cmd_ping(ctl *x)
     double rtt;
     blip2c_error err;
     if (blip2c_ping(x->conn, &rtt, &err) < 0) {
-        if (x->json) print_error_json(NULL, NULL, &err);
-        b2cli_warn("%s", err.message);
+        report_error(x, NULL, NULL, &err);
         return exit_for(err.code);
     }
     const blip2c_info *in = blip2c_info_get(x->conn);

@@ -21,6 +21,7 @@
  * it took with it.
  */
 #include "ctl_batch.h"
+#include "b2json.h"
 #include "b2strset.h"
 
 #include <errno.h>
@@ -1101,34 +1102,17 @@ finish:
 
 /* ---- the caption operation ------------------------------------------------------ */
 
-static json_t *trimmed(const char *s, size_t n)
-{
-    while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
-        n--;
-    json_t *j = json_stringn(s, n);
-    return j ? j : json_string("");
-}
-
 static void caption_done_cb(void *user, const blip2c_result *r)
 {
     ctl_job *job = user;
     json_t *f = json_object();
+    b2cli_seq seqs[B2CLI_MAX_SEQS];
+    const size_t n = r->n_seqs < B2CLI_MAX_SEQS ? r->n_seqs : B2CLI_MAX_SEQS;
+    for (size_t i = 0; i < n; i++)
+        seqs[i] = (b2cli_seq){r->seqs[i].text, r->seqs[i].text_len, r->seqs[i].ids, r->seqs[i].n_ids,
+                              blip2c_finish_name(r->seqs[i].finish)};
+    b2cli_json_generation(f, seqs, n, r->timings.total_ms, r->cached);
     const blip2c_seq *s0 = r->n_seqs ? &r->seqs[0] : NULL;
-    json_object_set_new(f, "text", s0 ? trimmed(s0->text, s0->text_len) : json_string(""));
-    json_t *ids = json_array();
-    for (size_t k = 0; s0 && k < s0->n_ids; k++) json_array_append_new(ids, json_integer(s0->ids[k]));
-    json_object_set_new(f, "ids", ids);
-    const char *fin = s0 ? blip2c_finish_name(s0->finish) : NULL;
-    json_object_set_new(f, "finish", json_string(fin ? fin : "?"));
-    json_object_set_new(f, "ms", json_real((double)(int64_t)(r->timings.total_ms * 1000.0 + 0.5) / 1000.0));
-    json_object_set_new(f, "cached", json_boolean(r->cached));
-    if (r->n_seqs > 1) {
-        json_t *texts = json_array();
-        for (size_t i = 0; i < r->n_seqs; i++)
-            json_array_append_new(texts, trimmed(r->seqs[i].text, r->seqs[i].text_len));
-        json_object_set_new(f, "texts", texts);
-    }
     char raw[48];
     if (r->has_seed) snprintf(raw, sizeof raw, "\"seed\":%" PRIu64, r->seed);
     ctl_job_done(job, f, r->has_seed ? raw : NULL, s0 && s0->finish == BLIP2C_FINISH_CANCELED);

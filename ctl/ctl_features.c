@@ -12,6 +12,7 @@
  * docs/blip2ctl.md "Features of a collection" is the user's description.
  */
 #include "ctl_batch.h"
+#include "b2json.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -213,7 +214,7 @@ static void features_done_cb(void *user, const blip2c_features *f)
         free(file);
     }
     json_object_set_new(fl, "cached", json_boolean(f->cached));
-    json_object_set_new(fl, "ms", json_real((double)(int64_t)(f->timings.total_ms * 1000.0 + 0.5) / 1000.0));
+    json_object_set_new(fl, "ms", json_real(b2cli_ms3(f->timings.total_ms)));
     ctl_job_done(job, fl, NULL, false);
 }
 

@@ -16,6 +16,7 @@
  *   queue-status: XLEN, XINFO GROUPS/CONSUMERS, HLEN --> a table or JSON
  */
 #include "b2cli.h"
+#include "b2json.h"
 #include "b2q.h"
 #include "b2strset.h"
 #include "blip2ipc.h"
@@ -434,14 +435,6 @@ static int cmd_enqueue(const opts *o, char **args, int nargs)
 
 /* ---- results -------------------------------------------------------------------- */
 
-static json_t *trimmed(const char *s, size_t n)
-{
-    while (n && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')) { s++; n--; }
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) n--;
-    json_t *j = json_stringn(s, n);
-    return j ? j : json_string("");
-}
-
 static json_t *nest(const float *d, const uint64_t *shape, uint32_t ndim, size_t *at)
 {
     json_t *a = json_array();
@@ -450,11 +443,6 @@ static json_t *nest(const float *d, const uint64_t *shape, uint32_t ndim, size_t
         else json_array_append_new(a, nest(d, shape + 1, ndim - 1, at));
     }
     return a;
-}
-
-static double ms3(double v)
-{
-    return (double)(int64_t)(v * 1000.0 + 0.5) / 1000.0;
 }
 
 /* The line of one result: {"path": src, fields..., "job": id}. */
@@ -471,21 +459,12 @@ static char *result_line(const char *id, const char *src, const uint8_t *res, si
         json_object_set_new(er, "message", json_string(err.message));
         json_object_set_new(f, "error", er);
     } else if (rp.type == B2IPC_REPLY_DONE) {
-        const b2ipc_seq *s0 = rp.done.n_seqs ? &rp.done.seqs[0] : NULL;
-        json_object_set_new(f, "text", s0 ? trimmed(s0->text, s0->text_len) : json_string(""));
-        json_t *ids = json_array();
-        for (size_t k = 0; s0 && k < s0->n_ids; k++) json_array_append_new(ids, json_integer(s0->ids[k]));
-        json_object_set_new(f, "ids", ids);
-        const char *fin = s0 ? b2ipc_finish_name(s0->finish) : NULL;
-        json_object_set_new(f, "finish", json_string(fin ? fin : "?"));
-        json_object_set_new(f, "ms", json_real(ms3(rp.done.timings.total_ms)));
-        json_object_set_new(f, "cached", json_boolean(rp.done.cached));
-        if (rp.done.n_seqs > 1) {
-            json_t *texts = json_array();
-            for (uint32_t i = 0; i < rp.done.n_seqs; i++)
-                json_array_append_new(texts, trimmed(rp.done.seqs[i].text, rp.done.seqs[i].text_len));
-            json_object_set_new(f, "texts", texts);
-        }
+        b2cli_seq seqs[B2CLI_MAX_SEQS];
+        const uint32_t n = rp.done.n_seqs < B2CLI_MAX_SEQS ? rp.done.n_seqs : B2CLI_MAX_SEQS;
+        for (uint32_t i = 0; i < n; i++)
+            seqs[i] = (b2cli_seq){rp.done.seqs[i].text, rp.done.seqs[i].text_len, rp.done.seqs[i].ids,
+                                  rp.done.seqs[i].n_ids, b2ipc_finish_name(rp.done.seqs[i].finish)};
+        b2cli_json_generation(f, seqs, n, rp.done.timings.total_ms, rp.done.cached);
         if (rp.done.has_seed) snprintf(raw, sizeof raw, ",\"seed\":%" PRIu64, rp.done.seed);
     } else if (rp.type == B2IPC_REPLY_FEATURES) {
         for (uint32_t i = 0; i < rp.features.n_tensors; i++) {
@@ -499,7 +478,7 @@ static char *result_line(const char *id, const char *src, const uint8_t *res, si
             json_object_set_new(f, t->name, nest(t->data, shape, nd, &at));
         }
         json_object_set_new(f, "cached", json_boolean(rp.features.cached));
-        json_object_set_new(f, "ms", json_real(ms3(rp.features.timings.total_ms)));
+        json_object_set_new(f, "ms", json_real(b2cli_ms3(rp.features.timings.total_ms)));
     } else if (rp.type == B2IPC_REPLY_ERROR) {
         json_t *er = json_object();
         json_object_set_new(er, "code", json_string(rp.error.code_name ? rp.error.code_name

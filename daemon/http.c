@@ -130,6 +130,14 @@ static enum MHD_Result send_json(struct MHD_Connection *c, hreq *r, int status, 
     return send_buf(c, r, status, "application/json", json, strlen(json), 1);
 }
 
+/* Sends the object o (taken; NULL: out of memory) as compact JSON. */
+static enum MHD_Result send_json_obj(struct MHD_Connection *c, hreq *r, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return send_json(c, r, status, s);
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *c, hreq *r, const b2d_http_error *e)
 {
     if (r) snprintf(r->code, sizeof r->code, "%s", e->code);
@@ -558,9 +566,7 @@ static enum MHD_Result health(b2d_http *h, struct MHD_Connection *c, hreq *r)
     json_t *o = json_pack("{s:s,s:s,s:I,s:I}", "status", "ok", "model", st.status.model.name ? st.status.model.name : "",
                           "queue_depth", (json_int_t)st.status.queue_depth, "active", (json_int_t)st.status.active);
     b2ipc_reply_free(&st);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return send_json(c, r, 200, s);
+    return send_json_obj(c, r, 200, o);
 }
 
 static enum MHD_Result models(b2d_http *h, struct MHD_Connection *c, hreq *r)
@@ -575,9 +581,7 @@ static enum MHD_Result models(b2d_http *h, struct MHD_Connection *c, hreq *r)
                           st.status.model.family ? st.status.model.family : "", "dtype",
                           st.status.model.dtype ? st.status.model.dtype : "");
     b2ipc_reply_free(&st);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return send_json(c, r, 200, s);
+    return send_json_obj(c, r, 200, o);
 }
 
 static enum MHD_Result metrics(b2d_http *h, struct MHD_Connection *c, hreq *r)

@@ -36,17 +36,33 @@ typedef struct binder {
     int rc;
 } binder;
 
+/* What bind and bind_typed share: the weight named by fmt, in its stored
+ * type (wt) or as f32 (wt NULL); nothing once an earlier bind failed. */
+__attribute__((format(printf, 5, 0)))
+static const void *bindv(binder *b, b2_wtype *wt, int ndim, const int64_t *shape, const char *fmt, va_list ap)
+{
+    char name[256];
+    vsnprintf(name, sizeof name, fmt, ap);
+    if (wt) *wt = B2_WT_F32;
+    if (b->rc < 0) return NULL;
+    const void *p = NULL;
+    if (wt) {
+        b->rc = b2__weight_typed(b->m, name, ndim, shape, 1, &p, wt, b->err);
+    } else {
+        const float *f = NULL;
+        b->rc = b2__weight(b->m, name, ndim, shape, &f, b->err);
+        p = f;
+    }
+    return p;
+}
+
 __attribute__((format(printf, 4, 5)))
 static const float *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...)
 {
-    char name[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    const float *p = bindv(b, NULL, ndim, shape, fmt, ap);
     va_end(ap);
-    const float *p = NULL;
-    if (b->rc < 0) return NULL;
-    b->rc = b2__weight(b->m, name, ndim, shape, &p, b->err);
     return p;
 }
 
@@ -54,15 +70,10 @@ static const float *bind(binder *b, int ndim, const int64_t *shape, const char *
 __attribute__((format(printf, 5, 6)))
 static const void *bind_typed(binder *b, b2_wtype *wt, int ndim, const int64_t *shape, const char *fmt, ...)
 {
-    char name[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    const void *p = bindv(b, wt, ndim, shape, fmt, ap);
     va_end(ap);
-    const void *p = NULL;
-    *wt = B2_WT_F32;
-    if (b->rc < 0) return NULL;
-    b->rc = b2__weight_typed(b->m, name, ndim, shape, 1, &p, wt, b->err);
     return p;
 }
 
@@ -118,12 +129,31 @@ static void bind_t5_ff(binder *b, b2_t5_layer *L, int D, int F, int gated, const
     L->ln_ff = bind(b, SHAPE(D), "%s.layer_norm.weight", prefix);
 }
 
+/* Block l of the T5 encoder or decoder (side): self-attention (layer.0),
+ * in the decoder cross-attention (layer.1), then the feed-forward. */
+static void bind_t5_block(binder *b, b2_t5_layer *L, const char *side, int l)
+{
+    const b2_config *c = &b->m->cfg;
+    const int D = c->t_hidden, I = c->t_heads * c->t_dkv, F = c->t_ffn;
+    const int dec = strcmp(side, "decoder") == 0;
+    char p[128]; /* room for bind_t5_attn/_ff's suffixes in their 256 */
+    snprintf(p, sizeof p, "language_model.%s.block.%d.layer.0.SelfAttention", side, l);
+    bind_t5_attn(b, &L->sa, D, I, p);
+    L->ln_sa = bind(b, SHAPE(D), "language_model.%s.block.%d.layer.0.layer_norm.weight", side, l);
+    if (dec) {
+        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.1.EncDecAttention", l);
+        bind_t5_attn(b, &L->ca, D, I, p);
+        L->ln_ca = bind(b, SHAPE(D), "language_model.decoder.block.%d.layer.1.layer_norm.weight", l);
+    }
+    snprintf(p, sizeof p, "language_model.%s.block.%d.layer.%d", side, l, dec ? 2 : 1);
+    bind_t5_ff(b, L, D, F, c->t_gated, p);
+}
+
 static int bind_t5(binder *b)
 {
     blip2_model *m = b->m;
     const b2_config *c = &m->cfg;
-    const int D = c->t_hidden, I = c->t_heads * c->t_dkv, F = c->t_ffn, H = c->t_heads;
-    char p[256];
+    const int D = c->t_hidden, H = c->t_heads;
     m->lm = &b2__t5_lm;
     struct b2_t5 *t = m->t5 = calloc(1, sizeof *m->t5);
     if (!t || !(t->enc = calloc((size_t)c->t_layers, sizeof *t->enc)) ||
@@ -134,26 +164,9 @@ static int bind_t5(binder *b)
                       "language_model.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
     t->dec_rel = bind(b, SHAPE(c->t_buckets, H),
                       "language_model.decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
-    for (int l = 0; l < c->t_layers; l++) {
-        b2_t5_layer *L = &t->enc[l];
-        snprintf(p, sizeof p, "language_model.encoder.block.%d.layer.0.SelfAttention", l);
-        bind_t5_attn(b, &L->sa, D, I, p);
-        L->ln_sa = bind(b, SHAPE(D), "language_model.encoder.block.%d.layer.0.layer_norm.weight", l);
-        snprintf(p, sizeof p, "language_model.encoder.block.%d.layer.1", l);
-        bind_t5_ff(b, L, D, F, c->t_gated, p);
-    }
+    for (int l = 0; l < c->t_layers; l++) bind_t5_block(b, &t->enc[l], "encoder", l);
     t->enc_final = bind(b, SHAPE(D), "language_model.encoder.final_layer_norm.weight");
-    for (int l = 0; l < c->t_dec_layers; l++) {
-        b2_t5_layer *L = &t->dec[l];
-        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.0.SelfAttention", l);
-        bind_t5_attn(b, &L->sa, D, I, p);
-        L->ln_sa = bind(b, SHAPE(D), "language_model.decoder.block.%d.layer.0.layer_norm.weight", l);
-        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.1.EncDecAttention", l);
-        bind_t5_attn(b, &L->ca, D, I, p);
-        L->ln_ca = bind(b, SHAPE(D), "language_model.decoder.block.%d.layer.1.layer_norm.weight", l);
-        snprintf(p, sizeof p, "language_model.decoder.block.%d.layer.2", l);
-        bind_t5_ff(b, L, D, F, c->t_gated, p);
-    }
+    for (int l = 0; l < c->t_dec_layers; l++) bind_t5_block(b, &t->dec[l], "decoder", l);
     t->dec_final = bind(b, SHAPE(D), "language_model.decoder.final_layer_norm.weight");
     /* tied: lm_head is shared and the decoder output is scaled by D^-0.5 */
     t->lm_scale = c->t_tie ? 1.0f / sqrtf((float)D) : 1.0f;

@@ -210,6 +210,25 @@ static const char *vips_reason(char *buf, size_t size)
     return buf;
 }
 
+/* libvips started once per process; BLIP2_EIMAGE if it could not be. */
+static int vips_start(blip2_error *err)
+{
+    char why[200];
+    pthread_once(&vips_once, vips_init_once);
+    if (!vips_ready)
+        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
+                       vips_reason(why, sizeof why));
+    return 0;
+}
+
+/* Checks the input is not empty, then starts libvips (vips_start). */
+static int vips_start_bytes(const void *bytes, size_t len, blip2_error *err)
+{
+    if (!bytes || len == 0)
+        return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
+    return vips_start(err);
+}
+
 /* ---- decoding ------------------------------------------------------- */
 
 /* Converts in (borrowed) to 3-band 8-bit sRGB as PIL convert("RGB") does:
@@ -372,12 +391,9 @@ static int open_header(VipsObject *ctx, const void *bytes, size_t len,
     char why[200];
 
     memset(info, 0, sizeof *info);
-    if (!bytes || len == 0)
-        return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
-    pthread_once(&vips_once, vips_init_once);
-    if (!vips_ready)
-        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
-                       vips_reason(why, sizeof why));
+    int rc = vips_start_bytes(bytes, len, err);
+    if (rc < 0)
+        return rc;
 
     /* libvips' TIFF sniffer opens the file with libtiff: a refused codec
      * fails there already, and the bytes look like no TIFF at all. */
@@ -475,16 +491,13 @@ int blip2_image_probe(const void *bytes, size_t len,
     blip2_image_info tmp;
     VipsObject *ctx;
     VipsImage *x;
-    char why[200];
     int rc;
 
     if (!info)
         info = &tmp;
     memset(info, 0, sizeof *info);
-    pthread_once(&vips_once, vips_init_once);
-    if (!vips_ready)
-        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
-                       vips_reason(why, sizeof why));
+    if ((rc = vips_start(err)) < 0)
+        return rc;
     ctx = VIPS_OBJECT(vips_image_new());
     rc = open_header(ctx, bytes, len, opts, &x, info, err);
     g_object_unref(ctx);
@@ -507,12 +520,8 @@ static int decode_stored(const void *bytes, size_t len,
     *rgb = NULL;
     *w = *h = 0;
     *orient = 1;
-    if (!bytes || len == 0)
-        return b2__err(err, BLIP2_EIMAGE, "image: empty input (0 bytes)");
-    pthread_once(&vips_once, vips_init_once);
-    if (!vips_ready)
-        return b2__err(err, BLIP2_EIMAGE, "image: libvips failed to start: %s",
-                       vips_reason(why, sizeof why));
+    if ((rc = vips_start_bytes(bytes, len, err)) < 0)
+        return rc;
     ctx = VIPS_OBJECT(vips_image_new());
     rc = open_header(ctx, bytes, len, o, &x, &info, err);
     if (rc < 0)

@@ -11,12 +11,7 @@ set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
 . "$top/scripts/tap-summary.sh"
-dir=${SAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-asan.XXXXXX")}
-cleanup() { [ "${SAN_KEEP:-0}" = 1 ] || [ -n "${SAN_DIR:-}" ] || rm -rf "$dir"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# world-readable: tests/test_daemon.py runs clients as another uid (as root)
-chmod 755 "$dir" 2>/dev/null
+san_dir SAN blip2-asan
 
 mkdir -p "$dir/src" || { echo "0 passed, 1 failed"; exit 1; }
 copy_tree "$dir/src" || exit 1

@@ -22,12 +22,7 @@ set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
 . "$top/scripts/tap-summary.sh"
-dir=${TSAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-tsan.XXXXXX")}
-cleanup() { [ "${TSAN_KEEP:-0}" = 1 ] || [ -n "${TSAN_DIR:-}" ] || rm -rf "$dir"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# world-readable: tests/test_daemon.py runs clients as another uid (as root)
-chmod 755 "$dir" 2>/dev/null
+san_dir TSAN blip2-tsan
 tests=${TSAN_TESTS:-tests/test_kernels tests/test_model tests/test_client tests/test_e2e tests/test_daemon.py tests/test_load.py}
 
 mkdir -p "$dir/src" "$dir/reports" || { echo "0 passed, 1 failed"; exit 1; }

@@ -25,12 +25,7 @@ set -u
 cd "$(dirname "$0")/.."
 top=$(pwd)
 . "$top/scripts/tap-summary.sh"
-dir=${VG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blip2-vg.XXXXXX")}
-cleanup() { [ "${VG_KEEP:-0}" = 1 ] || [ -n "${VG_DIR:-}" ] || rm -rf "$dir"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# world-readable: tests/test_daemon.py runs clients as another uid (as root)
-chmod 755 "$dir" 2>/dev/null
+san_dir VG blip2-vg
 tests=${VG_TESTS:-tests/test_client tests/test_blip2ctl.sh tests/test_infer_errors.sh tests/test_e2e tests/test_daemon.py}
 command -v valgrind >/dev/null 2>&1 || { echo "# valgrind not installed"; echo "0 passed, 1 failed"; exit 1; }
 

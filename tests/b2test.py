@@ -116,6 +116,16 @@ class Client:
                 if r["type"] in ("done", "error"):
                     return events
 
+    def until_id(self, rid):
+        """Every reply, whichever request it is for, up to and including the
+        first one for request rid."""
+        seen = []
+        while True:
+            r = self.recv()
+            seen.append(r)
+            if r.get("id") == rid:
+                return seen
+
     def call(self, obj, fds=None):
         """Sends the request obj and returns its answer: the first reply for
         its id that is not a token event (done, error, status, features, ...);
@@ -290,6 +300,24 @@ def wire(t):
     if sys.byteorder == "big":
         a.byteswap()
     return t["dtype"], t["shape"], a
+
+
+IMAGE_OUTPUTS = ("image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
+                 "qformer_pooler_output")
+
+
+def check_image_file(st, gold, row, what, tol=1e-4):
+    """A features file of one image (read_st): it holds the five image
+    outputs, and the four of Blip2Model equal row `row` of the golden
+    features `gold` (read_st too) within tol."""
+    ok(sorted(st) == sorted(IMAGE_OUTPUTS + ("language_model_inputs",)),
+       "%s: the file holds the five image outputs" % what)
+    for name in IMAGE_OUTPUTS:
+        dt, shape, arr = st[name]
+        g = gold[name]
+        d = maxdiff(arr, g[2], row * (len(g[2]) // g[1][0]))
+        ok(dt == "F32" and shape == [1] + g[1][1:] and d <= tol,
+           "%s: %s %s max abs err %.3g <= %g" % (what, name, shape, d, tol))
 
 
 def maxdiff(a, b, off=0, whole=False):

@@ -362,4 +362,57 @@ static void unpadded_rows(const int32_t *ids, const int32_t *mask, int B, int L,
     }
 }
 
+/* A batch case of the manifest, opened by golden_batch_open. */
+typedef struct golden_batch {
+    const char *id;
+    b2_st_file *cf;
+    const b2_tensor *tp, *tg;   /* pixel_values (B, ...) if the file has it; generated_ids (B, W) */
+    int B, L;                   /* rows; the padded prompts' length */
+    int32_t *ids, *mask;        /* input_ids, attention_mask (B, L) */
+    float *px, *q;              /* B pixel values (from tp, else the caller fills them); B query embeds */
+} golden_batch;
+
+/* Opens batch case c: its file, input_ids, attention_mask, generated_ids
+ * and, with B < 0, pixel_values (B is then its rows; else B must be the
+ * rows).  -1 (reported as "tensors present") when any is missing. */
+__attribute__((unused))
+static int golden_batch_open(golden_batch *gb, const blip2_model *m, json_t *c, int B)
+{
+    memset(gb, 0, sizeof *gb);
+    gb->id = json_string_value(json_object_get(c, "id"));
+    gb->cf = open_st(json_string_value(json_object_get(c, "file")));
+    if (!ok(gb->cf != NULL, "%s: open", gb->id)) return -1;
+    const b2_tensor *ti = need(gb->cf, "input_ids"), *tm = need(gb->cf, "attention_mask");
+    gb->tg = need(gb->cf, "generated_ids");
+    if (B < 0) {
+        gb->tp = need(gb->cf, "pixel_values");
+        B = gb->tp ? (int)gb->tp->shape[0] : 0;
+    }
+    if (!ti || !tm || !gb->tg || B < 1 || B > 8 || (int)ti->shape[0] != B) {
+        ok(0, "%s: tensors present", gb->id);
+        b2__st_close(gb->cf);
+        return -1;
+    }
+    gb->B = B;
+    gb->L = (int)ti->shape[1];
+    gb->px = malloc(sizeof(float) * blip2_pixel_values_len(m) * B);
+    gb->q = malloc(sizeof(float) * blip2_query_embeds_len(m) * B);
+    gb->ids = malloc(sizeof(int32_t) * B * gb->L);
+    gb->mask = malloc(sizeof(int32_t) * B * gb->L);
+    if (gb->tp) b2__to_f32(gb->tp, gb->px);
+    b2__to_i32(ti, gb->ids);
+    b2__to_i32(tm, gb->mask);
+    return 0;
+}
+
+__attribute__((unused))
+static void golden_batch_close(golden_batch *gb)
+{
+    free(gb->px);
+    free(gb->q);
+    free(gb->ids);
+    free(gb->mask);
+    b2__st_close(gb->cf);
+}
+
 #endif

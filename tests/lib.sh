@@ -1,22 +1,35 @@
-# lib.sh - what the shell tests that run daemons share (test_access.sh,
-# test_collect.sh, test_socket_order.sh).  Not a test itself; a test sources
+# lib.sh - what the shell tests share (those that run daemons: test_access.sh,
+# test_collect.sh, test_socket_order.sh, ...; those that run a TAP program
+# several times: test_golden_gguf.sh, test_golden_bf16.sh).  Not a test
+# itself; a test sources
 # it from its own directory, so that it is found from a VPATH build and
 # `make distcheck` too:
 #
 #     . "$(dirname "$0")/lib.sh"
 #     tmpdir b2name
 #
-# It unsets BLIP2_SOCKET (the tests choose their sockets), and gives
+# It unsets BLIP2_SOCKET (the tests choose their sockets), sets DAEMON, CTL
+# and GOLDEN (the programs under test and the golden folder: $BLIP2D,
+# $BLIP2CTL, $GOLDEN_DIR, else the build tree's) and PY, and gives
 #   tmpdir NAME       T: a new directory ${TMPDIR:-/tmp}/NAME.XXXXXX; at exit
 #                     the processes in $PIDS are killed and T is removed (made
 #                     writable first: tests leave mode-000 files in it)
 #   report OK NAME DETAIL   one TAP check: OK 1 passes; on a failure DETAIL
 #                     follows as a comment line; counts in n and failed
 #   wait_socket PATH TRIES  until PATH is a socket, at most TRIES x 0.05 s
+#   tap_labelled LABEL CMD...  runs the TAP program CMD and prints its checks
+#                     with "[LABEL] " before each name, without its plan; an
+#                     exit status other than 0 with no "not ok" becomes one
+#   tap_renumber      a filter: the checks of several runs numbered as one
+#                     plan, printed at the end
 # and the test ends with
 #     echo "1..$n"
 #     [ $failed -eq 0 ]
 unset BLIP2_SOCKET
+DAEMON=${BLIP2D:-daemon/blip2d}
+CTL=${BLIP2CTL:-ctl/blip2ctl}
+GOLDEN=${GOLDEN_DIR:-tests/golden}
+PY=/usr/bin/python3
 n=0; failed=0
 PIDS=
 T=
@@ -43,4 +56,23 @@ report() { # report OK NAME DETAIL
 wait_socket() { # wait_socket PATH TRIES
   _i=0
   while [ ! -S "$1" ] && [ $_i -lt "$2" ]; do sleep 0.05; _i=$((_i + 1)); done
+}
+
+tap_labelled() { # tap_labelled LABEL CMD...
+  _label=$1; shift
+  _out=$("$@")
+  _st=$?
+  case $_out in *"not ok"*) ;; *) [ $_st -eq 0 ] || _out="$_out
+not ok 0 - $* exited with status $_st";; esac
+  printf '%s\n' "$_out" | while IFS= read -r _line; do
+    case $_line in
+    "ok "*|"not ok "*) echo "$_line" | sed "s/^\(not \)\{0,1\}ok [0-9]* - /&[$_label] /" ;;
+    1..*) ;;
+    *) echo "$_line" ;;
+    esac
+  done
+}
+
+tap_renumber() {
+  awk '/^(not )?ok [0-9]+ - /{ n++; sub(/ok [0-9]+ - /, "ok " n " - ") } { print } END { print "1.." n }'
 }

@@ -5,9 +5,6 @@
 # socket?"), however the daemon's close races the client's hello; a listed
 # uid is served.  Real daemon, tiny model, no root needed.  TAP output.
 set -u
-DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-ctl/blip2ctl}
-GOLDEN=${GOLDEN_DIR:-tests/golden}
 . "$(dirname "$0")/lib.sh"
 tmpdir b2access
 start() { # start SOCKET ARGS...: a daemon on SOCKET

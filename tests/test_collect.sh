@@ -9,12 +9,8 @@
 # lines and --resume completes the run; a daemon that dies gives exit 4.
 # TAP output.
 set -u
-DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-ctl/blip2ctl}
-GOLDEN=${GOLDEN_DIR:-tests/golden}
-PY=/usr/bin/python3
-case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac
 . "$(dirname "$0")/lib.sh"
+case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac
 tmpdir b2collect
 start() { # start SOCKET: a daemon on SOCKET; its pid in $DPID
   "$DAEMON" --model "$GOLDEN/opt-tiny" --socket "$1" -t 1 -q 2>>"$T/daemon.err" &

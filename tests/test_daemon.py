@@ -147,12 +147,7 @@ ok(r["type"] == "error" and r["code"] == "bad_fd", "a pipe descriptor: bad_fd (n
 c.send({"id": 800, "op": "generate", "image": image("astronaut.png"), "stream": True, "max_new_tokens": 2000})
 first = c.recv()
 c.send({"id": 801, "op": "cancel", "target": 800})
-rest = []
-while True:
-    r = c.recv()
-    rest.append(r)
-    if r["id"] == 801:
-        break
+rest = c.until_id(801)
 term = [x for x in rest if x["id"] == 800 and x["type"] == "done"]
 ok(first["type"] == "token" and len(term) == 1 and term[0]["finish"] == ["canceled"] and rest[-1]["found"] is True
    and rest.index(term[0]) < len(rest) - 1, "cancel: done(canceled) for the target, then cancel{found: true}")

@@ -79,12 +79,7 @@ ok(all(v == ("error", "duplicate_id", 5) for v in codes.values()),
    "ping, status, hello, cancel, a malformed generate and an unknown op reusing a running id: duplicate_id (%s)"
    % ", ".join("%s %s" % (k, v[1] or v[0]) for k, v in codes.items()))
 c.send({"id": 6, "op": "cancel", "target": 5})
-evs = []
-while True:
-    r = c.recv()
-    evs.append(r)
-    if r["id"] == 6:
-        break
+evs = c.until_id(6)
 term = [e for e in evs if e["id"] == 5 and e["type"] != "token"]
 ok(len(term) == 1 and term[0]["type"] == "done" and term[0]["finish"] == ["canceled"] and evs[-1]["found"] is True,
    "the original request was not affected: one done(canceled), then cancel{found: true}")

@@ -7,9 +7,6 @@
 # default type (auto: the best for this CPU), the conversion said in the
 # log, stale cache files removed.  TAP output.
 set -u
-DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-ctl/blip2ctl}
-GOLDEN=${GOLDEN_DIR:-tests/golden}
 . "$(dirname "$0")/lib.sh"
 tmpdir b2dux
 M=$GOLDEN/opt-tiny

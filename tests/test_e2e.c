@@ -15,6 +15,7 @@
  */
 #include "blip2client.h"
 #include "tap.h"
+#include "daemon_util.h"
 
 #include <jansson.h>
 #include <poll.h>
@@ -35,20 +36,7 @@ static pid_t start_daemon(void)
 {
     char model[1024];
     snprintf(model, sizeof model, "%s/opt-tiny", gdir);
-    pid_t p = fork();
-    if (p == 0) {
-        execl(blip2d, "blip2d", "--model", model, "--socket", sock, "-q", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500 * scale; i++) {
-        struct stat st;
-        if (stat(sock, &st) == 0) {
-            blip2c_conn *c;
-            if (blip2c_connect(sock, &c, NULL) == 0) { blip2c_close(c); return p; }
-        }
-        usleep(10000);
-    }
-    return p;
+    return start_blip2d(blip2d, model, sock, (int)(500 * scale));
 }
 
 static int ids_match(const blip2c_seq *s, json_t *ref)

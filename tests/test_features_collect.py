@@ -30,12 +30,6 @@ def dims(x):
     return [len(x)] + dims(x[0]) if isinstance(x, list) else []
 
 
-def maxdiff(a, b, off=0):
-    if len(a) + off > len(b) or not a:
-        return float("inf")
-    return max(abs(x - b[off + i]) for i, x in enumerate(a))
-
-
 def lines(text):
     out = []
     for ln in text.splitlines():
@@ -147,18 +141,7 @@ try:
         if not os.path.exists(want):
             continue
         st = read_st(want)
-        ok(sorted(st) == sorted(["image_last_hidden_state", "image_pooler_output",
-                                 "qformer_last_hidden_state", "qformer_pooler_output",
-                                 "language_model_inputs"]),
-           "%s: the file holds the five image outputs" % img)
-        for name in ("image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
-                     "qformer_pooler_output"):
-            dt, shape, arr = st[name]
-            g = gold[name]
-            n = len(g[2]) // g[1][0]
-            d = maxdiff(arr, g[2], row[img] * n)
-            ok(dt == "F32" and shape == [1] + g[1][1:] and d <= TOL,
-               "%s: file %s %s max abs err %.3g <= %g" % (img, name, shape, d, TOL))
+        b2test.check_image_file(st, gold, row[img], "%s: file" % img, TOL)
         case = read_st(os.path.join(G, "cases", "opt-tiny__%s__caption.safetensors" % img.replace(".", "_")))
         d = maxdiff(st["language_model_inputs"][2], case["language_model_inputs"][2])
         ok(d <= TOL, "%s: file language_model_inputs max abs err %.3g" % (img, d))

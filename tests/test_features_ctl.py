@@ -25,17 +25,7 @@ try:
         if not ok(rc == 0 and os.path.exists(out), "features %s --out: exit 0 (%s)" % (img, se.strip())):
             continue
         got = read_st(out)
-        ok(sorted(got) == sorted(["image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
-                                  "qformer_pooler_output", "language_model_inputs"]),
-           "%s: the file holds the five image outputs under the golden names" % img)
-        for name in ("image_last_hidden_state", "image_pooler_output", "qformer_last_hidden_state",
-                     "qformer_pooler_output"):
-            dt, shape, a = got[name]
-            g = gold[name]
-            per = len(g[2]) // g[1][0]
-            d = maxdiff(a, g[2], row * per)
-            ok(dt == "F32" and shape == [1] + g[1][1:] and d <= 1e-4,
-               "%s: %s %s max abs err %.3g <= 1e-4" % (img, name, shape, d))
+        b2test.check_image_file(got, gold, row, img)
         c = read_st(os.path.join(G, "cases", case + ".safetensors"))
         d = maxdiff(got["language_model_inputs"][2], c["language_model_inputs"][2])
         ok(d <= 1e-4, "%s: language_model_inputs max abs err %.3g" % (img, d))

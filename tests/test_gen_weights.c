@@ -51,6 +51,20 @@ static int run_gen_args(const char *dir, const char *config, const char *dtype, 
     return b2bench_gen_weights(11, argv);
 }
 
+/* The query embeddings (new, caller frees) of a fixed pixel pattern;
+ * checks they are finite. */
+static float *encode_pattern(const blip2_model *m, const char *what)
+{
+    blip2_error err = {0};
+    size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
+    float *px = malloc(sizeof(float) * npx), *q = malloc(sizeof(float) * nq);
+    for (size_t i = 0; i < npx; i++) px[i] = (float)((i * 7919) % 255) / 127.0f - 1.0f;
+    ok(blip2_encode_image(m, px, 1, q, NULL, &err) == 0 && all_finite(q, nq),
+       "%s: encode_image gives finite embeddings", what);
+    free(px);
+    return q;
+}
+
 /* Loads dir, encodes an image and generates; returns the query embeddings
  * (new, caller frees) or NULL. */
 static float *check_folder(const char *dir, const char *what)
@@ -61,11 +75,7 @@ static float *check_folder(const char *dir, const char *what)
         diag("%s", err.text);
         return NULL;
     }
-    size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx), *q = malloc(sizeof(float) * nq);
-    for (size_t i = 0; i < npx; i++) px[i] = (float)((i * 7919) % 255) / 127.0f - 1.0f;
-    ok(blip2_encode_image(m, px, 1, q, NULL, &err) == 0 && all_finite(q, nq),
-       "%s: encode_image gives finite embeddings", what);
+    float *q = encode_pattern(m, what);
     blip2_gen_params gp;
     blip2_gen_params_default(&gp);
     gp.max_new_tokens = 4;
@@ -74,9 +84,17 @@ static float *check_folder(const char *dir, const char *what)
     ok(blip2_generate(m, &rq, 1, &gp, NULL, NULL, &res, &err) == 0 && res.n == 1 &&
        res.seqs[0].n_ids >= 2, "%s: generates", what);
     blip2_result_free(&res);
-    free(px);
     blip2_model_free(m);
     return q;
+}
+
+/* The shards model-*-of-*.safetensors of dir, globbed into gl (globfree it
+ * when the count is not 0). */
+static size_t glob_shards(const char *dir, glob_t *gl)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/model-*-of-*.safetensors", dir);
+    return glob(path, 0, NULL, gl) == 0 ? gl->gl_pathc : 0;
 }
 
 static long file_size(const char *path)
@@ -137,11 +155,7 @@ static void check_t5_folder(const char *dir, const char *what, int n_new)
         return;
     }
     ok(!strcmp(blip2_model_family(m), "t5"), "%s: family t5 (%s)", what, blip2_model_family(m));
-    size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx), *q = malloc(sizeof(float) * nq);
-    for (size_t i = 0; i < npx; i++) px[i] = (float)((i * 7919) % 255) / 127.0f - 1.0f;
-    ok(blip2_encode_image(m, px, 1, q, NULL, &err) == 0 && all_finite(q, nq),
-       "%s: encode_image gives finite embeddings", what);
+    float *q = encode_pattern(m, what);
     blip2_gen_params gp;
     blip2_gen_params_default(&gp);
     gp.max_new_tokens = gp.min_new_tokens = n_new;
@@ -152,7 +166,6 @@ static void check_t5_folder(const char *dir, const char *what, int n_new)
        "%s: generates [decoder_start] + %d tokens (%zu ids)", what, n_new, rc == 0 && res.n ? res.seqs[0].n_ids : 0);
     if (rc < 0) diag("%s", err.text);
     blip2_result_free(&res);
-    free(px);
     free(q);
     blip2_model_free(m);
 }
@@ -203,8 +216,7 @@ static void t5_tests(const char *base)
     snprintf(path, sizeof path, "%s/spiece.model", dir);
     ok(file_size(path) > 0, "t5-tiny: spiece.model copied");
     glob_t gl;
-    snprintf(path, sizeof path, "%s/model-*-of-*.safetensors", dir);
-    size_t nshards = glob(path, 0, NULL, &gl) == 0 ? gl.gl_pathc : 0;
+    size_t nshards = glob_shards(dir, &gl);
     ok(nshards >= 3, "t5-tiny: several shards (%zu)", nshards);
     int nlm = 0;
     for (size_t i = 0; i < nshards; i++) {
@@ -240,8 +252,7 @@ int main(void)
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     ok(file_size(path) > 0, "f16: has an index");
     glob_t gl;
-    snprintf(path, sizeof path, "%s/model-*-of-*.safetensors", dir);
-    size_t nshards = glob(path, 0, NULL, &gl) == 0 ? gl.gl_pathc : 0;
+    size_t nshards = glob_shards(dir, &gl);
     ok(nshards >= 3, "f16: several shards (%zu)", nshards);
     if (nshards) globfree(&gl);
     float *q_sharded = check_folder(dir, "f16 sharded");

@@ -87,23 +87,29 @@ static size_t find_info(const unsigned char *b, size_t n, const char *name)
 
 static int has(const blip2_error *e, const char *s) { return strstr(e->text, s) != NULL; }
 
-static void test_round_trip(void)
+/* The metadata of the round trip: one key of every kind the writer has. */
+static void write_keys(b2_gguf_w *w)
 {
-    char path[600];
-    snprintf(path, sizeof path, "%s/rt.gguf", tmpdir);
-    b2_gguf_w *w = b2__gguf_w_new();
+    static const char *const ss[] = {"x", "", "zz"};
+    static const float fa[] = {1, 2, 3};
+    static const int32_t ia[] = {-1, 5};
     b2__gguf_w_u32(w, "a.u32", 4000000000u);
     b2__gguf_w_i32(w, "a.i32", -7);
     b2__gguf_w_f32(w, "a.f32", 0.25f);
     b2__gguf_w_f64(w, "a.f64", 1.0 / 255);
     b2__gguf_w_bool(w, "a.bool", 1);
     b2__gguf_w_str(w, "a.str", "h\0llo", 5);
-    const char *ss[] = {"x", "", "zz"};
     b2__gguf_w_arr_str(w, "a.strs", ss, NULL, 3);
-    const float fa[] = {1, 2, 3};
     b2__gguf_w_arr_f32(w, "a.f32s", fa, 3);
-    const int32_t ia[] = {-1, 5};
     b2__gguf_w_arr_i32(w, "a.i32s", ia, 2);
+}
+
+static void test_round_trip(void)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/rt.gguf", tmpdir);
+    b2_gguf_w *w = b2__gguf_w_new();
+    write_keys(w);
     /* tensors: (3, 5) f32, (2, 7) f16, (4, 64) q8_0, (1, 33) bf16 */
     float src[4 * 64];
     for (int i = 0; i < 4 * 64; i++) src[i] = (float)((i * 37) % 23) - 11.0f;
@@ -122,15 +128,7 @@ static void test_round_trip(void)
     /* the refusal is sticky: start again without it */
     b2__gguf_w_free(w);
     w = b2__gguf_w_new();
-    b2__gguf_w_u32(w, "a.u32", 4000000000u);
-    b2__gguf_w_i32(w, "a.i32", -7);
-    b2__gguf_w_f32(w, "a.f32", 0.25f);
-    b2__gguf_w_f64(w, "a.f64", 1.0 / 255);
-    b2__gguf_w_bool(w, "a.bool", 1);
-    b2__gguf_w_str(w, "a.str", "h\0llo", 5);
-    b2__gguf_w_arr_str(w, "a.strs", ss, NULL, 3);
-    b2__gguf_w_arr_f32(w, "a.f32s", fa, 3);
-    b2__gguf_w_arr_i32(w, "a.i32s", ia, 2);
+    write_keys(w);
     for (int i = 0; i < 4; i++) {
         int64_t ne[2] = {ts[i].k, ts[i].rows};
         b2__gguf_w_tensor(w, ts[i].name, ts[i].t, 2, ne);
@@ -272,13 +270,20 @@ static void test_corrupt(void)
     free(b);
 }
 
+/* src: the golden model name; path: out in tmpdir; bad: tmpdir's bad.gguf. */
+static void test_paths(const char *gdir, const char *name, const char *out, char src[600], char path[700],
+                       char bad[700])
+{
+    snprintf(src, 600, "%s/%s", gdir, name);
+    snprintf(path, 700, "%s/%s", tmpdir, out);
+    snprintf(bad, 700, "%s/bad.gguf", tmpdir);
+}
+
 /* A packed golden model with one change made in its bytes. */
 static void test_model(const char *gdir)
 {
     char src[600], path[700], bad[700];
-    snprintf(src, sizeof src, "%s/opt-tiny", gdir);
-    snprintf(path, sizeof path, "%s/tiny.gguf", tmpdir);
-    snprintf(bad, sizeof bad, "%s/bad.gguf", tmpdir);
+    test_paths(gdir, "opt-tiny", "tiny.gguf", src, path, bad);
     blip2_error err = {0};
     blip2_convert_stats st;
     if (!ok(blip2_convert(src, path, "f16", NULL, NULL, &st, &err) == 0, "convert opt-tiny")) {
@@ -337,9 +342,7 @@ static int count_gguf(const char *dir, char *last, size_t cap);
 static void test_t5(const char *gdir)
 {
     char src[600], path[700], bad[700];
-    snprintf(src, sizeof src, "%s/t5-tiny", gdir);
-    snprintf(path, sizeof path, "%s/t5.gguf", tmpdir);
-    snprintf(bad, sizeof bad, "%s/bad.gguf", tmpdir);
+    test_paths(gdir, "t5-tiny", "t5.gguf", src, path, bad);
     blip2_error err = {0};
     if (!ok(blip2_convert(src, path, "bf16", NULL, NULL, NULL, &err) == 0, "convert t5-tiny")) {
         diag("%s", err.text);

@@ -81,20 +81,14 @@ static void run_case(const blip2_model *m, json_t *c)
 
 static void run_batch(const blip2_model *m, json_t *c)
 {
-    const char *id = json_string_value(json_object_get(c, "id"));
-    b2_st_file *cf = open_st(json_string_value(json_object_get(c, "file")));
-    if (!ok(cf != NULL, "%s: open", id)) return;
+    golden_batch gb;
+    if (golden_batch_open(&gb, m, c, -1) < 0) return;
+    const char *id = gb.id;
+    b2_st_file *cf = gb.cf;
+    const int B = gb.B, L = gb.L, V = blip2_vocab_size(m);
+    const size_t nq = blip2_query_embeds_len(m);
+    float *px = gb.px, *q = gb.q;
     blip2_error err = {0};
-    const b2_tensor *tp = need(cf, "pixel_values"), *ti = need(cf, "input_ids"), *tm = need(cf, "attention_mask");
-    const b2_tensor *tg = need(cf, "generated_ids");
-    if (!tp || !ti || !tm || !tg) { ok(0, "%s: tensors present", id); b2__st_close(cf); return; }
-    const int B = (int)tp->shape[0], L = (int)ti->shape[1], V = blip2_vocab_size(m);
-    const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx * B), *q = malloc(sizeof(float) * nq * B);
-    int32_t *ids = malloc(sizeof(int32_t) * B * L), *mask = malloc(sizeof(int32_t) * B * L);
-    b2__to_f32(tp, px);
-    b2__to_i32(ti, ids);
-    b2__to_i32(tm, mask);
     int rc = blip2_encode_image(m, px, B, q, NULL, &err);
     if (ok(rc == 0, "%s: encode %d images together", id, B)) {
         double d = maxdiff(q, need(cf, "language_model_inputs"), nq * B, 0);
@@ -103,7 +97,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     /* strip the left padding: masked positions are neither attended nor counted */
     blip2_request rq[8];
     int32_t *rows[8];
-    unpadded_rows(ids, mask, B, L, q, nq, rq, rows);
+    unpadded_rows(gb.ids, gb.mask, B, L, q, nq, rq, rows);
     float *last = malloc(sizeof(float) * V);
     for (int b = 0; b < B; b++) {
         if (blip2_forward_logits(m, &rq[b], last, NULL, &err) == 0) {
@@ -114,10 +108,10 @@ static void run_batch(const blip2_model *m, json_t *c)
     json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
     blip2_gen_params p;
     params_from(json_object_get(g, "kwargs"), &p);
-    check_batch(m, rq, B, &p, tg, g, id, 1); /* the reference pads finished rows with pad id 1 */
+    check_batch(m, rq, B, &p, gb.tg, g, id, 1); /* the reference pads finished rows with pad id 1 */
     for (int b = 0; b < B; b++) free(rows[b]);
-    free(last); free(px); free(q); free(ids); free(mask);
-    b2__st_close(cf);
+    free(last);
+    golden_batch_close(&gb);
 }
 
 int main(int argc, char **argv)

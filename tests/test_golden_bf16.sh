@@ -12,25 +12,16 @@
 #                              an AVX2-only CPU gets): the load falls back
 #                              to f32 and the cosines still hold
 # Output: TAP, one plan in all.
+. "$(dirname "$0")/lib.sh"
 native=f32
 grep -qE '(avx512_bf16|amx_bf16)' /proc/cpuinfo 2>/dev/null && native=bf16
 run() { # label, then environment assignments
     label=$1; shift
-    out=$(env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn "$@" ./tests/test_golden)
-    st=$?
-    case $out in *"not ok"*) ;; *) [ $st -eq 0 ] || out="$out
-not ok 0 - test_golden exited with status $st";; esac
-    printf '%s\n' "$out" | while IFS= read -r line; do
-        case $line in
-        "ok "*|"not ok "*) echo "$line" | sed "s/^\(not \)\{0,1\}ok [0-9]* - /&[$label] /" ;;
-        1..*) ;;
-        *) echo "$line" ;;
-        esac
-    done
+    tap_labelled "$label" env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn "$@" ./tests/test_golden
 }
 {
     run "f32 onednn" GOLDEN_GGUF_TYPE=f32 GOLDEN_PRECISION=f32 GOLDEN_EXPECT_MATH=f32
     run "bf16 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
     run "bf16 math, f16 file" GOLDEN_GGUF_TYPE=f16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
     run "bf16 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=f32
-} | awk '/^(not )?ok [0-9]+ - /{ n++; sub(/ok [0-9]+ - /, "ok " n " - ") } { print } END { print "1.." n }'
+} | tap_renumber

@@ -213,20 +213,16 @@ static void run_case(const blip2_model *m, json_t *c)
 
 static void run_batch(const blip2_model *m, json_t *c)
 {
-    const char *id = json_string_value(json_object_get(c, "id"));
-    b2_st_file *cf = open_st(json_string_value(json_object_get(c, "file")));
-    if (!ok(cf != NULL, "%s: open", id)) return;
-    blip2_error err = {0};
-    const b2_tensor *ti = need(cf, "input_ids"), *tm = need(cf, "attention_mask"), *tg = need(cf, "generated_ids");
     json_t *imgs = json_object_get(c, "images");
-    const int B = (int)json_array_size(imgs);
-    if (!ti || !tm || !tg || B != 2) { ok(0, "%s: tensors present", id); b2__st_close(cf); return; }
-    const int L = (int)ti->shape[1], V = blip2_vocab_size(m), D = blip2_text_hidden(m), Q = blip2_num_query_tokens(m);
+    golden_batch gb;
+    if (json_array_size(imgs) != 2) { ok(0, "%s: two images", json_string_value(json_object_get(c, "id"))); return; }
+    if (golden_batch_open(&gb, m, c, 2) < 0) return;
+    const char *id = gb.id;
+    b2_st_file *cf = gb.cf;
+    const int B = gb.B, L = gb.L, V = blip2_vocab_size(m), D = blip2_text_hidden(m), Q = blip2_num_query_tokens(m);
     const size_t npx = blip2_pixel_values_len(m), nq = blip2_query_embeds_len(m);
-    float *px = malloc(sizeof(float) * npx * B), *q = malloc(sizeof(float) * nq * B);
-    int32_t *ids = malloc(sizeof(int32_t) * B * L), *mask = malloc(sizeof(int32_t) * B * L);
-    b2__to_i32(ti, ids);
-    b2__to_i32(tm, mask);
+    float *px = gb.px, *q = gb.q;
+    blip2_error err = {0};
     for (int b = 0; b < B; b++) {
         b2_st_file *pf = NULL;
         if (open_pixels(json_string_value(json_array_get(imgs, (size_t)b)), &pf, &err) == 0) {
@@ -242,7 +238,7 @@ static void run_batch(const blip2_model *m, json_t *c)
     blip2_request rq[2];
     int32_t *rows[2];
     float *last = malloc(sizeof(float) * V);
-    unpadded_rows(ids, mask, B, L, q, nq, rq, rows);
+    unpadded_rows(gb.ids, gb.mask, B, L, q, nq, rq, rows);
     for (int b = 0; b < B; b++) {
         const size_t n = rq[b].n_prompt_ids;
         const int ne = Q + (int)n;
@@ -268,10 +264,10 @@ static void run_batch(const blip2_model *m, json_t *c)
     json_t *g = json_object_get(json_object_get(c, "generate"), "greedy");
     blip2_gen_params p;
     params_from(json_object_get(g, "kwargs"), &p);
-    check_batch(m, rq, B, &p, tg, g, id, 0); /* finished rows are padded with pad id 0 */
+    check_batch(m, rq, B, &p, gb.tg, g, id, 0); /* finished rows are padded with pad id 0 */
     for (int b = 0; b < B; b++) free(rows[b]);
-    free(last); free(px); free(q); free(ids); free(mask);
-    b2__st_close(cf);
+    free(last);
+    golden_batch_close(&gb);
 }
 
 /* ---- 16-bit copies of the weights ---- */

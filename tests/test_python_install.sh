@@ -9,7 +9,6 @@
 # source tree may be read-only under make distcheck).  TAP output.
 set -u
 SRC=${PYTHON_SRCDIR:-python}
-PY=/usr/bin/python3
 . "$(dirname "$0")/lib.sh"
 
 if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then

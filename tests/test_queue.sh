@@ -18,17 +18,13 @@
 # BLIP2_TEST_QUEUE_JOBS=N changes the job count (a multiple of 6); the
 # default keeps the test near a minute.  TAP output.
 set -u
-DAEMON=${BLIP2D:-daemon/blip2d}
-CTL=${BLIP2CTL:-ctl/blip2ctl}
-GOLDEN=${GOLDEN_DIR:-tests/golden}
-PY=/usr/bin/python3
-case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac
-case $DAEMON in /*) ;; *) DAEMON=$(pwd)/$DAEMON ;; esac
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   echo "1..0 # SKIP redis-server/redis-cli not installed (scripts/install-deps.sh)"
   exit 0
 fi
 . "$(dirname "$0")/lib.sh"
+case $CTL in /*) ;; *) CTL=$(pwd)/$CTL ;; esac
+case $DAEMON in /*) ;; *) DAEMON=$(pwd)/$DAEMON ;; esac
 tmpdir b2queue
 NJOBS=${BLIP2_TEST_QUEUE_JOBS:-300}
 NP=$((NJOBS / 6))

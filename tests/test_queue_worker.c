@@ -238,15 +238,23 @@ static void make_image(int i, uint8_t *buf, size_t *len)
     buf[0] = 'I';
 }
 
-/* The id blip2ctl enqueue gives a caption job of these bytes. */
-static void job_id(const uint8_t *img, size_t len, char id[65])
+/* The caption request blip2ctl enqueue stores for a job (the image goes
+ * apart, as bytes or a path), encoded into sb with its 4-byte prefix; the
+ * caller destroys sb. */
+static void caption_fd_request(msgpack_sbuffer *sb)
 {
     b2ipc_request rq;
     b2ipc_request_init(&rq, B2IPC_OP_GENERATE);
     rq.generate.image_fd = true;
+    msgpack_sbuffer_init(sb);
+    b2ipc_encode_request(sb, &rq, NULL, NULL);
+}
+
+/* The id blip2ctl enqueue gives a caption job of these bytes. */
+static void job_id(const uint8_t *img, size_t len, char id[65])
+{
     msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    b2ipc_encode_request(&sb, &rq, NULL, NULL);
+    caption_fd_request(&sb);
     b2q_content_id(img, len, "caption", (const uint8_t *)sb.data + 4, sb.size - 4, id);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -455,12 +463,8 @@ int main(void)
     enqueue_bytes(q, "inside", img, len, inside);
     snprintf(ex[ne].id, 65, "%s", "");
     {
-        b2ipc_request rq;
-        b2ipc_request_init(&rq, B2IPC_OP_GENERATE);
-        rq.generate.image_fd = true;
         msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
-        b2ipc_encode_request(&sb, &rq, NULL, NULL);
+        caption_fd_request(&sb);
         b2q_content_id(img, len, "caption", (const uint8_t *)sb.data + 4, sb.size - 4, ex[ne].id);
         expected_text(img, len, ex[ne].text, sizeof ex[ne].text);
         ne++;

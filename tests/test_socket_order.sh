@@ -7,7 +7,6 @@
 # tried in a private mount namespace with a tmpfs on /run (root and
 # unshare(1) needed; skipped otherwise), so the real /run is never touched.
 set -u
-CTL=${BLIP2CTL:-ctl/blip2ctl}
 FAKE=${FAKE_BLIP2D:-tests/test_client}
 . "$(dirname "$0")/lib.sh"
 tmpdir b2sock

@@ -554,45 +554,54 @@ static enum MHD_Result chat(b2d_http *h, struct MHD_Connection *c, hreq *r)
     return generate(h, c, r, &g, 1);
 }
 
-static enum MHD_Result health(b2d_http *h, struct MHD_Connection *c, hreq *r)
-{
+/* The daemon's status, as /health, /v1/models and /metrics read it: st's
+ * strings point into txt; free st with b2ipc_reply_free. */
+typedef struct status_snap {
     b2ipc_reply st;
     b2d_status_text txt;
     b2d_http_error e;
+} status_snap;
+
+static int status_get(b2d_http *h, status_snap *s)
+{
+    return b2d_backend_status(h->backend, &s->st, &s->txt, &s->e);
+}
+
+static enum MHD_Result health(b2d_http *h, struct MHD_Connection *c, hreq *r)
+{
+    status_snap s;
     if (h->shutting_down)
         return send_json(c, r, 503, strdup("{\"status\":\"shutting_down\"}"));
-    if (b2d_backend_status(h->backend, &st, &txt, &e) < 0)
+    if (status_get(h, &s) < 0)
         return send_json(c, r, 503, strdup("{\"status\":\"unavailable\"}"));
-    json_t *o = json_pack("{s:s,s:s,s:I,s:I}", "status", "ok", "model", st.status.model.name ? st.status.model.name : "",
-                          "queue_depth", (json_int_t)st.status.queue_depth, "active", (json_int_t)st.status.active);
-    b2ipc_reply_free(&st);
+    const b2ipc_status *st = &s.st.status;
+    json_t *o = json_pack("{s:s,s:s,s:I,s:I}", "status", "ok", "model", st->model.name ? st->model.name : "",
+                          "queue_depth", (json_int_t)st->queue_depth, "active", (json_int_t)st->active);
+    b2ipc_reply_free(&s.st);
     return send_json_obj(c, r, 200, o);
 }
 
 static enum MHD_Result models(b2d_http *h, struct MHD_Connection *c, hreq *r)
 {
-    b2ipc_reply st;
-    b2d_status_text txt;
-    b2d_http_error e;
-    if (b2d_backend_status(h->backend, &st, &txt, &e) < 0) return send_error(c, r, &e);
+    status_snap s;
+    if (status_get(h, &s) < 0) return send_error(c, r, &s.e);
+    const b2ipc_status *st = &s.st.status;
     json_t *o = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:s,s:s}]}", "object", "list", "data", "id",
-                          st.status.model.name ? st.status.model.name : "blip2", "object", "model", "created",
+                          st->model.name ? st->model.name : "blip2", "object", "model", "created",
                           (json_int_t)h->started, "owned_by", "blip2d", "family",
-                          st.status.model.family ? st.status.model.family : "", "dtype",
-                          st.status.model.dtype ? st.status.model.dtype : "");
-    b2ipc_reply_free(&st);
+                          st->model.family ? st->model.family : "", "dtype",
+                          st->model.dtype ? st->model.dtype : "");
+    b2ipc_reply_free(&s.st);
     return send_json_obj(c, r, 200, o);
 }
 
 static enum MHD_Result metrics(b2d_http *h, struct MHD_Connection *c, hreq *r)
 {
-    b2ipc_reply st;
-    b2d_status_text txt;
-    b2d_http_error e;
-    int have = b2d_backend_status(h->backend, &st, &txt, &e) == 0;
+    status_snap s;
+    int have = status_get(h, &s) == 0;
     size_t len;
-    char *text = b2d_metrics_render(h->metrics, have ? &st : NULL, &len);
-    if (have) b2ipc_reply_free(&st);
+    char *text = b2d_metrics_render(h->metrics, have ? &s.st : NULL, &len);
+    if (have) b2ipc_reply_free(&s.st);
     if (!text) return fail(c, r, 503, "no_memory", "out of memory");
     return send_buf(c, r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 1);
 }

@@ -103,6 +103,16 @@ static double now_s(void)
 
 /* ---- responses ---- */
 
+/* Queues rsp with status (kept in r for the access log) and drops our
+ * reference to it. */
+static enum MHD_Result queue_rsp(struct MHD_Connection *c, hreq *r, int status, struct MHD_Response *rsp)
+{
+    if (r) r->status = status;
+    enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, rsp);
+    MHD_destroy_response(rsp);
+    return rc;
+}
+
 static enum MHD_Result send_buf(struct MHD_Connection *c, hreq *r, int status, const char *ctype, char *buf,
                                 size_t len, int owned)
 {
@@ -118,10 +128,7 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, hreq *r, int status, c
     MHD_add_response_header(rsp, "X-Content-Type-Options", "nosniff");
     if (status == 429 || status == 503) MHD_add_response_header(rsp, "Retry-After", "1");
     if (status == 401) MHD_add_response_header(rsp, "WWW-Authenticate", "Bearer realm=\"blip2d\"");
-    if (r) r->status = status;
-    enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, rsp);
-    MHD_destroy_response(rsp);
-    return rc;
+    return queue_rsp(c, r, status, rsp);
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, hreq *r, int status, char *json)
@@ -495,10 +502,7 @@ static enum MHD_Result generate(b2d_http *h, struct MHD_Connection *c, hreq *r, 
     MHD_add_response_header(rsp, "Content-Type", "text/event-stream");
     MHD_add_response_header(rsp, "Cache-Control", "no-store");
     MHD_add_response_header(rsp, "X-Content-Type-Options", "nosniff");
-    r->status = 200;
-    enum MHD_Result ok = MHD_queue_response(c, 200, rsp);
-    MHD_destroy_response(rsp);
-    return ok;
+    return queue_rsp(c, r, 200, rsp);
 }
 
 /* ---- the other endpoints ---- */
@@ -623,10 +627,7 @@ static enum MHD_Result page(struct MHD_Connection *c, hreq *r, const char *url)
     MHD_add_response_header(rsp, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(rsp, "Referrer-Policy", "no-referrer");
     MHD_add_response_header(rsp, "Cache-Control", "no-cache");
-    r->status = 200;
-    enum MHD_Result rc = MHD_queue_response(c, 200, rsp);
-    MHD_destroy_response(rsp);
-    return rc;
+    return queue_rsp(c, r, 200, rsp);
 }
 
 /* ---- routing ---- */

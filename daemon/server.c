@@ -248,7 +248,7 @@ static void conn_update_poll(conn *c)
         uv_timer_stop(&c->stall);
     }
     /* over the memory budget, a partial frame waits (--frame-timeout bounds it) */
-    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, 0);
+    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, B2D_MEM_INPUT, 0);
     c->paused = full || starved;
     int ev = (c->paused ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
     if (ev) uv_poll_start(&c->poll, ev, poll_cb);
@@ -419,7 +419,7 @@ static void on_readable(conn *c)
         c->t_active = b2d_now_ms();
         if (b2ipc_reader_pending(&c->rd) && !c->frame_t0) c->frame_t0 = c->t_active;
         size_t mem = b2ipc_reader_memory(&c->rd);
-        int over = b2d_core_memory(c->srv->core, (long long)mem - (long long)c->in_charged);
+        int over = b2d_core_memory(c->srv->core, B2D_MEM_INPUT, (long long)mem - (long long)c->in_charged);
         c->in_charged = mem;
         if (over && b2ipc_reader_pending(&c->rd)) return; /* conn_update_poll pauses it */
     }
@@ -479,7 +479,7 @@ static void conn_close(conn *c, const char *why)
     s->nconns--;
     int canceled = b2d_client_close(c->client); /* no reply reaches it from here */
     c->client = NULL;
-    b2d_core_memory(s->core, -(long long)c->in_charged);
+    b2d_core_memory(s->core, B2D_MEM_INPUT, -(long long)c->in_charged);
     c->in_charged = 0;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
     c->nfds = 0;

@@ -67,6 +67,7 @@ typedef struct b2d_config {
     size_t max_output;       /* per-connection output buffer before reads pause */
     size_t max_memory;       /* the daemon's memory budget (jobs, frames, output) */
     double frame_timeout;    /* seconds a started frame may take to complete */
+    double idle_timeout;     /* > 0: seconds a connection may hold nothing and send nothing */
     int max_conns_per_uid;   /* connections of one uid */
     int max_inflight_per_uid;/* requests in flight of one uid (all its connections) */
     double idle_exit;        /* > 0: exit after this many idle seconds */

@@ -15,7 +15,8 @@
 #     from the header before decoding); status reports its use by category; a partial frame is dropped after
 #     --frame-timeout; one uid's connections (--max-connections-per-uid,
 #     its idle ones make room) and requests (--max-inflight-per-uid) are
-#     capped
+#     capped; a connection that holds nothing and sends nothing is closed
+#     after --idle-timeout
 # TAP output.  Environment: BLIP2_TEST_TIMEOUT_SCALE (see b2test.py).
 import json, os, socket, struct, sys, tempfile, time
 
@@ -312,6 +313,46 @@ if proc:
     ok(stop(proc) == 0, "exit 0")
 else:
     ok(False, "blip2d --frame-timeout")
+
+# --idle-timeout: a connection holding nothing and sending nothing is closed;
+# one with a request in flight, or one that keeps talking, is not
+proc, SOCK = start_or_none("--idle-timeout", "1", "--max-batch", "1", tmp=TMP, log="daemon-idle.log")
+if proc:
+    def closed_within(cl, secs):
+        cl.s.settimeout(secs * SCALE)
+        try:
+            return cl.s.recv(1) == b""
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+    quiet = Client(SOCK)
+    busy = Client(SOCK)
+    busy.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    ok(closed_within(quiet, 15), "a connection that sends nothing and holds nothing is closed after --idle-timeout")
+    talk = Client(SOCK)
+    alive = True
+    for k in range(6):  # 3 s: three idle timeouts
+        time.sleep(0.5)
+        alive = alive and talk.call({"id": 10 + k, "op": "ping"}).get("type") == "pong"
+    ok(alive, "a connection that keeps sending is not closed")
+    busy.s.settimeout(10 * SCALE)
+    try:  # after 3 s of silence: still open (it answers a ping between its tokens)
+        busy.send({"id": 99, "op": "ping"})
+        while True:
+            got = busy.recv()
+            if got is None or got.get("id") == 99:
+                break
+    except (OSError, EOFError):
+        got = None
+    ok(got is not None and got.get("type") == "pong",
+       "a connection with a request in flight (sending nothing for 3 s) is not closed")
+    drain(busy, 1)
+    ok(closed_within(busy, 15), "once its request is over, it is closed after --idle-timeout too")
+    talk.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --idle-timeout")
 
 proc, SOCK = start_or_none("--max-connections-per-uid", "3", "--max-inflight-per-uid", "4", "--max-batch", "1",
                            tmp=TMP, log="daemon-uid.log")

@@ -298,21 +298,24 @@ int b2d_read_image_fd(b2d_job *j, size_t max_image);
  * hit, 0 on a miss (j->px set), or a negative code (j->err set).  Frees
  * the image bytes. */
 int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, float *out, size_t n);
-/* libvips' own memory during one decode, whatever the image: its worker
- * threads' regions and tiles, the loader's row buffers and the resize's
- * rows (a few rows of the image; charged with room to spare). */
-#define B2D_DECODE_SCRATCH ((size_t)4 << 20)
+/* libvips' own memory during one decode besides what scales with the
+ * image: its worker threads' state and the loader's fixed buffers (charged
+ * with room to spare); B2D_DECODE_ROWS rows of the image's width, 4 bytes
+ * a sample, are added for the regions of libvips' threads and the
+ * resize's rows. */
+#define B2D_DECODE_SCRATCH ((size_t)2 << 20)
+#define B2D_DECODE_ROWS 64
 /* What every request with an image is charged at admission for its decode
- * (B2D_DECODE_SCRATCH and a 1 Mpx image): a larger image takes the rest
- * from the budget when its header has been read, before decoding, and
- * gets busy (or too_large) if it does not fit; all of it is given back
- * when the decode is over. */
-#define B2D_DECODE_RESERVE (B2D_DECODE_SCRATCH + ((size_t)3 << 20))
+ * (B2D_DECODE_SCRATCH and about a 640x480 image): a larger image takes the
+ * rest from the budget when its header has been read, before decoding,
+ * and gets busy (or too_large) if it does not fit; all of it is given
+ * back when the decode is over. */
+#define B2D_DECODE_RESERVE (B2D_DECODE_SCRATCH + ((size_t)1 << 20))
 /* The memory a decode of the image info describes holds at its peak, as
  * charged to the budget (B2D_MEM_DECODE) while it runs: the loader's
  * estimate from the header (blip2_image_probe: the decoded RGB and what
  * the decoder keeps of the whole image), the rotated copy for an EXIF
- * orientation, and B2D_DECODE_SCRATCH. */
+ * orientation, B2D_DECODE_SCRATCH and B2D_DECODE_ROWS rows. */
 size_t b2d_decode_cost(const blip2_image_info *info);
 /* The key of the cache entry `tag` of an image key (tag NULL: key). */
 void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32]);

@@ -106,7 +106,9 @@ void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32])
 size_t b2d_decode_cost(const blip2_image_info *info)
 {
     size_t px = (size_t)info->width * (size_t)info->height;
-    return info->decode_bytes + (info->orientation > 1 ? 3 * px : 0) + B2D_DECODE_SCRATCH;
+    size_t w = (size_t)(info->width > info->height ? info->width : info->height);
+    return info->decode_bytes + (info->orientation > 1 ? 3 * px : 0) + B2D_DECODE_SCRATCH +
+           B2D_DECODE_ROWS * w * 3 * 4;
 }
 
 /* The decode of j's image stops once j is canceled for good: its client

@@ -48,6 +48,12 @@ struct b2d_core {
     int shutting_down;
     b2d_client *clients;      /* the open clients */
     int nclients;
+    /* Jobs of each user from admission until freed, whether their client
+     * is open or has gone (--max-inflight-per-uid counts these: a client
+     * that reconnects cannot leave canceled jobs filling the queue). */
+    pthread_mutex_t umu;      /* a leaf lock: guards users, nusers */
+    struct user_jobs { uint64_t user; int n; } *users;
+    int nusers, capusers;
 };
 
 typedef struct prep_work {
@@ -224,17 +230,51 @@ static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
     return cost;
 }
 
-/* Requests in flight of every client of user; under core->mu. */
-static int user_inflight(b2d_core *core, uint64_t user)
+/* Jobs of user in the pipeline (admitted, not yet freed). */
+static int user_jobs(b2d_core *core, uint64_t user)
 {
     int n = 0;
-    for (b2d_client *c = core->clients; c; c = c->next)
-        if (c->user == user) {
-            pthread_mutex_lock(&c->mu);
-            n += c->ninf;
-            pthread_mutex_unlock(&c->mu);
-        }
+    pthread_mutex_lock(&core->umu);
+    for (int i = 0; i < core->nusers; i++)
+        if (core->users[i].user == user) n = core->users[i].n;
+    pthread_mutex_unlock(&core->umu);
     return n;
+}
+
+/* One more job of user: 0, or -1 when out of memory. */
+static int user_job_add(b2d_core *core, uint64_t user)
+{
+    int rc = 0;
+    pthread_mutex_lock(&core->umu);
+    int i = 0;
+    while (i < core->nusers && core->users[i].user != user) i++;
+    if (i == core->nusers) {
+        if (core->nusers == core->capusers) {
+            int cap = core->capusers ? 2 * core->capusers : 8;
+            void *nu = realloc(core->users, sizeof *core->users * (size_t)cap);
+            if (!nu) rc = -1;
+            else {
+                core->users = nu;
+                core->capusers = cap;
+            }
+        }
+        if (rc == 0) core->users[core->nusers++] = (struct user_jobs){user, 0};
+    }
+    if (rc == 0) core->users[i].n++;
+    pthread_mutex_unlock(&core->umu);
+    return rc;
+}
+
+void b2d_core_user_job_done(b2d_core *core, uint64_t user)
+{
+    pthread_mutex_lock(&core->umu);
+    for (int i = 0; i < core->nusers; i++)
+        if (core->users[i].user == user) {
+            assert(core->users[i].n > 0);
+            if (--core->users[i].n == 0) core->users[i] = core->users[--core->nusers];
+            break;
+        }
+    pthread_mutex_unlock(&core->umu);
 }
 
 static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2d_refusal *why)
@@ -259,7 +299,7 @@ static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight on this connection"};
     else if (core->in_prep + queued >= core->cfg->max_queue)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "the queue is full; retry later"};
-    else if (user_inflight(core, c->user) >= core->cfg->max_inflight_per_uid)
+    else if (user_jobs(core, c->user) >= core->cfg->max_inflight_per_uid)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight for this user (--max-inflight-per-uid); retry later"};
     else if (cost > (size_t)core->budget.max)
         *why = (b2d_refusal){B2IPC_ETOO_LARGE, NULL, "this request alone needs more memory than blip2d's budget (--max-memory)"};
@@ -382,6 +422,7 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
             j->budget = &core->budget;
             j->charged = cost;
             j->decode_reserve = has_image(rq) ? B2D_DECODE_RESERVE : 0;
+            if (user_job_add(core, j->user) == 0) j->user_counted = 1;
         } else {
             b2d_budget_add(&core->budget, B2D_MEM_JOBS, -(long long)cost);
         }
@@ -546,6 +587,7 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     if (core->slots > 1024) core->slots = 1024;
     if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
+    pthread_mutex_init(&core->umu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
     atomic_init(&core->budget.used, 0);
     for (int i = 0; i < B2D_MEM_NCAT; i++) atomic_init(&core->budget.by[i], 0);
@@ -559,6 +601,7 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
 fail_cache:
     b2d_cache_free(core->cache);
 fail_mu:
+    pthread_mutex_destroy(&core->umu);
     pthread_mutex_destroy(&core->mu);
 fail:
     if (core) free(core->pool);
@@ -704,6 +747,8 @@ void b2d_core_free(b2d_core *core)
     assert(core->clients == NULL && core->eng == NULL);
     b2d_model_unref(core->cur);
     b2d_cache_free(core->cache);
+    pthread_mutex_destroy(&core->umu);
+    free(core->users);
     pthread_mutex_destroy(&core->mu);
     free(core->pool);
     free(core);

@@ -50,9 +50,10 @@ struct b2d_core {
     int nclients;
     /* Jobs of each user from admission until freed, whether their client
      * is open or has gone (--max-inflight-per-uid counts these: a client
-     * that reconnects cannot leave canceled jobs filling the queue). */
-    pthread_mutex_t umu;      /* a leaf lock: guards users, nusers */
-    struct user_jobs { uint64_t user; int n; } *users;
+     * that reconnects cannot leave canceled jobs filling the queue).  The
+     * entries are changed under mu, except that a job decrements its
+     * user's count when freed (job.c); one at 0 is held by no job. */
+    struct user_jobs { uint64_t user; atomic_int n; } **users;
     int nusers, capusers;
 };
 
@@ -230,51 +231,41 @@ static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
     return cost;
 }
 
-/* Jobs of user in the pipeline (admitted, not yet freed). */
+/* The job count of user (created at 0 if none; NULL when out of memory);
+ * under core->mu.  Entries at 0 are dropped to make room. */
+static struct user_jobs *user_entry(b2d_core *core, uint64_t user, int create)
+{
+    for (int i = 0; i < core->nusers; i++)
+        if (core->users[i]->user == user) return core->users[i];
+    if (!create) return NULL;
+    if (core->nusers == core->capusers) {
+        int k = 0;
+        for (int i = 0; i < core->nusers; i++) {
+            if (atomic_load(&core->users[i]->n) == 0) free(core->users[i]);
+            else core->users[k++] = core->users[i];
+        }
+        core->nusers = k;
+    }
+    if (core->nusers == core->capusers) {
+        int cap = core->capusers ? 2 * core->capusers : 8;
+        struct user_jobs **nu = realloc(core->users, sizeof *nu * (size_t)cap);
+        if (!nu) return NULL;
+        core->users = nu;
+        core->capusers = cap;
+    }
+    struct user_jobs *e = malloc(sizeof *e);
+    if (!e) return NULL;
+    e->user = user;
+    atomic_init(&e->n, 0);
+    core->users[core->nusers++] = e;
+    return e;
+}
+
+/* Jobs of user in the pipeline (admitted, not yet freed); under core->mu. */
 static int user_jobs(b2d_core *core, uint64_t user)
 {
-    int n = 0;
-    pthread_mutex_lock(&core->umu);
-    for (int i = 0; i < core->nusers; i++)
-        if (core->users[i].user == user) n = core->users[i].n;
-    pthread_mutex_unlock(&core->umu);
-    return n;
-}
-
-/* One more job of user: 0, or -1 when out of memory. */
-static int user_job_add(b2d_core *core, uint64_t user)
-{
-    int rc = 0;
-    pthread_mutex_lock(&core->umu);
-    int i = 0;
-    while (i < core->nusers && core->users[i].user != user) i++;
-    if (i == core->nusers) {
-        if (core->nusers == core->capusers) {
-            int cap = core->capusers ? 2 * core->capusers : 8;
-            void *nu = realloc(core->users, sizeof *core->users * (size_t)cap);
-            if (!nu) rc = -1;
-            else {
-                core->users = nu;
-                core->capusers = cap;
-            }
-        }
-        if (rc == 0) core->users[core->nusers++] = (struct user_jobs){user, 0};
-    }
-    if (rc == 0) core->users[i].n++;
-    pthread_mutex_unlock(&core->umu);
-    return rc;
-}
-
-void b2d_core_user_job_done(b2d_core *core, uint64_t user)
-{
-    pthread_mutex_lock(&core->umu);
-    for (int i = 0; i < core->nusers; i++)
-        if (core->users[i].user == user) {
-            assert(core->users[i].n > 0);
-            if (--core->users[i].n == 0) core->users[i] = core->users[--core->nusers];
-            break;
-        }
-    pthread_mutex_unlock(&core->umu);
+    struct user_jobs *e = user_entry(core, user, 0);
+    return e ? atomic_load(&e->n) : 0;
 }
 
 static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2d_refusal *why)
@@ -422,7 +413,11 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
             j->budget = &core->budget;
             j->charged = cost;
             j->decode_reserve = has_image(rq) ? B2D_DECODE_RESERVE : 0;
-            if (user_job_add(core, j->user) == 0) j->user_counted = 1;
+            struct user_jobs *e = user_entry(core, j->user, 1);
+            if (e) { /* uncounted if out of memory: nothing worse */
+                atomic_fetch_add(&e->n, 1);
+                j->user_jobs = &e->n;
+            }
         } else {
             b2d_budget_add(&core->budget, B2D_MEM_JOBS, -(long long)cost);
         }
@@ -587,7 +582,6 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     if (core->slots > 1024) core->slots = 1024;
     if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
-    pthread_mutex_init(&core->umu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
     atomic_init(&core->budget.used, 0);
     for (int i = 0; i < B2D_MEM_NCAT; i++) atomic_init(&core->budget.by[i], 0);
@@ -601,7 +595,6 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
 fail_cache:
     b2d_cache_free(core->cache);
 fail_mu:
-    pthread_mutex_destroy(&core->umu);
     pthread_mutex_destroy(&core->mu);
 fail:
     if (core) free(core->pool);
@@ -747,7 +740,7 @@ void b2d_core_free(b2d_core *core)
     assert(core->clients == NULL && core->eng == NULL);
     b2d_model_unref(core->cur);
     b2d_cache_free(core->cache);
-    pthread_mutex_destroy(&core->umu);
+    for (int i = 0; i < core->nusers; i++) free(core->users[i]);
     free(core->users);
     pthread_mutex_destroy(&core->mu);
     free(core->pool);

@@ -183,7 +183,8 @@ struct b2d_job {
     b2d_model *model;         /* a reference: the model this request runs on */
     b2d_budget *budget;       /* charged `charged` bytes until the job is freed */
     size_t charged;
-    int user_counted;         /* counted in its user's jobs (b2d_core_user_job_done) */
+    atomic_int *user_jobs;    /* its user's job count in the core, or NULL:
+                               * decremented when the job is freed */
     size_t decode_reserve;    /* of charged: what its image's decode may use
                                * without taking more (B2D_DECODE_RESERVE) */
     /* input (owned) */
@@ -355,9 +356,6 @@ void b2d_engine_stop(b2d_engine *e);
 int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_t *loop);
 /* A reloaded model: new requests use it, running ones finish on theirs. */
 void b2d_core_set_model(b2d_core *core, blip2_model *m);
-/* A job of user counted at admission has been freed (job.c; any
- * thread). */
-void b2d_core_user_job_done(b2d_core *core, uint64_t user);
 /* Refuses new requests from now on (shutting_down). */
 void b2d_core_shutdown(b2d_core *core);
 /* Cancels every request at once (the shutdown deadline). */

@@ -136,7 +136,7 @@ void b2d_job_unref(b2d_job *j)
     free(j->n_ids);
     free(j->cap_ids);
     b2d_model_unref(j->model);
-    if (j->user_counted) b2d_core_user_job_done(j->client->core, j->user);
+    if (j->user_jobs) atomic_fetch_sub(j->user_jobs, 1);
     b2d_client_unref(j->client);
     if (j->budget) b2d_budget_add(j->budget, B2D_MEM_JOBS, -(long long)j->charged);
     free(j);

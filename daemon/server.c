@@ -537,8 +537,6 @@ static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
 /* Is uid at its connection cap (--max-connections-per-uid)?  If one of
  * its connections is idle (nothing in flight, nothing half read or
  * unsent), the least recently active one is closed to make room. */
-static int conn_idle(conn *c);
-
 static int user_full(struct b2d_server *s, uid_t uid)
 {
     int n = 0;

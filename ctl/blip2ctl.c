@@ -1221,6 +1221,12 @@ static int cmd_status(ctl *x)
             "limits", "max_frame", (json_int_t)in->max_frame,
             "max_image_bytes", (json_int_t)in->max_image_bytes,
             "max_prompt_bytes", (json_int_t)in->max_prompt_bytes);
+        if (o && s->memory_max) /* the memory budget (daemons that report it) */
+            json_object_set_new(o, "memory", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+                "max", (json_int_t)s->memory_max, "used", (json_int_t)s->memory_used,
+                "jobs", (json_int_t)s->memory_jobs, "decode", (json_int_t)s->memory_decode,
+                "input", (json_int_t)s->memory_input, "output", (json_int_t)s->memory_output,
+                "http", (json_int_t)s->memory_http));
         if (o) print_json(o, false, 0);
         else warnx_("cannot format the status as JSON (invalid UTF-8 from the daemon?)");
     } else {
@@ -1243,6 +1249,16 @@ static int cmd_status(ctl *x)
         printf("connections: %u\nthreads:     %u\n", s->connections, s->threads);
         printf("cache:       %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " entries, %s of %s\n",
                s->cache_hits, s->cache_misses, s->cache_entries, cb, cc);
+        if (s->memory_max) {
+            char mu[32], mm[32], m[5][32];
+            fmt_bytes(mu, sizeof mu, s->memory_used);
+            fmt_bytes(mm, sizeof mm, s->memory_max);
+            const uint64_t by[5] = {s->memory_jobs, s->memory_decode, s->memory_input, s->memory_output,
+                                    s->memory_http};
+            for (int i = 0; i < 5; i++) fmt_bytes(m[i], sizeof m[i], by[i]);
+            printf("memory:      %s of %s budget (requests %s, decoding %s, input %s, output %s, http %s)\n",
+                   mu, mm, m[0], m[1], m[2], m[3], m[4]);
+        }
         printf("limits:      frame %" PRIu64 " B, image %" PRIu64 " B, prompt %" PRIu64 " B\n",
                in->max_frame, in->max_image_bytes, in->max_prompt_bytes);
     }

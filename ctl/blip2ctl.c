@@ -550,15 +550,22 @@ static void image_request(const image *im, blip2c_request *rq)
 /* Connects, or exits with status 3 (cannot connect) and the library's
  * message; with --json also an error object on stdout for each of the n
  * images the command was for (one without "image" when n is 0). */
-static void connect_or_exit(ctl *x, char **names, size_t n, const char *question)
+/* x->conn = a connection to the daemon with x's options; 0 or a
+ * BLIP2C_E* code (err says what). */
+static int ctl_connect(ctl *x, blip2c_error *err)
 {
     blip2c_options o;
     blip2c_options_init(&o);
     o.socket_path = x->socket;
     o.client_name = PROG " " BLIP2C_VERSION;
     o.timeout_ms = x->timeout_ms;
+    return blip2c_connect_with(&o, &x->conn, err);
+}
+
+static void connect_or_exit(ctl *x, char **names, size_t n, const char *question)
+{
     blip2c_error err;
-    if (blip2c_connect_with(&o, &x->conn, &err) < 0) {
+    if (ctl_connect(x, &err) < 0) {
         if (x->json) {
             for (size_t i = 0; i < n; i++) print_error_json(names[i], question, &err);
             if (n == 0) print_error_json(NULL, question, &err);
@@ -1054,6 +1061,26 @@ static int chat_open(ctl *x, const char *name, int *fd)
     return 0;
 }
 
+/* A chat may sit idle longer than the daemon's --idle-timeout, which then
+ * closes the connection; before the next question, a connection the
+ * daemon has closed (readable with nothing in flight: end of file) is
+ * replaced by a new one.  0, or -1 when no new connection could be made
+ * (said; the caller ends as for a lost connection). */
+static int chat_reconnect_if_closed(ctl *x)
+{
+    struct pollfd p = { .fd = blip2c_fd(x->conn), .events = POLLIN };
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) return 0;
+    blip2c_close(x->conn);
+    x->conn = NULL;
+    blip2c_error err;
+    if (ctl_connect(x, &err) < 0) {
+        warnx_("the daemon closed the connection, and a new one failed: %s", err.message);
+        return -1;
+    }
+    if (x->verbose) warnx_("the daemon had closed the idle connection; connected again");
+    return 0;
+}
+
 static int cmd_chat(ctl *x, char *name)
 {
     if (strcmp(name, "-") == 0)
@@ -1123,6 +1150,12 @@ static int cmd_chat(ctl *x, char *name)
             free(line);
             continue;
         }
+        if (chat_reconnect_if_closed(x) < 0) {
+            status = exit_for(BLIP2C_ECONNLOST);
+            free(line);
+            break;
+        }
+        info = blip2c_info_get(x->conn);
         image im = { cur, NULL, 0 };
         char *answer = NULL;
         int rc;

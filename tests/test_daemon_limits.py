@@ -350,6 +350,23 @@ if proc:
     drain(busy, 1)
     ok(closed_within(busy, 15), "once its request is over, it is closed after --idle-timeout too")
     talk.close()
+    # blip2ctl chat outlives it: a question after the daemon closed its idle
+    # connection goes on a new one
+    import subprocess
+    from b2test import CTL
+    chat = subprocess.Popen([CTL, "--socket", SOCK, "chat", os.path.join(G, "images", "chelsea.png")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chat.stdin.write(b"what is it?\n")
+    chat.stdin.flush()
+    first = chat.stdout.readline()
+    time.sleep(2.5)  # more than --idle-timeout: the daemon has closed the connection
+    chat.stdin.write(b"and now?\n")
+    chat.stdin.close()
+    second = chat.stdout.readline()
+    cerr = chat.stderr.read()
+    ok(chat.wait(60 * SCALE) == 0 and first.strip() and second.strip(),
+       "blip2ctl chat asks its next question on a new connection after the daemon closed the idle one "
+       "(%r, %r, %r)" % (first, second, cerr[-300:]))
     ok(stop(proc) == 0, "exit 0")
 else:
     ok(False, "blip2d --idle-timeout")

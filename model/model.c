@@ -311,11 +311,14 @@ static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error 
         m->enc_int8 = 1;
         snprintf(why8, sizeof why8, "int8 vision MLP and projection (asked for, %s); the rest ", impl8);
     } else if (int8) {
-        snprintf(why8, sizeof why8, "%s (int8 asked for, but %s: the vision encoder as the rest); ",
-                 b2__prec_name(m->prec), impl8);
+        snprintf(why8, sizeof why8, "int8 asked for, but %s: as without it, ", impl8);
     }
-    snprintf(m->math, sizeof m->math, "%s%s (%s); %s; decode kernels %s", why8, b2__prec_name(m->prec), why,
-             b2__dnnl_info(), b2__wkernels_name());
+    if (int8 && !m->enc_int8)
+        snprintf(m->math, sizeof m->math, "%s (%s%s); %s; decode kernels %s", b2__prec_name(m->prec), why8, why,
+                 b2__dnnl_info(), b2__wkernels_name());
+    else
+        snprintf(m->math, sizeof m->math, "%s%s (%s); %s; decode kernels %s", why8, b2__prec_name(m->prec), why,
+                 b2__dnnl_info(), b2__wkernels_name());
     return 0;
 }
 
@@ -374,7 +377,7 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
     }
     free(v);
     const size_t len = strlen(m->math);
-    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %zu MiB private", (bytes + (1 << 19)) >> 20);
+    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB private", (double)bytes / (1 << 20));
     return 0;
 }
 

@@ -432,10 +432,11 @@ static void wq_task(void *ctx, int task, int slot)
         for (int i = 0; i < j->k; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
         const float s = amax > 0.0f && isfinite(amax) ? amax / 127.0f : 1.0f, inv = 1.0f / s;
         int32_t sum = 0;
-        for (int i = 0; i < j->k; i++) {
-            float v = nearbyintf(x[i] * inv);
-            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v; /* NaN: -127 */
-            q[i] = (int8_t)v;
+        for (int i = 0; i < j->k; i++) { /* to nearest, halves away from 0; NaN: 0 */
+            float v = x[i] * inv;
+            v = v > 127.0f ? 127.0f : v;
+            v = v < -127.0f ? -127.0f : v;
+            q[i] = (int8_t)(v >= 0.0f ? (int)(v + 0.5f) : v < 0.0f ? (int)(v - 0.5f) : 0);
             sum += q[i];
         }
         j->scale[r0 + r] = s;
@@ -496,7 +497,8 @@ static void xq_task(void *ctx, int task, int slot)
             hi = x[i] > hi ? x[i] : hi;
         }
         const float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / 255.0f : 1.0f, inv = 1.0f / s;
-        const float z = nearbyintf(-lo * inv); /* in [0, 255] */
+        float z = -lo * inv + 0.5f; /* in [0, 255] but for infinities */
+        z = z > 255.0f ? 255.0f : z >= 0.0f ? (float)(int)z : 0.0f;
         for (int i = 0; i < j->k; i++) {
             float v = x[i] * inv + z;
             v = v > 255.0f ? 255.0f : v > 0.0f ? v : 0.0f;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -360,6 +361,8 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
         return b2__err(err, BLIP2_ENOMEM, "out of memory for the int8 weights (%zu MiB)", bytes >> 20);
     }
     m->qbytes = bytes;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n; i++) {
         b2_linear *l = v[i];
         int8_t *q = (int8_t *)a;
@@ -377,7 +380,9 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
     }
     free(v);
     const size_t len = strlen(m->math);
-    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB private", (double)bytes / (1 << 20));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB private, quantised in %.1f s",
+             (double)bytes / (1 << 20), (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     return 0;
 }
 

@@ -373,7 +373,10 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
         a += sizeof(int32_t) * (size_t)l->out;
         b2_qweights *qw = (b2_qweights *)a;
         a += sizeof(b2_qweights);
-        b2__quantize_s8(q, scale, sum, l->w, l->wt, l->out, l->in);
+        if (b2__quantize_s8(q, scale, sum, l->w, l->wt, l->out, l->in) < 0) {
+            free(v);
+            return b2__err(err, BLIP2_ENOMEM, "out of memory quantising the int8 weights");
+        }
         *qw = (b2_qweights){q, scale, sum};
         l->q = qw;
         l->prec = B2_PREC_INT8;

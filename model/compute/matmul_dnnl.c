@@ -444,33 +444,14 @@ static void wq_task(void *ctx, int task, int slot)
     }
 }
 
-void b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k)
+int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k)
 {
-    const int np = b2__pool_size();
-    float *f32 = malloc(sizeof(float) * (size_t)np * Q_ROWS * k);
+    float *f32 = malloc(sizeof(float) * (size_t)b2__pool_size() * Q_ROWS * k);
+    if (!f32) return -1;
     wq_job j = {q, scale, sum, w, wt, m, k, f32};
-    if (f32) {
-        b2__parallel_for((m + Q_ROWS - 1) / Q_ROWS, wq_task, &j);
-        free(f32);
-        return;
-    }
-    float one[Q_ROWS * 64]; /* no memory: a row at a time where it fits */
-    for (int r = 0; r < m; r++) {
-        wq_job j1 = j;
-        if (k > (int)(sizeof one / sizeof *one)) { /* cannot quantise: zeros, scale 0 */
-            memset(q + (size_t)r * k, 0, (size_t)k);
-            scale[r] = 0.0f;
-            sum[r] = 0;
-            continue;
-        }
-        j1.f32 = one;
-        j1.q = q + (size_t)r * k;
-        j1.scale = scale + r;
-        j1.sum = sum + r;
-        j1.w = (const unsigned char *)w + (size_t)r * b2__wt_row_bytes(wt, k);
-        j1.m = 1;
-        wq_task(&j1, 0, 0);
-    }
+    b2__parallel_for((m + Q_ROWS - 1) / Q_ROWS, wq_task, &j);
+    free(f32);
+    return 0;
 }
 
 /* x (n, ldx) -> xq (n, k) u8, scale xs (n), zero point zp (n): the row's

@@ -47,8 +47,10 @@ typedef struct b2_qweights {
 } b2_qweights;
 
 /* Quantises W (m, k) of type wt into q (m, k), scale (m), sum (m):
- * symmetric, a scale per row = max |w| / 127 (on the pool). */
-void b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k);
+ * symmetric, a scale per row = max |w| / 127, to nearest (halves away
+ * from 0), NaN as 0 (on the pool).  Returns 0, or -1 out of memory for
+ * its row buffers. */
+int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k);
 
 /* "f32", "bf16", "int8". */
 const char *b2__prec_name(b2_prec p);

@@ -49,9 +49,11 @@ static void usage(FILE *f)
         "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
         "      --max-pixels N      refuse images above N pixels (default 67108864 = 64 Mpx;\n"
         "                          a 100 Mpx camera needs 100000000)\n"
-        "      --precision P       math of the many-row products: f32, bf16 or auto (default;\n"
-        "                          env BLIP2_PRECISION): a GGUF of a reduced type computes in\n"
-        "                          bf16 where the CPU has native bf16, everything else in f32\n"
+        "      --precision P       math of the many-row products: f32, bf16, int8 or auto\n"
+        "                          (default; env BLIP2_PRECISION): a GGUF of a reduced type\n"
+        "                          computes in bf16 where the CPU has native bf16, all else in\n"
+        "                          f32; int8: the vision MLP and projection in u8 x s8\n"
+        "                          (VNNI; a private int8 copy of them), the rest as auto\n"
         "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
         "                          or /run/blip2/blip2.sock for root)\n"
         "  -t, --threads N         compute threads (default: all cores)\n"
@@ -318,8 +320,9 @@ int main(int argc, char **argv)
         case O_HBODY: hcfg.max_body = (size_t)num(optarg, "--http-max-body", 1024, 1l << 31); break;
         case O_HTIMEOUT: hcfg.timeout = (int)num(optarg, "--http-timeout", 1, 86400); break;
         case O_PREC:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto")) {
-                fprintf(stderr, "blip2d: --precision: '%s' is not f32, bf16 or auto\n", optarg);
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "int8") &&
+                strcmp(optarg, "auto")) {
+                fprintf(stderr, "blip2d: --precision: '%s' is not f32, bf16, int8 or auto\n", optarg);
                 return 2;
             }
             cfg.load.precision = optarg;

@@ -82,7 +82,7 @@ static void usage(FILE *f)
         "  --only LIST       stages to run: vision,qformer,lm,caption (default all)\n"
         "  --limits-only     measure only the limits (sgemm at every ViT shape, memory\n"
         "                    read); needs no model\n"
-        "  -v                per-round figures\n");
+        "  -v                per-round figures, and the products that ran on oneDNN\n");
 }
 
 static int parse(opts *o, int argc, char **argv)
@@ -608,6 +608,10 @@ int main(int argc, char **argv)
     printf("(ratios: each stage over the mean of the limits measured right before and after it,\n"
            " median over rounds; decode: median step of each round; caption: time at the limits\n"
            " (matmul FLOP at the sgemm rate + every decode step's bytes at the memory rate) over time taken)\n");
+    if (o.verbose) { /* which products ran on oneDNN, in which math, and the times that chose it */
+        char rep[8192];
+        if (b2__dnnl_report(rep, sizeof rep) > 0) printf("products on the math backend:\n%s", rep);
+    }
     print_load("after");
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }

@@ -375,6 +375,12 @@ typedef struct blip2c_status {
     uint64_t requests_total;
     uint64_t cache_hits, cache_misses, cache_entries, cache_bytes,
         cache_capacity_bytes;
+    /* the memory budget (0 from a daemon that does not report it): its
+     * size and the bytes charged, in total and by what (admitted requests,
+     * image decodes in progress, partial input frames, unsent replies,
+     * HTTP bodies) */
+    uint64_t memory_max, memory_used, memory_jobs, memory_decode,
+        memory_input, memory_output, memory_http;
 } blip2c_status;
 
 /* Asks for the daemon's state; *st is new, free it with blip2c_status_free. */

@@ -215,6 +215,13 @@ blip2c_status *b2c__status_copy(const b2ipc_status *s)
     d->cache_entries = s->cache.entries;
     d->cache_bytes = s->cache.bytes;
     d->cache_capacity_bytes = s->cache.capacity_bytes;
+    d->memory_max = s->memory.max;
+    d->memory_used = s->memory.used;
+    d->memory_jobs = s->memory.jobs;
+    d->memory_decode = s->memory.decode;
+    d->memory_input = s->memory.input;
+    d->memory_output = s->memory.output;
+    d->memory_http = s->memory.http;
     return d;
 }
 

@@ -471,15 +471,22 @@ static void image_request(const image *im, blip2c_request *rq)
 /* Connects, or exits with status 3 (cannot connect) and the library's
  * message; with --json also an error object on stdout for each of the n
  * images the command was for (one without "image" when n is 0). */
-static void connect_or_exit(ctl *x, char **names, size_t n, const char *question)
+/* x->conn = a connection to the daemon with x's options; 0 or a
+ * BLIP2C_E* code (err says what). */
+static int ctl_connect(ctl *x, blip2c_error *err)
 {
     blip2c_options o;
     blip2c_options_init(&o);
     o.socket_path = x->socket;
     o.client_name = PROG " " BLIP2C_VERSION;
     o.timeout_ms = x->timeout_ms;
+    return blip2c_connect_with(&o, &x->conn, err);
+}
+
+static void connect_or_exit(ctl *x, char **names, size_t n, const char *question)
+{
     blip2c_error err;
-    if (blip2c_connect_with(&o, &x->conn, &err) < 0) {
+    if (ctl_connect(x, &err) < 0) {
         if (x->json) {
             for (size_t i = 0; i < n; i++) print_error_json(names[i], question, &err);
             if (n == 0) print_error_json(NULL, question, &err);
@@ -963,6 +970,26 @@ static int chat_open(ctl *x, const char *name, int *fd)
     return 0;
 }
 
+/* A chat may sit idle longer than the daemon's --idle-timeout, which then
+ * closes the connection; before the next question, a connection the
+ * daemon has closed (readable with nothing in flight: end of file) is
+ * replaced by a new one.  0, or -1 when no new connection could be made
+ * (said; the caller ends as for a lost connection). */
+static int chat_reconnect_if_closed(ctl *x)
+{
+    struct pollfd p = { .fd = blip2c_fd(x->conn), .events = POLLIN };
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) return 0;
+    blip2c_close(x->conn);
+    x->conn = NULL;
+    blip2c_error err;
+    if (ctl_connect(x, &err) < 0) {
+        warnx_("the daemon closed the connection, and a new one failed: %s", err.message);
+        return -1;
+    }
+    if (x->verbose) warnx_("the daemon had closed the idle connection; connected again");
+    return 0;
+}
+
 static int cmd_chat(ctl *x, char *name)
 {
     if (strcmp(name, "-") == 0)
@@ -1032,6 +1059,12 @@ static int cmd_chat(ctl *x, char *name)
             free(line);
             continue;
         }
+        if (chat_reconnect_if_closed(x) < 0) {
+            status = exit_for(BLIP2C_ECONNLOST);
+            free(line);
+            break;
+        }
+        info = blip2c_info_get(x->conn);
         image im = { cur, NULL, 0 };
         char *answer = NULL;
         int rc;
@@ -1129,6 +1162,12 @@ static int cmd_status(ctl *x)
             "limits", "max_frame", (json_int_t)in->max_frame,
             "max_image_bytes", (json_int_t)in->max_image_bytes,
             "max_prompt_bytes", (json_int_t)in->max_prompt_bytes);
+        if (o && s->memory_max) /* the memory budget (daemons that report it) */
+            json_object_set_new(o, "memory", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+                "max", (json_int_t)s->memory_max, "used", (json_int_t)s->memory_used,
+                "jobs", (json_int_t)s->memory_jobs, "decode", (json_int_t)s->memory_decode,
+                "input", (json_int_t)s->memory_input, "output", (json_int_t)s->memory_output,
+                "http", (json_int_t)s->memory_http));
         if (o) print_json(o, false, 0);
         else b2cli_warn("cannot format the status as JSON (invalid UTF-8 from the daemon?)");
     } else {
@@ -1151,6 +1190,16 @@ static int cmd_status(ctl *x)
         printf("connections: %u\nthreads:     %u\n", s->connections, s->threads);
         printf("cache:       %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " entries, %s of %s\n",
                s->cache_hits, s->cache_misses, s->cache_entries, cb, cc);
+        if (s->memory_max) {
+            char mu[32], mm[32], m[5][32];
+            fmt_bytes(mu, sizeof mu, s->memory_used);
+            fmt_bytes(mm, sizeof mm, s->memory_max);
+            const uint64_t by[5] = {s->memory_jobs, s->memory_decode, s->memory_input, s->memory_output,
+                                    s->memory_http};
+            for (int i = 0; i < 5; i++) fmt_bytes(m[i], sizeof m[i], by[i]);
+            printf("memory:      %s of %s budget (requests %s, decoding %s, input %s, output %s, http %s)\n",
+                   mu, mm, m[0], m[1], m[2], m[3], m[4]);
+        }
         printf("limits:      frame %" PRIu64 " B, image %" PRIu64 " B, prompt %" PRIu64 " B\n",
                in->max_frame, in->max_image_bytes, in->max_prompt_bytes);
     }

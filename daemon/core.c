@@ -48,6 +48,13 @@ struct b2d_core {
     int shutting_down;
     b2d_client *clients;      /* the open clients */
     int nclients;
+    /* Jobs of each user from admission until freed, whether their client
+     * is open or has gone (--max-inflight-per-uid counts these: a client
+     * that reconnects cannot leave canceled jobs filling the queue).  The
+     * entries are changed under mu, except that a job decrements its
+     * user's count when freed (job.c); one at 0 is held by no job. */
+    struct user_jobs { uint64_t user; atomic_int n; } **users;
+    int nusers, capusers;
 };
 
 typedef struct prep_work {
@@ -125,7 +132,7 @@ void b2d_client_sent(b2d_client *c, size_t bytes)
     do
         next = cur > bytes ? cur - bytes : 0;
     while (!atomic_compare_exchange_weak(&c->unsent, &cur, next));
-    b2d_budget_add(c->budget, -(long long)(cur - next));
+    b2d_budget_add(c->budget, B2D_MEM_OUTPUT, -(long long)(cur - next));
     if (cur > c->out_cap && next <= c->out_cap) b2d_engine_poke(c->core->eng);
 }
 
@@ -152,10 +159,20 @@ int b2d_client_inflight(b2d_client *c)
     return n;
 }
 
-int b2d_core_memory(b2d_core *core, long long n)
+int b2d_core_memory(b2d_core *core, b2d_mem_cat cat, long long n)
 {
-    if (n) b2d_budget_add(&core->budget, n);
+    if (n) b2d_budget_add(&core->budget, cat, n);
     return atomic_load(&core->budget.used) > core->budget.max;
+}
+
+int b2d_core_memory_take(b2d_core *core, b2d_mem_cat cat, size_t n)
+{
+    return b2d_budget_take(&core->budget, cat, n);
+}
+
+long long b2d_core_memory_max(b2d_core *core)
+{
+    return core->budget.max;
 }
 
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id)
@@ -180,6 +197,13 @@ static const b2d_job_ops *ops_of(b2ipc_op op)
     return op == B2IPC_OP_GENERATE ? &b2d_generate_ops : op == B2IPC_OP_FEATURES ? &b2d_features_ops : NULL;
 }
 
+/* Does rq carry an image (inline or by descriptor)? */
+static int has_image(const b2ipc_request *rq)
+{
+    if (rq->op == B2IPC_OP_GENERATE) return rq->generate.image_len || rq->generate.image_fd;
+    return rq->features.image_len || rq->features.image_fd;
+}
+
 /* Every reason to refuse rq from c before any work, in the order
  * docs/protocol.md section 10 step 8 gives.  Under core->mu. */
 /* Bytes a request will hold at most (an estimate from the model's
@@ -193,6 +217,7 @@ static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
                  Q = (size_t)blip2_num_query_tokens(m), Dq = (size_t)blip2_qformer_hidden(m),
                  V = (size_t)blip2_vocab_size(m);
     size_t cost = 4096 + 4 * blip2_pixel_values_len(m) + 4 * (T * Dv + Dv + Q * Dq + blip2_query_embeds_len(m));
+    if (has_image(rq)) cost += B2D_DECODE_RESERVE; /* its decode, up to this much (prepare.c) */
     if (rq->op == B2IPC_OP_GENERATE) {
         const b2ipc_generate *g = &rq->generate;
         size_t rows = Q + (g->prompt ? strlen(g->prompt) : 0) + 1 + g->params.max_new_tokens;
@@ -206,17 +231,41 @@ static size_t job_cost(const b2d_core *core, const b2ipc_request *rq)
     return cost;
 }
 
-/* Requests in flight of every client of user; under core->mu. */
-static int user_inflight(b2d_core *core, uint64_t user)
+/* The job count of user (created at 0 if none; NULL when out of memory);
+ * under core->mu.  Entries at 0 are dropped to make room. */
+static struct user_jobs *user_entry(b2d_core *core, uint64_t user, int create)
 {
-    int n = 0;
-    for (b2d_client *c = core->clients; c; c = c->next)
-        if (c->user == user) {
-            pthread_mutex_lock(&c->mu);
-            n += c->ninf;
-            pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < core->nusers; i++)
+        if (core->users[i]->user == user) return core->users[i];
+    if (!create) return NULL;
+    if (core->nusers == core->capusers) {
+        int k = 0;
+        for (int i = 0; i < core->nusers; i++) {
+            if (atomic_load(&core->users[i]->n) == 0) free(core->users[i]);
+            else core->users[k++] = core->users[i];
         }
-    return n;
+        core->nusers = k;
+    }
+    if (core->nusers == core->capusers) {
+        int cap = core->capusers ? 2 * core->capusers : 8;
+        struct user_jobs **nu = realloc(core->users, sizeof *nu * (size_t)cap);
+        if (!nu) return NULL;
+        core->users = nu;
+        core->capusers = cap;
+    }
+    struct user_jobs *e = malloc(sizeof *e);
+    if (!e) return NULL;
+    e->user = user;
+    atomic_init(&e->n, 0);
+    core->users[core->nusers++] = e;
+    return e;
+}
+
+/* Jobs of user in the pipeline (admitted, not yet freed); under core->mu. */
+static int user_jobs(b2d_core *core, uint64_t user)
+{
+    struct user_jobs *e = user_entry(core, user, 0);
+    return e ? atomic_load(&e->n) : 0;
 }
 
 static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2d_refusal *why)
@@ -241,11 +290,11 @@ static int admit(b2d_client *c, const b2ipc_request *rq, int fd, size_t cost, b2
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight on this connection"};
     else if (core->in_prep + queued >= core->cfg->max_queue)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "the queue is full; retry later"};
-    else if (user_inflight(core, c->user) >= core->cfg->max_inflight_per_uid)
+    else if (user_jobs(core, c->user) >= core->cfg->max_inflight_per_uid)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "too many requests in flight for this user (--max-inflight-per-uid); retry later"};
     else if (cost > (size_t)core->budget.max)
         *why = (b2d_refusal){B2IPC_ETOO_LARGE, NULL, "this request alone needs more memory than blip2d's budget (--max-memory)"};
-    else if (b2d_budget_take(&core->budget, cost) < 0)
+    else if (b2d_budget_take(&core->budget, B2D_MEM_JOBS, cost) < 0)
         *why = (b2d_refusal){B2IPC_EBUSY, NULL, "blip2d's memory budget (--max-memory) is taken by other requests; retry later"};
     else if (rq->op == B2IPC_OP_GENERATE && gp->do_sample && gp->num_beams > 1)
         *why = (b2d_refusal){B2IPC_EUNSUPPORTED, NULL, "beam sampling (do_sample with num_beams > 1) is not supported"};
@@ -363,8 +412,14 @@ int b2d_submit(b2d_client *c, const b2ipc_request *rq, int fd, b2d_refusal *why)
             fd = -1;
             j->budget = &core->budget;
             j->charged = cost;
+            j->decode_reserve = has_image(rq) ? B2D_DECODE_RESERVE : 0;
+            struct user_jobs *e = user_entry(core, j->user, 1);
+            if (e) { /* uncounted if out of memory: nothing worse */
+                atomic_fetch_add(&e->n, 1);
+                j->user_jobs = &e->n;
+            }
         } else {
-            b2d_budget_add(&core->budget, -(long long)cost);
+            b2d_budget_add(&core->budget, B2D_MEM_JOBS, -(long long)cost);
         }
         if (j && b2d_engine_submit(core->eng, b2d_job_ref(j)) < 0) {
             b2d_job_unref(j); /* the engine's */
@@ -529,6 +584,7 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     pthread_mutex_init(&core->mu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
     atomic_init(&core->budget.used, 0);
+    for (int i = 0; i < B2D_MEM_NCAT; i++) atomic_init(&core->budget.by[i], 0);
     core->budget.max = (long long)cfg->max_memory;
     core->env = (b2d_prep_env){core->cache, core->lim.max_image_bytes, &core->budget};
     if (b2d_engine_start(&core->eng, cfg, core->cache) < 0) goto fail_cache;
@@ -660,6 +716,15 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->engine.decode_ms = es.decode_ms;
     st->engine.prefill_steps = es.prefill_steps;
     st->engine.prefill_ms = es.prefill_ms;
+    st->memory.max = (uint64_t)core->budget.max;
+    long long used = atomic_load(&core->budget.used);
+    st->memory.used = used > 0 ? (uint64_t)used : 0;
+    uint64_t *by[B2D_MEM_NCAT] = {&st->memory.jobs, &st->memory.decode, &st->memory.input,
+                                  &st->memory.output, &st->memory.http};
+    for (int i = 0; i < B2D_MEM_NCAT; i++) {
+        long long v = atomic_load(&core->budget.by[i]);
+        *by[i] = v > 0 ? (uint64_t)v : 0;
+    }
 }
 
 void b2d_core_stop(b2d_core *core)
@@ -675,6 +740,8 @@ void b2d_core_free(b2d_core *core)
     assert(core->clients == NULL && core->eng == NULL);
     b2d_model_unref(core->cur);
     b2d_cache_free(core->cache);
+    for (int i = 0; i < core->nusers; i++) free(core->users[i]);
+    free(core->users);
     pthread_mutex_destroy(&core->mu);
     free(core->pool);
     free(core);

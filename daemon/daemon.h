@@ -67,6 +67,7 @@ typedef struct b2d_config {
     size_t max_output;       /* per-connection output buffer before reads pause */
     size_t max_memory;       /* the daemon's memory budget (jobs, frames, output) */
     double frame_timeout;    /* seconds a started frame may take to complete */
+    double idle_timeout;     /* > 0: seconds a connection may hold nothing and send nothing */
     int max_conns_per_uid;   /* connections of one uid */
     int max_inflight_per_uid;/* requests in flight of one uid (all its connections) */
     double idle_exit;        /* > 0: exit after this many idle seconds */
@@ -97,27 +98,38 @@ enum {
     B2D_CANCEL_SHUTDOWN = 3, /* the shutdown deadline */
 };
 
-/* The daemon's memory budget (--max-memory): what jobs, buffered input
- * frames and unsent output hold, in bytes.  Thread-safe. */
+/* The daemon's memory budget (--max-memory): what jobs, decodes in
+ * progress, buffered input frames, unsent output and HTTP bodies hold, in
+ * bytes, in total and by category (b2d_mem_cat, frontend.h: reported by
+ * status).  Thread-safe. */
 typedef struct b2d_budget {
     atomic_llong used;
+    atomic_llong by[B2D_MEM_NCAT];
     long long max;
 } b2d_budget;
 
-/* Takes n bytes if they fit: 0, or -1 (nothing taken). */
-static inline int b2d_budget_take(b2d_budget *b, size_t n)
+/* Takes n bytes for category cat if they fit: 0, or -1 (nothing taken). */
+static inline int b2d_budget_take(b2d_budget *b, b2d_mem_cat cat, size_t n)
 {
     long long cur = atomic_load(&b->used);
     do
         if (cur + (long long)n > b->max) return -1;
     while (!atomic_compare_exchange_weak(&b->used, &cur, cur + (long long)n));
+    atomic_fetch_add(&b->by[cat], (long long)n);
     return 0;
 }
+/* Moves n bytes already charged from category a to b. */
+static inline void b2d_budget_move(b2d_budget *b, b2d_mem_cat a, b2d_mem_cat to, long long n)
+{
+    atomic_fetch_sub(&b->by[a], n);
+    atomic_fetch_add(&b->by[to], n);
+}
 /* Charges (n > 0, even beyond the budget: memory already held) or
- * releases (n < 0). */
-static inline void b2d_budget_add(b2d_budget *b, long long n)
+ * releases (n < 0) for category cat. */
+static inline void b2d_budget_add(b2d_budget *b, b2d_mem_cat cat, long long n)
 {
     atomic_fetch_add(&b->used, n);
+    atomic_fetch_add(&b->by[cat], n);
 }
 
 /* What the preparation of a job may use (pool threads; all immutable or
@@ -125,7 +137,8 @@ static inline void b2d_budget_add(b2d_budget *b, long long n)
 typedef struct b2d_prep_env {
     b2d_cache *cache;
     size_t max_image;        /* bytes of an image read from a descriptor */
-    b2d_budget *budget;      /* an image read from a descriptor is charged */
+    b2d_budget *budget;      /* an image read from a descriptor is charged
+                              * (jobs), a decode while it runs (decode) */
 } b2d_prep_env;
 
 /* What a job kind does at each stage of the pipeline: the scheduler calls
@@ -170,6 +183,10 @@ struct b2d_job {
     b2d_model *model;         /* a reference: the model this request runs on */
     b2d_budget *budget;       /* charged `charged` bytes until the job is freed */
     size_t charged;
+    atomic_int *user_jobs;    /* its user's job count in the core, or NULL:
+                               * decremented when the job is freed */
+    size_t decode_reserve;    /* of charged: what its image's decode may use
+                               * without taking more (B2D_DECODE_RESERVE) */
     /* input (owned) */
     uint8_t *image;
     size_t image_len;
@@ -283,6 +300,25 @@ int b2d_read_image_fd(b2d_job *j, size_t max_image);
  * hit, 0 on a miss (j->px set), or a negative code (j->err set).  Frees
  * the image bytes. */
 int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, float *out, size_t n);
+/* libvips' own memory during one decode besides what scales with the
+ * image: its worker threads' state and the loader's fixed buffers (charged
+ * with room to spare); B2D_DECODE_ROWS rows of the image's width, 4 bytes
+ * a sample, are added for the regions of libvips' threads and the
+ * resize's rows. */
+#define B2D_DECODE_SCRATCH ((size_t)2 << 20)
+#define B2D_DECODE_ROWS 64
+/* What every request with an image is charged at admission for its decode
+ * (B2D_DECODE_SCRATCH and about a 640x480 image): a larger image takes the
+ * rest from the budget when its header has been read, before decoding,
+ * and gets busy (or too_large) if it does not fit; all of it is given
+ * back when the decode is over. */
+#define B2D_DECODE_RESERVE (B2D_DECODE_SCRATCH + ((size_t)1 << 20))
+/* The memory a decode of the image info describes holds at its peak, as
+ * charged to the budget (B2D_MEM_DECODE) while it runs: the loader's
+ * estimate from the header (blip2_image_probe: the decoded RGB and what
+ * the decoder keeps of the whole image), the rotated copy for an EXIF
+ * orientation, B2D_DECODE_SCRATCH and B2D_DECODE_ROWS rows. */
+size_t b2d_decode_cost(const blip2_image_info *info);
 /* The key of the cache entry `tag` of an image key (tag NULL: key). */
 void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32]);
 

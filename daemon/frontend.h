@@ -111,13 +111,27 @@ int b2d_client_inflight(b2d_client *c);
  * Returns 0 if target is not in flight (nothing comes through the sink). */
 int b2d_cancel(b2d_client *c, uint64_t target, const uint64_t *reply_id);
 
+/* What a charge to the daemon's memory budget is for (status reports
+ * each): admitted requests (jobs), image decodes in progress (decode),
+ * partial input frames (input), unsent replies (output), HTTP request
+ * bodies and the images decoded from their data: URLs (http). */
+typedef enum b2d_mem_cat {
+    B2D_MEM_JOBS, B2D_MEM_DECODE, B2D_MEM_INPUT, B2D_MEM_OUTPUT, B2D_MEM_HTTP,
+    B2D_MEM_NCAT
+} b2d_mem_cat;
+
 /* The daemon's memory budget (--max-memory), for what a front end holds
- * of its peers' input (partial request frames): charges n bytes (n > 0)
- * or releases them (n < 0).  Returns 1 while the budget is exceeded
- * (stop taking input that would grow), else 0.  Requests are charged by
- * b2d_submit (refused with busy beyond the budget), unsent replies by
- * the sink's return value. */
-int b2d_core_memory(b2d_core *core, long long n);
+ * of its peers' input (partial request frames, HTTP bodies): charges n
+ * bytes (n > 0) or releases them (n < 0) under category cat.  Returns 1
+ * while the budget is exceeded (stop taking input that would grow), else
+ * 0.  Requests are charged by b2d_submit (refused with busy beyond the
+ * budget), unsent replies by the sink's return value. */
+int b2d_core_memory(b2d_core *core, b2d_mem_cat cat, long long n);
+/* Takes n bytes for cat only if they fit the budget: 0, or -1 (nothing
+ * taken: answer busy, or too_large when n alone exceeds the budget). */
+int b2d_core_memory_take(b2d_core *core, b2d_mem_cat cat, size_t n);
+/* The budget in bytes. */
+long long b2d_core_memory_max(b2d_core *core);
 
 /* The size limits requests are validated against. */
 const b2ipc_limits *b2d_core_limits(b2d_core *core);

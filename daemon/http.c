@@ -422,7 +422,26 @@ static enum MHD_Result generate(b2d_http *h, struct MHD_Connection *c, hreq *r, 
         return fail(c, r, 503, "shutting_down", "blip2d is stopping");
     }
     g->rq.generate.stream = true; /* token events time the answer (metrics) and feed SSE */
-    if (b2d_backend_submit(h->backend, peer_key(c), &g->rq, &job, &e) < 0) {
+    /* the image bytes (decoded from a data: URL, or the caption body's
+     * copy) are charged to the memory budget until the job holds its own
+     * copy (charged by the core) */
+    size_t held = g->image_len;
+    int took = held ? b2d_backend_memory_take(h->backend, held) : 0;
+    if (took < 0) {
+        b2d_gen_free(g);
+        return took == -2 ? fail(c, r, 413, "too_large", "the image alone needs more memory than the "
+                                 "daemon's budget (--max-memory)")
+                          : fail(c, r, 429, "busy", "the daemon's memory budget (--max-memory) is in use; try "
+                                 "again shortly");
+    }
+    int sub_rc = b2d_backend_submit(h->backend, peer_key(c), &g->rq, &job, &e);
+    free(g->image); /* the job has its copy */
+    g->image = NULL;
+    g->image_len = 0;
+    g->rq.generate.image = NULL;
+    g->rq.generate.image_len = 0;
+    if (held) b2d_backend_memory(h->backend, -(long long)held);
+    if (sub_rc < 0) {
         b2d_gen_free(g);
         return send_error(c, r, &e);
     }

@@ -71,6 +71,11 @@ const b2ipc_limits *b2d_backend_limits(b2d_backend *b);
  * releases (n < 0) what the HTTP thread holds of a request body; 1 while
  * the budget is exceeded. */
 int b2d_backend_memory(b2d_backend *b, long long n);
+/* Takes n bytes of the budget for an image decoded from a data: URL (held
+ * until the request's job has its own copy; b2d_backend_memory(-n) gives
+ * them back): 0, -1 when they do not fit now (busy), -2 when n alone is
+ * above the budget (too large). */
+int b2d_backend_memory_take(b2d_backend *b, size_t n);
 
 /* ---- metrics (http_metrics.c) ---- */
 

@@ -187,7 +187,13 @@ int b2d_backend_status(b2d_backend *b, b2ipc_reply *rp, b2d_status_text *txt, b2
 
 int b2d_backend_memory(b2d_backend *b, long long n)
 {
-    return b2d_core_memory(b->core, n);
+    return b2d_core_memory(b->core, B2D_MEM_HTTP, n);
+}
+
+int b2d_backend_memory_take(b2d_backend *b, size_t n)
+{
+    if ((long long)n > b2d_core_memory_max(b->core)) return -2;
+    return b2d_core_memory_take(b->core, B2D_MEM_HTTP, n);
 }
 
 const b2ipc_limits *b2d_backend_limits(b2d_backend *b)

@@ -192,6 +192,14 @@ char *b2d_metrics_render(b2d_metrics *m, const b2ipc_reply *st, size_t *len)
             (double)s->engine.decode_tokens);
         put(o, "blip2d_decode_seconds_total", "counter", "Time of decode-only steps.", s->engine.decode_ms / 1000);
         put(o, "blip2d_prefill_seconds_total", "counter", "Time of steps with a prefill.", s->engine.prefill_ms / 1000);
+        put(o, "blip2d_memory_budget_bytes", "gauge", "The memory budget (--max-memory).", (double)s->memory.max);
+        g_string_append(o, "# HELP blip2d_memory_used_bytes Bytes charged to the memory budget now, by what holds them.\n"
+                           "# TYPE blip2d_memory_used_bytes gauge\n");
+        const char *cats[] = {"jobs", "decode", "input", "output", "http"};
+        const uint64_t by[] = {s->memory.jobs, s->memory.decode, s->memory.input, s->memory.output, s->memory.http};
+        for (int i = 0; i < 5; i++)
+            g_string_append_printf(o, "blip2d_memory_used_bytes{kind=\"%s\"} %llu\n", cats[i],
+                                   (unsigned long long)by[i]);
         put(o, "blip2d_uptime_seconds", "gauge", "Since the daemon started.", (double)s->uptime_ms / 1000);
     } else {
         put(o, "blip2d_up", "gauge", "1 when the daemon's scheduler answers.", 0);

@@ -136,8 +136,9 @@ void b2d_job_unref(b2d_job *j)
     free(j->n_ids);
     free(j->cap_ids);
     b2d_model_unref(j->model);
+    if (j->user_jobs) atomic_fetch_sub(j->user_jobs, 1);
     b2d_client_unref(j->client);
-    if (j->budget) b2d_budget_add(j->budget, -(long long)j->charged);
+    if (j->budget) b2d_budget_add(j->budget, B2D_MEM_JOBS, -(long long)j->charged);
     free(j);
 }
 
@@ -169,7 +170,7 @@ void b2d_job_emit(b2d_job *j, const b2ipc_reply *rp, int terminal)
             bytes += c->sink.reply(c->ctx, &cr, 1);
         }
         atomic_fetch_add(&c->unsent, bytes);
-        b2d_budget_add(c->budget, (long long)bytes);
+        b2d_budget_add(c->budget, B2D_MEM_OUTPUT, (long long)bytes);
     }
     pthread_mutex_unlock(&c->mu);
     if (terminal) atomic_fetch_add(c->served, 1);

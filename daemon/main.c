@@ -49,9 +49,11 @@ static void usage(FILE *f)
         "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
         "      --max-pixels N      refuse images above N pixels (default 67108864 = 64 Mpx;\n"
         "                          a 100 Mpx camera needs 100000000)\n"
-        "      --precision P       math of the many-row products: f32, bf16 or auto (default;\n"
-        "                          env BLIP2_PRECISION): a GGUF of a reduced type computes in\n"
-        "                          bf16 where the CPU has native bf16, everything else in f32\n"
+        "      --precision P       math of the many-row products: f32, bf16, int8 or auto\n"
+        "                          (default; env BLIP2_PRECISION): a GGUF of a reduced type\n"
+        "                          computes in bf16 where the CPU has native bf16, all else in\n"
+        "                          f32; int8: the vision MLP and projection in u8 x s8\n"
+        "                          (VNNI; a private int8 copy of them), the rest as auto\n"
         "  -s, --socket PATH       socket to create (default: $XDG_RUNTIME_DIR/blip2.sock,\n"
         "                          or /run/blip2/blip2.sock for root)\n"
         "  -t, --threads N         compute threads (default: all cores)\n"
@@ -73,6 +75,8 @@ static void usage(FILE *f)
         "                          of the RAM, 256 MiB to 16 GiB)\n"
         "      --frame-timeout S   close a connection whose request frame is not complete\n"
         "                          S seconds after it started (default 30)\n"
+        "      --idle-timeout S    close a connection with nothing in flight that sent\n"
+        "                          nothing for S seconds (default 3600, 0 = never)\n"
         "      --max-connections-per-uid N  connections of one user; beyond it the user's\n"
         "                          oldest idle one is closed, else 'busy' (default 3/4 of\n"
         "                          --max-connections)\n"
@@ -231,13 +235,14 @@ int main(int argc, char **argv)
     enum { O_QUEUE = 256, O_BATCH, O_FRAME, O_CACHE, O_CONNS, O_SHUT, O_OUTPUT, O_STALL, O_INFLIGHT, O_IDLE, O_AUID, O_AGID, O_VERSION,
            O_WCACHE, O_WTYPE, O_NOWCACHE, O_MLOCK, O_CHUNK, O_MEM, O_FTIME, O_UCONNS, O_UINFL,
            O_Q_URL, O_Q_GROUP, O_Q_CONSUMER, O_Q_WINDOW, O_Q_IDLE, O_Q_TRIES, O_Q_PATHS, O_MAXPX,
-           O_HTTP, O_HTOKEN, O_HCONNS, O_HBODY, O_HTIMEOUT, O_PREC };
+           O_HTTP, O_HTOKEN, O_HCONNS, O_HBODY, O_HTIMEOUT, O_PREC, O_ITIME };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"socket", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-batch", required_argument, 0, O_BATCH}, {"max-frame", required_argument, 0, O_FRAME},
         {"prefill-chunk", required_argument, 0, O_CHUNK},
         {"max-memory", required_argument, 0, O_MEM}, {"frame-timeout", required_argument, 0, O_FTIME},
+        {"idle-timeout", required_argument, 0, O_ITIME},
         {"max-connections-per-uid", required_argument, 0, O_UCONNS},
         {"max-inflight-per-uid", required_argument, 0, O_UINFL},
         {"cache-mb", required_argument, 0, O_CACHE}, {"max-connections", required_argument, 0, O_CONNS},
@@ -264,7 +269,7 @@ int main(int argc, char **argv)
         .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_queue = 64, .max_batch = 8, .prefill_chunk = 16,
         .max_frame = B2IPC_DEFAULT_MAX_FRAME, .cache_bytes = 64u << 20, .max_connections = 256,
         .max_inflight = 64, .shutdown_timeout = 10, .stall_timeout = 30, .max_output = 4u << 20,
-        .frame_timeout = 30, .max_conns_per_uid = -1, .max_inflight_per_uid = -1,
+        .frame_timeout = 30, .idle_timeout = 3600, .max_conns_per_uid = -1, .max_inflight_per_uid = -1,
         .queue = {.idle_s = 60, .max_tries = 3},
     };
     b2d_http_config hcfg = { .max_connections = 16, .max_body = 16u << 20, .max_header = 32u << 10,
@@ -284,6 +289,7 @@ int main(int argc, char **argv)
         case O_CHUNK: cfg.prefill_chunk = (int)num(optarg, "--prefill-chunk", 0, 1 << 20); break;
         case O_MEM: cfg.max_memory = (size_t)num(optarg, "--max-memory", 1l << 20, 1l << 46); break;
         case O_FTIME: cfg.frame_timeout = (double)num(optarg, "--frame-timeout", 1, 86400); break;
+        case O_ITIME: cfg.idle_timeout = (double)num(optarg, "--idle-timeout", 0, 86400 * 365); break;
         case O_UCONNS: cfg.max_conns_per_uid = (int)num(optarg, "--max-connections-per-uid", 1, 1 << 16); break;
         case O_UINFL: cfg.max_inflight_per_uid = (int)num(optarg, "--max-inflight-per-uid", 1, 1 << 20); break;
         case O_FRAME: cfg.max_frame = (size_t)num(optarg, "--max-frame", 1024, 1l << 31); break;
@@ -314,8 +320,9 @@ int main(int argc, char **argv)
         case O_HBODY: hcfg.max_body = (size_t)num(optarg, "--http-max-body", 1024, 1l << 31); break;
         case O_HTIMEOUT: hcfg.timeout = (int)num(optarg, "--http-timeout", 1, 86400); break;
         case O_PREC:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto")) {
-                fprintf(stderr, "blip2d: --precision: '%s' is not f32, bf16 or auto\n", optarg);
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "int8") &&
+                strcmp(optarg, "auto")) {
+                fprintf(stderr, "blip2d: --precision: '%s' is not f32, bf16, int8 or auto\n", optarg);
                 return 2;
             }
             cfg.load.precision = optarg;

@@ -56,7 +56,7 @@ int b2d_read_image_fd(b2d_job *j, size_t max_image)
         return b2d_job_fail(j, B2IPC_ETOO_LARGE, "image_fd: the file has %lld bytes, more than the limit %zu",
                             (long long)st.st_size, max_image);
     if (st.st_size == 0) return b2d_job_fail(j, B2IPC_EBAD_IMAGE, "image_fd: the file is empty");
-    if (b2d_budget_take(j->budget, (size_t)st.st_size) < 0)
+    if (b2d_budget_take(j->budget, B2D_MEM_JOBS, (size_t)st.st_size) < 0)
         return b2d_job_fail(j, B2IPC_EBUSY, "blip2d's memory budget (--max-memory) is taken by other requests; retry later");
     j->charged += (size_t)st.st_size;
     j->image = malloc((size_t)st.st_size);
@@ -103,6 +103,14 @@ void b2d_cache_key(const uint8_t key[32], const char *tag, uint8_t out[32])
     g_checksum_free(ck);
 }
 
+size_t b2d_decode_cost(const blip2_image_info *info)
+{
+    size_t px = (size_t)info->width * (size_t)info->height;
+    size_t w = (size_t)(info->width > info->height ? info->width : info->height);
+    return info->decode_bytes + (info->orientation > 1 ? 3 * px : 0) + B2D_DECODE_SCRATCH +
+           B2D_DECODE_ROWS * w * 3 * 4;
+}
+
 /* The decode of j's image stops once j is canceled for good: its client
  * has gone (or shutdown), or a cancel stops its kind (generate). */
 static int image_stop_cb(void *ud)
@@ -125,8 +133,32 @@ int b2d_prepare_image(b2d_job *j, const b2d_prep_env *env, const char *tag, floa
             return b2d_job_fail(j, B2IPC_ENOMEM, "out of memory");
         blip2_error err = {0};
         blip2_image_opts io = {.stop = image_stop_cb, .stop_ud = j};
-        int rc = blip2_preprocess(m, j->image, j->image_len, &io, j->px, &err);
+        /* what the decode will hold, from the header: beyond the reserve
+         * charged at admission, taken from the budget before any pixel is
+         * decoded; all of it is given back when the decode is over */
+        blip2_image_info info;
+        int rc = blip2_image_probe(j->image, j->image_len, &io, &info, &err);
         if (rc < 0) return b2d_job_fail(j, b2d_ipc_code(rc), "%s", err.text);
+        size_t cost = b2d_decode_cost(&info), reserve = j->decode_reserve;
+        size_t extra = cost > reserve ? cost - reserve : 0;
+        if (extra && b2d_budget_take(env->budget, B2D_MEM_DECODE, extra) < 0)
+            return (long long)cost > env->budget->max
+                       ? b2d_job_fail(j, B2IPC_ETOO_LARGE, "image: decoding this %dx%d %s needs %zu MiB, more than "
+                                      "blip2d's memory budget (--max-memory)", info.width, info.height, info.format,
+                                      cost >> 20)
+                       : b2d_job_fail(j, B2IPC_EBUSY, "blip2d's memory budget (--max-memory) is taken by other "
+                                      "requests' images; retry later");
+        b2d_budget_move(env->budget, B2D_MEM_JOBS, B2D_MEM_DECODE, (long long)reserve);
+        rc = blip2_preprocess(m, j->image, j->image_len, &io, j->px, &err);
+        b2d_budget_add(env->budget, B2D_MEM_DECODE, -(long long)(extra + reserve));
+        j->charged -= reserve;
+        j->decode_reserve = 0;
+        if (rc < 0) return b2d_job_fail(j, b2d_ipc_code(rc), "%s", err.text);
+    }
+    if (j->decode_reserve) { /* a cache hit: no decode */
+        b2d_budget_add(env->budget, B2D_MEM_JOBS, -(long long)j->decode_reserve);
+        j->charged -= j->decode_reserve;
+        j->decode_reserve = 0;
     }
     free(j->image);
     j->image = NULL;

@@ -66,6 +66,7 @@ typedef struct conn {
     size_t in_charged;     /* the reader's memory, charged to the budget */
     double frame_t0;       /* when the partial frame being read started (0: none) */
     double t_active;       /* when it last sent bytes */
+    double t_busy;         /* when it last held something (a request, a partial frame, output) */
     int paused, stalled;
     uid_t uid;
     gid_t gid;
@@ -248,7 +249,7 @@ static void conn_update_poll(conn *c)
         uv_timer_stop(&c->stall);
     }
     /* over the memory budget, a partial frame waits (--frame-timeout bounds it) */
-    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, 0);
+    int starved = b2ipc_reader_pending(&c->rd) > 0 && b2d_core_memory(c->srv->core, B2D_MEM_INPUT, 0);
     c->paused = full || starved;
     int ev = (c->paused ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
     if (ev) uv_poll_start(&c->poll, ev, poll_cb);
@@ -360,6 +361,13 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
 
 /* ---- connection I/O ---- */
 
+/* Does c hold nothing: no request in flight, no partial frame, no unsent
+ * output? */
+static int conn_idle(conn *c)
+{
+    return b2d_client_inflight(c->client) == 0 && !b2ipc_reader_pending(&c->rd) && c->out_off == c->out_len;
+}
+
 static void on_readable(conn *c)
 {
     uint8_t buf[65536];
@@ -419,7 +427,7 @@ static void on_readable(conn *c)
         c->t_active = b2d_now_ms();
         if (b2ipc_reader_pending(&c->rd) && !c->frame_t0) c->frame_t0 = c->t_active;
         size_t mem = b2ipc_reader_memory(&c->rd);
-        int over = b2d_core_memory(c->srv->core, (long long)mem - (long long)c->in_charged);
+        int over = b2d_core_memory(c->srv->core, B2D_MEM_INPUT, (long long)mem - (long long)c->in_charged);
         c->in_charged = mem;
         if (over && b2ipc_reader_pending(&c->rd)) return; /* conn_update_poll pauses it */
     }
@@ -479,7 +487,7 @@ static void conn_close(conn *c, const char *why)
     s->nconns--;
     int canceled = b2d_client_close(c->client); /* no reply reaches it from here */
     c->client = NULL;
-    b2d_core_memory(s->core, -(long long)c->in_charged);
+    b2d_core_memory(s->core, B2D_MEM_INPUT, -(long long)c->in_charged);
     c->in_charged = 0;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
     c->nfds = 0;
@@ -536,8 +544,7 @@ static int user_full(struct b2d_server *s, uid_t uid)
     for (conn *c = s->conns; c; c = c->next) {
         if (c->uid != uid) continue;
         n++;
-        if (b2d_client_inflight(c->client) == 0 && !b2ipc_reader_pending(&c->rd) && c->out_off == c->out_len &&
-            (!idle || c->t_active < idle->t_active))
+        if (conn_idle(c) && (!idle || c->t_active < idle->t_active))
             idle = c;
     }
     if (n < s->cfg->max_conns_per_uid) return 0;
@@ -621,7 +628,7 @@ static void accept_cb(uv_poll_t *h, int status, int events)
         c->id = ++s->next_conn_id;
         c->fd = fd;
         c->uid = cr.uid;
-        c->t_active = b2d_now_ms();
+        c->t_active = c->t_busy = b2d_now_ms();
         c->proto = 1;
         c->gid = cr.gid;
         c->pid = cr.pid;
@@ -778,12 +785,19 @@ static void tick_cb(uv_timer_t *t)
         malloc_trim(0);
 #endif
     s->trimmed = no_work;
-    /* partial frames past --frame-timeout; reads paused for memory retried */
+    /* partial frames past --frame-timeout; connections that held nothing
+     * and sent nothing for --idle-timeout; reads paused for memory retried */
+    double t_now = b2d_now_ms();
     for (conn *c = s->conns, *next; c; c = next) {
         next = c->next;
-        if (c->frame_t0 && !c->stalled && b2d_now_ms() - c->frame_t0 > s->cfg->frame_timeout * 1000) {
+        int idle_c = conn_idle(c);
+        if (!idle_c) c->t_busy = t_now;
+        double quiet = t_now - (c->t_busy > c->t_active ? c->t_busy : c->t_active);
+        if (c->frame_t0 && !c->stalled && t_now - c->frame_t0 > s->cfg->frame_timeout * 1000) {
             send_error(c, 0, 0, B2IPC_EBUSY, NULL, "the request frame was not completed in time (--frame-timeout); closing the connection");
             conn_close(c, "a request frame was not completed in time");
+        } else if (s->cfg->idle_timeout > 0 && idle_c && quiet > s->cfg->idle_timeout * 1000) {
+            conn_close(c, "idle for --idle-timeout");
         } else {
             conn_update_poll(c);
         }

@@ -346,6 +346,13 @@ typedef struct b2ipc_status {
         uint64_t decode_steps, decode_tokens, prefill_steps;
         double decode_ms, prefill_ms;
     } engine;
+    /* The memory budget (--max-memory; optional on the wire, zero if
+     * absent): its size, the bytes charged now, and by what: admitted
+     * requests, image decodes in progress, partial input frames, unsent
+     * replies, HTTP bodies and their images. */
+    struct {
+        uint64_t max, used, jobs, decode, input, output, http;
+    } memory;
 } b2ipc_status;
 
 /* One tensor of a features reply.  data holds numel * 4 bytes, little-

@@ -166,6 +166,12 @@ static const b2ipc__field b2ipc__engine_f[] = {
 };
 SCHEMA(b2ipc__engine, "engine.", b2ipc__engine_f, false);
 
+#define MEM(nm) FIELD(#nm, U64, 0, RP(status.memory.nm), NA, 0, NOLIM)
+static const b2ipc__field b2ipc__memory_f[] = {
+    MEM(max), MEM(used), MEM(jobs), MEM(decode), MEM(input), MEM(output), MEM(http),
+};
+SCHEMA(b2ipc__memory, "memory.", b2ipc__memory_f, false);
+
 #define ST32(nm) FIELD(#nm, U32, REQ, RP(status.nm), NA, 0, U32MAX)
 static const b2ipc__field b2ipc__status_rep_f[] = {
     FIELD("version", STR, REQ, RP(status.version), NA, 0, 256),
@@ -182,6 +188,8 @@ static const b2ipc__field b2ipc__status_rep_f[] = {
       .hi = NOLIM, .sub = &b2ipc__cache },
     { .name = "engine", .kind = B2IPC__K_MAP, .flags = 0, .aux = NA,
       .hi = NOLIM, .sub = &b2ipc__engine },
+    { .name = "memory", .kind = B2IPC__K_MAP, .flags = 0, .aux = NA,
+      .hi = NOLIM, .sub = &b2ipc__memory },
 };
 
 static const b2ipc__field b2ipc__cancel_rep_f[] = {

@@ -56,9 +56,11 @@ static void usage(FILE *f)
         "  -t, --threads N            compute threads (default: all cores)\n"
         "      --json                 print {\"text\", \"ids\", \"finish\", \"image\"} per input\n"
         "      --dump-tensors FILE    write the intermediate tensors to a safetensors file\n"
-        "      --precision P          math of the many-row products: f32, bf16 or auto (default;\n"
-        "                             env BLIP2_PRECISION): a GGUF of a reduced type computes in\n"
-        "                             bf16 where the CPU has native bf16, everything else in f32\n"
+        "      --precision P          math of the many-row products: f32, bf16, int8 or auto\n"
+        "                             (default; env BLIP2_PRECISION): a GGUF of a reduced type\n"
+        "                             computes in bf16 where the CPU has native bf16, all else in\n"
+        "                             f32; int8: the vision MLP and projection in u8 x s8\n"
+        "                             (VNNI; a private int8 copy of them), the rest as auto\n"
         "  -v, --verbose              print the math chosen at load, and oneDNN's products, to stderr\n"
         "  -h, --help                 this help\n"
         "  -V, --version              print the version\n"
@@ -270,8 +272,9 @@ int main(int argc, char **argv)
         case O_JSON: json = 1; break;
         case O_DUMP: dump = optarg; break;
         case O_PREC:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "auto")) {
-                fprintf(stderr, "blip2-infer: --precision: '%s' is not f32, bf16 or auto\n", optarg);
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16") && strcmp(optarg, "int8") &&
+                strcmp(optarg, "auto")) {
+                fprintf(stderr, "blip2-infer: --precision: '%s' is not f32, bf16, int8 or auto\n", optarg);
                 return 2;
             }
             lo.precision = optarg;

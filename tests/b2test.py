@@ -181,6 +181,7 @@ def start(*extra, tmp, model=None, sock=None, log="daemon.log", wait=30, bail=No
     p = subprocess.Popen([BLIP2D, "--model", model, "--socket", sock, "-q"] + list(extra),
                          stdout=logf, stderr=logf)
     logf.close()
+    p.b2_log = os.path.join(tmp, log)
     end = time.monotonic() + wait * SCALE
     while time.monotonic() < end:
         if os.path.exists(sock):
@@ -203,14 +204,27 @@ def start(*extra, tmp, model=None, sock=None, log="daemon.log", wait=30, bail=No
 
 def stop(p, wait=15):
     """SIGTERM to the daemon p; its exit status, or -9 when it had to be
-    killed after wait * SCALE seconds."""
+    killed after wait * SCALE seconds.  A status other than 0 is shown
+    with the end of the daemon's log (TAP comments), for the failure's
+    cause."""
     p.send_signal(signal.SIGTERM)
     try:
-        return p.wait(wait * SCALE)
+        st = p.wait(wait * SCALE)
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
-        return -9
+        st = -9
+    if st != 0:
+        print("# blip2d exited with status %d%s" % (st, " (killed: no exit within %g s)" % (wait * SCALE)
+                                                     if st == -9 else ""), flush=True)
+        try:
+            with open(p.b2_log, "rb") as f:
+                tail = f.read()[-3000:].decode("utf-8", "replace")
+            for line in tail.splitlines()[-40:]:
+                print("#   " + line, flush=True)
+        except (AttributeError, OSError):
+            pass
+    return st
 
 
 def ctl(sock, *args, stdin=None, timeout=300):

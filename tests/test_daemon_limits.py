@@ -11,12 +11,14 @@
 #   finding 5: features work of a client that has gone is dropped, image
 #     decoding included
 #   finding 3: the memory budget (--max-memory) refuses requests with busy
-#     (or too_large) instead of growing; a partial frame is dropped after
+#     (or too_large) instead of growing, image decodes included (charged
+#     from the header before decoding); status reports its use by category; a partial frame is dropped after
 #     --frame-timeout; one uid's connections (--max-connections-per-uid,
 #     its idle ones make room) and requests (--max-inflight-per-uid) are
-#     capped
+#     capped; a connection that holds nothing and sends nothing is closed
+#     after --idle-timeout
 # TAP output.  Environment: BLIP2_TEST_TIMEOUT_SCALE (see b2test.py).
-import os, socket, sys, tempfile, time
+import json, os, socket, struct, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from b2test import G, SCALE, Client, ok, finish, pack, start, stop, image, require_msgpack, wait_status
@@ -232,6 +234,67 @@ if proc:
 else:
     ok(False, "blip2d --max-memory")
 
+# decoding is charged too: from the header, before a pixel is decoded; and
+# status reports the budget (total, used, by category)
+proc, SOCK = start_or_none("--max-memory", str(40 << 20), "--max-batch", "1", tmp=TMP, log="daemon-dec.log")
+if proc:
+    import subprocess
+    from b2test import CTL
+    cl = Client(SOCK)
+    st0 = cl.call({"id": 1, "op": "status"})
+    mem0 = st0.get("memory", {})
+    ok(mem0.get("max") == 40 << 20 and mem0.get("used") == 0,
+       "status: memory.max is --max-memory, nothing used when idle (%s)" % mem0)
+    # 4000x4000: 48 MB of RGB (and libvips' scratch), above the 40 MiB budget
+    r = cl.call({"id": 2, "op": "generate", "image": png(1, 4000), "max_new_tokens": 5})
+    ok(r["type"] == "error" and r["code"] == "too_large" and "--max-memory" in r["message"]
+       and "4000x4000" in r["message"], "a decode that alone needs more than --max-memory: too_large (%s)" %
+       r.get("message"))
+    # 2500x2500 (19 MB) fits alone, not beside a 24 MiB partial frame
+    holder = Client(SOCK)
+    holder.raw(struct.pack(">I", 30 << 20) + b"\x85" + b"\0" * (24 << 20))
+    held, st = wait_status(cl, lambda s: s["memory"]["input"] >= 24 << 20, 20, rid=3)
+    ok(held and st["memory"]["used"] >= st["memory"]["input"],
+       "status: a partial frame is charged as input (%s)" % st.get("memory"))
+    r = cl.call({"id": 4, "op": "generate", "image": png(2, 2500), "max_new_tokens": 5})
+    ok(r["type"] == "error" and r["code"] == "busy" and "--max-memory" in r["message"],
+       "a decode that does not fit beside what others hold: busy (%s)" % r.get("message"))
+    holder.close()
+    # what stays: the input buffers of the open connections (the asking
+    # one's status frame, a few bytes)
+    idle = lambda s: s["memory"]["used"] == s["memory"]["input"] < 4096 and s["active"] == 0
+    freed, st = wait_status(cl, idle, 20, rid=5)
+    ok(freed, "the partial frame's memory is given back when its connection closes (%s)" % st.get("memory"))
+    r = cl.call({"id": 6, "op": "generate", "image": png(2, 2500), "max_new_tokens": 5})
+    ok(r["type"] == "done", "the same decode once memory is free: done (%s)" % r.get("code"))
+    # a job holds memory while it runs; all of it comes back after
+    cl.send({"id": 7, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    while cl.recv().get("type") != "token":
+        pass
+    other = Client(SOCK)
+    st = other.call({"id": 1, "op": "status"})["memory"]
+    ctl = subprocess.run([CTL, "--socket", SOCK, "status", "--json"], capture_output=True, text=True)
+    try:
+        cj = json.loads(ctl.stdout).get("memory", {})
+    except ValueError:
+        cj = {}
+    txt = subprocess.run([CTL, "--socket", SOCK, "status"], capture_output=True, text=True).stdout
+    ok(st["used"] > 0 and st["jobs"] > 0 and st["used"] == sum(st[k] for k in
+                                                              ("jobs", "decode", "input", "output", "http")),
+       "status while a generate runs: used %d > 0, the sum of its categories (%s)" % (st["used"], st))
+    ok(cj.get("max") == 40 << 20 and cj.get("jobs", 0) > 0 and "memory:" in txt and "of 40.0 MiB" in txt,
+       "blip2ctl status (and --json) report the budget: %s / %s" %
+       (cj, [l for l in txt.splitlines() if l.startswith("memory")]))
+    drain(cl, 7)
+    back, st = wait_status(other, idle, 20, rid=2)
+    ok(back, "after it: memory.used back to the baseline, the open connections' input buffers (%s)" %
+       st.get("memory"))
+    cl.close()
+    other.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --max-memory (decoding)")
+
 proc, SOCK = start_or_none("--frame-timeout", "1", tmp=TMP, log="daemon-frame.log")
 if proc:
     slow = Client(SOCK)
@@ -250,6 +313,63 @@ if proc:
     ok(stop(proc) == 0, "exit 0")
 else:
     ok(False, "blip2d --frame-timeout")
+
+# --idle-timeout: a connection holding nothing and sending nothing is closed;
+# one with a request in flight, or one that keeps talking, is not
+proc, SOCK = start_or_none("--idle-timeout", "1", "--max-batch", "1", tmp=TMP, log="daemon-idle.log")
+if proc:
+    def closed_within(cl, secs):
+        cl.s.settimeout(secs * SCALE)
+        try:
+            return cl.s.recv(1) == b""
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+    quiet = Client(SOCK)
+    busy = Client(SOCK)
+    busy.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+    ok(closed_within(quiet, 15), "a connection that sends nothing and holds nothing is closed after --idle-timeout")
+    talk = Client(SOCK)
+    alive = True
+    for k in range(6):  # 3 s: three idle timeouts
+        time.sleep(0.5)
+        alive = alive and talk.call({"id": 10 + k, "op": "ping"}).get("type") == "pong"
+    ok(alive, "a connection that keeps sending is not closed")
+    busy.s.settimeout(10 * SCALE)
+    try:  # after 3 s of silence: still open (it answers a ping between its tokens)
+        busy.send({"id": 99, "op": "ping"})
+        while True:
+            got = busy.recv()
+            if got is None or got.get("id") == 99:
+                break
+    except (OSError, EOFError):
+        got = None
+    ok(got is not None and got.get("type") == "pong",
+       "a connection with a request in flight (sending nothing for 3 s) is not closed")
+    drain(busy, 1)
+    ok(closed_within(busy, 15), "once its request is over, it is closed after --idle-timeout too")
+    talk.close()
+    # blip2ctl chat outlives it: a question after the daemon closed its idle
+    # connection goes on a new one
+    import subprocess
+    from b2test import CTL
+    chat = subprocess.Popen([CTL, "--socket", SOCK, "chat", os.path.join(G, "images", "chelsea.png")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chat.stdin.write(b"what is it?\n")
+    chat.stdin.flush()
+    first = chat.stdout.readline()
+    time.sleep(2.5)  # more than --idle-timeout: the daemon has closed the connection
+    chat.stdin.write(b"and now?\n")
+    chat.stdin.close()
+    second = chat.stdout.readline()
+    cerr = chat.stderr.read()
+    ok(chat.wait(60 * SCALE) == 0 and first.strip() and second.strip(),
+       "blip2ctl chat asks its next question on a new connection after the daemon closed the idle one "
+       "(%r, %r, %r)" % (first, second, cerr[-300:]))
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --idle-timeout")
 
 proc, SOCK = start_or_none("--max-connections-per-uid", "3", "--max-inflight-per-uid", "4", "--max-batch", "1",
                            tmp=TMP, log="daemon-uid.log")

@@ -17,15 +17,19 @@
 #            replies unread), reconnecting as they are dropped
 #   checks:  the daemon is alive; every honest result equals the serial
 #            one; the honest median latency is at most 3x the quiet one;
-#            the daemon's peak RSS (VmHWM) stays under HOSTILE_RSS_MB; once
+#            the daemon's peak RSS (VmHWM) stays under its RSS before the
+#            hostile load plus its memory budget (--max-memory, HOSTILE_BUDGET_MB)
+#            plus the feature cache (64 MiB), and under HOSTILE_RSS_MB; once
 #            the hostile process is gone, the daemon's descriptors return to
 #            their count before it (no leak)
 #
 # Environment: BLIP2_HOSTILE=1 runs the full version (200 hostile
 # connections, 30 s hostile, 15 s quiet); BLIP2_HOSTILE=short a short one
 # (40 connections, 8 s) that fits make check; unset, the test is skipped.  HOSTILE_CONNS, HOSTILE_SECONDS and
-# HOSTILE_RSS_MB (default 1024) override.  Prints the figures as TAP
-# comments.
+# HOSTILE_RSS_MB (default 1024) and HOSTILE_BUDGET_MB (default 1024)
+# override.  Prints the figures (medians and their ratio, peak RSS against
+# the bound, descriptors, the machine's load average) as TAP comments.
+# Run: BLIP2_HOSTILE=1 make check TESTS=tests/test_hostile.py
 import os, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +47,8 @@ if MODE not in ("1", "short") and not (len(sys.argv) > 1 and sys.argv[1] == "--h
 CONNS = int(os.environ.get("HOSTILE_CONNS") or (200 if FULL else 40))
 SECONDS = float(os.environ.get("HOSTILE_SECONDS") or (30 if FULL else 8))
 RSS_MB = int(os.environ.get("HOSTILE_RSS_MB") or 1024)
+BUDGET_MB = int(os.environ.get("HOSTILE_BUDGET_MB") or 1024)
+CACHE_MB = 64  # blip2d's default --cache-mb
 HONEST = 8
 IMAGES = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg"]
 
@@ -220,7 +226,9 @@ def nfds(pid):
 p = None
 h = None
 try:
-    p, sock = b2test.start("-t", "1", tmp=TMP, bail="blip2d did not start")
+    print("# BLIP2_HOSTILE=%s HOSTILE_CONNS=%d HOSTILE_SECONDS=%g: blip2d -t 1 --max-memory %d MiB; load average "
+          "at the start %s" % (MODE or "1", CONNS, SECONDS, BUDGET_MB, open("/proc/loadavg").read().split()[:3]))
+    p, sock = b2test.start("-t", "1", "--max-memory", str(BUDGET_MB << 20), tmp=TMP, bail="blip2d did not start")
     os.chmod(sock, 0o666)  # the hostile process runs as nobody
     c = Client(sock)
     serial = {}
@@ -237,6 +245,7 @@ try:
     ok(not bad_q and n_q > 0, "quiet: %d honest results equal the serial ones %s" % (n_q, bad_q[:2]))
 
     fds_before = nfds(p.pid)
+    rss_before = vm(p.pid, "VmRSS")
     h = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hostile", sock, str(CONNS),
                           str(SECONDS + 2)])
     end = time.monotonic() + 30 * SCALE  # until the hostile connections are in place
@@ -254,14 +263,18 @@ try:
     ok(hrc == 0, "the hostile process ran to its end (exit %d)" % hrc)
     ok(p.poll() is None, "the daemon is alive after the hostile load")
     ok(not bad_h and n_h > 0, "hostile: %d honest results equal the serial ones %s" % (n_h, bad_h[:3]))
-    ok(med_h <= 3 * med_q, "hostile: honest median latency %.1f ms <= 3 x quiet %.1f ms" %
-       (med_h * 1e3, med_q * 1e3))
-    ok(0 < peak <= RSS_MB * 1024, "daemon peak RSS %.0f MiB <= %d MiB" % (peak / 1024, RSS_MB))
+    ok(med_h <= 3 * med_q, "hostile: honest median latency %.1f ms <= 3 x quiet %.1f ms (ratio %.2f)" %
+       (med_h * 1e3, med_q * 1e3, med_h / med_q))
+    bound = rss_before / 1024 + BUDGET_MB + CACHE_MB
+    ok(0 < peak / 1024 <= min(bound, RSS_MB), "daemon peak RSS %.0f MiB <= %.0f MiB (its RSS before the hostile "
+       "load %.0f + the budget %d + the cache %d; and <= %d)" % (peak / 1024, min(bound, RSS_MB), rss_before / 1024,
+                                                               BUDGET_MB, CACHE_MB, RSS_MB))
     end = time.monotonic() + 20 * SCALE
     while time.monotonic() < end and nfds(p.pid) > fds_before:
         time.sleep(0.2)
     ok(nfds(p.pid) <= fds_before, "descriptors back to %d after the hostile process left (%d)" %
        (fds_before, nfds(p.pid)))
+    print("# load average at the end %s" % open("/proc/loadavg").read().split()[:3])
     ok(b2test.stop(p) == 0, "the daemon exits 0 on SIGTERM")
 finally:
     if h and h.poll() is None:

@@ -304,6 +304,10 @@ try:
                                    "blip2d_http_generated_tokens", "blip2d_cache_bytes", "blip2d_resident_memory_bytes")),
            "queue depth, in-flight, cache hits, tokens, memory: %s" % ", ".join(sorted(fams))[:300])
         ok(samples.get(("blip2d_cache_hits_total", ())) > 0, "cache hits counted (%s)" % samples.get(("blip2d_cache_hits_total", ())))
+        kinds = sorted(dict(l)["kind"] for n, l in samples if n == "blip2d_memory_used_bytes")
+        ok(samples.get(("blip2d_memory_budget_bytes", ()), 0) > 0 and
+           kinds == ["decode", "http", "input", "jobs", "output"],
+           "the memory budget and its use by kind (%s, %s)" % (samples.get(("blip2d_memory_budget_bytes", ())), kinds))
 finally:
     ok(stop(proc) == 0, "blip2d exits 0 on SIGTERM")
 

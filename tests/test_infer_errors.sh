@@ -42,6 +42,8 @@ expect 2 "model is required" "no --model is a usage error" -- "$INFER" --image "
 expect 2 "give --image" "no input is a usage error" -- "$INFER" --model "$M"
 expect 2 "not an integer" "bad --max-new-tokens" -- "$INFER" --model "$M" --image "$IMG" --max-new-tokens x
 expect 2 "unrecognized option\|invalid option" "unknown option" -- "$INFER" --model "$M" --frobnicate
+expect 2 "is not f32, bf16, int8 or auto" "bad --precision" -- "$INFER" --model "$M" --image "$IMG" --precision int4
+expect 1 "precision 'int4' is not f32, bf16, int8 or auto" "bad BLIP2_PRECISION: the load fails saying why" -- env BLIP2_PRECISION=int4 "$INFER" --model "$M" --image "$IMG"
 expect 1 "no such model file or folder" "missing model folder" -- "$INFER" --model "$T/nope" --image "$IMG"
 expect 2 "cannot open .*nope.png: No such file or directory" "missing image file: exit 2 with the reason (as blip2ctl)" -- "$INFER" --model "$M" --image "$T/nope.png"
 printf 'this is not an image\n' >"$T/text.png"

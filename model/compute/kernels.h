@@ -21,13 +21,17 @@ typedef enum b2_act { B2_ACT_GELU, B2_ACT_GELU_TANH, B2_ACT_QUICK_GELU, B2_ACT_R
 /* A linear layer y = x W^T + b, as torch.nn.Linear stores it.  W is f32
  * (wt == B2_WT_F32, the zero value) or rows of another type (wkernels.h),
  * as a GGUF file stores them.  prec is the math of its products with many
- * rows (matmul_dnnl.h; the loader sets it per model, f32 by default). */
+ * rows (matmul_dnnl.h; the loader sets it per model, f32 by default, int8
+ * only with q). */
 typedef struct b2_linear {
     const void *w;   /* (out, in) of type wt */
     const float *b;  /* (out) or NULL */
     int out, in;
     b2_wtype wt;
     b2_prec prec;
+    /* prec B2_PREC_INT8: w quantised to s8 rows (the model owns it); the
+     * paths that do not compute in int8 still read w */
+    const b2_qweights *q;
 } b2_linear;
 
 /* LayerNorm affine parameters; w/b NULL for elementwise_affine=False. */

@@ -11,8 +11,9 @@
  *
  * Products with many rows may instead go to oneDNN (matmul_dnnl.c), in
  * the layer's math (l->prec: f32, or bf16 for a GGUF of a reduced type on
- * a CPU with native bf16): per shape, whichever of oneDNN and the path
- * above was faster the first time (backend_linear below).
+ * a CPU with native bf16, or int8 on the s8 copy l->q when asked for):
+ * per shape, whichever of oneDNN and the path above was faster the first
+ * time (backend_linear below).
  */
 #include "kernels.h"
 #include "matmul_dnnl.h"
@@ -144,14 +145,16 @@ static int backend_linear(float *y, const float *x, int n, const b2_linear *l, i
     const int mode = mm_mode();
     if (mode == 3) return -1;
     const float *b = bias ? l->b : NULL;
-    b2_dnnl_mm *p = b2__dnnl_mm(n, l->out, l->in, l->in, l->out, l->wt, l->prec, b != NULL);
+    const b2_prec prec = l->prec == B2_PREC_INT8 && !l->q ? B2_PREC_F32 : l->prec;
+    b2_dnnl_mm *p = b2__dnnl_mm(n, l->out, l->in, l->in, l->out, l->wt, prec, b != NULL);
     if (!p) return -1;
+#define RUN() (prec == B2_PREC_INT8 ? b2__dnnl_mm_run_q(p, y, x, l->q, b) : b2__dnnl_mm_run(p, y, x, l->w, b))
     int ch = mode == 2 ? 1 : b2__dnnl_mm_choice(p);
     if (ch == 0) { /* the first time: both twice, interleaved; keep the faster */
         double td = 1e30, to = 1e30;
         for (int r = 0; r < 2; r++) {
             const double t0 = now_ms();
-            if (b2__dnnl_mm_run(p, y, x, l->w, b) < 0) return -1;
+            if (RUN() < 0) return -1;
             const double t1 = now_ms();
             own_linear(y, x, n, l, bias);
             const double t2 = now_ms();
@@ -163,7 +166,8 @@ static int backend_linear(float *y, const float *x, int n, const b2_linear *l, i
         if (ch < 0) return 0; /* y holds own_linear's result */
     }
     if (ch < 0) return -1;
-    return b2__dnnl_mm_run(p, y, x, l->w, b) < 0 ? -1 : 0;
+    return RUN() < 0 ? -1 : 0;
+#undef RUN
 }
 
 void b2__linear(float *y, const float *x, int n, const b2_linear *l)

@@ -9,7 +9,13 @@
  *     bf16: x rounded to bf16 into this thread's buffer
  *     -> memory objects around the caller's pointers -> execute on this
  *        thread's stream with its scratchpad buffer
- * Nothing is copied or reordered at load: W stays in the shared mapping.
+ *   b2__dnnl_mm_run_q(p, y, x, qW, b)  (int8)
+ *     x (n, k) -> u8 (n, k) + a scale and zero point per row
+ *     -> u8 x s8 -> s32 into y's own storage
+ *     -> y = (acc - zp[r] * sum[c]) * xs[r] * ws[c] + b[c], in place
+ * Nothing is copied or reordered at load for f32 and bf16: W stays in the
+ * shared mapping; int8 uses the s8 copy the loader made
+ * (b2__quantize_s8).
  * The primitives live as long as the process (a handful of shapes per
  * model).
  */
@@ -17,6 +23,7 @@
 #include "pool.h"
 
 #include <dnnl.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,7 +60,7 @@ static b2_dnnl_mm *cache;
 static dnnl_engine_t engine;
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 
-const char *b2__prec_name(b2_prec p) { return p == B2_PREC_BF16 ? "bf16" : "f32"; }
+const char *b2__prec_name(b2_prec p) { return p == B2_PREC_BF16 ? "bf16" : p == B2_PREC_INT8 ? "int8" : "f32"; }
 
 static void engine_init(void)
 {
@@ -77,14 +84,35 @@ static int native_bf16_isa(void)
     return (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_bf16 & ~dnnl_cpu_isa_avx512_core_vnni) != 0;
 }
 
+/* VNNI (vpdpbusd): AVX512-VNNI, or AVX-VNNI on AVX2 */
+static int native_int8_isa(void)
+{
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    return (isa & dnnl_cpu_isa_avx512_core_vnni) == dnnl_cpu_isa_avx512_core_vnni ||
+           (isa & dnnl_cpu_isa_avx2_vnni) == dnnl_cpu_isa_avx2_vnni;
+}
+
+/* oneDNN adds the bias itself (f32 and bf16); int8 adds it with the scales */
+static int dnnl_bias(const b2_dnnl_mm *p) { return p->bias && p->prec != B2_PREC_INT8; }
+
+/* The types of x, W and y in oneDNN */
+static dnnl_data_type_t src_dt(const b2_dnnl_mm *p)
+{
+    return p->prec == B2_PREC_BF16 ? dnnl_bf16 : p->prec == B2_PREC_INT8 ? dnnl_u8 : dnnl_f32;
+}
+static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
+{
+    return p->prec == B2_PREC_BF16 ? dnnl_bf16 : p->prec == B2_PREC_INT8 ? dnnl_s8 : dnnl_f32;
+}
+
 /* One primitive for y (n, ldy)[:, :cols] = x @ W^T over `cols` weight
  * rows; *prim NULL if refused.  impl (48 bytes) gets its name. */
 static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dnnl_memory_desc_t *wei,
                        dnnl_memory_desc_t *dst, dnnl_memory_desc_t *bmd, size_t *scratch, char *impl_out)
 {
-    const dnnl_data_type_t dt = p->prec == B2_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
-    /* bf16: x is rounded into a packed (n, k) copy */
-    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt == dnnl_bf16 ? p->k : p->ldx, 1};
+    const dnnl_data_type_t dt = src_dt(p), ddt = p->prec == B2_PREC_INT8 ? dnnl_s32 : dnnl_f32;
+    /* bf16, int8: x is converted into a packed (n, k) copy */
+    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt != dnnl_f32 ? p->k : p->ldx, 1};
     const dnnl_dims_t wd = {p->k, cols}, ws = {1, p->k};
     const dnnl_dims_t dd = {p->n, cols}, ds = {p->ldy, 1};
     const dnnl_dims_t bd = {1, cols}, bs = {cols, 1};
@@ -97,10 +125,10 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     snprintf(impl_out, 48, "unavailable");
     if (!engine) return;
     if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(wei, 2, wd, dt, ws) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(dst, 2, dd, dnnl_f32, ds) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(wei, 2, wd, wei_dt(p), ws) != dnnl_success ||
+        dnnl_memory_desc_init_by_strides(dst, 2, dd, ddt, ds) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(bmd, 2, bd, dnnl_f32, bs) != dnnl_success ||
-        dnnl_matmul_desc_init(&md, &src, wei, p->bias ? bmd : NULL, dst) != dnnl_success ||
+        dnnl_matmul_desc_init(&md, &src, wei, dnnl_bias(p) ? bmd : NULL, dst) != dnnl_success ||
         dnnl_primitive_attr_create(&attr) != dnnl_success ||
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
         goto done;
@@ -111,10 +139,13 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     }
     if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) goto done;
     snprintf(impl_out, 48, "%s", impl);
-    /* the reference C implementation, or bf16 without native bf16 (oneDNN
+    /* the reference C implementation, bf16 without native bf16 (oneDNN
      * then emulates it with f32 instructions at a fraction of sgemm's
-     * rate): not used */
-    if (!strncmp(impl, "ref", 3) || strstr(impl, ":ref") || (dt == dnnl_bf16 && !native_bf16_isa())) goto done;
+     * rate), or int8 without VNNI (pairs of products saturating in 16
+     * bits): not used */
+    if (!strncmp(impl, "ref", 3) || strstr(impl, ":ref") || (dt == dnnl_bf16 && !native_bf16_isa()) ||
+        (dt == dnnl_u8 && !native_int8_isa()))
+        goto done;
     const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     *scratch = sp ? dnnl_memory_desc_get_size(sp) : 0;
     if (dnnl_primitive_create(prim, pd) != dnnl_success) *prim = NULL;
@@ -152,7 +183,9 @@ static void create(b2_dnnl_mm *p)
 b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_prec prec, int bias)
 {
     if (n <= 0 || m <= 0 || k <= 0) return NULL;
-    if (prec == B2_PREC_F32 ? wt != B2_WT_F32 : prec != B2_PREC_BF16 || wt == B2_WT_F32) return NULL;
+    if (prec == B2_PREC_INT8 && k > 65536) return NULL; /* 255 * 127 * k must fit in the s32 sums */
+    if (prec == B2_PREC_INT8) wt = B2_WT_F32; /* its weights are always the s8 copy */
+    else if (prec == B2_PREC_F32 ? wt != B2_WT_F32 : prec != B2_PREC_BF16 || wt == B2_WT_F32) return NULL;
     if (wt == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return NULL;
     pthread_once(&engine_once, engine_init);
     set_threads();
@@ -196,7 +229,7 @@ static pthread_key_t tkey;
 static pthread_once_t tkey_once = PTHREAD_ONCE_INIT;
 
 typedef struct tstate {
-    tbuf xb, scratch, wtile, wconv;
+    tbuf xb, scratch, wtile, wconv, xq; /* xq: (n) scales, (n) zero points */
     dnnl_stream_t stream;
 } tstate;
 
@@ -207,6 +240,7 @@ static void tstate_free(void *v)
     free(t->scratch.p);
     free(t->wtile.p);
     free(t->wconv.p);
+    free(t->xq.p);
     if (t->stream) dnnl_stream_destroy(t->stream);
     free(t);
 }
@@ -282,8 +316,8 @@ static int exec_one(tstate *t, dnnl_primitive_t prim, const b2_dnnl_mm *p, const
                     const dnnl_memory_desc_t *dst, const dnnl_memory_desc_t *bmd, size_t scratch_bytes,
                     const void *xs, const void *w, float *y, const float *b)
 {
-    const dnnl_data_type_t dt = p->prec == B2_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
-    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt == dnnl_bf16 ? p->k : p->ldx, 1};
+    const dnnl_data_type_t dt = src_dt(p);
+    const dnnl_dims_t sd = {p->n, p->k}, ss = {dt != dnnl_f32 ? p->k : p->ldx, 1};
     dnnl_memory_desc_t src;
     void *sp = scratch_bytes ? tbuf_get(&t->scratch, scratch_bytes) : NULL;
     if (scratch_bytes && !sp) return -1;
@@ -293,10 +327,10 @@ static int exec_one(tstate *t, dnnl_primitive_t prim, const b2_dnnl_mm *p, const
     if (dnnl_memory_create(&ms, &src, engine, (void *)xs) != dnnl_success) { ms = NULL; goto out; }
     if (dnnl_memory_create(&mw, wei, engine, (void *)w) != dnnl_success) { mw = NULL; goto out; }
     if (dnnl_memory_create(&md, dst, engine, y) != dnnl_success) { md = NULL; goto out; }
-    if (p->bias && dnnl_memory_create(&mb, bmd, engine, (void *)b) != dnnl_success) { mb = NULL; goto out; }
+    if (dnnl_bias(p) && dnnl_memory_create(&mb, bmd, engine, (void *)b) != dnnl_success) { mb = NULL; goto out; }
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}};
     int na = 3;
-    if (p->bias) args[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mb};
+    if (dnnl_bias(p)) args[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mb};
     if (sp) {
         dnnl_memory_desc_t smd;
         const dnnl_dims_t sdims = {(dnnl_dim_t)scratch_bytes};
@@ -340,7 +374,7 @@ static void conv_task(void *ctx, int task, int slot)
 int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b)
 {
     tstate *t = tstate_get();
-    if (!t) return -1;
+    if (!t || p->prec == B2_PREC_INT8) return -1;
     const void *src = x;
     if (p->prec == B2_PREC_BF16) {
         uint16_t *xb = tbuf_get(&t->xb, sizeof(uint16_t) * (size_t)p->n * p->k);
@@ -367,6 +401,138 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
                      b ? b + r0 : NULL) < 0)
             return -1;
     }
+    return 0;
+}
+
+/* ---- int8 ---- */
+
+/* Rows per pool task of the quantisations and of the dequantisation */
+#define Q_ROWS 4
+
+typedef struct wq_job {
+    int8_t *q;
+    float *scale;
+    int32_t *sum;
+    const void *w;
+    b2_wtype wt;
+    int m, k;
+    float *f32; /* (pool size, Q_ROWS * k) */
+} wq_job;
+
+static void wq_task(void *ctx, int task, int slot)
+{
+    const wq_job *j = ctx;
+    const int r0 = task * Q_ROWS, nr = j->m - r0 < Q_ROWS ? j->m - r0 : Q_ROWS;
+    float *f = j->f32 + (size_t)slot * Q_ROWS * j->k;
+    b2__wrows_to_f32(f, j->w, j->wt, r0, nr, j->k);
+    for (int r = 0; r < nr; r++) {
+        const float *x = f + (size_t)r * j->k;
+        int8_t *q = j->q + (size_t)(r0 + r) * j->k;
+        float amax = 0.0f;
+        for (int i = 0; i < j->k; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        const float s = amax > 0.0f && isfinite(amax) ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+        int32_t sum = 0;
+        for (int i = 0; i < j->k; i++) { /* to nearest, halves away from 0; NaN: 0 */
+            float v = x[i] * inv;
+            v = v > 127.0f ? 127.0f : v;
+            v = v < -127.0f ? -127.0f : v;
+            q[i] = (int8_t)(v >= 0.0f ? (int)(v + 0.5f) : v < 0.0f ? (int)(v - 0.5f) : 0);
+            sum += q[i];
+        }
+        j->scale[r0 + r] = s;
+        j->sum[r0 + r] = sum;
+    }
+}
+
+int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k)
+{
+    float *f32 = malloc(sizeof(float) * (size_t)b2__pool_size() * Q_ROWS * k);
+    if (!f32) return -1;
+    wq_job j = {q, scale, sum, w, wt, m, k, f32};
+    b2__parallel_for((m + Q_ROWS - 1) / Q_ROWS, wq_task, &j);
+    free(f32);
+    return 0;
+}
+
+/* x (n, ldx) -> xq (n, k) u8, scale xs (n), zero point zp (n): the row's
+ * range widened to include 0, split in 255 steps */
+typedef struct xq_job {
+    uint8_t *xq;
+    float *xs;
+    int32_t *zp;
+    const float *x;
+    int n, k, ldx;
+} xq_job;
+
+static void xq_task(void *ctx, int task, int slot)
+{
+    const xq_job *j = ctx;
+    (void)slot;
+    const int r0 = task * Q_ROWS, nr = j->n - r0 < Q_ROWS ? j->n - r0 : Q_ROWS;
+    for (int r = r0; r < r0 + nr; r++) {
+        const float *x = j->x + (size_t)r * j->ldx;
+        uint8_t *q = j->xq + (size_t)r * j->k;
+        float lo = 0.0f, hi = 0.0f;
+        for (int i = 0; i < j->k; i++) {
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
+        const float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / 255.0f : 1.0f, inv = 1.0f / s;
+        float z = -lo * inv + 0.5f; /* in [0, 255] but for infinities */
+        z = z > 255.0f ? 255.0f : z >= 0.0f ? (float)(int)z : 0.0f;
+        for (int i = 0; i < j->k; i++) {
+            float v = x[i] * inv + z;
+            v = v > 255.0f ? 255.0f : v > 0.0f ? v : 0.0f;
+            q[i] = (uint8_t)(v + 0.5f);
+        }
+        j->xs[r] = s;
+        j->zp[r] = (int32_t)z;
+    }
+}
+
+/* y (n, ldy) holds the s32 products in place: to f32, with the zero
+ * points, scales and bias */
+typedef struct dq_job {
+    float *y;
+    const float *xs, *ws, *b;
+    const int32_t *zp, *wsum;
+    int n, m, ldy;
+} dq_job;
+
+static void dq_task(void *ctx, int task, int slot)
+{
+    const dq_job *j = ctx;
+    (void)slot;
+    const int r0 = task * Q_ROWS, nr = j->n - r0 < Q_ROWS ? j->n - r0 : Q_ROWS;
+    for (int r = r0; r < r0 + nr; r++) {
+        float *y = j->y + (size_t)r * j->ldy;
+        int32_t acc[256];
+        const int32_t zp = j->zp[r];
+        const float xs = j->xs[r];
+        for (int c0 = 0; c0 < j->m; c0 += 256) { /* the s32 out of y's storage first (no aliasing) */
+            const int nc = j->m - c0 < 256 ? j->m - c0 : 256;
+            memcpy(acc, y + c0, sizeof(int32_t) * (size_t)nc);
+            for (int c = 0; c < nc; c++)
+                y[c0 + c] = (float)(acc[c] - zp * j->wsum[c0 + c]) * (xs * j->ws[c0 + c]) + (j->b ? j->b[c0 + c] : 0.0f);
+        }
+    }
+}
+
+int b2__dnnl_mm_run_q(const b2_dnnl_mm *p, float *y, const float *x, const b2_qweights *w, const float *b)
+{
+    tstate *t = tstate_get();
+    if (!t || p->prec != B2_PREC_INT8) return -1;
+    uint8_t *xq = tbuf_get(&t->xb, (size_t)p->n * p->k);
+    float *xs = xq ? tbuf_get(&t->xq, (sizeof(float) + sizeof(int32_t)) * (size_t)p->n) : NULL;
+    if (!xs) return -1;
+    int32_t *zp = (int32_t *)(xs + p->n);
+    const int tasks = (p->n + Q_ROWS - 1) / Q_ROWS;
+    xq_job xj = {xq, xs, zp, x, p->n, p->k, p->ldx};
+    b2__parallel_for(tasks, xq_task, &xj);
+    set_threads();
+    if (exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, xq, w->q, y, NULL) < 0) return -1;
+    dq_job dj = {y, xs, w->scale, p->bias ? b : NULL, zp, w->sum, p->n, p->m, p->ldy};
+    b2__parallel_for(tasks, dq_task, &dj);
     return 0;
 }
 
@@ -397,6 +563,33 @@ int b2__dnnl_bf16_native(const char **impl)
     pthread_once(&bf16_once, bf16_probe);
     if (impl) *impl = bf16_why;
     return bf16_native;
+}
+
+static int int8_native;
+static char int8_why[96];
+static pthread_once_t int8_once = PTHREAD_ONCE_INIT;
+
+static void int8_probe(void)
+{
+    pthread_once(&engine_once, engine_init);
+    if (!native_int8_isa()) {
+        snprintf(int8_why, sizeof int8_why, "no VNNI (%s)", b2__dnnl_info());
+        return;
+    }
+    b2_dnnl_mm *p = b2__dnnl_mm(64, 64, 64, 64, 64, B2_WT_F32, B2_PREC_INT8, 0);
+    if (!p) {
+        snprintf(int8_why, sizeof int8_why, "no usable oneDNN u8 x s8 matmul");
+        return;
+    }
+    snprintf(int8_why, sizeof int8_why, "%s", p->impl);
+    int8_native = 1;
+}
+
+int b2__dnnl_int8_native(const char **impl)
+{
+    pthread_once(&int8_once, int8_probe);
+    if (impl) *impl = int8_why;
+    return int8_native;
 }
 
 static const char *isa_name(dnnl_cpu_isa_t isa)

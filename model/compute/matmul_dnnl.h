@@ -9,10 +9,18 @@
  *                                          converted to bf16 about 4 MiB of
  *                                          rows at a time (on the pool); x
  *                                          rounded to bf16 (nearest even)
+ *   B2_PREC_INT8  u8 x s8 -> s32          W quantised once at load to s8
+ *                                          rows with a scale per row (output
+ *                                          channel; b2__quantize_s8); x
+ *                                          quantised per call, a scale and a
+ *                                          zero point per row; the zero
+ *                                          points and the scales applied to
+ *                                          the s32 result here
  * One matmul primitive per shape, created at first use and kept for the
  * life of the process (thread-safe); a primitive whose implementation is
- * oneDNN's reference C ("ref") or whose bf16 would be emulated (no
- * AVX512-BF16 or AMX) is refused, and the caller uses its own path.
+ * oneDNN's reference C ("ref"), whose bf16 would be emulated (no
+ * AVX512-BF16 or AMX) or whose int8 would run without VNNI is refused, and
+ * the caller uses its own path.
  * oneDNN's threads: as many as the compute pool (pool.h), set in the
  * calling thread before each call.
  */
@@ -20,13 +28,31 @@
 #define BLIP2_MATMUL_DNNL_H
 #include "wkernels.h"
 
+#include <stdint.h>
+
 /* The math of a linear layer's products with many rows. */
 typedef enum b2_prec {
     B2_PREC_F32 = 0,  /* f32 math (the reference's) */
     B2_PREC_BF16 = 1, /* bf16 x bf16 -> f32 accumulation */
+    B2_PREC_INT8 = 2, /* u8 x s8 -> s32 accumulation (VNNI) */
 } b2_prec;
 
-/* "f32", "bf16". */
+/* A linear layer's weights quantised for B2_PREC_INT8: w[r][i] ~=
+ * scale[r] * q[r][i], q in [-127, 127]; sum[r] = sum_i q[r][i] (for the
+ * activations' zero points). */
+typedef struct b2_qweights {
+    const int8_t *q;      /* (m, k) */
+    const float *scale;   /* (m) */
+    const int32_t *sum;   /* (m) */
+} b2_qweights;
+
+/* Quantises W (m, k) of type wt into q (m, k), scale (m), sum (m):
+ * symmetric, a scale per row = max |w| / 127, to nearest (halves away
+ * from 0), NaN as 0 (on the pool).  Returns 0, or -1 out of memory for
+ * its row buffers. */
+int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k);
+
+/* "f32", "bf16", "int8". */
 const char *b2__prec_name(b2_prec p);
 
 /* One cached product (opaque). */
@@ -34,7 +60,8 @@ typedef struct b2_dnnl_mm b2_dnnl_mm;
 
 /* The product for these shapes, types and math, created on first use;
  * NULL if oneDNN has no acceptable implementation for it (or wt is not
- * f32 for f32 math, bf16 for bf16 math).  Borrowed, valid for the life of
+ * f32 for f32 math, a reduced type for bf16 math; int8 math takes any wt,
+ * its weights being the b2_qweights given to b2__dnnl_mm_run_q).  Borrowed, valid for the life of
  * the process. */
 b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_prec prec, int bias);
 
@@ -42,6 +69,12 @@ b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_p
  * a bias).  Returns 0, or a negative code (out of memory for the
  * activations in bf16, or oneDNN failed) with y unspecified. */
 int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b);
+
+/* The same for a product created with B2_PREC_INT8: x (n, ldx) quantised
+ * to u8 per row (scale (max - min) / 255 over the row and 0, zero point),
+ * y (n, ldy) = dequantised x q^T (+ b (m) if created with a bias).  The
+ * same x gives the same bits whatever the thread count. */
+int b2__dnnl_mm_run_q(const b2_dnnl_mm *p, float *y, const float *x, const b2_qweights *w, const float *b);
 
 /* The choice kept with the product: 0 undecided, 1 oneDNN, -1 the
  * caller's own path (kernels.c decides by timing both). */
@@ -55,6 +88,10 @@ const char *b2__dnnl_mm_impl(const b2_dnnl_mm *p);
  * far as DNNL_MAX_CPU_ISA allows), else 0; *impl (may be NULL) gets the
  * implementation of a probe product, or why not.  Decided once. */
 int b2__dnnl_bf16_native(const char **impl);
+
+/* 1 if oneDNN computes u8 x s8 natively on this CPU (AVX512-VNNI or
+ * AVX-VNNI, as far as DNNL_MAX_CPU_ISA allows), else 0; *impl as above. */
+int b2__dnnl_int8_native(const char **impl);
 
 /* oneDNN's version and the instruction set it uses, e.g.
  * "oneDNN 2.6.3, avx512_core_bf16" (static storage). */

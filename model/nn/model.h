@@ -82,7 +82,10 @@ struct blip2_model {
     /* storage */
     const char *dtype;        /* "f32", "f16", "bf16", "q8_0": how the matrices are stored */
     b2_prec prec;             /* the math of the many-row products (every b2_linear's prec) */
-    char math[256];           /* that choice and why, for blip2_model_math */
+    int enc_int8;             /* the vision MLP and projection in int8 (prec B2_PREC_INT8) */
+    void *qarena;             /* their s8 copies (b2_linear.q), owned */
+    size_t qbytes;            /* its size */
+    char math[512];           /* that choice and why, for blip2_model_math */
     struct b2_gguf *gguf;     /* the mapped GGUF file, or NULL (safetensors files) */
     int locked;               /* the mapping is mlock()ed */
     struct b2_st_file **files;

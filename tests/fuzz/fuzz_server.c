@@ -7,7 +7,7 @@
  * listening on a socket in a private directory.  Each input is a script
  * played by one client connection:
  *
- *   op byte % 8, then a byte n-1 (n = 1..256):
+ *   op byte % 10, then a byte n-1 (n = 1..256):
  *     0    send the next n bytes (a frame, part of one, garbage)
  *     1    send the next n bytes as a burst, repeated (next byte + 1) times
  *     2    a pick byte, then n bytes sent carrying pick % 4 + 1
@@ -19,14 +19,31 @@
  *     6    reset: close at once, leaving replies unread (the peer's recvmsg
  *          then fails with ECONNRESET), and end the script
  *     7    a second connection sends the script's bytes so far
+ *     8    a fault: the daemon's ((n-1) & 7)-th next recvmsg (0: the very
+ *          next) fails, receiving nothing, with the errno chosen by
+ *          (n-1) >> 3: ECONNRESET, ETIMEDOUT, ENOMEM or EINTR
+ *     9    short reads: from now on each recvmsg of the daemon gets at most
+ *          n bytes (256: no cap)
  *   at the end: close (unread replies left in place).
  *
+ * Ops 8 and 9 act through this file's recvmsg, which the daemon's sources
+ * (linked into this program) call instead of the C library's: the failure
+ * points the security review's finding 1 needed (ECONNRESET inside the
+ * daemon's read loop, right after a read that carried descriptors) are
+ * chosen by the input instead of left to timing.  Faults and caps end with
+ * the input.
+ *
  * The client and the daemon share one process, so a descriptor number the
- * daemon closes by mistake (finding 1 of the security review: a stale
- * SCM_RIGHTS buffer parsed after a failed recvmsg) is one of the harness's
- * own: after every step each descriptor the harness holds must still be
- * open on the same file (fstat device and inode), else the target aborts.
- * libuv's abort on a watcher whose descriptor vanished is a crash too.
+ * daemon closes by mistake (finding 1: a stale SCM_RIGHTS buffer parsed
+ * after a failed recvmsg) is checked three ways after every step:
+ *   - each descriptor the harness holds must still be open on the same
+ *     file (fstat device and inode): the descriptors it passes, the
+ *     client sockets, and a victim connection opened once, which never
+ *     sends anything, so the daemon must never close it (seen as a hang-up
+ *     on the harness's end);
+ *   - this file's close() aborts when a thread of the daemon closes a
+ *     number that is not open (EBADF: a descriptor closed twice);
+ *   - libuv's abort on a watcher whose descriptor vanished is a crash.
  *
  * Frames are taken as they are: the seed corpus (corpus/server/) holds
  * valid hello, ping, status, generate (inline image, image_fd, stream)
@@ -48,7 +65,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -68,6 +87,55 @@ static int src[N_SRC];
 static struct stat src_st[N_SRC];
 
 static int listen_fd = -1;
+static pthread_t harness_thread;   /* the thread running the inputs */
+static int victim = -1;            /* a connection that never sends */
+static struct stat victim_st;
+
+/* The faults an input arms (ops 8, 9), read by the daemon's threads. */
+static atomic_int fault_skip = -1; /* recvmsg calls to let through first; -1: none */
+static atomic_int fault_errno;
+static atomic_int read_cap;        /* bytes per recvmsg; 0: no cap */
+
+/* The daemon's recvmsg (its sources are linked into this program, so they
+ * call this one): the real system call, unless a fault is armed (then it
+ * fails as the kernel does, msghdr untouched) or reads are capped. */
+ssize_t recvmsg(int fd, struct msghdr *mh, int flags)
+{
+    int skip = atomic_load(&fault_skip);
+    while (skip >= 0) {
+        if (atomic_compare_exchange_weak(&fault_skip, &skip, skip - 1)) {
+            if (skip == 0) {
+                errno = atomic_load(&fault_errno);
+                return -1;
+            }
+            break;
+        }
+    }
+    int cap = atomic_load(&read_cap);
+    if (cap > 0 && mh->msg_iovlen == 1 && mh->msg_iov[0].iov_len > (size_t)cap) {
+        struct iovec io = {mh->msg_iov[0].iov_base, (size_t)cap};
+        struct msghdr m2 = *mh;
+        m2.msg_iov = &io;
+        ssize_t n = syscall(SYS_recvmsg, fd, &m2, flags);
+        mh->msg_controllen = m2.msg_controllen;
+        mh->msg_flags = m2.msg_flags;
+        return n;
+    }
+    return syscall(SYS_recvmsg, fd, mh, flags);
+}
+
+/* close(): a thread of the daemon closing a number that is not open has
+ * closed a descriptor twice (or one it never owned). */
+int close(int fd)
+{
+    int rc = (int)syscall(SYS_close, fd);
+    if (rc < 0 && errno == EBADF && fd >= 0 && !pthread_equal(pthread_self(), harness_thread)) {
+        fprintf(stderr, "fuzz_server: the daemon closed descriptor %d, which was not open "
+                "(closed twice?)\n", fd);
+        abort();
+    }
+    return rc;
+}
 
 static void *server_thread(void *arg)
 {
@@ -92,9 +160,19 @@ static void check_fds(int c, const struct stat *cst, int c2,
                     "or replaced by the daemon %s\n", src[i], i, when);
             abort();
         }
-    if ((c >= 0 && !same_file(c, cst)) || (c2 >= 0 && !same_file(c2, c2st))) {
-        fprintf(stderr, "fuzz_server: the client's socket was closed or "
+    if ((c >= 0 && !same_file(c, cst)) || (c2 >= 0 && !same_file(c2, c2st)) ||
+        (victim >= 0 && !same_file(victim, &victim_st))) {
+        fprintf(stderr, "fuzz_server: a client's socket was closed or "
                 "replaced by the daemon %s\n", when);
+        abort();
+    }
+    /* the victim never sent a byte: nothing may have ended its connection */
+    struct pollfd pf = {victim, POLLIN, 0};
+    char b;
+    if (victim >= 0 && poll(&pf, 1, 0) > 0 &&
+        ((pf.revents & (POLLHUP | POLLERR)) || recv(victim, &b, 1, MSG_DONTWAIT | MSG_PEEK) == 0)) {
+        fprintf(stderr, "fuzz_server: the daemon closed another connection "
+                "(the victim's, which never sent anything) %s\n", when);
         abort();
     }
 }
@@ -138,11 +216,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fprintf(stderr, "fuzz_server: %s: %s\n", B2_FUZZ_MODEL_DIR, err.text);
         exit(1);
     }
+    harness_thread = pthread_self();
     cfg = (b2d_config){
         .model_path = B2_FUZZ_MODEL_DIR, .threads = 1, .max_queue = 16,
         .max_batch = 4, .prefill_chunk = 16, .max_frame = 1 << 20,
-        .cache_bytes = 0, .max_connections = 64, .max_inflight = 8,
+        .cache_bytes = 0, .max_connections = 256, .max_inflight = 8,
         .shutdown_timeout = 1, .stall_timeout = 2, .max_output = 4 << 20,
+        .max_memory = 256 << 20, .frame_timeout = 2,
+        /* one uid here: as many connections as the daemon takes (so the
+         * idle victim is never closed to make room), requests as queued */
+        .max_conns_per_uid = 256, .max_inflight_per_uid = 16,
     };
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
@@ -181,6 +264,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         exit(1);
     pthread_detach(t);
     return 0;
+}
+
+static int connect_client(struct stat *st);
+
+/* The victim connection, once the daemon accepts connections. */
+static void open_victim(void)
+{
+    for (int i = 0; i < 500 && victim < 0; i++)
+        if ((victim = connect_client(&victim_st)) < 0)
+            usleep(10000);
+    if (victim < 0) {
+        fprintf(stderr, "fuzz_server: cannot connect to the daemon\n");
+        exit(1);
+    }
 }
 
 static int connect_client(struct stat *st)
@@ -235,11 +332,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t i = 0;
     int reset = 0;
 
+    if (victim < 0)
+        open_victim();
     if (c < 0)
         return 0; /* the backlog is full for a moment */
     while (i < size && !reset) {
-        uint8_t op = data[i++] % 8;
-        size_t n = i < size ? (size_t)data[i++] + 1 : 1;
+        uint8_t op = data[i++] % 10;
+        size_t n = i < size ? (size_t)data[i++] + 1 : 1, arg = n;
         if (n > size - i)
             n = size - i;
         switch (op) {
@@ -285,6 +384,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (c2 >= 0)
                 (void)send(c2, data, i, MSG_NOSIGNAL | MSG_DONTWAIT);
             break;
+        case 8: { /* a failing recvmsg, (n-1) & 7 calls from now */
+            static const int errs[4] = {ECONNRESET, ETIMEDOUT, ENOMEM, EINTR};
+            atomic_store(&fault_errno, errs[((arg - 1) >> 3) & 3]);
+            atomic_store(&fault_skip, (int)((arg - 1) & 7));
+            break;
+        }
+        case 9: /* short reads */
+            atomic_store(&read_cap, arg < 256 ? (int)arg : 0);
+            break;
         }
         check_fds(c, &cst, c2, &c2st, "during the script");
     }
@@ -295,6 +403,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(c);
     if (c2 >= 0)
         close(c2);
+    atomic_store(&fault_skip, -1);
+    atomic_store(&read_cap, 0);
     check_fds(-1, NULL, -1, NULL, "after the connection closed");
     return 0;
 }

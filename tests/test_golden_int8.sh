@@ -1,0 +1,40 @@
+#!/bin/sh
+# test_golden_int8.sh - int8 math (--precision int8: the vision encoder's
+# projection and MLP as u8 x s8 on oneDNN, model/compute/matmul_dnnl.c) on
+# the golden OPT models (tests/test_golden) and the T5 one
+# (tests/test_golden_t5), every product of one row or more sent to oneDNN
+# (GOLDEN_MM_ROWS=1, BLIP2_MATMUL=onednn):
+#   folders, int8 asked for    cosine to the reference >= 0.999 (vision,
+#                              Q-Former, projection), >= 0.995 (logits);
+#                              int8 where the CPU has VNNI (avx512_vnni or
+#                              avx_vnni in /proc/cpuinfo), else the load
+#                              must fall back to f32 (then exact)
+#   OPT bf16 GGUF, int8        the same bounds, the rest in bf16 math
+#   DNNL_MAX_CPU_ISA=AVX2      int8 asked for, oneDNN limited to AVX2
+#                              without VNNI: the load falls back to f32 and
+#                              every stage, logit and id is as in f32
+#                              (the golden tolerances, ids exact)
+# Output: TAP, one plan in all.
+native=f32
+grep -qE '(avx512_vnni|avx_vnni)' /proc/cpuinfo 2>/dev/null && native=int8
+run() { # label, then environment assignments (TEST=tests/test_golden_t5 for T5)
+    label=$1; shift
+    out=$(env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"')
+    st=$?
+    case $out in *"not ok"*) ;; *) [ $st -eq 0 ] || out="$out
+not ok 0 - $label exited with status $st";; esac
+    printf '%s\n' "$out" | while IFS= read -r line; do
+        case $line in
+        "ok "*|"not ok "*) echo "$line" | sed "s/^\(not \)\{0,1\}ok [0-9]* - /&[$label] /" ;;
+        1..*) ;;
+        *) echo "$line" ;;
+        esac
+    done
+}
+{
+    run "opt int8 math, folder" GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    run "opt int8 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    run "opt int8 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
+    run "t5 int8 math, folder" TEST=./tests/test_golden_t5 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    run "t5 int8 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
+} | awk '/^(not )?ok [0-9]+ - /{ n++; sub(/ok [0-9]+ - /, "ok " n " - ") } { print } END { print "1.." n }'

@@ -983,10 +983,10 @@ static int chat_reconnect_if_closed(ctl *x)
     x->conn = NULL;
     blip2c_error err;
     if (ctl_connect(x, &err) < 0) {
-        warnx_("the daemon closed the connection, and a new one failed: %s", err.message);
+        b2cli_warn("the daemon closed the connection, and a new one failed: %s", err.message);
         return -1;
     }
-    if (x->verbose) warnx_("the daemon had closed the idle connection; connected again");
+    if (x->verbose) b2cli_warn("the daemon had closed the idle connection; connected again");
     return 0;
 }
 

@@ -15,7 +15,7 @@
 #include "wkernels.h"
 
 typedef struct b2_wimpl {
-    const char *name; /* "portable", "avx2", "avx512" */
+    const char *name; /* "portable", "avx2", "avx512", "avx512-vnni" */
     /* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T, W (m, k) of type t in
      * {f32, f16, bf16}, rows rb bytes apart, any alignment. */
     void (*fp)(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
@@ -30,6 +30,10 @@ typedef struct b2_wimpl {
      * rounding per value, the same bits in every implementation. */
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
 } b2_wimpl;
+
+/* Tests only: an extra candidate for b2__wkernels_tune (NULL: none),
+ * e.g. a deliberately wrong one that must be refused. */
+void b2__wkernels_test_candidate(const b2_wimpl *extra);
 
 /* How far ahead of its reads, in bytes, each W row of a tile is
  * prefetched (0: not at all); see b2__wkernels_set_prefetch. */

@@ -3,12 +3,22 @@
  * conversions, the portable C products and the dispatcher.
  *
  *   b2__wmatmul_rows(y, x, W, t)
- *     -> implementation: BLIP2_KERNELS if the CPU runs it, else the best
- *        of avx512 (wkernels_avx512.c) > avx2 (wkernels_avx2.c) > portable
+ *     -> implementation, per type t: the one b2__wkernels_use set (the
+ *        autotuner's choice at load, model/ktune.c), else BLIP2_KERNELS
+ *        if the CPU runs it, else the first of wcands it runs:
+ *        avx512-vnni > avx512 (wkernels_avx512.c) > avx2
+ *        (wkernels_avx2.c) > portable
  *     -> q8_0 only: every x row quantised to q8_0 blocks once per call
  *        (b2__wquantize_act_q8, into a per-thread scratch buffer)
  *     -> chunks of 64 W rows spread over the compute pool; each chunk
  *        runs impl->fp or impl->q8 over all n rows of x
+ *   b2__wkernels_tune(t, samples)
+ *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
+ *        checked against portable on the first sample's rows, refused
+ *        beyond the bound; the rest timed as decode steps; the fastest
+ * A new weight type: one entry in wtypes and its entry point in wentry
+ * (and in b2_wimpl); the tuner, the per-type choice and the cache file
+ * (model/ktune.c, kt_types) then cover it.
  * Batch invariance: every implementation computes y[i][r] from x row i
  * and W row r alone (one accumulator per pair, one order over k), so a
  * row's bits never depend on n or on which register tile it landed in.

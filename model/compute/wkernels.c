@@ -16,8 +16,8 @@
  *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
  *        checked against portable on the first sample's rows, refused
  *        beyond the bound; the rest timed as decode steps; the fastest
- * A new weight type: one entry in wtypes and its entry point in wentry
- * (and in b2_wimpl); the tuner, the per-type choice and the cache file
+ * A new weight type: one entry in wtypes, its entry point in wentry (and
+ * in b2_wimpl), and, for a block type, wt_block; the tuner, the per-type choice and the cache file
  * (model/ktune.c, kt_types) then cover it.
  * Batch invariance: every implementation computes y[i][r] from x row i
  * and W row r alone (one accumulator per pair, one order over k), so a
@@ -293,6 +293,9 @@ static int wslot(b2_wtype t)
 
 /* The function an implementation runs for type t: two implementations
  * with the same one are the same candidate for that type. */
+/* 1 for the block types, whose products quantise the activations to q8_0 */
+static int wt_block(b2_wtype t) { return t == B2_WT_Q8_0; }
+
 static const void *wentry(const b2_wimpl *p, b2_wtype t)
 {
     return t == B2_WT_Q8_0 ? (const void *)p->q8 : (const void *)p->fp;
@@ -616,7 +619,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
     }
     /* the bound per (x row, W row), with q8_0's x as the products see it */
     memcpy(xd, x, sizeof(float) * (size_t)k0 * TUNE_CHECK_N);
-    if (t == B2_WT_Q8_0) {
+    if (wt_block(t)) {
         for (int i = 0; i < TUNE_CHECK_N; i++) {
             int8_t qq[B2_Q8_0_BLOCK];
             float dd;

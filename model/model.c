@@ -398,7 +398,19 @@ static int kernels(blip2_model *m, const char *gguf_path, blip2_error *err)
 }
 
 /* A GGUF file: map, read the metadata, bind every tensor in place. */
+static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, int tune, blip2_error *err);
+
 int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
+{
+    return load_gguf(out, path, opts, 1, err);
+}
+
+int b2__load_gguf_check(blip2_model **out, const char *path, blip2_error *err)
+{
+    return load_gguf(out, path, NULL, 0, err);
+}
+
+static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, int tune, blip2_error *err)
 {
     int rc;
     blip2_model *m = calloc(1, sizeof *m);
@@ -411,7 +423,8 @@ int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *op
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     if ((rc = quantize_encoders(m, err)) < 0) goto fail;
-    if ((rc = kernels(m, path, err)) < 0) goto fail;
+    if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
+    if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
     size_t size;
     void *map = b2__gguf_map(m->gguf, &size);
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */

@@ -657,7 +657,8 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
      * unless the samples are small; the mapping's pages touched first */
     size_t total = 0;
     for (int i = 0; i < ns; i++) total += b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
-    const size_t want = (size_t)TUNE_ROUNDS * (size_t)nc * TUNE_RUN_BYTES;
+    /* each run may read one sample past TUNE_RUN_BYTES: touch twice that */
+    const size_t want = 2 * (size_t)TUNE_ROUNDS * (size_t)nc * TUNE_RUN_BYTES;
     {
         size_t seen = 0;
         volatile unsigned char sink = 0;

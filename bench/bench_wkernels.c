@@ -10,7 +10,8 @@
  *   reuse them; a layer is 84 MB even as q8_0, far past any cache, so
  *   every pass still streams from DRAM).
  *
- *   per round r = 1..R, for each type (f32, f16, bf16, q8_0) and batch n:
+ *   per round r = 1..R, for each type (f32, f16, bf16, q8_0), implementation
+ *   (--impl LIST) and batch n:
  *     memory read of >= 2 GiB (multi-accumulator AVX2 / AVX-512 / portable
  *     loop, one pinned thread per pool thread) -> GB/s
  *     one pass -> ms, weight bytes / time -> GB/s, over the mean of the
@@ -109,6 +110,8 @@ static double pass(const char *impl, const wset *s, float *y, const float *x, in
     return b2b_now() - t0;
 }
 
+static const char *const ALLIMPL[] = {"portable", "avx2", "avx512", "avx512-vnni"};
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -116,7 +119,9 @@ static void usage(FILE *f)
         "  --rounds N     measurement rounds; medians over them (default 5)\n"
         "  --batch LIST   activation rows per pass, comma-separated (default 1,4)\n"
         "  --types LIST   f32,f16,bf16,q8_0 (default all)\n"
-        "  --impl NAME    portable, avx2, avx512 (default: the one chosen from the CPU)\n"
+        "  --impl LIST    implementations to compare in the same rounds, comma-separated:\n"
+        "                 portable, avx2, avx512, avx512-vnni, or all (every one this CPU\n"
+        "                 runs; default: the dispatcher's default)\n"
         "  --mem-gib G    memory-read buffer (default 2; at least 2 for a fair figure)\n"
         "  --prefetch LIST  software prefetch distances in bytes to compare in the same\n"
         "                 rounds, comma-separated (default: the library's, see BLIP2_PREFETCH)\n"
@@ -127,7 +132,10 @@ int main(int argc, char **argv)
 {
     int rounds = 5, batches[8] = {1, 4}, nbatch = 2, pfs[8] = {b2__wkernels_set_prefetch(-1)}, npf = 1;
     double mem_gib = 2.0;
-    const char *impl = NULL, *types = "f32,f16,bf16,q8_0";
+    const char *impl_arg = NULL, *types = "f32,f16,bf16,q8_0";
+    const char *impls[8] = {NULL};
+    char implbuf[256] = "";
+    int nimpl = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -135,7 +143,7 @@ int main(int argc, char **argv)
         i++;
         if (!strcmp(a, "--rounds")) rounds = atoi(v);
         else if (!strcmp(a, "--mem-gib")) mem_gib = atof(v);
-        else if (!strcmp(a, "--impl")) impl = v;
+        else if (!strcmp(a, "--impl")) impl_arg = v;
         else if (!strcmp(a, "--types")) types = v;
         else if (!strcmp(a, "--batch")) {
             nbatch = 0;
@@ -175,19 +183,35 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nmem; i++) buf[i] = (float)(i & 1023) * 1e-3f;
     for (int i = 0; i < NMAX * F; i++) x[i] = (float)((int)(((unsigned)i * 7919u) % 2001u) - 1000) * 1e-3f;
     const int threads = b2__pool_size();
-    if (impl && mul(impl, y, x, &sets[0].layer[0], sets[0].t, 1)) {
-        fprintf(stderr, "bench_wkernels: implementation %s not available here\n", impl);
-        return 1;
+    if (impl_arg && !strcmp(impl_arg, "all")) {
+        nimpl = 0;
+        for (size_t i = 0; i < sizeof ALLIMPL / sizeof ALLIMPL[0]; i++)
+            if (mul(ALLIMPL[i], y, x, &sets[0].layer[0], sets[0].t, 1) == 0) impls[nimpl++] = ALLIMPL[i];
+    } else if (impl_arg) {
+        snprintf(implbuf, sizeof implbuf, "%s", impl_arg);
+        nimpl = 0;
+        for (char *p = strtok(implbuf, ","); p && nimpl < 8; p = strtok(NULL, ",")) {
+            if (mul(p, y, x, &sets[0].layer[0], sets[0].t, 1)) {
+                fprintf(stderr, "bench_wkernels: implementation %s not available here\n", p);
+                return 1;
+            }
+            impls[nimpl++] = p;
+        }
     }
+    if (nimpl < 1) { usage(stderr); return 2; }
     double la[3] = {0};
     FILE *lf = fopen("/proc/loadavg", "r");
     if (lf) { if (fscanf(lf, "%lf %lf %lf", &la[0], &la[1], &la[2]) != 3) la[0] = -1; fclose(lf); }
-    printf("bench_wkernels: products %s, %d threads, memory read %s over %.1f GiB, load average %.2f\n",
-           impl ? impl : b2__wkernels_name(), threads, rname, mem_gib, la[0]);
+    printf("bench_wkernels: products %s%s, %d threads, memory read %s over %.1f GiB, load average %.2f\n",
+           impl_arg ? impl_arg : b2__wkernels_name(), impl_arg && !strcmp(impl_arg, "all") ? " runnable here" : "", threads,
+           rname, mem_gib, la[0]);
 
-    for (int s = 0; s < nset; s++) pass(impl, &sets[s], y, x, 1); /* warm up */
-    /* one configuration = (batch, prefetch distance); results at [(s * ncfg + c) * rounds + r] */
-    const int ncfg = nbatch * npf;
+    for (int s = 0; s < nset; s++) pass(impls[0], &sets[s], y, x, 1); /* warm up */
+    /* one configuration = (implementation, batch, prefetch distance);
+     * results at [(s * ncfg + c) * rounds + r] */
+    const int ncfg = nimpl * nbatch * npf;
+#define CFG_IMPL(c) impls[(c) / (nbatch * npf)]
+#define CFG_BATCH(c) batches[(c) / npf % nbatch]
     double *ms = calloc((size_t)nset * ncfg * rounds, sizeof(double));
     double *ratio = calloc((size_t)nset * ncfg * rounds, sizeof(double));
     double *mem = calloc((size_t)rounds * (nset * ncfg + 1), sizeof(double));
@@ -199,7 +223,7 @@ int main(int argc, char **argv)
         for (int s = 0; s < nset; s++)
             for (int c = 0; c < ncfg; c++) {
                 b2__wkernels_set_prefetch(pfs[c % npf]);
-                const double dt = pass(impl, &sets[s], y, x, batches[c / npf]);
+                const double dt = pass(CFG_IMPL(c), &sets[s], y, x, CFG_BATCH(c));
                 const double after = b2b_mem_pass(rfn, buf, nmem, threads);
                 mem[nmem_meas++] = after;
                 const size_t o = ((size_t)s * ncfg + c) * rounds + r;
@@ -223,23 +247,23 @@ int main(int argc, char **argv)
         for (int c = 0; c < ncfg; c++)
             for (int r = 0; r < rounds; r++)
                 vsbf[(size_t)c * rounds + r] = ms[((size_t)sbf * ncfg + c) * rounds + r] / ms[((size_t)sq8 * ncfg + c) * rounds + r];
-    printf("%-5s %5s %8s %9s %10s %10s %9s %9s\n", "type", "batch", "prefetch", "GB/pass", "ms/pass", "ms/token", "GB/s",
-           "of mem");
+    printf("%-5s %-11s %5s %8s %9s %10s %10s %9s %9s\n", "type", "impl", "batch", "prefetch", "GB/pass", "ms/pass",
+           "ms/token", "GB/s", "of mem");
     for (int s = 0; s < nset; s++)
         for (int c = 0; c < ncfg; c++) {
-            const int b = c / npf;
             const size_t o = ((size_t)s * ncfg + c) * rounds;
             const double t = b2b_median(ms + o, rounds), q = b2b_median(ratio + o, rounds);
-            printf("%-5s %5d %8d %9.3f %10.1f %10.1f %9.1f %8.1f%%\n", b2__wt_name(sets[s].t), batches[b], pfs[c % npf],
-                   sets[s].bytes / 1e9, t, t / batches[b], sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
+            printf("%-5s %-11s %5d %8d %9.3f %10.1f %10.1f %9.1f %8.1f%%\n", b2__wt_name(sets[s].t),
+                   CFG_IMPL(c) ? CFG_IMPL(c) : b2__wkernels_name_for(sets[s].t), CFG_BATCH(c), pfs[c % npf],
+                   sets[s].bytes / 1e9, t, t / CFG_BATCH(c), sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
         }
     if (sbf >= 0 && sq8 >= 0)
         for (int c = 0; c < ncfg; c++) {
             double *v = vsbf + (size_t)c * rounds;
             b2b_sort(v, rounds);
             const double med = b2b_median(v, rounds);
-            printf("q8_0 vs bf16, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
-                   batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
+            printf("q8_0 vs bf16, %s, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
+                   CFG_IMPL(c) ? CFG_IMPL(c) : "default", CFG_BATCH(c), pfs[c % npf], med, v[0], v[rounds - 1]);
         }
     lf = fopen("/proc/loadavg", "r");
     if (lf) { if (fscanf(lf, "%lf", &la[0]) != 1) la[0] = -1; fclose(lf); }

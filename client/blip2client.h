@@ -381,6 +381,12 @@ typedef struct blip2c_status {
      * HTTP bodies) */
     uint64_t memory_max, memory_used, memory_jobs, memory_decode,
         memory_input, memory_output, memory_http;
+    /* The paths the model runs ("" from a daemon that does not send
+     * them): the math of the many-row products
+     * ("f32", "bf16"), their backend ("oneDNN", "own"), and the decode
+     * kernel per weight type with how it was chosen, e.g.
+     * "q8_0 avx2 (measured)" (measured, cached or forced by BLIP2_KERNELS). */
+    const char *model_precision, *model_backend, *model_kernels;
 } blip2c_status;
 
 /* Asks for the daemon's state; *st is new, free it with blip2c_status_free. */

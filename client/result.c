@@ -181,7 +181,8 @@ blip2c_status *b2c__status_copy(const b2ipc_status *s)
 {
     size_t size = sizeof(blip2c_status) + b2c__slen(s->version) +
                   b2c__slen(s->model.path) + b2c__slen(s->model.name) +
-                  b2c__slen(s->model.family) + b2c__slen(s->model.dtype);
+                  b2c__slen(s->model.family) + b2c__slen(s->model.dtype) +
+                  b2c__slen(s->model.precision) + b2c__slen(s->model.backend) + b2c__slen(s->model.kernels);
     char *block = malloc(size);
     if (!block) return NULL;
     blip2c_status *d = (blip2c_status *)block;
@@ -192,6 +193,9 @@ blip2c_status *b2c__status_copy(const b2ipc_status *s)
     d->model_name = b2c__put(&cur, s->model.name);
     d->model_family = b2c__put(&cur, s->model.family);
     d->model_dtype = b2c__put(&cur, s->model.dtype);
+    d->model_precision = b2c__put(&cur, s->model.precision);
+    d->model_backend = b2c__put(&cur, s->model.backend);
+    d->model_kernels = b2c__put(&cur, s->model.kernels);
     d->protocol = s->protocol;
     d->uptime_ms = s->uptime_ms;
     d->image_size = s->config.image_size;

@@ -678,6 +678,12 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->model.name = txt->name;
     st->model.family = txt->family;
     st->model.dtype = txt->dtype;
+    snprintf(txt->precision, sizeof txt->precision, "%s", blip2_model_precision(m));
+    snprintf(txt->backend, sizeof txt->backend, "%s", blip2_model_backend(m));
+    snprintf(txt->kernels, sizeof txt->kernels, "%s", blip2_model_kernels(m));
+    st->model.precision = txt->precision;
+    st->model.backend = txt->backend;
+    st->model.kernels = txt->kernels;
     st->config.image_size = (uint32_t)blip2_image_size(m);
     st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
     st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);

@@ -405,6 +405,9 @@ int main(int argc, char **argv)
     LOG_INFO("model loaded in %.0f ms (%s weights, %d+%d+%d layers)", b2d_now_ms() - t0, blip2_model_dtype(m),
              blip2_vision_layers(m), blip2_qformer_layers(m), blip2_text_layers(m));
     LOG_INFO("math: %s", blip2_model_math(m));
+    LOG_INFO("paths: precision %s, matrix backend %s, decode kernels %s", blip2_model_precision(m),
+             blip2_model_backend(m), blip2_model_kernels(m));
+    if (*blip2_model_kernels_log(m)) LOG_INFO("decode kernels: %s", blip2_model_kernels_log(m));
     const char *mpath = NULL;
     size_t msize = 0;
     if (blip2_model_mapping(m, &mpath, NULL, &msize))

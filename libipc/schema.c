@@ -139,6 +139,9 @@ static const b2ipc__field b2ipc__model_f[] = {
     FIELD("name", STR, REQ, RP(status.model.name), NA, 0, 256),
     FIELD("family", STR, REQ, RP(status.model.family), NA, 0, 64),
     FIELD("dtype", STR, REQ, RP(status.model.dtype), NA, 0, 64),
+    FIELD("precision", STR, 0, RP(status.model.precision), NA, 0, 64),
+    FIELD("backend", STR, 0, RP(status.model.backend), NA, 0, 64),
+    FIELD("kernels", STR, 0, RP(status.model.kernels), NA, 0, 1024),
 };
 SCHEMA(b2ipc__model, "model.", b2ipc__model_f, false);
 

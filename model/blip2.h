@@ -157,6 +157,24 @@ const char *blip2_model_dtype(const blip2_model *m);
  * brg:avx512_core_bf16); oneDNN 2.6.3, avx512_core_bf16; decode kernels
  * avx512" (for logs and status).  Borrowed, valid until blip2_model_free. */
 const char *blip2_model_math(const blip2_model *m);
+/* The parts of that choice, for status displays (static or borrowed,
+ * valid until blip2_model_free):
+ * precision: the math of the many-row products, "f32" or "bf16";
+ * backend: who computes them, "oneDNN" (bf16 math; per shape unless the
+ *   own path measured faster) or "own" (OpenBLAS sgemm and the engine's
+ *   kernels);
+ * kernels: the decode product per weight type the model holds and how it
+ *   was chosen, e.g. "q8_0 avx2 (measured), f32 avx2 (kernels.c, not
+ *   tuned)": "measured" at this load (the fastest implementation within
+ *   the type's error bound of the portable one, on the model's own
+ *   weights), "cached" (read from the file "<model.gguf>.kernels" written
+ *   by an earlier load on this CPU and version) or "forced by
+ *   BLIP2_KERNELS";
+ * kernels_log: the measurement behind it (rates, refusals, cache file). */
+const char *blip2_model_precision(const blip2_model *m);
+const char *blip2_model_backend(const blip2_model *m);
+const char *blip2_model_kernels(const blip2_model *m);
+const char *blip2_model_kernels_log(const blip2_model *m);
 /* Model family: "opt" or "t5" (Flan-T5), from config.json (static). */
 const char *blip2_model_family(const blip2_model *m);
 /* Layer counts for status displays. */

@@ -4,7 +4,7 @@
  *
  *   safetensors (f32/f16/bf16) -> f32 rows -> b2__wquantize_row ->
  *   one tensor at a time into OUT's temporary file -> fsync ->
- *   loaded back (b2__load_gguf: every check the loader makes) -> rename
+ *   loaded back (b2__load_gguf_check: every check the loader makes) -> rename
  *
  * The metadata keys come from packed.c; the folder's tensors are opened by
  * weights.c.
@@ -180,7 +180,7 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     f = NULL;
     /* load it back: every check a reader makes, before it gets its name */
     blip2_model *back = NULL;
-    if ((rc = b2__load_gguf(&back, tmp, NULL, err)) < 0) goto fail;
+    if ((rc = b2__load_gguf_check(&back, tmp, err)) < 0) goto fail;
     blip2_model_free(back);
     if (rename(tmp, out) != 0) { rc = b2__err(err, BLIP2_EIO, "%s: %s", out, strerror(errno)); goto fail; }
     tmp[0] = 0;

@@ -301,7 +301,12 @@ int main(int argc, char **argv)
     blip2_error err = {0};
     blip2_model *m = NULL;
     if (blip2_model_load(&m, model_dir, &lo, &err) < 0) die(EXIT_FAIL, "%s", err.text);
-    if (verbose) fprintf(stderr, "blip2-infer: %s weights; math %s\n", blip2_model_dtype(m), blip2_model_math(m));
+    if (verbose) {
+        fprintf(stderr, "blip2-infer: %s weights; math %s\n", blip2_model_dtype(m), blip2_model_math(m));
+        fprintf(stderr, "blip2-infer: precision %s, matrix backend %s, decode kernels %s\n", blip2_model_precision(m),
+                blip2_model_backend(m), blip2_model_kernels(m));
+        if (*blip2_model_kernels_log(m)) fprintf(stderr, "blip2-infer: decode kernels: %s\n", blip2_model_kernels_log(m));
+    }
 
     const size_t npx = blip2_pixel_values_len(m);
     int n = n_images, status = EXIT_OK;

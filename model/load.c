@@ -12,7 +12,8 @@
  * C 8 of the contents (each weight file's size, mtime and inode, the side
  * files), so a changed checkpoint is converted again, and the files an
  * earlier version of the same folder left (same P, other C) are stale:
- * they are removed once the new one is in place (prune_stale).
+ * they are removed once the new one is in place (prune_stale), with their
+ * decode kernel choices ("<file>.gguf.kernels", ktune.c).
  */
 #include "blip2.h"
 #include "error.h"
@@ -142,12 +143,18 @@ static void prune_stale(const char *cp, const blip2_load_opts *opts)
         if (tmp) n++;
         if (strcmp(n, name) == 0 || strncmp(n, name, plen) != 0) continue;
         const char *t = strrchr(n, '-');
-        if (!tmp && (!t || strcmp(t + strcspn(t, "."), ".gguf") != 0)) continue;
+        const char *ext = t ? t + strcspn(t, ".") : "";
+        const int kern = !tmp && !strcmp(ext, ".gguf.kernels"); /* ktune.c's cache of a file */
+        if (!tmp && !kern && strcmp(ext, ".gguf") != 0) continue;
         char p[4096 + 256];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         struct stat st;
         if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode)) continue;
         const int same_contents = strncmp(n, name, plen + 8) == 0;
+        if (kern) { /* a stale file's kernel choice goes with it; the others stay, unreported */
+            if (!same_contents) unlink(p);
+            continue;
+        }
         if (tmp ? now - st.st_mtime > 3600 : !same_contents) {
             if (unlink(p) == 0 && opts->cache_note_cb) opts->cache_note_cb(opts->convert_ud, p, (uint64_t)st.st_size, 1);
         } else if (!tmp && opts->cache_note_cb) {

@@ -328,11 +328,9 @@ static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error 
         snprintf(why8, sizeof why8, "int8 asked for, but %s: as without it, ", impl8);
     }
     if (int8 && !m->enc_int8)
-        snprintf(m->math, sizeof m->math, "%s (%s%s); %s; decode kernels %s", b2__prec_name(m->prec), why8, why,
-                 b2__dnnl_info(), b2__wkernels_name());
+        snprintf(m->math, sizeof m->math, "%s (%s%s); %s", b2__prec_name(m->prec), why8, why, b2__dnnl_info());
     else
-        snprintf(m->math, sizeof m->math, "%s%s (%s); %s; decode kernels %s", why8, b2__prec_name(m->prec), why,
-                 b2__dnnl_info(), b2__wkernels_name());
+        snprintf(m->math, sizeof m->math, "%s%s (%s); %s", why8, b2__prec_name(m->prec), why, b2__dnnl_info());
     return 0;
 }
 
@@ -402,8 +400,30 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
     return 0;
 }
 
+/* The decode kernels (ktune.c), then appended to m->math. */
+static int kernels(blip2_model *m, const char *gguf_path, blip2_error *err)
+{
+    const int rc = b2__kernels_choose(m, gguf_path, err);
+    if (rc < 0) return rc;
+    const size_t len = strlen(m->math);
+    snprintf(m->math + len, sizeof m->math - len, "; decode kernels %s", m->kernels);
+    return 0;
+}
+
 /* A GGUF file: map, read the metadata, bind every tensor in place. */
+static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, int tune, blip2_error *err);
+
 int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err)
+{
+    return load_gguf(out, path, opts, 1, err);
+}
+
+int b2__load_gguf_check(blip2_model **out, const char *path, blip2_error *err)
+{
+    return load_gguf(out, path, NULL, 0, err);
+}
+
+static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, int tune, blip2_error *err)
 {
     int rc;
     blip2_model *m = calloc(1, sizeof *m);
@@ -416,6 +436,8 @@ int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *op
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     if ((rc = quantize_encoders(m, err)) < 0) goto fail;
+    if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
+    if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
     size_t size;
     void *map = b2__gguf_map(m->gguf, &size);
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
@@ -469,6 +491,7 @@ int b2__load_folder(blip2_model **out, const char *path, const blip2_load_opts *
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     if ((rc = quantize_encoders(m, err)) < 0) goto fail;
+    if ((rc = kernels(m, NULL, err)) < 0) goto fail;
     *out = m;
     return 0;
 fail:
@@ -497,6 +520,10 @@ int blip2_max_positions(const blip2_model *m) { return m->cfg.t_max_pos; }
 int32_t blip2_bos_id(const blip2_model *m) { return m->cfg.dec_start; }
 const char *blip2_model_dtype(const blip2_model *m) { return m->dtype; }
 const char *blip2_model_math(const blip2_model *m) { return m->math; }
+const char *blip2_model_precision(const blip2_model *m) { return b2__prec_name(m->prec); }
+const char *blip2_model_backend(const blip2_model *m) { return b2__linear_backend(m->prec); }
+const char *blip2_model_kernels(const blip2_model *m) { return m->kernels; }
+const char *blip2_model_kernels_log(const blip2_model *m) { return m->kernels_log; }
 const char *blip2_model_family(const blip2_model *m) { return m->lm->name; }
 int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
 int blip2_qformer_layers(const blip2_model *m) { return m->cfg.q_layers; }

@@ -26,6 +26,10 @@ int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err);
  * in place (opts: mlock; may be NULL); a Hugging Face folder, its 16-bit
  * weights widened to f32 copies.  *out is a new model (blip2_model_free). */
 int b2__load_gguf(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err);
+/* The same without choosing the decode kernels (ktune.c: no measuring,
+ * no .kernels file, the process's choice untouched), for checking a
+ * file just written (blip2_convert). */
+int b2__load_gguf_check(blip2_model **out, const char *path, blip2_error *err);
 int b2__load_folder(blip2_model **out, const char *path, const blip2_load_opts *opts, blip2_error *err);
 
 #endif

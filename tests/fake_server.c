@@ -198,6 +198,9 @@ static void send_status(srv *s, uint64_t id)
     st->model.name = "blip2-fake";
     st->model.family = "opt";
     st->model.dtype = "f32";
+    st->model.precision = "bf16";
+    st->model.backend = "oneDNN";
+    st->model.kernels = "q8_0 avx2 (measured)";
     st->config.image_size = 224;
     st->config.vision_layers = 2;
     st->config.vision_hidden = 32;

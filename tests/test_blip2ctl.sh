@@ -151,8 +151,10 @@ report $((1 - $?)) "chat --json: question and prompt" "$(head -c 300 "$T/out")"
 expect 0 '' "status" -- "$CTL" --socket "$S" status
 grep -q 'blip2-fake' "$T/out" && grep -q '5 hits' "$T/out"
 report $((1 - $?)) "status prints model and cache" "$(head -c 300 "$T/out")"
+grep -q '^math: *bf16 on oneDNN; decode kernels q8_0 avx2 (measured)$' "$T/out"
+report $((1 - $?)) "status prints the math, backend and decode kernels" "$(head -c 600 "$T/out")"
 expect 0 '' "status --json" -- "$CTL" --socket "$S" --json status
-python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); assert o["model"]["name"]=="blip2-fake" and o["cache"]["hits"]==5, o' "$T/out"
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); m=o["model"]; assert m["name"]=="blip2-fake" and o["cache"]["hits"]==5 and m["precision"]=="bf16" and m["backend"]=="oneDNN" and m["kernels"]=="q8_0 avx2 (measured)", o' "$T/out"
 report $((1 - $?)) "status --json is valid JSON" "$(head -c 300 "$T/out")"
 expect 0 '' "ping" -- "$CTL" --socket "$S" ping
 grep -q '^pong from fake-blip2d 0' "$T/out"; report $((1 - $?)) "ping output" "$(cat "$T/out")"

@@ -117,6 +117,11 @@ st3 = status(SOCK3)
 ok(all(results.get(k) == serial[k][1] for k in keys),
    "--prefill-chunk 3: 8 concurrent clients get the serial results (%d steps with a prefill, %d decode-only)"
    % (st3["engine"]["prefill_steps"], st3["engine"]["decode_steps"]))
+# the paths the model runs: the golden folder computes in f32 on the own
+# backend; its only weight type, f32, is kernels.c's (not tuned)
+m3 = st3["model"]
+ok(m3.get("precision") == "f32" and m3.get("backend") == "own" and m3.get("kernels", "").startswith("f32 "),
+   "status: model.precision %r, backend %r, kernels %r" % (m3.get("precision"), m3.get("backend"), m3.get("kernels")))
 stop(proc3)
 
 # streaming: token events then done, pieces join to the text

@@ -474,6 +474,13 @@ static void test_cache(const char *gdir)
     ok(blip2_model_load(&m, src, &o, &err) == 0 && count_gguf(cache, name2, sizeof name2) == 1 &&
        strcmp(name, name2) != 0,
        "a changed weight file is converted again, and the earlier version's files (f16, bf16) removed");
+    {
+        char k1[1100], k2[1100];
+        snprintf(k1, sizeof k1, "%s/%s.kernels", cache, name);
+        snprintf(k2, sizeof k2, "%s/%s.kernels", cache, name2);
+        ok(access(k1, F_OK) != 0 && access(k2, F_OK) == 0,
+           "the decode kernel choice is cached beside the new file, the earlier file's removed with it");
+    }
     blip2_model_free(m);
     m = NULL;
     o.cache_dir = "/proc/no/such/dir";

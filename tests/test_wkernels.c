@@ -29,6 +29,16 @@
  *               pattern (a signalling NaN may come back quiet), q8_0 with
  *               random, -128, subnormal-scale and zero blocks; rows from
  *               an odd row0 at an unaligned address, odd k
+ *   tune        b2__wkernels_tune per type on random matrices: the choice
+ *               is one of b2__wkernels_candidates, no real implementation
+ *               is refused, and the chosen one's products (5 x rows, every
+ *               W row) agree with the portable ones within
+ *               2 gamma(k/8 + 8) sum_j |w_j x_j|; two deliberately wrong
+ *               candidates (b2__wkernels_test_candidate: all zeros, the
+ *               fastest possible; and a product that drops the last 8
+ *               values of each row) are refused and never chosen;
+ *               b2__wkernels_use sets what the dispatching entry point
+ *               runs per type (same bits as the named implementation)
  *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
  *               round trips, midpoints go to even, overflow to infinity,
  *               subnormals, NaN stays NaN; q8_0 weights vs GGML's
@@ -36,6 +46,7 @@
  *               their definition
  */
 #include "wkernels.h"
+#include "wkernels_impl.h"
 #include "safetensors.h"
 #include "tap.h"
 
@@ -176,8 +187,8 @@ static void test_q8_act(void)
 
 /* ---- the products ---- */
 
-static const char *const IMPLS[] = {"portable", "avx2", "avx512"};
-enum { NIMPL = 3 };
+static const char *const IMPLS[] = {"portable", "avx2", "avx512", "avx512-vnni"};
+enum { NIMPL = 4 };
 
 typedef struct shape_stats {
     double worst;       /* max |y - ref| / tol */
@@ -357,7 +368,7 @@ static void test_special(void)
     float dummy = 0, px[32] = {0};
     unsigned char pw[128] = {0};
     if (want && *want && b2__wmatmul_rows_impl(want, &dummy, 1, px, 32, pw, B2_WT_F32, 1, 1, 32) == 0)
-        ok(!strcmp(name, want), "BLIP2_KERNELS=%s is honoured", want);
+        ok(!strncmp(name, want, strlen(want)), "BLIP2_KERNELS=%s is honoured (%s)", want, name);
     for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
         problem p;
         problem_make(&p, TYPES[ti], 65, 96, 1);
@@ -503,6 +514,151 @@ static void test_widen(void)
     free(raw); free(y); free(q);
 }
 
+/* ---- the autotuner ---- */
+
+/* Deliberately wrong candidates for b2__wkernels_tune. */
+static void zero_fp(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+                    b2_wtype t, int n, int m, int k)
+{
+    (void)x; (void)ldx; (void)w; (void)rb; (void)t; (void)k;
+    for (int i = 0; i < n; i++) memset(y + (size_t)i * ldy, 0, sizeof(float) * m);
+}
+static void zero_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                    size_t rb, int n, int m, int k)
+{
+    (void)xq; (void)xd; (void)w; (void)rb; (void)k;
+    for (int i = 0; i < n; i++) memset(y + (size_t)i * ldy, 0, sizeof(float) * m);
+}
+/* right but for the last 8 values of each row (a tail bug) */
+static void short_fp(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+                     b2_wtype t, int n, int m, int k)
+{
+    float *row = malloc(sizeof(float) * k);
+    for (int r = 0; r < m; r++) {
+        b2__wrows_to_f32(row, w + rb * r, t, 0, 1, k);
+        for (int i = 0; i < n; i++) {
+            double a = 0;
+            for (int j = 0; j < k - 8; j++) a += (double)row[j] * x[(size_t)i * ldx + j];
+            y[(size_t)i * ldy + r] = (float)a;
+        }
+    }
+    free(row);
+}
+static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                     size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q8_0_BLOCK;
+    for (int r = 0; r < m; r++)
+        for (int i = 0; i < n; i++) {
+            double a = 0;
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *blk = w + rb * r + (size_t)b * B2_Q8_0_BYTES;
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                int32_t sum = 0;
+                const int last = b == nb - 1 ? 24 : 32;
+                for (int j = 0; j < last; j++) sum += (int8_t)blk[2 + j] * xq[(size_t)i * k + b * 32 + j];
+                a += (double)b2__f16_to_f32(h) * xd[(size_t)i * nb + b] * sum;
+            }
+            y[(size_t)i * ldy + r] = (float)a;
+        }
+}
+static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
+static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c};
+static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c};
+
+static void test_tune(void)
+{
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    const int m = 300, k = 1056, n = 5;
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        const b2_wtype t = TYPES[ti];
+        problem p[2];
+        problem_make(&p[0], t, m, k, 0);
+        problem_make(&p[1], t, m, k, 1);
+        const b2_wsample s[3] = {{p[0].w, m, k}, {p[1].w, m, k}, {p[0].w, m / 2, k}};
+        const char *names[B2_WTUNE_MAX];
+        const int nn = b2__wkernels_candidates(t, names, B2_WTUNE_MAX);
+        b2_wtune res;
+        const int rc = b2__wkernels_tune(t, s, 3, &res);
+        int known = 0, none_refused = 1;
+        for (int c = 0; rc == 0 && c < nn; c++) known |= !strcmp(res.chosen, names[c]);
+        for (int c = 0; rc == 0 && c < res.n; c++) {
+            diag("%s %s: %.2f of the bound, %.2f GB/s", b2__wt_name(t), res.c[c].name, res.c[c].err, res.c[c].gbs);
+            none_refused &= !res.c[c].refused;
+        }
+        ok(rc == 0 && known && res.n == nn, "%s: the tuner chose %s, one of the %d this CPU runs", b2__wt_name(t),
+           rc == 0 ? res.chosen : "nothing", nn);
+        ok(none_refused, "%s: every real implementation is within the bound of portable", b2__wt_name(t));
+        /* the chosen one against portable, all rows, by the tuner's bound */
+        float *y = malloc(sizeof(float) * n * m), *yp = malloc(sizeof(float) * n * m);
+        double worst = 0;
+        if (rc == 0 && b2__wmatmul_rows_impl(res.chosen, y, m, p[0].x, p[0].ldx, p[0].w, t, n, m, k) == 0 &&
+            b2__wmatmul_rows_impl("portable", yp, m, p[0].x, p[0].ldx, p[0].w, t, n, m, k) == 0) {
+            const double u = 1.0 / 16777216.0, g = (k / 8 + 8) * u / (1 - (k / 8 + 8) * u);
+            int8_t q[1056];
+            float d[33], xq[1056];
+            for (int i = 0; i < n; i++) {
+                const float *xi = p[0].x + (size_t)i * p[0].ldx;
+                if (t == B2_WT_Q8_0) {
+                    b2__wquantize_act_q8(q, d, xi, k);
+                    for (int j = 0; j < k; j++) xq[j] = d[j / 32] * q[j];
+                    xi = xq;
+                }
+                for (int r = 0; r < m; r++) {
+                    double a = 0;
+                    for (int j = 0; j < k; j++) a += fabs((double)p[0].wf[(size_t)r * k + j] * xi[j]);
+                    const double e = fabs((double)y[i * m + r] - yp[i * m + r]) / (2 * g * a);
+                    if (!(e <= worst)) worst = e;
+                }
+            }
+        } else {
+            worst = INFINITY;
+        }
+        ok(worst <= 1, "%s: the chosen %s agrees with portable on %d x %d outputs (worst %.3f of the bound)",
+           b2__wt_name(t), rc == 0 ? res.chosen : "-", n, m, worst);
+        free(y);
+        free(yp);
+        /* wrong candidates: refused, never chosen */
+        const b2_wimpl *wrong[2] = {&wrong_zero, &wrong_short};
+        for (int w = 0; w < 2; w++) {
+            b2__wkernels_test_candidate(wrong[w]);
+            b2_wtune r2;
+            const int rc2 = b2__wkernels_tune(t, s, 3, &r2);
+            int refused = 0, listed = 0;
+            for (int c = 0; c < r2.n; c++)
+                if (!strcmp(r2.c[c].name, wrong[w]->name)) { listed = 1; refused = r2.c[c].refused; }
+            ok(rc2 == 0 && listed && refused && strcmp(r2.chosen, wrong[w]->name) != 0,
+               "%s: a wrong candidate (%s) is refused and %s chosen", b2__wt_name(t), wrong[w]->name,
+               rc2 == 0 ? r2.chosen : "nothing");
+            b2__wkernels_test_candidate(NULL);
+        }
+        /* b2__wkernels_use: the dispatching entry point runs what it names */
+        float y1[5 * 300], y2[5 * 300];
+        int same = 1, used = 0;
+        for (int c = 0; c < nn; c++) {
+            if (b2__wkernels_use(t, names[c]) != 0) { same = 0; continue; }
+            used += !strcmp(b2__wkernels_name_for(t), names[c]);
+            b2__wmatmul_rows(y1, m, p[0].x, p[0].ldx, p[0].w, t, n, m, k);
+            b2__wmatmul_rows_impl(names[c], y2, m, p[0].x, p[0].ldx, p[0].w, t, n, m, k);
+            same &= !memcmp(y1, y2, sizeof y1);
+        }
+        b2__wkernels_use(t, NULL);
+        ok(same && used == nn && !strcmp(b2__wkernels_name_for(t), b2__wkernels_name()),
+           "%s: b2__wkernels_use makes b2__wmatmul_rows run each of the %d (same bits), NULL the default again",
+           b2__wt_name(t), nn);
+        for (int i = 0; i < 2; i++) {
+            problem_free(&p[i]);
+        }
+    }
+    ok(b2__wkernels_use(B2_WT_Q8_0, "no-such-kernel") == -1 && b2__wkernels_use((b2_wtype)5, "portable") == -1 &&
+       !strcmp(b2__wkernels_name_for(B2_WT_Q8_0), b2__wkernels_name()),
+       "b2__wkernels_use refuses an unknown implementation or type and changes nothing");
+    b2_wtune r;
+    const b2_wsample bad = {NULL, 4, 32};
+    ok(b2__wkernels_tune(B2_WT_Q8_0, &bad, 1, &r) == -1, "b2__wkernels_tune refuses a sample without weights");
+}
+
 int main(void)
 {
     test_round16(B2_WT_F16);
@@ -514,5 +670,6 @@ int main(void)
     test_threads();
     test_prefetch();
     test_widen();
+    test_tune();
     return tap_done();
 }

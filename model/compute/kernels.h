@@ -75,6 +75,12 @@ void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w,
  * b2__linear does (prefill); such rows' bits then depend on the batch. */
 void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
 
+/* The matrix backend of the many-row products in math p, for reports:
+ * "oneDNN" (bf16 math: oneDNN, per shape unless the own path measured
+ * faster) or "own" (f32 math, or BLIP2_MATMUL=own: OpenBLAS sgemm and
+ * the own kernels).  Static string. */
+const char *b2__linear_backend(b2_prec p);
+
 /* y (n, d) = LayerNorm(x (n, d)); y may equal x. */
 void b2__layernorm(float *y, const float *x, int n, const b2_ln *ln, float eps);
 

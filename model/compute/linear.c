@@ -127,6 +127,11 @@ static double now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
+const char *b2__linear_backend(b2_prec p)
+{
+    return p != B2_PREC_F32 && mm_mode() != 3 ? "oneDNN" : "own";
+}
+
 /* y (n, out) = x (n, in) @ W^T (+ b if bias) on the path above */
 static void own_linear(float *y, const float *x, int n, const b2_linear *l, int bias)
 {

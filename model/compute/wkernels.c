@@ -3,12 +3,22 @@
  * conversions, the portable C products and the dispatcher.
  *
  *   b2__wmatmul_rows(y, x, W, t)
- *     -> implementation: BLIP2_KERNELS if the CPU runs it, else the best
- *        of avx512 (wkernels_avx512.c) > avx2 (wkernels_avx2.c) > portable
+ *     -> implementation, per type t: the one b2__wkernels_use set (the
+ *        autotuner's choice at load, model/ktune.c), else BLIP2_KERNELS
+ *        if the CPU runs it, else the first of wcands it runs:
+ *        avx512-vnni > avx512 (wkernels_avx512.c) > avx2
+ *        (wkernels_avx2.c) > portable
  *     -> q8_0 only: every x row quantised to q8_0 blocks once per call
  *        (b2__wquantize_act_q8, into a per-thread scratch buffer)
  *     -> chunks of 64 W rows spread over the compute pool; each chunk
  *        runs impl->fp or impl->q8 over all n rows of x
+ *   b2__wkernels_tune(t, samples)
+ *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
+ *        checked against portable on the first sample's rows, refused
+ *        beyond the bound; the rest timed as decode steps; the fastest
+ * A new weight type: one entry in wtypes, its entry point in wentry (and
+ * in b2_wimpl), and, for a block type, wt_block; the tuner, the per-type choice and the cache file
+ * (model/ktune.c, kt_types) then cover it.
  * Batch invariance: every implementation computes y[i][r] from x row i
  * and W row r alone (one accumulator per pair, one order over k), so a
  * row's bits never depend on n or on which register tile it landed in.
@@ -20,8 +30,10 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -230,7 +242,7 @@ static void q8_to_f32_c(float *y, const unsigned char *w, int nb)
 
 static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c};
 
-/* ---- choosing an implementation ---- */
+/* ---- choosing an implementation, per weight type ---- */
 
 #if defined(__x86_64__) || defined(__i386__)
 static int cpu_avx2(void)
@@ -246,37 +258,119 @@ static int cpu_avx512(void)
     return cpu_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl");
 }
+
+static int cpu_avx512vnni(void) { return cpu_avx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
+
+/* Every implementation this build has, best first (the default order);
+ * the ones this CPU runs are the autotuner's candidates. */
+typedef struct wcand {
+    const b2_wimpl *impl;
+    int (*runs)(void); /* NULL: everywhere */
+} wcand;
+
+static const wcand wcands[] = {
+#if defined(__x86_64__) || defined(__i386__)
+    {&b2__wimpl_avx512_vnni, cpu_avx512vnni},
+    {&b2__wimpl_avx512, cpu_avx512},
+    {&b2__wimpl_avx2, cpu_avx2},
+#endif
+    {&wimpl_portable, NULL},
+};
+enum { NCANDS = sizeof wcands / sizeof wcands[0] };
+
+/* The weight types the products take, one entry each: a new type is one
+ * more entry here (and its entry point in b2_wimpl, see wentry). */
+static const b2_wtype wtypes[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+enum { NWT = sizeof wtypes / sizeof wtypes[0] };
+
+static int wslot(b2_wtype t)
+{
+    for (int i = 0; i < NWT; i++)
+        if (wtypes[i] == t) return i;
+    return -1;
+}
+
+/* The function an implementation runs for type t: two implementations
+ * with the same one are the same candidate for that type. */
+/* 1 for the block types, whose products quantise the activations to q8_0 */
+static int wt_block(b2_wtype t) { return t == B2_WT_Q8_0; }
+
+static const void *wentry(const b2_wimpl *p, b2_wtype t)
+{
+    return t == B2_WT_Q8_0 ? (const void *)p->q8 : (const void *)p->fp;
+}
 
 static const b2_wimpl *wimpl_get(const char *name)
 {
-    if (!strcmp(name, "portable")) return &wimpl_portable;
-#if defined(__x86_64__) || defined(__i386__)
-    if (!strcmp(name, "avx2") && cpu_avx2()) return &b2__wimpl_avx2;
-    if (!strcmp(name, "avx512") && cpu_avx512())
-        return __builtin_cpu_supports("avx512vnni") ? &b2__wimpl_avx512_vnni : &b2__wimpl_avx512;
-#endif
+    for (int i = 0; i < NCANDS; i++)
+        if (!strcmp(name, wcands[i].impl->name))
+            return !wcands[i].runs || wcands[i].runs() ? wcands[i].impl : NULL;
+    /* "avx512" (BLIP2_KERNELS' historic name): the best AVX-512 one this CPU runs */
+    if (!strcmp(name, "avx512"))
+        for (int i = 0; i < NCANDS; i++)
+            if (!strncmp(wcands[i].impl->name, "avx512", 6) && (!wcands[i].runs || wcands[i].runs()))
+                return wcands[i].impl;
     return NULL;
 }
 
-/* Decided once, as b2__simd() does: BLIP2_KERNELS if this CPU runs it,
- * else the best it runs.  A race only stores the same pointer twice. */
+/* BLIP2_KERNELS if this CPU runs it, else NULL; decided once. */
+static const b2_wimpl *wforced(void)
+{
+    static const b2_wimpl *_Atomic forced;
+    static _Atomic int known;
+    if (!known) {
+        const char *want = getenv("BLIP2_KERNELS");
+        forced = want && *want ? wimpl_get(want) : NULL;
+        known = 1;
+    }
+    return forced;
+}
+
+/* The default: BLIP2_KERNELS if this CPU runs it, else the first of
+ * wcands it runs.  Decided once, as b2__simd() does. */
 static const b2_wimpl *wimpl(void)
 {
     static const b2_wimpl *_Atomic chosen;
     const b2_wimpl *s = chosen;
     if (!s) {
-        const char *want = getenv("BLIP2_KERNELS");
-        if (want && *want) s = wimpl_get(want);
-        if (!s) s = wimpl_get("avx512");
-        if (!s) s = wimpl_get("avx2");
-        if (!s) s = &wimpl_portable;
+        s = wforced();
+        for (int i = 0; !s && i < NCANDS; i++)
+            if (!wcands[i].runs || wcands[i].runs()) s = wcands[i].impl;
         chosen = s;
     }
     return s;
 }
 
+/* Per type: the implementation set by b2__wkernels_use, else NULL (the default). */
+static const b2_wimpl *_Atomic wchosen[NWT];
+
+static const b2_wimpl *wimpl_for(b2_wtype t)
+{
+    const int s = wslot(t);
+    const b2_wimpl *p = s >= 0 ? wchosen[s] : NULL;
+    return p ? p : wimpl();
+}
+
 const char *b2__wkernels_name(void) { return wimpl()->name; }
+
+const char *b2__wkernels_name_for(b2_wtype t) { return wimpl_for(t)->name; }
+
+const char *b2__wkernels_forced(void)
+{
+    const b2_wimpl *p = wforced();
+    return p ? p->name : NULL;
+}
+
+int b2__wkernels_use(b2_wtype t, const char *impl)
+{
+    const int s = wslot(t);
+    const b2_wimpl *p = impl ? wimpl_get(impl) : NULL;
+    if (s < 0 || (impl && !p)) return -1;
+    wchosen[s] = p;
+    return 0;
+}
+
 
 /* ---- how far ahead the SIMD tiles prefetch W ----
  * The hardware prefetchers stop at 4 KiB page boundaries; asking for the
@@ -416,7 +510,7 @@ void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w,
                       int n, int m, int k)
 {
     if (n <= 0 || m <= 0) return;
-    run(wimpl(), y, ldy, x, ldx, w, t, n, m, k);
+    run(wimpl_for(t), y, ldy, x, ldx, w, t, n, m, k);
 }
 
 int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, int ldx,
@@ -426,4 +520,218 @@ int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, i
     if (!p) return -1;
     if (n > 0 && m > 0) run(p, y, ldy, x, ldx, w, t, n, m, k);
     return 0;
+}
+
+/* ---- the autotuner ---- */
+
+static const b2_wimpl *_Atomic wextra; /* b2__wkernels_test_candidate */
+
+void b2__wkernels_test_candidate(const b2_wimpl *extra) { wextra = extra; }
+
+/* The candidates for type t this CPU runs, fastest-looking first; of two
+ * with the same code for t only the lower (e.g. "avx512" q8_0 is the AVX2
+ * kernel: "avx2") is kept. */
+static int wcand_list(b2_wtype t, const b2_wimpl **out, int max)
+{
+    int n = 0;
+    for (int i = 0; i < NCANDS; i++) {
+        if (wcands[i].runs && !wcands[i].runs()) continue;
+        int dup = 0;
+        for (int j = i + 1; j < NCANDS; j++)
+            dup |= (!wcands[j].runs || wcands[j].runs()) && wentry(wcands[j].impl, t) == wentry(wcands[i].impl, t);
+        if (!dup && n < max) out[n++] = wcands[i].impl;
+    }
+    const b2_wimpl *x = wextra;
+    if (x && n < max) out[n++] = x;
+    return n;
+}
+
+int b2__wkernels_candidates(b2_wtype t, const char **names, int max)
+{
+    const b2_wimpl *c[B2_WTUNE_MAX];
+    const int n = wcand_list(t, c, B2_WTUNE_MAX);
+    for (int i = 0; i < n && i < max; i++) names[i] = c[i]->name;
+    return n;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define TUNE_CHECK_ROWS 128  /* W rows of the first sample each candidate is checked on */
+#define TUNE_CHECK_N 3       /* x rows of the check (tiles of 2 and a tail) */
+#define TUNE_RUN_BYTES (48u << 20) /* weights read per timed run: past a 32 MiB L3 */
+#define TUNE_ROUNDS 5
+
+/* Per row r: |y - y_portable| <= 2 gamma(k/8 + 8) sum_j |w_rj x_j|, with
+ * gamma(n) = n u / (1 - n u), u = 2^-24: both are sums of the same
+ * products (q8_0: the same block terms) in lanes of at most k/8 terms
+ * and a short tree, each within gamma of the exact sum.  Returns the
+ * largest |diff| / bound (> 1: out of bounds; NaN in one and not the
+ * other: infinity). */
+static double check_err(const float *y, const float *yp, const double *bound, int cnt)
+{
+    double worst = 0;
+    for (int i = 0; i < cnt; i++) {
+        if (isnan(y[i]) != isnan(yp[i])) return INFINITY;
+        if (isnan(y[i])) continue;
+        const double d = fabs((double)y[i] - (double)yp[i]);
+        const double e = bound[i] > 0 ? d / bound[i] : d > 0 ? INFINITY : 0;
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
+}
+
+int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
+{
+    memset(res, 0, sizeof *res);
+    if (wslot(t) < 0 || ns <= 0) return -1;
+    int kmax = 0, mmax = 0;
+    for (int i = 0; i < ns; i++) {
+        if (!s[i].w || s[i].m <= 0 || !b2__wt_ok(t, s[i].k)) return -1;
+        kmax = s[i].k > kmax ? s[i].k : kmax;
+        mmax = s[i].m > mmax ? s[i].m : mmax;
+    }
+    const int k0 = s[0].k, cr = s[0].m < TUNE_CHECK_ROWS ? s[0].m : TUNE_CHECK_ROWS;
+    const int cm = cr * TUNE_CHECK_N;
+    float *x = malloc(sizeof(float) * (size_t)kmax * TUNE_CHECK_N);
+    float *y = malloc(sizeof(float) * (size_t)(mmax > cm ? mmax : cm));
+    float *yp = malloc(sizeof(float) * (size_t)cm);
+    float *wrow = malloc(sizeof(float) * (size_t)k0);
+    float *xd = malloc(sizeof(float) * (size_t)k0 * TUNE_CHECK_N);
+    double *bound = malloc(sizeof(double) * (size_t)cm);
+    int rc = -1;
+    if (!x || !y || !yp || !wrow || !xd || !bound) goto out;
+    /* activations: a fixed pseudo-random sequence in [-1, 1) */
+    uint32_t lcg = 12345;
+    for (size_t j = 0; j < (size_t)kmax * TUNE_CHECK_N; j++) {
+        lcg = lcg * 1664525u + 1013904223u;
+        x[j] = (float)((int32_t)lcg >> 8) * (1.0f / 8388608.0f);
+    }
+    /* the bound per (x row, W row), with q8_0's x as the products see it */
+    memcpy(xd, x, sizeof(float) * (size_t)k0 * TUNE_CHECK_N);
+    if (wt_block(t)) {
+        for (int i = 0; i < TUNE_CHECK_N; i++) {
+            int8_t qq[B2_Q8_0_BLOCK];
+            float dd;
+            for (int b = 0; b < k0 / B2_Q8_0_BLOCK; b++) {
+                float *xb = xd + (size_t)i * k0 + (size_t)b * B2_Q8_0_BLOCK;
+                b2__wquantize_act_q8(qq, &dd, x + (size_t)i * k0 + (size_t)b * B2_Q8_0_BLOCK, B2_Q8_0_BLOCK);
+                for (int j = 0; j < B2_Q8_0_BLOCK; j++) xb[j] = dd * (float)qq[j];
+            }
+        }
+    }
+    const double u = 1.0 / 16777216.0, g = (k0 / 8 + 8) * u / (1 - (k0 / 8 + 8) * u);
+    for (int r = 0; r < cr; r++) {
+        b2__wrows_to_f32(wrow, s[0].w, t, r, 1, k0);
+        for (int i = 0; i < TUNE_CHECK_N; i++) {
+            double a = 0;
+            for (int j = 0; j < k0; j++) a += fabs((double)wrow[j] * (double)xd[(size_t)i * k0 + j]);
+            bound[(size_t)i * cr + r] = 2 * g * a;
+        }
+    }
+    run(&wimpl_portable, yp, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
+
+    const b2_wimpl *cand[B2_WTUNE_MAX];
+    const int nc = wcand_list(t, cand, B2_WTUNE_MAX);
+    int ok[B2_WTUNE_MAX];
+    res->n = nc;
+    for (int c = 0; c < nc; c++) {
+        res->c[c].name = cand[c]->name;
+        run(cand[c], y, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
+        res->c[c].err = check_err(y, yp, bound, cm);
+        ok[c] = res->c[c].err <= 1;
+        res->c[c].refused = !ok[c];
+    }
+    /* timed runs: each reads fresh weights (the next samples, round
+     * robin, until TUNE_RUN_BYTES), so none is served from the caches
+     * unless the samples are small; the mapping's pages touched first */
+    size_t total = 0;
+    for (int i = 0; i < ns; i++) total += b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
+    /* each run may read one sample past TUNE_RUN_BYTES: touch twice that */
+    const size_t want = 2 * (size_t)TUNE_ROUNDS * (size_t)nc * TUNE_RUN_BYTES;
+    {
+        size_t seen = 0;
+        volatile unsigned char sink = 0;
+        for (int i = 0; seen < want && seen < total; i++) {
+            const size_t bytes = b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
+            const unsigned char *p = s[i].w;
+            for (size_t o = 0; o < bytes; o += 4096) sink ^= p[o];
+            seen += bytes;
+        }
+        (void)sink;
+    }
+    double rate[B2_WTUNE_MAX][TUNE_ROUNDS];
+    int cur = 0;
+    for (int r = 0; r < TUNE_ROUNDS; r++)
+        for (int q = 0; q < nc; q++) {
+            const int c = (q + r) % nc; /* a different order each round */
+            if (!ok[c]) continue;
+            size_t bytes = 0;
+            double dt = 0;
+            int used = 0;
+            while (bytes < TUNE_RUN_BYTES && used < ns) {
+                const b2_wsample *w = &s[cur];
+                cur = (cur + 1) % ns;
+                used++;
+                const double t0 = now_s();
+                run(cand[c], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
+                dt += now_s() - t0;
+                bytes += b2__wt_row_bytes(t, w->k) * (size_t)w->m;
+            }
+            rate[c][r] = (double)bytes / (dt > 0 ? dt : 1e-9);
+            res->mbytes = (double)bytes / 1e6;
+        }
+    int best = -1;
+    for (int c = 0; c < nc; c++) {
+        if (!ok[c]) continue;
+        qsort(rate[c], TUNE_ROUNDS, sizeof(double), cmp_dbl);
+        res->c[c].gbs = rate[c][TUNE_ROUNDS / 2] / 1e9;
+        if (best < 0 || res->c[c].gbs > res->c[best].gbs) best = c;
+    }
+    if (best >= 0) {
+        res->chosen = cand[best]->name;
+        rc = 0;
+    }
+out:
+    free(x);
+    free(y);
+    free(yp);
+    free(wrow);
+    free(xd);
+    free(bound);
+    return rc;
+}
+
+size_t b2__wkernels_cpu_key(char *buf, size_t size)
+{
+    char brand[49] = "unknown cpu";
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned r[12];
+    if (__get_cpuid_max(0x80000000u, NULL) >= 0x80000004u) {
+        for (unsigned i = 0; i < 3; i++) __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+        memcpy(brand, r, 48);
+        brand[48] = 0;
+    }
+#endif
+    char *b = brand;
+    while (*b == ' ') b++;
+    for (char *p = b; *p; p++)
+        if (*p == '\t' || *p == '\n' || *p == ';') *p = ' ';
+    for (size_t l = strlen(b); l && b[l - 1] == ' ';) b[--l] = 0;
+    size_t len = (size_t)snprintf(buf, size, "%s;", b);
+    for (int i = 0; i < NCANDS; i++)
+        if (!wcands[i].runs || wcands[i].runs())
+            len += (size_t)snprintf(buf + (len < size ? len : size), len < size ? size - len : 0, " %s",
+                                    wcands[i].impl->name);
+    return len;
 }

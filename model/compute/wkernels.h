@@ -9,9 +9,11 @@
  * 32 int8 q, value = d * q.
  *
  * The products exist in a portable C version (always built and tested)
- * and SIMD versions chosen at run time from the CPU; the environment
- * variable BLIP2_KERNELS (portable, avx2, avx512) forces one, as for the
- * f32 kernels (kernels.h).
+ * and SIMD versions chosen at run time, per weight type: by default the
+ * best this CPU runs, or the one the autotuner measured fastest on the
+ * model's own weights (b2__wkernels_tune, b2__wkernels_use); the
+ * environment variable BLIP2_KERNELS (portable, avx2, avx512,
+ * avx512-vnni) forces one, as for the f32 kernels (kernels.h).
  */
 #ifndef BLIP2_WKERNELS_H
 #define BLIP2_WKERNELS_H
@@ -57,7 +59,7 @@ void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w,
                       int n, int m, int k);
 
 /* b2__wmatmul_rows with the named implementation ("portable", "avx2",
- * "avx512") instead of the one chosen from the CPU, for tests and
+ * "avx512", "avx512-vnni") instead of the one chosen from the CPU, for tests and
  * benchmarks.  Returns 0, or -1 (y untouched) if this build or CPU lacks
  * it. */
 int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, int ldx,
@@ -86,10 +88,78 @@ void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
  * distance in use before the call.  The results do not depend on it. */
 int b2__wkernels_set_prefetch(int bytes);
 
-/* The implementation of the products in use ("portable", "avx2",
- * "avx512"): the best this CPU runs, or the one BLIP2_KERNELS names if
- * the CPU runs it. */
+/* The default implementation of the products ("portable", "avx2",
+ * "avx512", "avx512-vnni"): the one BLIP2_KERNELS names if the CPU runs
+ * it, else the best this CPU runs.  Used for every weight type that
+ * b2__wkernels_use has not set. */
 const char *b2__wkernels_name(void);
+
+/* The implementation the products with weights of type t run. */
+const char *b2__wkernels_name_for(b2_wtype t);
+
+/* The implementation BLIP2_KERNELS names if this CPU runs it, else NULL. */
+const char *b2__wkernels_forced(void);
+
+/* Makes the products of type t run the named implementation (NULL: back
+ * to the default), for every caller in the process; not while products
+ * run.  Returns 0, or -1 (nothing changed) for a type the products do not
+ * take or an implementation this build or CPU lacks.  "avx512" is the
+ * best AVX-512 implementation this CPU runs. */
+int b2__wkernels_use(b2_wtype t, const char *impl);
+
+/* At most B2_WTUNE_MAX candidates per type. */
+#define B2_WTUNE_MAX 8
+
+/* The implementations this CPU runs for type t, as the autotuner sees
+ * them: of two with the same code for t only the plainer is listed (the
+ * "avx512" q8_0 product without VNNI is the AVX2 one: "avx2").  Writes up
+ * to max names (static strings), returns how many there are. */
+int b2__wkernels_candidates(b2_wtype t, const char **names, int max);
+
+/* One weight matrix W (m, k) of the type being tuned, e.g. a layer's
+ * fc1, used in place. */
+typedef struct b2_wsample {
+    const void *w;
+    int m, k;
+} b2_wsample;
+
+/* What b2__wkernels_tune found. */
+typedef struct b2_wtune {
+    const char *chosen;  /* the fastest candidate within the bound (static) */
+    int n;               /* candidates */
+    struct {
+        const char *name;
+        double err;      /* largest |y - y_portable| / bound on the check rows */
+        int refused;     /* err > 1: not timed, never chosen */
+        double gbs;      /* median weight read rate of the timed runs, GB/s */
+    } c[B2_WTUNE_MAX];
+    double mbytes;       /* weights read per timed run, MB */
+} b2_wtune;
+
+/* The decode kernel choice by measurement, for type t on the samples
+ * (matrices of type t; the first one's rows are also the check rows).
+ * Each candidate (b2__wkernels_candidates) is first checked against the
+ * portable product on the first 128 rows of s[0] with 3 activation rows
+ * (fixed pseudo-random values in [-1, 1)): for every output,
+ * |y - y_portable| <= 2 gamma(k/8 + 8) sum_j |w_j x_j| (gamma(n) = n u /
+ * (1 - n u), u = 2^-24; for q8_0 x as quantised), and NaN where the
+ * portable one has NaN; a candidate outside that is refused.  The others
+ * are timed as a decode step (one activation row, over the compute
+ * pool): 5 rounds, in a different order each, of runs reading 48 MiB of
+ * the samples each (round robin over them, so the weights come from
+ * memory when the samples are larger than the caches), the pages touched
+ * first; the highest median rate wins.  Does not change the choice in
+ * use (b2__wkernels_use does).  Takes some milliseconds per candidate.
+ * Returns 0 (res->chosen set), or -1: bad samples, out of memory, or
+ * every candidate refused. */
+int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res);
+
+/* What the autotuner's choice depends on besides the weight type, for
+ * its cache: the CPU's brand string and the implementations this build
+ * runs on it, e.g. "AMD EPYC; avx512-vnni avx512 avx2 portable" (no tab
+ * or newline).  Writes at most size bytes (NUL included), returns the
+ * length it needs, as snprintf. */
+size_t b2__wkernels_cpu_key(char *buf, size_t size);
 
 /* One IEEE half / bfloat16 value widened to f32 (exact; wtype.c). */
 float b2__f16_to_f32(uint16_t h);

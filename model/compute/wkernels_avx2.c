@@ -133,49 +133,8 @@ B2W static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
         for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
 }
 
-/* Tiles over m W rows and n x rows; t is a constant in each caller. */
-B2W static INL void fp_rows_t(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
-                              size_t rb, b2_wtype t, int n, int m, int k)
-{
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, TN);
-        for (; i0 < n; i0++)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, TN);
-        for (; i0 < n; i0++)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, 1);
-    }
-}
-
-B2W static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);
-}
-B2W static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);
-}
-B2W static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);
-}
-
-static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
-                    b2_wtype t, int n, int m, int k)
-{
-    switch (t) {
-    case B2_WT_F16: fp_f16(y, ldy, x, ldx, w, rb, n, m, k); break;
-    case B2_WT_BF16: fp_bf16(y, ldy, x, ldx, w, rb, n, m, k); break;
-    default: fp_f32(y, ldy, x, ldx, w, rb, n, m, k); break;
-    }
-}
+/* the f32/f16/bf16 entry point: fp_rows (wkernels_impl.h) */
+B2_FP_ROWS(B2W)
 
 /* ---- q8_0 ---- */
 
@@ -223,25 +182,15 @@ B2W static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd
         for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
 }
 
+#define Q8_TILE(r0, i0, R, N)                                                                       \
+    q8_tile(y + (size_t)(i0) * ldy + (r0), ldy, xq + (size_t)(i0) * k, xd + (size_t)(i0) * nb,         \
+            w + (size_t)(r0) * rb, rb, k, R, N)
+
 B2W void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                           size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q8_0_BLOCK;
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, TN);
-        for (; i0 < n; i0++)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, TN);
-        for (; i0 < n; i0++)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
-    }
+    B2_WTILES(m, n, TR, TN, Q8_TILE);
 }
 
 B2W void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb)

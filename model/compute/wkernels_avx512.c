@@ -10,11 +10,10 @@
  *                 vdpbf16ps would round the activations to bf16 (8
  *                 significant bits) and the product is bound by reading
  *                 W, not by the widening, so they would buy no speed.
- *   q8_0          without VNNI the AVX2 kernel; with AVX512-VNNI the
- *                 same tiles with vpdpbusd on 256-bit vectors in place of
- *                 maddubs + madd.  Both give the exact same int32 lane
- *                 sums (lane l = bytes 4l..4l+3), so the result has the
- *                 same bits as the AVX2 path.
+ *   q8_0          without VNNI the AVX2 kernel; with AVX512-VNNI two
+ *                 blocks per 512-bit vector and vpdpbusd (see q8_tile
+ *                 below): the same exact int32 block sums as AVX2, summed
+ *                 in 16 f32 lanes instead of 8.
  */
 #include "wkernels_impl.h"
 
@@ -114,57 +113,27 @@ B2X static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
         for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum16(acc[r][i]);
 }
 
-/* Tiles over m W rows and n x rows; t is a constant in each caller. */
-B2X static INL void fp_rows_t(float *y, int ldy, const float *x, int ldx, const unsigned char *w,
-                              size_t rb, b2_wtype t, int n, int m, int k)
-{
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, TN);
-        for (; i0 < n; i0++)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, TN);
-        for (; i0 < n; i0++)
-            fp_tile(y + (size_t)i0 * ldy + r0, ldy, x + (size_t)i0 * ldx, ldx, w + (size_t)r0 * rb, rb, t, k, 1, 1);
-    }
-}
+/* the f32/f16/bf16 entry point: fp_rows (wkernels_impl.h) */
+B2_FP_ROWS(B2X)
 
-B2X static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);
-}
-B2X static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);
-}
-B2X static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb, int n, int m, int k)
-{
-    fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);
-}
-
-static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
-                    b2_wtype t, int n, int m, int k)
-{
-    switch (t) {
-    case B2_WT_F16: fp_f16(y, ldy, x, ldx, w, rb, n, m, k); break;
-    case B2_WT_BF16: fp_bf16(y, ldy, x, ldx, w, rb, n, m, k); break;
-    default: fp_f32(y, ldy, x, ldx, w, rb, n, m, k); break;
-    }
-}
-
-/* ---- q8_0 with VNNI: wkernels_avx2.c's q8_tile, vpdpbusd for the lanes ---- */
+/* ---- q8_0 with VNNI: two blocks per 512-bit vector ----
+ * W's blocks b and b+1 (32 q each, 2 scale bytes apart) go into the low
+ * and high halves of one vector; x's are contiguous.  Per block the
+ * integer dot product is exact: vpdpbusd of |w| (unsigned) with x negated
+ * where w < 0 (a masked subtraction: AVX-512 has no vpsignb), lane l of a
+ * half = bytes 4l..4l+3 of its block, as the AVX2 kernel.  Then
+ * acc = fma(d_w * d_x, (float)lanes, acc) with the two blocks' scales in
+ * the two halves: the low 8 lanes sum the even blocks, the high 8 the odd
+ * ones (and an odd last block, the high half adding 0 * 0), and the 16
+ * lanes end as lane j + lane j + 8, then the AVX2 tree.  Not the AVX2
+ * kernel's bits (its 8 lanes take every block), within the same bound. */
 
 #define QN 2 /* x rows per tile, as AVX2 */
 
-B2XV static INL float hsum8v(__m256 a)
+B2XV static INL float hsum16v(__m512 a)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
@@ -174,67 +143,83 @@ B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *x
                              size_t rb, int k, const int R, const int N)
 {
     const int nb = k / B2_Q8_0_BLOCK;
-    __m256 acc[TR][QN];
-    __m256i wq[TR], aw[TR];
-    float dw[TR];
+    const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[TR][QN], dw[TR];
+    __m512i aw[TR];
+    __mmask64 neg[TR];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
     const size_t pf = (size_t)b2__wprefetch;
-    for (int b = 0; b < nb; b++) {
+    for (int b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb; /* else the last block alone, in the low half */
         if (pf)
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf, _MM_HINT_T0);
+            for (int r = 0; r < R; r++) {
+                const char *p = (const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf;
+                _mm_prefetch(p, _MM_HINT_T0);
+                _mm_prefetch(p + B2_Q8_0_BYTES, _MM_HINT_T0);
+            }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;
-            unsigned short h;
-            memcpy(&h, blk, 2);
-            dw[r] = _cvtsh_ss(h);
-            wq[r] = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            aw[r] = _mm256_abs_epi8(wq[r]);
+            unsigned short h0, h1 = 0;
+            memcpy(&h0, blk, 2);
+            __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+            if (two) {
+                memcpy(&h1, blk + B2_Q8_0_BYTES, 2);
+                v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(blk + B2_Q8_0_BYTES + 2)), 1);
+            } else {
+                v = _mm512_inserti64x4(v, _mm256_setzero_si256(), 1);
+            }
+            const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((unsigned)h0 | (unsigned)h1 << 16)));
+            dw[r] = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d2));
+            aw[r] = _mm512_abs_epi8(v);
+            neg[r] = _mm512_movepi8_mask(v);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q8_0_BLOCK));
-            const float dx = xd[(size_t)i * nb + b];
+            const int8_t *xp = xq + (size_t)i * k + (size_t)b * B2_Q8_0_BLOCK;
+            const float *dp = xd + (size_t)i * nb + b;
+            __m512i q;
+            __m128 x2;
+            if (two) {
+                q = _mm512_loadu_si512((const void *)xp);
+                x2 = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)dp));
+            } else {
+                q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xp));
+                q = _mm512_inserti64x4(q, _mm256_setzero_si256(), 1);
+                x2 = _mm_load_ss(dp);
+            }
+            const __m512 dx = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(x2));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw[r], _mm256_sign_epi8(q, wq[r]));
-                acc[r][i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+                const __m512i sx = _mm512_mask_sub_epi8(q, neg[r], zero, q);
+                const __m512i p = _mm512_dpbusd_epi32(zero, aw[r], sx);
+                acc[r][i] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(p), acc[r][i]);
             }
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum16v(acc[r][i]);
 }
+
+#define Q8_TILE(r0, i0, R, N)                                                                       \
+    q8_tile(y + (size_t)(i0) * ldy + (r0), ldy, xq + (size_t)(i0) * k, xd + (size_t)(i0) * nb,         \
+            w + (size_t)(r0) * rb, rb, k, R, N)
 
 B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                               size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q8_0_BLOCK;
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + QN <= n; i0 += QN)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, QN);
-        for (; i0 < n; i0++)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + QN <= n; i0 += QN)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, QN);
-        for (; i0 < n; i0++)
-            q8_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
-    }
+    B2_WTILES(m, n, TR, QN, Q8_TILE);
 }
 
 const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2};
-const b2_wimpl b2__wimpl_avx512_vnni = {"avx512", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2};
+const b2_wimpl b2__wimpl_avx512_vnni = {"avx512-vnni", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2};
 
 #endif

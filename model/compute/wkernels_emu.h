@@ -19,6 +19,17 @@
 #include <string.h>
 
 typedef simde__mmask16 __mmask16;
+typedef simde__mmask64 __mmask64;
+
+/* 16 int32 -> 16 floats, round to nearest as the instruction */
+static inline simde__m512 emu_mm512_cvtepi32_ps(simde__m512i a)
+{
+    int32_t v[16];
+    float f[16];
+    simde_mm512_storeu_si512(v, a);
+    for (int i = 0; i < 16; i++) f[i] = (float)v[i];
+    return simde_mm512_loadu_ps(f);
+}
 
 /* 16 halves -> 16 floats (two of SIMDe's 8-lane conversions) */
 static inline simde__m512 emu_mm512_cvtph_ps(simde__m256i h)
@@ -91,6 +102,8 @@ static inline simde__m512 emu_mm512_fmadd_ps(simde__m512 a, simde__m512 b, simde
 #define _mm256_fmadd_ps emu_mm256_fmadd_ps
 #undef _mm512_fmadd_ps
 #define _mm512_fmadd_ps emu_mm512_fmadd_ps
+#undef _mm512_cvtepi32_ps
+#define _mm512_cvtepi32_ps emu_mm512_cvtepi32_ps
 #undef _mm512_cvtph_ps
 #define _mm512_cvtph_ps emu_mm512_cvtph_ps
 #undef _mm512_cvtepu16_epi32

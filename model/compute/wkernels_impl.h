@@ -15,7 +15,7 @@
 #include "wkernels.h"
 
 typedef struct b2_wimpl {
-    const char *name; /* "portable", "avx2", "avx512" */
+    const char *name; /* "portable", "avx2", "avx512", "avx512-vnni" */
     /* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T, W (m, k) of type t in
      * {f32, f16, bf16}, rows rb bytes apart, any alignment. */
     void (*fp)(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
@@ -30,6 +30,68 @@ typedef struct b2_wimpl {
      * rounding per value, the same bits in every implementation. */
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
 } b2_wimpl;
+
+/* The tile driver every SIMD file shares: TILE(r0, i0, R, N) for a tile
+ * of R W rows from r0 and N x rows from i0, over m W rows and n x rows,
+ * in tiles of TR_ x TN_ and then the row tails (R, N literal constants in
+ * every expansion, so a forced-inline tile is specialised for each). */
+#define B2_WTILES(m, n, TR_, TN_, TILE)                                     \
+    do {                                                                    \
+        int r0_ = 0;                                                        \
+        for (; r0_ + (TR_) <= (m); r0_ += (TR_)) {                          \
+            int i0_ = 0;                                                    \
+            for (; i0_ + (TN_) <= (n); i0_ += (TN_)) TILE(r0_, i0_, TR_, TN_); \
+            for (; i0_ < (n); i0_++) TILE(r0_, i0_, TR_, 1);                \
+        }                                                                   \
+        for (; r0_ < (m); r0_++) {                                          \
+            int i0_ = 0;                                                    \
+            for (; i0_ + (TN_) <= (n); i0_ += (TN_)) TILE(r0_, i0_, 1, TN_);  \
+            for (; i0_ < (n); i0_++) TILE(r0_, i0_, 1, 1);                  \
+        }                                                                   \
+    } while (0)
+
+/* The f32/f16/bf16 entry point of a SIMD file (b2_wimpl.fp), named fp_rows:
+ * one driver per type with t a constant (so fp_tile, the file's own,
+ * is specialised for it), chosen by t.  ATTR: the file's target
+ * attribute; TR, TN: its tile. */
+#define B2_FP_ROWS(ATTR)                                                                            \
+    ATTR static INL void fp_rows_t(float *y, int ldy, const float *x, int ldx,                     \
+                                   const unsigned char *w, size_t rb, b2_wtype t, int n, int m, int k) \
+    {                                                                                               \
+        B2_WTILES(m, n, TR, TN, FP_TILE);                                                           \
+    }                                                                                               \
+    ATTR static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w,     \
+                            size_t rb, int n, int m, int k)                                         \
+    {                                                                                               \
+        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);                                       \
+    }                                                                                               \
+    ATTR static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w,     \
+                            size_t rb, int n, int m, int k)                                         \
+    {                                                                                               \
+        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);                                       \
+    }                                                                                               \
+    ATTR static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w,    \
+                             size_t rb, int n, int m, int k)                                        \
+    {                                                                                               \
+        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);                                      \
+    }                                                                                               \
+    static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w,         \
+                        size_t rb, b2_wtype t, int n, int m, int k)                                 \
+    {                                                                                               \
+        switch (t) {                                                                                \
+        case B2_WT_F16: fp_f16(y, ldy, x, ldx, w, rb, n, m, k); break;                              \
+        case B2_WT_BF16: fp_bf16(y, ldy, x, ldx, w, rb, n, m, k); break;                            \
+        default: fp_f32(y, ldy, x, ldx, w, rb, n, m, k); break;                                     \
+        }                                                                                           \
+    }
+/* the tile call B2_FP_ROWS's driver makes (names from fp_rows_t) */
+#define FP_TILE(r0, i0, R, N)                                                                       \
+    fp_tile(y + (size_t)(i0) * ldy + (r0), ldy, x + (size_t)(i0) * ldx, ldx, w + (size_t)(r0) * rb, \
+            rb, t, k, R, N)
+
+/* Tests only: an extra candidate for b2__wkernels_tune (NULL: none),
+ * e.g. a deliberately wrong one that must be refused. */
+void b2__wkernels_test_candidate(const b2_wimpl *extra);
 
 /* How far ahead of its reads, in bytes, each W row of a tile is
  * prefetched (0: not at all); see b2__wkernels_set_prefetch. */

@@ -85,7 +85,9 @@ struct blip2_model {
     int enc_int8;             /* the vision MLP and projection in int8 (prec B2_PREC_INT8) */
     void *qarena;             /* their s8 copies (b2_linear.q), owned */
     size_t qbytes;            /* its size */
-    char math[512];           /* that choice and why, for blip2_model_math */
+    char math[1024];          /* that choice and why, for blip2_model_math */
+    char kernels[256];        /* the decode kernel per weight type and how chosen (blip2_model_kernels) */
+    char kernels_log[768];    /* the measurement behind it (blip2_model_kernels_log) */
     struct b2_gguf *gguf;     /* the mapped GGUF file, or NULL (safetensors files) */
     int locked;               /* the mapping is mlock()ed */
     struct b2_st_file **files;
@@ -93,6 +95,15 @@ struct blip2_model {
     void **owned;
     int n_owned, cap_owned;
 };
+
+/* The decode kernel of each typed weight type m holds, by measurement
+ * (b2__wkernels_tune) or from the cache file "<gguf_path>.kernels"
+ * (gguf_path may be NULL: measured, not cached), or BLIP2_KERNELS;
+ * fills m->kernels and m->kernels_log (ktune.c).  Needs the weights bound.
+ * Returns 0 or BLIP2_ENOMEM. */
+int b2__kernels_choose(blip2_model *m, const char *gguf_path, blip2_error *err);
+/* How many times (process-wide) b2__kernels_choose measured a type. */
+int b2__kernels_measured(void);
 
 /* Vision tower: px (n,3,H,W) -> out (n,T,Dv) after post_layernorm, pooled
  * (n,Dv) (may be NULL). */

@@ -121,6 +121,7 @@ int blip2_model_mapping(const blip2_model *m, const char **path, const void **ad
 typedef struct blip2_convert_stats {
     int tensors;            /* written */
     int n_f32, n_f16, n_bf16, n_q8_0; /* tensors per stored type */
+    int n_q4_0;
     uint64_t bytes;         /* size of the file */
     double seconds;
 } blip2_convert_stats;
@@ -128,10 +129,12 @@ typedef struct blip2_convert_stats {
 /* Converts the Hugging Face BLIP-2 folder src (OPT or Flan-T5) into the
  * GGUF file out, with the big matrices (linear weights, embed_tokens or
  * T5's shared, lm_head) stored as type
- * ("f32", "f16", "bf16", "q8_0") and everything else (layer norms,
- * biases, position/class embeddings, T5's relative position biases, query
- * tokens) as f32; q8_0 needs rows
- * of a multiple of 32 values, other matrices fall back to f16.  Hyper-
+ * ("f32", "f16", "bf16", "q8_0", "q4_0") and everything else (layer
+ * norms, biases, position/class embeddings, T5's relative position biases,
+ * query tokens) as f32; q8_0 and q4_0 are for the language model only
+ * (the vision encoder's, Q-Former's and projection's matrices become
+ * bf16) and need rows of a multiple of 32 values, other matrices fall
+ * back to f16.  Hyper-
  * parameters, tokenizer and preprocessor settings go into the metadata.
  * The file is written under a temporary name in out's directory and
  * renamed when complete and verified (loaded back): an interrupted run
@@ -151,7 +154,7 @@ int blip2_max_positions(const blip2_model *m);
 /* The id every generated sequence starts with: OPT bos, T5 decoder_start_token_id. */
 int32_t blip2_bos_id(const blip2_model *m);
 /* Storage type of the checkpoint's big matrices: "f32", "f16", "bf16",
- * "q8_0" (static). */
+ * "q8_0", "q4_0" (static). */
 const char *blip2_model_dtype(const blip2_model *m);
 /* The math chosen at load and why, e.g. "bf16 (reduced weights,
  * brg:avx512_core_bf16); oneDNN 2.6.3, avx512_core_bf16; decode kernels

@@ -16,6 +16,8 @@
  *   q8_0          with and without VNNI: the same bits as the AVX2
  *                 kernel, as wkernels_avx512.c says (exact int32 block
  *                 sums either way), k in {32, 96, 1056}.
+ *   q4_0          the same: with VNNI (unsigned nibbles, 8 * sum q_x
+ *                 subtracted) and without, the AVX2 kernel's bits.
  * Skipped (exit 77 via TAP "1..0 # SKIP") without SIMDe or off x86.
  */
 #include "tap.h"
@@ -135,6 +137,43 @@ static void test_q8(void)
     ok(same_vnni, "q8_0 (AVX-512 VNNI, emulated vpdpbusd): the AVX2 kernel's bits (%d shapes, blocks with -128)", cases);
 }
 
+/* q4_0: the VNNI kernel (unsigned nibbles, 8 * sum q_x subtracted) gives
+ * the AVX2 kernel's bits, as does the table without VNNI (which is it) */
+static void test_q4(void)
+{
+    static const int KS[] = {32, 96, 1056};
+    int same_plain = 1, same_vnni = 1, cases = 0;
+    for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+        const int k = KS[ki], nb = k / 32, m = 9, n = 5, ldy = m + 2;
+        const size_t rb = b2__wt_row_bytes(B2_WT_Q4_0, k);
+        unsigned char *w = malloc(rb * m);
+        float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k);
+        float *xd = malloc(sizeof(float) * n * nb);
+        int8_t *xq = malloc((size_t)n * k);
+        float *ya = malloc(sizeof(float) * n * ldy), *yp = malloc(sizeof(float) * n * ldy), *yv = malloc(sizeof(float) * n * ldy);
+        for (int r = 0; r < m; r++) {
+            for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
+            b2__wquantize_row(w + rb * r, row, B2_WT_Q4_0, k);
+            if (r % 4 == 1) w[rb * r + 2 + (size_t)(r % 16)] = 0xf0; /* nibbles 0 and 15 */
+        }
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
+            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x, k);
+        }
+        b2__q4_rows_avx2(ya, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_emu.q4(yp, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_vnni_emu.q4(yv, ldy, xq, xd, w, rb, n, m, k);
+        for (int i = 0; i < n; i++) {
+            same_plain &= !memcmp(ya + (size_t)i * ldy, yp + (size_t)i * ldy, sizeof(float) * m);
+            same_vnni &= !memcmp(ya + (size_t)i * ldy, yv + (size_t)i * ldy, sizeof(float) * m);
+        }
+        cases++;
+        free(w); free(row); free(x); free(xd); free(xq); free(ya); free(yp); free(yv);
+    }
+    ok(same_plain, "q4_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
+    ok(same_vnni, "q4_0 (AVX-512 VNNI, emulated vpdpbusd): the AVX2 kernel's bits (%d shapes, nibbles 0 and 15)", cases);
+}
+
 int main(void)
 {
     if (b2__wmatmul_rows_impl("avx2", NULL, 1, NULL, 1, NULL, B2_WT_F32, 0, 0, 0)) {
@@ -145,6 +184,7 @@ int main(void)
     test_fp(B2_WT_F16);
     test_fp(B2_WT_BF16);
     test_q8();
+    test_q4();
     return tap_done();
 }
 #endif

@@ -15,6 +15,12 @@
  *                 maddubs + madd.  Both give the exact same int32 lane
  *                 sums (lane l = bytes 4l..4l+3), so the result has the
  *                 same bits as the AVX2 path.
+ *   q4_0          without VNNI the AVX2 kernel; with VNNI the nibbles go
+ *                 unsigned (0..15) into vpdpbusd against the activations'
+ *                 int8, and 8 * (the lane's sum of q_x), once per x row
+ *                 and block for the whole tile, is subtracted: the exact
+ *                 sum (nibble - 8) q_x of the AVX2 path, without the
+ *                 sign/abs work per W row, and the same bits.
  */
 #include "wkernels_impl.h"
 
@@ -234,7 +240,77 @@ B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
     }
 }
 
-const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2};
-const b2_wimpl b2__wimpl_avx512_vnni = {"avx512", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2};
+/* ---- q4_0 with VNNI ---- */
+
+B2XV static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                             size_t rb, int k, const int R, const int N)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    const __m128i lo4 = _mm_set1_epi8(15);
+    const __m256i eights = _mm256_set1_epi8(8);
+    __m256 acc[TR][QN], dw[TR];
+    __m256i nib[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
+    for (int b = 0; b < nb; b++) {
+        if (pf && !(b & 1)) /* a block is 18 bytes: once per 36 */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
+            short h;
+            memcpy(&h, blk, 2);
+            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(h));
+            const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(blk + 2));
+            nib[r] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), lo4), _mm_and_si128(v, lo4));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK));
+            const __m256i off = _mm256_dpbusd_epi32(_mm256_setzero_si256(), eights, q); /* 8 * sum q per lane */
+            const __m256 dx = _mm256_broadcast_ss(xd + (size_t)i * nb + b);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i p = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), nib[r], q), off);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
+}
+
+B2XV static void q4_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                              size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, QN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, QN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
+    }
+}
+
+const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
+                                   b2__q4_to_f32_avx2};
+const b2_wimpl b2__wimpl_avx512_vnni = {"avx512", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2, q4_rows_vnni,
+                                        b2__q4_to_f32_avx2};
 
 #endif

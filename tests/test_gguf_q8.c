@@ -75,6 +75,7 @@ static void run(const char *label, const char *cfg_text, const char *prompt, int
 {
     const char *t = getenv("TMPDIR");
     char dir[512], cfg[600], src[600], f32[600], q8[600], cmd[700];
+    fflush(stdout); /* the reader's lines go out after what came before */
     snprintf(dir, sizeof dir, "%s/test_gguf_q8.XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return; }
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
@@ -136,6 +137,17 @@ static void run(const char *label, const char *cfg_text, const char *prompt, int
         free(logits[k]);
     }
     free(px);
+    if (!strcmp(qt, "q4_0")) { /* the file as an independent reader of the GGUF spec sees it */
+        const char *sd = getenv("srcdir");
+        char rd[2400];
+        snprintf(rd, sizeof rd, "python3 '%s/tests/gguf_q4_reader.py' '%s' '%s' > '%s/reader.log' 2>&1", sd && *sd ? sd : ".",
+                 q8, src, dir);
+        const int rrc = system(rd);
+        snprintf(rd, sizeof rd, "sed 's/^/# /' '%s/reader.log'", dir);
+        if (system(rd) != 0) diag("no reader output");
+        ok(rrc == 0, "%s q4_0: tests/gguf_q4_reader.py (GGUF spec + GGML's q4_0, in Python) reads every tensor info "
+           "and finds the bytes GGML's quantisation gives, decoding within |d| (1 + 2^-8) of the source", label);
+    }
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     ok(system(cmd) == 0, "%s: clean up", label);
 }

@@ -87,6 +87,18 @@ static inline simde__m512 emu_mm512_fmadd_ps(simde__m512 a, simde__m512 b, simde
     return simde_mm512_loadu_ps(z);
 }
 
+/* 16 int32 -> 16 floats, rounded to nearest even as the instruction */
+static inline simde__m512 emu_mm512_cvtepi32_ps(simde__m512i a)
+{
+    int32_t i[16];
+    float f[16];
+    simde_mm512_storeu_si512(i, a);
+    for (int j = 0; j < 16; j++) f[j] = (float)i[j];
+    return simde_mm512_loadu_ps(f);
+}
+
+#undef _mm512_cvtepi32_ps
+#define _mm512_cvtepi32_ps emu_mm512_cvtepi32_ps
 #undef _mm256_fmadd_ps
 #define _mm256_fmadd_ps emu_mm256_fmadd_ps
 #undef _mm512_fmadd_ps

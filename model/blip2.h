@@ -59,7 +59,7 @@ typedef struct blip2_load_opts {
      * directly (f16/bf16 widened to f32 copies).  Both families (OPT and
      * Flan-T5) are packed. */
     const char *cache_dir;
-    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", "auto"
+    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", "q4_0", "auto"
      * (blip2_best_weights_type()), or NULL for the checkpoint's own storage
      * type. */
     const char *cache_type;
@@ -84,7 +84,7 @@ typedef struct blip2_load_opts {
      * prefill, T5 encoder): "f32", "bf16" or "auto"/NULL.  auto (unless
      * the environment variable BLIP2_PRECISION says otherwise) follows the
      * weights as the reference does: a folder and an f32 GGUF compute in
-     * f32; a GGUF of a reduced type (f16, bf16, q8_0) in bf16 (bf16 x bf16
+     * f32; a GGUF of a reduced type (f16, bf16, q8_0, q4_0) in bf16 (bf16 x bf16
      * products accumulated in f32, oneDNN) where the CPU has native bf16
      * (AVX512-BF16, AMX), else f32.  bf16 asked for where it is not native
      * (or for a folder) falls back to f32; blip2_model_math says which and
@@ -99,7 +99,7 @@ const char *blip2_best_weights_type(void);
 
 /* Loads a model from a packed GGUF file (blip2ctl convert; docs/gguf.md),
  * mapped read-only and MAP_SHARED with its weights used in place in their
- * stored type (f32, f16, bf16, q8_0), or from a Hugging Face BLIP-2 folder
+ * stored type (f32, f16, bf16, q8_0, q4_0), or from a Hugging Face BLIP-2 folder
  * (config.json, model.safetensors or sharded model-*.safetensors + index,
  * tokenizer and preprocessor files; weights in f32, f16 or bf16).  opts
  * may be NULL.  On success *out is a new model the caller frees with

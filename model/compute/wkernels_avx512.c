@@ -19,10 +19,10 @@
  *                 512-bit step: the nibbles go unsigned (0..15) into
  *                 vpdpbusd against the activations' int8, and 8 * (the
  *                 lane's sum of q_x), once per x row and block pair for
- *                 the whole tile, is where the sums start: the exact integer sums
- *                 of the AVX2 path, but 16 lanes (even blocks' and odd
- *                 blocks' partial sums apart) summed as the f32 products
- *                 do, so other bits than AVX2, within the same bound.
+ *                 the whole tile, is where the sums start: the exact integer
+ *                 sums of the AVX2 path, folded to 8 lanes (4 per block)
+ *                 and scaled in 8 f32 lanes, even and odd blocks apart,
+ *                 so other bits than AVX2, within the same bound.
  */
 #include "wkernels_impl.h"
 
@@ -178,12 +178,6 @@ B2XV static INL float hsum8v(__m256 a)
     return _mm_cvtss_f32(s);
 }
 
-B2XV static INL float hsum16v(__m512 a)
-{
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-    return hsum8v(h);
-}
-
 B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                              size_t rb, int k, const int R, const int N)
 {
@@ -253,18 +247,20 @@ B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
  * shifted copy above: [lo_b | lo_b1 | hi_b | hi_b1] (values 0..15 of
  * each block, then 16..31).  The activations' 64 bytes of the two blocks
  * are put in the same order once per x row (vpermq), with the lanes'
- * 8 * sum q_x.  Int32 lane L then holds block b + (L / 4) % 2, so the
- * scale vector is d_w d_x of b in lanes 0-3 and 8-11 and of b + 1 in 4-7
- * and 12-15 (blends).  An odd last block goes alone, the other half
- * zero (nibbles, activations and scales: it adds exactly 0). */
+ * -8 * sum q_x where vpdpbusd starts.  Int32 lane L then holds block
+ * b + (L / 4) % 2; the upper 8 lanes are added to the lower 8 (exact), so
+ * lanes 0-3 hold block b (values 4l..4l+3 and 16+4l..19+4l) and 4-7 block
+ * b + 1, and the f32 work is 8 lanes wide: acc += (d_w d_x) * lanes with
+ * the scales of b in lanes 0-3 and of b + 1 in 4-7 (blends).  An odd last
+ * block goes alone, the other half zero (nibbles, activations and
+ * scales: it adds exactly 0). */
 
-B2XV static INL __m512 q4_pair_scale(const unsigned char *blk, int two)
+B2XV static INL __m256 q4_pair_scale(const unsigned char *blk, int two)
 {
     unsigned short h0, h1 = 0;
     memcpy(&h0, blk, 2);
     if (two) memcpy(&h1, blk + B2_Q4_0_BYTES, 2);
-    return _mm512_cvtph_ps(_mm256_mask_blend_epi16((__mmask16)0xf0f0, _mm256_set1_epi16((short)h0),
-                                                   _mm256_set1_epi16((short)h1)));
+    return _mm256_cvtph_ps(_mm_blend_epi16(_mm_set1_epi16((short)h0), _mm_set1_epi16((short)h1), 0xf0));
 }
 
 B2XV static INL __m512i q4_pair_nibbles(const unsigned char *blk, int two)
@@ -276,51 +272,64 @@ B2XV static INL __m512i q4_pair_nibbles(const unsigned char *blk, int two)
                             _mm512_set1_epi8(15));
 }
 
+/* lanes 0..7 + lanes 8..15, exact */
+B2XV static INL __m256i q4_fold(__m512i p)
+{
+    return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
+}
+
+/* one step of the tile: blocks b and (if two) b + 1 */
+B2XV static INL void q4_step(__m256 acc[TR][QN], const int8_t *xq, const float *xd, const unsigned char *w, size_t rb,
+                             int k, int nb, int b, const int two, const int R, const int N)
+{
+    const __m512i eights = _mm512_set1_epi8(8), order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
+    __m256 dw[TR];
+    __m512i nib[TR];
+    const size_t pf = (size_t)b2__wprefetch;
+    if (pf)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
+        dw[r] = q4_pair_scale(blk, two);
+        nib[r] = q4_pair_nibbles(blk, two);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        const int8_t *xp = xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK;
+        const __m512i raw = two ? _mm512_loadu_si512((const void *)xp)
+                                : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256((const __m256i *)(const void *)xp), 0);
+        const __m512i q = _mm512_permutexvar_epi64(order, raw);
+        /* -8 * sum q per lane: where each W row's vpdpbusd starts */
+        const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, q));
+        const float *dp = xd + (size_t)i * nb + b;
+        const __m256 dx = _mm256_blend_ps(_mm256_set1_ps(dp[0]), _mm256_set1_ps(two ? dp[1] : 0.0f), 0xf0);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m256i p = q4_fold(_mm512_dpbusd_epi32(off, nib[r], q));
+            acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+        }
+    }
+}
+
 B2XV static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                              size_t rb, int k, const int R, const int N)
 {
     const int nb = k / B2_Q4_0_BLOCK;
-    const __m512i eights = _mm512_set1_epi8(8), order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
-    __m512 acc[TR][QN], dw[TR];
-    __m512i nib[TR];
+    __m256 acc[TR][QN];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
-    for (int b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        if (pf)
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
-            dw[r] = q4_pair_scale(blk, two);
-            nib[r] = q4_pair_nibbles(blk, two);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            const int8_t *xp = xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK;
-            const __m512i raw = two ? _mm512_loadu_si512((const void *)xp)
-                                     : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256((const __m256i *)(const void *)xp), 0);
-            const __m512i q = _mm512_permutexvar_epi64(order, raw);
-            /* -8 * sum q per lane: where each W row's vpdpbusd starts */
-            const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, q));
-            const float *dp = xd + (size_t)i * nb + b;
-            const __m512 dx = _mm512_mask_blend_ps((__mmask16)0xf0f0, _mm512_set1_ps(dp[0]), _mm512_set1_ps(two ? dp[1] : 0.0f));
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const __m512i p = _mm512_dpbusd_epi32(off, nib[r], q);
-                acc[r][i] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(p), acc[r][i]);
-            }
-        }
-    }
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) q4_step(acc, xq, xd, w, rb, k, nb, b, 1, R, N);
+    if (b < nb) q4_step(acc, xq, xd, w, rb, k, nb, b, 0, R, N);
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum16v(acc[r][i]);
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
 }
 
 B2XV static void q4_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,

@@ -103,8 +103,8 @@ st=$?
 t $? "SIGINT cancels (status $st), removes the temporary file, leaves no $out"
 
 # bad input
-"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q4_0 >/dev/null 2>"$tmp/err"
-[ $? -eq 2 ] && grep -q "q4_0" "$tmp/err"; t $? "unknown --type refused (exit 2)"
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q5_1 >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ] && grep -q "q5_1" "$tmp/err"; t $? "unknown --type refused (exit 2)"
 "$BLIP2CTL" convert "$tmp/nowhere" "$tmp/x.gguf" >/dev/null 2>"$tmp/err"
 [ $? -eq 2 ] && [ ! -e "$tmp/x.gguf" ]; t $? "missing source refused: $(cat "$tmp/err")"
 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/no/such/dir/x.gguf" >/dev/null 2>"$tmp/err"

@@ -10,7 +10,7 @@
  *   reuse them; a layer is 84 MB even as q8_0, far past any cache, so
  *   every pass still streams from DRAM).
  *
- *   per round r = 1..R, for each type (f32, f16, bf16, q8_0), implementation
+ *   per round r = 1..R, for each type (f32, f16, bf16, q8_0, q4_0), implementation
  *   (--impl LIST) and batch n:
  *     memory read of >= 2 GiB (multi-accumulator AVX2 / AVX-512 / portable
  *     loop, one pinned thread per pool thread) -> GB/s
@@ -19,7 +19,9 @@
  *   -> medians over rounds.  --prefetch runs each pass once per software
  *   prefetch distance (b2__wkernels_set_prefetch), interleaved.  With
  *   both bf16 and q8_0, the per-round ratio of their times is printed too
- *   (the issue's "q8_0 at least 1.6x bf16 in the same run").
+ *   (the issue's "q8_0 at least 1.6x bf16 in the same run"), and with
+ *   both q8_0 and q4_0 the per-round q4_0/q8_0 ratio (issue 13: "q4_0
+ *   decode at least 1.6x q8_0 in the same run").
  */
 #include "pool.h"
 #include "wkernels.h"
@@ -118,7 +120,7 @@ static void usage(FILE *f)
         "usage: bench_wkernels [options]\n"
         "  --rounds N     measurement rounds; medians over them (default 5)\n"
         "  --batch LIST   activation rows per pass, comma-separated (default 1,4)\n"
-        "  --types LIST   f32,f16,bf16,q8_0 (default all)\n"
+        "  --types LIST   f32,f16,bf16,q8_0,q4_0 (default all)\n"
         "  --impl LIST    implementations to compare in the same rounds, comma-separated:\n"
         "                 portable, avx2, avx512, avx512-vnni, or all (every one this CPU\n"
         "                 runs; default: the dispatcher's default)\n"
@@ -132,7 +134,7 @@ int main(int argc, char **argv)
 {
     int rounds = 5, batches[8] = {1, 4}, nbatch = 2, pfs[8] = {b2__wkernels_set_prefetch(-1)}, npf = 1;
     double mem_gib = 2.0;
-    const char *impl_arg = NULL, *types = "f32,f16,bf16,q8_0";
+    const char *impl_arg = NULL, *types = "f32,f16,bf16,q8_0,q4_0";
     const char *impls[8] = {NULL};
     char implbuf[256] = "";
     int nimpl = 1;
@@ -161,10 +163,10 @@ int main(int argc, char **argv)
     for (int b = 0; b < nbatch; b++)
         if (batches[b] < 1 || batches[b] > NMAX) { fprintf(stderr, "bench_wkernels: batch 1..%d\n", NMAX); return 2; }
 
-    static const b2_wtype ALL[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
-    wset sets[4];
+    static const b2_wtype ALL[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
+    wset sets[5];
     int nset = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         const char *nm = b2__wt_name(ALL[i]);
         const size_t len = strlen(nm);
         int want = 0;
@@ -216,6 +218,7 @@ int main(int argc, char **argv)
     double *ratio = calloc((size_t)nset * ncfg * rounds, sizeof(double));
     double *mem = calloc((size_t)rounds * (nset * ncfg + 1), sizeof(double));
     double *vsbf = calloc((size_t)ncfg * rounds, sizeof(double));
+    double *vs8 = calloc((size_t)ncfg * rounds, sizeof(double)); /* q4_0 vs q8_0 */
     int nmem_meas = 0;
     for (int r = 0; r < rounds; r++) {
         double before = b2b_mem_pass(rfn, buf, nmem, threads);
@@ -238,11 +241,16 @@ int main(int argc, char **argv)
            mem[nmem_meas - 1]);
     /* q8_0 against bf16 in the same round and configuration, before the
      * medians reorder ms */
-    int sbf = -1, sq8 = -1;
+    int sbf = -1, sq8 = -1, sq4 = -1;
     for (int s = 0; s < nset; s++) {
         if (sets[s].t == B2_WT_BF16) sbf = s;
         if (sets[s].t == B2_WT_Q8_0) sq8 = s;
+        if (sets[s].t == B2_WT_Q4_0) sq4 = s;
     }
+    if (sq8 >= 0 && sq4 >= 0)
+        for (int c = 0; c < ncfg; c++)
+            for (int r = 0; r < rounds; r++)
+                vs8[(size_t)c * rounds + r] = ms[((size_t)sq8 * ncfg + c) * rounds + r] / ms[((size_t)sq4 * ncfg + c) * rounds + r];
     if (sbf >= 0 && sq8 >= 0)
         for (int c = 0; c < ncfg; c++)
             for (int r = 0; r < rounds; r++)
@@ -265,10 +273,17 @@ int main(int argc, char **argv)
             printf("q8_0 vs bf16, %s, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
                    CFG_IMPL(c) ? CFG_IMPL(c) : "default", CFG_BATCH(c), pfs[c % npf], med, v[0], v[rounds - 1]);
         }
+    if (sq8 >= 0 && sq4 >= 0)
+        for (int c = 0; c < ncfg; c++) {
+            double *v = vs8 + (size_t)c * rounds;
+            const double med = median(v, rounds);
+            printf("q4_0 vs q8_0, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
+                   batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
+        }
     lf = fopen("/proc/loadavg", "r");
     if (lf) { if (fscanf(lf, "%lf", &la[0]) != 1) la[0] = -1; fclose(lf); }
     printf("load average after: %.2f\n", la[0]);
     for (int s = 0; s < nset; s++) wset_free(&sets[s]);
-    free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vsbf);
+    free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vsbf); free(vs8);
     return 0;
 }

@@ -189,7 +189,7 @@ static void print_help(void)
 "                                DIR/<sha256 of its path>.safetensors [all five\n"
 "                                image outputs], named in the line's \"file\"\n"
 "Conversion:\n"
-"      --type TYPE               convert: f32, f16, bf16 or q8_0 [f16]\n"
+"      --type TYPE               convert: f32, f16, bf16, q8_0 or q4_0 [f16]\n"
 "\n"
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"

@@ -42,9 +42,10 @@ static void usage(FILE *f)
         "                          Hugging Face folder, converted once into the weights cache\n"
         "      --weights-cache DIR where converted folders are kept (default: $CACHE_DIRECTORY,\n"
         "                          else $XDG_CACHE_HOME/blip2, else ~/.cache/blip2)\n"
-        "      --weights-type T    type of that conversion: auto, f32, f16, bf16, q8_0 (default:\n"
-        "                          $BLIP2_WEIGHTS_TYPE, else auto: the fastest on this CPU,\n"
-        "                          q8_0 with AVX2; f32 keeps an f32 checkpoint exact)\n"
+        "      --weights-type T    type of that conversion: auto, f32, f16, bf16, q8_0, q4_0\n"
+        "                          (default: $BLIP2_WEIGHTS_TYPE, else auto: the fastest on this\n"
+        "                          CPU, q8_0 with AVX2; f32 keeps an f32 checkpoint exact; q4_0\n"
+        "                          decodes faster still, with 4-bit language-model weights)\n"
         "      --no-weights-cache  load a folder directly (f16/bf16 widened to f32 in memory)\n"
         "      --mlock             lock the mapped weights in memory (needs RLIMIT_MEMLOCK)\n"
         "      --max-pixels N      refuse images above N pixels (default 67108864 = 64 Mpx;\n"
@@ -336,8 +337,9 @@ int main(int argc, char **argv)
     }
     if (optind < argc) { fprintf(stderr, "blip2d: unexpected argument '%s'\n", argv[optind]); return 2; }
     const char *wt = cfg.load.cache_type;
-    if (strcmp(wt, "auto") && strcmp(wt, "f32") && strcmp(wt, "f16") && strcmp(wt, "bf16") && strcmp(wt, "q8_0")) {
-        fprintf(stderr, "blip2d: --weights-type%s: '%s' is not auto, f32, f16, bf16 or q8_0\n",
+    if (strcmp(wt, "auto") && strcmp(wt, "f32") && strcmp(wt, "f16") && strcmp(wt, "bf16") && strcmp(wt, "q8_0") &&
+        strcmp(wt, "q4_0")) {
+        fprintf(stderr, "blip2d: --weights-type%s: '%s' is not auto, f32, f16, bf16, q8_0 or q4_0\n",
                 wt == getenv("BLIP2_WEIGHTS_TYPE") ? " ($BLIP2_WEIGHTS_TYPE)" : "", wt);
         return 2;
     }

@@ -59,7 +59,7 @@ typedef struct blip2_load_opts {
      * directly (f16/bf16 widened to f32 copies).  Both families (OPT and
      * Flan-T5) are packed. */
     const char *cache_dir;
-    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", "auto"
+    /* The type of that cache file: "f32", "f16", "bf16", "q8_0", "q4_0", "auto"
      * (blip2_best_weights_type()), or NULL for the checkpoint's own storage
      * type. */
     const char *cache_type;
@@ -84,7 +84,7 @@ typedef struct blip2_load_opts {
      * prefill, T5 encoder): "f32", "bf16" or "auto"/NULL.  auto (unless
      * the environment variable BLIP2_PRECISION says otherwise) follows the
      * weights as the reference does: a folder and an f32 GGUF compute in
-     * f32; a GGUF of a reduced type (f16, bf16, q8_0) in bf16 (bf16 x bf16
+     * f32; a GGUF of a reduced type (f16, bf16, q8_0, q4_0) in bf16 (bf16 x bf16
      * products accumulated in f32, oneDNN) where the CPU has native bf16
      * (AVX512-BF16, AMX), else f32.  bf16 asked for where it is not native
      * (or for a folder) falls back to f32; blip2_model_math says which and
@@ -99,7 +99,7 @@ const char *blip2_best_weights_type(void);
 
 /* Loads a model from a packed GGUF file (blip2ctl convert; docs/gguf.md),
  * mapped read-only and MAP_SHARED with its weights used in place in their
- * stored type (f32, f16, bf16, q8_0), or from a Hugging Face BLIP-2 folder
+ * stored type (f32, f16, bf16, q8_0, q4_0), or from a Hugging Face BLIP-2 folder
  * (config.json, model.safetensors or sharded model-*.safetensors + index,
  * tokenizer and preprocessor files; weights in f32, f16 or bf16).  opts
  * may be NULL.  On success *out is a new model the caller frees with
@@ -121,6 +121,7 @@ int blip2_model_mapping(const blip2_model *m, const char **path, const void **ad
 typedef struct blip2_convert_stats {
     int tensors;            /* written */
     int n_f32, n_f16, n_bf16, n_q8_0; /* tensors per stored type */
+    int n_q4_0;
     uint64_t bytes;         /* size of the file */
     double seconds;
 } blip2_convert_stats;
@@ -128,10 +129,12 @@ typedef struct blip2_convert_stats {
 /* Converts the Hugging Face BLIP-2 folder src (OPT or Flan-T5) into the
  * GGUF file out, with the big matrices (linear weights, embed_tokens or
  * T5's shared, lm_head) stored as type
- * ("f32", "f16", "bf16", "q8_0") and everything else (layer norms,
- * biases, position/class embeddings, T5's relative position biases, query
- * tokens) as f32; q8_0 needs rows
- * of a multiple of 32 values, other matrices fall back to f16.  Hyper-
+ * ("f32", "f16", "bf16", "q8_0", "q4_0") and everything else (layer
+ * norms, biases, position/class embeddings, T5's relative position biases,
+ * query tokens) as f32; q8_0 and q4_0 are for the language model only
+ * (the vision encoder's, Q-Former's and projection's matrices become
+ * bf16) and need rows of a multiple of 32 values, other matrices fall
+ * back to f16.  Hyper-
  * parameters, tokenizer and preprocessor settings go into the metadata.
  * The file is written under a temporary name in out's directory and
  * renamed when complete and verified (loaded back): an interrupted run
@@ -151,7 +154,7 @@ int blip2_max_positions(const blip2_model *m);
 /* The id every generated sequence starts with: OPT bos, T5 decoder_start_token_id. */
 int32_t blip2_bos_id(const blip2_model *m);
 /* Storage type of the checkpoint's big matrices: "f32", "f16", "bf16",
- * "q8_0" (static). */
+ * "q8_0", "q4_0" (static). */
 const char *blip2_model_dtype(const blip2_model *m);
 /* The math chosen at load and why, e.g. "bf16 (reduced weights,
  * brg:avx512_core_bf16); oneDNN 2.6.3, avx512_core_bf16; decode kernels

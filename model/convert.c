@@ -27,7 +27,7 @@
 
 /* The stored type of a checkpoint tensor: big matrices (every ".weight"
  * of two or more dimensions except the position table) get want, with
- * q8_0 for the language model only (vision_model, qformer and
+ * q8_0 or q4_0 for the language model only (vision_model, qformer and
  * language_projection matrices become bf16) and falling back to f16 when
  * the rows are not a multiple of 32;
  * everything else (norms, biases, embeddings of positions and class,
@@ -42,8 +42,9 @@ static b2_wtype tensor_type(const b2_tensor *t, b2_wtype want)
     /* q8_0 is for the language model's decode, which reads every weight
      * per token; the vision encoder, Q-Former and projection run as
      * products with many rows (bf16 math on oneDNN, in place) */
-    if (want == B2_WT_Q8_0 && strncmp(t->name, "language_model.", 15) != 0) return B2_WT_BF16;
-    if (want == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return B2_WT_F16;
+    const int blocks = want == B2_WT_Q8_0 || want == B2_WT_Q4_0;
+    if (blocks && strncmp(t->name, "language_model.", 15) != 0) return B2_WT_BF16;
+    if (blocks && !b2__wt_ok(want, (int)(k > INT32_MAX ? 1 : k))) return B2_WT_F16;
     return want;
 }
 
@@ -94,7 +95,7 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     b2__gguf_w_str(w, "general.architecture", "blip2", 5);
     b2__gguf_w_str(w, "general.name", bname, strlen(bname));
     b2__gguf_w_u32(w, "general.file_type", want == B2_WT_F32 ? 0 : want == B2_WT_F16 ? 1
-                                            : want == B2_WT_Q8_0 ? 7 : 32);
+                                            : want == B2_WT_Q8_0 ? 7 : want == B2_WT_Q4_0 ? 2 : 32);
     b2__gguf_w_u32(w, "general.quantization_version", 2);
     if ((rc = b2__packed_write_meta(w, m, src, err)) < 0) goto fail;
 
@@ -132,6 +133,7 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
                 stats->n_f16 += tt == B2_WT_F16;
                 stats->n_bf16 += tt == B2_WT_BF16;
                 stats->n_q8_0 += tt == B2_WT_Q8_0;
+                stats->n_q4_0 += tt == B2_WT_Q4_0;
             }
         }
 

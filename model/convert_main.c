@@ -2,7 +2,7 @@
  * convert_main.c - blip2-convert: packs a Hugging Face BLIP-2 folder into
  * one GGUF file (blip2_convert), with a progress bar.
  *
- *     blip2-convert [--type f32|f16|bf16|q8_0] SRC OUT.gguf
+ *     blip2-convert [--type f32|f16|bf16|q8_0|q4_0] SRC OUT.gguf
  *
  * The one program besides blip2-infer and blip2d that links the model
  * library.  `blip2ctl convert` runs it (the way git runs its subcommands),
@@ -67,7 +67,7 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: %s [--type TYPE] SRC OUT.gguf\n"
             "Pack the Hugging Face BLIP-2 folder SRC (OPT or Flan-T5) into one GGUF file.\n"
-            "  -t, --type TYPE   the big matrices' type: f32, f16, bf16 or q8_0 [f16]\n"
+            "  -t, --type TYPE   the big matrices' type: f32, f16, bf16, q8_0 or q4_0 [f16]\n"
             "  -h, --help        this text\n"
             "  -V, --version     version\n",
             prog);
@@ -125,12 +125,16 @@ int main(int argc, char **argv)
         return err.code == BLIP2_EIO || err.code == BLIP2_EFORMAT || err.code == BLIP2_EUNSUPPORTED ||
                        err.code == BLIP2_EINVAL ? EXIT_USAGE : EXIT_FAIL;
     }
-    printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %.1f MiB in %.2f s\n", out, st.tensors,
-           st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, st.bytes / 1048576.0, st.seconds);
+    /* q4_0 counted only when there are any: scripts read the q8_0 form */
+    char q4[32] = "";
+    if (st.n_q4_0) snprintf(q4, sizeof q4, ", %d q4_0", st.n_q4_0);
+    printf("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0%s), %.1f MiB in %.2f s\n", out, st.tensors,
+           st.n_f32, st.n_f16, st.n_bf16, st.n_q8_0, q4, st.bytes / 1048576.0, st.seconds);
     fflush(stdout);
-    if (!strcmp(type, "q8_0") && st.n_f16 > 0)
-        fprintf(stderr, "%s: warning: %d of %d matrices are f16, not q8_0: their rows are not a multiple "
-                "of 32 values, which q8_0 blocks need%s\n", prog, st.n_f16, st.n_f16 + st.n_q8_0,
-                st.n_q8_0 == 0 ? " (this file is in effect an f16 file)" : "");
+    const int nq = !strcmp(type, "q8_0") ? st.n_q8_0 : !strcmp(type, "q4_0") ? st.n_q4_0 : -1;
+    if (nq >= 0 && st.n_f16 > 0)
+        fprintf(stderr, "%s: warning: %d of %d matrices are f16, not %s: their rows are not a multiple "
+                "of 32 values, which %s blocks need%s\n", prog, st.n_f16, st.n_f16 + nq, type, type,
+                nq == 0 ? " (this file is in effect an f16 file)" : "");
     return EXIT_OK;
 }

@@ -43,7 +43,7 @@
 
 /* The typed types the autotuner covers: one entry per type (a new type
  * of b2__wmatmul_rows is one more entry). */
-static const b2_wtype kt_types[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+static const b2_wtype kt_types[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
 enum { KT_NT = sizeof kt_types / sizeof kt_types[0] };
 
 static int kt_measured_count;

@@ -288,7 +288,7 @@ static int alloc_layers(blip2_model *m, blip2_error *err)
 
 /* The math of the many-row products (blip2_load_opts.precision), as the
  * reference computes: a folder and an f32 GGUF in f32; a GGUF of a
- * reduced type (f16, bf16, q8_0) in bf16 where oneDNN runs bf16 natively
+ * reduced type (f16, bf16, q8_0, q4_0) in bf16 where oneDNN runs bf16 natively
  * (AVX512-BF16, AMX), f32 elsewhere; opts->precision, else the
  * environment's BLIP2_PRECISION, overrides ("f32", "bf16", "int8",
  * "auto").  int8 is for the vision encoder's projection and MLP

@@ -546,8 +546,8 @@ int b2__packed_write_meta(b2_gguf_w *w, const blip2_model *m, const char *dir, b
 
 int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err)
 {
-    static const b2_wtype all[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const b2_wtype all[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
     for (size_t i = 0; s && i < sizeof all / sizeof all[0]; i++)
         if (!strcmp(s, b2__wt_name(all[i]))) { *t = all[i]; return 0; }
-    return b2__err(err, BLIP2_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0)", s ? s : "(null)");
+    return b2__err(err, BLIP2_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0)", s ? s : "(null)");
 }

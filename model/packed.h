@@ -19,7 +19,7 @@ int b2__packed_read_meta(blip2_model *m, const b2_gguf *g, blip2_error *err);
  * unreadable tokenizer file, BLIP2_ENOMEM). */
 int b2__packed_write_meta(b2_gguf_w *w, const blip2_model *m, const char *dir, blip2_error *err);
 
-/* Parses "f32", "f16", "bf16", "q8_0"; BLIP2_EINVAL otherwise. */
+/* Parses "f32", "f16", "bf16", "q8_0", "q4_0"; BLIP2_EINVAL otherwise. */
 int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err);
 
 /* Loaders (model.c): a GGUF file, mapped read-only with its weights used

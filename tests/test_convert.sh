@@ -16,7 +16,7 @@ n=0
 t() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
 
 for model in opt-tiny opt-tiny-sharded t5-tiny; do
-    for type in f32 f16 bf16 q8_0; do
+    for type in f32 f16 bf16 q8_0 q4_0; do
         out="$tmp/$model-$type.gguf"
         "$BLIP2CTL" convert "$GOLDEN_DIR/$model" "$out" --type "$type" >"$tmp/log" 2>&1
         t $? "convert $model --type $type"
@@ -28,17 +28,19 @@ for model in opt-tiny opt-tiny-sharded t5-tiny; do
         [ $? -ne 0 ]; t $? "$model $type: no temporary file left"
         "$BLIP2_INFER" --model "$out" --image "$GOLDEN_DIR/images/chelsea.png" --max-new-tokens 3 >"$tmp/cap" 2>"$tmp/err"
         t $? "$model $type: blip2-infer captions with it"
-        if [ "$type" = q8_0 ]; then
-            # issue 14: the fallback to f16 is said, not only counted
+        if [ "$type" = q8_0 ] || [ "$type" = q4_0 ]; then
+            # issue 14: the fallback to f16 is said, not only counted (the
+            # q4_0 count is printed only when there are any)
             f16=$(sed -n 's/.*tensors ([0-9]* f32, \([0-9]*\) f16, .*/\1/p' "$tmp/log")
-            q8=$(sed -n 's/.*f16, [0-9]* bf16, \([0-9]*\) q8_0).*/\1/p' "$tmp/log")
+            if [ "$type" = q8_0 ]; then q8=$(sed -n 's/.*f16, [0-9]* bf16, \([0-9]*\) q8_0).*/\1/p' "$tmp/log")
+            else q8=$(sed -n 's/.* q8_0, \([0-9]*\) q4_0).*/\1/p' "$tmp/log"); q8=${q8:-0}; fi
             if [ "${f16:-0}" -gt 0 ]; then
-                grep -q "warning: $f16 of $((f16 + q8)) matrices are f16, not q8_0: their rows are not a multiple of 32" "$tmp/log"
+                grep -q "warning: $f16 of $((f16 + q8)) matrices are f16, not $type: their rows are not a multiple of 32" "$tmp/log"
             else
                 ! grep -q warning "$tmp/log"
             fi
-            t $? "$model q8_0: a warning says how many matrices fell back to f16 ($f16 of $((f16 + q8)))"
-            if [ "${q8:-1}" -eq 0 ]; then grep -q "in effect an f16 file" "$tmp/log"; t $? "$model q8_0: ... and that the file is in effect f16"; fi
+            t $? "$model $type: a warning says how many matrices fell back to f16 ($f16 of $((f16 + q8)))"
+            if [ "${q8:-1}" -eq 0 ]; then grep -q "in effect an f16 file" "$tmp/log"; t $? "$model $type: ... and that the file is in effect f16"; fi
         fi
     done
 done
@@ -101,8 +103,8 @@ st=$?
 t $? "SIGINT cancels (status $st), removes the temporary file, leaves no $out"
 
 # bad input
-"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q4_0 >/dev/null 2>"$tmp/err"
-[ $? -eq 2 ] && grep -q "q4_0" "$tmp/err"; t $? "unknown --type refused (exit 2)"
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/x.gguf" --type q5_1 >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ] && grep -q "q5_1" "$tmp/err"; t $? "unknown --type refused (exit 2)"
 "$BLIP2CTL" convert "$tmp/nowhere" "$tmp/x.gguf" >/dev/null 2>"$tmp/err"
 [ $? -eq 2 ] && [ ! -e "$tmp/x.gguf" ]; t $? "missing source refused: $(cat "$tmp/err")"
 "$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/no/such/dir/x.gguf" >/dev/null 2>"$tmp/err"

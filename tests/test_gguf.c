@@ -2,7 +2,7 @@
  * test_gguf.c - the GGUF reader and writer (model/formats/gguf.c) and the checks a
  * packed BLIP-2 file gets at load (model/packed.c, model/weights.c).
  *
- *   1. round trip: every value type, a string array, f32/f16/bf16/q8_0
+ *   1. round trip: every value type, a string array, f32/f16/bf16/q8_0/q4_0
  *      tensors written and read back (values, data, 64-byte alignment);
  *   2. corruption: bad magic, version, huge counts and lengths, unknown
  *      types, bad alignment, misaligned offset, tensor beyond the end,
@@ -110,13 +110,14 @@ static void test_round_trip(void)
     snprintf(path, sizeof path, "%s/rt.gguf", tmpdir);
     b2_gguf_w *w = b2__gguf_w_new();
     write_keys(w);
-    /* tensors: (3, 5) f32, (2, 7) f16, (4, 64) q8_0, (1, 33) bf16 */
+    /* tensors: (3, 5) f32, (2, 7) f16, (4, 64) q8_0, (1, 33) bf16, (4, 64) q4_0 */
     float src[4 * 64];
     for (int i = 0; i < 4 * 64; i++) src[i] = (float)((i * 37) % 23) - 11.0f;
     const struct { const char *name; b2_wtype t; int rows, k; } ts[] = {
-        {"t.f32", B2_WT_F32, 3, 5}, {"t.f16", B2_WT_F16, 2, 7}, {"t.q8", B2_WT_Q8_0, 4, 64}, {"t.bf16", B2_WT_BF16, 1, 33}};
-    unsigned char *data[4];
-    for (int i = 0; i < 4; i++) {
+        {"t.f32", B2_WT_F32, 3, 5}, {"t.f16", B2_WT_F16, 2, 7}, {"t.q8", B2_WT_Q8_0, 4, 64}, {"t.bf16", B2_WT_BF16, 1, 33},
+        {"t.q4", B2_WT_Q4_0, 4, 64}};
+    unsigned char *data[5];
+    for (int i = 0; i < 5; i++) {
         int64_t ne[2] = {ts[i].k, ts[i].rows};
         ok(b2__gguf_w_tensor(w, ts[i].name, ts[i].t, 2, ne) == i, "declare %s", ts[i].name);
         const size_t rb = b2__wt_row_bytes(ts[i].t, ts[i].k);
@@ -125,18 +126,19 @@ static void test_round_trip(void)
     }
     int64_t bad[2] = {33, 1};
     ok(b2__gguf_w_tensor(w, "bad", B2_WT_Q8_0, 2, bad) < 0, "writer refuses q8_0 rows of 33");
+    ok(b2__gguf_w_tensor(w, "bad4", B2_WT_Q4_0, 2, bad) < 0, "writer refuses q4_0 rows of 33");
     /* the refusal is sticky: start again without it */
     b2__gguf_w_free(w);
     w = b2__gguf_w_new();
     write_keys(w);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         int64_t ne[2] = {ts[i].k, ts[i].rows};
         b2__gguf_w_tensor(w, ts[i].name, ts[i].t, 2, ne);
     }
     FILE *f = fopen(path, "wb");
     blip2_error err = {0};
     int rc = b2__gguf_w_write_header(w, f, &err);
-    for (int i = 0; i < 4 && rc == 0; i++) rc = b2__gguf_w_write_data(w, f, i, data[i], &err);
+    for (int i = 0; i < 5 && rc == 0; i++) rc = b2__gguf_w_write_data(w, f, i, data[i], &err);
     fclose(f);
     ok(rc == 0, "write %s", path);
     const uint64_t want_size = b2__gguf_w_file_size(w);
@@ -170,8 +172,8 @@ static void test_round_trip(void)
     ok(b2__gguf_get_str(g, "a.u32", &sv, &err) == BLIP2_EFORMAT && has(&err, "a.u32"), "wrong type named: %s", err.text);
     ok(b2__gguf_get_int(g, "nope", &iv, &err) == BLIP2_EFORMAT && has(&err, "nope") && has(&err, "rt.gguf"),
        "missing key named: %s", err.text);
-    ok(b2__gguf_n_tensors(g) == 4, "4 tensors");
-    for (int i = 0; i < 4; i++) {
+    ok(b2__gguf_n_tensors(g) == 5, "5 tensors");
+    for (int i = 0; i < 5; i++) {
         const b2_gguf_tensor *t = b2__gguf_find_tensor(g, ts[i].name);
         const size_t rb = b2__wt_row_bytes(ts[i].t, ts[i].k);
         ok(t && t->type == ts[i].t && t->ne[0] == ts[i].k && t->ne[1] == ts[i].rows && t->nbytes == rb * ts[i].rows &&
@@ -236,8 +238,9 @@ static void test_corrupt(void)
     CASE("zero dims", put32(b + i1, 0), "'first'");
     CASE("five dims", put32(b + i1, 5), "'first'");
     CASE("zero dimension", put64(b + i1 + 4, 0), "'first'");
-    CASE("unknown tensor type", put32(b + i1 + 4 + 16, 2), "'first'");
+    CASE("unknown tensor type", put32(b + i1 + 4 + 16, 3), "'first'");
     CASE("q8_0 with rows of 8", put32(b + i1 + 4 + 16, B2_WT_Q8_0), "'first'");
+    CASE("q4_0 with rows of 8", put32(b + i1 + 4 + 16, B2_WT_Q4_0), "'first'");
     CASE("misaligned offset", put64(b + i2 + 4 + 16 + 4, 68), "'second'");
     CASE("tensor beyond the end", put64(b + i2 + 4 + 16 + 4, 1ull << 40), "'second'");
     CASE("tensor beyond the end by one block", put64(b + i2 + 4 + 16 + 4, 128), "'second'");

@@ -10,7 +10,7 @@
  * texts exactly, greedy again from the image file; the right-padded batch
  * case; and the same greedy ids from f16 and bf16 copies of the weights.
  *
- * With GOLDEN_GGUF_TYPE=f32|f16|bf16|q8_0 in the environment t5-tiny is
+ * With GOLDEN_GGUF_TYPE=f32|f16|bf16|q8_0|q4_0 in the environment t5-tiny is
  * first packed into a GGUF file of that type (blip2_convert, in $TMPDIR)
  * and the mapped file is tested instead (tests/test_golden_gguf.sh): f32
  * must pass everything; for the rounded types (t5-tiny is an f32
@@ -486,8 +486,8 @@ int main(int argc, char **argv)
             json_decref(man);
             return tap_done();
         }
-        diag("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0), %llu bytes", gguf, cs.tensors, cs.n_f32,
-             cs.n_f16, cs.n_bf16, cs.n_q8_0, (unsigned long long)cs.bytes);
+        diag("%s: %d tensors (%d f32, %d f16, %d bf16, %d q8_0, %d q4_0), %llu bytes", gguf, cs.tensors, cs.n_f32,
+             cs.n_f16, cs.n_bf16, cs.n_q8_0, cs.n_q4_0, (unsigned long long)cs.bytes);
         snprintf(path, sizeof path, "%s", gguf);
         loose = strcmp(gtype, "f32") != 0; /* t5-tiny is an f32 checkpoint */
     }
@@ -508,9 +508,9 @@ int main(int argc, char **argv)
             if (strncmp(blip2_model_math(m), "f32", 3)) loose = 1;
         }
         if (gguf[0]) {
-            /* q8_0 falls back to f16 where rows are not a multiple of 32:
-             * every matrix of t5-tiny (widths 36, 44, 70) */
-            const char *want = !strcmp(gtype, "q8_0") ? "f16" : gtype;
+            /* q8_0 and q4_0 fall back to f16 where rows are not a
+             * multiple of 32: every matrix of t5-tiny (widths 36, 44, 70) */
+            const char *want = !strcmp(gtype, "q8_0") || !strcmp(gtype, "q4_0") ? "f16" : gtype;
             ok(!strcmp(blip2_model_dtype(m), want), "stored type %s (%s wanted)", blip2_model_dtype(m), gtype);
             ok(!strcmp(b2__wt_name(m->t5->shared_wt), want) && !strcmp(b2__wt_name(m->t5->lm_head_wt), want) &&
                m->t5->lm_head != m->t5->shared, "shared and the untied lm_head are used in place as %s", want);

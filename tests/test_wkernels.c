@@ -4,7 +4,7 @@
  * present, else a diag line says they were skipped), and the conversions
  * behind them.
  *
- *   products    f32, f16, bf16 and q8_0 weights, m in {1,7,63,65,130},
+ *   products    f32, f16, bf16, q8_0 and q4_0 weights, m in {1,7,63,65,130},
  *               k in {32,96,1056} (and 33, 1027 where the type allows),
  *               n in {1,2,3,5,17,64}, W at byte offsets 0, 1, 2 (rows of
  *               odd k are unaligned anyway), strided x and y, against a
@@ -15,7 +15,10 @@
  *               q8_0 is checked against the double product with the
  *               activations as b2__wquantize_act_q8 quantised them (that
  *               bound), and against the unquantised x within
- *                 sum_blocks (d_x / 2) sum_j |w_j|  (+ the f32 bound).
+ *                 sum_blocks (d_x / 2) sum_j |w_j|  (+ the f32 bound);
+ *               q4_0 the same (its weights with all-zero blocks and
+ *               nibbles 0 and 15), and every SIMD implementation against
+ *               the portable one within twice the f32 bound
  *   batch       row i of every n-row call has the same bits as the
  *               1-row call on row i (memcmp), and the dispatching entry
  *               point equals the implementation it names
@@ -43,7 +46,11 @@
  *               round trips, midpoints go to even, overflow to infinity,
  *               subnormals, NaN stays NaN; q8_0 weights vs GGML's
  *               definition (incl. all-zero blocks); q8_0 activations vs
- *               their definition
+ *               their definition; q4_0 blocks against bytes worked
+ *               out by hand from GGML's definition (d = max / -8, nibble
+ *               = min(15, trunc(x / d + 8.5)), low nibbles = values
+ *               0..15), dequantise -> quantise gives the same bytes, and
+ *               q4_0 rows -> f32 against d * (nibble - 8)
  */
 #include "wkernels.h"
 #include "wkernels_impl.h"
@@ -66,6 +73,8 @@ static float frand(float lo, float hi)
 
 static uint32_t fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+static int isq(b2_wtype t) { return t == B2_WT_Q8_0 || t == B2_WT_Q4_0; }
 
 static uint16_t q16(float f, b2_wtype t)
 {
@@ -152,8 +161,77 @@ static void test_q8_weights(void)
     }
     ok(good, "q8_0 weights: scale (f16 of max/127) and values (round(x/d)) as GGML; all-zero blocks are 0");
     ok(b2__wt_ok(B2_WT_Q8_0, 64) && !b2__wt_ok(B2_WT_Q8_0, 33) && b2__wt_ok(B2_WT_F16, 33) && !b2__wt_ok(B2_WT_F32, 0) &&
-       !b2__wt_ok((b2_wtype)2, 32) && b2__wt_row_bytes(B2_WT_Q8_0, 64) == 68 && b2__wt_row_bytes(B2_WT_BF16, 33) == 66,
+       !b2__wt_ok((b2_wtype)3, 32) && b2__wt_row_bytes(B2_WT_Q8_0, 64) == 68 && b2__wt_row_bytes(B2_WT_BF16, 33) == 66,
        "type checks and row sizes");
+}
+
+/* ---- q4_0 weights ---- */
+
+static void test_q4_weights(void)
+{
+    /* block 0: x[j] = j - 16: max = -16, d = 2 (f16 0x4000), id = 0.5,
+     *   nibble j = min(15, trunc(j / 2 + 0.5)) = 0 1 1 2 2 .. 7 7 8 | 8 9 9 .. 15 15 15
+     * block 1: +-0.25 alternating (even j +), x[5] = 4: max = 4, d = -0.5
+     *   (0xb800), id = -2: 0.25 -> trunc(8.0) = 8, -0.25 -> 9, 4 -> 0
+     * block 2: all zero: max = 0, d = 0 / -8 = -0 (0x8000), id = 0, every
+     *   nibble trunc(8.5) = 8 */
+    static const unsigned char want[3 * B2_Q4_0_BYTES] = {
+        0x00, 0x40, 0x80, 0x91, 0x91, 0xa2, 0xa2, 0xb3, 0xb3, 0xc4, 0xc4, 0xd5, 0xd5, 0xe6, 0xe6, 0xf7, 0xf7, 0xf8,
+        0x00, 0xb8, 0x88, 0x99, 0x88, 0x99, 0x88, 0x90, 0x88, 0x99, 0x88, 0x99, 0x88, 0x99, 0x88, 0x99, 0x88, 0x99,
+        0x00, 0x80, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88};
+    float x[96], back[96];
+    for (int j = 0; j < 32; j++) {
+        x[j] = (float)(j - 16);
+        x[32 + j] = j == 5 ? 4.0f : j % 2 ? -0.25f : 0.25f;
+        x[64 + j] = 0;
+    }
+    unsigned char got[3 * B2_Q4_0_BYTES];
+    b2__wquantize_row(got, x, B2_WT_Q4_0, 96);
+    int same = !memcmp(got, want, sizeof want);
+    for (int i = 0; !same && i < (int)sizeof want; i++)
+        if (got[i] != want[i]) { diag("q4_0 byte %d: %02x, want %02x", i, got[i], want[i]); break; }
+    ok(same, "q4_0 weights: three blocks quantise to the bytes worked out by hand from GGML's definition");
+    b2__wrows_to_f32(back, want, B2_WT_Q4_0, 0, 1, 96);
+    int deq = 1;
+    for (int j = 0; j < 32; j++) {
+        const int n0 = (j + 1) / 2 > 15 ? 15 : (j + 1) / 2;
+        deq &= back[j] == 2.0f * (float)(n0 - 8);
+        deq &= back[32 + j] == (j == 5 ? 4.0f : j % 2 ? -0.5f : 0.0f);
+        deq &= back[64 + j] == 0.0f;
+    }
+    ok(deq, "q4_0 weights: those bytes dequantise to d * (nibble - 8) (-16, -14, .., 14; 4, 0, -0.5; 0)");
+    ok(b2__wt_ok(B2_WT_Q4_0, 64) && !b2__wt_ok(B2_WT_Q4_0, 48) && b2__wt_row_bytes(B2_WT_Q4_0, 96) == 54 &&
+       !strcmp(b2__wt_name(B2_WT_Q4_0), "q4_0") && B2_WT_Q4_0 == 2, "q4_0: GGML type 2, rows of 32k values, 18 bytes a block");
+    /* random blocks holding nibble 0 (the block's max): dequantise, quantise -> the same bytes */
+    enum { NB = 64 };
+    unsigned char blk[NB * B2_Q4_0_BYTES], again[NB * B2_Q4_0_BYTES];
+    float v[NB * 32];
+    for (int b = 0; b < NB; b++) {
+        unsigned char *p = blk + b * B2_Q4_0_BYTES;
+        const uint16_t d = q16(frand(-1, 1) * (b % 3 == 0 ? 1e-3f : b % 3 == 1 ? 1.0f : 500.0f), B2_WT_F16);
+        memcpy(p, &d, 2);
+        for (int j = 0; j < 16; j++) p[2 + j] = (unsigned char)(1 + (int)frand(0, 14.99f)) | (unsigned char)((1 + (int)frand(0, 14.99f)) << 4);
+        p[2 + b % 16] = (unsigned char)(b % 2 ? p[2 + b % 16] & 0xf0 : p[2 + b % 16] & 0x0f); /* one nibble 0 */
+    }
+    b2__wrows_to_f32(v, blk, B2_WT_Q4_0, 0, 1, NB * 32);
+    b2__wquantize_row(again, v, B2_WT_Q4_0, NB * 32);
+    int trip = 1;
+    for (int b = 0; b < NB; b++) {
+        uint16_t d;
+        memcpy(&d, blk + b * B2_Q4_0_BYTES, 2);
+        if ((d & 0x7fff) == 0) continue; /* a zero scale comes back as -0 with nibbles 8 */
+        trip &= !memcmp(blk + b * B2_Q4_0_BYTES, again + b * B2_Q4_0_BYTES, B2_Q4_0_BYTES);
+    }
+    ok(trip, "q4_0 weights: %d random blocks with a nibble 0 survive dequantise -> quantise byte for byte", NB);
+    /* NaN: nibble 0 (documented), the rest of the block as usual: max 31,
+     * d = -3.875, value 3 the NaN, value 30 -> trunc(30 / -3.875 + 8.5) = 0 */
+    float xn[32];
+    for (int j = 0; j < 32; j++) xn[j] = j == 3 ? NAN : (float)j;
+    b2__wquantize_row(got, xn, B2_WT_Q4_0, 32);
+    uint16_t dn;
+    memcpy(&dn, got, 2);
+    ok(dn == q16(-3.875f, B2_WT_F16) && (got[2 + 3] & 15) == 0 && (got[2 + 2] & 15) == 7 && (got[2 + 14] >> 4) == 0 &&
+       (got[2 + 0] & 15) == 8, "q4_0: a NaN value gets nibble 0, the block's others as GGML (d %04x)", dn);
 }
 
 /* ---- q8_0 activations ---- */
@@ -221,11 +299,13 @@ static void problem_make(problem *p, b2_wtype t, int m, int k, int off)
     for (int r = 0; r < m; r++) {
         const float scale = r % 3 == 0 ? 0.02f : r % 3 == 1 ? 1.0f : 30.0f;
         for (int j = 0; j < k; j++) row[j] = frand(-scale, scale);
-        if (t == B2_WT_Q8_0 && r % 4 == 1 && k >= 64)
+        if (isq(t) && r % 4 == 1 && k >= 64)
             for (int j = 32; j < 64; j++) row[j] = 0; /* an all-zero block */
         b2__wquantize_row(p->w + rb * r, row, t, k);
         if (t == B2_WT_Q8_0 && r % 5 == 2) /* -128 never comes out of quantising, but a file may hold it */
             for (int b = 0; b < k / 32; b++) p->w[rb * r + (size_t)b * B2_Q8_0_BYTES + 2 + (b * 7 + r) % 32] = 0x80;
+        if (t == B2_WT_Q4_0 && r % 5 == 2) /* nibbles 15 and 0 (+7 and -8) where quantising may not put them */
+            for (int b = 0; b < k / 32; b++) p->w[rb * r + (size_t)b * B2_Q4_0_BYTES + 2 + (b * 5 + r) % 16] = 0x0f;
     }
     free(row);
     p->wf = malloc(sizeof(float) * m * k);
@@ -241,14 +321,14 @@ static void problem_make(problem *p, b2_wtype t, int m, int k, int off)
     float *d = malloc(sizeof(float) * (k / 32 + 1));
     for (int i = 0; i < NMAX; i++) {
         const float *xi = p->x + (size_t)i * p->ldx;
-        if (t == B2_WT_Q8_0) b2__wquantize_act_q8(q, d, xi, k);
+        if (isq(t)) b2__wquantize_act_q8(q, d, xi, k);
         for (int r = 0; r < m; r++) {
             const float *wr = p->wf + (size_t)r * k;
             double s = 0, a = 0, sx = 0, ax = 0, qb = 0;
             for (int j = 0; j < k; j++) {
                 sx += (double)wr[j] * xi[j];
                 ax += fabs((double)wr[j] * xi[j]);
-                if (t == B2_WT_Q8_0) {
+                if (isq(t)) {
                     const double xq = (double)d[j / 32] * q[j];
                     s += (double)wr[j] * xq;
                     a += fabs((double)wr[j] * xq);
@@ -257,7 +337,7 @@ static void problem_make(problem *p, b2_wtype t, int m, int k, int off)
             }
             const double u = ldexp(1.0, -24), n8 = k / 8 + 6;
             const size_t o = (size_t)i * m + r;
-            if (t == B2_WT_Q8_0) {
+            if (isq(t)) {
                 p->ref[o] = s;
                 p->tol[o] = n8 * u * a + 1e-35;
                 p->refx[o] = sx;
@@ -315,7 +395,7 @@ static void run_problem(const char *impl, const problem *p, shape_stats *st)
 
 static void test_products(void)
 {
-    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
     static const int MS[] = {1, 7, 63, 65, 130};
     static const int KS[] = {32, 33, 96, 1027, 1056};
     int have[NIMPL];
@@ -348,18 +428,51 @@ static void test_products(void)
             if (!have[a]) continue;
             ok(st[a].worst <= 1, "%s %s: %d shapes x %d batch sizes within the f32 bound (worst %.3f of it)",
                IMPLS[a], b2__wt_name(t), shapes, (int)(sizeof NS / sizeof NS[0]), st[a].worst);
-            if (t == B2_WT_Q8_0)
-                ok(st[a].worst_x <= 1, "%s q8_0: within the activation quantisation bound of the unquantised product (worst %.3f of it)",
-                   IMPLS[a], st[a].worst_x);
+            if (isq(t))
+                ok(st[a].worst_x <= 1, "%s %s: within the activation quantisation bound of the unquantised product (worst %.3f of it)",
+                   IMPLS[a], b2__wt_name(t), st[a].worst_x);
             ok(st[a].batch_ok, "%s %s: every row of every n-row call has the bits of its 1-row call", IMPLS[a], b2__wt_name(t));
         }
+    }
+}
+
+/* Every SIMD implementation against the portable one for q4_0: the same
+ * exact integer block sums, so they differ only by f32 rounding (the SIMD
+ * paths fuse the multiply-adds): within twice the f32 bound. */
+static void test_q4_vs_portable(void)
+{
+    static const int MS[] = {1, 7, 130};
+    static const int KS[] = {32, 96, 2560};
+    for (int a = 1; a < NIMPL; a++) {
+        float probe = 0, px[32] = {0};
+        unsigned char pw[B2_Q4_0_BYTES] = {0};
+        if (b2__wmatmul_rows_impl(IMPLS[a], &probe, 1, px, 32, pw, B2_WT_Q4_0, 1, 1, 32)) continue;
+        double worst = 0;
+        int cases = 0;
+        for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
+            for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+                problem p;
+                const int m = MS[mi], k = KS[ki], n = 5;
+                problem_make(&p, B2_WT_Q4_0, m, k, (int)(mi % 3));
+                float *y0 = malloc(sizeof(float) * n * m), *y1 = malloc(sizeof(float) * n * m);
+                b2__wmatmul_rows_impl("portable", y0, m, p.x, p.ldx, p.w, p.t, n, m, k);
+                b2__wmatmul_rows_impl(IMPLS[a], y1, m, p.x, p.ldx, p.w, p.t, n, m, k);
+                for (int i = 0; i < n * m; i++) {
+                    const double e = fabs((double)y1[i] - y0[i]) / (2 * p.tol[i]);
+                    if (!(e <= worst)) worst = e;
+                }
+                cases++;
+                free(y0); free(y1);
+                problem_free(&p);
+            }
+        ok(worst <= 1, "%s q4_0 vs portable: %d shapes within twice the f32 bound (worst %.3f of it)", IMPLS[a], cases, worst);
     }
 }
 
 /* NaN in one row; the dispatching entry point is the named implementation */
 static void test_special(void)
 {
-    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
     const char *name = b2__wkernels_name();
     int known = 0;
     for (int a = 0; a < NIMPL; a++) known |= !strcmp(name, IMPLS[a]);
@@ -430,7 +543,7 @@ static void test_prefetch(void)
     ok(def >= 0 && def <= 1 << 20, "prefetch distance in use: %d bytes", def);
     ok(b2__wkernels_set_prefetch(5 << 20) == def && b2__wkernels_set_prefetch(-1) == 1 << 20,
        "a distance past 1 MiB is clamped to 1 MiB");
-    static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
     for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
         problem p;
         problem_make(&p, TYPES[ti], 130, 1056, 1);
@@ -511,6 +624,30 @@ static void test_widen(void)
         }
     }
     ok(goodq, "q8_0 rows -> f32: d * q exact (-128, zero and subnormal scales, unaligned)");
+    /* q4_0: the same rows' worth of random blocks, from row 5, unaligned */
+    const size_t rb4 = (size_t)NB * B2_Q4_0_BYTES;
+    unsigned char *q4 = malloc(rb4 * ROWS + 1);
+    for (size_t b = 0; b < (size_t)NB * ROWS; b++) {
+        unsigned char *blk = q4 + 1 + b * B2_Q4_0_BYTES;
+        const uint16_t d = b % 11 == 0 ? (uint16_t)(b % 1024) : b % 13 == 0 ? 0xfbff : q16(frand(-0.1f, 0.1f), B2_WT_F16);
+        memcpy(blk, &d, 2);
+        for (int j = 0; j < 16; j++) blk[2 + j] = (unsigned char)(int)frand(0, 255.99f);
+    }
+    b2__wrows_to_f32(y, q4 + 1, B2_WT_Q4_0, 5, ROWS - 5, K);
+    int good4 = 1;
+    for (int i = 0; i < (ROWS - 5) * K; i++) {
+        const unsigned char *blk = q4 + 1 + 5 * rb4 + (size_t)(i / 32) * B2_Q4_0_BYTES;
+        uint16_t d;
+        memcpy(&d, blk, 2);
+        const int j = i % 32, nib = j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4;
+        const float r = b2__f16_to_f32(d) * (float)(nib - 8);
+        if (fbits(y[i]) != fbits(r)) {
+            if (good4) diag("q4_0 value %d: %08x, want %08x", i, fbits(y[i]), fbits(r));
+            good4 = 0;
+        }
+    }
+    ok(good4, "q4_0 rows -> f32: d * (nibble - 8) exact, low nibbles first (zero and subnormal scales, unaligned)");
+    free(q4);
     free(raw); free(y); free(q);
 }
 
@@ -563,13 +700,37 @@ static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const
             y[(size_t)i * ldy + r] = (float)a;
         }
 }
+/* q4_0 likewise: right but for the last 8 values of each row */
+static void short_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                     size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    for (int r = 0; r < m; r++)
+        for (int i = 0; i < n; i++) {
+            double a = 0;
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *blk = w + rb * r + (size_t)b * B2_Q4_0_BYTES;
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                int32_t sum = 0;
+                const int last = b == nb - 1 ? 24 : 32;
+                for (int j = 0; j < last; j++) {
+                    const int nib = j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4;
+                    sum += (nib - 8) * xq[(size_t)i * k + b * 32 + j];
+                }
+                a += (double)b2__f16_to_f32(h) * xd[(size_t)i * nb + b] * sum;
+            }
+            y[(size_t)i * ldy + r] = (float)a;
+        }
+}
 static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
-static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c};
-static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c};
+static void dq4_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q4_0, 0, 1, nb * 32); }
+static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c};
+static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c};
 
 static void test_tune(void)
 {
-    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+    static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
     const int m = 300, k = 1056, n = 5;
     for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
         const b2_wtype t = TYPES[ti];
@@ -600,7 +761,7 @@ static void test_tune(void)
             float d[33], xq[1056];
             for (int i = 0; i < n; i++) {
                 const float *xi = p[0].x + (size_t)i * p[0].ldx;
-                if (t == B2_WT_Q8_0) {
+                if (t == B2_WT_Q8_0 || t == B2_WT_Q4_0) {
                     b2__wquantize_act_q8(q, d, xi, k);
                     for (int j = 0; j < k; j++) xq[j] = d[j / 32] * q[j];
                     xi = xq;
@@ -665,7 +826,9 @@ int main(void)
     test_round16(B2_WT_BF16);
     test_q8_weights();
     test_q8_act();
+    test_q4_weights();
     test_products();
+    test_q4_vs_portable();
     test_special();
     test_threads();
     test_prefetch();

@@ -16,6 +16,9 @@
  *   q8_0          with and without VNNI: the same bits as the AVX2
  *                 kernel, as wkernels_avx512.c says (exact int32 block
  *                 sums either way), k in {32, 96, 1056}.
+ *   q4_0          without VNNI the AVX2 kernel's bits; with VNNI (two
+ *                 blocks per 512-bit step) within the f32 bound of the
+ *                 double product, batch rows equal, odd block counts.
  * Skipped (exit 77 via TAP "1..0 # SKIP") without SIMDe or off x86.
  */
 #include "tap.h"
@@ -154,6 +157,65 @@ static void test_q8(void)
     ok(batch_vnni, "q8_0 (AVX-512 VNNI, emulated): each row of an n-row call has the bits of the 1-row call");
 }
 
+/* q4_0: the table without VNNI is the AVX2 kernel (same bits); the VNNI
+ * kernel (two blocks per 512-bit step, unsigned nibbles, 8 * sum q_x
+ * subtracted) has the same exact block sums but other f32 sums: within
+ * the f32 bound (k/8 + 6) 2^-24 sum |w_j xq_j| of the double product of
+ * the dequantised weights and quantised activations, and a row's bits the
+ * same alone or in a batch.  k with an odd number of blocks too (the
+ * last block alone). */
+static void test_q4(void)
+{
+    static const int KS[] = {32, 64, 96, 160, 1056};
+    int same_plain = 1, bound_ok = 1, batch_ok = 1, cases = 0;
+    double worst = 0;
+    for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
+        const int k = KS[ki], nb = k / 32, m = 9, n = 5, ldy = m + 2;
+        const size_t rb = b2__wt_row_bytes(B2_WT_Q4_0, k);
+        unsigned char *w = malloc(rb * m);
+        float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k), *wf = malloc(sizeof(float) * m * k);
+        float *xd = malloc(sizeof(float) * n * nb);
+        int8_t *xq = malloc((size_t)n * k);
+        float *ya = malloc(sizeof(float) * n * ldy), *yp = malloc(sizeof(float) * n * ldy), *yv = malloc(sizeof(float) * n * ldy);
+        float *y1 = malloc(sizeof(float) * ldy);
+        for (int r = 0; r < m; r++) {
+            for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
+            b2__wquantize_row(w + rb * r, row, B2_WT_Q4_0, k);
+            if (r % 4 == 1) w[rb * r + 2 + (size_t)(r % 16)] = 0xf0; /* nibbles 0 and 15 */
+        }
+        b2__wrows_to_f32(wf, w, B2_WT_Q4_0, 0, m, k);
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
+            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x, k);
+        }
+        b2__q4_rows_avx2(ya, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_emu.q4(yp, ldy, xq, xd, w, rb, n, m, k);
+        b2__wimpl_avx512_vnni_emu.q4(yv, ldy, xq, xd, w, rb, n, m, k);
+        for (int i = 0; i < n; i++) {
+            same_plain &= !memcmp(ya + (size_t)i * ldy, yp + (size_t)i * ldy, sizeof(float) * m);
+            b2__wimpl_avx512_vnni_emu.q4(y1, ldy, xq + (size_t)i * k, xd + (size_t)i * nb, w, rb, 1, m, k);
+            batch_ok &= !memcmp(y1, yv + (size_t)i * ldy, sizeof(float) * m);
+            for (int r = 0; r < m; r++) {
+                double ref = 0, mag = 0;
+                for (int j = 0; j < k; j++) {
+                    const double p = (double)wf[(size_t)r * k + j] * ((double)xd[(size_t)i * nb + j / 32] * xq[(size_t)i * k + j]);
+                    ref += p;
+                    mag += fabs(p);
+                }
+                const double tol = (k / 8.0 + 6) * ldexp(1.0, -24) * mag + 1e-35, err = fabs(yv[(size_t)i * ldy + r] - ref);
+                if (!(err <= tol)) bound_ok = 0;
+                if (err / tol > worst) worst = err / tol;
+            }
+        }
+        cases++;
+        free(w); free(row); free(x); free(wf); free(xd); free(xq); free(ya); free(yp); free(yv); free(y1);
+    }
+    ok(same_plain, "q4_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
+    ok(bound_ok, "q4_0 (AVX-512 VNNI, emulated, two blocks a step): %d shapes within the f32 bound (worst %.3f of it; "
+       "odd block counts, nibbles 0 and 15)", cases, worst);
+    ok(batch_ok, "q4_0 (AVX-512 VNNI, emulated): each row of a 5-row call has the bits of the 1-row call");
+}
+
 int main(void)
 {
     if (b2__wmatmul_rows_impl("avx2", NULL, 1, NULL, 1, NULL, B2_WT_F32, 0, 0, 0)) {
@@ -164,6 +226,7 @@ int main(void)
     test_fp(B2_WT_F16);
     test_fp(B2_WT_BF16);
     test_q8();
+    test_q4();
     return tap_done();
 }
 #endif

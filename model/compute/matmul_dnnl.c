@@ -43,7 +43,7 @@ struct b2_dnnl_mm {
     dnnl_primitive_t prim;        /* NULL: refused (kept so it is not tried again) */
     dnnl_memory_desc_t src, wei, dst, bmd;
     size_t scratch_bytes;
-    /* f16 / q8_0 weights with bf16 math: W converted to bf16 `tile` rows
+    /* f16 / q8_0 / q4_0 weights with bf16 math: W converted to bf16 `tile` rows
      * at a time (prim: a whole tile; tail: the last m % tile rows) */
     int tile;
     dnnl_primitive_t tail;
@@ -160,7 +160,7 @@ done:
 
 static void create(b2_dnnl_mm *p)
 {
-    if (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0) {
+    if (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0 || p->wt == B2_WT_Q4_0) {
         size_t t = TILE_BYTES / (2 * (size_t)p->k);
         t = t < 64 ? 64 : t / 64 * 64;
         p->tile = t > (size_t)p->m ? p->m : (int)t;
@@ -187,6 +187,7 @@ b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_p
     if (prec == B2_PREC_INT8) wt = B2_WT_F32; /* its weights are always the s8 copy */
     else if (prec == B2_PREC_F32 ? wt != B2_WT_F32 : prec != B2_PREC_BF16 || wt == B2_WT_F32) return NULL;
     if (wt == B2_WT_Q8_0 && k % B2_Q8_0_BLOCK) return NULL;
+    if (wt == B2_WT_Q4_0 && k % B2_Q4_0_BLOCK) return NULL;
     pthread_once(&engine_once, engine_init);
     set_threads();
     pthread_mutex_lock(&mu);
@@ -383,7 +384,7 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
         src = xb;
     }
     set_threads();
-    if (p->tile == p->m && p->wt != B2_WT_F16 && p->wt != B2_WT_Q8_0)
+    if (p->tile == p->m && p->wt != B2_WT_F16 && p->wt != B2_WT_Q8_0 && p->wt != B2_WT_Q4_0)
         return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
     /* converted tiles */
     const int np = b2__pool_size();

@@ -5,7 +5,7 @@
  * weight file stores it (rows of type wt, used in place from the mapping:
  * oneDNN reads it as the (k, m) matrix with strides (1, k)).  The math:
  *   B2_PREC_F32   f32 x f32 -> f32        W f32
- *   B2_PREC_BF16  bf16 x bf16 -> f32      W bf16 in place, or f16 / q8_0
+ *   B2_PREC_BF16  bf16 x bf16 -> f32      W bf16 in place, or f16 / q8_0 / q4_0
  *                                          converted to bf16 about 4 MiB of
  *                                          rows at a time (on the pool); x
  *                                          rounded to bf16 (nearest even)

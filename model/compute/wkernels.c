@@ -1,5 +1,5 @@
 /*
- * wkernels.c - products with f16, bf16 and q8_0 weights: the types, the
+ * wkernels.c - products with f16, bf16, q8_0 and q4_0 weights: the types, the
  * conversions, the portable C products and the dispatcher.
  *
  *   b2__wmatmul_rows(y, x, W, t)
@@ -8,10 +8,10 @@
  *        if the CPU runs it, else the first of wcands it runs:
  *        avx512-vnni > avx512 (wkernels_avx512.c) > avx2
  *        (wkernels_avx2.c) > portable
- *     -> q8_0 only: every x row quantised to q8_0 blocks once per call
+ *     -> q8_0 and q4_0: every x row quantised to q8_0 blocks once per call
  *        (b2__wquantize_act_q8, into a per-thread scratch buffer)
  *     -> chunks of 64 W rows spread over the compute pool; each chunk
- *        runs impl->fp or impl->q8 over all n rows of x
+ *        runs impl->fp, impl->q8 or impl->q4 over all n rows of x
  *   b2__wkernels_tune(t, samples)
  *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
  *        checked against portable on the first sample's rows, refused
@@ -42,6 +42,14 @@ static uint16_t load16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); r
 
 static const b2_wimpl *wimpl(void);
 
+/* The q4_0 entries of an implementation, the portable ones where its
+ * table has none. */
+static void q4_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                      size_t rb, int n, int m, int k);
+static void q4_to_f32_c(float *y, const unsigned char *w, int nb);
+typedef void (*q4_to_f32_fn)(float *, const unsigned char *, int);
+static q4_to_f32_fn q4_to_f32_of(const b2_wimpl *p) { return p->q4_to_f32 ? p->q4_to_f32 : q4_to_f32_c; }
+
 /* f16 / bf16 through the element-wise kernels' converters (F16C, a 16-bit
  * shift; exact, so the same bits as b2__f16_to_f32 for every value but a
  * signalling NaN, which F16C quietens), q8_0 through the implementation's
@@ -55,6 +63,7 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
     case B2_WT_F16: b2__simd()->f16_to_f32(dst, src, (size_t)k * (size_t)nrows); return;
     case B2_WT_BF16: b2__simd()->bf16_to_f32(dst, src, (size_t)k * (size_t)nrows); return;
     case B2_WT_Q8_0: wimpl()->q8_to_f32(dst, src, (k / B2_Q8_0_BLOCK) * nrows); return;
+    case B2_WT_Q4_0: q4_to_f32_of(wimpl())(dst, src, (k / B2_Q4_0_BLOCK) * nrows); return;
     }
 }
 
@@ -114,6 +123,26 @@ void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k)
             for (int j = 0; j < B2_Q8_0_BLOCK; j++) blk[2 + j] = (unsigned char)(int8_t)roundf(x[j] * id);
         }
         break;
+    case B2_WT_Q4_0:
+        for (int b = 0; b < k / B2_Q4_0_BLOCK; b++) {
+            const float *x = src + b * B2_Q4_0_BLOCK;
+            unsigned char *blk = o + (size_t)b * B2_Q4_0_BYTES;
+            float amax = 0, max = 0; /* the value of largest magnitude, the first of equals */
+            for (int j = 0; j < B2_Q4_0_BLOCK; j++)
+                if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
+            const float d = max / -8.0f, id = d ? 1.0f / d : 0.0f;
+            uint16_t h = f32_to_f16(d);
+            memcpy(blk, &h, 2);
+            for (int j = 0; j < B2_Q4_0_BLOCK / 2; j++) {
+                unsigned char nib[2];
+                for (int u = 0; u < 2; u++) {
+                    const float v = x[j + 16 * u] * id + 8.5f; /* in [0.5, 16.5] for finite x */
+                    nib[u] = v >= 15.0f ? 15 : v > 0.0f ? (unsigned char)(int)v : 0; /* trunc; NaN: 0 */
+                }
+                blk[2 + j] = (unsigned char)(nib[0] | nib[1] << 4);
+            }
+        }
+        break;
     }
 }
 
@@ -170,7 +199,7 @@ static void widen(float *d, const unsigned char *src, b2_wtype t, int c)
     case B2_WT_F32: memcpy(d, src, (size_t)c * 4); break;
     case B2_WT_F16: for (int j = 0; j < c; j++) d[j] = b2__f16_to_f32(load16(src + 2 * j)); break;
     case B2_WT_BF16: for (int j = 0; j < c; j++) d[j] = b2__bf16_to_f32(load16(src + 2 * j)); break;
-    case B2_WT_Q8_0: break;
+    case B2_WT_Q8_0: case B2_WT_Q4_0: break;
     }
 }
 
@@ -240,7 +269,50 @@ static void q8_to_f32_c(float *y, const unsigned char *w, int nb)
     }
 }
 
-static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c};
+/* q4_0: as q8_rows_c with the nibbles unpacked to nibble - 8 first */
+static void q4_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                      size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    for (int r = 0; r < m; r++) {
+        const unsigned char *wr = w + (size_t)r * rb;
+        for (int i = 0; i < n; i++) {
+            const int8_t *qi = xq + (size_t)i * k;
+            const float *di = xd + (size_t)i * nb;
+            float a[8] = {0};
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *blk = wr + (size_t)b * B2_Q4_0_BYTES;
+                const int8_t *qx = qi + b * B2_Q4_0_BLOCK;
+                int8_t v[B2_Q4_0_BLOCK];
+                for (int j = 0; j < 16; j++) {
+                    v[j] = (int8_t)((blk[2 + j] & 15) - 8);
+                    v[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
+                }
+                const float s = b2__f16_to_f32(load16(blk)) * di[b];
+                for (int l = 0; l < 8; l++) {
+                    int32_t sum = 0;
+                    for (int u = 0; u < 4; u++) sum += (int32_t)v[4 * l + u] * qx[4 * l + u];
+                    a[l] += s * (float)sum;
+                }
+            }
+            y[(size_t)i * ldy + r] = lanes8(a);
+        }
+    }
+}
+
+/* d * (float)(nibble - 8) per value, one rounding */
+static void q4_to_f32_c(float *y, const unsigned char *w, int nb)
+{
+    for (int b = 0; b < nb; b++, w += B2_Q4_0_BYTES, y += B2_Q4_0_BLOCK) {
+        const float s = b2__f16_to_f32(load16(w));
+        for (int j = 0; j < 16; j++) {
+            y[j] = s * (float)((w[2 + j] & 15) - 8);
+            y[j + 16] = s * (float)((w[2 + j] >> 4) - 8);
+        }
+    }
+}
+
+static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c, q4_rows_c, q4_to_f32_c};
 
 /* ---- choosing an implementation, per weight type ---- */
 
@@ -281,7 +353,7 @@ enum { NCANDS = sizeof wcands / sizeof wcands[0] };
 
 /* The weight types the products take, one entry each: a new type is one
  * more entry here (and its entry point in b2_wimpl, see wentry). */
-static const b2_wtype wtypes[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0};
+static const b2_wtype wtypes[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
 enum { NWT = sizeof wtypes / sizeof wtypes[0] };
 
 static int wslot(b2_wtype t)
@@ -294,10 +366,11 @@ static int wslot(b2_wtype t)
 /* The function an implementation runs for type t: two implementations
  * with the same one are the same candidate for that type. */
 /* 1 for the block types, whose products quantise the activations to q8_0 */
-static int wt_block(b2_wtype t) { return t == B2_WT_Q8_0; }
+static int wt_block(b2_wtype t) { return t == B2_WT_Q8_0 || t == B2_WT_Q4_0; }
 
 static const void *wentry(const b2_wimpl *p, b2_wtype t)
 {
+    if (t == B2_WT_Q4_0) return p->q4 ? (const void *)p->q4 : (const void *)q4_rows_c;
     return t == B2_WT_Q8_0 ? (const void *)p->q8 : (const void *)p->fp;
 }
 
@@ -419,7 +492,10 @@ static void wtask(void *ctx, int task, int slot)
     (void)slot;
     const wjob *j = ctx;
     const int r0 = task * CHUNK, mm = j->m - r0 < CHUNK ? j->m - r0 : CHUNK;
-    if (j->t == B2_WT_Q8_0)
+    if (j->t == B2_WT_Q4_0)
+        (j->impl->q4 ? j->impl->q4 : q4_rows_c)(j->y + r0, j->ldy, j->xq, j->xd, j->w + (size_t)r0 * j->rb, j->rb,
+                                                 j->n, mm, j->k);
+    else if (j->t == B2_WT_Q8_0)
         j->impl->q8(j->y + r0, j->ldy, j->xq, j->xd, j->w + (size_t)r0 * j->rb, j->rb, j->n, mm, j->k);
     else
         j->impl->fp(j->y + r0, j->ldy, j->x, j->ldx, j->w + (size_t)r0 * j->rb, j->rb, j->t, j->n, mm, j->k);
@@ -478,7 +554,7 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
     pthread_once(&wprefetch_once, wprefetch_init);
     wjob j = {y, x, NULL, NULL, w, t, b2__wt_row_bytes(t, k), ldy, ldx, n, m, k, impl};
     const int tasks = (m + CHUNK - 1) / CHUNK;
-    if (t != B2_WT_Q8_0) {
+    if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
         return;
     }

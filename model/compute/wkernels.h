@@ -6,7 +6,10 @@
  * b2__wt_row_bytes(t, k) bytes, as a GGUF file stores it (the type numbers
  * are GGML's, so a GGUF tensor's type field maps directly).  q8_0 is GGML's
  * block format: each run of 32 values is one IEEE half scale d followed by
- * 32 int8 q, value = d * q.
+ * 32 int8 q, value = d * q.  q4_0 is GGML's 4-bit block: each run of 32
+ * values is one IEEE half scale d followed by 16 bytes, byte j holding
+ * value j in its low nibble and value j + 16 in its high nibble, value =
+ * d * (nibble - 8).
  *
  * The products exist in a portable C version (always built and tested)
  * and SIMD versions chosen at run time, per weight type: by default the
@@ -23,6 +26,7 @@
 typedef enum b2_wtype {
     B2_WT_F32 = 0,
     B2_WT_F16 = 1,
+    B2_WT_Q4_0 = 2,
     B2_WT_Q8_0 = 8,
     B2_WT_BF16 = 30,
 } b2_wtype;
@@ -30,15 +34,19 @@ typedef enum b2_wtype {
 /* Values per q8_0 block, and bytes per block (f16 scale + 32 int8). */
 #define B2_Q8_0_BLOCK 32
 #define B2_Q8_0_BYTES 34
+/* Values per q4_0 block, and bytes per block (f16 scale + 16 bytes of
+ * nibbles). */
+#define B2_Q4_0_BLOCK 32
+#define B2_Q4_0_BYTES 18
 
 /* 1 if t is a type this build handles and rows of k values are valid for
- * it (q8_0 needs k % 32 == 0), else 0. */
+ * it (q8_0 and q4_0 need k % 32 == 0), else 0. */
 int b2__wt_ok(b2_wtype t, int k);
 
 /* Bytes of one row of k values of type t (b2__wt_ok(t, k) must hold). */
 size_t b2__wt_row_bytes(b2_wtype t, int k);
 
-/* "f32", "f16", "bf16", "q8_0", or NULL for an unknown type. */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", or NULL for an unknown type. */
 const char *b2__wt_name(b2_wtype t);
 
 /* y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T for W (m, k) of type t.
@@ -54,7 +62,11 @@ const char *b2__wt_name(b2_wtype t);
  * the block's dot product sum q_w q_x is exact in integers, and
  * acc += (d_w d_x) * sum in f32.  The extra error is at most
  * sum_blocks (d_x / 2) * sum |w| (half a step of x per value); a NaN or
- * infinity in a block of x makes that row's outputs NaN. */
+ * infinity in a block of x makes that row's outputs NaN.  q4_0 is the
+ * same with 4-bit weights (GGML's q4_0 x q8_0 product): the weight values
+ * d_w * (nibble - 8) are taken exactly, sum (nibble - 8) q_x is exact in
+ * integers, acc += (d_w d_x) * sum in f32, with the same bound (the
+ * weights' own rounding is the file's, not the product's). */
 void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
                       int n, int m, int k);
 
@@ -73,12 +85,17 @@ int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, i
 void b2__wquantize_act_q8(int8_t *q, float *d, const float *x, int k);
 
 /* dst (nrows, k) = rows [row0, row0 + nrows) of W (m, k) of type t, as f32
- * (exact for f16 and bf16; d * q for q8_0). */
+ * (exact for f16 and bf16; d * q for q8_0, d * (nibble - 8) for q4_0,
+ * one rounding per value, the same bits in every implementation). */
 void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows, int k);
 
 /* dst = one row of k f32 values stored as type t: f16 and bf16 round to
  * nearest even (NaN stays NaN, overflow goes to infinity); q8_0 as GGML
- * quantises (per block d = max|x| / 127, q = round(x / d)). */
+ * quantises (per block d = max|x| / 127, q = round(x / d)); q4_0 as GGML
+ * quantises (per block max = the value of largest magnitude, the first
+ * of equals; d = max / -8, id = 1 / d (0 if d is 0), nibble =
+ * min(15, trunc(x * id + 8.5)); NaN gives nibble 0).  The scale is
+ * rounded to f16 after id is taken from the f32 d, as GGML does. */
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
 /* How far ahead of its reads (bytes) each SIMD tile prefetches its weight

@@ -22,6 +22,10 @@
  *                 d_w is widened straight into 8 lanes (vpbroadcastw +
  *                 vcvtph2ps) and multiplied by d_x there, the same
  *                 product, rounded once, as a scalar d_w * d_x.
+ *   q4_0          the q8_0 tiles with the 16 bytes of a block unpacked
+ *                 once per W row (low nibbles = values 0..15 in the low
+ *                 128 bits, high nibbles = 16..31 in the high ones, minus
+ *                 8), then exactly the q8_0 arithmetic.
  * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
  * reads (once per 64 bytes, per block for q8_0): far enough ahead that the
  * next 4 KiB pages' lines are asked for while this one is read (the
@@ -207,6 +211,98 @@ B2W void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb)
     }
 }
 
-const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2};
+/* ---- q4_0 ---- */
+
+/* The 32 values of a q4_0 block's nibbles, minus 8, in value order. */
+B2W static INL __m256i q4_unpack(const unsigned char *qs)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)qs), lo4 = _mm_set1_epi8(15);
+    const __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), lo4), _mm_and_si128(v, lo4));
+    return _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+}
+
+B2W static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                            size_t rb, int k, const int R, const int N)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TR][TN];
+    __m256i wq[TR], aw[TR];
+    __m256 dw[TR];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
+    for (int b = 0; b < nb; b++) {
+        if (pf && !(b & 1)) /* a block is 18 bytes: once per 36 */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
+            short h;
+            memcpy(&h, blk, 2);
+            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(h));
+            wq[r] = q4_unpack(blk + 2);
+            aw[r] = _mm256_abs_epi8(wq[r]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK));
+            const __m256 dx = _mm256_broadcast_ss(xd + (size_t)i * nb + b);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, wq[r])), ones);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
+}
+
+B2W void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                          size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, TN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + TN <= n; i0 += TN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, TN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
+    }
+}
+
+B2W void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb)
+{
+    for (int b = 0; b < nb; b++, w += B2_Q4_0_BYTES, y += B2_Q4_0_BLOCK) {
+        uint16_t h;
+        memcpy(&h, w, 2);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+        const __m256i v = q4_unpack(w + 2);
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const __m128i q8 = p < 2 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
+            const __m256i q = _mm256_cvtepi8_epi32(p & 1 ? _mm_srli_si128(q8, 8) : q8);
+            _mm256_storeu_ps(y + 8 * p, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
+                                 b2__q4_to_f32_avx2};
 
 #endif

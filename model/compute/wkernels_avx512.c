@@ -14,6 +14,14 @@
  *                 blocks per 512-bit vector and vpdpbusd (see q8_tile
  *                 below): the same exact int32 block sums as AVX2, summed
  *                 in 16 f32 lanes instead of 8.
+ *   q4_0          without VNNI the AVX2 kernel; with VNNI two blocks per
+ *                 512-bit step: the nibbles go unsigned (0..15) into
+ *                 vpdpbusd against the activations' int8, and 8 * (the
+ *                 lane's sum of q_x), once per x row and block pair for
+ *                 the whole tile, is where the sums start: the exact integer
+ *                 sums of the AVX2 path, folded to 8 lanes (4 per block)
+ *                 and scaled in 8 f32 lanes, even and odd blocks apart,
+ *                 so other bits than AVX2, within the same bound.
  */
 #include "wkernels_impl.h"
 
@@ -219,7 +227,129 @@ B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
     B2_WTILES(m, n, TR, QN, Q8_TILE);
 }
 
-const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2};
-const b2_wimpl b2__wimpl_avx512_vnni = {"avx512-vnni", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2};
+/* the sum of a's 8 lanes (q4_0's folded accumulators) */
+B2XV static INL float hsum8v(__m256 a)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- q4_0 with VNNI: two blocks per 512-bit step ----
+ * W row, blocks b and b + 1: the 16 + 16 bytes of nibbles side by side,
+ * shifted copy above: [lo_b | lo_b1 | hi_b | hi_b1] (values 0..15 of
+ * each block, then 16..31).  The activations' 64 bytes of the two blocks
+ * are put in the same order once per x row (vpermq), with the lanes'
+ * -8 * sum q_x where vpdpbusd starts.  Int32 lane L then holds block
+ * b + (L / 4) % 2; the upper 8 lanes are added to the lower 8 (exact), so
+ * lanes 0-3 hold block b (values 4l..4l+3 and 16+4l..19+4l) and 4-7 block
+ * b + 1, and the f32 work is 8 lanes wide: acc += (d_w d_x) * lanes with
+ * the scales of b in lanes 0-3 and of b + 1 in 4-7 (blends).  An odd last
+ * block goes alone, the other half zero (nibbles, activations and
+ * scales: it adds exactly 0). */
+
+B2XV static INL __m256 q4_pair_scale(const unsigned char *blk, int two)
+{
+    unsigned short h0, h1 = 0;
+    memcpy(&h0, blk, 2);
+    if (two) memcpy(&h1, blk + B2_Q4_0_BYTES, 2);
+    return _mm256_cvtph_ps(_mm_blend_epi16(_mm_set1_epi16((short)h0), _mm_set1_epi16((short)h1), 0xf0));
+}
+
+B2XV static INL __m512i q4_pair_nibbles(const unsigned char *blk, int two)
+{
+    const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(blk + 2));
+    const __m128i b = two ? _mm_loadu_si128((const __m128i *)(const void *)(blk + B2_Q4_0_BYTES + 2)) : _mm_setzero_si128();
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+    return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1),
+                            _mm512_set1_epi8(15));
+}
+
+/* lanes 0..7 + lanes 8..15, exact */
+B2XV static INL __m256i q4_fold(__m512i p)
+{
+    return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
+}
+
+/* one step of the tile: blocks b and (if two) b + 1 */
+B2XV static INL void q4_step(__m256 acc[TR][QN], const int8_t *xq, const float *xd, const unsigned char *w, size_t rb,
+                             int k, int nb, int b, const int two, const int R, const int N)
+{
+    const __m512i eights = _mm512_set1_epi8(8), order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
+    __m256 dw[TR];
+    __m512i nib[TR];
+    const size_t pf = (size_t)b2__wprefetch;
+    if (pf)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
+        dw[r] = q4_pair_scale(blk, two);
+        nib[r] = q4_pair_nibbles(blk, two);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        const int8_t *xp = xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK;
+        const __m512i raw = two ? _mm512_loadu_si512((const void *)xp)
+                                : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256((const __m256i *)(const void *)xp), 0);
+        const __m512i q = _mm512_permutexvar_epi64(order, raw);
+        /* -8 * sum q per lane: where each W row's vpdpbusd starts */
+        const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, q));
+        const float *dp = xd + (size_t)i * nb + b;
+        const __m256 dx = _mm256_blend_ps(_mm256_set1_ps(dp[0]), _mm256_set1_ps(two ? dp[1] : 0.0f), 0xf0);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m256i p = q4_fold(_mm512_dpbusd_epi32(off, nib[r], q));
+            acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+        }
+    }
+}
+
+B2XV static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                             size_t rb, int k, const int R, const int N)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    __m256 acc[TR][QN];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) q4_step(acc, xq, xd, w, rb, k, nb, b, 1, R, N);
+    if (b < nb) q4_step(acc, xq, xd, w, rb, k, nb, b, 0, R, N);
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
+}
+
+B2XV static void q4_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                              size_t rb, int n, int m, int k)
+{
+    const int nb = k / B2_Q4_0_BLOCK;
+    int r0 = 0;
+    for (; r0 + TR <= m; r0 += TR) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, QN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
+    }
+    for (; r0 < m; r0++) {
+        int i0 = 0;
+        for (; i0 + QN <= n; i0 += QN)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, QN);
+        for (; i0 < n; i0++)
+            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
+    }
+}
+
+const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
+                                   b2__q4_to_f32_avx2};
+const b2_wimpl b2__wimpl_avx512_vnni = {"avx512-vnni", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2, q4_rows_vnni,
+                                        b2__q4_to_f32_avx2};
 
 #endif

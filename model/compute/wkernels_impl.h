@@ -29,6 +29,17 @@ typedef struct b2_wimpl {
     /* y (nb * 32) = the nb q8_0 blocks at w as f32: d * (float)q, one
      * rounding per value, the same bits in every implementation. */
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
+    /* q4_0 weights with q8_0 activations as for q8: per block the integer
+     * dot product sum (nibble - 8) * q_x is exact, lane l taking values
+     * 4l..4l+3 of the block (in value order, nibbles unpacked), then
+     * acc += (d_w * d_x) * (float)isum in 8 lanes.  NULL in a table: the
+     * dispatcher uses the portable one. */
+    void (*q4)(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+               size_t rb, int n, int m, int k);
+    /* y (nb * 32) = the nb q4_0 blocks at w as f32: d * (float)(nibble -
+     * 8), one rounding per value, the same bits in every implementation
+     * (NULL: the portable one). */
+    void (*q4_to_f32)(float *y, const unsigned char *w, int nb);
 } b2_wimpl;
 
 /* The tile driver every SIMD file shares: TILE(r0, i0, R, N) for a tile
@@ -105,6 +116,10 @@ extern const b2_wimpl b2__wimpl_avx512_vnni; /* the same, q8_0 with VNNI */
 void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                       size_t rb, int n, int m, int k);
 void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb);
+/* AVX2's q4_0 entries (the avx512 table without VNNI uses them). */
+void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                      size_t rb, int n, int m, int k);
+void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb);
 #endif
 
 #endif

@@ -331,15 +331,15 @@ int b2__gguf_parse(b2_gguf **out, const void *data, size_t size, const char *nam
         if ((rc = rd_u32(&c, &type, "tensor type")) < 0 || (rc = rd_u64(&c, &T->offset, "tensor offset")) < 0)
             goto fail;
         if (!b2__wt_name((b2_wtype)type)) {
-            rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': unsupported ggml type %u (f32, f16, bf16 and "
-                         "q8_0 are)", name, ns, T->name.p, type);
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': unsupported ggml type %u (f32, f16, bf16, "
+                         "q8_0 and q4_0 are)", name, ns, T->name.p, type);
             goto fail;
         }
         T->type = (b2_wtype)type;
         T->nbytes = b2__gguf_nbytes(T->type, T->n_dims, T->ne);
         if (!T->nbytes) {
-            rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': shape invalid for %s (q8_0 rows must be a "
-                         "multiple of 32; size limit)", name, ns, T->name.p, b2__wt_name(T->type));
+            rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': shape invalid for %s (q8_0 and q4_0 rows "
+                         "must be a multiple of 32; size limit)", name, ns, T->name.p, b2__wt_name(T->type));
             goto fail;
         }
     }

@@ -16,7 +16,7 @@
  * The reader is strict and checks every count, length and offset against
  * the bytes it has before using it: it never reads outside the buffer, and
  * every failure is BLIP2_EFORMAT with the file (and key or tensor) named.
- * Accepted tensor types: f32, f16, bf16, q8_0 (wkernels.h numbering).
+ * Accepted tensor types: f32, f16, bf16, q8_0, q4_0 (wkernels.h numbering).
  */
 #ifndef BLIP2_GGUF_H
 #define BLIP2_GGUF_H
@@ -84,7 +84,7 @@ typedef struct b2_gguf b2_gguf;
  * Checks: magic, version 3, counts within the caps and the buffer, every
  * string and array inside the buffer, no duplicate key or tensor name,
  * general.alignment a u32 power of two (1..65536), known tensor types, 1..4
- * dims each >= 1, q8_0 rows a multiple of 32, every tensor's offset a
+ * dims each >= 1, q8_0 and q4_0 rows a multiple of 32, every tensor's offset a
  * multiple of the alignment and its data inside the buffer. */
 int b2__gguf_parse(b2_gguf **out, const void *data, size_t size, const char *name,
                    blip2_error *err);

@@ -219,8 +219,12 @@ def stop(p, wait=15):
                                                      if st == -9 else ""), flush=True)
         try:
             with open(p.b2_log, "rb") as f:
-                tail = f.read()[-3000:].decode("utf-8", "replace")
-            for line in tail.splitlines()[-40:]:
+                text = f.read().decode("utf-8", "replace")
+            # a sanitizer's report from its start (the direct leak or the
+            # error comes first), else the log's last lines
+            at = text.rfind("==ERROR: ")
+            lines = text[at:].splitlines()[:80] if at >= 0 else text.splitlines()[-40:]
+            for line in lines:
                 print("#   " + line, flush=True)
         except (AttributeError, OSError):
             pass

@@ -195,7 +195,7 @@ B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *x
             __m128 x2;
             if (two) {
                 q = _mm512_loadu_si512((const void *)xp);
-                x2 = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)dp));
+                x2 = _mm_castsi128_ps(_mm_loadu_si64((const void *)dp)); /* two floats, any alignment */
             } else {
                 q = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xp));
                 q = _mm512_inserti64x4(q, _mm256_setzero_si256(), 1);

@@ -128,12 +128,10 @@ void b2d_client_hold(b2d_client *c, int held)
 
 void b2d_client_sent(b2d_client *c, size_t bytes)
 {
-    size_t cur = atomic_load(&c->unsent), next;
-    do
-        next = cur > bytes ? cur - bytes : 0;
-    while (!atomic_compare_exchange_weak(&c->unsent, &cur, next));
-    b2d_budget_add(c->budget, B2D_MEM_OUTPUT, -(long long)(cur - next));
-    if (cur > c->out_cap && next <= c->out_cap) b2d_engine_poke(c->core->eng);
+    /* exact, never clamped: the producer's count (job.c) may come after */
+    const long long cap = (long long)c->out_cap, cur = atomic_fetch_sub(&c->unsent, (long long)bytes);
+    b2d_budget_add(c->budget, B2D_MEM_OUTPUT, -(long long)bytes);
+    if (cur > cap && cur - (long long)bytes <= cap) b2d_engine_poke(c->core->eng);
 }
 
 static b2d_job *find_listed(b2d_client *c, uint64_t id)

@@ -237,7 +237,9 @@ struct b2d_client {
     b2d_job **inf;            /*   the jobs in flight (a reference each) */
     int ninf, capinf;
     atomic_int held;          /* the front end takes no output now */
-    atomic_size_t unsent;     /* reply bytes the front end holds for its peer */
+    atomic_llong unsent;      /* reply bytes the front end holds for its peer; signed:
+                               * the front end may send (b2d_client_sent) a reply
+                               * before its producer has counted it (job.c) */
     size_t out_cap;           /* above it, no more replies are produced */
     uint64_t user;            /* fairness key */
     b2d_sink sink;
@@ -258,7 +260,7 @@ int b2d_client_unlist(b2d_client *c, b2d_job *j);
 /* Does c take no more output now (held, or over its output cap)? */
 static inline int b2d_client_blocked(b2d_client *c)
 {
-    return atomic_load(&c->held) || atomic_load(&c->unsent) > c->out_cap;
+    return atomic_load(&c->held) || atomic_load(&c->unsent) > (long long)c->out_cap;
 }
 
 /* A zeroed job of kind ops for request id of client c, holding one

@@ -169,7 +169,7 @@ void b2d_job_emit(b2d_job *j, const b2ipc_reply *rp, int terminal)
             cr.cancel.found = true;
             bytes += c->sink.reply(c->ctx, &cr, 1);
         }
-        atomic_fetch_add(&c->unsent, bytes);
+        atomic_fetch_add(&c->unsent, (long long)bytes);
         b2d_budget_add(c->budget, B2D_MEM_OUTPUT, (long long)bytes);
     }
     pthread_mutex_unlock(&c->mu);

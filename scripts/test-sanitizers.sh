@@ -23,7 +23,11 @@ export ASAN_OPTIONS UBSAN_OPTIONS
 # products) are enough here; f16 and q8_0 take the same code (q8_0's own
 # kernels: tests/test_gguf_q8, tests/test_wkernels).  Keeps CI short.
 GGUF_TYPES=${GGUF_TYPES:-f32 bf16}
-export GGUF_TYPES
+# an instrumented daemon starts and answers several times slower, more so
+# beside the parallel golden runs: the tests' waits (never their bounds)
+# are doubled (tests/b2test.py SCALE, tests/lib.sh wait_socket)
+BLIP2_TEST_TIMEOUT_SCALE=${BLIP2_TEST_TIMEOUT_SCALE:-2}
+export GGUF_TYPES BLIP2_TEST_TIMEOUT_SCALE
 
 echo "# sanitizers: building and testing in $dir/src (ASan+UBSan, -O1)"
 cd "$dir/src" && sh scripts/test.sh --enable-sanitizers CFLAGS="-O1 -g" "$@" >"$dir/check.log" 2>&1

@@ -53,9 +53,10 @@ report() { # report OK NAME DETAIL
   else echo "not ok $n - $2"; echo "# $3"; failed=$((failed + 1)); fi
 }
 
-wait_socket() { # wait_socket PATH TRIES
+wait_socket() { # wait_socket PATH TRIES (of 50 ms; times BLIP2_TEST_TIMEOUT_SCALE, rounded up)
   _i=0
-  while [ ! -S "$1" ] && [ $_i -lt "$2" ]; do sleep 0.05; _i=$((_i + 1)); done
+  _n=$(awk -v t="$2" -v s="${BLIP2_TEST_TIMEOUT_SCALE:-1}" 'BEGIN { n = t * (s < 1 ? 1 : s); print (n == int(n)) ? n : int(n) + 1 }')
+  while [ ! -S "$1" ] && [ $_i -lt "$_n" ]; do sleep 0.05; _i=$((_i + 1)); done
 }
 
 tap_labelled() { # tap_labelled LABEL CMD...

@@ -15,21 +15,12 @@
 #                              every stage, logit and id is as in f32
 #                              (the golden tolerances, ids exact)
 # Output: TAP, one plan in all.
+. "$(dirname "$0")/lib.sh"
 native=f32
 grep -qE '(avx512_vnni|avx_vnni)' /proc/cpuinfo 2>/dev/null && native=int8
 run() { # label, then environment assignments (TEST=tests/test_golden_t5 for T5)
     label=$1; shift
-    out=$(env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"')
-    st=$?
-    case $out in *"not ok"*) ;; *) [ $st -eq 0 ] || out="$out
-not ok 0 - $label exited with status $st";; esac
-    printf '%s\n' "$out" | while IFS= read -r line; do
-        case $line in
-        "ok "*|"not ok "*) echo "$line" | sed "s/^\(not \)\{0,1\}ok [0-9]* - /&[$label] /" ;;
-        1..*) ;;
-        *) echo "$line" ;;
-        esac
-    done
+    tap_labelled "$label" env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"'
 }
 {
     run "opt int8 math, folder" GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
@@ -37,4 +28,4 @@ not ok 0 - $label exited with status $st";; esac
     run "opt int8 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
     run "t5 int8 math, folder" TEST=./tests/test_golden_t5 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
     run "t5 int8 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
-} | awk '/^(not )?ok [0-9]+ - /{ n++; sub(/ok [0-9]+ - /, "ok " n " - ") } { print } END { print "1.." n }'
+} | tap_renumber

@@ -234,6 +234,17 @@ static void fp_rows_c(float *y, int ldy, const float *x, int ldx, const unsigned
     }
 }
 
+/* a[l] += s * (the exact int32 sum of v * qx over values 4l..4l+3): one
+ * block of 32 in the 8 lanes both block types' portable products use */
+static void block_lanes(float a[8], float s, const int8_t *v, const int8_t *qx)
+{
+    for (int l = 0; l < 8; l++) {
+        int32_t sum = 0;
+        for (int u = 0; u < 4; u++) sum += (int32_t)v[4 * l + u] * qx[4 * l + u];
+        a[l] += s * (float)sum;
+    }
+}
+
 static void q8_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                       size_t rb, int n, int m, int k)
 {
@@ -246,13 +257,7 @@ static void q8_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, cons
             float a[8] = {0};
             for (int b = 0; b < nb; b++) {
                 const unsigned char *blk = wr + (size_t)b * B2_Q8_0_BYTES;
-                const int8_t *qx = qi + b * B2_Q8_0_BLOCK;
-                const float s = b2__f16_to_f32(load16(blk)) * di[b];
-                for (int l = 0; l < 8; l++) {
-                    int32_t sum = 0;
-                    for (int u = 0; u < 4; u++) sum += (int32_t)(int8_t)blk[2 + 4 * l + u] * qx[4 * l + u];
-                    a[l] += s * (float)sum;
-                }
+                block_lanes(a, b2__f16_to_f32(load16(blk)) * di[b], (const int8_t *)(blk + 2), qi + b * B2_Q8_0_BLOCK);
             }
             y[(size_t)i * ldy + r] = lanes8(a);
         }
@@ -288,12 +293,7 @@ static void q4_rows_c(float *y, int ldy, const int8_t *xq, const float *xd, cons
                     v[j] = (int8_t)((blk[2 + j] & 15) - 8);
                     v[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
                 }
-                const float s = b2__f16_to_f32(load16(blk)) * di[b];
-                for (int l = 0; l < 8; l++) {
-                    int32_t sum = 0;
-                    for (int u = 0; u < 4; u++) sum += (int32_t)v[4 * l + u] * qx[4 * l + u];
-                    a[l] += s * (float)sum;
-                }
+                block_lanes(a, b2__f16_to_f32(load16(blk)) * di[b], v, qx);
             }
             y[(size_t)i * ldy + r] = lanes8(a);
         }

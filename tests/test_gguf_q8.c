@@ -24,6 +24,7 @@
 #include "blip2.h"
 #include "gen_weights.h"
 #include "tap.h"
+#include "tiny_opt_config.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -31,14 +32,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char config[] =
-    "{\"model_type\": \"blip-2\", \"num_query_tokens\": 8,\n"
-    " \"vision_config\": {\"hidden_size\": 64, \"intermediate_size\": 128, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2},\n"
-    " \"qformer_config\": {\"hidden_size\": 64, \"intermediate_size\": 96, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2, \"encoder_hidden_size\": 64},\n"
-    " \"text_config\": {\"model_type\": \"opt\", \"hidden_size\": 64, \"ffn_dim\": 128, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2, \"word_embed_proj_dim\": 64, \"eos_token_id\": 50118}}\n";
 
 static const char config_t5[] =
     "{\"model_type\": \"blip-2\", \"num_query_tokens\": 8,\n"
@@ -154,9 +147,9 @@ static void run(const char *label, const char *cfg_text, const char *prompt, int
 
 int main(void)
 {
-    run("opt", config, "Question: what is it? Answer:", 0, "q8_0", 0.99);
+    run("opt", tiny_opt_config, "Question: what is it? Answer:", 0, "q8_0", 0.99);
     run("t5", config_t5, "Question: what is it? Answer:", 1, "q8_0", 0.99);
-    run("opt", config, "Question: what is it? Answer:", 0, "q4_0", 0.95);
+    run("opt", tiny_opt_config, "Question: what is it? Answer:", 0, "q4_0", 0.95);
     run("t5", config_t5, "Question: what is it? Answer:", 0, "q4_0", 0.95);
     return tap_done();
 }

@@ -29,6 +29,7 @@
 #include "model.h"
 #include "wkernels.h"
 #include "tap.h"
+#include "tiny_opt_config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,14 +37,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char config[] =
-    "{\"model_type\": \"blip-2\", \"num_query_tokens\": 8,\n"
-    " \"vision_config\": {\"hidden_size\": 64, \"intermediate_size\": 128, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2},\n"
-    " \"qformer_config\": {\"hidden_size\": 64, \"intermediate_size\": 96, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2, \"encoder_hidden_size\": 64},\n"
-    " \"text_config\": {\"model_type\": \"opt\", \"hidden_size\": 64, \"ffn_dim\": 128, \"num_attention_heads\": 2,\n"
-    "   \"num_hidden_layers\": 2, \"word_embed_proj_dim\": 64, \"eos_token_id\": 50118}}\n";
 
 static char *slurp(const char *path)
 {
@@ -118,7 +111,7 @@ int main(int argc, char **argv)
     snprintf(src, sizeof src, "%s/model", dir);
     snprintf(q8, sizeof q8, "%s/q8.gguf", dir);
     snprintf(kf, sizeof kf, "%s.kernels", q8);
-    spit(cfg, config);
+    spit(cfg, tiny_opt_config);
     char *gargv[] = {"gen_weights", "-q", "--config", cfg, "--dtype", "f32", "--seed", "5", src, NULL};
     blip2_error err = {0};
     if (!ok(b2bench_gen_weights(9, gargv) == 0 && blip2_convert(src, q8, "q8_0", NULL, NULL, NULL, &err) == 0,

@@ -276,7 +276,8 @@ int main(int argc, char **argv)
     if (sq8 >= 0 && sq4 >= 0)
         for (int c = 0; c < ncfg; c++) {
             double *v = vs8 + (size_t)c * rounds;
-            const double med = median(v, rounds);
+            b2b_sort(v, rounds);
+            const double med = b2b_median(v, rounds);
             printf("q4_0 vs q8_0, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
                    batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
         }

@@ -79,7 +79,7 @@ int main(int argc, char **argv)
         unsigned char *tw = malloc(rb * m);
         if (!tw) return 1;
         for (int r = 0; r < m; r++) b2__wquantize_row(tw + r * rb, w + (size_t)r * k, types[ti], k);
-        l[ti] = (b2_linear){tw, NULL, m, k, types[ti]};
+        l[ti] = (b2_linear){.w = tw, .out = m, .in = k, .wt = types[ti]};
     }
     const double gf = 2.0 * n * m * k * 1e-9;
     printf("rows %d, W %dx%d, kernels %s, tile %d rows, %d rounds\n", n, m, k, b2__wkernels_name(),

@@ -317,6 +317,7 @@ static int limits_only(const opts *o, b2b_read_fn rfn, const char *rname, int nt
 int main(int argc, char **argv)
 {
     opts o;
+    blip2_process_prepare(argv);
     if (parse(&o, argc, argv) < 0) return 2;
     if (o.threads > 0) openblas_set_num_threads(o.threads);
     const int nt = openblas_get_num_threads();

@@ -277,6 +277,7 @@ int main(int argc, char **argv)
                              .timeout = 30 };
     char defsock[4096], defcache[4096];
     int c, no_wcache = 0;
+    blip2_process_prepare(argv);
     b2d_log_init();
     cfg.load.cache_type = getenv("BLIP2_WEIGHTS_TYPE");
     if (!cfg.load.cache_type || !*cfg.load.cache_type) cfg.load.cache_type = "auto";

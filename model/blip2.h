@@ -418,6 +418,17 @@ int blip2_image_features(const blip2_model *m, const float *px, int n,
 int blip2_text_features(const blip2_model *m, const int32_t *ids, size_t n,
                         float *logits, float *last_logits, blip2_error *err);
 
+/* Call first in main() of a program that computes with the engine (argv
+ * as main got it).  Unless the environment already chooses
+ * (OMP_WAIT_POLICY or GOMP_SPINCOUNT set) or the program runs under
+ * valgrind, it executes the program again (/proc/self/exe: the same
+ * process id, arguments and open descriptors) with OMP_WAIT_POLICY=PASSIVE,
+ * so that oneDNN's idle OpenMP threads sleep instead of spinning on the
+ * CPUs the engine needs next (process.c says why it takes an exec).
+ * Returns only when it did not execute again; then nothing has changed
+ * but that variable. */
+void blip2_process_prepare(char **argv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -246,6 +246,7 @@ int main(int argc, char **argv)
     int n_images = 0, n_prompts = 0, json = 0, c, threads = 0, used_stdin = 0, verbose = 0;
     blip2_load_opts lo = {0};
     blip2_gen_params gp;
+    blip2_process_prepare(argv);
     blip2_gen_params_default(&gp);
     blip2_image_opts io = {0};
     while ((c = getopt_long(argc, argv, "m:i:p:t:vhV", opts, NULL)) != -1) {

@@ -114,7 +114,9 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     /* bf16, int8: x is converted into a packed (n, k) copy */
     const dnnl_dims_t sd = {p->n, p->k}, ss = {dt != dnnl_f32 ? p->k : p->ldx, 1};
     const dnnl_dims_t wd = {p->k, cols}, ws = {1, p->k};
-    const dnnl_dims_t dd = {p->n, cols}, ds = {p->ldy, 1};
+    /* a tile writes a dense (n, cols) buffer: with y's row stride oneDNN
+     * 2.6 leaves brgemm for its slower gemm:jit (3-18x at 44 rows) */
+    const dnnl_dims_t dd = {p->n, cols}, ds = {cols == p->m ? p->ldy : cols, 1};
     const dnnl_dims_t bd = {1, cols}, bs = {cols, 1};
     dnnl_memory_desc_t src;
     dnnl_matmul_desc_t md;
@@ -230,7 +232,7 @@ static pthread_key_t tkey;
 static pthread_once_t tkey_once = PTHREAD_ONCE_INIT;
 
 typedef struct tstate {
-    tbuf xb, scratch, wtile, wconv, xq; /* xq: (n) scales, (n) zero points */
+    tbuf xb, scratch, wtile, wconv, ytile, xq; /* xq: (n) scales, (n) zero points */
     dnnl_stream_t stream;
 } tstate;
 
@@ -241,6 +243,7 @@ static void tstate_free(void *v)
     free(t->scratch.p);
     free(t->wtile.p);
     free(t->wconv.p);
+    free(t->ytile.p);
     free(t->xq.p);
     if (t->stream) dnnl_stream_destroy(t->stream);
     free(t);
@@ -390,17 +393,22 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
     const int np = b2__pool_size();
     uint16_t *wb = tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k);
     float *f32 = wb ? tbuf_get(&t->wconv, sizeof(float) * (size_t)np * CONV_ROWS * p->k) : NULL;
-    if (!f32) return -1;
+    float *yt = f32 ? tbuf_get(&t->ytile, sizeof(float) * (size_t)p->n * p->tile) : NULL;
+    if (!yt) return -1;
     for (int r0 = 0; r0 < p->m; r0 += p->tile) {
         const int rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
         conv_job j = {wb, w, p->wt, r0, rows, p->k, f32};
         b2__parallel_for((rows + CONV_ROWS - 1) / CONV_ROWS, conv_task, &j);
         set_threads();
-        const int full = rows == p->tile;
+        const int full = rows == p->tile, dense = rows == p->m; /* dense: y itself (create_one) */
+        float *yo = dense ? y : yt;
         if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
-                     full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, src, wb, y + r0,
+                     full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, src, wb, yo,
                      b ? b + r0 : NULL) < 0)
             return -1;
+        if (!dense)
+            for (int i = 0; i < p->n; i++)
+                memcpy(y + (size_t)i * p->ldy + r0, yt + (size_t)i * rows, sizeof(float) * rows);
     }
     return 0;
 }

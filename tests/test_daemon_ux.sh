@@ -5,7 +5,8 @@
 # info line per connection, "is not a socket" and a missing socket
 # directory explained, -V, --max-pixels, and the weights cache: the
 # default type (auto: the best for this CPU), the conversion said in the
-# log, stale cache files removed.  TAP output.
+# log, stale cache files removed; OMP_WAIT_POLICY=PASSIVE set by starting
+# again (blip2_process_prepare).  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 tmpdir b2dux
@@ -105,6 +106,29 @@ n32=$(grep -c -- '-f32.gguf$' "$T/ls2")
 report $((1 - $?)) "a changed folder: the stale cache file and a dead conversion's .tmp file removed (and logged)" "$(cat "$T/ls2") $(grep -i cache "$T/f32b.log")"
 grep -q -- "-$want.gguf" "$T/ls2"
 report $? "... the file of the other type (now stale too) removed as well" "$(cat "$T/ls2")"
+
+# ---- oneDNN's idle OpenMP threads sleep (blip2_process_prepare) ---------------
+# omp_env: the OMP_WAIT_POLICY line of the running daemon's own environment
+omp_env() { tr '\0' '\n' <"/proc/$DPID/environ" 2>/dev/null | grep '^OMP_WAIT_POLICY='; }
+saved_owp=${OMP_WAIT_POLICY-unset}
+unset OMP_WAIT_POLICY GOMP_SPINCOUNT
+run_daemon "$T/omp.log" --model "$M" --no-weights-cache
+e1=$(omp_env)
+"$CTL" -s "$T/s.sock" caption "$IMG" >/dev/null 2>&1; st=$?
+stop_daemon
+[ "$e1" = "OMP_WAIT_POLICY=PASSIVE" ] && [ $st -eq 0 ]
+report $((1 - $?)) "started without OMP_WAIT_POLICY: the same process (pid) goes on with OMP_WAIT_POLICY=PASSIVE, and serves" "environ of $DPID: '$e1'; caption status $st"
+OMP_WAIT_POLICY=ACTIVE run_daemon "$T/omp.log" --model "$M" --no-weights-cache
+e2=$(omp_env)
+stop_daemon
+[ "$e2" = "OMP_WAIT_POLICY=ACTIVE" ]
+report $((1 - $?)) "... a user's OMP_WAIT_POLICY is kept" "environ of $DPID: '$e2'"
+LD_PRELOAD=$T/vgpreload_memcheck-amd64-linux.so run_daemon "$T/omp.log" --model "$M" --no-weights-cache
+e3=$(omp_env)
+stop_daemon
+[ -z "$e3" ]
+report $((1 - $?)) "... under valgrind (its vgpreload in LD_PRELOAD) not started again" "environ of $DPID: '$e3'"
+[ "$saved_owp" != unset ] && { OMP_WAIT_POLICY=$saved_owp; export OMP_WAIT_POLICY; }
 
 echo "1..$n"
 [ $failed -eq 0 ]

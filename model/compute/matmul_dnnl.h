@@ -52,6 +52,13 @@ typedef struct b2_qweights {
  * its row buffers. */
 int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k);
 
+/* Rows [row0, row0 + nrows) of W (k values each, type wt) as bf16 into dst
+ * (nrows, k) in one step, with the same bits as widening them to f32
+ * (b2__wrows_to_f32) and rounding to nearest even: q8_0, q4_0 and f16
+ * where the CPU has AVX512-BW and AVX512-BF16 and k is a multiple of 32.
+ * Returns 0, or -1 (nothing written) for any other case. */
+int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k);
+
 /* "f32", "bf16", "int8". */
 const char *b2__prec_name(b2_prec p);
 

@@ -1,0 +1,118 @@
+/*
+ * test_wrows_bf16.c - b2__wrows_to_bf16 (model/compute/matmul_dnnl.c): the
+ * one-step widening of q8_0, q4_0 and f16 weight rows to bf16 that the
+ * bf16 products of a reduced GGUF use must give, bit for bit, what the
+ * two-step path gives (b2__wrows_to_f32, then f32 -> bf16 to nearest
+ * even, written here again from the definition).  Rows of random blocks
+ * plus the edges: scales 0, subnormal, negative, the largest f16 and
+ * f16 infinity; q8 values -128 and 127; q4 nibbles 0 and 15; f16 values
+ * 0, -0, subnormal, largest, infinities.  Several row offsets and row
+ * counts.  Skipped where the CPU has no AVX512-BF16 (the function then
+ * declines: checked too).
+ */
+#include "matmul_dnnl.h"
+#include "tap.h"
+#include "wkernels.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+
+/* f32 -> bf16 to nearest even, NaN kept a NaN */
+static uint16_t ref_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static const uint16_t edge_scales[] = {0x0000, 0x0001, 0x03ff, 0x8400, 0x7bff, 0x3c00, 0x2e66, 0xb555};
+static const uint16_t edge_halves[] = {0x0000, 0x8000, 0x0001, 0x83ff, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x3555};
+
+/* fills rows of type t: random, with the edges in the first blocks */
+static void fill(unsigned char *w, b2_wtype t, int rows, int k)
+{
+    const size_t rb = b2__wt_row_bytes(t, k);
+    for (int r = 0; r < rows; r++) {
+        unsigned char *row = w + (size_t)r * rb;
+        if (t == B2_WT_F16) {
+            for (int i = 0; i < k; i++) {
+                uint16_t h = (uint16_t)(next() & 0xffff);
+                if ((h & 0x7c00) == 0x7c00) h &= 0xbfff; /* NaNs only... */
+                if (r == 0 && i < (int)(sizeof edge_halves / 2)) h = edge_halves[i];
+                memcpy(row + 2 * i, &h, 2);
+            }
+            continue;
+        }
+        const int bytes = t == B2_WT_Q8_0 ? B2_Q8_0_BYTES : B2_Q4_0_BYTES;
+        for (int b = 0; b < k / 32; b++) {
+            unsigned char *blk = row + (size_t)b * bytes;
+            uint16_t d = (uint16_t)(0x2000 + next() % 0x1800) ^ (uint16_t)(next() & 0x8000);
+            const int e = r * (k / 32) + b;
+            if (e < (int)(sizeof edge_scales / 2)) d = edge_scales[e];
+            memcpy(blk, &d, 2);
+            for (int i = 2; i < bytes; i++) blk[i] = (unsigned char)next();
+            if (e == 1) { blk[2] = 0x80; blk[3] = 0x7f; blk[4] = 0x00; blk[5] = 0xff; blk[6] = 0xf0; }
+        }
+    }
+}
+
+int main(void)
+{
+    const b2_wtype types[] = {B2_WT_Q8_0, B2_WT_Q4_0, B2_WT_F16};
+    const char *names[] = {"q8_0", "q4_0", "f16"};
+    const int ks[] = {32, 96, 2560};
+    uint16_t probe[32];
+    unsigned char zeros[64] = {0};
+    if (b2__wrows_to_bf16(probe, zeros, B2_WT_Q8_0, 0, 1, 32) < 0) {
+        __builtin_cpu_init();
+        ok(!(__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16")),
+           "declined only where the CPU has no AVX512-BW/AVX512-BF16");
+        ok(b2__wrows_to_bf16(probe, zeros, B2_WT_F32, 0, 1, 32) < 0, "... and for f32 (nothing to widen)");
+        printf("# SKIP the one-step widening needs AVX512-BF16\n");
+        return tap_done();
+    }
+    ok(b2__wrows_to_bf16(probe, zeros, B2_WT_BF16, 0, 1, 32) < 0 &&
+       b2__wrows_to_bf16(probe, zeros, B2_WT_F32, 0, 1, 32) < 0, "bf16 and f32 rows are declined (nothing to widen)");
+    ok(b2__wrows_to_bf16(probe, zeros, B2_WT_Q8_0, 0, 1, 48) < 0, "a row length that is no multiple of 32 is declined");
+    for (int ti = 0; ti < 3; ti++)
+        for (int ki = 0; ki < 3; ki++) {
+            const b2_wtype t = types[ti];
+            const int k = ks[ki], rows = 19;
+            const size_t rb = b2__wt_row_bytes(t, k);
+            unsigned char *w = malloc(rb * rows);
+            float *f = malloc(sizeof(float) * (size_t)rows * k);
+            uint16_t *got = malloc(sizeof(uint16_t) * ((size_t)rows * k + 1)); /* + 1: a guard */
+            if (!w || !f || !got) return 1;
+            fill(w, t, rows, k);
+            int bad = 0, first = -1, rc = 0;
+            const int spans[][2] = {{0, rows}, {3, 1}, {5, 7}};
+            for (int s = 0; s < 3; s++) {
+                const int r0 = spans[s][0], nr = spans[s][1];
+                memset(got, 0xee, sizeof(uint16_t) * ((size_t)rows * k + 1));
+                rc |= b2__wrows_to_bf16(got, w, t, r0, nr, k);
+                b2__wrows_to_f32(f, w, t, r0, nr, k);
+                for (size_t i = 0; i < (size_t)nr * k; i++)
+                    if (got[i] != ref_bf16(f[i])) {
+                        if (first < 0) first = (int)i;
+                        bad++;
+                    }
+                if (got[(size_t)nr * k] != 0xeeee) bad++; /* nothing written past the rows */
+            }
+            ok(rc == 0 && bad == 0, "%s, k %d: the same bits as f32 then bf16 (rows 0..%d, 3, 5..11)%s", names[ti], k,
+               rows - 1, bad ? " MISMATCH" : "");
+            if (bad) printf("# %d values differ, first at %d\n", bad, first);
+            free(w); free(f); free(got);
+        }
+    return tap_done();
+}

@@ -1,6 +1,7 @@
 /*
  * kv.c - the per-sequence self-attention cache (kv.h): allocation, and the
- * copy beam search and multi-sequence sessions make of a prefix.
+ * copy beam search and multi-sequence sessions make of a prefix, and the
+ * store of one layer's new keys and values.
  *
  *   k, v: layer l, slot p at [(l * cap + p) * width], width floats
  */
@@ -16,6 +17,11 @@ int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap)
 {
     size_t layers, width;
     m->lm->kv_dims(m, &layers, &width);
+    return b2__kv_alloc(kv, layers, cap, width);
+}
+
+int b2__kv_alloc(b2_kv *kv, size_t layers, int cap, size_t width)
+{
     size_t sz = layers * cap * width;
     kv->k = malloc(sizeof(float) * sz);
     kv->v = malloc(sizeof(float) * sz);
@@ -48,4 +54,15 @@ void b2__kv_copy(b2_kv *dst, const b2_kv *src)
                sizeof(float) * src->len * D);
     }
     dst->len = src->len;
+}
+
+void b2__kv_store(b2_kv *const *kvs, const int *seq, const int *pos, int n, int l,
+                  const float *k, const float *v)
+{
+    for (int i = 0; i < n; i++) {
+        b2_kv *kv = kvs[seq[i]];
+        const size_t D = (size_t)kv->width, off = b2__kv_layer(kv, l) + (size_t)pos[i] * D;
+        memcpy(kv->k + off, k + (size_t)i * D, sizeof(float) * D);
+        memcpy(kv->v + off, v + (size_t)i * D, sizeof(float) * D);
+    }
 }

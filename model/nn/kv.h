@@ -22,9 +22,24 @@ typedef struct b2_kv {
 /* Allocates a cache of cap slots shaped for m's language model
  * (m->lm->kv_dims).  BLIP2_ENOMEM (kv is then empty). */
 int b2__kv_init(b2_kv *kv, const blip2_model *m, int cap);
+/* Allocates cap slots of layers rows of width floats each, len 0 (any
+ * keys and values of that shape: T5's cross-attention keeps its encoder's
+ * in one).  BLIP2_ENOMEM (kv is then empty). */
+int b2__kv_alloc(b2_kv *kv, size_t layers, int cap, size_t width);
 /* Frees the slots; kv may be empty or half-built. */
 void b2__kv_free(b2_kv *kv);
 /* dst takes src's first len positions (same shape, dst->cap >= src->len). */
 void b2__kv_copy(b2_kv *dst, const b2_kv *src);
+/* Stores n rows: row i of k and of v (n, width) each goes to slot pos[i]
+ * of layer l of kvs[seq[i]] (what one layer's forward pass does with the
+ * keys and values of the rows it runs). */
+void b2__kv_store(b2_kv *const *kvs, const int *seq, const int *pos, int n, int l,
+                  const float *k, const float *v);
+
+/* Offset of layer l's first slot in kv->k and kv->v. */
+static inline size_t b2__kv_layer(const b2_kv *kv, int l)
+{
+    return (size_t)l * kv->cap * kv->width;
+}
 
 #endif

@@ -87,15 +87,10 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
         b2__linear_rows(ws->k, x, n, &L->k);
         b2__linear_rows(ws->v, x, n, &L->v);
         for (size_t i = 0; i < (size_t)n * D; i++) ws->q[i] *= scale;
-        for (int i = 0; i < n; i++) {
-            b2_kv *kv = kvs[seq[i]];
-            size_t off = ((size_t)l * kv->cap + pos[i]) * D;
-            memcpy(kv->k + off, ws->k + (size_t)i * D, sizeof(float) * D);
-            memcpy(kv->v + off, ws->v + (size_t)i * D, sizeof(float) * D);
-        }
+        b2__kv_store(kvs, seq, pos, n, l, ws->k, ws->v);
         for (int i = 0; i < n; i++) {
             const b2_kv *kv = kvs[seq[i]];
-            size_t base = (size_t)l * kv->cap * D;
+            size_t base = b2__kv_layer(kv, l);
             /* one query over its own cache, heads spread over the pool */
             b2__attention(ws->a + (size_t)i * D, D, ws->q + (size_t)i * D, D, kv->k + base, D, kv->v + base, D,
                           1, pos[i] + 1, H, hd, 1.0f, ws->s);

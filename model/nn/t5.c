@@ -183,32 +183,24 @@ void b2__t5_encode(const blip2_model *m, const float *emb, int n, float *out, fl
 
 int b2__t5_cross_init(b2_t5_cross *cr, const blip2_model *m, int n)
 {
-    const size_t sz = (size_t)m->cfg.t_dec_layers * n * m->cfg.t_heads * m->cfg.t_dkv;
-    cr->k = malloc(sizeof(float) * sz);
-    cr->v = malloc(sizeof(float) * sz);
-    cr->n = n;
-    if (!cr->k || !cr->v) {
-        b2__t5_cross_free(cr);
-        return BLIP2_ENOMEM;
-    }
+    const b2_config *c = &m->cfg;
+    if (b2__kv_alloc(&cr->kv, (size_t)c->t_dec_layers, n, (size_t)c->t_heads * c->t_dkv) < 0) return BLIP2_ENOMEM;
+    cr->kv.len = n;
     return 0;
 }
 
 void b2__t5_cross_free(b2_t5_cross *cr)
 {
-    free(cr->k);
-    free(cr->v);
-    cr->k = cr->v = NULL;
-    cr->n = 0;
+    b2__kv_free(&cr->kv);
 }
 
 void b2__t5_cross_fill(const blip2_model *m, b2_t5_cross *cr, const float *enc)
 {
-    const size_t I = (size_t)m->cfg.t_heads * m->cfg.t_dkv;
+    const b2_kv *kv = &cr->kv;
     for (int l = 0; l < m->cfg.t_dec_layers; l++) {
         const b2_t5_layer *L = &m->t5->dec[l];
-        b2__linear_rows(cr->k + (size_t)l * cr->n * I, enc, cr->n, &L->ca.k);
-        b2__linear_rows(cr->v + (size_t)l * cr->n * I, enc, cr->n, &L->ca.v);
+        b2__linear_rows(kv->k + b2__kv_layer(kv, l), enc, kv->len, &L->ca.k);
+        b2__linear_rows(kv->v + b2__kv_layer(kv, l), enc, kv->len, &L->ca.v);
     }
 }
 
@@ -259,15 +251,10 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
         b2__linear_rows(ws->q, x, n, &L->sa.q);
         b2__linear_rows(ws->k, x, n, &L->sa.k);
         b2__linear_rows(ws->v, x, n, &L->sa.v);
-        for (int i = 0; i < n; i++) {
-            b2_kv *kv = kvs[seq[i]];
-            size_t off = ((size_t)l * kv->cap + pos[i]) * I;
-            memcpy(kv->k + off, ws->k + (size_t)i * I, sizeof(float) * I);
-            memcpy(kv->v + off, ws->v + (size_t)i * I, sizeof(float) * I);
-        }
+        b2__kv_store(kvs, seq, pos, n, l, ws->k, ws->v);
         for (int i = 0; i < n; i++) {
             const b2_kv *kv = kvs[seq[i]];
-            size_t base = (size_t)l * kv->cap * I;
+            size_t base = b2__kv_layer(kv, l);
             attend(ws->a + (size_t)i * I, ws->q + (size_t)i * I, kv->k + base, kv->v + base, (size_t)I,
                    pos[i] + 1, H, dk, t->dec_rel, t->dec_bucket, c->t_max_dist, pos[i], ws->s);
         }
@@ -277,11 +264,11 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
         rmsnorm(x, h, n, D, L->ln_ca, c->t_eps);
         b2__linear_rows(ws->q, x, n, &L->ca.q);
         for (int i = 0; i < n; i++) {
-            const b2_t5_cross *cr = cross[seq[i]];
-            size_t base = (size_t)l * cr->n * I;
+            const b2_kv *cr = &cross[seq[i]]->kv;
+            size_t base = b2__kv_layer(cr, l);
             /* no position bias: the SIMD attention, heads on the pool */
             b2__attention(ws->a + (size_t)i * I, I, ws->q + (size_t)i * I, I, cr->k + base, I, cr->v + base, I,
-                          1, cr->n, H, dk, 1.0f, ws->s);
+                          1, cr->len, H, dk, 1.0f, ws->s);
         }
         b2__linear_rows(x, ws->a, n, &L->ca.o);
         b2__add(h, x, (size_t)n * D);

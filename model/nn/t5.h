@@ -13,6 +13,7 @@
  */
 #ifndef BLIP2_T5_H
 #define BLIP2_T5_H
+#include "kv.h"
 #include "model.h"
 
 /* One attention block: q, k, v (I, D), o (D, I) with I = heads * d_kv, no biases. */
@@ -61,16 +62,16 @@ size_t b2__t5_encode_scratch(const blip2_model *m, int n);
  * attends to all n rows (the caller passes only unmasked positions). */
 void b2__t5_encode(const blip2_model *m, const float *emb, int n, float *out, float *scratch);
 
-/* One request's cross-attention keys and values, (dec_layers, n, I) each:
- * what the decoder keeps of the encoder, T5's struct b2_lm_enc (lm.h). */
+/* One request's cross-attention keys and values: what the decoder keeps
+ * of the encoder, T5's struct b2_lm_enc (lm.h). */
 typedef struct b2_lm_enc {
-    float *k, *v;
-    int n;
+    b2_kv kv; /* (dec_layers, n, I) each, every slot filled: len = cap = n */
 } b2_t5_cross;
 
+/* Allocates c for an encoder output of n rows.  BLIP2_ENOMEM (c is then empty). */
 int b2__t5_cross_init(b2_t5_cross *c, const blip2_model *m, int n);
 void b2__t5_cross_free(b2_t5_cross *c);
-/* Computes c's keys and values from the encoder output enc (c->n, D). */
+/* Computes c's keys and values from the encoder output enc (c->kv.len, D). */
 void b2__t5_cross_fill(const blip2_model *m, b2_t5_cross *c, const float *enc);
 
 /* Decoder scratch for up to max_rows rows and max_ctx attended positions

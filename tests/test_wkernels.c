@@ -571,6 +571,30 @@ static void test_prefetch(void)
 
 /* ---- b2__wrows_to_f32 against the scalar definitions ---- */
 
+/* Integer weight j (0..31) of the q8_0 or q4_0 (t) block at blk: q8_0 the
+ * signed byte, q4_0 the nibble (low nibbles first) - 8. */
+static int qweight(b2_wtype t, const unsigned char *blk, int j)
+{
+    if (t == B2_WT_Q8_0) return (int8_t)blk[2 + j];
+    return (j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4) - 8;
+}
+/* Whether y (n values) is d * q of the q8_0 or q4_0 (t) blocks from w,
+ * each value to the bit; the first wrong one is told. */
+static int q_exact(b2_wtype t, const float *y, const unsigned char *w, int n)
+{
+    const size_t bytes = t == B2_WT_Q8_0 ? B2_Q8_0_BYTES : B2_Q4_0_BYTES;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *blk = w + (size_t)(i / 32) * bytes;
+        uint16_t d;
+        memcpy(&d, blk, 2);
+        const float r = b2__f16_to_f32(d) * (float)qweight(t, blk, i % 32);
+        if (fbits(y[i]) != fbits(r)) {
+            diag("%s value %d: %08x, want %08x", b2__wt_name(t), i, fbits(y[i]), fbits(r));
+            return 0;
+        }
+    }
+    return 1;
+}
 static int same_or_nan(float a, float b) { return fbits(a) == fbits(b) || (isnan(a) && isnan(b)); }
 
 static void test_widen(void)
@@ -612,18 +636,7 @@ static void test_widen(void)
         blk[2 + b % 32] = 0x80;
     }
     b2__wrows_to_f32(y, q + 1, B2_WT_Q8_0, 5, ROWS - 5, K);
-    int goodq = 1;
-    for (int i = 0; i < (ROWS - 5) * K; i++) {
-        const unsigned char *blk = q + 1 + 5 * rb + (size_t)(i / 32) * B2_Q8_0_BYTES;
-        uint16_t d;
-        memcpy(&d, blk, 2);
-        const float r = b2__f16_to_f32(d) * (float)(int8_t)blk[2 + i % 32];
-        if (fbits(y[i]) != fbits(r)) {
-            if (goodq) diag("q8_0 value %d: %08x, want %08x", i, fbits(y[i]), fbits(r));
-            goodq = 0;
-        }
-    }
-    ok(goodq, "q8_0 rows -> f32: d * q exact (-128, zero and subnormal scales, unaligned)");
+    ok(q_exact(B2_WT_Q8_0, y, q + 1 + 5 * rb, (ROWS - 5) * K), "q8_0 rows -> f32: d * q exact (-128, zero and subnormal scales, unaligned)");
     /* q4_0: the same rows' worth of random blocks, from row 5, unaligned */
     const size_t rb4 = (size_t)NB * B2_Q4_0_BYTES;
     unsigned char *q4 = malloc(rb4 * ROWS + 1);
@@ -634,19 +647,7 @@ static void test_widen(void)
         for (int j = 0; j < 16; j++) blk[2 + j] = (unsigned char)(int)frand(0, 255.99f);
     }
     b2__wrows_to_f32(y, q4 + 1, B2_WT_Q4_0, 5, ROWS - 5, K);
-    int good4 = 1;
-    for (int i = 0; i < (ROWS - 5) * K; i++) {
-        const unsigned char *blk = q4 + 1 + 5 * rb4 + (size_t)(i / 32) * B2_Q4_0_BYTES;
-        uint16_t d;
-        memcpy(&d, blk, 2);
-        const int j = i % 32, nib = j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4;
-        const float r = b2__f16_to_f32(d) * (float)(nib - 8);
-        if (fbits(y[i]) != fbits(r)) {
-            if (good4) diag("q4_0 value %d: %08x, want %08x", i, fbits(y[i]), fbits(r));
-            good4 = 0;
-        }
-    }
-    ok(good4, "q4_0 rows -> f32: d * (nibble - 8) exact, low nibbles first (zero and subnormal scales, unaligned)");
+    ok(q_exact(B2_WT_Q4_0, y, q4 + 1 + 5 * rb4, (ROWS - 5) * K), "q4_0 rows -> f32: d * (nibble - 8) exact, low nibbles first (zero and subnormal scales, unaligned)");
     free(q4);
     free(raw); free(y); free(q);
 }
@@ -681,47 +682,36 @@ static void short_fp(float *y, int ldy, const float *x, int ldx, const unsigned 
     }
     free(row);
 }
-static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                     size_t rb, int n, int m, int k)
+/* q8_0 or q4_0 (t) likewise: right but for the last 8 values of each row */
+static void short_q(b2_wtype t, float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                    size_t rb, int n, int m, int k)
 {
-    const int nb = k / B2_Q8_0_BLOCK;
+    const int nb = k / 32; /* B2_Q8_0_BLOCK = B2_Q4_0_BLOCK */
+    const size_t bytes = t == B2_WT_Q8_0 ? B2_Q8_0_BYTES : B2_Q4_0_BYTES;
     for (int r = 0; r < m; r++)
         for (int i = 0; i < n; i++) {
             double a = 0;
             for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = w + rb * r + (size_t)b * B2_Q8_0_BYTES;
+                const unsigned char *blk = w + rb * r + (size_t)b * bytes;
                 uint16_t h;
                 memcpy(&h, blk, 2);
                 int32_t sum = 0;
                 const int last = b == nb - 1 ? 24 : 32;
-                for (int j = 0; j < last; j++) sum += (int8_t)blk[2 + j] * xq[(size_t)i * k + b * 32 + j];
+                for (int j = 0; j < last; j++) sum += qweight(t, blk, j) * xq[(size_t)i * k + b * 32 + j];
                 a += (double)b2__f16_to_f32(h) * xd[(size_t)i * nb + b] * sum;
             }
             y[(size_t)i * ldy + r] = (float)a;
         }
 }
-/* q4_0 likewise: right but for the last 8 values of each row */
+static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                     size_t rb, int n, int m, int k)
+{
+    short_q(B2_WT_Q8_0, y, ldy, xq, xd, w, rb, n, m, k);
+}
 static void short_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                      size_t rb, int n, int m, int k)
 {
-    const int nb = k / B2_Q4_0_BLOCK;
-    for (int r = 0; r < m; r++)
-        for (int i = 0; i < n; i++) {
-            double a = 0;
-            for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = w + rb * r + (size_t)b * B2_Q4_0_BYTES;
-                uint16_t h;
-                memcpy(&h, blk, 2);
-                int32_t sum = 0;
-                const int last = b == nb - 1 ? 24 : 32;
-                for (int j = 0; j < last; j++) {
-                    const int nib = j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4;
-                    sum += (nib - 8) * xq[(size_t)i * k + b * 32 + j];
-                }
-                a += (double)b2__f16_to_f32(h) * xd[(size_t)i * nb + b] * sum;
-            }
-            y[(size_t)i * ldy + r] = (float)a;
-        }
+    short_q(B2_WT_Q4_0, y, ldy, xq, xd, w, rb, n, m, k);
 }
 static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
 static void dq4_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q4_0, 0, 1, nb * 32); }

@@ -103,53 +103,107 @@ static void test_fp(b2_wtype t)
     ok(batch_ok, "%s (AVX-512, emulated): each row of an n-row call has the bits of the 1-row call", b2__wt_name(t));
 }
 
+/* One q8_0 or q4_0 product, m = 9 rows of k, n = 5 activation rows, ldy
+ * = m + 2: the weights (every third row 40 times larger, every fourth with
+ * an extreme value: q8_0 -128, |w| = 128 in VNNI's unsigned operand; q4_0
+ * nibbles 0 and 15), the activations quantised, and the products of the
+ * AVX2 kernel (ya), the AVX-512 table without VNNI (yp) and with (yv). */
+typedef struct qcase {
+    b2_wtype t;
+    int k, nb, m, n, ldy;
+    size_t rb;
+    unsigned char *w;    /* (m, rb) */
+    float *wf;           /* (m, k): w as f32 */
+    float *xd;           /* (n, nb) activation block scales */
+    int8_t *xq;          /* (n, k) quantised activations */
+    float *ya, *yp, *yv; /* (n, ldy) each */
+} qcase;
+
+typedef void qrows_fn(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                      size_t rb, int n, int m, int k);
+
+static qrows_fn *qrows(const b2_wimpl *im, b2_wtype t)
+{
+    return t == B2_WT_Q8_0 ? im->q8 : im->q4;
+}
+
+static void qcase_make(qcase *c, b2_wtype t, int k)
+{
+    const int m = 9, n = 5, nb = k / 32, ldy = m + 2;
+    const size_t rb = b2__wt_row_bytes(t, k);
+    *c = (qcase){t, k, nb, m, n, ldy, rb};
+    c->w = malloc(rb * m);
+    c->wf = malloc(sizeof(float) * m * k);
+    c->xd = malloc(sizeof(float) * n * nb);
+    c->xq = malloc((size_t)n * k);
+    c->ya = malloc(sizeof(float) * n * ldy);
+    c->yp = malloc(sizeof(float) * n * ldy);
+    c->yv = malloc(sizeof(float) * n * ldy);
+    float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k);
+    for (int r = 0; r < m; r++) {
+        for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
+        b2__wquantize_row(c->w + rb * r, row, t, k);
+        if (r % 4 == 1 && t == B2_WT_Q8_0) c->w[rb * r + 2 + (size_t)(r % 32)] = 0x80;
+        if (r % 4 == 1 && t == B2_WT_Q4_0) c->w[rb * r + 2 + (size_t)(r % 16)] = 0xf0;
+    }
+    b2__wrows_to_f32(c->wf, c->w, t, 0, m, k);
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
+        b2__wquantize_act_q8(c->xq + (size_t)i * k, c->xd + (size_t)i * nb, x, k);
+    }
+    free(row);
+    free(x);
+    (t == B2_WT_Q8_0 ? b2__q8_rows_avx2 : b2__q4_rows_avx2)(c->ya, ldy, c->xq, c->xd, c->w, rb, n, m, k);
+    qrows(&b2__wimpl_avx512_emu, t)(c->yp, ldy, c->xq, c->xd, c->w, rb, n, m, k);
+    qrows(&b2__wimpl_avx512_vnni_emu, t)(c->yv, ldy, c->xq, c->xd, c->w, rb, n, m, k);
+}
+
+/* Whether the table without VNNI gave the AVX2 kernel's bits (*plain),
+ * and each row of the VNNI n-row call the bits of a 1-row call (*batch);
+ * a check that fails clears its flag. */
+static void qcase_same_bits(const qcase *c, int *plain, int *batch)
+{
+    float *y1 = malloc(sizeof(float) * c->ldy);
+    for (int i = 0; i < c->n; i++) {
+        const size_t o = (size_t)i * c->ldy;
+        *plain &= !memcmp(c->ya + o, c->yp + o, sizeof(float) * c->m);
+        qrows(&b2__wimpl_avx512_vnni_emu, c->t)(y1, c->ldy, c->xq + (size_t)i * c->k, c->xd + (size_t)i * c->nb,
+                                                 c->w, c->rb, 1, c->m, c->k);
+        *batch &= !memcmp(y1, c->yv + o, sizeof(float) * c->m);
+    }
+    free(y1);
+}
+
+static void qcase_free(qcase *c)
+{
+    free(c->w); free(c->wf); free(c->xd); free(c->xq); free(c->ya); free(c->yp); free(c->yv);
+}
+
 static void test_q8(void)
 {
     static const int KS[] = {32, 64, 96, 1056, 1088};
     int same_plain = 1, batch_vnni = 1, cases = 0;
     double worst_vnni = 0;
     for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
-        const int k = KS[ki], nb = k / 32, m = 9, n = 5, ldy = m + 2;
-        const size_t rb = b2__wt_row_bytes(B2_WT_Q8_0, k);
-        unsigned char *w = malloc(rb * m);
-        float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k);
-        float *xd = malloc(sizeof(float) * n * nb);
-        int8_t *xq = malloc((size_t)n * k);
-        float *ya = malloc(sizeof(float) * n * ldy), *yp = malloc(sizeof(float) * n * ldy), *yv = malloc(sizeof(float) * n * ldy);
-        for (int r = 0; r < m; r++) {
-            for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
-            b2__wquantize_row(w + rb * r, row, B2_WT_Q8_0, k);
-            if (r % 4 == 1) w[rb * r + 2 + (size_t)(r % 32)] = 0x80; /* -128: |w| = 128 in the unsigned operand */
-        }
-        for (int i = 0; i < n; i++) {
-            for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
-            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x, k);
-        }
-        b2__q8_rows_avx2(ya, ldy, xq, xd, w, rb, n, m, k);
-        b2__wimpl_avx512_emu.q8(yp, ldy, xq, xd, w, rb, n, m, k);
-        b2__wimpl_avx512_vnni_emu.q8(yv, ldy, xq, xd, w, rb, n, m, k);
+        qcase c;
+        qcase_make(&c, B2_WT_Q8_0, KS[ki]);
+        const int k = c.k, nb = c.nb, ldy = c.ldy;
         /* VNNI: two blocks per vector, 16 lanes: within 2 gamma(k/8 + 8)
          * sum |w x| of the AVX2 result (x as quantised), and each row's
          * bits the same in a 1-row call */
         const double u = 1.0 / 16777216.0, g = (k / 8 + 8) * u / (1 - (k / 8 + 8) * u);
-        float *wf = malloc(sizeof(float) * k), y1[16];
-        for (int r = 0; r < m; r++) {
-            b2__wrows_to_f32(wf, w, B2_WT_Q8_0, r, 1, k);
-            for (int i = 0; i < n; i++) {
+        for (int r = 0; r < c.m; r++) {
+            const float *wf = c.wf + (size_t)r * k;
+            for (int i = 0; i < c.n; i++) {
                 double a = 0;
-                for (int j = 0; j < k; j++) a += fabs((double)wf[j] * xd[(size_t)i * nb + j / 32] * xq[(size_t)i * k + j]);
-                const double e = fabs((double)yv[(size_t)i * ldy + r] - ya[(size_t)i * ldy + r]) / (2 * g * a);
+                for (int j = 0; j < k; j++) a += fabs((double)wf[j] * c.xd[(size_t)i * nb + j / 32] * c.xq[(size_t)i * k + j]);
+                const double e = fabs((double)c.yv[(size_t)i * ldy + r] - c.ya[(size_t)i * ldy + r]) / (2 * g * a);
                 if (!(e <= worst_vnni)) worst_vnni = e;
             }
         }
-        free(wf);
-        for (int i = 0; i < n; i++) {
-            same_plain &= !memcmp(ya + (size_t)i * ldy, yp + (size_t)i * ldy, sizeof(float) * m);
-            b2__wimpl_avx512_vnni_emu.q8(y1, 16, xq + (size_t)i * k, xd + (size_t)i * nb, w, rb, 1, m, k);
-            batch_vnni &= !memcmp(y1, yv + (size_t)i * ldy, sizeof(float) * m);
-        }
+        qcase_same_bits(&c, &same_plain, &batch_vnni);
         cases++;
-        free(w); free(row); free(x); free(xd); free(xq); free(ya); free(yp); free(yv);
+        qcase_free(&c);
     }
     ok(same_plain, "q8_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
     ok(worst_vnni <= 1, "q8_0 (AVX-512 VNNI, emulated vpdpbusd): within 2 gamma(k/8+8) sum|w x| of the AVX2 kernel "
@@ -170,45 +224,24 @@ static void test_q4(void)
     int same_plain = 1, bound_ok = 1, batch_ok = 1, cases = 0;
     double worst = 0;
     for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
-        const int k = KS[ki], nb = k / 32, m = 9, n = 5, ldy = m + 2;
-        const size_t rb = b2__wt_row_bytes(B2_WT_Q4_0, k);
-        unsigned char *w = malloc(rb * m);
-        float *row = malloc(sizeof(float) * k), *x = malloc(sizeof(float) * k), *wf = malloc(sizeof(float) * m * k);
-        float *xd = malloc(sizeof(float) * n * nb);
-        int8_t *xq = malloc((size_t)n * k);
-        float *ya = malloc(sizeof(float) * n * ldy), *yp = malloc(sizeof(float) * n * ldy), *yv = malloc(sizeof(float) * n * ldy);
-        float *y1 = malloc(sizeof(float) * ldy);
-        for (int r = 0; r < m; r++) {
-            for (int j = 0; j < k; j++) row[j] = frand(-1, 1) * (r % 3 ? 1.0f : 40.0f);
-            b2__wquantize_row(w + rb * r, row, B2_WT_Q4_0, k);
-            if (r % 4 == 1) w[rb * r + 2 + (size_t)(r % 16)] = 0xf0; /* nibbles 0 and 15 */
-        }
-        b2__wrows_to_f32(wf, w, B2_WT_Q4_0, 0, m, k);
-        for (int i = 0; i < n; i++) {
-            for (int j = 0; j < k; j++) x[j] = frand(-3, 3);
-            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x, k);
-        }
-        b2__q4_rows_avx2(ya, ldy, xq, xd, w, rb, n, m, k);
-        b2__wimpl_avx512_emu.q4(yp, ldy, xq, xd, w, rb, n, m, k);
-        b2__wimpl_avx512_vnni_emu.q4(yv, ldy, xq, xd, w, rb, n, m, k);
-        for (int i = 0; i < n; i++) {
-            same_plain &= !memcmp(ya + (size_t)i * ldy, yp + (size_t)i * ldy, sizeof(float) * m);
-            b2__wimpl_avx512_vnni_emu.q4(y1, ldy, xq + (size_t)i * k, xd + (size_t)i * nb, w, rb, 1, m, k);
-            batch_ok &= !memcmp(y1, yv + (size_t)i * ldy, sizeof(float) * m);
-            for (int r = 0; r < m; r++) {
+        qcase c;
+        qcase_make(&c, B2_WT_Q4_0, KS[ki]);
+        const int k = c.k, nb = c.nb, ldy = c.ldy;
+        qcase_same_bits(&c, &same_plain, &batch_ok);
+        for (int i = 0; i < c.n; i++)
+            for (int r = 0; r < c.m; r++) {
                 double ref = 0, mag = 0;
                 for (int j = 0; j < k; j++) {
-                    const double p = (double)wf[(size_t)r * k + j] * ((double)xd[(size_t)i * nb + j / 32] * xq[(size_t)i * k + j]);
+                    const double p = (double)c.wf[(size_t)r * k + j] * ((double)c.xd[(size_t)i * nb + j / 32] * c.xq[(size_t)i * k + j]);
                     ref += p;
                     mag += fabs(p);
                 }
-                const double tol = (k / 8.0 + 6) * ldexp(1.0, -24) * mag + 1e-35, err = fabs(yv[(size_t)i * ldy + r] - ref);
+                const double tol = (k / 8.0 + 6) * ldexp(1.0, -24) * mag + 1e-35, err = fabs(c.yv[(size_t)i * ldy + r] - ref);
                 if (!(err <= tol)) bound_ok = 0;
                 if (err / tol > worst) worst = err / tol;
             }
-        }
         cases++;
-        free(w); free(row); free(x); free(wf); free(xd); free(xq); free(ya); free(yp); free(yv); free(y1);
+        qcase_free(&c);
     }
     ok(same_plain, "q4_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
     ok(bound_ok, "q4_0 (AVX-512 VNNI, emulated, two blocks a step): %d shapes within the f32 bound (worst %.3f of it; "

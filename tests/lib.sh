@@ -1,6 +1,6 @@
 # lib.sh - what the shell tests share (those that run daemons: test_access.sh,
 # test_collect.sh, test_socket_order.sh, ...; those that run a TAP program
-# several times: test_golden_gguf.sh, test_golden_bf16.sh).  Not a test
+# several times: test_golden_gguf.sh, test_golden_bf16.sh, test_golden_int8.sh).  Not a test
 # itself; a test sources
 # it from its own directory, so that it is found from a VPATH build and
 # `make distcheck` too:
@@ -20,6 +20,9 @@
 #   tap_labelled LABEL CMD...  runs the TAP program CMD and prints its checks
 #                     with "[LABEL] " before each name, without its plan; an
 #                     exit status other than 0 with no "not ok" becomes one
+#   golden_onednn LABEL VAR=VALUE...  tap_labelled on tests/test_golden (or
+#                     TEST=./tests/test_golden_t5) in that environment, every
+#                     product of one row or more sent to oneDNN
 #   tap_renumber      a filter: the checks of several runs numbered as one
 #                     plan, printed at the end
 # and the test ends with
@@ -72,6 +75,13 @@ not ok 0 - $* exited with status $_st";; esac
     *) echo "$_line" ;;
     esac
   done
+}
+
+golden_onednn() { # golden_onednn LABEL VAR=VALUE...: tests/test_golden (tests/test_golden_t5 with
+  # TEST=./tests/test_golden_t5) in that environment, every product of one row or more sent to
+  # oneDNN (GOLDEN_MM_ROWS=1, BLIP2_MATMUL=onednn), its TAP lines labelled
+  _glabel=$1; shift
+  tap_labelled "$_glabel" env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"'
 }
 
 tap_renumber() {

@@ -17,15 +17,11 @@
 . "$(dirname "$0")/lib.sh"
 native=f32
 grep -qE '(avx512_bf16|amx_bf16)' /proc/cpuinfo 2>/dev/null && native=bf16
-run() { # label, then environment assignments (TEST=tests/test_golden_t5 for T5)
-    label=$1; shift
-    tap_labelled "$label" env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"'
-}
 {
-    run "f32 onednn" GOLDEN_GGUF_TYPE=f32 GOLDEN_PRECISION=f32 GOLDEN_EXPECT_MATH=f32
-    run "bf16 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
-    run "bf16 math, f16 file" GOLDEN_GGUF_TYPE=f16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
-    run "bf16 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=f32
-    run "t5 bf16 math, bf16 file" TEST=./tests/test_golden_t5 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
-    run "t5 bf16 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=f32
+    golden_onednn "f32 onednn" GOLDEN_GGUF_TYPE=f32 GOLDEN_PRECISION=f32 GOLDEN_EXPECT_MATH=f32
+    golden_onednn "bf16 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "bf16 math, f16 file" GOLDEN_GGUF_TYPE=f16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "bf16 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=f32
+    golden_onednn "t5 bf16 math, bf16 file" TEST=./tests/test_golden_t5 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "t5 bf16 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=bf16 GOLDEN_EXPECT_MATH=f32
 } | tap_renumber

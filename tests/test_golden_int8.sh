@@ -18,14 +18,10 @@
 . "$(dirname "$0")/lib.sh"
 native=f32
 grep -qE '(avx512_vnni|avx_vnni)' /proc/cpuinfo 2>/dev/null && native=int8
-run() { # label, then environment assignments (TEST=tests/test_golden_t5 for T5)
-    label=$1; shift
-    tap_labelled "$label" env GOLDEN_MM_ROWS=1 BLIP2_MATMUL=onednn TEST=./tests/test_golden "$@" sh -c '"$TEST"'
-}
 {
-    run "opt int8 math, folder" GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
-    run "opt int8 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
-    run "opt int8 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
-    run "t5 int8 math, folder" TEST=./tests/test_golden_t5 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
-    run "t5 int8 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
+    golden_onednn "opt int8 math, folder" GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "opt int8 math, bf16 file" GOLDEN_GGUF_TYPE=bf16 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "opt int8 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
+    golden_onednn "t5 int8 math, folder" TEST=./tests/test_golden_t5 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "t5 int8 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
 } | tap_renumber

@@ -24,7 +24,9 @@ static int parse(const char *json, b2d_gen *g, b2d_http_error *e)
     return b2d_chat_parse(json, strlen(json), &LIM, g, e);
 }
 
-#define IMG "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,UE5HREFUQQ==\"}}"
+/* an image part with the URL u (a string literal), and the one below */
+#define IMG_PART(u) "{\"type\":\"image_url\",\"image_url\":{\"url\":\"" u "\"}}"
+#define IMG IMG_PART("data:image/png;base64,UE5HREFUQQ==")
 
 static void prompts(void)
 {
@@ -70,6 +72,11 @@ static void prompts(void)
     g_string_free(b, TRUE);
 }
 
+/* a request whose one image has the URL u, refused with code */
+#define URL_REFUSED(u, code, what) \
+    { "{\"messages\":[{\"role\":\"user\",\"content\":[" IMG_PART(u) "]}]}", code, \
+      "messages[0].content[0].image_url", 400, what }
+
 static void refusals(void)
 {
     static const struct {
@@ -77,21 +84,11 @@ static void refusals(void)
         int status;
         const char *what;
     } cases[] = {
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
-          "\"https://example.com/a.jpg\"}}]}]}", "unsupported_url", "messages[0].content[0].image_url", 400,
-          "an https:// image URL" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
-          "\"http://127.0.0.1/a.jpg\"}}]}]}", "unsupported_url", "messages[0].content[0].image_url", 400,
-          "an http:// image URL" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
-          "\"file:///etc/passwd\"}}]}]}", "unsupported_url", "messages[0].content[0].image_url", 400,
-          "a file: URL" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
-          "\"data:image/png;base64,@@@@\"}}]}]}", "bad_base64", "messages[0].content[0].image_url", 400,
-          "bad base64" },
-        { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":"
-          "\"data:text/plain;base64,UE5H\"}}]}]}", "bad_data_url", "messages[0].content[0].image_url", 400,
-          "a data: URL that is not an image type" },
+        URL_REFUSED("https://example.com/a.jpg", "unsupported_url", "an https:// image URL"),
+        URL_REFUSED("http://127.0.0.1/a.jpg", "unsupported_url", "an http:// image URL"),
+        URL_REFUSED("file:///etc/passwd", "unsupported_url", "a file: URL"),
+        URL_REFUSED("data:image/png;base64,@@@@", "bad_base64", "bad base64"),
+        URL_REFUSED("data:text/plain;base64,UE5H", "bad_data_url", "a data: URL that is not an image type"),
         { "{\"messages\":[{\"role\":\"user\",\"content\":\"no image\"}]}", "missing_field", "messages", 400,
           "no image" },
         { "{\"messages\":[{\"role\":\"user\",\"content\":[" IMG "," IMG "]}]}", "out_of_range",

@@ -31,22 +31,35 @@ double b2d_now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* ---- the counts models, clients and jobs share ---- */
+
+/* One more reference to a thing still alive (refs > 0). */
+static void ref_take(atomic_int *refs)
+{
+    int before = atomic_fetch_add(refs, 1);
+    assert(before > 0);
+    (void)before;
+}
+
+/* One reference fewer; 1 when it was the last (the caller frees). */
+static int ref_drop(atomic_int *refs)
+{
+    int before = atomic_fetch_sub(refs, 1);
+    assert(before > 0);
+    return before == 1;
+}
+
 /* ---- models ---- */
 
 b2d_model *b2d_model_ref(b2d_model *bm)
 {
-    int before = atomic_fetch_add(&bm->refs, 1);
-    assert(before > 0);
-    (void)before;
+    ref_take(&bm->refs);
     return bm;
 }
 
 void b2d_model_unref(b2d_model *bm)
 {
-    if (!bm) return;
-    int before = atomic_fetch_sub(&bm->refs, 1);
-    assert(before > 0);
-    if (before != 1) return;
+    if (!bm || !ref_drop(&bm->refs)) return;
     blip2_ctx_free(bm->ctx);
     blip2_model_free(bm->m);
     free(bm);
@@ -56,18 +69,13 @@ void b2d_model_unref(b2d_model *bm)
 
 b2d_client *b2d_client_ref(b2d_client *c)
 {
-    int before = atomic_fetch_add(&c->refs, 1);
-    assert(before > 0);
-    (void)before;
+    ref_take(&c->refs);
     return c;
 }
 
 void b2d_client_unref(b2d_client *c)
 {
-    if (!c) return;
-    int before = atomic_fetch_sub(&c->refs, 1);
-    assert(before > 0);
-    if (before != 1) return;
+    if (!c || !ref_drop(&c->refs)) return;
     assert(c->closed && c->ninf == 0);
     pthread_mutex_destroy(&c->mu);
     free(c->inf);
@@ -103,18 +111,13 @@ b2d_job *b2d_job_new(const b2d_job_ops *ops, b2d_client *c, uint64_t req_id)
 
 b2d_job *b2d_job_ref(b2d_job *j)
 {
-    int before = atomic_fetch_add(&j->refs, 1);
-    assert(before > 0);
-    (void)before;
+    ref_take(&j->refs);
     return j;
 }
 
 void b2d_job_unref(b2d_job *j)
 {
-    if (!j) return;
-    int before = atomic_fetch_sub(&j->refs, 1);
-    assert(before > 0);
-    if (before != 1) return;
+    if (!j || !ref_drop(&j->refs)) return;
     if (j->image_fd >= 0) close(j->image_fd);
     free(j->image);
     free(j->prompt);

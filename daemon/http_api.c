@@ -17,6 +17,7 @@
 #include <glib.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,9 +371,13 @@ finish:
 
 /* ---- parameters ---- */
 
-static int get_uint(json_t *v, const char *name, uint64_t lo, uint64_t hi, uint64_t *out,
+/* The member name of the object o: absent or null 0 (*out untouched), an
+ * integer in lo..hi 1, anything else -1 with err set. */
+static int get_uint(json_t *o, const char *name, uint64_t lo, uint64_t hi, uint64_t *out,
                     b2d_http_error *err)
 {
+    json_t *v = json_object_get(o, name);
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_integer(v))
         return b2d_http_fail(err, 400, "bad_type", name, "%s: an integer is required", name);
     json_int_t x = json_integer_value(v);
@@ -380,15 +385,27 @@ static int get_uint(json_t *v, const char *name, uint64_t lo, uint64_t hi, uint6
         return b2d_http_fail(err, 400, "out_of_range", name, "%s: %lld is out of range [%llu, %llu]", name,
                              (long long)x, (unsigned long long)lo, (unsigned long long)hi);
     *out = (uint64_t)x;
-    return 0;
+    return 1;
 }
 
-static int get_num(json_t *v, const char *name, double *out, b2d_http_error *err)
+/* get_uint into a uint32_t (hi at most UINT32_MAX). */
+static int get_u32(json_t *o, const char *name, uint32_t lo, uint32_t hi, uint32_t *out, b2d_http_error *err)
 {
+    uint64_t u;
+    const int rc = get_uint(o, name, lo, hi, &u, err);
+    if (rc > 0) *out = (uint32_t)u;
+    return rc;
+}
+
+/* The same for a number. */
+static int get_num(json_t *o, const char *name, double *out, b2d_http_error *err)
+{
+    json_t *v = json_object_get(o, name);
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v))
         return b2d_http_fail(err, 400, "bad_type", name, "%s: a number is required", name);
     *out = json_number_value(v);
-    return 0;
+    return 1;
 }
 
 /* The protocol field a checked request failed on, named as the client
@@ -509,58 +526,33 @@ int b2d_chat_parse(const char *body, size_t len, const b2ipc_limits *lim, b2d_ge
     }
     if ((v = json_object_get(o, "stream_options")) && json_is_object(v))
         g->include_usage = json_is_true(json_object_get(v, "include_usage"));
-    uint64_t u;
-    int has_mct = 0;
-    if ((v = json_object_get(o, "max_tokens")) && !json_is_null(v)) {
-        if (get_uint(v, "max_tokens", 1, B2IPC_MAX_NEW_TOKENS, &u, err) < 0) goto finish;
-        p->max_new_tokens = (uint32_t)u;
-    }
-    if ((v = json_object_get(o, "max_completion_tokens")) && !json_is_null(v)) {
-        if (get_uint(v, "max_completion_tokens", 1, B2IPC_MAX_NEW_TOKENS, &u, err) < 0) goto finish;
-        p->max_new_tokens = (uint32_t)u;
-        has_mct = 1;
-    }
+    uint32_t n = 1;
     double t = 0;
-    if ((v = json_object_get(o, "temperature")) && !json_is_null(v)) {
-        if (get_num(v, "temperature", &t, err) < 0) goto finish;
-        if (t < 0 || !isfinite(t)) {
-            b2d_http_fail(err, 400, "out_of_range", "temperature", "temperature: %g is below 0", t);
-            goto finish;
-        }
+    int has_mct = 0;
+    if (get_u32(o, "max_tokens", 1, B2IPC_MAX_NEW_TOKENS, &p->max_new_tokens, err) < 0 ||
+        (has_mct = get_u32(o, "max_completion_tokens", 1, B2IPC_MAX_NEW_TOKENS, &p->max_new_tokens, err)) < 0 ||
+        get_num(o, "temperature", &t, err) < 0)
+        goto finish;
+    if (t < 0 || !isfinite(t)) {
+        b2d_http_fail(err, 400, "out_of_range", "temperature", "temperature: %g is below 0", t);
+        goto finish;
     }
     if (t > 0) { /* 0 or absent: greedy, as blip2ctl and the reference default */
         p->do_sample = true;
         p->temperature = t;
-        if ((v = json_object_get(o, "top_p")) && !json_is_null(v)) {
-            if (get_num(v, "top_p", &p->top_p, err) < 0) goto finish;
-        }
+        if (get_num(o, "top_p", &p->top_p, err) < 0) goto finish;
     }
-    if ((v = json_object_get(o, "seed")) && !json_is_null(v)) {
-        if (get_uint(v, "seed", 0, INT64_MAX, &u, err) < 0) goto finish;
-        p->has_seed = true;
-        p->seed = u;
-    }
-    if ((v = json_object_get(o, "n")) && !json_is_null(v)) {
-        if (get_uint(v, "n", 1, B2IPC_MAX_SEQS, &u, err) < 0) goto finish;
-        g->n = (int)u;
-    }
+    const int seed = get_uint(o, "seed", 0, INT64_MAX, &p->seed, err);
+    if (seed < 0 || get_u32(o, "n", 1, B2IPC_MAX_SEQS, &n, err) < 0) goto finish;
+    if (seed > 0) p->has_seed = true;
+    g->n = (int)n;
     /* blip2d extensions, named as in the protocol (llama-server takes top_k the same way) */
-    if ((v = json_object_get(o, "top_k")) && !json_is_null(v)) {
-        if (get_uint(v, "top_k", 0, 1048576, &u, err) < 0) goto finish;
-        p->top_k = (uint32_t)u;
-    }
-    if ((v = json_object_get(o, "num_beams")) && !json_is_null(v)) {
-        if (get_uint(v, "num_beams", 1, B2IPC_MAX_BEAMS, &u, err) < 0) goto finish;
-        p->num_beams = (uint32_t)u;
-    }
-    if ((v = json_object_get(o, "min_tokens")) && !json_is_null(v)) {
-        if (get_uint(v, "min_tokens", 0, B2IPC_MAX_NEW_TOKENS, &u, err) < 0) goto finish;
-        p->min_new_tokens = (uint32_t)u;
-    }
-    if ((v = json_object_get(o, "repetition_penalty")) && !json_is_null(v))
-        if (get_num(v, "repetition_penalty", &p->repetition_penalty, err) < 0) goto finish;
-    if ((v = json_object_get(o, "length_penalty")) && !json_is_null(v))
-        if (get_num(v, "length_penalty", &p->length_penalty, err) < 0) goto finish;
+    if (get_u32(o, "top_k", 0, 1048576, &p->top_k, err) < 0 ||
+        get_u32(o, "num_beams", 1, B2IPC_MAX_BEAMS, &p->num_beams, err) < 0 ||
+        get_u32(o, "min_tokens", 0, B2IPC_MAX_NEW_TOKENS, &p->min_new_tokens, err) < 0 ||
+        get_num(o, "repetition_penalty", &p->repetition_penalty, err) < 0 ||
+        get_num(o, "length_penalty", &p->length_penalty, err) < 0)
+        goto finish;
     /* n choices: samples when sampling, else the n best beams */
     if (g->n > 1) {
         p->num_return_sequences = (uint32_t)g->n;
@@ -614,6 +606,29 @@ static int kv_bool(const b2d_kv *kv, bool *out, b2d_http_error *err)
     return 0;
 }
 
+/* The generation parameters that are a uint32_t count or a double, by
+ * name: where each sits in b2ipc_gen_params. */
+typedef struct gen_field {
+    const char *key;
+    size_t off;
+    bool is_num; /* double (kv_num), else uint32_t (kv_uint) */
+} gen_field;
+
+static const gen_field *gen_field_find(const char *key)
+{
+#define U32(name) { #name, offsetof(b2ipc_gen_params, name), false }
+#define NUM(name) { #name, offsetof(b2ipc_gen_params, name), true }
+    static const gen_field fields[] = {
+        U32(max_new_tokens), U32(min_new_tokens), U32(num_beams), U32(top_k), U32(num_return_sequences),
+        NUM(length_penalty), NUM(repetition_penalty), NUM(temperature), NUM(top_p),
+    };
+#undef U32
+#undef NUM
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strcmp(key, fields[i].key) == 0) return &fields[i];
+    return NULL;
+}
+
 int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t image_len,
                       const b2ipc_limits *lim, b2d_gen *g, b2d_http_error *err)
 {
@@ -633,36 +648,21 @@ int b2d_caption_parse(const b2d_kv *kv, size_t n_kv, const void *image, size_t i
         const b2d_kv *x = &kv[i];
         uint64_t u;
         const char *k = x->key;
+        const gen_field *f;
         if (!x->value) return b2d_http_fail(err, 400, "bad_type", k, "%s: a value is required", k);
         if (strcmp(k, "prompt") == 0) prompt = x->value;
         else if (strcmp(k, "question") == 0) question = x->value;
-        else if (strcmp(k, "max_new_tokens") == 0) {
-            if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
-            p->max_new_tokens = (uint32_t)u;
-        } else if (strcmp(k, "min_new_tokens") == 0) {
-            if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
-            p->min_new_tokens = (uint32_t)u;
-        } else if (strcmp(k, "num_beams") == 0) {
-            if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
-            p->num_beams = (uint32_t)u;
-        } else if (strcmp(k, "top_k") == 0) {
-            if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
-            p->top_k = (uint32_t)u;
-        } else if (strcmp(k, "num_return_sequences") == 0) {
-            if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
-            p->num_return_sequences = (uint32_t)u;
+        else if ((f = gen_field_find(k))) {
+            if (f->is_num) {
+                if (kv_num(x, (double *)((char *)p + f->off), err) < 0) return -1;
+            } else {
+                if (kv_uint(x, UINT32_MAX, &u, err) < 0) return -1;
+                *(uint32_t *)((char *)p + f->off) = (uint32_t)u;
+            }
         } else if (strcmp(k, "seed") == 0) {
             if (kv_uint(x, UINT64_MAX, &u, err) < 0) return -1;
             p->has_seed = true;
             p->seed = u;
-        } else if (strcmp(k, "length_penalty") == 0) {
-            if (kv_num(x, &p->length_penalty, err) < 0) return -1;
-        } else if (strcmp(k, "repetition_penalty") == 0) {
-            if (kv_num(x, &p->repetition_penalty, err) < 0) return -1;
-        } else if (strcmp(k, "temperature") == 0) {
-            if (kv_num(x, &p->temperature, err) < 0) return -1;
-        } else if (strcmp(k, "top_p") == 0) {
-            if (kv_num(x, &p->top_p, err) < 0) return -1;
         } else if (strcmp(k, "do_sample") == 0) {
             if (kv_bool(x, &p->do_sample, err) < 0) return -1;
         } else if (strcmp(k, "stop") == 0) {

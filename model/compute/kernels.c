@@ -82,25 +82,19 @@ static void residual_c(float *h, const float *x, const float *b, size_t n, size_
     }
 }
 
-static void f16_to_f32_c(float *y, const void *x, size_t n)
+/* y (n) = the n 16-bit values at x (any alignment), each widened by conv */
+static inline void halves_to_f32(float *y, const void *x, size_t n, float (*conv)(uint16_t))
 {
     const unsigned char *p = x;
     for (size_t i = 0; i < n; i++) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        y[i] = b2__f16_to_f32(h);
+        y[i] = conv(h);
     }
 }
 
-static void bf16_to_f32_c(float *y, const void *x, size_t n)
-{
-    const unsigned char *p = x;
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        y[i] = b2__bf16_to_f32(h);
-    }
-}
+static void f16_to_f32_c(float *y, const void *x, size_t n) { halves_to_f32(y, x, n, b2__f16_to_f32); }
+static void bf16_to_f32_c(float *y, const void *x, size_t n) { halves_to_f32(y, x, n, b2__bf16_to_f32); }
 
 static const b2_simd simd_portable = {
     .name = "portable",

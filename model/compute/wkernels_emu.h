@@ -77,26 +77,22 @@ static inline float emu_cvtsh_ss(unsigned short h)
 
 /* a * b + c rounded once, as the FMA instructions do (SIMDe's fallback
  * without FMA in the compiler's target rounds the product first, which
- * changes sums of more than one term) */
-static inline simde__m256 emu_mm256_fmadd_ps(simde__m256 a, simde__m256 b, simde__m256 c)
-{
-    float x[8], y[8], z[8];
-    simde_mm256_storeu_ps(x, a);
-    simde_mm256_storeu_ps(y, b);
-    simde_mm256_storeu_ps(z, c);
-    for (int i = 0; i < 8; i++) z[i] = fmaf(x[i], y[i], z[i]);
-    return simde_mm256_loadu_ps(z);
-}
-
-static inline simde__m512 emu_mm512_fmadd_ps(simde__m512 a, simde__m512 b, simde__m512 c)
-{
-    float x[16], y[16], z[16];
-    simde_mm512_storeu_ps(x, a);
-    simde_mm512_storeu_ps(y, b);
-    simde_mm512_storeu_ps(z, c);
-    for (int i = 0; i < 16; i++) z[i] = fmaf(x[i], y[i], z[i]);
-    return simde_mm512_loadu_ps(z);
-}
+ * changes sums of more than one term): emu_mm256_fmadd_ps (8 lanes) and
+ * emu_mm512_fmadd_ps (16) */
+#define EMU_FMADD_PS(BITS, LANES)                                                                       \
+    static inline simde__m##BITS emu_mm##BITS##_fmadd_ps(simde__m##BITS a, simde__m##BITS b,          \
+                                                         simde__m##BITS c)                             \
+    {                                                                                                   \
+        float x[LANES], y[LANES], z[LANES];                                                             \
+        simde_mm##BITS##_storeu_ps(x, a);                                                               \
+        simde_mm##BITS##_storeu_ps(y, b);                                                               \
+        simde_mm##BITS##_storeu_ps(z, c);                                                               \
+        for (int i = 0; i < LANES; i++) z[i] = fmaf(x[i], y[i], z[i]);                                 \
+        return simde_mm##BITS##_loadu_ps(z);                                                            \
+    }
+EMU_FMADD_PS(256, 8)
+EMU_FMADD_PS(512, 16)
+#undef EMU_FMADD_PS
 
 #undef _mm256_fmadd_ps
 #define _mm256_fmadd_ps emu_mm256_fmadd_ps

@@ -47,17 +47,19 @@ enum {
     TOK_LEGACY = 2   /* added but not special: its own decode segment */
 };
 
+/* A growable byte string, NUL-terminated (buf_reserve, buf_add). */
+typedef struct strbuf { char *p; size_t len, cap; } strbuf;
+
 /* An interned string table: symbol -> (string, vocab id), string -> symbol. */
 typedef struct symrec {
-    uint32_t off;       /* start of the string in buf */
+    uint32_t off;       /* start of the string in strs */
     uint32_t len;       /* its length in bytes */
     uint32_t hash;
     int32_t vid;        /* id in vocab.json, -1 if not in vocab.json */
 } symrec;
 
 typedef struct symtab {
-    char *buf;          /* NUL-terminated strings back to back */
-    size_t len, cap;
+    strbuf strs;        /* NUL-terminated strings back to back, each NUL in strs.len */
     symrec *rec;        /* (n) one per symbol */
     size_t n, ncap;
     uint64_t *slot;     /* (mask + 1) hash << 32 | (symbol + 1), 0 = empty */
@@ -113,8 +115,6 @@ static int py_space(uint32_t c)
 }
 
 /* ------------------------------------------------------------ buffers */
-
-typedef struct strbuf { char *p; size_t len, cap; } strbuf;
 
 static int buf_reserve(strbuf *b, size_t extra)
 {
@@ -221,7 +221,7 @@ static int32_t sym_find_h(const symtab *st, const char *s, size_t n,
         if (!v) return -1;
         if ((uint32_t)(v >> 32) != h) continue;
         const symrec *r = &st->rec[(uint32_t)v - 1];
-        if (r->len == n && !memcmp(st->buf + r->off, s, n))
+        if (r->len == n && !memcmp(st->strs.p + r->off, s, n))
             return (int32_t)((uint32_t)v - 1);
     }
 }
@@ -254,12 +254,7 @@ static int sym_reserve(symtab *st, size_t n, size_t bytes)
         st->rec = r;
         st->ncap = n;
     }
-    if (bytes > st->cap) {
-        char *p = realloc(st->buf, bytes);
-        if (!p) return -1;
-        st->buf = p;
-        st->cap = bytes;
-    }
+    if (bytes > st->strs.len + 1 && buf_reserve(&st->strs, bytes - st->strs.len - 1)) return -1;
     return 0;
 }
 
@@ -269,19 +264,14 @@ static int32_t sym_intern(symtab *st, const char *s, size_t n)
     uint32_t h = str_hash(s, n);
     int32_t v = sym_find_h(st, s, n, h);
     if (v >= 0) return v;
-    if (st->n >= INT32_MAX - 1 || st->len + n + 1 > UINT32_MAX) return -1;
-    if (!st->slot || (st->n + 1) * 2 > st->mask + 1 || st->n == st->ncap ||
-        st->len + n + 1 > st->cap) {
-        size_t bytes = st->cap ? st->cap : 1 << 16;
-        while (bytes < st->len + n + 1) bytes *= 2;
-        if (sym_reserve(st, st->n == st->ncap ? (st->n + 1) * 2 : st->n + 1, bytes))
-            return -1;
-    }
-    memcpy(st->buf + st->len, s, n);
-    st->buf[st->len + n] = 0;
+    const size_t off = st->strs.len;
+    if (st->n >= INT32_MAX - 1 || off + n + 1 > UINT32_MAX) return -1;
+    if (!st->slot || (st->n + 1) * 2 > st->mask + 1 || st->n == st->ncap)
+        if (sym_reserve(st, st->n == st->ncap ? (st->n + 1) * 2 : st->n + 1, 0)) return -1;
+    if (buf_add(&st->strs, s, n)) return -1;
+    st->strs.len++; /* keeps its NUL */
     v = (int32_t)st->n++;
-    st->rec[v] = (symrec){(uint32_t)st->len, (uint32_t)n, h, -1};
-    st->len += n + 1;
+    st->rec[v] = (symrec){(uint32_t)off, (uint32_t)n, h, -1};
     size_t i = h & st->mask;
     while (st->slot[i]) i = (i + 1) & st->mask;
     st->slot[i] = (uint64_t)h << 32 | (uint32_t)(v + 1);
@@ -290,7 +280,7 @@ static int32_t sym_intern(symtab *st, const char *s, size_t n)
 
 static void sym_free(symtab *st)
 {
-    free(st->buf);
+    free(st->strs.p);
     free(st->rec);
     free(st->slot);
 }
@@ -610,7 +600,7 @@ static int add_token(b2_bpe *t, const char *content, int32_t want_id, int lstrip
     for (int i = 0; i < t->n_added; i++) {
         const symtab *st = &t->st;
         int32_t s = t->added[i].sym;
-        if (st->rec[s].len == n && !memcmp(st->buf + st->rec[s].off, content, n)) {
+        if (st->rec[s].len == n && !memcmp(st->strs.p + st->rec[s].off, content, n)) {
             t->added[i].special |= special;
             *id = t->added[i].id;
             return 0;
@@ -789,7 +779,7 @@ static int build_id_tables(b2_bpe *t, blip2_error *err)
     for (size_t id = 0; id < n; id++) {
         int32_t s = t->id_sym[id];
         if (s < 0) continue;
-        const uint8_t *p = (const uint8_t *)t->st.buf + t->st.rec[s].off;
+        const uint8_t *p = (const uint8_t *)t->st.strs.p + t->st.rec[s].off;
         size_t len = t->st.rec[s].len, i = 0, bad;
         t->raw_off[id] = (uint32_t)w;
         while (i < len) {
@@ -1173,7 +1163,7 @@ static int match_added(const b2_bpe *t, const char *p, size_t n, size_t *len)
     for (int i = 0; i < t->n_added; i++) {
         int32_t s = t->added[i].sym;
         size_t l = t->st.rec[s].len;
-        const char *c = t->st.buf + t->st.rec[s].off;
+        const char *c = t->st.strs.p + t->st.rec[s].off;
         if (l <= n && l > bl && c[0] == p[0] && !memcmp(c, p, l)) {
             best = i;
             bl = l;
@@ -1411,7 +1401,7 @@ int b2__bpe_token_bytes(const b2_bpe *t, int32_t id, char *buf, size_t cap)
 const char *b2__bpe_token_str(const b2_bpe *t, int32_t id)
 {
     if (!t || id < 0 || id >= t->n_ids || t->id_sym[id] < 0) return NULL;
-    return t->st.buf + t->st.rec[t->id_sym[id]].off;
+    return t->st.strs.p + t->st.rec[t->id_sym[id]].off;
 }
 
 int32_t b2__bpe_bos(const b2_bpe *t) { return t->bos; }

@@ -25,6 +25,7 @@
  *         clean_up_tokenization_spaces replacements.
  */
 #include "tokenizer.h"
+#include "cleanup.h"
 #include "error.h"
 #include "utf8.h"
 
@@ -1294,30 +1295,6 @@ done:
 
 /* ------------------------------------------------------------ decoding */
 
-/* Python's str.replace(from, to) on b, in place (to is never longer and
- * every pattern starts with a space, which memchr finds quickly). */
-static void replace_all(strbuf *b, const char *from, const char *to)
-{
-    size_t fl = strlen(from), tl = strlen(to), w = 0, i = 0;
-    while (i < b->len) {
-        const char *sp = memchr(b->p + i, from[0], b->len - i);
-        size_t j = sp ? (size_t)(sp - b->p) : b->len;
-        if (w != i) memmove(b->p + w, b->p + i, j - i);
-        w += j - i;
-        i = j;
-        if (i >= b->len) break;
-        if (i + fl <= b->len && !memcmp(b->p + i, from, fl)) {
-            memcpy(b->p + w, to, tl);
-            w += tl;
-            i += fl;
-        } else {
-            b->p[w++] = b->p[i++];
-        }
-    }
-    b->len = w;
-    b->p[w] = 0;
-}
-
 /* Ends the current run of tokens: its bytes become one text segment. */
 static int flush_segment(strbuf *o, strbuf *cur, int *nseg, int keep_empty)
 {
@@ -1369,15 +1346,7 @@ int b2__bpe_decode(const b2_bpe *t, const int32_t *ids, size_t n, int skip,
         }
     }
     if (has_cur && flush_segment(&o, &cur, &nseg, 1)) goto nomem;
-    if (t->cleanup) {
-        static const char *const rep[][2] = {
-            {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"},
-            {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"},
-            {" 're", "'re"},
-        };
-        for (size_t k = 0; k < sizeof rep / sizeof rep[0]; k++)
-            replace_all(&o, rep[k][0], rep[k][1]);
-    }
+    if (t->cleanup) o.len = b2__clean_up_tokenization(o.p, o.len);
     free(cur.p);
     *text = o.p;
     return 0;

@@ -41,7 +41,7 @@ sources() {
     ipc) echo "libipc/ipc.c libipc/frame.c libipc/scan.c libipc/schema.c libipc/decode.c libipc/encode.c libipc/validate.c" ;;
     safetensors) echo "model/formats/safetensors.c model/compute/wtype.c model/base/error.c" ;;
     config) echo "model/formats/config.c model/weights.c model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
-    tokenizer) echo "model/text/tokenizer.c model/base/utf8.c model/base/error.c" ;;
+    tokenizer) echo "model/text/tokenizer.c model/base/utf8.c model/base/cleanup.c model/base/error.c" ;;
     image) echo "model/image/image.c model/base/error.c" ;;
     gguf) echo "model/formats/gguf.c model/compute/wtype.c model/formats/safetensors.c model/base/error.c" ;;
     # every daemon source but main.c, libipc, and the model as the gcc build made it

@@ -17,6 +17,7 @@
  *   the text into space-joined parts; then clean_up_tokenization_spaces.
  */
 #include "t5tok.h"
+#include "cleanup.h"
 #include "error.h"
 #include "utf8.h"
 #include "spm.h"
@@ -94,6 +95,25 @@ static b2_t5tok *t5tok_new(void)
     return t;
 }
 
+/* The end of both loads: lr is the SentencePiece load's result (-2 out
+ * of memory, other negatives msg says why, what names the model and note
+ * goes before msg), then finish().  0 with *out = t, or the error with t
+ * freed. */
+static int load_end(b2_t5tok *t, int lr, const char *what, const char *note, const char *msg, b2_t5tok **out,
+                    blip2_error *err)
+{
+    int rc;
+    if (lr < 0)
+        rc = lr == -2 ? b2__err(err, BLIP2_ENOMEM, "out of memory")
+                      : b2__err(err, BLIP2_EFORMAT, "%s: %s%s", what, note, msg);
+    else if ((rc = finish(t, what, err)) >= 0) {
+        *out = t;
+        return 0;
+    }
+    b2__t5tok_free(t);
+    return rc;
+}
+
 int b2__t5tok_load(b2_t5tok **out, const char *dir, blip2_error *err)
 {
     char path[4096], msg[256];
@@ -119,15 +139,7 @@ int b2__t5tok_load(b2_t5tok **out, const char *dir, blip2_error *err)
         goto fail;
     }
     fclose(f);
-    int lr = b2__spm_load(&t->sp, path, msg, sizeof msg);
-    if (lr < 0) {
-        rc = lr == -2 ? b2__err(err, BLIP2_ENOMEM, "out of memory")
-                      : b2__err(err, BLIP2_EFORMAT, "%s: %s", path, msg);
-        goto fail;
-    }
-    if ((rc = finish(t, path, err)) < 0) goto fail;
-    *out = t;
-    return 0;
+    return load_end(t, b2__spm_load(&t->sp, path, msg, sizeof msg), path, "", msg, out, err);
 fail:
     b2__t5tok_free(t);
     return rc;
@@ -146,15 +158,8 @@ int b2__t5tok_load_mem(b2_t5tok **out, const void *model, size_t model_len, cons
         rc = b2__err(err, BLIP2_EFORMAT, "%s: empty SentencePiece model", model_what);
         goto fail;
     }
-    int lr = b2__spm_load_mem(&t->sp, model, model_len, msg, sizeof msg);
-    if (lr < 0) {
-        rc = lr == -2 ? b2__err(err, BLIP2_ENOMEM, "out of memory")
-                      : b2__err(err, BLIP2_EFORMAT, "%s: not a SentencePiece model: %s", model_what, msg);
-        goto fail;
-    }
-    if ((rc = finish(t, model_what, err)) < 0) goto fail;
-    *out = t;
-    return 0;
+    return load_end(t, b2__spm_load_mem(&t->sp, model, model_len, msg, sizeof msg), model_what,
+                    "not a SentencePiece model: ", msg, out, err);
 fail:
     b2__t5tok_free(t);
     return rc;
@@ -342,23 +347,6 @@ static int tokens_to_string(const b2_t5tok *t, const int32_t *ids, size_t n, sbu
     return rc;
 }
 
-static void replace_all(sbuf *b, const char *from, const char *to)
-{
-    const size_t fl = strlen(from), tl = strlen(to); /* tl < fl */
-    size_t w = 0;
-    for (size_t r = 0; r < b->n;) {
-        if (r + fl <= b->n && !memcmp(b->s + r, from, fl)) {
-            memmove(b->s + w, to, tl);
-            w += tl;
-            r += fl;
-        } else {
-            b->s[w++] = b->s[r++];
-        }
-    }
-    b->n = w;
-    b->s[w] = 0;
-}
-
 int b2__t5tok_decode(const b2_t5tok *t, const int32_t *ids, size_t n, int skip, char **text,
                      blip2_error *err)
 {
@@ -395,13 +383,7 @@ int b2__t5tok_decode(const b2_t5tok *t, const int32_t *ids, size_t n, int skip, 
     }
     free(keep);
     if (rc == 0 && b.oom) rc = BLIP2_ENOMEM;
-    if (rc == 0 && t->cleanup) {
-        static const char *const rep[][2] = {
-            {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
-            {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
-        };
-        for (size_t i = 0; i < sizeof rep / sizeof rep[0]; i++) replace_all(&b, rep[i][0], rep[i][1]);
-    }
+    if (rc == 0 && t->cleanup) b.n = b2__clean_up_tokenization(b.s, b.n);
     if (rc < 0) {
         free(b.s);
         return rc == BLIP2_ENOMEM ? b2__err(err, rc, "out of memory")

@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,37 +21,85 @@
 
 static const char *gdir;
 
+/* A T5 config.json: the least a T5 text_config needs, then the members in
+ * rest (a string literal). */
+#define T5_CONFIG(rest) \
+    "{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, " rest "}}"
+
 static int geti(json_t *o, const char *a, const char *b)
 {
     return (int)json_integer_value(json_object_get(json_object_get(o, a), b));
 }
 
-static void test_real_config(void)
+/* The int fields of b2_config that the real configs are checked on, with
+ * their keys in transformers' effective configs of the OPT checkpoint
+ * (blip2-opt-2.7b) and of the T5 one (blip2-flan-t5-xl); NULL: that
+ * checkpoint is not checked on it. */
+#define F(x) offsetof(b2_config, x)
+static const struct {
+    size_t off;
+    const char *sec, *opt, *t5;
+} real_fields[] = {
+    {F(v_hidden), "vision_config", "hidden_size", "hidden_size"},
+    {F(v_inter), "vision_config", "intermediate_size", NULL},
+    {F(v_layers), "vision_config", "num_hidden_layers", "num_hidden_layers"},
+    {F(v_heads), "vision_config", "num_attention_heads", NULL},
+    {F(image_size), "vision_config", "image_size", NULL},
+    {F(patch_size), "vision_config", "patch_size", NULL},
+    {F(q_hidden), "qformer_config", "hidden_size", "hidden_size"},
+    {F(q_inter), "qformer_config", "intermediate_size", NULL},
+    {F(q_layers), "qformer_config", "num_hidden_layers", "num_hidden_layers"},
+    {F(q_heads), "qformer_config", "num_attention_heads", NULL},
+    {F(q_cross_freq), "qformer_config", "cross_attention_frequency", NULL},
+    {F(q_enc_hidden), "qformer_config", "encoder_hidden_size", "encoder_hidden_size"},
+    {F(t_hidden), "text_config", "hidden_size", "d_model"},
+    {F(t_dkv), "text_config", NULL, "d_kv"},
+    {F(t_ffn), "text_config", "ffn_dim", "d_ff"},
+    {F(t_layers), "text_config", "num_hidden_layers", "num_layers"},
+    {F(t_dec_layers), "text_config", NULL, "num_decoder_layers"},
+    {F(t_heads), "text_config", "num_attention_heads", "num_heads"},
+    {F(t_vocab), "text_config", "vocab_size", "vocab_size"},
+    {F(t_buckets), "text_config", NULL, "relative_attention_num_buckets"},
+    {F(t_max_dist), "text_config", NULL, "relative_attention_max_distance"},
+    {F(t_max_pos), "text_config", "max_position_embeddings", "n_positions"},
+    {F(t_word_proj), "text_config", "word_embed_proj_dim", NULL},
+    {F(bos), "text_config", "bos_token_id", "bos_token_id"},
+    {F(eos), "text_config", "eos_token_id", "eos_token_id"},
+    {F(pad), "text_config", "pad_token_id", "pad_token_id"},
+    {F(dec_start), "text_config", NULL, "decoder_start_token_id"},
+};
+#undef F
+
+/* Parses gdir/real/NAME.config.json into *c, checks the fields of
+ * real_fields the checkpoint has (t5: the T5 column) against the effective
+ * config transformers 4.37.2 derives from it, and returns that (caller
+ * decrefs), or NULL when either file fails (a failed check). */
+static json_t *check_real(const char *name, const char *label, int t5, b2_config *c)
 {
     char p[1024], pe[1024];
-    snprintf(p, sizeof p, "%s/real/blip2-opt-2.7b.config.json", gdir);
-    snprintf(pe, sizeof pe, "%s/real/blip2-opt-2.7b.config.effective-4.37.2.json", gdir);
-    b2_config c;
+    snprintf(p, sizeof p, "%s/real/%s.config.json", gdir, name);
+    snprintf(pe, sizeof pe, "%s/real/%s.config.effective-4.37.2.json", gdir, name);
     blip2_error err = {0};
-    if (!ok(b2__config_load(&c, p, &err) == 0, "parse the real blip2-opt-2.7b config")) { diag("%s", err.text); return; }
+    if (!ok(b2__config_load(c, p, &err) == 0, "parse the real %s config", name)) {
+        diag("%s", err.text);
+        return NULL;
+    }
     json_t *e = json_load_file(pe, 0, NULL);
-    if (!ok(e != NULL, "load the effective config")) return;
-    struct { int got; const char *sec, *key; } f[] = {
-        {c.v_hidden, "vision_config", "hidden_size"}, {c.v_inter, "vision_config", "intermediate_size"},
-        {c.v_layers, "vision_config", "num_hidden_layers"}, {c.v_heads, "vision_config", "num_attention_heads"},
-        {c.image_size, "vision_config", "image_size"}, {c.patch_size, "vision_config", "patch_size"},
-        {c.q_hidden, "qformer_config", "hidden_size"}, {c.q_inter, "qformer_config", "intermediate_size"},
-        {c.q_layers, "qformer_config", "num_hidden_layers"}, {c.q_heads, "qformer_config", "num_attention_heads"},
-        {c.q_cross_freq, "qformer_config", "cross_attention_frequency"},
-        {c.q_enc_hidden, "qformer_config", "encoder_hidden_size"},
-        {c.t_hidden, "text_config", "hidden_size"}, {c.t_ffn, "text_config", "ffn_dim"},
-        {c.t_layers, "text_config", "num_hidden_layers"}, {c.t_heads, "text_config", "num_attention_heads"},
-        {c.t_vocab, "text_config", "vocab_size"}, {c.t_max_pos, "text_config", "max_position_embeddings"},
-        {c.t_word_proj, "text_config", "word_embed_proj_dim"}, {c.bos, "text_config", "bos_token_id"},
-        {c.eos, "text_config", "eos_token_id"}, {c.pad, "text_config", "pad_token_id"},
-    };
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        ok(f[i].got == geti(e, f[i].sec, f[i].key), "2.7b %s.%s = %d", f[i].sec, f[i].key, f[i].got);
+    if (!ok(e != NULL, "load the effective %s config", label)) return NULL;
+    for (size_t i = 0; i < sizeof real_fields / sizeof real_fields[0]; i++) {
+        const char *key = t5 ? real_fields[i].t5 : real_fields[i].opt;
+        if (!key) continue;
+        const int got = *(const int *)((const char *)c + real_fields[i].off);
+        ok(got == geti(e, real_fields[i].sec, key), "%s %s.%s = %d", label, real_fields[i].sec, key, got);
+    }
+    return e;
+}
+
+static void test_real_config(void)
+{
+    b2_config c;
+    json_t *e = check_real("blip2-opt-2.7b", "2.7b", 0, &c);
+    if (!e) return;
     ok(c.num_query == (int)json_integer_value(json_object_get(e, "num_query_tokens")), "num_query_tokens");
     ok(c.v_eps == (float)json_number_value(json_object_get(json_object_get(e, "vision_config"), "layer_norm_eps")), "vision eps");
     ok(c.q_eps == (float)json_number_value(json_object_get(json_object_get(e, "qformer_config"), "layer_norm_eps")), "qformer eps");
@@ -63,28 +112,9 @@ static void test_real_config(void)
  * gated exact GELU that dense_act_fn "gelu" selects. */
 static void test_real_t5_config(void)
 {
-    char p[1024], pe[1024];
-    snprintf(p, sizeof p, "%s/real/blip2-flan-t5-xl.config.json", gdir);
-    snprintf(pe, sizeof pe, "%s/real/blip2-flan-t5-xl.config.effective-4.37.2.json", gdir);
     b2_config c;
-    blip2_error err = {0};
-    if (!ok(b2__config_load(&c, p, &err) == 0, "parse the real blip2-flan-t5-xl config")) { diag("%s", err.text); return; }
-    json_t *e = json_load_file(pe, 0, NULL);
-    if (!ok(e != NULL, "load the effective flan-t5-xl config")) return;
-    struct { int got; const char *sec, *key; } f[] = {
-        {c.v_hidden, "vision_config", "hidden_size"}, {c.v_layers, "vision_config", "num_hidden_layers"},
-        {c.q_hidden, "qformer_config", "hidden_size"}, {c.q_layers, "qformer_config", "num_hidden_layers"},
-        {c.q_enc_hidden, "qformer_config", "encoder_hidden_size"},
-        {c.t_hidden, "text_config", "d_model"}, {c.t_dkv, "text_config", "d_kv"}, {c.t_ffn, "text_config", "d_ff"},
-        {c.t_layers, "text_config", "num_layers"}, {c.t_dec_layers, "text_config", "num_decoder_layers"},
-        {c.t_heads, "text_config", "num_heads"}, {c.t_vocab, "text_config", "vocab_size"},
-        {c.t_buckets, "text_config", "relative_attention_num_buckets"},
-        {c.t_max_dist, "text_config", "relative_attention_max_distance"}, {c.t_max_pos, "text_config", "n_positions"},
-        {c.bos, "text_config", "bos_token_id"}, {c.eos, "text_config", "eos_token_id"},
-        {c.pad, "text_config", "pad_token_id"}, {c.dec_start, "text_config", "decoder_start_token_id"},
-    };
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        ok(f[i].got == geti(e, f[i].sec, f[i].key), "flan-t5-xl %s.%s = %d", f[i].sec, f[i].key, f[i].got);
+    json_t *e = check_real("blip2-flan-t5-xl", "flan-t5-xl", 1, &c);
+    if (!e) return;
     json_t *t = json_object_get(e, "text_config");
     ok(c.family == B2_FAMILY_T5 && c.num_query == 32, "flan-t5-xl: family t5, 32 queries");
     ok(c.t_eps == (float)json_number_value(json_object_get(t, "layer_norm_epsilon")), "flan-t5-xl: layer_norm_epsilon");
@@ -95,12 +125,12 @@ static void test_real_t5_config(void)
     ok(c.t_word_proj == c.t_hidden, "flan-t5-xl: query embeddings are d_model wide");
     json_decref(e);
     /* without dense_act_fn, "gated-gelu" means T5's tanh GELU */
-    char dir[] = "/tmp/b2t5cfg.XXXXXX";
+    char dir[] = "/tmp/b2t5cfg.XXXXXX", p[1024];
+    blip2_error err = {0};
     if (!mkdtemp(dir)) return;
     snprintf(p, sizeof p, "%s/config.json", dir);
     FILE *fp = fopen(p, "w");
-    fputs("{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
-          "\"feed_forward_proj\": \"gated-gelu\"}}", fp);
+    fputs(T5_CONFIG("\"feed_forward_proj\": \"gated-gelu\""), fp);
     fclose(fp);
     ok(b2__config_load(&c, p, &err) == 0 && c.t_act == B2_ACT_GELU_TANH && c.t_gated && c.t_tie &&
        c.t_dec_layers == 6 && c.t_hidden == 512, "T5Config defaults; gated-gelu alone is gelu_new");
@@ -122,10 +152,8 @@ static void test_bad_configs(void)
     snprintf(p, sizeof p, "%s/config.json", dir);
     struct { const char *json; int code; const char *needle; } cases[] = {
         {"{\"model_type\": \"blip-2\", \"text_config\": {\"model_type\": \"t5\"}}", BLIP2_EFORMAT, "decoder_start_token_id"},
-        {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
-         "\"feed_forward_proj\": \"gated-gelu-x\"}}", BLIP2_EFORMAT, "gated-ACT"},
-        {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 0, "
-         "\"d_kv\": 0}}", BLIP2_EFORMAT, "d_kv must be positive"},
+        {T5_CONFIG("\"feed_forward_proj\": \"gated-gelu-x\""), BLIP2_EFORMAT, "gated-ACT"},
+        {T5_CONFIG("\"d_kv\": 0"), BLIP2_EFORMAT, "d_kv must be positive"},
         {"{\"text_config\": {\"model_type\": \"t5\", \"bos_token_id\": 1, \"decoder_start_token_id\": 40000}}",
          BLIP2_EFORMAT, "outside the vocabulary"},
         {"{\"model_type\": \"llava\"}", BLIP2_EUNSUPPORTED, "not a BLIP-2"},

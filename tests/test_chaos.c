@@ -42,24 +42,22 @@
 #include <msgpack.h>
 #include <time.h>
 
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t k, size_t n);
-void *__real_realloc(void *p, size_t n);
-char *__real_strdup(const char *s);
-void __real_free(void *p);
-msgpack_zone *__real_msgpack_zone_new(size_t chunk_size);
-void *__real_msgpack_zone_malloc_expand(msgpack_zone *z, size_t size);
-void __real_msgpack_zone_free(msgpack_zone *z);
-msgpack_unpack_return __real_msgpack_unpack_next(msgpack_unpacked *res, const char *data, size_t len, size_t *off);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t k, size_t n);
-void *__wrap_realloc(void *p, size_t n);
-char *__wrap_strdup(const char *s);
-void __wrap_free(void *p);
-msgpack_zone *__wrap_msgpack_zone_new(size_t chunk_size);
-void *__wrap_msgpack_zone_malloc_expand(msgpack_zone *z, size_t size);
-void __wrap_msgpack_zone_free(msgpack_zone *z);
-msgpack_unpack_return __wrap_msgpack_unpack_next(msgpack_unpacked *res, const char *data, size_t len, size_t *off);
+/* The functions the link wraps (-Wl,--wrap, Makefile.am): each is
+ * __real_NAME (the library's) and __wrap_NAME (below). */
+#define WRAPPED(X)                                                                  \
+    X(void *, malloc, (size_t n))                                                   \
+    X(void *, calloc, (size_t k, size_t n))                                         \
+    X(void *, realloc, (void *p, size_t n))                                         \
+    X(char *, strdup, (const char *s))                                              \
+    X(void, free, (void *p))                                                        \
+    X(msgpack_zone *, msgpack_zone_new, (size_t chunk_size))                        \
+    X(void *, msgpack_zone_malloc_expand, (msgpack_zone *z, size_t size))           \
+    X(void, msgpack_zone_free, (msgpack_zone *z))                                   \
+    X(msgpack_unpack_return, msgpack_unpack_next,                                   \
+      (msgpack_unpacked *res, const char *data, size_t len, size_t *off))
+#define DECLARE(ret, name, params) ret __real_##name params; ret __wrap_##name params;
+WRAPPED(DECLARE)
+#undef DECLARE
 
 /* ---- the injecting allocator ---- */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;

@@ -181,6 +181,16 @@ static int b2ipc__tensors_value(b2ipc__dec *d, const b2ipc__field *f, void *root
 }
 
 /* One value of field f, stored into root. */
+/* A string or bin value of n bytes for field f (name) within its size
+ * limit (b2ipc__size_limit), else B2IPC_ETOO_LARGE. */
+static int b2ipc__check_max(b2ipc__dec *d, const b2ipc__field *f, const char *name, size_t n)
+{
+    const double max = b2ipc__size_limit(f, d->lim);
+    if (max >= 0 && (double)n > max)
+        return b2ipc__err(d->err, B2IPC_ETOO_LARGE, name, "%s: %zu bytes, at most %.0f", name, n, max);
+    return 0;
+}
+
 static int b2ipc__field_value(b2ipc__dec *d, const b2ipc__field *f,
                               void *root, const msgpack_object *o,
                               const char *name)
@@ -233,10 +243,8 @@ static int b2ipc__field_value(b2ipc__dec *d, const b2ipc__field *f,
         if (o->type != MSGPACK_OBJECT_STR)
             return b2ipc__bad_type(d, name, "a string", o);
         size_t n = o->via.str.size;
-        double max = (f->flags & B2IPC__F_LIM_PROMPT) ? (double)b2ipc__max_prompt(d->lim) : f->hi;
-        if (max >= 0 && (double)n > max)
-            return b2ipc__err(d->err, B2IPC_ETOO_LARGE, name,
-                              "%s: %zu bytes, at most %.0f", name, n, max);
+        int rc = b2ipc__check_max(d, f, name, n);
+        if (rc < 0) return rc;
         if ((f->flags & B2IPC__F_NONUL) && memchr(o->via.str.ptr, 0, n))
             return b2ipc__err(d->err, B2IPC_EUTF8, name,
                               "%s: contains U+0000", name);
@@ -256,10 +264,8 @@ static int b2ipc__field_value(b2ipc__dec *d, const b2ipc__field *f,
         if (o->type != MSGPACK_OBJECT_BIN)
             return b2ipc__bad_type(d, name, "binary (bin)", o);
         size_t n = o->via.bin.size;
-        double max = (f->flags & B2IPC__F_LIM_IMAGE) ? (double)b2ipc__max_image(d->lim) : f->hi;
-        if (max >= 0 && (double)n > max)
-            return b2ipc__err(d->err, B2IPC_ETOO_LARGE, name,
-                              "%s: %zu bytes, at most %.0f", name, n, max);
+        int rc = b2ipc__check_max(d, f, name, n);
+        if (rc < 0) return rc;
         const uint8_t *b = (const uint8_t *)o->via.bin.ptr;
         *AT(root, f->off, const uint8_t *) = b ? b : empty;
         *AT(root, f->aux, size_t) = n;
@@ -527,6 +533,20 @@ static const char *b2ipc__type_name_i(int i)
     return b2ipc_reply_type_name((b2ipc_reply_type)i);
 }
 
+/* The end of a decode, rc its result: the unpacked message goes; when rc
+ * >= 0 the arena becomes the caller's (*arena) and 0 is returned, else the
+ * arena is freed and rc returned. */
+static int b2ipc__decode_end(b2ipc__dec *d, msgpack_unpacked *up, int rc, void **arena)
+{
+    msgpack_unpacked_destroy(up);
+    if (rc >= 0) {
+        *arena = d->z;
+        return 0;
+    }
+    if (d->z) msgpack_zone_free(d->z);
+    return rc;
+}
+
 int b2ipc_decode_request(const void *payload, size_t len,
                          const b2ipc_limits *lim, b2ipc_request *rq,
                          b2ipc_error *err)
@@ -564,16 +584,10 @@ int b2ipc_decode_request(const void *payload, size_t len,
         rc = b2ipc__err(err, B2IPC_ENOMEM, NULL, "out of memory");
         goto fail;
     }
-    if ((rc = b2ipc__walk(&d, b2ipc__request_schema(rq->op), rq, m, "op")) < 0 ||
-        (rc = b2ipc_request_validate(rq, lim, err)) < 0)
-        goto fail;
-    rq->arena_ = d.z;
-    msgpack_unpacked_destroy(&up);
-    return 0;
-
+    if ((rc = b2ipc__walk(&d, b2ipc__request_schema(rq->op), rq, m, "op")) >= 0)
+        rc = b2ipc_request_validate(rq, lim, err);
 fail:
-    if (d.z) msgpack_zone_free(d.z);
-    msgpack_unpacked_destroy(&up);
+    if ((rc = b2ipc__decode_end(&d, &up, rc, &rq->arena_)) == 0) return 0;
     memset(rq, 0, sizeof *rq);
     rq->id = id;
     rq->has_id = has_id;
@@ -611,17 +625,11 @@ int b2ipc_decode_reply(const void *payload, size_t len, b2ipc_reply *rp,
         rc = b2ipc__err(err, B2IPC_ENOMEM, NULL, "out of memory");
         goto fail;
     }
-    if ((rc = b2ipc__walk(&d, b2ipc__reply_schema(rp->type), rp, m, "type")) < 0 ||
-        (type == B2IPC_REPLY_DONE && (rc = b2ipc__build_seqs(&d, rp)) < 0) ||
-        (rc = b2ipc_reply_validate(rp, err)) < 0)
-        goto fail;
-    rp->arena_ = d.z;
-    msgpack_unpacked_destroy(&up);
-    return 0;
-
+    if ((rc = b2ipc__walk(&d, b2ipc__reply_schema(rp->type), rp, m, "type")) >= 0 &&
+        (type != B2IPC_REPLY_DONE || (rc = b2ipc__build_seqs(&d, rp)) >= 0))
+        rc = b2ipc_reply_validate(rp, err);
 fail:
-    if (d.z) msgpack_zone_free(d.z);
-    msgpack_unpacked_destroy(&up);
+    if ((rc = b2ipc__decode_end(&d, &up, rc, &rp->arena_)) == 0) return 0;
     memset(rp, 0, sizeof *rp);
     rp->id = id;
     rp->has_id = has_id;

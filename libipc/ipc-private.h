@@ -95,5 +95,8 @@ int b2ipc__scan(const uint8_t *p, size_t n, b2ipc_error *err);
 /* The effective limits. */
 uint64_t b2ipc__max_image(const b2ipc_limits *lim);
 uint64_t b2ipc__max_prompt(const b2ipc_limits *lim);
+/* Field f's size limit in bytes under lim (the prompt or image limit when
+ * f is flagged so, else f->hi); negative: none. */
+double b2ipc__size_limit(const b2ipc__field *f, const b2ipc_limits *lim);
 
 #endif

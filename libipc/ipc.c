@@ -222,6 +222,13 @@ uint64_t b2ipc__max_prompt(const b2ipc_limits *lim)
                                         : B2IPC_DEFAULT_MAX_PROMPT_BYTES;
 }
 
+double b2ipc__size_limit(const b2ipc__field *f, const b2ipc_limits *lim)
+{
+    if (f->flags & B2IPC__F_LIM_PROMPT) return (double)b2ipc__max_prompt(lim);
+    if (f->flags & B2IPC__F_LIM_IMAGE) return (double)b2ipc__max_image(lim);
+    return f->hi;
+}
+
 /* ---- text ----------------------------------------------------------------- */
 
 int b2ipc__utf8_check(const char *s, size_t n, bool allow_nul, size_t *at)

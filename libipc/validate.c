@@ -69,13 +69,6 @@ static int b2ipc__check_size(const char *name, size_t n, double lo,
     return 0;
 }
 
-static double b2ipc__size_limit(const b2ipc__field *f, const b2ipc_limits *lim)
-{
-    if (f->flags & B2IPC__F_LIM_PROMPT) return (double)b2ipc__max_prompt(lim);
-    if (f->flags & B2IPC__F_LIM_IMAGE) return (double)b2ipc__max_image(lim);
-    return f->hi;
-}
-
 static int b2ipc__check_done(const b2ipc_reply *rp, b2ipc_error *err)
 {
     char name[32];
@@ -218,17 +211,22 @@ static int b2ipc__check_fields(const b2ipc__schema *s, const void *root,
         }
         case B2IPC__K_BOOL:
             break;
-        case B2IPC__K_STR: {
-            const char *str = *AT(root, f->off, const char *const);
-            if (!str) {
+        case B2IPC__K_STR:
+        case B2IPC__K_BIN: {
+            /* a NUL-terminated string (text rules) or bytes (aux: their
+             * length); NULL is absent */
+            const bool is_str = f->kind == B2IPC__K_STR;
+            const char *str = is_str ? *AT(root, f->off, const char *const) : NULL;
+            const uint8_t *bin = is_str ? NULL : *AT(root, f->off, const uint8_t *const);
+            if (!str && !bin) {
                 if (f->flags & B2IPC__F_REQ)
                     return b2ipc__err(err, B2IPC_EMISSING, name,
                                       "%s: required", name);
                 break;
             }
-            size_t n = strlen(str);
+            size_t n = is_str ? strlen(str) : *AT(root, f->aux, const size_t);
             if ((rc = b2ipc__check_size(name, n, f->lo, b2ipc__size_limit(f, lim), err)) < 0 ||
-                (rc = b2ipc__check_text(name, str, n, true, err)) < 0)
+                (is_str && (rc = b2ipc__check_text(name, str, n, true, err)) < 0))
                 return rc;
             break;
         }
@@ -239,19 +237,6 @@ static int b2ipc__check_fields(const b2ipc__schema *s, const void *root,
                 return b2ipc__err(err, B2IPC_EINVAL, name, "%s: NULL text", name);
             if ((rc = b2ipc__check_size(name, n, f->lo, b2ipc__size_limit(f, lim), err)) < 0 ||
                 (rc = b2ipc__check_text(name, str, n, !(f->flags & B2IPC__F_NONUL), err)) < 0)
-                return rc;
-            break;
-        }
-        case B2IPC__K_BIN: {
-            const uint8_t *b = *AT(root, f->off, const uint8_t *const);
-            if (!b) {
-                if (f->flags & B2IPC__F_REQ)
-                    return b2ipc__err(err, B2IPC_EMISSING, name,
-                                      "%s: required", name);
-                break;
-            }
-            size_t n = *AT(root, f->aux, const size_t);
-            if ((rc = b2ipc__check_size(name, n, f->lo, b2ipc__size_limit(f, lim), err)) < 0)
                 return rc;
             break;
         }

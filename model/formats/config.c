@@ -13,34 +13,39 @@
 #include <jansson.h>
 #include <string.h>
 
-static int get_int(json_t *o, const char *k, int *v, const char *path, blip2_error *err)
+/* What a member can be, and what the error says it must be. */
+typedef enum { K_INT, K_BOOL, K_FLOAT } kind;
+
+/* Member k of o into *v (int for K_INT and K_BOOL, float for K_FLOAT);
+ * absent or null leaves *v.  BLIP2_EFORMAT for the wrong kind (an integer
+ * outside 0..2^30 too). */
+static int get_member(json_t *o, const char *k, kind t, void *v, const char *path, blip2_error *err)
 {
+    static const char *const must[] = {"a non-negative integer", "true or false", "a number"};
     json_t *e = json_object_get(o, k);
     if (!e || json_is_null(e)) return 0;
-    if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > (1 << 30))
-        return b2__err(err, BLIP2_EFORMAT, "%s: field '%s' must be a non-negative integer", path, k);
-    *v = (int)json_integer_value(e);
+    const int good = t == K_INT ? json_is_integer(e) && json_integer_value(e) >= 0 && json_integer_value(e) <= (1 << 30)
+                   : t == K_BOOL ? json_is_boolean(e) : json_is_number(e);
+    if (!good) return b2__err(err, BLIP2_EFORMAT, "%s: field '%s' must be %s", path, k, must[t]);
+    if (t == K_INT) *(int *)v = (int)json_integer_value(e);
+    else if (t == K_BOOL) *(int *)v = json_is_true(e);
+    else *(float *)v = (float)json_number_value(e);
     return 0;
+}
+
+static int get_int(json_t *o, const char *k, int *v, const char *path, blip2_error *err)
+{
+    return get_member(o, k, K_INT, v, path, err);
 }
 
 static int get_bool(json_t *o, const char *k, int *v, const char *path, blip2_error *err)
 {
-    json_t *e = json_object_get(o, k);
-    if (!e || json_is_null(e)) return 0;
-    if (!json_is_boolean(e))
-        return b2__err(err, BLIP2_EFORMAT, "%s: field '%s' must be true or false", path, k);
-    *v = json_is_true(e);
-    return 0;
+    return get_member(o, k, K_BOOL, v, path, err);
 }
 
 static int get_float(json_t *o, const char *k, float *v, const char *path, blip2_error *err)
 {
-    json_t *e = json_object_get(o, k);
-    if (!e || json_is_null(e)) return 0;
-    if (!json_is_number(e))
-        return b2__err(err, BLIP2_EFORMAT, "%s: field '%s' must be a number", path, k);
-    *v = (float)json_number_value(e);
-    return 0;
+    return get_member(o, k, K_FLOAT, v, path, err);
 }
 
 static int get_act(json_t *o, const char *k, b2_act *v, const char *path, blip2_error *err)

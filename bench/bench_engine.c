@@ -260,18 +260,6 @@ static double mem_rate(b2b_read_fn fn, const float *buf, size_t n, int nt)
     return b2b_median(v, 3);
 }
 
-static void print_load(const char *when)
-{
-    FILE *f = fopen("/proc/loadavg", "r");
-    char buf[128] = "?";
-    if (f) {
-        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
-        fclose(f);
-    }
-    buf[strcspn(buf, "\n")] = 0;
-    printf("load average %s: %s\n", when, buf);
-}
-
 /* --limits-only: sgemm at each ViT-g shape (both weight layouts) and the
  * memory read, without a model. */
 static int limits_only(const opts *o, b2b_read_fn rfn, const char *rname, int nt)
@@ -362,7 +350,7 @@ int main(int argc, char **argv)
                rss_kib("VmRSS:") / 1048576.0, rss_kib("VmHWM:") / 1048576.0, c->v_layers, Dv, T, c->v_inter,
                c->q_layers, c->q_hidden, c->t_layers, D, c->t_ffn, V);
 
-    print_load("before");
+    b2b_print_load("before");
 
     /* prompt */
     int32_t *ids = NULL;
@@ -613,7 +601,7 @@ int main(int argc, char **argv)
         char rep[8192];
         if (b2__dnnl_report(rep, sizeof rep) > 0) printf("products on the math backend:\n%s", rep);
     }
-    print_load("after");
+    b2b_print_load("after");
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
     free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);

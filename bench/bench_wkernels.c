@@ -201,12 +201,9 @@ int main(int argc, char **argv)
         }
     }
     if (nimpl < 1) { usage(stderr); return 2; }
-    double la[3] = {0};
-    FILE *lf = fopen("/proc/loadavg", "r");
-    if (lf) { if (fscanf(lf, "%lf %lf %lf", &la[0], &la[1], &la[2]) != 3) la[0] = -1; fclose(lf); }
     printf("bench_wkernels: products %s%s, %d threads, memory read %s over %.1f GiB, load average %.2f\n",
            impl_arg ? impl_arg : b2__wkernels_name(), impl_arg && !strcmp(impl_arg, "all") ? " runnable here" : "", threads,
-           rname, mem_gib, la[0]);
+           rname, mem_gib, b2b_loadavg());
 
     for (int s = 0; s < nset; s++) pass(impls[0], &sets[s], y, x, 1); /* warm up */
     /* one configuration = (implementation, batch, prefetch distance);
@@ -281,9 +278,7 @@ int main(int argc, char **argv)
             printf("q4_0 vs q8_0, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
                    batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
         }
-    lf = fopen("/proc/loadavg", "r");
-    if (lf) { if (fscanf(lf, "%lf", &la[0]) != 1) la[0] = -1; fclose(lf); }
-    printf("load average after: %.2f\n", la[0]);
+    printf("load average after: %.2f\n", b2b_loadavg());
     for (int s = 0; s < nset; s++) wset_free(&sets[s]);
     free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vsbf); free(vs8);
     return 0;

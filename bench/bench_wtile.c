@@ -43,17 +43,6 @@ static double run(const b2_linear *l, float *y, const float *x, int n)
     return b2b_median(t, 5);
 }
 
-static void loadavg(const char *when)
-{
-    FILE *f = fopen("/proc/loadavg", "r");
-    char b[64] = "?";
-    if (f) {
-        if (!fgets(b, sizeof b, f)) b[0] = 0;
-        fclose(f);
-    }
-    printf("load average %s: %s", when, b);
-}
-
 int main(int argc, char **argv)
 {
     int n = 257, rounds = 15, sweep = 0, m = 6144, k = 1408;
@@ -84,7 +73,7 @@ int main(int argc, char **argv)
     const double gf = 2.0 * n * m * k * 1e-9;
     printf("rows %d, W %dx%d, kernels %s, tile %d rows, %d rounds\n", n, m, k, b2__wkernels_name(),
            b2__wtile_rows, rounds);
-    loadavg("before");
+    b2b_print_load("before");
     double *tl = malloc(sizeof(double) * 4 * rounds), *tc = malloc(sizeof(double) * 4 * rounds);
     double *ratio = malloc(sizeof(double) * 4 * rounds);
     for (int ti = 0; ti < 4; ti++) b2__linear(y, x, n, &l[ti]); /* warm */
@@ -99,7 +88,7 @@ int main(int argc, char **argv)
         }
         for (int ti = 0; ti < 4; ti++) ratio[ti * rounds + r] = tl[ti * rounds + r] / tl[r];
     }
-    loadavg("after");
+    b2b_print_load("after");
     printf("type   product ms  GFLOP/s  vs f32 (median of per-round ratios)  convert W ms (1 thread)  GB/s of W read\n");
     for (int ti = 0; ti < 4; ti++) {
         const double t = b2b_median(tl + ti * rounds, rounds), c = b2b_median(tc + ti * rounds, rounds);

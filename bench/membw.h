@@ -1,6 +1,7 @@
 /*
- * membw.h - what the benchmarks share: a monotonic clock, medians, and the
- * machine's memory-read rate (the limit a decode step is held against).
+ * membw.h - what the benchmarks share: a monotonic clock, medians, the host
+ * load (beside every figure), and the machine's memory-read rate (the limit
+ * a decode step is held against).
  *
  *   b2b_pick_read: the widest read loop the CPU runs (AVX-512, AVX2 or
  *   portable, several independent accumulators so that the adds never
@@ -19,6 +20,11 @@ double b2b_now(void);
 double b2b_median(const double *v, int n);
 /* Sorts v[0..n-1] ascending (for the min and max next to a median). */
 void b2b_sort(double *v, int n);
+
+/* The 1-minute load average (/proc/loadavg), -1 when it cannot be read. */
+double b2b_loadavg(void);
+/* Prints "load average WHEN: " and the /proc/loadavg line ("?" without it). */
+void b2b_print_load(const char *when);
 
 /* Sums n floats (n a multiple of 64, p 64-byte aligned). */
 typedef float (*b2b_read_fn)(const float *p, size_t n);

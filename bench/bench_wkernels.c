@@ -214,8 +214,7 @@ int main(int argc, char **argv)
     double *ms = calloc((size_t)nset * ncfg * rounds, sizeof(double));
     double *ratio = calloc((size_t)nset * ncfg * rounds, sizeof(double));
     double *mem = calloc((size_t)rounds * (nset * ncfg + 1), sizeof(double));
-    double *vsbf = calloc((size_t)ncfg * rounds, sizeof(double));
-    double *vs8 = calloc((size_t)ncfg * rounds, sizeof(double)); /* q4_0 vs q8_0 */
+    double *vs = calloc((size_t)rounds, sizeof(double)); /* one configuration's per-round ratios */
     int nmem_meas = 0;
     for (int r = 0; r < rounds; r++) {
         double before = b2b_mem_pass(rfn, buf, nmem, threads);
@@ -236,22 +235,12 @@ int main(int argc, char **argv)
     const double memmed = b2b_median(mem, nmem_meas);
     printf("memory read: median %.1f GB/s over %d measurements (%.1f .. %.1f)\n", memmed, nmem_meas, mem[0],
            mem[nmem_meas - 1]);
-    /* q8_0 against bf16 in the same round and configuration, before the
-     * medians reorder ms */
     int sbf = -1, sq8 = -1, sq4 = -1;
     for (int s = 0; s < nset; s++) {
         if (sets[s].t == B2_WT_BF16) sbf = s;
         if (sets[s].t == B2_WT_Q8_0) sq8 = s;
         if (sets[s].t == B2_WT_Q4_0) sq4 = s;
     }
-    if (sq8 >= 0 && sq4 >= 0)
-        for (int c = 0; c < ncfg; c++)
-            for (int r = 0; r < rounds; r++)
-                vs8[(size_t)c * rounds + r] = ms[((size_t)sq8 * ncfg + c) * rounds + r] / ms[((size_t)sq4 * ncfg + c) * rounds + r];
-    if (sbf >= 0 && sq8 >= 0)
-        for (int c = 0; c < ncfg; c++)
-            for (int r = 0; r < rounds; r++)
-                vsbf[(size_t)c * rounds + r] = ms[((size_t)sbf * ncfg + c) * rounds + r] / ms[((size_t)sq8 * ncfg + c) * rounds + r];
     printf("%-5s %-11s %5s %8s %9s %10s %10s %9s %9s\n", "type", "impl", "batch", "prefetch", "GB/pass", "ms/pass",
            "ms/token", "GB/s", "of mem");
     for (int s = 0; s < nset; s++)
@@ -262,24 +251,20 @@ int main(int argc, char **argv)
                    CFG_IMPL(c) ? CFG_IMPL(c) : b2__wkernels_name_for(sets[s].t), CFG_BATCH(c), pfs[c % npf],
                    sets[s].bytes / 1e9, t, t / CFG_BATCH(c), sets[s].bytes / (t * 1e-3) / 1e9, 100 * q);
         }
-    if (sbf >= 0 && sq8 >= 0)
-        for (int c = 0; c < ncfg; c++) {
-            double *v = vsbf + (size_t)c * rounds;
-            b2b_sort(v, rounds);
-            const double med = b2b_median(v, rounds);
-            printf("q8_0 vs bf16, %s, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
-                   CFG_IMPL(c) ? CFG_IMPL(c) : "default", CFG_BATCH(c), pfs[c % npf], med, v[0], v[rounds - 1]);
-        }
-    if (sq8 >= 0 && sq4 >= 0)
-        for (int c = 0; c < ncfg; c++) {
-            double *v = vs8 + (size_t)c * rounds;
-            b2b_sort(v, rounds);
-            const double med = b2b_median(v, rounds);
-            printf("q4_0 vs q8_0, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
-                   batches[c / npf], pfs[c % npf], med, v[0], v[rounds - 1]);
+    /* q8_0 against bf16 and q4_0 against q8_0, each in the same round and
+     * configuration: the median and range of the per-round ratios */
+    const struct { int slow, fast; const char *what; } cmp[] = {{sbf, sq8, "q8_0 vs bf16"}, {sq8, sq4, "q4_0 vs q8_0"}};
+    for (size_t k = 0; k < sizeof cmp / sizeof cmp[0]; k++)
+        for (int c = 0; cmp[k].slow >= 0 && cmp[k].fast >= 0 && c < ncfg; c++) {
+            for (int r = 0; r < rounds; r++)
+                vs[r] = ms[((size_t)cmp[k].slow * ncfg + c) * rounds + r] / ms[((size_t)cmp[k].fast * ncfg + c) * rounds + r];
+            b2b_sort(vs, rounds);
+            printf("%s, %s, batch %d, prefetch %d: %.2fx faster (median of the per-round ratios; %.2f .. %.2f)\n",
+                   cmp[k].what, CFG_IMPL(c) ? CFG_IMPL(c) : "default", CFG_BATCH(c), pfs[c % npf],
+                   b2b_median(vs, rounds), vs[0], vs[rounds - 1]);
         }
     printf("load average after: %.2f\n", b2b_loadavg());
     for (int s = 0; s < nset; s++) wset_free(&sets[s]);
-    free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vsbf); free(vs8);
+    free(buf); free(x); free(y); free(ms); free(ratio); free(mem); free(vs);
     return 0;
 }

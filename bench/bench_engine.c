@@ -428,29 +428,28 @@ int main(int argc, char **argv)
 
     /* Each stage is bracketed by limit measurements; its ratio uses the
      * mean of the two, so a change of the host's speed during a round
-     * shifts stage and limit alike. */
+     * shifts stage and limit alike.  Every measurement is also kept for
+     * the limits' medians. */
+#define SGEMM_LIMIT() (lim_gf[nlim_gf++] = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k))
+#define MEM_LIMIT() (lim_gb[nlim_gb++] = mem_rate(rfn, mem, mem_n, nt))
     for (int r = 0; r < R; r++) {
         double gf0, gf1;
         if (o.do_vision) {
-            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf0 = SGEMM_LIMIT();
             double a = b2b_now();
             if (b2__vision_forward(m, px, 1, vis, pooled, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
             tm[S_VISION][r] = b2b_now() - a;
-            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf1 = SGEMM_LIMIT();
             ratio[S_VISION][r] = f_vis / tm[S_VISION][r] / 1e9 / (0.5 * (gf0 + gf1));
-            lim_gf[nlim_gf++] = gf0;
-            lim_gf[nlim_gf++] = gf1;
         }
         if (o.do_qformer) {
-            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf0 = SGEMM_LIMIT();
             double a = b2b_now();
             if (b2__qformer_forward(m, vis, 1, qf, &err) < 0) { fprintf(stderr, "%s\n", err.text); return 1; }
             b2__linear(qemb, qf, Q, &m->proj);
             tm[S_QFORMER][r] = b2b_now() - a;
-            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf1 = SGEMM_LIMIT();
             ratio[S_QFORMER][r] = f_qf / tm[S_QFORMER][r] / 1e9 / (0.5 * (gf0 + gf1));
-            lim_gf[nlim_gf++] = gf0;
-            lim_gf[nlim_gf++] = gf1;
         }
         if (o.do_lm) {
             int seq[1024], pos[1024];
@@ -461,7 +460,7 @@ int main(int argc, char **argv)
             if (t5) b2__t5_embed(m, ids, (int)L, emb + (size_t)Q * D);
             else b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
             for (int i = 0; i < rows; i++) { seq[i] = 0; pos[i] = i; }
-            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf0 = SGEMM_LIMIT();
             double a = b2b_now();
             if (t5) {
                 b2__t5_encode(m, emb, rows, enc, escr);
@@ -473,14 +472,12 @@ int main(int argc, char **argv)
                 tok = argmax(logits, V);
             }
             tm[S_PREFILL][r] = b2b_now() - a;
-            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
+            gf1 = SGEMM_LIMIT();
             ratio[S_PREFILL][r] = f_pre / tm[S_PREFILL][r] / 1e9 / (0.5 * (gf0 + gf1));
-            lim_gf[nlim_gf++] = gf0;
-            lim_gf[nlim_gf++] = gf1;
             kv.len = t5 ? 0 : rows;
             for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv);
             for (int i = 0; i < B; i++) toks[i] = tok;
-            double gb0 = mem_rate(rfn, mem, mem_n, nt);
+            double gb0 = MEM_LIMIT();
             for (int st = 0; st < o.steps; st++) {
                 a = b2b_now();
                 pos[0] = kv.len;
@@ -506,19 +503,17 @@ int main(int argc, char **argv)
                 kv.len++;
                 for (int i = 1; i < B; i++) kvb[i].len = kv.len;
             }
-            double gb1 = mem_rate(rfn, mem, mem_n, nt);
+            double gb1 = MEM_LIMIT();
             tm[S_DECODE][r] = b2b_median(dstep, o.steps);
             ratio[S_DECODE][r] = b2b_median(dbw, o.steps) / (0.5 * (gb0 + gb1));
-            lim_gb[nlim_gb++] = gb0;
-            lim_gb[nlim_gb++] = gb1;
         }
         if (o.do_caption) {
             blip2_gen_params gp;
             blip2_gen_params_default(&gp);
             gp.max_new_tokens = gp.min_new_tokens = o.steps;
             blip2_result res = {0};
-            gf0 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double gb0 = mem_rate(rfn, mem, mem_n, nt);
+            gf0 = SGEMM_LIMIT();
+            double gb0 = MEM_LIMIT();
             double a = b2b_now();
             if ((o.image && blip2_preprocess_file(m, o.image, NULL, pxc, &err) < 0) ||
                 blip2_encode_image(m, o.image ? pxc : px, 1, cq, NULL, &err) < 0 ||
@@ -527,8 +522,8 @@ int main(int argc, char **argv)
                 return 1;
             }
             tm[S_CAPTION][r] = b2b_now() - a;
-            gf1 = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k);
-            double gb1 = mem_rate(rfn, mem, mem_n, nt);
+            gf1 = SGEMM_LIMIT();
+            double gb1 = MEM_LIMIT();
             /* the returned ids are [bos or decoder start] + the new tokens */
             cap_new = (int)res.seqs[0].n_ids - 1;
             if (!cap_text) cap_text = strdup(res.seqs[0].text ? res.seqs[0].text : "");
@@ -542,10 +537,6 @@ int main(int argc, char **argv)
                 id += (t5 ? t5_decode_bytes(c, k, crow) : decode_bytes(c, crow + k - 1)) / b;
             ideal[r] = id;
             ratio[S_CAPTION][r] = id / tm[S_CAPTION][r];
-            lim_gf[nlim_gf++] = gf0;
-            lim_gf[nlim_gf++] = gf1;
-            lim_gb[nlim_gb++] = gb0;
-            lim_gb[nlim_gb++] = gb1;
         }
         if (o.verbose) {
             printf("round %d:", r + 1);
@@ -560,6 +551,8 @@ int main(int argc, char **argv)
         }
     }
 
+#undef SGEMM_LIMIT
+#undef MEM_LIMIT
     const double gf = b2b_median(lim_gf, nlim_gf), gb = b2b_median(lim_gb, nlim_gb);
     printf("\nlimits (medians of %d and %d measurements, each right before or after a stage):\n", nlim_gf, nlim_gb);
     printf("  sgemm %dx%d @ (%dx%d)^T, %d threads     %8.1f GFLOP/s\n", sg_m, sg_k, sg_n, sg_k, nt, gf);

@@ -207,44 +207,40 @@ static void test_bad_files(const char *tokdir)
                       "/nonexistent/blip2-tokenizer/vocab.json",
                       "missing directory -> EIO naming the path");
 
-    write_str(dir, "vocab.json", "{\"a\": 0, \"b\": ");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "truncated vocab.json -> EFORMAT naming the file");
-    write_str(dir, "vocab.json", "[1, 2]");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "vocab.json not an object -> EFORMAT");
-    write_str(dir, "vocab.json", "{\"a\": \"0\"}");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "vocab.json string id -> EFORMAT");
-    write_str(dir, "vocab.json", "{\"a\": -1}");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "vocab.json negative id -> EFORMAT");
-    write_str(dir, "vocab.json", "{\"a\": 0, \"b\": 0}");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "vocab.json duplicate id -> EFORMAT");
-    write_str(dir, "vocab.json", "{\"a\": 0, \"b\": 99999999}");
-    expect_load_error(dir, BLIP2_EFORMAT, "vocab.json",
-                      "vocab.json absurd id -> EFORMAT");
-
-    write_str(dir, "vocab.json", "{\"a\": 0, \"b\": 1}");
-    expect_load_error(dir, BLIP2_EIO, "merges.txt",
-                      "missing merges.txt -> EIO naming the file");
-    write_str(dir, "merges.txt", "#version: 0.2\na \xff\n");
-    expect_load_error(dir, BLIP2_EFORMAT, "merges.txt",
-                      "merges.txt with invalid UTF-8 -> EFORMAT");
-
-    copy_file(tokdir, dir, "vocab.json");
-    copy_file(tokdir, dir, "merges.txt");
-    write_str(dir, "tokenizer_config.json", "{\"add_bos_token\": tru");
-    expect_load_error(dir, BLIP2_EFORMAT, "tokenizer_config.json",
-                      "malformed tokenizer_config.json -> EFORMAT naming it");
-    write_str(dir, "tokenizer_config.json", "{\"add_bos_token\": \"yes\"}");
-    expect_load_error(dir, BLIP2_EFORMAT, "add_bos_token",
-                      "non-boolean add_bos_token -> EFORMAT");
-    write_str(dir, "tokenizer_config.json", "{}");
-    write_str(dir, "special_tokens_map.json", "{\"bos_token\": 5}");
-    expect_load_error(dir, BLIP2_EFORMAT, "special_tokens_map.json",
-                      "bad special token -> EFORMAT naming the file");
+    /* vocab.json that does not load */
+    static const struct { const char *json, *name; } bad_vocab[] = {
+        {"{\"a\": 0, \"b\": ", "truncated vocab.json -> EFORMAT naming the file"},
+        {"[1, 2]", "vocab.json not an object -> EFORMAT"},
+        {"{\"a\": \"0\"}", "vocab.json string id -> EFORMAT"},
+        {"{\"a\": -1}", "vocab.json negative id -> EFORMAT"},
+        {"{\"a\": 0, \"b\": 0}", "vocab.json duplicate id -> EFORMAT"},
+        {"{\"a\": 0, \"b\": 99999999}", "vocab.json absurd id -> EFORMAT"},
+    };
+    for (size_t i = 0; i < sizeof bad_vocab / sizeof bad_vocab[0]; i++) {
+        write_str(dir, "vocab.json", bad_vocab[i].json);
+        expect_load_error(dir, BLIP2_EFORMAT, "vocab.json", bad_vocab[i].name);
+    }
+    /* then, in order, one file written (NULL text: the real one copied from
+     * tokdir) and, when named, the load refused with code and a message
+     * containing what; each file stays for the steps after it */
+    static const struct { const char *file, *text; int code; const char *what, *name; } steps[] = {
+        {"vocab.json", "{\"a\": 0, \"b\": 1}", BLIP2_EIO, "merges.txt", "missing merges.txt -> EIO naming the file"},
+        {"merges.txt", "#version: 0.2\na \xff\n", BLIP2_EFORMAT, "merges.txt", "merges.txt with invalid UTF-8 -> EFORMAT"},
+        {"vocab.json", NULL, 0, NULL, NULL},
+        {"merges.txt", NULL, 0, NULL, NULL},
+        {"tokenizer_config.json", "{\"add_bos_token\": tru", BLIP2_EFORMAT, "tokenizer_config.json",
+         "malformed tokenizer_config.json -> EFORMAT naming it"},
+        {"tokenizer_config.json", "{\"add_bos_token\": \"yes\"}", BLIP2_EFORMAT, "add_bos_token",
+         "non-boolean add_bos_token -> EFORMAT"},
+        {"tokenizer_config.json", "{}", 0, NULL, NULL},
+        {"special_tokens_map.json", "{\"bos_token\": 5}", BLIP2_EFORMAT, "special_tokens_map.json",
+         "bad special token -> EFORMAT naming the file"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        if (steps[i].text) write_str(dir, steps[i].file, steps[i].text);
+        else copy_file(tokdir, dir, steps[i].file);
+        if (steps[i].name) expect_load_error(dir, steps[i].code, steps[i].what, steps[i].name);
+    }
 
     /* Only vocab.json and merges.txt: GPT2Tokenizer's defaults. */
     char path[1024];

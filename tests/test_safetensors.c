@@ -34,6 +34,12 @@ static void put_st(const char *name, const char *hdr, uint64_t hlen_field, size_
     free(buf);
 }
 
+/* Header text of tensor "w" with that dtype, shape and data_offsets (JSON
+ * text), and a whole header of it alone. */
+#define ENTRY(dtype, shape, offsets) \
+    "\"w\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":" offsets "}"
+#define ONE_ENTRY(dtype, shape, offsets) "{" ENTRY(dtype, shape, offsets) "}"
+
 static int open_fails(const char *name, int code, const char *needle)
 {
     char p[256];
@@ -89,38 +95,34 @@ int main(void)
     /* corrupt files */
     put("short", "abc", 3);
     ok(open_fails("short", BLIP2_EFORMAT, "too short"), "3-byte file refused");
-    put_st("hlen_huge", "{}", (uint64_t)1 << 62, 0);
-    ok(open_fails("hlen_huge", BLIP2_EFORMAT, "header length"), "header length beyond the file refused");
-    put_st("hlen_zero", "{}", 0, 0);
-    ok(open_fails("hlen_zero", BLIP2_EFORMAT, "header length"), "zero header length refused");
-    put_st("badjson", "{\"a\": [1, 2", 11, 0);
-    ok(open_fails("badjson", BLIP2_EFORMAT, "bad safetensors header"), "broken JSON refused");
-    put_st("notobj", "[1, 2, 3]", 9, 0);
-    ok(open_fails("notobj", BLIP2_EFORMAT, "not an object"), "non-object header refused");
-    const char *h1 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
-    put_st("trunc", h1, strlen(h1), 8);
-    ok(open_fails("trunc", BLIP2_EFORMAT, "beyond end of file"), "data beyond the end refused");
-    const char *h2 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,12]}}";
-    put_st("count", h2, strlen(h2), 16);
-    ok(open_fails("count", BLIP2_EFORMAT, "12 bytes for 4 elements"), "byte count != shape refused");
-    const char *h3 = "{\"w\":{\"dtype\":\"F33\",\"shape\":[4],\"data_offsets\":[0,16]}}";
-    put_st("dtype", h3, strlen(h3), 16);
-    ok(open_fails("dtype", BLIP2_EFORMAT, "unknown dtype"), "unknown dtype refused");
-    const char *h4 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}";
-    put_st("negshape", h4, strlen(h4), 16);
-    ok(open_fails("negshape", BLIP2_EFORMAT, "bad shape"), "negative dimension refused");
-    const char *h5 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,0]}}";
-    put_st("order", h5, strlen(h5), 16);
-    ok(open_fails("order", BLIP2_EFORMAT, "bad data_offsets"), "reversed offsets refused");
-    const char *h6 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,16]}}";
-    put_st("overflow", h6, strlen(h6), 16);
-    ok(open_fails("overflow", BLIP2_EFORMAT, "shape"), "overflowing shape refused");
-    const char *h7 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
-    put_st("dup", h7, strlen(h7), 16);
-    ok(open_fails("dup", BLIP2_EFORMAT, "bad safetensors header"), "duplicate names refused");
-    const char *h8 = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4]}}";
-    put_st("nooff", h8, strlen(h8), 16);
-    ok(open_fails("nooff", BLIP2_EFORMAT, "bad header entry"), "missing data_offsets refused");
+    /* headers refused as a whole: the length field (-1: the header's
+     * length), the header, the bytes after it */
+    static const struct { const char *name, *hdr; int64_t hlen; size_t ndata; const char *needle, *what; } bad_hdr[] = {
+        {"hlen_huge", "{}", (int64_t)1 << 62, 0, "header length", "header length beyond the file refused"},
+        {"hlen_zero", "{}", 0, 0, "header length", "zero header length refused"},
+        {"badjson", "{\"a\": [1, 2", -1, 0, "bad safetensors header", "broken JSON refused"},
+        {"notobj", "[1, 2, 3]", -1, 0, "not an object", "non-object header refused"},
+        {"dup", "{" ENTRY("F32", "[4]", "[0,16]") "," ENTRY("F32", "[4]", "[0,16]") "}", -1, 16, "bad safetensors header", "duplicate names refused"},
+        {"nooff", "{\"w\":{\"dtype\":\"F32\",\"shape\":[4]}}", -1, 16, "bad header entry", "missing data_offsets refused"},
+    };
+    for (size_t i = 0; i < sizeof bad_hdr / sizeof bad_hdr[0]; i++) {
+        const uint64_t hlen = bad_hdr[i].hlen < 0 ? strlen(bad_hdr[i].hdr) : (uint64_t)bad_hdr[i].hlen;
+        put_st(bad_hdr[i].name, bad_hdr[i].hdr, hlen, bad_hdr[i].ndata);
+        ok(open_fails(bad_hdr[i].name, BLIP2_EFORMAT, bad_hdr[i].needle), "%s", bad_hdr[i].what);
+    }
+    /* one tensor "w" with a wrong entry, and the data bytes after the header */
+    static const struct { const char *name, *hdr; size_t ndata; const char *needle, *what; } bad_entry[] = {
+        {"trunc", ONE_ENTRY("F32", "[4]", "[0,16]"), 8, "beyond end of file", "data beyond the end refused"},
+        {"count", ONE_ENTRY("F32", "[4]", "[0,12]"), 16, "12 bytes for 4 elements", "byte count != shape refused"},
+        {"dtype", ONE_ENTRY("F33", "[4]", "[0,16]"), 16, "unknown dtype", "unknown dtype refused"},
+        {"negshape", ONE_ENTRY("F32", "[-4]", "[0,16]"), 16, "bad shape", "negative dimension refused"},
+        {"order", ONE_ENTRY("F32", "[4]", "[16,0]"), 16, "bad data_offsets", "reversed offsets refused"},
+        {"overflow", ONE_ENTRY("F32", "[1099511627776,1099511627776]", "[0,16]"), 16, "shape", "overflowing shape refused"},
+    };
+    for (size_t i = 0; i < sizeof bad_entry / sizeof bad_entry[0]; i++) {
+        put_st(bad_entry[i].name, bad_entry[i].hdr, strlen(bad_entry[i].hdr), bad_entry[i].ndata);
+        ok(open_fails(bad_entry[i].name, BLIP2_EFORMAT, bad_entry[i].needle), "%s", bad_entry[i].what);
+    }
     ok(open_fails("does-not-exist", BLIP2_EIO, "No such file"), "missing file is an I/O error");
     ok(open_fails(".", BLIP2_EIO, "not a regular file"), "a directory is refused");
 

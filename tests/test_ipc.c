@@ -12,6 +12,7 @@
  */
 #include "tap.h"
 #include "blip2ipc.h"
+#include "status_fixture.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -193,39 +194,14 @@ static void test_request_roundtrips(void)
     msgpack_sbuffer_destroy(&sb2);
 }
 
+/* tests/status_fixture.h's status, with an uptime past 32 bits (a uint64 on
+ * the wire) */
 static void fill_status(b2ipc_reply *rp)
 {
     b2ipc_reply_init(rp, B2IPC_REPLY_STATUS);
     rp->id = 77;
-    b2ipc_status *s = &rp->status;
-    s->version = "0.1.0";
-    s->protocol = 1;
-    s->uptime_ms = 123456789012ull;
-    s->model.path = "/var/lib/blip2/blip2-opt-2.7b.gguf";
-    s->model.name = "blip2-opt-2.7b";
-    s->model.family = "opt";
-    s->model.dtype = "bf16";
-    s->config.image_size = 224;
-    s->config.vision_layers = 39;
-    s->config.vision_hidden = 1408;
-    s->config.qformer_layers = 12;
-    s->config.num_query_tokens = 32;
-    s->config.text_layers = 32;
-    s->config.text_hidden = 2560;
-    s->config.vocab_size = 50272;
-    s->config.max_positions = 2048;
-    s->queue_depth = 3;
-    s->active = 2;
-    s->max_queue = 64;
-    s->max_batch = 8;
-    s->connections = 5;
-    s->threads = 2;
-    s->requests_total = 1000;
-    s->cache.hits = 11;
-    s->cache.misses = 12;
-    s->cache.entries = 13;
-    s->cache.bytes = 14;
-    s->cache.capacity_bytes = 15;
+    status_fixture(&rp->status);
+    rp->status.uptime_ms = 123456789012ull;
 }
 
 static bool status_equal(const b2ipc_status *a, const b2ipc_status *b)

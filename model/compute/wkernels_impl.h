@@ -61,6 +61,14 @@ typedef struct b2_wimpl {
         }                                                                   \
     } while (0)
 
+/* NAME: fp_rows_t (B2_FP_ROWS) with the weight type T a constant. */
+#define B2_FP_TYPED(ATTR, NAME, T)                                                                  \
+    ATTR static void NAME(float *y, int ldy, const float *x, int ldx, const unsigned char *w,       \
+                          size_t rb, int n, int m, int k)                                           \
+    {                                                                                               \
+        fp_rows_t(y, ldy, x, ldx, w, rb, T, n, m, k);                                               \
+    }
+
 /* The f32/f16/bf16 entry point of a SIMD file (b2_wimpl.fp), named fp_rows:
  * one driver per type with t a constant (so fp_tile, the file's own,
  * is specialised for it), chosen by t.  ATTR: the file's target
@@ -71,21 +79,9 @@ typedef struct b2_wimpl {
     {                                                                                               \
         B2_WTILES(m, n, TR, TN, FP_TILE);                                                           \
     }                                                                                               \
-    ATTR static void fp_f32(float *y, int ldy, const float *x, int ldx, const unsigned char *w,     \
-                            size_t rb, int n, int m, int k)                                         \
-    {                                                                                               \
-        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F32, n, m, k);                                       \
-    }                                                                                               \
-    ATTR static void fp_f16(float *y, int ldy, const float *x, int ldx, const unsigned char *w,     \
-                            size_t rb, int n, int m, int k)                                         \
-    {                                                                                               \
-        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_F16, n, m, k);                                       \
-    }                                                                                               \
-    ATTR static void fp_bf16(float *y, int ldy, const float *x, int ldx, const unsigned char *w,    \
-                             size_t rb, int n, int m, int k)                                        \
-    {                                                                                               \
-        fp_rows_t(y, ldy, x, ldx, w, rb, B2_WT_BF16, n, m, k);                                      \
-    }                                                                                               \
+    B2_FP_TYPED(ATTR, fp_f32, B2_WT_F32)                                                            \
+    B2_FP_TYPED(ATTR, fp_f16, B2_WT_F16)                                                            \
+    B2_FP_TYPED(ATTR, fp_bf16, B2_WT_BF16)                                                          \
     static void fp_rows(float *y, int ldy, const float *x, int ldx, const unsigned char *w,         \
                         size_t rb, b2_wtype t, int n, int m, int k)                                 \
     {                                                                                               \

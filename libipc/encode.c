@@ -49,6 +49,33 @@ static bool b2ipc__present(const b2ipc__field *f, const void *root)
 static int b2ipc__pack_fields(msgpack_packer *pk, const b2ipc__schema *s,
                               const void *root);
 
+/* Item i of the counted field f: a string of a string array, a tensor's
+ * name and {dtype, shape, data}, or a sequence's text, ids or finish. */
+static int b2ipc__pack_item(msgpack_packer *pk, const b2ipc__field *f, const void *root, uint32_t i)
+{
+    if (f->kind == B2IPC__K_STRARR) return b2ipc__pack_cstr(pk, (*AT(root, f->off, const char *const *const))[i]);
+    if (f->kind == B2IPC__K_TENSORS) {
+        const b2ipc_tensor *t = &(*AT(root, f->off, const b2ipc_tensor *const))[i];
+        if (b2ipc__pack_cstr(pk, t->name) < 0 || msgpack_pack_map(pk, 3) < 0 ||
+            b2ipc__pack_cstr(pk, "dtype") < 0 || b2ipc__pack_cstr(pk, t->dtype) < 0 ||
+            b2ipc__pack_cstr(pk, "shape") < 0 || msgpack_pack_array(pk, t->ndim) < 0)
+            return -1;
+        for (uint32_t k = 0; k < t->ndim; k++)
+            if (msgpack_pack_uint64(pk, t->shape[k]) < 0) return -1;
+        if (b2ipc__pack_cstr(pk, "data") < 0 || msgpack_pack_bin(pk, t->data_len) < 0 ||
+            (t->data_len && msgpack_pack_bin_body(pk, t->data, t->data_len) < 0))
+            return -1;
+        return 0;
+    }
+    const b2ipc_seq *q = &(*AT(root, f->off, const b2ipc_seq *const))[i];
+    if (f->kind == B2IPC__K_SEQ_TEXTS) return b2ipc__pack_str(pk, q->text ? q->text : "", q->text_len);
+    if (f->kind == B2IPC__K_SEQ_FINISH) return b2ipc__pack_cstr(pk, b2ipc_finish_name(q->finish));
+    if (msgpack_pack_array(pk, q->n_ids) < 0) return -1;
+    for (size_t k = 0; k < q->n_ids; k++)
+        if (msgpack_pack_uint32(pk, q->ids[k]) < 0) return -1;
+    return 0;
+}
+
 static int b2ipc__pack_value(msgpack_packer *pk, const b2ipc__field *f,
                              const void *root)
 {
@@ -73,14 +100,6 @@ static int b2ipc__pack_value(msgpack_packer *pk, const b2ipc__field *f,
         if (msgpack_pack_bin(pk, n) < 0) return -1;
         return n ? msgpack_pack_bin_body(pk, *AT(root, f->off, const uint8_t *const), n) : 0;
     }
-    case B2IPC__K_STRARR: {
-        const char *const *arr = *AT(root, f->off, const char *const *const);
-        uint32_t n = *AT(root, f->aux, const uint32_t);
-        if (msgpack_pack_array(pk, n) < 0) return -1;
-        for (uint32_t i = 0; i < n; i++)
-            if (b2ipc__pack_cstr(pk, arr[i]) < 0) return -1;
-        return 0;
-    }
     case B2IPC__K_MAP:
         return b2ipc__pack_fields(pk, f->sub, root);
     case B2IPC__K_CODE: {
@@ -88,42 +107,16 @@ static int b2ipc__pack_value(msgpack_packer *pk, const b2ipc__field *f,
         const char *nm = b2ipc_code_name(code);
         return b2ipc__pack_cstr(pk, nm ? nm : *AT(root, f->aux, const char *const));
     }
-    case B2IPC__K_TENSORS: {
-        const b2ipc_tensor *ts = *AT(root, f->off, const b2ipc_tensor *const);
-        uint32_t n = *AT(root, f->aux, const uint32_t);
-        if (msgpack_pack_map(pk, n) < 0) return -1;
-        for (uint32_t i = 0; i < n; i++) {
-            const b2ipc_tensor *t = &ts[i];
-            if (b2ipc__pack_cstr(pk, t->name) < 0 || msgpack_pack_map(pk, 3) < 0 ||
-                b2ipc__pack_cstr(pk, "dtype") < 0 || b2ipc__pack_cstr(pk, t->dtype) < 0 ||
-                b2ipc__pack_cstr(pk, "shape") < 0 || msgpack_pack_array(pk, t->ndim) < 0)
-                return -1;
-            for (uint32_t k = 0; k < t->ndim; k++)
-                if (msgpack_pack_uint64(pk, t->shape[k]) < 0) return -1;
-            if (b2ipc__pack_cstr(pk, "data") < 0 || msgpack_pack_bin(pk, t->data_len) < 0 ||
-                (t->data_len && msgpack_pack_bin_body(pk, t->data, t->data_len) < 0))
-                return -1;
-        }
-        return 0;
-    }
+    case B2IPC__K_STRARR:
+    case B2IPC__K_TENSORS:
     case B2IPC__K_SEQ_TEXTS:
     case B2IPC__K_SEQ_IDS:
     case B2IPC__K_SEQ_FINISH: {
-        const b2ipc_seq *seqs = *AT(root, f->off, const b2ipc_seq *const);
+        /* counted (aux: the count): an array of items, tensors a map */
         uint32_t n = *AT(root, f->aux, const uint32_t);
-        if (msgpack_pack_array(pk, n) < 0) return -1;
-        for (uint32_t i = 0; i < n; i++) {
-            const b2ipc_seq *q = &seqs[i];
-            if (f->kind == B2IPC__K_SEQ_TEXTS) {
-                if (b2ipc__pack_str(pk, q->text ? q->text : "", q->text_len) < 0) return -1;
-            } else if (f->kind == B2IPC__K_SEQ_FINISH) {
-                if (b2ipc__pack_cstr(pk, b2ipc_finish_name(q->finish)) < 0) return -1;
-            } else {
-                if (msgpack_pack_array(pk, q->n_ids) < 0) return -1;
-                for (size_t k = 0; k < q->n_ids; k++)
-                    if (msgpack_pack_uint32(pk, q->ids[k]) < 0) return -1;
-            }
-        }
+        if ((f->kind == B2IPC__K_TENSORS ? msgpack_pack_map(pk, n) : msgpack_pack_array(pk, n)) < 0) return -1;
+        for (uint32_t i = 0; i < n; i++)
+            if (b2ipc__pack_item(pk, f, root, i) < 0) return -1;
         return 0;
     }
     }

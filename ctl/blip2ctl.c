@@ -410,10 +410,13 @@ static void print_error_json(const char *image_name, const char *question,
                              const blip2c_error *e);
 
 /* A failure on stderr, and with --json as an {"error"} object on stdout. */
-static void report_error(const ctl *x, const char *image_name, const char *question, const blip2c_error *e)
+/* Tells e (with --json, also as an error object on stdout); the exit
+ * status for it. */
+static int report_error(const ctl *x, const char *image_name, const char *question, const blip2c_error *e)
 {
     if (x->json) print_error_json(image_name, question, e);
     b2cli_warn("%s", e->message);
+    return exit_for(e->code);
 }
 
 /* Checks every image before any work: a typo fails fast with status 2
@@ -1133,10 +1136,7 @@ static int cmd_status(ctl *x)
     connect_or_exit(x, NULL, 0, NULL);
     blip2c_status *s;
     blip2c_error err;
-    if (blip2c_status_get(x->conn, &s, &err) < 0) {
-        report_error(x, NULL, NULL, &err);
-        return exit_for(err.code);
-    }
+    if (blip2c_status_get(x->conn, &s, &err) < 0) return report_error(x, NULL, NULL, &err);
     const blip2c_info *in = blip2c_info_get(x->conn);
     if (x->json) {
         json_t *o = json_pack(
@@ -1289,10 +1289,7 @@ static int cmd_ping(ctl *x)
     connect_or_exit(x, NULL, 0, NULL);
     double rtt;
     blip2c_error err;
-    if (blip2c_ping(x->conn, &rtt, &err) < 0) {
-        report_error(x, NULL, NULL, &err);
-        return exit_for(err.code);
-    }
+    if (blip2c_ping(x->conn, &rtt, &err) < 0) return report_error(x, NULL, NULL, &err);
     const blip2c_info *in = blip2c_info_get(x->conn);
     if (x->json) {
         json_t *o = json_pack("{s:s, s:s, s:f}", "server", in->server, "socket",

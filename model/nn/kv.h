@@ -6,6 +6,8 @@
  * what the family's kv_dims (lm.h) says: OPT d_model, T5 heads * d_kv.
  * Slot p holds the keys and values of the sequence's position p.  The
  * forward passes write slots and read slots 0..p; only the caller moves len.
+ * T5's cross-attention keys and values of one request (t5.h) are a b2_kv
+ * too, shaped (dec_layers, encoder rows, H*d_kv), every slot filled.
  */
 #ifndef BLIP2_KV_H
 #define BLIP2_KV_H

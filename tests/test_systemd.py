@@ -122,7 +122,12 @@ ns.close()
 ssa = shutil.which("systemd-socket-activate")
 if ssa:
     path = os.path.join(TMP, "act.sock")
-    a = subprocess.Popen([ssa, "-l", path, BLIP2D, "--model", os.path.join(G, "opt-tiny"), "-q"],
+    # systemd-socket-activate passes on only the variables named with -E:
+    # the harness's weights cache settings (f32, its own folder), else the
+    # daemon would convert to the user's cache and compute in bf16
+    keep = [a for v in ("BLIP2_WEIGHTS_TYPE", "XDG_CACHE_HOME", "BLIP2_KERNELS_CACHE", "ASAN_OPTIONS",
+                        "UBSAN_OPTIONS") if v in os.environ for a in ("-E", v)]
+    a = subprocess.Popen([ssa, "-l", path] + keep + [BLIP2D, "--model", os.path.join(G, "opt-tiny"), "-q"],
                          stderr=subprocess.DEVNULL)
     for _ in range(200):
         if os.path.exists(path):

@@ -122,6 +122,8 @@ typedef struct blip2_convert_stats {
     int tensors;            /* written */
     int n_f32, n_f16, n_bf16, n_q8_0; /* tensors per stored type */
     int n_q4_0;
+    int n_int8;             /* matrices with int8 copies (BLIP2_CONVERT_INT8_VISION):
+                             * 3 more tensors each, counted in tensors only */
     uint64_t bytes;         /* size of the file */
     double seconds;
 } blip2_convert_stats;
@@ -141,6 +143,19 @@ typedef struct blip2_convert_stats {
  * never leaves a file at out.  cb and stats may be NULL. */
 int blip2_convert(const char *src, const char *out, const char *type, blip2_convert_cb cb,
                   void *ud, blip2_convert_stats *stats, blip2_error *err);
+
+/* blip2_convert_opt's flags.  BLIP2_CONVERT_INT8_VISION: the file also
+ * carries, for each vision layer's attention output projection and MLP
+ * (fc1, fc2), its weight quantised for int8 math as the loader would
+ * quantise it (s8 rows, an f32 scale and an i32 row sum per output
+ * channel), so that int8 math uses them in place from the shared mapping
+ * instead of a private copy per process (~720 MiB for blip2-opt-2.7b);
+ * about a quarter more file (docs/gguf.md "Math"). */
+#define BLIP2_CONVERT_INT8_VISION 1u
+
+/* blip2_convert with flags (0: blip2_convert); unknown flags: BLIP2_EINVAL. */
+int blip2_convert_opt(const char *src, const char *out, const char *type, unsigned flags, blip2_convert_cb cb,
+                      void *ud, blip2_convert_stats *stats, blip2_error *err);
 
 /* Shapes. */
 int blip2_image_size(const blip2_model *m);      /* H == W of pixel_values */

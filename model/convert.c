@@ -6,6 +6,11 @@
  *   one tensor at a time into OUT's temporary file -> fsync ->
  *   loaded back (b2__load_gguf_check: every check the loader makes) -> rename
  *
+ * With BLIP2_CONVERT_INT8_VISION each vision matrix of b2__int8_layer is
+ * followed by its int8 copy (packed.h): b2__quantize_s8 of the rows just
+ * written, the loader's own quantisation of the same stored bytes, so the
+ * copy in the file and one made at load are the same bits.
+ *
  * The metadata keys come from packed.c; the folder's tensors are opened by
  * weights.c.
  */
@@ -15,6 +20,7 @@
 #include "packed.h"
 #include "t5tok.h"
 #include "weights.h"
+#include "matmul_dnnl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,6 +66,29 @@ static int is_float(b2_dtype d) { return d == B2_F32 || d == B2_F16 || d == B2_B
 int blip2_convert(const char *src, const char *out, const char *type, blip2_convert_cb cb, void *ud,
                   blip2_convert_stats *stats, blip2_error *err)
 {
+    return blip2_convert_opt(src, out, type, 0, cb, ud, stats, err);
+}
+
+/* Declares matrix i's int8 tensors (packed.h) after its weight; 0 or a
+ * negative code. */
+static int declare_int8(b2_gguf_w *w, const b2_config *c, int i)
+{
+    char prefix[200], name[256];
+    int out, in;
+    b2__int8_layer(c, i, prefix, sizeof prefix, &out, &in);
+    const int64_t ne2[2] = {in, out}, ne1[1] = {out};
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_Q);
+    b2__gguf_w_tensor_t(w, name, B2_GGUF_TYPE_I8, 2, ne2);
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_SCALE);
+    b2__gguf_w_tensor_t(w, name, (uint32_t)B2_WT_F32, 1, ne1);
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_SUM);
+    const int rc = b2__gguf_w_tensor_t(w, name, B2_GGUF_TYPE_I32, 1, ne1);
+    return rc < 0 ? rc : 0;
+}
+
+int blip2_convert_opt(const char *src, const char *out, const char *type, unsigned flags, blip2_convert_cb cb,
+                      void *ud, blip2_convert_stats *stats, blip2_error *err)
+{
     const double t0 = now_s();
     char p[4096], tmp[4096];
     b2_wtype want;
@@ -69,9 +98,15 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     unsigned char *obuf = NULL;
     b2_gguf_w *w = NULL;
     const b2_tensor **list = NULL;
+    int *i8 = NULL;          /* per list entry: its b2__int8_layer index, or -1 */
+    int8_t *q8 = NULL;       /* an int8 copy being written: (out, in) */
+    float *q8s = NULL;       /* its scales (out) */
+    int32_t *q8sum = NULL;   /* its row sums (out) */
+    const int int8 = (flags & BLIP2_CONVERT_INT8_VISION) != 0;
     tmp[0] = 0;
     if (stats) memset(stats, 0, sizeof *stats);
     if (!src || !out) return b2__err(err, BLIP2_EINVAL, "convert: no source or output given");
+    if (flags & ~BLIP2_CONVERT_INT8_VISION) return b2__err(err, BLIP2_EINVAL, "convert: unknown flags %#x", flags);
     if ((rc = b2__wtype_parse(type, &want, err)) < 0) return rc;
     struct stat st;
     if (stat(src, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -98,13 +133,18 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
                                             : want == B2_WT_Q8_0 ? 7 : want == B2_WT_Q4_0 ? 2 : 32);
     b2__gguf_w_u32(w, "general.quantization_version", 2);
     if ((rc = b2__packed_write_meta(w, m, src, err)) < 0) goto fail;
+    if (int8) b2__gguf_w_u32(w, B2_INT8_KEY, B2_INT8_SCHEME);
 
     /* every float tensor of every file, except a tied lm_head and T5's
      * copies of shared (encoder/decoder.embed_tokens, never read) */
     int total = 0, n = 0;
     for (int i = 0; i < m->n_files; i++) total += b2__st_count(m->files[i]);
-    if (!(list = calloc((size_t)total + 1, sizeof *list))) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
-    size_t max_row = 1, max_bytes = 1;
+    if (!(list = calloc((size_t)total + 1, sizeof *list)) || !(i8 = calloc((size_t)total + 1, sizeof *i8))) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        goto fail;
+    }
+    size_t max_row = 1, max_bytes = 1, max_q8 = 0, max_q8_bytes = 0;
+    int n_int8 = 0;
     for (int i = 0; i < m->n_files; i++)
         for (int j = 0; j < b2__st_count(m->files[i]); j++) {
             const b2_tensor *t = b2__st_at(m->files[i], j);
@@ -127,6 +167,17 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
             if ((size_t)ne[0] > max_row) max_row = (size_t)ne[0];
             const size_t nb = b2__gguf_nbytes(tt, t->ndim, ne);
             if (nb > max_bytes) max_bytes = nb;
+            i8[n] = int8 ? b2__int8_find(&m->cfg, t->name) : -1;
+            if (i8[n] >= 0) {
+                if ((rc = declare_int8(w, &m->cfg, i8[n])) < 0) {
+                    rc = b2__err(err, rc, "%s: the int8 copy of '%s' cannot be stored", b2__st_path(m->files[i]),
+                                 t->name);
+                    goto fail;
+                }
+                if ((size_t)(b2__tensor_numel(t) / ne[0]) > max_q8) max_q8 = (size_t)(b2__tensor_numel(t) / ne[0]);
+                if ((size_t)b2__tensor_numel(t) > max_q8_bytes) max_q8_bytes = (size_t)b2__tensor_numel(t);
+                n_int8++;
+            }
             list[n++] = t;
             if (stats) {
                 stats->n_f32 += tt == B2_WT_F32;
@@ -136,6 +187,12 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
                 stats->n_q4_0 += tt == B2_WT_Q4_0;
             }
         }
+
+    if (int8 && n_int8 != b2__int8_count(&m->cfg)) {
+        rc = b2__err(err, BLIP2_EFORMAT, "%s: %d of the %d vision matrices for int8 found (the projection and "
+                     "MLP of each layer)", src, n_int8, b2__int8_count(&m->cfg));
+        goto fail;
+    }
 
     /* the temporary file next to out */
     const char *slash = strrchr(out, '/');
@@ -154,7 +211,12 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     row = malloc(sizeof(float) * max_row);
     obuf = malloc(max_bytes);
     if (!row || !obuf) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto fail; }
-    for (int i = 0; i < n; i++) {
+    if (n_int8 && (!(q8 = malloc(max_q8_bytes)) || !(q8s = malloc(sizeof(float) * max_q8)) ||
+                   !(q8sum = malloc(sizeof(int32_t) * max_q8)))) {
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0, idx = 0; i < n; i++) {
         const b2_tensor *t = list[i];
         if (cb && cb(ud, i, n, t->name, (uint64_t)ftello(f), fsize)) {
             rc = b2__err(err, BLIP2_ECANCELED, "conversion canceled");
@@ -172,7 +234,17 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
             b2__to_f32(&one, row);
             b2__wquantize_row(obuf + r * rb, row, tt, k);
         }
-        if ((rc = b2__gguf_w_write_data(w, f, i, obuf, err)) < 0) goto fail;
+        if ((rc = b2__gguf_w_write_data(w, f, idx++, obuf, err)) < 0) goto fail;
+        if (i8[i] >= 0) { /* its int8 copy, from the rows as stored */
+            if (b2__quantize_s8(q8, q8s, q8sum, obuf, tt, (int)rows, k) < 0) {
+                rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
+                goto fail;
+            }
+            if ((rc = b2__gguf_w_write_data(w, f, idx++, q8, err)) < 0 ||
+                (rc = b2__gguf_w_write_data(w, f, idx++, q8s, err)) < 0 ||
+                (rc = b2__gguf_w_write_data(w, f, idx++, q8sum, err)) < 0)
+                goto fail;
+        }
     }
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
         rc = b2__err(err, BLIP2_EIO, "%s: %s", tmp, strerror(errno));
@@ -188,7 +260,8 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
     tmp[0] = 0;
     if (cb) cb(ud, n, n, NULL, fsize, fsize);
     if (stats) {
-        stats->tensors = n;
+        stats->tensors = n + 3 * n_int8;
+        stats->n_int8 = n_int8;
         stats->bytes = fsize;
         stats->seconds = now_s() - t0;
     }
@@ -200,6 +273,10 @@ fail:
     free(row);
     free(obuf);
     free(list);
+    free(i8);
+    free(q8);
+    free(q8s);
+    free(q8sum);
     b2__gguf_w_free(w);
     blip2_model_free(m);
     return rc;

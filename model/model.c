@@ -19,6 +19,7 @@
 #include "weights.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -294,8 +295,10 @@ static int alloc_layers(blip2_model *m, blip2_error *err)
  * "auto").  int8 is for the vision encoder's projection and MLP
  * (enc_linears) where oneDNN runs u8 x s8 with VNNI; everything else keeps
  * the automatic choice; without VNNI int8 falls back to that choice,
- * saying so.  Sets m->prec,
- * m->enc_int8 and m->math; m->dtype must be known. */
+ * saying so.  auto picks int8 for them too when the file carries their
+ * int8 copies (m->int8_file: converted with --int8-vision, which asks for
+ * it; docs/gguf.md "Math").  Sets m->prec, m->enc_int8 and m->math;
+ * m->dtype and m->int8_file must be known. */
 static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error *err)
 {
     const char *want = opts && opts->precision && *opts->precision ? opts->precision : getenv("BLIP2_PRECISION");
@@ -303,10 +306,11 @@ static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error 
     if (want && strcmp(want, "f32") && strcmp(want, "bf16") && strcmp(want, "int8"))
         return b2__err(err, BLIP2_EINVAL, "precision '%s' is not f32, bf16, int8 or auto", want);
     const char *impl = NULL, *impl8 = NULL;
-    const int int8 = want && !strcmp(want, "int8");
-    if (int8) want = NULL; /* the language model: as without a choice */
+    const int asked8 = want && !strcmp(want, "int8");
+    const int int8 = asked8 || (!want && m->int8_file);
+    if (asked8) want = NULL; /* the language model: as without a choice */
     const int reduced = m->gguf && strcmp(m->dtype, "f32") != 0;
-    char why[128], why8[160] = "";
+    char why[128], why8[192] = "";
     m->prec = B2_PREC_F32;
     m->enc_int8 = 0;
     if (want && !strcmp(want, "f32")) {
@@ -321,11 +325,13 @@ static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error 
         m->prec = B2_PREC_BF16;
         snprintf(why, sizeof why, "%s, %s", want ? "asked for" : "reduced weights", impl);
     }
+    const char *by = asked8 ? "asked for" : "the file's int8 weights";
     if (int8 && b2__dnnl_int8_native(&impl8)) {
         m->enc_int8 = 1;
-        snprintf(why8, sizeof why8, "int8 vision MLP and projection (asked for, %s); the rest ", impl8);
+        snprintf(why8, sizeof why8, "int8 vision MLP and projection (%s, %s); the rest ", by, impl8);
     } else if (int8) {
-        snprintf(why8, sizeof why8, "int8 asked for, but %s: as without it, ", impl8);
+        snprintf(why8, sizeof why8, "int8 %s, but %s: as without it, ", asked8 ? "asked for" : "weights in the file",
+                 impl8);
     }
     if (int8 && !m->enc_int8)
         snprintf(m->math, sizeof m->math, "%s (%s%s); %s", b2__prec_name(m->prec), why8, why, b2__dnnl_info());
@@ -335,10 +341,9 @@ static int choose_prec(blip2_model *m, const blip2_load_opts *opts, blip2_error 
 }
 
 /* The s8 copies of the vision encoder's linear layers for int8 math
- * (m->enc_int8), in one allocation the model owns: m * k bytes and 8
- * bytes per output channel each; their size is added to m->math.  Which
- * layers: the attention's output projection and the MLP (fc1, fc2), 77 %
- * of the encoder's products.  Measured on the golden models
+ * (m->enc_int8).  Which layers: the attention's output projection and
+ * the MLP (fc1, fc2), 77 % of the encoder's products, in the order of
+ * b2__int8_layer (packed.h).  Measured on the golden models
  * (tests/test_golden_int8.sh): the qkv product in int8 too lowers the
  * Q-Former's cosine to 0.998, and the Q-Former's own products in int8 to
  * 0.996, below the 0.999 asked for; both keep the language model's math. */
@@ -357,23 +362,94 @@ static b2_linear **enc_linears(blip2_model *m, int *n)
     return v;
 }
 
-static int quantize_encoders(blip2_model *m, blip2_error *err)
+/* Whether the GGUF file says it carries the int8 copies (B2_INT8_KEY,
+ * packed.h): sets m->int8_file; a key of another type or scheme is
+ * BLIP2_EFORMAT. */
+static int int8_key(blip2_model *m, blip2_error *err)
 {
-    if (!m->enc_int8) return 0;
-    int n = 0;
+    m->int8_file = 0;
+    if (!b2__gguf_find_kv(m->gguf, B2_INT8_KEY)) return 0;
+    int64_t v;
+    int rc = b2__gguf_get_int(m->gguf, B2_INT8_KEY, &v, err);
+    if (rc < 0) return rc;
+    if (v != B2_INT8_SCHEME)
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' is %lld: int8 weights of an unknown scheme (%d is known)",
+                       b2__gguf_name(m->gguf), B2_INT8_KEY, (long long)v, B2_INT8_SCHEME);
+    m->int8_file = 1;
+    return 0;
+}
+
+/* Matrix i's int8 copy in the file (packed.h) into *qw, in place: the
+ * types and shapes, every scale finite and positive and every row sum
+ * within +-127 * in (what b2__quantize_s8 makes); BLIP2_EFORMAT naming
+ * the tensor otherwise.  The s8 values themselves are not read (any
+ * value is valid; the sums say nothing about them without reading them). */
+static int int8_bind(blip2_model *m, int i, b2_qweights *qw, blip2_error *err)
+{
+    char prefix[200], name[256];
+    int out, in, rc;
+    const void *q, *scale, *sum;
+    b2__int8_layer(&m->cfg, i, prefix, sizeof prefix, &out, &in);
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_Q);
+    if ((rc = b2__weight_raw(m, name, B2_GGUF_TYPE_I8, SHAPE(out, in), &q, err)) < 0) return rc;
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_SCALE);
+    if ((rc = b2__weight_raw(m, name, (uint32_t)B2_WT_F32, SHAPE(out), &scale, err)) < 0) return rc;
+    const float *s = scale;
+    for (int r = 0; r < out; r++)
+        if (!(s[r] > 0.0f && s[r] <= FLT_MAX))
+            return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s': scale %d is %g, not finite and positive",
+                           b2__gguf_name(m->gguf), name, r, (double)s[r]);
+    snprintf(name, sizeof name, "%s%s", prefix, B2_INT8_SUM);
+    if ((rc = b2__weight_raw(m, name, B2_GGUF_TYPE_I32, SHAPE(out), &sum, err)) < 0) return rc;
+    const int32_t *su = sum;
+    for (int r = 0; r < out; r++)
+        if ((int64_t)su[r] > 127 * (int64_t)in || (int64_t)su[r] < -127 * (int64_t)in)
+            return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s': row sum %d is %d, outside +-127 x %d",
+                           b2__gguf_name(m->gguf), name, r, (int)su[r], in);
+    *qw = (b2_qweights){q, s, su};
+    return 0;
+}
+
+/* The int8 weights of enc_linears: the file's, in place, when it carries
+ * them (checked at every load, int8 math or not: a file that says it has
+ * them must have them whole), else, for int8 math, quantised into one
+ * private allocation the model owns (m * k bytes and 8 bytes per output
+ * channel each).  Which one, and the private size, go into m->math. */
+static int int8_weights(blip2_model *m, blip2_error *err)
+{
+    if (!m->enc_int8 && !m->int8_file) return 0;
+    int n = 0, rc = 0;
     b2_linear **v = enc_linears(m, &n);
     if (!v) return b2__err(err, BLIP2_ENOMEM, "out of memory");
-    size_t bytes = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t bytes = 0, shared = 0;
+    if (m->int8_file) {
+        bytes = sizeof(b2_qweights) * (size_t)(n ? n : 1);
+        b2_qweights *qw = m->qarena = malloc(bytes);
+        if (!qw) { rc = b2__err(err, BLIP2_ENOMEM, "out of memory"); goto out; }
+        for (int i = 0; i < n; i++) {
+            if ((rc = int8_bind(m, i, &qw[i], err)) < 0) goto out;
+            shared += (size_t)v[i]->out * v[i]->in + (size_t)v[i]->out * 8;
+            if (!m->enc_int8) continue;
+            v[i]->q = &qw[i];
+            v[i]->prec = B2_PREC_INT8;
+        }
+        m->qbytes = bytes;
+        if (!m->enc_int8) goto out;
+        const size_t len = strlen(m->math);
+        snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB in place from the file (shared), "
+                 "%zu bytes private", (double)shared / (1 << 20), bytes);
+        goto out;
+    }
     for (int i = 0; i < n; i++)
         bytes += ((size_t)v[i]->out * v[i]->in + 63) / 64 * 64 + (size_t)v[i]->out * 8 + sizeof(b2_qweights);
     unsigned char *a = m->qarena = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!a) {
-        free(v);
-        return b2__err(err, BLIP2_ENOMEM, "out of memory for the int8 weights (%zu MiB)", bytes >> 20);
+        rc = b2__err(err, BLIP2_ENOMEM, "out of memory for the int8 weights (%zu MiB)", bytes >> 20);
+        goto out;
     }
     m->qbytes = bytes;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n; i++) {
         b2_linear *l = v[i];
         int8_t *q = (int8_t *)a;
@@ -385,19 +461,21 @@ static int quantize_encoders(blip2_model *m, blip2_error *err)
         b2_qweights *qw = (b2_qweights *)a;
         a += sizeof(b2_qweights);
         if (b2__quantize_s8(q, scale, sum, l->w, l->wt, l->out, l->in) < 0) {
-            free(v);
-            return b2__err(err, BLIP2_ENOMEM, "out of memory quantising the int8 weights");
+            rc = b2__err(err, BLIP2_ENOMEM, "out of memory quantising the int8 weights");
+            goto out;
         }
         *qw = (b2_qweights){q, scale, sum};
         l->q = qw;
         l->prec = B2_PREC_INT8;
     }
-    free(v);
     const size_t len = strlen(m->math);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB private, quantised in %.1f s",
-             (double)bytes / (1 << 20), (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-    return 0;
+    snprintf(m->math + len, sizeof m->math - len, "; int8 weights %.1f MiB private (per process; %s), quantised "
+             "in %.1f s", (double)bytes / (1 << 20), m->gguf ? "blip2ctl convert --int8-vision puts them in the "
+             "file, shared" : "a folder", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+out:
+    free(v);
+    return rc;
 }
 
 /* The decode kernels (ktune.c), then appended to m->math. */
@@ -430,12 +508,13 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     if ((rc = b2__gguf_open(&m->gguf, path, err)) < 0) goto fail;
     if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
+    if ((rc = int8_key(m, err)) < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
     m->dtype = b2__weights_dtype(m, m->cfg.family == B2_FAMILY_T5 ? "language_model.shared.weight"
                                  : "language_model.model.decoder.embed_tokens.weight");
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    if ((rc = quantize_encoders(m, err)) < 0) goto fail;
+    if ((rc = int8_weights(m, err)) < 0) goto fail;
     if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
     if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
     size_t size;
@@ -490,7 +569,7 @@ int b2__load_folder(blip2_model **out, const char *path, const blip2_load_opts *
                                  : "language_model.model.decoder.embed_tokens.weight");
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
-    if ((rc = quantize_encoders(m, err)) < 0) goto fail;
+    if ((rc = int8_weights(m, err)) < 0) goto fail;
     if ((rc = kernels(m, NULL, err)) < 0) goto fail;
     *out = m;
     return 0;

@@ -542,6 +542,31 @@ int b2__packed_write_meta(b2_gguf_w *w, const blip2_model *m, const char *dir, b
                                          : write_tokenizer(w, dir, &m->cfg, err);
 }
 
+/* ---- the int8 vision weights ---- */
+
+int b2__int8_count(const b2_config *c) { return 3 * c->v_layers; }
+
+void b2__int8_layer(const b2_config *c, int i, char *prefix, size_t cap, int *out, int *in)
+{
+    static const char *const part[3] = {"self_attn.projection", "mlp.fc1", "mlp.fc2"};
+    snprintf(prefix, cap, "vision_model.encoder.layers.%d.%s", i / 3, part[i % 3]);
+    *out = i % 3 == 1 ? c->v_inter : c->v_hidden;
+    *in = i % 3 == 2 ? c->v_inter : c->v_hidden;
+}
+
+int b2__int8_find(const b2_config *c, const char *name)
+{
+    char p[256];
+    int out, in;
+    const size_t n = strlen(name);
+    if (n < 7 || strcmp(name + n - 7, ".weight") != 0) return -1;
+    for (int i = 0; i < b2__int8_count(c); i++) {
+        b2__int8_layer(c, i, p, sizeof p, &out, &in);
+        if (strlen(p) == n - 7 && !memcmp(p, name, n - 7)) return i;
+    }
+    return -1;
+}
+
 /* ---- weight types ---- */
 
 int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err)

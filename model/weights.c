@@ -139,16 +139,10 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
     return 0;
 }
 
-int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *shape, int typed_ok,
-                     const void **out, b2_wtype *wt, blip2_error *err)
+/* The GGUF tensor name with exactly that shape (row-major, as PyTorch's). */
+static int gguf_find(blip2_model *m, const char *name, int ndim, const int64_t *shape, const b2_gguf_tensor **out,
+                     blip2_error *err)
 {
-    if (!m->gguf) {
-        const float *p = NULL;
-        int rc = b2__weight(m, name, ndim, shape, &p, err);
-        *out = p;
-        *wt = B2_WT_F32;
-        return rc;
-    }
     const char *file = b2__gguf_name(m->gguf);
     const b2_gguf_tensor *t = b2__gguf_find_tensor(m->gguf, name);
     if (!t) return b2__err(err, BLIP2_EFORMAT, "%s: missing tensor '%s'", file, name);
@@ -162,6 +156,27 @@ int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *
         shape_str(got_s, sizeof got_s, t->n_dims, got);
         return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' has shape %s, expected %s", file, name, got_s, want_s);
     }
+    *out = t;
+    return 0;
+}
+
+int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *shape, int typed_ok,
+                     const void **out, b2_wtype *wt, blip2_error *err)
+{
+    if (!m->gguf) {
+        const float *p = NULL;
+        int rc = b2__weight(m, name, ndim, shape, &p, err);
+        *out = p;
+        *wt = B2_WT_F32;
+        return rc;
+    }
+    const b2_gguf_tensor *t = NULL;
+    int rc = gguf_find(m, name, ndim, shape, &t, err);
+    if (rc < 0) return rc;
+    const char *file = b2__gguf_name(m->gguf);
+    if (!b2__wt_name(t->type))
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is stored as %s, not as a weight type", file, name,
+                       b2__gguf_type_name((uint32_t)t->type));
     if (!typed_ok && t->type != B2_WT_F32)
         return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is stored as %s, expected f32", file, name,
                        b2__wt_name(t->type));
@@ -172,11 +187,31 @@ int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *
     return 0;
 }
 
+int b2__weight_raw(blip2_model *m, const char *name, uint32_t ggml_type, int ndim, const int64_t *shape,
+                   const void **out, blip2_error *err)
+{
+    *out = NULL;
+    if (!m->gguf) return b2__err(err, BLIP2_EINVAL, "tensor '%s': only a GGUF file has it", name);
+    const b2_gguf_tensor *t = NULL;
+    int rc = gguf_find(m, name, ndim, shape, &t, err);
+    if (rc < 0) return rc;
+    const char *file = b2__gguf_name(m->gguf);
+    if ((uint32_t)t->type != ggml_type)
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is stored as %s, expected %s", file, name,
+                       b2__gguf_type_name((uint32_t)t->type), b2__gguf_type_name(ggml_type));
+    const int four = ggml_type == B2_GGUF_TYPE_I32 || ggml_type == (uint32_t)B2_WT_F32;
+    if (four && ((uintptr_t)t->data & 3))
+        return b2__err(err, BLIP2_EFORMAT, "%s: tensor '%s' is not aligned", file, name);
+    *out = t->data;
+    return 0;
+}
+
 const char *b2__weights_dtype(const blip2_model *m, const char *name)
 {
     if (m->gguf) {
         const b2_gguf_tensor *g = b2__gguf_find_tensor(m->gguf, name);
-        return g ? b2__wt_name(g->type) : "?";
+        const char *n = g ? b2__wt_name(g->type) : NULL;
+        return n ? n : "?";
     }
     const b2_tensor *t = find(m, name, NULL);
     if (!t) return "?";

@@ -27,6 +27,14 @@ int b2__weight(blip2_model *m, const char *name, int ndim, const int64_t *shape,
 int b2__weight_typed(blip2_model *m, const char *name, int ndim, const int64_t *shape, int typed_ok,
                      const void **out, b2_wtype *wt, blip2_error *err);
 
+/* A GGUF model's tensor of exactly the ggml type ggml_type (a b2_wtype's
+ * value, or B2_GGUF_TYPE_I8 / _I32) and shape, in place from the mapping:
+ * the int8 vision weights a file may carry (model.c).  Missing, another
+ * type or shape, or data not aligned to 4 bytes for the 4-byte types ->
+ * BLIP2_EFORMAT naming file and tensor.  BLIP2_EINVAL for a folder. */
+int b2__weight_raw(blip2_model *m, const char *name, uint32_t ggml_type, int ndim, const int64_t *shape,
+                   const void **out, blip2_error *err);
+
 /* Whether a tensor of that name exists in any file. */
 int b2__weight_exists(const blip2_model *m, const char *name);
 

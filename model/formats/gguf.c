@@ -70,18 +70,33 @@ static const char *vtype_name(b2_gguf_vtype t)
     return (unsigned)t < B2_GGUF_VTYPE_COUNT ? names[t] : "?";
 }
 
-size_t b2__gguf_nbytes(b2_wtype t, int n_dims, const int64_t *ne)
+const char *b2__gguf_type_name(uint32_t ggml_type)
+{
+    if (ggml_type == B2_GGUF_TYPE_I8) return "i8";
+    if (ggml_type == B2_GGUF_TYPE_I32) return "i32";
+    return b2__wt_name((b2_wtype)ggml_type);
+}
+
+size_t b2__gguf_type_nbytes(uint32_t ggml_type, int n_dims, const int64_t *ne)
 {
     if (n_dims < 1 || n_dims > B2_GGUF_MAX_DIMS || ne[0] <= 0 || ne[0] > INT32_MAX) return 0;
-    if (!b2__wt_ok(t, (int)ne[0])) return 0;
+    const int ints = ggml_type == B2_GGUF_TYPE_I8 || ggml_type == B2_GGUF_TYPE_I32;
+    if (!ints && !b2__wt_ok((b2_wtype)ggml_type, (int)ne[0])) return 0;
     uint64_t rows = 1;
     for (int i = 1; i < n_dims; i++) {
         if (ne[i] <= 0 || (uint64_t)ne[i] > (UINT64_MAX >> 2) / rows) return 0;
         rows *= (uint64_t)ne[i];
     }
-    const uint64_t rb = b2__wt_row_bytes(t, (int)ne[0]);
+    const uint64_t rb = ggml_type == B2_GGUF_TYPE_I8    ? (uint64_t)ne[0]
+                        : ggml_type == B2_GGUF_TYPE_I32 ? 4 * (uint64_t)ne[0]
+                                                        : b2__wt_row_bytes((b2_wtype)ggml_type, (int)ne[0]);
     if (rows > (uint64_t)(SIZE_MAX >> 1) / rb) return 0;
     return (size_t)(rows * rb);
+}
+
+size_t b2__gguf_nbytes(b2_wtype t, int n_dims, const int64_t *ne)
+{
+    return b2__gguf_type_nbytes((uint32_t)t, n_dims, ne);
 }
 
 /* ------------------------------------------------------------- reading */
@@ -330,16 +345,16 @@ int b2__gguf_parse(b2_gguf **out, const void *data, size_t size, const char *nam
         }
         if ((rc = rd_u32(&c, &type, "tensor type")) < 0 || (rc = rd_u64(&c, &T->offset, "tensor offset")) < 0)
             goto fail;
-        if (!b2__wt_name((b2_wtype)type)) {
+        if (!b2__gguf_type_name(type)) {
             rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': unsupported ggml type %u (f32, f16, bf16, "
-                         "q8_0 and q4_0 are)", name, ns, T->name.p, type);
+                         "q8_0, q4_0, i8 and i32 are)", name, ns, T->name.p, type);
             goto fail;
         }
         T->type = (b2_wtype)type;
-        T->nbytes = b2__gguf_nbytes(T->type, T->n_dims, T->ne);
+        T->nbytes = b2__gguf_type_nbytes(type, T->n_dims, T->ne);
         if (!T->nbytes) {
             rc = b2__err(err, BLIP2_EFORMAT, "%s: tensor '%.*s': shape invalid for %s (q8_0 and q4_0 rows "
-                         "must be a multiple of 32; size limit)", name, ns, T->name.p, b2__wt_name(T->type));
+                         "must be a multiple of 32; size limit)", name, ns, T->name.p, b2__gguf_type_name(type));
             goto fail;
         }
     }
@@ -515,7 +530,7 @@ double b2__gguf_arr_num(const b2_gguf_kv *kv, uint64_t i)
 
 typedef struct wtensor {
     char *name;
-    b2_wtype type;
+    uint32_t type;
     int n_dims;
     int64_t ne[B2_GGUF_MAX_DIMS];
     uint64_t offset;
@@ -657,8 +672,13 @@ int b2__gguf_w_arr_u8(b2_gguf_w *w, const char *key, const void *v, size_t n)
 
 int b2__gguf_w_tensor(b2_gguf_w *w, const char *name, b2_wtype t, int n_dims, const int64_t *ne)
 {
+    return b2__gguf_w_tensor_t(w, name, (uint32_t)t, n_dims, ne);
+}
+
+int b2__gguf_w_tensor_t(b2_gguf_w *w, const char *name, uint32_t t, int n_dims, const int64_t *ne)
+{
     if (w->rc) return w->rc;
-    const size_t nb = b2__gguf_nbytes(t, n_dims, ne);
+    const size_t nb = b2__gguf_type_nbytes(t, n_dims, ne);
     if (!nb || strlen(name) == 0 || strlen(name) > B2_GGUF_MAX_NAME) return w->rc = BLIP2_EINVAL;
     if (w->n_t == w->cap_t) {
         int nc = w->cap_t ? 2 * w->cap_t : 64;

@@ -16,7 +16,9 @@
  * The reader is strict and checks every count, length and offset against
  * the bytes it has before using it: it never reads outside the buffer, and
  * every failure is BLIP2_EFORMAT with the file (and key or tensor) named.
- * Accepted tensor types: f32, f16, bf16, q8_0, q4_0 (wkernels.h numbering).
+ * Accepted tensor types: f32, f16, bf16, q8_0, q4_0 (wkernels.h numbering),
+ * and GGML's integer types i8 and i32 (B2_GGUF_TYPE_I8, _I32: the int8
+ * vision weights a file may carry, docs/gguf.md "Math").
  */
 #ifndef BLIP2_GGUF_H
 #define BLIP2_GGUF_H
@@ -35,6 +37,12 @@
 #define B2_GGUF_MAX_KV (1u << 16)
 #define B2_GGUF_MAX_NAME 256      /* tensor names (ggml uses 64) */
 #define B2_GGUF_MAX_KEY 1024
+
+/* GGML's integer tensor types (ggml.h numbering), accepted beside the
+ * weight types of wkernels.h (b2_wtype).  Neither is a b2_wtype:
+ * b2__wt_name() of either is NULL, so a weight lookup refuses them. */
+#define B2_GGUF_TYPE_I8 24u
+#define B2_GGUF_TYPE_I32 26u
 
 typedef enum b2_gguf_vtype {
     B2_GGUF_U8 = 0, B2_GGUF_I8 = 1, B2_GGUF_U16 = 2, B2_GGUF_I16 = 3,
@@ -71,7 +79,8 @@ typedef struct b2_gguf_tensor {
     b2_gguf_str name;
     int n_dims;
     int64_t ne[B2_GGUF_MAX_DIMS]; /* ne[0] fastest; unused dims are 1 */
-    b2_wtype type;
+    b2_wtype type;        /* the ggml type as stored: a weight type, or
+                           * B2_GGUF_TYPE_I8 / _I32 (b2__gguf_type_name) */
     uint64_t offset;      /* relative to the data section */
     size_t nbytes;
     const void *data;     /* inside the buffer, alignment-aligned */
@@ -120,6 +129,11 @@ double b2__gguf_arr_num(const b2_gguf_kv *kv, uint64_t i);
 
 /* Byte size of a tensor of that type and ne (0 if invalid). */
 size_t b2__gguf_nbytes(b2_wtype t, int n_dims, const int64_t *ne);
+/* The same for any ggml type the reader accepts (a b2_wtype's value, or
+ * B2_GGUF_TYPE_I8 / _I32); 0 for any other type. */
+size_t b2__gguf_type_nbytes(uint32_t ggml_type, int n_dims, const int64_t *ne);
+/* "f32" ... "q4_0", "i8", "i32"; NULL for a type the reader refuses. */
+const char *b2__gguf_type_name(uint32_t ggml_type);
 
 /* ---- writer ----
  * Declare metadata and tensors, then b2__gguf_w_write_header(), then each
@@ -146,6 +160,9 @@ int b2__gguf_w_arr_u8(b2_gguf_w *w, const char *key, const void *v, size_t n);
  * index, or a negative code. */
 int b2__gguf_w_tensor(b2_gguf_w *w, const char *name, b2_wtype t, int n_dims,
                       const int64_t *ne);
+/* The same for any type b2__gguf_type_name knows (B2_GGUF_TYPE_I8 ...). */
+int b2__gguf_w_tensor_t(b2_gguf_w *w, const char *name, uint32_t ggml_type, int n_dims,
+                        const int64_t *ne);
 /* Total bytes the file will have (header, padding, data). */
 uint64_t b2__gguf_w_file_size(const b2_gguf_w *w);
 int b2__gguf_w_write_header(b2_gguf_w *w, FILE *f, blip2_error *err);

@@ -83,7 +83,9 @@ struct blip2_model {
     const char *dtype;        /* "f32", "f16", "bf16", "q8_0": how the matrices are stored */
     b2_prec prec;             /* the math of the many-row products (every b2_linear's prec) */
     int enc_int8;             /* the vision MLP and projection in int8 (prec B2_PREC_INT8) */
-    void *qarena;             /* their s8 copies (b2_linear.q), owned */
+    int int8_file;            /* the GGUF file carries their int8 copies (packed.h, B2_INT8_KEY) */
+    void *qarena;             /* their b2_qweights (b2_linear.q), owned; with the s8 copies
+                               * themselves unless they are the file's, in place */
     size_t qbytes;            /* its size */
     char math[1024];          /* that choice and why, for blip2_model_math */
     char kernels[256];        /* the decode kernel per weight type and how chosen (blip2_model_kernels) */

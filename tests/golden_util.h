@@ -19,6 +19,8 @@
  *                           stage outputs checked, its prompt tokenised
  *   golden_case_from_file   greedy again from the image file
  *   unpadded_rows           a padded batch's prompts without their padding
+ *   golden_int8_flags       GOLDEN_INT8_VISION=1: the file packed with the
+ *                           int8 vision weights (blip2_convert_opt's flags)
  */
 #ifndef BLIP2_GOLDEN_UTIL_H
 #define BLIP2_GOLDEN_UTIL_H
@@ -38,6 +40,12 @@
 
 __attribute__((unused)) static const char *gdir; /* the golden folder ($GOLDEN_DIR) */
 __attribute__((unused)) static int loose; /* rounded weights: logit cosine asserted, ids reported */
+
+__attribute__((unused)) static unsigned golden_int8_flags(void)
+{
+    const char *v = getenv("GOLDEN_INT8_VISION");
+    return v && !strcmp(v, "1") ? BLIP2_CONVERT_INT8_VISION : 0;
+}
 __attribute__((unused)) static int n_same, n_diff;
 
 /* ok() for the checks that rounded weights may miss: reported only. */

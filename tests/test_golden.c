@@ -27,6 +27,8 @@
  * (a prefix of blip2_model_math) says which math the load must choose;
  * GOLDEN_MM_ROWS=N sends every product of N rows or more to the math
  * backend (b2__mm_min_rows; the tiny models' products are small).
+ * GOLDEN_INT8_VISION=1 packs the file with the int8 vision weights
+ * (BLIP2_CONVERT_INT8_VISION; tests/test_golden_int8.sh).
  */
 #include "blip2.h"
 #include "safetensors.h"
@@ -145,7 +147,8 @@ int main(int argc, char **argv)
             snprintf(gguf, sizeof gguf, "%s/test_golden-%d-%s-%s.gguf", tmp && *tmp ? tmp : "/tmp", (int)getpid(),
                      models[mi], gtype);
             blip2_convert_stats cs;
-            if (!ok(blip2_convert(path, gguf, gtype, NULL, NULL, &cs, &err) == 0, "convert %s to %s", models[mi], gtype)) {
+            if (!ok(blip2_convert_opt(path, gguf, gtype, golden_int8_flags(), NULL, NULL, &cs, &err) == 0, "convert %s to %s%s", models[mi], gtype,
+                    golden_int8_flags() ? " --int8-vision" : "")) {
                 diag("%s", err.text);
                 continue;
             }

@@ -14,6 +14,15 @@
 #                              without VNNI: the load falls back to f32 and
 #                              every stage, logit and id is as in f32
 #                              (the golden tolerances, ids exact)
+#   bf16 files with the int8   (blip2ctl convert --int8-vision,
+#   vision weights             GOLDEN_INT8_VISION=1), OPT and T5: int8 asked
+#                              for, and auto, which picks int8 for them
+#                              where the CPU has VNNI: the same bounds (the
+#                              copies are the same bits as the load-time
+#                              ones: tests/test_convert.sh); under
+#                              DNNL_MAX_CPU_ISA=AVX2 auto falls back to f32
+#                              math (no VNNI, no native bf16), checked
+#                              with the bounds as well (bf16 weights)
 # Output: TAP, one plan in all.
 . "$(dirname "$0")/lib.sh"
 native=f32
@@ -24,4 +33,9 @@ grep -qE '(avx512_vnni|avx_vnni)' /proc/cpuinfo 2>/dev/null && native=int8
     golden_onednn "opt int8 math, isa avx2" DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
     golden_onednn "t5 int8 math, folder" TEST=./tests/test_golden_t5 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
     golden_onednn "t5 int8 math, isa avx2" TEST=./tests/test_golden_t5 DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=f32
+    i8file="GOLDEN_GGUF_TYPE=bf16 GOLDEN_INT8_VISION=1"
+    golden_onednn "opt int8 math, bf16 file with int8 weights" $i8file GOLDEN_PRECISION=int8 GOLDEN_EXPECT_MATH=$native
+    golden_onednn "opt auto math, bf16 file with int8 weights" $i8file GOLDEN_PRECISION=auto GOLDEN_EXPECT_MATH=$native
+    golden_onednn "opt auto math, file with int8 weights, isa avx2" $i8file DNNL_MAX_CPU_ISA=AVX2 GOLDEN_PRECISION=auto GOLDEN_EXPECT_MATH=f32
+    golden_onednn "t5 auto math, bf16 file with int8 weights" TEST=./tests/test_golden_t5 $i8file GOLDEN_PRECISION=auto GOLDEN_EXPECT_MATH=$native
 } | tap_renumber

@@ -27,6 +27,8 @@
  * it must choose) everything is checked as without it.  GOLDEN_MM_ROWS=N
  * sends every product of N rows or more to the math backend.  The 16-bit
  * folder copies are not rerun with GOLDEN_PRECISION.
+ * GOLDEN_INT8_VISION=1 packs the file with the int8 vision weights
+ * (BLIP2_CONVERT_INT8_VISION; tests/test_golden_int8.sh).
  */
 #include "blip2.h"
 #include "safetensors.h"
@@ -481,7 +483,8 @@ int main(int argc, char **argv)
         const char *tmp = getenv("TMPDIR");
         snprintf(gguf, sizeof gguf, "%s/test_golden_t5-%d-%s.gguf", tmp && *tmp ? tmp : "/tmp", (int)getpid(), gtype);
         blip2_convert_stats cs;
-        if (!ok(blip2_convert(path, gguf, gtype, NULL, NULL, &cs, &err) == 0, "convert t5-tiny to %s", gtype)) {
+        if (!ok(blip2_convert_opt(path, gguf, gtype, golden_int8_flags(), NULL, NULL, &cs, &err) == 0, "convert t5-tiny to %s%s", gtype,
+                    golden_int8_flags() ? " --int8-vision" : "")) {
             diag("%s", err.text);
             json_decref(man);
             return tap_done();

@@ -76,6 +76,7 @@ typedef struct ctl {
     const char *outputs[8];
     size_t n_outputs;
     const char *type;   /* convert --type */
+    bool int8_vision;   /* convert --int8-vision */
     const char *include[MAX_GLOBS], *exclude[MAX_GLOBS];
     size_t n_include, n_exclude;
     int argc;           /* the command line, for the resume hint */
@@ -134,7 +135,7 @@ static void print_help(void)
 "       " PROG " [OPTION]... ping\n"
 "       " PROG " [OPTION]... features [IMAGE] [--text TEXT] [--output NAME]...\n"
 "       " PROG " [OPTION]... features -r|--files-from FILE|--out-dir DIR [IMAGE|DIR]...\n"
-"       " PROG " convert SRC OUT.gguf [--type TYPE]\n"
+"       " PROG " convert SRC OUT.gguf [--type TYPE] [--int8-vision]\n"
 "       " PROG " enqueue --queue URL [OPTION]... [-r] [--files-from FILE] [IMAGE|DIR]...\n"
 "       " PROG " results --queue URL [-o FILE] [--follow]\n"
 "       " PROG " queue-status --queue URL [--json]\n"
@@ -190,6 +191,10 @@ static void print_help(void)
 "                                image outputs], named in the line's \"file\"\n"
 "Conversion:\n"
 "      --type TYPE               convert: f32, f16, bf16, q8_0 or q4_0 [f16]\n"
+"      --int8-vision             convert: also store the vision encoder's projection\n"
+"                                and MLP quantised for int8 math, used in place and\n"
+"                                shared by every daemon instead of a private copy\n"
+"                                each (~720 MiB for blip2-opt-2.7b)\n"
 "\n"
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"
@@ -249,7 +254,7 @@ static void print_help(void)
 enum {
     O_NOSTREAM = B2CLI_O_NEXT, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
-    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INCLUDE, O_EXCLUDE
+    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INT8_VISION, O_INCLUDE, O_EXCLUDE
 };
 
 static const struct option long_options[] = {
@@ -272,6 +277,7 @@ static const struct option long_options[] = {
     { "out", required_argument, NULL, O_OUT },
     { "out-dir", required_argument, NULL, O_OUT_DIR },
     { "type", required_argument, NULL, O_TYPE },
+    { "int8-vision", no_argument, NULL, O_INT8_VISION },
     { "include", required_argument, NULL, O_INCLUDE },
     { "exclude", required_argument, NULL, O_EXCLUDE },
     { "socket", required_argument, NULL, 's' },
@@ -321,6 +327,7 @@ static void parse_args(ctl *x, int argc, char **argv)
         case O_OUT_DIR: x->out_dir = optarg; break;
         case 's': x->socket = optarg; break;
         case O_TYPE: x->type = optarg; break;
+        case O_INT8_VISION: x->int8_vision = true; break;
         case O_INCLUDE:
         case O_EXCLUDE: {
             const char **l = ch == O_INCLUDE ? x->include : x->exclude;
@@ -1259,8 +1266,13 @@ static int run_tool(const char *tool, const char *env_name, char *const av[])
 static int cmd_convert(ctl *x, const char *src, const char *out)
 {
     const char *type = x->type ? x->type : "f16";
-    char *const av[] = {(char *)PROG " convert", (char *)"--type", (char *)type, (char *)"--",
-                        (char *)src, (char *)out, NULL};
+    char *av[8] = {(char *)PROG " convert", (char *)"--type", (char *)type};
+    int n = 3;
+    if (x->int8_vision) av[n++] = (char *)"--int8-vision";
+    av[n++] = (char *)"--";
+    av[n++] = (char *)src;
+    av[n++] = (char *)out;
+    av[n] = NULL;
     return run_tool("blip2-convert", "BLIP2_CONVERT", av);
 }
 

@@ -6,7 +6,16 @@
 # blip2d serves a .gguf directly (--mlock) with the caption blip2-infer
 # gives from the folder; a Flan-T5 folder goes through blip2d's weights
 # cache (converted, then mapped) with the caption blip2-infer gives from
-# the folder; bad arguments are refused.  TAP.
+# the folder; bad arguments are refused.  --int8-vision (OPT and T5):
+# the file carries the int8 copies of the vision projection and MLP, which
+# tests/gguf_int8_check.py (an independent reader, GGUF spec + the
+# documented quantisation, in Python) reads and recomputes from the stored
+# weights; with --precision int8 every intermediate tensor (--dump-tensors)
+# is the same bits from that file as from the file without them (the
+# copy made at load); auto picks int8 from it where the CPU has VNNI;
+# damaged int8 tensors or key (missing, wrong shape or type, a NaN scale,
+# an impossible row sum, an unknown scheme, truncated) fail the load with
+# the tensor or key named (exit 1), never a crash.  TAP.
 BLIP2CTL=${BLIP2CTL:-./ctl/blip2ctl}
 BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
 GOLDEN_DIR=${GOLDEN_DIR:-tests/golden}
@@ -81,6 +90,61 @@ daemon_caption --model "$GOLDEN_DIR/t5-tiny" --weights-cache "$tmp/wcache"
 grep -q "weights mapped from $tmp/wcache/t5-tiny-[0-9a-f]*-f32.gguf" "$tmp/dlog"
 t $? "blip2d converted the t5-tiny folder into its weights cache and mapped that file"
 kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+
+# --int8-vision: the int8 copies in the file, the same bits as at load
+checker="${srcdir:-.}/tests/gguf_int8_check.py"
+vnni=0
+grep -qE '(avx512_vnni|avx_vnni)' /proc/cpuinfo 2>/dev/null && vnni=1
+for model in opt-tiny t5-tiny; do
+    i8="$tmp/$model-i8.gguf"
+    "$BLIP2CTL" convert "$GOLDEN_DIR/$model" "$i8" --type bf16 --int8-vision >"$tmp/log" 2>&1
+    t $? "convert $model --type bf16 --int8-vision"
+    grep -q "int8 vision weights: 6 matrices, each as s8 + f32 scales + i32 row sums (18 tensors of the" "$tmp/log"
+    t $? "$model int8: its summary line ($(grep 'int8 vision' "$tmp/log"))"
+    python3 "$checker" read "$i8" >"$tmp/rlog" 2>&1
+    t $? "$model int8: tests/gguf_int8_check.py reads the i8/i32 tensors and recomputes them ($(tail -1 "$tmp/rlog"))"
+    "$BLIP2CTL" convert "$GOLDEN_DIR/$model" "$tmp/$model-noi8.gguf" --type bf16 >/dev/null 2>&1
+    # the same products on both sides: oneDNN always (not by timing), one decode kernel
+    for f in i8 noi8; do
+        BLIP2_MATMUL=onednn BLIP2_KERNELS=portable "$BLIP2_INFER" --model "$tmp/$model-$f.gguf" --image "$img" --precision int8 --max-new-tokens 3 -v \
+            --dump-tensors "$tmp/$model-$f.st" >"$tmp/cap-$f" 2>"$tmp/err-$f"
+    done
+    if [ $vnni = 1 ]; then
+        grep -q "int8 weights .* in place from the file (shared)" "$tmp/err-i8" &&
+            grep -q "int8 weights .* private (per process" "$tmp/err-noi8"
+        t $? "$model int8: in place from the file with them, a private copy without"
+    fi
+    [ -s "$tmp/$model-i8.st" ] && cmp -s "$tmp/$model-i8.st" "$tmp/$model-noi8.st" && cmp -s "$tmp/cap-i8" "$tmp/cap-noi8"
+    t $? "$model int8: every intermediate tensor and the caption, the same bits from the file's copies as from the load's"
+    "$BLIP2_INFER" --model "$i8" --image "$img" --max-new-tokens 3 -v >/dev/null 2>"$tmp/err"
+    if [ $vnni = 1 ]; then grep -q "math int8 vision MLP and projection (the file's int8 weights" "$tmp/err"
+    else grep -q "int8 weights in the file, but" "$tmp/err"; fi
+    t $? "$model int8: auto picks int8 from the file's copies where the CPU has VNNI (vnni=$vnni)"
+    "$BLIP2_INFER" --model "$i8" --image "$img" --max-new-tokens 3 --precision bf16 -v >/dev/null 2>"$tmp/err"
+    ! grep -q "int8 vision" "$tmp/err"; t $? "$model int8: --precision bf16 overrides the file's int8"
+done
+python3 "$checker" read "$tmp/opt-tiny-noi8.gguf" >/dev/null 2>&1
+[ $? -eq 1 ]; t $? "gguf_int8_check.py refuses a file without the int8 copies"
+for defect in missing shape type scale sum scheme truncate; do
+    python3 "$checker" corrupt $defect "$tmp/opt-tiny-i8.gguf" "$tmp/bad.gguf"
+    "$BLIP2_INFER" --model "$tmp/bad.gguf" --image "$img" --max-new-tokens 3 >/dev/null 2>"$tmp/err"
+    st=$?
+    case $defect in
+        missing) want="missing tensor 'vision_model.encoder.layers.0.mlp.fc1.s8'" ;;
+        shape) want="tensor 'vision_model.encoder.layers.0.mlp.fc1.s8' has shape (40, 52), expected (52, 40)" ;;
+        type) want="s8_scale' is stored as i32, expected f32" ;;
+        scale) want="s8_scale': scale 0 is nan, not finite and positive" ;;
+        sum) want="s8_sum': row sum 0 is 2147483647, outside" ;;
+        scheme) want="'blip2.vision.int8_weights' is 2: int8 weights of an unknown scheme" ;;
+        truncate) want="lies beyond the end of the file" ;;
+    esac
+    [ $st -eq 1 ] && grep -qF "$want" "$tmp/err"
+    t $? "int8 tensors damaged ($defect): the load fails (status $st) naming it: $(cat "$tmp/err")"
+    [ $defect = sum ] && { python3 "$checker" read "$tmp/bad.gguf" >/dev/null 2>&1; [ $? -eq 1 ]; t $? "gguf_int8_check.py finds the damaged row sum"; }
+done
+"$BLIP2CTL" convert "$GOLDEN_DIR/opt-tiny" "$tmp/q8i8.gguf" --int8-vision --type q8_0 >"$tmp/log" 2>&1 &&
+    python3 "$checker" read "$tmp/q8i8.gguf" >/dev/null 2>&1
+t $? "--int8-vision with --type q8_0 (vision matrices bf16, their int8 copies from those)"
 
 # not a terminal: plain progress lines
 grep -q "blip2ctl convert: 100% (" "$tmp/log"; t $? "plain progress lines without a terminal"

@@ -33,6 +33,8 @@
 #       sum      the first row sum of the first PREFIX.s8_sum set to 2^31 - 1
 #       scheme   blip2.vision.int8_weights set to 2
 #       truncate the last 4096 bytes cut (the last tensor's data outside)
+#       weight-i8 the first mlp.fc1.weight's type set to i8 (its data then
+#                 half as long, still inside the file)
 import math
 import shutil
 import struct
@@ -232,6 +234,9 @@ def corrupt(kind, src, dst):
             t, at = g.kv_at['blip2.vision.int8_weights']
             f.seek(at)
             f.write(struct.pack('<' + SCALAR[t], 2))
+        elif kind == 'weight-i8':
+            f.seek(first('mlp.fc1.weight')['type_at'])
+            f.write(struct.pack('<I', 24))
         elif kind == 'truncate':
             f.truncate(len(g.b) - 4096)
         else:

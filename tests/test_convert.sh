@@ -14,7 +14,8 @@
 # is the same bits from that file as from the file without them (the
 # copy made at load); auto picks int8 from it where the CPU has VNNI;
 # damaged int8 tensors or key (missing, wrong shape or type, a NaN scale,
-# an impossible row sum, an unknown scheme, truncated) fail the load with
+# an impossible row sum, an unknown scheme, truncated; a weight stored
+# as i8) fail the load with
 # the tensor or key named (exit 1), never a crash.  TAP.
 BLIP2CTL=${BLIP2CTL:-./ctl/blip2ctl}
 BLIP2_INFER=${BLIP2_INFER:-./model/blip2-infer}
@@ -125,7 +126,7 @@ for model in opt-tiny t5-tiny; do
 done
 python3 "$checker" read "$tmp/opt-tiny-noi8.gguf" >/dev/null 2>&1
 [ $? -eq 1 ]; t $? "gguf_int8_check.py refuses a file without the int8 copies"
-for defect in missing shape type scale sum scheme truncate; do
+for defect in missing shape type scale sum scheme truncate weight-i8; do
     python3 "$checker" corrupt $defect "$tmp/opt-tiny-i8.gguf" "$tmp/bad.gguf"
     "$BLIP2_INFER" --model "$tmp/bad.gguf" --image "$img" --max-new-tokens 3 >/dev/null 2>"$tmp/err"
     st=$?
@@ -137,6 +138,7 @@ for defect in missing shape type scale sum scheme truncate; do
         sum) want="s8_sum': row sum 0 is 2147483647, outside" ;;
         scheme) want="'blip2.vision.int8_weights' is 2: int8 weights of an unknown scheme" ;;
         truncate) want="lies beyond the end of the file" ;;
+        weight-i8) want="mlp.fc1.weight' is stored as i8, not as a weight type" ;;
     esac
     [ $st -eq 1 ] && grep -qF "$want" "$tmp/err"
     t $? "int8 tensors damaged ($defect): the load fails (status $st) naming it: $(cat "$tmp/err")"

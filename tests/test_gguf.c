@@ -4,6 +4,7 @@
  *
  *   1. round trip: every value type, a string array, f32/f16/bf16/q8_0/q4_0
  *      tensors written and read back (values, data, 64-byte alignment);
+ *      GGML's i8 and i32 (the int8 vision weights) too, and their names;
  *   2. corruption: bad magic, version, huge counts and lengths, unknown
  *      types, bad alignment, misaligned offset, tensor beyond the end,
  *      duplicate key and tensor, every truncation of a valid file: each
@@ -183,6 +184,35 @@ static void test_round_trip(void)
     }
     ok(b2__gguf_find_tensor(g, "t.f3") == NULL, "absent tensor");
     b2__gguf_close(g);
+
+    /* GGML's integer types: i8 (3, 5) and i32 (7) */
+    snprintf(path, sizeof path, "%s/rti.gguf", tmpdir);
+    w = b2__gguf_w_new();
+    int8_t q[15];
+    int32_t s32[7];
+    for (int i = 0; i < 15; i++) q[i] = (int8_t)(i * 17 - 127);
+    for (int i = 0; i < 7; i++) s32[i] = -1000000 * i;
+    const int64_t ne_q[2] = {5, 3}, ne_s[1] = {7};
+    ok(b2__gguf_w_tensor_t(w, "t.i8", B2_GGUF_TYPE_I8, 2, ne_q) == 0 &&
+       b2__gguf_w_tensor_t(w, "t.i32", B2_GGUF_TYPE_I32, 1, ne_s) == 1, "declare i8 and i32 tensors");
+    f = fopen(path, "wb");
+    rc = b2__gguf_w_write_header(w, f, &err);
+    if (rc == 0) rc = b2__gguf_w_write_data(w, f, 0, q, &err);
+    if (rc == 0) rc = b2__gguf_w_write_data(w, f, 1, s32, &err);
+    fclose(f);
+    b2__gguf_w_free(w);
+    ok(rc == 0 && b2__gguf_open(&g, path, &err) == 0, "write and read back %s", path);
+    if (rc == 0 && g) {
+        const b2_gguf_tensor *ti = b2__gguf_find_tensor(g, "t.i8"), *tl = b2__gguf_find_tensor(g, "t.i32");
+        ok(ti && (uint32_t)ti->type == B2_GGUF_TYPE_I8 && ti->nbytes == 15 && !memcmp(ti->data, q, 15),
+           "i8 tensor: type 24, 15 bytes, data");
+        ok(tl && (uint32_t)tl->type == B2_GGUF_TYPE_I32 && tl->nbytes == 28 && !memcmp(tl->data, s32, 28),
+           "i32 tensor: type 26, 28 bytes, data");
+        ok(ti && tl && !b2__wt_name(ti->type) && !b2__wt_name(tl->type) &&
+           !strcmp(b2__gguf_type_name(B2_GGUF_TYPE_I8), "i8") && !strcmp(b2__gguf_type_name(B2_GGUF_TYPE_I32), "i32") &&
+           !b2__gguf_type_name(25), "neither is a weight type; named i8 and i32; i16 (25) unknown");
+        b2__gguf_close(g);
+    }
 }
 
 static void test_corrupt(void)
@@ -239,6 +269,7 @@ static void test_corrupt(void)
     CASE("five dims", put32(b + i1, 5), "'first'");
     CASE("zero dimension", put64(b + i1 + 4, 0), "'first'");
     CASE("unknown tensor type", put32(b + i1 + 4 + 16, 3), "'first'");
+    CASE("i16 tensor type (GGML's, not read)", put32(b + i1 + 4 + 16, 25), "'first'");
     CASE("q8_0 with rows of 8", put32(b + i1 + 4 + 16, B2_WT_Q8_0), "'first'");
     CASE("q4_0 with rows of 8", put32(b + i1 + 4 + 16, B2_WT_Q4_0), "'first'");
     CASE("misaligned offset", put64(b + i2 + 4 + 16 + 4, 68), "'second'");

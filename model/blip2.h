@@ -88,7 +88,11 @@ typedef struct blip2_load_opts {
      * products accumulated in f32, oneDNN) where the CPU has native bf16
      * (AVX512-BF16, AMX), else f32.  bf16 asked for where it is not native
      * (or for a folder) falls back to f32; blip2_model_math says which and
-     * why.  Anything else: BLIP2_EINVAL. */
+     * why.  "int8": the vision encoder's attention output projection and
+     * MLP as u8 x s8 (VNNI; else as auto), from the file's int8 copies in
+     * place (BLIP2_CONVERT_INT8_VISION) or a private copy made at load; auto
+     * picks int8 for them too when the file carries those copies.
+     * Anything else: BLIP2_EINVAL. */
     const char *precision;
 } blip2_load_opts;
 

@@ -442,7 +442,7 @@ static void test_products(void)
 static void test_q4_vs_portable(void)
 {
     static const int MS[] = {1, 7, 130};
-    static const int KS[] = {32, 96, 2560};
+    static const int KS[] = {32, 64, 96, 224, 2560}; /* 1, 2, 3, 7, 80 blocks: every remainder mod 4 */
     for (int a = 1; a < NIMPL; a++) {
         float probe = 0, px[32] = {0};
         unsigned char pw[B2_Q4_0_BYTES] = {0};

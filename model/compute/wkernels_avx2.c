@@ -22,10 +22,11 @@
  *                 d_w is widened straight into 8 lanes (vpbroadcastw +
  *                 vcvtph2ps) and multiplied by d_x there, the same
  *                 product, rounded once, as a scalar d_w * d_x.
- *   q4_0          the q8_0 tiles with the 16 bytes of a block unpacked
- *                 once per W row (low nibbles = values 0..15 in the low
- *                 128 bits, high nibbles = 16..31 in the high ones, minus
- *                 8), then exactly the q8_0 arithmetic.
+ *   q4_0          the same tiles over pairs of blocks (see q4_pair): the
+ *                 nibbles unsigned (0..15) in maddubs against the
+ *                 activations' int8, -8 * sum q_x added once per x row
+ *                 and pair for the whole tile, so no sign or abs per row;
+ *                 the exact integer block sums in 4 lanes per block.
  * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
  * reads (once per 64 bytes, per block for q8_0): far enough ahead that the
  * next 4 KiB pages' lines are asked for while this one is read (the
@@ -221,43 +222,88 @@ B2W static INL __m256i q4_unpack(const unsigned char *qs)
     return _mm256_sub_epi8(u, _mm256_set1_epi8(8));
 }
 
+/* One step of the q4_0 tile: blocks b and b + 1 of R W rows (rb bytes
+ * apart) and N x rows (xs bytes apart; scales xd, ds floats apart).
+ * W: the two blocks' 16 bytes of nibbles side by side (one load, one
+ * vinserti128), lo = v & 15 (values 0..15 of each block), hi =
+ * (v >> 4) & 15 (16..31), unsigned; the scales in lanes 0-3 and 4-7.
+ * x, once per step for the tile's rows: xlo = [x_b[0..15] | x_b+1[0..15]],
+ * xhi the values 16..31 (vperm2i128), and off = -8 * the sum of the four
+ * x values each 16-bit lane meets.  Then per pair maddubs(lo, xlo) +
+ * maddubs(hi, xhi) + off in 16 bits (|.| <= 4 * 15 * 127 + 8 * 4 * 127 =
+ * 11684, no saturation), madd to int32: lane l of block b+j (lanes
+ * 4j..4j+3) holds sum (nibble - 8) q_x over values 4l..4l+3 and
+ * 16+4l..19+4l, exact; acc += (d_w d_x) * (float)lane. */
+B2W static INL void q4_pair(__m256 acc[TR][TN], const int8_t *xq, size_t xs, const float *xd, size_t ds,
+                            const unsigned char *w, size_t rb, const int R, const int N)
+{
+    const __m256i m15 = _mm256_set1_epi8(15), eights = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+    __m256i xlo[TN], xhi[TN], off[TN];
+    __m256 dx[TN];
+#pragma GCC unroll 4
+    for (int i = 0; i < N; i++) {
+        const int8_t *xp = xq + (size_t)i * xs;
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)xp);
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 32));
+        xlo[i] = _mm256_permute2x128_si256(a, b, 0x20);
+        xhi[i] = _mm256_permute2x128_si256(a, b, 0x31);
+        off[i] = _mm256_sub_epi16(_mm256_setzero_si256(),
+                                  _mm256_add_epi16(_mm256_maddubs_epi16(eights, xlo[i]), _mm256_maddubs_epi16(eights, xhi[i])));
+        const float *dp = xd + (size_t)i * ds;
+        dx[i] = _mm256_blend_ps(_mm256_broadcast_ss(dp), _mm256_broadcast_ss(dp + 1), 0xf0);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const unsigned char *p = w + (size_t)r * rb;
+        short h0, h1;
+        memcpy(&h0, p, 2);
+        memcpy(&h1, p + B2_Q4_0_BYTES, 2);
+        const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(p + 2))),
+                                                  _mm_loadu_si128((const __m128i *)(const void *)(p + B2_Q4_0_BYTES + 2)), 1);
+        const __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+        const __m256 dw = _mm256_cvtph_ps(_mm_blend_epi16(_mm_set1_epi16(h0), _mm_set1_epi16(h1), 0xf0));
+#pragma GCC unroll 4
+        for (int i = 0; i < N; i++) {
+            const __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[i]), _mm256_maddubs_epi16(hi, xhi[i])), off[i]);
+            acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[i]), _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][i]);
+        }
+    }
+}
+
+/* Pairs of blocks (q4_pair); an odd last block through zeroed copies
+ * with a zero second block (scale 0: it adds exactly 0). */
 B2W static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                             size_t rb, int k, const int R, const int N)
 {
     const int nb = k / B2_Q4_0_BLOCK;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[TR][TN];
-    __m256i wq[TR], aw[TR];
-    __m256 dw[TR];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
     const size_t pf = (size_t)b2__wprefetch;
-    for (int b = 0; b < nb; b++) {
-        if (pf && !(b & 1)) /* a block is 18 bytes: once per 36 */
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const unsigned char *wb = w + (size_t)b * B2_Q4_0_BYTES;
+        if (pf) /* 36 bytes a step: the line of the step's first byte */
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
-            short h;
-            memcpy(&h, blk, 2);
-            dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(h));
-            wq[r] = q4_unpack(blk + 2);
-            aw[r] = _mm256_abs_epi8(wq[r]);
-        }
-#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
+        q4_pair(acc, xq + (size_t)b * B2_Q4_0_BLOCK, (size_t)k, xd + b, (size_t)nb, wb, rb, R, N);
+    }
+    if (b < nb) {
+        unsigned char wt[TR * 2 * B2_Q4_0_BYTES];
+        int8_t xt[TN * 2 * B2_Q4_0_BLOCK];
+        float dt[TN * 2];
+        memset(wt, 0, sizeof wt);
+        memset(xt, 0, sizeof xt);
+        memset(dt, 0, sizeof dt);
+        for (int r = 0; r < R; r++)
+            memcpy(wt + r * 2 * B2_Q4_0_BYTES, w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES, B2_Q4_0_BYTES);
         for (int i = 0; i < N; i++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK));
-            const __m256 dx = _mm256_broadcast_ss(xd + (size_t)i * nb + b);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, wq[r])), ones);
-                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
-            }
+            memcpy(xt + i * 2 * B2_Q4_0_BLOCK, xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK, B2_Q4_0_BLOCK);
+            dt[2 * i] = xd[(size_t)i * nb + b];
         }
+        q4_pair(acc, xt, 2 * B2_Q4_0_BLOCK, dt, 2, wt, 2 * B2_Q4_0_BYTES, R, N);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++)
@@ -265,25 +311,15 @@ B2W static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd
         for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
 }
 
+#define Q4_TILE(r0, i0, R, N)                                                                       \
+    q4_tile(y + (size_t)(i0) * ldy + (r0), ldy, xq + (size_t)(i0) * k, xd + (size_t)(i0) * nb,         \
+            w + (size_t)(r0) * rb, rb, k, R, N)
+
 B2W void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                           size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q4_0_BLOCK;
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, TN);
-        for (; i0 < n; i0++)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + TN <= n; i0 += TN)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, TN);
-        for (; i0 < n; i0++)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
-    }
+    B2_WTILES(m, n, TR, TN, Q4_TILE);
 }
 
 B2W void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb)

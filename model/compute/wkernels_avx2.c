@@ -22,7 +22,7 @@
  *                 d_w is widened straight into 8 lanes (vpbroadcastw +
  *                 vcvtph2ps) and multiplied by d_x there, the same
  *                 product, rounded once, as a scalar d_w * d_x.
- *   q4_0          the same tiles over pairs of blocks (see q4_pair): the
+ *   q4_0          tiles over steps of four blocks (see q4_step): the
  *                 nibbles unsigned (0..15) in maddubs against the
  *                 activations' int8, -8 * sum q_x added once per x row
  *                 and pair for the whole tile, so no sign or abs per row;
@@ -222,104 +222,167 @@ B2W static INL __m256i q4_unpack(const unsigned char *qs)
     return _mm256_sub_epi8(u, _mm256_set1_epi8(8));
 }
 
-/* One step of the q4_0 tile: blocks b and b + 1 of R W rows (rb bytes
- * apart) and N x rows (xs bytes apart; scales xd, ds floats apart).
- * W: the two blocks' 16 bytes of nibbles side by side (one load, one
- * vinserti128), lo = v & 15 (values 0..15 of each block), hi =
- * (v >> 4) & 15 (16..31), unsigned; the scales in lanes 0-3 and 4-7.
- * x, once per step for the tile's rows: xlo = [x_b[0..15] | x_b+1[0..15]],
- * xhi the values 16..31 (vperm2i128), and off = -8 * the sum of the four
- * x values each 16-bit lane meets.  Then per pair maddubs(lo, xlo) +
- * maddubs(hi, xhi) + off in 16 bits (|.| <= 4 * 15 * 127 + 8 * 4 * 127 =
- * 11684, no saturation), madd to int32: lane l of block b+j (lanes
- * 4j..4j+3) holds sum (nibble - 8) q_x over values 4l..4l+3 and
- * 16+4l..19+4l, exact; acc += (d_w d_x) * (float)lane. */
-B2W static INL void q4_pair(__m256 acc[TR][TN], const int8_t *xq, size_t xs, const float *xd, size_t ds,
-                            const unsigned char *w, size_t rb, const int R, const int N)
+/* The q4_0 product in steps of four blocks, b..b+3, as two pairs: u = 0
+ * blocks b and b+2, u = 1 blocks b+1 and b+3.
+ *   x side (q4x_make), once per step and x row for all the chunk's W
+ *   rows, kept in memory (so the row loop holds only its accumulators):
+ *   per pair xlo = [x_b+u[0..15] | x_b+2+u[0..15]] and xhi the values
+ *   16..31 (vperm2i128), off = -8 * the sum of the four x values each
+ *   16-bit lane meets, and the four d_x.
+ *   W side (q4_step), per row: per pair the two blocks' 16 bytes of
+ *   nibbles side by side (one load, one vinserti128), lo = v & 15 (values
+ *   0..15 of each block), hi = (v >> 4) & 15 (16..31), unsigned; the
+ *   four f16 scales widened at once (one vcvtph2ps), times the four d_x,
+ *   spread to a pair's lanes by one vpermps.
+ *   Per pair maddubs(lo, xlo) + maddubs(hi, xhi) + off in 16 bits (|.| <=
+ *   4 * 15 * 127 + 8 * 4 * 127 = 11684, no saturation), madd to int32:
+ *   lane l of the pair's first block (lanes 0..3; 4..7 the second) holds
+ *   sum (nibble - 8) q_x over values 4l..4l+3 and 16+4l..19+4l, exact;
+ *   acc += (d_w d_x) * (float)lane.
+ * The rows go in blocks of Q4_ROWS, the x rows in groups of TN, k in
+ * segments of Q4_SEG steps (the x side's buffer), the accumulators kept
+ * in memory between segments (exactly).  A last step past nb (nb % 4
+ * blocks left) takes zeroed copies of W and x: scales 0, so the missing
+ * blocks add exactly 0. */
+
+#define Q4_SEG 16  /* steps per segment: 2048 values */
+#define Q4_ROWS 64 /* W rows per block */
+
+typedef struct q4x {
+    __m256i lo[2], hi[2], off[2];
+    __m128 dx;
+} q4x;
+
+/* the x side of the step at block b of one x row (xr: its k values,
+ * dr: its nb scales) */
+B2W static INL void q4x_make(q4x *o, const int8_t *xr, const float *dr, int nb, int b)
 {
-    const __m256i m15 = _mm256_set1_epi8(15), eights = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    __m256i xlo[TN], xhi[TN], off[TN];
-    __m256 dx[TN];
-#pragma GCC unroll 4
-    for (int i = 0; i < N; i++) {
-        const int8_t *xp = xq + (size_t)i * xs;
-        const __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)xp);
-        const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 32));
-        xlo[i] = _mm256_permute2x128_si256(a, b, 0x20);
-        xhi[i] = _mm256_permute2x128_si256(a, b, 0x31);
-        off[i] = _mm256_sub_epi16(_mm256_setzero_si256(),
-                                  _mm256_add_epi16(_mm256_maddubs_epi16(eights, xlo[i]), _mm256_maddubs_epi16(eights, xhi[i])));
-        const float *dp = xd + (size_t)i * ds;
-        dx[i] = _mm256_blend_ps(_mm256_broadcast_ss(dp), _mm256_broadcast_ss(dp + 1), 0xf0);
+    const __m256i eights = _mm256_set1_epi8(8);
+    const int8_t *xp = xr + (size_t)b * B2_Q4_0_BLOCK;
+    const float *dp = dr + b;
+    int8_t xt[4 * B2_Q4_0_BLOCK];
+    float dt[4];
+    if (b + 4 > nb) {
+        memset(xt, 0, sizeof xt);
+        memset(dt, 0, sizeof dt);
+        memcpy(xt, xp, (size_t)(nb - b) * B2_Q4_0_BLOCK);
+        memcpy(dt, dp, sizeof(float) * (size_t)(nb - b));
+        xp = xt;
+        dp = dt;
     }
+    for (int u = 0; u < 2; u++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 32 * u));
+        const __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 64 + 32 * u));
+        o->lo[u] = _mm256_permute2x128_si256(a, c, 0x20);
+        o->hi[u] = _mm256_permute2x128_si256(a, c, 0x31);
+        o->off[u] = _mm256_sub_epi16(_mm256_setzero_si256(),
+                                     _mm256_add_epi16(_mm256_maddubs_epi16(eights, o->lo[u]), _mm256_maddubs_epi16(eights, o->hi[u])));
+    }
+    o->dx = _mm_loadu_ps(dp);
+}
+
+/* acc[r][i] += one step of W rows r < R (p: the step's first byte of row
+ * 0, rows rb bytes apart) with x rows i < N (x: their q4x, xstride apart) */
+B2W static INL void q4_step(__m256 acc[TR][TN], const q4x *x, size_t xstride, const unsigned char *p, size_t rb,
+                            const int R, const int N)
+{
+    const __m256i m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i spread[2] = {_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3)};
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
-        const unsigned char *p = w + (size_t)r * rb;
-        short h0, h1;
-        memcpy(&h0, p, 2);
-        memcpy(&h1, p + B2_Q4_0_BYTES, 2);
-        const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(p + 2))),
-                                                  _mm_loadu_si128((const __m128i *)(const void *)(p + B2_Q4_0_BYTES + 2)), 1);
-        const __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
-        const __m256 dw = _mm256_cvtph_ps(_mm_blend_epi16(_mm_set1_epi16(h0), _mm_set1_epi16(h1), 0xf0));
+        const unsigned char *q = p + (size_t)r * rb;
+        uint16_t h[4];
+        for (int j = 0; j < 4; j++) memcpy(&h[j], q + j * B2_Q4_0_BYTES, 2);
+        const uint64_t h4 = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+        const __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h4));
+        __m256 sc[TN];
 #pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            const __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[i]), _mm256_maddubs_epi16(hi, xhi[i])), off[i]);
-            acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[i]), _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][i]);
+        for (int i = 0; i < N; i++) sc[i] = _mm256_castps128_ps256(_mm_mul_ps(dw, x[i * xstride].dx));
+#pragma GCC unroll 2
+        for (int u = 0; u < 2; u++) {
+            const unsigned char *nib = q + u * B2_Q4_0_BYTES + 2;
+            const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)nib)),
+                                                      _mm_loadu_si128((const __m128i *)(const void *)(nib + 2 * B2_Q4_0_BYTES)), 1);
+            const __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+#pragma GCC unroll 4
+            for (int i = 0; i < N; i++) {
+                const q4x *xi = &x[i * xstride];
+                const __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xi->lo[u]), _mm256_maddubs_epi16(hi, xi->hi[u])),
+                                                   xi->off[u]);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc[i], spread[u]), _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)),
+                                            acc[r][i]);
+            }
         }
     }
 }
 
-/* Pairs of blocks (q4_pair); an odd last block through zeroed copies
- * with a zero second block (scale 0: it adds exactly 0). */
-B2W static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                            size_t rb, int k, const int R, const int N)
+/* steps s0 .. s0 + ns - 1 of R W rows from w and N x rows (x: the
+ * segment's q4x, row i at x + i * Q4_SEG), accumulators in a (row r,
+ * x row i at a[r * TN + i]) */
+B2W static INL void q4_seg(__m256 *a, const q4x *x, const unsigned char *w, size_t rb, int nb, int s0, int ns,
+                           const int R, const int N)
 {
-    const int nb = k / B2_Q4_0_BLOCK;
     __m256 acc[TR][TN];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+        for (int i = 0; i < N; i++) acc[r][i] = a[r * TN + i];
     const size_t pf = (size_t)b2__wprefetch;
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
+    for (int s = 0; s < ns; s++) {
+        const int b = 4 * (s0 + s);
         const unsigned char *wb = w + (size_t)b * B2_Q4_0_BYTES;
-        if (pf) /* 36 bytes a step: the line of the step's first byte */
+        if (b + 4 <= nb) {
+            if (pf) /* 72 bytes a step: the lines of its bytes 0 and 64 */
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
-        q4_pair(acc, xq + (size_t)b * B2_Q4_0_BLOCK, (size_t)k, xd + b, (size_t)nb, wb, rb, R, N);
-    }
-    if (b < nb) {
-        unsigned char wt[TR * 2 * B2_Q4_0_BYTES];
-        int8_t xt[TN * 2 * B2_Q4_0_BLOCK];
-        float dt[TN * 2];
-        memset(wt, 0, sizeof wt);
-        memset(xt, 0, sizeof xt);
-        memset(dt, 0, sizeof dt);
-        for (int r = 0; r < R; r++)
-            memcpy(wt + r * 2 * B2_Q4_0_BYTES, w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES, B2_Q4_0_BYTES);
-        for (int i = 0; i < N; i++) {
-            memcpy(xt + i * 2 * B2_Q4_0_BLOCK, xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK, B2_Q4_0_BLOCK);
-            dt[2 * i] = xd[(size_t)i * nb + b];
+                for (int r = 0; r < R; r++) {
+                    _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
+                    _mm_prefetch((const char *)wb + (size_t)r * rb + pf + 64, _MM_HINT_T0);
+                }
+            q4_step(acc, x + s, Q4_SEG, wb, rb, R, N);
+        } else {
+            unsigned char wt[TR * 4 * B2_Q4_0_BYTES];
+            memset(wt, 0, sizeof wt);
+            for (int r = 0; r < R; r++) memcpy(wt + r * 4 * B2_Q4_0_BYTES, wb + (size_t)r * rb, (size_t)(nb - b) * B2_Q4_0_BYTES);
+            q4_step(acc, x + s, Q4_SEG, wt, 4 * B2_Q4_0_BYTES, R, N);
         }
-        q4_pair(acc, xt, 2 * B2_Q4_0_BLOCK, dt, 2, wt, 2 * B2_Q4_0_BYTES, R, N);
     }
 #pragma GCC unroll 4
-    for (int i = 0; i < N; i++)
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8(acc[r][i]);
+        for (int i = 0; i < N; i++) a[r * TN + i] = acc[r][i];
 }
-
-#define Q4_TILE(r0, i0, R, N)                                                                       \
-    q4_tile(y + (size_t)(i0) * ldy + (r0), ldy, xq + (size_t)(i0) * k, xd + (size_t)(i0) * nb,         \
-            w + (size_t)(r0) * rb, rb, k, R, N)
 
 B2W void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                           size_t rb, int n, int m, int k)
 {
-    const int nb = k / B2_Q4_0_BLOCK;
-    B2_WTILES(m, n, TR, TN, Q4_TILE);
+    const int nb = k / B2_Q4_0_BLOCK, nsteps = (nb + 3) / 4;
+    q4x xs[TN * Q4_SEG];
+    __m256 acc[Q4_ROWS * TN];
+    for (int r0 = 0; r0 < m; r0 += Q4_ROWS) {
+        const int mr = m - r0 < Q4_ROWS ? m - r0 : Q4_ROWS;
+        const unsigned char *wr = w + (size_t)r0 * rb;
+        for (int i0 = 0; i0 < n; i0 += TN) {
+            const int N = n - i0 < TN ? n - i0 : TN;
+            for (int j = 0; j < mr * TN; j++) acc[j] = _mm256_setzero_ps();
+            for (int s0 = 0; s0 < nsteps; s0 += Q4_SEG) {
+                const int ns = nsteps - s0 < Q4_SEG ? nsteps - s0 : Q4_SEG;
+                for (int i = 0; i < N; i++)
+                    for (int s = 0; s < ns; s++)
+                        q4x_make(&xs[i * Q4_SEG + s], xq + (size_t)(i0 + i) * k, xd + (size_t)(i0 + i) * nb, nb, 4 * (s0 + s));
+                int r = 0;
+                for (; r + TR <= mr; r += TR) {
+                    if (N == TN) q4_seg(acc + r * TN, xs, wr + (size_t)r * rb, rb, nb, s0, ns, TR, TN);
+                    else q4_seg(acc + r * TN, xs, wr + (size_t)r * rb, rb, nb, s0, ns, TR, 1);
+                }
+                for (; r < mr; r++) {
+                    if (N == TN) q4_seg(acc + r * TN, xs, wr + (size_t)r * rb, rb, nb, s0, ns, 1, TN);
+                    else q4_seg(acc + r * TN, xs, wr + (size_t)r * rb, rb, nb, s0, ns, 1, 1);
+                }
+            }
+            for (int i = 0; i < N; i++)
+                for (int r = 0; r < mr; r++) y[(size_t)(i0 + i) * ldy + r0 + r] = hsum8(acc[r * TN + i]);
+        }
+    }
 }
 
 B2W void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb)

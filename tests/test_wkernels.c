@@ -261,6 +261,33 @@ static void test_q8_act(void)
         }
     }
     ok(good, "q8_0 activations: d = max/127, q = nearest-even(x * 127/max); zero block 0; NaN/inf block d = NaN");
+#if defined(__x86_64__) || defined(__i386__)
+    /* the SIMD tables' quantiser: the same bits, ties, tiny and huge
+     * values, zero and bad blocks included */
+    float probe = 0, px[32] = {0};
+    unsigned char pw[32 * 4] = {0};
+    if (b2__wmatmul_rows_impl("avx2", &probe, 1, px, 32, pw, B2_WT_F32, 1, 1, 32)) {
+        diag("act_q8 avx2: not run, this CPU lacks AVX2");
+        return;
+    }
+    int same = 1;
+    for (int trial = 0; trial < 300 && same; trial++) {
+        const float scale = trial % 5 == 0 ? 1e-30f : trial % 5 == 1 ? 3e38f : 1.0f;
+        for (int j = 0; j < K; j++) x[j] = frand(-1, 1) * scale;
+        for (int j = 0; j < 32; j++) x[j] = 0;
+        for (int j = 32; j < 64; j++) x[j] = (float)((j % 9) - 4) * 0.5f;
+        if (trial % 3) x[64 + trial % 32] = trial & 1 ? NAN : -INFINITY;
+        if (trial % 7 == 0) x[96 + trial % 32] = -0.0f;
+        int8_t q2[K];
+        float d2[K / 32];
+        b2__wquantize_act_q8(q, d, x, K);
+        b2__act_q8_avx2(q2, d2, x, K);
+        same = !memcmp(q, q2, sizeof q);
+        for (int b = 0; b < K / 32; b++) same &= isnan(d[b]) ? isnan(d2[b]) : !memcmp(&d[b], &d2[b], sizeof(float));
+        if (!same) diag("act_q8 avx2: trial %d differs", trial);
+    }
+    ok(same, "q8_0 activations, AVX2 quantiser (the SIMD tables'): the portable one's bytes and scales in 300 trials");
+#endif
 }
 
 /* ---- the products ---- */

@@ -42,6 +42,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define B2W __attribute__((target("avx2,fma,f16c")))
@@ -401,7 +402,52 @@ B2W void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb)
     }
 }
 
+/* ---- the activations as q8_0 blocks ----
+ * b2__wquantize_act_q8's arithmetic 8 lanes at a time: max |x| (a NaN or
+ * infinity sends the block to d = NaN, q = 0), the scalar id = 127 / max
+ * and d = max / 127, then x * id (the same product), rounded to nearest
+ * even by vroundps (as round_ne: |x * id| <= 127.5 < 2^22), clamped to
+ * +-127 and packed to bytes in order: the same bits. */
+B2W void b2__act_q8_avx2(int8_t *q, float *d, const float *x, int k)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), big = _mm256_set1_ps(3.4028235e38f);
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (int b = 0; b < k / B2_Q8_0_BLOCK; b++) {
+        const float *xb = x + (size_t)b * B2_Q8_0_BLOCK;
+        int8_t *qb = q + (size_t)b * B2_Q8_0_BLOCK;
+        __m256 v[4], m = _mm256_setzero_ps();
+        int bad = 0;
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            const __m256 a = _mm256_and_ps(v[j], absmask);
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ)); /* > max or NaN */
+            m = _mm256_max_ps(m, a);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        if (bad || amax == 0) {
+            d[b] = bad ? NAN : 0.0f;
+            memset(qb, 0, B2_Q8_0_BLOCK);
+            continue;
+        }
+        const __m256 id = _mm256_set1_ps(127.0f / amax);
+        d[b] = amax / 127.0f;
+        __m256i iq[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[j], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            iq[j] = _mm256_cvtps_epi32(_mm256_max_ps(lo, _mm256_min_ps(hi, r)));
+        }
+        /* packs work per 128-bit lane: int32 groups (0,1 | 2,3) of 4 come
+         * out as bytes 0-3, 8-11, 16-19, 24-27 | 4-7, ..; vpermd puts them
+         * back in order */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(iq[0], iq[1]), _mm256_packs_epi32(iq[2], iq[3]));
+        _mm256_storeu_si256((__m256i *)(void *)qb, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+}
+
 const b2_wimpl b2__wimpl_avx2 = {"avx2", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
-                                 b2__q4_to_f32_avx2};
+                                 b2__q4_to_f32_avx2, b2__act_q8_avx2};
 
 #endif

@@ -343,8 +343,8 @@ B2XV static void q4_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
 }
 
 const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
-                                   b2__q4_to_f32_avx2};
+                                   b2__q4_to_f32_avx2, b2__act_q8_avx2};
 const b2_wimpl b2__wimpl_avx512_vnni = {"avx512-vnni", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2, q4_rows_vnni,
-                                        b2__q4_to_f32_avx2};
+                                        b2__q4_to_f32_avx2, b2__act_q8_avx2};
 
 #endif

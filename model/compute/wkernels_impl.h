@@ -40,6 +40,8 @@ typedef struct b2_wimpl {
      * 8), one rounding per value, the same bits in every implementation
      * (NULL: the portable one). */
     void (*q4_to_f32)(float *y, const unsigned char *w, int nb);
+    /* b2__wquantize_act_q8 with the same bits (NULL: that one). */
+    void (*act_q8)(int8_t *q, float *d, const float *x, int k);
 } b2_wimpl;
 
 /* The tile driver every SIMD file shares: TILE(r0, i0, R, N) for a tile
@@ -116,6 +118,8 @@ void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb);
 void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                       size_t rb, int n, int m, int k);
 void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb);
+/* b2__wquantize_act_q8 in AVX2, the same bits (every SIMD table uses it). */
+void b2__act_q8_avx2(int8_t *q, float *d, const float *x, int k);
 #endif
 
 #endif

@@ -30,10 +30,12 @@ typedef struct b2_wimpl {
      * rounding per value, the same bits in every implementation. */
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
     /* q4_0 weights with q8_0 activations as for q8: per block the integer
-     * dot product sum (nibble - 8) * q_x is exact, lane l taking values
-     * 4l..4l+3 of the block (in value order, nibbles unpacked), then
-     * acc += (d_w * d_x) * (float)isum in 8 lanes.  NULL in a table: the
-     * dispatcher uses the portable one. */
+     * dot product sum (nibble - 8) * q_x is exact in int32 lanes, then
+     * acc += (d_w * d_x) * (float)lane in f32 lanes (portable: lane l
+     * takes values 4l..4l+3 of the block, 8 lanes; the SIMD kernels
+     * other groupings, e.g. values 4l..4l+3 and 16+4l..19+4l, within the
+     * same bound).  NULL in a table: the dispatcher uses the portable
+     * one. */
     void (*q4)(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                size_t rb, int n, int m, int k);
     /* y (nb * 32) = the nb q4_0 blocks at w as f32: d * (float)(nibble -

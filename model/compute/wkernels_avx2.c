@@ -24,11 +24,15 @@
  *                 product, rounded once, as a scalar d_w * d_x.
  *   q4_0          tiles over steps of four blocks (see q4_step): the
  *                 nibbles unsigned (0..15) in maddubs against the
- *                 activations' int8, -8 * sum q_x added once per x row
- *                 and pair for the whole tile, so no sign or abs per row;
- *                 the exact integer block sums in 4 lanes per block.
+ *                 activations' int8, the x side (reordered, -8 * sum
+ *                 q_x, scales) made once per x row and step for all the
+ *                 chunk's rows, so no sign, abs or shuffle per row; the
+ *                 exact integer block sums in 4 lanes per block.
+ *   activations   quantised to q8_0 (b2__act_q8_avx2, the portable
+ *                 quantiser's bits) for every SIMD table.
  * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
- * reads (once per 64 bytes, per block for q8_0): far enough ahead that the
+ * reads (once per 64 bytes, per block for q8_0, twice per 72-byte step
+ * for q4_0): far enough ahead that the
  * next 4 KiB pages' lines are asked for while this one is read (the
  * hardware prefetchers stop at page boundaries).  Without it the reads
  * did not keep streaming, q8_0 (~3x bf16's work per byte) least of all

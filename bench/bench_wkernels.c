@@ -10,8 +10,9 @@
  *   reuse them; a layer is 84 MB even as q8_0, far past any cache, so
  *   every pass still streams from DRAM).
  *
- *   per round r = 1..R, for each type (f32, f16, bf16, q8_0, q4_0), implementation
- *   (--impl LIST) and batch n:
+ *   per round r = 1..R, for each implementation (--impl LIST), batch n
+ *   and type (f32, f16, bf16, q8_0, q4_0; the types of one configuration
+ *   back to back):
  *     memory read of >= 2 GiB (multi-accumulator AVX2 / AVX-512 / portable
  *     loop, one pinned thread per pool thread) -> GB/s
  *     one pass -> ms, weight bytes / time -> GB/s, over the mean of the
@@ -221,8 +222,10 @@ int main(int argc, char **argv)
     for (int r = 0; r < rounds; r++) {
         double before = b2b_mem_pass(rfn, buf, nmem, threads);
         mem[nmem_meas++] = before;
-        for (int s = 0; s < nset; s++)
-            for (int c = 0; c < ncfg; c++) {
+        /* the types of one configuration back to back, so that a ratio
+         * between them compares passes seconds apart, not a round apart */
+        for (int c = 0; c < ncfg; c++)
+            for (int s = 0; s < nset; s++) {
                 b2__wkernels_set_prefetch(pfs[c % npf]);
                 const double dt = pass(CFG_IMPL(c), &sets[s], y, x, CFG_BATCH(c));
                 const double after = b2b_mem_pass(rfn, buf, nmem, threads);

@@ -250,7 +250,11 @@ B2W static INL __m256i q4_unpack(const unsigned char *qs)
  * blocks left) takes zeroed copies of W and x: scales 0, so the missing
  * blocks add exactly 0. */
 
-#define Q4_SEG 16  /* steps per segment: 2048 values */
+/* steps per segment: 10240 values, every OPT-2.7b row in one (the x
+ * side of two x rows is then 36 KiB of stack); smaller segments chopped
+ * each row's stream into pieces and read measurably slower (bench/RESULTS.md,
+ * 2026-12-06 09:48) */
+#define Q4_SEG 80
 #define Q4_ROWS 64 /* W rows per block */
 
 typedef struct q4x {

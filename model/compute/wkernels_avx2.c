@@ -251,9 +251,9 @@ B2W static INL __m256i q4_unpack(const unsigned char *qs)
  * blocks add exactly 0. */
 
 /* steps per segment: 10240 values, every OPT-2.7b row in one (the x
- * side of two x rows is then 36 KiB of stack); smaller segments chopped
- * each row's stream into pieces and read measurably slower (bench/RESULTS.md,
- * 2026-12-06 09:48) */
+ * side of two x rows is then 36 KiB of stack); 2048-value segments
+ * chopped each row's stream into pieces and read measurably slower
+ * (bench/RESULTS.md, 2026-12-06 09:19, "Faster q4_0 decode kernels") */
 #define Q4_SEG 80
 #define Q4_ROWS 64 /* W rows per block */
 

@@ -261,6 +261,33 @@ static void test_q8_act(void)
         }
     }
     ok(good, "q8_0 activations: d = max/127, q = nearest-even(x * 127/max); zero block 0; NaN/inf block d = NaN");
+#if defined(__x86_64__) || defined(__i386__)
+    /* the SIMD tables' quantiser: the same bits, ties, tiny and huge
+     * values, zero and bad blocks included */
+    float probe = 0, px[32] = {0};
+    unsigned char pw[32 * 4] = {0};
+    if (b2__wmatmul_rows_impl("avx2", &probe, 1, px, 32, pw, B2_WT_F32, 1, 1, 32)) {
+        diag("act_q8 avx2: not run, this CPU lacks AVX2");
+        return;
+    }
+    int same = 1;
+    for (int trial = 0; trial < 300 && same; trial++) {
+        const float scale = trial % 5 == 0 ? 1e-30f : trial % 5 == 1 ? 3e38f : 1.0f;
+        for (int j = 0; j < K; j++) x[j] = frand(-1, 1) * scale;
+        for (int j = 0; j < 32; j++) x[j] = 0;
+        for (int j = 32; j < 64; j++) x[j] = (float)((j % 9) - 4) * 0.5f;
+        if (trial % 3) x[64 + trial % 32] = trial & 1 ? NAN : -INFINITY;
+        if (trial % 7 == 0) x[96 + trial % 32] = -0.0f;
+        int8_t q2[K];
+        float d2[K / 32];
+        b2__wquantize_act_q8(q, d, x, K);
+        b2__act_q8_avx2(q2, d2, x, K);
+        same = !memcmp(q, q2, sizeof q);
+        for (int b = 0; b < K / 32; b++) same &= isnan(d[b]) ? isnan(d2[b]) : !memcmp(&d[b], &d2[b], sizeof(float));
+        if (!same) diag("act_q8 avx2: trial %d differs", trial);
+    }
+    ok(same, "q8_0 activations, AVX2 quantiser (the SIMD tables'): the portable one's bytes and scales in 300 trials");
+#endif
 }
 
 /* ---- the products ---- */
@@ -442,30 +469,37 @@ static void test_products(void)
 static void test_q4_vs_portable(void)
 {
     static const int MS[] = {1, 7, 130};
-    static const int KS[] = {32, 96, 2560};
+    /* 1, 2, 3, 7, 80 blocks: every remainder mod 4; 321: two of the
+     * AVX2 kernel's k segments (10240 values), the second one step */
+    static const int KS[] = {32, 64, 96, 224, 2560, 10272};
     for (int a = 1; a < NIMPL; a++) {
         float probe = 0, px[32] = {0};
         unsigned char pw[B2_Q4_0_BYTES] = {0};
         if (b2__wmatmul_rows_impl(IMPLS[a], &probe, 1, px, 32, pw, B2_WT_Q4_0, 1, 1, 32)) continue;
         double worst = 0;
-        int cases = 0;
+        int cases = 0, batch = 1;
         for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
             for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
                 problem p;
                 const int m = MS[mi], k = KS[ki], n = 5;
                 problem_make(&p, B2_WT_Q4_0, m, k, (int)(mi % 3));
-                float *y0 = malloc(sizeof(float) * n * m), *y1 = malloc(sizeof(float) * n * m);
+                float *y0 = malloc(sizeof(float) * n * m), *y1 = malloc(sizeof(float) * n * m), *yr = malloc(sizeof(float) * m);
                 b2__wmatmul_rows_impl("portable", y0, m, p.x, p.ldx, p.w, p.t, n, m, k);
                 b2__wmatmul_rows_impl(IMPLS[a], y1, m, p.x, p.ldx, p.w, p.t, n, m, k);
                 for (int i = 0; i < n * m; i++) {
                     const double e = fabs((double)y1[i] - y0[i]) / (2 * p.tol[i]);
                     if (!(e <= worst)) worst = e;
                 }
+                for (int i = 0; i < n; i++) { /* each row alone: the bits of the 5-row call */
+                    b2__wmatmul_rows_impl(IMPLS[a], yr, m, p.x + (size_t)i * p.ldx, p.ldx, p.w, p.t, 1, m, k);
+                    batch &= !memcmp(yr, y1 + (size_t)i * m, sizeof(float) * m);
+                }
                 cases++;
-                free(y0); free(y1);
+                free(y0); free(y1); free(yr);
                 problem_free(&p);
             }
         ok(worst <= 1, "%s q4_0 vs portable: %d shapes within twice the f32 bound (worst %.3f of it)", IMPLS[a], cases, worst);
+        ok(batch, "%s q4_0: those shapes' rows alone have the bits of the 5-row calls (k segments included)", IMPLS[a]);
     }
 }
 

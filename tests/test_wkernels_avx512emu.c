@@ -16,9 +16,10 @@
  *   q8_0          with and without VNNI: the same bits as the AVX2
  *                 kernel, as wkernels_avx512.c says (exact int32 block
  *                 sums either way), k in {32, 96, 1056}.
- *   q4_0          without VNNI the AVX2 kernel's bits; with VNNI (two
+ *   q4_0          without VNNI the AVX2 kernel's bits; with VNNI (four
  *                 blocks per 512-bit step) within the f32 bound of the
- *                 double product, batch rows equal, odd block counts.
+ *                 double product, batch rows equal, block counts with
+ *                 every remainder mod 4 (the zero-padded last step).
  * Skipped (exit 77 via TAP "1..0 # SKIP") without SIMDe or off x86.
  */
 #include "tap.h"
@@ -212,15 +213,15 @@ static void test_q8(void)
 }
 
 /* q4_0: the table without VNNI is the AVX2 kernel (same bits); the VNNI
- * kernel (two blocks per 512-bit step, unsigned nibbles, 8 * sum q_x
+ * kernel (four blocks per 512-bit step, unsigned nibbles, 8 * sum q_x
  * subtracted) has the same exact block sums but other f32 sums: within
  * the f32 bound (k/8 + 6) 2^-24 sum |w_j xq_j| of the double product of
  * the dequantised weights and quantised activations, and a row's bits the
- * same alone or in a batch.  k with an odd number of blocks too (the
- * last block alone). */
+ * same alone or in a batch.  Block counts 1..8 and 33 (every remainder
+ * mod 4: the last step's zero-padded copies). */
 static void test_q4(void)
 {
-    static const int KS[] = {32, 64, 96, 160, 1056};
+    static const int KS[] = {32, 64, 96, 128, 160, 192, 224, 256, 1056};
     int same_plain = 1, bound_ok = 1, batch_ok = 1, cases = 0;
     double worst = 0;
     for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
@@ -244,8 +245,8 @@ static void test_q4(void)
         qcase_free(&c);
     }
     ok(same_plain, "q4_0 (AVX-512 table without VNNI, emulated): the AVX2 kernel's bits (%d shapes)", cases);
-    ok(bound_ok, "q4_0 (AVX-512 VNNI, emulated, two blocks a step): %d shapes within the f32 bound (worst %.3f of it; "
-       "odd block counts, nibbles 0 and 15)", cases, worst);
+    ok(bound_ok, "q4_0 (AVX-512 VNNI, emulated, four blocks a step): %d shapes within the f32 bound (worst %.3f of it; "
+       "1..8 and 33 blocks, nibbles 0 and 15)", cases, worst);
     ok(batch_ok, "q4_0 (AVX-512 VNNI, emulated): each row of a 5-row call has the bits of the 1-row call");
 }
 

@@ -9,7 +9,8 @@
  *        avx512-vnni > avx512 (wkernels_avx512.c) > avx2
  *        (wkernels_avx2.c) > portable
  *     -> q8_0 and q4_0: every x row quantised to q8_0 blocks once per call
- *        (b2__wquantize_act_q8, into a per-thread scratch buffer)
+ *        (b2__wquantize_act_q8 or the implementation's act_q8, the same
+ *        bits, into a per-thread scratch buffer)
  *     -> chunks of 64 W rows spread over the compute pool; each chunk
  *        runs impl->fp, impl->q8 or impl->q4 over all n rows of x
  *   b2__wkernels_tune(t, samples)
@@ -312,7 +313,8 @@ static void q4_to_f32_c(float *y, const unsigned char *w, int nb)
     }
 }
 
-static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c, q4_rows_c, q4_to_f32_c};
+static const b2_wimpl wimpl_portable = {"portable", fp_rows_c, q8_rows_c, q8_to_f32_c, q4_rows_c, q4_to_f32_c,
+                                        b2__wquantize_act_q8};
 
 /* ---- choosing an implementation, per weight type ---- */
 
@@ -570,10 +572,11 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
     }
     float *xd = (float *)buf;
     int8_t *xq = (int8_t *)(buf + (size_t)per * nb * sizeof(float));
+    void (*quant)(int8_t *, float *, const float *, int) = impl->act_q8 ? impl->act_q8 : b2__wquantize_act_q8;
     for (int i0 = 0; i0 < n; i0 += per) {
         const int nn = n - i0 < per ? n - i0 : per;
         for (int i = 0; i < nn; i++)
-            b2__wquantize_act_q8(xq + (size_t)i * k, xd + (size_t)i * nb, x + (size_t)(i0 + i) * ldx, k);
+            quant(xq + (size_t)i * k, xd + (size_t)i * nb, x + (size_t)(i0 + i) * ldx, k);
         j.y = y + (size_t)i0 * ldy;
         j.n = nn;
         j.xq = xq;

@@ -14,14 +14,14 @@
  *                 blocks per 512-bit vector and vpdpbusd (see q8_tile
  *                 below): the same exact int32 block sums as AVX2, summed
  *                 in 16 f32 lanes instead of 8.
- *   q4_0          without VNNI the AVX2 kernel; with VNNI two blocks per
- *                 512-bit step: the nibbles go unsigned (0..15) into
- *                 vpdpbusd against the activations' int8, and 8 * (the
- *                 lane's sum of q_x), once per x row and block pair for
- *                 the whole tile, is where the sums start: the exact integer
- *                 sums of the AVX2 path, folded to 8 lanes (4 per block)
- *                 and scaled in 8 f32 lanes, even and odd blocks apart,
- *                 so other bits than AVX2, within the same bound.
+ *   q4_0          without VNNI the AVX2 kernel; with VNNI four blocks per
+ *                 512-bit step (see q4_quad below): the nibbles go
+ *                 unsigned (0..15) into vpdpbusd against the activations'
+ *                 int8, and -8 * (the lane's sum of q_x), once per x row
+ *                 and step for the whole tile, is where the sums start:
+ *                 exact integer block sums, 4 lanes per block, scaled in
+ *                 16 f32 lanes, so other bits than AVX2, within the same
+ *                 bound.
  */
 #include "wkernels_impl.h"
 
@@ -227,83 +227,63 @@ B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
     B2_WTILES(m, n, TR, QN, Q8_TILE);
 }
 
-/* the sum of a's 8 lanes (q4_0's folded accumulators) */
-B2XV static INL float hsum8v(__m256 a)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+/* ---- q4_0 with VNNI: four blocks per 512-bit step ----
+ * W row, blocks b..b+3 (72 bytes, two overlapping loads: bytes 0..63 and
+ * 8..71): one vpermt2w puts the four blocks' 16 bytes of nibbles side by
+ * side, N = [n_b | n_b+1 | n_b+2 | n_b+3]; lo = N & 15 holds values 0..15
+ * of each block, hi = (N >> 4) & 15 values 16..31, unsigned, for vpdpbusd
+ * (no per-row unpacking beyond one shift and two ANDs, no -8); one vpermw
+ * of the first load gives the four f16 scales, block b+j's in lanes
+ * 4j..4j+3.  x row, once per step for the tile's R rows: its 128 bytes of
+ * the four blocks as xlo = [x_b[0..15] | x_b+1[0..15] | ..] and xhi
+ * (values 16..31), two vshufi32x4, and where every row's sums start,
+ * -8 * the lane's sum of x (two vpdpbusd with 8s).  Then int32 lane
+ * L = 4j + l holds sum (nibble - 8) * q_x over values 4l..4l+3 and
+ * 16+4l..19+4l of block b+j, exact, and acc (16 f32 lanes) +=
+ * (d_w d_x) * (float)lane.  Lanes end as lane j + lane j + 8, then the
+ * tree.  Not the AVX2 kernel's bits (other lanes), within the same bound.
+ * The last nb % 4 blocks: W and x copied into zeroed buffers (scales 0:
+ * the missing blocks add exactly 0), the same step. */
 
-/* ---- q4_0 with VNNI: two blocks per 512-bit step ----
- * W row, blocks b and b + 1: the 16 + 16 bytes of nibbles side by side,
- * shifted copy above: [lo_b | lo_b1 | hi_b | hi_b1] (values 0..15 of
- * each block, then 16..31).  The activations' 64 bytes of the two blocks
- * are put in the same order once per x row (vpermq), with the lanes'
- * -8 * sum q_x where vpdpbusd starts.  Int32 lane L then holds block
- * b + (L / 4) % 2; the upper 8 lanes are added to the lower 8 (exact), so
- * lanes 0-3 hold block b (values 4l..4l+3 and 16+4l..19+4l) and 4-7 block
- * b + 1, and the f32 work is 8 lanes wide: acc += (d_w d_x) * lanes with
- * the scales of b in lanes 0-3 and of b + 1 in 4-7 (blends).  An odd last
- * block goes alone, the other half zero (nibbles, activations and
- * scales: it adds exactly 0). */
+#define Q4_QUAD (4 * B2_Q4_0_BYTES) /* W bytes of one step, per row */
 
-B2XV static INL __m256 q4_pair_scale(const unsigned char *blk, int two)
+/* acc[r][i] += the four blocks from w (R rows rb bytes apart) times the
+ * four from xq (N rows xs bytes apart; scales xd, ds floats apart) */
+B2XV static INL void q4_quad(__m512 acc[TR][QN], const int8_t *xq, size_t xs, const float *xd, size_t ds,
+                             const unsigned char *w, size_t rb, const int R, const int N)
 {
-    unsigned short h0, h1 = 0;
-    memcpy(&h0, blk, 2);
-    if (two) memcpy(&h1, blk + B2_Q4_0_BYTES, 2);
-    return _mm256_cvtph_ps(_mm_blend_epi16(_mm_set1_epi16((short)h0), _mm_set1_epi16((short)h1), 0xf0));
-}
-
-B2XV static INL __m512i q4_pair_nibbles(const unsigned char *blk, int two)
-{
-    const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(blk + 2));
-    const __m128i b = two ? _mm_loadu_si128((const __m128i *)(const void *)(blk + B2_Q4_0_BYTES + 2)) : _mm_setzero_si128();
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
-    return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1),
-                            _mm512_set1_epi8(15));
-}
-
-/* lanes 0..7 + lanes 8..15, exact */
-B2XV static INL __m256i q4_fold(__m512i p)
-{
-    return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
-}
-
-/* one step of the tile: blocks b and (if two) b + 1 */
-B2XV static INL void q4_step(__m256 acc[TR][QN], const int8_t *xq, const float *xd, const unsigned char *w, size_t rb,
-                             int k, int nb, int b, const int two, const int R, const int N)
-{
-    const __m512i eights = _mm512_set1_epi8(8), order = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
-    __m256 dw[TR];
-    __m512i nib[TR];
-    const size_t pf = (size_t)b2__wprefetch;
-    if (pf)
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES + pf, _MM_HINT_T0);
+    const __m512i m15 = _mm512_set1_epi8(15), eights = _mm512_set1_epi8(8);
+    /* word 9j + 1 + u of bytes 0..63: byte 18j + 2 + 2u, nibbles of block j
+     * (j < 3); block 3's from the load at byte 8 (32 + word 24 + u) */
+    const __m512i nib_idx = _mm512_set_epi16(63, 62, 61, 60, 59, 58, 57, 56, 26, 25, 24, 23, 22, 21, 20, 19,
+                                             17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i scale_idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                               27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0);
+    const __m512i quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 dw[TR];
+    __m512i lo[TR], hi[TR];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
-        const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES;
-        dw[r] = q4_pair_scale(blk, two);
-        nib[r] = q4_pair_nibbles(blk, two);
+        const unsigned char *p = w + (size_t)r * rb;
+        const __m512i a = _mm512_loadu_si512((const void *)p), b = _mm512_loadu_si512((const void *)(p + 8));
+        const __m512i nib = _mm512_permutex2var_epi16(a, nib_idx, b);
+        dw[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scale_idx, a)));
+        lo[r] = _mm512_and_si512(nib, m15);
+        hi[r] = _mm512_and_si512(_mm512_srli_epi16(nib, 4), m15);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++) {
-        const int8_t *xp = xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK;
-        const __m512i raw = two ? _mm512_loadu_si512((const void *)xp)
-                                : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256((const __m256i *)(const void *)xp), 0);
-        const __m512i q = _mm512_permutexvar_epi64(order, raw);
-        /* -8 * sum q per lane: where each W row's vpdpbusd starts */
-        const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, q));
-        const float *dp = xd + (size_t)i * nb + b;
-        const __m256 dx = _mm256_blend_ps(_mm256_set1_ps(dp[0]), _mm256_set1_ps(two ? dp[1] : 0.0f), 0xf0);
+        const int8_t *xp = xq + (size_t)i * xs;
+        const __m512i a = _mm512_loadu_si512((const void *)xp), b = _mm512_loadu_si512((const void *)(xp + 64));
+        const __m512i xlo = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i xhi = _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512i s8 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, xlo), eights, xhi);
+        const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), s8);
+        const __m512 dx = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(xd + (size_t)i * ds)));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const __m256i p = q4_fold(_mm512_dpbusd_epi32(off, nib[r], q));
-            acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p), acc[r][i]);
+            const __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(off, lo[r], xlo), hi[r], xhi);
+            acc[r][i] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(p), acc[r][i]);
         }
     }
 }
@@ -312,44 +292,59 @@ B2XV static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *x
                              size_t rb, int k, const int R, const int N)
 {
     const int nb = k / B2_Q4_0_BLOCK;
-    __m256 acc[TR][QN];
+    __m512 acc[TR][QN];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
+        for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
+    const size_t pf = (size_t)b2__wprefetch;
     int b = 0;
-    for (; b + 2 <= nb; b += 2) q4_step(acc, xq, xd, w, rb, k, nb, b, 1, R, N);
-    if (b < nb) q4_step(acc, xq, xd, w, rb, k, nb, b, 0, R, N);
+    for (; b + 4 <= nb; b += 4) {
+        const unsigned char *wb = w + (size_t)b * B2_Q4_0_BYTES;
+        if (pf)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)wb + (size_t)r * rb + pf + 64, _MM_HINT_T0);
+            }
+        q4_quad(acc, xq + (size_t)b * B2_Q4_0_BLOCK, (size_t)k, xd + b, (size_t)nb, wb, rb, R, N);
+    }
+    if (b < nb) { /* 1..3 blocks left: zero-padded copies */
+        const int c = nb - b;
+        unsigned char wt[TR * Q4_QUAD];
+        int8_t xt[QN * 4 * B2_Q4_0_BLOCK];
+        float dt[QN * 4];
+        memset(wt, 0, sizeof wt);
+        memset(xt, 0, sizeof xt);
+        memset(dt, 0, sizeof dt);
+        for (int r = 0; r < R; r++)
+            memcpy(wt + r * Q4_QUAD, w + (size_t)r * rb + (size_t)b * B2_Q4_0_BYTES, (size_t)c * B2_Q4_0_BYTES);
+        for (int i = 0; i < N; i++) {
+            memcpy(xt + i * 4 * B2_Q4_0_BLOCK, xq + (size_t)i * k + (size_t)b * B2_Q4_0_BLOCK, (size_t)c * B2_Q4_0_BLOCK);
+            memcpy(dt + i * 4, xd + (size_t)i * nb + b, sizeof(float) * (size_t)c);
+        }
+        q4_quad(acc, xt, 4 * B2_Q4_0_BLOCK, dt, 4, wt, Q4_QUAD, R, N);
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < N; i++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum8v(acc[r][i]);
+        for (int r = 0; r < R; r++) y[(size_t)i * ldy + r] = hsum16v(acc[r][i]);
 }
+
+#define Q4_TILE(r0, i0, R, N)                                                                       \
+    q4_tile(y + (size_t)(i0) * ldy + (r0), ldy, xq + (size_t)(i0) * k, xd + (size_t)(i0) * nb,         \
+            w + (size_t)(r0) * rb, rb, k, R, N)
 
 B2XV static void q4_rows_vnni(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                               size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q4_0_BLOCK;
-    int r0 = 0;
-    for (; r0 + TR <= m; r0 += TR) {
-        int i0 = 0;
-        for (; i0 + QN <= n; i0 += QN)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, QN);
-        for (; i0 < n; i0++)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, TR, 1);
-    }
-    for (; r0 < m; r0++) {
-        int i0 = 0;
-        for (; i0 + QN <= n; i0 += QN)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, QN);
-        for (; i0 < n; i0++)
-            q4_tile(y + (size_t)i0 * ldy + r0, ldy, xq + (size_t)i0 * k, xd + (size_t)i0 * nb, w + (size_t)r0 * rb, rb, k, 1, 1);
-    }
+    B2_WTILES(m, n, TR, QN, Q4_TILE);
 }
 
 const b2_wimpl b2__wimpl_avx512 = {"avx512", fp_rows, b2__q8_rows_avx2, b2__q8_to_f32_avx2, b2__q4_rows_avx2,
-                                   b2__q4_to_f32_avx2};
+                                   b2__q4_to_f32_avx2, b2__act_q8_avx2};
 const b2_wimpl b2__wimpl_avx512_vnni = {"avx512-vnni", fp_rows, q8_rows_vnni, b2__q8_to_f32_avx2, q4_rows_vnni,
-                                        b2__q4_to_f32_avx2};
+                                        b2__q4_to_f32_avx2, b2__act_q8_avx2};
 
 #endif

@@ -30,16 +30,20 @@ typedef struct b2_wimpl {
      * rounding per value, the same bits in every implementation. */
     void (*q8_to_f32)(float *y, const unsigned char *w, int nb);
     /* q4_0 weights with q8_0 activations as for q8: per block the integer
-     * dot product sum (nibble - 8) * q_x is exact, lane l taking values
-     * 4l..4l+3 of the block (in value order, nibbles unpacked), then
-     * acc += (d_w * d_x) * (float)isum in 8 lanes.  NULL in a table: the
-     * dispatcher uses the portable one. */
+     * dot product sum (nibble - 8) * q_x is exact in int32 lanes, then
+     * acc += (d_w * d_x) * (float)lane in f32 lanes (portable: lane l
+     * takes values 4l..4l+3 of the block, 8 lanes; the SIMD kernels
+     * other groupings, e.g. values 4l..4l+3 and 16+4l..19+4l, within the
+     * same bound).  NULL in a table: the dispatcher uses the portable
+     * one. */
     void (*q4)(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                size_t rb, int n, int m, int k);
     /* y (nb * 32) = the nb q4_0 blocks at w as f32: d * (float)(nibble -
      * 8), one rounding per value, the same bits in every implementation
      * (NULL: the portable one). */
     void (*q4_to_f32)(float *y, const unsigned char *w, int nb);
+    /* b2__wquantize_act_q8 with the same bits (NULL: that one). */
+    void (*act_q8)(int8_t *q, float *d, const float *x, int k);
 } b2_wimpl;
 
 /* The tile driver every SIMD file shares: TILE(r0, i0, R, N) for a tile
@@ -116,6 +120,8 @@ void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb);
 void b2__q4_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                       size_t rb, int n, int m, int k);
 void b2__q4_to_f32_avx2(float *y, const unsigned char *w, int nb);
+/* b2__wquantize_act_q8 in AVX2, the same bits (every SIMD table uses it). */
+void b2__act_q8_avx2(int8_t *q, float *d, const float *x, int k);
 #endif
 
 #endif

@@ -57,7 +57,7 @@ static float *rand_buf(size_t n, float scale, uint64_t seed)
 
 typedef struct opts {
     const char *model;
-    int rounds, steps, threads, verbose, batch;
+    int rounds, warmup, steps, threads, verbose, batch;
     double mem_gib;
     const char *prompt, *image;
     int do_vision, do_qformer, do_lm, do_caption, limits_only;
@@ -68,6 +68,8 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: bench_engine --model DIR [options]\n"
         "  --rounds N        measurement rounds; medians over them (default 3)\n"
+        "  --warmup N        uncounted rounds first (default 1): a process's first products\n"
+        "                    create oneDNN's primitives and time both paths of each shape\n"
         "  --decode-steps N  decode steps per round, and new tokens of the caption (default 20)\n"
         "  --batch N         OPT decode: N sequences per step (copies of the prefilled\n"
         "                    cache), per token = per step / N (default 1)\n"
@@ -87,7 +89,7 @@ static void usage(FILE *f)
 
 static int parse(opts *o, int argc, char **argv)
 {
-    *o = (opts){.rounds = 3, .steps = 20, .threads = 0, .mem_gib = 2.0, .batch = 1,
+    *o = (opts){.rounds = 3, .warmup = 1, .steps = 20, .threads = 0, .mem_gib = 2.0, .batch = 1,
                 .prompt = "Question: what is shown in this picture? Answer:",
                 .do_vision = 1, .do_qformer = 1, .do_lm = 1, .do_caption = 1};
     for (int i = 1; i < argc; i++) {
@@ -99,6 +101,7 @@ static int parse(opts *o, int argc, char **argv)
         i++;
         if (!strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "--rounds")) o->rounds = atoi(v);
+        else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--decode-steps")) o->steps = atoi(v);
         else if (!strcmp(a, "--batch")) o->batch = atoi(v);
         else if (!strcmp(a, "--prompt")) o->prompt = v;
@@ -113,7 +116,7 @@ static int parse(opts *o, int argc, char **argv)
             o->do_caption = strstr(v, "caption") != NULL;
         } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
     }
-    if ((!o->model && !o->limits_only) || o->rounds < 1 || o->steps < 1 || o->mem_gib <= 0 ||
+    if ((!o->model && !o->limits_only) || o->rounds < 1 || o->warmup < 0 || o->steps < 1 || o->mem_gib <= 0 ||
         o->batch < 1 || o->batch > 64) { usage(stderr); return -1; }
     return 0;
 }
@@ -432,7 +435,10 @@ int main(int argc, char **argv)
      * the limits' medians. */
 #define SGEMM_LIMIT() (lim_gf[nlim_gf++] = sgemm_rate(sa, sb, sc, sg_m, sg_n, sg_k))
 #define MEM_LIMIT() (lim_gb[nlim_gb++] = mem_rate(rfn, mem, mem_n, nt))
-    for (int r = 0; r < R; r++) {
+    for (int rr = -o.warmup; rr < R; rr++) {
+        /* a warm-up round (rr < 0) fills slot 0, which round 0 overwrites,
+         * and its limit measurements are dropped */
+        const int r = rr < 0 ? 0 : rr, kept_gf = nlim_gf, kept_gb = nlim_gb;
         double gf0, gf1;
         if (o.do_vision) {
             gf0 = SGEMM_LIMIT();
@@ -537,6 +543,11 @@ int main(int argc, char **argv)
                 id += (t5 ? t5_decode_bytes(c, k, crow) : decode_bytes(c, crow + k - 1)) / b;
             ideal[r] = id;
             ratio[S_CAPTION][r] = id / tm[S_CAPTION][r];
+        }
+        if (rr < 0) {
+            nlim_gf = kept_gf;
+            nlim_gb = kept_gb;
+            continue;
         }
         if (o.verbose) {
             printf("round %d:", r + 1);

@@ -6,10 +6,8 @@
 #
 #   gguf_q4_reader.py FILE.gguf SRC_FOLDER
 #
-# Parses the header (magic, version 3, counts), every metadata pair (all
-# value types, arrays included), every tensor info (name, dims, type,
-# offset) and checks each tensor's data lies aligned inside the file.
-# Then, for every q4_0 tensor (type 2), the f32 source tensor of the same
+# Parses the file with tests/gguf_spec.py (header, every metadata pair and
+# tensor info, each tensor's data aligned inside the file).  Then, for every q4_0 tensor (type 2), the f32 source tensor of the same
 # name in SRC_FOLDER's safetensors: the shape must be the source's
 # reversed, the bytes must be what GGML's quantisation gives (per block of
 # 32: max = the value of largest magnitude, d = max / -8 rounded to f16,
@@ -24,36 +22,8 @@ import os
 import struct
 import sys
 
-GGML_TYPES = {0: ('f32', 1, 4), 1: ('f16', 1, 2), 2: ('q4_0', 32, 18), 8: ('q8_0', 32, 34), 30: ('bf16', 1, 2)}
-
-
-class Reader:
-    def __init__(self, data):
-        self.b = data
-        self.o = 0
-
-    def take(self, fmt):
-        v = struct.unpack_from('<' + fmt, self.b, self.o)
-        self.o += struct.calcsize('<' + fmt)
-        return v[0]
-
-    def string(self):
-        n = self.take('Q')
-        s = self.b[self.o:self.o + n].decode('utf-8')
-        self.o += n
-        return s
-
-    def value(self, t):
-        scalar = {0: 'B', 1: 'b', 2: 'H', 3: 'h', 4: 'I', 5: 'i', 6: 'f', 7: '?', 10: 'Q', 11: 'q', 12: 'd'}
-        if t in scalar:
-            return self.take(scalar[t])
-        if t == 8:
-            return self.string()
-        if t == 9:
-            et = self.take('I')
-            n = self.take('Q')
-            return [self.value(et) for _ in range(n)]
-        raise ValueError('unknown metadata value type %d' % t)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_spec import GGML_TYPES, Gguf  # noqa: E402
 
 
 def f32(x):
@@ -113,54 +83,29 @@ def main():
         bad += 1
         print('FAIL ' + msg)
 
-    r = Reader(data)
-    if data[:4] != b'GGUF':
-        print('FAIL not a GGUF file')
+    try:
+        g = Gguf(data)  # magic, version 3, every pair and tensor info, data aligned inside the file
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+        print('FAIL %s' % e)
         return 1
-    r.o = 4
-    version = r.take('I')
-    n_tensors = r.take('Q')
-    n_kv = r.take('Q')
-    if version != 3:
-        fail('version %d, want 3' % version)
-    kv = {}
-    for _ in range(n_kv):
-        key = r.string()
-        kv[key] = r.value(r.take('I'))
+    kv = g.kv
     align = kv.get('general.alignment', 32)
-    infos = []
-    for _ in range(n_tensors):
-        name = r.string()
-        nd = r.take('I')
-        ne = [r.take('Q') for _ in range(nd)]
-        t = r.take('I')
-        off = r.take('Q')
-        infos.append((name, ne, t, off))
-    start = (r.o + align - 1) // align * align
-    print('header: version %d, %d tensors, %d metadata pairs, alignment %d, data at %d, file_type %s' %
-          (version, n_tensors, n_kv, align, start, kv.get('general.file_type')))
+    start = min((T['data_at'] - T['offset'] for T in g.tensors.values()), default=0)
+    print('header: version 3, %d tensors, %d metadata pairs, alignment %d, data at %d, file_type %s' %
+          (len(g.tensors), len(kv), align, start, kv.get('general.file_type')))
     if kv.get('general.file_type') != 2:
         fail('general.file_type %r, want 2 (MOSTLY_Q4_0)' % kv.get('general.file_type'))
     src_t = load_safetensors(src)
     counts = {}
     checked_blocks = 0
-    for name, ne, t, off in infos:
-        if t not in GGML_TYPES:
-            fail('%s: unknown type %d' % (name, t))
-            continue
-        tn, bs, bb = GGML_TYPES[t]
+    for name, T in g.tensors.items():
+        ne = T['ne']
+        tn, bs, bb = GGML_TYPES[T['type']]
         counts[tn] = counts.get(tn, 0) + 1
-        if ne[0] % bs:
-            fail('%s: row of %d values, not a multiple of %d' % (name, ne[0], bs))
-            continue
         rows = 1
         for v in ne[1:]:
             rows *= v
         row_bytes = ne[0] // bs * bb
-        size = row_bytes * rows
-        if off % align or start + off + size > len(data):
-            fail('%s: data at %d (+%d bytes) misaligned or past the end' % (name, off, size))
-            continue
         if tn != 'q4_0':
             continue
         if not name.startswith('language_model.'):
@@ -175,7 +120,7 @@ def main():
         k = ne[0]
         for row in range(min(rows, 128)):
             xs = struct.unpack_from('<%df' % k, raw, a + 4 * k * row)
-            got = data[start + off + row * row_bytes: start + off + (row + 1) * row_bytes]
+            got = data[T['data_at'] + row * row_bytes: T['data_at'] + (row + 1) * row_bytes]
             for blk in range(k // 32):
                 x = xs[32 * blk: 32 * blk + 32]
                 g = got[18 * blk: 18 * blk + 18]

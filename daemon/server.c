@@ -340,6 +340,10 @@ static void handle_frame(conn *c, const uint8_t *payload, size_t len)
         break;
     case B2IPC_OP_CANCEL:
         if (!b2d_cancel(c->client, rq.cancel.target, &rq.id)) {
+            /* not in flight: perhaps its terminal reply unlisted it a moment
+             * ago and waits, with its last tokens, in the event queue; they
+             * go out first, so nothing of the target follows this reply */
+            async_cb(&s->async);
             b2ipc_reply_init(&rp, B2IPC_REPLY_CANCEL);
             rp.id = rq.id;
             rp.cancel.found = false;

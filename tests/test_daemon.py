@@ -163,6 +163,32 @@ t0 = time.monotonic()
 r = c.call({"id": 804, "op": "generate", "image": image("camera.png"), "max_new_tokens": 5})
 ok(r["type"] == "done" and time.monotonic() - t0 < 2 * SCALE, "a request after a cancel is served at once")
 
+# a cancel racing its target's end: whatever the reply, nothing of the
+# target follows it, and found: true comes after exactly one terminal (a
+# found: false once went out ahead of the target's last frames, still
+# queued for the loop thread)
+bad, found = [], 0
+for k in range(150):
+    rid = 900 + 2 * k
+    c.send({"id": rid, "op": "generate", "image": image("camera.png"), "stream": True, "max_new_tokens": 2})
+    terms = 0
+    if k % 3:  # its first event first, so the cancel meets it at every stage
+        r = c.recv()
+        terms += r.get("id") == rid and r["type"] in ("done", "error")
+    c.send({"id": rid + 1, "op": "cancel", "target": rid})
+    while True:
+        r = c.recv()
+        if r.get("id") == rid + 1:
+            break
+        terms += r.get("id") == rid and r["type"] in ("done", "error")
+    found += r["found"] is True
+    c.send({"id": 899, "op": "ping"})
+    n = c.recv()
+    if n["type"] != "pong" or (r["found"] and terms != 1) or terms > 1:
+        bad.append((rid, r["found"], terms, n.get("type"), n.get("id")))
+ok(not bad, "150 cancels racing their target's end (%d found): nothing of the target after the cancel reply; "
+   "found: true after exactly one terminal %s" % (found, bad[:3]))
+
 # a client that disconnects mid-stream frees its slot
 d = Client(SOCK)
 d.send({"id": 1, "op": "generate", "image": image("coffee.png"), "stream": True, "max_new_tokens": 2000})

@@ -7,13 +7,17 @@
  * plus the edges: scales 0, subnormal, negative, the largest f16 and
  * f16 infinity; q8 values -128 and 127; q4 nibbles 0 and 15; f16 values
  * 0, -0, subnormal, largest, infinities.  Several row offsets and row
- * counts.  Skipped where the CPU has no AVX512-BF16 (the function then
- * declines: checked too).
+ * counts.  The same rows in oneDNN's blocked layout
+ * (b2__wrows_to_bf16_blocked): every value where the layout puts it; and
+ * products on converted tiles equal, bit for bit, the product on the same
+ * bf16 values given as rows.  Skipped where the CPU has no AVX512-BF16
+ * (the function then declines: checked too).
  */
 #include "matmul_dnnl.h"
 #include "tap.h"
 #include "wkernels.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,5 +118,84 @@ int main(void)
             if (bad) printf("# %d values differ, first at %d\n", bad, first);
             free(w); free(f); free(got);
         }
+    /* the blocked layout: every value where the formula puts it, each block
+     * size, two row offsets, and not a value written past the rows */
+    ok(b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_Q8_0, 0, 16, 32, 8) < 0 &&
+       b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_Q8_0, 0, 24, 32, 16) < 0 &&
+       b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_BF16, 0, 16, 32, 16) < 0,
+       "blocked: a block size other than 16/32/64, rows no multiple of it, or bf16 rows are declined");
+    for (int ti = 0; ti < 3; ti++)
+        for (int ki = 0; ki < 3; ki++) {
+            const b2_wtype t = types[ti];
+            const int k = ks[ki], rows = 136;
+            const size_t rb = b2__wt_row_bytes(t, k), nv = (size_t)128 * k;
+            unsigned char *w = malloc(rb * rows);
+            uint16_t *plain = malloc(sizeof(uint16_t) * nv), *got = malloc(sizeof(uint16_t) * (nv + 1));
+            if (!w || !plain || !got) return 1;
+            fill(w, t, rows, k);
+            int bad = 0, rc = 0;
+            const int nbs[] = {16, 32, 64};
+            for (int bi = 0; bi < 3; bi++)
+                for (int r0 = 0; r0 <= 8; r0 += 8) {
+                    const int nb = nbs[bi], nr = 128;
+                    memset(got, 0xee, sizeof(uint16_t) * (nv + 1));
+                    rc |= b2__wrows_to_bf16_blocked(got, w, t, r0, nr, k, nb);
+                    rc |= b2__wrows_to_bf16(plain, w, t, r0, nr, k);
+                    for (int n = 0; n < nr; n++)
+                        for (int c = 0; c < k; c++) {
+                            const size_t at = (size_t)(n / nb) * k * nb + (size_t)(c / 32) * 32 * nb +
+                                              (size_t)((c % 32) / 2) * 2 * nb + (size_t)(n % nb) * 2 + c % 2;
+                            bad += got[at] != plain[(size_t)n * k + c];
+                        }
+                    bad += got[nv] != 0xeeee;
+                }
+            ok(rc == 0 && bad == 0, "%s, k %d: blocked (16, 32, 64 rows a block) holds the same bits in oneDNN's order%s",
+               names[ti], k, bad ? " MISMATCH" : "");
+            if (bad) printf("# %d values misplaced\n", bad);
+            free(w); free(plain); free(got);
+        }
+    /* the products: W converted tile by tile (blocked where oneDNN picks
+     * that layout) against the same bf16 values given in rows */
+    if (!b2__dnnl_bf16_native(NULL)) {
+        printf("# SKIP the bf16 products: oneDNN has no native bf16 here\n");
+        return tap_done();
+    }
+    for (int ti = 0; ti < 3; ti++) {
+        const b2_wtype t = types[ti];
+        const int n = 44, k = 2560, m = 768 + 64 + 64; /* a full tile (768 rows at this k) and a tail */
+        const size_t rb = b2__wt_row_bytes(t, k);
+        unsigned char *w = malloc(rb * m);
+        uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)m * k);
+        float *x = malloc(sizeof(float) * (size_t)n * k), *y = malloc(sizeof(float) * (size_t)n * m),
+              *yr = malloc(sizeof(float) * (size_t)n * m), *bias = malloc(sizeof(float) * m);
+        if (!w || !wb || !x || !y || !yr || !bias) return 1;
+        fill(w, t, m, k);
+        if (t != B2_WT_F16) /* finite scales only: the edges above would make whole columns inf or NaN */
+            for (int r = 0; r < m; r++)
+                for (int b = 0; b < k / 32; b++) {
+                    const uint16_t d = (uint16_t)(0x1800 + next() % 0x0800);
+                    memcpy(w + (size_t)r * rb + (size_t)b * (t == B2_WT_Q8_0 ? B2_Q8_0_BYTES : B2_Q4_0_BYTES), &d, 2);
+                }
+        else
+            for (size_t i = 0; i < (size_t)m * k; i++) {
+                const uint16_t h = (uint16_t)(0x2000 + next() % 0x1000) ^ (uint16_t)(next() & 0x8000);
+                memcpy(w + 2 * i, &h, 2);
+            }
+        for (size_t i = 0; i < (size_t)n * k; i++) x[i] = (float)((int)(next() % 2001) - 1000) / 1000.0f;
+        for (int r = 0; r < m; r++) bias[r] = (float)r / m;
+        int rc = b2__wrows_to_bf16(wb, w, t, 0, m, k);
+        b2_dnnl_mm *pt = b2__dnnl_mm(n, m, k, k, m, t, B2_PREC_BF16, 1);
+        b2_dnnl_mm *pr = b2__dnnl_mm(n, m, k, k, m, B2_WT_BF16, B2_PREC_BF16, 1);
+        rc |= !pt || !pr;
+        if (!rc) rc |= b2__dnnl_mm_run(pt, y, x, w, bias) | b2__dnnl_mm_run(pr, yr, x, wb, bias);
+        double worst = 0;
+        for (size_t i = 0; !rc && i < (size_t)n * m; i++) {
+            const double d = fabs((double)y[i] - yr[i]) / (fabs((double)yr[i]) + 1e-3);
+            worst = d > worst ? d : worst;
+        }
+        ok(rc == 0 && worst <= 1e-6, "%s: %d x %d @ (%d x %d)^T + b in converted tiles (%s) = the bf16 rows' product "
+           "(worst relative difference %.2g)", names[ti], n, k, m, k, pt ? b2__dnnl_mm_impl(pt) : "-", worst);
+        free(w); free(wb); free(x); free(y); free(yr); free(bias);
+    }
     return tap_done();
 }

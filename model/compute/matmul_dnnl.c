@@ -9,6 +9,9 @@
  *     bf16: x rounded to bf16 into this thread's buffer
  *     -> memory objects around the caller's pointers -> execute on this
  *        thread's stream with its scratchpad buffer
+ *     f16/q8_0/q4_0 weights: per tile of rows, widened to bf16 on the
+ *     pool straight into the blocked layout oneDNN picked for the tile
+ *     (else into rows) -> execute -> the tile's columns into y
  *   b2__dnnl_mm_run_q(p, y, x, qW, b)  (int8)
  *     x (n, k) -> u8 (n, k) + a scale and zero point per row
  *     -> u8 x s8 -> s32 into y's own storage
@@ -46,6 +49,7 @@ struct b2_dnnl_mm {
     /* f16 / q8_0 / q4_0 weights with bf16 math: W converted to bf16 `tile` rows
      * at a time (prim: a whole tile; tail: the last m % tile rows) */
     int tile;
+    int nb, nb_t; /* > 0: the tile (tail) is written in oneDNN's blocked layout of nb rows a block */
     dnnl_primitive_t tail;
     dnnl_memory_desc_t wei_t, dst_t, bmd_t;
     size_t scratch_tail;
@@ -105,10 +109,30 @@ static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
     return p->prec == B2_PREC_BF16 ? dnnl_bf16 : p->prec == B2_PREC_INT8 ? dnnl_s8 : dnnl_f32;
 }
 
+/* nb if md is oneDNN's blocked bf16 layout for (k, cols) weights that
+ * b2__wrows_to_bf16_blocked writes (BA16a<nb>b2a, nothing padded), else 0 */
+static int blocked_nb(const dnnl_memory_desc_t *md, int k, int cols)
+{
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    if (md->format_kind != dnnl_blocked || md->ndims != 2 || md->data_type != dnnl_bf16 || md->dims[0] != k ||
+        md->dims[1] != cols || md->padded_dims[0] != k || md->padded_dims[1] != cols || md->offset0 != 0 ||
+        md->extra.flags != 0 || b->inner_nblks != 3 || b->inner_idxs[0] != 0 || b->inner_idxs[1] != 1 ||
+        b->inner_idxs[2] != 0 || b->inner_blks[0] != 16 || b->inner_blks[2] != 2)
+        return 0;
+    const dnnl_dim_t nb = b->inner_blks[1];
+    if ((nb != 16 && nb != 32 && nb != 64) || cols % nb || k % 32 || b->strides[0] != 32 * nb ||
+        b->strides[1] != (dnnl_dim_t)k * nb)
+        return 0;
+    return (int)nb;
+}
+
 /* One primitive for y (n, ldy)[:, :cols] = x @ W^T over `cols` weight
- * rows; *prim NULL if refused.  impl (48 bytes) gets its name. */
+ * rows; *prim NULL if refused.  impl (48 bytes) gets its name.  nb
+ * non-NULL: W is a converted tile, in oneDNN's own blocked layout if it
+ * picks one b2__wrows_to_bf16_blocked writes (*nb its block), else in
+ * rows (*nb 0). */
 static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dnnl_memory_desc_t *wei,
-                       dnnl_memory_desc_t *dst, dnnl_memory_desc_t *bmd, size_t *scratch, char *impl_out)
+                       dnnl_memory_desc_t *dst, dnnl_memory_desc_t *bmd, size_t *scratch, char *impl_out, int *nb)
 {
     const dnnl_data_type_t dt = src_dt(p), ddt = p->prec == B2_PREC_INT8 ? dnnl_s32 : dnnl_f32;
     /* bf16, int8: x is converted into a packed (n, k) copy */
@@ -126,16 +150,33 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     *prim = NULL;
     snprintf(impl_out, 48, "unavailable");
     if (!engine) return;
+    if (nb) *nb = 0;
     if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success ||
-        dnnl_memory_desc_init_by_strides(wei, 2, wd, wei_dt(p), ws) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(dst, 2, dd, ddt, ds) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(bmd, 2, bd, dnnl_f32, bs) != dnnl_success ||
-        dnnl_matmul_desc_init(&md, &src, wei, dnnl_bias(p) ? bmd : NULL, dst) != dnnl_success ||
         dnnl_primitive_attr_create(&attr) != dnnl_success ||
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
         goto done;
-    if (dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL) != dnnl_success) {
+    /* a converted tile: first with the weights' layout left to oneDNN */
+    for (int blocked = nb != NULL; blocked >= 0; blocked--) {
+        if ((blocked ? dnnl_memory_desc_init_by_tag(wei, 2, wd, wei_dt(p), dnnl_format_tag_any)
+                     : dnnl_memory_desc_init_by_strides(wei, 2, wd, wei_dt(p), ws)) != dnnl_success ||
+            dnnl_matmul_desc_init(&md, &src, wei, dnnl_bias(p) ? bmd : NULL, dst) != dnnl_success)
+            goto done;
+        if (dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL) != dnnl_success) {
+            pd = NULL;
+            continue;
+        }
+        if (!blocked) break;
+        const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        if (chosen && (*nb = blocked_nb(chosen, p->k, cols)) > 0) {
+            *wei = *chosen;
+            break;
+        }
+        dnnl_primitive_desc_destroy(pd);
         pd = NULL;
+    }
+    if (!pd) {
         snprintf(impl_out, 48, "unimplemented");
         goto done;
     }
@@ -156,24 +197,34 @@ done:
     if (attr) dnnl_primitive_attr_destroy(attr);
 }
 
-/* Weight rows per converted tile: about TILE_BYTES of bf16, a multiple
- * of 64 rows (oneDNN's blocking) */
-#define TILE_BYTES ((size_t)4 << 20)
+/* Weight rows per converted tile: about TILE_BYTES of bf16 (the tile
+ * is written, then read by oneDNN, in the last-level cache), a multiple
+ * of 128 rows per thread: oneDNN's brgemm hands out its 64-column blocks
+ * in pairs, so an odd count of pairs per thread left one thread idle at
+ * the end (44-row products on 2 threads, bench/RESULTS.md 2026-12-06
+ * 12:25-: 576 or 1152 rows a tile 1.5x slower than 512, 768 or 1024;
+ * 5 MiB: 1024 rows at k = 2560, 256 at k = 10240, the fastest of 2 to 12
+ * MiB at both). */
+#define TILE_BYTES ((size_t)5 << 20)
 
 static void create(b2_dnnl_mm *p)
 {
     if (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0 || p->wt == B2_WT_Q4_0) {
-        size_t t = TILE_BYTES / (2 * (size_t)p->k);
-        t = t < 64 ? 64 : t / 64 * 64;
-        p->tile = t > (size_t)p->m ? p->m : (int)t;
+        const size_t unit = (size_t)128 * b2__pool_size(), t = TILE_BYTES / (2 * (size_t)p->k) / unit * unit;
+        p->tile = t < unit ? (int)unit : (int)t;
+        if (p->tile > p->m) p->tile = p->m;
     } else {
         p->tile = p->m;
     }
-    create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl);
+    uint16_t none[1];
+    const unsigned char nothing[B2_Q8_0_BYTES] = {0};
+    const int conv = p->prec == B2_PREC_BF16 && (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0 || p->wt == B2_WT_Q4_0) &&
+                     b2__wrows_to_bf16_blocked(none, nothing, p->wt, 0, 0, 32, 16) == 0; /* writes nothing */
+    create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl, conv ? &p->nb : NULL);
     const int rest = p->m % p->tile;
     if (p->prim && rest) {
         char impl[48];
-        create_one(p, rest, &p->tail, &p->wei_t, &p->dst_t, &p->bmd_t, &p->scratch_tail, impl);
+        create_one(p, rest, &p->tail, &p->wei_t, &p->dst_t, &p->bmd_t, &p->scratch_tail, impl, conv ? &p->nb_t : NULL);
         if (!p->tail) {
             dnnl_primitive_destroy(p->prim);
             p->prim = NULL;
@@ -363,8 +414,11 @@ typedef struct conv_job {
     const unsigned char *w;
     b2_wtype wt;
     int r0, rows, k;
+    int nb;     /* > 0: oneDNN's blocked layout (b2__wrows_to_bf16_blocked), BLOCKED_ROWS rows a task */
     float *f32; /* (pool size, CONV_ROWS * k) */
 } conv_job;
+
+#define BLOCKED_ROWS 64 /* a multiple of every nb */
 
 #if defined(__x86_64__)
 /* q8_0, q4_0 and f16 rows straight to bf16, 32 values a step: the same
@@ -372,44 +426,110 @@ typedef struct conv_job {
  * rounding that with vcvtne2ps2bf16, without the f32 buffer between.
  * n values (a multiple of 32). */
 #define DIRECT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,f16c")))
-DIRECT_TARGET static inline void store_bf16x32(uint16_t *y, __m512 lo, __m512 hi)
+/* One group of 32 values as 32 bf16 in memory order: a q8_0 or q4_0
+ * block (q4_0: byte j holds value j in its low nibble, j + 16 in its
+ * high one), or 32 f16 values (64 bytes). */
+DIRECT_TARGET static inline __m512i q8_block_bf16(const unsigned char *w)
 {
-    _mm512_storeu_si512(y, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    uint16_t h;
+    memcpy(&h, w, 2);
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
+    const __m512i q0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 2)));
+    const __m512i q1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 18)));
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(d, _mm512_cvtepi32_ps(q1)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(q0)));
 }
 
-DIRECT_TARGET static void q8_to_bf16(uint16_t *y, const unsigned char *w, size_t n)
-{
-    for (size_t i = 0; i < n; i += 32, w += B2_Q8_0_BYTES) {
-        uint16_t h;
-        memcpy(&h, w, 2);
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
-        const __m512i q0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 2)));
-        const __m512i q1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 18)));
-        store_bf16x32(y + i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(q0)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(q1)));
-    }
-}
-
-/* q4_0: byte j of a block holds value j (low nibble) and j + 16 (high) */
-DIRECT_TARGET static void q4_to_bf16(uint16_t *y, const unsigned char *w, size_t n)
+DIRECT_TARGET static inline __m512i q4_block_bf16(const unsigned char *w)
 {
     const __m512i eight = _mm512_set1_epi32(8), fifteen = _mm512_set1_epi32(15);
-    for (size_t i = 0; i < n; i += 32, w += B2_Q4_0_BYTES) {
-        uint16_t h;
-        memcpy(&h, w, 2);
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
-        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 2)));
-        const __m512i q0 = _mm512_sub_epi32(_mm512_and_si512(b, fifteen), eight);
-        const __m512i q1 = _mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight);
-        store_bf16x32(y + i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(q0)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(q1)));
+    uint16_t h;
+    memcpy(&h, w, 2);
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 2)));
+    const __m512i q0 = _mm512_sub_epi32(_mm512_and_si512(b, fifteen), eight);
+    const __m512i q1 = _mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight);
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(d, _mm512_cvtepi32_ps(q1)), _mm512_mul_ps(d, _mm512_cvtepi32_ps(q0)));
+}
+
+DIRECT_TARGET static inline __m512i f16_block_bf16(const unsigned char *w)
+{
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 32))),
+                                         _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)w)));
+}
+
+/* n values (a multiple of 32), one group after another */
+#define B2_GROUPS_TO_BF16(name, block, bytes)                                                   \
+    DIRECT_TARGET static void name(uint16_t *y, const unsigned char *w, size_t n)               \
+    {                                                                                           \
+        for (size_t i = 0; i < n; i += 32, w += (bytes)) _mm512_storeu_si512(y + i, block(w)); \
+    }
+B2_GROUPS_TO_BF16(q8_to_bf16, q8_block_bf16, B2_Q8_0_BYTES)
+B2_GROUPS_TO_BF16(q4_to_bf16, q4_block_bf16, B2_Q4_0_BYTES)
+B2_GROUPS_TO_BF16(f16_to_bf16, f16_block_bf16, 64)
+#undef B2_GROUPS_TO_BF16
+
+/* r[i] (16 dwords each) -> r[j] = the j-th dword of every r[i] */
+DIRECT_TARGET static inline __attribute__((always_inline)) void transpose16(__m512i r[16])
+{
+    __m512i t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) { /* t[2a], t[2a+1]: dwords of inputs 2a, 2a+1 interleaved */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) { /* then the 64-bit pairs of four inputs */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 16; i += 8) /* then the 128-bit lanes of eight, and of all sixteen */
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) {
+            t[i + b] = _mm512_shuffle_i32x4(r[i + b], r[i + 4 + b], 0x88);
+            t[i + 4 + b] = _mm512_shuffle_i32x4(r[i + b], r[i + 4 + b], 0xdd);
+        }
+#pragma GCC unroll 8
+    for (int b = 0; b < 8; b++) {
+        r[b] = _mm512_shuffle_i32x4(t[b], t[8 + b], 0x88);
+        r[8 + b] = _mm512_shuffle_i32x4(t[b], t[8 + b], 0xdd);
     }
 }
 
-DIRECT_TARGET static void f16_to_bf16(uint16_t *y, const unsigned char *w, size_t n)
-{
-    for (size_t i = 0; i < n; i += 32)
-        store_bf16x32(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i))),
-                      _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i + 32))));
-}
+/* nrows (a multiple of nb) rows of k values (k a multiple of 32) into
+ * oneDNN's blocked bf16 weights (see b2__wrows_to_bf16_blocked), 16 rows
+ * at a time: each row's group of 32 values is 16 pairs; the 16 rows'
+ * pair j go out together as one 64-byte line.  The 16 rows are read as
+ * 16 streams, each prefetched PF_AHEAD bytes ahead. */
+#define PF_AHEAD 256
+#define B2_TO_BLOCKED(name, block, gb)                                                                        \
+    DIRECT_TARGET static void name(uint16_t *dst, const unsigned char *w, size_t rb, int nrows, int k, int nb) \
+    {                                                                                                         \
+        const int groups = k / 32;                                                                            \
+        for (int n0 = 0; n0 < nrows; n0 += 16) {                                                              \
+            const unsigned char *src = w + (size_t)n0 * rb;                                                   \
+            uint16_t *out = dst + (size_t)(n0 / nb) * k * nb + (size_t)(n0 % nb) * 2;                         \
+            for (int g = 0; g < groups; g++) {                                                                \
+                __m512i r[16];                                                                                \
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)                                         \
+                {                                                                                             \
+                    const unsigned char *p = src + (size_t)i * rb + (size_t)g * (gb);                         \
+                    _mm_prefetch((const char *)p + PF_AHEAD, _MM_HINT_T0);                                    \
+                    r[i] = block(p);                                                                          \
+                }                                                                                             \
+                transpose16(r);                                                                               \
+                uint16_t *o = out + (size_t)g * 32 * nb;                                                      \
+                _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++)                                         \
+                    _mm512_storeu_si512(o + (size_t)j * 2 * nb, r[j]);                                        \
+            }                                                                                                 \
+        }                                                                                                     \
+    }
+B2_TO_BLOCKED(q8_to_blocked, q8_block_bf16, B2_Q8_0_BYTES)
+B2_TO_BLOCKED(q4_to_blocked, q4_block_bf16, B2_Q4_0_BYTES)
+B2_TO_BLOCKED(f16_to_blocked, f16_block_bf16, 64)
+#undef B2_TO_BLOCKED
 #undef DIRECT_TARGET
 
 static int direct_bf16(void)
@@ -439,9 +559,32 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
     return -1;
 }
 
+
+int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb)
+{
+    if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 ||
+        (wt != B2_WT_Q8_0 && wt != B2_WT_Q4_0 && wt != B2_WT_F16))
+        return -1;
+#if defined(__x86_64__)
+    if (!direct_bf16()) return -1;
+    const size_t rb = b2__wt_row_bytes(wt, k);
+    const unsigned char *src = (const unsigned char *)w + (size_t)row0 * rb;
+    (wt == B2_WT_Q8_0 ? q8_to_blocked : wt == B2_WT_Q4_0 ? q4_to_blocked : f16_to_blocked)(dst, src, rb, nrows, k, nb);
+    return 0;
+#else
+    (void)dst; (void)w; (void)row0;
+    return -1;
+#endif
+}
+
 static void conv_task(void *ctx, int task, int slot)
 {
     const conv_job *j = ctx;
+    if (j->nb) {
+        const int r = task * BLOCKED_ROWS, nr = j->rows - r < BLOCKED_ROWS ? j->rows - r : BLOCKED_ROWS;
+        (void)b2__wrows_to_bf16_blocked(j->dst + (size_t)r * j->k, j->w, j->wt, j->r0 + r, nr, j->k, j->nb);
+        return;
+    }
     const int r = task * CONV_ROWS, nr = j->rows - r < CONV_ROWS ? j->rows - r : CONV_ROWS;
     uint16_t *y = j->dst + (size_t)r * j->k;
     if (b2__wrows_to_bf16(y, j->w, j->wt, j->r0 + r, nr, j->k) == 0) return;
@@ -472,10 +615,11 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
     if (!yt) return -1;
     for (int r0 = 0; r0 < p->m; r0 += p->tile) {
         const int rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
-        conv_job j = {wb, w, p->wt, r0, rows, p->k, f32};
-        b2__parallel_for((rows + CONV_ROWS - 1) / CONV_ROWS, conv_task, &j);
-        set_threads();
         const int full = rows == p->tile, dense = rows == p->m; /* dense: y itself (create_one) */
+        conv_job j = {wb, w, p->wt, r0, rows, p->k, full ? p->nb : p->nb_t, f32};
+        const int per = j.nb ? BLOCKED_ROWS : CONV_ROWS;
+        b2__parallel_for((rows + per - 1) / per, conv_task, &j);
+        set_threads();
         float *yo = dense ? y : yt;
         if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
                      full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, src, wb, yo,

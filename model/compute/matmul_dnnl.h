@@ -59,6 +59,14 @@ int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wty
  * Returns 0, or -1 (nothing written) for any other case. */
 int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k);
 
+/* The same rows, the same bits, in oneDNN's blocked layout for bf16
+ * weights of a (k, nrows) product (BA16a<nb>b2a): value (row n, column c)
+ * at (n / nb) * k * nb + (c / 32) * 32 * nb + ((c % 32) / 2) * 2 * nb +
+ * (n % nb) * 2 + c % 2.  nb is 16, 32 or 64, nrows a multiple of it.
+ * Returns 0, or -1 (nothing written) where b2__wrows_to_bf16 declines or
+ * for another nb. */
+int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb);
+
 /* "f32", "bf16", "int8". */
 const char *b2__prec_name(b2_prec p);
 

@@ -162,7 +162,7 @@ int main(void)
     }
     for (int ti = 0; ti < 3; ti++) {
         const b2_wtype t = types[ti];
-        const int n = 44, k = 2560, m = 768 + 64 + 64; /* a full tile (768 rows at this k) and a tail */
+        const int n = 44, k = 2560, m = 1024 + 256; /* a full tile (1024 rows at this k) and a tail */
         const size_t rb = b2__wt_row_bytes(t, k);
         unsigned char *w = malloc(rb * m);
         uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)m * k);
@@ -197,5 +197,12 @@ int main(void)
            "(worst relative difference %.2g)", names[ti], n, k, m, k, pt ? b2__dnnl_mm_impl(pt) : "-", worst);
         free(w); free(wb); free(x); free(y); free(yr); free(bias);
     }
+    /* one choice of backend per weight, whatever the row count */
+    b2_dnnl_mm *a = b2__dnnl_mm(40, 256, 64, 64, 256, B2_WT_Q8_0, B2_PREC_BF16, 0),
+               *b = b2__dnnl_mm(80, 256, 64, 64, 256, B2_WT_Q8_0, B2_PREC_BF16, 0),
+               *c = b2__dnnl_mm(40, 320, 64, 64, 320, B2_WT_Q8_0, B2_PREC_BF16, 0);
+    if (a && b && c) b2__dnnl_mm_choose(a, -1, 2.0, 1.0);
+    ok(a && b && c && b2__dnnl_mm_choice(b) == -1 && b2__dnnl_mm_choice(c) == 0,
+       "the choice made for 40 rows holds for 80 rows of the same weights, not for other weights");
     return tap_done();
 }

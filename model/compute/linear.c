@@ -105,8 +105,10 @@ static void linear_mm(float *y, const float *x, int n, const b2_linear *l, float
  * A product of at least b2__mm_min_rows rows whose weight type and math
  * oneDNN accepts (matmul_dnnl.h) runs on oneDNN or on the path above
  * (OpenBLAS, the typed tiles), whichever was faster the first time that
- * shape came: both run twice, interleaved, into y, and the faster is kept
- * for the life of the process.  BLIP2_MATMUL=onednn or =own forces one. */
+ * weight came: both run twice, interleaved, into y, and the faster is
+ * kept for the life of the process and for every row count (so a row
+ * gets the same math alone as in a batch; b2__dnnl_mm_choice).
+ * BLIP2_MATMUL=onednn or =own forces one. */
 
 static int mm_mode(void)
 {

@@ -259,7 +259,24 @@ b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_p
     return p && p->prim ? p : NULL;
 }
 
-int b2__dnnl_mm_choice(const b2_dnnl_mm *p) { return p->choice; }
+int b2__dnnl_mm_choice(b2_dnnl_mm *p)
+{
+    int c = p->choice;
+    if (c) return c;
+    /* undecided: the choice made for the same weights with another row
+     * count, so that a row's math does not depend on the rows beside it */
+    pthread_mutex_lock(&mu);
+    for (const b2_dnnl_mm *q = cache; q && !c; q = q->next)
+        if (q != p && q->choice && q->m == p->m && q->k == p->k && q->wt == p->wt && q->prec == p->prec &&
+            q->bias == p->bias) {
+            c = q->choice;
+            p->ms_dnnl = q->ms_dnnl;
+            p->ms_other = q->ms_other;
+            p->choice = c;
+        }
+    pthread_mutex_unlock(&mu);
+    return c;
+}
 
 void b2__dnnl_mm_choose(b2_dnnl_mm *p, int choice, double ms_dnnl, double ms_other)
 {

@@ -92,8 +92,11 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
 int b2__dnnl_mm_run_q(const b2_dnnl_mm *p, float *y, const float *x, const b2_qweights *w, const float *b);
 
 /* The choice kept with the product: 0 undecided, 1 oneDNN, -1 the
- * caller's own path (kernels.c decides by timing both). */
-int b2__dnnl_mm_choice(const b2_dnnl_mm *p);
+ * caller's own path (linear.c decides by timing both).  An undecided
+ * product takes the choice made for the same weights (m, k, type, math,
+ * bias) with another row count, if any: a batch's rows then get the same
+ * math as each alone. */
+int b2__dnnl_mm_choice(b2_dnnl_mm *p);
 void b2__dnnl_mm_choose(b2_dnnl_mm *p, int choice, double ms_dnnl, double ms_other);
 
 /* The implementation's name as oneDNN reports it ("brg:avx512_core_bf16"). */

@@ -463,26 +463,29 @@ static void test_products(void)
     }
 }
 
-/* Every SIMD implementation against the portable one for q4_0: the same
- * exact integer block sums, so they differ only by f32 rounding (the SIMD
- * paths fuse the multiply-adds): within twice the f32 bound. */
-static void test_q4_vs_portable(void)
+/* Every SIMD implementation against the portable one for q4_0 and q8_0,
+ * at every block count mod 4 (q4_0's VNNI kernel takes four blocks a
+ * step, q8_0's two): the same exact integer block sums, so they differ
+ * only by f32 rounding (the SIMD paths fuse the multiply-adds): within
+ * twice the f32 bound. */
+static void test_quad_vs_portable(b2_wtype t)
 {
+    const char *tn = b2__wt_name(t);
     static const int MS[] = {1, 7, 130};
     /* 1, 2, 3, 7, 80 blocks: every remainder mod 4; 321: two of the
      * AVX2 kernel's k segments (10240 values), the second one step */
     static const int KS[] = {32, 64, 96, 224, 2560, 10272};
     for (int a = 1; a < NIMPL; a++) {
         float probe = 0, px[32] = {0};
-        unsigned char pw[B2_Q4_0_BYTES] = {0};
-        if (b2__wmatmul_rows_impl(IMPLS[a], &probe, 1, px, 32, pw, B2_WT_Q4_0, 1, 1, 32)) continue;
+        unsigned char pw[B2_Q8_0_BYTES] = {0};
+        if (b2__wmatmul_rows_impl(IMPLS[a], &probe, 1, px, 32, pw, t, 1, 1, 32)) continue;
         double worst = 0;
         int cases = 0, batch = 1;
         for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
             for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {
                 problem p;
                 const int m = MS[mi], k = KS[ki], n = 5;
-                problem_make(&p, B2_WT_Q4_0, m, k, (int)(mi % 3));
+                problem_make(&p, t, m, k, (int)(mi % 3));
                 float *y0 = malloc(sizeof(float) * n * m), *y1 = malloc(sizeof(float) * n * m), *yr = malloc(sizeof(float) * m);
                 b2__wmatmul_rows_impl("portable", y0, m, p.x, p.ldx, p.w, p.t, n, m, k);
                 b2__wmatmul_rows_impl(IMPLS[a], y1, m, p.x, p.ldx, p.w, p.t, n, m, k);
@@ -498,8 +501,8 @@ static void test_q4_vs_portable(void)
                 free(y0); free(y1); free(yr);
                 problem_free(&p);
             }
-        ok(worst <= 1, "%s q4_0 vs portable: %d shapes within twice the f32 bound (worst %.3f of it)", IMPLS[a], cases, worst);
-        ok(batch, "%s q4_0: those shapes' rows alone have the bits of the 5-row calls (k segments included)", IMPLS[a]);
+        ok(worst <= 1, "%s %s vs portable: %d shapes within twice the f32 bound (worst %.3f of it)", IMPLS[a], tn, cases, worst);
+        ok(batch, "%s %s: those shapes' rows alone have the bits of the 5-row calls (k segments included)", IMPLS[a], tn);
     }
 }
 
@@ -749,8 +752,8 @@ static void short_q4(float *y, int ldy, const int8_t *xq, const float *xd, const
 }
 static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
 static void dq4_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q4_0, 0, 1, nb * 32); }
-static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c};
-static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c};
+static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c, NULL};
+static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c, NULL};
 
 static void test_tune(void)
 {
@@ -852,7 +855,8 @@ int main(void)
     test_q8_act();
     test_q4_weights();
     test_products();
-    test_q4_vs_portable();
+    test_quad_vs_portable(B2_WT_Q4_0);
+    test_quad_vs_portable(B2_WT_Q8_0);
     test_special();
     test_threads();
     test_prefetch();

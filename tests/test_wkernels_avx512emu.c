@@ -132,7 +132,7 @@ static void qcase_make(qcase *c, b2_wtype t, int k)
 {
     const int m = 9, n = 5, nb = k / 32, ldy = m + 2;
     const size_t rb = b2__wt_row_bytes(t, k);
-    *c = (qcase){t, k, nb, m, n, ldy, rb};
+    *c = (qcase){.t = t, .k = k, .nb = nb, .m = m, .n = n, .ldy = ldy, .rb = rb};
     c->w = malloc(rb * m);
     c->wf = malloc(sizeof(float) * m * k);
     c->xd = malloc(sizeof(float) * n * nb);
@@ -182,7 +182,7 @@ static void qcase_free(qcase *c)
 
 static void test_q8(void)
 {
-    static const int KS[] = {32, 64, 96, 1056, 1088};
+    static const int KS[] = {32, 64, 96, 1056, 1088, 2560}; /* 1, 2, 3, 33, 34, 80 blocks */
     int same_plain = 1, batch_vnni = 1, cases = 0;
     double worst_vnni = 0;
     for (size_t ki = 0; ki < sizeof KS / sizeof KS[0]; ki++) {

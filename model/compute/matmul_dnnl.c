@@ -202,7 +202,7 @@ done:
  * of 128 rows per thread: oneDNN's brgemm hands out its 64-column blocks
  * in pairs, so an odd count of pairs per thread left one thread idle at
  * the end (44-row products on 2 threads, bench/RESULTS.md 2026-12-06
-  * 12:25: 576 or 1152 rows a tile 1.5x slower than 768 or 1024;
+ * 12:25: 576 or 1152 rows a tile 1.5x slower than 768 or 1024;
  * 5 MiB: 1024 rows at k = 2560, 256 at k = 10240, the fastest of 2 to 12
  * MiB at both). */
 #define TILE_BYTES ((size_t)5 << 20)

@@ -9,8 +9,10 @@
  * 0, -0, subnormal, largest, infinities.  Several row offsets and row
  * counts.  The same rows in oneDNN's blocked layout
  * (b2__wrows_to_bf16_blocked): every value where the layout puts it; and
- * products on converted tiles equal, bit for bit, the product on the same
- * bf16 values given as rows.  Skipped where the CPU has no AVX512-BF16
+ * products on converted tiles equal the product on the same bf16 values
+ * given as rows (relative difference <= 1e-6; the same kernel, so 0 on
+ * AVX512-BF16 CPUs as measured).  One backend choice per weight.
+ * Skipped where the CPU has no AVX512-BF16
  * (the function then declines: checked too).
  */
 #include "matmul_dnnl.h"

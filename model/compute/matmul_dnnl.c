@@ -109,6 +109,12 @@ static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
     return p->prec == B2_PREC_BF16 ? dnnl_bf16 : p->prec == B2_PREC_INT8 ? dnnl_s8 : dnnl_f32;
 }
 
+/* Weights that bf16 math widens tile by tile (bf16 and f32 are used in place) */
+static int widened(b2_wtype wt) { return wt == B2_WT_F16 || wt == B2_WT_Q8_0 || wt == B2_WT_Q4_0; }
+
+/* 1 where b2__wrows_to_bf16(_blocked) widen in one step (AVX512-BW, AVX512-BF16) */
+static int direct_bf16(void);
+
 /* nb if md is oneDNN's blocked bf16 layout for (k, cols) weights that
  * b2__wrows_to_bf16_blocked writes (BA16a<nb>b2a, nothing padded), else 0 */
 static int blocked_nb(const dnnl_memory_desc_t *md, int k, int cols)
@@ -209,17 +215,14 @@ done:
 
 static void create(b2_dnnl_mm *p)
 {
-    if (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0 || p->wt == B2_WT_Q4_0) {
+    if (widened(p->wt)) {
         const size_t unit = (size_t)128 * b2__pool_size(), t = TILE_BYTES / (2 * (size_t)p->k) / unit * unit;
         p->tile = t < unit ? (int)unit : (int)t;
         if (p->tile > p->m) p->tile = p->m;
     } else {
         p->tile = p->m;
     }
-    uint16_t none[1];
-    const unsigned char nothing[B2_Q8_0_BYTES] = {0};
-    const int conv = p->prec == B2_PREC_BF16 && (p->wt == B2_WT_F16 || p->wt == B2_WT_Q8_0 || p->wt == B2_WT_Q4_0) &&
-                     b2__wrows_to_bf16_blocked(none, nothing, p->wt, 0, 0, 32, 16) == 0; /* writes nothing */
+    const int conv = p->prec == B2_PREC_BF16 && widened(p->wt) && direct_bf16();
     create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl, conv ? &p->nb : NULL);
     const int rest = p->m % p->tile;
     if (p->prim && rest) {
@@ -558,6 +561,8 @@ static int direct_bf16(void)
     }
     return v == 1;
 }
+#else
+static int direct_bf16(void) { return 0; }
 #endif
 
 int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k)
@@ -579,9 +584,7 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
 
 int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb)
 {
-    if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 ||
-        (wt != B2_WT_Q8_0 && wt != B2_WT_Q4_0 && wt != B2_WT_F16))
-        return -1;
+    if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 || !widened(wt)) return -1;
 #if defined(__x86_64__)
     if (!direct_bf16()) return -1;
     const size_t rb = b2__wt_row_bytes(wt, k);
@@ -622,7 +625,7 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
         src = xb;
     }
     set_threads();
-    if (p->tile == p->m && p->wt != B2_WT_F16 && p->wt != B2_WT_Q8_0 && p->wt != B2_WT_Q4_0)
+    if (p->tile == p->m && !widened(p->wt))
         return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
     /* converted tiles */
     const int np = b2__pool_size();

@@ -277,7 +277,8 @@ static void test_convert_big(void)
 /* b2__attention, dispatched, against a double-precision one */
 static void test_attention(void)
 {
-    static const int shapes[][4] = {{257, 257, 4, 24}, {8, 257, 4, 12}, {8, 8, 3, 16}, {1, 5, 2, 7}, {13, 17, 5, 9}};
+    static const int shapes[][4] = {{257, 257, 4, 24}, {8, 257, 4, 12}, {8, 8, 3, 16}, {1, 5, 2, 7}, {13, 17, 5, 9},
+                                    {1, 250, 3, 80}, {2, 53, 2, 64}, {9, 40, 2, 80}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int nq = shapes[s][0], nk = shapes[s][1], H = shapes[s][2], hd = shapes[s][3], D = H * hd;
         float *q = malloc(sizeof(float) * nq * D), *kk = malloc(sizeof(float) * nk * D);

@@ -373,8 +373,14 @@ void b2__add(float *y, const float *x, size_t n)
     b2__simd()->residual(y, x, NULL, 1, n);
 }
 
-/* one head per task: scores S (nq, nk), then the keys transposed into
- * kt (hd, nkp) so both products stream rows of their right operand */
+/* one head per task: scores S (nq, nk), then softmax, then S v_h.  With
+ * few queries (decoding: one) the scores are dot products of each query
+ * with the key rows as they lie in the cache (gemm_nt); with many, the
+ * keys are first transposed into kt (hd, nkp) so both products stream rows
+ * of their right operand.  (Transposing for one query cost 4.5 ms of a
+ * 2.7b decode step at 53 keys and 57 ms at 250, kt's 1 KiB stride
+ * thrashing L1; bench/RESULTS.md, 2026-12-06 15:35.) */
+#define ATT_DIRECT_MAX 8 /* queries scored straight from the key rows */
 typedef struct att_job {
     float *out;
     const float *q, *k, *v;
@@ -395,10 +401,14 @@ static void att_head(void *ctx, int h, int slot)
     const att_job *j = ctx;
     float *s = j->scratch + (size_t)slot * att_slot_floats(j->nq, j->nk, j->hd);
     float *kt = s + (size_t)j->nq * j->nk;
-    const float *kh = j->k + (size_t)h * j->hd;
-    for (int r = 0; r < j->nk; r++)
-        for (int e = 0; e < j->hd; e++) kt[(size_t)e * j->nkp + r] = kh[(size_t)r * j->ldk + e];
-    j->simd->gemm_nn(s, j->nk, j->q + (size_t)h * j->hd, j->ldq, kt, j->nkp, j->nq, j->nk, j->hd, j->scale);
+    const float *kh = j->k + (size_t)h * j->hd, *qh = j->q + (size_t)h * j->hd;
+    if (j->nq <= ATT_DIRECT_MAX && j->simd->gemm_nt) {
+        j->simd->gemm_nt(s, j->nk, qh, j->ldq, kh, j->ldk, j->nq, j->nk, j->hd, j->scale, 0.0f);
+    } else {
+        for (int r = 0; r < j->nk; r++)
+            for (int e = 0; e < j->hd; e++) kt[(size_t)e * j->nkp + r] = kh[(size_t)r * j->ldk + e];
+        j->simd->gemm_nn(s, j->nk, qh, j->ldq, kt, j->nkp, j->nq, j->nk, j->hd, j->scale);
+    }
     for (int i = 0; i < j->nq; i++) j->simd->softmax(s + (size_t)i * j->nk, j->nk);
     j->simd->gemm_nn(j->out + (size_t)h * j->hd, j->ldo, s, j->nk, j->v + (size_t)h * j->hd, j->ldv,
                      j->nq, j->hd, j->nk, 1.0f);

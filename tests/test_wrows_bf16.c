@@ -9,9 +9,10 @@
  * 0, -0, subnormal, largest, infinities.  Several row offsets and row
  * counts.  The same rows in oneDNN's blocked layout
  * (b2__wrows_to_bf16_blocked): every value where the layout puts it; and
- * products on converted tiles equal the product on the same bf16 values
- * given as rows (relative difference <= 1e-6; the same kernel, so 0 on
- * AVX512-BF16 CPUs as measured).  One backend choice per weight.
+ * products on converted tiles (each tile widened and multiplied on one
+ * pool thread; whole tiles and a tail, at k = 2560 and 10240) equal the
+ * product on the same bf16 values given as rows (relative difference
+ * <= 1e-6; the same kernel, so 0 on AVX512-BF16 CPUs as measured).  One backend choice per weight.
  * Skipped where the CPU has no AVX512-BF16
  * (the function then declines: checked too).
  */
@@ -162,9 +163,10 @@ int main(void)
         printf("# SKIP the bf16 products: oneDNN has no native bf16 here\n");
         return tap_done();
     }
-    for (int ti = 0; ti < 3; ti++) {
+    for (int si = 0; si < 6; si++) {
+        /* whole tiles (128 rows at k = 2560, 64 at 10240) and a tail */
+        const int ti = si % 3, n = 44, k = si < 3 ? 2560 : 10240, m = si < 3 ? 10 * 128 + 96 : 3 * 64 + 32;
         const b2_wtype t = types[ti];
-        const int n = 44, k = 2560, m = 1024 + 256; /* a full tile (1024 rows at this k) and a tail */
         const size_t rb = b2__wt_row_bytes(t, k);
         unsigned char *w = malloc(rb * m);
         uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)m * k);

@@ -9,9 +9,10 @@
  *     bf16: x rounded to bf16 into this thread's buffer
  *     -> memory objects around the caller's pointers -> execute on this
  *        thread's stream with its scratchpad buffer
- *     f16/q8_0/q4_0 weights: per tile of rows, widened to bf16 on the
- *     pool straight into the blocked layout oneDNN picked for the tile
- *     (else into rows) -> execute -> the tile's columns into y
+ *     f16/q8_0/q4_0 weights: one tile of rows per pool task; each
+ *     thread widens its tile to bf16 straight into the blocked layout
+ *     oneDNN picked (else into rows), runs a one-thread primitive on it
+ *     and copies the tile's columns into y
  *   b2__dnnl_mm_run_q(p, y, x, qW, b)  (int8)
  *     x (n, k) -> u8 (n, k) + a scale and zero point per row
  *     -> u8 x s8 -> s32 into y's own storage
@@ -47,7 +48,8 @@ struct b2_dnnl_mm {
     dnnl_memory_desc_t src, wei, dst, bmd;
     size_t scratch_bytes;
     /* f16 / q8_0 / q4_0 weights with bf16 math: W converted to bf16 `tile` rows
-     * at a time (prim: a whole tile; tail: the last m % tile rows) */
+     * at a time, a tile per pool task (prim: a whole tile; tail: the last
+     * m % tile rows; both one-thread primitives) */
     int tile;
     int nb, nb_t; /* > 0: the tile (tail) is written in oneDNN's blocked layout of nb rows a block */
     dnnl_primitive_t tail;
@@ -72,14 +74,27 @@ static void engine_init(void)
 }
 
 /* oneDNN's threads for this thread's next calls: as many as the pool. */
+static __thread int threads_set;
 static void set_threads(void)
 {
 #if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP
-    static __thread int done;
-    if (!done) {
+    if (!threads_set) {
         omp_set_num_threads(b2__pool_size());
-        done = 1;
+        threads_set = 1;
     }
+#endif
+}
+
+/* on: the primitives this thread makes next run on one thread (a pool
+ * task's); off: as many as the pool again.  With a threading runtime
+ * other than OpenMP or none, oneDNN keeps its own threads. */
+static void one_thread(int on)
+{
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP
+    omp_set_num_threads(on ? 1 : b2__pool_size());
+    threads_set = 1;
+#else
+    (void)on;
 #endif
 }
 
@@ -157,6 +172,9 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     snprintf(impl_out, 48, "unavailable");
     if (!engine) return;
     if (nb) *nb = 0;
+    /* a converted tile runs on one pool thread: a one-thread primitive
+     * (oneDNN fixes its thread count when the primitive is made) */
+    if (widened(p->wt)) one_thread(1);
     if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(dst, 2, dd, ddt, ds) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(bmd, 2, bd, dnnl_f32, bs) != dnnl_success ||
@@ -201,23 +219,23 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
+    if (widened(p->wt)) one_thread(0);
 }
 
-/* Weight rows per converted tile: about TILE_BYTES of bf16 (the tile
- * is written, then read by oneDNN, in the last-level cache), a multiple
- * of 128 rows per thread: oneDNN's brgemm hands out its 64-column blocks
- * in pairs, so an odd count of pairs per thread left one thread idle at
- * the end (44-row products on 2 threads, bench/RESULTS.md 2026-12-06
- * 12:25: 576 or 1152 rows a tile 1.5x slower than 768 or 1024;
- * 5 MiB: 1024 rows at k = 2560, 256 at k = 10240, the fastest of 2 to 12
- * MiB at both). */
-#define TILE_BYTES ((size_t)5 << 20)
+/* Weight rows per converted tile: about TILE_BYTES of bf16, a multiple
+ * of 64 (every block oneDNN picks), at least 64.  Each pool thread
+ * widens a tile and multiplies it at once, so the tile is written and
+ * read in that core's own cache: 128 rows at k = 2560, 64 at 10240.
+ * Against tiles of 5 MiB shared by both threads (a multi-thread
+ * primitive), 33 and 44-row products at the 2.7b shapes ran 15-45 %
+ * faster with the same bits (bench/RESULTS.md, 2026-12-06 15:40). */
+#define TILE_BYTES ((size_t)640 << 10)
 
 static void create(b2_dnnl_mm *p)
 {
     if (widened(p->wt)) {
-        const size_t unit = (size_t)128 * b2__pool_size(), t = TILE_BYTES / (2 * (size_t)p->k) / unit * unit;
-        p->tile = t < unit ? (int)unit : (int)t;
+        const size_t t = TILE_BYTES / (2 * (size_t)p->k) / 64 * 64;
+        p->tile = t < 64 ? 64 : (int)t;
         if (p->tile > p->m) p->tile = p->m;
     } else {
         p->tile = p->m;
@@ -425,20 +443,9 @@ out:
     return rc;
 }
 
-/* W rows [r0, r0 + rows) of type wt as bf16 into dst (rows, k), CONV_ROWS
- * rows per pool task through an f32 row buffer per slot */
+/* Rows widened at a time through an f32 buffer where the CPU cannot
+ * widen straight to bf16 */
 #define CONV_ROWS 8
-
-typedef struct conv_job {
-    uint16_t *dst;
-    const unsigned char *w;
-    b2_wtype wt;
-    int r0, rows, k;
-    int nb;     /* > 0: oneDNN's blocked layout (b2__wrows_to_bf16_blocked), BLOCKED_ROWS rows a task */
-    float *f32; /* (pool size, CONV_ROWS * k) */
-} conv_job;
-
-#define BLOCKED_ROWS 64 /* a multiple of every nb */
 
 #if defined(__x86_64__)
 /* q8_0, q4_0 and f16 rows straight to bf16, 32 values a step: the same
@@ -597,20 +604,57 @@ int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row
 #endif
 }
 
-static void conv_task(void *ctx, int task, int slot)
+/* One converted tile per pool task: W rows [r0, r0 + rows) widened to
+ * bf16 into this thread's tile buffer (blocked, or rows), multiplied on
+ * this thread, its columns copied into y. */
+typedef struct tile_job {
+    const b2_dnnl_mm *p;
+    float *y;
+    const void *xs; /* x in bf16, (n, k) */
+    const unsigned char *w;
+    const float *b;
+    _Atomic int failed;
+} tile_job;
+
+static int widen_tile(tstate *t, uint16_t *dst, const unsigned char *w, b2_wtype wt, int r0, int rows, int k, int nb)
 {
-    const conv_job *j = ctx;
-    if (j->nb) {
-        const int r = task * BLOCKED_ROWS, nr = j->rows - r < BLOCKED_ROWS ? j->rows - r : BLOCKED_ROWS;
-        (void)b2__wrows_to_bf16_blocked(j->dst + (size_t)r * j->k, j->w, j->wt, j->r0 + r, nr, j->k, j->nb);
+    if (nb) return b2__wrows_to_bf16_blocked(dst, w, wt, r0, rows, k, nb);
+    for (int r = 0; r < rows; r += CONV_ROWS) {
+        const int nr = rows - r < CONV_ROWS ? rows - r : CONV_ROWS;
+        uint16_t *y = dst + (size_t)r * k;
+        if (b2__wrows_to_bf16(y, w, wt, r0 + r, nr, k) == 0) continue;
+        float *f = tbuf_get(&t->wconv, sizeof(float) * CONV_ROWS * (size_t)k);
+        if (!f) return -1;
+        b2__wrows_to_f32(f, w, wt, r0 + r, nr, k);
+        to_bf16_rows(y, f, 1, nr * k, nr * k);
+    }
+    return 0;
+}
+
+static void tile_task(void *ctx, int task, int slot)
+{
+    (void)slot;
+    tile_job *j = ctx;
+    const b2_dnnl_mm *p = j->p;
+    const int r0 = task * p->tile, rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
+    const int full = rows == p->tile, dense = rows == p->m; /* dense: y itself (create_one) */
+    tstate *t = tstate_get();
+    uint16_t *wb = t ? tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k) : NULL;
+    float *yt = wb ? tbuf_get(&t->ytile, sizeof(float) * (size_t)p->n * p->tile) : NULL;
+    if (!yt || widen_tile(t, wb, j->w, p->wt, r0, rows, p->k, full ? p->nb : p->nb_t) < 0) {
+        j->failed = 1;
         return;
     }
-    const int r = task * CONV_ROWS, nr = j->rows - r < CONV_ROWS ? j->rows - r : CONV_ROWS;
-    uint16_t *y = j->dst + (size_t)r * j->k;
-    if (b2__wrows_to_bf16(y, j->w, j->wt, j->r0 + r, nr, j->k) == 0) return;
-    float *f = j->f32 + (size_t)slot * CONV_ROWS * j->k;
-    b2__wrows_to_f32(f, j->w, j->wt, j->r0 + r, nr, j->k);
-    to_bf16_rows(y, f, 1, nr * j->k, nr * j->k);
+    float *yo = dense ? j->y : yt;
+    if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
+                 full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, j->xs, wb, yo,
+                 j->b ? j->b + r0 : NULL) < 0) {
+        j->failed = 1;
+        return;
+    }
+    if (!dense)
+        for (int i = 0; i < p->n; i++)
+            memcpy(j->y + (size_t)i * p->ldy + r0, yt + (size_t)i * rows, sizeof(float) * rows);
 }
 
 int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b)
@@ -625,31 +669,16 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
         src = xb;
     }
     set_threads();
-    if (p->tile == p->m && !widened(p->wt))
+    if (!widened(p->wt))
         return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
-    /* converted tiles */
-    const int np = b2__pool_size();
-    uint16_t *wb = tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k);
-    float *f32 = wb ? tbuf_get(&t->wconv, sizeof(float) * (size_t)np * CONV_ROWS * p->k) : NULL;
-    float *yt = f32 ? tbuf_get(&t->ytile, sizeof(float) * (size_t)p->n * p->tile) : NULL;
-    if (!yt) return -1;
-    for (int r0 = 0; r0 < p->m; r0 += p->tile) {
-        const int rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
-        const int full = rows == p->tile, dense = rows == p->m; /* dense: y itself (create_one) */
-        conv_job j = {wb, w, p->wt, r0, rows, p->k, full ? p->nb : p->nb_t, f32};
-        const int per = j.nb ? BLOCKED_ROWS : CONV_ROWS;
-        b2__parallel_for((rows + per - 1) / per, conv_task, &j);
-        set_threads();
-        float *yo = dense ? y : yt;
-        if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
-                     full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, src, wb, yo,
-                     b ? b + r0 : NULL) < 0)
-            return -1;
-        if (!dense)
-            for (int i = 0; i < p->n; i++)
-                memcpy(y + (size_t)i * p->ldy + r0, yt + (size_t)i * rows, sizeof(float) * rows);
-    }
-    return 0;
+    tile_job j = {.p = p, .y = y, .xs = src, .w = w, .b = b};
+    const int tasks = (p->m + p->tile - 1) / p->tile;
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP || DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_SEQ
+    b2__parallel_for(tasks, tile_task, &j);
+#else /* the primitives have oneDNN's own threads: one tile after another */
+    for (int i = 0; i < tasks; i++) tile_task(&j, i, 0);
+#endif
+    return j.failed ? -1 : 0;
 }
 
 /* ---- int8 ---- */

@@ -7,12 +7,14 @@
  * plus the edges: scales 0, subnormal, negative, the largest f16 and
  * f16 infinity; q8 values -128 and 127; q4 nibbles 0 and 15; f16 values
  * 0, -0, subnormal, largest, infinities.  Several row offsets and row
- * counts.  The same rows in oneDNN's blocked layout
+ * counts.  The same rows, and bf16 rows, in oneDNN's blocked layout
  * (b2__wrows_to_bf16_blocked): every value where the layout puts it; and
  * products on converted tiles (each tile widened and multiplied on one
  * pool thread; whole tiles and a tail, at k = 2560 and 10240) equal the
  * product on the same bf16 values given as rows (relative difference
- * <= 1e-6; the same kernel, so 0 on AVX512-BF16 CPUs as measured).  One backend choice per weight.
+ * <= 1e-6; the same kernel, so 0 on AVX512-BF16 CPUs as measured), and
+ * that product (bf16 rows copied into the tiles) is within (k + 1) 2^-24
+ * sum |x w| of one in double.  One backend choice per weight.
  * Skipped where the CPU has no AVX512-BF16
  * (the function then declines: checked too).
  */
@@ -52,7 +54,7 @@ static void fill(unsigned char *w, b2_wtype t, int rows, int k)
     const size_t rb = b2__wt_row_bytes(t, k);
     for (int r = 0; r < rows; r++) {
         unsigned char *row = w + (size_t)r * rb;
-        if (t == B2_WT_F16) {
+        if (t == B2_WT_F16 || t == B2_WT_BF16) { /* bf16: any 16 bits */
             for (int i = 0; i < k; i++) {
                 uint16_t h = (uint16_t)(next() & 0xffff);
                 if ((h & 0x7c00) == 0x7c00) h &= 0xbfff; /* NaNs only... */
@@ -125,11 +127,11 @@ int main(void)
      * size, two row offsets, and not a value written past the rows */
     ok(b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_Q8_0, 0, 16, 32, 8) < 0 &&
        b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_Q8_0, 0, 24, 32, 16) < 0 &&
-       b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_BF16, 0, 16, 32, 16) < 0,
-       "blocked: a block size other than 16/32/64, rows no multiple of it, or bf16 rows are declined");
-    for (int ti = 0; ti < 3; ti++)
+       b2__wrows_to_bf16_blocked(probe, zeros, B2_WT_F32, 0, 16, 32, 16) < 0,
+       "blocked: a block size other than 16/32/64, rows no multiple of it, or f32 rows are declined");
+    for (int ti = 0; ti < 4; ti++) /* q8_0, q4_0, f16, and bf16 copied as it is */
         for (int ki = 0; ki < 3; ki++) {
-            const b2_wtype t = types[ti];
+            const b2_wtype t = ti < 3 ? types[ti] : B2_WT_BF16;
             const int k = ks[ki], rows = 136;
             const size_t rb = b2__wt_row_bytes(t, k), nv = (size_t)128 * k;
             unsigned char *w = malloc(rb * rows);
@@ -143,7 +145,8 @@ int main(void)
                     const int nb = nbs[bi], nr = 128;
                     memset(got, 0xee, sizeof(uint16_t) * (nv + 1));
                     rc |= b2__wrows_to_bf16_blocked(got, w, t, r0, nr, k, nb);
-                    rc |= b2__wrows_to_bf16(plain, w, t, r0, nr, k);
+                    if (t == B2_WT_BF16) memcpy(plain, w + rb * r0, sizeof(uint16_t) * nv);
+                    else rc |= b2__wrows_to_bf16(plain, w, t, r0, nr, k);
                     for (int n = 0; n < nr; n++)
                         for (int c = 0; c < k; c++) {
                             const size_t at = (size_t)(n / nb) * k * nb + (size_t)(c / 32) * 32 * nb +
@@ -153,7 +156,7 @@ int main(void)
                     bad += got[nv] != 0xeeee;
                 }
             ok(rc == 0 && bad == 0, "%s, k %d: blocked (16, 32, 64 rows a block) holds the same bits in oneDNN's order%s",
-               names[ti], k, bad ? " MISMATCH" : "");
+               ti < 3 ? names[ti] : "bf16", k, bad ? " MISMATCH" : "");
             if (bad) printf("# %d values misplaced\n", bad);
             free(w); free(plain); free(got);
         }
@@ -199,6 +202,27 @@ int main(void)
         }
         ok(rc == 0 && worst <= 1e-6, "%s: %d x %d @ (%d x %d)^T + b in converted tiles (%s) = the bf16 rows' product "
            "(worst relative difference %.2g)", names[ti], n, k, m, k, pt ? b2__dnnl_mm_impl(pt) : "-", worst);
+        if (ti == 0) { /* the bf16 rows' product itself, against one in double from the same bf16 values */
+            double over = 0;
+            for (int i = 0; !rc && i < n; i++)
+                for (int r = 0; r < m; r++) {
+                    double sum = bias[r], mag = fabs((double)bias[r]);
+                    for (int c = 0; c < k; c++) {
+                        const uint32_t xu = (uint32_t)ref_bf16(x[(size_t)i * k + c]) << 16,
+                                       wu = (uint32_t)wb[(size_t)r * k + c] << 16;
+                        float xf, wf;
+                        memcpy(&xf, &xu, 4);
+                        memcpy(&wf, &wu, 4);
+                        sum += (double)xf * wf;
+                        mag += fabs((double)xf * wf);
+                    }
+                    /* f32 sums of k + 1 exact products: at most (k + 1) 2^-24 of the magnitudes */
+                    const double e = fabs(yr[(size_t)i * m + r] - sum) / ((k + 1) * 0x1p-24 * mag + 1e-30);
+                    over = e > over ? e : over;
+                }
+            ok(rc == 0 && over <= 1, "bf16: %d x %d @ (%d x %d)^T + b in copied tiles = the product in double within "
+               "(k + 1) 2^-24 sum |x w| (worst %.2g of it)", n, k, m, k, over);
+        }
         free(w); free(wb); free(x); free(y); free(yr); free(bias);
     }
     /* one choice of backend per weight, whatever the row count */

@@ -7,19 +7,19 @@
  *           emulated bf16 -> primitive (user-managed scratchpad) -> cache
  *   b2__dnnl_mm_run(p, y, x, W, b)
  *     bf16: x rounded to bf16 into this thread's buffer
- *     -> memory objects around the caller's pointers -> execute on this
+ *     f32: memory objects around the caller's pointers -> execute on this
  *        thread's stream with its scratchpad buffer
- *     f16/q8_0/q4_0 weights: one tile of rows per pool task; each
- *     thread widens its tile to bf16 straight into the blocked layout
+ *     bf16/f16/q8_0/q4_0 weights: one tile of rows per pool task; each
+ *     thread converts its tile to bf16 straight into the blocked layout
  *     oneDNN picked (else into rows), runs a one-thread primitive on it
- *     and copies the tile's columns into y
+ *     (its own stream and scratchpad) and copies the tile's columns into y
  *   b2__dnnl_mm_run_q(p, y, x, qW, b)  (int8)
  *     x (n, k) -> u8 (n, k) + a scale and zero point per row
  *     -> u8 x s8 -> s32 into y's own storage
  *     -> y = (acc - zp[r] * sum[c]) * xs[r] * ws[c] + b[c], in place
  * Nothing is copied or reordered at load for f32 and bf16: W stays in the
- * shared mapping; int8 uses the s8 copy the loader made
- * (b2__quantize_s8).
+ * shared mapping (the tiles are per-thread buffers of about 640 KiB);
+ * int8 uses the s8 copy the loader made (b2__quantize_s8).
  * The primitives live as long as the process (a handful of shapes per
  * model).
  */
@@ -124,8 +124,9 @@ static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
     return p->prec == B2_PREC_BF16 ? dnnl_bf16 : p->prec == B2_PREC_INT8 ? dnnl_s8 : dnnl_f32;
 }
 
-/* Weights that bf16 math widens tile by tile (bf16 and f32 are used in place) */
-static int widened(b2_wtype wt) { return wt == B2_WT_F16 || wt == B2_WT_Q8_0 || wt == B2_WT_Q4_0; }
+/* Weights that bf16 math takes tile by tile: every reduced type (bf16
+ * copied into the tiles, f16/q8_0/q4_0 widened); f32 is used in place */
+static int tiled(b2_wtype wt) { return wt != B2_WT_F32; }
 
 /* 1 where b2__wrows_to_bf16(_blocked) widen in one step (AVX512-BW, AVX512-BF16) */
 static int direct_bf16(void);
@@ -174,7 +175,7 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
     if (nb) *nb = 0;
     /* a converted tile runs on one pool thread: a one-thread primitive
      * (oneDNN fixes its thread count when the primitive is made) */
-    if (widened(p->wt)) one_thread(1);
+    if (tiled(p->wt)) one_thread(1);
     if (dnnl_memory_desc_init_by_strides(&src, 2, sd, dt, ss) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(dst, 2, dd, ddt, ds) != dnnl_success ||
         dnnl_memory_desc_init_by_strides(bmd, 2, bd, dnnl_f32, bs) != dnnl_success ||
@@ -219,7 +220,7 @@ static void create_one(const b2_dnnl_mm *p, int cols, dnnl_primitive_t *prim, dn
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
-    if (widened(p->wt)) one_thread(0);
+    if (tiled(p->wt)) one_thread(0);
 }
 
 /* Weight rows per converted tile: about TILE_BYTES of bf16, a multiple
@@ -228,19 +229,21 @@ done:
  * read in that core's own cache: 128 rows at k = 2560, 64 at 10240.
  * Against tiles of 5 MiB shared by both threads (a multi-thread
  * primitive), 33 and 44-row products at the 2.7b shapes ran 15-45 %
- * faster with the same bits (bench/RESULTS.md, 2026-12-06 15:40). */
+ * faster with the same bits, and bf16 weights (which oneDNN used to
+ * reorder itself, multi-threaded) 5-20 % (bench/RESULTS.md, 2026-12-06
+ * 15:40). */
 #define TILE_BYTES ((size_t)640 << 10)
 
 static void create(b2_dnnl_mm *p)
 {
-    if (widened(p->wt)) {
+    if (tiled(p->wt)) {
         const size_t t = TILE_BYTES / (2 * (size_t)p->k) / 64 * 64;
         p->tile = t < 64 ? 64 : (int)t;
         if (p->tile > p->m) p->tile = p->m;
     } else {
         p->tile = p->m;
     }
-    const int conv = p->prec == B2_PREC_BF16 && widened(p->wt) && direct_bf16();
+    const int conv = p->prec == B2_PREC_BF16 && tiled(p->wt) && direct_bf16();
     create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl, conv ? &p->nb : NULL);
     const int rest = p->m % p->tile;
     if (p->prim && rest) {
@@ -556,6 +559,7 @@ DIRECT_TARGET static inline __attribute__((always_inline)) void transpose16(__m5
 B2_TO_BLOCKED(q8_to_blocked, q8_block_bf16, B2_Q8_0_BYTES)
 B2_TO_BLOCKED(q4_to_blocked, q4_block_bf16, B2_Q4_0_BYTES)
 B2_TO_BLOCKED(f16_to_blocked, f16_block_bf16, 64)
+B2_TO_BLOCKED(bf16_to_blocked, _mm512_loadu_si512, 64)
 #undef B2_TO_BLOCKED
 #undef DIRECT_TARGET
 
@@ -591,12 +595,12 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
 
 int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb)
 {
-    if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 || !widened(wt)) return -1;
+    if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 || !tiled(wt)) return -1;
 #if defined(__x86_64__)
     if (!direct_bf16()) return -1;
     const size_t rb = b2__wt_row_bytes(wt, k);
     const unsigned char *src = (const unsigned char *)w + (size_t)row0 * rb;
-    (wt == B2_WT_Q8_0 ? q8_to_blocked : wt == B2_WT_Q4_0 ? q4_to_blocked : f16_to_blocked)(dst, src, rb, nrows, k, nb);
+    (wt == B2_WT_Q8_0 ? q8_to_blocked : wt == B2_WT_Q4_0 ? q4_to_blocked : wt == B2_WT_BF16 ? bf16_to_blocked : f16_to_blocked)(dst, src, rb, nrows, k, nb);
     return 0;
 #else
     (void)dst; (void)w; (void)row0;
@@ -619,6 +623,10 @@ typedef struct tile_job {
 static int widen_tile(tstate *t, uint16_t *dst, const unsigned char *w, b2_wtype wt, int r0, int rows, int k, int nb)
 {
     if (nb) return b2__wrows_to_bf16_blocked(dst, w, wt, r0, rows, k, nb);
+    if (wt == B2_WT_BF16) {
+        memcpy(dst, w + (size_t)r0 * k * 2, (size_t)rows * k * 2);
+        return 0;
+    }
     for (int r = 0; r < rows; r += CONV_ROWS) {
         const int nr = rows - r < CONV_ROWS ? rows - r : CONV_ROWS;
         uint16_t *y = dst + (size_t)r * k;
@@ -669,7 +677,7 @@ int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w
         src = xb;
     }
     set_threads();
-    if (!widened(p->wt))
+    if (!tiled(p->wt))
         return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
     tile_job j = {.p = p, .y = y, .xs = src, .w = w, .b = b};
     const int tasks = (p->m + p->tile - 1) / p->tile;

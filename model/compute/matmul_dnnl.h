@@ -2,12 +2,15 @@
  * matmul_dnnl.h - internal: the products with many rows on oneDNN.
  *
  * y (n, ldy)[:, :m] = x (n, ldx)[:, :k] @ W^T (+ b), with W (m, k) as the
- * weight file stores it (rows of type wt, used in place from the mapping:
- * oneDNN reads it as the (k, m) matrix with strides (1, k)).  The math:
+ * weight file stores it (rows of type wt, read from the mapping: for f32
+ * oneDNN reads it in place as the (k, m) matrix with strides (1, k)).
+ * The math:
  *   B2_PREC_F32   f32 x f32 -> f32        W f32
- *   B2_PREC_BF16  bf16 x bf16 -> f32      W bf16 in place, or f16 / q8_0 / q4_0
- *                                          converted to bf16 about 4 MiB of
- *                                          rows at a time (on the pool); x
+ *   B2_PREC_BF16  bf16 x bf16 -> f32      W bf16, f16, q8_0 or q4_0, a tile
+ *                                          of rows (about 640 KiB of bf16)
+ *                                          per pool task, converted to bf16
+ *                                          in oneDNN's blocked layout and
+ *                                          multiplied on that thread; x
  *                                          rounded to bf16 (nearest even)
  *   B2_PREC_INT8  u8 x s8 -> s32          W quantised once at load to s8
  *                                          rows with a scale per row (output
@@ -22,7 +25,8 @@
  * AVX512-BF16 or AMX) or whose int8 would run without VNNI is refused, and
  * the caller uses its own path.
  * oneDNN's threads: as many as the compute pool (pool.h), set in the
- * calling thread before each call.
+ * calling thread before each call; the bf16 tiles' primitives run on one
+ * thread each, inside the pool's tasks.
  */
 #ifndef BLIP2_MATMUL_DNNL_H
 #define BLIP2_MATMUL_DNNL_H
@@ -63,8 +67,9 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
  * weights of a (k, nrows) product (BA16a<nb>b2a): value (row n, column c)
  * at (n / nb) * k * nb + (c / 32) * 32 * nb + ((c % 32) / 2) * 2 * nb +
  * (n % nb) * 2 + c % 2.  nb is 16, 32 or 64, nrows a multiple of it.
- * Returns 0, or -1 (nothing written) where b2__wrows_to_bf16 declines or
- * for another nb. */
+ * bf16 rows are copied into the layout as they are.  Returns 0, or -1
+ * (nothing written) where b2__wrows_to_bf16 declines (bf16 aside) or for
+ * another nb. */
 int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb);
 
 /* "f32", "bf16", "int8". */

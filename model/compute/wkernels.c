@@ -475,7 +475,12 @@ int b2__wkernels_set_prefetch(int bytes)
 
 /* ---- the products over the compute pool ---- */
 
-#define CHUNK 64 /* weight rows per pool task */
+/* Weight rows per pool task: 64, or 256 for one or two x rows (a decode
+ * step: each thread then streams 700 KiB of q8_0 at k = 2560 before it
+ * moves on; the step's products took 69-78 ms against 76-91 in tasks of
+ * 64 rows, bench/RESULTS.md, 2026-12-06 15:28). */
+#define CHUNK 64
+#define CHUNK_DECODE 256
 
 typedef struct wjob {
     float *y;
@@ -487,13 +492,14 @@ typedef struct wjob {
     size_t rb;
     int ldy, ldx, n, m, k;
     const b2_wimpl *impl;
+    int chunk; /* weight rows per task */
 } wjob;
 
 static void wtask(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    const int r0 = task * CHUNK, mm = j->m - r0 < CHUNK ? j->m - r0 : CHUNK;
+    const int r0 = task * j->chunk, mm = j->m - r0 < j->chunk ? j->m - r0 : j->chunk;
     if (j->t == B2_WT_Q4_0)
         (j->impl->q4 ? j->impl->q4 : q4_rows_c)(j->y + r0, j->ldy, j->xq, j->xd, j->w + (size_t)r0 * j->rb, j->rb,
                                                  j->n, mm, j->k);
@@ -509,9 +515,9 @@ static void ref_task(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    const int r1 = (task + 1) * CHUNK < j->m ? (task + 1) * CHUNK : j->m;
+    const int r1 = (task + 1) * j->chunk < j->m ? (task + 1) * j->chunk : j->m;
     float row[1024];
-    for (int r = task * CHUNK; r < r1; r++) {
+    for (int r = task * j->chunk; r < r1; r++) {
         for (int i = 0; i < j->n; i++) {
             const float *x = j->x + (size_t)i * j->ldx;
             float acc = 0;
@@ -554,8 +560,9 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
                 b2_wtype t, int n, int m, int k)
 {
     pthread_once(&wprefetch_once, wprefetch_init);
-    wjob j = {y, x, NULL, NULL, w, t, b2__wt_row_bytes(t, k), ldy, ldx, n, m, k, impl};
-    const int tasks = (m + CHUNK - 1) / CHUNK;
+    const int chunk = n <= 2 ? CHUNK_DECODE : CHUNK;
+    wjob j = {y, x, NULL, NULL, w, t, b2__wt_row_bytes(t, k), ldy, ldx, n, m, k, impl, chunk};
+    const int tasks = (m + chunk - 1) / chunk;
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
         return;
@@ -566,7 +573,7 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
     const int per = scratch_get((size_t)n * nb * (B2_Q8_0_BLOCK + sizeof(float))) ? n : 1;
     unsigned char *buf = scratch_get((size_t)per * nb * (B2_Q8_0_BLOCK + sizeof(float)));
     if (!buf) { /* not even one row: the f32 reference, unquantised */
-        wjob r = {y, x, NULL, NULL, w, t, j.rb, ldy, ldx, n, m, k, NULL};
+        wjob r = {y, x, NULL, NULL, w, t, j.rb, ldy, ldx, n, m, k, NULL, chunk};
         b2__parallel_for(tasks, ref_task, &r);
         return;
     }

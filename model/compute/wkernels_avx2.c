@@ -200,7 +200,7 @@ B2W void b2__q8_rows_avx2(float *y, int ldy, const int8_t *xq, const float *xd, 
                           size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q8_0_BLOCK;
-    B2_WTILES(m, n, TR, TN, Q8_TILE);
+    B2_WTILES_Q(m, n, TR, TN, Q8_TILE);
 }
 
 B2W void b2__q8_to_f32_avx2(float *y, const unsigned char *w, int nb)

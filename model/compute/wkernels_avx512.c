@@ -224,7 +224,7 @@ B2XV static void q8_rows_vnni(float *y, int ldy, const int8_t *xq, const float *
                               size_t rb, int n, int m, int k)
 {
     const int nb = k / B2_Q8_0_BLOCK;
-    B2_WTILES(m, n, TR, QN, Q8_TILE);
+    B2_WTILES_Q(m, n, TR, QN, Q8_TILE);
 }
 
 /* ---- q4_0 with VNNI: four blocks per 512-bit step ----

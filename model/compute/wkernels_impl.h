@@ -65,14 +65,15 @@ typedef struct b2_wimpl {
         }                                                                   \
     } while (0)
 
-/* B2_WTILES for the q8_0 and q4_0 kernels: with one tile of x rows (a
+/* B2_WTILES for the q8_0 kernels: with one tile of x rows (a
  * decode step) the W rows go one at a time, so each thread reads W as one
  * sequential stream the hardware prefetcher follows; TR_ rows at once are
  * TR_ interleaved streams of one row each (2720 bytes at k = 2560), which
  * it loses at every row's end (one core, q8_0 with VNNI: 10-12 GB/s
  * without software prefetch against 23-24 row by row, 22 against 24.5
  * with it; bench/RESULTS.md, 2026-12-06 15:28).  With more x rows TR_ W
- * rows share each x load. */
+ * rows share each x load.  (The q4_0 kernels, with more arithmetic per
+ * byte, were slower row by row: 63-68 against 57-63 ms a step.) */
 #define B2_WTILES_Q(m, n, TR_, TN_, TILE)                                   \
     do {                                                                    \
         if ((n) <= (TN_)) B2_WTILES(m, n, 1, TN_, TILE);                    \

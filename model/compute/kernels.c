@@ -379,7 +379,7 @@ void b2__add(float *y, const float *x, size_t n)
  * keys are first transposed into kt (hd, nkp) so both products stream rows
  * of their right operand.  (Transposing for one query cost 4.5 ms of a
  * 2.7b decode step at 53 keys and 57 ms at 250, kt's 1 KiB stride
- * thrashing L1; bench/RESULTS.md, 2026-12-06 15:35.) */
+ * thrashing L1; bench/RESULTS.md, 2026-12-06 15:28.) */
 #define ATT_DIRECT_MAX 8 /* queries scored straight from the key rows */
 typedef struct att_job {
     float *out;

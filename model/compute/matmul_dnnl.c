@@ -231,7 +231,7 @@ done:
  * primitive), 33 and 44-row products at the 2.7b shapes ran 15-45 %
  * faster with the same bits, and bf16 weights (which oneDNN used to
  * reorder itself, multi-threaded) 5-20 % (bench/RESULTS.md, 2026-12-06
- * 15:40). */
+ * 15:28). */
 #define TILE_BYTES ((size_t)640 << 10)
 
 static void create(b2_dnnl_mm *p)

@@ -47,9 +47,9 @@ struct b2_dnnl_mm {
     dnnl_primitive_t prim;        /* NULL: refused (kept so it is not tried again) */
     dnnl_memory_desc_t src, wei, dst, bmd;
     size_t scratch_bytes;
-    /* f16 / q8_0 / q4_0 weights with bf16 math: W converted to bf16 `tile` rows
-     * at a time, a tile per pool task (prim: a whole tile; tail: the last
-     * m % tile rows; both one-thread primitives) */
+    /* bf16 / f16 / q8_0 / q4_0 weights (bf16 math): W converted to bf16 `tile`
+     * rows at a time, a tile per pool task (prim: a whole tile; tail: the
+     * last m % tile rows; both one-thread primitives) */
     int tile;
     int nb, nb_t; /* > 0: the tile (tail) is written in oneDNN's blocked layout of nb rows a block */
     dnnl_primitive_t tail;

@@ -428,6 +428,10 @@ static void *engine_main(void *arg)
         step_models(e);
         retire_done(e);
     }
+    /* jobs that ended uncounted since the last wake (a gone client's,
+     * abandoned as its preparation ended just before the stop) would
+     * otherwise stay queued, with their client and model, past the exit */
+    drop_canceled(e);
     assert(e->nact == 0 && e->queued == 0);
     return NULL;
 }

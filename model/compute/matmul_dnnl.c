@@ -73,8 +73,11 @@ static void engine_init(void)
     if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) engine = NULL;
 }
 
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP
+static __thread int threads_set; /* this thread called omp_set_num_threads */
+#endif
+
 /* oneDNN's threads for this thread's next calls: as many as the pool. */
-static __thread int threads_set;
 static void set_threads(void)
 {
 #if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP

@@ -475,8 +475,8 @@ int b2__wkernels_set_prefetch(int bytes)
 
 /* ---- the products over the compute pool ---- */
 
-/* Weight rows per pool task: 64, or 256 for one or two x rows (a decode
- * step: each thread then streams 700 KiB of q8_0 at k = 2560 before it
+/* Weight rows per pool task: 64, or 256 for a decode step (at most
+ * B2_DECODE_ROWS x rows: each thread then streams 700 KiB of q8_0 at k = 2560 before it
  * moves on; the step's products took 69-78 ms against 76-91 in tasks of
  * 64 rows, bench/RESULTS.md, 2026-12-06 15:28). */
 #define CHUNK 64
@@ -560,7 +560,7 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
                 b2_wtype t, int n, int m, int k)
 {
     pthread_once(&wprefetch_once, wprefetch_init);
-    const int chunk = n <= 2 ? CHUNK_DECODE : CHUNK;
+    const int chunk = n <= B2_DECODE_ROWS ? CHUNK_DECODE : CHUNK;
     wjob j = {y, x, NULL, NULL, w, t, b2__wt_row_bytes(t, k), ldy, ldx, n, m, k, impl, chunk};
     const int tasks = (m + chunk - 1) / chunk;
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {

@@ -53,6 +53,7 @@
 #define INL inline __attribute__((always_inline))
 #define TR 4 /* W rows per tile */
 #define TN 2 /* x rows per tile */
+_Static_assert(B2_DECODE_ROWS <= TN, "a decode step's x rows fit one tile");
 
 B2W static INL __m256 wload8(const unsigned char *p, b2_wtype t)
 {

@@ -137,6 +137,7 @@ B2_FP_ROWS(B2X)
  * kernel's bits (its 8 lanes take every block), within the same bound. */
 
 #define QN 2 /* x rows per tile, as AVX2 */
+_Static_assert(B2_DECODE_ROWS <= QN, "a decode step's x rows fit one tile");
 
 B2XV static INL float hsum16v(__m512 a)
 {

@@ -65,6 +65,12 @@ typedef struct b2_wimpl {
         }                                                                   \
     } while (0)
 
+/* x rows up to which a q8_0 product is a decode step: its W rows go one
+ * at a time (B2_WTILES_Q) in larger pool tasks (wkernels.c).  At most
+ * the q8_0 kernels' x tile (TN in wkernels_avx2.c, QN in
+ * wkernels_avx512.c). */
+#define B2_DECODE_ROWS 2
+
 /* B2_WTILES for the q8_0 kernels: with one tile of x rows (a
  * decode step) the W rows go one at a time, so each thread reads W as one
  * sequential stream the hardware prefetcher follows; TR_ rows at once are
@@ -76,7 +82,7 @@ typedef struct b2_wimpl {
  * byte, were slower row by row: 63-68 against 57-63 ms a step.) */
 #define B2_WTILES_Q(m, n, TR_, TN_, TILE)                                   \
     do {                                                                    \
-        if ((n) <= (TN_)) B2_WTILES(m, n, 1, TN_, TILE);                    \
+        if ((n) <= B2_DECODE_ROWS) B2_WTILES(m, n, 1, TN_, TILE);           \
         else B2_WTILES(m, n, TR_, TN_, TILE);                               \
     } while (0)
 

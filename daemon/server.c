@@ -33,6 +33,7 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -538,15 +539,37 @@ static int peer_allowed(const b2d_config *cfg, int fd, const struct ucred *cr)
     return 0;
 }
 
-/* Is uid at its connection cap (--max-connections-per-uid)?  If one of
- * its connections is idle (nothing in flight, nothing half read or
- * unsent), the least recently active one is closed to make room. */
+/* Has the peer of fd closed (or reset) the connection?  It can read no
+ * reply any more.  The loop learns it only when it reads the end of the
+ * stream, which can be late: connections accepted in one batch are read
+ * after the whole batch, and one paused (over --max-output, or with a
+ * partial frame over the memory budget) is not read until it resumes. */
+static int peer_gone(int fd)
+{
+    struct pollfd pf = {fd, POLLIN, 0};
+    return poll(&pf, 1, 0) > 0 && (pf.revents & (POLLHUP | POLLERR));
+}
+
+/* Is uid at its connection cap (--max-connections-per-uid)?  Its
+ * connections whose peers have gone are closed first: they only wait to
+ * be read, and counting them would close an open connection for them (in
+ * a burst of short connections, the one long-lived idle connection).
+ * Then if one of its connections is idle (nothing in flight, nothing half
+ * read or unsent), the least recently active one is closed to make room. */
 static int user_full(struct b2d_server *s, uid_t uid)
 {
     int n = 0;
+    for (conn *c = s->conns; c; c = c->next) n += c->uid == uid;
+    if (n < s->cfg->max_conns_per_uid) return 0;
+    n = 0;
     conn *idle = NULL;
-    for (conn *c = s->conns; c; c = c->next) {
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
         if (c->uid != uid) continue;
+        if (peer_gone(c->fd)) {
+            conn_close(c, "its peer had gone (found when its user reached --max-connections-per-uid)");
+            continue;
+        }
         n++;
         if (conn_idle(c) && (!idle || c->t_active < idle->t_active))
             idle = c;

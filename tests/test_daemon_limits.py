@@ -16,9 +16,11 @@
 #     --frame-timeout; one uid's connections (--max-connections-per-uid,
 #     its idle ones make room) and requests (--max-inflight-per-uid) are
 #     capped; a connection that holds nothing and sends nothing is closed
-#     after --idle-timeout
+#     after --idle-timeout; connections whose peers have gone, not read yet
+#     (a batch accepted at once, or paused over the budget), are closed at
+#     the cap instead of taking the place of the uid's open idle connection
 # TAP output.  Environment: BLIP2_TEST_TIMEOUT_SCALE (see b2test.py).
-import json, os, socket, struct, sys, tempfile, time
+import json, os, signal, socket, struct, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from b2test import G, SCALE, Client, ok, finish, pack, start, stop, image, require_msgpack, wait_status
@@ -432,5 +434,74 @@ if proc:
 else:
     ok(False, "blip2d --max-connections-per-uid --max-inflight-per-uid")
     ok(False, "the closed connections' requests all end")
+
+
+# At the cap, connections whose peers have gone but that the daemon has not
+# read yet (so it has not seen their end) are closed first; before, they
+# counted, and the uid's one idle connection still open, the least recently
+# active, was closed to make room for them (fuzz_server's victim, when the
+# loop fell behind: the backlog's short connections accepted in one batch).
+proc, SOCK = start_or_none("--max-connections-per-uid", "4", "--max-memory", str(16 << 20), tmp=TMP,
+                           log="daemon-gone.log")
+if proc:
+    def still_open(cl, rid):
+        try:
+            return cl.call({"id": rid, "op": "ping"}).get("type") == "pong"
+        except (OSError, EOFError):
+            return False
+
+    def gone_peer(data):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(SOCK)
+        s.sendall(data)
+        s.close()
+
+    quiet = Client(SOCK)  # open and idle throughout: it never sends before the checks
+    wait_status(SOCK, lambda s: s["connections"] <= 2, 20)
+    # the loop stopped: 8 connections come and go in the backlog, then are
+    # accepted in one batch before any of them is read
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        for k in range(8):
+            gone_peer(pack({"id": 1, "op": "ping"}))
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    late = Client(SOCK)
+    r = late.call({"id": 1, "op": "ping"})
+    ok(r.get("type") == "pong" and still_open(quiet, 1),
+       "8 connections already closed, accepted in one batch past --max-connections-per-uid 4: the uid's open "
+       "idle connection is not closed for them")
+    late.close()
+    done, st = wait_status(SOCK, lambda s: s["connections"] <= 2, 20)
+    ok(done, "and they are all closed (%s connections)" % (st or {}).get("connections"))
+    # the same with connections paused over the memory budget: a partial
+    # frame above --max-memory stops the reading of every other one, so
+    # peers that send half a frame and go are not seen to go
+    quiet2 = Client(SOCK)
+    holder = Client(SOCK)
+    def hold():  # blocks once the daemon stops reading it
+        try:
+            holder.raw(struct.pack(">I", 30 << 20) + b"\x85" + b"\0" * (20 << 20))
+        except OSError:
+            pass
+    feed = threading.Thread(target=hold, daemon=True)
+    feed.start()
+    over, st = wait_status(SOCK, lambda s: s["memory"]["used"] > s["memory"]["max"], 30)
+    for k in range(4):
+        gone_peer(struct.pack(">I", 100) + b"\x82")
+    late = Client(SOCK)
+    r = late.call({"id": 1, "op": "ping"})
+    ok(over and r.get("type") == "pong" and still_open(quiet2, 1) and still_open(quiet, 2),
+       "4 connections paused over --max-memory whose peers have gone: the uid's open idle connections are not "
+       "closed for them (memory %s)" % (st or {}).get("memory"))
+    holder.s.shutdown(socket.SHUT_RDWR)  # ends the blocked send
+    feed.join(10 * SCALE)
+    for cl in (holder, late, quiet, quiet2):
+        cl.close()
+    ok(stop(proc) == 0, "exit 0")
+else:
+    ok(False, "blip2d --max-connections-per-uid: connections whose peers have gone")
+    ok(False, "and they are all closed")
+    ok(False, "paused connections whose peers have gone")
 
 finish()

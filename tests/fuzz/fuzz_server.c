@@ -232,8 +232,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         .cache_bytes = 0, .max_connections = 256, .max_inflight = 8,
         .shutdown_timeout = 1, .stall_timeout = 2, .max_output = 4 << 20,
         .max_memory = 256 << 20, .frame_timeout = 2,
-        /* one uid here: as many connections as the daemon takes (so the
-         * idle victim is never closed to make room), requests as queued */
+        /* one uid here: as many connections as the daemon takes, requests
+         * as queued.  The harness holds at most three open (the victim and
+         * the script's one or two); the daemon may count hundreds more
+         * whose peers have gone (a backlog accepted in one batch when its
+         * loop fell behind), but it closes those at the cap before any
+         * open idle one, so the victim is never closed to make room */
         .max_conns_per_uid = 256, .max_inflight_per_uid = 16,
     };
     if (!mkdtemp(dir)) {

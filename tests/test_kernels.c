@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
@@ -391,6 +392,29 @@ static void test_pool(void)
     ok(1, "pool: an empty job returns");
 }
 
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Workers poll for the next job only briefly (pool.c: SPIN_NS, 50 us),
+ * then sleep: an idle pool costs no CPU.  After a burst of jobs, 200 ms
+ * of idleness may cost the whole process at most 20 ms of CPU time
+ * (polling for ever: about 200 ms per worker). */
+static void test_pool_idle(void)
+{
+    int bad = 0;
+    for (int rep = 0; rep < 100; rep++) b2__parallel_for(4, count_cb, &bad);
+    const struct timespec settle = {0, 20 * 1000 * 1000}, idle = {0, 200 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    const double c0 = cpu_ms();
+    nanosleep(&idle, NULL);
+    const double used = cpu_ms() - c0;
+    ok(used < 20.0 && !bad, "pool: idle after a burst of jobs, the process used %.2f ms of CPU in 200 ms (< 20)", used);
+}
+
 int main(void)
 {
     const char *names[] = {"portable", "avx2"};
@@ -410,5 +434,6 @@ int main(void)
     test_convert_big();
     test_pool();
     test_pool_concurrent();
+    test_pool_idle();
     return tap_done();
 }

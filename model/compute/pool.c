@@ -4,8 +4,15 @@
  *   caller: lock, publish job (fn, ctx, n), gen++, broadcast, unlock
  *           -> takes tasks itself (atomic counter) -> waits until every
  *           worker that joined has left the job
- *   worker: sleep on `wake` until gen changes -> take tasks until none
- *           are left -> leave, signal `done` -> sleep again
+ *   worker: wait until gen changes (polling it for up to SPIN_NS first,
+ *           then asleep on `wake`) -> take tasks until none are left ->
+ *           leave, signal `done` if the caller sleeps on it -> wait again
+ * The caller likewise polls for the workers' leaving before it sleeps,
+ * and broadcasts only when a worker sleeps.  A decode step is a few
+ * hundred small jobs tens of microseconds apart; a futex wake and the
+ * sleeper's trip through the scheduler cost about as much as one of them
+ * (most in a VM guest), so a worker that waits a little catches the next
+ * job without either.
  * Tasks are handed out one at a time from a shared counter, so a stalled
  * vCPU delays only the task it holds.  Busy pool (another thread's job)
  * or a call from inside a task: the caller runs every task itself (slot 0).  A woken worker moves off the
@@ -17,22 +24,26 @@
 #include <cblas.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #define POOL_MAX 64
+#define SPIN_NS 50000 /* how long a waiter polls before it sleeps */
 
 static struct {
     pthread_once_t once;
     int size;                 /* threads including the caller */
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    unsigned gen;             /* job generation */
+    unsigned gen;             /* job generation (written under mu, polled without) */
     int busy;                 /* a job is being run */
     void (*fn)(void *, int, int);
     void *ctx;
     int n;
     int next;                 /* next task (atomic) */
-    int active;               /* workers inside the current job */
+    unsigned active;          /* workers inside the current job (as gen) */
+    int sleepers;             /* workers asleep on wake */
+    int caller_waits;         /* the caller sleeps on done */
     int caller_cpu;           /* where the job's caller runs (-1: unknown) */
     cpu_set_t allowed;        /* the process's CPUs at start-up */
 } P = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER,
@@ -64,6 +75,30 @@ static void avoid_cpu(int cpu, int *avoided)
     if (sched_setaffinity(0, sizeof cs, &cs) == 0) *avoided = cpu;
 }
 
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Polls *p for up to SPIN_NS while (*p == v) == eq. */
+static void spin_while(const unsigned *p, unsigned v, int eq)
+{
+    const long long end = now_ns() + SPIN_NS;
+    for (int i = 1; (__atomic_load_n(p, __ATOMIC_ACQUIRE) == v) == eq; i++) {
+        cpu_relax();
+        if (!(i & 63) && now_ns() >= end) break;
+    }
+}
+
 static void *worker(void *arg)
 {
     const int slot = (int)(long)arg;
@@ -71,18 +106,26 @@ static void *worker(void *arg)
     int avoided = -1;
     pthread_mutex_lock(&P.mu);
     for (;;) {
-        while (P.gen == seen) pthread_cond_wait(&P.wake, &P.mu);
+        if (P.gen == seen) {
+            pthread_mutex_unlock(&P.mu);
+            spin_while(&P.gen, seen, 1);
+            pthread_mutex_lock(&P.mu);
+            P.sleepers++;
+            while (P.gen == seen) pthread_cond_wait(&P.wake, &P.mu);
+            P.sleepers--;
+        }
         seen = P.gen;
         if (!P.busy) continue; /* the job already finished without us */
         void (*fn)(void *, int, int) = P.fn;
         void *ctx = P.ctx;
         int n = P.n, cpu = P.caller_cpu;
-        P.active++;
+        __atomic_store_n(&P.active, P.active + 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&P.mu);
         avoid_cpu(cpu, &avoided);
         run_tasks(fn, ctx, n, slot);
         pthread_mutex_lock(&P.mu);
-        if (--P.active == 0) pthread_cond_signal(&P.done);
+        __atomic_store_n(&P.active, P.active - 1, __ATOMIC_RELEASE);
+        if (P.active == 0 && P.caller_waits) pthread_cond_signal(&P.done);
     }
     return NULL;
 }
@@ -131,16 +174,20 @@ void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ct
     P.n = n;
     P.caller_cpu = sched_getcpu();
     __atomic_store_n(&P.next, 0, __ATOMIC_RELAXED);
-    P.gen++;
-    pthread_cond_broadcast(&P.wake);
+    __atomic_store_n(&P.gen, P.gen + 1, __ATOMIC_RELEASE);
+    if (P.sleepers) pthread_cond_broadcast(&P.wake);
     pthread_mutex_unlock(&P.mu);
 
     run_tasks(fn, ctx, n, 0);
 
     /* busy until every worker that joined has left: the task counter and
-     * the job stay theirs until then; later wakers see !busy and sleep */
+     * the job stay theirs until then; later wakers see !busy and wait.
+     * (A worker that joins after the poll saw none is waited for below.) */
+    spin_while(&P.active, 0, 0);
     pthread_mutex_lock(&P.mu);
+    P.caller_waits = 1;
     while (P.active > 0) pthread_cond_wait(&P.done, &P.mu);
+    P.caller_waits = 0;
     P.busy = 0;
     pthread_mutex_unlock(&P.mu);
 }

@@ -1,9 +1,9 @@
 /*
  * pool.c - the compute thread pool behind b2__parallel_for.
  *
- *   caller: lock, publish job (fn, ctx, n), gen++, broadcast, unlock
- *           -> takes tasks itself (atomic counter) -> waits until every
- *           worker that joined has left the job
+ *   caller: lock, publish job (fn, ctx, n), gen++, broadcast if a
+ *           worker sleeps, unlock -> takes tasks itself (atomic counter)
+ *           -> waits until every worker that joined has left the job
  *   worker: wait until gen changes (polling it for up to SPIN_NS first,
  *           then asleep on `wake`) -> take tasks until none are left ->
  *           leave, signal `done` if the caller sleeps on it -> wait again

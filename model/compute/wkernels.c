@@ -476,9 +476,9 @@ int b2__wkernels_set_prefetch(int bytes)
 /* ---- the products over the compute pool ---- */
 
 /* Weight rows per pool task: 64, or 256 for a decode step (at most
- * B2_DECODE_ROWS x rows: each thread then streams 700 KiB of q8_0 at k = 2560 before it
- * moves on; the step's products took 69-78 ms against 76-91 in tasks of
- * 64 rows, bench/RESULTS.md, 2026-12-06 15:28). */
+ * B2_DECODE_ROWS x rows: each thread then streams 700 KiB of q8_0 at
+ * k = 2560 before it moves on; the step's products took 69-78 ms against
+ * 76-91 in tasks of 64 rows, bench/RESULTS.md, 2026-12-06 15:28). */
 #define CHUNK 64
 #define CHUNK_DECODE 256
 

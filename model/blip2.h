@@ -445,7 +445,13 @@ int blip2_text_features(const blip2_model *m, const int32_t *ids, size_t n,
  * so that oneDNN's idle OpenMP threads sleep instead of spinning on the
  * CPUs the engine needs next (process.c says why it takes an exec).
  * Returns only when it did not execute again; then nothing has changed
- * but that variable. */
+ * but that variable and, with glibc, malloc's thresholds: freed memory up
+ * to 256 MiB and blocks up to 32 MiB stay on the heap for the next request
+ * (mallopt M_TRIM_THRESHOLD, M_MMAP_THRESHOLD), so it does not take a page
+ * fault on every page of its key/value cache again; not when GLIBC_TUNABLES
+ * sets glibc.malloc.* or MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+ * is set.  A long-lived program hands the heap back when idle
+ * (malloc_trim), as blip2d does. */
 void blip2_process_prepare(char **argv);
 
 #ifdef __cplusplus

@@ -25,12 +25,12 @@
  */
 #include "blip2.h"
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__ /* defined by the C library's headers above */
+#include <malloc.h>
+#endif
 
 /* Freed memory stays for the next request (above), unless the user has
  * tuned malloc (GLIBC_TUNABLES, MALLOC_*_ variables). */

@@ -42,7 +42,8 @@ static void *requests(void *arg)
         for (int i = 0; i < 3; i++) {
             b[i] = malloc(sizes[i]);
             if (!b[i]) abort();
-            memset(b[i], r + 1, sizes[i]);
+            volatile unsigned char *p = b[i]; /* every page written, not optimised away */
+            for (size_t o = 0; o < sizes[i]; o += 4096) p[o] = (unsigned char)(r + 1);
         }
         for (int i = 0; i < 3; i++) free(b[i]);
         *last = minflt() - f0;

@@ -217,18 +217,23 @@ def stop(p, wait=15):
     if st != 0:
         print("# blip2d exited with status %d%s" % (st, " (killed: no exit within %g s)" % (wait * SCALE)
                                                      if st == -9 else ""), flush=True)
-        try:
-            with open(p.b2_log, "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-            # a sanitizer's report from its start (the direct leak or the
-            # error comes first), else the log's last lines
-            at = text.rfind("==ERROR: ")
-            lines = text[at:].splitlines()[:80] if at >= 0 else text.splitlines()[-40:]
-            for line in lines:
-                print("#   " + line, flush=True)
-        except (AttributeError, OSError):
-            pass
+        show_log(p)
     return st
+
+
+def show_log(p):
+    """Prints the end of the log of the daemon p (started by start()) as TAP
+    comments: a sanitizer's report from its start (the direct leak or the
+    error comes first), else the log's last 40 lines."""
+    try:
+        with open(p.b2_log, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        at = text.rfind("==ERROR: ")
+        lines = text[at:].splitlines()[:80] if at >= 0 else text.splitlines()[-40:]
+        for line in lines:
+            print("#   " + line, flush=True)
+    except (AttributeError, OSError):
+        pass
 
 
 def ctl(sock, *args, stdin=None, timeout=300):

@@ -15,7 +15,7 @@ import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, t
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, status, image, manifest, require_msgpack, \
-    wait_status, golden_requests
+    wait_status, golden_requests, show_log
 
 msgpack = require_msgpack()
 MAX_TOKENS = int(os.environ.get("BLIP2_TEST_MAX_TOKENS") or 0)
@@ -252,16 +252,23 @@ r = c.call({"id": 950, "op": "generate", "image": image("chelsea.png"), "max_new
 ok(r["type"] == "done" and proc.poll() is None, "truncated frames and vanished clients leave the daemon serving")
 
 # SIGTERM with work in flight: the client gets its terminal reply, the daemon exits 0 and removes its socket
-c.send({"id": 1000, "op": "generate", "image": image("coffee.png"), "max_new_tokens": long_tokens(1500)})
-time.sleep(0.1)
+# (in flight: its first token has arrived; a request still unread in the
+# socket when the signal lands is refused with shutting_down instead)
+c.send({"id": 1000, "op": "generate", "image": image("coffee.png"), "stream": True,
+        "max_new_tokens": long_tokens(1500)})
+first = c.recv()
 proc.send_signal(signal.SIGTERM)
 try:
     evs = c.until_terminal(1000)
-    term_ok = evs[-1]["type"] == "done"
+    last = evs[-1]
 except EOFError:
-    term_ok = False
+    last = {"type": "EOF"}
 rc = proc.wait(20 * SCALE)
-ok(term_ok and rc == 0 and not os.path.exists(SOCK), "SIGTERM: in-flight request finished, exit 0, socket removed")
+if not ok(first.get("id") == 1000 and first["type"] == "token" and last["type"] == "done" and rc == 0
+          and not os.path.exists(SOCK),
+          "SIGTERM: in-flight request finished, exit 0, socket removed (first %s, last %s %s, exit %s)"
+          % (first["type"], last["type"], last.get("finish", last.get("code", "")), rc)):
+    show_log(proc)
 c.close()
 
 # busy: a full queue answers at once

@@ -221,8 +221,8 @@ int b2__kernels_choose(blip2_model *m, const char *gguf_path, blip2_error *err)
                         len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0, "%s%s refused (%.3g of the bound)",
                                                 c ? ", " : "", r.c[c].name, r.c[c].err);
                     else
-                        len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0, "%s%s %.1f GB/s",
-                                                c ? ", " : "", r.c[c].name, r.c[c].gbs);
+                        len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0, "%s%s %.1f GB/s (%.2f)",
+                                                c ? ", " : "", r.c[c].name, r.c[c].gbs, r.c[c].score);
                     if (len >= sizeof note) break;
                 }
             } else {

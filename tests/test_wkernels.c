@@ -39,7 +39,9 @@
  *               2 gamma(k/8 + 8) sum_j |w_j x_j|; two deliberately wrong
  *               candidates (b2__wkernels_test_candidate: all zeros, the
  *               fastest possible; and a product that drops the last 8
- *               values of each row) are refused and never chosen;
+ *               values of each row) are refused and never chosen; a
+ *               right but slower one (the chosen one twice over, or
+ *               scalar code) is timed and never chosen;
  *               b2__wkernels_use sets what the dispatching entry point
  *               runs per type (same bits as the named implementation)
  *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
@@ -719,9 +721,10 @@ static void short_fp(float *y, int ldy, const float *x, int ldx, const unsigned 
     }
     free(row);
 }
-/* q8_0 or q4_0 (t) likewise: right but for the last 8 values of each row */
-static void short_q(b2_wtype t, float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                    size_t rb, int n, int m, int k)
+/* q8_0 or q4_0 (t) likewise: right but for the last drop (8) values of
+ * each row (drop 0: right, in scalar code with double sums) */
+static void short_q(b2_wtype t, int drop, float *y, int ldy, const int8_t *xq, const float *xd,
+                    const unsigned char *w, size_t rb, int n, int m, int k)
 {
     const int nb = k / 32; /* B2_Q8_0_BLOCK = B2_Q4_0_BLOCK */
     const size_t bytes = t == B2_WT_Q8_0 ? B2_Q8_0_BYTES : B2_Q4_0_BYTES;
@@ -733,7 +736,7 @@ static void short_q(b2_wtype t, float *y, int ldy, const int8_t *xq, const float
                 uint16_t h;
                 memcpy(&h, blk, 2);
                 int32_t sum = 0;
-                const int last = b == nb - 1 ? 24 : 32;
+                const int last = b == nb - 1 ? 32 - drop : 32;
                 for (int j = 0; j < last; j++) sum += qweight(t, blk, j) * xq[(size_t)i * k + b * 32 + j];
                 a += (double)b2__f16_to_f32(h) * xd[(size_t)i * nb + b] * sum;
             }
@@ -743,15 +746,35 @@ static void short_q(b2_wtype t, float *y, int ldy, const int8_t *xq, const float
 static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                      size_t rb, int n, int m, int k)
 {
-    short_q(B2_WT_Q8_0, y, ldy, xq, xd, w, rb, n, m, k);
+    short_q(B2_WT_Q8_0, 8, y, ldy, xq, xd, w, rb, n, m, k);
 }
 static void short_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
                      size_t rb, int n, int m, int k)
 {
-    short_q(B2_WT_Q4_0, y, ldy, xq, xd, w, rb, n, m, k);
+    short_q(B2_WT_Q4_0, 8, y, ldy, xq, xd, w, rb, n, m, k);
 }
 static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
 static void dq4_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q4_0, 0, 1, nb * 32); }
+/* Right but slower: f32/f16/bf16 the implementation slow_base twice
+ * over; q8_0 and q4_0 in scalar code. */
+static const char *slow_base;
+static void slow_fp(float *y, int ldy, const float *x, int ldx, const unsigned char *w, size_t rb,
+                    b2_wtype t, int n, int m, int k)
+{
+    (void)rb;
+    for (int rep = 0; rep < 2; rep++) b2__wmatmul_rows_impl(slow_base, y, ldy, x, ldx, w, t, n, m, k);
+}
+static void slow_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                    size_t rb, int n, int m, int k)
+{
+    short_q(B2_WT_Q8_0, 0, y, ldy, xq, xd, w, rb, n, m, k);
+}
+static void slow_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
+                    size_t rb, int n, int m, int k)
+{
+    short_q(B2_WT_Q4_0, 0, y, ldy, xq, xd, w, rb, n, m, k);
+}
+static const b2_wimpl slow_twin = {"test-slow", slow_fp, slow_q8, dq_c, slow_q4, dq4_c, NULL};
 static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c, NULL};
 static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c, NULL};
 
@@ -819,6 +842,22 @@ static void test_tune(void)
             ok(rc2 == 0 && listed && refused && strcmp(r2.chosen, wrong[w]->name) != 0,
                "%s: a wrong candidate (%s) is refused and %s chosen", b2__wt_name(t), wrong[w]->name,
                rc2 == 0 ? r2.chosen : "nothing");
+            b2__wkernels_test_candidate(NULL);
+        }
+        /* a right but slower candidate: timed, never chosen (for
+         * f32/f16/bf16 the chosen one run twice over: a factor of 2 the
+         * measurement must see) */
+        if (rc == 0) {
+            slow_base = res.chosen;
+            b2__wkernels_test_candidate(&slow_twin);
+            b2_wtune r3;
+            const int rc3 = b2__wkernels_tune(t, s, 3, &r3);
+            int timed = 0;
+            for (int c = 0; c < r3.n; c++)
+                if (!strcmp(r3.c[c].name, slow_twin.name)) timed = !r3.c[c].refused;
+            ok(rc3 == 0 && timed && strcmp(r3.chosen, slow_twin.name) != 0,
+               "%s: a right but slower candidate (%s) is timed and %s chosen", b2__wt_name(t),
+               t == B2_WT_Q8_0 || t == B2_WT_Q4_0 ? "scalar code" : "the chosen one twice over", rc3 == 0 ? r3.chosen : "nothing");
             b2__wkernels_test_candidate(NULL);
         }
         /* b2__wkernels_use: the dispatching entry point runs what it names */

@@ -653,10 +653,18 @@ static int cmp_dbl(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* the median of v[0..n) (reordered), n > 0 */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 #define TUNE_CHECK_ROWS 128  /* W rows of the first sample each candidate is checked on */
 #define TUNE_CHECK_N 3       /* x rows of the check (tiles of 2 and a tail) */
-#define TUNE_RUN_BYTES (48u << 20) /* weights read per timed run: past a 32 MiB L3 */
-#define TUNE_ROUNDS 5
+#define TUNE_BYTES (240u << 20) /* weights each candidate reads, timed */
+#define TUNE_WARM 2             /* groups of products first, not counted */
+#define TUNE_MAX_GROUPS 4096
 
 /* Per row r: |y - y_portable| <= 2 gamma(k/8 + 8) sum_j |w_rj x_j|, with
  * gamma(n) = n u / (1 - n u), u = 2^-24: both are sums of the same
@@ -738,14 +746,32 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
         ok[c] = res->c[c].err <= 1;
         res->c[c].refused = !ok[c];
     }
-    /* timed runs: each reads fresh weights (the next samples, round
-     * robin, until TUNE_RUN_BYTES), so none is served from the caches
-     * unless the samples are small; the mapping's pages touched first */
+    /* Timed: groups of products, one sample per ok candidate, the
+     * candidates in an order rotated by one each group (samples round
+     * robin, so each product reads weights nobody has just read, from
+     * memory when the samples are larger than the caches, as in a decode
+     * step).  A product's rate over its group's geometric mean is its
+     * score; a candidate's score is the median of its products' scores.
+     * So each comparison is between neighbouring weights read within a
+     * millisecond, and a moment the host takes the CPU away spoils one
+     * group, not a candidate's whole run, as it did when each candidate
+     * read its own 48 MiB stretch in turn (5 rounds, median rate).  Two
+     * candidates are never timed on the same weights: the second would
+     * find part of them in the L3 (41-57 against 13-41 GB/s for the
+     * first on a Zen 5).  Where the candidates are within a few per
+     * cent of each other (AVX2 and AVX-512 for bf16, AVX2 and VNNI for
+     * q8_0 on that Zen 5, a noisy guest), the choice still varies from
+     * load to load (bench/RESULTS.md, 2026-12-06 22:10). */
+    int okc[B2_WTUNE_MAX], nok = 0;
+    for (int c = 0; c < nc; c++)
+        if (ok[c]) okc[nok++] = c;
+    if (!nok) goto out;
     size_t total = 0;
     for (int i = 0; i < ns; i++) total += b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
-    /* each run may read one sample past TUNE_RUN_BYTES: touch twice that */
-    const size_t want = 2 * (size_t)TUNE_ROUNDS * (size_t)nc * TUNE_RUN_BYTES;
+    /* the mapping's pages touched first, as far as the timed products
+     * will read (each candidate one sample past TUNE_BYTES) */
     {
+        const size_t want = (size_t)nok * (TUNE_BYTES + (64u << 20));
         size_t seen = 0;
         volatile unsigned char sink = 0;
         for (int i = 0; seen < want && seen < total; i++) {
@@ -756,38 +782,56 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
         }
         (void)sink;
     }
-    double rate[B2_WTUNE_MAX][TUNE_ROUNDS];
-    int cur = 0;
-    for (int r = 0; r < TUNE_ROUNDS; r++)
-        for (int q = 0; q < nc; q++) {
-            const int c = (q + r) % nc; /* a different order each round */
-            if (!ok[c]) continue;
-            size_t bytes = 0;
-            double dt = 0;
-            int used = 0;
-            while (bytes < TUNE_RUN_BYTES && used < ns) {
-                const b2_wsample *w = &s[cur];
-                cur = (cur + 1) % ns;
-                used++;
-                const double t0 = now_s();
-                run(cand[c], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
-                dt += now_s() - t0;
-                bytes += b2__wt_row_bytes(t, w->k) * (size_t)w->m;
-            }
-            rate[c][r] = (double)bytes / (dt > 0 ? dt : 1e-9);
-            res->mbytes = (double)bytes / 1e6;
+    double *score = malloc(sizeof(double) * (size_t)TUNE_MAX_GROUPS * (size_t)nok);
+    double *rates = malloc(sizeof(double) * (size_t)TUNE_MAX_GROUPS * (size_t)nok);
+    if (!score || !rates) {
+        free(score);
+        free(rates);
+        goto out;
+    }
+    /* small samples (cached: a test's tiny model) are read at most 5
+     * times over by each candidate, in whole rotations */
+    int max_groups = 5 * ns < TUNE_MAX_GROUPS ? 5 * ns : TUNE_MAX_GROUPS;
+    max_groups = max_groups < nok ? nok : max_groups - max_groups % nok;
+    int cur = 0, ng = 0;
+    size_t read = 0; /* bytes per candidate, counted groups */
+    for (int gi = 0; ng < max_groups && (read < TUNE_BYTES || ng % nok); gi++) {
+        double r[B2_WTUNE_MAX], lsum = 0;
+        for (int q = 0; q < nok; q++) {
+            const int o = (q + gi) % nok; /* okc[o] runs the group's q-th sample */
+            const b2_wsample *w = &s[cur];
+            cur = (cur + 1) % ns;
+            const double t0 = now_s();
+            run(cand[okc[o]], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
+            const double dt = now_s() - t0;
+            const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
+            r[o] = (double)bytes / (dt > 0 ? dt : 1e-9);
+            lsum += log(r[o]);
+            if (gi >= TUNE_WARM && !q) read += bytes;
         }
+        if (gi < TUNE_WARM) continue;
+        for (int o = 0; o < nok; o++) {
+            rates[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o];
+            score[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o] / exp(lsum / nok);
+        }
+        ng++;
+    }
+    res->mbytes = (double)read / 1e6;
     int best = -1;
-    for (int c = 0; c < nc; c++) {
-        if (!ok[c]) continue;
-        qsort(rate[c], TUNE_ROUNDS, sizeof(double), cmp_dbl);
-        res->c[c].gbs = rate[c][TUNE_ROUNDS / 2] / 1e9;
-        if (best < 0 || res->c[c].gbs > res->c[best].gbs) best = c;
+    double best_score = 0;
+    for (int o = 0; o < nok; o++) {
+        const int c = okc[o];
+        res->c[c].gbs = median(rates + (size_t)o * TUNE_MAX_GROUPS, ng) / 1e9;
+        res->c[c].score = median(score + (size_t)o * TUNE_MAX_GROUPS, ng);
+        if (best < 0 || res->c[c].score > best_score) {
+            best = c;
+            best_score = res->c[c].score;
+        }
     }
-    if (best >= 0) {
-        res->chosen = cand[best]->name;
-        rc = 0;
-    }
+    free(score);
+    free(rates);
+    res->chosen = cand[best]->name;
+    rc = 0;
 out:
     free(x);
     free(y);

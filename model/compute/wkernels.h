@@ -148,9 +148,10 @@ typedef struct b2_wtune {
         const char *name;
         double err;      /* largest |y - y_portable| / bound on the check rows */
         int refused;     /* err > 1: not timed, never chosen */
-        double gbs;      /* median weight read rate of the timed runs, GB/s */
+        double gbs;      /* median weight read rate of its timed products, GB/s */
+        double score;    /* median of its products' rates over their groups' geometric means */
     } c[B2_WTUNE_MAX];
-    double mbytes;       /* weights read per timed run, MB */
+    double mbytes;       /* weights each candidate read, timed, MB */
 } b2_wtune;
 
 /* The decode kernel choice by measurement, for type t on the samples
@@ -162,11 +163,14 @@ typedef struct b2_wtune {
  * (1 - n u), u = 2^-24; for q8_0 x as quantised), and NaN where the
  * portable one has NaN; a candidate outside that is refused.  The others
  * are timed as a decode step (one activation row, over the compute
- * pool): 5 rounds, in a different order each, of runs reading 48 MiB of
- * the samples each (round robin over them, so the weights come from
- * memory when the samples are larger than the caches), the pages touched
- * first; the highest median rate wins.  Does not change the choice in
- * use (b2__wkernels_use does).  Takes some milliseconds per candidate.
+ * pool), one product per sample, the samples round robin (so the weights
+ * come from memory when the samples are larger than the caches), the
+ * pages touched first: in groups of one product per candidate, in an
+ * order rotated by one each group, until each has read 240 MiB (after
+ * two groups not counted).  A product's score is its rate over its
+ * group's geometric mean; the highest median score wins.  Does not
+ * change the choice in use (b2__wkernels_use does).  Takes some
+ * milliseconds per candidate.
  * Returns 0 (res->chosen set), or -1: bad samples, out of memory, or
  * every candidate refused. */
 int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res);

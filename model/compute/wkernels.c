@@ -761,7 +761,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
      * first on a Zen 5).  Where the candidates are within a few per
      * cent of each other (AVX2 and AVX-512 for bf16, AVX2 and VNNI for
      * q8_0 on that Zen 5, a noisy guest), the choice still varies from
-     * load to load (bench/RESULTS.md, 2026-12-06 22:10). */
+     * load to load (bench/RESULTS.md, 2026-12-06 21:40). */
     int okc[B2_WTUNE_MAX], nok = 0;
     for (int c = 0; c < nc; c++)
         if (ok[c]) okc[nok++] = c;

@@ -794,8 +794,8 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
     int max_groups = 5 * ns < TUNE_MAX_GROUPS ? 5 * ns : TUNE_MAX_GROUPS;
     max_groups = max_groups < nok ? nok : max_groups - max_groups % nok;
     int cur = 0, ng = 0;
-    size_t read = 0; /* bytes per candidate, counted groups */
-    for (int gi = 0; ng < max_groups && (read < TUNE_BYTES || ng % nok); gi++) {
+    size_t read = 0; /* bytes of the counted groups, all candidates */
+    for (int gi = 0; ng < max_groups && (read < (size_t)nok * TUNE_BYTES || ng % nok); gi++) {
         double r[B2_WTUNE_MAX], lsum = 0;
         for (int q = 0; q < nok; q++) {
             const int o = (q + gi) % nok; /* okc[o] runs the group's q-th sample */
@@ -807,7 +807,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
             const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
             r[o] = (double)bytes / (dt > 0 ? dt : 1e-9);
             lsum += log(r[o]);
-            if (gi >= TUNE_WARM && !q) read += bytes;
+            if (gi >= TUNE_WARM) read += bytes;
         }
         if (gi < TUNE_WARM) continue;
         for (int o = 0; o < nok; o++) {
@@ -816,7 +816,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
         }
         ng++;
     }
-    res->mbytes = (double)read / 1e6;
+    res->mbytes = (double)read / nok / 1e6;
     int best = -1;
     double best_score = 0;
     for (int o = 0; o < nok; o++) {

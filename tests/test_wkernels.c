@@ -743,16 +743,16 @@ static void short_q(b2_wtype t, int drop, float *y, int ldy, const int8_t *xq, c
             y[(size_t)i * ldy + r] = (float)a;
         }
 }
-static void short_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                     size_t rb, int n, int m, int k)
-{
-    short_q(B2_WT_Q8_0, 8, y, ldy, xq, xd, w, rb, n, m, k);
-}
-static void short_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                     size_t rb, int n, int m, int k)
-{
-    short_q(B2_WT_Q4_0, 8, y, ldy, xq, xd, w, rb, n, m, k);
-}
+/* NAME: short_q for type T without the last DROP values, as a b2_wimpl
+ * q8/q4 entry */
+#define SHORT_Q(NAME, T, DROP)                                                                      \
+    static void NAME(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w, \
+                     size_t rb, int n, int m, int k)                                                \
+    {                                                                                               \
+        short_q(T, DROP, y, ldy, xq, xd, w, rb, n, m, k);                                           \
+    }
+SHORT_Q(short_q8, B2_WT_Q8_0, 8)
+SHORT_Q(short_q4, B2_WT_Q4_0, 8)
 static void dq_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q8_0, 0, 1, nb * 32); }
 static void dq4_c(float *y, const unsigned char *w, int nb) { b2__wrows_to_f32(y, w, B2_WT_Q4_0, 0, 1, nb * 32); }
 /* Right but slower: f32/f16/bf16 the implementation slow_base twice
@@ -764,16 +764,8 @@ static void slow_fp(float *y, int ldy, const float *x, int ldx, const unsigned c
     (void)rb;
     for (int rep = 0; rep < 2; rep++) b2__wmatmul_rows_impl(slow_base, y, ldy, x, ldx, w, t, n, m, k);
 }
-static void slow_q8(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                    size_t rb, int n, int m, int k)
-{
-    short_q(B2_WT_Q8_0, 0, y, ldy, xq, xd, w, rb, n, m, k);
-}
-static void slow_q4(float *y, int ldy, const int8_t *xq, const float *xd, const unsigned char *w,
-                    size_t rb, int n, int m, int k)
-{
-    short_q(B2_WT_Q4_0, 0, y, ldy, xq, xd, w, rb, n, m, k);
-}
+SHORT_Q(slow_q8, B2_WT_Q8_0, 0)
+SHORT_Q(slow_q4, B2_WT_Q4_0, 0)
 static const b2_wimpl slow_twin = {"test-slow", slow_fp, slow_q8, dq_c, slow_q4, dq4_c, NULL};
 static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c, NULL};
 static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c, NULL};

@@ -23,6 +23,10 @@
  *              --image] + blip2_encode_image + blip2_generate (greedy,
  *              no prompt, exactly S new tokens); its ratio is the time the
  *              stages would take at the limits over the time taken
+ *     versus:  with --versus-model FILE / --versus-precision P, a second
+ *              model of the same shapes (P: --model in that math) runs
+ *              prefill, decode and caption right after the first, on the
+ *              same buffers: its time over the first's, per round
  *   -> a table of medians over rounds; each ratio is taken against the
  *      limits of its own round (the host's speed drifts), then the median.
  *
@@ -60,6 +64,7 @@ typedef struct opts {
     int rounds, warmup, steps, threads, verbose, batch;
     double mem_gib;
     const char *prompt, *image;
+    const char *versus_model, *versus_precision; /* --versus-model, --versus-precision */
     int do_vision, do_qformer, do_lm, do_caption, limits_only;
 } opts;
 
@@ -82,6 +87,14 @@ static void usage(FILE *f)
         "  --image FILE      caption this image (its decoding and resize are timed too);\n"
         "                    default: random pixel values\n"
         "  --only LIST       stages to run: vision,qformer,lm,caption (default all)\n"
+        "  --versus-model FILE\n"
+        "                    a second model of the same shapes (e.g. the q4_0 file of a\n"
+        "                    q8_0 --model): its prefill, decode and caption run right after\n"
+        "                    the first one's in every round, and the median of the per-round\n"
+        "                    time ratios is printed\n"
+        "  --versus-precision P\n"
+        "                    the same, with --model loaded again in math P (f32, bf16, int8):\n"
+        "                    the f32-math path of a reduced file in the same run\n"
         "  --limits-only     measure only the limits (sgemm at every ViT shape, memory\n"
         "                    read); needs no model\n"
         "  -v                per-round figures, and the products that ran on oneDNN\n");
@@ -106,6 +119,8 @@ static int parse(opts *o, int argc, char **argv)
         else if (!strcmp(a, "--batch")) o->batch = atoi(v);
         else if (!strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--image")) o->image = v;
+        else if (!strcmp(a, "--versus-model")) o->versus_model = v;
+        else if (!strcmp(a, "--versus-precision")) o->versus_precision = v;
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--mem-gib")) o->mem_gib = atof(v);
         else if (!strcmp(a, "--tile-rows")) b2__wtile_rows = atoi(v) > 0 ? atoi(v) : b2__wtile_rows;
@@ -117,7 +132,7 @@ static int parse(opts *o, int argc, char **argv)
         } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
     }
     if ((!o->model && !o->limits_only) || o->rounds < 1 || o->warmup < 0 || o->steps < 1 || o->mem_gib <= 0 ||
-        o->batch < 1 || o->batch > 64) { usage(stderr); return -1; }
+        o->batch < 1 || o->batch > 64 || (o->versus_model && o->versus_precision)) { usage(stderr); return -1; }
     return 0;
 }
 
@@ -305,6 +320,137 @@ static int limits_only(const opts *o, b2b_read_fn rfn, const char *rname, int nt
     return 0;
 }
 
+
+/* What the language-model stages of a model need: the prompt, buffers
+ * shaped for the first model (a second one of the same shapes shares
+ * them) and the caches. */
+typedef struct lm_bufs {
+    int t5, rows, Q, D, V, B, steps, L;
+    const int32_t *ids;
+    const float *qemb;
+    float *emb, *hid, *logits, *logitsb, *enc, *escr;
+    int32_t *toks;
+    b2_kv *kv, **kvps; /* kvps[0] = kv, then the batch's copies */
+    b2_opt_ws *ws;
+    b2_t5_ws *tws;
+    b2_t5_cross *cross;
+} lm_bufs;
+
+/* The prefill's input rows: the query embeddings and the prompt. */
+static void lm_embed_prompt(const blip2_model *m, const lm_bufs *b)
+{
+    memcpy(b->emb, b->qemb, sizeof(float) * (size_t)b->Q * b->D);
+    if (b->t5) b2__t5_embed(m, b->ids, b->L, b->emb + (size_t)b->Q * b->D);
+    else b2__opt_embed(m, b->ids, b->L, b->emb + (size_t)b->Q * b->D);
+}
+
+/* The prefill over those rows (T5: the encoder and the cross keys and
+ * values); the first token to decode. */
+static int32_t lm_prefill(const blip2_model *m, const lm_bufs *b)
+{
+    int seq[1024], pos[1024];
+    b2_kv *kvp = b->kv;
+    for (int i = 0; i < b->rows; i++) { seq[i] = 0; pos[i] = i; }
+    if (b->t5) {
+        b2__t5_encode(m, b->emb, b->rows, b->enc, b->escr);
+        b2__t5_cross_fill(m, b->cross, b->enc);
+        return m->cfg.dec_start;
+    }
+    b2__opt_forward(m, b->ws, b->emb, b->rows, &kvp, seq, pos, b->hid);
+    b2__opt_logits(m, b->hid + (size_t)(b->rows - 1) * b->D, 1, b->logits);
+    return argmax(b->logits, b->V);
+}
+
+/* b->steps decode steps from the cache the prefill left (B sequences
+ * copied from it), the first token tok; each step's time in dstep. */
+static void lm_decode(const blip2_model *m, const lm_bufs *b, int32_t tok, double *dstep)
+{
+    const int B = b->B, V = b->V;
+    int seq[64] = {0}, pos[64];
+    b2_kv *kvp = b->kv;
+    const b2_t5_cross *crp = b->cross;
+    b->kv->len = b->t5 ? 0 : b->rows;
+    for (int i = 1; i < B; i++) b2__kv_copy(b->kvps[i], b->kv);
+    for (int i = 0; i < B; i++) b->toks[i] = tok;
+    for (int st = 0; st < b->steps; st++) {
+        const double a = b2b_now();
+        pos[0] = b->kv->len;
+        if (B > 1) { /* B sequences, one row each */
+            for (int i = 0; i < B; i++) { seq[i] = i; pos[i] = b->kv->len; }
+            b2__opt_embed(m, b->toks, B, b->emb);
+            b2__opt_forward(m, b->ws, b->emb, B, b->kvps, seq, pos, b->hid);
+            b2__opt_logits(m, b->hid, B, b->logitsb);
+            for (int i = 0; i < B; i++) b->toks[i] = argmax(b->logitsb + (size_t)i * V, V);
+            memcpy(b->logits, b->logitsb, sizeof(float) * (size_t)V);
+        } else if (b->t5) {
+            b2__t5_embed(m, &tok, 1, b->emb);
+            b2__t5_decode(m, b->tws, b->emb, 1, &kvp, &crp, seq, pos, b->hid);
+            b2__t5_logits(m, b->hid, 1, b->logits);
+        } else {
+            b2__opt_embed(m, &tok, 1, b->emb);
+            b2__opt_forward(m, b->ws, b->emb, 1, &kvp, seq, pos, b->hid);
+            b2__opt_logits(m, b->hid, 1, b->logits);
+        }
+        tok = argmax(b->logits, V);
+        dstep[st] = b2b_now() - a;
+        b->kv->len++;
+        for (int i = 1; i < B; i++) b->kvps[i]->len = b->kv->len;
+    }
+}
+
+/* One caption through the public API: [decoding and resizing --image] +
+ * blip2_encode_image + blip2_generate (greedy, no prompt, exactly
+ * o->steps new tokens).  Its time in seconds, or -1 on an error
+ * (printed); *n_new and, if still NULL, *text set. */
+static double caption_once(const blip2_model *m, const opts *o, const float *px, float *pxc, float *cq,
+                           int *n_new, char **text)
+{
+    blip2_gen_params gp;
+    blip2_gen_params_default(&gp);
+    gp.max_new_tokens = gp.min_new_tokens = o->steps;
+    blip2_result res = {0};
+    blip2_error err = {0};
+    const double a = b2b_now();
+    if ((o->image && blip2_preprocess_file(m, o->image, NULL, pxc, &err) < 0) ||
+        blip2_encode_image(m, o->image ? pxc : px, 1, cq, NULL, &err) < 0 ||
+        blip2_generate(m, &(blip2_request){.query_embeds = cq}, 1, &gp, NULL, NULL, &res, &err) < 0) {
+        fprintf(stderr, "bench_engine: caption: %s\n", err.text);
+        return -1;
+    }
+    const double t = b2b_now() - a;
+    /* the returned ids are [bos or decoder start] + the new tokens */
+    *n_new = (int)res.seqs[0].n_ids - 1;
+    if (!*text) *text = strdup(res.seqs[0].text ? res.seqs[0].text : "");
+    blip2_result_free(&res);
+    return t;
+}
+
+/* --versus-model / --versus-precision: the second model, loaded like the
+ * first (precision: the first one's file in that math).  NULL after a
+ * message if it cannot be, or if its shapes differ. */
+static blip2_model *load_versus(const opts *o, const blip2_model *m)
+{
+    blip2_load_opts lo = {0};
+    lo.precision = o->versus_precision;
+    blip2_model *m2 = NULL;
+    blip2_error err = {0};
+    if (blip2_model_load(&m2, o->versus_model ? o->versus_model : o->model, o->versus_precision ? &lo : NULL,
+                         &err) < 0) {
+        fprintf(stderr, "bench_engine: versus: %s\n", err.text);
+        return NULL;
+    }
+    const b2_config *a = &m->cfg, *b = &m2->cfg;
+    if (a->family != b->family || a->t_hidden != b->t_hidden || a->t_layers != b->t_layers ||
+        a->t_dec_layers != b->t_dec_layers || a->t_vocab != b->t_vocab || a->t_ffn != b->t_ffn ||
+        a->t_heads != b->t_heads || a->num_query != b->num_query || a->v_hidden != b->v_hidden ||
+        a->image_size != b->image_size || a->patch_size != b->patch_size || a->q_hidden != b->q_hidden) {
+        fprintf(stderr, "bench_engine: versus: the two models' shapes differ\n");
+        blip2_model_free(m2);
+        return NULL;
+    }
+    return m2;
+}
+
 int main(int argc, char **argv)
 {
     opts o;
@@ -424,6 +570,22 @@ int main(int argc, char **argv)
     char *cap_text = NULL;
     double *dstep = malloc(sizeof(double) * (size_t)o.steps), *dbw = malloc(sizeof(double) * (size_t)o.steps);
     const char *pre_name = t5 ? "T5 encoder + cross k/v" : "prefill";
+    lm_bufs lb = {t5, rows, Q, D, V, B, o.steps, (int)L, ids, qemb, emb, hid, logits, logitsb, enc, escr,
+                  toks, &kv, kvps, &ws, &tws, &cross};
+    /* --versus-*: per stage and round its time and its time over the first model's */
+    blip2_model *m2 = NULL;
+    double *vs[S_N], *vs_t[S_N];
+    char *vs_text = NULL;
+    for (int s = 0; s < S_N; s++) {
+        vs[s] = calloc((size_t)R, sizeof(double));
+        vs_t[s] = calloc((size_t)R, sizeof(double));
+    }
+    if (o.versus_model || o.versus_precision) {
+        if (!(m2 = load_versus(&o, m))) return 1;
+        printf("versus: %s%s: math: %s\n", o.versus_model ? o.versus_model : "the same file in ",
+               o.versus_model ? "" : o.versus_precision, blip2_model_math(m2));
+        fflush(stdout);
+    }
 
     /* warm-up: first-touch of scratch, OpenBLAS thread start-up */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, sg_m, sg_n, sg_k, 1.0f, sa, sg_k, sb, sg_k, 0.0f, sc, sg_n);
@@ -458,91 +620,53 @@ int main(int argc, char **argv)
             ratio[S_QFORMER][r] = f_qf / tm[S_QFORMER][r] / 1e9 / (0.5 * (gf0 + gf1));
         }
         if (o.do_lm) {
-            int seq[1024], pos[1024];
-            b2_kv *kvp = &kv;
-            const b2_t5_cross *crp = &cross;
-            int32_t tok;
-            memcpy(emb, qemb, sizeof(float) * (size_t)Q * D);
-            if (t5) b2__t5_embed(m, ids, (int)L, emb + (size_t)Q * D);
-            else b2__opt_embed(m, ids, (int)L, emb + (size_t)Q * D);
-            for (int i = 0; i < rows; i++) { seq[i] = 0; pos[i] = i; }
+            lm_embed_prompt(m, &lb);
             gf0 = SGEMM_LIMIT();
             double a = b2b_now();
-            if (t5) {
-                b2__t5_encode(m, emb, rows, enc, escr);
-                b2__t5_cross_fill(m, &cross, enc);
-                tok = c->dec_start;
-            } else {
-                b2__opt_forward(m, &ws, emb, rows, &kvp, seq, pos, hid);
-                b2__opt_logits(m, hid + (size_t)(rows - 1) * D, 1, logits);
-                tok = argmax(logits, V);
-            }
+            const int32_t tok = lm_prefill(m, &lb);
             tm[S_PREFILL][r] = b2b_now() - a;
             gf1 = SGEMM_LIMIT();
             ratio[S_PREFILL][r] = f_pre / tm[S_PREFILL][r] / 1e9 / (0.5 * (gf0 + gf1));
-            kv.len = t5 ? 0 : rows;
-            for (int i = 1; i < B; i++) b2__kv_copy(&kvb[i], &kv);
-            for (int i = 0; i < B; i++) toks[i] = tok;
             double gb0 = MEM_LIMIT();
-            for (int st = 0; st < o.steps; st++) {
-                a = b2b_now();
-                pos[0] = kv.len;
-                if (B > 1) { /* B sequences, one row each */
-                    for (int i = 0; i < B; i++) { seq[i] = i; pos[i] = kv.len; }
-                    b2__opt_embed(m, toks, B, emb);
-                    b2__opt_forward(m, &ws, emb, B, kvps, seq, pos, hid);
-                    b2__opt_logits(m, hid, B, logitsb);
-                    for (int i = 0; i < B; i++) toks[i] = argmax(logitsb + (size_t)i * V, V);
-                    memcpy(logits, logitsb, sizeof(float) * (size_t)V);
-                } else if (t5) {
-                    b2__t5_embed(m, &tok, 1, emb);
-                    b2__t5_decode(m, &tws, emb, 1, &kvp, &crp, seq, pos, hid);
-                    b2__t5_logits(m, hid, 1, logits);
-                } else {
-                    b2__opt_embed(m, &tok, 1, emb);
-                    b2__opt_forward(m, &ws, emb, 1, &kvp, seq, pos, hid);
-                    b2__opt_logits(m, hid, 1, logits);
-                }
-                tok = argmax(logits, V);
-                dstep[st] = b2b_now() - a;
-                dbw[st] = (t5 ? t5_decode_bytes(c, kv.len, rows) : decode_bytes_n(c, kv.len, B)) / dstep[st] / 1e9;
-                kv.len++;
-                for (int i = 1; i < B; i++) kvb[i].len = kv.len;
-            }
+            lm_decode(m, &lb, tok, dstep);
             double gb1 = MEM_LIMIT();
+            for (int st = 0; st < o.steps; st++) /* the step at position start + st */
+                dbw[st] = (t5 ? t5_decode_bytes(c, st, rows) : decode_bytes_n(c, rows + st, B)) / dstep[st] / 1e9;
             tm[S_DECODE][r] = b2b_median(dstep, o.steps);
             ratio[S_DECODE][r] = b2b_median(dbw, o.steps) / (0.5 * (gb0 + gb1));
+            if (m2) { /* the second model right after, on the same buffers */
+                lm_embed_prompt(m2, &lb);
+                a = b2b_now();
+                const int32_t tok2 = lm_prefill(m2, &lb);
+                vs[S_PREFILL][r] = (b2b_now() - a) / tm[S_PREFILL][r];
+                lm_decode(m2, &lb, tok2, dstep);
+                vs[S_DECODE][r] = b2b_median(dstep, o.steps) / tm[S_DECODE][r];
+                vs_t[S_PREFILL][r] = vs[S_PREFILL][r] * tm[S_PREFILL][r];
+                vs_t[S_DECODE][r] = b2b_median(dstep, o.steps);
+            }
         }
         if (o.do_caption) {
-            blip2_gen_params gp;
-            blip2_gen_params_default(&gp);
-            gp.max_new_tokens = gp.min_new_tokens = o.steps;
-            blip2_result res = {0};
             gf0 = SGEMM_LIMIT();
             double gb0 = MEM_LIMIT();
-            double a = b2b_now();
-            if ((o.image && blip2_preprocess_file(m, o.image, NULL, pxc, &err) < 0) ||
-                blip2_encode_image(m, o.image ? pxc : px, 1, cq, NULL, &err) < 0 ||
-                blip2_generate(m, &(blip2_request){.query_embeds = cq}, 1, &gp, NULL, NULL, &res, &err) < 0) {
-                fprintf(stderr, "bench_engine: caption: %s\n", err.text);
-                return 1;
-            }
-            tm[S_CAPTION][r] = b2b_now() - a;
+            tm[S_CAPTION][r] = caption_once(m, &o, px, pxc, cq, &cap_new, &cap_text);
+            if (tm[S_CAPTION][r] < 0) return 1;
             gf1 = SGEMM_LIMIT();
             double gb1 = MEM_LIMIT();
-            /* the returned ids are [bos or decoder start] + the new tokens */
-            cap_new = (int)res.seqs[0].n_ids - 1;
-            if (!cap_text) cap_text = strdup(res.seqs[0].text ? res.seqs[0].text : "");
-            blip2_result_free(&res);
             /* at the limits: the matmul work at the sgemm rate, every decode
              * step (T5: all new tokens; OPT: all but the first, which
              * prefill gives) at the memory-read rate */
-            const double g = 0.5 * (gf0 + gf1) * 1e9, b = 0.5 * (gb0 + gb1) * 1e9;
+            const double g = 0.5 * (gf0 + gf1) * 1e9, bw = 0.5 * (gb0 + gb1) * 1e9;
             double id = f_cap / g;
             for (int k = t5 ? 0 : 1; k < cap_new; k++)
-                id += (t5 ? t5_decode_bytes(c, k, crow) : decode_bytes(c, crow + k - 1)) / b;
+                id += (t5 ? t5_decode_bytes(c, k, crow) : decode_bytes(c, crow + k - 1)) / bw;
             ideal[r] = id;
             ratio[S_CAPTION][r] = id / tm[S_CAPTION][r];
+            if (m2) {
+                int n2 = 0;
+                vs_t[S_CAPTION][r] = caption_once(m2, &o, px, pxc, cq, &n2, &vs_text);
+                if (vs_t[S_CAPTION][r] < 0) return 1;
+                vs[S_CAPTION][r] = vs_t[S_CAPTION][r] / tm[S_CAPTION][r];
+            }
         }
         if (rr < 0) {
             nlim_gf = kept_gf;
@@ -598,6 +722,18 @@ int main(int argc, char **argv)
                "  text of round 1 (random weights): \"%.80s\"\n",
                o.image ? o.image : "random pixel values", cap_new, o.steps, b2b_median(tm[S_CAPTION], R),
                b2b_median(ideal, R), cap_text ? cap_text : "");
+    if (m2) {
+        printf("\nversus %s%s, right after in every round (time, and the median of the per-round\n"
+               "ratios of its time over the first model's):\n", o.versus_model ? o.versus_model : "math ",
+               o.versus_model ? "" : o.versus_precision);
+        for (int s = S_PREFILL; s < S_N; s++) {
+            if (tm[s][0] <= 0) continue;
+            const double r2 = b2b_median(vs[s], R);
+            printf("  %-22s %10.1f ms   its time over the first's: %.2f\n", s == S_PREFILL ? pre_name :
+                   stage_name[s], 1e3 * b2b_median(vs_t[s], R), r2);
+        }
+        if (tm[S_CAPTION][0] > 0) printf("  its caption text of round 1: \"%.80s\"\n", vs_text ? vs_text : "");
+    }
     printf("(ratios: each stage over the mean of the limits measured right before and after it,\n"
            " median over rounds; decode: median step of each round; caption: time at the limits\n"
            " (matmul FLOP at the sgemm rate + every decode step's bytes at the memory rate) over time taken)\n");
@@ -607,7 +743,9 @@ int main(int argc, char **argv)
     }
     b2b_print_load("after");
 
-    for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); }
+    for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); free(vs[s]); free(vs_t[s]); }
+    free(vs_text);
+    blip2_model_free(m2);
     free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);
     for (int i = 1; i < B; i++) b2__kv_free(&kvb[i]);
     free(logitsb);

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 struct b2d_core {
@@ -46,6 +47,7 @@ struct b2d_core {
     int npool, slots;
     int in_prep;              /* admitted, not yet handed to the engine */
     int shutting_down;
+    int prep_delay_ms;        /* BLIP2D_TEST_PREP_DELAY_MS: tests only */
     b2d_client *clients;      /* the open clients */
     int nclients;
     /* Jobs of each user from admission until freed, whether their client
@@ -457,6 +459,9 @@ static void prep_cb(uv_work_t *w)
     prep_work *p = w->data;
     b2d_job *j = p->job;
     j->t_prep0 = b2d_now_ms();
+    if (p->core->prep_delay_ms > 0) /* a preparation that outlasts the shutdown (tests) */
+        nanosleep(&(struct timespec){p->core->prep_delay_ms / 1000, (long)(p->core->prep_delay_ms % 1000) * 1000000L},
+                  NULL);
     int why = atomic_load(&j->canceled);
     if (!why || (!j->ops->cancel_stops && why < B2D_CANCEL_GONE)) j->ops->prepare(j, &p->core->env);
     j->t_prep1 = b2d_now_ms();
@@ -474,7 +479,9 @@ static void off_pool(b2d_core *core, b2d_job *j)
 }
 
 /* The end of j's preparation (loop thread): a failure or a cancel
- * answers it here; then the scheduler may start it (or drops it). */
+ * answers it here; then the scheduler may start it (or drops it).  After
+ * b2d_core_stop (a stop past the shutdown deadline does not wait for the
+ * pool) the engine has let it go: it ends here as canceled. */
 static void prepared(b2d_core *core, b2d_job *j, int status)
 {
     pthread_mutex_lock(&core->mu);
@@ -487,7 +494,8 @@ static void prepared(b2d_core *core, b2d_job *j, int status)
                               * it stopped included) ends as canceled */
     else if (status < 0 || j->err)
         b2d_job_error(j, status < 0 ? B2IPC_EINTERNAL : j->err, NULL, status < 0 ? "cannot prepare the request" : j->errmsg);
-    b2d_engine_prepared(core->eng, j);
+    if (core->eng) b2d_engine_prepared(core->eng, j);
+    else if (!atomic_load(&j->ended)) j->ops->abandon(j);
     b2d_job_unref(j); /* the preparation's reference */
 }
 
@@ -578,6 +586,8 @@ int b2d_core_new(b2d_core **out, const b2d_config *cfg, blip2_model *m, uv_loop_
     const char *ps = getenv("UV_THREADPOOL_SIZE");
     core->slots = ps && atoi(ps) > 0 ? atoi(ps) : 4;
     if (core->slots > 1024) core->slots = 1024;
+    const char *pd = getenv("BLIP2D_TEST_PREP_DELAY_MS");
+    core->prep_delay_ms = pd && atoi(pd) > 0 ? atoi(pd) : 0;
     if (!(core->pool = calloc((size_t)core->slots, sizeof *core->pool))) goto fail;
     pthread_mutex_init(&core->mu, NULL);
     if (!(core->cache = b2d_cache_new(cfg->cache_bytes))) goto fail_mu;
@@ -735,6 +745,22 @@ void b2d_core_stop(b2d_core *core)
 {
     b2d_engine_stop(core->eng);
     core->eng = NULL;
+    /* Past the shutdown deadline the loop stops without waiting for
+     * preparation: the jobs still waiting for the pool end here, those on
+     * it in prepared() when it returns them. */
+    for (;;) {
+        pthread_mutex_lock(&core->mu);
+        b2d_job *j = core->prep_head;
+        if (j) {
+            core->prep_head = j->prep_next;
+            if (!core->prep_head) core->prep_tail = NULL;
+            core->in_prep--;
+        }
+        pthread_mutex_unlock(&core->mu);
+        if (!j) break;
+        j->ops->abandon(j);
+        b2d_job_unref(j); /* the preparation queue's */
+    }
     uv_close((uv_handle_t *)&core->prep_async, NULL);
 }
 

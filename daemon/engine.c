@@ -470,6 +470,15 @@ void b2d_engine_stop(b2d_engine *e)
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->th, NULL);
+    /* Jobs still queued were in preparation when a stop past the shutdown
+     * deadline came (a normal stop waits for them): the core answers them
+     * (b2d_core_stop, or as the pool returns them); the engine's
+     * references go. */
+    for (int i = 0; i < e->nq; i++)
+        for (b2d_job *j = e->q[i].head, *n; j; j = n) {
+            n = j->next;
+            b2d_job_unref(j);
+        }
     free(e->act);
     free(e->run);
     free(e->ss);

@@ -168,9 +168,10 @@ def wait_status(where, pred, timeout, interval=0.05, rid=1):
 
 
 # ---- the daemon --------------------------------------------------------------
-def start(*extra, tmp, model=None, sock=None, log="daemon.log", wait=30, bail=None):
+def start(*extra, tmp, model=None, sock=None, log="daemon.log", wait=30, bail=None, env=None):
     """Starts blip2d on model (default: the golden opt-tiny) with the
-    arguments extra, listening on sock (default: a new path in the directory
+    arguments extra (and the environment env, default this one's),
+    listening on sock (default: a new path in the directory
     tmp), its output appended to tmp/log; returns (Popen, socket path) once a
     connection is accepted.  If it does not come up within wait * SCALE
     seconds (or exits), it is killed and RuntimeError raised, or with bail
@@ -179,7 +180,7 @@ def start(*extra, tmp, model=None, sock=None, log="daemon.log", wait=30, bail=No
     sock = sock or os.path.join(tmp, "d%d.sock" % time.monotonic_ns())
     logf = open(os.path.join(tmp, log), "ab")
     p = subprocess.Popen([BLIP2D, "--model", model, "--socket", sock, "-q"] + list(extra),
-                         stdout=logf, stderr=logf)
+                         stdout=logf, stderr=logf, env=env)
     logf.close()
     p.b2_log = os.path.join(tmp, log)
     end = time.monotonic() + wait * SCALE

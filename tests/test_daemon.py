@@ -334,6 +334,35 @@ ok(evs[-1]["type"] == "done" and evs[-1]["finish"] == ["canceled"] and 1 < len(e
    "SIGTERM past the deadline: done(canceled) with the tokens so far, exit 0")
 cl.close()
 
+# a preparation that outlasts the shutdown: the deadline (0 s) passes, the
+# hard stop 5 s later closes the connections without waiting for the pool;
+# the job on it and the one queued behind it (one preparation thread) are
+# released when the pool returns, and the daemon exits 0 with a clean log
+# (the old daemon handed the returned job to the stopped engine: a NULL
+# dereference; ASan/UBSan builds report any leak or error in the log)
+env = dict(os.environ, BLIP2D_TEST_PREP_DELAY_MS="8000", UV_THREADPOOL_SIZE="1")
+proc, SOCK = start("--shutdown-timeout", "0", tmp=TMP, log="daemon-prep.log", env=env)
+cl = Client(SOCK)
+for rid in (1, 2):
+    cl.send({"id": rid, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 3})
+wait_status(SOCK, lambda st: st["queue_depth"] >= 2, 10)
+t0 = time.monotonic()
+proc.send_signal(signal.SIGTERM)
+try:
+    rc = proc.wait(30 * SCALE)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    rc = proc.wait()
+took = time.monotonic() - t0
+with open(os.path.join(TMP, "daemon-prep.log"), "rb") as f:
+    bad = [line for line in f.read().decode("utf-8", "replace").splitlines()
+           if "runtime error" in line or "Sanitizer" in line]
+if not ok(rc == 0 and not bad and not os.path.exists(SOCK),
+          "SIGTERM while a preparation outlasts the deadline: exit 0 after the hard stop (%s, %.1f s), a clean log"
+          % (rc, took)):
+    show_log(proc)
+cl.close()
+
 # stale socket file, live daemon, kill -9 and restart on the same path
 path = os.path.join(TMP, "stale.sock")
 s = socket.socket(socket.AF_UNIX)

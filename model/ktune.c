@@ -144,7 +144,10 @@ static int cache_read(const char *path, const char *key, kt_line *lines)
 static int cache_write(const char *path, const char *key, const char *const *impl, char *why, size_t whysz)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+        snprintf(why, whysz, "the path is too long");
+        return -1;
+    }
     FILE *f = fopen(tmp, "w");
     if (!f) { snprintf(why, whysz, "%s", strerror(errno)); return -1; }
     fprintf(f, KT_MAGIC "\n");
@@ -190,7 +193,7 @@ int b2__kernels_choose(blip2_model *m, const char *gguf_path, blip2_error *err)
     memset(lines, 0, sizeof lines);
     if (!forced && *path) {
         if (cache_read(path, key, lines) < 0) {
-            snprintf(m->kernels_log, sizeof m->kernels_log, "%s: does not parse, ignored; ", path);
+            snprintf(m->kernels_log, sizeof m->kernels_log, "%.700s: does not parse, ignored; ", path);
             memset(lines, 0, sizeof lines);
         }
     }

@@ -423,10 +423,8 @@ if proc:
        "a uid's 5th request in flight over all its connections: busy (%s)" % r.get("message"))
     for cl in cs[:2] + [e]:
         cl.close()
-    # their requests end (canceled) before SIGTERM: a SIGTERM that meets a
-    # closed connection's request still in preparation can leave it, its
-    # client and the model unfreed at exit (LeakSanitizer, under load), a
-    # shutdown case of its own that this test does not cover
+    # their requests end (canceled) before SIGTERM (a SIGTERM that meets
+    # requests still in preparation is test_daemon.py's, checks 35 and 43)
     idle, st = wait_status(SOCK, lambda s: s["active"] == 0 and s["queue_depth"] == 0 and s["connections"] == 1, 60)
     ok(idle, "the closed connections' requests all end (%s)" % ({k: st.get(k) for k in ("active", "queue_depth",
                                                                                         "connections")} if st else st))

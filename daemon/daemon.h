@@ -348,7 +348,9 @@ void b2d_engine_counts(b2d_engine *e, int *queued, int *active);
 void b2d_engine_poke(b2d_engine *e);
 /* From now on the engine cancels everything it has, at once. */
 void b2d_engine_cancel_all(b2d_engine *e);
-/* Stops and joins the thread (call when it has nothing left). */
+/* Stops and joins the thread (call when it has nothing left but jobs
+ * still in preparation, as after the hard stop past the shutdown
+ * deadline: their engine references are dropped, the core answers them). */
 void b2d_engine_stop(b2d_engine *e);
 
 /* ---- the core (core.c) beyond frontend.h: for the daemon's own use ---- */
@@ -362,7 +364,9 @@ void b2d_core_set_model(b2d_core *core, blip2_model *m);
 void b2d_core_shutdown(b2d_core *core);
 /* Cancels every request at once (the shutdown deadline). */
 void b2d_core_cancel_all(b2d_core *core);
-/* Stops the scheduler thread (when nothing is left), before the loop ends. */
+/* Stops the scheduler thread (when nothing is left but preparation),
+ * before the loop ends; the jobs waiting for the preparation pool end as
+ * canceled, those on it as the loop's last run gets them back. */
 void b2d_core_stop(b2d_core *core);
 /* Frees the core (after b2d_core_stop and the loop's last run). */
 void b2d_core_free(b2d_core *core);

@@ -434,11 +434,21 @@ static blip2_model *load_versus(const opts *o, const blip2_model *m)
     lo.precision = o->versus_precision;
     blip2_model *m2 = NULL;
     blip2_error err = {0};
+    /* the decode kernels are chosen per weight type for the process: a
+     * second measurement at load (no cache file) may change the first
+     * model's; both then run the later choice, which is said */
+    static const b2_wtype types[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
+    const char *before[4];
+    for (int i = 0; i < 4; i++) before[i] = b2__wkernels_name_for(types[i]);
     if (blip2_model_load(&m2, o->versus_model ? o->versus_model : o->model, o->versus_precision ? &lo : NULL,
                          &err) < 0) {
         fprintf(stderr, "bench_engine: versus: %s\n", err.text);
         return NULL;
     }
+    for (int i = 0; i < 4; i++)
+        if (strcmp(before[i], b2__wkernels_name_for(types[i])) != 0)
+            printf("note: loading the second model chose %s %s instead of %s; both models run it\n",
+                   b2__wt_name(types[i]), b2__wkernels_name_for(types[i]), before[i]);
     const b2_config *a = &m->cfg, *b = &m2->cfg;
     if (a->family != b->family || a->t_hidden != b->t_hidden || a->t_layers != b->t_layers ||
         a->t_dec_layers != b->t_dec_layers || a->t_vocab != b->t_vocab || a->t_ffn != b->t_ffn ||

@@ -662,9 +662,27 @@ static double median(double *v, int n)
 
 #define TUNE_CHECK_ROWS 128  /* W rows of the first sample each candidate is checked on */
 #define TUNE_CHECK_N 3       /* x rows of the check (tiles of 2 and a tail) */
-#define TUNE_BYTES (240u << 20) /* weights each candidate reads, timed */
+#define TUNE_BYTES (240u << 20) /* weights each candidate reads per phase, timed */
 #define TUNE_WARM 2             /* groups of products first, not counted */
+#define TUNE_PHASES 3           /* at most: a phase more while the best two are close */
+#define TUNE_CLOSE 0.05         /* close: scores within 5 % */
 #define TUNE_MAX_GROUPS 4096
+
+/* Reads a byte of every page of the samples from s[i0] on (round robin)
+ * as far as want bytes, so that no timed product faults them in. */
+static void touch(const b2_wsample *s, int ns, int i0, b2_wtype t, size_t want)
+{
+    size_t seen = 0;
+    volatile unsigned char sink = 0;
+    for (int n = 0; n < ns && seen < want; n++) {
+        const b2_wsample *w = &s[(i0 + n) % ns];
+        const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
+        const unsigned char *p = w->w;
+        for (size_t o = 0; o < bytes; o += 4096) sink ^= p[o];
+        seen += bytes;
+    }
+    (void)sink;
+}
 
 /* Per row r: |y - y_portable| <= 2 gamma(k/8 + 8) sum_j |w_rj x_j|, with
  * gamma(n) = n u / (1 - n u), u = 2^-24: both are sums of the same
@@ -760,28 +778,15 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
      * find part of them in the L3 (41-57 against 13-41 GB/s for the
      * first on a Zen 5).  Where the candidates are within a few per
      * cent of each other (AVX2 and AVX-512 for bf16, AVX2 and VNNI for
-     * q8_0 on that Zen 5, a noisy guest), the choice still varies from
-     * load to load (bench/RESULTS.md, 2026-12-06 21:40). */
+     * q8_0 on that Zen 5 in a busy minute), the choice varied from load
+     * to load, where on a quiet host VNNI was 5-17 % faster in the engine
+     * (bench/RESULTS.md, 2026-12-06 21:40 and 22:45): while the best two
+     * scores are within TUNE_CLOSE, another phase of as many groups
+     * follows, up to TUNE_PHASES. */
     int okc[B2_WTUNE_MAX], nok = 0;
     for (int c = 0; c < nc; c++)
         if (ok[c]) okc[nok++] = c;
     if (!nok) goto out;
-    size_t total = 0;
-    for (int i = 0; i < ns; i++) total += b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
-    /* the mapping's pages touched first, as far as the timed products
-     * will read (each candidate one sample past TUNE_BYTES) */
-    {
-        const size_t want = (size_t)nok * (TUNE_BYTES + (64u << 20));
-        size_t seen = 0;
-        volatile unsigned char sink = 0;
-        for (int i = 0; seen < want && seen < total; i++) {
-            const size_t bytes = b2__wt_row_bytes(t, s[i].k) * (size_t)s[i].m;
-            const unsigned char *p = s[i].w;
-            for (size_t o = 0; o < bytes; o += 4096) sink ^= p[o];
-            seen += bytes;
-        }
-        (void)sink;
-    }
     double *score = malloc(sizeof(double) * (size_t)TUNE_MAX_GROUPS * (size_t)nok);
     double *rates = malloc(sizeof(double) * (size_t)TUNE_MAX_GROUPS * (size_t)nok);
     if (!score || !rates) {
@@ -790,44 +795,55 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
         goto out;
     }
     /* small samples (cached: a test's tiny model) are read at most 5
-     * times over by each candidate, in whole rotations */
-    int max_groups = 5 * ns < TUNE_MAX_GROUPS ? 5 * ns : TUNE_MAX_GROUPS;
-    max_groups = max_groups < nok ? nok : max_groups - max_groups % nok;
-    int cur = 0, ng = 0;
-    size_t read = 0; /* bytes of the counted groups, all candidates */
-    for (int gi = 0; ng < max_groups && (read < (size_t)nok * TUNE_BYTES || ng % nok); gi++) {
-        double r[B2_WTUNE_MAX], lsum = 0;
-        for (int q = 0; q < nok; q++) {
-            const int o = (q + gi) % nok; /* okc[o] runs the group's q-th sample */
-            const b2_wsample *w = &s[cur];
-            cur = (cur + 1) % ns;
-            const double t0 = now_s();
-            run(cand[okc[o]], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
-            const double dt = now_s() - t0;
-            const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
-            r[o] = (double)bytes / (dt > 0 ? dt : 1e-9);
-            lsum += log(r[o]);
-            if (gi >= TUNE_WARM) read += bytes;
+     * times over by each candidate per phase, in whole rotations */
+    int per_phase = 5 * ns < TUNE_MAX_GROUPS / TUNE_PHASES ? 5 * ns : TUNE_MAX_GROUPS / TUNE_PHASES;
+    per_phase = per_phase < nok ? nok : per_phase - per_phase % nok;
+    int cur = 0, ng = 0, gi = 0, best = -1;
+    size_t read = 0, budget = 0; /* bytes of the counted groups, all candidates */
+    for (int phase = 0; phase < TUNE_PHASES; phase++) {
+        touch(s, ns, cur, t, (size_t)nok * (TUNE_BYTES + (64u << 20)));
+        budget += (size_t)nok * TUNE_BYTES;
+        const int max_groups = ng + per_phase;
+        for (; ng < max_groups && (read < budget || ng % nok); gi++) {
+            double r[B2_WTUNE_MAX], lsum = 0;
+            for (int q = 0; q < nok; q++) {
+                const int o = (q + gi) % nok; /* okc[o] runs the group's q-th sample */
+                const b2_wsample *w = &s[cur];
+                cur = (cur + 1) % ns;
+                const double t0 = now_s();
+                run(cand[okc[o]], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
+                const double dt = now_s() - t0;
+                const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
+                r[o] = (double)bytes / (dt > 0 ? dt : 1e-9);
+                lsum += log(r[o]);
+                if (gi >= TUNE_WARM) read += bytes;
+            }
+            if (gi < TUNE_WARM) continue;
+            for (int o = 0; o < nok; o++) {
+                rates[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o];
+                score[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o] / exp(lsum / nok);
+            }
+            ng++;
         }
-        if (gi < TUNE_WARM) continue;
+        /* the medians (they reorder each candidate's values, which the
+         * next phase only appends to) */
+        best = -1;
+        double best_score = 0, second = 0;
         for (int o = 0; o < nok; o++) {
-            rates[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o];
-            score[(size_t)o * TUNE_MAX_GROUPS + ng] = r[o] / exp(lsum / nok);
+            const int c = okc[o];
+            res->c[c].gbs = median(rates + (size_t)o * TUNE_MAX_GROUPS, ng) / 1e9;
+            res->c[c].score = median(score + (size_t)o * TUNE_MAX_GROUPS, ng);
+            if (best < 0 || res->c[c].score > best_score) {
+                second = best_score;
+                best = c;
+                best_score = res->c[c].score;
+            } else if (res->c[c].score > second) {
+                second = res->c[c].score;
+            }
         }
-        ng++;
+        if (second < best_score * (1 - TUNE_CLOSE)) break; /* a clear winner */
     }
     res->mbytes = (double)read / nok / 1e6;
-    int best = -1;
-    double best_score = 0;
-    for (int o = 0; o < nok; o++) {
-        const int c = okc[o];
-        res->c[c].gbs = median(rates + (size_t)o * TUNE_MAX_GROUPS, ng) / 1e9;
-        res->c[c].score = median(score + (size_t)o * TUNE_MAX_GROUPS, ng);
-        if (best < 0 || res->c[c].score > best_score) {
-            best = c;
-            best_score = res->c[c].score;
-        }
-    }
     free(score);
     free(rates);
     res->chosen = cand[best]->name;

@@ -167,8 +167,9 @@ typedef struct b2_wtune {
  * come from memory when the samples are larger than the caches), the
  * pages touched first: in groups of one product per candidate, in an
  * order rotated by one each group, until each has read 240 MiB (after
- * two groups not counted).  A product's score is its rate over its
- * group's geometric mean; the highest median score wins.  Does not
+ * two groups not counted), and as much again (twice at most) while the
+ * best two median scores are within 5 %.  A product's score is its rate
+ * over its group's geometric mean; the highest median score wins.  Does not
  * change the choice in use (b2__wkernels_use does).  Takes some
  * milliseconds per candidate.
  * Returns 0 (res->chosen set), or -1: bad samples, out of memory, or

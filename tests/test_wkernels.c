@@ -41,7 +41,8 @@
  *               fastest possible; and a product that drops the last 8
  *               values of each row) are refused and never chosen; a
  *               right but slower one (the chosen one twice over, or
- *               scalar code) is timed and never chosen;
+ *               scalar code) is timed and never chosen; one measurement
+ *               phase only when the runner-up is 5 % behind, at most 3;
  *               b2__wkernels_use sets what the dispatching entry point
  *               runs per type (same bits as the named implementation)
  *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
@@ -793,6 +794,16 @@ static void test_tune(void)
         ok(rc == 0 && known && res.n == nn, "%s: the tuner chose %s, one of the %d this CPU runs", b2__wt_name(t),
            rc == 0 ? res.chosen : "nothing", nn);
         ok(none_refused, "%s: every real implementation is within the bound of portable", b2__wt_name(t));
+        /* one phase only with a clear winner (the runner-up 5 % behind) */
+        double sc1 = 0, sc2 = 0;
+        for (int c = 0; rc == 0 && c < res.n; c++) {
+            const double v = res.c[c].refused ? 0 : res.c[c].score;
+            if (v > sc1) { sc2 = sc1; sc1 = v; }
+            else if (v > sc2) sc2 = v;
+        }
+        ok(rc == 0 && res.phases >= 1 && res.phases <= 3 && (res.phases > 1 || sc2 < 0.95 * sc1),
+           "%s: %d measurement phase(s), best two scores %.2f and %.2f", b2__wt_name(t), rc == 0 ? res.phases : 0,
+           sc1, sc2);
         /* the chosen one against portable, all rows, by the tuner's bound */
         float *y = malloc(sizeof(float) * n * m), *yp = malloc(sizeof(float) * n * m);
         double worst = 0;

@@ -841,6 +841,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
                 second = res->c[c].score;
             }
         }
+        res->phases = phase + 1;
         if (second < best_score * (1 - TUNE_CLOSE)) break; /* a clear winner */
     }
     res->mbytes = (double)read / nok / 1e6;

@@ -152,6 +152,7 @@ typedef struct b2_wtune {
         double score;    /* median of its products' rates over their groups' geometric means */
     } c[B2_WTUNE_MAX];
     double mbytes;       /* weights each candidate read, timed, MB */
+    int phases;          /* measurement phases: 1, or up to 3 while the best two were within 5 % */
 } b2_wtune;
 
 /* The decode kernel choice by measurement, for type t on the samples

@@ -23,32 +23,13 @@
 #include "kernels.h"
 #include "matmul_dnnl.h"
 #include "wkernels.h"
+#include "membw.h"
 
 #include <cblas.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 enum { M_SGEMM, M_F32, M_BF16, M_INT8, M_BF16_Q8, M_BF16_Q4, M_OWN_Q8, M_N };
 static const char *mname[M_N] = {"sgemm (OpenBLAS)", "oneDNN f32",       "oneDNN bf16",       "oneDNN int8",
@@ -122,7 +103,7 @@ int main(int argc, char **argv)
             for (int j = 0; j < M_N; j++) {
                 if (j && j != M_OWN_Q8 && !p[j]) continue;
                 if (j == M_OWN_Q8 && !opt) continue;
-                const double t0 = now();
+                const double t0 = b2b_now();
                 if (j == M_SGEMM)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, x, k, w, k, 0.0f, y, m);
                 else if (j == M_F32) b2__dnnl_mm_run(p[j], y, x, w, NULL);
@@ -131,7 +112,7 @@ int main(int argc, char **argv)
                 else if (j == M_BF16_Q8) b2__dnnl_mm_run(p[j], y, x, w8, NULL);
                 else if (j == M_BF16_Q4) b2__dnnl_mm_run(p[j], y, x, w4, NULL);
                 else b2__linear_nobias(y, x, n, &l8);
-                if (r >= 0) t[j][r] = now() - t0;
+                if (r >= 0) t[j][r] = b2b_now() - t0;
             }
             for (int j = 0; r >= 0 && j < M_N; j++) ratio[j][r] = t[M_SGEMM][r] / (t[j][r] > 0 ? t[j][r] : 1);
         }
@@ -143,9 +124,9 @@ int main(int argc, char **argv)
                 if (opt || j < M_BF16_Q8) printf("  %-20s refused\n", mname[j]);
                 continue;
             }
-            const double tm = median(t[j], rounds);
+            const double tm = b2b_median(t[j], rounds);
             printf("  %-20s %8.2f ms %8.1f GFLOP/s %6.2fx sgemm%s%s\n", mname[j], tm * 1e3, flop / tm * 1e-9,
-                   median(ratio[j], rounds), p[j] ? "  " : "", p[j] ? b2__dnnl_mm_impl(p[j]) : "");
+                   b2b_median(ratio[j], rounds), p[j] ? "  " : "", p[j] ? b2__dnnl_mm_impl(p[j]) : "");
         }
         for (int j = 0; j < M_N; j++) { free(t[j]); free(ratio[j]); }
         free(x); free(w); free(y); free(wb); free(q); free(sc); free(sum); free(w8); free(w4);

@@ -648,11 +648,10 @@ int main(int argc, char **argv)
                 lm_embed_prompt(m2, &lb);
                 a = b2b_now();
                 const int32_t tok2 = lm_prefill(m2, &lb);
-                vs[S_PREFILL][r] = (b2b_now() - a) / tm[S_PREFILL][r];
+                vs_t[S_PREFILL][r] = b2b_now() - a;
                 lm_decode(m2, &lb, tok2, dstep);
-                vs[S_DECODE][r] = b2b_median(dstep, o.steps) / tm[S_DECODE][r];
-                vs_t[S_PREFILL][r] = vs[S_PREFILL][r] * tm[S_PREFILL][r];
                 vs_t[S_DECODE][r] = b2b_median(dstep, o.steps);
+                for (int st = S_PREFILL; st <= S_DECODE; st++) vs[st][r] = vs_t[st][r] / tm[st][r];
             }
         }
         if (o.do_caption) {

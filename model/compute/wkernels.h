@@ -99,7 +99,8 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
 /* How far ahead of its reads (bytes) each SIMD tile prefetches its weight
- * rows: 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
+ * rows, each of a tile's R rows b2__wprefetch / R bytes ahead in its own
+ * stream (which goes on in the same row of the next tile): 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
  * 0 = no software prefetch) says otherwise.  bytes >= 0 sets it (for
  * benchmarks; not while products run), bytes < 0 only asks.  Returns the
  * distance in use before the call.  The results do not depend on it. */

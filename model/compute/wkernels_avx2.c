@@ -30,9 +30,10 @@
  *                 exact integer block sums in 4 lanes per block.
  *   activations   quantised to q8_0 (b2__act_q8_avx2, the portable
  *                 quantiser's bits) for every SIMD table.
- * Every tile also prefetches each W row b2__wprefetch bytes ahead of its
- * reads (once per 64 bytes, per block for q8_0, twice per 72-byte step
- * for q4_0): far enough ahead that the
+ * Every tile also prefetches its W rows b2__wprefetch bytes ahead of its
+ * reads, each row in its own stream (b2__wpf in wkernels_impl.h; once
+ * per 64 bytes, per block for q8_0, twice per 72-byte step for q4_0):
+ * far enough ahead that the
  * next 4 KiB pages' lines are asked for while this one is read (the
  * hardware prefetchers stop at page boundaries).  Without it the reads
  * did not keep streaming, q8_0 (~3x bf16's work per byte) least of all
@@ -83,14 +84,14 @@ B2W static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     int j = 0;
     if (t == B2_WT_BF16) { /* 16 at a time: one 32-byte load gives the even values (<< 16) and the odd (& mask) */
         const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
         for (; j + 16 <= k; j += 16) {
-            if (pf && !(((size_t)j * 2) & 63))
+            if (pf.a && !(((size_t)j * 2) & 63))
 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * 2 + pf, _MM_HINT_T0);
+                for (int r = 0; r < R; r++) _mm_prefetch(B2_WPF_AT(pf, (size_t)j * 2, r, rb), _MM_HINT_T0);
             __m256 xe[TN], xo[TN];
 #pragma GCC unroll 4
             for (int i = 0; i < N; i++) { /* x[j..j+15] as evens and odds in the order of the W lanes */
@@ -110,9 +111,9 @@ B2W static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
         }
     }
     for (; j + 8 <= k; j += 8) {
-        if (pf && !(((size_t)j * es) & 63)) /* once per 64 bytes of each row */
+        if (pf.a && !(((size_t)j * es) & 63)) /* once per 64 bytes of each row */
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * es + pf, _MM_HINT_T0);
+            for (int r = 0; r < R; r++) _mm_prefetch(B2_WPF_AT(pf, (size_t)j * es, r, rb), _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = wload8(w + (size_t)r * rb + (size_t)j * es, t);
 #pragma GCC unroll 4
@@ -161,12 +162,11 @@ B2W static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *xd
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm256_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     for (int b = 0; b < nb; b++) {
-        if (pf)
+        if (pf.a)
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf, _MM_HINT_T0);
+            for (int r = 0; r < R; r++) _mm_prefetch(B2_WPF_AT(pf, (size_t)b * B2_Q8_0_BYTES, r, rb), _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const unsigned char *blk = w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES;
@@ -337,16 +337,17 @@ B2W static INL void q4_seg(__m256 *a, const q4x *x, const unsigned char *w, size
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = a[r * TN + i];
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     for (int s = 0; s < ns; s++) {
         const int b = 4 * (s0 + s);
-        const unsigned char *wb = w + (size_t)b * B2_Q4_0_BYTES;
+        const size_t off = (size_t)b * B2_Q4_0_BYTES;
+        const unsigned char *wb = w + off;
         if (b + 4 <= nb) {
-            if (pf) /* 72 bytes a step: the lines of its bytes 0 and 64 */
+            if (pf.a) /* 72 bytes a step: the lines of its bytes 0 and 64 */
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
-                    _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
-                    _mm_prefetch((const char *)wb + (size_t)r * rb + pf + 64, _MM_HINT_T0);
+                    _mm_prefetch(B2_WPF_AT(pf, off, r, rb), _MM_HINT_T0);
+                    _mm_prefetch(B2_WPF_AT(pf, off + 64, r, rb), _MM_HINT_T0);
                 }
             q4_step(acc, x + s, Q4_SEG, wb, rb, R, N);
         } else {

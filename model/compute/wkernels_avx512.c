@@ -89,12 +89,13 @@ B2X static INL void fp_tile(float *y, int ldy, const float *x, int ldx, const un
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     int j = 0;
     for (; j + 16 <= k; j += 16) {
-        if (pf && !(((size_t)j * es) & 63)) /* once per 64 bytes of each row */
+        const size_t off = (size_t)j * es;
+        if (pf.a && !(off & 63)) /* once per 64 bytes of each row */
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)w + (size_t)r * rb + (size_t)j * es + pf, _MM_HINT_T0);
+            for (int r = 0; r < R; r++) _mm_prefetch(B2_WPF_AT(pf, off, r, rb), _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = wload16(w + (size_t)r * rb + (size_t)j * es, t);
 #pragma GCC unroll 4
@@ -161,15 +162,15 @@ B2XV static INL void q8_tile(float *y, int ldy, const int8_t *xq, const float *x
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     for (int b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb; /* else the last block alone, in the low half */
-        if (pf)
+        const size_t off = (size_t)b * B2_Q8_0_BYTES;
+        if (pf.a)
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                const char *p = (const char *)w + (size_t)r * rb + (size_t)b * B2_Q8_0_BYTES + pf;
-                _mm_prefetch(p, _MM_HINT_T0);
-                _mm_prefetch(p + B2_Q8_0_BYTES, _MM_HINT_T0);
+                _mm_prefetch(B2_WPF_AT(pf, off, r, rb), _MM_HINT_T0);
+                _mm_prefetch(B2_WPF_AT(pf, off + B2_Q8_0_BYTES, r, rb), _MM_HINT_T0);
             }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -298,15 +299,16 @@ B2XV static INL void q4_tile(float *y, int ldy, const int8_t *xq, const float *x
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int i = 0; i < N; i++) acc[r][i] = _mm512_setzero_ps();
-    const size_t pf = (size_t)b2__wprefetch;
+    const b2_wpf pf = b2__wpf(w, rb, R);
     int b = 0;
     for (; b + 4 <= nb; b += 4) {
-        const unsigned char *wb = w + (size_t)b * B2_Q4_0_BYTES;
-        if (pf)
+        const size_t off = (size_t)b * B2_Q4_0_BYTES;
+        const unsigned char *wb = w + off;
+        if (pf.a)
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                _mm_prefetch((const char *)wb + (size_t)r * rb + pf, _MM_HINT_T0);
-                _mm_prefetch((const char *)wb + (size_t)r * rb + pf + 64, _MM_HINT_T0);
+                _mm_prefetch(B2_WPF_AT(pf, off, r, rb), _MM_HINT_T0);
+                _mm_prefetch(B2_WPF_AT(pf, off + 64, r, rb), _MM_HINT_T0);
             }
         q4_quad(acc, xq + (size_t)b * B2_Q4_0_BLOCK, (size_t)k, xd + b, (size_t)nb, wb, rb, R, N);
     }

@@ -121,13 +121,44 @@ typedef struct b2_wimpl {
     fp_tile(y + (size_t)(i0) * ldy + (r0), ldy, x + (size_t)(i0) * ldx, ldx, w + (size_t)(r0) * rb, \
             rb, t, k, R, N)
 
+/* How far ahead of its reads, in bytes, a tile's W rows are
+ * prefetched (0: not at all); see b2__wkernels_set_prefetch. */
+extern int b2__wprefetch;
+
+/* Software prefetch for a tile of R W rows (rows rb bytes apart, the
+ * tiles of one task one after another): each row is a stream that goes
+ * on, past the row's end, in the same row of the next tiles, and each is
+ * prefetched b2__wprefetch / R bytes ahead in its own stream, so the tile
+ * as a whole stays b2__wprefetch bytes ahead of its reads.  (Shifting
+ * every row's address by b2__wprefetch instead left the rows of a tile
+ * whose R rows are longer than that only ~1 KiB ahead in their own
+ * streams: bf16 at k = 2560, R = 4, 16 KiB.)  a: where the row being
+ * read is prefetched at byte off of it while off < lim, b: past lim (both
+ * plus r * rb for row r); a == NULL: no prefetch. */
+typedef struct b2_wpf {
+    const unsigned char *a, *b;
+    size_t lim;
+} b2_wpf;
+
+static inline b2_wpf b2__wpf(const unsigned char *w, size_t rb, int R)
+{
+    b2_wpf p = {NULL, NULL, 0};
+    const size_t d = (size_t)b2__wprefetch / (size_t)R;
+    if (!d || !rb) return p;
+    const size_t ts = (size_t)R * rb, rem = d % rb;
+    p.a = w + d / rb * ts + rem;
+    p.b = p.a + ts - rb;
+    p.lim = rb - rem;
+    return p;
+}
+
+/* the address to prefetch for row r of the tile at byte off of its rows */
+#define B2_WPF_AT(p, off, r, rb) ((const char *)((off) < (p).lim ? (p).a : (p).b) + (off) + (size_t)(r) * (rb))
+
 /* Tests only: an extra candidate for b2__wkernels_tune (NULL: none),
  * e.g. a deliberately wrong one that must be refused. */
 void b2__wkernels_test_candidate(const b2_wimpl *extra);
 
-/* How far ahead of its reads, in bytes, each W row of a tile is
- * prefetched (0: not at all); see b2__wkernels_set_prefetch. */
-extern int b2__wprefetch;
 
 #if defined(__x86_64__) || defined(__i386__)
 extern const b2_wimpl b2__wimpl_avx2;        /* wkernels_avx2.c */

@@ -99,11 +99,12 @@ void b2__wrows_to_f32(float *dst, const void *w, b2_wtype t, int row0, int nrows
 void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
 
 /* How far ahead of its reads (bytes) each SIMD tile prefetches its weight
- * rows, each of a tile's R rows b2__wprefetch / R bytes ahead in its own
- * stream (which goes on in the same row of the next tile): 16384 unless the environment variable BLIP2_PREFETCH (0 to 1048576,
- * 0 = no software prefetch) says otherwise.  bytes >= 0 sets it (for
- * benchmarks; not while products run), bytes < 0 only asks.  Returns the
- * distance in use before the call.  The results do not depend on it. */
+ * rows, each of a tile's R rows 1/R of it ahead in its own stream (which
+ * goes on in the same row of the next tile): 8192 unless the environment
+ * variable BLIP2_PREFETCH (0 to 1048576, 0 = no software prefetch) says
+ * otherwise.  bytes >= 0 sets it (for benchmarks; not while products
+ * run), bytes < 0 only asks.  Returns the distance in use before the
+ * call.  The results do not depend on it. */
 int b2__wkernels_set_prefetch(int bytes);
 
 /* The default implementation of the products ("portable", "avx2",

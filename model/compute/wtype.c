@@ -10,7 +10,7 @@
 
 /* The prefetch distance of the typed tiles (wkernels_impl.h; set by
  * b2__wkernels_set_prefetch in wkernels.c, read by the kernel files). */
-int b2__wprefetch = 16384;
+int b2__wprefetch = 8192;
 
 int b2__wt_ok(b2_wtype t, int k)
 {

@@ -25,7 +25,8 @@
  *   special     NaN in one x row: that row NaN, the others untouched;
  *               q8_0 weights with -128 and all-zero blocks
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
- *   prefetch    the software prefetch distance changes no bit
+ *   prefetch    the software prefetch distance changes no bit; each row
+ *               of a tile is prefetched in its own stream (b2__wpf)
  *   widen       b2__wrows_to_f32 (the many-row path's tile conversion and
  *               the embedding lookups; SIMD where the CPU has it) against
  *               the scalar definitions, bit for bit: every f16 and bf16
@@ -609,6 +610,40 @@ static void test_prefetch(void)
     b2__wkernels_set_prefetch(def);
 }
 
+/* b2__wpf: each row of a tile of R rows (rb bytes apart, the tiles one
+ * after another) is prefetched distance / R bytes ahead in its own
+ * stream, the same row of the next tiles once it passes the row's end.
+ * (Shifting every row's address by the distance, as before 2026-12-07,
+ * fails this for any tile whose rows are shorter than the distance.) */
+static void test_prefetch_streams(void)
+{
+    unsigned char *w = malloc((size_t)5 << 20); /* every address below is inside it */
+    static const size_t RB[] = {72, 1440, 2720, 5120, 20480};
+    static const int DIST[] = {64, 4096, 8192, 16384, 1 << 20};
+    const int def = b2__wkernels_set_prefetch(-1);
+    int good = 1, cases = 0;
+    for (size_t a = 0; a < sizeof RB / sizeof RB[0]; a++)
+        for (size_t b = 0; b < sizeof DIST / sizeof DIST[0]; b++)
+            for (int R = 1; R <= 4; R++) {
+                b2__wkernels_set_prefetch(DIST[b]);
+                const b2_wpf p = b2__wpf(w, RB[a], R);
+                const size_t d = (size_t)DIST[b] / (size_t)R;
+                for (size_t off = 0; off < RB[a]; off += 8)
+                    for (int r = 0; r < R; r++) {
+                        const size_t s = off + d; /* this row's stream, in row bytes */
+                        const char *want = (const char *)w + s / RB[a] * (size_t)R * RB[a] + (size_t)r * RB[a] + s % RB[a];
+                        good &= B2_WPF_AT(p, off, r, RB[a]) == want;
+                    }
+                cases++;
+            }
+    b2__wkernels_set_prefetch(0);
+    const b2_wpf none = b2__wpf(w, 5120, 4);
+    free(w);
+    ok(good && !none.a, "prefetch: each row of a tile followed in its own stream (%d row sizes x distances x tiles); "
+       "none at distance 0", cases);
+    b2__wkernels_set_prefetch(def);
+}
+
 /* ---- b2__wrows_to_f32 against the scalar definitions ---- */
 
 /* Integer weight j (0..31) of the q8_0 or q4_0 (t) block at blk: q8_0 the
@@ -903,6 +938,7 @@ int main(void)
     test_special();
     test_threads();
     test_prefetch();
+    test_prefetch_streams();
     test_widen();
     test_tune();
     return tap_done();

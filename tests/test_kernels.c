@@ -12,6 +12,8 @@
  *   gemm_nn    all row / column tails of its 6 x 16 tiles
  *   gemm_nt    row tails, odd k, every alignment of w, alpha and beta
  *   convert    f16 / bf16 -> f32, every bit pattern, unaligned
+ *   relu       b2__act ReLU: x > 0 ? x : +0 bit for bit (NaN, -0, infinities,
+ *              subnormals; every length 0..40 and 10240, unaligned)
  *   attention  b2__attention (heads on the compute pool) vs a naive one
  *   pool       every task runs once; nested, empty and concurrent calls
  */
@@ -415,6 +417,30 @@ static void test_pool_idle(void)
     ok(used < 20.0 && !bad, "pool: idle after a burst of jobs, the process used %.2f ms of CPU in 200 ms (< 20)", used);
 }
 
+static void test_relu(void)
+{
+    static const float special[] = {NAN, -NAN, -0.0f, 0.0f, INFINITY, -INFINITY, 1e-45f, -1e-45f, 1.17e-38f, -3.0f, 2.5f};
+    enum { NS = sizeof special / sizeof special[0] };
+    int good = 1;
+    float *x = malloc(sizeof(float) * (10240 + 1)), *y = malloc(sizeof(float) * (10240 + 1));
+    for (int n = 0; n <= 10240; n = n < 40 ? n + 1 : 10240) {
+        for (int off = 0; off < 2; off++) {
+            for (int i = 0; i < n; i++) x[off + i] = i % 3 == 2 ? special[(i / 3) % NS] : frand(-4, 4);
+            memcpy(y, x, sizeof(float) * (size_t)(n + off));
+            b2__act(y + off, (size_t)n, B2_ACT_RELU);
+            for (int i = 0; i < n; i++) {
+                const float v = x[off + i], want = v > 0 ? v : 0.0f;
+                good &= !memcmp(&y[off + i], &want, sizeof want);
+            }
+            good &= !off || !memcmp(y, x, sizeof *x); /* nothing before the row touched */
+        }
+        if (n == 10240) break;
+    }
+    ok(good, "relu: x > 0 ? x : +0 bit for bit (NaN and -0 give +0), lengths 0..40 and 10240, unaligned");
+    free(x);
+    free(y);
+}
+
 int main(void)
 {
     const char *names[] = {"portable", "avx2"};
@@ -430,6 +456,7 @@ int main(void)
         test_convert(k);
     }
     diag("in use: %s", b2__simd()->name);
+    test_relu();
     test_attention();
     test_convert_big();
     test_pool();

@@ -312,9 +312,14 @@ void b2__act(float *x, size_t n, b2_act a)
     case B2_ACT_QUICK_GELU:
         for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
         break;
-    case B2_ACT_RELU:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0.0f;
+    case B2_ACT_RELU: { /* blocks of 8 the compiler turns into compare-and-mask: a branch per value
+                          * missed on every other one (activations' signs are a coin toss), ~4 ns each */
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int j = 0; j < 8; j++) x[i + j] = x[i + j] > 0 ? x[i + j] : 0.0f;
+        for (; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0.0f;
         break;
+    }
     case B2_ACT_SILU:
         for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
         break;

@@ -649,6 +649,15 @@ void b2d_core_cancel_all(b2d_core *core)
     b2d_engine_cancel_all(core->eng);
 }
 
+void b2d_core_end_preparing(b2d_core *core)
+{
+    static const char msg[] = "blip2d is shutting down";
+    pthread_mutex_lock(&core->mu); /* then each client's mu, in the emit */
+    for (int i = 0; i < core->npool; i++) b2d_job_error(core->pool[i], B2IPC_ESHUTDOWN, NULL, msg);
+    for (b2d_job *j = core->prep_head; j; j = j->prep_next) b2d_job_error(j, B2IPC_ESHUTDOWN, NULL, msg);
+    pthread_mutex_unlock(&core->mu);
+}
+
 void b2d_core_counts_get(b2d_core *core, b2d_core_counts *n)
 {
     int queued = 0, active = 0, inflight = 0;

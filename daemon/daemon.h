@@ -364,6 +364,12 @@ void b2d_core_set_model(b2d_core *core, blip2_model *m);
 void b2d_core_shutdown(b2d_core *core);
 /* Cancels every request at once (the shutdown deadline). */
 void b2d_core_cancel_all(b2d_core *core);
+/* The hard stop (past the shutdown deadline the loop does not wait for
+ * preparation): every request still being prepared, or waiting for it,
+ * gets its terminal reply now, shutting_down, so its client reads that
+ * and not just the end of the connection.  The end of the preparation
+ * then finds it answered. */
+void b2d_core_end_preparing(b2d_core *core);
 /* Stops the scheduler thread (when nothing is left but preparation),
  * before the loop ends; the jobs waiting for the preparation pool end as
  * canceled, those on it as the loop's last run gets them back. */

@@ -703,6 +703,10 @@ static void shutdown_tick(uv_timer_t *t)
     for (conn *c = s->conns; c; c = c->next) unsent |= c->out_off < c->out_len;
     int idle = n.in_prep == 0 && n.queued == 0 && n.active == 0 && n.inflight == 0;
     if ((idle && !unsent) || now >= s->t_deadline + 5000) {
+        if (!idle) { /* the hard stop: a last reply for what is still being prepared */
+            b2d_core_end_preparing(s->core);
+            async_cb(&s->async);
+        }
         while (s->conns) conn_close(s->conns, "shutting down");
         uv_stop(&s->loop);
     }

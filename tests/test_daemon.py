@@ -336,10 +336,12 @@ cl.close()
 
 # a preparation that outlasts the shutdown: the deadline (0 s) passes, the
 # hard stop 5 s later closes the connections without waiting for the pool;
-# the job on it and the one queued behind it (one preparation thread) are
-# released when the pool returns, and the daemon exits 0 with a clean log
-# (the old daemon handed the returned job to the stopped engine: a NULL
-# dereference; ASan/UBSan builds report any leak or error in the log)
+# the job on it and the one queued behind it (one preparation thread) get
+# their terminal reply, shutting_down, before the connection closes (they
+# used to get only the end of the connection), are released when the pool
+# returns, and the daemon exits 0 with a clean log (the old daemon handed
+# the returned job to the stopped engine: a NULL dereference; ASan/UBSan
+# builds report any leak or error in the log)
 env = dict(os.environ, BLIP2D_TEST_PREP_DELAY_MS="8000", UV_THREADPOOL_SIZE="1")
 proc, SOCK = start("--shutdown-timeout", "0", tmp=TMP, log="daemon-prep.log", env=env)
 cl = Client(SOCK)
@@ -354,6 +356,13 @@ except subprocess.TimeoutExpired:
     proc.kill()
     rc = proc.wait()
 took = time.monotonic() - t0
+got = {}
+try:
+    while True:
+        r = cl.recv()
+        got.setdefault(r.get("id"), []).append((r.get("type"), r.get("code")))
+except (EOFError, OSError):
+    pass
 with open(os.path.join(TMP, "daemon-prep.log"), "rb") as f:
     bad = [line for line in f.read().decode("utf-8", "replace").splitlines()
            if "runtime error" in line or "Sanitizer" in line]
@@ -361,6 +370,9 @@ if not ok(rc == 0 and not bad and not os.path.exists(SOCK),
           "SIGTERM while a preparation outlasts the deadline: exit 0 after the hard stop (%s, %.1f s), a clean log"
           % (rc, took)):
     show_log(proc)
+ok(got == {1: [("error", "shutting_down")], 2: [("error", "shutting_down")]},
+   "the hard stop: the request being prepared and the one waiting for it each answered shutting_down, "
+   "then the connection closed (%r)" % (got,))
 cl.close()
 
 # stale socket file, live daemon, kill -9 and restart on the same path

@@ -948,10 +948,31 @@ void b2d_http_shutting_down(b2d_http *h)
     if (h) h->shutting_down = 1;
 }
 
+/* Up to 2 s for the answers still on their way out (the hard stop
+ * answers requests still being prepared right before it stops the front
+ * ends): MHD_stop_daemon would cut them off. */
+static void wait_answers(b2d_http *h)
+{
+    const double end = now_s() + 2;
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        int busy = 0;
+        for (hconn *k = h->conns; k; k = k->next) busy |= k->busy && !k->killed && k->fd >= 0;
+        if (!busy || now_s() >= end) break;
+        pthread_mutex_unlock(&h->mu);
+        nanosleep(&(struct timespec){0, 10 * 1000000L}, NULL);
+        pthread_mutex_lock(&h->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
 void b2d_http_stop(b2d_http *h)
 {
     if (!h) return;
-    if (h->d) MHD_stop_daemon(h->d); /* joins the connection threads */
+    if (h->d) {
+        wait_answers(h);
+        MHD_stop_daemon(h->d); /* joins the connection threads */
+    }
     if (h->watchdog_run) {
         pthread_mutex_lock(&h->mu);
         h->watchdog_run = 0;

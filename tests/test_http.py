@@ -9,8 +9,10 @@
 # with Retry-After); hostile input: bad JSON, bad base64, image URLs,
 # oversized and truncated bodies, huge headers, slow headers, 500 idle
 # connections - while a socket client keeps getting its exact captions; a
-# client that hangs up mid-stream cancels its request.  TAP output.
-import http.client, json, os, shutil, socket, subprocess, sys, tempfile, time, base64
+# client that hangs up mid-stream cancels its request; the hard stop after
+# SIGTERM answers requests still being prepared (503 shutting_down).  TAP
+# output.
+import http.client, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time, base64
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import b2test
@@ -351,6 +353,47 @@ try:
        "then a small image is captioned: the refused body's charge was released (%d)" % st)
 finally:
     ok(stop(proc) == 0, "blip2d exits 0 on SIGTERM")
+
+# ---- the hard stop answers the requests still being prepared ----
+# BLIP2D_TEST_PREP_DELAY_MS keeps each preparation past the stop 5 s after
+# the deadline (--shutdown-timeout 0); one preparation thread: one request
+# on it, one waiting.  Both must read 503 shutting_down, not a connection
+# closed without a response (as before: the front end stopped first).
+PORT = free_port()
+env = dict(os.environ, BLIP2D_TEST_PREP_DELAY_MS="8000", UV_THREADPOOL_SIZE="1")
+proc, sock = start("--http", "127.0.0.1:%d" % PORT, "--shutdown-timeout", "0", tmp=TMP, env=env,
+                   log="daemon-hardstop.log", bail="blip2d did not start")
+answers = {}
+
+
+def post_caption(i):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60 * SCALE)
+        c.request("POST", "/v1/caption", body=open(IMG["chelsea.png"], "rb").read(),
+                  headers={"Content-Type": "image/png"})
+        r = c.getresponse()
+        body = r.read()
+        answers[i] = (r.status, json.loads(body)["error"]["code"] if r.status >= 400 else body[:80])
+    except Exception as e:  # noqa: BLE001 - any failure to answer is the finding
+        answers[i] = ("no answer", type(e).__name__)
+
+
+posts = [threading.Thread(target=post_caption, args=(i,)) for i in (1, 2)]
+for t in posts:
+    t.start()
+b2test.wait_status(sock, lambda st: st["queue_depth"] >= 2, 10)
+proc.send_signal(signal.SIGTERM)
+for t in posts:
+    t.join()
+try:
+    rc = proc.wait(30 * SCALE)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    rc = proc.wait()
+if not ok(rc == 0 and answers == {1: (503, "shutting_down"), 2: (503, "shutting_down")},
+          "the hard stop: HTTP requests being prepared, or waiting for it, get 503 shutting_down (%r), exit %s"
+          % (answers, rc)):
+    b2test.show_log(proc)
 
 p = subprocess.run([b2test.BLIP2D, "--model", os.path.join(G, "opt-tiny"), "--socket", os.path.join(TMP, "x.sock"),
                     "--http", "0.0.0.0:%d" % free_port(), "-q"], capture_output=True, timeout=60 * SCALE)

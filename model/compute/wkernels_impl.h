@@ -159,7 +159,6 @@ static inline b2_wpf b2__wpf(const unsigned char *w, size_t rb, int R)
  * e.g. a deliberately wrong one that must be refused. */
 void b2__wkernels_test_candidate(const b2_wimpl *extra);
 
-
 #if defined(__x86_64__) || defined(__i386__)
 extern const b2_wimpl b2__wimpl_avx2;        /* wkernels_avx2.c */
 extern const b2_wimpl b2__wimpl_avx512;      /* wkernels_avx512.c */

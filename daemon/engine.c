@@ -43,8 +43,9 @@ struct b2d_engine {
     b2d_cache *cache;
     uq *q;
     int nq, capq, rr;
-    int queued, active, stop, cancel_all;
+    int queued, active, stop;
     b2d_engine_stats stats;
+    _Atomic int cancel_all;   /* set under mu; also read without it (runnable, drops) */
     /* engine thread only: */
     int cap;                  /* batch width (max_batch) */
     b2d_job **act;            /* the running jobs (nact of capact) */
@@ -125,7 +126,7 @@ void b2d_engine_poke(b2d_engine *e)
 void b2d_engine_cancel_all(b2d_engine *e)
 {
     pthread_mutex_lock(&e->mu);
-    e->cancel_all = 1;
+    atomic_store(&e->cancel_all, 1);
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
@@ -146,14 +147,14 @@ static void retire(b2d_engine *e, b2d_job *j)
 static int drops(const b2d_engine *e, const b2d_job *j)
 {
     int why = atomic_load(&j->canceled);
-    return e->cancel_all || why >= B2D_CANCEL_GONE || (why && j->ops->cancel_stops);
+    return atomic_load(&e->cancel_all) || why >= B2D_CANCEL_GONE || (why && j->ops->cancel_stops);
 }
 
 /* May the job make progress now (its client takes output, or it is to
  * be canceled)? */
 static int runnable(const b2d_engine *e, const b2d_job *j)
 {
-    return e->cancel_all || atomic_load(&j->canceled) || !b2d_client_blocked(j->client);
+    return atomic_load(&e->cancel_all) || atomic_load(&j->canceled) || !b2d_client_blocked(j->client);
 }
 
 /* Under mu: is there anything to do? */
@@ -358,9 +359,7 @@ static void start_admitted(b2d_engine *e, b2d_job *fresh)
  * those jobs and the stats. */
 static void step_models(b2d_engine *e)
 {
-    pthread_mutex_lock(&e->mu);
-    int cancel_all = e->cancel_all;
-    pthread_mutex_unlock(&e->mu);
+    const int cancel_all = atomic_load(&e->cancel_all);
     b2d_job **act = e->run;
     int nact = 0, prefills = 0, rows = 0;
     for (int i = 0; i < e->nact; i++) {

@@ -12,5 +12,16 @@ for t in $(find tests -name '*.trs'); do
   pass=$((pass + p)); fail=$((fail + f))
 done
 [ "$rc" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
+# a recap of what failed, just above the summary line, so that a CI log
+# cut to its tail still names the failing checks and shows their context
+if [ "$fail" -gt 0 ]; then
+  for t in $(find tests -name '*.trs'); do
+    grep -q '^:test-result: \(FAIL\|XPASS\|ERROR\)' "$t" || continue
+    echo "# --- failed in ${t%.trs}.log:"
+    grep -E '^(not ok|FAIL|ERROR|Bail out)' "${t%.trs}.log" | head -n 20 | sed 's/^/#   /'
+    echo "# --- its last lines:"
+    tail -n 25 "${t%.trs}.log" | sed 's/^/#   /'
+  done
+fi
 echo "$pass passed, $fail failed"
 exit $rc

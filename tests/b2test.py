@@ -18,7 +18,7 @@
 #                replies, exit; default 1, never below 1), for slow builds
 #                (valgrind, ThreadSanitizer: tests/SANITIZERS.md).  SCALE
 #                below; the default timeouts here are scaled by it.
-import array, json, os, signal, socket, struct, subprocess, sys, time
+import array, json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, time
 
 try:
     import msgpack
@@ -56,9 +56,27 @@ def ok(cond, name):
     return cond
 
 
+_tmpdirs = []
+
+
+def tmpdir(prefix):
+    """A fresh temporary directory for a test's files and daemon logs;
+    finish() removes it when every check passed and keeps it (naming it)
+    when one failed, for the logs."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
 def finish():
-    """Prints the plan (1..N, the checks made) and exits 1 if any failed."""
+    """Prints the plan (1..N, the checks made), removes the tmpdir()s (or
+    names them when a check failed) and exits 1 if any failed."""
     print("1..%d" % n_tests)
+    for d in _tmpdirs:
+        if failed:
+            print("# kept for its logs: %s" % d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
 

@@ -14,6 +14,7 @@
 import json, os, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
 from b2test import G, BLIP2D, SCALE, Client, ok, finish, pack, start, stop, status, image, manifest, require_msgpack, \
     wait_status, golden_requests, show_log
 
@@ -42,7 +43,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--client":
     print(json.dumps(done))
     sys.exit(0)
 MODEL = os.path.join(G, "opt-tiny")
-TMP = tempfile.mkdtemp(prefix="b2dtest.")
+TMP = b2test.tmpdir("b2dtest.")
 
 
 man = manifest()

@@ -23,10 +23,11 @@
 import json, os, signal, socket, struct, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
 from b2test import G, SCALE, Client, ok, finish, pack, start, stop, image, require_msgpack, wait_status
 
 msgpack = require_msgpack()
-TMP = tempfile.mkdtemp(prefix="b2dlim.")
+TMP = b2test.tmpdir("b2dlim.")
 
 
 def fds(pid):

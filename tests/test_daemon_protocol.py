@@ -10,6 +10,7 @@
 import json, os, struct, subprocess, sys, tempfile, time, zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
 from b2test import G, SCALE, Client, ok, finish, start, stop, image, require_msgpack
 
 msgpack = require_msgpack()
@@ -56,7 +57,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--user":
     print(json.dumps(seen), flush=True)
     sys.exit(0)
 
-TMP = tempfile.mkdtemp(prefix="b2dproto.")
+TMP = b2test.tmpdir("b2dproto.")
 
 # ---- finding 11: duplicate_id for every op --------------------------------
 proc, SOCK = start(tmp=TMP)

@@ -18,7 +18,7 @@ from b2test import G, SCALE, Client, ok, finish, start, stop, image, manifest, r
 
 require_msgpack()
 MODEL = os.path.join(G, "t5-tiny")
-TMP = tempfile.mkdtemp(prefix="b2dt5.")
+TMP = b2test.tmpdir("b2dt5.")
 TOL = 1e-4
 
 

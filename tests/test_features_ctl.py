@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import b2test
 from b2test import G, ok, finish, start, stop, maxdiff
 
-TMP = tempfile.mkdtemp(prefix="b2fctl.")
+TMP = b2test.tmpdir("b2fctl.")
 proc, sock = start(tmp=TMP, sock=os.path.join(TMP, "d.sock"), bail="blip2d did not start")
 ctl = functools.partial(b2test.ctl, sock, timeout=120)
 read_st = functools.partial(b2test.read_st, check=True)  # checks the layout of every file

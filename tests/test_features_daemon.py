@@ -9,10 +9,11 @@
 import os, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import b2test
 from b2test import G, SCALE, Client, ok, finish, start, stop, read_st, wire, maxdiff, require_msgpack
 
 require_msgpack()
-TMP = tempfile.mkdtemp(prefix="b2dfeat.")
+TMP = b2test.tmpdir("b2dfeat.")
 proc, sock = start(tmp=TMP, sock=os.path.join(TMP, "d.sock"), bail="blip2d did not start")
 c = Client(sock, 60 * SCALE)
 

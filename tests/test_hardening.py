@@ -21,7 +21,7 @@ import b2test
 from b2test import ok, SCALE
 
 b2test.require_msgpack()
-tmp = tempfile.mkdtemp(prefix="b2hard.")
+tmp = b2test.tmpdir("b2hard.")
 procs = []
 
 

@@ -167,7 +167,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--hostile":
     hostile_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
 
 # ---- the honest side ---------------------------------------------------------
-TMP = tempfile.mkdtemp(prefix="b2hostile.")
+TMP = b2test.tmpdir("b2hostile.")
 os.chmod(TMP, 0o755)
 
 

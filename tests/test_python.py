@@ -23,7 +23,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.environ.get("PYTHON_SRCDIR", "python"))
 import blip2
 
-TMP = tempfile.mkdtemp(prefix="b2py.")
+TMP = b2test.tmpdir("b2py.")
 proc, sock = start(tmp=TMP, bail="blip2d did not start")
 IMG = {n: os.path.join(G, "images", n) for n in ("chelsea.png", "rocket.jpg", "camera.png")}
 raw = b2test.Client(sock, 60 * SCALE)

@@ -205,6 +205,15 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
     return 0;
 }
 
+static char sock_dir[] = "/tmp/fuzz_server.XXXXXX";
+
+/* at exit (libFuzzer's end of run): the socket and its directory go */
+static void remove_socket(void)
+{
+    unlink(sock_path);
+    rmdir(sock_dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -214,7 +223,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     blip2_error err;
     blip2_load_opts lo;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    char dir[] = "/tmp/fuzz_server.XXXXXX";
     uint8_t *png;
     size_t png_len;
     int pfd[2];
@@ -240,11 +248,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
          * open idle one, so the victim is never closed to make room */
         .max_conns_per_uid = 256, .max_inflight_per_uid = 16,
     };
-    if (!mkdtemp(dir)) {
+    if (!mkdtemp(sock_dir)) {
         perror("mkdtemp");
         exit(1);
     }
-    snprintf(sock_path, sizeof sock_path, "%s/s", dir);
+    snprintf(sock_path, sizeof sock_path, "%s/s", sock_dir);
+    atexit(remove_socket);
     cfg.socket_path = sock_path;
     strcpy(sa.sun_path, sock_path);
     listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -267,7 +276,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         exit(1);
     src[SRC_PIPE_R] = pfd[0];
     src[SRC_PIPE_W] = pfd[1];
-    src[SRC_DIR] = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    src[SRC_DIR] = open(sock_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     for (int i = 0; i < N_SRC; i++)
         if (src[i] < 0 || fstat(src[i], &src_st[i]) < 0)
             exit(1);

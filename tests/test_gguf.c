@@ -579,7 +579,7 @@ int main(void)
     DIR *d = opendir(tmpdir);
     for (struct dirent *e; d && (e = readdir(d));) {
         if (e->d_name[0] == '.') continue;
-        char p[600];
+        char p[sizeof tmpdir + sizeof e->d_name + 1];
         snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
         unlink(p);
     }

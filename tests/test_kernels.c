@@ -315,6 +315,47 @@ static void test_attention(void)
     }
 }
 
+/* One query (decoding): b2__attention takes simd->attend1, all the heads'
+ * columns of each key and value row at once; it must give the bits of the
+ * head-by-head products (gemm_nt, softmax, gemm_nn) it replaces, for any
+ * alignment of the rows (gemm_nt's lanes depend on it), row strides that
+ * are and are not multiples of 8, head sizes with and without a tail, key
+ * counts odd and even, and more heads than the pool has groups */
+static void test_attention_one(void)
+{
+    const b2_simd *k = b2__simd();
+    if (!k->attend1) {
+        ok(1, "# SKIP attention of one query: the %s kernels have no attend1", k->name);
+        return;
+    }
+    static const int shapes[][3] = {{1, 1, 8}, {2, 3, 7}, {3, 53, 16}, {32, 53, 80}, {32, 250, 80},
+                                    {5, 17, 9}, {16, 257, 88}, {33, 40, 24}, {4, 64, 64}, {7, 2, 1}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int off = 0; off < 3; off++) {
+            const int H = shapes[si][0], nk = shapes[si][1], hd = shapes[si][2], pad = off == 2 ? 3 : 0;
+            const int ld = H * hd + pad; /* off 2: a stride that is no multiple of 8 */
+            float *q = malloc(sizeof(float) * (ld + 8)), *kk = malloc(sizeof(float) * ((size_t)nk * ld + 8));
+            float *v = malloc(sizeof(float) * ((size_t)nk * ld + 8));
+            float *out = malloc(sizeof(float) * ld), *ref = malloc(sizeof(float) * ld);
+            float *sc = malloc(sizeof(float) * b2__attention_scratch(1, nk, hd)), *s = malloc(sizeof(float) * nk);
+            for (int i = 0; i < ld + 8; i++) q[i] = frand(-1, 1);
+            for (int i = 0; i < nk * ld + 8; i++) { kk[i] = frand(-2, 2); v[i] = frand(-1, 1); }
+            const float *qo = q + off, *ko = kk + off, *vo = v + 2 * off; /* off 1: rows not 32-byte aligned */
+            const float scale = 1.0f / sqrtf((float)hd);
+            b2__attention(out, ld, qo, ld, ko, ld, vo, ld, 1, nk, H, hd, scale, sc);
+            for (int h = 0; h < H; h++) {
+                k->gemm_nt(s, nk, qo + h * hd, ld, ko + h * hd, ld, 1, nk, hd, scale, 0.0f);
+                k->softmax(s, nk);
+                k->gemm_nn(ref + h * hd, ld, s, nk, vo + h * hd, ld, 1, hd, nk, 1.0f);
+            }
+            ok(!memcmp(out, ref, sizeof(float) * H * hd),
+               "attention of one query (%s attend1), %d heads of %d, %d keys, offset %d, stride %d: "
+               "the bits of gemm_nt + softmax + gemm_nn head by head", k->name, H, hd, nk, off, ld);
+            free(q); free(kk); free(v); free(out); free(ref); free(sc); free(s);
+        }
+}
+
+static int counts[1000];
 static int counts[1000];
 
 static void count_cb(void *ctx, int t, int slot)
@@ -458,6 +499,7 @@ int main(void)
     diag("in use: %s", b2__simd()->name);
     test_relu();
     test_attention();
+    test_attention_one();
     test_convert_big();
     test_pool();
     test_pool_concurrent();

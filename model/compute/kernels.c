@@ -378,8 +378,9 @@ void b2__add(float *y, const float *x, size_t n)
     b2__simd()->residual(y, x, NULL, 1, n);
 }
 
-/* one head per task: scores S (nq, nk), then softmax, then S v_h.  With
- * few queries (decoding: one) the scores are dot products of each query
+/* one head per task: scores S (nq, nk), then softmax, then S v_h.  (One
+ * query, decoding, takes simd->attend1 instead: att1_task below.)  With
+ * few queries the scores are dot products of each query
  * with the key rows as they lie in the cache (gemm_nt); with many, the
  * keys are first transposed into kt (hd, nkp) so both products stream rows
  * of their right operand.  (Transposing for one query cost 4.5 ms of a
@@ -389,7 +390,7 @@ void b2__add(float *y, const float *x, size_t n)
 typedef struct att_job {
     float *out;
     const float *q, *k, *v;
-    int ldo, ldq, ldk, ldv, nq, nk, nkp, hd;
+    int ldo, ldq, ldk, ldv, nq, nk, nkp, hd, heads;
     float scale;
     float *scratch;
     const b2_simd *simd;
@@ -419,6 +420,25 @@ static void att_head(void *ctx, int h, int slot)
                      j->nq, j->hd, j->nk, 1.0f);
 }
 
+/* One query (decoding): a task per group of heads, each reading its
+ * heads' columns of every key and value row at once (simd->attend1).  Two
+ * groups per pool thread, so one that starts late is not waited for long;
+ * a group's scores fit a slot (at most 1 + hd rows of nk). */
+static int att1_group(int heads, int hd)
+{
+    const int tasks = 2 * b2__pool_size();
+    int g = (heads + tasks - 1) / tasks;
+    return g > hd + 1 ? hd + 1 : g;
+}
+
+static void att1_task(void *ctx, int task, int slot)
+{
+    const att_job *j = ctx;
+    const int g = att1_group(j->heads, j->hd), h0 = task * g, h1 = h0 + g < j->heads ? h0 + g : j->heads;
+    j->simd->attend1(j->out, j->q, j->k, j->ldk, j->v, j->ldv, j->nk, h0, h1, j->hd, j->scale,
+                     j->scratch + (size_t)slot * att_slot_floats(1, j->nk, j->hd));
+}
+
 size_t b2__attention_scratch(int nq, int nk, int hd)
 {
     return (size_t)b2__pool_size() * att_slot_floats(nq, nk, hd);
@@ -430,8 +450,13 @@ void b2__attention(float *out, int ldo, const float *q, int ldq, const float *k,
 {
     const b2_simd *simd = b2__simd();
     if (simd->gemm_nn) {
-        att_job j = {out, q, k, v, ldo, ldq, ldk, ldv, nq, nk, (nk + 15) & ~15, hd, scale, scratch, simd};
-        b2__parallel_for(heads, att_head, &j);
+        att_job j = {out, q, k, v, ldo, ldq, ldk, ldv, nq, nk, (nk + 15) & ~15, hd, heads, scale, scratch, simd};
+        if (nq == 1 && simd->attend1 && hd <= 512) {
+            const int g = att1_group(heads, hd);
+            b2__parallel_for((heads + g - 1) / g, att1_task, &j);
+        } else {
+            b2__parallel_for(heads, att_head, &j);
+        }
         return;
     }
     for (int h = 0; h < heads; h++) {

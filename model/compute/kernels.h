@@ -124,6 +124,12 @@ typedef struct b2_simd {
      * for few rows n; NULL: OpenBLAS does all products */
     void (*gemm_nt)(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                     int n, int m, int k, float alpha, float beta);
+    /* One query (decoding), heads [h0, h1): out[h*hd..] = softmax(scale *
+     * q_h k_h^T) v_h, with the bits of gemm_nt, softmax and gemm_nn head by
+     * head but each key and value row read once in memory order; s holds
+     * (h1 - h0) * nk floats; hd <= 512.  NULL: head by head. */
+    void (*attend1)(float *out, const float *q, const float *k, int ldk, const float *v, int ldv,
+                    int nk, int h0, int h1, int hd, float scale, float *s);
     void (*f16_to_f32)(float *y, const void *x, size_t n);
     void (*bf16_to_f32)(float *y, const void *x, size_t n);
 } b2_simd;

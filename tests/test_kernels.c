@@ -355,6 +355,93 @@ static void test_attention_one(void)
         }
 }
 
+/* f32 -> bf16 -> f32, round to nearest even (no NaN here) */
+static double bf16r(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    b = (b + 0x7fff + ((b >> 16) & 1)) & 0xffff0000u;
+    float y;
+    memcpy(&y, &b, 4);
+    return y;
+}
+
+/* b2__attention_bf16 (the vision encoder's attention in bf16 math): against
+ * a double-precision attention of the same bf16-rounded operands (Q, K, the
+ * probabilities, V), which leaves only its f32 sums and softmax: each
+ * output within 2e-6 plus, for each probability within 1 % of a bf16 ulp
+ * of a rounding tie (its f32 value may round the other way), one ulp of it
+ * times |v|.  Against the f32
+ * attention: cosine >= 0.9999, the price of bf16 operands.  Odd head
+ * sizes and key counts exercise the pair padding; row strides wider than
+ * the heads, the pointers into a qkv-like buffer. */
+static void test_attention_bf16(void)
+{
+    static const int shapes[][4] = {{257, 257, 16, 88}, {32, 257, 4, 64}, {1, 1, 1, 1}, {7, 33, 3, 9},
+                                    {13, 64, 2, 32}, {6, 31, 2, 17}, {44, 44, 3, 80}, {5, 70, 1, 96}};
+    int any = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int nq = shapes[si][0], nk = shapes[si][1], H = shapes[si][2], hd = shapes[si][3], D = H * hd;
+        const int ld = 3 * D + 5, nr = nq > nk ? nq : nk; /* q, k, v at 0, D, 2D of each row */
+        float *qkv = malloc(sizeof(float) * (size_t)nr * ld), *out = malloc(sizeof(float) * (size_t)nq * (D + 3));
+        float *ref32 = malloc(sizeof(float) * (size_t)nq * D);
+        void *sc = aligned_alloc(64, (b2__attention_bf16_scratch(nq, nk, hd) + 63) / 64 * 64);
+        float *sc32 = malloc(sizeof(float) * b2__attention_scratch(nq, nk, hd));
+        double *p = malloc(sizeof(double) * nk), *pf = malloc(sizeof(double) * nk), *tie = malloc(sizeof(double) * nk);
+        for (size_t i = 0; i < (size_t)nr * ld; i++) qkv[i] = frand(-1.5f, 1.5f);
+        const float scale = 1.0f / sqrtf((float)hd);
+        const float *q = qkv, *kk = qkv + D, *v = qkv + 2 * D;
+        if (b2__attention_bf16(out, D + 3, q, ld, kk, ld, v, ld, nq, nk, H, hd, scale, sc) < 0) {
+            if (!any++) ok(1, "# SKIP attention in bf16: this CPU has no AVX512-BF16");
+            free(qkv); free(out); free(ref32); free(sc); free(sc32); free(p); free(pf); free(tie);
+            continue;
+        }
+        b2__attention(ref32, D, q, ld, kk, ld, v, ld, nq, nk, H, hd, scale, sc32);
+        double worst = 0, worst_abs = 0, dot = 0, n1 = 0, n2 = 0;
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < nq; i++) {
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < nk; j++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++)
+                        d += bf16r(q[(size_t)i * ld + h * hd + e]) * bf16r(kk[(size_t)j * ld + h * hd + e]);
+                    p[j] = d * scale;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < nk; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                for (int j = 0; j < nk; j++) {
+                    const double x = p[j] / sum;
+                    int ex;
+                    (void)frexp(x, &ex);
+                    const double ulp = ldexp(1.0, ex - 8), frac = x / ulp - floor(x / ulp);
+                    pf[j] = bf16r((float)x);
+                    tie[j] = fabs(frac - 0.5) < 0.01 ? ulp : 0;
+                }
+                for (int e = 0; e < hd; e++) {
+                    double o = 0, slack = 2e-6;
+                    for (int j = 0; j < nk; j++) {
+                        const double vj = bf16r(v[(size_t)j * ld + h * hd + e]);
+                        o += pf[j] * vj;
+                        slack += tie[j] * fabs(vj);
+                    }
+                    const double got = out[(size_t)i * (D + 3) + h * hd + e], f = ref32[(size_t)i * D + h * hd + e];
+                    worst = fmax(worst, fabs(got - o) / slack);
+                    worst_abs = fmax(worst_abs, fabs(got - o));
+                    dot += got * f;
+                    n1 += got * got;
+                    n2 += f * f;
+                }
+            }
+        const double cosv = dot / sqrt(n1 * n2);
+        ok(worst <= 1 && cosv >= 0.9999,
+           "attention in bf16, %d queries x %d keys, %d heads of %d: against the same bf16 operands in "
+           "double max abs error %.2e, %.2f of its bound; cosine %.6f to the f32 attention (>= 0.9999)",
+           nq, nk, H, hd, worst_abs, worst, cosv);
+        free(qkv); free(out); free(ref32); free(sc); free(sc32); free(p); free(pf); free(tie);
+    }
+}
+
+static int counts[1000];
 static int counts[1000];
 static int counts[1000];
 
@@ -500,6 +587,7 @@ int main(void)
     test_relu();
     test_attention();
     test_attention_one();
+    test_attention_bf16();
     test_convert_big();
     test_pool();
     test_pool_concurrent();

@@ -151,4 +151,14 @@ void b2__attention(float *out, int ldo, const float *q, int ldq, const float *k,
                    float scale, float *scratch);
 size_t b2__attention_scratch(int nq, int nk, int hd);
 
+/* b2__attention with both products in bf16 (attention_bf16.c): Q, K, the
+ * softmax's output and V rounded to bf16 (nearest even), the sums in f32,
+ * the softmax in f32, as the bf16 matmul takes its operands.  For the
+ * vision encoder when its products run in bf16 math.  Returns -1 having
+ * done nothing where the CPU lacks AVX512-BF16 (and the scratch size is
+ * then 0).  scratch holds b2__attention_bf16_scratch(nq, nk, hd) bytes. */
+int b2__attention_bf16(float *out, int ldo, const float *q, int ldq, const float *k, int ldk,
+                       const float *v, int ldv, int nq, int nk, int heads, int hd, float scale, void *scratch);
+size_t b2__attention_bf16_scratch(int nq, int nk, int hd);
+
 #endif

@@ -35,7 +35,11 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
     float *qkv = malloc(sizeof(float) * rows * 3 * D);
     float *att = malloc(sizeof(float) * rows * D);
     float *ff = malloc(sizeof(float) * rows * (size_t)F);
-    float *sc = malloc(sizeof(float) * b2__attention_scratch(T, T, hd));
+    /* attention in bf16 where the layers' products are (bf16 math; int8
+     * math's qkv), and the CPU has AVX512-BF16 */
+    const int att16 = c->v_layers > 0 && m->vl[0].qkv.prec == B2_PREC_BF16 && b2__attention_bf16_scratch(T, T, hd) > 0;
+    const size_t sc_bytes = att16 ? b2__attention_bf16_scratch(T, T, hd) : sizeof(float) * b2__attention_scratch(T, T, hd);
+    void *sc = aligned_alloc(64, (sc_bytes + 63) / 64 * 64);
     int rc = 0;
     if (!patches || !h || !x || !qkv || !att || !ff || !sc) {
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory in the vision encoder");
@@ -68,8 +72,12 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
         b2__linear(qkv, x, (int)rows, &L->qkv);
         for (int b = 0; b < n; b++) {
             const float *qb = qkv + (size_t)b * T * 3 * D;
-            b2__attention(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D,
-                          T, T, c->v_heads, hd, scale, sc);
+            if (att16)
+                b2__attention_bf16(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D, T, T,
+                                   c->v_heads, hd, scale, sc);
+            else
+                b2__attention(att + (size_t)b * T * D, D, qb, 3 * D, qb + D, 3 * D, qb + 2 * D, 3 * D,
+                              T, T, c->v_heads, hd, scale, sc);
         }
         b2__linear_nobias(y, att, (int)rows, &L->proj);
         b2__residual_layernorm(x, h, y, L->proj.b, (int)rows, &L->ln2, c->v_eps);

@@ -1,0 +1,271 @@
+/*
+ * attention_bf16.c - many-query attention with its two products in bf16
+ * (AVX512-BF16): the vision encoder's self-attention when its products run
+ * in bf16 math.
+ *
+ * Per head, on the compute pool: S = scale * Q_h K_h^T and O_h = softmax(S)
+ * V_h, each product with its operands rounded to bf16 (round to nearest
+ * even, as vcvtne2ps2bf16 and oneDNN round) and its sums in f32
+ * (vdpbf16ps: pairs of products added to an f32 lane), as the bf16 matmul
+ * of the surrounding products takes them; the softmax stays in f32.
+ *
+ * vdpbf16ps multiplies pairs along the summed dimension, so each operand
+ * is laid out in pairs of that dimension:
+ *   qb  (nq, hd2)          Q_h rows in bf16: pairs of columns, as they lie
+ *   kp  (hd2 / 2, nk32, 2) K_h transposed: for each column pair, the keys
+ *   pb  (nq, nk2)          softmax(S) rows in bf16: pairs of keys
+ *   vp  (nk2 / 2, hd32, 2) V_h: rows 2r and 2r + 1 interleaved
+ * (and kb (nk, hd2), the key rows in bf16 on their way into kp)
+ * hd2, nk2: hd, nk rounded up to even; nk32, hd32: to 32 (a register
+ * tile's width).  Padding is zero, so it adds nothing to any sum; padded
+ * scores and outputs are never written (masked stores), and the softmax
+ * sees nk.
+ * Register tiles: 6 query rows by 32 output columns (12 accumulators).
+ */
+#include "kernels.h"
+#include "pool.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define B2_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+typedef struct attb_dims {
+    int nq, nk, hd, hd2, nk2, nk32, hd32;
+} attb_dims;
+
+static attb_dims dims_of(int nq, int nk, int hd)
+{
+    attb_dims d = {nq, nk, hd, (hd + 1) & ~1, (nk + 1) & ~1, (nk + 31) & ~31, (hd + 31) & ~31};
+    return d;
+}
+
+/* One head's scratch: qb, kp, pb, vp, kb and two rows of hd32 (value
+ * rows in bf16 on their way into vp), uint16_t, then S (f32). */
+static size_t u16_count(const attb_dims *d)
+{
+    return (size_t)d->nq * d->hd2 + (size_t)d->hd2 * d->nk32 + (size_t)d->nq * d->nk2 +
+           (size_t)d->nk2 * d->hd32 + (size_t)d->nk * d->hd2 + 2 * (size_t)d->hd32;
+}
+
+static size_t slot_bytes(const attb_dims *d)
+{
+    return (u16_count(d) * 2 + 63) / 64 * 64 + (size_t)d->nq * d->nk * sizeof(float);
+}
+
+/* n f32 (any n) as bf16, the tail up to the even length `to` zeroed */
+B2_BF16 static void row_bf16(uint16_t *y, const float *x, int n, int to)
+{
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm512_storeu_si512(y + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+        _mm256_mask_storeu_epi16(y + i, m, h);
+    }
+    for (i = n; i < to; i++) y[i] = 0;
+}
+
+/* rows [i, i + rr) of S (ld nk) = scale * qb kp over key columns [j, j + 32) */
+B2_BF16 static inline __attribute__((always_inline)) void
+score_tile(float *s, const uint16_t *qb, const uint16_t *kp, const attb_dims *d, int i, int j, float scale,
+           const int rr)
+{
+    __m512 acc[12];
+#pragma GCC unroll 12
+    for (int a = 0; a < 12; a++) acc[a] = _mm512_setzero_ps();
+    const int pairs = d->hd2 / 2;
+    for (int p = 0; p < pairs; p++) {
+        const uint16_t *kr = kp + ((size_t)p * d->nk32 + j) * 2;
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(kr);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(kr + 32);
+#pragma GCC unroll 6
+        for (int r = 0; r < rr; r++) {
+            uint32_t w;
+            memcpy(&w, qb + (size_t)(i + r) * d->hd2 + 2 * p, 4);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w);
+            acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], a, b0);
+            acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], a, b1);
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    const int n0 = d->nk - j, n1 = d->nk - j - 16;
+    const __mmask16 m0 = n0 >= 16 ? 0xffff : (__mmask16)((1u << n0) - 1);
+    const __mmask16 m1 = n1 >= 16 ? 0xffff : n1 <= 0 ? 0 : (__mmask16)((1u << n1) - 1);
+#pragma GCC unroll 6
+    for (int r = 0; r < rr; r++) {
+        float *sr = s + (size_t)(i + r) * d->nk + j;
+        _mm512_mask_storeu_ps(sr, m0, _mm512_mul_ps(acc[2 * r], sc));
+        if (m1) _mm512_mask_storeu_ps(sr + 16, m1, _mm512_mul_ps(acc[2 * r + 1], sc));
+    }
+}
+
+/* rows [i, i + rr) of O (ldo) columns [c, c + 32) = pb vp */
+B2_BF16 static inline __attribute__((always_inline)) void
+out_tile(float *o, int ldo, const uint16_t *pb, const uint16_t *vp, const attb_dims *d, int i, int c,
+         const int rr)
+{
+    __m512 acc[12];
+#pragma GCC unroll 12
+    for (int a = 0; a < 12; a++) acc[a] = _mm512_setzero_ps();
+    const int pairs = d->nk2 / 2;
+    for (int p = 0; p < pairs; p++) {
+        const uint16_t *vr = vp + ((size_t)p * d->hd32 + c) * 2;
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(vr);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(vr + 32);
+#pragma GCC unroll 6
+        for (int r = 0; r < rr; r++) {
+            uint32_t w;
+            memcpy(&w, pb + (size_t)(i + r) * d->nk2 + 2 * p, 4);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w);
+            acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], a, b0);
+            acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], a, b1);
+        }
+    }
+    const int n0 = d->hd - c, n1 = d->hd - c - 16;
+    const __mmask16 m0 = n0 >= 16 ? 0xffff : (__mmask16)((1u << n0) - 1);
+    const __mmask16 m1 = n1 >= 16 ? 0xffff : n1 <= 0 ? 0 : (__mmask16)((1u << n1) - 1);
+#pragma GCC unroll 6
+    for (int r = 0; r < rr; r++) {
+        float *orow = o + (size_t)(i + r) * ldo + c;
+        _mm512_mask_storeu_ps(orow, m0, acc[2 * r]);
+        if (m1) _mm512_mask_storeu_ps(orow + 16, m1, acc[2 * r + 1]);
+    }
+}
+
+#define ROWS6(call)                                         \
+    do {                                                    \
+        int i = 0;                                          \
+        for (; i + 6 <= d->nq; i += 6) call(6);             \
+        switch (d->nq - i) {                                \
+        case 5: call(5); break;                             \
+        case 4: call(4); break;                             \
+        case 3: call(3); break;                             \
+        case 2: call(2); break;                             \
+        case 1: call(1); break;                             \
+        default: break;                                     \
+        }                                                   \
+    } while (0)
+
+typedef struct attb_job {
+    float *out;
+    const float *q, *k, *v;
+    int ldo, ldq, ldk, ldv;
+    attb_dims d;
+    float scale;
+    unsigned char *scratch;
+    size_t slot;
+} attb_job;
+
+B2_BF16 static void head_task(void *ctx, int h, int slot)
+{
+    const attb_job *j = ctx;
+    const attb_dims *d = &j->d;
+    uint16_t *qb = (uint16_t *)(void *)(j->scratch + (size_t)slot * j->slot);
+    uint16_t *kp = qb + (size_t)d->nq * d->hd2, *pb = kp + (size_t)d->hd2 * d->nk32;
+    uint16_t *vp = pb + (size_t)d->nq * d->nk2, *kb = vp + (size_t)d->nk2 * d->hd32;
+    uint16_t *r0 = kb + (size_t)d->nk * d->hd2, *r1 = r0 + d->hd32;
+    float *s = (float *)(void *)((unsigned char *)qb + (u16_count(d) * 2 + 63) / 64 * 64);
+    const float *qh = j->q + (size_t)h * d->hd, *kh = j->k + (size_t)h * d->hd, *vh = j->v + (size_t)h * d->hd;
+
+    for (int i = 0; i < d->nq; i++) row_bf16(qb + (size_t)i * d->hd2, qh + (size_t)i * j->ldq, d->hd, d->hd2);
+    /* kp: the key rows in bf16 (kb), their column pairs down kp's rows */
+    for (int r = 0; r < d->nk; r++) row_bf16(kb + (size_t)r * d->hd2, kh + (size_t)r * j->ldk, d->hd, d->hd2);
+    const int np = d->hd2 / 2;
+    for (int p = 0; p < np; p++) {
+        uint32_t *dst = (uint32_t *)(void *)kp + (size_t)p * d->nk32;
+        const uint32_t *src = (const uint32_t *)(const void *)kb + p;
+        for (int r = 0; r < d->nk; r++) dst[r] = src[(size_t)r * np];
+        for (int r = d->nk; r < d->nk32; r++) dst[r] = 0;
+    }
+    for (int c = 0; c < d->nk32; c += 32) {
+#define SCORE(rr) score_tile(s, qb, kp, d, i, c, j->scale, rr)
+        ROWS6(SCORE);
+#undef SCORE
+    }
+    const b2_simd *simd = b2__simd();
+    for (int i = 0; i < d->nq; i++) {
+        simd->softmax(s + (size_t)i * d->nk, d->nk);
+        row_bf16(pb + (size_t)i * d->nk2, s + (size_t)i * d->nk, d->nk, d->nk2);
+    }
+    /* vp: value rows 2p and 2p + 1 in bf16 (zero past hd, and past nk),
+     * interleaved: word i of 64 is word i / 2 of a (i even) or of b (odd),
+     * of the 32 words from c; lo: the first 32 of them, hi: the next */
+    __m512i lo, hi;
+    {
+        uint16_t il[32], ih[32];
+        for (int i = 0; i < 32; i++) {
+            il[i] = (uint16_t)((i / 2) | (i & 1) << 5);
+            ih[i] = (uint16_t)((16 + i / 2) | (i & 1) << 5);
+        }
+        lo = _mm512_loadu_si512(il);
+        hi = _mm512_loadu_si512(ih);
+    }
+    for (int p = 0; p < d->nk2 / 2; p++) {
+        memset(r0, 0, sizeof(uint16_t) * 2 * (size_t)d->hd32);
+        row_bf16(r0, vh + (size_t)(2 * p) * j->ldv, d->hd, d->hd2);
+        if (2 * p + 1 < d->nk) row_bf16(r1, vh + (size_t)(2 * p + 1) * j->ldv, d->hd, d->hd2);
+        uint16_t *dst = vp + (size_t)p * d->hd32 * 2;
+        for (int c = 0; c < d->hd32; c += 32) {
+            const __m512i a = _mm512_loadu_si512(r0 + c), b = _mm512_loadu_si512(r1 + c);
+            _mm512_storeu_si512(dst + 2 * c, _mm512_permutex2var_epi16(a, lo, b));
+            _mm512_storeu_si512(dst + 2 * c + 32, _mm512_permutex2var_epi16(a, hi, b));
+        }
+    }
+    float *oh = j->out + (size_t)h * d->hd;
+    for (int c = 0; c < d->hd32; c += 32) {
+#define OUT(rr) out_tile(oh, j->ldo, pb, vp, d, i, c, rr)
+        ROWS6(OUT);
+#undef OUT
+    }
+}
+
+static int has_bf16(void)
+{
+    static _Atomic int v; /* 0 unread, 1 yes, 2 no */
+    if (!v) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bf16")
+                ? 1
+                : 2;
+    }
+    return v == 1;
+}
+
+size_t b2__attention_bf16_scratch(int nq, int nk, int hd)
+{
+    if (!has_bf16()) return 0;
+    const attb_dims d = dims_of(nq, nk, hd);
+    return (size_t)b2__pool_size() * slot_bytes(&d);
+}
+
+int b2__attention_bf16(float *out, int ldo, const float *q, int ldq, const float *k, int ldk, const float *v,
+                       int ldv, int nq, int nk, int heads, int hd, float scale, void *scratch)
+{
+    if (!has_bf16() || nq <= 0 || nk <= 0 || hd <= 0) return -1;
+    attb_job j = {out, q, k, v, ldo, ldq, ldk, ldv, dims_of(nq, nk, hd), scale, scratch, 0};
+    j.slot = slot_bytes(&j.d);
+    b2__parallel_for(heads, head_task, &j);
+    return 0;
+}
+
+#else
+size_t b2__attention_bf16_scratch(int nq, int nk, int hd)
+{
+    (void)nq; (void)nk; (void)hd;
+    return 0;
+}
+
+int b2__attention_bf16(float *out, int ldo, const float *q, int ldq, const float *k, int ldk, const float *v,
+                       int ldv, int nq, int nk, int heads, int hd, float scale, void *scratch)
+{
+    (void)out; (void)ldo; (void)q; (void)ldq; (void)k; (void)ldk; (void)v; (void)ldv;
+    (void)nq; (void)nk; (void)heads; (void)hd; (void)scale; (void)scratch;
+    return -1;
+}
+#endif

@@ -456,11 +456,18 @@ B2_AVX2 static void gemm_nt(float *y, int ldy, const float *x, int ldx, const fl
  * sum), and each output element is the same sequence of FMAs from zero
  * over the keys in order, as gemm_nn's tile makes it (its final * 1.0f
  * changes no bits).  s holds (h1 - h0) rows of nk scores; hd <= KB. */
+#define ATT1_AHEAD 6 /* rows prefetched ahead: the group's columns of each */
 B2_AVX2 static void attend1(float *out, const float *q, const float *k, int ldk, const float *v, int ldv,
                             int nk, int h0, int h1, int hd, float scale, float *s)
 {
+    const size_t width = (size_t)(h1 - h0) * hd;
     for (int r = 0; r < nk; r += 2) {
         const int cc = nk - r >= 2 ? 2 : 1;
+        if (r + ATT1_AHEAD + 1 < nk) /* the group's columns of a pair of key rows further on */
+            for (size_t c = 0; c < width; c += 16) {
+                _mm_prefetch((const char *)(k + (size_t)(r + ATT1_AHEAD) * ldk + (size_t)h0 * hd + c), _MM_HINT_T0);
+                _mm_prefetch((const char *)(k + (size_t)(r + ATT1_AHEAD + 1) * ldk + (size_t)h0 * hd + c), _MM_HINT_T0);
+            }
         for (int h = h0; h < h1; h++) {
             const float *kh = k + (size_t)h * hd; /* gemm_nt's w: its alignment decides the lanes */
             int head = -1;
@@ -472,14 +479,14 @@ B2_AVX2 static void attend1(float *out, const float *q, const float *k, int ldk,
     }
     for (int h = h0; h < h1; h++) softmax(s + (size_t)(h - h0) * nk, nk);
     float *o = out + (size_t)h0 * hd;
-    const size_t width = (size_t)(h1 - h0) * hd;
     memset(o, 0, sizeof(float) * width);
     const int full = hd & ~7;
     const __m256i mt = tail_mask(hd - full);
     for (int p = 0; p < nk; p++) {
         const float *vp = v + (size_t)p * ldv + (size_t)h0 * hd;
-        if (p + 1 < nk)
-            for (size_t c = 0; c < width; c += 16) _mm_prefetch((const char *)(vp + ldv + c), _MM_HINT_T0);
+        if (p + ATT1_AHEAD < nk)
+            for (size_t c = 0; c < width; c += 16)
+                _mm_prefetch((const char *)(vp + (size_t)ATT1_AHEAD * ldv + c), _MM_HINT_T0);
         for (int h = 0; h < h1 - h0; h++) {
             const __m256 a = _mm256_broadcast_ss(s + (size_t)h * nk + p);
             float *oh = o + (size_t)h * hd;

@@ -70,70 +70,38 @@ B2_BF16 static void row_bf16(uint16_t *y, const float *x, int n, int to)
     for (i = n; i < to; i++) y[i] = 0;
 }
 
-/* rows [i, i + rr) of S (ld nk) = scale * qb kp over key columns [j, j + 32) */
+/* c (rr rows of ldc)[:, :min(ncols, 32)] = scale * a b: a's rows are pairs
+ * of the summed dimension (lda uint16_t apart), b's row p holds 32 output
+ * columns of pair p (ldb uint16_t apart); pairs pairs. */
 B2_BF16 static inline __attribute__((always_inline)) void
-score_tile(float *s, const uint16_t *qb, const uint16_t *kp, const attb_dims *d, int i, int j, float scale,
-           const int rr)
+dp_tile(float *c, int ldc, const uint16_t *a, int lda, const uint16_t *b, int ldb, int pairs, int ncols,
+        float scale, const int rr)
 {
     __m512 acc[12];
 #pragma GCC unroll 12
-    for (int a = 0; a < 12; a++) acc[a] = _mm512_setzero_ps();
-    const int pairs = d->hd2 / 2;
+    for (int x = 0; x < 12; x++) acc[x] = _mm512_setzero_ps();
     for (int p = 0; p < pairs; p++) {
-        const uint16_t *kr = kp + ((size_t)p * d->nk32 + j) * 2;
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(kr);
-        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(kr + 32);
+        const uint16_t *bp = b + (size_t)p * ldb;
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + 32);
 #pragma GCC unroll 6
         for (int r = 0; r < rr; r++) {
             uint32_t w;
-            memcpy(&w, qb + (size_t)(i + r) * d->hd2 + 2 * p, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w);
-            acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], a, b0);
-            acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], a, b1);
+            memcpy(&w, a + (size_t)r * lda + 2 * p, 4);
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)w);
+            acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], av, b0);
+            acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], av, b1);
         }
     }
     const __m512 sc = _mm512_set1_ps(scale);
-    const int n0 = d->nk - j, n1 = d->nk - j - 16;
-    const __mmask16 m0 = n0 >= 16 ? 0xffff : (__mmask16)((1u << n0) - 1);
+    const int n1 = ncols - 16;
+    const __mmask16 m0 = ncols >= 16 ? 0xffff : (__mmask16)((1u << ncols) - 1);
     const __mmask16 m1 = n1 >= 16 ? 0xffff : n1 <= 0 ? 0 : (__mmask16)((1u << n1) - 1);
 #pragma GCC unroll 6
     for (int r = 0; r < rr; r++) {
-        float *sr = s + (size_t)(i + r) * d->nk + j;
-        _mm512_mask_storeu_ps(sr, m0, _mm512_mul_ps(acc[2 * r], sc));
-        if (m1) _mm512_mask_storeu_ps(sr + 16, m1, _mm512_mul_ps(acc[2 * r + 1], sc));
-    }
-}
-
-/* rows [i, i + rr) of O (ldo) columns [c, c + 32) = pb vp */
-B2_BF16 static inline __attribute__((always_inline)) void
-out_tile(float *o, int ldo, const uint16_t *pb, const uint16_t *vp, const attb_dims *d, int i, int c,
-         const int rr)
-{
-    __m512 acc[12];
-#pragma GCC unroll 12
-    for (int a = 0; a < 12; a++) acc[a] = _mm512_setzero_ps();
-    const int pairs = d->nk2 / 2;
-    for (int p = 0; p < pairs; p++) {
-        const uint16_t *vr = vp + ((size_t)p * d->hd32 + c) * 2;
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(vr);
-        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(vr + 32);
-#pragma GCC unroll 6
-        for (int r = 0; r < rr; r++) {
-            uint32_t w;
-            memcpy(&w, pb + (size_t)(i + r) * d->nk2 + 2 * p, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)w);
-            acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], a, b0);
-            acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], a, b1);
-        }
-    }
-    const int n0 = d->hd - c, n1 = d->hd - c - 16;
-    const __mmask16 m0 = n0 >= 16 ? 0xffff : (__mmask16)((1u << n0) - 1);
-    const __mmask16 m1 = n1 >= 16 ? 0xffff : n1 <= 0 ? 0 : (__mmask16)((1u << n1) - 1);
-#pragma GCC unroll 6
-    for (int r = 0; r < rr; r++) {
-        float *orow = o + (size_t)(i + r) * ldo + c;
-        _mm512_mask_storeu_ps(orow, m0, acc[2 * r]);
-        if (m1) _mm512_mask_storeu_ps(orow + 16, m1, acc[2 * r + 1]);
+        float *cr = c + (size_t)r * ldc;
+        _mm512_mask_storeu_ps(cr, m0, _mm512_mul_ps(acc[2 * r], sc));
+        if (m1) _mm512_mask_storeu_ps(cr + 16, m1, _mm512_mul_ps(acc[2 * r + 1], sc));
     }
 }
 
@@ -182,8 +150,10 @@ B2_BF16 static void head_task(void *ctx, int h, int slot)
         for (int r = 0; r < d->nk; r++) dst[r] = src[(size_t)r * np];
         for (int r = d->nk; r < d->nk32; r++) dst[r] = 0;
     }
-    for (int c = 0; c < d->nk32; c += 32) {
-#define SCORE(rr) score_tile(s, qb, kp, d, i, c, j->scale, rr)
+    for (int c = 0; c < d->nk32; c += 32) { /* S = scale * qb kp */
+#define SCORE(rr)                                                                                              \
+    dp_tile(s + (size_t)i * d->nk + c, d->nk, qb + (size_t)i * d->hd2, d->hd2, kp + (size_t)c * 2, d->nk32 * 2, \
+            d->hd2 / 2, d->nk - c, j->scale, rr)
         ROWS6(SCORE);
 #undef SCORE
     }
@@ -217,8 +187,10 @@ B2_BF16 static void head_task(void *ctx, int h, int slot)
         }
     }
     float *oh = j->out + (size_t)h * d->hd;
-    for (int c = 0; c < d->hd32; c += 32) {
-#define OUT(rr) out_tile(oh, j->ldo, pb, vp, d, i, c, rr)
+    for (int c = 0; c < d->hd32; c += 32) { /* O_h = pb vp (* 1: no bits change) */
+#define OUT(rr)                                                                                                  \
+    dp_tile(oh + (size_t)i * j->ldo + c, j->ldo, pb + (size_t)i * d->nk2, d->nk2, vp + (size_t)c * 2, d->hd32 * 2, \
+            d->nk2 / 2, d->hd - c, 1.0f, rr)
         ROWS6(OUT);
 #undef OUT
     }

@@ -422,16 +422,23 @@ nt_tile(float *y, int ldy, const float *x, int ldx, const float *w, int ldw, int
                     first, beta, rr, 1);                                                       \
     } while (0)
 
+/* nt_tile's head for a block of kk columns of w (ldw apart): every row of
+ * w shares one alignment when ldw is a multiple of 8 (and KB is), so the
+ * columns before the 32-byte boundary are peeled; else -1 (unaligned
+ * loads).  The lanes each column lands in, and so the bits, follow it. */
+static inline int nt_head(const float *w, int ldw, int kk)
+{
+    int head = -1;
+    if ((ldw & 7) == 0 && ((uintptr_t)w & 3) == 0) head = (int)((32 - ((uintptr_t)w & 31)) & 31) / 4;
+    return head <= kk ? head : -1;
+}
+
 B2_AVX2 static void gemm_nt(float *y, int ldy, const float *x, int ldx, const float *w, int ldw,
                             int n, int m, int k, float alpha, float beta)
 {
-    /* every row of w shares one alignment when ldw is a multiple of 8 (and
-     * KB is): peel the columns before the 32-byte boundary */
-    int head0 = -1;
-    if ((ldw & 7) == 0 && ((uintptr_t)w & 3) == 0) head0 = (int)((32 - ((uintptr_t)w & 31)) & 31) / 4;
     for (int p0 = 0; p0 < k; p0 += KB) {
         const int kk = k - p0 < KB ? k - p0 : KB, first = p0 == 0;
-        const int head = head0 <= kk ? head0 : -1;
+        const int head = nt_head(w, ldw, kk);
         int i = 0;
         for (; i + 6 <= n; i += 6) NT_COLS(6);
         switch (n - i) {
@@ -470,11 +477,8 @@ B2_AVX2 static void attend1(float *out, const float *q, const float *k, int ldk,
             }
         for (int h = h0; h < h1; h++) {
             const float *kh = k + (size_t)h * hd; /* gemm_nt's w: its alignment decides the lanes */
-            int head = -1;
-            if ((ldk & 7) == 0 && ((uintptr_t)kh & 3) == 0) head = (int)((32 - ((uintptr_t)kh & 31)) & 31) / 4;
-            if (head > hd) head = -1;
-            nt_tile(s + (size_t)(h - h0) * nk + r, nk, q + (size_t)h * hd, 0, kh + (size_t)r * ldk, ldk, hd, head,
-                    scale, 1, 0.0f, 1, cc);
+            nt_tile(s + (size_t)(h - h0) * nk + r, nk, q + (size_t)h * hd, 0, kh + (size_t)r * ldk, ldk, hd,
+                    nt_head(kh, ldk, hd), scale, 1, 0.0f, 1, cc);
         }
     }
     for (int h = h0; h < h1; h++) softmax(s + (size_t)(h - h0) * nk, nk);

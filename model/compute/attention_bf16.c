@@ -23,6 +23,7 @@
  * Register tiles: 6 query rows by 32 output columns (12 accumulators).
  */
 #include "kernels.h"
+#include "matmul_dnnl.h"
 #include "pool.h"
 
 #include <stdint.h>
@@ -31,7 +32,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#define B2_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define B2_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 typedef struct attb_dims {
     int nq, nk, hd, hd2, nk2, nk32, hd32;
@@ -56,18 +57,11 @@ static size_t slot_bytes(const attb_dims *d)
     return (u16_count(d) * 2 + 63) / 64 * 64 + (size_t)d->nq * d->nk * sizeof(float);
 }
 
-/* n f32 (any n) as bf16, the tail up to the even length `to` zeroed */
-B2_BF16 static void row_bf16(uint16_t *y, const float *x, int n, int to)
+/* n f32 as bf16 (b2__f32_to_bf16), then zeros up to the length `to` */
+static void row_bf16(uint16_t *y, const float *x, int n, int to)
 {
-    int i = 0;
-    for (; i + 32 <= n; i += 32)
-        _mm512_storeu_si512(y + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
-    for (; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-        const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
-        _mm256_mask_storeu_epi16(y + i, m, h);
-    }
-    for (i = n; i < to; i++) y[i] = 0;
+    b2__f32_to_bf16(y, x, (size_t)n);
+    for (int i = n; i < to; i++) y[i] = 0;
 }
 
 /* c (rr rows of ldc)[:, :min(ncols, 32)] = scale * a b: a's rows are pairs
@@ -196,22 +190,9 @@ B2_BF16 static void head_task(void *ctx, int h, int slot)
     }
 }
 
-static int has_bf16(void)
-{
-    static _Atomic int v; /* 0 unread, 1 yes, 2 no */
-    if (!v) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bf16")
-                ? 1
-                : 2;
-    }
-    return v == 1;
-}
-
 size_t b2__attention_bf16_scratch(int nq, int nk, int hd)
 {
-    if (!has_bf16()) return 0;
+    if (!b2__cpu_bf16()) return 0;
     const attb_dims d = dims_of(nq, nk, hd);
     return (size_t)b2__pool_size() * slot_bytes(&d);
 }
@@ -219,7 +200,7 @@ size_t b2__attention_bf16_scratch(int nq, int nk, int hd)
 int b2__attention_bf16(float *out, int ldo, const float *q, int ldq, const float *k, int ldk, const float *v,
                        int ldv, int nq, int nk, int heads, int hd, float scale, void *scratch)
 {
-    if (!has_bf16() || nq <= 0 || nk <= 0 || hd <= 0) return -1;
+    if (!b2__cpu_bf16() || nq <= 0 || nk <= 0 || hd <= 0) return -1;
     attb_job j = {out, q, k, v, ldo, ldq, ldk, ldv, dims_of(nq, nk, hd), scale, scratch, 0};
     j.slot = slot_bytes(&j.d);
     b2__parallel_for(heads, head_task, &j);

@@ -131,8 +131,6 @@ static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
  * copied into the tiles, f16/q8_0/q4_0 widened); f32 is used in place */
 static int tiled(b2_wtype wt) { return wt != B2_WT_F32; }
 
-/* 1 where b2__wrows_to_bf16(_blocked) widen in one step (AVX512-BW, AVX512-BF16) */
-static int direct_bf16(void);
 
 /* nb if md is oneDNN's blocked bf16 layout for (k, cols) weights that
  * b2__wrows_to_bf16_blocked writes (BA16a<nb>b2a, nothing padded), else 0 */
@@ -246,7 +244,7 @@ static void create(b2_dnnl_mm *p)
     } else {
         p->tile = p->m;
     }
-    const int conv = p->prec == B2_PREC_BF16 && tiled(p->wt) && direct_bf16();
+    const int conv = p->prec == B2_PREC_BF16 && tiled(p->wt) && b2__cpu_bf16();
     create_one(p, p->tile, &p->prim, &p->wei, &p->dst, &p->bmd, &p->scratch_bytes, p->impl, conv ? &p->nb : NULL);
     const int rest = p->m % p->tile;
     if (p->prim && rest) {
@@ -398,16 +396,22 @@ static void to_bf16_avx512(uint16_t *y, const float *x, size_t n)
 }
 #endif
 
+void b2__f32_to_bf16(uint16_t *y, const float *x, size_t n)
+{
+#if defined(__x86_64__)
+    if (b2__cpu_bf16()) {
+        to_bf16_avx512(y, x, n);
+        return;
+    }
+#endif
+    to_bf16_c(y, x, n);
+}
+
 static void to_bf16_rows(uint16_t *y, const float *x, int n, int k, int ldx)
 {
-    void (*fn)(uint16_t *, const float *, size_t) = to_bf16_c;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512bf16")) fn = to_bf16_avx512;
-#endif
-    if (ldx == k) fn(y, x, (size_t)n * k);
+    if (ldx == k) b2__f32_to_bf16(y, x, (size_t)n * k);
     else
-        for (int i = 0; i < n; i++) fn(y + (size_t)i * k, x + (size_t)i * ldx, (size_t)k);
+        for (int i = 0; i < n; i++) b2__f32_to_bf16(y + (size_t)i * k, x + (size_t)i * ldx, (size_t)k);
 }
 
 /* One execution: y (n, ldy)[:, :cols] = xs @ W^T (+ b) on `prim`. */
@@ -566,7 +570,7 @@ B2_TO_BLOCKED(bf16_to_blocked, _mm512_loadu_si512, 64)
 #undef B2_TO_BLOCKED
 #undef DIRECT_TARGET
 
-static int direct_bf16(void)
+int b2__cpu_bf16(void)
 {
     static _Atomic int v; /* 0 unread, 1 yes, 2 no */
     if (!v) {
@@ -576,7 +580,7 @@ static int direct_bf16(void)
     return v == 1;
 }
 #else
-static int direct_bf16(void) { return 0; }
+int b2__cpu_bf16(void) { return 0; }
 #endif
 
 int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k)
@@ -584,7 +588,7 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
 #if defined(__x86_64__)
     const size_t n = (size_t)nrows * k;
     const unsigned char *src = (const unsigned char *)w + (size_t)row0 * b2__wt_row_bytes(wt, k);
-    if (k % 32 == 0 && direct_bf16()) {
+    if (k % 32 == 0 && b2__cpu_bf16()) {
         if (wt == B2_WT_Q8_0) { q8_to_bf16(dst, src, n); return 0; }
         if (wt == B2_WT_Q4_0) { q4_to_bf16(dst, src, n); return 0; }
         if (wt == B2_WT_F16) { f16_to_bf16(dst, src, n); return 0; }
@@ -600,7 +604,7 @@ int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row
 {
     if ((nb != 16 && nb != 32 && nb != 64) || nrows % nb || k % 32 || !tiled(wt)) return -1;
 #if defined(__x86_64__)
-    if (!direct_bf16()) return -1;
+    if (!b2__cpu_bf16()) return -1;
     const size_t rb = b2__wt_row_bytes(wt, k);
     const unsigned char *src = (const unsigned char *)w + (size_t)row0 * rb;
     (wt == B2_WT_Q8_0 ? q8_to_blocked : wt == B2_WT_Q4_0 ? q4_to_blocked : wt == B2_WT_BF16 ? bf16_to_blocked : f16_to_blocked)(dst, src, rb, nrows, k, nb);

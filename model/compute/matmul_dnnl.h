@@ -56,6 +56,16 @@ typedef struct b2_qweights {
  * its row buffers. */
 int b2__quantize_s8(int8_t *q, float *scale, int32_t *sum, const void *w, b2_wtype wt, int m, int k);
 
+/* 1 where the CPU has AVX512-BW and AVX512-BF16: the one-step widenings
+ * below, b2__f32_to_bf16's vector path and the bf16 attention
+ * (kernels.h) run there; decided once. */
+int b2__cpu_bf16(void);
+
+/* y = the n f32 values of x as bf16, rounded to nearest even (NaN stays a
+ * NaN, quietened); vcvtneps2bf16 where b2__cpu_bf16, the same bits in C
+ * elsewhere. */
+void b2__f32_to_bf16(uint16_t *y, const float *x, size_t n);
+
 /* Rows [row0, row0 + nrows) of W (k values each, type wt) as bf16 into dst
  * (nrows, k) in one step, with the same bits as widening them to f32
  * (b2__wrows_to_f32) and rounding to nearest even: q8_0, q4_0 and f16

@@ -21,6 +21,7 @@
  *   unpadded_rows           a padded batch's prompts without their padding
  *   golden_int8_flags       GOLDEN_INT8_VISION=1: the file packed with the
  *                           int8 vision weights (blip2_convert_opt's flags)
+ *   golden_gguf_remove      a temporary GGUF and the tuner's cache beside it
  */
 #ifndef BLIP2_GOLDEN_UTIL_H
 #define BLIP2_GOLDEN_UTIL_H
@@ -34,12 +35,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define TOL_STAGE 1e-4
 #define TOL_LOGITS 5e-4
 
 __attribute__((unused)) static const char *gdir; /* the golden folder ($GOLDEN_DIR) */
 __attribute__((unused)) static int loose; /* rounded weights: logit cosine asserted, ids reported */
+
+/* Removes a test's temporary GGUF (a loaded model's mapping of it stays
+ * valid) and the decode-kernel tuner's "<file>.kernels" beside it. */
+__attribute__((unused)) static void golden_gguf_remove(const char *gguf)
+{
+    char kc[4096 + 16];
+    snprintf(kc, sizeof kc, "%s.kernels", gguf);
+    unlink(gguf);
+    unlink(kc);
+}
 
 __attribute__((unused)) static unsigned golden_int8_flags(void)
 {

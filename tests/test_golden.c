@@ -163,12 +163,7 @@ int main(int argc, char **argv)
          * would otherwise compute in bf16 where the CPU has it) */
         blip2_load_opts lo = {.precision = gprec ? gprec : loose ? NULL : "f32"};
         int lrc = blip2_model_load(&m, path, &lo, &err);
-        if (gguf[0]) { /* the mapping stays valid; the tuner's cache beside it goes too */
-            char kc[1100];
-            snprintf(kc, sizeof kc, "%s.kernels", gguf);
-            unlink(gguf);
-            unlink(kc);
-        }
+        if (gguf[0]) golden_gguf_remove(gguf);
         if (!ok(lrc == 0, "load %s", path)) { diag("%s", err.text); continue; }
         diag("%s: math %s", models[mi], blip2_model_math(m));
         /* a math other than f32: cosines asserted; fallen back to f32 on

@@ -500,12 +500,7 @@ int main(int argc, char **argv)
     /* the same numbers are checked in f32 math unless asked otherwise */
     blip2_load_opts lo = {.precision = gprec ? gprec : loose ? NULL : "f32"};
     int lrc = blip2_model_load(&m, path, &lo, &err);
-    if (gguf[0]) { /* the mapping stays valid; the tuner's cache beside it goes too */
-        char kc[1100];
-        snprintf(kc, sizeof kc, "%s.kernels", gguf);
-        unlink(gguf);
-        unlink(kc);
-    }
+    if (gguf[0]) golden_gguf_remove(gguf);
     if (ok(lrc == 0, "load %s", path)) {
         diag("t5-tiny: math %s", blip2_model_math(m));
         if (gexpect)

@@ -433,6 +433,17 @@ static void test_attention_bf16(void)
                 }
             }
         const double cosv = dot / sqrt(n1 * n2);
+        if (si == 0) { /* nothing to attend: refused, nothing written */
+            const size_t nb = sizeof(float) * (size_t)nq * (D + 3);
+            float *before = malloc(nb);
+            memcpy(before, out, nb);
+            ok(b2__attention_bf16(out, D + 3, q, ld, kk, ld, v, ld, nq, 0, H, hd, scale, sc) == -1 &&
+                   b2__attention_bf16(out, D + 3, q, ld, kk, ld, v, ld, 0, nk, H, hd, scale, sc) == -1 &&
+                   b2__attention_bf16(out, D + 3, q, ld, kk, ld, v, ld, nq, nk, H, 0, scale, sc) == -1 &&
+                   !memcmp(before, out, nb),
+               "attention in bf16: no keys, no queries or empty heads give -1 and write nothing");
+            free(before);
+        }
         ok(worst <= 1 && cosv >= 0.9999,
            "attention in bf16, %d queries x %d keys, %d heads of %d: against the same bf16 operands in "
            "double max abs error %.2e, %.2f of its bound; cosine %.6f to the f32 attention (>= 0.9999)",

@@ -37,8 +37,9 @@ int b2__vision_forward(const blip2_model *m, const float *px, int n, float *out,
     float *ff = malloc(sizeof(float) * rows * (size_t)F);
     /* attention in bf16 where the layers' products are (bf16 math; int8
      * math's qkv), and the CPU has AVX512-BF16 */
-    const int att16 = c->v_layers > 0 && m->vl[0].qkv.prec == B2_PREC_BF16 && b2__attention_bf16_scratch(T, T, hd) > 0;
-    const size_t sc_bytes = att16 ? b2__attention_bf16_scratch(T, T, hd) : sizeof(float) * b2__attention_scratch(T, T, hd);
+    const size_t sc16 = c->v_layers > 0 && m->vl[0].qkv.prec == B2_PREC_BF16 ? b2__attention_bf16_scratch(T, T, hd) : 0;
+    const int att16 = sc16 > 0;
+    const size_t sc_bytes = att16 ? sc16 : sizeof(float) * b2__attention_scratch(T, T, hd);
     void *sc = aligned_alloc(64, (sc_bytes + 63) / 64 * 64);
     int rc = 0;
     if (!patches || !h || !x || !qkv || !att || !ff || !sc) {

@@ -15,6 +15,8 @@
 # One log per process; the run fails if a test fails or if a log shows an
 # error (invalid read/write, uninitialised value, definite leak).
 # tests/valgrind.supp holds third-party noise only, each entry explained.
+# libvips gets its modules but those linking libhwy (VIPSHOME), and the f32
+# products run off oneDNN (BLIP2_MATMUL=own): both below.
 # Environment: VG_DIR (default: a new temporary directory, removed at the
 # end unless VG_KEEP=1); VG_TESTS overrides the list of tests; the copy is
 # the last commit (git archive HEAD), SAN_WORKTREE=1: the work tree;
@@ -31,6 +33,9 @@ command -v valgrind >/dev/null 2>&1 || { echo "# valgrind not installed"; echo "
 
 mkdir -p "$dir/src" "$dir/reports" "$dir/wrap" || { echo "0 passed, 1 failed"; exit 1; }
 rm -f "$dir"/reports/*
+# tests/test_blip2ctl.sh runs blip2ctl as another user too: its log must be
+# writable to every user (sticky, as /tmp)
+chmod 1777 "$dir/reports"
 copy_tree "$dir/src" || exit 1
 
 cd "$dir/src" || exit 1

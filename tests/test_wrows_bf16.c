@@ -14,7 +14,9 @@
  * product on the same bf16 values given as rows (relative difference
  * <= 1e-6; the same kernel, so 0 on AVX512-BF16 CPUs as measured), and
  * that product (bf16 rows copied into the tiles) is within (k + 1) 2^-24
- * sum |x w| of one in double.  One backend choice per weight.
+ * sum |x w| of one in double.  257 rows of x with a row stride (rounded
+ * to bf16 over the pool) give the bits of the same rows packed.  One
+ * backend choice per weight.
  * Skipped where the CPU has no AVX512-BF16
  * (the function then declines: checked too).
  */
@@ -224,6 +226,28 @@ int main(void)
                "(k + 1) 2^-24 sum |x w| (worst %.2g of it)", n, k, m, k, over);
         }
         free(w); free(wb); free(x); free(y); free(yr); free(bias);
+    }
+    /* x with a row stride (ldx > k) and enough values to be rounded over
+     * the pool: the same bits as the same rows given densely */
+    {
+        const int n = 257, k = 1408, m = 192, ldx = k + 40;
+        uint16_t *w = malloc(sizeof(uint16_t) * (size_t)m * k);
+        float *xs = malloc(sizeof(float) * (size_t)n * ldx), *xd = malloc(sizeof(float) * (size_t)n * k),
+              *ys = malloc(sizeof(float) * (size_t)n * m), *yd = malloc(sizeof(float) * (size_t)n * m);
+        if (!w || !xs || !xd || !ys || !yd) return 1;
+        for (size_t i = 0; i < (size_t)m * k; i++) w[i] = (uint16_t)(0x3c00 + next() % 0x0400) ^ (uint16_t)(next() & 0x8000);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < ldx; c++) {
+                const float v = (float)((int)(next() % 20001) - 10000) / 7777.0f;
+                xs[(size_t)i * ldx + c] = c < k ? v : NAN; /* the gap is never read */
+                if (c < k) xd[(size_t)i * k + c] = v;
+            }
+        b2_dnnl_mm *ps = b2__dnnl_mm(n, m, k, ldx, m, B2_WT_BF16, B2_PREC_BF16, 0),
+                   *pd = b2__dnnl_mm(n, m, k, k, m, B2_WT_BF16, B2_PREC_BF16, 0);
+        const int rc = !ps || !pd || b2__dnnl_mm_run(ps, ys, xs, w, NULL) || b2__dnnl_mm_run(pd, yd, xd, w, NULL);
+        ok(rc == 0 && !memcmp(ys, yd, sizeof(float) * (size_t)n * m),
+           "bf16: %d rows of x %d floats apart (rounded over the pool) give the bits of the same rows packed", n, ldx);
+        free(w); free(xs); free(xd); free(ys); free(yd);
     }
     /* one choice of backend per weight, whatever the row count */
     b2_dnnl_mm *a = b2__dnnl_mm(40, 256, 64, 64, 256, B2_WT_Q8_0, B2_PREC_BF16, 0),

@@ -132,7 +132,6 @@ static dnnl_data_type_t wei_dt(const b2_dnnl_mm *p)
  * copied into the tiles, f16/q8_0/q4_0 widened); f32 is used in place */
 static int tiled(b2_wtype wt) { return wt != B2_WT_F32; }
 
-
 /* nb if md is oneDNN's blocked bf16 layout for (k, cols) weights that
  * b2__wrows_to_bf16_blocked writes (BA16a<nb>b2a, nothing padded), else 0 */
 static int blocked_nb(const dnnl_memory_desc_t *md, int k, int cols)

@@ -77,7 +77,6 @@ typedef struct ctl {
     size_t n_outputs;
     const char *type;   /* convert --type */
     bool int8_vision;   /* convert --int8-vision */
-    bool blocked_vision; /* convert --blocked-vision */
     const char *include[MAX_GLOBS], *exclude[MAX_GLOBS];
     size_t n_include, n_exclude;
     int argc;           /* the command line, for the resume hint */
@@ -137,7 +136,6 @@ static void print_help(void)
 "       " PROG " [OPTION]... features [IMAGE] [--text TEXT] [--output NAME]...\n"
 "       " PROG " [OPTION]... features -r|--files-from FILE|--out-dir DIR [IMAGE|DIR]...\n"
 "       " PROG " convert SRC OUT.gguf [--type TYPE] [--int8-vision]\n"
-"              [--blocked-vision]\n"
 "       " PROG " enqueue --queue URL [OPTION]... [-r] [--files-from FILE] [IMAGE|DIR]...\n"
 "       " PROG " results --queue URL [-o FILE] [--follow]\n"
 "       " PROG " queue-status --queue URL [--json]\n"
@@ -197,10 +195,6 @@ static void print_help(void)
 "                                and MLP quantised for int8 math, used in place and\n"
 "                                shared by every daemon instead of a private copy\n"
 "                                each (~720 MiB for blip2-opt-2.7b)\n"
-"      --blocked-vision          convert: also store the vision encoder's matrices\n"
-"                                as bf16 in oneDNN's blocked layout, read in place\n"
-"                                by bf16 math instead of re-laid out per image\n"
-"                                (~2 GiB more file for blip2-opt-2.7b)\n"
 "\n"
 "Output and connection:\n"
 "      --json                    JSON Lines: one object per result (and per error)\n"
@@ -260,7 +254,7 @@ static void print_help(void)
 enum {
     O_NOSTREAM = B2CLI_O_NEXT, O_JSON, O_TIMEOUT,
     O_JSONL, O_HIDDEN, O_FILES_FROM, O_RESUME, O_NO_PROGRESS,
-    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INT8_VISION, O_BLOCKED_VISION, O_INCLUDE, O_EXCLUDE
+    O_TEXT, O_OUTPUT, O_OUT, O_OUT_DIR, O_TYPE, O_INT8_VISION, O_INCLUDE, O_EXCLUDE
 };
 
 static const struct option long_options[] = {
@@ -284,7 +278,6 @@ static const struct option long_options[] = {
     { "out-dir", required_argument, NULL, O_OUT_DIR },
     { "type", required_argument, NULL, O_TYPE },
     { "int8-vision", no_argument, NULL, O_INT8_VISION },
-    { "blocked-vision", no_argument, NULL, O_BLOCKED_VISION },
     { "include", required_argument, NULL, O_INCLUDE },
     { "exclude", required_argument, NULL, O_EXCLUDE },
     { "socket", required_argument, NULL, 's' },
@@ -335,7 +328,6 @@ static void parse_args(ctl *x, int argc, char **argv)
         case 's': x->socket = optarg; break;
         case O_TYPE: x->type = optarg; break;
         case O_INT8_VISION: x->int8_vision = true; break;
-        case O_BLOCKED_VISION: x->blocked_vision = true; break;
         case O_INCLUDE:
         case O_EXCLUDE: {
             const char **l = ch == O_INCLUDE ? x->include : x->exclude;
@@ -1274,10 +1266,9 @@ static int run_tool(const char *tool, const char *env_name, char *const av[])
 static int cmd_convert(ctl *x, const char *src, const char *out)
 {
     const char *type = x->type ? x->type : "f16";
-    char *av[9] = {(char *)PROG " convert", (char *)"--type", (char *)type};
+    char *av[8] = {(char *)PROG " convert", (char *)"--type", (char *)type};
     int n = 3;
     if (x->int8_vision) av[n++] = (char *)"--int8-vision";
-    if (x->blocked_vision) av[n++] = (char *)"--blocked-vision";
     av[n++] = (char *)"--";
     av[n++] = (char *)src;
     av[n++] = (char *)out;

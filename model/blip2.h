@@ -128,8 +128,6 @@ typedef struct blip2_convert_stats {
     int n_q4_0;
     int n_int8;             /* matrices with int8 copies (BLIP2_CONVERT_INT8_VISION):
                              * 3 more tensors each, counted in tensors only */
-    int n_blocked;          /* matrices with blocked bf16 copies
-                             * (BLIP2_CONVERT_BLOCKED_VISION): 1 more tensor each */
     uint64_t bytes;         /* size of the file */
     double seconds;
 } blip2_convert_stats;
@@ -158,15 +156,6 @@ int blip2_convert(const char *src, const char *out, const char *type, blip2_conv
  * instead of a private copy per process (~720 MiB for blip2-opt-2.7b);
  * about a quarter more file (docs/gguf.md "Math"). */
 #define BLIP2_CONVERT_INT8_VISION 1u
-/* BLIP2_CONVERT_BLOCKED_VISION: the file also carries, for each vision
- * layer's qkv, attention output projection and MLP matrix whose rows are a
- * multiple of 64 and columns of 32 (blip2-opt-2.7b: all of them), its
- * weight as bf16 in oneDNN's blocked layout, so that bf16 math reads it
- * in place from the shared mapping instead of re-laying it out on every
- * image (about a tenth of the vision encoder's time); the same bits.
- * About 2 GiB more file for blip2-opt-2.7b; refused with type "f32"
- * (docs/gguf.md "Math"). */
-#define BLIP2_CONVERT_BLOCKED_VISION 2u
 
 /* blip2_convert with flags (0: blip2_convert); unknown flags: BLIP2_EINVAL. */
 int blip2_convert_opt(const char *src, const char *out, const char *type, unsigned flags, blip2_convert_cb cb,

@@ -10,10 +10,6 @@
  * followed by its int8 copy (packed.h): b2__quantize_s8 of the rows just
  * written, the loader's own quantisation of the same stored bytes, so the
  * copy in the file and one made at load are the same bits.
- * With BLIP2_CONVERT_BLOCKED_VISION each vision matrix b2__blocked_layer
- * takes is followed by its blocked bf16 copy (packed.h): the rows just
- * written, widened to f32 and rounded to bf16 as bf16 math's tiles are,
- * laid out by b2__bf16_rows_blocked.
  *
  * The metadata keys come from packed.c; the folder's tensors are opened by
  * weights.c.
@@ -106,19 +102,12 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
     int8_t *q8 = NULL;       /* an int8 copy being written: (out, in) */
     float *q8s = NULL;       /* its scales (out) */
     int32_t *q8sum = NULL;   /* its row sums (out) */
-    int *bl = NULL;          /* per list entry: its b2__blocked_layer index, or -1 */
-    uint16_t *brows = NULL, *bblk = NULL; /* a blocked copy being written: bf16 rows, then blocked */
     const int int8 = (flags & BLIP2_CONVERT_INT8_VISION) != 0;
-    const int blocked = (flags & BLIP2_CONVERT_BLOCKED_VISION) != 0;
     tmp[0] = 0;
     if (stats) memset(stats, 0, sizeof *stats);
     if (!src || !out) return b2__err(err, BLIP2_EINVAL, "convert: no source or output given");
-    if (flags & ~(BLIP2_CONVERT_INT8_VISION | BLIP2_CONVERT_BLOCKED_VISION))
-        return b2__err(err, BLIP2_EINVAL, "convert: unknown flags %#x", flags);
+    if (flags & ~BLIP2_CONVERT_INT8_VISION) return b2__err(err, BLIP2_EINVAL, "convert: unknown flags %#x", flags);
     if ((rc = b2__wtype_parse(type, &want, err)) < 0) return rc;
-    if (blocked && want == B2_WT_F32)
-        return b2__err(err, BLIP2_EINVAL, "convert: --blocked-vision is for bf16 math, which an f32 file does not "
-                       "use: choose a reduced type");
     struct stat st;
     if (stat(src, &st) != 0 || !S_ISDIR(st.st_mode))
         return b2__err(err, BLIP2_EIO, "%s: not a Hugging Face model folder", src);
@@ -145,20 +134,17 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
     b2__gguf_w_u32(w, "general.quantization_version", 2);
     if ((rc = b2__packed_write_meta(w, m, src, err)) < 0) goto fail;
     if (int8) b2__gguf_w_u32(w, B2_INT8_KEY, B2_INT8_SCHEME);
-    if (blocked) b2__gguf_w_u32(w, B2_BLOCKED_KEY, B2_BLOCKED_SCHEME);
 
     /* every float tensor of every file, except a tied lm_head and T5's
      * copies of shared (encoder/decoder.embed_tokens, never read) */
     int total = 0, n = 0;
     for (int i = 0; i < m->n_files; i++) total += b2__st_count(m->files[i]);
-    if (!(list = calloc((size_t)total + 1, sizeof *list)) || !(i8 = calloc((size_t)total + 1, sizeof *i8)) ||
-        !(bl = calloc((size_t)total + 1, sizeof *bl))) {
+    if (!(list = calloc((size_t)total + 1, sizeof *list)) || !(i8 = calloc((size_t)total + 1, sizeof *i8))) {
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
         goto fail;
     }
     size_t max_row = 1, max_bytes = 1, max_q8 = 0, max_q8_bytes = 0;
-    size_t max_blocked = 0;
-    int n_int8 = 0, n_blocked = 0;
+    int n_int8 = 0;
     for (int i = 0; i < m->n_files; i++)
         for (int j = 0; j < b2__st_count(m->files[i]); j++) {
             const b2_tensor *t = b2__st_at(m->files[i], j);
@@ -191,19 +177,6 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
                 if ((size_t)(b2__tensor_numel(t) / ne[0]) > max_q8) max_q8 = (size_t)(b2__tensor_numel(t) / ne[0]);
                 if ((size_t)b2__tensor_numel(t) > max_q8_bytes) max_q8_bytes = (size_t)b2__tensor_numel(t);
                 n_int8++;
-            }
-            bl[n] = blocked ? b2__blocked_find(&m->cfg, t->name) : -1;
-            if (bl[n] >= 0) {
-                char name[256];
-                snprintf(name, sizeof name, "%.*s%s", (int)strlen(t->name) - 7, t->name, B2_BLOCKED_SUFFIX);
-                const int64_t neb[2] = {(int64_t)B2_BLOCKED_NB * ne[0], ne[1] / B2_BLOCKED_NB};
-                if (t->ndim != 2 || b2__gguf_w_tensor(w, name, B2_WT_BF16, 2, neb) < 0) {
-                    rc = b2__err(err, BLIP2_EFORMAT, "%s: the blocked copy of '%s' cannot be stored",
-                                 b2__st_path(m->files[i]), t->name);
-                    goto fail;
-                }
-                if ((size_t)b2__tensor_numel(t) > max_blocked) max_blocked = (size_t)b2__tensor_numel(t);
-                n_blocked++;
             }
             list[n++] = t;
             if (stats) {
@@ -243,11 +216,6 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
         rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
         goto fail;
     }
-    if (n_blocked && (!(brows = malloc(sizeof(uint16_t) * max_blocked)) ||
-                      !(bblk = malloc(sizeof(uint16_t) * max_blocked)))) {
-        rc = b2__err(err, BLIP2_ENOMEM, "out of memory");
-        goto fail;
-    }
     for (int i = 0, idx = 0; i < n; i++) {
         const b2_tensor *t = list[i];
         if (cb && cb(ud, i, n, t->name, (uint64_t)ftello(f), fsize)) {
@@ -277,17 +245,6 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
                 (rc = b2__gguf_w_write_data(w, f, idx++, q8sum, err)) < 0)
                 goto fail;
         }
-        if (bl[i] >= 0) { /* its blocked copy, from the rows as stored */
-            for (size_t r = 0; r < rows; r++) {
-                b2__wrows_to_f32(row, obuf, tt, (int)r, 1, k);
-                b2__f32_to_bf16(brows + r * k, row, (size_t)k);
-            }
-            if (b2__bf16_rows_blocked(bblk, brows, (int)rows, k, B2_BLOCKED_NB) < 0) {
-                rc = b2__err(err, BLIP2_EFORMAT, "%s: '%s' does not take the blocked layout", src, t->name);
-                goto fail;
-            }
-            if ((rc = b2__gguf_w_write_data(w, f, idx++, bblk, err)) < 0) goto fail;
-        }
     }
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
         rc = b2__err(err, BLIP2_EIO, "%s: %s", tmp, strerror(errno));
@@ -303,9 +260,8 @@ int blip2_convert_opt(const char *src, const char *out, const char *type, unsign
     tmp[0] = 0;
     if (cb) cb(ud, n, n, NULL, fsize, fsize);
     if (stats) {
-        stats->tensors = n + 3 * n_int8 + n_blocked;
+        stats->tensors = n + 3 * n_int8;
         stats->n_int8 = n_int8;
-        stats->n_blocked = n_blocked;
         stats->bytes = fsize;
         stats->seconds = now_s() - t0;
     }
@@ -321,9 +277,6 @@ fail:
     free(q8);
     free(q8s);
     free(q8sum);
-    free(bl);
-    free(brows);
-    free(bblk);
     b2__gguf_w_free(w);
     blip2_model_free(m);
     return rc;

@@ -65,7 +65,7 @@ static int progress_cb(void *ud, int i, int n, const char *name, uint64_t bytes,
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: %s [--type TYPE] [--int8-vision] [--blocked-vision] SRC OUT.gguf\n"
+            "Usage: %s [--type TYPE] [--int8-vision] SRC OUT.gguf\n"
             "Pack the Hugging Face BLIP-2 folder SRC (OPT or Flan-T5) into one GGUF file.\n"
             "  -t, --type TYPE   the big matrices' type: f32, f16, bf16, q8_0 or q4_0 [f16]\n"
             "      --int8-vision also store the vision encoder's projection and MLP\n"
@@ -73,10 +73,6 @@ static void usage(FILE *f)
             "                    place, shared by every process, instead of a private\n"
             "                    copy each (~720 MiB for blip2-opt-2.7b); loading such\n"
             "                    a file picks int8 math for them where the CPU has VNNI\n"
-            "      --blocked-vision also store the vision encoder's matrices as bf16 in\n"
-            "                    oneDNN's blocked layout, read in place by bf16 math\n"
-            "                    instead of re-laid out per image (~2 GiB more file for\n"
-            "                    blip2-opt-2.7b; not with --type f32)\n"
             "  -h, --help        this text\n"
             "  -V, --version     version\n",
             prog);
@@ -97,7 +93,6 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"type", required_argument, NULL, 't'},
         {"int8-vision", no_argument, NULL, 'I'},
-        {"blocked-vision", no_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -109,7 +104,6 @@ int main(int argc, char **argv)
         switch (c) {
         case 't': type = optarg; break;
         case 'I': flags |= BLIP2_CONVERT_INT8_VISION; break;
-        case 'B': flags |= BLIP2_CONVERT_BLOCKED_VISION; break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': printf("blip2-convert %s\n", PACKAGE_VERSION); return EXIT_OK;
         default: fprintf(stderr, "Try '%s --help' for more information.\n", prog); return EXIT_USAGE;
@@ -147,9 +141,6 @@ int main(int argc, char **argv)
     if (st.n_int8)
         printf("%s: int8 vision weights: %d matrices, each as s8 + f32 scales + i32 row sums (%d tensors "
                "of the %d)\n", out, st.n_int8, 3 * st.n_int8, st.tensors);
-    if (st.n_blocked)
-        printf("%s: blocked vision weights: %d matrices as bf16 in oneDNN's 64-row blocks (%d tensors of the "
-               "%d)\n", out, st.n_blocked, st.n_blocked, st.tensors);
     fflush(stdout);
     const int nq = !strcmp(type, "q8_0") ? st.n_q8_0 : !strcmp(type, "q4_0") ? st.n_q4_0 : -1;
     if (nq >= 0 && st.n_f16 > 0)

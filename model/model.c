@@ -362,64 +362,20 @@ static b2_linear **enc_linears(blip2_model *m, int *n)
     return v;
 }
 
-/* Whether the GGUF file carries the copies that key announces (a u32
- * scheme number, packed.h): *has 1 if so; a key of another type or
- * scheme is BLIP2_EFORMAT. */
-static int copies_key(const blip2_model *m, const char *key, int64_t scheme, const char *what, int *has,
-                      blip2_error *err)
-{
-    *has = 0;
-    if (!b2__gguf_find_kv(m->gguf, key)) return 0;
-    int64_t v;
-    int rc = b2__gguf_get_int(m->gguf, key, &v, err);
-    if (rc < 0) return rc;
-    if (v != scheme)
-        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' is %lld: %s of an unknown scheme (%lld is known)",
-                       b2__gguf_name(m->gguf), key, (long long)v, what, (long long)scheme);
-    *has = 1;
-    return 0;
-}
-
-/* Sets m->int8_file (B2_INT8_KEY). */
+/* Whether the GGUF file says it carries the int8 copies (B2_INT8_KEY,
+ * packed.h): sets m->int8_file; a key of another type or scheme is
+ * BLIP2_EFORMAT. */
 static int int8_key(blip2_model *m, blip2_error *err)
 {
-    return copies_key(m, B2_INT8_KEY, B2_INT8_SCHEME, "int8 weights", &m->int8_file, err);
-}
-
-/* The blocked bf16 copies of the vision matrices (packed.h,
- * B2_BLOCKED_KEY), bound in place into b2_linear.wb when the file says
- * it carries them: checked at every load, whatever the math (a file that
- * says it has them must have each one b2__blocked_layer takes, with its
- * type and shape); only bf16 math reads them.  What was found goes into
- * m->math. */
-static int blocked_weights(blip2_model *m, blip2_error *err)
-{
-    int has, rc, n = 0;
-    if ((rc = copies_key(m, B2_BLOCKED_KEY, B2_BLOCKED_SCHEME, "blocked weights", &has, err)) < 0 || !has)
-        return rc;
-    size_t bytes = 0;
-    for (int i = 0; i < b2__blocked_count(&m->cfg); i++) {
-        char prefix[200], name[256];
-        int out, in;
-        const void *p;
-        if (!b2__blocked_layer(&m->cfg, i, prefix, sizeof prefix, &out, &in)) continue;
-        snprintf(name, sizeof name, "%s%s", prefix, B2_BLOCKED_SUFFIX);
-        if ((rc = b2__weight_raw(m, name, (uint32_t)B2_WT_BF16, SHAPE(out / B2_BLOCKED_NB, (int64_t)B2_BLOCKED_NB * in),
-                                 &p, err)) < 0)
-            return rc;
-        b2_vision_layer *L = &m->vl[i / 4];
-        b2_linear *l = i % 4 == 0 ? &L->qkv : i % 4 == 1 ? &L->proj : i % 4 == 2 ? &L->fc1 : &L->fc2;
-        l->wb = p;
-        bytes += (size_t)out * in * 2;
-        n++;
-    }
-    const size_t len = strlen(m->math);
-    if (m->prec == B2_PREC_BF16)
-        snprintf(m->math + len, sizeof m->math - len, "; %d vision matrices read in place in oneDNN's blocked "
-                 "layout (%.1f MiB of the file, shared)", n, (double)bytes / (1 << 20));
-    else
-        snprintf(m->math + len, sizeof m->math - len, "; the file's %d blocked vision matrices unused (%s math)", n,
-                 b2__prec_name(m->prec));
+    m->int8_file = 0;
+    if (!b2__gguf_find_kv(m->gguf, B2_INT8_KEY)) return 0;
+    int64_t v;
+    int rc = b2__gguf_get_int(m->gguf, B2_INT8_KEY, &v, err);
+    if (rc < 0) return rc;
+    if (v != B2_INT8_SCHEME)
+        return b2__err(err, BLIP2_EFORMAT, "%s: '%s' is %lld: int8 weights of an unknown scheme (%d is known)",
+                       b2__gguf_name(m->gguf), B2_INT8_KEY, (long long)v, B2_INT8_SCHEME);
+    m->int8_file = 1;
     return 0;
 }
 
@@ -559,7 +515,6 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if ((rc = choose_prec(m, opts, err)) < 0) goto fail;
     if ((rc = bind_all(m, err)) < 0) goto fail;
     if ((rc = int8_weights(m, err)) < 0) goto fail;
-    if ((rc = blocked_weights(m, err)) < 0) goto fail;
     if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
     if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
     size_t size;

@@ -554,45 +554,17 @@ void b2__int8_layer(const b2_config *c, int i, char *prefix, size_t cap, int *ou
     *in = i % 3 == 2 ? c->v_inter : c->v_hidden;
 }
 
-/* The index i < count of the matrix whose weight is named `name`
- * ("PREFIX.weight") among those `layer` names and accepts, or -1 */
-static int find_layer(const b2_config *c, const char *name, int count,
-                      int (*layer)(const b2_config *, int, char *, size_t, int *, int *))
+int b2__int8_find(const b2_config *c, const char *name)
 {
     char p[256];
     int out, in;
     const size_t n = strlen(name);
     if (n < 7 || strcmp(name + n - 7, ".weight") != 0) return -1;
-    for (int i = 0; i < count; i++)
-        if (layer(c, i, p, sizeof p, &out, &in) && strlen(p) == n - 7 && !memcmp(p, name, n - 7)) return i;
+    for (int i = 0; i < b2__int8_count(c); i++) {
+        b2__int8_layer(c, i, p, sizeof p, &out, &in);
+        if (strlen(p) == n - 7 && !memcmp(p, name, n - 7)) return i;
+    }
     return -1;
-}
-
-static int int8_layer(const b2_config *c, int i, char *prefix, size_t cap, int *out, int *in)
-{
-    b2__int8_layer(c, i, prefix, cap, out, in);
-    return 1;
-}
-
-int b2__int8_find(const b2_config *c, const char *name)
-{
-    return find_layer(c, name, b2__int8_count(c), int8_layer);
-}
-
-int b2__blocked_count(const b2_config *c) { return 4 * c->v_layers; }
-
-int b2__blocked_layer(const b2_config *c, int i, char *prefix, size_t cap, int *out, int *in)
-{
-    static const char *const part[4] = {"self_attn.qkv", "self_attn.projection", "mlp.fc1", "mlp.fc2"};
-    snprintf(prefix, cap, "vision_model.encoder.layers.%d.%s", i / 4, part[i % 4]);
-    *out = i % 4 == 0 ? 3 * c->v_hidden : i % 4 == 2 ? c->v_inter : c->v_hidden;
-    *in = i % 4 == 3 ? c->v_inter : c->v_hidden;
-    return *out % B2_BLOCKED_NB == 0 && *in % 32 == 0;
-}
-
-int b2__blocked_find(const b2_config *c, const char *name)
-{
-    return find_layer(c, name, b2__blocked_count(c), b2__blocked_layer);
 }
 
 /* ---- weight types ---- */

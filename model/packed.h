@@ -44,32 +44,6 @@ void b2__int8_layer(const b2_config *c, int i, char *prefix, size_t cap, int *ou
  * ("PREFIX.weight"), or -1 if it has no int8 copy. */
 int b2__int8_find(const b2_config *c, const char *name);
 
-/* ---- the blocked bf16 vision weights (docs/gguf.md "Math") ----
- * A file converted with --blocked-vision (BLIP2_CONVERT_BLOCKED_VISION)
- * carries, beside the weight W (out, in) of each vision layer's qkv,
- * projection, fc1 and fc2 whose out is a multiple of B2_BLOCKED_NB and in
- * of 32 (b2__blocked_layer), PREFIX.bf16_b64: W as stored, rounded to
- * bf16 (nearest even), in oneDNN's blocked layout with 64-row blocks
- * (b2__bf16_rows_blocked), a bf16 tensor of out / 64 rows of 64 * in
- * values; and the key B2_BLOCKED_KEY (u32 B2_BLOCKED_SCHEME).  bf16 math
- * reads them in place from the mapping instead of converting tiles of W
- * on every call (model.c); every other path reads W. */
-#define B2_BLOCKED_KEY "blip2.vision.bf16_blocked"
-#define B2_BLOCKED_SCHEME 1
-#define B2_BLOCKED_SUFFIX ".bf16_b64"
-
-/* How many matrices may have blocked copies: 4 per vision layer. */
-int b2__blocked_count(const b2_config *c);
-/* Matrix i (0 <= i < b2__blocked_count) of them: layer i / 4's
- * self_attn.qkv, self_attn.projection, mlp.fc1, mlp.fc2 for i % 4 = 0..3;
- * its name prefix into prefix (cap bytes), its shape into *out, *in.
- * Returns 1 if its shape takes the layout (a file with the key carries
- * its copy), else 0. */
-int b2__blocked_layer(const b2_config *c, int i, char *prefix, size_t cap, int *out, int *in);
-/* The index i of the matrix whose weight is named `name`
- * ("PREFIX.weight") if its shape takes the layout, else -1. */
-int b2__blocked_find(const b2_config *c, const char *name);
-
 /* Parses "f32", "f16", "bf16", "q8_0", "q4_0"; BLIP2_EINVAL otherwise. */
 int b2__wtype_parse(const char *s, b2_wtype *t, blip2_error *err);
 

@@ -32,11 +32,6 @@ typedef struct b2_linear {
     /* prec B2_PREC_INT8: w quantised to s8 rows (the model owns it); the
      * paths that do not compute in int8 still read w */
     const b2_qweights *q;
-    /* NULL, or W as bf16 in oneDNN's blocked layout with 64-row blocks
-     * (b2__bf16_rows_blocked; a file converted with --blocked-vision):
-     * bf16 math reads it in place instead of converting tiles of w, with
-     * the same bits; every other path reads w */
-    const uint16_t *wb;
 } b2_linear;
 
 /* LayerNorm affine parameters; w/b NULL for elementwise_affine=False. */

@@ -155,7 +155,7 @@ static int backend_linear(float *y, const float *x, int n, const b2_linear *l, i
     const b2_prec prec = l->prec == B2_PREC_INT8 && !l->q ? B2_PREC_F32 : l->prec;
     b2_dnnl_mm *p = b2__dnnl_mm(n, l->out, l->in, l->in, l->out, l->wt, prec, b != NULL);
     if (!p) return -1;
-#define RUN() (prec == B2_PREC_INT8 ? b2__dnnl_mm_run_q(p, y, x, l->q, b) : b2__dnnl_mm_run_wb(p, y, x, l->w, l->wb, b))
+#define RUN() (prec == B2_PREC_INT8 ? b2__dnnl_mm_run_q(p, y, x, l->q, b) : b2__dnnl_mm_run(p, y, x, l->w, b))
     int ch = mode == 2 ? 1 : b2__dnnl_mm_choice(p);
     if (ch == 0) { /* the first time: both twice, interleaved; keep the faster */
         double td = 1e30, to = 1e30;

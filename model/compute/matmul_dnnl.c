@@ -642,30 +642,14 @@ int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row
 #endif
 }
 
-int b2__bf16_rows_blocked(uint16_t *dst, const uint16_t *src, int nrows, int k, int nb)
-{
-    if ((nb != 16 && nb != 32 && nb != 64) || nrows <= 0 || nrows % nb || k <= 0 || k % 32) return -1;
-    for (int n = 0; n < nrows; n++) {
-        uint16_t *o = dst + (size_t)(n / nb) * k * nb + (size_t)(n % nb) * 2;
-        const uint16_t *r = src + (size_t)n * k;
-        for (int c = 0; c < k; c += 2) {
-            uint16_t *q = o + (size_t)(c / 32) * 32 * nb + (size_t)((c % 32) / 2) * 2 * nb;
-            q[0] = r[c];
-            q[1] = r[c + 1];
-        }
-    }
-    return 0;
-}
-
 /* One converted tile per pool task: W rows [r0, r0 + rows) widened to
- * bf16 into this thread's tile buffer (blocked, or rows), or read in
- * place from wb, multiplied on this thread, its columns copied into y. */
+ * bf16 into this thread's tile buffer (blocked, or rows), multiplied on
+ * this thread, its columns copied into y. */
 typedef struct tile_job {
     const b2_dnnl_mm *p;
     float *y;
     const void *xs; /* x in bf16, (n, k) */
     const unsigned char *w;
-    const uint16_t *wb; /* W blocked (B2_BLOCKED_NB), or NULL */
     const float *b;
     _Atomic int failed;
 } tile_job;
@@ -696,18 +680,13 @@ static void tile_task(void *ctx, int task, int slot)
     const b2_dnnl_mm *p = j->p;
     const int r0 = task * p->tile, rows = p->m - r0 < p->tile ? p->m - r0 : p->tile;
     const int full = rows == p->tile, dense = rows == p->m; /* dense: y itself (create_one) */
-    const int nb = full ? p->nb : p->nb_t;
     tstate *t = tstate_get();
-    /* the file's blocked rows start at row r0 * k: r0 is a multiple of 64 */
-    const int in_place = j->wb && nb == B2_BLOCKED_NB;
-    const uint16_t *wb = in_place ? j->wb + (size_t)r0 * p->k : NULL;
-    uint16_t *wt = t && !in_place ? tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k) : NULL;
-    float *yt = t && (wb || wt) ? tbuf_get(&t->ytile, sizeof(float) * (size_t)p->n * p->tile) : NULL;
-    if (!yt || (!in_place && widen_tile(t, wt, j->w, p->wt, r0, rows, p->k, nb) < 0)) {
+    uint16_t *wb = t ? tbuf_get(&t->wtile, sizeof(uint16_t) * (size_t)p->tile * p->k) : NULL;
+    float *yt = wb ? tbuf_get(&t->ytile, sizeof(float) * (size_t)p->n * p->tile) : NULL;
+    if (!yt || widen_tile(t, wb, j->w, p->wt, r0, rows, p->k, full ? p->nb : p->nb_t) < 0) {
         j->failed = 1;
         return;
     }
-    if (!in_place) wb = wt;
     float *yo = dense ? j->y : yt;
     if (exec_one(t, full ? p->prim : p->tail, p, full ? &p->wei : &p->wei_t, full ? &p->dst : &p->dst_t,
                  full ? &p->bmd : &p->bmd_t, full ? p->scratch_bytes : p->scratch_tail, j->xs, wb, yo,
@@ -722,12 +701,6 @@ static void tile_task(void *ctx, int task, int slot)
 
 int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b)
 {
-    return b2__dnnl_mm_run_wb(p, y, x, w, NULL, b);
-}
-
-int b2__dnnl_mm_run_wb(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const uint16_t *wb,
-                       const float *b)
-{
     tstate *t = tstate_get();
     if (!t || p->prec == B2_PREC_INT8) return -1;
     const void *src = x;
@@ -740,7 +713,7 @@ int b2__dnnl_mm_run_wb(const b2_dnnl_mm *p, float *y, const float *x, const void
     set_threads();
     if (!tiled(p->wt))
         return exec_one(t, p->prim, p, &p->wei, &p->dst, &p->bmd, p->scratch_bytes, src, w, y, b);
-    tile_job j = {.p = p, .y = y, .xs = src, .w = w, .wb = p->prec == B2_PREC_BF16 ? wb : NULL, .b = b};
+    tile_job j = {.p = p, .y = y, .xs = src, .w = w, .b = b};
     const int tasks = (p->m + p->tile - 1) / p->tile;
 #if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_OMP || DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_SEQ
     b2__parallel_for(tasks, tile_task, &j);

@@ -82,15 +82,6 @@ int b2__wrows_to_bf16(uint16_t *dst, const void *w, b2_wtype wt, int row0, int n
  * another nb. */
 int b2__wrows_to_bf16_blocked(uint16_t *dst, const void *w, b2_wtype wt, int row0, int nrows, int k, int nb);
 
-/* The block of the layout above that files store (--blocked-vision) */
-#define B2_BLOCKED_NB 64
-
-/* nrows bf16 rows of k values (src, (nrows, k)) into that layout with
- * block nb (16, 32 or 64; nrows a multiple of it, k of 32), in portable
- * C: the same bits as b2__wrows_to_bf16_blocked of bf16 rows.  Returns 0,
- * or -1 (nothing written) for other shapes. */
-int b2__bf16_rows_blocked(uint16_t *dst, const uint16_t *src, int nrows, int k, int nb);
-
 /* "f32", "bf16", "int8". */
 const char *b2__prec_name(b2_prec p);
 
@@ -108,13 +99,6 @@ b2_dnnl_mm *b2__dnnl_mm(int n, int m, int k, int ldx, int ldy, b2_wtype wt, b2_p
  * a bias).  Returns 0, or a negative code (out of memory for the
  * activations in bf16, or oneDNN failed) with y unspecified. */
 int b2__dnnl_mm_run(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const float *b);
-
-/* The same, where bf16 math may read W in place: wb NULL, or all m rows of
- * W in the blocked layout with block B2_BLOCKED_NB (b2__bf16_rows_blocked
- * of W rounded to bf16).  A tile whose primitive takes that block reads
- * wb instead of converting its rows of w; the bits are the same. */
-int b2__dnnl_mm_run_wb(const b2_dnnl_mm *p, float *y, const float *x, const void *w, const uint16_t *wb,
-                       const float *b);
 
 /* The same for a product created with B2_PREC_INT8: x (n, ldx) quantised
  * to u8 per row (scale (max - min) / 255 over the row and 0, zero point),

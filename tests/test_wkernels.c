@@ -24,6 +24,10 @@
  *               point equals the implementation it names
  *   special     NaN in one x row: that row NaN, the others untouched;
  *               q8_0 weights with -128 and all-zero blocks
+ *   multi       b2__wmatmul_rows_multi (5 weights of rows 300, 513, 70,
+ *               1, 257: two jobs) and b2__linear_rows_multi (with biases)
+ *               give each y the bits of its own call, for every type and
+ *               n in {1, 2, 5}; y's padding untouched
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
  *   prefetch    the software prefetch distance changes no bit; each row
  *               of a tile is prefetched in its own stream (b2__wpf)
@@ -57,6 +61,7 @@
  *               q4_0 rows -> f32 against d * (nibble - 8)
  */
 #include "wkernels.h"
+#include "kernels.h"
 #include "wkernels_impl.h"
 #include "safetensors.h"
 #include "tap.h"
@@ -463,6 +468,70 @@ static void test_products(void)
                 ok(st[a].worst_x <= 1, "%s %s: within the activation quantisation bound of the unquantised product (worst %.3f of it)",
                    IMPLS[a], b2__wt_name(t), st[a].worst_x);
             ok(st[a].batch_ok, "%s %s: every row of every n-row call has the bits of its 1-row call", IMPLS[a], b2__wt_name(t));
+        }
+    }
+}
+
+/* Several weights of one x at once against each alone, bit for bit */
+static void test_multi(void)
+{
+    static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
+    enum { NW = 5, K = 96, PAD = 3 };
+    static const int M[NW] = {300, 513, 70, 1, 257};
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        const b2_wtype t = TYPES[ti];
+        problem p[NW];
+        for (int i = 0; i < NW; i++) problem_make(&p[i], t, M[i], K, i % 3);
+        float *ya[NW], *yb[NW], *bias[NW];
+        int ldy[NW], same = 1, lin_same = 1;
+        const void *w[NW];
+        b2_linear l[NW];
+        const b2_linear *lp[NW];
+        for (int i = 0; i < NW; i++) {
+            ldy[i] = M[i] + PAD;
+            ya[i] = malloc(sizeof(float) * 5 * ldy[i]);
+            yb[i] = malloc(sizeof(float) * 5 * ldy[i]);
+            bias[i] = malloc(sizeof(float) * M[i]);
+            for (int r = 0; r < M[i]; r++) bias[i][r] = frand(-1, 1);
+            w[i] = p[i].w;
+            l[i] = (b2_linear){.w = p[i].w, .b = i % 2 ? bias[i] : NULL, .out = M[i], .in = K, .wt = t};
+            lp[i] = &l[i];
+        }
+        static const int NN[] = {1, 2, 5};
+        for (size_t ni = 0; ni < 3; ni++) {
+            const int n = NN[ni];
+            for (int i = 0; i < NW; i++)
+                for (int j = 0; j < 5 * ldy[i]; j++) ya[i][j] = yb[i][j] = -7.0f;
+            /* every problem has its own x: all take p[0]'s */
+            for (int i = 0; i < NW; i++) b2__wmatmul_rows(ya[i], ldy[i], p[0].x, p[0].ldx, w[i], t, n, M[i], K);
+            b2__wmatmul_rows_multi(yb, ldy, p[0].x, p[0].ldx, w, t, n, M, K, NW);
+            for (int i = 0; i < NW; i++)
+                if (memcmp(ya[i], yb[i], sizeof(float) * 5 * ldy[i])) {
+                    if (same) diag("%s n %d: weight %d differs from its own call", b2__wt_name(t), n, i);
+                    same = 0;
+                }
+            /* linear: x packed (ldx = in), y packed (ldy = out) */
+            float *xs = malloc(sizeof(float) * n * K);
+            for (int r = 0; r < n; r++) memcpy(xs + (size_t)r * K, p[0].x + (size_t)r * p[0].ldx, sizeof(float) * K);
+            for (int i = 0; i < NW; i++) b2__linear_rows(ya[i], xs, n, &l[i]);
+            b2__linear_rows_multi(yb, xs, n, lp, 3);
+            b2__linear_rows_multi(yb + 3, xs, n, lp + 3, 2);
+            for (int i = 0; i < NW; i++)
+                if (memcmp(ya[i], yb[i], sizeof(float) * n * M[i])) {
+                    if (lin_same) diag("%s n %d: linear %d differs from its own call", b2__wt_name(t), n, i);
+                    lin_same = 0;
+                }
+            free(xs);
+        }
+        ok(same, "%s: one multi call over %d weights (two jobs) gives each the bits of its own call, padding kept",
+           b2__wt_name(t), NW);
+        ok(lin_same, "%s: b2__linear_rows_multi (biases on two) gives each layer the bits of b2__linear_rows",
+           b2__wt_name(t));
+        for (int i = 0; i < NW; i++) {
+            problem_free(&p[i]);
+            free(ya[i]);
+            free(yb[i]);
+            free(bias[i]);
         }
     }
 }
@@ -936,6 +1005,7 @@ int main(void)
     test_quad_vs_portable(B2_WT_Q4_0);
     test_quad_vs_portable(B2_WT_Q8_0);
     test_special();
+    test_multi();
     test_threads();
     test_prefetch();
     test_prefetch_streams();

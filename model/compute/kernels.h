@@ -74,6 +74,13 @@ void b2__matmul_rows(float *y, int ldy, const float *x, int ldx, const float *w,
  * type) with at least b2__mm_min_rows_dec rows goes to oneDNN as
  * b2__linear does (prefill); such rows' bits then depend on the batch. */
 void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
+/* b2__linear_rows of the same x through count layers (y[i] (n,
+ * l[i]->out)), with each y[i]'s bits: typed weights of one type and
+ * input width that b2__linear_rows would give b2__wmatmul_rows (at most
+ * B2_WMULTI_MAX) go through one b2__wmatmul_rows_multi, the pool's
+ * threads meeting once instead of once per layer (a decoder layer's q, k
+ * and v); any other case, one b2__linear_rows each. */
+void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count);
 
 /* The matrix backend of the many-row products in math p, for reports:
  * "oneDNN" (bf16 math: oneDNN, per shape unless the own path measured

@@ -38,6 +38,29 @@ void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
         for (int i = 0; i < n; i++) b2__add(y + (size_t)i * l->out, l->b, (size_t)l->out);
 }
 
+void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count)
+{
+    if (n <= 0 || count <= 0) return;
+    int fuse = count <= B2_WMULTI_MAX;
+    for (int i = 0; i < count && fuse; i++)
+        fuse = l[i]->wt != B2_WT_F32 && l[i]->wt == l[0]->wt && l[i]->in == l[0]->in &&
+               !(l[i]->prec != B2_PREC_F32 && n >= b2__mm_min_rows_dec);
+    if (!fuse) {
+        for (int i = 0; i < count; i++) b2__linear_rows(y[i], x, n, l[i]);
+        return;
+    }
+    int ldy[B2_WMULTI_MAX], m[B2_WMULTI_MAX];
+    const void *w[B2_WMULTI_MAX];
+    for (int i = 0; i < count; i++) {
+        ldy[i] = m[i] = l[i]->out;
+        w[i] = l[i]->w;
+    }
+    b2__wmatmul_rows_multi(y, ldy, x, l[0]->in, w, l[0]->wt, n, m, l[0]->in, count);
+    for (int i = 0; i < count; i++)
+        if (l[i]->b)
+            for (int r = 0; r < n; r++) b2__add(y[i] + (size_t)r * l[i]->out, l[i]->b, (size_t)l[i]->out);
+}
+
 /* Typed weights with at most this many rows of x use b2__wmatmul_rows;
  * more rows convert TILE_ROWS rows of W at a time to f32 (spread over the
  * pool in CONV_CHUNK-row tasks) and multiply the tile with sgemm. */

@@ -482,31 +482,51 @@ int b2__wkernels_set_prefetch(int bytes)
 #define CHUNK 64
 #define CHUNK_DECODE 256
 
-typedef struct wjob {
+/* One weight of a job: its output, rows and first task */
+typedef struct wpart {
     float *y;
+    const unsigned char *w;
+    int ldy, m, task0;
+} wpart;
+
+typedef struct wjob {
     const float *x;
     const int8_t *xq; /* q8_0: the activations quantised */
     const float *xd;
-    const unsigned char *w;
     b2_wtype t;
     size_t rb;
-    int ldy, ldx, n, m, k;
+    int ldx, n, k;
+    int i0; /* the first of the n activation rows (each y's row offset) */
     const b2_wimpl *impl;
     int chunk; /* weight rows per task */
+    int nparts;
+    wpart part[B2_WMULTI_MAX]; /* the weights, their tasks one after another */
 } wjob;
+
+/* The weight of a task, and the task's first row in it */
+static const wpart *task_part(const wjob *j, int task, int *r0)
+{
+    int p = 0;
+    while (p + 1 < j->nparts && task >= j->part[p + 1].task0) p++;
+    *r0 = (task - j->part[p].task0) * j->chunk;
+    return &j->part[p];
+}
 
 static void wtask(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    const int r0 = task * j->chunk, mm = j->m - r0 < j->chunk ? j->m - r0 : j->chunk;
+    int r0;
+    const wpart *P = task_part(j, task, &r0);
+    const int mm = P->m - r0 < j->chunk ? P->m - r0 : j->chunk;
+    float *y = P->y + (size_t)j->i0 * P->ldy + r0;
+    const unsigned char *w = P->w + (size_t)r0 * j->rb;
     if (j->t == B2_WT_Q4_0)
-        (j->impl->q4 ? j->impl->q4 : q4_rows_c)(j->y + r0, j->ldy, j->xq, j->xd, j->w + (size_t)r0 * j->rb, j->rb,
-                                                 j->n, mm, j->k);
+        (j->impl->q4 ? j->impl->q4 : q4_rows_c)(y, P->ldy, j->xq, j->xd, w, j->rb, j->n, mm, j->k);
     else if (j->t == B2_WT_Q8_0)
-        j->impl->q8(j->y + r0, j->ldy, j->xq, j->xd, j->w + (size_t)r0 * j->rb, j->rb, j->n, mm, j->k);
+        j->impl->q8(y, P->ldy, j->xq, j->xd, w, j->rb, j->n, mm, j->k);
     else
-        j->impl->fp(j->y + r0, j->ldy, j->x, j->ldx, j->w + (size_t)r0 * j->rb, j->rb, j->t, j->n, mm, j->k);
+        j->impl->fp(y, P->ldy, j->x, j->ldx, w, j->rb, j->t, j->n, mm, j->k);
 }
 
 /* Without scratch for the quantised activations (out of memory): the
@@ -515,19 +535,21 @@ static void ref_task(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    const int r1 = (task + 1) * j->chunk < j->m ? (task + 1) * j->chunk : j->m;
+    int r0;
+    const wpart *P = task_part(j, task, &r0);
+    const int r1 = r0 + j->chunk < P->m ? r0 + j->chunk : P->m;
     float row[1024];
-    for (int r = task * j->chunk; r < r1; r++) {
+    for (int r = r0; r < r1; r++) {
         for (int i = 0; i < j->n; i++) {
             const float *x = j->x + (size_t)i * j->ldx;
             float acc = 0;
             for (int c0 = 0; c0 < j->k; c0 += 1024) { /* k is cut at multiples of 32 */
                 const int c = j->k - c0 < 1024 ? j->k - c0 : 1024;
                 const size_t off = c0 ? b2__wt_row_bytes(j->t, c0) : 0;
-                b2__wrows_to_f32(row, j->w + (size_t)r * j->rb + off, j->t, 0, 1, c);
+                b2__wrows_to_f32(row, P->w + (size_t)r * j->rb + off, j->t, 0, 1, c);
                 for (int q = 0; q < c; q++) acc += row[q] * x[c0 + q];
             }
-            j->y[(size_t)i * j->ldy + r] = acc;
+            P->y[(size_t)i * P->ldy + r] = acc;
         }
     }
 }
@@ -556,13 +578,18 @@ static void *scratch_get(size_t bytes)
     return p;
 }
 
-static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx, const void *w,
-                b2_wtype t, int n, int m, int k)
+static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const float *x, int ldx,
+                const void *const *w, b2_wtype t, int n, const int *m, int k, int count)
 {
     pthread_once(&wprefetch_once, wprefetch_init);
     const int chunk = n <= B2_DECODE_ROWS ? CHUNK_DECODE : CHUNK;
-    wjob j = {y, x, NULL, NULL, w, t, b2__wt_row_bytes(t, k), ldy, ldx, n, m, k, impl, chunk};
-    const int tasks = (m + chunk - 1) / chunk;
+    wjob j = {.x = x, .t = t, .rb = b2__wt_row_bytes(t, k), .ldx = ldx, .n = n, .k = k, .impl = impl,
+              .chunk = chunk, .nparts = count};
+    int tasks = 0;
+    for (int i = 0; i < count; i++) {
+        j.part[i] = (wpart){y[i], w[i], ldy[i], m[i], tasks};
+        tasks += (m[i] + chunk - 1) / chunk;
+    }
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
         return;
@@ -573,8 +600,8 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
     const int per = scratch_get((size_t)n * nb * (B2_Q8_0_BLOCK + sizeof(float))) ? n : 1;
     unsigned char *buf = scratch_get((size_t)per * nb * (B2_Q8_0_BLOCK + sizeof(float)));
     if (!buf) { /* not even one row: the f32 reference, unquantised */
-        wjob r = {y, x, NULL, NULL, w, t, j.rb, ldy, ldx, n, m, k, NULL, chunk};
-        b2__parallel_for(tasks, ref_task, &r);
+        j.impl = NULL;
+        b2__parallel_for(tasks, ref_task, &j);
         return;
     }
     float *xd = (float *)buf;
@@ -584,7 +611,7 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
         const int nn = n - i0 < per ? n - i0 : per;
         for (int i = 0; i < nn; i++)
             quant(xq + (size_t)i * k, xd + (size_t)i * nb, x + (size_t)(i0 + i) * ldx, k);
-        j.y = y + (size_t)i0 * ldy;
+        j.i0 = i0;
         j.n = nn;
         j.xq = xq;
         j.xd = xd;
@@ -592,11 +619,33 @@ static void run(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx
     }
 }
 
+/* run for one weight */
+static void run1(const b2_wimpl *impl, float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
+                 int n, int m, int k)
+{
+    run(impl, &y, &ldy, x, ldx, &w, t, n, &m, k, 1);
+}
+
 void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
                       int n, int m, int k)
 {
     if (n <= 0 || m <= 0) return;
-    run(wimpl_for(t), y, ldy, x, ldx, w, t, n, m, k);
+    run1(wimpl_for(t), y, ldy, x, ldx, w, t, n, m, k);
+}
+
+void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int ldx, const void *const *w,
+                            b2_wtype t, int n, const int *m, int k, int count)
+{
+    if (n <= 0 || count <= 0) return;
+    if (count > B2_WMULTI_MAX) { /* more than a job holds: in jobs of B2_WMULTI_MAX */
+        b2__wmatmul_rows_multi(y, ldy, x, ldx, w, t, n, m, k, B2_WMULTI_MAX);
+        b2__wmatmul_rows_multi(y + B2_WMULTI_MAX, ldy + B2_WMULTI_MAX, x, ldx, w + B2_WMULTI_MAX, t, n,
+                               m + B2_WMULTI_MAX, k, count - B2_WMULTI_MAX);
+        return;
+    }
+    for (int i = 0; i < count; i++)
+        if (m[i] <= 0) return;
+    run(wimpl_for(t), y, ldy, x, ldx, w, t, n, m, k, count);
 }
 
 int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, int ldx,
@@ -604,7 +653,7 @@ int b2__wmatmul_rows_impl(const char *impl, float *y, int ldy, const float *x, i
 {
     const b2_wimpl *p = wimpl_get(impl);
     if (!p) return -1;
-    if (n > 0 && m > 0) run(p, y, ldy, x, ldx, w, t, n, m, k);
+    if (n > 0 && m > 0) run1(p, y, ldy, x, ldx, w, t, n, m, k);
     return 0;
 }
 
@@ -751,7 +800,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
             bound[(size_t)i * cr + r] = 2 * g * a;
         }
     }
-    run(&wimpl_portable, yp, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
+    run1(&wimpl_portable, yp, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
 
     const b2_wimpl *cand[B2_WTUNE_MAX];
     const int nc = wcand_list(t, cand, B2_WTUNE_MAX);
@@ -759,7 +808,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
     res->n = nc;
     for (int c = 0; c < nc; c++) {
         res->c[c].name = cand[c]->name;
-        run(cand[c], y, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
+        run1(cand[c], y, cr, x, k0, s[0].w, t, TUNE_CHECK_N, cr, k0);
         res->c[c].err = check_err(y, yp, bound, cm);
         ok[c] = res->c[c].err <= 1;
         res->c[c].refused = !ok[c];
@@ -811,7 +860,7 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
                 const b2_wsample *w = &s[cur];
                 cur = (cur + 1) % ns;
                 const double t0 = now_s();
-                run(cand[okc[o]], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
+                run1(cand[okc[o]], y, w->m, x, w->k, w->w, t, 1, w->m, w->k);
                 const double dt = now_s() - t0;
                 const size_t bytes = b2__wt_row_bytes(t, w->k) * (size_t)w->m;
                 r[o] = (double)bytes / (dt > 0 ? dt : 1e-9);

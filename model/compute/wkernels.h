@@ -70,6 +70,17 @@ const char *b2__wt_name(b2_wtype t);
 void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w, b2_wtype t,
                       int n, int m, int k);
 
+/* Several products of the same x in one pass over the pool: y[i] (n,
+ * ldy[i]) [:, :m[i]] = x (n, ldx) [:, :k] @ W[i] (m[i], k)^T for i <
+ * count, every W[i] of type t.  Each y[i] gets exactly the bits
+ * b2__wmatmul_rows gives it alone (the same kernel, the same rows per
+ * task); x is quantised once (q8_0, q4_0), and the pool's threads wait
+ * for each other once, not once per weight (a layer's q, k and v).  A
+ * weight with m[i] <= 0 makes it do nothing. */
+#define B2_WMULTI_MAX 4
+void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int ldx, const void *const *w,
+                            b2_wtype t, int n, const int *m, int k, int count);
+
 /* b2__wmatmul_rows with the named implementation ("portable", "avx2",
  * "avx512", "avx512-vnni") instead of the one chosen from the CPU, for tests and
  * benchmarks.  Returns 0, or -1 (y untouched) if this build or CPU lacks

@@ -83,9 +83,8 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
         const b2_opt_layer *L = &m->tl[l];
         if (c->t_ln_before) b2__layernorm(x, h, n, &L->attn_ln, eps);
         else memcpy(x, h, sizeof(float) * (size_t)n * D);
-        b2__linear_rows(ws->q, x, n, &L->q);
-        b2__linear_rows(ws->k, x, n, &L->k);
-        b2__linear_rows(ws->v, x, n, &L->v);
+        b2__linear_rows_multi((float *const[]){ws->q, ws->k, ws->v}, x, n,
+                              (const b2_linear *const[]){&L->q, &L->k, &L->v}, 3);
         for (size_t i = 0; i < (size_t)n * D; i++) ws->q[i] *= scale;
         b2__kv_store(kvs, seq, pos, n, l, ws->k, ws->v);
         for (int i = 0; i < n; i++) {

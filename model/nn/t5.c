@@ -139,12 +139,13 @@ static void feed_forward(const blip2_model *m, const b2_t5_layer *L, float *h, f
     const b2_config *c = &m->cfg;
     const int D = c->t_hidden, F = c->t_ffn;
     rmsnorm(x, h, n, D, L->ln_ff, c->t_eps);
-    b2__linear_rows(f0, x, n, &L->wi0);
+    if (c->t_gated)
+        b2__linear_rows_multi((float *const[]){f0, f1}, x, n, (const b2_linear *const[]){&L->wi0, &L->wi1}, 2);
+    else
+        b2__linear_rows(f0, x, n, &L->wi0);
     for (int i = 0; i < n; i++) b2__act(f0 + (size_t)i * F, (size_t)F, c->t_act);
-    if (c->t_gated) {
-        b2__linear_rows(f1, x, n, &L->wi1);
+    if (c->t_gated)
         for (size_t i = 0; i < (size_t)n * F; i++) f0[i] *= f1[i];
-    }
     b2__linear_rows(x, f0, n, &L->wo);
     b2__add(h, x, (size_t)n * D);
 }
@@ -168,9 +169,8 @@ void b2__t5_encode(const blip2_model *m, const float *emb, int n, float *out, fl
     for (int l = 0; l < c->t_layers; l++) {
         const b2_t5_layer *L = &t->enc[l];
         rmsnorm(x, h, n, D, L->ln_sa, c->t_eps);
-        b2__linear_rows(q, x, n, &L->sa.q);
-        b2__linear_rows(k, x, n, &L->sa.k);
-        b2__linear_rows(v, x, n, &L->sa.v);
+        b2__linear_rows_multi((float *const[]){q, k, v}, x, n,
+                              (const b2_linear *const[]){&L->sa.q, &L->sa.k, &L->sa.v}, 3);
         for (int i = 0; i < n; i++)
             attend(a + (size_t)i * I, q + (size_t)i * I, k, v, (size_t)I, n, H, dk, t->enc_rel,
                    t->enc_bucket, c->t_max_dist, i, s);

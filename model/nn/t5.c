@@ -199,8 +199,8 @@ void b2__t5_cross_fill(const blip2_model *m, b2_t5_cross *cr, const float *enc)
     const b2_kv *kv = &cr->kv;
     for (int l = 0; l < m->cfg.t_dec_layers; l++) {
         const b2_t5_layer *L = &m->t5->dec[l];
-        b2__linear_rows(kv->k + b2__kv_layer(kv, l), enc, kv->len, &L->ca.k);
-        b2__linear_rows(kv->v + b2__kv_layer(kv, l), enc, kv->len, &L->ca.v);
+        b2__linear_rows_multi((float *const[]){kv->k + b2__kv_layer(kv, l), kv->v + b2__kv_layer(kv, l)}, enc,
+                              kv->len, (const b2_linear *const[]){&L->ca.k, &L->ca.v}, 2);
     }
 }
 
@@ -248,9 +248,8 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
     for (int l = 0; l < c->t_dec_layers; l++) {
         const b2_t5_layer *L = &t->dec[l];
         rmsnorm(x, h, n, D, L->ln_sa, c->t_eps);
-        b2__linear_rows(ws->q, x, n, &L->sa.q);
-        b2__linear_rows(ws->k, x, n, &L->sa.k);
-        b2__linear_rows(ws->v, x, n, &L->sa.v);
+        b2__linear_rows_multi((float *const[]){ws->q, ws->k, ws->v}, x, n,
+                              (const b2_linear *const[]){&L->sa.q, &L->sa.k, &L->sa.v}, 3);
         b2__kv_store(kvs, seq, pos, n, l, ws->k, ws->v);
         for (int i = 0; i < n; i++) {
             const b2_kv *kv = kvs[seq[i]];

@@ -27,7 +27,8 @@
  *   multi       b2__wmatmul_rows_multi (5 weights of rows 300, 513, 70,
  *               1, 257: two jobs) and b2__linear_rows_multi (with biases)
  *               give each y the bits of its own call, for every type and
- *               n in {1, 2, 5}; y's padding untouched
+ *               n in {1, 2, 5}; y's padding untouched; a weight of 0 rows
+ *               skipped
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
  *   prefetch    the software prefetch distance changes no bit; each row
  *               of a tile is prefetched in its own stream (b2__wpf)
@@ -523,6 +524,15 @@ static void test_multi(void)
                 }
             free(xs);
         }
+        /* a weight without rows is skipped, its y untouched; the others computed */
+        int zm[3] = {M[0], 0, M[2]}, skipped = 1;
+        for (int j = 0; j < 5 * ldy[1]; j++) yb[1][j] = -7.0f;
+        memset(yb[0], 0, sizeof(float) * ldy[0]);
+        b2__wmatmul_rows_multi(yb, ldy, p[0].x, p[0].ldx, w, t, 1, zm, K, 3);
+        for (int j = 0; j < 5 * ldy[1]; j++) skipped &= yb[1][j] == -7.0f;
+        b2__wmatmul_rows(ya[0], ldy[0], p[0].x, p[0].ldx, w[0], t, 1, M[0], K);
+        ok(skipped && !memcmp(ya[0], yb[0], sizeof(float) * M[0]),
+           "%s: a weight of 0 rows in a multi call is skipped (its y untouched), the others computed", b2__wt_name(t));
         ok(same, "%s: one multi call over %d weights (two jobs) gives each the bits of its own call, padding kept",
            b2__wt_name(t), NW);
         ok(lin_same, "%s: b2__linear_rows_multi (biases on two) gives each layer the bits of b2__linear_rows",

@@ -29,13 +29,21 @@ static int backend_linear(float *y, const float *x, int n, const b2_linear *l, i
 int b2__mm_min_rows = 16;
 int b2__mm_min_rows_dec = 32;
 
-void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
+/* Whether b2__linear_rows tries oneDNN for n rows of l (prefill in bf16 math) */
+static int rows_backend(const b2_linear *l, int n) { return l->prec != B2_PREC_F32 && n >= b2__mm_min_rows_dec; }
+
+static void add_bias(float *y, int n, const b2_linear *l)
 {
-    if (l->prec != B2_PREC_F32 && n >= b2__mm_min_rows_dec && backend_linear(y, x, n, l, 1) == 0) return;
-    if (l->wt == B2_WT_F32) b2__matmul_rows(y, l->out, x, l->in, l->w, l->in, n, l->out, l->in);
-    else b2__wmatmul_rows(y, l->out, x, l->in, l->w, l->wt, n, l->out, l->in);
     if (l->b)
         for (int i = 0; i < n; i++) b2__add(y + (size_t)i * l->out, l->b, (size_t)l->out);
+}
+
+void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
+{
+    if (rows_backend(l, n) && backend_linear(y, x, n, l, 1) == 0) return;
+    if (l->wt == B2_WT_F32) b2__matmul_rows(y, l->out, x, l->in, l->w, l->in, n, l->out, l->in);
+    else b2__wmatmul_rows(y, l->out, x, l->in, l->w, l->wt, n, l->out, l->in);
+    add_bias(y, n, l);
 }
 
 void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count)
@@ -43,8 +51,7 @@ void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_line
     if (n <= 0 || count <= 0) return;
     int fuse = count <= B2_WMULTI_MAX;
     for (int i = 0; i < count && fuse; i++)
-        fuse = l[i]->wt != B2_WT_F32 && l[i]->wt == l[0]->wt && l[i]->in == l[0]->in &&
-               !(l[i]->prec != B2_PREC_F32 && n >= b2__mm_min_rows_dec);
+        fuse = l[i]->wt != B2_WT_F32 && l[i]->wt == l[0]->wt && l[i]->in == l[0]->in && !rows_backend(l[i], n);
     if (!fuse) {
         for (int i = 0; i < count; i++) b2__linear_rows(y[i], x, n, l[i]);
         return;
@@ -56,9 +63,7 @@ void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_line
         w[i] = l[i]->w;
     }
     b2__wmatmul_rows_multi(y, ldy, x, l[0]->in, w, l[0]->wt, n, m, l[0]->in, count);
-    for (int i = 0; i < count; i++)
-        if (l[i]->b)
-            for (int r = 0; r < n; r++) b2__add(y[i] + (size_t)r * l[i]->out, l[i]->b, (size_t)l[i]->out);
+    for (int i = 0; i < count; i++) add_bias(y[i], n, l[i]);
 }
 
 /* Typed weights with at most this many rows of x use b2__wmatmul_rows;

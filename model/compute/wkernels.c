@@ -586,9 +586,9 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
     wjob j = {.x = x, .t = t, .rb = b2__wt_row_bytes(t, k), .ldx = ldx, .n = n, .k = k, .impl = impl,
               .chunk = chunk, .nparts = count};
     int tasks = 0;
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < count; i++) { /* a weight without rows has no tasks */
         j.part[i] = (wpart){y[i], w[i], ldy[i], m[i], tasks};
-        tasks += (m[i] + chunk - 1) / chunk;
+        if (m[i] > 0) tasks += (m[i] + chunk - 1) / chunk;
     }
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
@@ -643,8 +643,6 @@ void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int
                                m + B2_WMULTI_MAX, k, count - B2_WMULTI_MAX);
         return;
     }
-    for (int i = 0; i < count; i++)
-        if (m[i] <= 0) return;
     run(wimpl_for(t), y, ldy, x, ldx, w, t, n, m, k, count);
 }
 

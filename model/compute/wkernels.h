@@ -76,7 +76,7 @@ void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w,
  * b2__wmatmul_rows gives it alone (the same kernel, the same rows per
  * task); x is quantised once (q8_0, q4_0), and the pool's threads wait
  * for each other once, not once per weight (a layer's q, k and v).  A
- * weight with m[i] <= 0 makes it do nothing. */
+ * weight with m[i] <= 0 is skipped (its y untouched), as alone. */
 #define B2_WMULTI_MAX 4
 void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int ldx, const void *const *w,
                             b2_wtype t, int n, const int *m, int k, int count);

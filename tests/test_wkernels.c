@@ -546,6 +546,46 @@ static void test_multi(void)
     }
 }
 
+/* A decode step's product is cut into tasks of about 1.3 MB of W
+ * (wkernels.c): at k = 10240 and 300 rows, 2 to 5 tasks, the last one
+ * short.  Each row must still come out with the bits of a 1-row weight
+ * (one task) at its place, n = 1 and 2, in every implementation. */
+static void test_decode_tasks(void)
+{
+    static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
+    enum { M = 300, K = 10240, LDY = M + 3 };
+    float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * 2 * K);
+    float *y = malloc(sizeof(float) * 2 * LDY), *y1 = malloc(sizeof(float) * 2 * LDY);
+    for (int j = 0; j < 2 * K; j++) x[j] = frand(-1, 1);
+    for (size_t ti = 0; ti < sizeof TYPES / sizeof TYPES[0]; ti++) {
+        const b2_wtype t = TYPES[ti];
+        const size_t rb = b2__wt_row_bytes(t, K);
+        unsigned char *w = malloc(rb * M);
+        for (int r = 0; r < M; r++) {
+            for (int j = 0; j < K; j++) row[j] = frand(-0.05f, 0.05f);
+            b2__wquantize_row(w + rb * r, row, t, K);
+        }
+        int same = 1, impls = 0;
+        for (int ii = 0; ii < NIMPL; ii++) {
+            for (int n = 1; n <= 2; n++) {
+                for (int j = 0; j < 2 * LDY; j++) y[j] = y1[j] = -7.0f;
+                if (b2__wmatmul_rows_impl(IMPLS[ii], y, LDY, x, K, w, t, n, M, K) != 0) break; /* not on this CPU */
+                impls += n == 1;
+                for (int r = 0; r < M; r++)
+                    b2__wmatmul_rows_impl(IMPLS[ii], y1 + r, LDY, x, K, w + rb * r, t, n, 1, K);
+                if (memcmp(y, y1, sizeof(float) * 2 * LDY)) {
+                    if (same) diag("%s %s n %d: a row differs from its 1-row weight", IMPLS[ii], b2__wt_name(t), n);
+                    same = 0;
+                }
+            }
+        }
+        ok(same && impls > 0, "%s: a decode product over several tasks (k %d, %d rows) gives each row the bits of "
+           "that row alone, n 1 and 2, %d implementations", b2__wt_name(t), K, M, impls);
+        free(w);
+    }
+    free(row); free(x); free(y); free(y1);
+}
+
 /* Every SIMD implementation against the portable one for q4_0 and q8_0,
  * at every block count mod 4 (q4_0's VNNI kernel takes four blocks a
  * step, q8_0's two): the same exact integer block sums, so they differ
@@ -1016,6 +1056,7 @@ int main(void)
     test_quad_vs_portable(B2_WT_Q8_0);
     test_special();
     test_multi();
+    test_decode_tasks();
     test_threads();
     test_prefetch();
     test_prefetch_streams();

@@ -475,12 +475,22 @@ int b2__wkernels_set_prefetch(int bytes)
 
 /* ---- the products over the compute pool ---- */
 
-/* Weight rows per pool task: 64, or 256 for a decode step (at most
- * B2_DECODE_ROWS x rows: each thread then streams 700 KiB of q8_0 at
- * k = 2560 before it moves on; the step's products took 69-78 ms against
- * 76-91 in tasks of 64 rows, bench/RESULTS.md, 2026-12-06 15:28). */
+/* Weight rows per pool task: 64, or for a decode step (at most
+ * B2_DECODE_ROWS x rows) as many as make about CHUNK_DECODE_BYTES of W,
+ * in multiples of 8 rows: each thread streams that much before it moves
+ * on.  Fixed rows made tasks of 5 MiB in fc2 (k = 10240) and 0.7 MiB in
+ * a q8_0 layer at k = 2560; even bytes were 3-9 % faster for q8_0 and no
+ * slower for bf16 (bench/RESULTS.md, 2026-12-07 12:40; 256 rows had beaten
+ * 64, 2026-12-06 15:28).  The rows of a task change no output's bits:
+ * every row is its own dot product. */
 #define CHUNK 64
-#define CHUNK_DECODE 256
+#define CHUNK_DECODE_BYTES ((size_t)1300 << 10)
+
+static int decode_chunk(size_t rb)
+{
+    const size_t rows = CHUNK_DECODE_BYTES / (rb ? rb : 1) & ~(size_t)7;
+    return rows < 8 ? 8 : rows > (1 << 20) ? 1 << 20 : (int)rows;
+}
 
 /* One weight of a job: its output, rows and first task */
 typedef struct wpart {
@@ -582,8 +592,9 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
                 const void *const *w, b2_wtype t, int n, const int *m, int k, int count)
 {
     pthread_once(&wprefetch_once, wprefetch_init);
-    const int chunk = n <= B2_DECODE_ROWS ? CHUNK_DECODE : CHUNK;
-    wjob j = {.x = x, .t = t, .rb = b2__wt_row_bytes(t, k), .ldx = ldx, .n = n, .k = k, .impl = impl,
+    const size_t rb = b2__wt_row_bytes(t, k);
+    const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(rb) : CHUNK;
+    wjob j = {.x = x, .t = t, .rb = rb, .ldx = ldx, .n = n, .k = k, .impl = impl,
               .chunk = chunk, .nparts = count};
     int tasks = 0;
     for (int i = 0; i < count; i++) { /* a weight without rows has no tasks */

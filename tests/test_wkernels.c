@@ -29,6 +29,8 @@
  *               give each y the bits of its own call, for every type and
  *               n in {1, 2, 5}; y's padding untouched; a weight of 0 rows
  *               skipped
+ *   tasks       a decode product cut into several pool tasks (k 10240,
+ *               300 rows) gives each row the bits of that row alone
  *   threads     two threads multiplying q8_0 at once (per-thread scratch)
  *   prefetch    the software prefetch distance changes no bit; each row
  *               of a tile is prefetched in its own stream (b2__wpf)

@@ -477,18 +477,25 @@ int b2__wkernels_set_prefetch(int bytes)
 
 /* Weight rows per pool task: 64, or for a decode step (at most
  * B2_DECODE_ROWS x rows) as many as make about CHUNK_DECODE_BYTES of W,
- * in multiples of 8 rows: each thread streams that much before it moves
- * on.  Fixed rows made tasks of 5 MiB in fc2 (k = 10240) and 0.7 MiB in
- * a q8_0 layer at k = 2560; even bytes were 3-9 % faster for q8_0 and no
- * slower for bf16 (bench/RESULTS.md, 2026-12-07 12:40; 256 rows had beaten
- * 64, 2026-12-06 15:28).  The rows of a task change no output's bits:
- * every row is its own dot product. */
+ * but no more than give each thread DECODE_TASKS_PER_THREAD tasks of the
+ * largest weight, in multiples of 8 rows.  A thread streams a task's
+ * bytes before it moves on, and the last tasks decide how long one
+ * thread waits for the other.  Fixed 256 rows made fc2's tasks (k =
+ * 10240) 5 MiB; bytes alone made a q4_0 layer at k = 2560 three tasks,
+ * one thread doing two (bench/RESULTS.md, 2026-12-07 12:40; 256 rows had
+ * beaten 64, 2026-12-06 15:28).  The rows of a task change no output's
+ * bits: every row is its own dot product. */
 #define CHUNK 64
 #define CHUNK_DECODE_BYTES ((size_t)1300 << 10)
+#define DECODE_TASKS_PER_THREAD 4
 
-static int decode_chunk(size_t rb)
+static int decode_chunk(size_t rb, int m)
 {
-    const size_t rows = CHUNK_DECODE_BYTES / (rb ? rb : 1) & ~(size_t)7;
+    size_t rows = CHUNK_DECODE_BYTES / (rb ? rb : 1);
+    const size_t tasks = (size_t)DECODE_TASKS_PER_THREAD * (size_t)b2__pool_size();
+    const size_t even = ((size_t)m + tasks - 1) / tasks;
+    if (even < rows) rows = even;
+    rows = (rows + 7) & ~(size_t)7;
     return rows < 8 ? 8 : rows > (1 << 20) ? 1 << 20 : (int)rows;
 }
 
@@ -593,7 +600,9 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
 {
     pthread_once(&wprefetch_once, wprefetch_init);
     const size_t rb = b2__wt_row_bytes(t, k);
-    const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(rb) : CHUNK;
+    int mmax = 0;
+    for (int i = 0; i < count; i++) mmax = m[i] > mmax ? m[i] : mmax;
+    const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(rb, mmax) : CHUNK;
     wjob j = {.x = x, .t = t, .rb = rb, .ldx = ldx, .n = n, .k = k, .impl = impl,
               .chunk = chunk, .nparts = count};
     int tasks = 0;

@@ -476,21 +476,24 @@ int b2__wkernels_set_prefetch(int bytes)
 /* ---- the products over the compute pool ---- */
 
 /* Weight rows per pool task: 64, or for a decode step (at most
- * B2_DECODE_ROWS x rows) as many as make about CHUNK_DECODE_BYTES of W,
- * but no more than give each thread DECODE_TASKS_PER_THREAD tasks of the
- * largest weight, in multiples of 8 rows.  A thread streams a task's
- * bytes before it moves on, and the last tasks decide how long one
- * thread waits for the other.  Fixed 256 rows made fc2's tasks (k =
- * 10240) 5 MiB; bytes alone made a q4_0 layer at k = 2560 three tasks,
- * one thread doing two (bench/RESULTS.md, 2026-12-07 12:40; 256 rows had
- * beaten 64, 2026-12-06 15:28).  The rows of a task change no output's
- * bits: every row is its own dot product. */
+ * B2_DECODE_ROWS x rows) 256 for f32, f16 and bf16 (256 had beaten 64,
+ * bench/RESULTS.md, 2026-12-06 15:28) and for q8_0 and q4_0 as many as
+ * make about CHUNK_DECODE_BYTES of W, but no more than give each thread
+ * DECODE_TASKS_PER_THREAD tasks of the largest weight, in multiples of 8
+ * rows.  A thread streams a task's bytes before it moves on, and the last
+ * tasks decide how long one thread waits for the other.  Measured on
+ * whole decode steps, alternating (2026-12-07 12:40): q8_0 steps faster
+ * so in 10 of 10 pairs, q4_0 no different, bf16 slower in 10 of 11
+ * (its fc2 in tasks of 72 rows instead of 256).  The rows of a task
+ * change no output's bits: every row is its own dot product. */
 #define CHUNK 64
+#define CHUNK_DECODE_FP 256
 #define CHUNK_DECODE_BYTES ((size_t)1300 << 10)
 #define DECODE_TASKS_PER_THREAD 4
 
-static int decode_chunk(size_t rb, int m)
+static int decode_chunk(b2_wtype t, size_t rb, int m)
 {
+    if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) return CHUNK_DECODE_FP;
     size_t rows = CHUNK_DECODE_BYTES / (rb ? rb : 1);
     const size_t tasks = (size_t)DECODE_TASKS_PER_THREAD * (size_t)b2__pool_size();
     const size_t even = ((size_t)m + tasks - 1) / tasks;
@@ -602,7 +605,7 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
     const size_t rb = b2__wt_row_bytes(t, k);
     int mmax = 0;
     for (int i = 0; i < count; i++) mmax = m[i] > mmax ? m[i] : mmax;
-    const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(rb, mmax) : CHUNK;
+    const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(t, rb, mmax) : CHUNK;
     wjob j = {.x = x, .t = t, .rb = rb, .ldx = ldx, .n = n, .k = k, .impl = impl,
               .chunk = chunk, .nparts = count};
     int tasks = 0;

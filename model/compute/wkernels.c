@@ -476,24 +476,24 @@ int b2__wkernels_set_prefetch(int bytes)
 /* ---- the products over the compute pool ---- */
 
 /* Weight rows per pool task: 64, or for a decode step (at most
- * B2_DECODE_ROWS x rows) 256 for f32, f16 and bf16 (256 had beaten 64,
- * bench/RESULTS.md, 2026-12-06 15:28) and for q8_0 and q4_0 as many as
- * make about CHUNK_DECODE_BYTES of W, but no more than give each thread
- * DECODE_TASKS_PER_THREAD tasks of the largest weight, in multiples of 8
- * rows.  A thread streams a task's bytes before it moves on, and the last
- * tasks decide how long one thread waits for the other.  Measured on
- * whole decode steps, alternating (2026-12-07 12:40): q8_0 steps faster
- * so in 10 of 10 pairs, q4_0 no different, bf16 slower in 10 of 11
- * (its fc2 in tasks of 72 rows instead of 256).  The rows of a task
- * change no output's bits: every row is its own dot product. */
+ * B2_DECODE_ROWS x rows) 256, except q8_0: as many rows as make about
+ * CHUNK_DECODE_BYTES of W, but no more than give each thread
+ * DECODE_TASKS_PER_THREAD tasks of the largest weight, in multiples of 8.
+ * A thread streams a task's bytes before it moves on, and the last tasks
+ * decide how long one thread waits for the other.  Measured on whole
+ * decode steps, old and new alternating (bench/RESULTS.md, 2026-12-07
+ * 12:25): q8_0 steps faster so in 10 of 10 pairs; q4_0 no faster (five
+ * pairs), bf16 slower in 10 of 11 (its fc2 in tasks of 72 rows), so they
+ * keep 256 rows (which had beaten 64, 2026-12-06 15:28).  The rows of a
+ * task change no output's bits: every row is its own dot product. */
 #define CHUNK 64
-#define CHUNK_DECODE_FP 256
+#define CHUNK_DECODE 256
 #define CHUNK_DECODE_BYTES ((size_t)1300 << 10)
 #define DECODE_TASKS_PER_THREAD 4
 
 static int decode_chunk(b2_wtype t, size_t rb, int m)
 {
-    if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) return CHUNK_DECODE_FP;
+    if (t != B2_WT_Q8_0) return CHUNK_DECODE;
     size_t rows = CHUNK_DECODE_BYTES / (rb ? rb : 1);
     const size_t tasks = (size_t)DECODE_TASKS_PER_THREAD * (size_t)b2__pool_size();
     const size_t even = ((size_t)m + tasks - 1) / tasks;

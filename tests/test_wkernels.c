@@ -549,9 +549,10 @@ static void test_multi(void)
 }
 
 /* A decode step's product is cut into pool tasks (wkernels.c: 256 rows,
- * or for q8_0 up to about 1.3 MB of W): at k = 10240 and 300
- * rows, 2 to 8 tasks, the last one short.  Each row must still come out with the bits of a 1-row weight
- * (one task) at its place, n = 1 and 2, in every implementation. */
+ * or for q8_0 up to about 1.3 MB of W): at k = 10240 and 300 rows, 2 to
+ * 8 tasks, the last one short.  Each row must still come out with the
+ * bits of a 1-row weight (one task) at its place, n = 1 and 2, in every
+ * implementation. */
 static void test_decode_tasks(void)
 {
     static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};

@@ -484,8 +484,9 @@ int b2__wkernels_set_prefetch(int bytes)
  * decode steps, old and new alternating (bench/RESULTS.md, 2026-12-07
  * 12:25): q8_0 steps were faster in 10 of 10 pairs, q4_0 no faster
  * (five pairs), bf16 slower in 10 of 11 (its fc2 in tasks of 72 rows), so
- * those two keep 256 rows (which had beaten 64, 2026-12-06 15:28).  The rows of a
- * task change no output's bits: every row is its own dot product. */
+ * every other type keeps 256 rows (which had beaten 64, 2026-12-06
+ * 15:28).  The rows of a task change no output's bits: every row is its
+ * own dot product. */
 #define CHUNK 64
 #define CHUNK_DECODE 256
 #define CHUNK_DECODE_BYTES ((size_t)1300 << 10)

@@ -392,9 +392,13 @@ else:
 proc, SOCK = start_or_none("--max-connections-per-uid", "3", "--max-inflight-per-uid", "4", "--max-batch", "1",
                            tmp=TMP, log="daemon-uid.log")
 if proc:
+    # cs[0] and cs[1] stay in flight until they are closed: 4-beam searches of
+    # 2000 tokens run for seconds, one at a time (--max-batch 1); a greedy
+    # one ended in under a second and so, now and then, before check 33
     cs = [Client(SOCK) for _ in range(3)]
     for k, cl in enumerate(cs):
-        cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
+        cl.send({"id": 1, "op": "generate", "image": image("chelsea.png"), "max_new_tokens": 2000,
+                 "num_beams": 4 if k < 2 else 1})
     d = Client(SOCK)
     try:
         r = d.recv()
@@ -420,8 +424,10 @@ if proc:
         if k < 2:
             e.send({"id": 10 + k, "op": "generate", "image": image("chelsea.png"), "stream": True, "max_new_tokens": 2000})
     r = res[2]
+    st = e.call({"id": 20, "op": "status"}) if r["type"] != "error" else {}
     ok(r["type"] == "error" and r["code"] == "busy" and "--max-inflight-per-uid" in r["message"],
-       "a uid's 5th request in flight over all its connections: busy (%s)" % r.get("message"))
+       "a uid's 5th request in flight over all its connections: busy (%s%s)"
+       % (r.get("message") or r["type"], "; then %s" % {k: st.get(k) for k in ("active", "queue_depth")} if st else ""))
     for cl in cs[:2] + [e]:
         cl.close()
     # their requests end (canceled) before SIGTERM (a SIGTERM that meets

@@ -27,7 +27,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
@@ -556,6 +558,52 @@ static void test_pool_idle(void)
     ok(used < 20.0 && !bad, "pool: idle after a burst of jobs, the process used %.2f ms of CPU in 200 ms (< 20)", used);
 }
 
+/* b2__pool_prefetch_next: waiting workers read a named next product's
+ * first bytes.  A hint on memory unmapped since, or with tasks past its
+ * end, changes nothing and faults nowhere; a standing hint is read once,
+ * not polled for ever (the idle bound above holds with one in place). */
+static void test_pool_prefetch(void)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), len = 64 * page;
+    int bad = 0, once = 1;
+    const struct timespec gap = {0, 2 * 1000 * 1000};
+    char *gone = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (gone == MAP_FAILED) {
+        ok(0, "pool: mmap for the prefetch hints");
+        return;
+    }
+    munmap(gone, len);
+    /* unmapped; then its tasks mostly past its end; then no hint */
+    const size_t hint[][3] = {{len, len / 4, len / 4}, {page, 8 * page, len}, {0, 0, 0}};
+    for (int h = 0; h < 3; h++) {
+        b2__pool_prefetch_next(hint[h][0] ? gone : NULL, hint[h][0], hint[h][1], hint[h][2]);
+        for (int rep = 0; rep < 20; rep++) {
+            memset(counts, 0, sizeof counts);
+            b2__parallel_for(8, count_cb, &bad);
+            for (int t = 0; t < 1000; t++) once &= counts[t] == (t < 8);
+            nanosleep(&gap, NULL); /* the workers wait, reading the hint */
+        }
+    }
+    ok(once && !bad, "pool: prefetch hints on unmapped memory and past its end: no fault, every task once");
+    char *buf = malloc((size_t)64 << 20);
+    if (!buf) {
+        ok(0, "pool: 64 MiB for the idle check");
+        return;
+    }
+    memset(buf, 1, (size_t)64 << 20);
+    b2__pool_prefetch_next(buf, (size_t)64 << 20, (size_t)32 << 20, (size_t)32 << 20);
+    for (int rep = 0; rep < 100; rep++) b2__parallel_for(4, count_cb, &bad);
+    const struct timespec settle = {0, 50 * 1000 * 1000}, idle = {0, 200 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    const double c0 = cpu_ms();
+    nanosleep(&idle, NULL);
+    const double used = cpu_ms() - c0;
+    b2__pool_prefetch_next(NULL, 0, 0, 0);
+    free(buf);
+    ok(used < 20.0 && !bad, "pool: idle with a 64 MiB hint standing, the process used %.2f ms of CPU in 200 ms (< 20)",
+       used);
+}
+
 static void test_relu(void)
 {
     static const float special[] = {NAN, -NAN, -0.0f, 0.0f, INFINITY, -INFINITY, 1e-45f, -1e-45f, 1.17e-38f, -3.0f, 2.5f};
@@ -603,5 +651,6 @@ int main(void)
     test_pool();
     test_pool_concurrent();
     test_pool_idle();
+    test_pool_prefetch();
     return tap_done();
 }

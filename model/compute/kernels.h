@@ -82,6 +82,12 @@ void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l);
  * and v); any other case, one b2__linear_rows each. */
 void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count);
 
+/* Names l as the product of n rows that follows the one about to start,
+ * so that the pool's threads read its first bytes while they wait between
+ * the two (a decode step's typed weights: b2__wprefetch_next); l NULL,
+ * f32 weights or many rows: no hint.  Changes no result. */
+void b2__linear_prefetch_next(const b2_linear *l, int n);
+
 /* The matrix backend of the many-row products in math p, for reports:
  * "oneDNN" (bf16 math: oneDNN, per shape unless the own path measured
  * faster) or "own" (f32 math, or BLIP2_MATMUL=own: OpenBLAS sgemm and

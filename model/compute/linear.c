@@ -46,6 +46,12 @@ void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
     add_bias(y, n, l);
 }
 
+void b2__linear_prefetch_next(const b2_linear *l, int n)
+{
+    const int typed = l && l->wt != B2_WT_F32 && !rows_backend(l, n);
+    b2__wprefetch_next(typed ? l->w : NULL, typed ? l->wt : B2_WT_F32, n, typed ? l->out : 0, typed ? l->in : 0);
+}
+
 void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count)
 {
     if (n <= 0 || count <= 0) return;

@@ -18,6 +18,12 @@
  * or a call from inside a task: the caller runs every task itself (slot 0).  A woken worker moves off the
  * caller's CPU (avoid_cpu below).  Workers live as long as the process;
  * in a child after fork() the caller simply runs every task.
+ * A decode step streams one weight after another; between two products the
+ * workers would only wait (the caller's last task, its serial work), so a
+ * worker that waits first reads into its caches the first tasks' bytes of
+ * the product that comes next, if the caller named it
+ * (b2__pool_prefetch_next below), and the next product starts on bytes
+ * already near the cores.
  */
 #include "pool.h"
 
@@ -46,6 +52,11 @@ static struct {
     int caller_waits;         /* the caller sleeps on done */
     int caller_cpu;           /* where the job's caller runs (-1: unknown) */
     cpu_set_t allowed;        /* the process's CPUs at start-up */
+    /* the next product's first bytes (b2__pool_prefetch_next; atomic:
+     * waiting workers read them without mu) */
+    const char *pf_p;
+    size_t pf_size, pf_stride, pf_bytes;
+    unsigned pf_gen;          /* changed with each new hint */
 } P = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER,
        .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
@@ -99,15 +110,64 @@ static void spin_while(const unsigned *p, unsigned v, int eq)
     }
 }
 
+/* How far a waiting worker has read the hinted bytes: the hint it read
+ * them for, and the offset reached (it resumes there after a job). */
+typedef struct pf_state {
+    unsigned gen;
+    size_t off;
+} pf_state;
+
+#define PF_STEP 4096 /* bytes read between two looks at P.gen */
+
+/* While no job comes (P.gen == seen), reads the hinted bytes of the tasks
+ * this slot is likely to take first: slot s takes task s of the next job
+ * (the caller, slot 0, starts on task 0 the moment it publishes), so it
+ * reads [s * stride, s * stride + bytes), then task 0's, which the caller
+ * will find in the shared cache.  A prefetch never faults, so a hint
+ * replaced mid-way costs nothing but the bytes. */
+static void prefetch_waiting(int slot, unsigned seen, pf_state *st)
+{
+    const unsigned g = __atomic_load_n(&P.pf_gen, __ATOMIC_ACQUIRE);
+    if (g != st->gen) *st = (pf_state){g, 0};
+    const char *p = __atomic_load_n(&P.pf_p, __ATOMIC_RELAXED);
+    const size_t size = __atomic_load_n(&P.pf_size, __ATOMIC_RELAXED);
+    const size_t stride = __atomic_load_n(&P.pf_stride, __ATOMIC_RELAXED);
+    const size_t bytes = __atomic_load_n(&P.pf_bytes, __ATOMIC_RELAXED);
+    if (!p) return;
+    while (st->off < 2 * bytes && __atomic_load_n(&P.gen, __ATOMIC_ACQUIRE) == seen) {
+        const size_t o = st->off < bytes ? (size_t)slot * stride + st->off : st->off - bytes;
+        if (o >= size) { /* no such task: on to task 0's */
+            st->off = st->off < bytes ? bytes : 2 * bytes;
+            continue;
+        }
+        const size_t end = size - o < PF_STEP ? size - o : PF_STEP;
+        for (size_t b = 0; b < end; b += 64) __builtin_prefetch(p + o + b, 0, 3);
+        st->off += PF_STEP;
+    }
+}
+
+void b2__pool_prefetch_next(const void *p, size_t size, size_t stride, size_t bytes)
+{
+    if (b2__pool_size() == 1) return;
+    if (bytes > stride) bytes = stride;
+    __atomic_store_n(&P.pf_p, size && bytes ? (const char *)p : NULL, __ATOMIC_RELAXED);
+    __atomic_store_n(&P.pf_size, size, __ATOMIC_RELAXED);
+    __atomic_store_n(&P.pf_stride, stride, __ATOMIC_RELAXED);
+    __atomic_store_n(&P.pf_bytes, (bytes + PF_STEP - 1) / PF_STEP * PF_STEP, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&P.pf_gen, 1, __ATOMIC_RELEASE);
+}
+
 static void *worker(void *arg)
 {
     const int slot = (int)(long)arg;
     unsigned seen = 0;
     int avoided = -1;
+    pf_state pf = {0, 0};
     pthread_mutex_lock(&P.mu);
     for (;;) {
         if (P.gen == seen) {
             pthread_mutex_unlock(&P.mu);
+            prefetch_waiting(slot, seen, &pf);
             spin_while(&P.gen, seen, 1);
             pthread_mutex_lock(&P.mu);
             P.sleepers++;

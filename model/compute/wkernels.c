@@ -456,13 +456,25 @@ int b2__wkernels_use(b2_wtype t, const char *impl)
 /* b2__wprefetch itself is defined in wtype.c, the leaf every kernel file may use. */
 static pthread_once_t wprefetch_once = PTHREAD_ONCE_INIT;
 
-static void wprefetch_init(void)
+/* bytes of the next product a waiting worker reads (b2__wprefetch_next) */
+static size_t wnext_bytes = (size_t)1 << 20;
+
+/* The environment variable name as bytes in [0, max], or -1 (unset, not a
+ * number, out of range) */
+static long env_bytes(const char *name, long max)
 {
-    const char *e = getenv("BLIP2_PREFETCH");
-    if (!e || !*e) return;
+    const char *e = getenv(name);
+    if (!e || !*e) return -1;
     char *end;
     const long v = strtol(e, &end, 10);
-    if (!*end && v >= 0 && v <= (1L << 20)) b2__wprefetch = (int)v;
+    return !*end && v >= 0 && v <= max ? v : -1;
+}
+
+static void wprefetch_init(void)
+{
+    const long v = env_bytes("BLIP2_PREFETCH", 1L << 20), nx = env_bytes("BLIP2_PREFETCH_NEXT", 1L << 26);
+    if (v >= 0) b2__wprefetch = (int)v;
+    if (nx >= 0) wnext_bytes = (size_t)nx;
 }
 
 int b2__wkernels_set_prefetch(int bytes)
@@ -501,6 +513,17 @@ static int decode_chunk(b2_wtype t, size_t rb, int m)
     if (even < rows) rows = even;
     rows = (rows + 7) & ~(size_t)7;
     return rows < 8 ? 8 : rows > (1 << 20) ? 1 << 20 : (int)rows;
+}
+
+void b2__wprefetch_next(const void *w, b2_wtype t, int n, int m, int k)
+{
+    pthread_once(&wprefetch_once, wprefetch_init);
+    if (!w || n > B2_DECODE_ROWS || m <= 0 || !wnext_bytes) {
+        b2__pool_prefetch_next(NULL, 0, 0, 0);
+        return;
+    }
+    const size_t rb = b2__wt_row_bytes(t, k);
+    b2__pool_prefetch_next(w, (size_t)m * rb, (size_t)decode_chunk(t, rb, m) * rb, wnext_bytes);
 }
 
 /* One weight of a job: its output, rows and first task */

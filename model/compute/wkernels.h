@@ -81,6 +81,13 @@ void b2__wmatmul_rows(float *y, int ldy, const float *x, int ldx, const void *w,
 void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int ldx, const void *const *w,
                             b2_wtype t, int n, const int *m, int k, int count);
 
+/* Names W (m rows of k, type t) as the next product of a decode step of n
+ * rows: while they wait, the pool's workers read the first bytes of the
+ * tasks they will take of it (b2__pool_prefetch_next), at most
+ * BLIP2_PREFETCH_NEXT bytes each (default 1 MiB, 0 = off).  w NULL, or
+ * n above the decode rows: no hint.  Changes no result. */
+void b2__wprefetch_next(const void *w, b2_wtype t, int n, int m, int k);
+
 /* b2__wmatmul_rows with the named implementation ("portable", "avx2",
  * "avx512", "avx512-vnni") instead of the one chosen from the CPU, for tests and
  * benchmarks.  Returns 0, or -1 (y untouched) if this build or CPU lacks

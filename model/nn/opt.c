@@ -65,6 +65,7 @@ void b2__opt_embed(const blip2_model *m, const int32_t *ids, int n, float *emb)
 void b2__opt_logits(const blip2_model *m, const float *hidden, int n, float *logits)
 {
     const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
+    b2__linear_prefetch_next(&m->tl[0].q, n); /* the next step starts there */
     if (m->lm_head_wt == B2_WT_F32) b2__matmul_rows(logits, V, hidden, D, m->lm_head, D, n, V, D);
     else b2__wmatmul_rows(logits, V, hidden, D, m->lm_head, m->lm_head_wt, n, V, D);
 }
@@ -83,6 +84,8 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
         const b2_opt_layer *L = &m->tl[l];
         if (c->t_ln_before) b2__layernorm(x, h, n, &L->attn_ln, eps);
         else memcpy(x, h, sizeof(float) * (size_t)n * D);
+        /* each product names the next (read meanwhile by waiting threads) */
+        b2__linear_prefetch_next(&L->o, n);
         b2__linear_rows_multi((float *const[]){ws->q, ws->k, ws->v}, x, n,
                               (const b2_linear *const[]){&L->q, &L->k, &L->v}, 3);
         for (size_t i = 0; i < (size_t)n * D; i++) ws->q[i] *= scale;
@@ -94,13 +97,17 @@ void b2__opt_forward(const blip2_model *m, b2_opt_ws *ws, const float *emb, int 
             b2__attention(ws->a + (size_t)i * D, D, ws->q + (size_t)i * D, D, kv->k + base, D, kv->v + base, D,
                           1, pos[i] + 1, H, hd, 1.0f, ws->s);
         }
+        b2__linear_prefetch_next(&L->fc1, n);
         b2__linear_rows(x, ws->a, n, &L->o);
         b2__add(h, x, (size_t)n * D);
         if (!c->t_ln_before) b2__layernorm(h, h, n, &L->attn_ln, eps);
         if (c->t_ln_before) b2__layernorm(x, h, n, &L->ffn_ln, eps);
         else memcpy(x, h, sizeof(float) * (size_t)n * D);
+        b2__linear_prefetch_next(&L->fc2, n);
         b2__linear_rows(ws->f, x, n, &L->fc1);
         b2__act(ws->f, (size_t)n * F, c->t_act);
+        if (l + 1 < c->t_layers) b2__linear_prefetch_next(&m->tl[l + 1].q, n);
+        else b2__wprefetch_next(m->lm_head_wt != B2_WT_F32 ? m->lm_head : NULL, m->lm_head_wt, n, c->t_vocab, D);
         b2__linear_rows(x, ws->f, n, &L->fc2);
         b2__add(h, x, (size_t)n * D);
         if (!c->t_ln_before) b2__layernorm(h, h, n, &L->ffn_ln, eps);

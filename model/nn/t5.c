@@ -133,12 +133,14 @@ static void attend(float *out, const float *q, const float *K, const float *V, s
 }
 
 /* h (n, D) += wo(act(wi0 x) [* wi1 x]) for x = rms(h); per-row kernels. */
+/* next: the product that follows (a decode step's prefetch hint), or NULL */
 static void feed_forward(const blip2_model *m, const b2_t5_layer *L, float *h, float *x, float *f0,
-                         float *f1, int n)
+                         float *f1, int n, const b2_linear *next)
 {
     const b2_config *c = &m->cfg;
     const int D = c->t_hidden, F = c->t_ffn;
     rmsnorm(x, h, n, D, L->ln_ff, c->t_eps);
+    b2__linear_prefetch_next(&L->wo, n);
     if (c->t_gated)
         b2__linear_rows_multi((float *const[]){f0, f1}, x, n, (const b2_linear *const[]){&L->wi0, &L->wi1}, 2);
     else
@@ -146,6 +148,7 @@ static void feed_forward(const blip2_model *m, const b2_t5_layer *L, float *h, f
     for (int i = 0; i < n; i++) b2__act(f0 + (size_t)i * F, (size_t)F, c->t_act);
     if (c->t_gated)
         for (size_t i = 0; i < (size_t)n * F; i++) f0[i] *= f1[i];
+    b2__linear_prefetch_next(next, n);
     b2__linear_rows(x, f0, n, &L->wo);
     b2__add(h, x, (size_t)n * D);
 }
@@ -176,7 +179,7 @@ void b2__t5_encode(const blip2_model *m, const float *emb, int n, float *out, fl
                    t->enc_bucket, c->t_max_dist, i, s);
         b2__linear_rows(x, a, n, &L->sa.o);
         b2__add(h, x, N * D);
-        feed_forward(m, L, h, x, f0, f1, n);
+        feed_forward(m, L, h, x, f0, f1, n, NULL);
     }
     rmsnorm(out, h, n, D, t->enc_final, c->t_eps);
 }
@@ -244,10 +247,14 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
     const struct b2_t5 *t = m->t5;
     const int D = c->t_hidden, H = c->t_heads, dk = c->t_dkv, I = H * dk;
     float *h = ws->h, *x = ws->x;
+    /* the logits' weight, as the product after the last layer */
+    const b2_linear lm = {.w = t->lm_head, .out = c->t_vocab, .in = D, .wt = t->lm_head_wt, .prec = B2_PREC_F32};
     memcpy(h, emb, sizeof(float) * (size_t)n * D);
     for (int l = 0; l < c->t_dec_layers; l++) {
         const b2_t5_layer *L = &t->dec[l];
         rmsnorm(x, h, n, D, L->ln_sa, c->t_eps);
+        /* each product names the next (read meanwhile by waiting threads) */
+        b2__linear_prefetch_next(&L->sa.o, n);
         b2__linear_rows_multi((float *const[]){ws->q, ws->k, ws->v}, x, n,
                               (const b2_linear *const[]){&L->sa.q, &L->sa.k, &L->sa.v}, 3);
         b2__kv_store(kvs, seq, pos, n, l, ws->k, ws->v);
@@ -257,10 +264,12 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
             attend(ws->a + (size_t)i * I, ws->q + (size_t)i * I, kv->k + base, kv->v + base, (size_t)I,
                    pos[i] + 1, H, dk, t->dec_rel, t->dec_bucket, c->t_max_dist, pos[i], ws->s);
         }
+        b2__linear_prefetch_next(&L->ca.q, n);
         b2__linear_rows(x, ws->a, n, &L->sa.o);
         b2__add(h, x, (size_t)n * D);
 
         rmsnorm(x, h, n, D, L->ln_ca, c->t_eps);
+        b2__linear_prefetch_next(&L->ca.o, n);
         b2__linear_rows(ws->q, x, n, &L->ca.q);
         for (int i = 0; i < n; i++) {
             const b2_kv *cr = &cross[seq[i]]->kv;
@@ -269,9 +278,10 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
             b2__attention(ws->a + (size_t)i * I, I, ws->q + (size_t)i * I, I, cr->k + base, I, cr->v + base, I,
                           1, cr->len, H, dk, 1.0f, ws->s);
         }
+        b2__linear_prefetch_next(&L->wi0, n);
         b2__linear_rows(x, ws->a, n, &L->ca.o);
         b2__add(h, x, (size_t)n * D);
-        feed_forward(m, L, h, x, ws->f0, ws->f1, n);
+        feed_forward(m, L, h, x, ws->f0, ws->f1, n, l + 1 < c->t_dec_layers ? &t->dec[l + 1].sa.q : &lm);
     }
     rmsnorm(hidden, h, n, D, t->dec_final, c->t_eps);
 }
@@ -279,6 +289,7 @@ void b2__t5_decode(const blip2_model *m, b2_t5_ws *ws, const float *emb, int n,
 void b2__t5_logits(const blip2_model *m, float *hidden, int n, float *logits)
 {
     const int D = m->cfg.t_hidden, V = m->cfg.t_vocab;
+    b2__linear_prefetch_next(&m->t5->dec[0].sa.q, n); /* the next step starts there */
     if (m->t5->lm_scale != 1.0f)
         for (size_t i = 0; i < (size_t)n * D; i++) hidden[i] *= m->t5->lm_scale;
     if (m->t5->lm_head_wt == B2_WT_F32) b2__matmul_rows(logits, V, hidden, D, m->t5->lm_head, D, n, V, D);

@@ -65,6 +65,7 @@ typedef struct opts {
     double mem_gib;
     const char *prompt, *image;
     const char *versus_model, *versus_precision; /* --versus-model, --versus-precision */
+    long versus_pfn;          /* --versus-prefetch-next (-1: none) */
     int do_vision, do_qformer, do_lm, do_caption, limits_only;
 } opts;
 
@@ -95,6 +96,9 @@ static void usage(FILE *f)
         "  --versus-precision P\n"
         "                    the same, with --model loaded again in math P (f32, bf16, int8):\n"
         "                    the f32-math path of a reduced file in the same run\n"
+        "  --versus-prefetch-next BYTES\n"
+        "                    the same, the same model with BLIP2_PREFETCH_NEXT=BYTES (the\n"
+        "                    next product's bytes a waiting thread reads; 0 = none)\n"
         "  --limits-only     measure only the limits (sgemm at every ViT shape, memory\n"
         "                    read); needs no model\n"
         "  -v                per-round figures, and the products that ran on oneDNN\n");
@@ -104,7 +108,7 @@ static int parse(opts *o, int argc, char **argv)
 {
     *o = (opts){.rounds = 3, .warmup = 1, .steps = 20, .threads = 0, .mem_gib = 2.0, .batch = 1,
                 .prompt = "Question: what is shown in this picture? Answer:",
-                .do_vision = 1, .do_qformer = 1, .do_lm = 1, .do_caption = 1};
+                .do_vision = 1, .do_qformer = 1, .do_lm = 1, .do_caption = 1, .versus_pfn = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -121,6 +125,7 @@ static int parse(opts *o, int argc, char **argv)
         else if (!strcmp(a, "--image")) o->image = v;
         else if (!strcmp(a, "--versus-model")) o->versus_model = v;
         else if (!strcmp(a, "--versus-precision")) o->versus_precision = v;
+        else if (!strcmp(a, "--versus-prefetch-next")) o->versus_pfn = atol(v) >= 0 ? atol(v) : 0;
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--mem-gib")) o->mem_gib = atof(v);
         else if (!strcmp(a, "--tile-rows")) b2__wtile_rows = atoi(v) > 0 ? atoi(v) : b2__wtile_rows;
@@ -132,7 +137,10 @@ static int parse(opts *o, int argc, char **argv)
         } else { fprintf(stderr, "bench_engine: unknown option %s\n", a); return -1; }
     }
     if ((!o->model && !o->limits_only) || o->rounds < 1 || o->warmup < 0 || o->steps < 1 || o->mem_gib <= 0 ||
-        o->batch < 1 || o->batch > 64 || (o->versus_model && o->versus_precision)) { usage(stderr); return -1; }
+        o->batch < 1 || o->batch > 64 || (!!o->versus_model + !!o->versus_precision + (o->versus_pfn >= 0) > 1)) {
+        usage(stderr);
+        return -1;
+    }
     return 0;
 }
 
@@ -590,7 +598,14 @@ int main(int argc, char **argv)
         vs[s] = calloc((size_t)R, sizeof(double));
         vs_t[s] = calloc((size_t)R, sizeof(double));
     }
-    if (o.versus_model || o.versus_precision) {
+    /* --versus-prefetch-next: the same model, the other setting around its runs */
+    const long pfn_first = b2__wkernels_set_prefetch_next(-1);
+#define VS_PFN(on) (o.versus_pfn >= 0 ? (void)b2__wkernels_set_prefetch_next((on) ? o.versus_pfn : pfn_first) : (void)0)
+    if (o.versus_pfn >= 0) {
+        m2 = m;
+        printf("versus: the same model with BLIP2_PREFETCH_NEXT=%ld (the first: %ld)\n", o.versus_pfn, pfn_first);
+        fflush(stdout);
+    } else if (o.versus_model || o.versus_precision) {
         if (!(m2 = load_versus(&o, m))) return 1;
         printf("versus: %s%s: math: %s\n", o.versus_model ? o.versus_model : "the same file in ",
                o.versus_model ? "" : o.versus_precision, blip2_model_math(m2));
@@ -645,12 +660,14 @@ int main(int argc, char **argv)
             tm[S_DECODE][r] = b2b_median(dstep, o.steps);
             ratio[S_DECODE][r] = b2b_median(dbw, o.steps) / (0.5 * (gb0 + gb1));
             if (m2) { /* the second model right after, on the same buffers */
+                VS_PFN(1);
                 lm_embed_prompt(m2, &lb);
                 a = b2b_now();
                 const int32_t tok2 = lm_prefill(m2, &lb);
                 vs_t[S_PREFILL][r] = b2b_now() - a;
                 lm_decode(m2, &lb, tok2, dstep);
                 vs_t[S_DECODE][r] = b2b_median(dstep, o.steps);
+                VS_PFN(0);
                 for (int st = S_PREFILL; st <= S_DECODE; st++) vs[st][r] = vs_t[st][r] / tm[st][r];
             }
         }
@@ -672,7 +689,9 @@ int main(int argc, char **argv)
             ratio[S_CAPTION][r] = id / tm[S_CAPTION][r];
             if (m2) {
                 int n2 = 0;
+                VS_PFN(1);
                 vs_t[S_CAPTION][r] = caption_once(m2, &o, px, pxc, cq, &n2, &vs_text);
+                VS_PFN(0);
                 if (vs_t[S_CAPTION][r] < 0) return 1;
                 vs[S_CAPTION][r] = vs_t[S_CAPTION][r] / tm[S_CAPTION][r];
             }
@@ -732,9 +751,13 @@ int main(int argc, char **argv)
                o.image ? o.image : "random pixel values", cap_new, o.steps, b2b_median(tm[S_CAPTION], R),
                b2b_median(ideal, R), cap_text ? cap_text : "");
     if (m2) {
-        printf("\nversus %s%s, right after in every round (time, and the median of the per-round\n"
-               "ratios of its time over the first model's):\n", o.versus_model ? o.versus_model : "math ",
-               o.versus_model ? "" : o.versus_precision);
+        if (o.versus_pfn >= 0)
+            printf("\nversus BLIP2_PREFETCH_NEXT=%ld, right after in every round (time, and the median of the\n"
+                   "per-round ratios of its time over the first's):\n", o.versus_pfn);
+        else
+            printf("\nversus %s%s, right after in every round (time, and the median of the per-round\n"
+                   "ratios of its time over the first model's):\n", o.versus_model ? o.versus_model : "math ",
+                   o.versus_model ? "" : o.versus_precision);
         for (int s = S_PREFILL; s < S_N; s++) {
             if (tm[s][0] <= 0) continue;
             const double r2 = b2b_median(vs[s], R);
@@ -754,7 +777,8 @@ int main(int argc, char **argv)
 
     for (int s = 0; s < S_N; s++) { free(tm[s]); free(ratio[s]); free(vs[s]); free(vs_t[s]); }
     free(vs_text);
-    blip2_model_free(m2);
+#undef VS_PFN
+    if (m2 != m) blip2_model_free(m2);
     free(lim_gf); free(lim_gb); free(dstep); free(dbw); free(ideal); free(cap_text);
     for (int i = 1; i < B; i++) b2__kv_free(&kvb[i]);
     free(logitsb);

@@ -110,22 +110,23 @@ static void spin_while(const unsigned *p, unsigned v, int eq)
     }
 }
 
-/* How far a waiting worker has read the hinted bytes: the hint it read
- * them for, and the offset reached (it resumes there after a job). */
+/* How far a thread has read the hinted bytes: the hint it read them for,
+ * and the offset reached (it resumes there after a job). */
 typedef struct pf_state {
     unsigned gen;
     size_t off;
 } pf_state;
 
-#define PF_STEP 4096 /* bytes read between two looks at P.gen */
+#define PF_STEP 4096 /* bytes read between two looks at what it waits for */
 
-/* While no job comes (P.gen == seen), reads the hinted bytes of the tasks
- * this slot is likely to take first: slot s takes task s of the next job
- * (the caller, slot 0, starts on task 0 the moment it publishes), so it
- * reads [s * stride, s * stride + bytes), then task 0's, which the caller
- * will find in the shared cache.  A prefetch never faults, so a hint
- * replaced mid-way costs nothing but the bytes. */
-static void prefetch_waiting(int slot, unsigned seen, pf_state *st)
+/* While (*wp == v) == eq (a worker: no job comes; the caller: workers are
+ * still in its job), reads the hinted bytes of the task this slot is
+ * likely to take first: slot s takes task s of the next job (the caller,
+ * slot 0, starts on task 0 the moment it publishes), so it reads
+ * [s * stride, s * stride + bytes), and a worker then task 0's too, which
+ * the caller will find in the shared cache.  A prefetch never faults, so
+ * a hint replaced mid-way costs nothing but the bytes. */
+static void prefetch_while(const unsigned *wp, unsigned v, int eq, int slot, pf_state *st)
 {
     const unsigned g = __atomic_load_n(&P.pf_gen, __ATOMIC_ACQUIRE);
     if (g != st->gen) *st = (pf_state){g, 0};
@@ -134,7 +135,8 @@ static void prefetch_waiting(int slot, unsigned seen, pf_state *st)
     const size_t stride = __atomic_load_n(&P.pf_stride, __ATOMIC_RELAXED);
     const size_t bytes = __atomic_load_n(&P.pf_bytes, __ATOMIC_RELAXED);
     if (!p) return;
-    while (st->off < 2 * bytes && __atomic_load_n(&P.gen, __ATOMIC_ACQUIRE) == seen) {
+    const size_t all = slot ? 2 * bytes : bytes;
+    while (st->off < all && (__atomic_load_n(wp, __ATOMIC_ACQUIRE) == v) == eq) {
         const size_t o = st->off < bytes ? (size_t)slot * stride + st->off : st->off - bytes;
         if (o >= size) { /* no such task: on to task 0's */
             st->off = st->off < bytes ? bytes : 2 * bytes;
@@ -167,7 +169,7 @@ static void *worker(void *arg)
     for (;;) {
         if (P.gen == seen) {
             pthread_mutex_unlock(&P.mu);
-            prefetch_waiting(slot, seen, &pf);
+            prefetch_while(&P.gen, seen, 1, slot, &pf);
             spin_while(&P.gen, seen, 1);
             pthread_mutex_lock(&P.mu);
             P.sleepers++;
@@ -239,6 +241,8 @@ void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ct
     pthread_mutex_unlock(&P.mu);
 
     run_tasks(fn, ctx, n, 0);
+    static __thread pf_state pf; /* the caller's progress through the hint */
+    prefetch_while(&P.active, 0, 0, 0, &pf);
 
     /* busy until every worker that joined has left: the task counter and
      * the job stay theirs until then; later wakers see !busy and wait.

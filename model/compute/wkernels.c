@@ -485,6 +485,14 @@ int b2__wkernels_set_prefetch(int bytes)
     return old;
 }
 
+long b2__wkernels_set_prefetch_next(long bytes)
+{
+    pthread_once(&wprefetch_once, wprefetch_init);
+    const long old = (long)wnext_bytes;
+    if (bytes >= 0) wnext_bytes = (size_t)bytes;
+    return old;
+}
+
 /* ---- the products over the compute pool ---- */
 
 /* Weight rows per pool task: 64, or for a decode step (at most

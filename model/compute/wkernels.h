@@ -125,6 +125,12 @@ void b2__wquantize_row(void *dst, const float *src, b2_wtype t, int k);
  * call.  The results do not depend on it. */
 int b2__wkernels_set_prefetch(int bytes);
 
+/* The bytes of the next product each waiting thread reads
+ * (b2__wprefetch_next; default 1 MiB, or BLIP2_PREFETCH_NEXT): bytes >= 0
+ * sets it (for benchmarks; from the next hint on), bytes < 0 only asks.
+ * Returns the value in use before the call. */
+long b2__wkernels_set_prefetch_next(long bytes);
+
 /* The default implementation of the products ("portable", "avx2",
  * "avx512", "avx512-vnni"): the one BLIP2_KERNELS names if the CPU runs
  * it, else the best this CPU runs.  Used for every weight type that

@@ -18,12 +18,12 @@
  * or a call from inside a task: the caller runs every task itself (slot 0).  A woken worker moves off the
  * caller's CPU (avoid_cpu below).  Workers live as long as the process;
  * in a child after fork() the caller simply runs every task.
- * A decode step streams one weight after another; between two products the
- * workers would only wait (the caller's last task, its serial work), so a
- * worker that waits first reads into its caches the first tasks' bytes of
- * the product that comes next, if the caller named it
- * (b2__pool_prefetch_next below), and the next product starts on bytes
- * already near the cores.
+ * A decode step streams one weight after another; between two products a
+ * thread would only wait (a worker: the caller's last task and serial
+ * work; the caller: the workers' last tasks), so it first reads into its
+ * caches the first bytes of the task it will take of the product that
+ * comes next, if the caller named it (b2__pool_prefetch_next below), and
+ * the next product starts on bytes already near the cores.
  */
 #include "pool.h"
 
@@ -53,7 +53,7 @@ static struct {
     int caller_cpu;           /* where the job's caller runs (-1: unknown) */
     cpu_set_t allowed;        /* the process's CPUs at start-up */
     /* the next product's first bytes (b2__pool_prefetch_next; atomic:
-     * waiting workers read them without mu) */
+     * waiting threads read them without mu) */
     const char *pf_p;
     size_t pf_size, pf_stride, pf_bytes;
     unsigned pf_gen;          /* changed with each new hint */

@@ -20,9 +20,9 @@
 void b2__parallel_for(int n, void (*fn)(void *ctx, int task, int slot), void *ctx);
 
 /* Names the bytes the next product will read first: size bytes at p in
- * tasks stride bytes apart, of which each waiting worker reads the first
+ * tasks stride bytes apart, of which each waiting thread reads the first
  * bytes (at most stride) of the task it will likely take into its caches
- * (see pool.c) until a job comes; p NULL or size 0: none.  A hint, not a
+ * (see pool.c) until its wait ends; p NULL or size 0: none.  A hint, not a
  * promise: it stays until replaced, changes no result, and p may be freed
  * or unmapped meanwhile (a prefetch never faults). */
 void b2__pool_prefetch_next(const void *p, size_t size, size_t stride, size_t bytes);

@@ -456,7 +456,7 @@ int b2__wkernels_use(b2_wtype t, const char *impl)
 /* b2__wprefetch itself is defined in wtype.c, the leaf every kernel file may use. */
 static pthread_once_t wprefetch_once = PTHREAD_ONCE_INIT;
 
-/* bytes of the next product a waiting worker reads (b2__wprefetch_next) */
+/* bytes of the next product a waiting thread reads (b2__wprefetch_next) */
 static size_t wnext_bytes = (size_t)1 << 20;
 
 /* The environment variable name as bytes in [0, max], or -1 (unset, not a

@@ -82,7 +82,7 @@ void b2__wmatmul_rows_multi(float *const *y, const int *ldy, const float *x, int
                             b2_wtype t, int n, const int *m, int k, int count);
 
 /* Names W (m rows of k, type t) as the next product of a decode step of n
- * rows: while they wait, the pool's workers read the first bytes of the
+ * rows: while they wait, the pool's threads read the first bytes of the
  * tasks they will take of it (b2__pool_prefetch_next), at most
  * BLIP2_PREFETCH_NEXT bytes each (default 1 MiB, 0 = off).  w NULL, or
  * n above the decode rows: no hint.  Changes no result. */

@@ -132,8 +132,8 @@ static void attend(float *out, const float *q, const float *K, const float *V, s
     }
 }
 
-/* h (n, D) += wo(act(wi0 x) [* wi1 x]) for x = rms(h); per-row kernels. */
-/* next: the product that follows (a decode step's prefetch hint), or NULL */
+/* h (n, D) += wo(act(wi0 x) [* wi1 x]) for x = rms(h); per-row kernels.
+ * next: the product after wo (a decode step's prefetch hint), or NULL. */
 static void feed_forward(const blip2_model *m, const b2_t5_layer *L, float *h, float *x, float *f0,
                          float *f1, int n, const b2_linear *next)
 {

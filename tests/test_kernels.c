@@ -610,6 +610,7 @@ static void test_relu(void)
     enum { NS = sizeof special / sizeof special[0] };
     int good = 1;
     float *x = malloc(sizeof(float) * (10240 + 1)), *y = malloc(sizeof(float) * (10240 + 1));
+    for (int i = 0; i <= 10240; i++) x[i] = 0.5f; /* x[0] stands before the unaligned rows: set, as compared */
     for (int n = 0; n <= 10240; n = n < 40 ? n + 1 : 10240) {
         for (int off = 0; off < 2; off++) {
             for (int i = 0; i < n; i++) x[off + i] = i % 3 == 2 ? special[(i / 3) % NS] : frand(-4, 4);

@@ -26,7 +26,9 @@
  *     versus:  with --versus-model FILE / --versus-precision P, a second
  *              model of the same shapes (P: --model in that math) runs
  *              prefill, decode and caption right after the first, on the
- *              same buffers: its time over the first's, per round
+ *              same buffers: its time over the first's, per round; with
+ *              --versus-prefetch-next BYTES the second is --model itself
+ *              with that BLIP2_PREFETCH_NEXT
  *   -> a table of medians over rounds; each ratio is taken against the
  *      limits of its own round (the host's speed drifts), then the median.
  *

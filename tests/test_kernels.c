@@ -542,6 +542,16 @@ static double cpu_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* The CPU time the whole process uses in 200 ms of sleep, settle_ms after now */
+static double idle_cpu_ms(long settle_ms)
+{
+    const struct timespec settle = {0, settle_ms * 1000 * 1000}, idle = {0, 200 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    const double c0 = cpu_ms();
+    nanosleep(&idle, NULL);
+    return cpu_ms() - c0;
+}
+
 /* Workers poll for the next job only briefly (pool.c: SPIN_NS, 50 us),
  * then sleep: an idle pool costs no CPU.  After a burst of jobs, 200 ms
  * of idleness may cost the whole process at most 20 ms of CPU time
@@ -550,11 +560,7 @@ static void test_pool_idle(void)
 {
     int bad = 0;
     for (int rep = 0; rep < 100; rep++) b2__parallel_for(4, count_cb, &bad);
-    const struct timespec settle = {0, 20 * 1000 * 1000}, idle = {0, 200 * 1000 * 1000};
-    nanosleep(&settle, NULL);
-    const double c0 = cpu_ms();
-    nanosleep(&idle, NULL);
-    const double used = cpu_ms() - c0;
+    const double used = idle_cpu_ms(20);
     ok(used < 20.0 && !bad, "pool: idle after a burst of jobs, the process used %.2f ms of CPU in 200 ms (< 20)", used);
 }
 
@@ -593,11 +599,7 @@ static void test_pool_prefetch(void)
     memset(buf, 1, (size_t)64 << 20);
     b2__pool_prefetch_next(buf, (size_t)64 << 20, (size_t)32 << 20, (size_t)32 << 20);
     for (int rep = 0; rep < 100; rep++) b2__parallel_for(4, count_cb, &bad);
-    const struct timespec settle = {0, 50 * 1000 * 1000}, idle = {0, 200 * 1000 * 1000};
-    nanosleep(&settle, NULL);
-    const double c0 = cpu_ms();
-    nanosleep(&idle, NULL);
-    const double used = cpu_ms() - c0;
+    const double used = idle_cpu_ms(50);
     b2__pool_prefetch_next(NULL, 0, 0, 0);
     free(buf);
     ok(used < 20.0 && !bad, "pool: idle with a 64 MiB hint standing, the process used %.2f ms of CPU in 200 ms (< 20)",

@@ -48,8 +48,8 @@ void b2__linear_rows(float *y, const float *x, int n, const b2_linear *l)
 
 void b2__linear_prefetch_next(const b2_linear *l, int n)
 {
-    const int typed = l && l->wt != B2_WT_F32 && !rows_backend(l, n);
-    b2__wprefetch_next(typed ? l->w : NULL, typed ? l->wt : B2_WT_F32, n, typed ? l->out : 0, typed ? l->in : 0);
+    if (l && l->wt != B2_WT_F32 && !rows_backend(l, n)) b2__wprefetch_next(l->w, l->wt, n, l->out, l->in);
+    else b2__wprefetch_next(NULL, B2_WT_F32, n, 0, 0); /* no hint */
 }
 
 void b2__linear_rows_multi(float *const *y, const float *x, int n, const b2_linear *const *l, int count)

@@ -549,14 +549,16 @@ static void test_multi(void)
 }
 
 /* A decode step's product is cut into pool tasks (wkernels.c: 256 rows,
- * or for q8_0 up to about 1.3 MB of W): at k = 10240 and 300 rows, 2 to
- * 8 tasks, the last one short.  Each row must still come out with the
- * bits of a 1-row weight (one task) at its place, n = 1 and 2, in every
- * implementation. */
+ * or for q8_0 up to about 1.3 MB of W), the last ones cut smaller
+ * (split_tail): at k = 10240 and 700 rows, f16, bf16 and q4_0 one task
+ * of 256 rows then 7 of 64 (the last one short), q8_0 6 of 88 then 8 of
+ * 22 (with 2 pool threads).  Each row must still come out once, with
+ * the bits of a 1-row weight (one task) at its place, n = 1 and 2, in
+ * every implementation. */
 static void test_decode_tasks(void)
 {
     static const b2_wtype TYPES[] = {B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
-    enum { M = 300, K = 10240, LDY = M + 3 };
+    enum { M = 700, K = 10240, LDY = M + 3 };
     float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * 2 * K);
     float *y = malloc(sizeof(float) * 2 * LDY), *y1 = malloc(sizeof(float) * 2 * LDY);
     for (int j = 0; j < 2 * K; j++) x[j] = frand(-1, 1);

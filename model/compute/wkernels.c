@@ -551,26 +551,58 @@ typedef struct wjob {
     int i0; /* the first of the n activation rows (each y's row offset) */
     const b2_wimpl *impl;
     int chunk; /* weight rows per task */
+    /* tasks from tail_task on: the last weight's rows from tail_r0 on,
+     * tail_chunk a task (see split_tail) */
+    int tail_task, tail_r0, tail_chunk;
     int nparts;
     wpart part[B2_WMULTI_MAX]; /* the weights, their tasks one after another */
 } wjob;
 
-/* The weight of a task, and the task's first row in it */
-static const wpart *task_part(const wjob *j, int task, int *r0)
+/* The weight of a task, the task's first row in it and its rows */
+static const wpart *task_part(const wjob *j, int task, int *r0, int *rows)
 {
-    int p = 0;
-    while (p + 1 < j->nparts && task >= j->part[p + 1].task0) p++;
-    *r0 = (task - j->part[p].task0) * j->chunk;
+    int p = 0, c = j->chunk;
+    if (task >= j->tail_task) {
+        p = j->nparts - 1;
+        *r0 = j->tail_r0 + (task - j->tail_task) * j->tail_chunk;
+        c = j->tail_chunk;
+    } else {
+        while (p + 1 < j->nparts && task >= j->part[p + 1].task0) p++;
+        *r0 = (task - j->part[p].task0) * c;
+    }
+    *rows = j->part[p].m - *r0 < c ? j->part[p].m - *r0 : c;
     return &j->part[p];
+}
+
+/* A decode step's job ends on smaller tasks: the last weight's last
+ * TAIL_TASKS_PER_THREAD full tasks a thread are cut in TAIL_SPLIT.  Tasks
+ * are taken in order, so while one thread runs its last task the others
+ * wait (or read the next product's first bytes, b2__pool_prefetch_next);
+ * with tasks of 256 bf16 rows at k = 10240 (fc2: 5 MiB) that wait was
+ * up to a whole task, and smaller tasks everywhere ran slower (the
+ * comment on CHUNK_DECODE).  Returns the job's tasks. */
+#define TAIL_SPLIT 4
+#define TAIL_TASKS_PER_THREAD 1
+static int split_tail(wjob *j, int tasks)
+{
+    const int threads = b2__pool_size();
+    wpart *L = &j->part[j->nparts - 1];
+    j->tail_task = tasks;
+    if (threads < 2 || L->m <= 0) return tasks;
+    const int full = (L->m + j->chunk - 1) / j->chunk, cut = threads * TAIL_TASKS_PER_THREAD;
+    if (full <= cut || j->chunk < 8 * TAIL_SPLIT) return tasks;
+    j->tail_task = L->task0 + full - cut;
+    j->tail_r0 = (full - cut) * j->chunk;
+    j->tail_chunk = j->chunk / TAIL_SPLIT;
+    return j->tail_task + (L->m - j->tail_r0 + j->tail_chunk - 1) / j->tail_chunk;
 }
 
 static void wtask(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    int r0;
-    const wpart *P = task_part(j, task, &r0);
-    const int mm = P->m - r0 < j->chunk ? P->m - r0 : j->chunk;
+    int r0, mm;
+    const wpart *P = task_part(j, task, &r0, &mm);
     float *y = P->y + (size_t)j->i0 * P->ldy + r0;
     const unsigned char *w = P->w + (size_t)r0 * j->rb;
     if (j->t == B2_WT_Q4_0)
@@ -587,9 +619,9 @@ static void ref_task(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
-    int r0;
-    const wpart *P = task_part(j, task, &r0);
-    const int r1 = r0 + j->chunk < P->m ? r0 + j->chunk : P->m;
+    int r0, rows;
+    const wpart *P = task_part(j, task, &r0, &rows);
+    const int r1 = r0 + rows;
     float row[1024];
     for (int r = r0; r < r1; r++) {
         for (int i = 0; i < j->n; i++) {
@@ -645,6 +677,8 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
         j.part[i] = (wpart){y[i], w[i], ldy[i], m[i], tasks};
         if (m[i] > 0) tasks += (m[i] + chunk - 1) / chunk;
     }
+    if (n <= B2_DECODE_ROWS) tasks = split_tail(&j, tasks);
+    else j.tail_task = tasks;
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
         return;

@@ -11,8 +11,10 @@
  *     -> q8_0 and q4_0: every x row quantised to q8_0 blocks once per call
  *        (b2__wquantize_act_q8 or the implementation's act_q8, the same
  *        bits, into a per-thread scratch buffer)
- *     -> chunks of 64 W rows spread over the compute pool; each chunk
- *        runs impl->fp, impl->q8 or impl->q4 over all n rows of x
+ *     -> chunks of 64 W rows (a decode step: larger, its last ones cut
+ *        smaller, see decode_chunk and split_tail) spread over the compute
+ *        pool; each chunk runs impl->fp, impl->q8 or impl->q4 over all n
+ *        rows of x
  *   b2__wkernels_tune(t, samples)
  *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
  *        checked against portable on the first sample's rows, refused
@@ -580,7 +582,10 @@ static const wpart *task_part(const wjob *j, int task, int *r0, int *rows)
  * wait (or read the next product's first bytes, b2__pool_prefetch_next);
  * with tasks of 256 bf16 rows at k = 10240 (fc2: 5 MiB) that wait was
  * up to a whole task, and smaller tasks everywhere ran slower (the
- * comment on CHUNK_DECODE).  Returns the job's tasks. */
+ * comment on CHUNK_DECODE).  Whole decode steps, old and new alternating
+ * on a busy host (bench/RESULTS.md, 2026-12-07 18:35): bf16 median 124.3
+ * -> 120.7 ms (9 of 14 pairs faster), q8_0 60.8 -> 60.1 (5 of 6), q4_0
+ * 34.2 -> 34.3 (3 of 6).  Returns the job's tasks. */
 #define TAIL_SPLIT 4
 #define TAIL_TASKS_PER_THREAD 1
 static int split_tail(wjob *j, int tasks)

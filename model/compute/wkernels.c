@@ -31,6 +31,7 @@
 #include "pool.h"
 #include "kernels.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -553,8 +554,8 @@ typedef struct wjob {
     int i0; /* the first of the n activation rows (each y's row offset) */
     const b2_wimpl *impl;
     int chunk; /* weight rows per task */
-    /* tasks from tail_task on: the last weight's rows from tail_r0 on,
-     * tail_chunk a task (see split_tail) */
+    /* tasks from tail_task on (INT_MAX: none): the last weight's rows
+     * from tail_r0 on, tail_chunk a task (see split_tail) */
     int tail_task, tail_r0, tail_chunk;
     int nparts;
     wpart part[B2_WMULTI_MAX]; /* the weights, their tasks one after another */
@@ -592,7 +593,6 @@ static int split_tail(wjob *j, int tasks)
 {
     const int threads = b2__pool_size();
     wpart *L = &j->part[j->nparts - 1];
-    j->tail_task = tasks;
     if (threads < 2 || L->m <= 0) return tasks;
     const int full = (L->m + j->chunk - 1) / j->chunk, cut = threads * TAIL_TASKS_PER_THREAD;
     if (full <= cut || j->chunk < 8 * TAIL_SPLIT) return tasks;
@@ -676,14 +676,13 @@ static void run(const b2_wimpl *impl, float *const *y, const int *ldy, const flo
     for (int i = 0; i < count; i++) mmax = m[i] > mmax ? m[i] : mmax;
     const int chunk = n <= B2_DECODE_ROWS ? decode_chunk(t, rb, mmax) : CHUNK;
     wjob j = {.x = x, .t = t, .rb = rb, .ldx = ldx, .n = n, .k = k, .impl = impl,
-              .chunk = chunk, .nparts = count};
+              .chunk = chunk, .tail_task = INT_MAX, .nparts = count};
     int tasks = 0;
     for (int i = 0; i < count; i++) { /* a weight without rows has no tasks */
         j.part[i] = (wpart){y[i], w[i], ldy[i], m[i], tasks};
         if (m[i] > 0) tasks += (m[i] + chunk - 1) / chunk;
     }
     if (n <= B2_DECODE_ROWS) tasks = split_tail(&j, tasks);
-    else j.tail_task = tasks;
     if (t != B2_WT_Q8_0 && t != B2_WT_Q4_0) {
         b2__parallel_for(tasks, wtask, &j);
         return;

@@ -14,6 +14,7 @@
 #include "error.h"
 #include "gguf.h"
 #include "packed.h"
+#include "pages.h"
 #include "t5.h"
 #include "t5tok.h"
 #include "weights.h"
@@ -507,6 +508,10 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     blip2_model *m = calloc(1, sizeof *m);
     if (!m) return b2__err(err, BLIP2_ENOMEM, "out of memory");
     if ((rc = b2__gguf_open(&m->gguf, path, err)) < 0) goto fail;
+    b2_map_pages pages;
+    size_t size;
+    void *map = b2__gguf_map(m->gguf, &size);
+    if (tune) b2__map_large_pages(map, size, path, &pages); /* before anything reads the weights */
     if ((rc = b2__packed_read_meta(m, m->gguf, err)) < 0) goto fail;
     if ((rc = int8_key(m, err)) < 0) goto fail;
     if ((rc = alloc_layers(m, err)) < 0) goto fail;
@@ -517,8 +522,14 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if ((rc = int8_weights(m, err)) < 0) goto fail;
     if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
     if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
-    size_t size;
-    void *map = b2__gguf_map(m->gguf, &size);
+    if (tune) {
+        const size_t len = strlen(m->math);
+        if (len + 2 < sizeof m->math) {
+            m->math[len] = ';';
+            m->math[len + 1] = ' ';
+            b2__map_pages_describe(&pages, m->math + len + 2, sizeof m->math - len - 2);
+        }
+    }
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
     if (opts && opts->mlock) {
         if (mlock(map, size) != 0) {

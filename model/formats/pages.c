@@ -33,7 +33,7 @@ static size_t pmd_mapped(const void *map)
     size_t kb = 0;
     while (fgets(line, sizeof line, f)) {
         uintptr_t a, b;
-        if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+        if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &a, &b) == 2) { /* a mapping's first line */
             if (in) break;
             in = a == (uintptr_t)map;
         } else if (in && sscanf(line, "FilePmdMapped: %zu kB", &kb) == 1) {
@@ -86,7 +86,7 @@ void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages 
     st->probed = probe(map, size, (size_t)pg);
     if (st->probed < MIN_PROBED) return;
     st->large = pmd_mapped(map);
-    if (st->large >= st->probed / 2) return;
+    if (st->large >= st->probed / 10 * 9) return;
     /* Mostly small folios: drop them (dirty ones written back first, so
      * they can go) and read the file again through the mapping. */
     const int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -33,7 +33,7 @@ typedef struct b2_map_pages {
  * path: asks for 2 MiB pages (MADV_HUGEPAGE), then finds how the part
  * already in the page cache is mapped by touching one byte of every
  * 2 MiB piece wholly in it.  When at least 64 MiB was probed and less
- * than half of it got 2 MiB pages, the file's cached pages are dropped
+ * than 90 % of it got 2 MiB pages, the file's cached pages are dropped
  * (written back first; pages another process maps stay) and the whole
  * mapping is read again (MADV_POPULATE_READ), which the kernel does in
  * 2 MiB folios where the file system allows.  Call before anything else

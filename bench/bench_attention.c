@@ -128,7 +128,7 @@ int main(int argc, char **argv)
         float *sc = malloc(sizeof(float) * b2__attention_scratch(1, maxk, hd));
         float *shh = malloc(sizeof(float) * (size_t)b2__pool_size() * maxk);
         const size_t memn = (size_t)(mem_gib * (1 << 30)) / sizeof(float) / 64 * 64;
-        float *mem = aligned_alloc(64, memn * sizeof(float));
+        float *mem = b2b_alloc_large(memn * sizeof(float));
         double *tn = malloc(sizeof(double) * rounds), *th = malloc(sizeof(double) * rounds);
         double *ratio = malloc(sizeof(double) * rounds), *mr = malloc(sizeof(double) * (rounds + 1));
         if (!q || !out || !sc || !shh || !mem || !tn || !th || !ratio || !mr) return 1;

@@ -301,7 +301,7 @@ static int limits_only(const opts *o, b2b_read_fn rfn, const char *rname, int nt
     float *a = rand_buf((size_t)257 * 6144, 1.0f, 2), *b = rand_buf((size_t)6144 * 6144, 0.05f, 3);
     float *cc = malloc(sizeof(float) * (size_t)257 * 10240);
     const size_t mem_n = ((size_t)(o->mem_gib * 1073741824.0) / sizeof(float)) & ~(size_t)1023;
-    float *mem = aligned_alloc(64, mem_n * sizeof(float));
+    float *mem = b2b_alloc_large(mem_n * sizeof(float));
     if (!a || !b || !cc || !mem) { fprintf(stderr, "bench_engine: out of memory\n"); return 1; }
     for (size_t i = 0; i < mem_n; i++) mem[i] = (float)(i & 7);
     printf("%-28s %14s %14s\n", "sgemm (median of rounds)", "x @ W^T", "x @ W");
@@ -543,7 +543,7 @@ int main(int argc, char **argv)
     float *sa = rand_buf((size_t)sg_m * sg_k, 1.0f, 2), *sb = rand_buf((size_t)sg_n * sg_k, 0.05f, 3);
     float *sc = malloc(sizeof(float) * (size_t)sg_m * sg_n);
     const size_t mem_n = ((size_t)(o.mem_gib * 1073741824.0) / sizeof(float)) & ~(size_t)1023;
-    float *mem = aligned_alloc(64, mem_n * sizeof(float));
+    float *mem = b2b_alloc_large(mem_n * sizeof(float));
     b2_kv kv = {0}, kvb[64] = {{0}};
     b2_kv *kvps[64];
     int32_t toks[64];

@@ -60,7 +60,7 @@ static int mat_make(mat *a, b2_wtype t, int m, int k, uint64_t seed)
     const size_t rb = b2__wt_row_bytes(t, k);
     a->m = m;
     a->k = k;
-    a->w = aligned_alloc(64, (rb * m + 63) & ~(size_t)63);
+    a->w = b2b_alloc_large((rb * m + 63) & ~(size_t)63);
     float *row = malloc(sizeof(float) * k);
     unsigned char *rows = malloc(rb * 61);
     if (!a->w || !row || !rows) { free(row); free(rows); return -1; }
@@ -182,7 +182,7 @@ int main(int argc, char **argv)
     const char *rname;
     b2b_read_fn rfn = b2b_pick_read(&rname);
     const size_t nmem = (size_t)(mem_gib * (1u << 30) / sizeof(float)) & ~(size_t)1023;
-    float *buf = aligned_alloc(64, nmem * sizeof(float));
+    float *buf = b2b_alloc_large(nmem * sizeof(float));
     float *x = malloc(sizeof(float) * NMAX * F), *y = malloc(sizeof(float) * NMAX * V);
     if (!buf || !x || !y) { fprintf(stderr, "bench_wkernels: out of memory\n"); return 1; }
     for (size_t i = 0; i < nmem; i++) buf[i] = (float)(i & 1023) * 1e-3f;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -48,6 +49,14 @@ double b2b_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void *b2b_alloc_large(size_t bytes)
+{
+    const size_t large = (size_t)2 << 20, n = (bytes + large - 1) / large * large;
+    void *p = aligned_alloc(large, n ? n : large);
+    if (p) madvise(p, n ? n : large, MADV_HUGEPAGE); /* a hint: EINVAL without THP */
+    return p;
 }
 
 static int cmp_double(const void *a, const void *b)

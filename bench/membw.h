@@ -26,6 +26,13 @@ double b2b_loadavg(void);
 /* Prints "load average WHEN: " and the /proc/loadavg line ("?" without it). */
 void b2b_print_load(const char *when);
 
+/* bytes of memory on 2 MiB boundaries in 2 MiB pages where the kernel
+ * gives them (MADV_HUGEPAGE before the first touch), as the engine maps
+ * its weight file (model/formats/pages.h): a read limit measured through
+ * 4 KiB pages would be a handicap the weights do not have.  free() it;
+ * NULL when out of memory. */
+void *b2b_alloc_large(size_t bytes);
+
 /* Sums n floats (n a multiple of 64, p 64-byte aligned). */
 typedef float (*b2b_read_fn)(const float *p, size_t n);
 /* The fastest read loop this CPU runs; *name says which ("AVX-512", ...). */

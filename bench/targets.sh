@@ -35,8 +35,9 @@
 # page cache cannot hold all four, what a read under that pressure
 # caches is partly in small pages; bench_engine's load reads a file
 # again in 2 MiB pages when it finds it so (docs/gguf.md), and its first
-# round (uncounted) faults in what is not cached.  The targets are set for a CPU with AVX512-BF16 and 2 threads;
-# elsewhere the figures are still printed, against the same targets.
+# round (uncounted) faults in what is not cached.  The targets are set
+# for a CPU with AVX512-BF16 and 2 threads; elsewhere the figures are
+# still printed, against the same targets.
 set -u
 DIR=${1:?usage: targets.sh DIR (the blip2-opt-2.7b-*.gguf files; made when missing)}
 REPEATS=${REPEATS:-3}

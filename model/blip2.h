@@ -178,8 +178,9 @@ const char *blip2_model_dtype(const blip2_model *m);
 /* The math chosen at load and why, e.g. "bf16 (reduced weights,
  * brg:avx512_core_bf16); oneDNN 2.6.3, avx512_core_bf16; decode kernels
  * avx512", and for a GGUF how its mapping is paged, e.g. "; weights in
- * 2 MiB pages: 100 % of the 4.7 GiB cached" (docs/gguf.md; for logs and
- * status).  Borrowed, valid until blip2_model_free. */
+ * 2 MiB pages: 100 % of the 4.7 GiB cached" (docs/gguf.md); for logs
+ * (blip2d's "math:" line, blip2-infer -v).  Borrowed, valid until
+ * blip2_model_free. */
 const char *blip2_model_math(const blip2_model *m);
 /* The parts of that choice, for status displays (static or borrowed,
  * valid until blip2_model_free):

@@ -5,10 +5,10 @@
  * 4 KiB costs the CPU a page-table walk, and on a virtual machine whose
  * page tables the host shadows, far more: on the 2-vCPU guests of
  * bench/RESULTS.md a bf16 decode step took 2.4 s with the file in small
- * pages against 0.1 s in 2 MiB ones (entry of 2026-12-07 21:50).  The
+ * pages against 0.1 s in 2 MiB ones (entry of 2026-12-07 21:00).  The
  * kernel maps a file with 2 MiB pages where its page cache holds it in
- * 2 MiB folios: what reading it in through a mapping gives (on ext4,
- * xfs, tmpfs of recent kernels), but not what writing it leaves behind:
+ * 2 MiB folios: what reading it in gives on file systems with large
+ * folios (ext4 and xfs of recent kernels), but not what writing it leaves:
  * a file just written by blip2ctl convert, a download or cp is cached
  * in small folios until the cache drops it.
  */
@@ -41,9 +41,9 @@ typedef struct b2_map_pages {
  * skips all of it.  Never fails: what it could not do shows in *st. */
 void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages *st);
 
-/* One line for logs and status from *st, e.g. "weights in 2 MiB pages:
- * 99 % of 4.7 GiB cached" or "weights: 4.7 GiB were cached in small
- * pages, read again: 99 % in 2 MiB pages". */
+/* One line for the load report from *st, e.g. "weights in 2 MiB pages:
+ * 99 % of the 4.7 GiB cached" or "weights: 4.7 GiB were cached in small
+ * pages, read again: 100 % of 4.7 GiB in 2 MiB pages". */
 void b2__map_pages_describe(const b2_map_pages *st, char *buf, size_t size);
 
 #endif

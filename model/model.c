@@ -522,13 +522,11 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if ((rc = int8_weights(m, err)) < 0) goto fail;
     if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
     if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
-    if (tune) {
+    if (tune) { /* appended as kernels() appends the decode kernels */
+        char desc[200];
+        b2__map_pages_describe(&pages, desc, sizeof desc);
         const size_t len = strlen(m->math);
-        if (len + 2 < sizeof m->math) {
-            m->math[len] = ';';
-            m->math[len + 1] = ' ';
-            b2__map_pages_describe(&pages, m->math + len + 2, sizeof m->math - len - 2);
-        }
+        snprintf(m->math + len, sizeof m->math - len, "; %s", desc);
     }
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
     if (opts && opts->mlock) {

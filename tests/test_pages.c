@@ -3,11 +3,13 @@
  * written is cached in small folios; mapped, it is found so and read
  * again, with every byte of it unchanged; a second mapping then finds it
  * in 2 MiB pages when the file system gave them, and is not read again.
- * A file below 64 MiB is probed and left alone; BLIP2_LARGE_PAGES=off
- * does nothing; the one-line descriptions for logs and status.  The
- * 96 MiB file lives in the current directory (the build tree), not in
- * /tmp, which may be a tmpfs: its pages are the file, nothing can drop
- * them, and the re-read checks are then skipped.  TAP output.
+ * A file below 64 MiB is probed and left alone; no mapping, or a file
+ * gone from its path, is left as it is, every byte intact;
+ * BLIP2_LARGE_PAGES=off does nothing; the one-line descriptions for the
+ * load report.  The 96 MiB files live in the current directory (the
+ * build tree), not in /tmp, which may be a tmpfs: its pages are the
+ * file, nothing can drop them, and the re-read checks are then skipped.
+ * TAP output.
  */
 #include "pages.h"
 #include "tap.h"
@@ -155,7 +157,26 @@ int main(void)
         munmap(m, size);
     }
 
-    /* 4. BLIP2_LARGE_PAGES=off */
+    /* 4. bad input: no mapping; a file gone from its path (renamed or
+     * deleted under a running daemon): found in small pages, it cannot be
+     * reopened to drop them, so it is left as it is, every byte intact */
+    b2__map_large_pages(NULL, 0, path, &st);
+    ok(st.size == 0 && st.probed == 0 && st.reread == 0 && !st.off, "no mapping: nothing done");
+    char gone[64];
+    snprintf(gone, sizeof gone, "test_pages.%ld.gone", (long)getpid());
+    m = write_file(gone, mib) == 0 ? map_file(gone, &size) : NULL;
+    if (m) {
+        unlink(gone);
+        b2__map_large_pages(m, size, gone, &st);
+        ok(st.reread == 0 && st.large_after == 0, "a file gone from its path: not read again");
+        ok(first_wrong(m, n) == n, "every byte as written, file gone from its path");
+        munmap(m, size);
+    } else {
+        unlink(gone);
+        ok(0, "write and map %s", gone);
+    }
+
+    /* 5. BLIP2_LARGE_PAGES=off */
     m = map_file(path, &size);
     if (m) {
         setenv("BLIP2_LARGE_PAGES", "off", 1);

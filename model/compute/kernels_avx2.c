@@ -455,52 +455,111 @@ B2_AVX2 static void gemm_nt(float *y, int ldy, const float *x, int ldx, const fl
 /* ---- attention of one query (decoding), heads h0..h1 ----
  * The products of gemm_nt (scores), softmax and gemm_nn (the weighted sum
  * of values) with the same bits as taking them head by head, but in
- * another order: each pair of key rows, then each value row, is read once
- * in memory order for all the heads, instead of each head walking its own
+ * another order: each block of ATT1_ROWS key rows, then of value rows, is
+ * read once for all the heads, instead of each head walking its own
  * columns down the whole cache (320-byte pieces 10 KiB apart for OPT-2.7b,
  * one pass per head and per 16 columns of it).  The same bits: each score
- * is nt_tile's (the lanes aligned as gemm_nt aligns them, the same lane
- * sum), and each output element is the same sequence of FMAs from zero
- * over the keys in order, as gemm_nn's tile makes it (its final * 1.0f
- * changes no bits).  s holds (h1 - h0) rows of nk scores; hd <= KB. */
-#define ATT1_AHEAD 6 /* rows prefetched ahead: the group's columns of each */
+ * is nt_tile's (the lanes aligned as gemm_nt aligns them, each lane's FMAs
+ * in the same order, the lanes summed by the same tree, hsum8x8), and
+ * each output element is the same sequence of FMAs from zero over the
+ * keys in order, as gemm_nn's tile makes it (its final * 1.0f changes no
+ * bits).  A head's scores for a block take one lane sum (eight rows at
+ * once) where nt_tile took two per pair of rows, and its outputs are
+ * loaded and stored once per block of values instead of once per value
+ * row.  s holds (h1 - h0) rows of nk scores; hd <= KB. */
+#define ATT1_ROWS 8  /* key or value rows per block */
+#define ATT1_AHEAD 8 /* rows prefetched ahead: the group's columns of each */
+
+/* the group's columns of rows r..r+n-1 (ld floats apart) from col, to L1 */
+B2_AVX2 static inline void att1_prefetch(const float *m, int ld, int r, int n, int nk, size_t col, size_t width)
+{
+    for (int i = r; i < r + n && i < nk; i++)
+        for (size_t c = 0; c < width; c += 16)
+            _mm_prefetch((const char *)(m + (size_t)i * ld + col + c), _MM_HINT_T0);
+}
+
+/* s[c] = scale * (q . k row c) for the cc <= 8 rows at k (ldk apart),
+ * hd columns, head as nt_head gives it for them: nt_tile's lanes */
+B2_AVX2 static inline void att1_scores(float *s, const float *q, const float *k, int ldk, int hd, int head,
+                                       float scale, int cc)
+{
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+#define ATT1_STEP(LOADW, LOADX)                                                                    \
+    do {                                                                                           \
+        const __m256 xv = LOADX(q + j);                                                            \
+        _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) if (c < cc)                            \
+            acc[c] = _mm256_fmadd_ps(xv, LOADW(k + (size_t)c * ldk + j), acc[c]);                  \
+    } while (0)
+#define LOADA(p) _mm256_load_ps(p)
+#define LOADU(p) _mm256_loadu_ps(p)
+    int j = 0;
+    if (head > 0) { /* the lanes before k + head: from 8 - head columns back */
+        const __m256i m = range_mask(8 - head, 8);
+        j = head - 8;
+#define LOADM(p) _mm256_maskload_ps((p), m)
+        ATT1_STEP(LOADM, LOADM);
+        j = head;
+    }
+    if (head >= 0)
+        for (; j + 8 <= hd; j += 8) ATT1_STEP(LOADA, LOADU);
+    else
+        for (; j + 8 <= hd; j += 8) ATT1_STEP(LOADU, LOADU);
+    if (j < hd) {
+        const __m256i m = tail_mask(hd - j);
+        ATT1_STEP(LOADM, LOADM);
+    }
+#undef LOADM
+#undef LOADA
+#undef LOADU
+#undef ATT1_STEP
+    float sums[8];
+    _mm256_storeu_ps(sums, hsum8x8(acc));
+    for (int c = 0; c < cc; c++) s[c] = scale * sums[c];
+}
+
 B2_AVX2 static void attend1(float *out, const float *q, const float *k, int ldk, const float *v, int ldv,
                             int nk, int h0, int h1, int hd, float scale, float *s)
 {
-    const size_t width = (size_t)(h1 - h0) * hd;
-    for (int r = 0; r < nk; r += 2) {
-        const int cc = nk - r >= 2 ? 2 : 1;
-        if (r + ATT1_AHEAD + 1 < nk) /* the group's columns of a pair of key rows further on */
-            for (size_t c = 0; c < width; c += 16) {
-                _mm_prefetch((const char *)(k + (size_t)(r + ATT1_AHEAD) * ldk + (size_t)h0 * hd + c), _MM_HINT_T0);
-                _mm_prefetch((const char *)(k + (size_t)(r + ATT1_AHEAD + 1) * ldk + (size_t)h0 * hd + c), _MM_HINT_T0);
-            }
+    const size_t width = (size_t)(h1 - h0) * hd, col = (size_t)h0 * hd;
+    att1_prefetch(k, ldk, 0, ATT1_AHEAD, nk, col, width);
+    for (int r = 0; r < nk; r += ATT1_ROWS) {
+        const int cc = nk - r >= ATT1_ROWS ? ATT1_ROWS : nk - r;
+        att1_prefetch(k, ldk, r + ATT1_AHEAD, ATT1_ROWS, nk, col, width);
         for (int h = h0; h < h1; h++) {
             const float *kh = k + (size_t)h * hd; /* gemm_nt's w: its alignment decides the lanes */
-            nt_tile(s + (size_t)(h - h0) * nk + r, nk, q + (size_t)h * hd, 0, kh + (size_t)r * ldk, ldk, hd,
-                    nt_head(kh, ldk, hd), scale, 1, 0.0f, 1, cc);
+            att1_scores(s + (size_t)(h - h0) * nk + r, q + (size_t)h * hd, kh + (size_t)r * ldk, ldk, hd,
+                        nt_head(kh, ldk, hd), scale, cc);
         }
     }
+    att1_prefetch(v, ldv, 0, ATT1_AHEAD, nk, col, width);
     for (int h = h0; h < h1; h++) softmax(s + (size_t)(h - h0) * nk, nk);
-    float *o = out + (size_t)h0 * hd;
+    float *o = out + col;
     memset(o, 0, sizeof(float) * width);
     const int full = hd & ~7;
     const __m256i mt = tail_mask(hd - full);
-    for (int p = 0; p < nk; p++) {
-        const float *vp = v + (size_t)p * ldv + (size_t)h0 * hd;
-        if (p + ATT1_AHEAD < nk)
-            for (size_t c = 0; c < width; c += 16)
-                _mm_prefetch((const char *)(vp + (size_t)ATT1_AHEAD * ldv + c), _MM_HINT_T0);
+    for (int p = 0; p < nk; p += ATT1_ROWS) {
+        const int cc = nk - p >= ATT1_ROWS ? ATT1_ROWS : nk - p;
+        att1_prefetch(v, ldv, p + ATT1_AHEAD, ATT1_ROWS, nk, col, width);
+        const float *vp = v + (size_t)p * ldv + col;
         for (int h = 0; h < h1 - h0; h++) {
-            const __m256 a = _mm256_broadcast_ss(s + (size_t)h * nk + p);
+            const float *sh = s + (size_t)h * nk + p, *vh = vp + (size_t)h * hd;
             float *oh = o + (size_t)h * hd;
-            const float *vh = vp + (size_t)h * hd;
             int j = 0;
-            for (; j < full; j += 8)
-                _mm256_storeu_ps(oh + j, _mm256_fmadd_ps(a, _mm256_loadu_ps(vh + j), _mm256_loadu_ps(oh + j)));
-            if (j < hd)
-                _mm256_maskstore_ps(oh + j, mt, _mm256_fmadd_ps(a, _mm256_maskload_ps(vh + j, mt),
-                                                                _mm256_maskload_ps(oh + j, mt)));
+            for (; j < full; j += 8) {
+                __m256 acc = _mm256_loadu_ps(oh + j);
+                for (int c = 0; c < cc; c++)
+                    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(sh + c), _mm256_loadu_ps(vh + (size_t)c * ldv + j), acc);
+                _mm256_storeu_ps(oh + j, acc);
+            }
+            if (j < hd) {
+                __m256 acc = _mm256_maskload_ps(oh + j, mt);
+                for (int c = 0; c < cc; c++)
+                    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(sh + c), _mm256_maskload_ps(vh + (size_t)c * ldv + j, mt),
+                                          acc);
+                _mm256_maskstore_ps(oh + j, mt, acc);
+            }
         }
     }
 }

@@ -507,6 +507,7 @@ int main(int argc, char **argv)
     if (t5 && o.batch > 1) { fprintf(stderr, "bench_engine: --batch is for OPT models\n"); return 1; }
     const int B = o.batch;
     printf("math: %s\n", blip2_model_math(m));
+    if (*blip2_model_kernels_log(m)) printf("decode kernels: %s\n", blip2_model_kernels_log(m));
     if (t5)
         printf("loaded in %.1f s (stored as %s), RSS %.2f GiB (peak %.2f GiB): ViT %dx%d (T=%d, F=%d), "
                "Q-Former %dx%d, T5 %d+%dx%d (I=%d, F=%d%s, V=%d)\n", t_load, blip2_model_dtype(m),
@@ -611,6 +612,7 @@ int main(int argc, char **argv)
         if (!(m2 = load_versus(&o, m))) return 1;
         printf("versus: %s%s: math: %s\n", o.versus_model ? o.versus_model : "the same file in ",
                o.versus_model ? "" : o.versus_precision, blip2_model_math(m2));
+        if (*blip2_model_kernels_log(m2)) printf("versus: decode kernels: %s\n", blip2_model_kernels_log(m2));
         fflush(stdout);
     }
 

@@ -421,12 +421,15 @@ static void att_head(void *ctx, int h, int slot)
 }
 
 /* One query (decoding): a task per group of heads, each reading its
- * heads' columns of every key and value row at once (simd->attend1).  Two
- * groups per pool thread, so one that starts late is not waited for long;
- * a group's scores fit a slot (at most 1 + hd rows of nk). */
+ * heads' columns of every key and value row at once (simd->attend1).  One
+ * group per pool thread: each reads one longer piece of every row (2.7b:
+ * 5 KiB of 10), 7-9 % faster than two groups per thread of half pieces
+ * (bench/RESULTS.md, 2026-12-08); a thread that starts late leaves its
+ * group to the others.  A group's scores fit a slot (at most 1 + hd rows
+ * of nk). */
 static int att1_group(int heads, int hd)
 {
-    const int tasks = 2 * b2__pool_size();
+    const int tasks = b2__pool_size();
     int g = (heads + tasks - 1) / tasks;
     return g > hd + 1 ? hd + 1 : g;
 }

@@ -2,7 +2,7 @@
  * bench_attention.c - the attention kernels at the real shapes, not a test:
  * `make bench/bench_attention`, then
  *
- *   bench/bench_attention [--rounds N] [--keys LIST] [--mem-gib G]
+ *   bench/bench_attention [--rounds N] [--keys LIST] [--mem-gib G] [--decode-only] [--hot]
  *
  * Vision: ViT-g's self-attention (257 queries and keys, 16 heads of 88),
  * 39 layers on one qkv buffer, in f32 (b2__attention) and in bf16
@@ -13,11 +13,14 @@
  * Decode: one query against LIST keys (default 53,150,250), OPT-2.7b's 32
  * heads of 80, 32 layers each with its own key and value cache (so a
  * step reads them from memory, as a decode step does): b2__attention
- * (simd->attend1, a group of heads per task) against the same products
+ * (simd->attend1, a group of heads per pool thread) against the same products
  * head by head on the pool (gemm_nt, softmax, gemm_nn per head, as
  * b2__attention took them before attend1), alternating; the time a step,
  * the cache read rate, and that rate over the memory read measured
- * alongside (G GiB, default 2).  Figures: bench/RESULTS.md.
+ * alongside (G GiB, default 2).  --decode-only: no vision part.  --hot:
+ * every layer reads layer 0's cache, which then stays in L2: the
+ * arithmetic without the memory (a decode step finds its caches in
+ * memory: the weights read since evict them).  Figures: bench/RESULTS.md.
  */
 #include "kernels.h"
 #include "membw.h"
@@ -58,16 +61,18 @@ static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(co
 
 int main(int argc, char **argv)
 {
-    int rounds = 7, keys[16] = {53, 150, 250}, nkeys = 3;
+    int rounds = 7, keys[16] = {53, 150, 250}, nkeys = 3, decode_only = 0, hot = 0;
     double mem_gib = 2;
     for (int a = 1; a < argc; a++) {
         if (!strcmp(argv[a], "--rounds") && a + 1 < argc) rounds = atoi(argv[++a]);
         else if (!strcmp(argv[a], "--mem-gib") && a + 1 < argc) mem_gib = atof(argv[++a]);
+        else if (!strcmp(argv[a], "--decode-only")) decode_only = 1;
+        else if (!strcmp(argv[a], "--hot")) hot = 1;
         else if (!strcmp(argv[a], "--keys") && a + 1 < argc) {
             nkeys = 0;
             for (char *t = strtok(argv[++a], ","); t && nkeys < 16; t = strtok(NULL, ",")) keys[nkeys++] = atoi(t);
         } else {
-            fprintf(stderr, "usage: bench_attention [--rounds N] [--keys LIST] [--mem-gib G]\n");
+            fprintf(stderr, "usage: bench_attention [--rounds N] [--keys LIST] [--mem-gib G] [--decode-only] [--hot]\n");
             return 2;
         }
     }
@@ -82,7 +87,7 @@ int main(int argc, char **argv)
     unsigned seed = 1;
 
     /* ---- vision ---- */
-    {
+    if (!decode_only) {
         const int T = 257, H = 16, hd = 88, D = H * hd, L = 39;
         const float scale = 1.0f / sqrtf((float)hd);
         float *qkv = malloc(sizeof(float) * (size_t)T * 3 * D), *out = malloc(sizeof(float) * (size_t)T * D);
@@ -142,19 +147,20 @@ int main(int argc, char **argv)
         memset(mem, 0, memn * sizeof(float));
         const char *rname;
         b2b_read_fn rd = b2b_pick_read(&rname);
-        printf("decode attention, one query, %d layers, %d heads of %d (memory read: %s, %d threads, %.1f GiB):\n",
-               L, H, hd, rname, b2__pool_size(), mem_gib);
+        printf("decode attention, one query, %d layers%s, %d heads of %d (memory read: %s, %d threads, %.1f GiB):\n",
+               L, hot ? " all on layer 0's cache (--hot)" : "", H, hd, rname, b2__pool_size(), mem_gib);
         for (int ki = 0; ki < nkeys; ki++) {
             const int nk = keys[ki];
             int nm = 0;
             for (int r = -1; r < rounds; r++) {
                 if (r == -1 || r % 2 == 0) mr[nm++] = b2b_mem_pass(rd, mem, memn, b2__pool_size());
                 double t0 = b2b_now();
-                for (int l = 0; l < L; l++) b2__attention(out, D, q, D, kc[l], D, vc[l], D, 1, nk, H, hd, scale, sc);
+                for (int l = 0; l < L; l++)
+                    b2__attention(out, D, q, D, kc[hot ? 0 : l], D, vc[hot ? 0 : l], D, 1, nk, H, hd, scale, sc);
                 const double a = b2b_now() - t0;
                 t0 = b2b_now();
                 for (int l = 0; l < L; l++) {
-                    hh_job j = {out, shh, q, kc[l], vc[l], D, nk, hd, scale};
+                    hh_job j = {out, shh, q, kc[hot ? 0 : l], vc[hot ? 0 : l], D, nk, hd, scale};
                     b2__parallel_for(H, hh_task, &j);
                 }
                 const double b = b2b_now() - t0;

@@ -3,7 +3,8 @@
  * written is cached in small folios; mapped, it is found so and read
  * again, with every byte of it unchanged; a second mapping then finds it
  * in 2 MiB pages when the file system gave them, and is not read again.
- * A file below 64 MiB is probed and left alone; no mapping, or a file
+ * A file below 64 MiB is probed and left alone; a file not in the page
+ * cache is read in at load, every byte intact; no mapping, or a file
  * gone from its path, is left as it is, every byte intact;
  * BLIP2_LARGE_PAGES=off does nothing; the one-line descriptions for the
  * load report.  The 96 MiB files live in the current directory (the
@@ -86,6 +87,10 @@ static void descriptions(void)
     st = (b2_map_pages){.size = 4 * 1024 * MIB, .probed = 2 * 1024 * MIB, .large = 1024 * MIB};
     b2__map_pages_describe(&st, b, sizeof b);
     ok(has(b, "weights in 2 MiB pages: 50 % of the 2.0 GiB cached"), "probed: %s", b);
+    st = (b2_map_pages){.size = 4 * 1024 * MIB, .probed = 1024 * MIB, .large = 1024 * MIB, .readin = 3 * 1024 * MIB,
+                        .large_after = 4 * 1024 * MIB};
+    b2__map_pages_describe(&st, b, sizeof b);
+    ok(has(b, "weights: 3.0 GiB read in at load: 100 % of 4.0 GiB in 2 MiB pages"), "read in: %s", b);
     st = (b2_map_pages){.size = 4 * 1024 * MIB, .probed = 32 * MIB};
     b2__map_pages_describe(&st, b, sizeof b);
     ok(has(b, "read on first use"), "little cached: %s", b);
@@ -176,7 +181,52 @@ int main(void)
         ok(0, "write and map %s", gone);
     }
 
-    /* 5. BLIP2_LARGE_PAGES=off */
+    /* 5. not in the page cache: read in at load, every byte intact, and
+     * a second mapping finds it all cached */
+    {
+        const int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
+    }
+    m = map_file(path, &size);
+    if (m) {
+        const size_t pg = (size_t)sysconf(_SC_PAGESIZE), pages = size / pg;
+        unsigned char *vec = malloc(pages);
+        size_t cached = 0;
+        if (vec && mincore(m, size, vec) == 0)
+            for (size_t i = 0; i < pages; i++) cached += vec[i] & 1;
+        b2__map_large_pages(m, size, path, &st);
+        diag("dropped: %zu of %zu pages cached; probed %zu MiB, read in %zu MiB, then %zu MiB in 2 MiB pages",
+             cached, pages, st.probed >> 20, st.readin >> 20, st.large_after >> 20);
+        if (st.unaligned || tmpfs || cached * 2 > pages) {
+            ok(1, "# SKIP the file stayed cached, or its mapping is not on 2 MiB");
+            ok(1, "# SKIP the same");
+        } else {
+            size_t after = 0;
+            if (vec && mincore(m, size, vec) == 0)
+                for (size_t i = 0; i < pages; i++) after += vec[i] & 1;
+            ok(st.readin >= size - st.probed && st.readin > 0 && st.reread == 0 && after == pages,
+               "not cached: read in at load (%zu MiB), every page cached after (%zu of %zu)", st.readin >> 20, after,
+               pages);
+            char b[256];
+            b2__map_pages_describe(&st, b, sizeof b);
+            ok(has(b, "read in at load") && has(b, "in 2 MiB pages"), "its report: %s", b);
+        }
+        ok(first_wrong(m, n) == n, "every byte as written, after the read-in");
+        munmap(m, size);
+        m = map_file(path, &size);
+        if (m) {
+            b2__map_large_pages(m, size, path, &st2);
+            ok(st2.readin == 0 && st2.reread == 0, "a second mapping finds it cached: nothing read (%zu MiB probed)",
+               st2.probed >> 20);
+            munmap(m, size);
+        }
+        free(vec);
+    }
+
+    /* 6. BLIP2_LARGE_PAGES=off */
     m = map_file(path, &size);
     if (m) {
         setenv("BLIP2_LARGE_PAGES", "off", 1);

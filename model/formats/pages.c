@@ -84,9 +84,18 @@ void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages 
         return;
     }
     st->probed = probe(map, size, (size_t)pg);
-    if (st->probed < MIN_PROBED) return;
-    st->large = pmd_mapped(map);
-    if (st->large >= st->probed / 10 * 9) return;
+    if (st->probed >= MIN_PROBED) st->large = pmd_mapped(map);
+    if (st->probed < MIN_PROBED || st->large >= st->probed / 10 * 9) {
+        if (size - st->probed < LARGE) return; /* cached whole (but for a last piece) */
+        /* The rest is read in now, in 2 MiB folios where the kernel can,
+         * rather than by the first requests' faults (and not while the
+         * load times the decode kernels, which reads would disturb). */
+        if (madvise(map, size, MADV_POPULATE_READ) == 0) {
+            st->readin = size - st->probed;
+            st->large_after = pmd_mapped(map);
+        }
+        return;
+    }
     /* Mostly small folios: drop them (dirty ones written back first, so
      * they can go) and read the file again through the mapping. */
     const int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -116,6 +125,9 @@ void b2__map_pages_describe(const b2_map_pages *st, char *buf, size_t size)
     else if (st->reread)
         snprintf(buf, size, "weights: %.1f GiB were cached in small pages, read again: %.0f %% of %.1f GiB in 2 MiB pages",
                  gib(st->reread), 100.0 * (double)st->large_after / (double)st->size, gib(st->size));
+    else if (st->readin)
+        snprintf(buf, size, "weights: %.1f GiB read in at load: %.0f %% of %.1f GiB in 2 MiB pages", gib(st->readin),
+                 100.0 * (double)st->large_after / (double)st->size, gib(st->size));
     else if (st->probed >= MIN_PROBED)
         snprintf(buf, size, "weights in 2 MiB pages: %.0f %% of the %.1f GiB cached", 100.0 * (double)st->large / (double)st->probed,
                  gib(st->probed));

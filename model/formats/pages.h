@@ -25,7 +25,8 @@ typedef struct b2_map_pages {
     size_t probed;   /* the 2 MiB pieces that were wholly in the page cache, touched once each */
     size_t large;    /* of those, mapped with 2 MiB pages */
     size_t reread;   /* dropped from the page cache and read again (0: not needed) */
-    size_t large_after; /* after the re-read, the whole mapping: mapped with 2 MiB pages */
+    size_t readin;   /* not in the page cache, read in at load (0: all was, or could not be) */
+    size_t large_after; /* after the re-read or read-in, the whole mapping: mapped with 2 MiB pages */
     int lazy;        /* the re-read is left to the first use (no MADV_POPULATE_READ) */
 } b2_map_pages;
 
@@ -36,14 +37,18 @@ typedef struct b2_map_pages {
  * than 90 % of it got 2 MiB pages, the file's cached pages are dropped
  * (written back first; pages another process maps stay) and the whole
  * mapping is read again (MADV_POPULATE_READ), which the kernel does in
- * 2 MiB folios where the file system allows.  Call before anything else
- * reads the mapping.  The environment variable BLIP2_LARGE_PAGES=off
+ * 2 MiB folios where the file system allows.  Otherwise, what was not
+ * cached is read in the same way now, so that the first requests do not
+ * read the disk (nor the load's timing of the decode kernels, which
+ * reads disturbed: bench/RESULTS.md, 2026-12-08).  Call before anything
+ * else reads the mapping.  The environment variable BLIP2_LARGE_PAGES=off
  * skips all of it.  Never fails: what it could not do shows in *st. */
 void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages *st);
 
 /* One line for the load report from *st, e.g. "weights in 2 MiB pages:
- * 99 % of the 4.7 GiB cached" or "weights: 4.7 GiB were cached in small
- * pages, read again: 100 % of 4.7 GiB in 2 MiB pages". */
+ * 99 % of the 4.7 GiB cached", "weights: 4.7 GiB were cached in small
+ * pages, read again: 100 % of 4.7 GiB in 2 MiB pages" or "weights: 3.1
+ * GiB read in at load: 100 % of 4.7 GiB in 2 MiB pages". */
 void b2__map_pages_describe(const b2_map_pages *st, char *buf, size_t size);
 
 #endif

@@ -88,8 +88,7 @@ void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages 
     if (st->probed < MIN_PROBED || st->large >= st->probed / 10 * 9) {
         if (size - st->probed < LARGE) return; /* cached whole (but for a last piece) */
         /* The rest is read in now, in 2 MiB folios where the kernel can,
-         * rather than by the first requests' faults (and not while the
-         * load times the decode kernels, which reads would disturb). */
+         * rather than by the first requests' faults (see pages.h). */
         if (madvise(map, size, MADV_POPULATE_READ) == 0) {
             st->readin = size - st->probed;
             st->large_after = pmd_mapped(map);

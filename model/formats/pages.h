@@ -38,10 +38,10 @@ typedef struct b2_map_pages {
  * (written back first; pages another process maps stay) and the whole
  * mapping is read again (MADV_POPULATE_READ), which the kernel does in
  * 2 MiB folios where the file system allows.  Otherwise, what was not
- * cached is read in the same way now, so that the first requests do not
- * read the disk (nor the load's timing of the decode kernels, which
- * reads disturbed: bench/RESULTS.md, 2026-12-08).  Call before anything
- * else reads the mapping.  The environment variable BLIP2_LARGE_PAGES=off
+ * cached is read in the same way now: the first requests do not read
+ * the disk, and their faults under a full page cache had left much of a
+ * file in small folios (bench/RESULTS.md, 2026-12-08).  Call before
+ * anything else reads the mapping.  The environment variable BLIP2_LARGE_PAGES=off
  * skips all of it.  Never fails: what it could not do shows in *st. */
 void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages *st);
 

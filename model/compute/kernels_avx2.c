@@ -456,7 +456,7 @@ B2_AVX2 static void gemm_nt(float *y, int ldy, const float *x, int ldx, const fl
  * The products of gemm_nt (scores), softmax and gemm_nn (the weighted sum
  * of values) with the same bits as taking them head by head, but in
  * another order: each block of ATT1_ROWS key rows, then of value rows, is
- * read once for all the heads, instead of each head walking its own
+ * read once for all the group's heads, instead of each head walking its own
  * columns down the whole cache (320-byte pieces 10 KiB apart for OPT-2.7b,
  * one pass per head and per 16 columns of it).  The same bits: each score
  * is nt_tile's (the lanes aligned as gemm_nt aligns them, each lane's FMAs

@@ -41,8 +41,9 @@ typedef struct b2_map_pages {
  * cached is read in the same way now: the first requests do not read
  * the disk, and their faults under a full page cache had left much of a
  * file in small folios (bench/RESULTS.md, 2026-12-08).  Call before
- * anything else reads the mapping.  The environment variable BLIP2_LARGE_PAGES=off
- * skips all of it.  Never fails: what it could not do shows in *st. */
+ * anything else reads the mapping.  The environment variable
+ * BLIP2_LARGE_PAGES=off skips all of it.  Never fails: what it could not
+ * do shows in *st. */
 void b2__map_large_pages(void *map, size_t size, const char *path, b2_map_pages *st);
 
 /* One line for the load report from *st, e.g. "weights in 2 MiB pages:

@@ -68,6 +68,18 @@ static size_t first_wrong(const uint64_t *p, size_t n)
 
 static int has(const char *s, const char *part) { return strstr(s, part) != NULL; }
 
+/* pages of [m, m + size) in the page cache (mincore; 0 when it fails) */
+static size_t resident(const void *m, size_t size)
+{
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE), pages = (size + pg - 1) / pg;
+    unsigned char *vec = malloc(pages);
+    size_t n = 0;
+    if (vec && mincore((void *)m, size, vec) == 0)
+        for (size_t i = 0; i < pages; i++) n += vec[i] & 1;
+    free(vec);
+    return n;
+}
+
 static void descriptions(void)
 {
     char b[200];
@@ -192,11 +204,7 @@ int main(void)
     }
     m = map_file(path, &size);
     if (m) {
-        const size_t pg = (size_t)sysconf(_SC_PAGESIZE), pages = size / pg;
-        unsigned char *vec = malloc(pages);
-        size_t cached = 0;
-        if (vec && mincore(m, size, vec) == 0)
-            for (size_t i = 0; i < pages; i++) cached += vec[i] & 1;
+        const size_t pages = size / (size_t)sysconf(_SC_PAGESIZE), cached = resident(m, size);
         b2__map_large_pages(m, size, path, &st);
         diag("dropped: %zu of %zu pages cached; probed %zu MiB, read in %zu MiB, then %zu MiB in 2 MiB pages",
              cached, pages, st.probed >> 20, st.readin >> 20, st.large_after >> 20);
@@ -204,9 +212,7 @@ int main(void)
             ok(1, "# SKIP the file stayed cached, or its mapping is not on 2 MiB");
             ok(1, "# SKIP the same");
         } else {
-            size_t after = 0;
-            if (vec && mincore(m, size, vec) == 0)
-                for (size_t i = 0; i < pages; i++) after += vec[i] & 1;
+            const size_t after = resident(m, size);
             ok(st.readin >= size - st.probed && st.readin > 0 && st.reread == 0 && after == pages,
                "not cached: read in at load (%zu MiB), every page cached after (%zu of %zu)", st.readin >> 20, after,
                pages);
@@ -223,7 +229,6 @@ int main(void)
                st2.probed >> 20);
             munmap(m, size);
         }
-        free(vec);
     }
 
     /* 6. BLIP2_LARGE_PAGES=off */

@@ -6,9 +6,11 @@
  *   one "pass" = one token through every decoder product: 32 layers of
  *   q, k, v, o (2560 x 2560), fc1 (10240 x 2560), fc2 (2560 x 10240), then
  *   lm_head (50272 x 2560), as b2__wmatmul_rows on n activation rows.
- *   Memory: one layer's six weights and lm_head per type (the 32 layers
- *   reuse them; a layer is 84 MB even as q8_0, far past any cache, so
- *   every pass still streams from DRAM).
+ *   Memory: per type as many copies of one layer's six weights as make
+ *   at least MIN_CYCLE bytes (the 32 layers go round them), and lm_head:
+ *   a pass streams from DRAM.  (With one copy, a q4_0 layer of 44 MB was
+ *   read back partly from the L3 (32 MiB a CCD on Zen 4 and 5), and the products looked ~15 %
+ *   faster than in the engine; bench/RESULTS.md, 2026-12-08 02:50.)
  *
  *   per round r = 1..R, for each implementation (--impl LIST), batch n
  *   and type (f32, f16, bf16, q8_0, q4_0; the types of one configuration
@@ -39,7 +41,8 @@
 
 /* ---- the decoder's weights ---- */
 
-enum { D = 2560, F = 10240, V = 50272, LAYERS = 32, NMAX = 64 };
+enum { D = 2560, F = 10240, V = 50272, LAYERS = 32, NMAX = 64, COPIES_MAX = 8 };
+#define MIN_CYCLE ((size_t)256 << 20) /* bytes of distinct layers a pass goes round */
 
 typedef struct mat {
     int m, k;
@@ -48,7 +51,8 @@ typedef struct mat {
 
 typedef struct wset {
     b2_wtype t;
-    mat layer[6]; /* q, k, v, o, fc1, fc2 */
+    mat layer[COPIES_MAX][6]; /* copies of q, k, v, o, fc1, fc2 */
+    int copies;
     mat head;
     double bytes; /* weight bytes read per pass */
 } wset;
@@ -83,10 +87,14 @@ static int wset_make(wset *s, b2_wtype t)
     static const int shape[6][2] = {{D, D}, {D, D}, {D, D}, {D, D}, {F, D}, {D, F}};
     s->t = t;
     s->bytes = 0;
-    for (int i = 0; i < 6; i++) {
-        if (mat_make(&s->layer[i], t, shape[i][0], shape[i][1], (uint64_t)(10 * t + i))) return -1;
-        s->bytes += LAYERS * (double)b2__wt_row_bytes(t, shape[i][1]) * shape[i][0];
-    }
+    size_t layer = 0;
+    for (int i = 0; i < 6; i++) layer += b2__wt_row_bytes(t, shape[i][1]) * (size_t)shape[i][0];
+    s->copies = (int)((MIN_CYCLE + layer - 1) / layer);
+    if (s->copies > COPIES_MAX) s->copies = COPIES_MAX;
+    for (int c = 0; c < s->copies; c++)
+        for (int i = 0; i < 6; i++)
+            if (mat_make(&s->layer[c][i], t, shape[i][0], shape[i][1], (uint64_t)(10 * t + i + 100 * c))) return -1;
+    s->bytes = LAYERS * (double)layer;
     if (mat_make(&s->head, t, V, D, (uint64_t)(10 * t + 7))) return -1;
     s->bytes += (double)b2__wt_row_bytes(t, D) * V;
     return 0;
@@ -94,7 +102,8 @@ static int wset_make(wset *s, b2_wtype t)
 
 static void wset_free(wset *s)
 {
-    for (int i = 0; i < 6; i++) free(s->layer[i].w);
+    for (int c = 0; c < s->copies; c++)
+        for (int i = 0; i < 6; i++) free(s->layer[c][i].w);
     free(s->head.w);
 }
 
@@ -110,7 +119,7 @@ static double pass(const char *impl, const wset *s, float *y, const float *x, in
 {
     double t0 = b2b_now();
     for (int l = 0; l < LAYERS; l++)
-        for (int i = 0; i < 6; i++) mul(impl, y, x, &s->layer[i], s->t, n);
+        for (int i = 0; i < 6; i++) mul(impl, y, x, &s->layer[l % s->copies][i], s->t, n);
     mul(impl, y, x, &s->head, s->t, n);
     return b2b_now() - t0;
 }
@@ -130,7 +139,7 @@ static void usage(FILE *f)
         "  --mem-gib G    memory-read buffer (default 2; at least 2 for a fair figure)\n"
         "  --prefetch LIST  software prefetch distances in bytes to compare in the same\n"
         "                 rounds, comma-separated (default: the library's, see BLIP2_PREFETCH)\n"
-        "RAM: ~1.9 GB of weights for all four types plus the read buffer.\n");
+        "RAM: ~2.6 GB of weights for all five types plus the read buffer.\n");
 }
 
 int main(int argc, char **argv)
@@ -191,12 +200,12 @@ int main(int argc, char **argv)
     if (impl_arg && !strcmp(impl_arg, "all")) {
         nimpl = 0;
         for (size_t i = 0; i < sizeof ALLIMPL / sizeof ALLIMPL[0]; i++)
-            if (mul(ALLIMPL[i], y, x, &sets[0].layer[0], sets[0].t, 1) == 0) impls[nimpl++] = ALLIMPL[i];
+            if (mul(ALLIMPL[i], y, x, &sets[0].layer[0][0], sets[0].t, 1) == 0) impls[nimpl++] = ALLIMPL[i];
     } else if (impl_arg) {
         snprintf(implbuf, sizeof implbuf, "%s", impl_arg);
         nimpl = 0;
         for (char *p = strtok(implbuf, ","); p && nimpl < 8; p = strtok(NULL, ",")) {
-            if (mul(p, y, x, &sets[0].layer[0], sets[0].t, 1)) {
+            if (mul(p, y, x, &sets[0].layer[0][0], sets[0].t, 1)) {
                 fprintf(stderr, "bench_wkernels: implementation %s not available here\n", p);
                 return 1;
             }

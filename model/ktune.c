@@ -223,6 +223,10 @@ int b2__kernels_choose(blip2_model *m, const char *gguf_path, blip2_error *err)
                     if (r.c[c].refused)
                         len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0, "%s%s refused (%.3g of the bound)",
                                                 c ? ", " : "", r.c[c].name, r.c[c].err);
+                    else if (r.c[c].hot > 0) /* still close at the end: timed in cache too */
+                        len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0,
+                                                "%s%s %.1f GB/s (%.2f; %.0f GB/s in cache)", c ? ", " : "",
+                                                r.c[c].name, r.c[c].gbs, r.c[c].score, r.c[c].hot);
                     else
                         len += (size_t)snprintf(note + len, len < sizeof note ? sizeof note - len : 0, "%s%s %.1f GB/s (%.2f)",
                                                 c ? ", " : "", r.c[c].name, r.c[c].gbs, r.c[c].score);

@@ -51,6 +51,11 @@
  *               right but slower one (the chosen one twice over, or
  *               scalar code) is timed and never chosen; one measurement
  *               phase only when the runner-up is 5 % behind, at most 3;
+ *               candidates still within 5 % of the best at the end are
+ *               timed in cache too and the fastest there is chosen, the
+ *               rest are not (and with every candidate counted close,
+ *               b2__wkernels_test_close, each is, and portable is slower
+ *               there); b2__wtune_pick's rule on fixed scores;
  *               b2__wkernels_use sets what the dispatching entry point
  *               runs per type (same bits as the named implementation)
  *   quantise    f16 / bf16 round to nearest even: every 16-bit pattern
@@ -930,6 +935,46 @@ static const b2_wimpl slow_twin = {"test-slow", slow_fp, slow_q8, dq_c, slow_q4,
 static const b2_wimpl wrong_zero = {"test-zero", zero_fp, zero_q8, dq_c, zero_q8, dq4_c, NULL};
 static const b2_wimpl wrong_short = {"test-short", short_fp, short_q8, dq_c, short_q4, dq4_c, NULL};
 
+/* The tuner's result is consistent with its rule: where others ended
+ * within 5 % of the best score, exactly those were timed in cache and
+ * the fastest there was chosen; else none was and the best score won.
+ */
+static void tune_consistent(b2_wtype t, const b2_wtune *r)
+{
+    double sc[B2_WTUNE_MAX] = {0}, hot[B2_WTUNE_MAX] = {0}, top = 0;
+    for (int c = 0; c < r->n; c++) {
+        sc[c] = r->c[c].refused ? 0 : r->c[c].score;
+        hot[c] = r->c[c].hot;
+        top = sc[c] > top ? sc[c] : top;
+    }
+    int close = 0, timed_right = 1;
+    for (int c = 0; c < r->n; c++) close += sc[c] > 0 && sc[c] >= 0.95 * top;
+    for (int c = 0; c < r->n; c++) {
+        const int in = close > 1 && sc[c] > 0 && sc[c] >= 0.95 * top;
+        timed_right &= in ? hot[c] > 0 : hot[c] == 0;
+    }
+    const int pick = b2__wtune_pick(sc, hot, r->n);
+    ok(timed_right && pick >= 0 && !strcmp(r->chosen, r->c[pick].name),
+       "%s: %d candidate(s) ended within 5 %% of the best score, %s, %s chosen", b2__wt_name(t), close,
+       close > 1 ? "each timed in cache too" : "none timed in cache", r->chosen);
+}
+
+static void test_tune_pick(void)
+{
+    const double s1[] = {2.0, 1.0, 3.0}, h0[] = {0, 0, 0};
+    ok(b2__wtune_pick(s1, h0, 3) == 2, "b2__wtune_pick: a clear winner by score");
+    const double h1[] = {50, 90, 10};
+    ok(b2__wtune_pick(s1, h1, 3) == 2, "b2__wtune_pick: in-cache rates do not matter beyond 5 %%");
+    const double s2[] = {2.90, 2.85, 0.12}, h2[] = {40, 55, 0};
+    ok(b2__wtune_pick(s2, h2, 3) == 1, "b2__wtune_pick: within 5 %%, the fastest in cache");
+    const double s3[] = {2.90, 2.85, 2.70}, h3[] = {40, 40, 90};
+    ok(b2__wtune_pick(s3, h3, 3) == 0, "b2__wtune_pick: 7 %% behind is out, even fastest in cache; equal in cache, the higher score");
+    const double s4[] = {0, 0}, h4[] = {1, 2};
+    ok(b2__wtune_pick(s4, h4, 2) == -1, "b2__wtune_pick: no score above 0, no choice");
+    const double s5[] = {0, 2.0, 1.99}, h5[] = {99, 0, 5};
+    ok(b2__wtune_pick(s5, h5, 3) == 2, "b2__wtune_pick: a refused candidate (score 0) is never picked");
+}
+
 static void test_tune(void)
 {
     static const b2_wtype TYPES[] = {B2_WT_F32, B2_WT_F16, B2_WT_BF16, B2_WT_Q8_0, B2_WT_Q4_0};
@@ -963,6 +1008,28 @@ static void test_tune(void)
         ok(rc == 0 && res.phases >= 1 && res.phases <= 3 && (res.phases > 1 || sc2 < 0.95 * sc1),
            "%s: %d measurement phase(s), best two scores %.2f and %.2f", b2__wt_name(t), rc == 0 ? res.phases : 0,
            sc1, sc2);
+        tune_consistent(t, &res);
+        /* everything counted close: every candidate within the bound
+         * timed in cache too, the fastest there chosen; portable (scalar
+         * code) slower there than the chosen one */
+        {
+            b2__wkernels_test_close(1);
+            b2_wtune ra;
+            const int rca = b2__wkernels_tune(t, s, 3, &ra);
+            b2__wkernels_test_close(-1);
+            int all = rca == 0, fastest = rca == 0, chosen = -1, port = -1;
+            for (int c = 0; rca == 0 && c < ra.n; c++) {
+                all &= ra.c[c].refused || ra.c[c].hot > 0;
+                if (!strcmp(ra.c[c].name, ra.chosen)) chosen = c;
+                if (!strcmp(ra.c[c].name, "portable")) port = c;
+            }
+            for (int c = 0; rca == 0 && chosen >= 0 && c < ra.n; c++) fastest &= ra.c[c].hot <= ra.c[chosen].hot;
+            ok(all && fastest && chosen >= 0 && (ra.n < 2 || (port >= 0 && port != chosen &&
+                                                              ra.c[port].hot < ra.c[chosen].hot)),
+               "%s: all counted close: each of %d timed in cache, the fastest there (%s, %.1f GB/s) chosen, "
+               "portable slower there (%.1f GB/s)", b2__wt_name(t), rca == 0 ? ra.n : 0, rca == 0 ? ra.chosen : "-",
+               chosen >= 0 ? ra.c[chosen].hot : 0.0, port >= 0 ? ra.c[port].hot : 0.0);
+        }
         /* the chosen one against portable, all rows, by the tuner's bound */
         float *y = malloc(sizeof(float) * n * m), *yp = malloc(sizeof(float) * n * m);
         double worst = 0;
@@ -1066,6 +1133,7 @@ int main(void)
     test_prefetch();
     test_prefetch_streams();
     test_widen();
+    test_tune_pick();
     test_tune();
     return tap_done();
 }

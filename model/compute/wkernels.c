@@ -368,11 +368,11 @@ static int wslot(b2_wtype t)
     return -1;
 }
 
-/* The function an implementation runs for type t: two implementations
- * with the same one are the same candidate for that type. */
 /* 1 for the block types, whose products quantise the activations to q8_0 */
 static int wt_block(b2_wtype t) { return t == B2_WT_Q8_0 || t == B2_WT_Q4_0; }
 
+/* The function an implementation runs for type t: two implementations
+ * with the same one are the same candidate for that type. */
 static const void *wentry(const b2_wimpl *p, b2_wtype t)
 {
     if (t == B2_WT_Q4_0) return p->q4 ? (const void *)p->q4 : (const void *)q4_rows_c;
@@ -602,20 +602,24 @@ static int split_tail(wjob *j, int tasks)
     return j->tail_task + (L->m - j->tail_r0 + j->tail_chunk - 1) / j->tail_chunk;
 }
 
+/* impl's product for type t on m rows of W at w (q8_0, q4_0: of x
+ * quantised, xq and xd), on this thread */
+static void rows_on(const b2_wimpl *impl, b2_wtype t, float *y, int ldy, const float *x, int ldx,
+                    const int8_t *xq, const float *xd, const unsigned char *w, size_t rb, int n, int m, int k)
+{
+    if (t == B2_WT_Q4_0) (impl->q4 ? impl->q4 : q4_rows_c)(y, ldy, xq, xd, w, rb, n, m, k);
+    else if (t == B2_WT_Q8_0) impl->q8(y, ldy, xq, xd, w, rb, n, m, k);
+    else impl->fp(y, ldy, x, ldx, w, rb, t, n, m, k);
+}
+
 static void wtask(void *ctx, int task, int slot)
 {
     (void)slot;
     const wjob *j = ctx;
     int r0, mm;
     const wpart *P = task_part(j, task, &r0, &mm);
-    float *y = P->y + (size_t)j->i0 * P->ldy + r0;
-    const unsigned char *w = P->w + (size_t)r0 * j->rb;
-    if (j->t == B2_WT_Q4_0)
-        (j->impl->q4 ? j->impl->q4 : q4_rows_c)(y, P->ldy, j->xq, j->xd, w, j->rb, j->n, mm, j->k);
-    else if (j->t == B2_WT_Q8_0)
-        j->impl->q8(y, P->ldy, j->xq, j->xd, w, j->rb, j->n, mm, j->k);
-    else
-        j->impl->fp(y, P->ldy, j->x, j->ldx, w, j->rb, j->t, j->n, mm, j->k);
+    rows_on(j->impl, j->t, P->y + (size_t)j->i0 * P->ldy + r0, P->ldy, j->x, j->ldx, j->xq, j->xd,
+            P->w + (size_t)r0 * j->rb, j->rb, j->n, mm, j->k);
 }
 
 /* Without scratch for the quantised activations (out of memory): the
@@ -806,7 +810,46 @@ static double median(double *v, int n)
 #define TUNE_WARM 2             /* groups of products first, not counted */
 #define TUNE_PHASES 3           /* at most: a phase more while the best two are close */
 #define TUNE_CLOSE 0.05         /* close: scores within 5 % */
+static double tune_close = TUNE_CLOSE; /* b2__wkernels_test_close */
+
+void b2__wkernels_test_close(double close) { tune_close = close >= 0 ? close : TUNE_CLOSE; }
 #define TUNE_MAX_GROUPS 4096
+#define TUNE_HOT_BYTES (192u << 10) /* weights of the in-cache measurement (in any L2) */
+#define TUNE_HOT_REPS 48            /* its products per candidate; the fastest counts */
+
+int b2__wtune_pick(const double *score, const double *hot, int n)
+{
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (score[i] > 0 && (best < 0 || score[i] > score[best])) best = i;
+    if (best < 0) return -1;
+    int pick = best;
+    for (int i = 0; i < n; i++)
+        if (score[i] >= score[best] * (1 - tune_close) &&
+            (hot[i] > hot[pick] || (hot[i] == hot[pick] && score[i] > score[pick])))
+            pick = i;
+    return pick;
+}
+
+/* GB/s of impl's fastest of TUNE_HOT_REPS products on the first rows of
+ * s (TUNE_HOT_BYTES of them) with x row 0 (xq, xd: it quantised), on
+ * this thread: after the first, the weights come from its caches, so
+ * this is how fast the kernel computes, not how fast memory feeds it. */
+static double hot_rate(const b2_wimpl *impl, b2_wtype t, const b2_wsample *s, float *y, const float *x,
+                       const int8_t *xq, const float *xd)
+{
+    const size_t rb = b2__wt_row_bytes(t, s->k);
+    int rows = (int)(TUNE_HOT_BYTES / rb);
+    rows = rows < 1 ? 1 : rows > s->m ? s->m : rows;
+    double best = INFINITY;
+    for (int rep = 0; rep <= TUNE_HOT_REPS; rep++) {
+        const double t0 = now_s();
+        rows_on(impl, t, y, rows, x, s->k, xq, xd, s->w, rb, 1, rows, s->k);
+        const double dt = now_s() - t0;
+        if (rep && dt < best) best = dt; /* the first brings them in */
+    }
+    return (double)rb * rows / (best > 0 ? best : 1e-9) / 1e9;
+}
 
 /* Reads a byte of every page of the samples from s[i0] on (round robin)
  * as far as want bytes, so that no timed product faults them in. */
@@ -982,11 +1025,41 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
             }
         }
         res->phases = phase + 1;
-        if (second < best_score * (1 - TUNE_CLOSE)) break; /* a clear winner */
+        if (second < best_score * (1 - tune_close)) break; /* a clear winner */
     }
     res->mbytes = (double)read / nok / 1e6;
     free(score);
     free(rates);
+    /* Still within TUNE_CLOSE after the last phase: memory feeds them
+     * alike, and of those the one that computes fastest with its weights
+     * in cache wins, the one with the most room left when memory is
+     * faster or a decode step's other work shares the core.  (On a Zen 5
+     * the q4_0 loads of bench/targets.sh scored AVX2 1-4 % over VNNI,
+     * whose products then ran 3-15 % faster in the engine; in cache VNNI
+     * computes twice as fast: bench/RESULTS.md, 2026-12-08 02:50.) */
+    {
+        double sc[B2_WTUNE_MAX], hot[B2_WTUNE_MAX];
+        for (int c = 0; c < nc; c++) {
+            sc[c] = ok[c] ? res->c[c].score : 0;
+            hot[c] = 0;
+        }
+        const int b = b2__wtune_pick(sc, hot, nc);
+        int close = 0;
+        for (int c = 0; c < nc; c++) close += ok[c] && c != b && sc[c] >= sc[b] * (1 - tune_close);
+        if (close) {
+            int8_t *xq = malloc((size_t)k0);
+            float *xd8 = malloc(sizeof(float) * (size_t)(k0 / B2_Q8_0_BLOCK + 1));
+            if (xq && xd8) {
+                if (wt_block(t)) b2__wquantize_act_q8(xq, xd8, x, k0);
+                for (int c = 0; c < nc; c++)
+                    if (ok[c] && sc[c] >= sc[b] * (1 - tune_close))
+                        hot[c] = res->c[c].hot = hot_rate(cand[c], t, &s[0], y, x, xq, xd8);
+                best = b2__wtune_pick(sc, hot, nc);
+            }
+            free(xq);
+            free(xd8);
+        }
+    }
     res->chosen = cand[best]->name;
     rc = 0;
 out:

@@ -176,6 +176,8 @@ typedef struct b2_wtune {
         int refused;     /* err > 1: not timed, never chosen */
         double gbs;      /* median weight read rate of its timed products, GB/s */
         double score;    /* median of its products' rates over their groups' geometric means */
+        double hot;      /* GB/s with its weights in cache, one thread; measured only for the
+                          * candidates still within 5 % of the best score at the end, else 0 */
     } c[B2_WTUNE_MAX];
     double mbytes;       /* weights each candidate read, timed, MB */
     int phases;          /* measurement phases: 1, or up to 3 while the best two were within 5 % */
@@ -196,7 +198,10 @@ typedef struct b2_wtune {
  * order rotated by one each group, until each has read 240 MiB (after
  * two groups not counted), and as much again (twice at most) while the
  * best two median scores are within 5 %.  A product's score is its rate
- * over its group's geometric mean; the highest median score wins.  Does not
+ * over its group's geometric mean; the highest median score wins, unless
+ * others are still within 5 % of it after the last phase: then of those
+ * the one fastest with its weights in cache (the fastest of 48 products
+ * of 192 KiB of s[0]'s rows on the calling thread) wins.  Does not
  * change the choice in use (b2__wkernels_use does).  Takes some
  * milliseconds per candidate.
  * Returns 0 (res->chosen set), or -1: bad samples, out of memory, or

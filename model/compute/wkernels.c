@@ -19,7 +19,7 @@
  *     -> each candidate this CPU runs for t (b2__wkernels_candidates)
  *        checked against portable on the first sample's rows, refused
  *        beyond the bound; the rest timed as decode steps; the fastest
- *        (of several within 5 % at the end, the fastest in cache)
+ *        (of several within 10 % at the end, the fastest in cache)
  * A new weight type: one entry in wtypes, its entry point in wentry (and
  * in b2_wimpl), and, for a block type, wt_block; the tuner, the per-type choice and the cache file
  * (model/ktune.c, kt_types) then cover it.
@@ -811,9 +811,10 @@ static double median(double *v, int n)
 #define TUNE_WARM 2             /* groups of products first, not counted */
 #define TUNE_PHASES 3           /* at most: a phase more while the best two are close */
 #define TUNE_CLOSE 0.05         /* close: scores within 5 % */
-static double tune_close = TUNE_CLOSE; /* b2__wkernels_test_close */
+#define TUNE_TIE 0.10           /* a tie at the end: scores within 10 % */
+static double tune_tie = TUNE_TIE; /* b2__wkernels_test_tie */
 
-void b2__wkernels_test_close(double close) { tune_close = close >= 0 ? close : TUNE_CLOSE; }
+void b2__wkernels_test_tie(double tie) { tune_tie = tie >= 0 ? tie : TUNE_TIE; }
 #define TUNE_MAX_GROUPS 4096
 #define TUNE_HOT_BYTES (192u << 10) /* weights of the in-cache measurement (in any L2) */
 #define TUNE_HOT_REPS 48            /* its products per candidate; the fastest counts */
@@ -826,7 +827,7 @@ int b2__wtune_pick(const double *score, const double *hot, int n)
     if (best < 0) return -1;
     int pick = best;
     for (int i = 0; i < n; i++)
-        if (score[i] >= score[best] * (1 - tune_close) &&
+        if (score[i] >= score[best] * (1 - tune_tie) &&
             (hot[i] > hot[pick] || (hot[i] == hot[pick] && score[i] > score[pick])))
             pick = i;
     return pick;
@@ -1026,18 +1027,21 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
             }
         }
         res->phases = phase + 1;
-        if (second < best_score * (1 - tune_close)) break; /* a clear winner */
+        if (second < best_score * (1 - TUNE_CLOSE)) break; /* a clear winner */
     }
     res->mbytes = (double)read / nok / 1e6;
     free(score);
     free(rates);
-    /* Still within TUNE_CLOSE after the last phase: memory feeds them
-     * alike, and of those the one that computes fastest with its weights
-     * in cache wins, the one with the most room left when memory is
-     * faster or a decode step's other work shares the core.  (On a Zen 5
-     * the q4_0 loads of bench/targets.sh scored AVX2 1-4 % over VNNI,
-     * whose products then ran 3-15 % faster in the engine; in cache VNNI
-     * computes twice as fast: bench/RESULTS.md, 2026-12-08 02:50.) */
+    /* Within TUNE_TIE of the best score after the last phase: memory
+     * feeds them about alike, and of those the one that computes fastest
+     * with its weights in cache wins, the one with the most room left when
+     * memory is faster or a decode step's other work shares the core.  On
+     * a Zen 5 the q4_0 loads of bench/targets.sh scored AVX2 1-9 % over
+     * VNNI, whose products then ran 3-15 % faster in the engine; in cache
+     * VNNI computes q4_0 and q8_0 1.4-1.9 times as fast as AVX2
+     * (bench/RESULTS.md, 2026-12-08 02:50).  There AVX-512 also computes
+     * bf16 and f16 faster in cache, and the scores pick it anyway, though
+     * AVX2 decoded the bf16 file 0-8 % faster in the engine. */
     {
         double sc[B2_WTUNE_MAX], hot[B2_WTUNE_MAX];
         for (int c = 0; c < nc; c++) {
@@ -1046,14 +1050,14 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
         }
         const int b = b2__wtune_pick(sc, hot, nc);
         int close = 0;
-        for (int c = 0; c < nc; c++) close += ok[c] && c != b && sc[c] >= sc[b] * (1 - tune_close);
+        for (int c = 0; c < nc; c++) close += ok[c] && c != b && sc[c] >= sc[b] * (1 - tune_tie);
         if (close) {
             int8_t *xq = malloc((size_t)k0);
             float *xd8 = malloc(sizeof(float) * (size_t)(k0 / B2_Q8_0_BLOCK + 1));
             if (xq && xd8) {
                 if (wt_block(t)) b2__wquantize_act_q8(xq, xd8, x, k0);
                 for (int c = 0; c < nc; c++)
-                    if (ok[c] && sc[c] >= sc[b] * (1 - tune_close))
+                    if (ok[c] && sc[c] >= sc[b] * (1 - tune_tie))
                         hot[c] = res->c[c].hot = hot_rate(cand[c], t, &s[0], y, x, xq, xd8);
                 best = b2__wtune_pick(sc, hot, nc);
             }

@@ -177,7 +177,7 @@ typedef struct b2_wtune {
         double gbs;      /* median weight read rate of its timed products, GB/s */
         double score;    /* median of its products' rates over their groups' geometric means */
         double hot;      /* GB/s with its weights in cache, one thread; measured only for the
-                          * candidates still within 5 % of the best score at the end, else 0 */
+                          * candidates within 10 % of the best score at the end, else 0 */
     } c[B2_WTUNE_MAX];
     double mbytes;       /* weights each candidate read, timed, MB */
     int phases;          /* measurement phases: 1, or up to 3 while the best two were within 5 % */
@@ -199,7 +199,7 @@ typedef struct b2_wtune {
  * two groups not counted), and as much again (twice at most) while the
  * best two median scores are within 5 %.  A product's score is its rate
  * over its group's geometric mean; the highest median score wins, unless
- * others are still within 5 % of it after the last phase: then of those
+ * others are within 10 % of it after the last phase: then of those
  * the one fastest with its weights in cache (the fastest of 48 products
  * of 192 KiB of s[0]'s rows on the calling thread) wins.  Does not
  * change the choice in use (b2__wkernels_use does).  Takes some

@@ -156,16 +156,16 @@ static inline b2_wpf b2__wpf(const unsigned char *w, size_t rb, int R)
 #define B2_WPF_AT(p, off, r, rb) ((const char *)((off) < (p).lim ? (p).a : (p).b) + (off) + (size_t)(r) * (rb))
 
 /* The tuner's choice (wkernels.c): the highest score[i] (> 0; 0: not a
- * candidate), unless others are within 5 % of it (b2__wkernels_test_close):
+ * candidate), unless others are within 10 % of it (b2__wkernels_test_tie):
  * then of those the one
  * with the highest hot[i] (> 0 where measured; a tie keeps the higher
  * score).  Returns the index, or -1 if no score is above 0. */
 int b2__wtune_pick(const double *score, const double *hot, int n);
 
-/* Tests only: what b2__wkernels_tune and b2__wtune_pick count as close
- * (a fraction of the best score; 1: every candidate; < 0: the default,
- * 0.05). */
-void b2__wkernels_test_close(double close);
+/* Tests only: what b2__wkernels_tune and b2__wtune_pick count as a tie
+ * at the end (a fraction of the best score; 1: every candidate; < 0: the
+ * default, 0.10). */
+void b2__wkernels_test_tie(double tie);
 
 /* Tests only: an extra candidate for b2__wkernels_tune (NULL: none),
  * e.g. a deliberately wrong one that must be refused. */

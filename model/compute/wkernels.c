@@ -812,12 +812,13 @@ static double median(double *v, int n)
 #define TUNE_PHASES 3           /* at most: a phase more while the best two are close */
 #define TUNE_CLOSE 0.05         /* close: scores within 5 % */
 #define TUNE_TIE 0.10           /* a tie at the end: scores within 10 % */
-static double tune_tie = TUNE_TIE; /* b2__wkernels_test_tie */
-
-void b2__wkernels_test_tie(double tie) { tune_tie = tie >= 0 ? tie : TUNE_TIE; }
 #define TUNE_MAX_GROUPS 4096
 #define TUNE_HOT_BYTES (192u << 10) /* weights of the in-cache measurement (in any L2) */
 #define TUNE_HOT_REPS 48            /* its products per candidate; the fastest counts */
+
+static double tune_tie = TUNE_TIE; /* b2__wkernels_test_tie */
+
+void b2__wkernels_test_tie(double tie) { tune_tie = tie >= 0 ? tie : TUNE_TIE; }
 
 int b2__wtune_pick(const double *score, const double *hot, int n)
 {

@@ -157,9 +157,9 @@ static inline b2_wpf b2__wpf(const unsigned char *w, size_t rb, int R)
 
 /* The tuner's choice (wkernels.c): the highest score[i] (> 0; 0: not a
  * candidate), unless others are within 10 % of it (b2__wkernels_test_tie):
- * then of those the one
- * with the highest hot[i] (> 0 where measured; a tie keeps the higher
- * score).  Returns the index, or -1 if no score is above 0. */
+ * then of those the one with the highest hot[i] (> 0 where measured; a
+ * tie keeps the higher score).  Returns the index, or -1 if no score is
+ * above 0. */
 int b2__wtune_pick(const double *score, const double *hot, int n);
 
 /* Tests only: what b2__wkernels_tune and b2__wtune_pick count as a tie

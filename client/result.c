@@ -182,7 +182,8 @@ blip2c_status *b2c__status_copy(const b2ipc_status *s)
     size_t size = sizeof(blip2c_status) + b2c__slen(s->version) +
                   b2c__slen(s->model.path) + b2c__slen(s->model.name) +
                   b2c__slen(s->model.family) + b2c__slen(s->model.dtype) +
-                  b2c__slen(s->model.precision) + b2c__slen(s->model.backend) + b2c__slen(s->model.kernels);
+                  b2c__slen(s->model.precision) + b2c__slen(s->model.backend) + b2c__slen(s->model.kernels) +
+                  b2c__slen(s->model.weights);
     char *block = malloc(size);
     if (!block) return NULL;
     blip2c_status *d = (blip2c_status *)block;
@@ -196,6 +197,7 @@ blip2c_status *b2c__status_copy(const b2ipc_status *s)
     d->model_precision = b2c__put(&cur, s->model.precision);
     d->model_backend = b2c__put(&cur, s->model.backend);
     d->model_kernels = b2c__put(&cur, s->model.kernels);
+    d->model_weights = b2c__put(&cur, s->model.weights);
     d->protocol = s->protocol;
     d->uptime_ms = s->uptime_ms;
     d->image_size = s->config.image_size;

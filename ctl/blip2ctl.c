@@ -1147,14 +1147,14 @@ static int cmd_status(ctl *x)
     const blip2c_info *in = blip2c_info_get(x->conn);
     if (x->json) {
         json_t *o = json_pack(
-            "{s:s, s:s, s:s, s:I, s:I, s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s}, s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
+            "{s:s, s:s, s:s, s:I, s:I, s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}, s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
             " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I,s:I,s:I,s:I,s:I},"
             " s:{s:I,s:I,s:I}}",
             "socket", in->socket_path, "server", in->server, "version", s->version,
             "protocol", (json_int_t)s->protocol, "uptime_ms", (json_int_t)s->uptime_ms,
             "model", "path", s->model_path, "name", s->model_name,
             "family", s->model_family, "dtype", s->model_dtype, "precision", s->model_precision,
-            "backend", s->model_backend, "kernels", s->model_kernels,
+            "backend", s->model_backend, "kernels", s->model_kernels, "weights", s->model_weights,
             "config", "image_size", (json_int_t)s->image_size, "vision_layers", (json_int_t)s->vision_layers,
             "vision_hidden", (json_int_t)s->vision_hidden, "qformer_layers", (json_int_t)s->qformer_layers,
             "num_query_tokens", (json_int_t)s->num_query_tokens, "text_layers", (json_int_t)s->text_layers,
@@ -1191,6 +1191,7 @@ static int cmd_status(ctl *x)
         if (*s->model_precision || *s->model_kernels)
             printf("math:        %s on %s; decode kernels %s\n", *s->model_precision ? s->model_precision : "?",
                    *s->model_backend ? s->model_backend : "?", *s->model_kernels ? s->model_kernels : "?");
+        if (*s->model_weights) printf("mapping:     %s\n", s->model_weights);
         printf("config:      image %u px; vision %u layers x %u; Q-Former %u layers, %u queries;\n"
                "             text %u layers x %u, vocabulary %u, context %u\n",
                s->image_size, s->vision_layers, s->vision_hidden, s->qformer_layers,

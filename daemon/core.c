@@ -701,6 +701,8 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->model.precision = txt->precision;
     st->model.backend = txt->backend;
     st->model.kernels = txt->kernels;
+    snprintf(txt->weights, sizeof txt->weights, "%s", blip2_model_weights(m));
+    st->model.weights = *txt->weights ? txt->weights : NULL; /* a folder: none */
     st->config.image_size = (uint32_t)blip2_image_size(m);
     st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
     st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);

@@ -137,7 +137,7 @@ long long b2d_core_memory_max(b2d_core *core);
 const b2ipc_limits *b2d_core_limits(b2d_core *core);
 /* Room for the strings of a status reply. */
 typedef struct b2d_status_text {
-    char name[256], family[32], dtype[32], precision[16], backend[32], kernels[256];
+    char name[256], family[32], dtype[32], precision[16], backend[32], kernels[256], weights[200];
 } b2d_status_text;
 /* Fills st with the daemon's status (model, config, queue, cache, engine);
  * its strings point into txt (the caller's) and the daemon's

@@ -142,6 +142,7 @@ static const b2ipc__field b2ipc__model_f[] = {
     FIELD("precision", STR, 0, RP(status.model.precision), NA, 0, 64),
     FIELD("backend", STR, 0, RP(status.model.backend), NA, 0, 64),
     FIELD("kernels", STR, 0, RP(status.model.kernels), NA, 0, 1024),
+    FIELD("weights", STR, 0, RP(status.model.weights), NA, 0, 256),
 };
 SCHEMA(b2ipc__model, "model.", b2ipc__model_f, false);
 

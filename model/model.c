@@ -523,10 +523,9 @@ static int load_gguf(blip2_model **out, const char *path, const blip2_load_opts 
     if (tune && (rc = kernels(m, path, err)) < 0) goto fail;
     if (!tune) snprintf(m->kernels, sizeof m->kernels, "not chosen (a check load)");
     if (tune) { /* appended as kernels() appends the decode kernels */
-        char desc[200];
-        b2__map_pages_describe(&pages, desc, sizeof desc);
+        b2__map_pages_describe(&pages, m->weights, sizeof m->weights);
         const size_t len = strlen(m->math);
-        snprintf(m->math + len, sizeof m->math - len, "; %s", desc);
+        snprintf(m->math + len, sizeof m->math - len, "; %s", m->weights);
     }
     madvise(map, size, MADV_WILLNEED); /* start reading ahead; a hint */
     if (opts && opts->mlock) {
@@ -612,6 +611,7 @@ const char *blip2_model_precision(const blip2_model *m) { return b2__prec_name(m
 const char *blip2_model_backend(const blip2_model *m) { return b2__linear_backend(m->prec); }
 const char *blip2_model_kernels(const blip2_model *m) { return m->kernels; }
 const char *blip2_model_kernels_log(const blip2_model *m) { return m->kernels_log; }
+const char *blip2_model_weights(const blip2_model *m) { return m->weights; }
 const char *blip2_model_family(const blip2_model *m) { return m->lm->name; }
 int blip2_vision_layers(const blip2_model *m) { return m->cfg.v_layers; }
 int blip2_qformer_layers(const blip2_model *m) { return m->cfg.q_layers; }

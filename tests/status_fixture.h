@@ -21,6 +21,7 @@ static inline void status_fixture(b2ipc_status *st)
     st->model.precision = "bf16";
     st->model.backend = "oneDNN";
     st->model.kernels = "q8_0 avx2 (measured)";
+    st->model.weights = "weights in 2 MiB pages: 100 % of the 0.1 GiB cached";
     st->config.image_size = 224;
     st->config.vision_layers = 2;
     st->config.vision_hidden = 32;

@@ -153,8 +153,10 @@ grep -q 'blip2-fake' "$T/out" && grep -q '5 hits' "$T/out"
 report $((1 - $?)) "status prints model and cache" "$(head -c 300 "$T/out")"
 grep -q '^math: *bf16 on oneDNN; decode kernels q8_0 avx2 (measured)$' "$T/out"
 report $((1 - $?)) "status prints the math, backend and decode kernels" "$(head -c 600 "$T/out")"
+grep -q '^mapping: *weights in 2 MiB pages: 100 % of the 0.1 GiB cached$' "$T/out"
+report $((1 - $?)) "status prints how the weights are mapped" "$(head -c 700 "$T/out")"
 expect 0 '' "status --json" -- "$CTL" --socket "$S" --json status
-python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); m=o["model"]; assert m["name"]=="blip2-fake" and o["cache"]["hits"]==5 and m["precision"]=="bf16" and m["backend"]=="oneDNN" and m["kernels"]=="q8_0 avx2 (measured)", o' "$T/out"
+python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).read()); m=o["model"]; assert m["name"]=="blip2-fake" and o["cache"]["hits"]==5 and m["precision"]=="bf16" and m["backend"]=="oneDNN" and m["kernels"]=="q8_0 avx2 (measured)" and m["weights"].startswith("weights in 2 MiB pages"), o' "$T/out"
 report $((1 - $?)) "status --json is valid JSON" "$(head -c 300 "$T/out")"
 expect 0 '' "ping" -- "$CTL" --socket "$S" ping
 grep -q '^pong from fake-blip2d 0' "$T/out"; report $((1 - $?)) "ping output" "$(cat "$T/out")"

@@ -280,7 +280,8 @@ static void test_blocking(void)
     rc = blip2c_status_get(c, &st, &err);
     ok(rc == 0 && strcmp(st->model_name, "blip2-fake") == 0 && st->num_query_tokens == 8 &&
            st->cache_capacity_bytes == 256u << 20 && st->requests_total == 42 &&
-           strcmp(st->version, "0.0-fake") == 0,
+           strcmp(st->version, "0.0-fake") == 0 &&
+           strcmp(st->model_weights, "weights in 2 MiB pages: 100 % of the 0.1 GiB cached") == 0,
        "status");
     blip2c_status_free(st);
     double rtt = -1;

@@ -79,6 +79,13 @@ daemon_caption --model "$tmp/opt-tiny-f32.gguf" --mlock --no-weights-cache
 [ -n "$want" ] && [ "$got" = "$want" ]; t $? "blip2d on the f32 .gguf captions as blip2-infer on the folder"
 grep -q "weights mapped from $tmp/opt-tiny-f32.gguf (.* MiB, locked)" "$tmp/dlog"
 t $? "blip2d says it mapped and locked the file"
+# blip2ctl status: how the file is mapped, the clause that ends the log's math line
+map=$("$BLIP2CTL" --socket "$tmp/d.sock" status 2>&1 | sed -n 's/^mapping: *//p')
+case $map in weights*) grep -qF -- "; $map" "$tmp/dlog" ;; *) false ;; esac
+t $? "blip2ctl status shows how the file is mapped, as the daemon's log ('$map')"
+jmap=$("$BLIP2CTL" --socket "$tmp/d.sock" --json status 2>&1 |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["model"]["weights"])' 2>&1)
+[ -n "$map" ] && [ "$jmap" = "$map" ]; t $? "status --json: model.weights the same ('$jmap')"
 kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
 
 # Flan-T5: the f32 file captions exactly as the folder; blip2d converts the

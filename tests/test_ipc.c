@@ -210,7 +210,9 @@ static bool status_equal(const b2ipc_status *a, const b2ipc_status *b)
            a->uptime_ms == b->uptime_ms && streq(a->model.path, b->model.path) &&
            streq(a->model.name, b->model.name) &&
            streq(a->model.family, b->model.family) &&
-           streq(a->model.dtype, b->model.dtype) &&
+           streq(a->model.dtype, b->model.dtype) && streq(a->model.precision, b->model.precision) &&
+           streq(a->model.backend, b->model.backend) && streq(a->model.kernels, b->model.kernels) &&
+           streq(a->model.weights, b->model.weights) &&
            memcmp(&a->config, &b->config, sizeof a->config) == 0 &&
            a->queue_depth == b->queue_depth && a->active == b->active &&
            a->max_queue == b->max_queue && a->max_batch == b->max_batch &&

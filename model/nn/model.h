@@ -90,6 +90,7 @@ struct blip2_model {
     char math[1024];          /* that choice and why, for blip2_model_math */
     char kernels[256];        /* the decode kernel per weight type and how chosen (blip2_model_kernels) */
     char kernels_log[768];    /* the measurement behind it (blip2_model_kernels_log) */
+    char weights[200];        /* how a GGUF file's weights are mapped (blip2_model_weights) */
     struct b2_gguf *gguf;     /* the mapped GGUF file, or NULL (safetensors files) */
     int locked;               /* the mapping is mlock()ed */
     struct b2_st_file **files;

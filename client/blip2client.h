@@ -388,8 +388,9 @@ typedef struct blip2c_status {
      * "q8_0 avx2 (measured)" (measured, cached or forced by BLIP2_KERNELS). */
     const char *model_precision, *model_backend, *model_kernels;
     /* How the GGUF file's weights are mapped, e.g. "weights: 3.4 GiB read
-     * in at load: 100 % of 3.4 GiB in 2 MiB pages" ("" for a folder
-     * model, or from a daemon that does not send it; docs/gguf.md). */
+     * in at load: 100 % of 3.4 GiB in 2 MiB pages" ("" when no GGUF file
+     * is mapped, a folder loaded without the weights cache, or from a
+     * daemon that does not send it; docs/gguf.md). */
     const char *model_weights;
 } blip2c_status;
 

@@ -702,7 +702,7 @@ void b2d_core_status(b2d_core *core, b2ipc_status *st, b2d_status_text *txt)
     st->model.backend = txt->backend;
     st->model.kernels = txt->kernels;
     snprintf(txt->weights, sizeof txt->weights, "%s", blip2_model_weights(m));
-    st->model.weights = *txt->weights ? txt->weights : NULL; /* a folder: none */
+    st->model.weights = *txt->weights ? txt->weights : NULL; /* no GGUF file mapped: none */
     st->config.image_size = (uint32_t)blip2_image_size(m);
     st->config.vision_layers = (uint32_t)blip2_vision_layers(m);
     st->config.vision_hidden = (uint32_t)blip2_vision_hidden(m);

@@ -328,11 +328,11 @@ typedef struct b2ipc_status {
     uint32_t protocol;     /* highest protocol version */
     uint64_t uptime_ms;
     /* precision, backend, kernels, weights: optional on the wire (NULL if
-     * absent: older servers; weights also for a folder model): the math of
-     * the many-row products ("f32", "bf16"), their backend ("oneDNN",
-     * "own"), the decode kernel per weight type with how it was chosen
-     * (blip2_model_kernels, model/blip2.h) and how a GGUF file's weights
-     * are mapped (blip2_model_weights) */
+     * absent: older servers; weights also when no GGUF file is mapped):
+     * the math of the many-row products ("f32", "bf16"), their backend
+     * ("oneDNN", "own"), the decode kernel per weight type with how it was
+     * chosen (blip2_model_kernels, model/blip2.h) and how a GGUF file's
+     * weights are mapped (blip2_model_weights) */
     struct { const char *path, *name, *family, *dtype, *precision, *backend, *kernels, *weights; } model;
     struct {
         uint32_t image_size, vision_layers, vision_hidden, qformer_layers,

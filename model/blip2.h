@@ -202,8 +202,9 @@ const char *blip2_model_kernels(const blip2_model *m);
 const char *blip2_model_kernels_log(const blip2_model *m);
 /* How a GGUF file's weights are mapped, the clause that ends
  * blip2_model_math, e.g. "weights: 3.4 GiB read in at load: 100 % of 3.4
- * GiB in 2 MiB pages" (docs/gguf.md); "" for a folder of safetensors
- * files.  Borrowed, valid until blip2_model_free. */
+ * GiB in 2 MiB pages" (docs/gguf.md); "" where no GGUF file is mapped (a
+ * folder loaded without the weights cache).  Borrowed, valid until
+ * blip2_model_free. */
 const char *blip2_model_weights(const blip2_model *m);
 /* Model family: "opt" or "t5" (Flan-T5), from config.json (static). */
 const char *blip2_model_family(const blip2_model *m);

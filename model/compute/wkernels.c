@@ -1041,8 +1041,9 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
      * VNNI, whose products then ran 3-15 % faster in the engine; in cache
      * VNNI computes q4_0 and q8_0 1.4-1.9 times as fast as AVX2
      * (bench/RESULTS.md, 2026-12-08 02:50).  There AVX-512 also computes
-     * bf16 and f16 faster in cache, and the scores pick it anyway, though
-     * AVX2 decoded the bf16 file 0-8 % faster in the engine. */
+     * bf16 and f16 faster in cache, and the scores pick it in nearly every
+     * load anyway, though AVX2 decoded the bf16 file 0-8 % faster in the
+     * engine. */
     {
         double sc[B2_WTUNE_MAX], hot[B2_WTUNE_MAX];
         for (int c = 0; c < nc; c++) {

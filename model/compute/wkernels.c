@@ -1050,16 +1050,16 @@ int b2__wkernels_tune(b2_wtype t, const b2_wsample *s, int ns, b2_wtune *res)
             sc[c] = ok[c] ? res->c[c].score : 0;
             hot[c] = 0;
         }
-        const int b = b2__wtune_pick(sc, hot, nc);
+        const double near = sc[best] * (1 - tune_tie); /* best: the highest median score */
         int close = 0;
-        for (int c = 0; c < nc; c++) close += ok[c] && c != b && sc[c] >= sc[b] * (1 - tune_tie);
+        for (int c = 0; c < nc; c++) close += ok[c] && c != best && sc[c] >= near;
         if (close) {
             int8_t *xq = malloc((size_t)k0);
             float *xd8 = malloc(sizeof(float) * (size_t)(k0 / B2_Q8_0_BLOCK + 1));
             if (xq && xd8) {
                 if (wt_block(t)) b2__wquantize_act_q8(xq, xd8, x, k0);
                 for (int c = 0; c < nc; c++)
-                    if (ok[c] && sc[c] >= sc[b] * (1 - tune_tie))
+                    if (ok[c] && sc[c] >= near)
                         hot[c] = res->c[c].hot = hot_rate(cand[c], t, &s[0], y, x, xq, xd8);
                 best = b2__wtune_pick(sc, hot, nc);
             }
